@@ -1,0 +1,72 @@
+"""Helpers shared by every command-line entry point.
+
+Handlers return a plain value (printed by `run`) or raise a `CustodyError`, which becomes a
+one-line `error: ...` on stderr and exit status 2. No traceback reaches the operator for an
+error we raised on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cc_common.config import Config, default_data_dir, load_config
+from cc_common.errors import CustodyError
+
+
+def add_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="deployment data directory (default: $CC_DATA_DIR or ./data)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.dir if getattr(args, "dir", None) else default_data_dir())
+
+
+def print_result(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        print(value)
+    else:
+        print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result."""
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], Any] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        result = handler(args)
+    except CustodyError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    print_result(result)
+    return 0
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table for operator output."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""One configuration for a deployment: a TOML file plus environment overrides.
+
+Read once, in `load_config`, and passed down explicitly. Nothing deep in the code reads
+`os.environ`. An environment variable `CC__SECTION__KEY=value` overrides `[section] key`
+(nested sections with more `__`); its text is converted to the type of the value it replaces.
+
+Relative paths in the file are relative to the data directory, so a deployment directory can
+be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cc_common.errors import ConfigError
+
+CONFIG_FILENAME = "chaincloud.toml"
+ENV_PREFIX = "CC__"
+DEFAULT_DATA_DIR = "data"
+PLACEHOLDERS = {"", "change-me", "changeme", "placeholder", "secret", "password", "1234", "0000"}
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The data directory when none is given: `$CC_DATA_DIR`, else `./data`."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("CC_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+
+
+@dataclass(frozen=True)
+class Section:
+    """A table of the configuration, with typed accessors that name the key on error."""
+
+    name: str
+    values: Mapping[str, Any]
+    data_dir: Path
+
+    def _get(self, key: str) -> Any:
+        if key not in self.values:
+            raise ConfigError(f"config: [{self.name}] {key} is missing")
+        return self.values[key]
+
+    def has(self, key: str) -> bool:
+        return key in self.values
+
+    def str(self, key: str, default: str | None = None) -> str:
+        if default is not None and key not in self.values:
+            return default
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise ConfigError(f"config: [{self.name}] {key} must be a string, got {value!r}")
+        return value
+
+    def int(self, key: str, default: int | None = None) -> int:
+        if default is not None and key not in self.values:
+            return default
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config: [{self.name}] {key} must be an integer, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float | None = None) -> float:
+        if default is not None and key not in self.values:
+            return default
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config: [{self.name}] {key} must be a number, got {value!r}")
+        return float(value)
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        if default is not None and key not in self.values:
+            return default
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: [{self.name}] {key} must be true or false, got {value!r}")
+        return value
+
+    def list(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise ConfigError(f"config: [{self.name}] {key} must be a list, got {value!r}")
+        return value
+
+    def path(self, key: str) -> Path:
+        """A filesystem path; relative paths are taken from the data directory."""
+        p = Path(self.str(key)).expanduser()
+        return p if p.is_absolute() else (self.data_dir / p)
+
+    def port_url(self, key: str) -> str:
+        """A serial port: a pyserial URL (`socket://`, `loop://`) as is, else a device path."""
+        value = self.str(key)
+        return value if "://" in value else str(self.path(key))
+
+    def secret(self, key: str) -> str:
+        """A secret that must have been generated: refuses empty or placeholder values."""
+        value = self.str(key)
+        if value.strip().lower() in PLACEHOLDERS or len(value) < 8:
+            raise ConfigError(
+                f"config: [{self.name}] {key} is missing or a placeholder; "
+                "run `custody init` to generate secrets"
+            )
+        return value
+
+    def section(self, key: str) -> Section:
+        value = self._get(key)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config: [{self.name}] {key} must be a table")
+        return Section(f"{self.name}.{key}", value, self.data_dir)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a deployment."""
+
+    data_dir: Path
+    path: Path
+    raw: Mapping[str, Any]
+
+    def section(self, name: str) -> Section:
+        node: Any = self.raw
+        for part in name.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ConfigError(f"config: section [{name}] is missing from {self.path}")
+            node = node[part]
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"config: [{name}] must be a table")
+        return Section(name, node, self.data_dir)
+
+    def has_section(self, name: str) -> bool:
+        try:
+            self.section(name)
+        except ConfigError:
+            return False
+        return True
+
+    # Well-known locations inside the data directory.
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def dev_dir(self) -> Path:
+        return self.data_dir / "dev"
+
+
+def _convert(text: str, like: Any, name: str) -> Any:
+    if isinstance(like, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"environment: {name} must be true or false, got {text!r}")
+    if isinstance(like, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+    if isinstance(like, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
+    if isinstance(like, list | dict):
+        raise ConfigError(f"environment: {name} overrides a table or list, which is not allowed")
+    return text
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply every `CC__SECTION__KEY` variable to `raw` (in place) and return it."""
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"environment: {name} must look like CC__SECTION__KEY")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment: {name}: {part} is not a table")
+            node = child
+        key = parts[-1]
+        node[key] = _convert(text, node[key], name) if key in node else text
+    return raw
+
+
+def config_path_for(data_dir: Path) -> Path:
+    return data_dir / CONFIG_FILENAME
+
+
+def load_config(
+    data_dir: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read `<data_dir>/chaincloud.toml` and apply environment overrides."""
+    env = os.environ if environ is None else environ
+    ddir = Path(data_dir).resolve() if data_dir is not None else default_data_dir(env)
+    path = config_path_for(ddir)
+    if not path.is_file():
+        raise ConfigError(
+            f"config: {path} does not exist; run `custody init --dir {ddir}` first"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    apply_env_overrides(raw, env)
+    return Config(data_dir=ddir, path=path, raw=raw)

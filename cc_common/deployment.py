@@ -1,0 +1,169 @@
+"""Write a complete, working configuration for a local deployment (`custody init`).
+
+Every secret and PIN is generated here with `secrets`; nothing secret is baked into code.
+Ports are picked free on loopback at init time, so several deployments (tests, demo) can run
+side by side in their own data directories.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cc_common.config import CONFIG_FILENAME, Config, load_config
+from cc_common.errors import ConfigError
+
+SOFTHSM_MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+# Phone numbers of the simulated world (E.164). The cold HSM has two SIMs on two carriers.
+COLD_NUMBERS = ("+15550000001", "+15550000002")
+VDEVICE_NUMBER = "+15550000100"
+OWNER_NUMBER = "+15550000200"
+OPERATOR_NUMBER = "+15550001000"
+TWILIO_FROM_NUMBER = "+15550009999"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_softhsm_module() -> str:
+    for candidate in SOFTHSM_MODULE_CANDIDATES:
+        if Path(candidate).exists():
+            return candidate
+    return SOFTHSM_MODULE_CANDIDATES[0]
+
+
+def _pin() -> str:
+    return secrets.token_hex(8)
+
+
+def generate_config(data_dir: Path) -> dict[str, Any]:
+    """The configuration of a fresh local deployment in `data_dir`, with new secrets."""
+    twilio_sid = "AC" + secrets.token_hex(16)
+    twilio_token = secrets.token_hex(16)
+    twilio_port = free_port()
+    node_port = free_port()
+    node_user = "cc-" + secrets.token_hex(4)
+    node_password = secrets.token_urlsafe(24)
+    module = find_softhsm_module()
+    return {
+        "deployment": {"name": "local", "network": "regtest"},
+        "phones": {"operator": OPERATOR_NUMBER, "owner": OWNER_NUMBER},
+        "serial": {
+            "hot_port": "dev/serial-hot",
+            "cold_port": "dev/serial-cold",
+            "baud": 115200,
+        },
+        "firmware_sim": {
+            "control_socket": "run/firmware-sim.sock",
+            "serial": {"hot_link": "dev/serial-hot", "cold_link": "dev/serial-cold", "baud": 115200},
+            "carrier": {"delay_ms": 20, "loss": 0.0, "duplicate": 0.0, "log": "logs/carrier.jsonl"},
+            "modems": [
+                {"name": "cold-a", "number": COLD_NUMBERS[0], "carrier": "alpha",
+                 "link": "dev/modem-cold-a"},
+                {"name": "cold-b", "number": COLD_NUMBERS[1], "carrier": "beta",
+                 "link": "dev/modem-cold-b"},
+                {"name": "vdevice", "number": VDEVICE_NUMBER, "carrier": "gamma",
+                 "link": "dev/modem-vdevice"},
+            ],
+            "phones": {"numbers": [OPERATOR_NUMBER, OWNER_NUMBER]},
+            "twilio_gateway": {
+                "host": "127.0.0.1",
+                "port": twilio_port,
+                "account_sid": twilio_sid,
+                "auth_token": twilio_token,
+                "numbers": [TWILIO_FROM_NUMBER],
+            },
+            "node": {
+                "host": "127.0.0.1",
+                "port": node_port,
+                "datadir": "node",
+                "rpc_user": node_user,
+                "rpc_password": node_password,
+            },
+        },
+        "twilio": {
+            "account_sid": twilio_sid,
+            "auth_token": twilio_token,
+            "from_number": TWILIO_FROM_NUMBER,
+            "base_url": f"http://127.0.0.1:{twilio_port}",
+        },
+        "node": {
+            "rpc_url": f"http://127.0.0.1:{node_port}",
+            "rpc_user": node_user,
+            "rpc_password": node_password,
+            "timeout": 30.0,
+        },
+        "hsm_hot": {
+            "pkcs11_module": module,
+            "softhsm_conf": "hsm-hot/softhsm2.conf",
+            "token_dir": "hsm-hot/tokens",
+            "token_label": "hsm-hot",
+            "so_pin": _pin(),
+            "user_pin": _pin(),
+            "pin_retry_limit": 5,
+            "rpc_host": "127.0.0.1",
+            "rpc_port": free_port(),
+            "rpc_secret": secrets.token_hex(32),
+        },
+        "hsm_cold": {
+            "pkcs11_module": module,
+            "softhsm_conf": "hsm-cold/softhsm2.conf",
+            "token_dir": "hsm-cold/tokens",
+            "token_label": "hsm-cold",
+            "so_pin": _pin(),
+            "user_pin": _pin(),
+            "pin_retry_limit": 5,
+            "state_dir": "hsm-cold/state",
+            "modem_ports": ["dev/modem-cold-a", "dev/modem-cold-b"],
+            "numbers": list(COLD_NUMBERS),
+        },
+        "custody": {
+            "database_url": f"sqlite:///{data_dir / 'custody.db'}",
+            "secret_key": secrets.token_hex(32),
+            "host": "127.0.0.1",
+            "port": free_port(),
+        },
+        "vdevice": {
+            "modem_port": "dev/modem-vdevice",
+            "number": VDEVICE_NUMBER,
+            "state_dir": "vdevice",
+        },
+        "merchant_site": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "vtest_password": secrets.token_urlsafe(12),
+            "database_url": f"sqlite:///{data_dir / 'merchant.db'}",
+        },
+    }
+
+
+def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
+    """Create `data_dir` with its sub-directories and a fresh configuration file."""
+    data_dir = data_dir.resolve()
+    path = data_dir / CONFIG_FILENAME
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; use --force to overwrite it (new secrets)")
+    for sub in ("logs", "run", "dev", "hsm-hot", "hsm-cold", "node", "vdevice"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    raw = generate_config(data_dir)
+    path.write_text(
+        "# ChainCloud custody: local deployment written by `custody init`.\n"
+        "# Contains secrets: keep this file private (mode 0600).\n" + tomli_w.dumps(raw),
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return load_config(data_dir, environ={})

@@ -1,0 +1,1 @@
+"""Simulated hardware and outside world, reached only through their real interfaces."""
