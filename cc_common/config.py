@@ -206,9 +206,7 @@ def load_config(
     ddir = Path(data_dir).resolve() if data_dir is not None else default_data_dir(env)
     path = config_path_for(ddir)
     if not path.is_file():
-        raise ConfigError(
-            f"config: {path} does not exist; run `custody init --dir {ddir}` first"
-        )
+        raise ConfigError(f"config: {path} does not exist; run `custody init --dir {ddir}` first")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -69,15 +69,31 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
         },
         "firmware_sim": {
             "control_socket": "run/firmware-sim.sock",
-            "serial": {"hot_link": "dev/serial-hot", "cold_link": "dev/serial-cold", "baud": 115200},
+            "serial": {
+                "hot_link": "dev/serial-hot",
+                "cold_link": "dev/serial-cold",
+                "baud": 115200,
+            },
             "carrier": {"delay_ms": 20, "loss": 0.0, "duplicate": 0.0, "log": "logs/carrier.jsonl"},
             "modems": [
-                {"name": "cold-a", "number": COLD_NUMBERS[0], "carrier": "alpha",
-                 "link": "dev/modem-cold-a"},
-                {"name": "cold-b", "number": COLD_NUMBERS[1], "carrier": "beta",
-                 "link": "dev/modem-cold-b"},
-                {"name": "vdevice", "number": VDEVICE_NUMBER, "carrier": "gamma",
-                 "link": "dev/modem-vdevice"},
+                {
+                    "name": "cold-a",
+                    "number": COLD_NUMBERS[0],
+                    "carrier": "alpha",
+                    "link": "dev/modem-cold-a",
+                },
+                {
+                    "name": "cold-b",
+                    "number": COLD_NUMBERS[1],
+                    "carrier": "beta",
+                    "link": "dev/modem-cold-b",
+                },
+                {
+                    "name": "vdevice",
+                    "number": VDEVICE_NUMBER,
+                    "carrier": "gamma",
+                    "link": "dev/modem-vdevice",
+                },
             ],
             "phones": {"numbers": [OPERATOR_NUMBER, OWNER_NUMBER]},
             "twilio_gateway": {

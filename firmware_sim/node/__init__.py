@@ -1,0 +1,1 @@
+"""The simulated regtest Bitcoin node (Bitcoin Core JSON-RPC). Shares no code with wallet_core."""
