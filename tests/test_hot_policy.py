@@ -1,0 +1,61 @@
+"""The hot HSM's own limits hold whatever custody asks, and survive a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from hsm_hot.errors import PolicyRefused, RateLimited
+from hsm_hot.policy import HotPolicy, PolicyLedger
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def ledger(tmp_path, clock, **limits):
+    return PolicyLedger(tmp_path / "policy.db", HotPolicy(**limits), clock=clock)
+
+
+def test_per_send_limit(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_send_sat=1000)
+    led.check_send(1, 1000, 1)
+    with pytest.raises(PolicyRefused, match="exceeds the per-send limit of 1000 sat"):
+        led.check_send(1, 1001, 1)
+
+
+def test_outputs_limit(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_outputs=2)
+    with pytest.raises(PolicyRefused, match="3 outputs exceeds 2"):
+        led.check_send(1, 10, 3)
+
+
+def test_daily_limit_rolls_and_survives_restart(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_daily_sat=1500)
+    led.record_send(1, 1000, "aa" * 32)
+    led.close()
+    led = ledger(tmp_path, clock, max_daily_sat=1500)
+    with pytest.raises(PolicyRefused, match="1000 sat already signed today"):
+        led.check_send(1, 501, 1)
+    led.check_send(2, 1500, 1)  # another account has its own budget
+    clock.now += 86_401
+    led.check_send(1, 1500, 1)
+
+
+def test_rate_limit_per_minute(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_requests_per_minute=3)
+    for _ in range(3):
+        led.admit_request(7)
+    with pytest.raises(RateLimited, match="more than 3 signing requests"):
+        led.admit_request(7)
+    led.admit_request(8)
+    clock.now += 61
+    led.admit_request(7)
