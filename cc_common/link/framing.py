@@ -1,0 +1,497 @@
+"""The frame layer: delimiting, integrity, acknowledgement and retransmission.
+
+Delimiting is COBS with a 0x00 delimiter rather than SLIP: COBS guarantees that 0x00 never
+appears inside an encoded frame, with a bounded overhead of one byte per 254 (SLIP doubles
+every escaped byte, so a MAC-heavy frame can grow by up to 100%). Resynchronisation after
+garbage is therefore trivial and exact: discard up to the next 0x00. Each frame is also
+*preceded* by a 0x00, so garbage that arrived without a delimiter cannot swallow our frame.
+
+Frame before COBS (big-endian)::
+
+    version:u8  type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
+
+DATA frames are acknowledged by ACK frames that carry their seq (an ACK's payload lists more
+seqs, so one ACK answers a burst). A damaged frame whose header still reads as DATA is answered
+by a NAK with that (unverified) seq: the sender retransmits it at once if it is still unacked,
+otherwise ignores it. Unacknowledged frames are retransmitted on an adaptive timeout with
+exponential backoff, at most `max_tries` times. A receiver remembers (seq, crc) of recent DATA
+frames and delivers each once, re-acknowledging retransmissions it already delivered.
+
+The CRC only catches line noise. It authenticates nothing: that is the session layer's job, and
+nothing above this module sees bytes of the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+from cc_common.link.errors import LinkBusy, LinkClosed, LinkTooLarge
+from cc_common.link.port import ByteStream
+from cc_common.link.settings import LinkConfig
+from cc_common.logs import TRACE
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+DELIMITER = 0
+HEADER = struct.Struct(">BBH")
+CRC = struct.Struct(">I")
+SEQ = struct.Struct(">H")
+FRAME_OVERHEAD = HEADER.size + CRC.size
+SEQ_MOD = 1 << 16
+MAX_SEQS_PER_ACK = 64
+INFINITY = float("inf")
+
+
+def wire_size(payload_len: int) -> int:
+    """Worst-case bytes on the wire for a frame carrying `payload_len` bytes."""
+    raw = payload_len + FRAME_OVERHEAD
+    return raw + raw // 254 + 1 + 2
+
+
+class CobsError(ValueError):
+    """Not a valid COBS encoding (only raised inside this module)."""
+
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the result contains no 0x00."""
+    out = bytearray()
+    for segment in data.split(b"\x00"):
+        while len(segment) >= 254:
+            out.append(0xFF)
+            out += segment[:254]
+            segment = segment[254:]
+        out.append(len(segment) + 1)
+        out += segment
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Inverse of `cobs_encode`; raises `CobsError` on a zero byte or a truncated block."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0:
+            raise CobsError("zero byte inside a frame")
+        end = i + code
+        if end > n:
+            raise CobsError("truncated block")
+        block = data[i + 1 : end]
+        if 0 in block:
+            raise CobsError("zero byte inside a frame")
+        out += block
+        i = end
+        if code < 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+class FrameType(IntEnum):
+    DATA = 1
+    ACK = 2
+    NAK = 3
+
+
+class Reject(StrEnum):
+    """Why the decoder dropped bytes between two delimiters."""
+
+    BAD_COBS = "bad COBS"
+    SHORT = "too short"
+    OVERSIZE = "oversize"
+    BAD_CRC = "bad CRC"
+    BAD_VERSION = "bad version"
+    BAD_TYPE = "bad frame type"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    seq: int
+    payload: bytes = b""
+
+    def encode(self) -> bytes:
+        """The frame as written on the line, delimiters included."""
+        return encode_frame(self)
+
+
+def frame_body(frame: Frame) -> bytes:
+    """The bytes covered by the CRC."""
+    return HEADER.pack(PROTOCOL_VERSION, frame.type, frame.seq % SEQ_MOD) + frame.payload
+
+
+def encode_frame(frame: Frame) -> bytes:
+    body = frame_body(frame)
+    return b"\x00" + cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames. Never raises: hostile input is dropped and counted."""
+
+    def __init__(self, max_frame: int = LinkConfig.max_frame, name: str = "link") -> None:
+        self.max_frame = max_frame
+        self.name = name
+        self._max_encoded = max_frame + max_frame // 254 + 1
+        self._buf = bytearray()
+        self._discarding = False
+        self.rejects: Counter[Reject] = Counter()
+        self.frames = 0
+        self._naks: list[int] = []
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Frames completed by `data`, in order."""
+        frames: list[Frame] = []
+        start = 0
+        while True:
+            end = data.find(DELIMITER, start)
+            if end < 0:
+                self._append(data[start:])
+                return frames
+            self._append(data[start:end])
+            if self._buf and not self._discarding:
+                frame = self._decode(bytes(self._buf))
+                if frame is not None:
+                    frames.append(frame)
+            self._buf.clear()
+            self._discarding = False
+            start = end + 1
+
+    def take_naks(self) -> list[int]:
+        """Seqs read from the headers of damaged DATA frames since the last call."""
+        naks, self._naks = self._naks, []
+        return naks
+
+    def _append(self, chunk: bytes) -> None:
+        if self._discarding or not chunk:
+            return
+        if len(self._buf) + len(chunk) > self._max_encoded:
+            self._buf.clear()
+            self._discarding = True
+            self._reject(Reject.OVERSIZE)
+        else:
+            self._buf += chunk
+
+    def _decode(self, encoded: bytes) -> Frame | None:
+        try:
+            raw = cobs_decode(encoded)
+        except CobsError:
+            return self._reject(Reject.BAD_COBS)
+        if len(raw) > self.max_frame:
+            return self._reject(Reject.OVERSIZE)
+        if len(raw) < FRAME_OVERHEAD:
+            return self._reject(Reject.SHORT)
+        body, (crc,) = raw[: -CRC.size], CRC.unpack(raw[-CRC.size :])
+        version, ftype, seq = HEADER.unpack_from(body)
+        if zlib.crc32(body) != crc:
+            if version == PROTOCOL_VERSION and ftype == FrameType.DATA:
+                self._naks.append(seq)
+            return self._reject(Reject.BAD_CRC)
+        if version != PROTOCOL_VERSION:
+            return self._reject(Reject.BAD_VERSION)
+        try:
+            frame_type = FrameType(ftype)
+        except ValueError:
+            return self._reject(Reject.BAD_TYPE)
+        self.frames += 1
+        return Frame(frame_type, seq, body[HEADER.size :])
+
+    def _reject(self, reason: Reject) -> None:
+        self.rejects[reason] += 1
+        log.debug(
+            "%s: dropped bytes on the line (%s; %d so far)", self.name, reason, self.rejects[reason]
+        )
+        return None
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    seq: int
+    payload: bytes
+    wire: bytes
+    tag: Hashable = None
+    tries: int = 0
+    tx_done: float = 0.0
+    deadline: float = 0.0
+
+
+@dataclass
+class _RtoEstimator:
+    """Jacobson/Karels retransmission timeout from ACK delays (Karn: first tries only)."""
+
+    config: LinkConfig
+    srtt: float | None = None
+    rttvar: float = 0.0
+    rto: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rto = self.config.initial_rto
+
+    def sample(self, rtt: float) -> None:
+        rtt = max(rtt, 0.0)
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(max(self.srtt + 4 * self.rttvar, self.config.min_rto), self.config.max_rto)
+
+
+PayloadHandler = Callable[[bytes], None]
+GiveUpHandler = Callable[[Hashable], None]
+
+
+class FrameLink:
+    """Reliable delivery of payloads over a `ByteStream`: a reader and a writer thread.
+
+    `send()` never blocks on the line: frames wait in a backlog until the window has room.
+    The writer paces DATA frames to the configured line rate (keeping only `PACING_LEAD`
+    seconds of data in the OS and line buffers) so that ACKs, written at once by the reader,
+    are not stuck behind kilobytes of queued requests and the retransmission timers measure
+    the line, not our own queue. `on_payload` and `on_give_up` run in the reader thread and
+    must not block.
+    """
+
+    PACING_LEAD = 0.015
+
+    def __init__(
+        self,
+        port: ByteStream,
+        on_payload: PayloadHandler,
+        *,
+        config: LinkConfig | None = None,
+        on_give_up: GiveUpHandler | None = None,
+        name: str = "link",
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.name = name
+        self._port = port
+        self._on_payload = on_payload
+        self._on_give_up = on_give_up
+        self._decoder = FrameDecoder(self.config.max_frame, name)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()
+        self._seq = random.randrange(SEQ_MOD)
+        self._unacked: dict[int, _Outgoing] = {}
+        self._backlog: deque[_Outgoing] = deque()
+        self._retx: deque[_Outgoing] = deque()
+        self._recent: dict[tuple[int, int], float] = {}
+        self._next_prune = 0.0
+        self._line_free = 0.0
+        self._rto = _RtoEstimator(self.config)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.counts: Counter[str] = Counter()
+        self.max_payload = self.config.max_frame - FRAME_OVERHEAD
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, role in ((self._read_loop, "reader"), (self._write_loop, "writer")):
+            thread = threading.Thread(target=target, name=f"{self.name}-{role}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._port.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def stats(self) -> dict[str, int]:
+        """Counters of frames and bytes, and of dropped input by reason."""
+        out = dict(self.counts)
+        out.update({f"rejected {r}": n for r, n in self._decoder.rejects.items()})
+        out["unacked"] = len(self._unacked)
+        out["backlog"] = len(self._backlog)
+        return out
+
+    @property
+    def rto(self) -> float:
+        return self._rto.rto
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, payload: bytes, tag: Hashable = None) -> None:
+        """Queue `payload` for reliable delivery; `tag` is handed to `on_give_up` on failure."""
+        if self._stop.is_set():
+            raise LinkClosed(f"{self.name}: link is closed")
+        if len(payload) > self.max_payload:
+            raise LinkTooLarge(
+                f"{self.name}: message of {len(payload)} bytes exceeds the "
+                f"{self.max_payload}-byte frame limit"
+            )
+        with self._wake:
+            if len(self._backlog) >= self.config.max_backlog:
+                raise LinkBusy(f"{self.name}: {len(self._backlog)} frames already queued")
+            seq = self._seq
+            self._seq = (seq + 1) % SEQ_MOD
+            wire = encode_frame(Frame(FrameType.DATA, seq, payload))
+            self._backlog.append(_Outgoing(seq, payload, wire, tag))
+            self._wake.notify_all()
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._wake:
+                out = self._next_to_write()
+                if out is None:
+                    continue
+                self._arm(out)
+            self._write(out.wire)
+
+    def _next_to_write(self) -> _Outgoing | None:
+        """Wait until the line has room and a frame is due. Caller holds `_wake`."""
+        wait = self._line_free - time.monotonic() - self.PACING_LEAD
+        if wait > 0:
+            self._wake.wait(wait)
+            return None
+        while self._retx:
+            out = self._retx.popleft()
+            if self._unacked.get(out.seq) is out:
+                return out
+        if self._backlog and len(self._unacked) < self.config.window:
+            out = self._backlog.popleft()
+            self._unacked[out.seq] = out
+            return out
+        self._wake.wait(0.05)
+        return None
+
+    def _arm(self, out: _Outgoing) -> None:
+        """Account a (re)transmission of `out` and set its timer. Caller holds `_lock`."""
+        out.tries += 1
+        out.tx_done = self._occupy(len(out.wire), time.monotonic())
+        backoff = self._rto.rto * (2 ** (out.tries - 1))
+        out.deadline = out.tx_done + min(backoff, self.config.max_rto)
+        if out.tries > 1:
+            self.counts["retransmits"] += 1
+        self.counts["data out"] += 1
+
+    def _occupy(self, nbytes: int, now: float) -> float:
+        """When `nbytes` written now will have left the line (10 bits per byte)."""
+        self._line_free = max(now, self._line_free) + nbytes * 10 / self.config.baudrate
+        return self._line_free
+
+    def _write(self, wire: bytes) -> None:
+        if log.isEnabledFor(TRACE):
+            log.log(TRACE, "%s >> %s", self.name, wire.hex())
+        with self._write_lock:
+            if self._port.write(wire):
+                self.counts["bytes out"] += len(wire)
+
+    def _send_control(self, ftype: FrameType, seqs: list[int]) -> None:
+        for i in range(0, len(seqs), MAX_SEQS_PER_ACK):
+            chunk = seqs[i : i + MAX_SEQS_PER_ACK]
+            extra = b"".join(SEQ.pack(s) for s in chunk[1:])
+            wire = encode_frame(Frame(ftype, chunk[0], extra))
+            with self._lock:
+                self._occupy(len(wire), time.monotonic())
+            self.counts["ack out" if ftype == FrameType.ACK else "nak out"] += 1
+            self._write(wire)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            data = self._port.read()
+            if data:
+                self._receive(data)
+            self._check_timers()
+
+    def _receive(self, data: bytes) -> None:
+        if log.isEnabledFor(TRACE):
+            log.log(TRACE, "%s << %s", self.name, data.hex())
+        self.counts["bytes in"] += len(data)
+        acks: list[int] = []
+        for frame in self._decoder.feed(data):
+            if frame.type == FrameType.DATA:
+                acks.append(frame.seq)
+                self._receive_data(frame)
+            elif frame.type == FrameType.ACK:
+                self.counts["ack in"] += 1
+                self._receive_ack(frame)
+            else:
+                self.counts["nak in"] += 1
+                self._receive_nak(frame.seq)
+        if acks:
+            self._send_control(FrameType.ACK, acks)
+        naks = self._decoder.take_naks()
+        if naks:
+            self._send_control(FrameType.NAK, naks)
+
+    def _receive_data(self, frame: Frame) -> None:
+        now = time.monotonic()
+        key = (frame.seq, zlib.crc32(frame.payload))
+        if key in self._recent:
+            self.counts["duplicates"] += 1
+            log.debug("%s: duplicate DATA frame seq=%d re-acknowledged", self.name, frame.seq)
+            return
+        self._recent[key] = now + self.config.dedupe_horizon
+        if now >= self._next_prune:
+            self._recent = {k: t for k, t in self._recent.items() if t > now}
+            self._next_prune = now + 1.0
+        self.counts["data in"] += 1
+        try:
+            self._on_payload(frame.payload)
+        except Exception:
+            log.exception("%s: payload handler failed", self.name)
+
+    def _receive_ack(self, frame: Frame) -> None:
+        payload = frame.payload
+        seqs = [frame.seq] + [SEQ.unpack_from(payload, i)[0] for i in range(0, len(payload) - 1, 2)]
+        now = time.monotonic()
+        with self._wake:
+            for seq in seqs:
+                out = self._unacked.pop(seq, None)
+                if out is not None and out.tries == 1:
+                    self._rto.sample(now - out.tx_done)
+            self._wake.notify_all()
+
+    def _receive_nak(self, seq: int) -> None:
+        with self._wake:
+            out = self._unacked.get(seq)
+            if out is None or out.tries >= self.config.max_tries or out.deadline == INFINITY:
+                return
+            log.debug("%s: NAK for seq=%d, retransmitting", self.name, seq)
+            out.deadline = INFINITY
+            self._retx.append(out)
+            self._wake.notify_all()
+
+    def _check_timers(self) -> None:
+        now = time.monotonic()
+        failed: list[_Outgoing] = []
+        with self._wake:
+            for out in list(self._unacked.values()):
+                if out.deadline > now:
+                    continue
+                if out.tries >= self.config.max_tries:
+                    del self._unacked[out.seq]
+                    failed.append(out)
+                else:
+                    out.deadline = INFINITY  # until the writer re-arms it
+                    self._retx.append(out)
+            if failed or self._retx:
+                self._wake.notify_all()
+        for out in failed:
+            self.counts["gave up"] += 1
+            log.warning("%s: gave up on frame seq=%d after %d tries", self.name, out.seq, out.tries)
+            if self._on_give_up is not None:
+                try:
+                    self._on_give_up(out.tag)
+                except Exception:
+                    log.exception("%s: give-up handler failed", self.name)

@@ -1,0 +1,479 @@
+"""The command layer: `LinkClient` (hot HSM) and `LinkServer` (cold HSM).
+
+Only this layer knows what a command is; it sees messages, never bytes of the line.
+
+Exactly-once: a request is identified by its request id. The client re-sends a request it got no
+answer to (a fresh counter and MAC each time, so a re-send is not a replay); the server executes
+a request id once, and answers a re-send with the answer it cached (or not at all while the
+first copy is still executing). A request id reused for a different body is refused.
+
+Bodies are `codec` values: a request is ``[command, payload]``, an answer ``[0, result]`` or
+``[1, [code, message]]``, a refusal ``[reason, highest counter accepted]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from cc_common.errors import CustodyError
+from cc_common.link import codec
+from cc_common.link.auth import Refusal
+from cc_common.link.counters import CounterStore
+from cc_common.link.errors import (
+    LinkAuthError,
+    LinkClosed,
+    LinkEncodingError,
+    LinkError,
+    LinkErrorCode,
+    LinkRemoteError,
+    LinkTimeout,
+)
+from cc_common.link.framing import FrameLink
+from cc_common.link.port import ByteStream, SerialPort
+from cc_common.link.session import REQUEST_ID_MOD, Kind, Message, Refused, Role, Session
+from cc_common.link.settings import LinkConfig
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class AnswerStatus(IntEnum):
+    OK = 0
+    ERROR = 1
+
+
+def _open_port(url: str, config: LinkConfig) -> SerialPort:
+    return SerialPort(url, baudrate=config.baudrate, read_timeout=config.read_timeout)
+
+
+@dataclass
+class _Call:
+    command: str
+    body: bytes
+    request_id: int
+    wake: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    error: LinkError | None = None
+    resend_now: bool = False
+    attempts: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class LinkClient:
+    """Sends commands to the cold HSM; thread-safe, many calls in flight at once."""
+
+    def __init__(
+        self,
+        port: ByteStream,
+        link_key: bytes,
+        counters: CounterStore,
+        config: LinkConfig | None = None,
+        name: str = "link-client",
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.name = name
+        self.session = Session(link_key, Role.CLIENT, counters, self.config, name)
+        self.frames = FrameLink(
+            port, self._on_payload, config=self.config, on_give_up=self._on_give_up, name=name
+        )
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Call] = {}
+        self._next_id = random.randrange(REQUEST_ID_MOD)
+        self.counts: Counter[str] = Counter()
+        self.frames.start()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        link_key: bytes,
+        counters: CounterStore,
+        config: LinkConfig | None = None,
+        name: str = "link-client",
+    ) -> LinkClient:
+        """A client on the serial port at `url` (device path or pyserial URL)."""
+        config = config or LinkConfig()
+        return cls(_open_port(url, config), link_key, counters, config, name)
+
+    def __enter__(self) -> LinkClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.frames.close()
+        with self._lock:
+            calls = list(self._pending.values())
+        for call in calls:
+            call.error = LinkClosed(f"{self.name}: link closed while {call.command!r} waited")
+            call.wake.set()
+
+    def stats(self) -> dict[str, int]:
+        out = self.frames.stats()
+        out.update(self.counts)
+        out.update({f"refused {r.name.lower()}": n for r, n in self.session.refusals.items()})
+        return out
+
+    def call(self, command: str, payload: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        """Run `command` on the cold HSM and return its answer.
+
+        Raises `LinkRemoteError` (the handler's code and message), `LinkTimeout` (no answer
+        within `timeout` seconds), `LinkAuthError` (the cold side refused our MAC) or another
+        `LinkError`.
+        """
+        body = codec.encode([command, dict(payload)])
+        start = time.monotonic()
+        deadline = start + timeout
+        with self._lock:
+            call = _Call(command, body, self._new_request_id())
+            self._pending[call.request_id] = call
+        try:
+            self._transmit(call)
+            resend_at = time.monotonic() + self.config.resend_after
+            while True:
+                now = time.monotonic()
+                if call.done:
+                    break
+                if now >= deadline:
+                    self.counts["timeouts"] += 1
+                    raise LinkTimeout(
+                        f"link: no answer to {command!r} after {now - start:.2f}s "
+                        f"(timeout {timeout:g}s, {call.attempts} attempt(s))"
+                    )
+                if call.resend_now or now >= resend_at:
+                    call.resend_now = False
+                    call.wake.clear()
+                    if self.frames.closed:
+                        raise LinkClosed(f"{self.name}: link is closed")
+                    self._transmit(call)
+                    resend_at = now + self.config.resend_after
+                    continue
+                call.wake.wait(min(deadline, resend_at) - now)
+        finally:
+            with self._lock:
+                self._pending.pop(call.request_id, None)
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _new_request_id(self) -> int:
+        """Caller holds `_lock`."""
+        while True:
+            rid = self._next_id
+            self._next_id = (rid + 1) % REQUEST_ID_MOD
+            if rid not in self._pending:
+                return rid
+
+    def _transmit(self, call: _Call) -> None:
+        call.attempts += 1
+        if call.attempts > 1:
+            self.counts["re-sent requests"] += 1
+            log.debug(
+                "%s: re-sending %r (request id %d, attempt %d)",
+                self.name,
+                call.command,
+                call.request_id,
+                call.attempts,
+            )
+        self.frames.send(
+            self.session.seal(Kind.REQUEST, call.request_id, call.body), tag=call.request_id
+        )
+
+    # -- reader thread -----------------------------------------------------------------------
+
+    def _on_give_up(self, tag: object) -> None:
+        with self._lock:
+            call = self._pending.get(tag) if isinstance(tag, int) else None
+        if call is not None:
+            call.resend_now = True
+            call.wake.set()
+
+    def _on_payload(self, data: bytes) -> None:
+        msg = self.session.open(data)
+        if isinstance(msg, Refused):
+            return
+        if msg.authenticated:
+            self.session.commit()
+        with self._lock:
+            call = self._pending.get(msg.request_id)
+        if call is None or call.done:
+            self.counts["late answers"] += 1
+            log.debug(
+                "%s: %s for request id %d, which no call awaits",
+                self.name,
+                msg.kind.name.lower(),
+                msg.request_id,
+            )
+            return
+        if msg.kind == Kind.ANSWER:
+            self._answer(call, msg)
+        elif msg.kind == Kind.REFUSAL:
+            self._authenticated_refusal(call, msg)
+        elif msg.kind == Kind.UNAUTH_REFUSAL:
+            self._unauthenticated_refusal(call, msg)
+        else:
+            log.warning("%s: unexpected %s from the cold side", self.name, msg.kind.name)
+            return
+        call.wake.set()
+
+    def _answer(self, call: _Call, msg: Message) -> None:
+        try:
+            status, value = codec.decode(msg.body)
+            if status == AnswerStatus.OK and isinstance(value, dict):
+                call.result = value
+            elif status == AnswerStatus.ERROR:
+                code, message = value
+                call.error = LinkRemoteError(int(code), str(message))
+            else:
+                raise LinkEncodingError("link: answer of unknown shape")
+        except (LinkEncodingError, TypeError, ValueError) as exc:
+            call.error = LinkEncodingError(f"link: undecodable answer to {call.command!r}: {exc}")
+
+    def _authenticated_refusal(self, call: _Call, msg: Message) -> None:
+        try:
+            reason, highest = codec.decode(msg.body)
+            reason = Refusal(reason)
+        except (LinkEncodingError, TypeError, ValueError):
+            log.warning("%s: undecodable refusal of %r", self.name, call.command)
+            return
+        log.info(
+            "%s: cold side refused %r (request id %d): %s; re-sending",
+            self.name,
+            call.command,
+            call.request_id,
+            reason.text,
+        )
+        if reason == Refusal.STALE and isinstance(highest, int):
+            self.session.skip_send_counter(highest)
+        elif reason == Refusal.RID_CONFLICT:
+            with self._lock:
+                self._pending.pop(call.request_id, None)
+                call.request_id = self._new_request_id()
+                self._pending[call.request_id] = call
+        call.resend_now = True
+
+    def _unauthenticated_refusal(self, call: _Call, msg: Message) -> None:
+        try:
+            reason = Refusal(codec.decode(msg.body)[0])
+        except (LinkEncodingError, TypeError, ValueError, IndexError, KeyError):
+            reason = Refusal.MALFORMED
+        self.counts["unauthenticated refusals"] += 1
+        hint = " (the link keys differ?)" if reason == Refusal.BAD_MAC else ""
+        call.error = LinkAuthError(
+            f"link: the cold side refused {call.command!r}: {reason.text}{hint}"
+        )
+
+
+@dataclass
+class _Executed:
+    digest: bytes
+    expires: float
+    answer: bytes | None = None  # None while executing
+
+
+class LinkServer:
+    """Serves commands from the hot HSM: one handler at a time, each request id once."""
+
+    def __init__(
+        self,
+        port: ByteStream,
+        link_key: bytes,
+        handlers: Mapping[str, Handler],
+        counters: CounterStore,
+        config: LinkConfig | None = None,
+        name: str = "link-server",
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.name = name
+        self.handlers = dict(handlers)
+        self.session = Session(link_key, Role.SERVER, counters, self.config, name)
+        self.frames = FrameLink(port, self._on_payload, config=self.config, name=name)
+        self._lock = threading.Lock()
+        self._executed: OrderedDict[int, _Executed] = OrderedDict()
+        self._queue: queue.Queue[Message | None] = queue.Queue()
+        self._stopped = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        link_key: bytes,
+        handlers: Mapping[str, Handler],
+        counters: CounterStore,
+        config: LinkConfig | None = None,
+        name: str = "link-server",
+    ) -> LinkServer:
+        """A server on the serial port at `url` (device path or pyserial URL)."""
+        config = config or LinkConfig()
+        return cls(_open_port(url, config), link_key, handlers, counters, config, name)
+
+    def start(self) -> None:
+        """Serve in background threads (the reader and one executor)."""
+        self._worker = threading.Thread(
+            target=self._execute_loop, name=f"{self.name}-exec", daemon=True
+        )
+        self._worker.start()
+        self.frames.start()
+
+    def serve_forever(self) -> None:
+        """Serve until `stop()` (from another thread or a signal handler)."""
+        self.start()
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._queue.put(None)
+        self.frames.close()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5)
+
+    close = stop
+
+    def __enter__(self) -> LinkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, int]:
+        out = self.frames.stats()
+        out.update(self.counts)
+        out.update({f"refused {r.name.lower()}": n for r, n in self.session.refusals.items()})
+        return out
+
+    # -- reader thread -----------------------------------------------------------------------
+
+    def _on_payload(self, data: bytes) -> None:
+        msg = self.session.open(data)
+        if isinstance(msg, Refused):
+            self._answer_refusal(msg)
+            return
+        if msg.kind != Kind.REQUEST:
+            log.warning("%s: ignored a %s from the hot side", self.name, msg.kind.name.lower())
+            return
+        digest = hashlib.blake2b(msg.body, digest_size=16).digest()
+        now = time.monotonic()
+        with self._lock:
+            entry = self._executed.get(msg.request_id)
+            if entry is None:
+                self._executed[msg.request_id] = _Executed(
+                    digest, now + self.config.answer_cache_ttl
+                )
+                self._prune(now)
+        if entry is None:
+            self._queue.put(msg)
+        elif entry.digest != digest:
+            self._send(
+                Kind.REFUSAL,
+                msg.request_id,
+                codec.encode([Refusal.RID_CONFLICT, self.session.highest_received]),
+            )
+        elif entry.answer is None:
+            self.counts["re-sent while executing"] += 1
+            log.debug("%s: request id %d re-sent while executing", self.name, msg.request_id)
+        else:
+            self.counts["cached answers"] += 1
+            log.info("%s: request id %d re-sent; answering from cache", self.name, msg.request_id)
+            self._send(Kind.ANSWER, msg.request_id, entry.answer)
+
+    def _answer_refusal(self, refused: Refused) -> None:
+        """Tell the hot side why its request was refused; never answer anything else."""
+        if refused.kind != Kind.REQUEST or refused.request_id is None:
+            return
+        if refused.reason == Refusal.REPLAYED:
+            with self._lock:
+                known = refused.request_id in self._executed
+            if known:
+                return  # a duplicate of an accepted request, which will be answered
+            # A counter we accepted for another request: the hot side's counters are behind.
+        if refused.reason in (Refusal.STALE, Refusal.REPLAYED):
+            body = codec.encode([Refusal.STALE, self.session.highest_received])
+            self._send(Kind.REFUSAL, refused.request_id, body)
+        elif refused.reason in (Refusal.BAD_MAC, Refusal.WRONG_DIRECTION):
+            wire = self.session.seal_unauthenticated_refusal(
+                refused.request_id, codec.encode([refused.reason, 0])
+            )
+            self._send_wire(wire)
+
+    def _prune(self, now: float) -> None:
+        """Drop old finished entries. Caller holds `_lock`."""
+        while self._executed:
+            rid, entry = next(iter(self._executed.items()))
+            full = len(self._executed) > self.config.answer_cache_size
+            if entry.answer is None or not (full or entry.expires < now):
+                break
+            del self._executed[rid]
+
+    # -- executor thread ---------------------------------------------------------------------
+
+    def _execute_loop(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None or self._stopped.is_set():
+                return
+            self.session.commit()
+            answer = self._execute(msg)
+            with self._lock:
+                entry = self._executed.get(msg.request_id)
+                if entry is not None:
+                    entry.answer = answer
+            self._send(Kind.ANSWER, msg.request_id, answer)
+
+    def _execute(self, msg: Message) -> bytes:
+        try:
+            command, payload = codec.decode(msg.body)
+            if not isinstance(command, str) or not isinstance(payload, dict):
+                raise LinkEncodingError("request is not [command, map]")
+        except (LinkEncodingError, TypeError, ValueError) as exc:
+            return self._error(LinkErrorCode.ENCODING, f"link: undecodable request: {exc}")
+        handler = self.handlers.get(command)
+        if handler is None:
+            return self._error(LinkErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r}")
+        self.counts["executed"] += 1
+        try:
+            result = handler(payload)
+            if not isinstance(result, dict):
+                raise TypeError(f"handler returned a {type(result).__name__}, not a dict")
+            answer = codec.encode([AnswerStatus.OK, result])
+        except CustodyError as exc:
+            log.info("%s: %s refused: [%d] %s", self.name, command, exc.code, exc.message)
+            return self._error(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("%s: handler for %r failed", self.name, command)
+            return self._error(
+                LinkErrorCode.HANDLER_FAILED, f"{command}: internal error ({type(exc).__name__})"
+            )
+        if len(answer) + 64 > self.frames.max_payload:
+            return self._error(LinkErrorCode.TOO_LARGE, f"{command}: answer too large")
+        return answer
+
+    @staticmethod
+    def _error(code: int, message: str) -> bytes:
+        return codec.encode([AnswerStatus.ERROR, [int(code), message]])
+
+    def _send(self, kind: Kind, request_id: int, body: bytes) -> None:
+        self._send_wire(self.session.seal(kind, request_id, body))
+
+    def _send_wire(self, wire: bytes) -> None:
+        try:
+            self.frames.send(wire)
+        except LinkError as exc:
+            log.warning("%s: cannot send: %s", self.name, exc)

@@ -1,0 +1,193 @@
+"""The session layer: authenticated, replay-proof messages carried in frames.
+
+A message (big-endian)::
+
+    direction:u8  kind:u8  counter:u64  request_id:u32  body  mac[16]
+
+The MAC (see `auth.py`) covers every byte before it, under the sender's direction key. A
+receiver refuses, counts and logs (with the reason) a message that is malformed, comes from the
+wrong direction, fails its MAC, or repeats / predates a counter it accepted; a refused message
+changes nothing. Accepted counters are persisted by `commit()`, which the layer above calls
+before it acts on a message, so a replay after a restart is still stale.
+
+`UNAUTH_REFUSAL` is the one unauthenticated kind: the cold side's answer to a request whose MAC
+does not verify (it cannot authenticate to a peer whose key differs). It is only ever advisory:
+it can end a pending call with a clear error, never produce a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+from cc_common.link.auth import MAC_LEN, Direction, MacKey, Refusal, ReplayWindow
+from cc_common.link.counters import CounterStore
+from cc_common.link.settings import LinkConfig
+
+log = logging.getLogger(__name__)
+
+HEAD = struct.Struct(">BBQI")
+MESSAGE_OVERHEAD = HEAD.size + MAC_LEN
+MAX_COUNTER = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
+REQUEST_ID_MOD = 1 << 32
+
+
+class Role(Enum):
+    """The hot HSM is the client (sends requests), the cold HSM the server."""
+
+    CLIENT = Direction.HOT_TO_COLD
+    SERVER = Direction.COLD_TO_HOT
+
+
+class Kind(IntEnum):
+    REQUEST = 1
+    ANSWER = 2
+    REFUSAL = 3
+    UNAUTH_REFUSAL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message that passed every check (or an advisory `UNAUTH_REFUSAL`)."""
+
+    direction: Direction
+    kind: Kind
+    counter: int
+    request_id: int
+    body: bytes
+
+    @property
+    def authenticated(self) -> bool:
+        return self.kind != Kind.UNAUTH_REFUSAL
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message that failed a check; `kind`/`request_id` are as claimed (unverified)."""
+
+    reason: Refusal
+    kind: Kind | None = None
+    request_id: int | None = None
+
+
+class Session:
+    """Seals outgoing and opens incoming messages for one end of the link. Thread-safe."""
+
+    def __init__(
+        self,
+        link_key: bytes,
+        role: Role,
+        counters: CounterStore,
+        config: LinkConfig | None = None,
+        name: str = "link",
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.name = name
+        self.send_direction: Direction = role.value
+        self.recv_direction = self.send_direction.reverse
+        self._send_key = MacKey(link_key, self.send_direction)
+        self._recv_key = MacKey(link_key, self.recv_direction)
+        self._store = counters
+        self._send_name = f"{self.send_direction.name.lower()}.send"
+        self._recv_name = f"{self.recv_direction.name.lower()}.recv"
+        self._lock = threading.Lock()
+        self._reserved = counters.load(self._send_name)
+        self._next = self._reserved + 1
+        self._persisted = counters.load(self._recv_name)
+        self._window = ReplayWindow(self._persisted, self.config.replay_window)
+        self.refusals: Counter[Refusal] = Counter()
+        self._log_budget: dict[Refusal, tuple[float, int]] = {}
+
+    @property
+    def highest_received(self) -> int:
+        return self._window.highest
+
+    def seal(self, kind: Kind, request_id: int, body: bytes) -> bytes:
+        """An authenticated message with the next counter of our direction."""
+        with self._lock:
+            counter = self._next
+            self._next += 1
+            if counter > self._reserved:
+                self._reserved = min(counter + self.config.counter_reserve, MAX_COUNTER)
+                self._store.save(self._send_name, self._reserved)
+        if counter > MAX_COUNTER:
+            raise OverflowError("link counter exhausted: re-pair the HSMs")
+        data = HEAD.pack(self.send_direction, kind, counter, request_id) + body
+        return data + self._send_key.tag(data)
+
+    def seal_unauthenticated_refusal(self, request_id: int, body: bytes) -> bytes:
+        """The advisory refusal for a peer whose MAC failed (no counter, zero MAC)."""
+        data = HEAD.pack(self.send_direction, Kind.UNAUTH_REFUSAL, 0, request_id) + body
+        return data + bytes(MAC_LEN)
+
+    def skip_send_counter(self, past: int) -> None:
+        """Continue above `past` (the peer said, authenticated, our counters were stale)."""
+        with self._lock:
+            if past >= self._next and past < MAX_COUNTER:
+                log.warning(
+                    "%s: sending counter behind the peer's; skipping to %d", self.name, past + 1
+                )
+                self._next = past + 1
+
+    def open(self, data: bytes) -> Message | Refused:
+        """Check an incoming message. Never raises; a refusal is counted and logged."""
+        if len(data) < MESSAGE_OVERHEAD:
+            return self._refuse(Refusal.MALFORMED, None, None, f"{len(data)} bytes")
+        raw_dir, raw_kind, counter, request_id = HEAD.unpack_from(data)
+        try:
+            kind = Kind(raw_kind)
+            direction = Direction(raw_dir)
+        except ValueError:
+            return self._refuse(Refusal.MALFORMED, None, request_id, "unknown kind or direction")
+        body = data[HEAD.size : -MAC_LEN]
+        if direction != self.recv_direction:
+            return self._refuse(Refusal.WRONG_DIRECTION, kind, request_id, direction.name)
+        if kind == Kind.UNAUTH_REFUSAL:
+            return Message(direction, kind, counter, request_id, body)
+        if not self._recv_key.verify(data[:-MAC_LEN], data[-MAC_LEN:]):
+            return self._refuse(Refusal.BAD_MAC, kind, request_id, "")
+        with self._lock:
+            reason = self._window.check(counter)
+            if reason is None:
+                self._window.accept(counter)
+        if reason is not None:
+            detail = f"counter {counter}, highest accepted {self._window.highest}"
+            return self._refuse(reason, kind, request_id, detail)
+        return Message(direction, kind, counter, request_id, body)
+
+    def commit(self) -> None:
+        """Persist the highest accepted counter; call before acting on an opened message."""
+        with self._lock:
+            highest = self._window.highest
+            if highest <= self._persisted:
+                return
+            self._store.save(self._recv_name, highest)
+            self._persisted = highest
+
+    def _refuse(
+        self, reason: Refusal, kind: Kind | None, request_id: int | None, detail: str
+    ) -> Refused:
+        self.refusals[reason] += 1
+        now = time.monotonic()
+        start, logged = self._log_budget.get(reason, (now, 0))
+        if now - start > 60:
+            start, logged = now, 0
+        self._log_budget[reason] = (start, logged + 1)
+        level = logging.WARNING if logged < 20 else logging.DEBUG
+        what = kind.name.lower() if kind is not None else "message"
+        log.log(
+            level,
+            "%s: refused %s (request id %s): %s%s [%d refused for this reason]",
+            self.name,
+            what,
+            request_id,
+            reason.text,
+            f" ({detail})" if detail else "",
+            self.refusals[reason],
+        )
+        return Refused(reason, kind, request_id)
