@@ -1,0 +1,280 @@
+"""Shared harness for tests of the simulated node and the chain client.
+
+`NodeProcess` starts the node as a real OS process (`firmware-sim node --dir D`) in a fresh
+deployment, waits for its ready file with a deadline, fails fast with its log if it dies, and
+stops it with SIGTERM. Transactions are built here with python-bitcointx and coincurve,
+never with wallet_core: the node must judge the wallet's output independently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import coincurve
+import pytest
+import requests
+from bitcointx import segwit_addr
+from bitcointx.core import (
+    COutPoint,
+    CTransaction,
+    CTxIn,
+    CTxInWitness,
+    CTxOut,
+    CTxWitness,
+    Hash160,
+    lx,
+)
+from bitcointx.core.script import (
+    OP_0,
+    OP_CHECKMULTISIG,
+    OP_CHECKSIG,
+    OP_DUP,
+    OP_EQUALVERIFY,
+    OP_HASH160,
+    SIGHASH_ALL,
+    SIGVERSION_WITNESS_V0,
+    CScript,
+    CScriptWitness,
+)
+
+from cc_common.config import Config
+from cc_common.deployment import init_deployment
+from cc_common.process import read_ready
+from custody.chain import BitcoinRPC, RPCError
+
+ROOT = Path(__file__).resolve().parent.parent
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+COIN = 100_000_000
+FEE = 10_000  # sats: comfortably above 1 sat/vB for the small transactions here
+
+
+class NodeProcess:
+    """The regtest node as a child process in its own deployment directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.config: Config = init_deployment(data_dir)
+        section = self.config.section("firmware_sim.node")
+        self.url = f"http://{section.str('host')}:{section.int('port')}"
+        self.user = section.str("rpc_user")
+        self.password = section.str("rpc_password")
+        self.datadir = section.path("datadir")
+        self.log_path = data_dir / "logs" / "node-stdout.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, deadline: float = 30.0) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "firmware_sim.cli", "node", "--dir", str(self.data_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            info = read_ready(self.config.run_dir, "node")
+            if info and info.get("pid") == self.proc.pid:
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"node not ready within {deadline}s:\n{self.log()}")
+
+    def stop(self, deadline: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(deadline)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def rpc(self, **kwargs: Any) -> BitcoinRPC:
+        return BitcoinRPC(self.url, self.user, self.password, timeout=30, **kwargs)
+
+    def post(self, body: Any, auth: tuple[str, str] | None = None) -> requests.Response:
+        """A raw HTTP POST, for checking the wire format itself."""
+        data = body if isinstance(body, bytes | str) else __import__("json").dumps(body)
+        return requests.post(
+            self.url, data=data, auth=auth or (self.user, self.password), timeout=30
+        )
+
+
+def running_node(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[NodeProcess]:
+    """Body of a module-scoped fixture: a started node, stopped (cleanly) at teardown."""
+    node = NodeProcess(tmp_path_factory.mktemp(name))
+    node.start()
+    try:
+        yield node
+    finally:
+        code = node.stop()
+        assert code == 0, f"node exited with {code}:\n{node.log()}"
+
+
+def assert_rpc_error(call: Any, code: int, message: str, *args: Any) -> RPCError:
+    """Like Core's `assert_raises_rpc_error`: both the code and the exact message."""
+    with pytest.raises(RPCError) as info:
+        call(*args)
+    assert (info.value.rpc_code, info.value.rpc_message) == (code, message)
+    return info.value
+
+
+# ---------------------------------------------------------------- keys and transactions
+
+
+@dataclass
+class Key:
+    """A secp256k1 key with its P2WPKH output (coincurve for signing)."""
+
+    priv: coincurve.PrivateKey
+
+    @classmethod
+    def from_seed(cls, seed: str) -> Key:
+        return cls(coincurve.PrivateKey(hashlib.sha256(seed.encode()).digest()))
+
+    @property
+    def pub(self) -> bytes:
+        return self.priv.public_key.format(compressed=True)
+
+    @property
+    def script(self) -> CScript:
+        return CScript([OP_0, Hash160(self.pub)])
+
+    @property
+    def address(self) -> str:
+        return segwit_addr.encode("bcrt", 0, Hash160(self.pub))
+
+    def sign(self, digest: bytes, *, high_s: bool = False) -> bytes:
+        sig = self.priv.sign(digest, hasher=None)
+        if high_s:
+            sig = to_high_s(sig)
+        return sig + bytes([SIGHASH_ALL])
+
+
+def _der_int(value: int) -> bytes:
+    raw = value.to_bytes(32, "big").lstrip(b"\x00") or b"\x00"
+    if raw[0] & 0x80:
+        raw = b"\x00" + raw
+    return b"\x02" + bytes([len(raw)]) + raw
+
+
+def to_high_s(der: bytes) -> bytes:
+    """The same signature with s replaced by n - s (valid ECDSA, but not low-S)."""
+    rlen = der[3]
+    r = int.from_bytes(der[4 : 4 + rlen], "big")
+    slen = der[5 + rlen]
+    s = int.from_bytes(der[6 + rlen : 6 + rlen + slen], "big")
+    body = _der_int(r) + _der_int(SECP256K1_N - s)
+    return b"\x30" + bytes([len(body)]) + body
+
+
+def p2wsh_multisig(keys: list[Key], m: int = 2) -> tuple[CScript, CScript, list[Key]]:
+    """(witness script, P2WSH output script, keys in script order) for sortedmulti."""
+    ordered = sorted(keys, key=lambda k: k.pub)
+    witness_script = CScript([m, *[k.pub for k in ordered], len(ordered), OP_CHECKMULTISIG])
+    return witness_script, CScript([OP_0, hashlib.sha256(witness_script).digest()]), ordered
+
+
+def p2wsh_address(witness_script: CScript) -> str:
+    return segwit_addr.encode("bcrt", 0, hashlib.sha256(witness_script).digest())
+
+
+def unsigned_tx(
+    inputs: list[tuple[str, int]],
+    outputs: list[tuple[bytes | CScript, int]],
+    sequence: int = 0xFFFFFFFF,
+) -> CTransaction:
+    vin = [CTxIn(COutPoint(lx(txid), n), nSequence=sequence) for txid, n in inputs]
+    vout = [CTxOut(value, CScript(script)) for script, value in outputs]
+    return CTransaction(vin, vout, nVersion=2)
+
+
+def with_witness(tx: CTransaction, stacks: list[list[bytes]]) -> CTransaction:
+    witness = CTxWitness([CTxInWitness(CScriptWitness(stack)) for stack in stacks])
+    return CTransaction(tx.vin, tx.vout, tx.nLockTime, tx.nVersion, witness)
+
+
+def p2wpkh_digest(tx: CTransaction, index: int, key: Key, amount: int) -> bytes:
+    code = CScript([OP_DUP, OP_HASH160, Hash160(key.pub), OP_EQUALVERIFY, OP_CHECKSIG])
+    return code.sighash(tx, index, SIGHASH_ALL, amount=amount, sigversion=SIGVERSION_WITNESS_V0)
+
+
+def p2wsh_digest(tx: CTransaction, index: int, witness_script: CScript, amount: int) -> bytes:
+    return witness_script.sighash(
+        tx, index, SIGHASH_ALL, amount=amount, sigversion=SIGVERSION_WITNESS_V0
+    )
+
+
+def spend_p2wpkh(
+    key: Key,
+    coin: tuple[str, int, int],
+    outputs: list[tuple[bytes | CScript, int]],
+    *,
+    high_s: bool = False,
+    sequence: int = 0xFFFFFFFF,
+) -> CTransaction:
+    """Spend one P2WPKH coin (txid, vout, value) to `outputs`, signed by `key`."""
+    txid, vout, value = coin
+    tx = unsigned_tx([(txid, vout)], outputs, sequence)
+    sig = key.sign(p2wpkh_digest(tx, 0, key, value), high_s=high_s)
+    return with_witness(tx, [[sig, key.pub]])
+
+
+def hex_of(tx: CTransaction) -> str:
+    return tx.serialize().hex()
+
+
+def txid_hex(tx: CTransaction) -> str:
+    return tx.GetTxid()[::-1].hex()
+
+
+class Faucet:
+    """Hands out distinct mature coinbase coins paid to `key` (mining more when needed)."""
+
+    def __init__(self, rpc: BitcoinRPC, key: Key) -> None:
+        self.rpc = rpc
+        self.key = key
+        self.next_height = 1
+
+    def coin(self) -> tuple[str, int, int]:
+        """(txid, vout, value in sats) of a coinbase output spendable in the next block."""
+        while self.rpc.get_block_count() + 1 - self.next_height < 100:
+            self.rpc.generate_to_address(10, self.key.address)
+        block = self.rpc.get_block(self.rpc.get_block_hash(self.next_height), 2)
+        self.next_height += 1
+        coinbase = block["tx"][0]
+        value = Decimal(coinbase["vout"][0]["value"])
+        return coinbase["txid"], 0, int(value * COIN)
+
+    def immature_coin(self) -> tuple[tuple[str, int, int], int]:
+        """A coinbase one block short of maturity, and the depth Core will report."""
+        tip = self.rpc.get_block_count()
+        height = tip - 98  # spent in block tip+1 at depth 99
+        block = self.rpc.get_block(self.rpc.get_block_hash(height), 2)
+        coinbase = block["tx"][0]
+        return (coinbase["txid"], 0, int(Decimal(coinbase["vout"][0]["value"]) * COIN)), 99
