@@ -1,0 +1,50 @@
+"""Database engine and sessions for custody, from configuration.
+
+SQLite (the embedded default) gets WAL, foreign keys and a busy timeout so several worker
+processes can share one file; PostgreSQL is used as is. Engines are made by the app factory and
+by each worker, never at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+
+
+def database_url(config: Config) -> str:
+    return config.section("custody").str("database_url")
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for `url` with the settings this service needs on each backend."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is committed at the end of the block, rolled back on error."""
+    with factory() as session, session.begin():
+        yield session
