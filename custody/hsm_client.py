@@ -1,0 +1,130 @@
+"""Client of the hot HSM's local RPC (see docs/hsm-pair.md): the only way custody reaches keys.
+
+Loopback HTTP with a shared secret. Errors from the HSMs keep their numeric code and message
+(`HsmRefused`); a hot HSM that does not answer becomes `HsmUnavailable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from cc_common.config import Config
+from cc_common.errors import CustodyError
+
+
+class HsmError(CustodyError):
+    code = 600
+
+
+class HsmUnavailable(HsmError):
+    """The hot HSM (or, behind it, the cold HSM) could not be reached."""
+
+    code = 601
+
+
+class HsmRefused(HsmError):
+    """An HSM refused the request; `code` and `message` are the HSM's own."""
+
+
+@dataclass(frozen=True)
+class ProvisionedAccount:
+    """Public material of a freshly provisioned account, as the HSMs returned it."""
+
+    receiving_xpub: str
+    cosigner_xpub: str
+    cosigner_fingerprint: str
+    recovery_xpub: str
+    recovery_fingerprint: str
+    hot_pubkey: str
+    cold_identity: str
+    proof: str
+
+
+class HotHsmClient:
+    def __init__(self, url: str, secret: str, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/") + "/rpc"
+        self._headers = {"Authorization": f"Bearer {secret}"}
+        self.timeout = timeout
+        self._http = requests.Session()
+
+    @classmethod
+    def from_config(cls, config: Config) -> HotHsmClient:
+        s = config.section("hsm_hot")
+        return cls(
+            f"http://{s.str('rpc_host')}:{s.int('rpc_port')}",
+            s.secret("rpc_secret"),
+            timeout=s.float("rpc_timeout", 60.0),
+        )
+
+    def call(self, method: str, **params: Any) -> Any:
+        try:
+            resp = self._http.post(
+                self.url,
+                json={"method": method, "params": params},
+                headers=self._headers,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise HsmUnavailable(f"hot HSM unreachable ({type(exc).__name__})") from None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise HsmUnavailable(f"hot HSM answered HTTP {resp.status_code} without JSON") from None
+        if body.get("error"):
+            err = body["error"]
+            raise HsmRefused(str(err.get("message", "refused")), code=int(err.get("code", 600)))
+        return body.get("result")
+
+    # -- the methods of docs/hsm-pair.md ---------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self.call("health")
+
+    def provision_account(
+        self, account: int, network: str, vdevice_identity: str, settlement_descriptor: str
+    ) -> ProvisionedAccount:
+        r = self.call(
+            "provision_account",
+            account=account,
+            network=network,
+            vdevice_identity=vdevice_identity,
+            settlement_descriptor=settlement_descriptor,
+        )
+        return ProvisionedAccount(**{k: r[k] for k in ProvisionedAccount.__dataclass_fields__})
+
+    def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
+        return str(
+            self.call("prove_batch", account=account, wallet=wallet, batch_no=batch_no)["signature"]
+        )
+
+    def register_channel(
+        self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
+    ) -> None:
+        self.call(
+            "register_channel",
+            account=account,
+            c_id=c_id,
+            channel_pubkey=channel_pubkey,
+            expires_at=expires_at,
+            identity_sig=identity_sig,
+        )
+
+    def sign_send(
+        self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        """Both HSMs' signatures on `psbt` (base64); returns the PSBT with both partial sigs."""
+        r = self.call(
+            "sign_send", account=account, psbt=psbt, request=request, vc_code=vc_code, c_id=c_id
+        )
+        return str(r["psbt"])
+
+    def freeze(self, account: int, reason: str) -> None:
+        self.call("freeze", account=account, reason=reason)
+
+    def cold_status(self) -> dict[str, Any]:
+        return self.call("cold_status")
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        return list(self.call("take_alerts")["alerts"])
