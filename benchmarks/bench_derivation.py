@@ -1,0 +1,90 @@
+"""Address derivation benchmark (issue 3, section 5).
+
+Workloads, all from account-level xpubs (what the custody API holds):
+  1. a 1000-address batch of P2WPKH (cold receiving, BIP84),
+  2. a 1000-address batch of 2-of-3 P2WSH sortedmulti (hot sending, BIP48),
+  3. 10 000 P2WPKH addresses (ten batches).
+Each runs several times; best and median are printed. Target: <= 20 ms per 1000 P2WPKH.
+The one-time per-process cost (window table for the batch point multiplier) is shown apart.
+
+Run: .venv/bin/python benchmarks/bench_derivation.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wallet_core import hashes, secp  # noqa: E402
+from wallet_core.bip32 import ExtendedKey  # noqa: E402
+from wallet_core.networks import Network  # noqa: E402
+from wallet_core.wallets import (  # noqa: E402
+    AccountKey,
+    ColdWallet,
+    HotWallet,
+    batch_addresses,
+    bip48_account_path,
+    bip84_account_path,
+)
+
+TARGET_MS = 20.0
+
+
+def _time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return min(samples), statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    net = Network.REGTEST
+
+    roots = [ExtendedKey.from_seed(bytes([n]) * 32, net) for n in (1, 2, 3)]
+    cold_account = AccountKey.from_root(roots[0], bip84_account_path(net, 0))
+    hot_accounts = tuple(AccountKey.from_root(r, bip48_account_path(net, 0)) for r in roots)
+
+    t0 = time.perf_counter()
+    secp.BatchPointMultiplier.shared()
+    table_ms = (time.perf_counter() - t0) * 1000
+
+    # fresh wallet objects per run: chain keys (…/0) are derived inside the timing
+    def cold_batch() -> object:
+        return batch_addresses(ColdWallet(cold_account, net), 7)
+
+    def hot_batch() -> object:
+        return batch_addresses(HotWallet(hot_accounts, net), 7)  # type: ignore[arg-type]
+
+    def cold_10k() -> object:
+        return ColdWallet(cold_account, net).addresses(0, 10_000)
+
+    cold_batch(), hot_batch()  # warm-up (encoder tables, caches)
+    results = [
+        ("P2WPKH batch, 1000 addresses", 1000, _time(cold_batch, args.runs)),
+        ("2-of-3 P2WSH batch, 1000 addresses", 1000, _time(hot_batch, args.runs)),
+        ("P2WPKH, 10 000 addresses", 10_000, _time(cold_10k, max(3, args.runs // 3))),
+    ]
+    print(f"python {sys.version.split()[0]}; RIPEMD-160: {hashes.RIPEMD160_BACKEND}")
+    print(f"one-time window table build: {table_ms:.1f} ms")
+    print(f"{'workload':38} {'best ms':>9} {'median ms':>10} {'best us/addr':>13}")
+    for name, count, (best, median) in results:
+        print(f"{name:38} {best:9.2f} {median:10.2f} {best * 1000 / count:13.2f}")
+    best_1000 = results[0][2][0]
+    verdict = "meets" if best_1000 <= TARGET_MS else "MISSES"
+    print(f"P2WPKH best {best_1000:.2f} ms per 1000 {verdict} the {TARGET_MS:.0f} ms target")
+    return 0 if best_1000 <= TARGET_MS else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

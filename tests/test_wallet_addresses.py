@@ -1,0 +1,122 @@
+"""Addresses: BIP173/BIP350 vectors, every output type on every network, specific errors,
+and agreement with python-bitcointx's address code (independent of ours)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import bitcointx
+import pytest
+from bitcointx.wallet import CCoinAddress
+
+from wallet_core import errors
+from wallet_core.addresses import (
+    address_to_script,
+    decode_address,
+    is_valid_address,
+    p2pkh_address,
+    p2sh_address,
+    p2tr_address_from_internal_key,
+    p2wpkh_address,
+    p2wsh_address,
+    script_to_address,
+    validate_address,
+)
+from wallet_core.bech32 import Encoding, SegwitV0Encoder, bech32_decode, encode_segwit
+from wallet_core.networks import Network
+from wallet_core.script import ScriptType, multisig_script
+from wallet_core.secp import pubkey_from_privkey
+
+V = json.loads((Path(__file__).parent / "vectors" / "bip173_350_addresses.json").read_text())
+_BITCOINTX_CHAIN = {
+    Network.MAINNET: "bitcoin/mainnet",
+    Network.TESTNET: "bitcoin/testnet",
+    Network.SIGNET: "bitcoin/signet",
+    Network.REGTEST: "bitcoin/regtest",
+}
+
+
+@pytest.mark.parametrize("entry", V["valid_checksums"], ids=lambda e: e["string"][:30])
+def test_valid_checksums(entry: dict) -> None:
+    _, _, spec = bech32_decode(entry["string"])
+    assert spec is Encoding(entry["encoding"])
+
+
+@pytest.mark.parametrize("entry", V["valid_addresses"], ids=lambda e: e["address"][:20])
+def test_valid_addresses(entry: dict) -> None:
+    net = Network(entry["network"])
+    spk = bytes.fromhex(entry["script_pubkey"])
+    assert address_to_script(entry["address"], net) == spk
+    base58 = entry["address"][0] in "123mn"
+    # bech32 addresses are encoded lower-case; base58 is case-sensitive
+    assert script_to_address(spk, net) == (entry["address"] if base58 else entry["address"].lower())
+
+
+@pytest.mark.parametrize("entry", V["invalid_addresses"], ids=lambda e: e["reason"])
+def test_invalid_addresses(entry: dict) -> None:
+    expected = getattr(errors, entry["error"])
+    with pytest.raises(errors.AddressError) as exc:
+        decode_address(entry["address"])
+    assert type(exc.value) is expected, exc.value.message
+    assert exc.value.code == expected.code
+    for net in Network:
+        assert not is_valid_address(entry["address"], net)
+
+
+@pytest.mark.parametrize(
+    "entry", V["wrong_network"], ids=lambda e: f"{e['address'][:10]}->{e['expect']}"
+)
+def test_wrong_network_names_the_owner(entry: dict) -> None:
+    with pytest.raises(errors.WrongNetworkError) as exc:
+        validate_address(entry["address"], Network(entry["expect"]))
+    assert f"is for {entry['belongs']}, not {entry['expect']}" in exc.value.message
+    assert exc.value.code == 512
+
+
+@pytest.mark.parametrize("network", list(Network), ids=lambda n: n.value)
+def test_every_type_round_trips_and_matches_bitcointx(network: Network) -> None:
+    keys = [pubkey_from_privkey(os.urandom(32)) for _ in range(3)]
+    ws = multisig_script(2, keys)
+    made = {
+        ScriptType.P2PKH: p2pkh_address(keys[0], network),
+        ScriptType.P2SH: p2sh_address(ws, network),
+        ScriptType.P2WPKH: p2wpkh_address(keys[0], network),
+        ScriptType.P2WSH: p2wsh_address(ws, network),
+        ScriptType.P2TR: p2tr_address_from_internal_key(keys[0][1:], network),
+    }
+    with bitcointx.ChainParams(_BITCOINTX_CHAIN[network]):
+        for kind, addr in made.items():
+            info = validate_address(addr, network)
+            assert info.type is kind
+            assert script_to_address(info.script_pubkey, network) == addr
+            theirs = CCoinAddress(addr)
+            assert bytes(theirs.to_scriptPubKey()) == info.script_pubkey
+            assert str(CCoinAddress.from_scriptPubKey(theirs.to_scriptPubKey())) == addr
+
+
+def test_regtest_accepts_testnet_base58_but_not_tb_bech32() -> None:
+    pub = pubkey_from_privkey(bytes(31) + b"\x01")
+    legacy = p2pkh_address(pub, Network.TESTNET)
+    assert is_valid_address(legacy, Network.REGTEST)
+    assert not is_valid_address(p2wpkh_address(pub, Network.TESTNET), Network.REGTEST)
+    assert is_valid_address(p2wpkh_address(pub, Network.TESTNET), Network.SIGNET)
+
+
+def test_fast_encoder_matches_reference_encoder() -> None:
+    for hrp in ("bc", "tb", "bcrt"):
+        for length in (20, 32):
+            enc = SegwitV0Encoder(hrp, length)
+            for _ in range(200):
+                prog = os.urandom(length)
+                assert enc.encode(prog) == encode_segwit(hrp, 0, prog)
+            for edge in (bytes(length), b"\xff" * length):
+                assert enc.encode(edge) == encode_segwit(hrp, 0, edge)
+
+
+def test_unsupported_scripts() -> None:
+    with pytest.raises(errors.UnsupportedScriptError):
+        script_to_address(b"\x6a\x04abcd", Network.MAINNET)  # OP_RETURN
+    with pytest.raises(errors.UnsupportedScriptError):
+        script_to_address(b"\x00\x15" + bytes(21), Network.MAINNET)  # v0 with 21 bytes

@@ -1,0 +1,186 @@
+"""The two wallets: BIP84 vectors for the cold wallet, 2-of-3 sortedmulti for the hot wallet,
+batches of 1000, change recognition by derivation, and descriptors, cross-checked against
+embit's descriptor engine (an independent implementation of the same BIPs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from embit.descriptor import Descriptor as EmbitDescriptor
+from embit.descriptor.checksum import add_checksum as embit_add_checksum
+
+from wallet_core.addresses import script_to_address
+from wallet_core.bip32 import ExtendedKey, parse_path
+from wallet_core.descriptors import (
+    add_checksum,
+    descriptor_checksum,
+    parse_descriptor,
+    split_checksum,
+)
+from wallet_core.errors import DerivationPathError, DescriptorChecksumError, DescriptorError
+from wallet_core.keys import mnemonic_to_seed, wif_decode, wif_encode
+from wallet_core.networks import Network
+from wallet_core.wallets import (
+    AccountKey,
+    ColdWallet,
+    HotWallet,
+    KeyOrigin,
+    batch_addresses,
+    bip48_account_path,
+    is_own_script,
+    own_index_from_origins,
+)
+
+VEC = Path(__file__).parent / "vectors"
+BIP84 = json.loads((VEC / "bip84.json").read_text())
+BIP380 = json.loads((VEC / "bip380_descriptors.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bip84_root() -> ExtendedKey:
+    seed = mnemonic_to_seed(BIP84["mnemonic"], BIP84["passphrase"])
+    return ExtendedKey.from_seed(seed, Network.MAINNET)
+
+
+def test_bip84_root_and_account(bip84_root: ExtendedKey) -> None:
+    zprv = Network.MAINNET.params.zkey.private
+    assert bip84_root.with_version(zprv).serialize() == BIP84["rootpriv"]
+    assert bip84_root.with_version(zprv).to_public().serialize() == BIP84["rootpub"]
+    account = bip84_root.derive(BIP84["account_path"]).with_version(zprv)
+    assert account.serialize() == BIP84["xprv"]
+    assert account.to_public().serialize() == BIP84["xpub"]
+
+
+@pytest.mark.parametrize("entry", BIP84["addresses"], ids=lambda e: e["path"])
+def test_bip84_addresses(bip84_root: ExtendedKey, entry: dict) -> None:
+    wallet = ColdWallet.from_root(bip84_root, Network.MAINNET, 0)
+    assert wallet.address(entry["index"], entry["change"]) == entry["address"]
+    assert wallet.pubkey(entry["index"], entry["change"]).hex() == entry["pubkey"]
+    node = bip84_root.derive(entry["path"])
+    priv, net, compressed = wif_decode(entry["privkey"])
+    assert (priv, net, compressed) == (node.private_key, Network.MAINNET, True)
+    assert wif_encode(priv, Network.MAINNET) == entry["privkey"]
+    # the same wallet built from the published zpub alone gives the same address
+    xpub_only = ColdWallet(
+        AccountKey(
+            ExtendedKey.parse(BIP84["xpub"]), bip84_root.fingerprint, parse_path("m/84h/0h/0h")
+        ),
+        Network.MAINNET,
+    )
+    assert xpub_only.address(entry["index"], entry["change"]) == entry["address"]
+
+
+def test_mnemonic_checksum_is_enforced() -> None:
+    from wallet_core.errors import MnemonicError
+
+    with pytest.raises(MnemonicError):
+        mnemonic_to_seed(BIP84["mnemonic"].replace("about", "abandon"))
+
+
+def _hot_wallet(network: Network, seed: int = 1) -> tuple[HotWallet, list[ExtendedKey]]:
+    roots = [ExtendedKey.from_seed(bytes([seed + n]) * 32, network) for n in range(3)]
+    path = bip48_account_path(network, 0)
+    accounts = tuple(AccountKey.from_root(r, path) for r in roots)
+    return HotWallet(accounts, network), roots  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("network", list(Network), ids=lambda n: n.value)
+def test_batches_match_single_derivation_and_embit(network: Network) -> None:
+    cold = ColdWallet.from_root(ExtendedKey.from_seed(os.urandom(32), network), network, 3)
+    hot, _ = _hot_wallet(network)
+    for wallet in (cold, hot):
+        batch = batch_addresses(wallet, 2)
+        assert len(batch) == 1000
+        assert [i for i, _ in batch] == list(range(2000, 3000))
+        desc = EmbitDescriptor.from_string(str(wallet.descriptor(0)))
+        for idx, addr in batch[::97] + [batch[-1]]:
+            assert addr == wallet.address(idx)
+            embit_spk = desc.derive(idx).script_pubkey().data
+            assert script_to_address(embit_spk, network) == addr
+        change = wallet.addresses(5, 3, change=1)
+        change_desc = EmbitDescriptor.from_string(str(wallet.descriptor(1)))
+        for k, addr in enumerate(change):
+            assert (
+                script_to_address(change_desc.derive(5 + k).script_pubkey().data, network) == addr
+            )
+
+
+def test_regtest_prefixes() -> None:
+    hot, _ = _hot_wallet(Network.REGTEST)
+    cold = ColdWallet.from_root(ExtendedKey.from_seed(bytes(32), Network.REGTEST), Network.REGTEST)
+    assert hot.address(0).startswith("bcrt1q") and len(hot.address(0)) == 64
+    assert cold.address(0).startswith("bcrt1q") and len(cold.address(0)) == 44
+    assert cold.account.path == parse_path("m/84h/1h/0h")
+    assert hot.hot.path == parse_path("m/48h/1h/0h/2h")
+
+
+def test_hot_witness_script_is_sorted_2_of_3() -> None:
+    hot, _ = _hot_wallet(Network.REGTEST)
+    ws = hot.witness_script(9)
+    keys = hot.pubkeys(9)
+    assert ws[0] == 0x52 and ws[-2:] == b"\x53\xae" and len(ws) == 105
+    assert [ws[2 + 34 * i : 35 + 34 * i] for i in range(3)] == sorted(keys)
+
+
+def test_change_is_recognised_by_derivation_only() -> None:
+    hot, _ = _hot_wallet(Network.REGTEST)
+    origins = hot.origins(42, 1)
+    assert own_index_from_origins(hot, origins) == (1, 42)
+    assert is_own_script(hot, hot.script_pubkey(42, 1), 1, 42)
+    # a stranger's script with our claimed derivation is not ours
+    other, _ = _hot_wallet(Network.REGTEST, seed=10)
+    assert not is_own_script(hot, other.script_pubkey(42, 1), 1, 42)
+    # our script at another index does not match the claim
+    assert not is_own_script(hot, hot.script_pubkey(43, 1), 1, 42)
+    forged = {b"\x02" * 33: KeyOrigin(b"\0\0\0\0", parse_path("m/48h/1h/0h/2h/1/42"))}
+    assert own_index_from_origins(hot, forged) is None
+
+
+def test_batch_number_bounds() -> None:
+    hot, _ = _hot_wallet(Network.REGTEST)
+    with pytest.raises(DerivationPathError):
+        batch_addresses(hot, -1)
+    with pytest.raises(DerivationPathError):
+        hot.address(0, change=2)
+
+
+# -- descriptors
+@pytest.mark.parametrize("entry", BIP380["valid"], ids=lambda e: e["descriptor"])
+def test_bip380_valid_checksums(entry: dict) -> None:
+    body, _, check = entry["descriptor"].partition("#")
+    assert descriptor_checksum(body) == check
+    assert split_checksum(entry["descriptor"], require=True) == body
+
+
+@pytest.mark.parametrize("entry", BIP380["invalid"], ids=lambda e: e["reason"])
+def test_bip380_invalid_checksums(entry: dict) -> None:
+    with pytest.raises(DescriptorError):
+        split_checksum(entry["descriptor"], require=True)
+
+
+def test_checksum_agrees_with_embit() -> None:
+    hot, _ = _hot_wallet(Network.MAINNET)
+    for text in [str(hot.descriptor(0).to_string(False)), "raw(00)", "addr(bc1qxyz)", "pk(02aa)"]:
+        assert add_checksum(text) == embit_add_checksum(text)
+
+
+def test_descriptor_round_trip_and_checks(bip84_root: ExtendedKey) -> None:
+    cold = ColdWallet.from_root(bip84_root, Network.MAINNET)
+    d = cold.descriptor(0)
+    text = str(d)
+    assert text.startswith("wpkh([73c5da0a/84h/0h/0h]xpub") and text.endswith("/0/*)" + text[-9:])
+    assert parse_descriptor(text, require_checksum=True) == d
+    assert d.script_pubkey(0) == cold.script_pubkey(0)
+    hot, _ = _hot_wallet(Network.REGTEST)
+    hd = hot.descriptor(1)
+    parsed = parse_descriptor(str(hd))
+    assert parsed == hd and parsed.threshold == 2 and len(parsed.keys) == 3
+    assert parsed.script_pubkey(17) == hot.script_pubkey(17, 1)
+    assert "tpub" in str(hd)  # never SLIP-132 versions in descriptors
+    with pytest.raises(DescriptorChecksumError):
+        parse_descriptor(text[:-1] + ("q" if text[-1] != "q" else "p"))
+    with pytest.raises(DescriptorError, match="private"):
+        parse_descriptor(f"wpkh([73c5da0a/84h/0h/0h]{bip84_root.serialize()}/0/*)")

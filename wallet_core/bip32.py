@@ -1,0 +1,268 @@
+"""BIP32 extended keys: parse/serialize (all version bytes), derivation, fingerprints.
+
+`ExtendedKey` is immutable and knows its version bytes, so a zpub stays a zpub after
+public derivation. `ChainDeriver` is the fast path for address batches: it takes a
+chain-level public key (e.g. m/84'/0'/0'/0), pre-keys HMAC-SHA512 with its chain code and
+public key, and adds IL*G with `secp.BatchPointMultiplier`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, replace
+
+from . import secp
+from .base58 import b58check_decode, b58check_encode
+from .errors import (
+    AddressError,
+    DerivationError,
+    DerivationPathError,
+    InvalidExtendedKeyError,
+    InvalidKeyError,
+)
+from .hashes import hash160
+from .networks import Network, xkey_versions_lookup
+
+HARDENED = 0x80000000
+_VERSIONS = xkey_versions_lookup()
+_PATH_ELEM = re.compile(r"^(\d+)(['hH]?)$")
+
+
+def parse_path(path: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """Parse `m/84'/0'/0'/0` (also `84h`, with or without the leading `m`) into indices."""
+    if isinstance(path, list | tuple):
+        for i in path:
+            if not 0 <= int(i) <= 0xFFFFFFFF:
+                raise DerivationPathError(f"path index {i} out of range")
+        return tuple(int(i) for i in path)
+    parts = path.strip().split("/")
+    if parts and parts[0] in ("m", "M"):
+        parts = parts[1:]
+    out = []
+    for part in parts:
+        if part == "":
+            if len(parts) == 1:
+                break
+            raise DerivationPathError(f"empty element in path {path!r}")
+        m = _PATH_ELEM.match(part)
+        if not m:
+            raise DerivationPathError(f"bad path element {part!r} in {path!r}")
+        idx = int(m.group(1))
+        if idx >= HARDENED:
+            raise DerivationPathError(f"path index {idx} too large in {path!r}")
+        out.append(idx + HARDENED if m.group(2) else idx)
+    return tuple(out)
+
+
+def format_path(path: tuple[int, ...] | list[int], marker: str = "h", prefix: str = "m") -> str:
+    """Inverse of `parse_path`; `marker` is `h` (shell-safe, Core's default) or `'`."""
+    elems = [f"{i - HARDENED}{marker}" if i >= HARDENED else str(i) for i in path]
+    return "/".join([prefix, *elems]) if prefix else "/".join(elems)
+
+
+def is_hardened(index: int) -> bool:
+    return index >= HARDENED
+
+
+@dataclass(frozen=True)
+class ExtendedKey:
+    """A BIP32 extended key. `key` is 33 bytes: 0x00||k for private, SEC compressed for public."""
+
+    version: bytes
+    depth: int
+    parent_fingerprint: bytes
+    child_number: int
+    chain_code: bytes
+    key: bytes
+
+    # -- construction
+    @classmethod
+    def from_seed(cls, seed: bytes, network: Network = Network.MAINNET) -> ExtendedKey:
+        """Master key (BIP32 `m`) from a 16-64 byte seed, with the network's xprv version."""
+        if not 16 <= len(seed) <= 64:
+            raise InvalidKeyError("BIP32 seed must be 16 to 64 bytes")
+        i = hmac.digest(b"Bitcoin seed", seed, "sha512")
+        secp.check_privkey(i[:32])
+        return cls(network.params.xkey.private, 0, bytes(4), 0, i[32:], b"\0" + i[:32])
+
+    @classmethod
+    def parse(cls, text: str) -> ExtendedKey:
+        """Decode and fully validate an xpub/xprv/tpub/zpub/... string."""
+        try:
+            raw = b58check_decode(text.strip())
+        except AddressError as exc:
+            raise InvalidExtendedKeyError(f"extended key: {exc.message}") from None
+        if len(raw) != 78:
+            raise InvalidExtendedKeyError(f"extended key must be 78 bytes, got {len(raw)}")
+        version, depth, fpr = raw[:4], raw[4], raw[5:9]
+        child, chain, key = int.from_bytes(raw[9:13], "big"), raw[13:45], raw[45:]
+        if version not in _VERSIONS:
+            raise InvalidExtendedKeyError(f"unknown extended key version {version.hex()}")
+        _, is_private, _ = _VERSIONS[version]
+        if depth == 0 and (fpr != bytes(4) or child != 0):
+            raise InvalidExtendedKeyError("master key with non-zero parent fingerprint or index")
+        if is_private:
+            if key[0] != 0:
+                raise InvalidExtendedKeyError("private extended key must start with 0x00")
+            try:
+                secp.check_privkey(key[1:])
+            except InvalidKeyError:
+                raise InvalidExtendedKeyError("private key out of range") from None
+        else:
+            if key[0] not in (2, 3) or not secp.is_valid_pubkey(key):
+                raise InvalidExtendedKeyError("invalid public key in extended key")
+        return cls(version, depth, fpr, child, chain, key)
+
+    def serialize(self) -> str:
+        raw = (
+            self.version
+            + bytes([self.depth])
+            + self.parent_fingerprint
+            + self.child_number.to_bytes(4, "big")
+            + self.chain_code
+            + self.key
+        )
+        return b58check_encode(raw)
+
+    def __str__(self) -> str:
+        # an xprv only leaves through an explicit serialize(), never through str()/f-strings
+        return repr(self) if self.is_private else self.serialize()
+
+    def __repr__(self) -> str:  # never print private material
+        kind = "private" if self.is_private else "public"
+        return f"ExtendedKey({kind}, depth={self.depth}, fingerprint={self.fingerprint.hex()})"
+
+    # -- properties
+    @property
+    def is_private(self) -> bool:
+        return _VERSIONS[self.version][1]
+
+    @property
+    def networks(self) -> list[Network]:
+        """Networks whose version bytes this key uses (testnet, signet and regtest share)."""
+        return list(_VERSIONS[self.version][0])
+
+    @property
+    def network(self) -> Network:
+        """MAINNET or TESTNET (the first network using these version bytes)."""
+        return _VERSIONS[self.version][0][0]
+
+    @property
+    def private_key(self) -> bytes:
+        if not self.is_private:
+            raise InvalidKeyError("public extended key has no private key")
+        return self.key[1:]
+
+    @property
+    def public_key(self) -> bytes:
+        """33-byte compressed public key."""
+        if self.is_private:
+            return secp.pubkey_from_privkey(self.key[1:])
+        return self.key
+
+    @property
+    def identifier(self) -> bytes:
+        return hash160(self.public_key)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """First 4 bytes of HASH160(pubkey): the key's own fingerprint (key origins, PSBT)."""
+        return self.identifier[:4]
+
+    # -- conversions
+    def to_public(self) -> ExtendedKey:
+        """The neutered key, keeping the version family (xprv->xpub, zprv->zpub...)."""
+        if not self.is_private:
+            return self
+        return replace(self, version=_public_version(self.version), key=self.public_key)
+
+    def with_version(self, version: bytes) -> ExtendedKey:
+        """Same key under other version bytes (e.g. zpub -> xpub for descriptors)."""
+        if version not in _VERSIONS or _VERSIONS[version][1] != self.is_private:
+            raise InvalidExtendedKeyError("version does not match the key's kind")
+        return replace(self, version=version)
+
+    # -- derivation
+    def child(self, index: int) -> ExtendedKey:
+        """CKDpriv / CKDpub for one index (hardened if index >= 2^31)."""
+        if not 0 <= index <= 0xFFFFFFFF:
+            raise DerivationPathError(f"child index {index} out of range")
+        pub = self.public_key
+        if index >= HARDENED:
+            if not self.is_private:
+                raise DerivationPathError("hardened derivation needs a private key")
+            data = self.key + index.to_bytes(4, "big")
+        else:
+            data = pub + index.to_bytes(4, "big")
+        i = hmac.digest(self.chain_code, data, "sha512")
+        il, ir = i[:32], i[32:]
+        try:
+            if self.is_private:
+                key = b"\0" + secp.privkey_tweak_add(self.key[1:], il)
+            else:
+                key = secp.pubkey_tweak_add(pub, il)
+        except InvalidKeyError:
+            raise DerivationError(f"index {index} gives an invalid key; use the next one") from None
+        return ExtendedKey(self.version, self.depth + 1, hash160(pub)[:4], index, ir, key)
+
+    def derive(self, path: str | list[int] | tuple[int, ...]) -> ExtendedKey:
+        """Derive along a relative path (`0/5`, or `m/...` from a master key)."""
+        node = self
+        for idx in parse_path(path):
+            node = node.child(idx)
+        return node
+
+
+def _public_version(version: bytes) -> bytes:
+    nets, _, family = _VERSIONS[version]
+    p = nets[0].params
+    fam = {"x": p.xkey, "y": p.ykey, "z": p.zkey, "Z": p.zkey_multisig}[family]
+    return fam.public
+
+
+def parse_xpub(text: str) -> ExtendedKey:
+    """Parse an extended key that must be public (refuse an xprv where an xpub belongs)."""
+    k = ExtendedKey.parse(text)
+    if k.is_private:
+        raise InvalidExtendedKeyError("expected a public extended key, got a private one")
+    return k
+
+
+class ChainDeriver:
+    """Fast non-hardened children of one chain-level public key (…/0 or …/1).
+
+    `pubkey(i)` and `pubkeys(start, count)` give compressed child public keys. Not for
+    sharing between threads (it owns C buffers); make one per thread.
+    """
+
+    def __init__(self, chain_key: ExtendedKey) -> None:
+        self.key = chain_key.to_public()
+        c = self.key.chain_code.ljust(128, b"\0")
+        inner = hashlib.sha512(bytes(b ^ 0x36 for b in c))
+        inner.update(self.key.key)
+        self._inner = inner
+        self._outer = hashlib.sha512(bytes(b ^ 0x5C for b in c))
+        self._add = secp.BatchPointMultiplier.shared().make_adder(self.key.key)
+
+    def pubkey(self, index: int) -> bytes:
+        return self.pubkeys(index, 1)[0]
+
+    def pubkeys(self, start: int, count: int) -> list[bytes]:
+        """Child public keys start..start+count-1 (all non-hardened)."""
+        if start < 0 or count < 0 or start + count > HARDENED:
+            raise DerivationPathError("non-hardened index range out of bounds")
+        inner, outer, add, n = self._inner, self._outer, self._add, secp.N
+        out = []
+        for i in range(start, start + count):
+            h = inner.copy()
+            h.update(i.to_bytes(4, "big"))
+            o = outer.copy()
+            o.update(h.digest())
+            il = o.digest()[:32]
+            pub = add(il)
+            if pub is None or (il[0] == 0xFF and int.from_bytes(il, "big") >= n):
+                raise DerivationError(f"index {i} gives an invalid key; use the next one")
+            out.append(pub)
+        return out

@@ -1,0 +1,118 @@
+"""ChainCloud protocol strings (reference sections 3 and 4), byte-exact.
+
+- the batch content string the cold HSM signs: `0,<addr0>:1,<addr1>:...:999,<addr999>:`
+  (position within the batch, not the global index);
+- the canonical send request the V-device signs:
+  `{"coin_code":"BTC","is_dynamic_fee":1,"outs":"<outs>","user_tx_no":"<user_tx_no>"}`;
+- `outs` = `addr,value;addr,value` with integer satoshi values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .addresses import validate_address
+from .errors import AddressError, BatchError, OutsError
+from .networks import Network
+
+BATCH_SIZE = 1000
+MAX_MONEY = 21_000_000 * 100_000_000
+_VALUE = re.compile(r"^(0|[1-9][0-9]*)$")
+_USER_TX_NO = re.compile(r'^[^"\\\x00-\x1f]{1,128}$')
+
+
+@dataclass(frozen=True)
+class Out:
+    """One payment: address and integer satoshi value."""
+
+    address: str
+    value: int
+
+
+def batch_content(addresses: Sequence[str]) -> str:
+    """The exact string signed for a batch (positions 0..len-1 within the batch)."""
+    if not addresses:
+        raise BatchError("empty address batch")
+    for a in addresses:
+        if not a or any(c in a for c in ",:"):
+            raise BatchError(f"address {a!r} cannot appear in a batch string")
+    return "".join(f"{i},{a}:" for i, a in enumerate(addresses))
+
+
+def parse_batch_content(text: str, expected_size: int = BATCH_SIZE) -> list[str]:
+    """Inverse of `batch_content`; checks positions run 0..expected_size-1."""
+    if not text.endswith(":"):
+        raise BatchError("batch string must end with ':'")
+    entries = text[:-1].split(":")
+    out = []
+    for pos, entry in enumerate(entries):
+        idx, sep, addr = entry.partition(",")
+        if not sep or idx != str(pos) or not addr:
+            raise BatchError(f"batch entry {pos} is malformed")
+        out.append(addr)
+    if len(out) != expected_size:
+        raise BatchError(f"batch has {len(out)} entries, expected {expected_size}")
+    return out
+
+
+def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list[Out]:
+    """Parse and validate `addr,value;addr,value` for `network`.
+
+    Values are plain decimal satoshi integers (no sign, no leading zeros, no decimals).
+    Zero is refused unless `allow_zero` (ChainCloud's V-device permits non-negative values;
+    a zero output is dust and Core would not relay it).
+    """
+    if not outs:
+        raise OutsError("outs is empty")
+    result = []
+    for n, part in enumerate(outs.split(";")):
+        addr, sep, value = part.partition(",")
+        if not sep or "," in value:
+            raise OutsError(f"output {n}: expected 'address,value', got {part!r}")
+        try:
+            validate_address(addr, network)
+        except AddressError as exc:
+            raise OutsError(f"output {n}: {exc.message}") from None
+        if not _VALUE.match(value):
+            raise OutsError(f"output {n}: value {value!r} is not an integer number of satoshi")
+        sat = int(value)
+        if sat > MAX_MONEY or (sat == 0 and not allow_zero):
+            raise OutsError(f"output {n}: value {sat} out of range")
+        result.append(Out(addr, sat))
+    return result
+
+
+def format_outs(outs: Sequence[Out] | Sequence[tuple[str, int]]) -> str:
+    parts = []
+    for o in outs:
+        addr, value = (o.address, o.value) if isinstance(o, Out) else o
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise OutsError(f"value {value!r} must be a non-negative integer")
+        parts.append(f"{addr},{value}")
+    if not parts:
+        raise OutsError("no outputs")
+    return ";".join(parts)
+
+
+def send_request_string(
+    outs: str, user_tx_no: str, *, coin_code: str = "BTC", is_dynamic_fee: int = 1
+) -> str:
+    """Canonical send request signed by the V-device (`vc_code`): fixed key order, no spaces.
+
+    `outs` and `user_tx_no` are inserted verbatim; characters that JSON would escape are
+    refused rather than escaped, so there is exactly one canonical form.
+    """
+    if is_dynamic_fee not in (0, 1) or isinstance(is_dynamic_fee, bool):
+        raise OutsError("is_dynamic_fee must be 0 or 1")
+    if not _USER_TX_NO.match(user_tx_no):
+        raise OutsError("user_tx_no must be 1-128 characters without quotes or backslashes")
+    if not re.fullmatch(r"[A-Z]{2,10}", coin_code):
+        raise OutsError("coin_code must be upper-case letters")
+    if not outs or any(c in outs for c in '"\\') or any(ord(c) < 0x20 for c in outs):
+        raise OutsError("outs contains characters that cannot appear in the request string")
+    return (
+        f'{{"coin_code":"{coin_code}","is_dynamic_fee":{is_dynamic_fee},'
+        f'"outs":"{outs}","user_tx_no":"{user_tx_no}"}}'
+    )

@@ -1,0 +1,189 @@
+"""libsecp256k1 through coincurve's cffi bindings: the one place that touches the curve.
+
+coincurve's Python objects cost several microseconds per call, so hot paths call the C
+library directly on one shared context (libsecp256k1 contexts are safe to share between
+threads for everything except randomisation, which we never do after creation).
+
+Fast batch derivation (`BatchPointMultiplier`): a non-hardened child is K + IL*G. Instead of
+`secp256k1_ec_pubkey_tweak_add` (a variable-base multiplication: ~19 us here) we
+precompute, once per process, 32 windows x 256 multiples of G offset by points R_j that sum
+to zero, so IL*G + K is a single `secp256k1_ec_pubkey_combine` of 33 precomputed points
+(~9 us). Tests check every result against the plain tweak-add path and other libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from coincurve._libsecp256k1 import ffi, lib
+
+from .errors import InvalidKeyError
+
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_COMPRESSED = lib.SECP256K1_EC_COMPRESSED
+_UNCOMPRESSED = lib.SECP256K1_EC_UNCOMPRESSED
+
+CTX = lib.secp256k1_context_create(lib.SECP256K1_CONTEXT_NONE)
+if CTX == ffi.NULL:  # pragma: no cover - only on a broken libsecp256k1 build
+    raise ImportError("secp256k1_context_create failed")
+
+
+def _parse(pub: bytes) -> object:
+    obj = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_parse(CTX, obj, pub, len(pub)):
+        raise InvalidKeyError("invalid public key")
+    return obj
+
+
+def _serialize(obj: object, compressed: bool = True) -> bytes:
+    size = 33 if compressed else 65
+    out = ffi.new(f"unsigned char[{size}]")
+    outlen = ffi.new("size_t *", size)
+    lib.secp256k1_ec_pubkey_serialize(
+        CTX, out, outlen, obj, _COMPRESSED if compressed else _UNCOMPRESSED
+    )
+    return bytes(ffi.buffer(out, outlen[0]))
+
+
+def is_valid_pubkey(pub: bytes) -> bool:
+    """True for a 33-byte compressed or 65-byte uncompressed point on the curve."""
+    if len(pub) not in (33, 65):
+        return False
+    obj = ffi.new("secp256k1_pubkey *")
+    return bool(lib.secp256k1_ec_pubkey_parse(CTX, obj, pub, len(pub)))
+
+
+def check_privkey(priv: bytes) -> int:
+    """Return the private key as an int after checking 0 < k < n."""
+    if len(priv) != 32:
+        raise InvalidKeyError("private key must be 32 bytes")
+    k = int.from_bytes(priv, "big")
+    if not 0 < k < N:
+        raise InvalidKeyError("private key out of range")
+    return k
+
+
+def pubkey_from_privkey(priv: bytes, compressed: bool = True) -> bytes:
+    check_privkey(priv)
+    obj = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_create(CTX, obj, priv):
+        raise InvalidKeyError("invalid private key")
+    return _serialize(obj, compressed)
+
+
+def compress_pubkey(pub: bytes) -> bytes:
+    """Normalise any valid encoding to 33-byte compressed form."""
+    return _serialize(_parse(pub), True)
+
+
+def decompress_pubkey(pub: bytes) -> bytes:
+    return _serialize(_parse(pub), False)
+
+
+def pubkey_tweak_add(pub: bytes, tweak: bytes) -> bytes:
+    """pub + tweak*G, compressed. Raises `InvalidKeyError` if the result is infinity."""
+    obj = _parse(pub)
+    if not lib.secp256k1_ec_pubkey_tweak_add(CTX, obj, tweak):
+        raise InvalidKeyError("tweak out of range or result at infinity")
+    return _serialize(obj, True)
+
+
+def privkey_tweak_add(priv: bytes, tweak: bytes) -> bytes:
+    """(priv + tweak) mod n; raises `InvalidKeyError` when the result is zero or tweak >= n."""
+    k = check_privkey(priv)
+    t = int.from_bytes(tweak, "big")
+    if t >= N:
+        raise InvalidKeyError("tweak out of range")
+    r = (k + t) % N
+    if r == 0:
+        raise InvalidKeyError("tweaked private key is zero")
+    return r.to_bytes(32, "big")
+
+
+def pubkey_combine(pubs: list[bytes]) -> bytes:
+    """Sum of several public keys, compressed."""
+    objs = [_parse(p) for p in pubs]
+    arr = ffi.new(f"secp256k1_pubkey *[{len(objs)}]", objs)
+    out = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_combine(CTX, out, arr, len(objs)):
+        raise InvalidKeyError("sum of public keys is infinity")
+    return _serialize(out, True)
+
+
+class BatchPointMultiplier:
+    """Computes K + t*G for many tweaks t with one `pubkey_combine` each (see module doc).
+
+    Window j (big-endian byte j of t) holds W[j][b] = (b * 256^(31-j) + r_j) * G with
+    sum(r_j) = 0 mod n, so every table entry is a finite point (even for b = 0) and the
+    33-point sum is exactly K + t*G. Built once per process (~25 ms, 0.5 MB).
+    """
+
+    _instance: BatchPointMultiplier | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> BatchPointMultiplier:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self) -> None:
+        table = ffi.new("secp256k1_pubkey[8192]")
+        offsets = [
+            int.from_bytes(hashlib.sha256(b"wallet_core window %d" % j).digest(), "big") % N
+            for j in range(31)
+        ]
+        offsets.append((-sum(offsets)) % N)
+        pair = ffi.new("secp256k1_pubkey *[2]")
+        step = ffi.new("secp256k1_pubkey *")
+        for j in range(32):
+            weight = pow(256, 31 - j, N)
+            # entries b = 0 and b = 1 directly, then W[b] = W[b-1] + weight*G
+            for b in (0, 1):
+                scalar = (b * weight + offsets[j]) % N
+                if scalar == 0 or not lib.secp256k1_ec_pubkey_create(
+                    CTX, table + (j * 256 + b), scalar.to_bytes(32, "big")
+                ):  # pragma: no cover - probability ~2^-250
+                    raise RuntimeError("degenerate window offset")
+            lib.secp256k1_ec_pubkey_create(CTX, step, weight.to_bytes(32, "big"))
+            pair[1] = step
+            for b in range(2, 256):
+                pair[0] = table + (j * 256 + b - 1)
+                if not lib.secp256k1_ec_pubkey_combine(
+                    CTX, table + (j * 256 + b), pair, 2
+                ):  # pragma: no cover - would need b*weight = -r_j
+                    raise RuntimeError("degenerate window entry")
+        self._table = table  # keep the memory alive
+        self._rows = tuple(tuple(table + (j * 256 + b) for b in range(256)) for j in range(32))
+
+    def make_adder(self, point: bytes):  # type: ignore[no-untyped-def]
+        """Return `f(tweak32) -> compressed point` computing point + tweak*G (None on infinity).
+
+        The closure owns its cffi buffers, so one adder must not be shared between threads;
+        make one per thread (cheap).
+        """
+        base = _parse(point)
+        arr = ffi.new("secp256k1_pubkey *[33]")
+        arr[32] = base
+        res = ffi.new("secp256k1_pubkey *")
+        out = ffi.new("unsigned char[33]")
+        outlen = ffi.new("size_t *", 33)
+        outbuf = ffi.buffer(out)
+        rows = self._rows
+        getrow = tuple.__getitem__
+        combine = lib.secp256k1_ec_pubkey_combine
+        serialize = lib.secp256k1_ec_pubkey_serialize
+        ctx = CTX
+
+        def add(tweak: bytes) -> bytes | None:
+            arr[0:32] = list(map(getrow, rows, tweak))
+            if not combine(ctx, res, arr, 33):
+                return None
+            outlen[0] = 33
+            serialize(ctx, out, outlen, res, _COMPRESSED)
+            return outbuf[:]
+
+        add._keepalive = (base, arr, res, out, outlen)  # type: ignore[attr-defined]
+        return add

@@ -1,0 +1,246 @@
+"""The two wallets of the design, described by public keys only.
+
+- `ColdWallet`: BIP84 P2WPKH account `m/84'/coin'/account'`; receive chain 0, change chain 1.
+- `HotWallet`: 2-of-3 P2WSH `sortedmulti` of (hot HSM, cold HSM, offline recovery) keys,
+  each at the BIP48 account path `m/48'/coin'/account'/2'`; receive 0, change 1.
+
+Everything here derives from xpubs, so the custody API can hold a wallet without any
+private key; the cold HSM uses the same code to re-derive change ("by derivation, never by
+trust"). Batches use the fast `ChainDeriver`; the chain-level keys are derived once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .bech32 import SegwitV0Encoder
+from .bip32 import HARDENED, ChainDeriver, ExtendedKey, parse_path
+from .chaincloud import BATCH_SIZE
+from .descriptors import Descriptor, sortedmulti_descriptor, wpkh_descriptor
+from .errors import DerivationPathError, InvalidExtendedKeyError, WalletError
+from .hashes import hash160, sha256
+from .networks import Network
+from .script import multisig_script, p2wpkh_script, p2wsh_script
+
+RECEIVE = 0
+CHANGE = 1
+_ENCODERS: dict[tuple[str, int], SegwitV0Encoder] = {}
+
+
+def _encoder(network: Network, program_len: int) -> SegwitV0Encoder:
+    key = (network.hrp, program_len)
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        enc = _ENCODERS[key] = SegwitV0Encoder(network.hrp, program_len)
+    return enc
+
+
+def bip84_account_path(network: Network, account: int) -> tuple[int, ...]:
+    return (84 + HARDENED, network.coin_type + HARDENED, account + HARDENED)
+
+
+def bip48_account_path(network: Network, account: int) -> tuple[int, ...]:
+    """BIP48 P2WSH multisig: m/48'/coin'/account'/2'."""
+    return (48 + HARDENED, network.coin_type + HARDENED, account + HARDENED, 2 + HARDENED)
+
+
+def _check_chain(change: int) -> None:
+    if change not in (RECEIVE, CHANGE):
+        raise DerivationPathError(f"chain must be 0 (receive) or 1 (change), got {change}")
+
+
+def _check_index(index: int) -> None:
+    if not 0 <= index < HARDENED:
+        raise DerivationPathError(f"address index {index} out of range")
+
+
+@dataclass(frozen=True)
+class KeyOrigin:
+    """Where a public key comes from: master fingerprint and full path (PSBT, descriptors)."""
+
+    fingerprint: bytes
+    path: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AccountKey:
+    """An account-level xpub with its origin (master fingerprint and path)."""
+
+    xpub: ExtendedKey
+    fingerprint: bytes
+    path: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.xpub.is_private:
+            raise InvalidExtendedKeyError("wallets hold public keys only")
+        if len(self.fingerprint) != 4:
+            raise WalletError("master fingerprint must be 4 bytes")
+
+    @classmethod
+    def from_root(cls, root: ExtendedKey, path: str | tuple[int, ...]) -> AccountKey:
+        """Derive the account xpub from a private root (what an HSM exports at setup)."""
+        p = parse_path(path)
+        return cls(root.derive(p).to_public(), root.fingerprint, p)
+
+    def origin(self, change: int, index: int) -> KeyOrigin:
+        return KeyOrigin(self.fingerprint, (*self.path, change, index))
+
+
+@dataclass(frozen=True)
+class ColdWallet:
+    """BIP84 single-key P2WPKH account (cold receiving)."""
+
+    account: AccountKey
+    network: Network
+    _chains: dict[int, ExtendedKey] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_root(cls, root: ExtendedKey, network: Network, account: int = 0) -> ColdWallet:
+        return cls(AccountKey.from_root(root, bip84_account_path(network, account)), network)
+
+    def chain_key(self, change: int) -> ExtendedKey:
+        """Chain-level xpub (…/0 or …/1), derived once and cached."""
+        _check_chain(change)
+        key = self._chains.get(change)
+        if key is None:
+            key = self._chains[change] = self.account.xpub.child(change)
+        return key
+
+    def pubkey(self, index: int, change: int = RECEIVE) -> bytes:
+        _check_index(index)
+        return ChainDeriver(self.chain_key(change)).pubkey(index)
+
+    def script_pubkey(self, index: int, change: int = RECEIVE) -> bytes:
+        return p2wpkh_script(hash160(self.pubkey(index, change)))
+
+    def address(self, index: int, change: int = RECEIVE) -> str:
+        return _encoder(self.network, 20).encode(hash160(self.pubkey(index, change)))
+
+    def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
+        _check_index(start)
+        enc = _encoder(self.network, 20).encode
+        pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
+        return [enc(hash160(p)) for p in pubs]
+
+    def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
+        """pubkey -> origin for the key(s) of one address (PSBT bip32_derivations)."""
+        return {self.pubkey(index, change): self.account.origin(change, index)}
+
+    def descriptor(self, change: int = RECEIVE) -> Descriptor:
+        _check_chain(change)
+        a = self.account
+        return wpkh_descriptor(a.xpub, a.fingerprint, a.path, change)
+
+
+@dataclass(frozen=True)
+class HotWallet:
+    """2-of-3 P2WSH sortedmulti (hot sending). Cosigner order: hot, cold, recovery."""
+
+    cosigners: tuple[AccountKey, AccountKey, AccountKey]
+    network: Network
+    threshold: int = 2
+    _chains: dict[tuple[int, int], ExtendedKey] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if len(self.cosigners) != 3 or self.threshold != 2:
+            raise WalletError("the hot wallet is 2-of-3")
+        pubs = {c.xpub.public_key for c in self.cosigners}
+        if len(pubs) != 3:
+            raise WalletError("the three cosigner keys must differ")
+
+    @property
+    def hot(self) -> AccountKey:
+        return self.cosigners[0]
+
+    @property
+    def cold(self) -> AccountKey:
+        return self.cosigners[1]
+
+    @property
+    def recovery(self) -> AccountKey:
+        return self.cosigners[2]
+
+    def chain_key(self, cosigner: int, change: int) -> ExtendedKey:
+        _check_chain(change)
+        key = self._chains.get((cosigner, change))
+        if key is None:
+            key = self._chains[(cosigner, change)] = self.cosigners[cosigner].xpub.child(change)
+        return key
+
+    def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
+        """The three cosigner keys for one address, in cosigner order (hot, cold, recovery)."""
+        _check_index(index)
+        return [ChainDeriver(self.chain_key(c, change)).pubkey(index) for c in range(3)]
+
+    def witness_script(self, index: int, change: int = RECEIVE) -> bytes:
+        return multisig_script(self.threshold, self.pubkeys(index, change), sort=True)
+
+    def script_pubkey(self, index: int, change: int = RECEIVE) -> bytes:
+        return p2wsh_script(sha256(self.witness_script(index, change)))
+
+    def address(self, index: int, change: int = RECEIVE) -> str:
+        return _encoder(self.network, 32).encode(sha256(self.witness_script(index, change)))
+
+    def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
+        _check_index(start)
+        cols = [ChainDeriver(self.chain_key(c, change)).pubkeys(start, count) for c in range(3)]
+        enc = _encoder(self.network, 32).encode
+        m = self.threshold
+        return [enc(sha256(multisig_script(m, list(keys)))) for keys in zip(*cols, strict=True)]
+
+    def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
+        pubs = self.pubkeys(index, change)
+        return {p: c.origin(change, index) for p, c in zip(pubs, self.cosigners, strict=True)}
+
+    def descriptor(self, change: int = RECEIVE) -> Descriptor:
+        _check_chain(change)
+        return sortedmulti_descriptor(
+            self.threshold, [(c.xpub, c.fingerprint, c.path) for c in self.cosigners], change
+        )
+
+
+Wallet = ColdWallet | HotWallet
+
+
+def derive_address(wallet: Wallet, index: int, change: int = RECEIVE) -> str:
+    return wallet.address(index, change)
+
+
+def batch_addresses(wallet: Wallet, batch_no: int, change: int = RECEIVE) -> list[tuple[int, str]]:
+    """Batch n: [(index, address)] for indices n*1000 .. n*1000+999 (ChainCloud section 1)."""
+    if batch_no < 0 or (batch_no + 1) * BATCH_SIZE > HARDENED:
+        raise DerivationPathError(f"batch number {batch_no} out of range")
+    start = batch_no * BATCH_SIZE
+    addrs = wallet.addresses(start, BATCH_SIZE, change)
+    return list(enumerate(addrs, start))
+
+
+def is_own_script(wallet: Wallet, script_pubkey: bytes, change: int, index: int) -> bool:
+    """True if `script_pubkey` is exactly the wallet's script at (change, index).
+
+    The caller takes (change, index) from the PSBT output's claimed derivation; we re-derive
+    and compare, so a forged derivation cannot make a stranger's output look like change.
+    """
+    try:
+        return wallet.script_pubkey(index, change) == script_pubkey
+    except WalletError:
+        return False
+
+
+def own_index_from_origins(
+    wallet: Wallet, origins: dict[bytes, KeyOrigin]
+) -> tuple[int, int] | None:
+    """(change, index) claimed by PSBT derivations that match this wallet's accounts, if any."""
+    accounts = [wallet.account] if isinstance(wallet, ColdWallet) else list(wallet.cosigners)
+    for origin in origins.values():
+        for acct in accounts:
+            n = len(acct.path)
+            if (
+                origin.fingerprint == acct.fingerprint
+                and origin.path[:n] == acct.path
+                and len(origin.path) == n + 2
+            ):
+                return origin.path[n], origin.path[n + 1]
+    return None
