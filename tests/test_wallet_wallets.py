@@ -184,3 +184,45 @@ def test_descriptor_round_trip_and_checks(bip84_root: ExtendedKey) -> None:
         parse_descriptor(text[:-1] + ("q" if text[-1] != "q" else "p"))
     with pytest.raises(DescriptorError, match="private"):
         parse_descriptor(f"wpkh([73c5da0a/84h/0h/0h]{bip84_root.serialize()}/0/*)")
+
+
+def _fixed_hot_wallet(network: Network) -> HotWallet:
+    """The deployed shape: the hot HSM's PKCS#11 key does not derive (docs/hsm-pair.md)."""
+    from coincurve import PrivateKey
+
+    from wallet_core.wallets import FixedKey
+
+    hot_key = FixedKey(PrivateKey(b"\x07" * 32).public_key.format())
+    roots = [ExtendedKey.from_seed(bytes([20 + n]) * 32, network) for n in range(2)]
+    path = bip48_account_path(network, 0)
+    cold, recovery = (AccountKey.from_root(r, path) for r in roots)
+    return HotWallet((hot_key, cold, recovery), network)
+
+
+@pytest.mark.parametrize("network", [Network.REGTEST, Network.MAINNET], ids=lambda n: n.value)
+def test_fixed_hot_key_wallet_matches_embit_descriptor(network: Network) -> None:
+    hot = _fixed_hot_wallet(network)
+    text = str(hot.descriptor(0))
+    assert hot.hot.public_key.hex() in text  # type: ignore[union-attr]
+    assert parse_descriptor(text).to_string() == text
+    desc = EmbitDescriptor.from_string(text)
+    batch = batch_addresses(hot, 1)
+    for idx, addr in batch[::111] + [batch[-1]]:
+        assert addr == hot.address(idx)
+        assert script_to_address(desc.derive(idx).script_pubkey().data, network) == addr
+        assert hot.pubkeys(idx)[0] == hot.hot.public_key  # type: ignore[union-attr]
+    assert len({a for _, a in batch}) == 1000  # the derived cosigners make every address differ
+
+
+def test_fixed_hot_key_change_is_recognised_and_validated() -> None:
+    from wallet_core.errors import InvalidKeyError
+    from wallet_core.wallets import FixedKey
+
+    hot = _fixed_hot_wallet(Network.REGTEST)
+    origins = hot.origins(7, 1)
+    assert own_index_from_origins(hot, origins) == (1, 7)
+    assert is_own_script(hot, hot.script_pubkey(7, 1), 1, 7)
+    with pytest.raises(InvalidKeyError, match="33-byte compressed"):
+        FixedKey(b"\x04" + b"\x01" * 64)
+    with pytest.raises(InvalidKeyError, match="not a point"):
+        FixedKey(b"\x02" + b"\xff" * 32)

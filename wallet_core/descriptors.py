@@ -99,12 +99,32 @@ class DescriptorKey:
         return node.public_key
 
 
+@dataclass(frozen=True)
+class PlainKey:
+    """A plain hex public key in a descriptor (our fixed hot HSM key): the same at any index."""
+
+    public_key: bytes
+
+    def to_string(self) -> str:
+        return self.public_key.hex()
+
+    def pubkey(self, index: int | None = None) -> bytes:
+        del index
+        return self.public_key
+
+
+AnyKey = DescriptorKey | PlainKey
+
+_PLAIN_RE = re.compile(r"^0[23][0-9a-fA-F]{64}$")
+
 _KEY_RE = re.compile(
     r"^\[([0-9a-fA-F]{8})((?:/\d+['h]?)*)\]([1-9A-HJ-NP-Za-km-z]+)((?:/\d+)*)(/\*)?$"
 )
 
 
-def parse_key(text: str) -> DescriptorKey:
+def parse_key(text: str) -> AnyKey:
+    if _PLAIN_RE.match(text):
+        return PlainKey(bytes.fromhex(text))
     m = _KEY_RE.match(text)
     if not m:
         raise DescriptorError(f"unsupported key expression {text[:40]!r}")
@@ -132,7 +152,7 @@ def _plain_xpub(key: ExtendedKey) -> ExtendedKey:
 class Descriptor:
     """`wpkh(KEY)` (threshold None) or `wsh(sortedmulti(m,KEY,...))`."""
 
-    keys: tuple[DescriptorKey, ...]
+    keys: tuple[AnyKey, ...]
     threshold: int | None = None
 
     @property
@@ -165,11 +185,15 @@ def wpkh_descriptor(
 
 def sortedmulti_descriptor(
     threshold: int,
-    cosigners: list[tuple[ExtendedKey, bytes, tuple[int, ...]]],
+    cosigners: list[tuple[ExtendedKey, bytes, tuple[int, ...]] | bytes],
     change: int,
 ) -> Descriptor:
+    """Cosigners: (xpub, fingerprint, origin path), or a plain public key that does not derive."""
     keys = tuple(
-        DescriptorKey(fpr, path, _plain_xpub(xpub), (change,)) for xpub, fpr, path in cosigners
+        PlainKey(c)
+        if isinstance(c, bytes)
+        else DescriptorKey(c[1], c[2], _plain_xpub(c[0]), (change,))
+        for c in cosigners
     )
     return Descriptor(keys, threshold)
 
@@ -192,4 +216,7 @@ def parse_descriptor(text: str, *, require_checksum: bool = False) -> Descriptor
 
 
 def descriptor_network(desc: Descriptor) -> Network:
-    return desc.keys[0].xpub.network
+    for key in desc.keys:
+        if isinstance(key, DescriptorKey):
+            return key.xpub.network
+    raise DescriptorError("descriptor has no extended key to tell its network")

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from coincurve import PublicKey
+
 from .bech32 import SegwitV0Encoder
 from .bip32 import HARDENED, ChainDeriver, ExtendedKey, parse_path
 from .chaincloud import BATCH_SIZE
 from .descriptors import Descriptor, sortedmulti_descriptor, wpkh_descriptor
-from .errors import DerivationPathError, InvalidExtendedKeyError, WalletError
+from .errors import (
+    DerivationError,
+    DerivationPathError,
+    InvalidExtendedKeyError,
+    InvalidKeyError,
+    WalletError,
+)
 from .hashes import hash160, sha256
 from .networks import Network
 from .script import multisig_script, p2wpkh_script, p2wsh_script
@@ -87,6 +95,45 @@ class AccountKey:
 
 
 @dataclass(frozen=True)
+class FixedKey:
+    """A key that does not derive: the hot HSM's key in its PKCS#11 token.
+
+    A token cannot do BIP32 derivation of a non-extractable key, so the hot wallet uses the
+    same hot public key at every index (the other two cosigners still derive, so every address
+    differs). Its origin is its own fingerprint with an empty path, as for a master key.
+    """
+
+    public_key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 33 or self.public_key[0] not in (2, 3):
+            raise InvalidKeyError("a fixed cosigner key must be a 33-byte compressed public key")
+        try:
+            PublicKey(self.public_key)
+        except ValueError:
+            raise InvalidKeyError("the fixed cosigner key is not a point on secp256k1") from None
+
+    @property
+    def fingerprint(self) -> bytes:
+        return hash160(self.public_key)[:4]
+
+    @property
+    def path(self) -> tuple[int, ...]:
+        return ()
+
+    def origin(self, change: int, index: int) -> KeyOrigin:
+        del change, index
+        return KeyOrigin(self.fingerprint, ())
+
+
+Cosigner = AccountKey | FixedKey
+
+
+def _cosigner_pubkey(c: Cosigner) -> bytes:
+    return c.public_key if isinstance(c, FixedKey) else c.xpub.public_key
+
+
+@dataclass(frozen=True)
 class ColdWallet:
     """BIP84 single-key P2WPKH account (cold receiving)."""
 
@@ -134,9 +181,12 @@ class ColdWallet:
 
 @dataclass(frozen=True)
 class HotWallet:
-    """2-of-3 P2WSH sortedmulti (hot sending). Cosigner order: hot, cold, recovery."""
+    """2-of-3 P2WSH sortedmulti (hot sending). Cosigner order: hot, cold, recovery.
 
-    cosigners: tuple[AccountKey, AccountKey, AccountKey]
+    The hot cosigner may be a `FixedKey` (the PKCS#11 hot key) or an `AccountKey`.
+    """
+
+    cosigners: tuple[Cosigner, Cosigner, Cosigner]
     network: Network
     threshold: int = 2
     _chains: dict[tuple[int, int], ExtendedKey] = field(
@@ -146,33 +196,43 @@ class HotWallet:
     def __post_init__(self) -> None:
         if len(self.cosigners) != 3 or self.threshold != 2:
             raise WalletError("the hot wallet is 2-of-3")
-        pubs = {c.xpub.public_key for c in self.cosigners}
+        pubs = {_cosigner_pubkey(c) for c in self.cosigners}
         if len(pubs) != 3:
             raise WalletError("the three cosigner keys must differ")
 
     @property
-    def hot(self) -> AccountKey:
+    def hot(self) -> Cosigner:
         return self.cosigners[0]
 
     @property
-    def cold(self) -> AccountKey:
+    def cold(self) -> Cosigner:
         return self.cosigners[1]
 
     @property
-    def recovery(self) -> AccountKey:
+    def recovery(self) -> Cosigner:
         return self.cosigners[2]
 
     def chain_key(self, cosigner: int, change: int) -> ExtendedKey:
         _check_chain(change)
         key = self._chains.get((cosigner, change))
         if key is None:
-            key = self._chains[(cosigner, change)] = self.cosigners[cosigner].xpub.child(change)
+            c = self.cosigners[cosigner]
+            if isinstance(c, FixedKey):
+                raise DerivationError("a fixed cosigner key has no chain key")
+            key = self._chains[(cosigner, change)] = c.xpub.child(change)
         return key
+
+    def _column(self, cosigner: int, change: int, start: int, count: int) -> list[bytes]:
+        c = self.cosigners[cosigner]
+        if isinstance(c, FixedKey):
+            return [c.public_key] * count
+        return ChainDeriver(self.chain_key(cosigner, change)).pubkeys(start, count)
 
     def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
         """The three cosigner keys for one address, in cosigner order (hot, cold, recovery)."""
         _check_index(index)
-        return [ChainDeriver(self.chain_key(c, change)).pubkey(index) for c in range(3)]
+        _check_chain(change)
+        return [self._column(c, change, index, 1)[0] for c in range(3)]
 
     def witness_script(self, index: int, change: int = RECEIVE) -> bytes:
         return multisig_script(self.threshold, self.pubkeys(index, change), sort=True)
@@ -185,7 +245,8 @@ class HotWallet:
 
     def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
         _check_index(start)
-        cols = [ChainDeriver(self.chain_key(c, change)).pubkeys(start, count) for c in range(3)]
+        _check_chain(change)
+        cols = [self._column(c, change, start, count) for c in range(3)]
         enc = _encoder(self.network, 32).encode
         m = self.threshold
         return [enc(sha256(multisig_script(m, list(keys)))) for keys in zip(*cols, strict=True)]
@@ -197,7 +258,12 @@ class HotWallet:
     def descriptor(self, change: int = RECEIVE) -> Descriptor:
         _check_chain(change)
         return sortedmulti_descriptor(
-            self.threshold, [(c.xpub, c.fingerprint, c.path) for c in self.cosigners], change
+            self.threshold,
+            [
+                c.public_key if isinstance(c, FixedKey) else (c.xpub, c.fingerprint, c.path)
+                for c in self.cosigners
+            ],
+            change,
         )
 
 
@@ -236,6 +302,8 @@ def own_index_from_origins(
     accounts = [wallet.account] if isinstance(wallet, ColdWallet) else list(wallet.cosigners)
     for origin in origins.values():
         for acct in accounts:
+            if isinstance(acct, FixedKey):
+                continue
             n = len(acct.path)
             if (
                 origin.fingerprint == acct.fingerprint
