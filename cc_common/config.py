@@ -10,6 +10,7 @@ be moved as a whole.
 
 from __future__ import annotations
 
+import builtins
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,67 +36,67 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
 class Section:
     """A table of the configuration, with typed accessors that name the key on error."""
 
-    name: str
+    name: builtins.str
     values: Mapping[str, Any]
     data_dir: Path
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: builtins.str) -> Any:
         if key not in self.values:
             raise ConfigError(f"config: [{self.name}] {key} is missing")
         return self.values[key]
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.values
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
         if default is not None and key not in self.values:
             return default
         value = self._get(key)
-        if not isinstance(value, str):
+        if not isinstance(value, builtins.str):
             raise ConfigError(f"config: [{self.name}] {key} must be a string, got {value!r}")
         return value
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def int(self, key: builtins.str, default: builtins.int | None = None) -> builtins.int:
         if default is not None and key not in self.values:
             return default
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, builtins.bool) or not isinstance(value, builtins.int):
             raise ConfigError(f"config: [{self.name}] {key} must be an integer, got {value!r}")
         return value
 
-    def float(self, key: str, default: float | None = None) -> float:
+    def float(self, key: builtins.str, default: builtins.float | None = None) -> builtins.float:
         if default is not None and key not in self.values:
             return default
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, builtins.bool) or not isinstance(value, builtins.int | builtins.float):
             raise ConfigError(f"config: [{self.name}] {key} must be a number, got {value!r}")
         return float(value)
 
-    def bool(self, key: str, default: bool | None = None) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool | None = None) -> builtins.bool:
         if default is not None and key not in self.values:
             return default
         value = self._get(key)
-        if not isinstance(value, bool):
+        if not isinstance(value, builtins.bool):
             raise ConfigError(f"config: [{self.name}] {key} must be true or false, got {value!r}")
         return value
 
-    def list(self, key: str) -> list[Any]:
+    def list(self, key: builtins.str) -> builtins.list[Any]:
         value = self._get(key)
-        if not isinstance(value, list):
+        if not isinstance(value, builtins.list):
             raise ConfigError(f"config: [{self.name}] {key} must be a list, got {value!r}")
         return value
 
-    def path(self, key: str) -> Path:
+    def path(self, key: builtins.str) -> Path:
         """A filesystem path; relative paths are taken from the data directory."""
         p = Path(self.str(key)).expanduser()
         return p if p.is_absolute() else (self.data_dir / p)
 
-    def port_url(self, key: str) -> str:
+    def port_url(self, key: builtins.str) -> builtins.str:
         """A serial port: a pyserial URL (`socket://`, `loop://`) as is, else a device path."""
         value = self.str(key)
         return value if "://" in value else str(self.path(key))
 
-    def secret(self, key: str) -> str:
+    def secret(self, key: builtins.str) -> builtins.str:
         """A secret that must have been generated: refuses empty or placeholder values."""
         value = self.str(key)
         if value.strip().lower() in PLACEHOLDERS or len(value) < 8:
@@ -105,7 +106,7 @@ class Section:
             )
         return value
 
-    def section(self, key: str) -> Section:
+    def section(self, key: builtins.str) -> Section:
         value = self._get(key)
         if not isinstance(value, Mapping):
             raise ConfigError(f"config: [{self.name}] {key} must be a table")
