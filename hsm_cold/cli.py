@@ -1,20 +1,297 @@
-"""`hsm-cold`: command line of this process (sub-commands are added by the issues that build it)."""
+"""`hsm-cold`: the air-gapped HSM. Reachable only over the serial link; no network socket at all.
+
+hsm-cold init       create the token, keys, state and (once) the pairing file
+hsm-cold serve      answer the hot HSM over the serial link
+hsm-cold unfreeze   the operator's local unfreeze of an account (asks for the user PIN)
+hsm-cold status     accounts, frozen ones, recent alerts
+hsm-cold alerts     every recorded alert
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from cc_common.cli import run
+from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.config import Config, Section
+from cc_common.errors import ConfigError
+from cc_common.link import LinkConfig, LinkServer, SqliteCounterStore
+from cc_common.logs import setup_logging
+from cc_common.pairing import write_pairing_file
+from cc_common.process import clear_ready, install_stop_handlers, mark_ready
+from cc_common.token import HsmToken, Provisioned
+from hsm_cold.cosign import FeePolicy
+from hsm_cold.errors import NotPaired, UnknownAccount
+from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
+from hsm_cold.service import AlertKind, ColdService
+from hsm_cold.store import ColdStore
+from wallet_core.networks import Network
+
+log = logging.getLogger("hsm_cold")
+
+NAME = "hsm-cold"
+STATE_DB = "cold.db"
+COUNTERS_DB = "link-counters.db"
+DEFAULT_MAX_FEE_SAT = 1_000_000
+DEFAULT_MAX_FEE_RATE = 500.0
+RECENT_ALERTS = 10
+
+
+@dataclass(frozen=True)
+class ColdPaths:
+    """Where the cold HSM keeps things, from `[hsm_cold]`."""
+
+    state_dir: Path
+    pairing_file: Path
+    export_dir: Path
+
+    @classmethod
+    def of(cls, section: Section) -> ColdPaths:
+        return cls(
+            section.path("state_dir"), section.path("pairing_file"), section.path("export_dir")
+        )
+
+    @property
+    def store(self) -> Path:
+        return self.state_dir / STATE_DB
+
+
+def _section(config: Config) -> Section:
+    return config.section("hsm_cold")
+
+
+def _network(config: Config) -> Network:
+    name = config.section("deployment").str("network")
+    try:
+        return Network.from_name(name)
+    except ValueError:
+        raise ConfigError(f"config: [deployment] network {name!r} is unknown") from None
+
+
+def _policy(section: Section) -> FeePolicy:
+    policy = FeePolicy(
+        max_fee_sat=section.int("max_fee_sat", DEFAULT_MAX_FEE_SAT),
+        max_fee_rate=section.float("max_fee_rate", DEFAULT_MAX_FEE_RATE),
+    )
+    if policy.max_fee_sat < 0 or policy.max_fee_rate < 1:
+        raise ConfigError("config: [hsm_cold] max_fee_sat / max_fee_rate out of range")
+    return policy
+
+
+def _with_pin(section: Section, pin: str) -> Section:
+    return Section(section.name, {**section.values, "user_pin": pin}, section.data_dir)
+
+
+@contextmanager
+def _opened(section: Section) -> Iterator[tuple[HsmToken, ColdStore, ColdKeystore]]:
+    paths = ColdPaths.of(section)
+    token = HsmToken.open(section)
+    try:
+        store = ColdStore(paths.store)
+        try:
+            yield token, store, ColdKeystore(token, store)
+        finally:
+            store.close()
+    finally:
+        token.close()
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
+    """Idempotent: a second run keeps the keys and writes no new pairing file once paired."""
+    config = config_from_args(args)
+    section = _section(config)
+    paths = ColdPaths.of(section)
+    created = HsmToken.init(section)
+    with _opened(section) as (_, _, keystore):
+        identity = keystore.ensure_keys()
+        pairing: str | None = None
+        if not keystore.has_link_key():
+            write_pairing_file(paths.pairing_file, keystore.new_pairing())
+            pairing = str(paths.pairing_file)
+    paths.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {
+        "token": "created" if created is Provisioned.CREATED else "already present",
+        "identity_pubkey": identity.hex(),
+        "pairing_file": pairing or "none written: already paired",
+    }
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    setup_logging(NAME, config.log_dir)
+    section = _section(config)
+    for key in ("so_pin", "user_pin"):
+        section.secret(key)  # refuse placeholder PINs before touching the token
+    serial = config.section("serial")
+    port_url = serial.port_url("cold_port")
+    link_config = LinkConfig(baudrate=serial.int("baud", LinkConfig.baudrate))
+    paths = ColdPaths.of(section)
+    network = _network(config)
+    policy = _policy(section)
+    if not paths.store.is_file():
+        raise NotPaired(f"no cold state in {paths.state_dir}: run `hsm-cold init` first")
+    with _opened(section) as (token, store, keystore):
+        if not token.keys.has_key(IDENTITY_KEY):
+            raise NotPaired("the cold token has no identity key: run `hsm-cold init` first")
+        link_key = keystore.link_key()
+        if link_key is None:
+            raise NotPaired("the cold HSM is not paired: run `hsm-cold init` first")
+        server_ref: list[LinkServer] = []
+        service = ColdService(
+            keystore,
+            store,
+            network,
+            policy,
+            paths.export_dir,
+            link_refusals=lambda: _refusals(server_ref),
+        )
+        counters = SqliteCounterStore(paths.state_dir / COUNTERS_DB)
+        server = LinkServer.open(
+            port_url, link_key, service.handlers(), counters, link_config, name="cold-link"
+        )
+        del link_key
+        server_ref.append(server)
+        stop = install_stop_handlers()
+        server.start()
+        mark_ready(config.run_dir, NAME, port=port_url)
+        log.info("serving the hot HSM on %s (%s)", port_url, network.value)
+        try:
+            stop.wait()
+        finally:
+            log.info("stopping")
+            server.stop()
+            counters.close()
+            clear_ready(config.run_dir, NAME)
+    return 0
+
+
+def _refusals(server_ref: list[LinkServer]) -> dict[str, int]:
+    if not server_ref:
+        return {}
+    refusals = server_ref[0].session.refusals
+    return {reason.name.lower(): n for reason, n in refusals.items()}
+
+
+# -- console commands ---------------------------------------------------------------------------
+
+
+def _read_pin(args: argparse.Namespace) -> str:
+    if args.pin_stdin:
+        pin = sys.stdin.readline().rstrip("\r\n")
+    else:
+        pin = getpass.getpass("cold token user PIN: ")
+    if not pin:
+        raise ConfigError("no PIN given")
+    return pin
+
+
+def cmd_unfreeze(args: argparse.Namespace) -> str:
+    """The only way to unfreeze: at the cold console, proven by the token's user PIN."""
+    config = config_from_args(args)
+    section = _section(config)
+    pin = _read_pin(args)
+    HsmToken.open(_with_pin(section, pin)).close()  # the PIN check, under the retry limit
+    del pin
+    store = ColdStore(ColdPaths.of(section).store)
+    try:
+        if store.get_account(args.account) is None:
+            raise UnknownAccount(f"account {args.account} is not provisioned on the cold HSM")
+        store.set_frozen(args.account, False)
+        store.add_alert(
+            args.account, AlertKind.ACCOUNT_UNFROZEN.value, "unfrozen at the cold console"
+        )
+    finally:
+        store.close()
+    return f"account {args.account} unfrozen"
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _alerts_table(store: ColdStore, limit: int) -> str:
+    rows = [
+        (a.id, _when(a.at), "-" if a.account is None else a.account, a.kind, a.message)
+        for a in store.list_alerts(limit)
+    ]
+    return render_table(("id", "at (UTC)", "account", "kind", "message"), rows)
+
+
+def cmd_status(args: argparse.Namespace) -> str:
+    store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
+    try:
+        accounts = [
+            (a, "yes" if frozen else "no", reason or "-")
+            for a, frozen, reason in store.list_accounts()
+        ]
+        return "\n".join(
+            (
+                render_table(("account", "frozen", "reason"), accounts),
+                "",
+                f"recent alerts ({store.pending_alert_count()} not yet handed over):",
+                _alerts_table(store, RECENT_ALERTS),
+            )
+        )
+    finally:
+        store.close()
+
+
+def cmd_alerts(args: argparse.Namespace) -> str:
+    store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
+    try:
+        return _alerts_table(store, args.limit)
+    finally:
+        store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsm-cold", description=__doc__)
-    parser.add_subparsers(dest="command")
+    parser = argparse.ArgumentParser(
+        prog=NAME, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("init", help="create the cold token, keys, state and pairing file")
+    add_dir_argument(p)
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("serve", help="serve the hot HSM over the serial link")
+    add_dir_argument(p)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("unfreeze", help="unfreeze an account (local operator action)")
+    p.add_argument("account", type=int)
+    p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
+    add_dir_argument(p)
+    p.set_defaults(handler=cmd_unfreeze)
+
+    p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
+    add_dir_argument(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("alerts", help="every recorded alert, newest first")
+    p.add_argument("--limit", type=int, default=100)
+    add_dir_argument(p)
+    p.set_defaults(handler=cmd_alerts)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # everything the cold HSM writes (state, exports, logs) is private
     return run(build_parser(), argv)
 
 

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     cosigner_seed BLOB NOT NULL,
     hot_pubkey BLOB NOT NULL,
     recovery_xpub TEXT NOT NULL,
+    recovery_fingerprint BLOB NOT NULL DEFAULT x'',
     vdevice_identity BLOB NOT NULL,
     settlement_descriptor TEXT NOT NULL,
     settlement_index INTEGER NOT NULL DEFAULT 0,
@@ -73,9 +74,10 @@ class AccountRecord:
     recovery_xpub: str
     vdevice_identity: bytes
     settlement_descriptor: str
-    settlement_index: int
-    frozen: bool
-    frozen_reason: str
+    settlement_index: int = 0
+    frozen: bool = False
+    frozen_reason: str = ""
+    recovery_fingerprint: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ class ColdStore:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO accounts (account, network, receiving_seed, cosigner_seed, hot_pubkey,"
-                " recovery_xpub, vdevice_identity, settlement_descriptor, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " recovery_xpub, recovery_fingerprint, vdevice_identity, settlement_descriptor,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.account,
                     rec.network,
@@ -146,6 +148,7 @@ class ColdStore:
                     rec.cosigner_seed,
                     rec.hot_pubkey,
                     rec.recovery_xpub,
+                    rec.recovery_fingerprint,
                     rec.vdevice_identity,
                     rec.settlement_descriptor,
                     time.time(),
@@ -156,8 +159,8 @@ class ColdStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT account, network, receiving_seed, cosigner_seed, hot_pubkey, recovery_xpub,"
-                " vdevice_identity, settlement_descriptor, settlement_index, frozen, frozen_reason"
-                " FROM accounts WHERE account = ?",
+                " vdevice_identity, settlement_descriptor, settlement_index, frozen, frozen_reason,"
+                " recovery_fingerprint FROM accounts WHERE account = ?",
                 (account,),
             ).fetchone()
         if row is None:
@@ -174,6 +177,7 @@ class ColdStore:
             settlement_index=row[8],
             frozen=bool(row[9]),
             frozen_reason=row[10],
+            recovery_fingerprint=bytes(row[11]),
         )
 
     def list_accounts(self) -> list[tuple[int, bool, str]]:
@@ -212,6 +216,15 @@ class ColdStore:
                 (account, user_tx_no),
             ).fetchone()
         return row is not None
+
+    def used_request_txid(self, account: int, user_tx_no: str) -> str | None:
+        """The txid co-signed under `user_tx_no`, or None if it was never used."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT txid FROM used_requests WHERE account = ? AND user_tx_no = ?",
+                (account, user_tx_no),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def mark_request_used(self, account: int, user_tx_no: str, txid: str) -> bool:
         """Record `user_tx_no` as co-signed; False if it already was (atomic check-and-set)."""
@@ -261,6 +274,11 @@ class ColdStore:
             ).fetchall()
             db.execute("UPDATE alerts SET handed_over = 1 WHERE handed_over = 0")
         return [AlertRecord(*r) for r in rows]
+
+    def pending_alert_count(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM alerts WHERE handed_over = 0").fetchone()
+        return int(row[0])
 
     def list_alerts(self, limit: int = 100) -> list[AlertRecord]:
         with self._lock:

@@ -8,42 +8,54 @@ from cc_common.errors import CustodyError
 class HotHsmError(CustodyError):
     """Base of the hot HSM's refusals."""
 
-    code = 500
+    code = 900
 
 
 class PolicyRefused(HotHsmError):
     """The hot HSM's own limits refuse this send (independent of custody's checks)."""
 
-    code = 501
+    code = 901
 
 
 class RateLimited(PolicyRefused):
-    code = 502
+    code = 902
 
 
 class UnknownAccount(HotHsmError):
-    code = 503
+    code = 903
 
 
 class BadRequest(HotHsmError):
-    code = 504
+    code = 904
 
 
 class NotPaired(HotHsmError):
-    code = 505
+    code = 905
 
 
 class ColdUnreachable(HotHsmError):
     """The cold HSM did not answer over the serial link in time."""
 
-    code = 506
+    code = 906
 
 
 class ColdRefused(HotHsmError):
     """The cold HSM refused; its code and reason are carried through unchanged."""
 
-    code = 507
+    code = 907
 
 
 class Unauthorized(HotHsmError):
-    code = 508
+    code = 908
+
+
+class ColdSignatureInvalid(HotHsmError):
+    """The cold HSM answered with a signature that does not verify: nothing is signed here."""
+
+    code = 909
+
+
+class ProofInvalid(HotHsmError):
+    """The cold HSM's provisioning proof does not verify against its pinned identity key."""
+
+    code = 910

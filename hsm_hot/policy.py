@@ -54,6 +54,10 @@ class PolicyLedger:
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # WAL: one fsync per commit instead of three (co-signing runs at line rate).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._pruned_at = 0.0
         self._db.executescript(
             "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
             "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
@@ -74,9 +78,13 @@ class PolicyLedger:
                     " signing requests in the last minute"
                 )
             self._db.execute("INSERT INTO requests (account, at) VALUES (?, ?)", (account, now))
-            self._db.execute("DELETE FROM requests WHERE at < ?", (now - DAY,))
+            if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
+                self._pruned_at = now
+                self._db.execute("DELETE FROM requests WHERE at < ?", (now - DAY,))
 
-    def check_send(self, account: int, amount: int, outputs: int) -> None:
+    def check_send(
+        self, account: int, amount: int, outputs: int, *, _spent: int | None = None
+    ) -> None:
         """Refuse a send over the per-send, per-day or outputs limits (changes nothing)."""
         p = self.policy
         if outputs > p.max_outputs:
@@ -86,7 +94,7 @@ class PolicyLedger:
                 f"account {account}: send of {amount} sat exceeds the per-send limit"
                 f" of {p.max_send_sat} sat"
             )
-        spent = self.spent_today(account)
+        spent = self.spent_today(account) if _spent is None else _spent
         if spent + amount > p.max_daily_sat:
             raise PolicyRefused(
                 f"account {account}: send of {amount} sat would exceed the daily limit"
@@ -95,11 +103,35 @@ class PolicyLedger:
 
     def spent_today(self, account: int) -> int:
         with self._lock:
-            (total,) = self._db.execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM sends WHERE account = ? AND at > ?",
-                (account, self._clock() - DAY),
-            ).fetchone()
+            return self._spent_today(account)
+
+    def _spent_today(self, account: int) -> int:
+        """Caller holds `_lock`."""
+        (total,) = self._db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM sends WHERE account = ? AND at > ?",
+            (account, self._clock() - DAY),
+        ).fetchone()
         return int(total)
+
+    def reserve_send(self, account: int, amount: int, outputs: int, txid: str) -> int:
+        """`check_send` and `record_send` in one step; returns the reservation's id.
+
+        Concurrent co-signs of one account must not both pass the daily limit before either
+        is recorded, so the amount is counted before the cold HSM is asked, and given back
+        (`cancel_send`) only if the hot HSM did not sign after all.
+        """
+        with self._lock:
+            self.check_send(account, amount, outputs, _spent=self._spent_today(account))
+            cur = self._db.execute(
+                "INSERT INTO sends (account, at, amount, txid) VALUES (?, ?, ?, ?)",
+                (account, self._clock(), amount, txid),
+            )
+            return int(cur.lastrowid or 0)
+
+    def cancel_send(self, reservation: int) -> None:
+        """Give back a reservation whose send the hot HSM did not sign."""
+        with self._lock:
+            self._db.execute("DELETE FROM sends WHERE rowid = ?", (reservation,))
 
     def record_send(self, account: int, amount: int, txid: str) -> None:
         with self._lock:

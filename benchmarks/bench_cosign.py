@@ -1,0 +1,198 @@
+"""Benchmark of co-signing through both HSMs over the emulated serial line.
+
+Runs the real processes (`firmware-sim serve`, `hsm-cold serve`, `hsm-hot serve`, each on its
+own SoftHSM token) at each baud rate, provisions one account with a V-device channel, and fires
+`sign_send` calls from several client threads (custody's `HotHsmClient`). Reports sends per
+second, bytes on the wire per send (firmware-sim's lane counters, both directions), and p50/p99
+latency. Targets (issue 4): >= 20 sends/s at 115200 baud, >= 100 at 921600.
+
+    .venv/bin/python benchmarks/bench_cosign.py [--sends 300] [--concurrency 8] [--baud 115200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cc_common.link import codec  # noqa: E402
+from hsm_hot.compact import compact_request, plan_cosign  # noqa: E402
+from tests.harness import Deployment  # noqa: E402
+from tests.hsm_fixtures import (  # noqa: E402
+    Coin,
+    HsmPair,
+    VDevice,
+    build_send_psbt,
+    hot_wallet,
+    random_address,
+    send_request,
+    settlement_descriptor,
+)
+from wallet_core.psbt import Psbt  # noqa: E402
+from wallet_core.wallets import RECEIVE  # noqa: E402
+
+ACCOUNT = 1
+TARGETS = {115200: 20.0, 921600: 100.0}
+
+
+def prepare(pair: HsmPair, n: int, tag: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Provision an account, register a channel, build `n` sends (1 input, 1 payee + change)."""
+    client = pair.client()
+    vdev = VDevice("bench")
+    prov = client.provision_account(
+        ACCOUNT, "regtest", vdev.identity_hex, settlement_descriptor(ACCOUNT)
+    )
+    client.register_channel(**vdev.channel_registration(ACCOUNT, "bench"))
+    wallet = hot_wallet(prov)
+    sends = []
+    for i in range(n):
+        coin = Coin(os.urandom(32).hex(), 0, 1_000_000, RECEIVE, i % 1000)
+        payments = [(random_address(), 10_000 + i)]
+        psbt = build_send_psbt(wallet, [coin], payments, change=(i % 1000, 1_000_000 - 12_000 - i))
+        request = send_request(payments, f"{tag}-{i}")
+        sends.append(
+            {
+                "account": ACCOUNT,
+                "psbt": psbt.to_base64(),
+                "request": request,
+                "vc_code": vdev.vc_code(request),
+                "c_id": "bench",
+            }
+        )
+    first = sends[0]
+    plan = plan_cosign(Psbt.from_base64(first["psbt"]), wallet)
+    payload = compact_request(ACCOUNT, plan, first["request"], first["vc_code"], "bench")
+    shape = {
+        "inputs": len(plan.inputs),
+        "outputs": len(plan.tx.vout),
+        "unsigned tx bytes": len(plan.tx.raw),
+        "cosign request bytes (codec)": len(codec.encode(["cosign", payload])),
+        "cosign answer bytes (codec)": len(codec.encode([0, {"signatures": [bytes(64)]}])),
+    }
+    return sends, shape
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(pair: HsmPair, sends: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    queue = list(reversed(sends))
+
+    def worker() -> None:
+        client = pair.client()
+        while True:
+            with lock:
+                if not queue:
+                    return
+                params = queue.pop()
+            start = time.perf_counter()
+            try:
+                client.sign_send(**params)
+            except Exception as exc:  # noqa: BLE001 - counted and shown
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    wire_before = pair.wire_bytes()
+    procs = {"hsm-hot": pair.hot, "hsm-cold": pair.cold, "firmware-sim": pair.sim}
+    cpu_before = {name: cpu_seconds(p.pid) for name, p in procs.items() if p is not None}
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    wire = pair.wire_bytes() - wire_before
+    ok = len(latencies)
+    latencies.sort()
+    cpu = {
+        f"cpu ms/send {name}": 1000 * (cpu_seconds(procs[name].pid) - before) / max(ok, 1)
+        for name, before in cpu_before.items()
+    }
+    return {
+        **cpu,
+        "sends": ok,
+        "errors": len(errors),
+        "first error": errors[0] if errors else "",
+        "seconds": elapsed,
+        "sends/s": ok / elapsed if elapsed else 0.0,
+        "wire bytes/send": wire / ok if ok else 0.0,
+        "p50 ms": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "p99 ms": 1000 * latencies[min(ok - 1, int(0.99 * ok))] if latencies else 0.0,
+    }
+
+
+def bench(baud: int, sends: int, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-cosign-") as tmp:
+        env = {"CC__FIRMWARE_SIM__SERIAL__BAUD": str(baud), "CC__SERIAL__BAUD": str(baud)}
+        d = Deployment(
+            Path(tmp),
+            env=env,
+            config={
+                "hsm_hot": {
+                    "link_timeout": 60.0,
+                    "max_requests_per_minute": 1_000_000,
+                    "max_daily_sat": 10**15,
+                }
+            },
+        )
+        pair = HsmPair(d)
+        try:
+            pair.start()
+            todo, shape = prepare(pair, sends + concurrency, f"b{baud}")
+            run_load(pair, todo[:concurrency], concurrency)  # warm-up: caches, connections
+            result = run_load(pair, todo[concurrency:], concurrency)
+        finally:
+            problems = d.stop()
+            if problems:
+                print("teardown:", problems, file=sys.stderr)
+    return {"baud": baud, "concurrency": concurrency, **shape, **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sends", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--baud", type=int, action="append")
+    args = parser.parse_args()
+    bauds = args.baud or [115200, 921600]
+    print(
+        f"workload: {args.sends} sign_send calls per baud rate from {args.concurrency} threads;"
+        " each send spends 1 hot-wallet input (2-of-3 P2WSH) to 1 payee + 1 change;"
+        " firmware-sim, hsm-cold, hsm-hot each its own process, SoftHSM tokens"
+    )
+    failed = False
+    for baud in bauds:
+        r = bench(baud, args.sends, args.concurrency)
+        target = TARGETS.get(baud)
+        verdict = "" if target is None else (" OK" if r["sends/s"] >= target else " BELOW TARGET")
+        failed |= bool(target and r["sends/s"] < target) or r["errors"] > 0
+        print(f"\n{baud} baud (target {target or '-'} sends/s){verdict}")
+        for key, value in r.items():
+            if key in ("baud",) or value == "":
+                continue
+            shown = f"{value:.1f}" if isinstance(value, float) else value
+            print(f"  {key:32} {shown}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

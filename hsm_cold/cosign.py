@@ -1,0 +1,287 @@
+"""The co-sign checks of docs/hsm-pair.md, as pure functions over a decoded request.
+
+Each check either returns or raises its own refusal; `service.py` runs them in the contract's
+order and does what touches state (freezing, marking `user_tx_no` used). Nothing here trusts the
+hot side: scripts are derived from the account's keys, outputs compared with what the V-device
+signed, and every signature verified before it is returned.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_cold.errors import (
+    BadRequest,
+    ChangeNotDerivable,
+    ChannelExpired,
+    ExtraOutput,
+    FeeAbovePolicy,
+    ForeignInput,
+    OutputMismatch,
+    UnknownChannel,
+)
+from hsm_cold.rawtx import UnsignedTx, parse_unsigned_tx
+from hsm_cold.store import ChannelRecord
+from wallet_core import messages, signatures
+from wallet_core.addresses import address_to_script
+from wallet_core.bip32 import HARDENED, ExtendedKey
+from wallet_core.chaincloud import Out, parse_outs, send_request_string
+from wallet_core.errors import AddressError, OutsError, WalletError
+from wallet_core.fees import estimate_vsize, fee_for
+from wallet_core.networks import Network
+from wallet_core.script import ScriptType
+from wallet_core.sighash import bip143_sighash
+from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
+
+MAX_TEXT = 100_000
+COIN_CODE = "BTC"
+
+
+@dataclass(frozen=True)
+class FeePolicy:
+    """The cold side's own fee ceiling: absolute (sat) and rate (sat/vB)."""
+
+    max_fee_sat: int
+    max_fee_rate: float
+
+
+@dataclass(frozen=True)
+class InputRef:
+    amount: int
+    chain: int
+    index: int
+
+
+@dataclass(frozen=True)
+class CosignRequest:
+    """The compact co-sign request, decoded and type-checked (not yet trusted)."""
+
+    account: int
+    tx: UnsignedTx
+    inputs: tuple[InputRef, ...]
+    change: tuple[tuple[int, int], ...]  # (vout, index)
+    user_tx_no: str
+    is_dynamic_fee: int
+    coin_code: str
+    outs: str
+    vc_code: str
+    c_id: str
+
+    @property
+    def txid(self) -> str:
+        return self.tx.txid
+
+    def request_string(self) -> str:
+        """The canonical string the V-device signed (protocol section 3)."""
+        try:
+            return send_request_string(
+                self.outs,
+                self.user_tx_no,
+                coin_code=self.coin_code,
+                is_dynamic_fee=self.is_dynamic_fee,
+            )
+        except OutsError as exc:
+            raise BadRequest(f"request: {exc.message}") from None
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def field(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """`payload[key]` of type `kind` (bool is not an int here), else `BadRequest`."""
+    if key not in payload:
+        raise BadRequest(f"missing field {key!r}")
+    value = payload[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise BadRequest(f"field {key!r} has the wrong type")
+    return value
+
+
+def text_field(payload: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
+    value = field(payload, key, str)
+    if not value or len(value) > max_len:
+        raise BadRequest(f"field {key!r} is empty or too long")
+    return value
+
+
+def int_list(value: Any, n: int, what: str) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != n
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)
+    ):
+        raise BadRequest(f"{what} must be {n} non-negative integers")
+    return tuple(value)
+
+
+def signed_message_text(value: Any, what: str) -> str:
+    """A signed message as base64 text (65 raw bytes are accepted too)."""
+    if isinstance(value, bytes) and len(value) == 65:
+        return base64.b64encode(value).decode()
+    if isinstance(value, str) and 0 < len(value) <= 200:
+        return value
+    raise BadRequest(f"{what} must be a signed message (base64 of 65 bytes)")
+
+
+def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
+    """Type-check the compact request; `BadRequest` names the first bad field."""
+    tx = parse_unsigned_tx(field(payload, "tx", bytes))
+    raw_inputs = field(payload, "inputs", list)
+    inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
+    if len(inputs) != len(tx.vin):
+        raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
+    change = tuple(int_list(c, 2, "each change entry") for c in field(payload, "change", list))
+    for vout, _ in change:
+        if vout >= len(tx.vout):
+            raise BadRequest(f"change output {vout} does not exist")
+    is_dynamic_fee = field(payload, "is_dynamic_fee", int)
+    if is_dynamic_fee not in (0, 1):
+        raise BadRequest("is_dynamic_fee must be 0 or 1")
+    coin_code = text_field(payload, "coin_code", 10)
+    if coin_code != COIN_CODE:
+        raise BadRequest(f"coin_code {coin_code!r} is not {COIN_CODE}")
+    c_id = payload.get("c_id")
+    if isinstance(c_id, int) and not isinstance(c_id, bool):
+        c_id = str(c_id)
+    return CosignRequest(
+        account=field(payload, "account", int),
+        tx=tx,
+        inputs=inputs,
+        change=change,
+        user_tx_no=text_field(payload, "user_tx_no", 128),
+        is_dynamic_fee=is_dynamic_fee,
+        coin_code=coin_code,
+        outs=text_field(payload, "outs"),
+        vc_code=signed_message_text(payload.get("vc_code"), "vc_code"),
+        c_id=text_field({"c_id": c_id}, "c_id", 128),
+    )
+
+
+# -- the checks, in the contract's order --------------------------------------------------------
+
+
+def check_channel(channel: ChannelRecord | None, req: CosignRequest, now: float) -> bytes:
+    """Check 2: the channel exists for the account and is live; returns its public key."""
+    if channel is None:
+        raise UnknownChannel(f"account {req.account} has no channel {req.c_id!r}")
+    if now >= channel.expires_at:
+        raise ChannelExpired(
+            f"channel {req.c_id!r} of account {req.account} expired at {int(channel.expires_at)}"
+        )
+    return channel.channel_pubkey
+
+
+def vc_code_valid(req: CosignRequest, channel_pubkey: bytes) -> bool:
+    """Check 3: `vc_code` recovers to the channel key over the canonical request string."""
+    return messages.verify_message_pubkey(channel_pubkey, req.request_string(), req.vc_code)
+
+
+def signed_outs(req: CosignRequest, network: Network) -> list[Out]:
+    try:
+        return parse_outs(req.outs, network)
+    except OutsError as exc:
+        raise BadRequest(f"outs: {exc.message}") from None
+
+
+def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) -> None:
+    """Check 5: outputs are exactly `outs` in order, plus at most one derivable change."""
+    if len(req.change) > 1:
+        raise ExtraOutput(f"{len(req.change)} change outputs declared; at most one is allowed")
+    change_vouts = {vout for vout, _ in req.change}
+    payments = [(n, o) for n, o in enumerate(req.tx.vout) if n not in change_vouts]
+    for (n, got), want in zip(payments, outs, strict=False):
+        try:
+            script = address_to_script(want.address, wallet.network)
+        except AddressError as exc:
+            raise BadRequest(f"outs: {exc.message}") from None
+        if got.script_pubkey != script or got.value != want.value:
+            raise OutputMismatch(
+                f"output {n} pays {got.value} sat to script {got.script_pubkey.hex()}; the signed"
+                f" request says {want.value} sat to {want.address}"
+            )
+    if len(payments) > len(outs):
+        extra = payments[len(outs)][0]
+        raise ExtraOutput(
+            f"output {extra} is not in the signed request and not declared change"
+            f" ({len(payments)} payments for {len(outs)} signed outputs)"
+        )
+    if len(payments) < len(outs):
+        raise OutputMismatch(f"{len(outs)} signed outputs but only {len(payments)} payments")
+    for vout, index in req.change:
+        try:
+            own = wallet.script_pubkey(index, CHANGE)
+        except WalletError:
+            own = b""
+        if req.tx.vout[vout].script_pubkey != own:
+            raise ChangeNotDerivable(
+                f"change output {vout} is not the hot wallet's change address {index}"
+            )
+
+
+def witness_scripts(req: CosignRequest, wallet: HotWallet) -> list[bytes]:
+    """Check 6: every input names a key path of the hot wallet; its derived witness script.
+
+    The path is all the cold side is told, so this is also what it signs for: an input that
+    spends some other script gets a signature over our own script, valid for nothing else.
+    """
+    scripts = []
+    for n, ref in enumerate(req.inputs):
+        if ref.chain not in (RECEIVE, CHANGE) or ref.index >= HARDENED:
+            raise ForeignInput(
+                f"input {n} (chain {ref.chain}, index {ref.index}) is not a path of the"
+                f" account's hot wallet"
+            )
+        try:
+            scripts.append(wallet.witness_script(ref.index, ref.chain))
+        except WalletError as exc:
+            raise ForeignInput(f"input {n}: {exc.message}") from None
+    return scripts
+
+
+def check_fee(req: CosignRequest, policy: FeePolicy) -> int:
+    """Check 7: fee = inputs - outputs within the absolute and rate ceilings; returns it."""
+    total_in = sum(i.amount for i in req.inputs)
+    total_out = sum(o.value for o in req.tx.vout)
+    fee = total_in - total_out
+    if fee < 0:
+        raise BadRequest(f"outputs ({total_out} sat) exceed inputs ({total_in} sat)")
+    # Worst-case size (72-byte signatures): the real rate is at most ~1% above this one.
+    size = estimate_vsize(
+        [ScriptType.P2WSH] * len(req.inputs), [o.script_pubkey for o in req.tx.vout]
+    )
+    ceiling = min(policy.max_fee_sat, fee_for(size, policy.max_fee_rate))
+    if fee > ceiling:
+        raise FeeAbovePolicy(
+            f"fee {fee} sat ({fee / size:.1f} sat/vB) is above the policy: at most"
+            f" {policy.max_fee_sat} sat and {policy.max_fee_rate:g} sat/vB ({ceiling} sat here)"
+        )
+    return fee
+
+
+# -- signing ------------------------------------------------------------------------------------
+
+
+def sign_inputs(
+    req: CosignRequest, scripts: Sequence[bytes], account_node: ExtendedKey, wallet: HotWallet
+) -> list[bytes]:
+    """The cosigner's 64-byte low-S r||s per input, each verified against its derived key."""
+    chains: dict[int, ExtendedKey] = {}
+    out = []
+    for n, (ref, script) in enumerate(zip(req.inputs, scripts, strict=True)):
+        chain_node = chains.get(ref.chain)
+        if chain_node is None:
+            chain_node = chains[ref.chain] = account_node.child(ref.chain)
+        child = chain_node.child(ref.index)
+        pubkey = child.public_key
+        if pubkey != wallet.pubkeys(ref.index, ref.chain)[1]:
+            raise WalletError(f"input {n}: the cosigner key does not derive to the wallet's")
+        digest = bip143_sighash(req.tx, n, script, ref.amount)
+        der = signatures.sign_digest(child.private_key, digest)
+        if not signatures.verify_digest(pubkey, digest, der):
+            raise WalletError(f"input {n}: signature does not verify; withheld")
+        r, s = signatures.der_decode(der)
+        out.append(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return out

@@ -1,0 +1,407 @@
+"""The cold HSM's link commands (docs/hsm-pair.md, "Link commands"), each one small.
+
+A handler takes the decoded payload and returns the answer map, or raises a `ColdHsmError`
+whose code and message the link server sends back. The link server runs one handler at a
+time, so a check followed by a state change here cannot interleave with another command.
+Nothing reachable from here unfreezes an account: that is `hsm-cold unfreeze`, at the console.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from hsm_cold import accounts, cosign, sweep
+from hsm_cold.accounts import AccountFacts, SeedPurpose
+from hsm_cold.cosign import FeePolicy, field, signed_message_text, text_field
+from hsm_cold.errors import (
+    AccountExists,
+    AccountFrozen,
+    BadIdentitySignature,
+    BadRequest,
+    ForgedVcCode,
+    UnknownAccount,
+    UserTxNoReused,
+    WrongNetwork,
+)
+from hsm_cold.keystore import ColdKeystore
+from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore
+from wallet_core import messages
+from wallet_core.addresses import script_to_address
+from wallet_core.bip32 import HARDENED
+from wallet_core.chaincloud import batch_content
+from wallet_core.descriptors import descriptor_network
+from wallet_core.errors import WalletError
+from wallet_core.keys import master_key
+from wallet_core.networks import Network
+from wallet_core.secp import is_valid_pubkey
+from wallet_core.wallets import RECEIVE, HotWallet, batch_addresses
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+
+
+class Command(StrEnum):
+    HELLO = "hello"
+    PROVISION_ACCOUNT = "provision_account"
+    PROVE_BATCH = "prove_batch"
+    REGISTER_CHANNEL = "register_channel"
+    COSIGN = "cosign"
+    FREEZE = "freeze"
+    SWEEP = "sweep"
+    STATUS = "status"
+    TAKE_ALERTS = "take_alerts"
+
+
+class AlertKind(StrEnum):
+    ACCOUNT_FROZEN = "account_frozen"
+    ACCOUNT_UNFROZEN = "account_unfrozen"
+    CHANNEL_REFUSED = "channel_refused"
+
+
+class WalletKind(StrEnum):
+    COLD = "cold"
+    HOT = "hot"
+
+
+def provision_statement(
+    account: int, network: str, receiving: str, cosigner: str, recovery: str, hot_pubkey: bytes
+) -> str:
+    """What the identity key signs to prove a provisioning (docs/hsm-pair.md)."""
+    return f"CC:PROVISION:{account}:{network}:{receiving}:{cosigner}:{recovery}:{hot_pubkey.hex()}"
+
+
+def channel_statement(account: int, c_id: str, channel_pubkey: bytes, expires_at: int) -> str:
+    """What the V-device identity key signs to register a channel."""
+    return f"CC:CHANNEL:{account}:{c_id}:{channel_pubkey.hex()}:{expires_at}"
+
+
+def pubkey_field(payload: Mapping[str, Any], key: str) -> bytes:
+    """A 33-byte compressed public key, as bytes or hex text."""
+    value = payload.get(key)
+    if isinstance(value, str):
+        try:
+            value = bytes.fromhex(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, bytes) or len(value) != 33 or not is_valid_pubkey(value):
+        raise BadRequest(f"field {key!r} must be a 33-byte compressed public key")
+    return value
+
+
+def account_field(payload: Mapping[str, Any]) -> int:
+    account = field(payload, "account", int)
+    if not 0 <= account < HARDENED:
+        raise BadRequest(f"account {account} out of range")
+    return account
+
+
+class ColdService:
+    """The command handlers, over the cold token (keystore) and the cold state (store)."""
+
+    def __init__(
+        self,
+        keystore: ColdKeystore,
+        store: ColdStore,
+        network: Network,
+        policy: FeePolicy,
+        export_dir: Path,
+        link_refusals: Callable[[], Mapping[str, int]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keystore = keystore
+        self.store = store
+        self.network = network
+        self.policy = policy
+        self.export_dir = export_dir
+        self.link_refusals = link_refusals or dict
+        self.clock = clock
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {c.value: getattr(self, c.value) for c in Command}
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _record(self, account: int) -> AccountRecord:
+        rec = self.store.get_account(account)
+        if rec is None:
+            raise UnknownAccount(f"account {account} is not provisioned on the cold HSM")
+        return rec
+
+    def _live_record(self, account: int) -> AccountRecord:
+        rec = self._record(account)
+        if rec.frozen:
+            raise AccountFrozen(f"account {account} is frozen: {rec.frozen_reason}")
+        return rec
+
+    def _sign_message(self, message: str) -> str:
+        raw = self.keystore.sign_message_digest(messages.message_digest(message))
+        return signed_message_text(raw, "identity signature")
+
+    def _hot_wallet(self, rec: AccountRecord) -> HotWallet:
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            cosigner = accounts.cosigner_key(root, self.network)
+        return accounts.hot_wallet(AccountFacts.of(rec), cosigner)
+
+    def _freeze(self, account: int, reason: str) -> None:
+        self.store.set_frozen(account, True, reason)
+        self.store.add_alert(account, AlertKind.ACCOUNT_FROZEN.value, reason)
+        log.warning("account %d frozen: %s", account, reason)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def hello(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "version": PROTOCOL_VERSION,
+            "identity_pubkey": self.keystore.identity_pubkey,
+            "network": self.network.value,
+        }
+
+    def provision_account(self, payload: dict[str, Any]) -> dict[str, Any]:
+        account = account_field(payload)
+        network = text_field(payload, "network", 16)
+        try:
+            if Network.from_name(network) is not self.network:
+                raise ValueError
+        except ValueError:
+            raise WrongNetwork(
+                f"this cold HSM serves {self.network.value}, not {network}"
+            ) from None
+        hot_pubkey = pubkey_field(payload, "hot_pubkey")
+        vdevice_identity = pubkey_field(payload, "vdevice_identity")
+        descriptor = text_field(payload, "settlement_descriptor", 4096)
+        desc = sweep.settlement(descriptor)
+        if descriptor_network(desc).params.xkey != self.network.params.xkey:
+            raise WrongNetwork(f"the settlement descriptor is not for {self.network.value}")
+        existing = self.store.get_account(account)
+        if existing is not None:
+            asked = (self.network.value, hot_pubkey, vdevice_identity, descriptor)
+            held = (
+                existing.network,
+                existing.hot_pubkey,
+                existing.vdevice_identity,
+                existing.settlement_descriptor,
+            )
+            if asked != held:
+                raise AccountExists(f"account {account} exists with other parameters")
+            return self._provisioned(existing)
+        return self._provisioned(
+            self._create_account(account, hot_pubkey, vdevice_identity, descriptor)
+        )
+
+    def _create_account(
+        self, account: int, hot_pubkey: bytes, vdevice_identity: bytes, descriptor: str
+    ) -> AccountRecord:
+        """New seeds; the recovery one goes to the paper backup, then the account is stored."""
+        ks, net = self.keystore, self.network
+        recovery_root = master_key(accounts.new_seed(ks), net)
+        recovery = accounts.cosigner_key(recovery_root, net)  # same BIP48 path, other seed
+        facts = AccountFacts(
+            account=account,
+            network=net,
+            hot_pubkey=hot_pubkey,
+            vdevice_identity=vdevice_identity,
+            settlement_descriptor=descriptor,
+            recovery_xpub=recovery.xpub.serialize(),
+            recovery_fingerprint=recovery.fingerprint,
+        )
+        receiving_seed, cosigner_seed = accounts.new_seed(ks), accounts.new_seed(ks)
+        cosigner = accounts.cosigner_key(master_key(cosigner_seed, net), net)
+        try:
+            wallet = accounts.hot_wallet(facts, cosigner)
+        except WalletError as exc:
+            raise BadRequest(f"hot_pubkey: {exc.message}") from None
+        rec = AccountRecord(
+            account=account,
+            network=net.value,
+            receiving_seed=accounts.seal_seed(ks, receiving_seed, facts, SeedPurpose.RECEIVING),
+            cosigner_seed=accounts.seal_seed(ks, cosigner_seed, facts, SeedPurpose.COSIGNER),
+            hot_pubkey=hot_pubkey,
+            recovery_xpub=facts.recovery_xpub,
+            recovery_fingerprint=facts.recovery_fingerprint,
+            vdevice_identity=vdevice_identity,
+            settlement_descriptor=descriptor,
+        )
+        del receiving_seed, cosigner_seed
+        path = accounts.write_recovery_export(self.export_dir, facts, recovery_root, wallet)
+        del recovery_root
+        try:
+            self.store.add_account(rec)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        log.info("account %d provisioned; recovery key exported to %s", account, path)
+        return rec
+
+    def _provisioned(self, rec: AccountRecord) -> dict[str, Any]:
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
+            receiving = accounts.receiving_wallet(root, self.network).account
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            cosigner = accounts.cosigner_key(root, self.network)
+        receiving_xpub = receiving.xpub.serialize()
+        cosigner_xpub = cosigner.xpub.serialize()
+        statement = provision_statement(
+            rec.account,
+            rec.network,
+            receiving_xpub,
+            cosigner_xpub,
+            rec.recovery_xpub,
+            rec.hot_pubkey,
+        )
+        return {
+            "receiving_xpub": receiving_xpub,
+            "receiving_fingerprint": receiving.fingerprint.hex(),
+            "cosigner_xpub": cosigner_xpub,
+            "cosigner_fingerprint": cosigner.fingerprint.hex(),
+            "recovery_xpub": rec.recovery_xpub,
+            "recovery_fingerprint": rec.recovery_fingerprint.hex(),
+            "proof": self._sign_message(statement),
+        }
+
+    def prove_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rec = self._record(account_field(payload))
+        try:
+            kind = WalletKind(field(payload, "wallet", str))
+        except ValueError:
+            raise BadRequest("wallet must be 'cold' or 'hot'") from None
+        batch_no = field(payload, "batch_no", int)
+        wallet: Any
+        if kind is WalletKind.COLD:
+            with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
+                wallet = accounts.receiving_wallet(root, self.network)
+        else:
+            wallet = self._hot_wallet(rec)
+        try:
+            batch = batch_addresses(wallet, batch_no, RECEIVE)
+        except WalletError as exc:
+            raise BadRequest(f"batch {batch_no}: {exc.message}") from None
+        content = batch_content([address for _, address in batch])
+        return {"signature": self._sign_message(content)}
+
+    def register_channel(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rec = self._live_record(account_field(payload))
+        c_id = text_field({"c_id": str(payload.get("c_id", ""))}, "c_id", 128)
+        channel_pubkey = pubkey_field(payload, "channel_pubkey")
+        expires_at = field(payload, "expires_at", int)
+        sig = signed_message_text(payload.get("identity_sig"), "identity_sig")
+        statement = channel_statement(rec.account, c_id, channel_pubkey, expires_at)
+        if not messages.verify_message_pubkey(rec.vdevice_identity, statement, sig):
+            self.store.add_alert(
+                rec.account,
+                AlertKind.CHANNEL_REFUSED.value,
+                f"channel {c_id} refused: not signed by the V-device identity key",
+            )
+            raise BadIdentitySignature(
+                f"channel {c_id!r} is not signed by account {rec.account}'s V-device identity key"
+            )
+        self.store.put_channel(ChannelRecord(rec.account, c_id, channel_pubkey, expires_at))
+        log.info("account %d: channel %s registered (expires %d)", rec.account, c_id, expires_at)
+        return {}
+
+    def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
+        req = cosign.decode_request(payload)
+        rec = self._live_record(req.account)  # 1
+        channel_key = cosign.check_channel(  # 2
+            self.store.get_channel(req.account, req.c_id), req, self.clock()
+        )
+        if not cosign.vc_code_valid(req, channel_key):  # 3
+            self._freeze(
+                req.account,
+                f"forged vc_code for user_tx_no {req.user_tx_no!r} (channel {req.c_id})",
+            )
+            raise ForgedVcCode(
+                f"vc_code does not recover to channel {req.c_id!r}'s key: account"
+                f" {req.account} frozen, operator alerted"
+            )
+        done = self.store.used_request_txid(req.account, req.user_tx_no)  # 4
+        if done is not None and done != req.txid:
+            raise UserTxNoReused(
+                f"user_tx_no {req.user_tx_no!r} was already co-signed for another transaction"
+            )
+        outs = cosign.signed_outs(req, self.network)
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            node, cosigner = accounts.cosigner_signer(root, self.network)
+        wallet = accounts.hot_wallet(AccountFacts.of(rec), cosigner)
+        cosign.check_outputs(req, outs, wallet)  # 5
+        scripts = cosign.witness_scripts(req, wallet)  # 6
+        fee = cosign.check_fee(req, self.policy)  # 7
+        sigs = cosign.sign_inputs(req, scripts, node, wallet)
+        del node
+        if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
+            raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
+        log.info(
+            "account %d: co-signed %s (%s), %d input(s), fee %d%s",
+            req.account,
+            req.txid,
+            req.user_tx_no,
+            len(sigs),
+            fee,
+            " (retry)" if done else "",
+        )
+        return {"signatures": sigs}
+
+    def freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rec = self._record(account_field(payload))
+        reason = text_field(payload, "reason", 500)
+        self._freeze(rec.account, f"frozen from the hot side: {reason}")
+        return {}
+
+    def sweep(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rec = self._live_record(account_field(payload))
+        utxos = sweep.decode_utxos(payload)
+        rate = sweep.decode_fee_rate(payload, self.policy)
+        desc = sweep.settlement(rec.settlement_descriptor)
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
+            wallet = accounts.receiving_wallet(root, self.network)
+            node = accounts.receiving_account_node(root, self.network)
+        index = self.store.next_settlement_index(rec.account)
+        destination = desc.script_pubkey(index)
+        result = sweep.build_sweep(utxos, wallet, node, destination, rate, self.policy)
+        del node
+        address = script_to_address(destination, self.network)
+        log.info(
+            "account %d: sweep %s of %d UTXO(s), %d sat to settlement index %d, fee %d",
+            rec.account,
+            result.txid,
+            len(utxos),
+            result.value,
+            index,
+            result.fee,
+        )
+        return {
+            "tx": result.tx_hex,
+            "txid": result.txid,
+            "fee": result.fee,
+            "address": address,
+            "settlement_index": index,
+        }
+
+    def status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rows = self.store.list_accounts()
+        return {
+            "accounts": [a for a, _, _ in rows],
+            "frozen": [[a, reason] for a, frozen, reason in rows if frozen],
+            "alerts": self.store.pending_alert_count(),
+            "link_refusals": dict(self.link_refusals()),
+        }
+
+    def take_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
+        alerts = self.store.take_alerts()
+        return {
+            "alerts": [
+                {
+                    "id": a.id,
+                    "at": int(a.at),
+                    "account": a.account,
+                    "kind": a.kind,
+                    "message": a.message,
+                }
+                for a in alerts
+            ]
+        }

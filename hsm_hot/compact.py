@@ -1,0 +1,203 @@
+"""PSBT -> the compact co-sign request of docs/hsm-pair.md, and the digests both HSMs sign.
+
+The serial line is the throughput ceiling, so the cold HSM gets only what it needs: the
+unsigned transaction (raw bytes), per input the amount and the wallet position
+`[amount, chain, index]`, per change output `[vout, index]`, and the V-device's signed request.
+It re-derives every script itself, so nothing here is trusted by it.
+
+On this side the same derivation tells whether the PSBT spends the account's hot wallet: the
+BIP143 digest we compute from the *derived* witness script must equal the PSBT's own digest,
+which (through `Psbt.sighash`) is computed from the witness script the PSBT carries, itself
+checked against the input's P2WSH output. One equality covers script, key set and amount.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_hot.errors import BadRequest
+from wallet_core.errors import WalletError
+from wallet_core.hashes import double_sha256
+from wallet_core.psbt import Psbt
+from wallet_core.sighash import bip143_sighash
+from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
+
+PSBT_MAGIC = b"psbt\xff"
+GLOBAL_UNSIGNED_TX = 0x00
+
+
+@dataclass(frozen=True)
+class TxIn:
+    txid: bytes  # display order, as embit keeps it (sighash reverses it)
+    vout: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class TxOut:
+    value: int
+    script_pubkey: bytes
+
+
+@dataclass(frozen=True)
+class UnsignedTx:
+    """A non-witness transaction, shaped like embit's for `wallet_core.sighash`."""
+
+    raw: bytes
+    version: int
+    vin: tuple[TxIn, ...]
+    vout: tuple[TxOut, ...]
+    locktime: int
+
+    @property
+    def txid(self) -> str:
+        return double_sha256(self.raw)[::-1].hex()
+
+
+@dataclass(frozen=True)
+class CosignPlan:
+    """What `sign_send` needs after reading the PSBT."""
+
+    tx: UnsignedTx
+    inputs: list[tuple[int, int, int]]  # (amount, chain, index)
+    change: list[tuple[int, int]]  # (vout, index)
+    digests: list[bytes]  # BIP143 sighash per input
+    cold_pubkeys: list[bytes]  # the cold cosigner's child key per input
+    payments: int  # satoshi leaving the wallet (every non-change output)
+    fee: int
+
+    @property
+    def txid(self) -> str:
+        return self.tx.txid
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._s = io.BytesIO(data)
+        self._n = len(data)
+
+    def take(self, n: int) -> bytes:
+        b = self._s.read(n)
+        if len(b) != n:
+            raise BadRequest("PSBT is truncated")
+        return b
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "little")
+
+    def varint(self) -> int:
+        n = self.take(1)[0]
+        if n < 0xFD:
+            return n
+        return int.from_bytes(self.take({0xFD: 2, 0xFE: 4, 0xFF: 8}[n]), "little")
+
+    def at_end(self) -> bool:
+        return self._s.tell() == self._n
+
+
+def unsigned_tx_bytes(psbt_raw: bytes) -> bytes:
+    """The global unsigned transaction of a PSBT (BIP174 key type 0x00)."""
+    r = _Reader(psbt_raw)
+    if r.take(5) != PSBT_MAGIC:
+        raise BadRequest("not a PSBT")
+    while True:
+        keylen = r.varint()
+        if keylen == 0:
+            raise BadRequest("PSBT has no unsigned transaction")
+        key = r.take(keylen)
+        value = r.take(r.varint())
+        if key == bytes([GLOBAL_UNSIGNED_TX]):
+            return value
+
+
+def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
+    r = _Reader(raw)
+    version = r.u32()
+    vin = []
+    for _ in range(r.varint()):
+        txid = r.take(32)[::-1]
+        vout = r.u32()
+        if r.varint() != 0:
+            raise BadRequest("unsigned transaction input has a scriptSig")
+        vin.append(TxIn(txid, vout, r.u32()))
+    vout_list = []
+    for _ in range(r.varint()):
+        value = int.from_bytes(r.take(8), "little")
+        vout_list.append(TxOut(value, r.take(r.varint())))
+    locktime = r.u32()
+    if not r.at_end() or not vin or not vout_list:
+        raise BadRequest("unsigned transaction is malformed")
+    return UnsignedTx(raw, version, tuple(vin), tuple(vout_list), locktime)
+
+
+def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
+    """Check that every input spends `wallet` and find the change; raise `BadRequest` if not."""
+    tx = parse_unsigned_tx(unsigned_tx_bytes(psbt.to_bytes()))
+    if len(tx.vin) != psbt.input_count:
+        raise BadRequest("PSBT input maps do not match its transaction")
+    inputs: list[tuple[int, int, int]] = []
+    digests: list[bytes] = []
+    cold_pubkeys: list[bytes] = []
+    for i in range(psbt.input_count):
+        try:
+            amount = psbt.input_value(i)
+            where = own_index_from_origins(wallet, psbt.input_origins(i))
+            if where is None:
+                raise BadRequest(f"input {i} is not of the account's hot wallet")
+            chain, index = where
+            digest = bip143_sighash(tx, i, wallet.witness_script(index, chain), amount)
+            if digest != psbt.sighash(i):
+                raise BadRequest(f"input {i} is not of the account's hot wallet")
+            cold_pubkeys.append(wallet.pubkeys(index, chain)[1])
+        except WalletError as exc:
+            raise BadRequest(f"input {i}: {exc.message}") from None
+        inputs.append((amount, chain, index))
+        digests.append(digest)
+    change: list[tuple[int, int]] = []
+    payments = 0
+    for vout, out in enumerate(psbt.outputs):
+        where = own_index_from_origins(wallet, out.origins) if out.origins else None
+        if where is not None and where[0] == CHANGE:
+            # Declared change goes to the cold HSM as such: it derives the script itself and
+            # refuses a mismatch ("change not derivable"). Our own limits count as spent
+            # every output we did not derive ourselves.
+            change.append((vout, where[1]))
+            if is_own_script(wallet, out.script_pubkey, CHANGE, where[1]):
+                continue
+        payments += out.value
+    fee = sum(a for a, _, _ in inputs) - sum(o.value for o in tx.vout)
+    if fee < 0:
+        raise BadRequest("outputs exceed inputs")
+    return CosignPlan(tx, inputs, change, digests, cold_pubkeys, payments, fee)
+
+
+def vc_code_bytes(vc_code: str) -> bytes | str:
+    """The 65 bytes of a base64 signed message; anything else is passed on as given, so the
+    cold HSM judges it (a malformed `vc_code` is a forged one)."""
+    try:
+        raw = base64.b64decode(vc_code, validate=True)
+    except (binascii.Error, ValueError):
+        return vc_code
+    return raw if len(raw) == 65 and base64.b64encode(raw).decode() == vc_code else vc_code
+
+
+def compact_request(
+    account: int, plan: CosignPlan, request: dict[str, Any], vc_code: str, c_id: str
+) -> dict[str, Any]:
+    """The `cosign` payload: small on the wire (raw tx bytes, integers, short strings)."""
+    return {
+        "account": account,
+        "tx": plan.tx.raw,
+        "inputs": [list(i) for i in plan.inputs],
+        "change": [list(c) for c in plan.change],
+        "user_tx_no": request["user_tx_no"],
+        "is_dynamic_fee": request["is_dynamic_fee"],
+        "coin_code": request["coin_code"],
+        "outs": request["outs"],
+        "vc_code": vc_code_bytes(vc_code),
+        "c_id": c_id,
+    }

@@ -1,0 +1,69 @@
+"""The hot HSM's side of the serial link: commands to the cold HSM, link errors translated.
+
+This is the one place where `cc_common.link` errors become the hot HSM's own: a timeout or a
+dead line is `ColdUnreachable` (the cold HSM may or may not have acted; the link's request ids
+make a re-send within one call safe), a refusal by a cold handler is `ColdRefused` carrying the
+cold code and message unchanged, and a MAC refusal means the two sides are not paired.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from cc_common.link import (
+    LinkAuthError,
+    LinkError,
+    LinkRemoteError,
+    LinkTimeout,
+)
+from hsm_hot.errors import ColdRefused, ColdUnreachable, NotPaired
+
+log = logging.getLogger(__name__)
+
+
+class LinkCaller(Protocol):
+    def call(self, command: str, payload: Mapping[str, Any], timeout: float) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class ColdRelay:
+    """Runs link commands on the cold HSM with the configured timeout."""
+
+    def __init__(self, client: LinkCaller, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    def call(
+        self, command: str, payload: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        start = time.monotonic()
+        try:
+            answer = self.client.call(command, payload, timeout or self.timeout)
+        except LinkRemoteError as exc:
+            log.info("cold HSM refused %s: [%d] %s", command, exc.code, exc.message)
+            raise ColdRefused(exc.message, code=exc.code) from None
+        except LinkAuthError as exc:
+            log.error("cold HSM refused our link authentication for %s", command)
+            raise NotPaired(f"cold HSM refused the link authentication: {exc.message}") from None
+        except LinkTimeout as exc:
+            log.warning("cold HSM did not answer %s: %s", command, exc.message)
+            raise ColdUnreachable(f"cold HSM unreachable: {exc.message}") from None
+        except LinkError as exc:
+            log.warning("link failure on %s: %s", command, exc.message)
+            raise ColdUnreachable(f"cold HSM unreachable: {exc.message}") from None
+        log.debug("%s answered in %.3fs", command, time.monotonic() - start)
+        if not isinstance(answer, dict):
+            raise ColdUnreachable(f"cold HSM gave a malformed answer to {command}")
+        return answer
+
+    def stats(self) -> dict[str, int]:
+        return self.client.stats()
+
+    def close(self) -> None:
+        self.client.close()

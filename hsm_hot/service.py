@@ -1,0 +1,428 @@
+"""The methods of the hot HSM's RPC (docs/hsm-pair.md, "hsm_hot RPC"), in domain words.
+
+Each method takes the JSON `params` object and returns a JSON-ready value, or raises a
+`HotHsmError` (or another `CustodyError`) whose code and message go back to custody.
+
+`sign_send` is the heart: the hot HSM's own checks (the account's wallet, its limits) first,
+without touching the link; then the cold HSM's co-signature, checked against the cold child key;
+only then the hot signature from the token. A hot signature alone never completes a spend, and
+the hot HSM never gives one for something the cold HSM refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cc_common.token import HsmToken
+from hsm_hot.audit import AuditLog
+from hsm_hot.compact import CosignPlan, compact_request, plan_cosign
+from hsm_hot.errors import (
+    BadRequest,
+    ColdSignatureInvalid,
+    ColdUnreachable,
+    HotHsmError,
+    ProofInvalid,
+    UnknownAccount,
+)
+from hsm_hot.policy import PolicyLedger
+from hsm_hot.relay import ColdRelay
+from hsm_hot.state import HotAccount, HotState
+from wallet_core import messages, signatures
+from wallet_core.bip32 import parse_xpub
+from wallet_core.errors import PsbtError, SignatureError, WalletError
+from wallet_core.networks import Network
+from wallet_core.psbt import Psbt
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 3.0
+MAX_ACCOUNT = 2**31 - 1
+
+
+def hot_key_label(account: int) -> str:
+    return f"hot/{account}"
+
+
+def provision_statement(
+    account: int, network: str, receiving: str, cosigner: str, recovery: str, hot_pubkey: str
+) -> str:
+    """The string the cold identity key signs at provisioning (docs/hsm-pair.md)."""
+    return f"CC:PROVISION:{account}:{network}:{receiving}:{cosigner}:{recovery}:{hot_pubkey}"
+
+
+# -- parameter checks ------------------------------------------------------------------------
+
+
+def _param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in params:
+        raise BadRequest(f"missing parameter {key!r}")
+    value = params[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise BadRequest(f"parameter {key!r} has the wrong type")
+    return value
+
+
+def _account(params: Mapping[str, Any]) -> int:
+    account = _param(params, "account", int)
+    if not 0 <= account <= MAX_ACCOUNT:
+        raise BadRequest(f"account {account} out of range")
+    return account
+
+
+def _text(params: Mapping[str, Any], key: str, max_len: int = 4096) -> str:
+    value = _param(params, key, str)
+    if not value or len(value) > max_len:
+        raise BadRequest(f"parameter {key!r} is empty or too long")
+    return value
+
+
+def _hex_text(value: Any, what: str) -> str:
+    """A cold answer's key or fingerprint as lower-case hex (bytes or hex text accepted)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str):
+        try:
+            return bytes.fromhex(value).hex()
+        except ValueError:
+            pass
+    raise ColdUnreachable(f"cold HSM answered a malformed {what}")
+
+
+def _b64_text(value: Any, what: str) -> str:
+    """A signed message as base64 text (the cold side may send the 65 raw bytes)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, str):
+        return value
+    raise ColdUnreachable(f"cold HSM answered a malformed {what}")
+
+
+def jsonable(value: Any) -> Any:
+    """A link answer made JSON-ready: bytes become hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+class HotService:
+    """The hot HSM: its token, its state, its limits, its audit log and the link to cold."""
+
+    def __init__(
+        self,
+        token: HsmToken,
+        state: HotState,
+        relay: ColdRelay,
+        ledger: PolicyLedger,
+        audit: AuditLog,
+        network: Network,
+        cold_identity: bytes,
+    ) -> None:
+        self.token = token
+        self.state = state
+        self.relay = relay
+        self.ledger = ledger
+        self.audit = audit
+        self.network = network
+        self.cold_identity = cold_identity
+        self._provision_lock = threading.Lock()
+        self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+            "health": self.health,
+            "provision_account": self.provision_account,
+            "prove_batch": self.prove_batch,
+            "register_channel": self.register_channel,
+            "sign_send": self.sign_send,
+            "freeze": self.freeze,
+            "sweep": self.sweep,
+            "cold_status": self.cold_status,
+            "take_alerts": self.take_alerts,
+        }
+
+    def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
+        handler = self.methods.get(method)
+        if handler is None:
+            raise BadRequest(f"unknown method {method!r}")
+        return handler(params)
+
+    def _account_record(self, account: int) -> HotAccount:
+        acct = self.state.account(account)
+        if acct is None:
+            raise UnknownAccount(f"account {account} is not provisioned on this hot HSM")
+        return acct
+
+    # -- methods -------------------------------------------------------------------------------
+
+    def health(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            hello = self.relay.call("hello", {}, timeout=min(self.relay.timeout, HEALTH_TIMEOUT))
+            identity = _hex_text(hello.get("identity_pubkey"), "identity key")
+            reachable = identity == self.cold_identity.hex()
+            if not reachable:
+                log.error("the cold HSM's identity key is not the one pinned at pairing")
+        except HotHsmError:
+            reachable = False
+        return {
+            "paired": True,
+            "cold_reachable": reachable,
+            "accounts": self.state.account_count(),
+        }
+
+    def provision_account(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        network = _text(params, "network", 16)
+        vdevice_identity = _text(params, "vdevice_identity", 130)
+        settlement = _text(params, "settlement_descriptor")
+        try:
+            if Network.from_name(network) is not self.network:
+                raise BadRequest(f"this hot HSM serves {self.network.value}, not {network}")
+            bytes.fromhex(vdevice_identity)
+        except ValueError:
+            raise BadRequest("network or vdevice_identity is malformed") from None
+        network = self.network.value  # one spelling in the proof statement and the state
+        with self._provision_lock:
+            existing = self.state.account(account)
+            if existing is not None:
+                same = (existing.network, existing.vdevice_identity, existing.settlement_descriptor)
+                if same != (network, vdevice_identity, settlement):
+                    raise BadRequest(
+                        f"account {account} is already provisioned with other parameters"
+                    )
+                return self._provisioned(existing)
+            label = hot_key_label(account)
+            keys = self.token.keys
+            # A crash after the key was made but before the state was written leaves a key:
+            # use it (keys are never replaced).
+            hot_pub = keys.public_key(label) if keys.has_key(label) else None
+            if hot_pub is None:
+                hot_pub = keys.generate_signing_key(label)
+            answer = self.relay.call(
+                "provision_account",
+                {
+                    "account": account,
+                    "network": network,
+                    "hot_pubkey": hot_pub.hex(),
+                    "vdevice_identity": vdevice_identity,
+                    "settlement_descriptor": settlement,
+                },
+            )
+            acct = self._check_provisioned(account, network, label, hot_pub, answer, params)
+            self.state.add_account(acct)
+        self.audit.record("provision_account", account=account, hot_pubkey=hot_pub.hex())
+        log.info("account %d provisioned (hot key %s)", account, label)
+        return self._provisioned(acct)
+
+    def _check_provisioned(
+        self,
+        account: int,
+        network: str,
+        label: str,
+        hot_pub: bytes,
+        answer: Mapping[str, Any],
+        params: Mapping[str, Any],
+    ) -> HotAccount:
+        """Verify the cold answer (xpubs parse, wallet well formed, proof by the pinned key)."""
+        try:
+            fields = {
+                k: str(answer[k]) for k in ("receiving_xpub", "cosigner_xpub", "recovery_xpub")
+            }
+            for xpub in fields.values():
+                parse_xpub(xpub)
+            cfp = _hex_text(answer["cosigner_fingerprint"], "fingerprint")
+            rfp = _hex_text(answer["recovery_fingerprint"], "fingerprint")
+            proof = _b64_text(answer["proof"], "proof")
+        except (KeyError, WalletError):
+            raise ColdUnreachable("cold HSM answered provision_account badly") from None
+        statement = provision_statement(
+            account,
+            network,
+            fields["receiving_xpub"],
+            fields["cosigner_xpub"],
+            fields["recovery_xpub"],
+            hot_pub.hex(),
+        )
+        if not messages.verify_message_pubkey(self.cold_identity, statement, proof):
+            log.error("provisioning proof of account %d does not verify", account)
+            raise ProofInvalid(
+                f"account {account}: the cold HSM's proof does not verify against the identity"
+                " key pinned at pairing"
+            )
+        acct = HotAccount(
+            account=account,
+            network=network,
+            hot_label=label,
+            hot_pubkey=hot_pub,
+            receiving_xpub=fields["receiving_xpub"],
+            cosigner_xpub=fields["cosigner_xpub"],
+            cosigner_fingerprint=cfp,
+            recovery_xpub=fields["recovery_xpub"],
+            recovery_fingerprint=rfp,
+            vdevice_identity=str(params["vdevice_identity"]),
+            settlement_descriptor=str(params["settlement_descriptor"]),
+            proof=proof,
+        )
+        try:
+            acct.wallet()
+        except (WalletError, ValueError) as exc:
+            raise ColdUnreachable(f"cold HSM answered unusable keys: {exc}") from None
+        return acct
+
+    def _provisioned(self, acct: HotAccount) -> dict[str, Any]:
+        return {
+            "receiving_xpub": acct.receiving_xpub,
+            "cosigner_xpub": acct.cosigner_xpub,
+            "cosigner_fingerprint": acct.cosigner_fingerprint,
+            "recovery_xpub": acct.recovery_xpub,
+            "recovery_fingerprint": acct.recovery_fingerprint,
+            "hot_pubkey": acct.hot_pubkey.hex(),
+            "cold_identity": self.cold_identity.hex(),
+            "proof": acct.proof,
+        }
+
+    def prove_batch(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        wallet = _text(params, "wallet", 8)
+        if wallet not in ("cold", "hot"):
+            raise BadRequest("wallet must be 'cold' or 'hot'")
+        batch_no = _param(params, "batch_no", int)
+        self._account_record(account)
+        answer = self.relay.call(
+            "prove_batch", {"account": account, "wallet": wallet, "batch_no": batch_no}
+        )
+        return {"signature": _b64_text(answer.get("signature"), "batch signature")}
+
+    def register_channel(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        payload = {
+            "account": account,
+            "c_id": _text(params, "c_id", 128),
+            "channel_pubkey": _text(params, "channel_pubkey", 130),
+            "expires_at": _param(params, "expires_at", int),
+            "identity_sig": _text(params, "identity_sig", 256),
+        }
+        self._account_record(account)
+        self.relay.call("register_channel", payload)
+        self.audit.record("register_channel", account=account, c_id=payload["c_id"])
+        return {}
+
+    def sign_send(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        psbt_text = _text(params, "psbt", 1_000_000)
+        request = _param(params, "request", dict)
+        req = {
+            "coin_code": _text(request, "coin_code", 10),
+            "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
+            "outs": _text(request, "outs", 100_000),
+            "user_tx_no": _text(request, "user_tx_no", 128),
+        }
+        vc_code = _text(params, "vc_code", 256)
+        c_id = _text(params, "c_id", 128)
+        acct = self._account_record(account)
+        self.ledger.admit_request(account)
+        try:
+            psbt = Psbt.from_base64(psbt_text)
+        except PsbtError as exc:
+            raise BadRequest(f"psbt: {exc.message}") from None
+        done = self.state.cosigned(account, req["user_tx_no"])
+        if done is not None and done[0] == psbt.txid:
+            log.info("account %d: %s already co-signed; same answer", account, req["user_tx_no"])
+            return {"psbt": done[1]}
+        plan = plan_cosign(psbt, self.state.wallet(acct))
+        reservation = self.ledger.reserve_send(account, plan.payments, len(plan.tx.vout), plan.txid)
+        try:
+            answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
+            cold_sigs = self._check_cold_signatures(plan, answer)
+            hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+        except BaseException:
+            self.ledger.cancel_send(reservation)
+            raise
+        try:
+            for i, (cold, hot) in enumerate(zip(cold_sigs, hot_sigs, strict=True)):
+                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
+                psbt.add_signature(i, acct.hot_pubkey, hot)
+        except PsbtError as exc:  # cannot happen after the checks above; never half-answer
+            log.error("account %d: signatures rejected by the PSBT: %s", account, exc.message)
+            raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
+        signed = psbt.to_base64()
+        self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
+        self._audit_send(account, req["user_tx_no"], plan)
+        return {"psbt": signed}
+
+    def _check_cold_signatures(self, plan: CosignPlan, answer: Mapping[str, Any]) -> list[bytes]:
+        """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest."""
+        sigs = answer.get("signatures")
+        if not isinstance(sigs, list) or len(sigs) != len(plan.digests):
+            raise ColdSignatureInvalid("cold HSM answered the wrong number of signatures")
+        out = []
+        for i, (sig, pub, digest) in enumerate(
+            zip(sigs, plan.cold_pubkeys, plan.digests, strict=True)
+        ):
+            try:
+                if not isinstance(sig, bytes):
+                    raise SignatureError("not bytes")
+                r, s = signatures.raw_to_rs(sig)
+                der = signatures.der_encode(r, s)
+                ok = signatures.verify_digest(pub, digest, der)
+            except (SignatureError, binascii.Error):
+                ok = False
+            if not ok:
+                log.error("cold signature for input %d does not verify; nothing signed", i)
+                raise ColdSignatureInvalid(
+                    f"cold signature for input {i} does not verify (or is not low-S)"
+                )
+            out.append(sig)
+        return out
+
+    def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> None:
+        self.audit.record(
+            "sign_send",
+            account=account,
+            user_tx_no=user_tx_no,
+            txid=plan.txid,
+            inputs=[a for a, _, _ in plan.inputs],
+            outputs=[o.value for o in plan.tx.vout],
+            amount=plan.payments,
+            fee=plan.fee,
+        )
+        log.info(
+            "account %d: signed %s (%s): %d sat out, fee %d",
+            account,
+            plan.txid,
+            user_tx_no,
+            plan.payments,
+            plan.fee,
+        )
+
+    def freeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        reason = _text(params, "reason", 500)
+        self.relay.call("freeze", {"account": account, "reason": reason})
+        self.audit.record("freeze", account=account, reason=reason)
+        return {}
+
+    def sweep(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        account = _account(params)
+        utxos = _param(params, "utxos", list)
+        fee_rate = _param(params, "fee_rate", int)  # the link codec has no float
+        self._account_record(account)
+        answer = self.relay.call(
+            "sweep", {"account": account, "utxos": utxos, "fee_rate": fee_rate}
+        )
+        self.audit.record("sweep", account=account, utxos=len(utxos))
+        return jsonable(answer)
+
+    def cold_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return jsonable(self.relay.call("status", {}))
+
+    def take_alerts(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        answer = jsonable(self.relay.call("take_alerts", {}))
+        if not isinstance(answer.get("alerts"), list):
+            raise ColdUnreachable("cold HSM answered take_alerts without alerts")
+        return answer

@@ -1,0 +1,630 @@
+"""The cold HSM as a real process on a pseudo-terminal, with the test playing the hot HSM.
+
+`hsm-cold init` makes its SoftHSM token (in its own process), `hsm-cold serve` answers over a
+`PtyLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
+account, PSBT and V-device signature is built here with wallet_core, independently of the cold
+code: provisioning proofs and batch proofs are verified against the pinned identity key, co-sign
+signatures against keys the test derives from the returned xpubs (and, with a software hot key,
+the finished 2-of-3 spend through python-bitcointx's script interpreter), and each refusal by
+its own code and message. The two-HSM tests with the regtest node are in test_hsm_pair.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import coincurve
+import pytest
+from bitcointx.core import CTransaction
+from embit.psbt import PSBT as EmbitPsbt
+
+from cc_common.link import LinkAuthError, LinkRemoteError
+from firmware_sim.node.validation import Coin as NodeCoin
+from firmware_sim.node.validation import verify_scripts
+from hsm_cold.errors import ColdErrorCode
+from hsm_cold.rawtx import parse_unsigned_tx
+from tests.harness import Deployment
+from tests.hsm_fixtures import Coin, ColdHsm, VDevice, build_send_psbt, random_address, send_request
+from wallet_core import messages, signatures
+from wallet_core.addresses import address_to_script
+from wallet_core.bip32 import ExtendedKey, parse_xpub
+from wallet_core.chaincloud import batch_content
+from wallet_core.descriptors import parse_descriptor
+from wallet_core.keys import master_key
+from wallet_core.networks import Network
+from wallet_core.psbt import Psbt
+from wallet_core.wallets import (
+    CHANGE,
+    RECEIVE,
+    AccountKey,
+    ColdWallet,
+    FixedKey,
+    HotWallet,
+    batch_addresses,
+    bip48_account_path,
+    bip84_account_path,
+)
+
+NET = Network.REGTEST
+TIMEOUT = 30.0
+MAX_FEE_SAT = 100_000
+MAX_FEE_RATE = 50
+FEE = 5_000
+SETTLEMENT = parse_descriptor(
+    ColdWallet.from_root(ExtendedKey.from_seed(b"settlement wallet seed!!", NET), NET)
+    .descriptor(RECEIVE)
+    .to_string()
+)
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
+    d = Deployment(
+        tmp_path_factory.mktemp("cold"),
+        config={"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
+    )
+    hsm = ColdHsm(d)
+    try:
+        hsm.start()
+        yield hsm
+    finally:
+        problems = hsm.stop()
+        assert not problems, problems
+
+
+@pytest.fixture
+def link(cold: ColdHsm) -> Iterator[Any]:
+    client = cold.client()
+    yield client
+    client.close()
+
+
+def refused(client: Any, command: str, payload: dict[str, Any]) -> LinkRemoteError:
+    with pytest.raises(LinkRemoteError) as info:
+        client.call(command, payload, timeout=TIMEOUT)
+    return info.value
+
+
+def _key(tag: str) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey(hashlib.sha256(tag.encode()).digest())
+
+
+def unsigned_tx(psbt: Psbt) -> bytes:
+    return EmbitPsbt.parse(psbt.to_bytes()).tx.serialize()
+
+
+@dataclass
+class Account:
+    """One provisioned account, seen from the hot side (public material only)."""
+
+    number: int
+    answer: dict[str, Any]
+    hot: coincurve.PrivateKey
+    vdevice: VDevice
+    c_id: str = "c1"
+    coin_no: int = field(default=0)
+
+    @property
+    def hot_pub(self) -> bytes:
+        return self.hot.public_key.format(compressed=True)
+
+    @property
+    def wallet(self) -> HotWallet:
+        path = bip48_account_path(NET, 0)
+        a = self.answer
+        return HotWallet(
+            (
+                FixedKey(self.hot_pub),
+                AccountKey(
+                    parse_xpub(a["cosigner_xpub"]), bytes.fromhex(a["cosigner_fingerprint"]), path
+                ),
+                AccountKey(
+                    parse_xpub(a["recovery_xpub"]), bytes.fromhex(a["recovery_fingerprint"]), path
+                ),
+            ),
+            NET,
+        )
+
+    @property
+    def cold_wallet(self) -> ColdWallet:
+        a = self.answer
+        key = AccountKey(
+            parse_xpub(a["receiving_xpub"]),
+            bytes.fromhex(a["receiving_fingerprint"]),
+            bip84_account_path(NET, 0),
+        )
+        return ColdWallet(key, NET)
+
+    def coin(self, value: int, chain: int = RECEIVE, index: int | None = None) -> Coin:
+        self.coin_no += 1
+        txid = hashlib.sha256(f"{self.number}/{self.coin_no}".encode()).hexdigest()
+        return Coin(txid, self.coin_no % 3, value, chain, self.coin_no if index is None else index)
+
+    def send(
+        self,
+        payments: Sequence[tuple[str, int]],
+        user_tx_no: str,
+        *,
+        coins: Sequence[Coin] | None = None,
+        change: tuple[int, int] | None | str = "auto",
+        signed_payments: Sequence[tuple[str, int]] | None = None,
+        extra_outputs: Sequence[tuple[bytes, int]] = (),
+        declared_change: list[list[int]] | None = None,
+        inputs: list[list[int]] | None = None,
+        vc_key: coincurve.PrivateKey | None = None,
+        c_id: str | None = None,
+    ) -> tuple[dict[str, Any], Psbt]:
+        """A PSBT built with wallet_core and its compact co-sign request, V-device signed."""
+        coins = list(coins) if coins is not None else [self.coin(1_000_000)]
+        if change == "auto":  # the rest back to change 0, less a modest fee
+            change = (0, sum(c.value for c in coins) - sum(v for _, v in payments) - FEE)
+        psbt = build_send_psbt(
+            self.wallet, coins, payments, change=change, extra_outputs=extra_outputs
+        )
+        request = send_request(signed_payments or payments, user_tx_no)
+        if declared_change is None:
+            declared_change = [] if change is None else [[len(payments), change[0]]]
+        payload = {
+            "account": self.number,
+            "tx": unsigned_tx(psbt),
+            "inputs": inputs or [[c.value, c.chain, c.index] for c in coins],
+            "change": declared_change,
+            **request,
+            "vc_code": self.vdevice.vc_code(request, vc_key),
+            "c_id": c_id or self.c_id,
+        }
+        return payload, psbt
+
+
+def provision(client: Any, number: int, *, register: bool = True) -> Account:
+    hot = _key(f"hot/{number}")
+    vdevice = VDevice(seed=f"vdevice/{number}")
+    answer = client.call(
+        "provision_account",
+        {
+            "account": number,
+            "network": "regtest",
+            "hot_pubkey": hot.public_key.format(compressed=True).hex(),
+            "vdevice_identity": vdevice.identity_hex,
+            "settlement_descriptor": SETTLEMENT.to_string(),
+        },
+        timeout=TIMEOUT,
+    )
+    acct = Account(number, answer, hot, vdevice)
+    if register:
+        client.call("register_channel", vdevice.channel_registration(number, "c1"), timeout=TIMEOUT)
+    return acct
+
+
+def check_cold_signatures(
+    acct: Account, psbt: Psbt, coins: Sequence[Coin], sigs: list[bytes]
+) -> None:
+    """Each 64-byte r||s is low-S and verifies for the cold child key the test derives."""
+    assert len(sigs) == len(coins)
+    for i, (coin, sig) in enumerate(zip(coins, sigs, strict=True)):
+        assert isinstance(sig, bytes) and len(sig) == 64
+        r, s = signatures.raw_to_rs(sig)
+        assert signatures.is_low_s(s)
+        cold_pub = acct.wallet.pubkeys(coin.index, coin.chain)[1]
+        assert signatures.verify_digest(cold_pub, psbt.sighash(i), signatures.der_encode(r, s))
+
+
+# -- pairing, provisioning, proofs ---------------------------------------------------------------
+
+
+def test_hello_gives_the_paired_identity(cold: ColdHsm, link: Any) -> None:
+    hello = link.call("hello", {}, timeout=TIMEOUT)
+    assert hello["identity_pubkey"] == cold.identity
+    assert hello["network"] == "regtest"
+
+
+def test_init_again_keeps_keys_and_writes_no_pairing_file(cold: ColdHsm) -> None:
+    out = cold.init()
+    assert cold.identity.hex() in out
+    assert "already paired" in out
+    assert not cold.section.path("pairing_file").exists()
+    for secret in ("so_pin", "user_pin"):
+        assert cold.section.str(secret) not in out
+
+
+def test_provision_answers_xpubs_with_a_proof_and_is_idempotent(cold: ColdHsm, link: Any) -> None:
+    acct = provision(link, 1, register=False)
+    a = acct.answer
+    for key in ("receiving_xpub", "cosigner_xpub", "recovery_xpub"):
+        assert not parse_xpub(a[key]).is_private
+    statement = (
+        f"CC:PROVISION:1:regtest:{a['receiving_xpub']}:{a['cosigner_xpub']}:"
+        f"{a['recovery_xpub']}:{acct.hot_pub.hex()}"
+    )
+    assert messages.verify_message_pubkey(cold.identity, statement, a["proof"])
+    acct.wallet.address(0)  # the three keys make a 2-of-3
+
+    again = provision(link, 1, register=False).answer
+    assert {k: v for k, v in again.items() if k != "proof"} == {
+        k: v for k, v in a.items() if k != "proof"
+    }
+    assert messages.verify_message_pubkey(cold.identity, statement, again["proof"])
+
+    other = {
+        "account": 1,
+        "network": "regtest",
+        "hot_pubkey": _key("someone else").public_key.format(compressed=True).hex(),
+        "vdevice_identity": acct.vdevice.identity_hex,
+        "settlement_descriptor": SETTLEMENT.to_string(),
+    }
+    err = refused(link, "provision_account", other)
+    assert err.code == ColdErrorCode.ACCOUNT_EXISTS and "other parameters" in err.message
+    err = refused(link, "provision_account", {**other, "account": 2, "network": "mainnet"})
+    assert err.code == ColdErrorCode.WRONG_NETWORK and "not mainnet" in err.message
+
+
+def test_recovery_key_is_exported_once_to_paper_only(cold: ColdHsm, link: Any) -> None:
+    acct = provision(link, 3, register=False)
+    export = cold.section.path("export_dir") / "account-3-recovery.txt"
+    assert export.stat().st_mode & 0o777 == 0o600
+    fields = dict(
+        line.split(": ", 1) for line in export.read_text().splitlines() if not line.startswith("#")
+    )
+    root = ExtendedKey.parse(fields["master_xprv"])
+    assert root.is_private
+    assert (
+        root.derive(bip48_account_path(NET, 0)).to_public().serialize()
+        == (acct.answer["recovery_xpub"])
+    )
+    assert root.fingerprint.hex() == acct.answer["recovery_fingerprint"]
+    receive = parse_descriptor(fields["hot_wallet_receive"])
+    assert receive.script_pubkey(5) == acct.wallet.script_pubkey(5, RECEIVE)
+
+    # nowhere else: not in the cold state, its logs, nor its token directory
+    secret_forms = [
+        fields["master_xprv"].encode(),
+        root.private_key,
+        root.private_key.hex().encode(),
+    ]
+    for base in (
+        cold.section.path("state_dir"),
+        cold.d.log_dir,
+        cold.section.path("token_dir"),
+    ):
+        for path in base.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert not any(s in data for s in secret_forms), path
+
+
+def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
+    """No file of the state dir holds an xprv; no 32 bytes of a sealed blob are a seed."""
+    acct = provision(link, 4, register=False)
+    state = cold.section.path("state_dir")
+    for path in list(state.rglob("*")) + list(cold.d.log_dir.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"tprv" not in data and b"xprv" not in data, path
+    db = sqlite3.connect(state / "cold.db")
+    try:
+        blobs = db.execute(
+            "SELECT receiving_seed, cosigner_seed FROM accounts WHERE account = 4"
+        ).fetchone()
+    finally:
+        db.close()
+    fingerprints = {acct.answer["receiving_fingerprint"], acct.answer["cosigner_fingerprint"]}
+    db_bytes = (state / "cold.db").read_bytes()
+    for blob in blobs:
+        blob = bytes(blob)
+        assert len(blob) > 32  # version, nonce, ciphertext, tag
+        for start in range(len(blob) - 31):
+            window = blob[start : start + 32]
+            assert master_key(window, NET).fingerprint.hex() not in fingerprints
+            assert window.hex().encode() not in db_bytes
+
+
+@pytest.mark.parametrize("kind", ["cold", "hot"])
+def test_prove_batch_signs_the_addresses_the_test_derives(
+    cold: ColdHsm, link: Any, kind: str
+) -> None:
+    acct = provision(link, 5, register=False)
+    wallet = acct.cold_wallet if kind == "cold" else acct.wallet
+    answer = link.call("prove_batch", {"account": 5, "wallet": kind, "batch_no": 2}, timeout=60)
+    addresses = [a for _, a in batch_addresses(wallet, 2)]
+    assert len(addresses) == 1000
+    content = batch_content(addresses)
+    assert messages.recover_pubkey(content, answer["signature"]) == cold.identity
+    assert messages.verify_message_pubkey(cold.identity, content, answer["signature"])
+
+
+def test_register_channel_needs_the_vdevice_identity(link: Any) -> None:
+    acct = provision(link, 6, register=False)
+    impostor = VDevice(seed="impostor")
+    forged = impostor.channel_registration(6, "c9")
+    err = refused(link, "register_channel", forged)
+    assert err.code == ColdErrorCode.BAD_IDENTITY_SIGNATURE
+    assert "V-device identity key" in err.message
+    link.call("register_channel", acct.vdevice.channel_registration(6, "c9"), timeout=TIMEOUT)
+
+
+def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
+    """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
+    provision(link, 7, register=False)
+    attacker = ExtendedKey.from_seed(b"attacker recovery seed", NET)
+    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
+    db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
+    try:
+        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 7", (xpub,))
+        db.commit()
+    finally:
+        db.close()
+    err = refused(link, "prove_batch", {"account": 7, "wallet": "hot", "batch_no": 0})
+    assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
+
+
+# -- co-signing ----------------------------------------------------------------------------------
+
+
+def test_valid_cosign_signs_a_spend_the_script_interpreter_accepts(link: Any) -> None:
+    acct = provision(link, 10)
+    coins = [acct.coin(600_000), acct.coin(500_000, chain=CHANGE, index=7)]
+    payments = [(random_address(), 300_000), (random_address(), 200_000)]
+    payload, psbt = acct.send(payments, "tx-10-1", coins=coins, change=(3, 590_000))
+    sigs = link.call("cosign", payload, timeout=TIMEOUT)["signatures"]
+    check_cold_signatures(acct, psbt, coins, sigs)
+
+    # a lost answer: the same request again gets the same signatures
+    assert link.call("cosign", payload, timeout=TIMEOUT)["signatures"] == sigs
+
+    # with the hot signature the spend is complete and valid
+    for i, (coin, sig) in enumerate(zip(coins, sigs, strict=True)):
+        psbt.add_signature(i, acct.wallet.pubkeys(coin.index, coin.chain)[1], sig)
+        psbt.add_signature(
+            i, acct.hot_pub, signatures.sign_digest(acct.hot.secret, psbt.sighash(i))
+        )
+    psbt.finalize()
+    tx = CTransaction.deserialize(psbt.extract())
+    spent = [
+        NodeCoin(c.value, acct.wallet.script_pubkey(c.index, c.chain), 1, False) for c in coins
+    ]
+    verify_scripts(tx, spent, policy=True)
+
+
+def test_refusal_of_one_satoshi_more_in_an_output(link: Any) -> None:
+    acct = provision(link, 11)
+    pay = random_address()
+    payload, _ = acct.send([(pay, 100_001)], "t1", signed_payments=[(pay, 100_000)])
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.OUTPUT_MISMATCH
+    assert "pays 100001 sat" in err.message and "says 100000 sat" in err.message
+    # nothing was used up: the honest request with the same number goes through
+    payload, psbt = acct.send([(pay, 100_000)], "t1")
+    link.call("cosign", payload, timeout=TIMEOUT)
+
+
+def test_refusal_of_an_extra_output(link: Any) -> None:
+    acct = provision(link, 12)
+    pay = random_address()
+    thief = acct.wallet.script_pubkey(0, RECEIVE)[:2] + os.urandom(32)
+    payload, _ = acct.send([(pay, 100_000)], "t1", extra_outputs=[(thief, 5_000)])
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.EXTRA_OUTPUT
+    assert "output 2 is not in the signed request" in err.message
+
+
+def test_refusal_of_change_the_cold_side_cannot_derive(link: Any) -> None:
+    acct = provision(link, 13)
+    pay = random_address()
+    stranger = address_to_script(random_address(), NET)
+    payload, _ = acct.send(
+        [(pay, 100_000)],
+        "t1",
+        change=None,
+        extra_outputs=[(stranger, 1_000_000 - 100_000 - FEE)],
+        declared_change=[[1, 4]],
+    )
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.CHANGE_NOT_DERIVABLE
+    assert "not the hot wallet's change address 4" in err.message
+
+
+def test_refusal_of_a_foreign_input(link: Any) -> None:
+    acct = provision(link, 14)
+    coin = acct.coin(1_000_000)
+    payload, _ = acct.send(
+        [(random_address(), 100_000)], "t1", coins=[coin], inputs=[[coin.value, 5, 0]]
+    )
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.FOREIGN_INPUT
+    assert "not a path of the account's hot wallet" in err.message
+
+
+@pytest.mark.parametrize(
+    ("fee", "why"),
+    [(MAX_FEE_SAT + 1, f"at most {MAX_FEE_SAT} sat"), (60 * 200, f"{MAX_FEE_RATE} sat/vB")],
+)
+def test_refusal_of_a_fee_above_policy(link: Any, fee: int, why: str) -> None:
+    acct = provision(link, 15)
+    coin = acct.coin(1_000_000)
+    payload, _ = acct.send(
+        [(random_address(), 100_000)], f"fee-{fee}", coins=[coin], change=(0, 900_000 - fee)
+    )
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.FEE_ABOVE_POLICY
+    assert why in err.message and f"fee {fee} sat" in err.message
+
+
+def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
+    acct = provision(link, 16)
+    payload, _ = acct.send([(random_address(), 100_000)], "once")
+    link.call("cosign", payload, timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "once")
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.USER_TX_NO_REUSED
+    assert "'once' was already co-signed for another transaction" in err.message
+
+
+def test_refusal_of_unknown_and_expired_channels(link: Any) -> None:
+    acct = provision(link, 17)
+    payload, _ = acct.send([(random_address(), 100_000)], "t1", c_id="nope")
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.UNKNOWN_CHANNEL and "'nope'" in err.message
+
+    old = acct.vdevice.channel_registration(17, "old", expires_at=int(time.time()) - 60)
+    link.call("register_channel", old, timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "t2", c_id="old")
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.CHANNEL_EXPIRED and "expired" in err.message
+    assert 17 not in [a for a, _ in link.call("status", {}, timeout=TIMEOUT)["frozen"]]
+
+
+def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link: Any) -> None:
+    acct = provision(link, 18)
+    pay = random_address()
+    payload, _ = acct.send([(pay, 100_000)], "t1", vc_key=_key("not the channel key"))
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.FORGED_VC_CODE
+    assert "account 18 frozen" in err.message
+
+    coins = [acct.coin(1_000_000)]
+    honest, psbt = acct.send([(pay, 100_000)], "t1", coins=coins)
+    err = refused(link, "cosign", honest)
+    assert err.code == ColdErrorCode.ACCOUNT_FROZEN and "forged vc_code" in err.message
+    status = link.call("status", {}, timeout=TIMEOUT)
+    assert [18, err.message.split(": ", 1)[1]] in status["frozen"]
+    alerts = [
+        a for a in link.call("take_alerts", {}, timeout=TIMEOUT)["alerts"] if a["account"] == 18
+    ]
+    assert [a["kind"] for a in alerts] == ["account_frozen"]
+    assert "forged vc_code" in alerts[0]["message"] and isinstance(alerts[0]["at"], int)
+    assert not [
+        a for a in link.call("take_alerts", {}, timeout=TIMEOUT)["alerts"] if a["account"] == 18
+    ]  # handed over once
+
+    # nothing on the link unfreezes; the console does, with the token's user PIN
+    table = cold.cold_cli("status").stdout
+    assert "18" in table and "forged vc_code" in table
+    wrong = cold.cold_cli("unfreeze", "18", "--pin-stdin", stdin="wrong-pin-123\n")
+    assert wrong.returncode == 2 and "PIN incorrect" in wrong.stderr
+    assert refused(link, "cosign", honest).code == ColdErrorCode.ACCOUNT_FROZEN
+    pin = cold.section.str("user_pin")
+    ok = cold.cold_cli("unfreeze", "18", "--pin-stdin", stdin=pin + "\n")
+    assert ok.returncode == 0, ok.stderr
+    assert "account 18 unfrozen" in ok.stdout and pin not in ok.stdout + ok.stderr
+    sigs = link.call("cosign", honest, timeout=TIMEOUT)["signatures"]
+    check_cold_signatures(acct, psbt, coins, sigs)
+    assert "account_unfrozen" in cold.cold_cli("alerts").stdout
+
+
+def test_freeze_from_the_hot_side(link: Any) -> None:
+    acct = provision(link, 19)
+    link.call("freeze", {"account": 19, "reason": "operator request"}, timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "t1")
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.ACCOUNT_FROZEN and "operator request" in err.message
+    err = refused(link, "freeze", {"account": 999, "reason": "x"})
+    assert err.code == ColdErrorCode.UNKNOWN_ACCOUNT
+
+
+def test_wrong_link_key_gets_nothing_executed(cold: ColdHsm, link: Any) -> None:
+    acct = provision(link, 20)
+    payload, psbt = acct.send([(random_address(), 100_000)], "t1")
+    before = link.call("status", {}, timeout=TIMEOUT)["link_refusals"].get("bad_mac", 0)
+    link.close()
+
+    intruder = cold.client(link_key=os.urandom(32))
+    for command, body in (("cosign", payload), ("freeze", {"account": 20, "reason": "x"})):
+        with pytest.raises(LinkAuthError):
+            intruder.call(command, body, timeout=TIMEOUT)
+    intruder.close()
+
+    good = cold.client()
+    status = good.call("status", {}, timeout=TIMEOUT)
+    assert status["link_refusals"]["bad_mac"] >= before + 2
+    assert 20 not in [a for a, _ in status["frozen"]]
+    sigs = good.call("cosign", payload, timeout=TIMEOUT)["signatures"]  # not marked used
+    assert len(sigs) == 1
+    good.close()
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+
+
+def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
+    acct = provision(link, 30, register=False)
+    coins = [acct.coin(200_000, RECEIVE, 3), acct.coin(300_000, CHANGE, 1)]
+    utxos = [
+        {"txid": c.txid, "vout": c.vout, "amount": c.value, "chain": c.chain, "index": c.index}
+        for c in coins
+    ]
+    answer = link.call("sweep", {"account": 30, "utxos": utxos, "fee_rate": 5}, timeout=TIMEOUT)
+    tx = CTransaction.deserialize(bytes.fromhex(answer["tx"]))
+    assert [o.scriptPubKey for o in tx.vout] == [SETTLEMENT.script_pubkey(0)]
+    assert tx.vout[0].nValue == 500_000 - answer["fee"] and 0 < answer["fee"] <= 5 * 250
+    assert tx.GetTxid()[::-1].hex() == answer["txid"]
+    spent = [
+        NodeCoin(c.value, acct.cold_wallet.script_pubkey(c.index, c.chain), 1, False) for c in coins
+    ]
+    verify_scripts(tx, spent, policy=True)
+
+    again = link.call("sweep", {"account": 30, "utxos": utxos[:1], "fee_rate": 1}, timeout=TIMEOUT)
+    assert again["settlement_index"] == 1
+    err = refused(link, "sweep", {"account": 30, "utxos": utxos, "fee_rate": MAX_FEE_RATE + 1})
+    assert err.code == ColdErrorCode.FEE_ABOVE_POLICY
+    bad = [{**utxos[0], "chain": 9}]
+    err = refused(link, "sweep", {"account": 30, "utxos": bad, "fee_rate": 1})
+    assert err.code == ColdErrorCode.FOREIGN_INPUT
+
+
+# -- the process ---------------------------------------------------------------------------------
+
+
+def test_serve_has_no_network_socket(cold: ColdHsm) -> None:
+    assert cold.process is not None
+    fds = Path(f"/proc/{cold.process.pid}/fd")
+    links = [os.readlink(p) for p in fds.iterdir() if p.is_symlink()]
+    assert links and not [x for x in links if x.startswith("socket:")], links
+
+
+def test_serve_refuses_unpaired_or_placeholder_pins(tmp_path: Path) -> None:
+    d = Deployment(tmp_path)
+    unpaired = d.cli("serve", "--dir", str(d.data_dir), module="hsm_cold.cli", check=False)
+    assert unpaired.returncode == 2 and "init" in unpaired.stderr
+    d.set_env("hsm_cold", "user_pin", "change-me")
+    placeholder = d.cli("serve", "--dir", str(d.data_dir), module="hsm_cold.cli", check=False)
+    assert placeholder.returncode == 2 and "placeholder" in placeholder.stderr
+
+
+def test_the_raw_tx_parser_refuses_what_it_does_not_sign() -> None:
+    from hsm_cold.errors import BadRequest
+
+    psbt = build_send_psbt(
+        HotWallet(
+            (
+                FixedKey(_key("a").public_key.format()),
+                AccountKey(ExtendedKey.from_seed(b"b" * 32, NET).to_public(), b"\0" * 4, ()),
+                AccountKey(ExtendedKey.from_seed(b"c" * 32, NET).to_public(), b"\1" * 4, ()),
+            ),
+            NET,
+        ),
+        [Coin("11" * 32, 0, 5000, 0, 0)],
+        [(random_address(), 4000)],
+    )
+    raw = unsigned_tx(psbt)
+    assert parse_unsigned_tx(raw).txid == psbt.txid
+    for bad in (raw + b"\0", raw[:-1], raw[:4] + b"\0\1" + raw[4:]):
+        with pytest.raises(BadRequest):
+            parse_unsigned_tx(bad)
+
+
+def test_no_pin_or_link_key_in_logs_or_output(cold: ColdHsm) -> None:
+    """Runs last: everything the cold processes printed or logged so far is free of secrets."""
+    secrets = [cold.section.str("user_pin"), cold.section.str("so_pin"), cold.link_key.hex()]
+    texts = [p.read_text(errors="replace") for p in cold.d.log_dir.rglob("*") if p.is_file()]
+    assert texts
+    for text in texts:
+        assert not [s for s in secrets if s in text]
+    raw = [p.read_bytes() for p in cold.d.log_dir.rglob("*") if p.is_file()]
+    assert not [r for r in raw if cold.link_key in r]

@@ -1,0 +1,390 @@
+"""The hot HSM's logic in one process, with a software token and a software cold HSM.
+
+What this covers fast: the compact request built from a PSBT, the checks of the cold answer
+(a bad cold signature means no hot signature), the hot policy refusing before any link
+traffic, idempotent retries, the provisioning proof, link errors mapped to RPC codes, and the
+RPC server's authentication. The real token and the real cold HSM are in test_hsm_pair.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import coincurve
+import pytest
+import requests
+
+from cc_common.link import LinkRemoteError, LinkTimeout, codec
+from cc_common.token.ec_keys import raw_to_low_s
+from custody.hsm_client import HotHsmClient, HsmRefused
+from hsm_hot.audit import AuditLog
+from hsm_hot.compact import parse_unsigned_tx, plan_cosign, unsigned_tx_bytes
+from hsm_hot.errors import (
+    BadRequest,
+    ColdRefused,
+    ColdSignatureInvalid,
+    ColdUnreachable,
+    PolicyRefused,
+    ProofInvalid,
+    UnknownAccount,
+)
+from hsm_hot.policy import HotPolicy, PolicyLedger
+from hsm_hot.relay import ColdRelay
+from hsm_hot.rpc_server import RpcServer
+from hsm_hot.service import HotService, provision_statement
+from hsm_hot.state import HotState
+from tests.hsm_fixtures import (
+    Coin,
+    VDevice,
+    build_send_psbt,
+    hot_wallet,
+    random_address,
+    send_request,
+)
+from wallet_core import messages, signatures
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.networks import Network
+from wallet_core.sighash import bip143_sighash
+from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, bip48_account_path
+
+NET = Network.REGTEST
+ACCOUNT = 7
+
+
+def _key(tag: str) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey(hashlib.sha256(tag.encode()).digest())
+
+
+class SoftKeys:
+    """Stands in for `HsmToken.keys` (same method names; software keys)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, coincurve.PrivateKey] = {}
+        self.signed = 0
+
+    def has_key(self, label: str) -> bool:
+        return label in self.keys
+
+    def public_key(self, label: str) -> bytes:
+        return self.keys[label].public_key.format(compressed=True)
+
+    def generate_signing_key(self, label: str) -> bytes:
+        self.keys[label] = _key(label)
+        return self.public_key(label)
+
+    def sign_digest(self, label: str, digest: bytes) -> bytes:
+        self.signed += 1
+        return self.keys[label].sign(digest, hasher=None)
+
+
+class SoftToken:
+    def __init__(self) -> None:
+        self.keys = SoftKeys()
+
+
+class SoftCold:
+    """A cold HSM in software: answers `provision_account` and `cosign` like the real one."""
+
+    def __init__(self) -> None:
+        path = bip48_account_path(NET, 0)
+        self.identity = _key("identity")
+        self.cosigner_root = ExtendedKey.from_seed(b"c" * 32, NET)
+        self.recovery_root = ExtendedKey.from_seed(b"r" * 32, NET)
+        self.cosigner = AccountKey.from_root(self.cosigner_root, path)
+        self.recovery = AccountKey.from_root(self.recovery_root, path)
+        self.path = path
+        self.calls: list[str] = []
+        self.fail: Exception | None = None
+        self.tamper = False
+        self.high_s = False
+
+    @property
+    def identity_pub(self) -> bytes:
+        return self.identity.public_key.format(compressed=True)
+
+    def call(self, command: str, payload: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        codec.encode(dict(payload))  # what cannot cross the link fails here too
+        self.calls.append(command)
+        if self.fail is not None:
+            raise self.fail
+        return getattr(self, command)(payload)
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def hello(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {"version": 1, "identity_pubkey": self.identity_pub.hex()}
+
+    def provision_account(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        receiving = "tpubD6NzVbkrYhZ4WaWSyoBvQwbpLkojyoTZPRsgXELWz3Popb3qkjcJyJUGLnL4qHHoQvao8ESaAstxYSnhyswJ76uZPStJRJCTKvosUCJZL5B"  # noqa: E501
+        fields = {
+            "receiving_xpub": receiving,
+            "cosigner_xpub": self.cosigner.xpub.serialize(),
+            "recovery_xpub": self.recovery.xpub.serialize(),
+        }
+        statement = provision_statement(
+            p["account"],
+            p["network"],
+            fields["receiving_xpub"],
+            fields["cosigner_xpub"],
+            fields["recovery_xpub"],
+            p["hot_pubkey"],
+        )
+        return {
+            **fields,
+            "cosigner_fingerprint": self.cosigner.fingerprint,  # raw bytes: accepted too
+            "recovery_fingerprint": self.recovery.fingerprint.hex(),
+            "proof": messages.sign_message(self.identity.secret, statement),
+        }
+
+    def cosign(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        tx = parse_unsigned_tx(p["tx"])
+        sigs = []
+        for i, (amount, chain, index) in enumerate(p["inputs"]):
+            node = self.cosigner_root.derive((*self.path, chain, index))
+            script = self._wallet.witness_script(index, chain)
+            digest = bip143_sighash(tx, i, script, amount)
+            r, s = raw_to_low_s(_raw(signatures.sign_digest(node.private_key, digest)))
+            if self.high_s:
+                s = signatures.N - s
+            if self.tamper:
+                r ^= 1
+            sigs.append(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return {"signatures": sigs}
+
+
+def _raw(der: bytes) -> bytes:
+    r, s = signatures.der_decode(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    cold = SoftCold()
+    token = SoftToken()
+    state = HotState(tmp_path / "state")
+    ledger = PolicyLedger(tmp_path / "policy.db", HotPolicy(max_send_sat=5_000_000))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    service = HotService(token, state, ColdRelay(cold, 5.0), ledger, audit, NET, cold.identity_pub)
+    vdev = VDevice("unit")
+    result = service.provision_account(
+        {
+            "account": ACCOUNT,
+            "network": "regtest",
+            "vdevice_identity": vdev.identity_hex,
+            "settlement_descriptor": "wpkh(02aa)",
+        }
+    )
+    from custody.hsm_client import ProvisionedAccount
+
+    prov = ProvisionedAccount(**result)
+    cold._wallet = hot_wallet(prov)
+    yield {
+        "service": service,
+        "cold": cold,
+        "token": token,
+        "wallet": cold._wallet,
+        "audit": audit,
+        "vdev": vdev,
+        "prov": prov,
+    }
+    state.close()
+    ledger.close()
+
+
+def _send(env: dict, *, pay: int = 100_000, user_tx_no: str = "tx-1", change: bool = True):
+    wallet = env["wallet"]
+    coins = [Coin("11" * 32, 0, 600_000, RECEIVE, 3), Coin("22" * 32, 1, 400_000, CHANGE, 0)]
+    payments = [(random_address(), pay)]
+    ch = (5, 1_000_000 - pay - 2_000) if change else None
+    psbt = build_send_psbt(wallet, coins, payments, change=ch)
+    request = send_request(payments, user_tx_no)
+    return {
+        "account": ACCOUNT,
+        "psbt": psbt.to_base64(),
+        "request": request,
+        "vc_code": env["vdev"].vc_code(request),
+        "c_id": "c1",
+    }
+
+
+def test_provision_returns_what_custody_needs(env):
+    prov = env["prov"]
+    assert prov.hot_pubkey == env["token"].keys.public_key(f"hot/{ACCOUNT}").hex()
+    assert prov.cold_identity == env["cold"].identity_pub.hex()
+    assert len(prov.cosigner_fingerprint) == 8
+    # idempotent: the same request answers the same, without a second key
+    again = env["service"].provision_account(
+        {
+            "account": ACCOUNT,
+            "network": "regtest",
+            "vdevice_identity": env["vdev"].identity_hex,
+            "settlement_descriptor": "wpkh(02aa)",
+        }
+    )
+    assert again["proof"] == prov.proof
+    assert env["cold"].calls.count("provision_account") == 1
+
+
+def test_provision_proof_must_verify(env):
+    env["cold"].identity = _key("someone else")
+    with pytest.raises(ProofInvalid):
+        env["service"].provision_account(
+            {
+                "account": 8,
+                "network": "regtest",
+                "vdevice_identity": env["vdev"].identity_hex,
+                "settlement_descriptor": "wpkh(02aa)",
+            }
+        )
+    assert env["service"].state.account(8) is None
+
+
+def test_compact_request_is_small_and_complete(env):
+    params = _send(env)
+    psbt_raw = base64.b64decode(params["psbt"])
+    from wallet_core.psbt import Psbt
+
+    psbt = Psbt.from_bytes(psbt_raw)
+    plan = plan_cosign(psbt, env["wallet"])
+    assert plan.inputs == [(600_000, RECEIVE, 3), (400_000, CHANGE, 0)]
+    assert plan.change == [(1, 5)]
+    assert plan.payments == 100_000 and plan.fee == 2_000
+    assert plan.tx.raw == unsigned_tx_bytes(psbt_raw)
+    assert plan.txid == psbt.txid
+    env["service"].sign_send(params)
+    size = len(codec.encode(["cosign", _last_payload(env)]))
+    assert size < 450, size
+
+
+def _last_payload(env: dict) -> dict:
+    # rebuild the payload the service sent, from a fresh plan (deterministic)
+    from hsm_hot.compact import compact_request
+    from wallet_core.psbt import Psbt
+
+    params = _send(env, user_tx_no="size")
+    plan = plan_cosign(Psbt.from_base64(params["psbt"]), env["wallet"])
+    return compact_request(ACCOUNT, plan, params["request"], params["vc_code"], "c1")
+
+
+def test_sign_send_gives_both_signatures_and_finalizes(env):
+    from wallet_core.psbt import Psbt
+
+    params = _send(env)
+    out = Psbt.from_base64(env["service"].sign_send(params)["psbt"])
+    hot_pub = bytes.fromhex(env["prov"].hot_pubkey)
+    for i in range(out.input_count):
+        sigs = out.partial_signatures(i)
+        assert hot_pub in sigs and len(sigs) == 2
+    out.finalize()
+    assert out.is_complete
+    entries = [e for e in env["audit"].entries() if e["event"] == "sign_send"]
+    assert entries[-1]["txid"] == out.txid and entries[-1]["amount"] == 100_000
+    assert "key" not in " ".join(entries[-1])
+
+
+def test_retry_of_a_signed_send_is_answered_without_the_link(env):
+    params = _send(env)
+    first = env["service"].sign_send(params)
+    calls = len(env["cold"].calls)
+    assert env["service"].sign_send(params) == first
+    assert len(env["cold"].calls) == calls
+
+
+def test_policy_refuses_before_any_link_traffic(env):
+    params = _send(env, pay=6_000_000 - 10_000, change=False)
+    calls = len(env["cold"].calls)
+    with pytest.raises(PolicyRefused):
+        env["service"].sign_send(_fund(env, params))
+    assert len(env["cold"].calls) == calls
+    assert env["token"].keys.signed == 0
+
+
+def _fund(env: dict, params: dict) -> dict:
+    """Same send, with inputs big enough for the payment."""
+    wallet = env["wallet"]
+    request = params["request"]
+    addr, value = request["outs"].split(",")
+    coins = [Coin("33" * 32, 0, int(value) + 5_000, RECEIVE, 1)]
+    psbt = build_send_psbt(wallet, coins, [(addr, int(value))])
+    return {**params, "psbt": psbt.to_base64()}
+
+
+@pytest.mark.parametrize("how", ["tamper", "high_s"])
+def test_bad_cold_signature_means_no_hot_signature(env, how):
+    setattr(env["cold"], how, True)
+    with pytest.raises(ColdSignatureInvalid):
+        env["service"].sign_send(_send(env))
+    assert env["token"].keys.signed == 0
+    assert env["service"].ledger.spent_today(ACCOUNT) == 0
+
+
+def test_link_errors_are_mapped(env):
+    env["cold"].fail = LinkRemoteError(707, "user_tx_no reused")
+    with pytest.raises(ColdRefused) as info:
+        env["service"].sign_send(_send(env))
+    assert (info.value.code, info.value.message) == (707, "user_tx_no reused")
+    env["cold"].fail = LinkTimeout("no answer")
+    with pytest.raises(ColdUnreachable) as info2:
+        env["service"].sign_send(_send(env, user_tx_no="tx-2"))
+    assert info2.value.code == 906
+    assert env["token"].keys.signed == 0
+    assert env["service"].ledger.spent_today(ACCOUNT) == 0
+
+
+def test_foreign_input_and_unknown_account_refused(env):
+    params = _send(env)
+    other = SoftCold()
+    other.cosigner_root = ExtendedKey.from_seed(b"x" * 32, NET)
+    with pytest.raises(UnknownAccount):
+        env["service"].sign_send({**params, "account": 99})
+    # a PSBT of another wallet (different cosigner) is not this account's
+    from wallet_core.wallets import FixedKey, HotWallet
+
+    w = env["wallet"]
+    stranger = HotWallet(
+        (
+            FixedKey(w.hot.public_key),
+            AccountKey.from_root(other.cosigner_root, bip48_account_path(NET, 0)),
+            w.recovery,
+        ),
+        NET,
+    )
+    psbt = build_send_psbt(
+        stranger, [Coin("44" * 32, 0, 200_000, RECEIVE, 0)], [(random_address(), 1000)]
+    )
+    with pytest.raises(BadRequest):
+        env["service"].sign_send({**params, "psbt": psbt.to_base64()})
+    assert "cosign" not in env["cold"].calls
+
+
+def test_rpc_server_auth_and_errors(env):
+    server = RpcServer("127.0.0.1", 0, "s3cret-rpc-token-xyz", env["service"].dispatch)
+    server.start()
+    try:
+        host, port = server.address
+        url = f"http://{host}:{port}"
+        bad = requests.post(url + "/rpc", json={"method": "health"}, timeout=5)
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == 908
+        wrong = HotHsmClient(url, "s3cret-rpc-token-xyZ", timeout=5)
+        with pytest.raises(HsmRefused) as info:
+            wrong.health()
+        assert info.value.code == 908
+        client = HotHsmClient(url, "s3cret-rpc-token-xyz", timeout=5)
+        assert client.health() == {"paired": True, "cold_reachable": True, "accounts": 1}
+        with pytest.raises(HsmRefused) as info:
+            client.call("no_such_method")
+        assert info.value.code == 904
+        env["cold"].fail = LinkRemoteError(711, "foreign input")
+        with pytest.raises(HsmRefused) as info:
+            client.sign_send(**{k: v for k, v in _send(env).items()})
+        assert (info.value.code, info.value.message) == (711, "foreign input")
+    finally:
+        server.stop()

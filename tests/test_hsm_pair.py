@@ -1,0 +1,452 @@
+"""The HSM pair end to end: every part its own OS process (issue 4, section 4).
+
+`firmware-sim serve` carries the serial line, `hsm-cold serve` and `hsm-hot serve` run on their
+own SoftHSM tokens (never loaded in this process), `firmware-sim node` validates and mines.
+Custody's own `HotHsmClient` drives the hot RPC. One deployment per module; tests that need a
+fresh account provision one, so their order does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from cc_common.link import LinkAuthError, LinkClient, LinkConfig, LinkTimeout, MemoryCounterStore
+from custody.chain import BitcoinRPC
+from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
+from hsm_hot.compact import compact_request, plan_cosign
+from tests.harness import Deployment, wait_until
+from tests.hsm_fixtures import (
+    NETWORK,
+    Coin,
+    HsmPair,
+    SerialTap,
+    VDevice,
+    build_send_psbt,
+    hot_wallet,
+    random_address,
+    send_request,
+    settlement_descriptor,
+)
+from wallet_core.addresses import address_to_script
+from wallet_core.psbt import Psbt, PsbtOutput
+from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
+
+COIN = 100_000_000
+LINK_TIMEOUT = 6.0
+COLD_UNREACHABLE = 906
+POLICY_REFUSED = 901
+# the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
+FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
+REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmPair]:
+    d = Deployment(
+        tmp_path_factory.mktemp("hsm-pair"),
+        config={"hsm_hot": {"link_timeout": LINK_TIMEOUT, "max_requests_per_minute": 10_000}},
+    )
+    p = HsmPair(d)
+    try:
+        p.start()
+        yield p
+    except BaseException:
+        print(d.log_tails())
+        raise
+    finally:
+        problems = d.stop()
+        assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def client(pair: HsmPair) -> HotHsmClient:
+    return pair.client()
+
+
+@pytest.fixture(scope="module")
+def node(pair: HsmPair) -> BitcoinRPC:
+    pair.d.start_cli("node", "firmware_sim.cli", "node", timeout=60)
+    return BitcoinRPC.from_config(pair.d.config)
+
+
+_accounts = iter(range(100, 10_000))
+
+
+class Account:
+    """A provisioned account with a live V-device channel."""
+
+    def __init__(self, client: HotHsmClient) -> None:
+        self.id = next(_accounts)
+        self.vdev = VDevice(f"vdev-{self.id}")
+        self.client = client
+        self.prov: ProvisionedAccount = client.provision_account(
+            self.id, "regtest", self.vdev.identity_hex, settlement_descriptor(self.id)
+        )
+        self.wallet: HotWallet = hot_wallet(self.prov)
+        self.c_id = f"ch-{self.id}"
+        client.register_channel(**self.vdev.channel_registration(self.id, self.c_id))
+
+    def params(
+        self,
+        psbt: Psbt,
+        payments: list[tuple[str, int]],
+        user_tx_no: str,
+        *,
+        outs: list[tuple[str, int]] | None = None,
+        c_id: str | None = None,
+        forge: bool = False,
+    ) -> dict[str, Any]:
+        request = send_request(outs or payments, user_tx_no)
+        key = VDevice("forger").channel if forge else None
+        return {
+            "account": self.id,
+            "psbt": psbt.to_base64(),
+            "request": request,
+            "vc_code": self.vdev.vc_code(request, key),
+            "c_id": c_id or self.c_id,
+        }
+
+    def send(self, user_tx_no: str, pay: int = 50_000, **kw: Any) -> dict[str, Any]:
+        """A valid send from made-up coins (co-signing does not look at the chain)."""
+        coins = [Coin(os.urandom(32).hex(), 0, 300_000, RECEIVE, 2)]
+        payments = [(random_address(), pay)]
+        psbt = build_send_psbt(self.wallet, coins, payments, change=(1, 300_000 - pay - 1_000))
+        return self.params(psbt, payments, user_tx_no, **kw)
+
+
+@pytest.fixture(scope="module")
+def account(client: HotHsmClient) -> Account:
+    return Account(client)
+
+
+def refused(call: Any, code: int, *args: Any, **kwargs: Any) -> HsmRefused:
+    with pytest.raises(HsmRefused) as info:
+        call(*args, **kwargs)
+    assert info.value.code == code, (info.value.code, info.value.message)
+    return info.value
+
+
+def signed_txids(pair: HsmPair) -> list[str]:
+    return [e["user_tx_no"] for e in pair.audit() if e["event"] == "sign_send"]
+
+
+# -- provisioning and keys ---------------------------------------------------------------------
+
+
+def test_health_and_provisioning(pair: HsmPair, client: HotHsmClient, account: Account) -> None:
+    health = client.health()
+    assert health["paired"] and health["cold_reachable"] and health["accounts"] >= 1
+    again = client.provision_account(
+        account.id, "regtest", account.vdev.identity_hex, settlement_descriptor(account.id)
+    )
+    assert again == account.prov
+    status = client.cold_status()
+    assert account.id in status["accounts"]
+
+
+def test_hot_key_cannot_be_read(pair: HsmPair, account: Account) -> None:
+    """A process with the hot token's configuration and PIN still cannot read the key."""
+    pair.stop_hot()
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-m", "tests.hsm_fixtures", "probe", str(pair.d.data_dir)],
+            env={**pair.d.env, "PROBE_LABEL": f"hot/{account.id}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert probe.returncode == 0, probe.stderr
+        result = json.loads(probe.stdout)
+        assert result == {
+            "value": "KeyProtected",
+            "sensitive": True,
+            "extractable": False,
+            "public_key": account.prov.hot_pubkey,
+        }
+    finally:
+        pair.start_hot()
+
+
+def test_wrong_pin_is_refused_and_the_limit_locks(pair: HsmPair) -> None:
+    pair.stop_hot()
+    limit = pair.hot_section.int("pin_retry_limit")
+    try:
+        for left in range(limit - 1, -1, -1):
+            out = pair.serve_once({"CC__HSM_HOT__USER_PIN": "wrong-pin-123456"})
+            assert out.returncode == 2
+            assert "user PIN incorrect" in out.stderr
+            assert ("token locked" if left == 0 else f"{left} tries left") in out.stderr
+            assert "wrong-pin-123456" not in out.stderr
+        locked = pair.serve_once({})
+        assert locked.returncode == 2 and "token locked" in locked.stderr
+        bad_unlock = pair.unlock("not-the-so-pin")
+        assert bad_unlock.returncode == 2 and "so PIN incorrect" in bad_unlock.stderr
+        assert pair.serve_once({}).returncode == 2
+    finally:
+        ok = pair.unlock(pair.hot_section.str("so_pin"))
+        assert ok.returncode == 0, ok.stderr
+        assert "cleared" in ok.stdout
+        pair.start_hot()
+    assert pair.client(5.0).health()["cold_reachable"]
+
+
+# -- a real send, mined --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_send_signed_by_both_is_mined(
+    pair: HsmPair, client: HotHsmClient, node: BitcoinRPC, account: Account
+) -> None:
+    funding = account.wallet.address(0, RECEIVE)
+    [block] = node.generate_to_address(1, funding)
+    node.generate_to_address(100, random_address())
+    coinbase = node.get_block(block, 2)["tx"][0]
+    value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
+    coin = Coin(coinbase["txid"], 0, value, RECEIVE, 0)
+    payments = [(random_address(), 1 * COIN), (random_address(), 25_000_000)]
+    fee = 20_000
+    psbt = build_send_psbt(
+        account.wallet, [coin], payments, change=(0, value - sum(v for _, v in payments) - fee)
+    )
+    signed = Psbt.from_base64(client.sign_send(**account.params(psbt, payments, "mined-1")))
+    hot_pub = bytes.fromhex(account.prov.hot_pubkey)
+    sigs = signed.partial_signatures(0)
+    assert hot_pub in sigs and len(sigs) == 2
+    signed.finalize()
+    txid = node.send_raw_transaction(signed.extract_hex())
+    assert txid == psbt.txid
+    node.generate_to_address(1, random_address())
+    tx = node.get_raw_transaction(txid, True)
+    assert tx["confirmations"] == 1
+    change_script = account.wallet.script_pubkey(0, CHANGE).hex()
+    assert tx["vout"][2]["scriptPubKey"]["hex"] == change_script
+    entry = [e for e in pair.audit() if e.get("user_tx_no") == "mined-1"]
+    assert len(entry) == 1 and entry[0]["txid"] == txid
+    assert entry[0]["amount"] == sum(v for _, v in payments) and entry[0]["fee"] == fee
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) -> None:
+    acct = Account(client)
+    w = acct.wallet
+    coins = [Coin("ab" * 32, 0, 500_000, RECEIVE, 4)]
+    pay = [(random_address(), 100_000)]
+    change = (3, 500_000 - 100_000 - 1_000)
+
+    # one satoshi more in the transaction than the V-device signed
+    psbt = build_send_psbt(w, coins, [(pay[0][0], 100_001)], change=(3, change[1] - 1))
+    refused(client.sign_send, MISMATCH, **acct.params(psbt, pay, "r-1sat", outs=pay))
+    # an output nobody signed for
+    psbt = build_send_psbt(
+        w, coins, pay, change=(3, change[1] - 1000), extra_outputs=[(_script(), 1000)]
+    )
+    refused(client.sign_send, EXTRA, **acct.params(psbt, pay, "r-extra"))
+    # "change" claimed at this wallet's change path, paying a script it does not derive
+    psbt = build_send_psbt(w, coins, pay)
+    bogus = PsbtOutput(_script(), change[1], w.origins(3, CHANGE))
+    psbt = Psbt.create(
+        [_input(w, c) for c in coins],
+        [*psbt.outputs, bogus],
+    )
+    refused(client.sign_send, NOT_DERIVABLE, **acct.params(psbt, pay, "r-change"))
+    # a fee above the cold policy (max_fee_sat)
+    big = [Coin("cd" * 32, 0, 3_000_000, RECEIVE, 5)]
+    psbt = build_send_psbt(w, big, pay)  # fee 2.9 M sat
+    refused(client.sign_send, FEE, **acct.params(psbt, pay, "r-fee"))
+    # unknown and expired channels
+    refused(client.sign_send, UNKNOWN_CHANNEL, **acct.send("r-chan", c_id="nope"))
+    client.register_channel(
+        **acct.vdev.channel_registration(acct.id, "old", expires_at=int(time.time()) - 1)
+    )
+    refused(client.sign_send, CHANNEL_EXPIRED, **acct.send("r-old", c_id="old"))
+    # a reused user_tx_no (a different transaction under a number already co-signed)
+    client.sign_send(**acct.send("r-used"))
+    refused(client.sign_send, REUSED, **acct.send("r-used"))
+    # nothing of the above got a hot signature
+    assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
+
+
+def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient) -> None:
+    acct = Account(client)
+    client.take_alerts()
+    refused(client.sign_send, FORGED, **acct.send("f-1", forge=True))
+    refused(client.sign_send, FROZEN, **acct.send("f-2"))
+    status = client.cold_status()
+    assert acct.id in [a for a, _ in status["frozen"]]
+    alerts = client.take_alerts()
+    assert any(a["account"] == acct.id and "forged" in a["message"] for a in alerts)
+    assert not [t for t in signed_txids(pair) if t.startswith("f-")]
+
+
+def test_hot_policy_refuses_without_link_traffic(pair: HsmPair, account: Account) -> None:
+    client = pair.client()
+    limit = pair.hot_section.int("max_send_sat")
+    coins = [Coin("ef" * 32, 0, limit + 100_000, RECEIVE, 6)]
+    pay = [(random_address(), limit + 1)]
+    psbt = build_send_psbt(account.wallet, coins, pay)
+    before = pair.wire_bytes()
+    refused(client.sign_send, POLICY_REFUSED, **account.params(psbt, pay, "p-big"))
+    assert pair.wire_bytes() == before
+
+
+# -- the link under faults -----------------------------------------------------------------------
+
+
+FAULTS = [
+    ("flip", {"count": 3, "direction": "hot-to-cold"}),
+    ("flip", {"count": 3, "direction": "cold-to-hot"}),
+    ("drop", {"count": 20, "direction": "both"}),
+    ("garbage", {"count": 64, "direction": "both"}),
+    ("cut", {"seconds": LINK_TIMEOUT + 2, "direction": "cold-to-hot"}),
+    ("cut", {"seconds": LINK_TIMEOUT + 2, "direction": "hot-to-cold"}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "args"), FAULTS, ids=[f"{k}-{a['direction']}" for k, a in FAULTS])
+def test_link_faults_during_cosigning(
+    pair: HsmPair, account: Account, kind: str, args: dict[str, Any]
+) -> None:
+    """Each call answers or fails cleanly with 906; a retry then succeeds, signed once."""
+    client = pair.client()
+    tag = f"lf-{kind}-{args['direction']}"
+    params = account.send(tag)
+    counter = {"flip": "flipped_bits", "drop": "dropped", "garbage": "garbage", "cut": "cut_lost"}
+    before = pair.line_counter(counter[kind])
+    pair.control.fault(kind, **args)
+    try:
+        first: str | None = client.sign_send(**params)
+    except HsmRefused as exc:
+        assert exc.code == COLD_UNREACHABLE, (exc.code, exc.message)
+        first = None
+    finally:
+        pair.control.clear_faults()
+    assert pair.line_counter(counter[kind]) > before  # the fault did hit this exchange
+    second = wait_until(lambda: _try_sign(client, params), 30.0, "a retry to succeed")
+    if first is not None:
+        assert first == second
+    final = Psbt.from_base64(second)
+    final.finalize()  # both signatures valid
+    assert signed_txids(pair).count(tag) == 1
+    # the cold side recorded this user_tx_no for this transaction only
+    refused(client.sign_send, REUSED, **account.send(tag))
+
+
+def _try_sign(client: HotHsmClient, params: dict[str, Any]) -> str | None:
+    try:
+        return client.sign_send(**params)
+    except HsmRefused as exc:
+        assert exc.code == COLD_UNREACHABLE, (exc.code, exc.message)
+        return None
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _script() -> bytes:
+    return address_to_script(random_address(), NETWORK)
+
+
+def _input(wallet: HotWallet, c: Coin) -> Any:
+    from wallet_core.psbt import PsbtInput
+
+    return PsbtInput(
+        txid=c.txid,
+        vout=c.vout,
+        value=c.value,
+        script_pubkey=wallet.script_pubkey(c.index, c.chain),
+        witness_script=wallet.witness_script(c.index, c.chain),
+        origins=wallet.origins(c.index, c.chain),
+    )
+
+
+# -- another program on the line -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_another_program_on_the_line_gets_nothing_signed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A wrong-key link client, garbage and replayed frames: the cold HSM executes none."""
+    d = Deployment(
+        tmp_path_factory.mktemp("hsm-intruder"), config={"hsm_hot": {"link_timeout": 4.0}}
+    )
+    pair = HsmPair(d)
+    tap: SerialTap | None = None
+    try:
+        pair.start_sim()
+        pair.init()
+        pair.start_cold()
+        tap = SerialTap(d.config.section("firmware_sim").section("serial").path("hot_link"))
+        d.set_env("serial", "hot_port", tap.path)
+        pair.start_hot()
+        client = pair.client()
+        wait_until(lambda: client.health()["cold_reachable"], 30.0, "the cold HSM via the tap")
+        acct = Account(client)
+        tap.record()
+        client.sign_send(**acct.send("i-legit"))
+        captured = tap.recorded()
+        assert len(captured) > 100
+        pair.stop_hot()
+
+        # a program with a link key of its own
+        intruder = LinkClient.open(
+            tap.path, os.urandom(32), MemoryCounterStore(), LinkConfig(), name="intruder"
+        )
+        try:
+            forged = acct.send("i-intruder")
+            for command, payload in [
+                ("freeze", {"account": acct.id, "reason": "intruder"}),
+                ("cosign", _compact(acct, forged)),
+            ]:
+                with pytest.raises((LinkAuthError, LinkTimeout)):
+                    intruder.call(command, payload, timeout=5.0)
+        finally:
+            intruder.close()
+        # garbage, then the captured bytes of the legitimate co-sign, replayed: once to the
+        # running cold HSM (its framer drops frames it has seen) and once after a restart
+        # (its persisted counters refuse them)
+        tap.inject(os.urandom(3000))
+        tap.inject(captured)
+        assert pair.cold is not None
+        assert not pair.cold.stop()
+        pair.start_cold()
+        tap.inject(captured)
+
+        pair.start_hot()
+        wait_until(lambda: client.health()["cold_reachable"], 30.0, "the cold HSM again")
+        status = client.cold_status()
+        assert status["frozen"] == []
+        refusals = status["link_refusals"]
+        assert refusals.get("replayed", 0) + refusals.get("stale", 0) >= 1, refusals
+        # the intruder's user_tx_no was never co-signed: the real one goes through
+        Psbt.from_base64(client.sign_send(**acct.send("i-intruder"))).finalize()
+        assert sorted(t for t in signed_txids(pair) if t.startswith("i-")) == [
+            "i-intruder",
+            "i-legit",
+        ]
+    except BaseException:
+        print(d.log_tails())
+        raise
+    finally:
+        problems = d.stop()
+        if tap is not None:
+            tap.close()
+        assert not problems, problems
+
+
+def _compact(acct: Account, params: dict[str, Any]) -> dict[str, Any]:
+    plan = plan_cosign(Psbt.from_base64(params["psbt"]), acct.wallet)
+    return compact_request(acct.id, plan, params["request"], params["vc_code"], params["c_id"])
