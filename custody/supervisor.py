@@ -124,6 +124,9 @@ class ProcessSpec:
     module: str | None = None
     command: str | None = None
     ready_timeout: float | None = None
+    # One-shot, idempotent setup run before the first start (e.g. `hsm-cold init`); same
+    # placeholders as `argv`. A non-zero exit fails the startup with its output shown.
+    prepare: tuple[str, ...] = ()
 
     def unavailable_reason(self) -> str | None:
         """None when the program exists, else a short reason (for `custody up`'s notice)."""
@@ -140,9 +143,14 @@ class ProcessSpec:
         return self.unavailable_reason() is None
 
     def resolve_argv(self, data_dir: Path) -> list[str]:
-        return [
-            a.replace("{python}", sys.executable).replace("{dir}", str(data_dir)) for a in self.argv
-        ]
+        return _resolve(self.argv, data_dir)
+
+    def resolve_prepare(self, data_dir: Path) -> list[str]:
+        return _resolve(self.prepare, data_dir)
+
+
+def _resolve(argv: Sequence[str], data_dir: Path) -> list[str]:
+    return [a.replace("{python}", sys.executable).replace("{dir}", str(data_dir)) for a in argv]
 
 
 def cli_spec(
@@ -152,8 +160,13 @@ def cli_spec(
     *,
     after: Sequence[str] = (),
     ready_name: str | None = None,
+    prepare: Sequence[str] = (),
 ) -> ProcessSpec:
-    """A process run as `python -m <module> <command> --dir <data dir>`."""
+    """A process run as `python -m <module> <command> --dir <data dir>`.
+
+    `prepare` names a sub-command of the same module run once before the first start
+    (`python -m <module> <prepare...> --dir <data dir>`), e.g. `("init",)`.
+    """
     return ProcessSpec(
         name=name,
         argv=("{python}", "-m", module, command, "--dir", "{dir}"),
@@ -161,17 +174,24 @@ def cli_spec(
         after=tuple(after),
         module=module,
         command=command,
+        prepare=("{python}", "-m", module, *prepare, "--dir", "{dir}") if prepare else (),
     )
 
+
+PREPARE_TIMEOUT = 180.0
 
 # The local deployment, in dependency order. Add a process with one line here; it is started
 # only once its module registers the sub-command.
 DEFAULT_SPECS: tuple[ProcessSpec, ...] = (
     cli_spec("firmware-sim", "firmware_sim.cli", "serve"),
     cli_spec("node", "firmware_sim.cli", "node"),
-    cli_spec("hsm-cold", "hsm_cold.cli", "serve", after=["firmware-sim"]),
-    cli_spec("hsm-hot", "hsm_hot.cli", "serve", after=["firmware-sim", "hsm-cold"]),
-    cli_spec("custody-api", "custody.cli", "serve", after=["node", "hsm-hot"]),
+    cli_spec("hsm-cold", "hsm_cold.cli", "serve", after=["firmware-sim"], prepare=["init"]),
+    cli_spec(
+        "hsm-hot", "hsm_hot.cli", "serve", after=["firmware-sim", "hsm-cold"], prepare=["init"]
+    ),
+    cli_spec(
+        "custody-api", "custody.cli", "serve", after=["node", "hsm-hot"], prepare=["db", "upgrade"]
+    ),
     cli_spec("custody-worker", "custody.cli", "worker", after=["custody-api"]),
     cli_spec("merchant-site", "examples.merchant_site.cli", "serve", after=["custody-api"]),
     cli_spec("vdevice", "vdevice.cli", "run", after=["firmware-sim", "merchant-site"]),
@@ -492,6 +512,7 @@ class Managed:
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
     )
     reader: threading.Thread | None = None
+    prepared: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -617,6 +638,8 @@ class Supervisor:
             }
         )
         m.tail.clear()
+        if m.spec.prepare and not m.prepared:
+            self._prepare(m, env)
         try:
             m.proc = subprocess.Popen(
                 m.argv,
@@ -643,6 +666,32 @@ class Supervisor:
         m.reader.start()
         self._set(m, ProcState.STARTING)
         self.say(f"{m.spec.name}: starting (pid {m.proc.pid})")
+
+    def _prepare(self, m: Managed, env: dict[str, str]) -> None:
+        """Run the spec's one-shot setup (idempotent: `init`, `db upgrade`) before first start."""
+        argv = m.spec.resolve_prepare(self.config.data_dir)
+        self.say(f"{m.spec.name}: preparing ({' '.join(argv[2:-2])})")
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                cwd=self.config.data_dir,
+                env=env,
+                timeout=PREPARE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SupervisorError(
+                f"{m.spec.name}: preparation took more than {PREPARE_TIMEOUT:.0f}s"
+            ) from None
+        if done.returncode != 0:
+            for line in (done.stdout + done.stderr).splitlines()[-TAIL_LINES:]:
+                m.tail.append(line)
+            self._say_tail(m)
+            raise SupervisorError(f"{m.spec.name}: preparation failed (exit {done.returncode})")
+        m.prepared = True
 
     def _is_ready(self, m: Managed) -> bool:
         info = read_ready(self.config.run_dir, m.spec.ready_name)
