@@ -1,0 +1,279 @@
+"""Operator sub-commands of `custody`: `db upgrade`, `serve`, `account ...`, `token rotate`,
+`alerts`, `journal verify`. Registered by `custody.cli` through `register(sub)`.
+
+Handlers return a value (printed by `cc_common.cli.run`) or raise a `CustodyError`. Tokens are
+printed exactly once, by `account create` and `token rotate`; they are never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import select
+
+from cc_common.cli import add_dir_argument, config_from_args, render_table
+from cc_common.config import Config
+from custody import accounts, journal
+from custody.app import API_PREFIX
+from custody.db import database_url, make_engine, make_session_factory, transaction
+from custody.models import Account, Alert, ApiToken, TokenScope
+from wallet_core.networks import Network
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Apply the migrations to `url` (creates the SQLite file if needed)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def _factory(config: Config):  # type: ignore[no-untyped-def]
+    return make_session_factory(make_engine(database_url(config)))
+
+
+def deployment_network(config: Config) -> Network:
+    if config.has_section("deployment"):
+        return Network.from_name(config.section("deployment").str("network", "regtest"))
+    return Network.REGTEST
+
+
+def custody_url(config: Config) -> str:
+    s = config.section("custody")
+    return f"http://{s.str('host')}:{s.int('port')}{API_PREFIX}"
+
+
+# -- handlers ------------------------------------------------------------------------------
+def cmd_db_upgrade(args: argparse.Namespace) -> str:
+    config = config_from_args(args)
+    upgrade_database(database_url(config), args.revision)
+    return f"database upgraded to {args.revision}"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from custody.serve import serve  # noqa: PLC0415 (gunicorn only when serving)
+
+    return serve(config_from_args(args), workers=args.workers)
+
+
+def _hsm(config: Config):  # type: ignore[no-untyped-def]
+    from custody.hsm_client import HotHsmClient  # noqa: PLC0415
+
+    return HotHsmClient.from_config(config)
+
+
+def cmd_account_create(args: argparse.Namespace) -> dict[str, Any]:
+    config = config_from_args(args)
+    hsm = _hsm(config)
+    with transaction(_factory(config)) as session:
+        created = accounts.create_account(
+            session,
+            hsm,
+            args.name,
+            args.vdevice_phone,
+            args.owner_phone,
+            args.settlement_descriptor,
+            args.vdevice_identity,
+            network=deployment_network(config),
+        )
+    cold_numbers: list[str] = []
+    if config.has_section("hsm_cold") and config.section("hsm_cold").has("numbers"):
+        cold_numbers = [str(n) for n in config.section("hsm_cold").list("numbers")]
+    bundle = {
+        "account_id": created.account_id,
+        "cold_identity": created.cold_identity,
+        "cold_numbers": cold_numbers,
+        "hot_token": created.hot_token,
+        "custody_url": custody_url(config),
+    }
+    return {
+        "account_id": created.account_id,
+        "name": created.name,
+        "tokens": {"cold": created.cold_token, "hot": created.hot_token},
+        "notice": "the tokens are shown once; only their hashes are stored",
+        "vdevice_bundle": bundle,
+        "descriptors": created.descriptors,
+    }
+
+
+def cmd_account_list(args: argparse.Namespace) -> str:
+    config = config_from_args(args)
+    with _factory(config)() as session:
+        rows = session.execute(select(Account).order_by(Account.id)).scalars().all()
+        table = [
+            (
+                a.id,
+                a.name,
+                a.status.value,
+                a.network,
+                a.cold_receive_next,
+                a.hot_receive_next,
+                a.created_at.replace(microsecond=0).isoformat(),
+            )
+            for a in rows
+        ]
+    return render_table(
+        ("id", "name", "status", "network", "cold next", "hot next", "created"), table
+    )
+
+
+def cmd_account_show(args: argparse.Namespace) -> dict[str, Any]:
+    config = config_from_args(args)
+    with _factory(config)() as session:
+        a = accounts.get_account(session, args.id)
+        tokens = session.execute(
+            select(ApiToken).where(ApiToken.account_id == a.id).order_by(ApiToken.id)
+        ).scalars()
+        return {
+            "id": a.id,
+            "name": a.name,
+            "status": a.status.value,
+            "frozen_reason": a.frozen_reason,
+            "network": a.network,
+            "vdevice_phone": a.vdevice_phone,
+            "owner_phone": a.owner_phone,
+            "settlement_descriptor": a.settlement_descriptor,
+            "cold_identity": a.cold_identity_pubkey,
+            "vdevice_identity": a.vdevice_identity_pubkey,
+            "hot_pubkey": a.hot_pubkey,
+            "cold_receiving_xpub": a.cold_receiving_xpub,
+            "cold_cosigner_xpub": a.cold_cosigner_xpub,
+            "recovery_xpub": a.recovery_xpub,
+            "cold_descriptor": a.cold_descriptor,
+            "hot_descriptor": a.hot_descriptor,
+            "cold_receive_next": a.cold_receive_next,
+            "hot_receive_next": a.hot_receive_next,
+            "hot_change_next": a.hot_change_next,
+            "created_at": a.created_at.isoformat(),
+            "tokens": [
+                {
+                    "scope": t.scope.value,
+                    "hint": t.hint + "...",
+                    "rate_limit_per_minute": t.rate_limit_per_minute,
+                    "created_at": t.created_at.isoformat(),
+                    "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                }
+                for t in tokens
+            ],
+        }
+
+
+def cmd_account_freeze(args: argparse.Namespace) -> str:
+    config = config_from_args(args)
+    with transaction(_factory(config)) as session:
+        told = accounts.freeze_account(session, _hsm(config), args.id, args.reason, config)
+    suffix = "" if told else " (the HSMs could NOT be told; freeze them at their consoles)"
+    return f"account {args.id} frozen{suffix}"
+
+
+def cmd_token_rotate(args: argparse.Namespace) -> dict[str, Any]:
+    config = config_from_args(args)
+    with transaction(_factory(config)) as session:
+        token = accounts.rotate_token(session, args.id, TokenScope(args.scope))
+    return {
+        "account_id": args.id,
+        "scope": args.scope,
+        "token": token,
+        "notice": "shown once; the previous token of this scope is revoked",
+    }
+
+
+def cmd_alerts(args: argparse.Namespace) -> str:
+    config = config_from_args(args)
+    with _factory(config)() as session:
+        rows = (
+            session.execute(select(Alert).order_by(Alert.id.desc()).limit(args.limit))
+            .scalars()
+            .all()
+        )
+        table = [
+            (
+                a.id,
+                a.at.replace(microsecond=0).isoformat(),
+                a.kind,
+                a.account_id if a.account_id is not None else "-",
+                "yes" if a.delivered else ("no: " + a.error[:40] if a.error else "no"),
+                a.message[:70],
+            )
+            for a in rows
+        ]
+    return render_table(("id", "at", "kind", "account", "delivered", "message"), table)
+
+
+def cmd_journal_verify(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    with _factory(config)() as session:
+        result = journal.verify(session)
+    print(result.describe())
+    if args.json:
+        print(json.dumps(result.__dict__))
+    return 0 if result.ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the operator's sub-commands to the `custody` parser."""
+    p = sub.add_parser("db", help="database schema")
+    dsub = p.add_subparsers(dest="db_command")
+    q = dsub.add_parser("upgrade", help="apply the Alembic migrations")
+    add_dir_argument(q)
+    q.add_argument("--revision", default="head")
+    q.set_defaults(handler=cmd_db_upgrade)
+
+    p = sub.add_parser("serve", help="run the custody API (gunicorn)")
+    add_dir_argument(p)
+    p.add_argument("--workers", type=int, default=None, help="default [custody] workers or 2")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("account", help="accounts")
+    asub = p.add_subparsers(dest="account_command")
+    q = asub.add_parser("create", help="provision an account on the HSM pair")
+    add_dir_argument(q)
+    q.add_argument("name")
+    q.add_argument("--vdevice-phone", required=True)
+    q.add_argument("--owner-phone", required=True)
+    q.add_argument("--settlement-descriptor", required=True)
+    q.add_argument("--vdevice-identity", required=True, metavar="HEX")
+    q.set_defaults(handler=cmd_account_create)
+    q = asub.add_parser("list", help="list accounts")
+    add_dir_argument(q)
+    q.set_defaults(handler=cmd_account_list)
+    q = asub.add_parser("show", help="one account's public material and tokens (hints)")
+    add_dir_argument(q)
+    q.add_argument("id", type=int)
+    q.set_defaults(handler=cmd_account_show)
+    q = asub.add_parser("freeze", help="freeze an account (custody and HSMs)")
+    add_dir_argument(q)
+    q.add_argument("id", type=int)
+    q.add_argument("--reason", required=True)
+    q.set_defaults(handler=cmd_account_freeze)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command")
+    q = tsub.add_parser("rotate", help="revoke a token and issue a new one")
+    add_dir_argument(q)
+    q.add_argument("id", type=int)
+    q.add_argument("--scope", required=True, choices=[s.value for s in TokenScope])
+    q.set_defaults(handler=cmd_token_rotate)
+
+    p = sub.add_parser("alerts", help="operator alerts, newest first")
+    add_dir_argument(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(handler=cmd_alerts)
+
+    p = sub.add_parser("journal", help="the custody journal")
+    jsub = p.add_subparsers(dest="journal_command")
+    q = jsub.add_parser("verify", help="verify the hash chain")
+    add_dir_argument(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=cmd_journal_verify)

@@ -1,0 +1,457 @@
+"""Address derivation from the stored public keys, address batches and handing out addresses.
+
+The two wallets of an account (docs/hsm-pair.md):
+
+- cold receiving: BIP84 P2WPKH from the cold receiving xpub, `<xpub>/<chain>/<index>`;
+- hot: `wsh(sortedmulti(2, HOTPUB, COLDXPUB/<chain>/*, RECXPUB/<chain>/*))` with ONE fixed hot
+  key (a PKCS#11 token cannot derive BIP32 children). `wallet_core.wallets.HotWallet` wants
+  three xpubs, so the hot wallet is built here from wallet_core's pieces: the two xpub children
+  by `ChainDeriver`, the witness script by `wallet_core.script.multisig_script` (sorted).
+
+A batch is proven by the cold HSM (through the hot HSM); its proof is verified here against
+the cold identity key pinned at provisioning before anything is stored, so an HSM link or a
+database that substitutes an address is caught at once, not only later by the V-device.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+from custody import journal
+from custody.alerts import AlertKind, raise_alert
+from custody.errors import (
+    BadRequest,
+    BatchNotNext,
+    BatchNotVerified,
+    Conflict,
+    HsmRefusedError,
+    HsmUnavailableError,
+    NotFound,
+    ProofInvalid,
+)
+from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.models import (
+    Account,
+    Address,
+    AddressBatch,
+    BatchStatus,
+    Chain,
+    Wallet,
+    utcnow,
+)
+from wallet_core.bech32 import SegwitV0Encoder
+from wallet_core.bip32 import ChainDeriver, ExtendedKey, format_path, parse_xpub
+from wallet_core.chaincloud import BATCH_SIZE, batch_content
+from wallet_core.descriptors import add_checksum
+from wallet_core.hashes import hash160, sha256
+from wallet_core.messages import verify_message_pubkey
+from wallet_core.networks import Network
+from wallet_core.script import multisig_script, p2wpkh_script, p2wsh_script
+from wallet_core.wallets import bip48_account_path, bip84_account_path
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_NO = (2**31 // BATCH_SIZE) - 1
+HOT_THRESHOLD = 2
+_ENCODERS: dict[tuple[str, int], SegwitV0Encoder] = {}
+
+
+def _encoder(network: Network, program_len: int) -> SegwitV0Encoder:
+    key = (network.hrp, program_len)
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        enc = _ENCODERS[key] = SegwitV0Encoder(network.hrp, program_len)
+    return enc
+
+
+def wallet_name(wallet: Wallet) -> str:
+    """The `wallet` parameter of the HSM RPC (`cold` / `hot`)."""
+    return "cold" if wallet is Wallet.COLD else "hot"
+
+
+@dataclass(frozen=True)
+class DerivedAddress:
+    index: int
+    address: str
+    script_pubkey: bytes
+    witness_script: bytes | None = None  # hot (P2WSH) addresses only
+
+
+@dataclass(frozen=True)
+class AccountKeys:
+    """An account's public keys, parsed once; derives both wallets' addresses."""
+
+    network: Network
+    receiving: ExtendedKey
+    cosigner: ExtendedKey
+    recovery: ExtendedKey
+    hot_pubkey: bytes
+
+    @classmethod
+    def from_account(cls, account: Account) -> AccountKeys:
+        return cls(
+            Network.from_name(account.network),
+            parse_xpub(account.cold_receiving_xpub),
+            parse_xpub(account.cold_cosigner_xpub),
+            parse_xpub(account.recovery_xpub),
+            bytes.fromhex(account.hot_pubkey),
+        )
+
+    def derive(self, wallet: Wallet, chain: Chain, start: int, count: int) -> list[DerivedAddress]:
+        """Addresses start..start+count-1 of one chain (1000 in a few tens of ms)."""
+        if wallet is Wallet.COLD:
+            pubs = ChainDeriver(self.receiving.child(int(chain))).pubkeys(start, count)
+            enc = _encoder(self.network, 20).encode
+            out = []
+            for i, pub in enumerate(pubs, start):
+                h = hash160(pub)
+                out.append(DerivedAddress(i, enc(h), p2wpkh_script(h)))
+            return out
+        cold = ChainDeriver(self.cosigner.child(int(chain))).pubkeys(start, count)
+        rec = ChainDeriver(self.recovery.child(int(chain))).pubkeys(start, count)
+        enc = _encoder(self.network, 32).encode
+        hot = self.hot_pubkey
+        out = []
+        for i, (c, r) in enumerate(zip(cold, rec, strict=True), start):
+            ws = multisig_script(HOT_THRESHOLD, [hot, c, r], sort=True)
+            h = sha256(ws)
+            out.append(DerivedAddress(i, enc(h), p2wsh_script(h), ws))
+        return out
+
+    def one(self, wallet: Wallet, chain: Chain, index: int) -> DerivedAddress:
+        return self.derive(wallet, chain, index, 1)[0]
+
+    # -- descriptors (watch-only import into Bitcoin Core) -----------------------------
+    def _plain(self, key: ExtendedKey) -> str:
+        """xpub/tpub form (Core refuses SLIP-132 zpub/Vpub versions in descriptors)."""
+        return key.with_version(key.network.params.xkey.public).serialize()
+
+    def cold_descriptor(self, chain: Chain) -> str:
+        # The receiving seed's master fingerprint is not returned by the HSM: no key origin.
+        return add_checksum(f"wpkh({self._plain(self.receiving)}/{int(chain)}/*)")
+
+    def hot_descriptor(
+        self, chain: Chain, cosigner_fingerprint: str, recovery_fingerprint: str
+    ) -> str:
+        path = format_path(bip48_account_path(self.network, 0), prefix="")
+        cold = f"[{cosigner_fingerprint}/{path}]{self._plain(self.cosigner)}/{int(chain)}/*"
+        rec = f"[{recovery_fingerprint}/{path}]{self._plain(self.recovery)}/{int(chain)}/*"
+        body = f"wsh(sortedmulti({HOT_THRESHOLD},{self.hot_pubkey.hex()},{cold},{rec}))"
+        return add_checksum(body)
+
+    @property
+    def cold_path(self) -> str:
+        return format_path(bip84_account_path(self.network, 0))
+
+
+_KEYS_CACHE: dict[tuple[int, str, str, str, str], AccountKeys] = {}
+
+
+def account_keys(account: Account) -> AccountKeys:
+    """Parsed keys of `account`, cached (public material never changes for an account)."""
+    key = (
+        account.id,
+        account.cold_receiving_xpub,
+        account.cold_cosigner_xpub,
+        account.recovery_xpub,
+        account.hot_pubkey,
+    )
+    keys = _KEYS_CACHE.get(key)
+    if keys is None:
+        if len(_KEYS_CACHE) > 10_000:
+            _KEYS_CACHE.clear()
+        keys = _KEYS_CACHE[key] = AccountKeys.from_account(account)
+    return keys
+
+
+def hot_witness_script(account: Account, chain: Chain, index: int) -> bytes:
+    """The hot wallet's witness script at (chain, index): for the send worker's PSBTs."""
+    ws = account_keys(account).one(Wallet.HOT, chain, index).witness_script
+    assert ws is not None
+    return ws
+
+
+# -- batches ---------------------------------------------------------------------------
+def check_batch_no(batch_no: int) -> None:
+    if not 0 <= batch_no <= MAX_BATCH_NO:
+        raise BadRequest(f"batch_no must be between 0 and {MAX_BATCH_NO}")
+
+
+def batch_addresses(session: Session, batch: AddressBatch) -> list[dict[str, object]]:
+    rows = session.execute(
+        select(Address.index, Address.address)
+        .where(Address.batch_id == batch.id)
+        .order_by(Address.index)
+    ).all()
+    return [{"index": i, "address": a} for i, a in rows]
+
+
+def _find_batch(session: Session, account_id: int, wallet: Wallet, n: int) -> AddressBatch | None:
+    return session.execute(
+        select(AddressBatch).where(
+            AddressBatch.account_id == account_id,
+            AddressBatch.wallet == wallet,
+            AddressBatch.batch_no == n,
+        )
+    ).scalar_one_or_none()
+
+
+def next_batch_no(session: Session, account_id: int, wallet: Wallet) -> int:
+    top = session.execute(
+        select(func.max(AddressBatch.batch_no)).where(
+            AddressBatch.account_id == account_id, AddressBatch.wallet == wallet
+        )
+    ).scalar()
+    return 0 if top is None else int(top) + 1
+
+
+def get_or_create_batch(
+    factory: sessionmaker[Session],
+    hsm: object,
+    config: Config,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+) -> list[dict[str, object]]:
+    """Batch `batch_no` of one side: the stored one, or the next one derived, proven by the
+    cold HSM, verified here, then stored with its 1000 addresses."""
+    check_batch_no(batch_no)
+    with factory() as session:
+        batch = _find_batch(session, account_id, wallet, batch_no)
+        if batch is not None:
+            return batch_addresses(session, batch)
+        nxt = next_batch_no(session, account_id, wallet)
+        if batch_no != nxt:
+            raise BatchNotNext(f"batch {batch_no} cannot be created yet: the next batch is {nxt}")
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFound("account not found")
+        keys = account_keys(account)
+        identity = bytes.fromhex(account.cold_identity_pubkey)
+        session.rollback()  # no transaction is held during the HSM round trip
+    derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
+    addresses = [d.address for d in derived]
+    try:
+        proof = hsm.prove_batch(account_id, wallet_name(wallet), batch_no)  # type: ignore[attr-defined]
+    except HsmUnavailable as exc:
+        raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
+    except HsmRefused as exc:
+        raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
+    content = batch_content(addresses)
+    if not verify_message_pubkey(identity, content, str(proof)):
+        log.error(
+            "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
+        )
+        with factory() as session, session.begin():
+            raise_alert(
+                session,
+                config,
+                AlertKind.BATCH_FAILED,
+                f"{wallet_name(wallet)} batch {batch_no}: the cold HSM's proof does not match "
+                "the derived addresses; batch refused",
+                account_id,
+            )
+        raise ProofInvalid(
+            f"batch {batch_no} refused: its proof does not verify against the account's cold "
+            "identity key"
+        )
+    try:
+        with factory() as session, session.begin():
+            batch = AddressBatch(
+                account_id=account_id,
+                wallet=wallet,
+                batch_no=batch_no,
+                status=BatchStatus.PROVEN,
+                proof=str(proof),
+            )
+            session.add(batch)
+            session.flush()
+            session.execute(
+                insert(Address),
+                [
+                    {
+                        "account_id": account_id,
+                        "wallet": wallet,
+                        "chain": Chain.RECEIVE,
+                        "index": d.index,
+                        "address": d.address,
+                        "script_pubkey": d.script_pubkey,
+                        "batch_id": batch.id,
+                    }
+                    for d in derived
+                ],
+            )
+            info = {
+                "wallet": wallet_name(wallet),
+                "batch_no": batch_no,
+                "first_index": derived[0].index,
+                "content_sha256": sha256(content.encode()).hex(),
+            }
+            journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
+            journal.append(
+                session,
+                journal.JournalKind.BATCH_PROVEN,
+                account_id,
+                {**info, "proof": str(proof)},
+            )
+    except IntegrityError:
+        # Created concurrently by another request: answer that one.
+        with factory() as session:
+            batch = _find_batch(session, account_id, wallet, batch_no)
+            if batch is None:
+                raise
+            return batch_addresses(session, batch)
+    log.info("account %d: %s batch %d created and proven", account_id, wallet.name, batch_no)
+    return [{"index": d.index, "address": d.address} for d in derived]
+
+
+def set_batch_status(
+    session: Session,
+    config: Config,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+    status: BatchStatus,
+) -> AddressBatch:
+    """Record the V-device's verdict on a batch. FAILED is final; VERIFIED only from PROVEN."""
+    check_batch_no(batch_no)
+    batch = session.execute(
+        select(AddressBatch)
+        .where(
+            AddressBatch.account_id == account_id,
+            AddressBatch.wallet == wallet,
+            AddressBatch.batch_no == batch_no,
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+    if batch is None:
+        raise NotFound(f"{wallet_name(wallet)} batch {batch_no} does not exist")
+    if batch.status is status:
+        return batch
+    if batch.status is BatchStatus.FAILED:
+        raise Conflict(f"batch {batch_no} already failed verification; it stays failed")
+    batch.status = status
+    batch.status_at = utcnow()
+    kind = (
+        journal.JournalKind.BATCH_VERIFIED
+        if status is BatchStatus.VERIFIED
+        else journal.JournalKind.BATCH_FAILED
+    )
+    journal.append(session, kind, account_id, {"wallet": wallet_name(wallet), "batch_no": batch_no})
+    if status is BatchStatus.FAILED:
+        raise_alert(
+            session,
+            config,
+            AlertKind.BATCH_FAILED,
+            f"the V-device reported {wallet_name(wallet)} batch {batch_no} as FAILED; "
+            "its addresses will never be handed out",
+            account_id,
+        )
+    session.flush()
+    return batch
+
+
+def usable_statuses(require_verified: bool) -> Sequence[BatchStatus]:
+    if require_verified:
+        return (BatchStatus.VERIFIED,)
+    return (BatchStatus.VERIFIED, BatchStatus.PROVEN)
+
+
+@functools.cache
+def _next_stmt(require_verified: bool) -> Select[Any]:
+    return (
+        select(Address.id, Address.index, Address.address)
+        .join(AddressBatch, Address.batch_id == AddressBatch.id)
+        .where(
+            Address.account_id == bindparam("account_id"),
+            Address.wallet == bindparam("wallet"),
+            Address.chain == Chain.RECEIVE,
+            Address.handed_out_at.is_(None),
+            Address.index >= bindparam("start"),
+            AddressBatch.status.in_(usable_statuses(require_verified)),
+        )
+        .order_by(Address.index)
+        .limit(1)
+    )
+
+
+def next_address(
+    conn: Session | Connection,
+    account_id: int,
+    wallet: Wallet,
+    *,
+    require_verified: bool,
+    take: bool,
+    start_hint: int | None = None,
+) -> tuple[int, str]:
+    """The lowest receiving address not yet handed out, from usable batches.
+
+    With `take`, it is marked handed out (a conditional update, so two concurrent callers
+    never get the same address); `conn` must then be a session in a write transaction.
+    """
+    attr = "cold_receive_next" if wallet is Wallet.COLD else "hot_receive_next"
+    base = _next_stmt(require_verified)
+    params = {"account_id": account_id, "wallet": wallet}
+    for _ in range(20):
+        # Fast path: addresses are handed out in index order, so start at the account's next
+        # index (an index lookup however many were handed out); fall back to a full search
+        # for addresses left behind in a batch verified late.
+        nxt = start_hint
+        if nxt is None or take:
+            nxt = conn.execute(
+                select(getattr(Account, attr)).where(Account.id == account_id)
+            ).scalar_one()
+        row = conn.execute(base, {**params, "start": nxt}).first()
+        if row is None:
+            row = conn.execute(base, {**params, "start": 0}).first()
+        if row is None:
+            raise _no_address(conn, account_id, wallet, require_verified)
+        if not take:
+            return int(row.index), str(row.address)
+        done = conn.execute(
+            update(Address)
+            .where(Address.id == row.id, Address.handed_out_at.is_(None))
+            .values(handed_out_at=utcnow())
+        )
+        if done.rowcount == 1:
+            conn.execute(
+                update(Account)
+                .where(Account.id == account_id, getattr(Account, attr) < row.index + 1)
+                .values({attr: row.index + 1})
+            )
+            return int(row.index), str(row.address)
+    raise Conflict("too many concurrent requests for a new address; retry")
+
+
+def _no_address(
+    session: Session | Connection, account_id: int, wallet: Wallet, require_verified: bool
+) -> Conflict | BatchNotVerified:
+    waiting = session.execute(
+        select(AddressBatch.batch_no)
+        .where(
+            AddressBatch.account_id == account_id,
+            AddressBatch.wallet == wallet,
+            AddressBatch.status == BatchStatus.PROVEN,
+        )
+        .order_by(AddressBatch.batch_no)
+        .limit(1)
+    ).scalar()
+    if waiting is not None and require_verified:
+        return BatchNotVerified(
+            f"no verified address left: batch {waiting} must be verified by the V-device first "
+            f"(POST /address/batch/{waiting}/status)"
+        )
+    nxt = next_batch_no(session, account_id, wallet)
+    return BatchNotVerified(
+        f"no address left: request batch {nxt} (GET /address/batch/{nxt}) and have the "
+        "V-device verify it"
+    )

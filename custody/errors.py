@@ -1,0 +1,127 @@
+"""Errors of the custody API: one class per failure, each with a stable numeric code and an
+HTTP status, turned into the one JSON shape `{"code": n, "message": "..."}` by the errors
+blueprint (`custody.api.errors`).
+
+Codes are part of the public interface: the reference fixes code 3 ("user_tx_no already
+accepted"), which a V-device treats as success. The others are ours and never change meaning.
+"""
+
+from __future__ import annotations
+
+from cc_common.errors import CustodyError
+
+
+class ApiError(CustodyError):
+    """Base of every error the API answers on purpose."""
+
+    code = 2
+    status = 400
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(message, code=code)
+        if status is not None:
+            self.status = status
+
+
+class InternalError(ApiError):
+    """Anything unexpected: the client learns nothing but this (the log has the details)."""
+
+    code = 1
+    status = 500
+
+
+class BadRequest(ApiError):
+    """A field is missing or invalid."""
+
+    code = 2
+    status = 400
+
+
+class DuplicateUserTxNo(ApiError):
+    """The reference's code 3: this `user_tx_no` was already accepted (retries are safe)."""
+
+    code = 3
+    status = 400
+
+
+class Unauthorized(ApiError):
+    """No `token` header, or a token we do not know (or one that was revoked)."""
+
+    code = 4
+    status = 401
+
+
+class Forbidden(ApiError):
+    """The token is valid but its scope does not allow this call (e.g. a cold token sends)."""
+
+    code = 5
+    status = 403
+
+
+class NotFound(ApiError):
+    code = 6
+    status = 404
+
+
+class Conflict(ApiError):
+    code = 7
+    status = 409
+
+
+class RateLimited(ApiError):
+    code = 8
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AccountFrozen(ApiError):
+    """The account is frozen (by the operator or by the cold HSM): nothing is sent."""
+
+    code = 9
+    status = 409
+
+
+class BatchNotNext(ApiError):
+    """A batch beyond the next one was asked for; the message says which is next."""
+
+    code = 10
+    status = 400
+
+
+class BatchNotVerified(ApiError):
+    """No receiving address can be handed out until the V-device verified a batch."""
+
+    code = 11
+    status = 409
+
+
+class ProofInvalid(ApiError):
+    """The HSM's proof does not verify against the pinned cold identity key: refused."""
+
+    code = 12
+    status = 502
+
+
+class HsmUnavailableError(ApiError):
+    code = 13
+    status = 503
+
+
+class HsmRefusedError(ApiError):
+    code = 14
+    status = 502
+
+
+class MethodNotAllowed(ApiError):
+    code = 15
+    status = 405
+
+
+class AccountError(ApiError):
+    """Operator-side account management refused (bad name, phone, descriptor, key...)."""
+
+    code = 16
+    status = 400

@@ -1,0 +1,170 @@
+"""Extensions of the custody app, created unbound here and bound in `create_app`.
+
+State lives in `app.extensions`, never in these objects, so several apps (tests, workers) can
+exist in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class Database:
+    """One SQLAlchemy session per request, closed (rolled back if uncommitted) at teardown."""
+
+    key = "custody.db"
+
+    def init_app(self, app: Flask, factory: sessionmaker[Session]) -> None:
+        app.extensions[self.key] = factory
+        app.teardown_appcontext(self._close)
+
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        return current_app.extensions[self.key]  # type: ignore[no-any-return]
+
+    @property
+    def session(self) -> Session:
+        s = g.get("_custody_session")
+        if s is None:
+            s = g._custody_session = self.factory()
+        return s  # type: ignore[no-any-return]
+
+    @property
+    def reader(self) -> Connection:
+        """An autocommit connection for the request's reads: no BEGIN/ROLLBACK round trips.
+
+        Separate from `session` (whose transaction a write view commits), so a read never
+        runs inside a write transaction by accident and vice versa.
+        """
+        c = g.get("_custody_reader")
+        if c is None:
+            engine = self.factory.kw["bind"]
+            c = g._custody_reader = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return c  # type: ignore[no-any-return]
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """The request's session, committed at the end of the block, rolled back on error."""
+        s = self.session
+        try:
+            yield s
+        except BaseException:
+            s.rollback()
+            raise
+        s.commit()
+
+    @staticmethod
+    def _close(_exc: BaseException | None) -> None:
+        s = g.pop("_custody_session", None)
+        if s is not None:
+            s.close()
+        c = g.pop("_custody_reader", None)
+        if c is not None:
+            c.close()
+
+
+class HsmProvider:
+    """The hot HSM client: given to `create_app`, or made from configuration on first use."""
+
+    key = "custody.hsm"
+
+    def init_app(self, app: Flask, hsm: Any | None, make: Callable[[], Any]) -> None:
+        app.extensions[self.key] = {"hsm": hsm, "make": make, "lock": threading.Lock()}
+
+    @property
+    def client(self) -> Any:
+        state = current_app.extensions[self.key]
+        if state["hsm"] is None:
+            with state["lock"]:
+                if state["hsm"] is None:
+                    state["hsm"] = state["make"]()
+        return state["hsm"]
+
+
+@dataclass
+class _Window:
+    start: float
+    previous: int = 0
+    current: int = 0
+
+
+class RateLimiter:
+    """Per-token sliding-window counter (approximated from two fixed windows), in process.
+
+    With several gunicorn workers each keeps its own counters, so the effective limit is the
+    configured one *per worker* (at most workers x limit in total). A shared store (Redis, the
+    database) would make it exact; for a per-token abuse brake this is the accepted trade-off.
+    """
+
+    key = "custody.ratelimit"
+    window = 60.0
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[self.key] = {"lock": threading.Lock(), "windows": {}}
+
+    def hit(self, token_id: int, limit_per_minute: int, now: float | None = None) -> float | None:
+        """Count one request; None when allowed, else seconds until a retry may succeed."""
+        state = current_app.extensions[self.key]
+        now = time.monotonic() if now is None else now
+        with state["lock"]:
+            windows: dict[int, _Window] = state["windows"]
+            w = windows.get(token_id)
+            if w is None:
+                w = windows[token_id] = _Window(now)
+            elapsed = now - w.start
+            if elapsed >= 2 * self.window:
+                w.start, w.previous, w.current = now, 0, 0
+                elapsed = 0.0
+            elif elapsed >= self.window:
+                w.start, w.previous, w.current = w.start + self.window, w.current, 0
+                elapsed -= self.window
+            estimate = w.previous * (1.0 - elapsed / self.window) + w.current
+            if estimate + 1 > limit_per_minute:
+                return max(1.0, self.window - elapsed)
+            w.current += 1
+            return None
+
+
+class TokenCache:
+    """Recently authenticated tokens (by hash), kept `ttl` seconds to spare a query per call.
+
+    A revoked or rotated token therefore stays usable for at most `ttl` seconds in each
+    worker (default 2 s, `[custody] token_cache_seconds`; 0 disables the cache).
+    """
+
+    key = "custody.tokencache"
+
+    def init_app(self, app: Flask, ttl: float) -> None:
+        app.extensions[self.key] = {"ttl": ttl, "entries": {}, "lock": threading.Lock()}
+
+    def get(self, digest: str) -> Any | None:
+        state = current_app.extensions[self.key]
+        hit = state["entries"].get(digest)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, digest: str, principal: Any) -> None:
+        state = current_app.extensions[self.key]
+        if state["ttl"] <= 0:
+            return
+        with state["lock"]:
+            entries = state["entries"]
+            if len(entries) > 10_000:
+                entries.clear()
+            entries[digest] = (principal, time.monotonic() + state["ttl"])
+
+
+db = Database()
+token_cache = TokenCache()
+hsm_provider = HsmProvider()
+limiter = RateLimiter()

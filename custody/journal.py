@@ -1,0 +1,156 @@
+"""Append-only, hash-chained journal of custody events (DESIGN invariant 7).
+
+Each entry's hash is SHA-256 over the previous entry's hash followed by the canonical JSON of
+the entry (`at`, `kind`, `account_id`, `data`), so editing, deleting or reordering a record
+breaks the chain at that record. The newest hash and the number of entries are also kept in
+`service_state` (key `journal_head`), so removing records from the end is detected too.
+
+Appends are serialised so two writers never chain onto the same predecessor: PostgreSQL takes a
+transaction-scoped advisory lock; SQLite takes its database write lock by a no-op write on the
+journal table before reading the head. The lock is held until the caller's transaction ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from custody.models import JournalEntry, KeyValue, utcnow
+
+GENESIS = "0" * 64
+HEAD_KEY = "journal_head"
+# Arbitrary constant naming the journal's advisory lock (bigint) on PostgreSQL.
+ADVISORY_LOCK_ID = 0x4343_4A4F_5552  # "CCJOUR"
+
+
+class JournalKind:
+    """Event kinds written by custody (the watcher and the worker add their own)."""
+
+    ACCOUNT_CREATED = "account_created"
+    TOKEN_ISSUED = "token_issued"  # noqa: S105
+    TOKEN_ROTATED = "token_rotated"  # noqa: S105
+    BATCH_CREATED = "batch_created"
+    BATCH_PROVEN = "batch_proven"
+    BATCH_VERIFIED = "batch_verified"
+    BATCH_FAILED = "batch_failed"
+    SEND_REQUESTED = "send_requested"
+    ACCOUNT_FROZEN = "account_frozen"
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="microseconds")
+
+
+def entry_hash(prev_hash: str, at: datetime, kind: str, account_id: int | None, data: str) -> str:
+    body = canonical_json(
+        {"at": _iso(at), "kind": kind, "account_id": account_id, "data": json.loads(data)}
+    )
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_ID})
+    else:
+        # A write statement makes SQLite take its write lock now (it changes no row).
+        session.execute(update(JournalEntry).where(JournalEntry.id == -1).values(kind="x"))
+
+
+def append(session: Session, kind: str, account_id: int | None, data: dict[str, Any]) -> str:
+    """Add one entry in the caller's transaction; returns its hash."""
+    _lock(session)
+    head = session.get(KeyValue, HEAD_KEY, populate_existing=True)
+    if head is not None:
+        state = json.loads(head.value)
+        prev_hash, count = str(state["hash"]), int(state["count"])
+    else:
+        last = session.execute(
+            select(JournalEntry.hash).order_by(JournalEntry.id.desc()).limit(1)
+        ).scalar()
+        prev_hash = last or GENESIS
+        count = int(session.execute(select(func.count(JournalEntry.id))).scalar() or 0)
+    at = utcnow()
+    body = canonical_json(data)
+    digest = entry_hash(prev_hash, at, kind, account_id, body)
+    entry = JournalEntry(
+        at=at, kind=kind, account_id=account_id, data=body, prev_hash=prev_hash, hash=digest
+    )
+    session.add(entry)
+    session.flush()
+    new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
+    if head is None:
+        session.add(KeyValue(key=HEAD_KEY, value=new_head))
+    else:
+        head.value = new_head
+    session.flush()
+    return digest
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    first_bad_id: int | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"journal ok: {self.count} entries, chain intact"
+        where = f"entry {self.first_bad_id}" if self.first_bad_id is not None else "the end"
+        return f"journal BROKEN at {where}: {self.reason}"
+
+
+def verify(session: Session, *, batch: int = 5000) -> VerifyResult:
+    """Walk the chain in id order; report the first record that does not fit."""
+    prev = GENESIS
+    count = 0
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(JournalEntry)
+            .where(JournalEntry.id > last_id)
+            .order_by(JournalEntry.id)
+            .limit(batch)
+        ).scalars()
+        got = 0
+        for e in rows:
+            got += 1
+            count += 1
+            last_id = e.id
+            if e.prev_hash != prev:
+                return VerifyResult(
+                    False, count, e.id, "does not follow the previous record (deleted/reordered)"
+                )
+            try:
+                expected = entry_hash(e.prev_hash, e.at, e.kind, e.account_id, e.data)
+            except ValueError:
+                return VerifyResult(False, count, e.id, "data is not JSON (edited)")
+            if expected != e.hash:
+                return VerifyResult(False, count, e.id, "content does not match its hash (edited)")
+            prev = e.hash
+        session.expunge_all()
+        if got < batch:
+            break
+    head = session.get(KeyValue, HEAD_KEY)
+    if head is not None:
+        state = json.loads(head.value)
+        if state.get("hash") != prev or state.get("count") != count:
+            return VerifyResult(
+                False,
+                count,
+                None,
+                f"the newest record is not the recorded head ({state.get('count')} entries "
+                f"recorded, {count} found): records were removed from the end",
+            )
+    return VerifyResult(True, count)

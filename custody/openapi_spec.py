@@ -1,0 +1,446 @@
+"""The OpenAPI 3 document of the custody API, written by hand next to the reference table.
+
+Hand-written so field names, types and error shapes are exactly the reference's, and so the
+document can be read as the interface: every endpoint, every answer, every error status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from custody.batches import MAX_BATCH_NO
+from custody.errors import (
+    AccountFrozen,
+    BadRequest,
+    BatchNotNext,
+    BatchNotVerified,
+    Conflict,
+    DuplicateUserTxNo,
+    Forbidden,
+    HsmRefusedError,
+    HsmUnavailableError,
+    InternalError,
+    NotFound,
+    ProofInvalid,
+    RateLimited,
+    Unauthorized,
+)
+
+VERSION = "1.0.0"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+ISO_TIME = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$",
+    "description": "ISO-8601, UTC, without timezone (2016-08-02T12:51:34)",
+}
+NULLABLE_TIME = {**ISO_TIME, "type": ["string", "null"]}
+TXID = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {
+                "type": "integer",
+                "description": (
+                    f"{InternalError.code} internal error, {BadRequest.code} bad input, "
+                    f"{DuplicateUserTxNo.code} user_tx_no already accepted (treat as success), "
+                    f"{Unauthorized.code} missing/invalid token, {Forbidden.code} wrong scope, "
+                    f"{NotFound.code} not found, {Conflict.code} conflict, "
+                    f"{RateLimited.code} rate limit, {AccountFrozen.code} account frozen, "
+                    f"{BatchNotNext.code} batch beyond the next, "
+                    f"{BatchNotVerified.code} no verified address, "
+                    f"{ProofInvalid.code} HSM proof does not verify, "
+                    f"{HsmUnavailableError.code} HSM unavailable, "
+                    f"{HsmRefusedError.code} HSM refused"
+                ),
+            },
+            "message": {"type": "string"},
+        },
+    },
+    "Time": {
+        "type": "object",
+        "required": ["time"],
+        "properties": {"time": ISO_TIME},
+    },
+    "User": {
+        "type": "object",
+        "required": [
+            "user_id",
+            "user_name",
+            "balance",
+            "receiving_index",
+            "address",
+            "register_at",
+        ],
+        "properties": {
+            "user_id": {"type": "integer"},
+            "user_name": {"type": "string"},
+            "balance": {
+                "type": "integer",
+                "description": "confirmed satoshi of the token's side (min confirmations)",
+            },
+            "receiving_index": {
+                "type": ["integer", "null"],
+                "description": "index of the current receiving address (null: none usable)",
+            },
+            "address": {
+                "type": ["string", "null"],
+                "description": "current receiving address: the one /address/next hands out next",
+            },
+            "register_at": ISO_TIME,
+            "wallet": {"type": "string", "enum": ["cold", "hot"]},
+            "status": {"type": "string", "enum": ["active", "frozen"]},
+            "network": {"type": "string"},
+            "min_confirmations": {"type": "integer"},
+            "descriptor": {"type": "string"},
+        },
+    },
+    "IndexedAddress": {
+        "type": "object",
+        "required": ["index", "address"],
+        "properties": {"index": {"type": "integer"}, "address": {"type": "string"}},
+    },
+    "TxInput": {
+        "type": "object",
+        "required": ["sn", "prev_tx_hash", "prev_out_sn", "address", "value", "is_mine"],
+        "properties": {
+            "sn": {"type": "integer"},
+            "prev_tx_hash": {"type": "string"},
+            "prev_out_sn": {"type": "integer"},
+            "address": {"type": "string"},
+            "value": {"type": "integer"},
+            "is_mine": {"type": "boolean"},
+        },
+    },
+    "TxOutput": {
+        "type": "object",
+        "required": ["sn", "address", "value", "is_mine", "status"],
+        "properties": {
+            "sn": {"type": "integer"},
+            "address": {"type": "string"},
+            "value": {"type": "integer"},
+            "is_mine": {"type": "boolean"},
+            "status": {"type": "integer", "enum": [0, 1], "description": "1 unspent, 0 spent"},
+        },
+    },
+    "Tx": {
+        "type": "object",
+        "required": [
+            "tx_hash",
+            "confirmation",
+            "confirm_at",
+            "tx_at",
+            "value",
+            "inputs",
+            "outputs",
+        ],
+        "properties": {
+            "tx_hash": TXID,
+            "confirmation": {"type": "integer", "minimum": 0},
+            "confirm_at": NULLABLE_TIME,
+            "tx_at": ISO_TIME,
+            "value": {
+                "type": "integer",
+                "description": "net effect on the side, satoshi (negative for spends)",
+            },
+            "inputs": {"type": "array", "items": _ref("TxInput")},
+            "outputs": {"type": "array", "items": _ref("TxOutput")},
+        },
+    },
+    "Result": {
+        "type": "object",
+        "required": ["result"],
+        "properties": {"result": {"type": "boolean"}},
+    },
+    "SendRequestForm": {
+        "type": "object",
+        "required": ["user_tx_no", "outs", "vc_code", "c_id"],
+        "properties": {
+            "coin_code": {"type": "string", "default": "BTC", "enum": ["BTC"]},
+            "user_tx_no": {"type": "string", "minLength": 1, "maxLength": 64},
+            "outs": {
+                "type": "string",
+                "description": "addr,value;addr,value (integer satoshi, above dust)",
+            },
+            "is_dynamic_fee": {"type": "integer", "enum": [0, 1], "default": 1},
+            "vc_code": {
+                "type": "string",
+                "description": "the V-device's signed message (base64, 65 bytes)",
+            },
+            "c_id": {"type": "string", "maxLength": 64},
+        },
+    },
+    "BatchStatusForm": {
+        "type": "object",
+        "required": ["status", "type"],
+        "properties": {
+            "status": {"type": "integer", "enum": [2, 3], "description": "2 verified, 3 failed"},
+            "type": {"type": "integer", "enum": [1, 2], "description": "1 hot, 2 cold"},
+        },
+    },
+    "SendState": {
+        "type": "object",
+        "required": [
+            "tx_hash",
+            "c_id",
+            "user_id",
+            "send_request",
+            "vc_code",
+            "request_at",
+            "hot_wallet_tx_id",
+            "tx_at",
+            "hot_wallet_tx_status",
+        ],
+        "properties": {
+            "tx_hash": {"type": ["string", "null"]},
+            "c_id": {"type": "string"},
+            "user_id": {"type": "integer"},
+            "send_request": {
+                "type": "object",
+                "required": ["coin_code", "user_tx_no", "is_dynamic_fee", "outs"],
+                "properties": {
+                    "coin_code": {"type": "string"},
+                    "user_tx_no": {"type": "string"},
+                    "is_dynamic_fee": {"type": "integer", "enum": [0, 1]},
+                    "outs": {"type": "string"},
+                },
+            },
+            "vc_code": {"type": "string"},
+            "request_at": ISO_TIME,
+            "hot_wallet_tx_id": {"type": "integer"},
+            "tx_at": NULLABLE_TIME,
+            "hot_wallet_tx_status": {"type": "string", "enum": ["pending", "OK", "failed"]},
+            "failure_reason": {"type": "string"},
+        },
+    },
+}
+
+RESPONSES: dict[str, Any] = {
+    "BadRequest": _json(_ref("Error"), "invalid input (code 2), or a domain refusal"),
+    "Unauthorized": _json(_ref("Error"), "missing or invalid token (code 4)"),
+    "Forbidden": _json(_ref("Error"), "the token's scope does not allow this call (code 5)"),
+    "NotFound": _json(_ref("Error"), "not found (code 6)"),
+    "Conflict": _json(_ref("Error"), "conflict with the current state"),
+    "RateLimited": _json(_ref("Error"), "too many requests for this token (code 8)"),
+    "Internal": _json(_ref("Error"), "internal error (code 1); nothing else is disclosed"),
+    "BadGateway": _json(_ref("Error"), "the HSM refused, or its proof did not verify"),
+    "Unavailable": _json(_ref("Error"), "the HSM could not be reached (code 13)"),
+    "MethodNotAllowed": _json(_ref("Error"), "method not allowed (code 15)"),
+}
+
+
+def _common(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {
+        "401": _err("Unauthorized"),
+        "403": _err("Forbidden"),
+        "404": _err("NotFound"),
+        "405": _err("MethodNotAllowed"),
+        "429": _err("RateLimited"),
+        "500": _err("Internal"),
+    }
+    out.update(extra or {})
+    return out
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    tag: str,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    extra: dict[str, Any] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "responses": {"200": ok, **_common(extra)},
+    }
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": _ref(body)}},
+        }
+    return op
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at `/api/v1/openapi.json`."""
+    batch_no = _path_param(
+        "batch_no",
+        {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_NO},
+        "batch n holds indices n*1000 .. n*1000+999",
+    )
+    addr_list = {"type": "array", "items": _ref("IndexedAddress")}
+    paths: dict[str, Any] = {
+        "/time": {"get": _op("Server time (UTC)", _json(_ref("Time"), "the time"), tag="time")},
+        "/user": {
+            "get": _op(
+                "The account, as seen from the token's side",
+                _json(_ref("User"), "the account"),
+                tag="user",
+            )
+        },
+        "/address/batch/{batch_no}": {
+            "get": _op(
+                "An address batch (exactly 1000), created if it is the next one",
+                _json(
+                    {**addr_list, "minItems": 1000, "maxItems": 1000},
+                    "the batch's addresses",
+                ),
+                tag="addresses",
+                params=[batch_no],
+                extra={
+                    "400": _err("BadRequest"),
+                    "502": _err("BadGateway"),
+                    "503": _err("Unavailable"),
+                },
+                description=(
+                    "A batch beyond the next is refused (400, code 10, the message names the "
+                    "next batch). A new batch comes with the cold HSM's proof, verified before "
+                    "it is stored; the V-device must verify it before its addresses are used."
+                ),
+            )
+        },
+        "/address/batch/{batch_no}/status": {
+            "post": _op(
+                "The V-device reports its verification of a batch (hot token)",
+                _json(_ref("Result"), "recorded"),
+                tag="addresses",
+                params=[batch_no],
+                body="BatchStatusForm",
+                extra={"400": _err("BadRequest"), "409": _err("Conflict")},
+                description="A failed batch never hands out an address; the operator is alerted.",
+            )
+        },
+        "/address/history/{path}": {
+            "get": _op(
+                "Addresses already handed out on a path, newest first (100 a page)",
+                _json(addr_list, "the addresses"),
+                tag="addresses",
+                params=[
+                    _path_param(
+                        "path", {"type": "integer", "enum": [0, 1]}, "0 receiving, 1 change"
+                    ),
+                    {
+                        "name": "since_address",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "continue after this address (older ones follow)",
+                    },
+                ],
+                extra={"400": _err("BadRequest")},
+            )
+        },
+        "/address/next": {
+            "get": _op(
+                "Hand out the next unused receiving address (from verified batches)",
+                _json(_ref("IndexedAddress"), "the address"),
+                tag="addresses",
+                extra={"409": _err("Conflict")},
+            )
+        },
+        "/tx": {
+            "get": _op(
+                "Transactions of the token's side, oldest first, 20 a page",
+                _json({"type": "array", "items": _ref("Tx"), "maxItems": 20}, "a page"),
+                tag="tx",
+                params=[
+                    {
+                        "name": "tx_hash",
+                        "in": "query",
+                        "required": False,
+                        "schema": TXID,
+                        "description": "start after this transaction (first page when absent)",
+                    }
+                ],
+                extra={"400": _err("BadRequest")},
+            )
+        },
+        "/tx/detail/{tx_hash}": {
+            "get": _op(
+                "One transaction",
+                _json(_ref("Tx"), "the transaction"),
+                tag="tx",
+                params=[_path_param("tx_hash", TXID, "transaction id")],
+                extra={"400": _err("BadRequest")},
+            )
+        },
+        "/tx/request": {
+            "post": _op(
+                "Request a hot send (hot token)",
+                _json(_ref("Result"), "accepted"),
+                tag="send",
+                body="SendRequestForm",
+                extra={"400": _err("BadRequest"), "409": _err("Conflict")},
+                description=(
+                    "Code 3 (HTTP 400) means this user_tx_no was already accepted: a retry is "
+                    "safe and creates nothing. A frozen account is refused (409, code 9)."
+                ),
+            )
+        },
+        "/tx/{user_tx_no}": {
+            "get": _op(
+                "State of a hot send (hot token)",
+                _json(_ref("SendState"), "the send"),
+                tag="send",
+                params=[
+                    _path_param(
+                        "user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, ""
+                    )
+                ],
+                extra={"400": _err("BadRequest")},
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ChainCloud custody API",
+            "version": VERSION,
+            "description": (
+                "The ChainCloud API (reference section 1) with our extensions. Every call "
+                "carries the account token in the `token` header: a cold-receiving token "
+                "reaches the cold side only, a hot-sending token the hot side."
+            ),
+        },
+        "servers": [{"url": "/api/v1/open"}],
+        "security": [{"token": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": RESPONSES,
+            "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "token"}},
+        },
+    }

@@ -1,0 +1,418 @@
+"""Fixtures of the custody API tests: databases (SQLite, PostgreSQL), the app, a software
+stand-in for the HSM pair, a recording Twilio endpoint, and provisioned accounts.
+
+Import the fixtures a test module uses by name from here. Every API test runs on SQLite and,
+when `postgresql://postgres@127.0.0.1:5432` answers, on a PostgreSQL database created for the
+test session (`cc_test_<random>`, dropped at the end); otherwise the PostgreSQL variants are
+skipped with the reason.
+
+`SoftwareHsmStandIn` is a TEST FIXTURE ONLY: it implements `HotHsmClient`'s methods with
+software keys (wallet_core), so the API can be tested while the real HSM processes are built.
+It derives batch addresses from the *private* roots along full BIP32 paths, independently of
+custody's fast public derivation, so the proofs are a real cross-check.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+from custody import accounts
+from custody.accounts import provision_message
+from custody.admin_cli import upgrade_database
+from custody.app import create_app
+from custody.db import make_engine, make_session_factory
+from custody.hsm_client import HsmRefused, ProvisionedAccount
+from custody.models import Base
+from wallet_core import secp
+from wallet_core.addresses import p2wpkh_address, p2wsh_address
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.chaincloud import BATCH_SIZE, batch_content
+from wallet_core.descriptors import add_checksum
+from wallet_core.messages import sign_message
+from wallet_core.networks import Network
+from wallet_core.psbt import Psbt
+from wallet_core.script import multisig_script
+from wallet_core.signatures import sign_digest
+from wallet_core.wallets import bip48_account_path, bip84_account_path
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+NETWORK = Network.REGTEST
+
+
+# -- the HSM stand-in ---------------------------------------------------------------------
+@dataclass
+class _SoftAccount:
+    network: Network
+    receiving_root: ExtendedKey
+    cosigner_root: ExtendedKey
+    recovery_root: ExtendedKey
+    hot_priv: bytes
+    frozen: bool = False
+    used_user_tx_nos: set[str] = field(default_factory=set)
+
+    @property
+    def hot_pub(self) -> bytes:
+        return secp.pubkey_from_privkey(self.hot_priv)
+
+    def receiving_account(self) -> ExtendedKey:
+        return self.receiving_root.derive(bip84_account_path(self.network, 0))
+
+    def multisig_account(self, root: ExtendedKey) -> ExtendedKey:
+        return root.derive(bip48_account_path(self.network, 0))
+
+
+class SoftwareHsmStandIn:
+    """Test-only stand-in for `custody.hsm_client.HotHsmClient` (software keys, one process).
+
+    `tamper_batch = (position, address)` makes the next proofs sign a batch string with that
+    address substituted, as a compromised link or HSM would.
+    """
+
+    def __init__(self) -> None:
+        self.identity_priv = secrets.token_bytes(32)
+        self.identity_pub = secp.pubkey_from_privkey(self.identity_priv)
+        self.accounts: dict[int, _SoftAccount] = {}
+        self.tamper_batch: tuple[int, str] | None = None
+        self.proofs_made = 0
+        self.frozen: list[tuple[int, str]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.channels: dict[tuple[int, str], str] = {}
+        self._lock = threading.Lock()
+
+    def _root(self, network: Network) -> ExtendedKey:
+        return ExtendedKey.from_seed(secrets.token_bytes(32), network)
+
+    def health(self) -> dict[str, Any]:
+        return {"paired": True, "cold_reachable": True, "accounts": len(self.accounts)}
+
+    def provision_account(
+        self, account: int, network: str, vdevice_identity: str, settlement_descriptor: str
+    ) -> ProvisionedAccount:
+        net = Network.from_name(network)
+        with self._lock:
+            acct = _SoftAccount(
+                net, self._root(net), self._root(net), self._root(net), secrets.token_bytes(32)
+            )
+            self.accounts[account] = acct
+        cos = acct.multisig_account(acct.cosigner_root).to_public()
+        rec = acct.multisig_account(acct.recovery_root).to_public()
+        p = ProvisionedAccount(
+            receiving_xpub=acct.receiving_account().to_public().serialize(),
+            cosigner_xpub=cos.serialize(),
+            cosigner_fingerprint=acct.cosigner_root.fingerprint.hex(),
+            recovery_xpub=rec.serialize(),
+            recovery_fingerprint=acct.recovery_root.fingerprint.hex(),
+            hot_pubkey=acct.hot_pub.hex(),
+            cold_identity=self.identity_pub.hex(),
+            proof="",
+        )
+        proof = sign_message(self.identity_priv, provision_message(account, net.value, p))
+        return ProvisionedAccount(**{**p.__dict__, "proof": proof})
+
+    def batch_addresses(self, account: int, wallet: str, batch_no: int) -> list[str]:
+        """The batch derived from the private roots along full paths (the slow, sure way)."""
+        acct = self.accounts[account]
+        start = batch_no * BATCH_SIZE
+        if wallet == "cold":
+            chain = acct.receiving_account().child(0)
+            return [
+                p2wpkh_address(chain.child(i).public_key, acct.network)
+                for i in range(start, start + BATCH_SIZE)
+            ]
+        cos = acct.multisig_account(acct.cosigner_root).child(0)
+        rec = acct.multisig_account(acct.recovery_root).child(0)
+        out = []
+        for i in range(start, start + BATCH_SIZE):
+            keys = [acct.hot_pub, cos.child(i).public_key, rec.child(i).public_key]
+            out.append(p2wsh_address(multisig_script(2, keys, sort=True), acct.network))
+        return out
+
+    def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
+        if account not in self.accounts:
+            raise HsmRefused("unknown account", code=602)
+        addresses = self.batch_addresses(account, wallet, batch_no)
+        if self.tamper_batch is not None:
+            pos, substitute = self.tamper_batch
+            addresses[pos] = substitute
+        self.proofs_made += 1
+        return sign_message(self.identity_priv, batch_content(addresses))
+
+    def register_channel(
+        self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
+    ) -> None:
+        self.channels[(account, c_id)] = channel_pubkey
+
+    def sign_send(
+        self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        acct = self.accounts[account]
+        if acct.frozen:
+            raise HsmRefused("account frozen", code=610)
+        if request["user_tx_no"] in acct.used_user_tx_nos:
+            raise HsmRefused("user_tx_no reused", code=614)
+        p = Psbt.from_base64(psbt)
+        p.sign_with_root(acct.cosigner_root)
+        p.sign(lambda digest: sign_digest(acct.hot_priv, digest), acct.hot_pub)
+        acct.used_user_tx_nos.add(request["user_tx_no"])
+        return p.to_base64()
+
+    def freeze(self, account: int, reason: str) -> None:
+        self.frozen.append((account, reason))
+        if account in self.accounts:
+            self.accounts[account].frozen = True
+
+    def cold_status(self) -> dict[str, Any]:
+        return {"accounts": len(self.accounts), "frozen": [a for a, _ in self.frozen]}
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        out, self.alerts = self.alerts, []
+        return out
+
+
+def vdevice_identity() -> str:
+    return secp.pubkey_from_privkey(secrets.token_bytes(32)).hex()
+
+
+def settlement_descriptor() -> str:
+    root = ExtendedKey.from_seed(secrets.token_bytes(32), NETWORK)
+    xpub = root.derive(bip84_account_path(NETWORK, 0)).to_public().serialize()
+    return add_checksum(f"wpkh([{root.fingerprint.hex()}/84h/1h/0h]{xpub}/0/*)")
+
+
+# -- a recording Twilio endpoint ----------------------------------------------------------
+@dataclass
+class SmsRecorder:
+    url: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    fail: bool = False
+
+
+class _TwilioHandler(BaseHTTPRequestHandler):
+    recorder: SmsRecorder
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        length = int(self.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        rec = self.server.recorder  # type: ignore[attr-defined]
+        if rec.fail:
+            body = json.dumps({"code": 21211, "message": "invalid 'To'", "status": 400})
+            self.send_response(400)
+        else:
+            rec.messages.append({"path": self.path, "auth": self.headers["Authorization"], **form})
+            sid = "SM" + secrets.token_hex(16)
+            body = json.dumps(
+                {
+                    "sid": sid,
+                    "status": "queued",
+                    "to": form.get("To"),
+                    "from": form.get("From"),
+                    "body": form.get("Body"),
+                    "date_created": "Mon, 01 Jan 2024 00:00:00 +0000",
+                }
+            )
+            self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="session")
+def sms_server() -> Iterator[SmsRecorder]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TwilioHandler)
+    recorder = SmsRecorder(f"http://127.0.0.1:{server.server_address[1]}")
+    server.recorder = recorder  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield recorder
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sms(sms_server: SmsRecorder) -> Iterator[SmsRecorder]:
+    sms_server.messages.clear()
+    sms_server.fail = False
+    yield sms_server
+    sms_server.fail = False
+
+
+# -- databases -----------------------------------------------------------------------------
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL at 127.0.0.1:5432 not reachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file, copied for each test (migrations run once)."""
+    path = tmp_path_factory.mktemp("custody-db") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    reason = _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg  # noqa: PLC0415
+
+    name = f"cc_test_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database for one test, on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "custody.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("pg_database")
+    engine = make_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def session_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url, pool_size=5)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+# -- config, app, client, runner ----------------------------------------------------------
+def make_config(tmp_path: Path, db_url: str, sms_url: str, **custody: Any) -> Config:
+    raw: dict[str, Any] = {
+        "deployment": {"name": "test", "network": "regtest"},
+        "phones": {"operator": "+15550001000", "owner": "+15550000200"},
+        "twilio": {
+            "account_sid": "AC" + "0" * 32,
+            "auth_token": secrets.token_hex(16),
+            "from_number": "+15550009999",
+            "base_url": sms_url,
+            "timeout": 5.0,
+        },
+        "custody": {
+            "database_url": db_url,
+            "secret_key": secrets.token_hex(32),
+            "host": "127.0.0.1",
+            "port": 1,
+            **custody,
+        },
+        "hsm_cold": {"numbers": ["+15550000001", "+15550000002"]},
+    }
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Config(data_dir=tmp_path, path=tmp_path / "chaincloud.toml", raw=raw)
+
+
+@pytest.fixture
+def hsm() -> SoftwareHsmStandIn:
+    return SoftwareHsmStandIn()
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str, sms: SmsRecorder) -> Config:
+    return make_config(tmp_path, db_url, sms.url)
+
+
+@pytest.fixture
+def app(config: Config, hsm: SoftwareHsmStandIn, session_factory: sessionmaker[Session]) -> Flask:
+    a = create_app(config, hsm=hsm, session_factory=session_factory)
+    a.testing = True
+    return a
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@dataclass
+class TestAccount:
+    id: int
+    cold_token: str
+    hot_token: str
+    created: accounts.CreatedAccount
+
+    @property
+    def cold(self) -> dict[str, str]:
+        return {"token": self.cold_token}
+
+    @property
+    def hot(self) -> dict[str, str]:
+        return {"token": self.hot_token}
+
+
+def new_account(
+    factory: sessionmaker[Session], hsm: SoftwareHsmStandIn, name: str | None = None
+) -> TestAccount:
+    with factory() as session, session.begin():
+        created = accounts.create_account(
+            session,
+            hsm,
+            name or f"merchant-{secrets.token_hex(3)}",
+            "+15550000100",
+            "+15550000200",
+            settlement_descriptor(),
+            vdevice_identity(),
+            network=NETWORK,
+        )
+    return TestAccount(created.account_id, created.cold_token, created.hot_token, created)
+
+
+@pytest.fixture
+def account(session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn) -> TestAccount:
+    return new_account(session_factory, hsm, "alice")
+
+
+@pytest.fixture
+def other_account(session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn) -> TestAccount:
+    return new_account(session_factory, hsm, "bob")

@@ -1,0 +1,170 @@
+# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
+"""The operator CLI of the custody API (`custody db upgrade`, `account ...`, `token rotate`,
+`alerts`, `serve`) and the migrations (they build exactly the models' schema)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import requests
+import tomli_w
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from cc_common.deployment import free_port
+from custody import admin_cli
+from custody.admin_cli import upgrade_database
+from custody.cli import main as custody_main
+from custody.db import make_engine
+from custody.models import Base
+from tests.api_fixtures import (  # noqa: F401 (fixtures)
+    SoftwareHsmStandIn,
+    db_url,
+    pg_database,
+    settlement_descriptor,
+    sms,
+    sms_server,
+    sqlite_template,
+    vdevice_identity,
+)
+
+
+def test_migrations_match_the_models(db_url):
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def write_config(data_dir: Path, sms_url: str, **custody) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "run").mkdir(exist_ok=True)
+    raw = {
+        "deployment": {"name": "t", "network": "regtest"},
+        "phones": {"operator": "+15550001000"},
+        "twilio": {
+            "account_sid": "AC" + "1" * 32,
+            "auth_token": "t" * 32,
+            "from_number": "+15550009999",
+            "base_url": sms_url,
+        },
+        "custody": {
+            "database_url": f"sqlite:///{data_dir / 'custody.db'}",
+            "secret_key": "k" * 64,
+            "host": "127.0.0.1",
+            "port": free_port(),
+            **custody,
+        },
+        "hsm_cold": {"numbers": ["+15550000001", "+15550000002"]},
+    }
+    (data_dir / "chaincloud.toml").write_text(tomli_w.dumps(raw))
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = custody_main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_account_lifecycle_cli(tmp_path, sms, capsys, monkeypatch):
+    d = str(tmp_path / "dep")
+    write_config(Path(d), sms.url)
+    hsm = SoftwareHsmStandIn()
+    monkeypatch.setattr(admin_cli, "_hsm", lambda config: hsm)
+    assert run_cli(capsys, "db", "upgrade", "--dir", d)[0] == 0
+    code, out, err = run_cli(
+        capsys,
+        "account",
+        "create",
+        "acme",
+        "--dir",
+        d,
+        "--vdevice-phone",
+        "+15550000100",
+        "--owner-phone",
+        "+15550000200",
+        "--settlement-descriptor",
+        settlement_descriptor(),
+        "--vdevice-identity",
+        vdevice_identity(),
+    )
+    assert code == 0, err
+    created = json.loads(out)
+    bundle = created["vdevice_bundle"]
+    assert bundle["cold_identity"] == hsm.identity_pub.hex()
+    assert bundle["cold_numbers"] == ["+15550000001", "+15550000002"]
+    assert bundle["hot_token"] == created["tokens"]["hot"]
+    assert bundle["custody_url"].startswith("http://127.0.0.1:")
+    assert set(created["descriptors"]) == {
+        "cold_receive",
+        "cold_change",
+        "hot_receive",
+        "hot_change",
+    }
+    aid = str(created["account_id"])
+    code, out, _ = run_cli(capsys, "account", "list", "--dir", d)
+    assert code == 0 and "acme" in out and "active" in out
+    code, out, _ = run_cli(capsys, "account", "show", aid, "--dir", d)
+    shown = json.loads(out)
+    assert shown["name"] == "acme" and len(shown["tokens"]) == 2
+    assert created["tokens"]["hot"] not in out and created["tokens"]["cold"] not in out
+    code, out, _ = run_cli(capsys, "token", "rotate", aid, "--scope", "hot", "--dir", d)
+    assert code == 0 and json.loads(out)["token"] != created["tokens"]["hot"]
+    code, out, _ = run_cli(capsys, "account", "freeze", aid, "--reason", "lost phone", "--dir", d)
+    assert code == 0 and "frozen" in out
+    code, out, _ = run_cli(capsys, "alerts", "--dir", d)
+    assert "account_frozen" in out and "yes" in out
+    code, out, _ = run_cli(capsys, "journal", "verify", "--dir", d)
+    assert code == 0 and "journal ok: 5 entries" in out
+    code, _, err = run_cli(capsys, "account", "show", "99", "--dir", d)
+    assert code == 2 and "does not exist" in err
+
+
+def test_serve_refuses_placeholder_secret(tmp_path, sms, capsys):
+    d = tmp_path / "dep"
+    write_config(d, sms.url, secret_key="change-me")
+    code, _, err = run_cli(capsys, "serve", "--dir", str(d))
+    assert code == 2 and "secret_key" in err and "placeholder" in err
+
+
+def test_serve_runs_gunicorn_and_marks_ready(tmp_path, sms):
+    d = tmp_path / "dep"
+    write_config(d, sms.url, workers=1)
+    upgrade_database(f"sqlite:///{d / 'custody.db'}")
+    port = tomllib.loads((d / "chaincloud.toml").read_text())["custody"]["port"]
+    ready = d / "run" / "custody-api.ready"
+    env = {**os.environ, "CC_DATA_DIR": str(d)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "custody.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "custody serve never became ready"
+            time.sleep(0.05)
+        assert json.loads(ready.read_text())["pid"] == proc.pid
+        r = requests.get(f"http://127.0.0.1:{port}/api/v1/open/time", timeout=5)
+        assert r.status_code == 401 and r.json()["code"] == 4
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/docs", timeout=5).ok
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("custody serve did not stop on SIGTERM")
+    assert not ready.exists()
