@@ -59,6 +59,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
     node_user = "cc-" + secrets.token_hex(4)
     node_password = secrets.token_urlsafe(24)
     module = find_softhsm_module()
+    custody_port = free_port()
     return {
         "deployment": {"name": "local", "network": "regtest"},
         "phones": {"operator": OPERATOR_NUMBER, "owner": OWNER_NUMBER},
@@ -162,7 +163,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "database_url": f"sqlite:///{data_dir / 'custody.db'}",
             "secret_key": secrets.token_hex(32),
             "host": "127.0.0.1",
-            "port": free_port(),
+            "port": custody_port,
         },
         "vdevice": {
             "modem_port": "dev/modem-vdevice",
@@ -174,6 +175,11 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "port": free_port(),
             "vtest_password": secrets.token_urlsafe(12),
             "database_url": f"sqlite:///{data_dir / 'merchant.db'}",
+            "custody_url": f"http://127.0.0.1:{custody_port}",
+            # Shared with the V-device, sent in the X-VDevice-Token header ("" = no check).
+            "vdevice_token": secrets.token_hex(24),
+            # Demo switch: accept unencrypted raw_vtest_info (plays a hacked site).
+            "allow_raw_vtest": False,
         },
     }
 

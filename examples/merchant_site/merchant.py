@@ -1,0 +1,96 @@
+"""The merchant's own side: queue withdrawals, fetch address batches, see what happened.
+
+These pages are for the merchant, not the V-device. They are open unless
+`[merchant_site] admin_token` is set (then send it in `X-Merchant-Token`): bind the site to
+loopback or put it behind your own login.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, render_template
+
+from examples.merchant_site import forms, store
+from examples.merchant_site.app import (
+    ADMIN_TOKEN_HEADER,
+    check_shared_token,
+    custody_token,
+    db,
+    site,
+    transaction,
+)
+from examples.merchant_site.errors import Conflict, Forbidden
+from examples.merchant_site.models import AddressType
+
+bp = Blueprint("merchant", __name__, template_folder="templates")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    check_shared_token(site().settings.admin_token, ADMIN_TOKEN_HEADER)
+
+
+@bp.get("/")
+def index() -> str:
+    s = db()
+    return render_template(
+        "index.html", batches=store.list_batches(s), withdrawals=store.list_withdrawals(s)
+    )
+
+
+@bp.get("/merchant/batches")
+def list_batches() -> list[dict[str, Any]]:
+    return [b.summary() for b in store.list_batches(db())]
+
+
+@bp.post("/merchant/batches/fetch")
+def fetch_batch() -> tuple[dict[str, Any], int]:
+    """Fields `type` (hot/cold or 1/2) and `batch_no`: fetch it from custody for verification."""
+    data = forms.request_data()
+    address_type = forms.address_type(data)
+    batch_no = forms.integer(data, "batch_no")
+    token = custody_token(f"{address_type.name.lower()}_token")
+    with transaction() as s:
+        batch = store.fetch_batch(s, site().custody, token, address_type, batch_no)
+    return batch.summary(), 201
+
+
+@bp.get("/merchant/withdrawals")
+def list_withdrawals() -> list[dict[str, Any]]:
+    return [w.summary() for w in store.list_withdrawals(db())]
+
+
+@bp.post("/merchant/withdrawals")
+def enqueue_withdrawal() -> tuple[dict[str, Any], int]:
+    """Fields `outs` ("addr,value;addr,value") and `dynamic` (0/1, default 1).
+
+    DEMO SWITCH: with `[merchant_site] allow_raw_vtest = true`, `raw_vtest_info` is stored as
+    given, unencrypted: how the demo plays a hacked site whose requests the V-device refuses.
+    """
+    data = forms.request_data()
+    settings = site().settings
+    raw = forms.text(data, "raw_vtest_info", required=False)
+    with transaction() as s:
+        if raw:
+            if not settings.allow_raw_vtest:
+                raise Forbidden("raw_vtest_info needs the demo switch allow_raw_vtest = true")
+            w = store.add_withdrawal(s, raw, None, None)
+        else:
+            outs, dynamic = forms.text(data, "outs"), forms.dynamic(data)
+            w = store.enqueue_withdrawal(
+                s, outs, dynamic, settings.vtest_password, settings.network
+            )
+    return w.summary(), 201
+
+
+@bp.post("/merchant/deposit-address")
+def deposit_address() -> dict[str, Any]:
+    """Custody's next cold address, given out only if it is in a batch the V-device verified."""
+    index, address = site().custody.next_address(custody_token("cold_token"))
+    if store.find_in_verified_batch(db(), AddressType.COLD, index, address) is None:
+        raise Conflict(
+            f"custody's next address {address} (index {index}) is not in a verified cold "
+            "batch: do not use it (fetch and verify its batch first)"
+        )
+    return {"index": index, "address": address}
