@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration")
     p.set_defaults(handler=cmd_init)
 
-    from custody import supervisor_cli  # noqa: PLC0415 (keeps `custody init` import-light)
+    from custody import admin_cli, supervisor_cli, worker
 
-    supervisor_cli.register(sub)
+    supervisor_cli.register(sub)  # up, status, down
+    admin_cli.register(sub)  # db, serve, account, token, alerts, journal
+    worker.register(sub)  # worker
     return parser
 
 

@@ -1,0 +1,767 @@
+"""The hot-send pipeline: PENDING -> BUILT -> SIGNED -> BROADCAST -> CONFIRMED (or FAILED).
+
+Each transition is its own database transaction, committed before the next step starts, and
+each step starts from what is stored, so a crash anywhere resumes without a second payment
+(DESIGN invariant 5):
+
+- **BUILT** records, in one transaction, the chosen inputs (`utxos.reserved_by_send`), the
+  change index (taken from `accounts.hot_change_next`, its `Address` row inserted so the
+  watcher recognises the change), the fee and the unsigned PSBT. A send that is BUILT is never
+  rebuilt: every later step uses exactly the stored PSBT, so a retry can only produce the same
+  transaction.
+- **SIGNED** asks the hot HSM (which asks the cold HSM) to sign the stored PSBT, finalizes it,
+  checks that the final transaction spends exactly the recorded inputs and pays exactly `outs`
+  plus the recorded change, and stores `tx_hex`/`txid`. A crash before the store repeats the
+  signing request for the *same* transaction.
+- **BROADCAST** sends the stored `tx_hex`. "Already in the chain / mempool" counts as success,
+  so a crash after the node accepted it and before we recorded that only re-announces the same
+  transaction. A definitive rejection (the node does not know the txid) fails the send and
+  releases its inputs.
+- **CONFIRMED** once the watcher recorded the transaction in a block.
+
+Claiming: a worker takes a send with a lease (`locked_by`, `locked_until`), claimed with
+`SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL and a compare-and-set UPDATE everywhere; every
+step's write re-checks the lease, so a worker that lost it (or crashed and came back) writes
+nothing. UTXOs are row-locked (`FOR UPDATE SKIP LOCKED`) during selection and reserved by a
+conditional UPDATE, so two workers never spend the same coin. The HSM and node being
+unreachable are temporary: the send stays where it is and is retried with backoff; after
+`hsm_alert_after` attempts the operator is alerted (`cold_unreachable`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+from cc_common.errors import CustodyError
+from custody import journal
+from custody.alerts import AlertKind, raise_alert
+from custody.balances import tip_height
+from custody.batches import account_keys
+from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
+from custody.chain.rpc import BitcoinRPC
+from custody.db import transaction
+from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
+from custody.models import (
+    Account,
+    AccountStatus,
+    Address,
+    Chain,
+    ChainTx,
+    Send,
+    SendStatus,
+    TxStatus,
+    Utxo,
+    Wallet,
+    utcnow,
+)
+from custody.watcher import default_owner, is_postgres
+from wallet_core import coinselect
+from wallet_core.addresses import address_to_script
+from wallet_core.bip32 import ChainDeriver, ExtendedKey, parse_path
+from wallet_core.chaincloud import parse_outs
+from wallet_core.errors import CoinSelectionError, FeeEstimateError, WalletError
+from wallet_core.fees import (
+    DEFAULT_CEILING_SAT_VB,
+    DEFAULT_FLOOR_SAT_VB,
+    feerate_from_estimate,
+    output_weight,
+)
+from wallet_core.hashes import hash160
+from wallet_core.networks import Network
+from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.wallets import KeyOrigin
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
+
+
+class SendEvent:
+    BUILT = "send_built"
+    SIGNED = "send_signed"
+    BROADCAST = "send_broadcast"
+    CONFIRMED = "send_confirmed"
+    FAILED = "send_failed"
+
+
+class SendFailed(CustodyError):
+    """A definitive failure of one send: it becomes FAILED with this message as the reason."""
+
+    code = 700
+
+
+class _LostLease(Exception):
+    """Another worker owns the send now: write nothing."""
+
+
+class _Race(Exception):
+    """A chosen UTXO was taken between selection and reservation: select again."""
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """`[custody]` keys: fee_rate_sat_vb, fee_floor_sat_vb, fee_ceiling_sat_vb,
+    fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs."""
+
+    fee_rate: float = 2.0
+    fee_floor: float = DEFAULT_FLOOR_SAT_VB
+    fee_ceiling: float = DEFAULT_CEILING_SAT_VB
+    conf_target: int = 6
+    min_conf: int = 1
+    lease_seconds: float = 180.0  # longer than the HSM RPC timeout
+    backoff_initial: float = 2.0
+    backoff_max: float = 300.0
+    alert_after: int = 5
+    max_inputs: int = 50
+    claim_batch: int = 10
+
+    @classmethod
+    def from_config(cls, config: Config) -> SendSettings:
+        s = config.section("custody")
+        d = cls()
+        return cls(
+            fee_rate=s.float("fee_rate_sat_vb", d.fee_rate),
+            fee_floor=s.float("fee_floor_sat_vb", d.fee_floor),
+            fee_ceiling=s.float("fee_ceiling_sat_vb", d.fee_ceiling),
+            conf_target=s.int("fee_conf_target", d.conf_target),
+            min_conf=s.int("send_min_conf", d.min_conf),
+            lease_seconds=s.float("send_lease_seconds", d.lease_seconds),
+            backoff_initial=s.float("send_backoff_initial", d.backoff_initial),
+            backoff_max=s.float("send_backoff_max", d.backoff_max),
+            alert_after=s.int("hsm_alert_after", d.alert_after),
+            max_inputs=s.int("send_max_inputs", d.max_inputs),
+            claim_batch=s.int("send_claim_batch", d.claim_batch),
+        )
+
+
+# ---------------------------------------------------------------------- the hot wallet
+
+_ORIGIN_RE = re.compile(r"\[([0-9a-fA-F]{8})((?:/[0-9]+['h]?)*)\]([1-9A-HJ-NP-Za-km-z]{100,120})")
+
+
+@dataclass(frozen=True)
+class HotKeys:
+    """The three keys of one hot address with their PSBT origins (BIP32 derivations).
+
+    The hot key is one fixed key per account (PKCS#11 cannot derive): its origin is its own
+    fingerprint (HASH160[:4]) and an empty path. Cold and recovery keys carry the master
+    fingerprints and BIP48 paths from the account's hot descriptor.
+    """
+
+    hot_pubkey: bytes
+    cold: ExtendedKey
+    cold_origin: tuple[bytes, tuple[int, ...]]
+    recovery: ExtendedKey
+    recovery_origin: tuple[bytes, tuple[int, ...]]
+
+    def origins(self, chain: int, index: int) -> dict[bytes, KeyOrigin]:
+        cold = ChainDeriver(self.cold.child(chain)).pubkey(index)
+        rec = ChainDeriver(self.recovery.child(chain)).pubkey(index)
+        cfp, cpath = self.cold_origin
+        rfp, rpath = self.recovery_origin
+        return {
+            self.hot_pubkey: KeyOrigin(hash160(self.hot_pubkey)[:4], ()),
+            cold: KeyOrigin(cfp, (*cpath, chain, index)),
+            rec: KeyOrigin(rfp, (*rpath, chain, index)),
+        }
+
+
+def _descriptor_origin(descriptor: str, key: ExtendedKey) -> tuple[bytes, tuple[int, ...]]:
+    """Origin of `key` as written in the account's hot descriptor (else the key itself)."""
+    for fpr, path, xpub in _ORIGIN_RE.findall(descriptor or ""):
+        try:
+            candidate = ExtendedKey.parse(xpub)
+        except WalletError:
+            continue
+        if candidate.key == key.key and candidate.chain_code == key.chain_code:
+            return bytes.fromhex(fpr), parse_path(path.lstrip("/")) if path else ()
+    return hash160(key.key)[:4], ()
+
+
+def hot_keys(account: Account) -> HotKeys:
+    keys = account_keys(account)
+    return HotKeys(
+        keys.hot_pubkey,
+        keys.cosigner,
+        _descriptor_origin(account.hot_descriptor, keys.cosigner),
+        keys.recovery,
+        _descriptor_origin(account.hot_descriptor, keys.recovery),
+    )
+
+
+def ensure_address(session: Session, account: Account, chain: Chain, index: int) -> Address:
+    """The hot `Address` row at (chain, index), inserted if missing (so the watcher sees it)."""
+    row = session.execute(
+        select(Address).where(
+            Address.account_id == account.id,
+            Address.wallet == Wallet.HOT,
+            Address.chain == chain,
+            Address.index == index,
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        return row
+    derived = account_keys(account).one(Wallet.HOT, chain, index)
+    row = Address(
+        account_id=account.id,
+        wallet=Wallet.HOT,
+        chain=chain,
+        index=index,
+        address=derived.address,
+        script_pubkey=derived.script_pubkey,
+        handed_out_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+# ---------------------------------------------------------------------- raw transactions
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    n = raw[pos]
+    if n < 0xFD:
+        return n, pos + 1
+    size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[n]
+    return int.from_bytes(raw[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
+
+
+@dataclass(frozen=True)
+class ParsedTx:
+    txid: str
+    inputs: list[tuple[str, int]]
+    outputs: list[tuple[bytes, int]]
+
+
+def parse_tx(raw: bytes) -> ParsedTx:
+    """Outpoints, outputs and txid of a serialized transaction (our own independent reading)."""
+    pos = 4
+    segwit = raw[4] == 0 and raw[5] != 0
+    if segwit:
+        pos += 2
+    start_body = pos
+    n_in, pos = _read_varint(raw, pos)
+    inputs = []
+    for _ in range(n_in):
+        txid = raw[pos : pos + 32][::-1].hex()
+        vout = int.from_bytes(raw[pos + 32 : pos + 36], "little")
+        pos += 36
+        slen, pos = _read_varint(raw, pos)
+        pos += slen + 4
+        inputs.append((txid, vout))
+    n_out, pos = _read_varint(raw, pos)
+    outputs = []
+    for _ in range(n_out):
+        value = int.from_bytes(raw[pos : pos + 8], "little")
+        slen, pos = _read_varint(raw, pos + 8)
+        outputs.append((raw[pos : pos + slen], value))
+        pos += slen
+    end_body = pos
+    if segwit:
+        for _ in range(n_in):
+            items, pos = _read_varint(raw, pos)
+            for _ in range(items):
+                ilen, pos = _read_varint(raw, pos)
+                pos += ilen
+    if pos + 4 != len(raw):
+        raise SendFailed("final transaction has trailing or missing bytes")
+    legacy = raw[:4] + raw[start_body:end_body] + raw[pos : pos + 4]
+    txid = hashlib.sha256(hashlib.sha256(legacy).digest()).digest()[::-1].hex()
+    return ParsedTx(txid, inputs, outputs)
+
+
+# ---------------------------------------------------------------------- the worker
+
+
+class SendWorker:
+    """Moves claimed sends through the pipeline; `step()` is called by the worker loop."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        rpc: BitcoinRPC,
+        hsm: HotHsmClient | Any,
+        settings: SendSettings | None = None,
+        config: Config | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.factory = session_factory
+        self.rpc = rpc
+        self.hsm = hsm
+        self.settings = settings or SendSettings()
+        self.config = config
+        self.owner = owner or default_owner("sends")
+
+    # ------------------------------------------------------------------ claiming
+
+    def _claimable(self, now: Any, statuses: Sequence[SendStatus] = ACTIVE) -> Any:
+        return and_(
+            Send.status.in_(statuses),
+            or_(Send.locked_until.is_(None), Send.locked_until < now, Send.locked_by == self.owner),
+        )
+
+    def claim(self, limit: int | None = None, statuses: Sequence[SendStatus] = ACTIVE) -> list[int]:
+        """Take up to `limit` due sends in `statuses`; returns their ids (lease held by us)."""
+        limit = limit or self.settings.claim_batch
+        now = utcnow()
+        until = now + timedelta(seconds=self.settings.lease_seconds)
+        claimed: list[int] = []
+        with transaction(self.factory) as s:
+            due = self._claimable(now, statuses)
+            q = select(Send.id).where(due).order_by(Send.id).limit(limit)
+            if is_postgres(s):
+                q = q.with_for_update(skip_locked=True)
+            for send_id in s.execute(q).scalars().all():
+                res = s.execute(
+                    update(Send)
+                    .where(Send.id == send_id, due)
+                    .values(locked_by=self.owner, locked_until=until)
+                )
+                if res.rowcount == 1:
+                    claimed.append(send_id)
+        return claimed
+
+    def _hold(self, s: Session, send_id: int) -> Send:
+        """First statement of every step's transaction: renew our lease or give up.
+
+        Being a write, it also takes SQLite's write lock, so what we read next is current.
+        """
+        until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        res = s.execute(
+            update(Send)
+            .where(Send.id == send_id, Send.locked_by == self.owner)
+            .values(locked_until=until)
+        )
+        if res.rowcount != 1:
+            raise _LostLease()
+        send = s.get(Send, send_id, populate_existing=True)
+        assert send is not None
+        return send
+
+    def _unlock(self, s: Session, send: Send, delay: float = 0.0) -> None:
+        send.locked_by = None
+        send.locked_until = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+
+    # ------------------------------------------------------------------ driving
+
+    def step(self, limit: int | None = None) -> dict[int, SendStatus]:
+        """Claim due sends and take each as far as it can go now; returns their states."""
+        out: dict[int, SendStatus] = {}
+        for send_id in self.claim(limit):
+            out[send_id] = self.process(send_id)
+        return out
+
+    def process(self, send_id: int) -> SendStatus:
+        """Advance one claimed send until it waits (for the HSM, the node, the chain) or ends."""
+        status = self._status(send_id)
+        for _ in range(5):
+            new = self.advance(send_id)
+            if new is SendStatus.BROADCAST and status is not SendStatus.BROADCAST:
+                return self.advance(send_id)  # already confirmed? else wait for the watcher
+            if new == status or new in (SendStatus.FAILED, SendStatus.CONFIRMED):
+                return new
+            status = new
+        return status
+
+    def _status(self, send_id: int) -> SendStatus:
+        with self.factory() as s:
+            return SendStatus(s.execute(select(Send.status).where(Send.id == send_id)).scalar())
+
+    def advance(self, send_id: int) -> SendStatus:
+        """Exactly one transition of a send we hold (tests call it to stop between steps)."""
+        status = self._status(send_id)
+        try:
+            if status is SendStatus.PENDING:
+                self._build(send_id)
+            elif status is SendStatus.BUILT:
+                self._sign(send_id)
+            elif status is SendStatus.SIGNED:
+                self._broadcast(send_id)
+            elif status is SendStatus.BROADCAST:
+                self._follow(send_id)
+        except _LostLease:
+            log.info("send %d: lease lost to another worker", send_id)
+        except (HsmUnavailable, ChainUnavailable) as exc:
+            self._retry_later(send_id, exc)
+        except OperationalError:  # deadlock victim, database busy: nothing was written
+            log.warning("send %d: database conflict; retrying later", send_id)
+            self._retry_later(send_id, None)
+        except SendFailed as exc:
+            self._fail(send_id, exc.message)
+        return self._status(send_id)
+
+    # ------------------------------------------------------------------ PENDING -> BUILT
+
+    def _fee_rate(self, dynamic: int) -> float:
+        s = self.settings
+        if not dynamic:
+            return s.fee_rate
+        est = self.rpc.estimate_smart_fee(s.conf_target)
+        result = {"feerate": est.feerate, "errors": list(est.errors)}
+        try:
+            return feerate_from_estimate(
+                result, floor=s.fee_floor, ceiling=s.fee_ceiling, fallback=s.fee_rate
+            )
+        except FeeEstimateError:
+            return s.fee_rate
+
+    def _build(self, send_id: int) -> None:
+        with self.factory() as s:
+            send = s.get(Send, send_id)
+            assert send is not None
+            dynamic = send.is_dynamic_fee
+        rate = self._fee_rate(dynamic)  # the node is asked outside the transaction
+        for _ in range(5):
+            try:
+                with transaction(self.factory) as s:
+                    send = self._hold(s, send_id)
+                    if send.status is not SendStatus.PENDING:
+                        return
+                    self._build_in(s, send, rate)
+                return
+            except _Race:
+                continue
+        log.info("send %d: UTXOs contended; retrying later", send_id)
+        with transaction(self.factory) as s:
+            self._unlock(s, self._hold(s, send_id), self.settings.backoff_initial)
+
+    def _build_in(self, s: Session, send: Send, rate: float) -> None:
+        # One build per account at a time (PostgreSQL row lock; SQLite's write lock is held
+        # already): the change index and the reserved set are consistent.
+        account = s.get(Account, send.account_id, with_for_update=is_postgres(s))
+        assert account is not None
+        if account.status is AccountStatus.FROZEN:
+            self._fail_in(s, send, f"account is frozen: {account.frozen_reason}".rstrip(": "))
+            return
+        network = Network.from_name(account.network)
+        try:
+            outs = parse_outs(send.outs, network)
+        except WalletError as exc:
+            self._fail_in(s, send, f"invalid outs: {exc.message}")
+            return
+        scripts = [address_to_script(o.address, network) for o in outs]
+        amount = sum(o.value for o in outs)
+        tip = tip_height(s)
+        if tip is None:
+            self._fail_in(s, send, "insufficient funds: no confirmed hot-wallet coins")
+            return
+        q = (
+            select(Utxo, Address)
+            .join(Address, Address.id == Utxo.address_id)
+            .where(
+                Utxo.account_id == account.id,
+                Utxo.wallet == Wallet.HOT,
+                Utxo.block_height.is_not(None),
+                Utxo.block_height <= tip - max(self.settings.min_conf, 1) + 1,
+                Utxo.spent_by.is_(None),
+                Utxo.reserved_by_send.is_(None),
+            )
+            .order_by(Utxo.id)
+        )
+        if is_postgres(s):
+            q = q.with_for_update(skip_locked=True, of=Utxo)
+        rows = s.execute(q).all()
+        by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
+        candidates = [coinselect.Utxo(u.txid, u.vout, u.value) for u, _ in rows]
+        try:
+            sel = coinselect.select_coins(
+                candidates,
+                amount,
+                rate,
+                outputs_weight=sum(output_weight(sc) for sc in scripts),
+                max_inputs=self.settings.max_inputs,
+            )
+        except CoinSelectionError as exc:
+            self._fail_in(s, send, f"insufficient funds: {exc.message}")
+            return
+        chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
+        ids = [u.id for u, _ in chosen]
+        res = s.execute(
+            update(Utxo)
+            .where(Utxo.id.in_(ids), Utxo.reserved_by_send.is_(None), Utxo.spent_by.is_(None))
+            .values(reserved_by_send=send.id)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != len(ids):
+            raise _Race()
+        keys = hot_keys(account)
+        inputs = [
+            PsbtInput(
+                txid=u.txid,
+                vout=u.vout,
+                value=u.value,
+                script_pubkey=bytes(a.script_pubkey),
+                witness_script=account_keys(account)
+                .one(Wallet.HOT, Chain(a.chain), a.index)
+                .witness_script,
+                origins=keys.origins(int(a.chain), a.index),
+            )
+            for u, a in chosen
+        ]
+        outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, outs, strict=True)]
+        change_index = None
+        if sel.has_change:
+            change_index = (
+                s.execute(
+                    update(Account)
+                    .where(Account.id == account.id)
+                    .values(hot_change_next=Account.hot_change_next + 1)
+                    .returning(Account.hot_change_next)
+                ).scalar_one()
+                - 1
+            )
+            change = ensure_address(s, account, Chain.CHANGE, change_index)
+            ws = account_keys(account).one(Wallet.HOT, Chain.CHANGE, change_index).witness_script
+            outputs.append(
+                PsbtOutput(
+                    bytes(change.script_pubkey),
+                    sel.change,
+                    origins=keys.origins(int(Chain.CHANGE), change_index),
+                    witness_script=ws,
+                )
+            )
+        psbt = Psbt.create(inputs, outputs)
+        send.psbt = psbt.to_base64()
+        send.fee = sel.fee
+        send.change_index = change_index
+        send.status = SendStatus.BUILT
+        send.attempts = 0
+        journal.append(
+            s,
+            SendEvent.BUILT,
+            send.account_id,
+            {
+                "user_tx_no": send.user_tx_no,
+                "txid": psbt.txid,
+                "inputs": [f"{u.txid}:{u.vout}" for u, _ in chosen],
+                "fee": sel.fee,
+                "change_index": change_index,
+            },
+        )
+        log.info("send %d built (%d inputs)", send.id, len(chosen))
+
+    # ------------------------------------------------------------------ BUILT -> SIGNED
+
+    def _sign(self, send_id: int) -> None:
+        with self.factory() as s:
+            send = s.get(Send, send_id)
+            assert send is not None and send.psbt is not None
+            request = {
+                "coin_code": send.coin_code,
+                "is_dynamic_fee": send.is_dynamic_fee,
+                "outs": send.outs,
+                "user_tx_no": send.user_tx_no,
+            }
+            account_id, psbt_b64 = send.account_id, send.psbt
+            vc_code, c_id = send.vc_code, send.c_id
+        try:
+            signed = self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id)
+        except HsmRefused as exc:
+            raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
+        try:
+            tx_hex = self._finalize(psbt_b64, signed)
+        except WalletError as exc:
+            raise SendFailed(f"signed PSBT unusable: {exc.message}") from None
+        with transaction(self.factory) as s:
+            send = self._hold(s, send_id)
+            if send.status is not SendStatus.BUILT:
+                return
+            parsed = parse_tx(bytes.fromhex(tx_hex))
+            self._verify_final(s, send, parsed)
+            send.tx_hex = tx_hex
+            send.txid = parsed.txid
+            send.status = SendStatus.SIGNED
+            send.attempts = 0
+            journal.append(
+                s,
+                SendEvent.SIGNED,
+                send.account_id,
+                {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
+            )
+        log.info("send %d signed", send_id)
+
+    @staticmethod
+    def _finalize(unsigned_b64: str, signed_b64: str) -> str:
+        unsigned = Psbt.from_base64(unsigned_b64)
+        signed = Psbt.from_base64(signed_b64)
+        if signed.txid != unsigned.txid:
+            raise SendFailed("the HSM signed a different transaction than the one built")
+        signed.finalize()
+        return signed.extract_hex()
+
+    def _verify_final(self, s: Session, send: Send, tx: ParsedTx) -> None:
+        """The final transaction spends exactly the recorded inputs and pays outs + change."""
+        account = s.get(Account, send.account_id)
+        assert account is not None
+        reserved = s.execute(
+            select(Utxo.txid, Utxo.vout, Utxo.value).where(Utxo.reserved_by_send == send.id)
+        ).all()
+        if sorted(tx.inputs) != sorted((t, v) for t, v, _ in reserved):
+            raise SendFailed("final transaction does not spend exactly the recorded inputs")
+        network = Network.from_name(account.network)
+        expected = [
+            (address_to_script(o.address, network), o.value) for o in parse_outs(send.outs, network)
+        ]
+        total_in = sum(value for _, _, value in reserved)
+        change = total_in - sum(v for _, v in expected) - int(send.fee or 0)
+        if send.change_index is not None:
+            script = account_keys(account).one(Wallet.HOT, Chain.CHANGE, send.change_index)
+            expected.append((script.script_pubkey, change))
+        elif change != 0:
+            raise SendFailed("recorded fee does not match the inputs and outputs")
+        if [(bytes(sc), v) for sc, v in tx.outputs] != expected:
+            raise SendFailed("final transaction does not pay exactly outs plus change")
+
+    # ------------------------------------------------------------------ SIGNED -> BROADCAST
+
+    def _broadcast(self, send_id: int) -> None:
+        with self.factory() as s:
+            send = s.get(Send, send_id)
+            assert send is not None and send.tx_hex and send.txid
+            tx_hex, txid = send.tx_hex, send.txid
+        try:
+            self.rpc.send_raw_transaction(tx_hex)
+        except TxRejected as exc:
+            if not (exc.already_in_chain or self._node_knows(txid)):
+                raise SendFailed(f"rejected by the node: {exc.reason}") from None
+        except RPCError as exc:
+            if not self._node_knows(txid):
+                raise SendFailed(f"rejected by the node: {exc.rpc_message}") from None
+        with transaction(self.factory) as s:
+            send = self._hold(s, send_id)
+            if send.status is not SendStatus.SIGNED:
+                return
+            send.status = SendStatus.BROADCAST
+            send.tx_at = utcnow()
+            send.attempts = 0
+            journal.append(
+                s,
+                SendEvent.BROADCAST,
+                send.account_id,
+                {"user_tx_no": send.user_tx_no, "txid": txid},
+            )
+        log.info("send %d broadcast", send_id)
+
+    def _node_knows(self, txid: str) -> bool:
+        """True if the node has `txid` in its mempool or chain (our earlier broadcast)."""
+        try:
+            self.rpc.get_raw_transaction(txid, True)
+        except RPCError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ BROADCAST -> CONFIRMED
+
+    def _follow(self, send_id: int) -> None:
+        rebroadcast = None
+        with transaction(self.factory) as s:
+            send = self._hold(s, send_id)
+            if send.status is not SendStatus.BROADCAST:
+                return
+            row = s.execute(
+                select(ChainTx).where(
+                    ChainTx.account_id == send.account_id,
+                    ChainTx.wallet == Wallet.HOT,
+                    ChainTx.txid == send.txid,
+                )
+            ).scalar_one_or_none()
+            if row is not None and row.status is TxStatus.CONFIRMED:
+                send.status = SendStatus.CONFIRMED
+                journal.append(
+                    s,
+                    SendEvent.CONFIRMED,
+                    send.account_id,
+                    {"user_tx_no": send.user_tx_no, "txid": send.txid, "height": row.block_height},
+                )
+                self._unlock(s, send)
+                log.info("send %d confirmed", send_id)
+                return
+            if row is not None and row.status is TxStatus.REMOVED:
+                rebroadcast = send.tx_hex  # the same transaction again: it cannot pay twice
+            self._unlock(s, send)
+        if rebroadcast:
+            try:
+                self.rpc.send_raw_transaction(rebroadcast)
+            except RPCError as exc:
+                log.warning("send %d: rebroadcast refused (rpc %s)", send_id, exc.rpc_code)
+
+    # ------------------------------------------------------------------ failures and retries
+
+    def _fail(self, send_id: int, reason: str) -> None:
+        try:
+            with transaction(self.factory) as s:
+                send = self._hold(s, send_id)
+                if send.status in (SendStatus.FAILED, SendStatus.CONFIRMED):
+                    return
+                self._fail_in(s, send, reason)
+        except _LostLease:
+            log.info("send %d: lease lost before recording its failure", send_id)
+
+    def _fail_in(self, s: Session, send: Send, reason: str) -> None:
+        """FAILED with `reason`, its inputs released, journaled and alerted (same transaction)."""
+        send.status = SendStatus.FAILED
+        send.failure_reason = reason[:1000]
+        s.execute(
+            update(Utxo)
+            .where(Utxo.reserved_by_send == send.id)
+            .values(reserved_by_send=None)
+            .execution_options(synchronize_session=False)
+        )
+        self._unlock(s, send)
+        journal.append(
+            s,
+            SendEvent.FAILED,
+            send.account_id,
+            {"user_tx_no": send.user_tx_no, "reason": send.failure_reason},
+        )
+        if self.config is not None:
+            raise_alert(
+                s,
+                self.config,
+                AlertKind.SEND_FAILED,
+                f"send {send.user_tx_no} failed: {send.failure_reason}"[:300],
+                account_id=send.account_id,
+            )
+        log.warning("send %d failed", send.id)
+
+    def _retry_later(self, send_id: int, exc: CustodyError | None) -> None:
+        try:
+            with transaction(self.factory) as s:
+                send = self._hold(s, send_id)
+                send.attempts += 1
+                delay = min(
+                    self.settings.backoff_initial * 2 ** (send.attempts - 1),
+                    self.settings.backoff_max,
+                )
+                self._unlock(s, send, delay)
+                hsm_down = isinstance(exc, HsmUnavailable)
+                if hsm_down and send.attempts == self.settings.alert_after and self.config:
+                    raise_alert(
+                        s,
+                        self.config,
+                        AlertKind.COLD_UNREACHABLE,
+                        f"send {send.user_tx_no}: HSM unreachable after {send.attempts} attempts",
+                        account_id=send.account_id,
+                    )
+                log.warning(
+                    "send %d: %s unavailable (attempt %d); retry in %.0fs",
+                    send_id,
+                    "HSM" if hsm_down else "node or database",
+                    send.attempts,
+                    delay,
+                )
+        except _LostLease:
+            pass

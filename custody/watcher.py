@@ -1,0 +1,660 @@
+"""The chain watcher: follows the node over JSON-RPC and records what concerns our accounts.
+
+Per step it (1) walks the node's best chain from the last block it processed (`blocks_seen`),
+disconnecting our stored blocks that the node no longer has (a reorg: their transactions go
+back to MEMPOOL if the node still has them in its mempool, else REMOVED, and their outputs
+stop counting) and connecting the new ones; then (2) looks at the node's mempool for new
+transactions and for ours that disappeared.
+
+Matching is by index, never by scan: all output scripts of a block (or of the new mempool
+transactions) are looked up in one query on the unique `addresses.script_pubkey` index, and
+all spent outpoints in one query on `utxos (txid, vout)`. A transaction is recorded once per
+(account, wallet) it touches, with the reference's input/output shape and `value` = its net
+effect on that side.
+
+Each block is one database transaction, so a crash leaves the database at a block boundary
+and a restart resumes from `blocks_seen`. Several watchers may run against one database: each
+unit of work first takes the watcher lock (PostgreSQL: `pg_try_advisory_xact_lock`; SQLite: a
+lease row in `service_state`, written first so SQLite's write lock is held from the start) and
+only then reads the state it will change; a watcher that does not get the lock does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+from custody import journal
+from custody.alerts import AlertKind, raise_alert
+from custody.balances import confirmed_balance
+from custody.chain.errors import RPCError
+from custody.chain.rpc import BitcoinRPC, btc_to_sats
+from custody.db import transaction
+from custody.models import (
+    Address,
+    BlockSeen,
+    ChainTx,
+    ChainTxInput,
+    ChainTxOutput,
+    KeyValue,
+    Send,
+    SendStatus,
+    TxStatus,
+    Utxo,
+    Wallet,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+ADVISORY_LOCK_ID = 0x4343_5741_5443  # "CCWATC"
+LEASE_KEY = "watcher_lease"
+BALANCE_FLAG = "hot_balance_low:{}"
+IN_CHUNK = 500  # bound on IN (...) lists (SQLite's parameter limit, planner sanity)
+COINBASE_PREV = "0" * 64
+
+
+class JournalEvent:
+    DEPOSIT_SEEN = "deposit_seen"
+    DEPOSIT_CONFIRMED = "deposit_confirmed"
+    DEPOSIT_REORGED = "deposit_reorged"
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    """`[custody]` keys: watch_start_height (-1 = the node's tip at first start),
+    min_confirmations, hot_balance_alert_sat (0 = off), watcher_lease_seconds."""
+
+    start_height: int = 0
+    min_conf: int = 1
+    hot_balance_alert_sat: int = 0
+    lease_seconds: float = 60.0
+    max_blocks_per_step: int = 500
+
+    @classmethod
+    def from_config(cls, config: Config) -> WatcherSettings:
+        s = config.section("custody")
+        d = cls()
+        return cls(
+            start_height=s.int("watch_start_height", d.start_height),
+            min_conf=s.int("min_confirmations", d.min_conf),
+            hot_balance_alert_sat=s.int("hot_balance_alert_sat", d.hot_balance_alert_sat),
+            lease_seconds=s.float("watcher_lease_seconds", d.lease_seconds),
+            max_blocks_per_step=s.int("watch_max_blocks_per_step", d.max_blocks_per_step),
+        )
+
+
+@dataclass
+class StepResult:
+    """What one `Watcher.step` did (for logs and tests)."""
+
+    locked: bool = True
+    connected: int = 0
+    disconnected: int = 0
+    mempool_seen: int = 0
+    removed: int = 0
+    tip: int | None = None
+
+
+def default_owner(role: str) -> str:
+    """A worker identity unique across hosts, processes and instances (lease holder)."""
+    return f"{role}:{socket.gethostname()[:20]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def block_time(ts: int | None) -> datetime:
+    if ts is None:
+        return utcnow()
+    return datetime.fromtimestamp(int(ts), UTC).replace(tzinfo=None)
+
+
+@dataclass
+class _Match:
+    """Our addresses and UTXOs touched by a set of transactions (filled by two queries)."""
+
+    addresses: dict[bytes, Address] = field(default_factory=dict)
+    utxos: dict[tuple[str, int], Utxo] = field(default_factory=dict)
+    known: dict[str, list[ChainTx]] = field(default_factory=dict)
+
+
+class Watcher:
+    """One chain watcher; `step()` is called by the worker loop (or by tests)."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        rpc: BitcoinRPC,
+        settings: WatcherSettings | None = None,
+        config: Config | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.factory = session_factory
+        self.rpc = rpc
+        self.settings = settings or WatcherSettings()
+        self.config = config
+        self.owner = owner or default_owner("watcher")
+        self._mempool_checked: set[str] = set()  # mempool txids already looked at
+        self._block_verbosity = 3  # prevouts included; 2 on nodes without verbosity 3
+        self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
+        self._touched_hot: set[int] = set()
+
+    # ------------------------------------------------------------------ locking
+
+    def _lock(self, session: Session) -> bool:
+        """Take the watcher lock for this transaction; False if another watcher has it."""
+        if is_postgres(session):
+            got = session.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_ID}
+            ).scalar()
+            return bool(got)
+        now = utcnow()
+        until = (now + timedelta(seconds=self.settings.lease_seconds)).isoformat()
+        value = f"{self.owner}|{until}"
+        # The first statement is a write: SQLite's write lock is ours until commit.
+        res = session.execute(
+            update(KeyValue)
+            .where(KeyValue.key == LEASE_KEY, KeyValue.value.like(f"{self.owner}|%"))
+            .values(value=value)
+        )
+        if res.rowcount == 1:
+            return True
+        row = session.get(KeyValue, LEASE_KEY, populate_existing=True)
+        if row is None:
+            session.add(KeyValue(key=LEASE_KEY, value=value))
+            session.flush()
+            return True
+        holder, _, held_until = row.value.partition("|")
+        try:
+            expired = datetime.fromisoformat(held_until) < now
+        except ValueError:
+            expired = True
+        if holder == self.owner or expired:
+            row.value = value
+            session.flush()
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give up the SQLite lease at a clean shutdown (PostgreSQL locks end with each step)."""
+        try:
+            with transaction(self.factory) as s:
+                if not is_postgres(s):
+                    s.execute(
+                        delete(KeyValue).where(
+                            KeyValue.key == LEASE_KEY, KeyValue.value.like(f"{self.owner}|%")
+                        )
+                    )
+        except Exception:  # noqa: BLE001 - best effort; the lease expires anyway
+            log.warning("could not release the watcher lease")
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> StepResult:
+        """Follow the chain to the node's tip, then the mempool. Raises `ChainUnavailable`."""
+        result = StepResult()
+        self._touched_hot = set()
+        for _ in range(2 * self.settings.max_blocks_per_step + 2):
+            with transaction(self.factory) as s:
+                if not self._lock(s):
+                    result.locked = False
+                    return result
+                more = self._advance(s, result)
+            if not more:
+                break
+        with transaction(self.factory) as s:
+            if not self._lock(s):
+                result.locked = False
+                return result
+            self._sync_mempool(s, result)
+            self._check_hot_balances(s)
+        return result
+
+    def _advance(self, s: Session, result: StepResult) -> bool:
+        """Disconnect one stale block or connect the next one; False when at the node's tip."""
+        tip = self.rpc.get_block_count()
+        result.tip = tip
+        last = s.execute(
+            select(BlockSeen).order_by(BlockSeen.height.desc()).limit(1)
+        ).scalar_one_or_none()
+        if last is not None:
+            node_hash = self._hash_at(last.height) if last.height <= tip else None
+            if node_hash != last.block_hash:
+                self._disconnect(s, last)
+                result.disconnected += 1
+                return True
+            height = last.height + 1
+        else:
+            start = self.settings.start_height
+            height = tip if start < 0 else start
+        if height > tip:
+            return False
+        block_hash = self._hash_at(height)
+        if block_hash is None:
+            return True  # the chain changed under us; look again
+        block = self._get_block(block_hash)
+        if last is not None and block.get("previousblockhash") != last.block_hash:
+            return True  # a reorg happened between the two calls
+        self._connect(s, block)
+        result.connected += 1
+        return True
+
+    def _hash_at(self, height: int) -> str | None:
+        try:
+            return self.rpc.get_block_hash(height)
+        except RPCError as exc:
+            if exc.rpc_code == -8:  # height out of range: the chain got shorter meanwhile
+                return None
+            raise
+
+    def _get_block(self, block_hash: str) -> dict[str, Any]:
+        if self._block_verbosity == 3:
+            try:
+                return dict(self.rpc.get_block(block_hash, 3))
+            except RPCError as exc:
+                if exc.rpc_code != -8:
+                    raise
+                self._block_verbosity = 2  # an older node: prevouts from our own records
+        return dict(self.rpc.get_block(block_hash, 2))
+
+    # ------------------------------------------------------------------ blocks
+
+    def _connect(self, s: Session, block: dict[str, Any]) -> None:
+        height = int(block["height"])
+        bhash = str(block["hash"])
+        when = block_time(block.get("time"))
+        self._apply(s, list(block["tx"]), TxStatus.CONFIRMED, bhash, height, when)
+        s.add(
+            BlockSeen(
+                height=height,
+                block_hash=bhash,
+                prev_hash=str(block.get("previousblockhash") or COINBASE_PREV),
+                time=when,
+            )
+        )
+        s.flush()
+
+    def _disconnect(self, s: Session, last: BlockSeen) -> None:
+        """Undo our view of block `last`: its transactions lose their confirmations."""
+        pool = set(self.rpc.get_raw_mempool())
+        rows = (
+            s.execute(
+                select(ChainTx).where(ChainTx.block_hash == last.block_hash).order_by(ChainTx.id)
+            )
+            .scalars()
+            .all()
+        )
+        txids = sorted({r.txid for r in rows})
+        # Children before parents, so a removed parent's outputs are not resurrected.
+        for row in reversed(rows):
+            self._unconfirm(s, row, TxStatus.MEMPOOL if row.txid in pool else TxStatus.REMOVED)
+        for part in chunks(txids):
+            s.execute(
+                update(Send)
+                .where(Send.txid.in_(part), Send.status == SendStatus.CONFIRMED)
+                .values(status=SendStatus.BROADCAST)
+            )
+        log.info("reorg: disconnected block at height %d (%d of our txs)", last.height, len(rows))
+        s.delete(last)
+        s.flush()
+
+    def _unconfirm(self, s: Session, row: ChainTx, status: TxStatus) -> None:
+        previous = row.status
+        row.status = status
+        row.block_hash = None
+        row.block_height = None
+        row.confirm_at = None
+        mine = (Utxo.account_id == row.account_id, Utxo.wallet == row.wallet)
+        if status is TxStatus.MEMPOOL:
+            s.execute(update(Utxo).where(Utxo.txid == row.txid, *mine).values(block_height=None))
+        else:
+            # Gone: its outputs never existed, the coins it spent are unspent again.
+            s.execute(delete(Utxo).where(Utxo.txid == row.txid, *mine))
+            spent = s.execute(select(Utxo).where(Utxo.spent_by == row.txid, *mine)).scalars()
+            for utxo in spent:
+                utxo.spent_by = None
+                self._mark_output(s, row.account_id, row.wallet, utxo.txid, utxo.vout, False)
+            self._mempool_checked.discard(row.txid)
+        if row.wallet is Wallet.HOT:
+            self._touched_hot.add(row.account_id)
+        if previous is not status:
+            journal.append(
+                s,
+                JournalEvent.DEPOSIT_REORGED,
+                row.account_id,
+                {
+                    "txid": row.txid,
+                    "wallet": row.wallet.name.lower(),
+                    "value": row.value,
+                    "from": previous.value,
+                    "to": status.value,
+                },
+            )
+        s.flush()
+
+    # ------------------------------------------------------------------ mempool
+
+    def _sync_mempool(self, s: Session, result: StepResult) -> None:
+        pool_list = [str(t) for t in self.rpc.get_raw_mempool()]
+        pool = set(pool_list)
+        self._mempool_checked &= pool
+        # Our mempool transactions the node no longer has: mined (the next block pass records
+        # it) or gone for good (conflict, eviction, expiry).
+        best = self.rpc.get_best_block_hash()
+        ours_last = s.execute(
+            select(BlockSeen.block_hash).order_by(BlockSeen.height.desc()).limit(1)
+        ).scalar()
+        if best == ours_last:
+            waiting = s.execute(select(ChainTx).where(ChainTx.status == TxStatus.MEMPOOL)).scalars()
+            for row in list(waiting):
+                if row.txid in pool or self._in_chain(row.txid):
+                    continue
+                self._unconfirm(s, row, TxStatus.REMOVED)
+                result.removed += 1
+        # Removed transactions that came back: look at them again.
+        removed = s.execute(
+            select(ChainTx.txid).where(ChainTx.status == TxStatus.REMOVED)
+        ).scalars()
+        self._mempool_checked -= set(removed)
+        new = [t for t in pool_list if t not in self._mempool_checked]
+        txs = []
+        for txid in new:
+            try:
+                txs.append(dict(self.rpc.get_raw_transaction(txid, True)))
+            except RPCError:
+                continue  # left the mempool meanwhile
+        if txs:
+            result.mempool_seen += self._apply(s, txs, TxStatus.MEMPOOL, None, None, None)
+        self._mempool_checked.update(new)
+
+    def _in_chain(self, txid: str) -> bool:
+        try:
+            info = self.rpc.get_raw_transaction(txid, True)
+        except RPCError:
+            return False
+        return int(info.get("confirmations") or 0) > 0
+
+    # ------------------------------------------------------------------ recording
+
+    def _lookup(self, s: Session, txs: list[dict[str, Any]]) -> _Match:
+        """Two indexed queries (plus one for known txids) for all `txs` together."""
+        m = _Match()
+        scripts = sorted(
+            {bytes.fromhex(o["scriptPubKey"]["hex"]) for tx in txs for o in tx.get("vout", [])}
+        )
+        for part in chunks(scripts):
+            for a in s.execute(select(Address).where(Address.script_pubkey.in_(part))).scalars():
+                m.addresses[bytes(a.script_pubkey)] = a
+        txids = sorted({str(tx["txid"]) for tx in txs})
+        prev = {str(v["txid"]) for tx in txs for v in tx.get("vin", []) if "txid" in v}
+        # UTXOs spent by these transactions, and those they created (seen before, e.g. mempool)
+        for part in chunks(sorted(prev | set(txids))):
+            for u in s.execute(select(Utxo).where(Utxo.txid.in_(part))).scalars():
+                m.utxos[(u.txid, u.vout)] = u
+        for part in chunks(txids):
+            for c in s.execute(select(ChainTx).where(ChainTx.txid.in_(part))).scalars():
+                m.known.setdefault(c.txid, []).append(c)
+        return m
+
+    def _apply(
+        self,
+        s: Session,
+        txs: list[dict[str, Any]],
+        status: TxStatus,
+        bhash: str | None,
+        height: int | None,
+        when: datetime | None,
+    ) -> int:
+        """Record every transaction of `txs` that touches an account; returns how many."""
+        m = self._lookup(s, txs)
+        if not m.addresses and not m.utxos and not m.known:
+            return 0
+        count = 0
+        for tx in txs:
+            txid = str(tx["txid"])
+            outs = tx.get("vout", [])
+            vins = tx.get("vin", [])
+            my_outs: dict[int, Address] = {}
+            for o in outs:
+                a = m.addresses.get(bytes.fromhex(o["scriptPubKey"]["hex"]))
+                if a is not None:
+                    my_outs[int(o["n"])] = a
+            my_ins: dict[int, Utxo] = {}
+            for i, v in enumerate(vins):
+                u = m.utxos.get((str(v.get("txid")), int(v.get("vout", -1))))
+                if u is not None:
+                    my_ins[i] = u
+            sides = {(a.account_id, a.wallet) for a in my_outs.values()}
+            sides |= {(u.account_id, u.wallet) for u in my_ins.values()}
+            sides |= {(c.account_id, c.wallet) for c in m.known.get(txid, [])}
+            if not sides:
+                continue
+            count += 1
+            # Outputs paying us become UTXOs (or learn their block).
+            for n, a in my_outs.items():
+                u = m.utxos.get((txid, n))
+                if u is None:
+                    u = Utxo(
+                        account_id=a.account_id,
+                        wallet=a.wallet,
+                        txid=txid,
+                        vout=n,
+                        value=btc_to_sats(outs[n]["value"]),
+                        address_id=a.id,
+                        block_height=height,
+                    )
+                    s.add(u)
+                elif status is TxStatus.CONFIRMED or u.block_height is None:
+                    u.block_height = height
+                m.utxos[(txid, n)] = u
+            for side in sorted(sides):
+                self._record(s, side, tx, status, bhash, height, when, m, my_outs, my_ins)
+            for u in my_ins.values():
+                if u.spent_by != txid:
+                    u.spent_by = txid
+                    self._mark_output(s, u.account_id, u.wallet, u.txid, u.vout, True)
+            for acct, wallet in sides:
+                if wallet is Wallet.HOT:
+                    self._touched_hot.add(acct)
+        s.flush()
+        return count
+
+    def _record(
+        self,
+        s: Session,
+        side: tuple[int, Wallet],
+        tx: dict[str, Any],
+        status: TxStatus,
+        bhash: str | None,
+        height: int | None,
+        when: datetime | None,
+        m: _Match,
+        my_outs: dict[int, Address],
+        my_ins: dict[int, Utxo],
+    ) -> None:
+        account_id, wallet = side
+        txid = str(tx["txid"])
+        row = next(
+            (c for c in m.known.get(txid, []) if (c.account_id, c.wallet) == side),
+            None,
+        )
+        wallet_name = wallet.name.lower()
+        if row is None:
+            outputs = []
+            received = 0
+            for o in tx.get("vout", []):
+                n = int(o["n"])
+                a = my_outs.get(n)
+                mine = a is not None and (a.account_id, a.wallet) == side
+                value = btc_to_sats(o["value"])
+                received += value if mine else 0
+                outputs.append(
+                    ChainTxOutput(
+                        sn=n,
+                        address=str(o["scriptPubKey"].get("address", "")),
+                        value=value,
+                        is_mine=mine,
+                        spent=False,
+                    )
+                )
+            inputs = []
+            paid = 0
+            for i, v in enumerate(tx.get("vin", [])):
+                u = my_ins.get(i)
+                mine = u is not None and (u.account_id, u.wallet) == side
+                if "txid" not in v:
+                    prev_hash, prev_n, addr, value = COINBASE_PREV, -1, "", 0
+                else:
+                    prev_hash, prev_n = str(v["txid"]), int(v["vout"])
+                    addr, value = self._prevout(s, v, u)
+                paid += value if mine else 0
+                inputs.append(
+                    ChainTxInput(
+                        sn=i,
+                        prev_tx_hash=prev_hash,
+                        prev_out_sn=prev_n,
+                        address=addr,
+                        value=value,
+                        is_mine=mine,
+                    )
+                )
+            row = ChainTx(
+                account_id=account_id,
+                wallet=wallet,
+                txid=txid,
+                status=status,
+                block_hash=bhash,
+                block_height=height,
+                value=received - paid,
+                tx_at=utcnow(),
+                confirm_at=when if status is TxStatus.CONFIRMED else None,
+                inputs=inputs,
+                outputs=outputs,
+            )
+            s.add(row)
+            s.flush()
+            m.known.setdefault(txid, []).append(row)
+            data = {"txid": txid, "wallet": wallet_name, "value": row.value}
+            if row.value > 0:
+                journal.append(s, JournalEvent.DEPOSIT_SEEN, account_id, data)
+                if status is TxStatus.CONFIRMED:
+                    journal.append(
+                        s, JournalEvent.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
+                    )
+            return
+        previous = row.status
+        if status is TxStatus.MEMPOOL and previous is TxStatus.CONFIRMED:
+            return  # only a block disconnect takes confirmations away
+        row.status = status
+        if status is TxStatus.CONFIRMED:
+            row.block_hash = bhash
+            row.block_height = height
+            if previous is not TxStatus.CONFIRMED:
+                row.confirm_at = when
+                if row.value > 0:
+                    journal.append(
+                        s,
+                        JournalEvent.DEPOSIT_CONFIRMED,
+                        account_id,
+                        {"txid": txid, "wallet": wallet_name, "value": row.value, "height": height},
+                    )
+            self._fill_prevouts(s, row, tx)
+        elif previous is TxStatus.REMOVED and row.value > 0:
+            journal.append(
+                s,
+                JournalEvent.DEPOSIT_SEEN,
+                account_id,
+                {"txid": txid, "wallet": wallet_name, "value": row.value},
+            )
+
+    def _prevout(self, s: Session, vin: dict[str, Any], utxo: Utxo | None) -> tuple[str, int]:
+        """(address, value) of the output an input spends, from the cheapest source."""
+        if utxo is not None:
+            addr = s.get(Address, utxo.address_id)
+            return (addr.address if addr is not None else ""), utxo.value
+        prevout = vin.get("prevout")
+        if prevout:
+            return str(prevout["scriptPubKey"].get("address", "")), btc_to_sats(prevout["value"])
+        key = (str(vin["txid"]), int(vin["vout"]))
+        cached = self._prev_cache.get(key)
+        if cached is not None:
+            return cached
+        try:  # mempool transactions: the node knows the parent (txindex or mempool)
+            parent = self.rpc.get_raw_transaction(key[0], True)
+            out = parent["vout"][key[1]]
+            found = (str(out["scriptPubKey"].get("address", "")), btc_to_sats(out["value"]))
+        except (RPCError, IndexError, KeyError):
+            return "", 0
+        if len(self._prev_cache) > 10_000:
+            self._prev_cache.clear()
+        self._prev_cache[key] = found
+        return found
+
+    def _fill_prevouts(self, s: Session, row: ChainTx, tx: dict[str, Any]) -> None:
+        """Foreign inputs recorded from the mempool without a prevout learn it from the block."""
+        vins = tx.get("vin", [])
+        for inp in row.inputs:
+            if inp.address or inp.is_mine or inp.sn >= len(vins):
+                continue
+            prevout = vins[inp.sn].get("prevout")
+            if prevout:
+                inp.address = str(prevout["scriptPubKey"].get("address", ""))
+                inp.value = btc_to_sats(prevout["value"])
+
+    def _mark_output(
+        self, s: Session, account_id: int, wallet: Wallet, txid: str, vout: int, spent: bool
+    ) -> None:
+        """Keep the reference's output `status` (spent or not) in step with the UTXO."""
+        funding = select(ChainTx.id).where(
+            ChainTx.account_id == account_id, ChainTx.wallet == wallet, ChainTx.txid == txid
+        )
+        s.execute(
+            update(ChainTxOutput)
+            .where(ChainTxOutput.chain_tx_id.in_(funding), ChainTxOutput.sn == vout)
+            .values(spent=spent)
+            .execution_options(synchronize_session=False)
+        )
+
+    # ------------------------------------------------------------------ alerts
+
+    def _check_hot_balances(self, s: Session) -> None:
+        """Alert once when a touched account's confirmed hot balance falls below the threshold."""
+        threshold = self.settings.hot_balance_alert_sat
+        if threshold <= 0 or not self._touched_hot:
+            return
+        for account_id in sorted(self._touched_hot):
+            balance = confirmed_balance(s, account_id, Wallet.HOT, self.settings.min_conf)
+            key = BALANCE_FLAG.format(account_id)
+            flag = s.get(KeyValue, key)
+            if balance < threshold and flag is None:
+                s.add(KeyValue(key=key, value=utcnow().isoformat()))
+                s.flush()
+                if self.config is not None:
+                    raise_alert(
+                        s,
+                        self.config,
+                        AlertKind.HOT_BALANCE_LOW,
+                        "the hot wallet's confirmed balance is below the alert threshold",
+                        account_id=account_id,
+                    )
+            elif balance >= threshold and flag is not None:
+                s.delete(flag)
+        s.flush()
