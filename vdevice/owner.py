@@ -1,0 +1,115 @@
+"""The owner's remote control by SMS, and the sorting of every incoming SMS.
+
+From the owner's number (`[vdevice] owner_number` or the bundle's):
+- `CC:START_LOOP` -> the loop runs again (also after an "AES decrypt error" stop);
+  answer `CC:LOOP:RUNNING`;
+- `CC:STOP_LOOP` -> batches and sends pause (SMS, owner commands and channel upkeep go on);
+  answer `CC:LOOP:STOPPED`;
+- `CC:PING` -> answer `CC:PONG`;
+- `CC:TIME` -> answer `CC:V:<YYYY-MM-DDTHH:MM:SS>` (UTC);
+- anything that does not parse -> `sms format is error`; a parsable text that is not an owner
+  command is ignored.
+
+From a cold HSM number: `QC` and `..._ADDRESSES` go to the channel and batch logic; a text
+that does not parse is answered `sms format is error` (the reference's rule) and the owner is
+alerted once. From any other number: ignored (logged with the number, never the text).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cc_common.logs import TRACE
+from cc_common.sms import channel_messages as cm
+from cc_common.sms.errors import SmsFormatError
+from cc_common.sms.modem import IncomingSms
+from vdevice.phone import Phone
+from vdevice.state import LoopState, State
+
+log = logging.getLogger(__name__)
+
+PONG = "CC:PONG"
+LOOP_RUNNING = "CC:LOOP:RUNNING"
+LOOP_STOPPED = "CC:LOOP:STOPPED"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+class OwnerControl:
+    """Answers the owner's commands; the loop state lives in `State` (survives a restart)."""
+
+    def __init__(self, state: State, phone: Phone) -> None:
+        self.state = state
+        self.phone = phone
+
+    def handle(self, text: str) -> None:
+        owner = self.phone.owner_number
+        try:
+            msg = cm.parse(text)
+        except SmsFormatError as exc:
+            log.info("owner: malformed command (%s)", exc.reason)
+            self.phone.send(owner, cm.FORMAT_ERROR_TEXT)
+            return
+        if not isinstance(msg, cm.OwnerCommand):
+            log.info("owner: %s is not a command: ignored", msg.kind.value)
+            return
+        action = msg.action
+        log.info("owner: %s", action.value)
+        if action is cm.OwnerAction.START_LOOP:
+            self.state.set_loop_state(LoopState.RUNNING, "")
+            self.phone.send(owner, LOOP_RUNNING)
+        elif action is cm.OwnerAction.STOP_LOOP:
+            self.state.set_loop_state(LoopState.STOPPED, "stopped by the owner")
+            self.phone.send(owner, LOOP_STOPPED)
+        elif action is cm.OwnerAction.PING:
+            self.phone.send(owner, PONG)
+        elif action is cm.OwnerAction.TIME:
+            self.phone.send(owner, cm.format(cm.TimeReply(utc_now())))
+
+
+class Dispatcher:
+    """Sends each incoming SMS to the part that handles its sender."""
+
+    def __init__(
+        self,
+        phone: Phone,
+        owner: OwnerControl,
+        cold_numbers: tuple[str, ...],
+        on_open_reply: Callable[[cm.OpenReply, str], object],
+        on_proof: Callable[[cm.AddressesProof, str], object],
+    ) -> None:
+        self.phone = phone
+        self.owner = owner
+        self.cold_numbers = cold_numbers
+        self.on_open_reply = on_open_reply
+        self.on_proof = on_proof
+
+    def dispatch(self, sms: IncomingSms) -> None:
+        log.log(TRACE, "sms from %s: %r", sms.sender, sms.text)
+        if sms.sender == self.phone.owner_number:
+            self.owner.handle(sms.text)
+        elif sms.sender in self.cold_numbers:
+            self._from_cold(sms)
+        else:
+            log.info("sms from unknown number %s: ignored", sms.sender)
+
+    def _from_cold(self, sms: IncomingSms) -> None:
+        try:
+            msg = cm.parse(sms.text)
+        except SmsFormatError as exc:
+            log.warning("sms from cold number %s does not parse (%s)", sms.sender, exc.reason)
+            self.phone.send(sms.sender, cm.FORMAT_ERROR_TEXT)
+            self.phone.alert_once("cold-malformed", "sms from the cold HSM number did not parse")
+            return
+        if isinstance(msg, cm.OpenReply):
+            self.on_open_reply(msg, sms.sender)
+        elif isinstance(msg, cm.AddressesProof):
+            self.on_proof(msg, sms.sender)
+        elif isinstance(msg, cm.FormatErrorReply):
+            log.warning("the cold HSM (%s) could not parse one of our texts", sms.sender)
+        else:
+            log.info("sms %s from cold number %s: ignored", msg.kind.value, sms.sender)

@@ -1,0 +1,372 @@
+"""Countersigned hot sends (reference section 5 step 2).
+
+For the oldest withdrawal the site has not seen handled: decrypt `vtest_info`, check every
+output, apply the local policies, sign `vc_code` with the current channel key over the
+canonical request string, `POST /tx/request`, poll `GET /tx/<user_tx_no>`, report the
+`tx_hash` (or the failure) to the site.
+
+The state of a send (`state.SendState`) and why a crash never makes a second request:
+
+    (new vtest) --refused locally--> FINISHED(failed) --site acknowledged--> REPORTED
+    (new vtest) --signed, stored--> SIGNED --custody accepted or code 3--> POSTED
+    POSTED --custody: OK / failed--> FINISHED --site acknowledged--> REPORTED
+    SIGNED --custody refused (4xx other than 3)--> FINISHED(failed)
+
+- The request (outs, user_tx_no, dynamic, c_id, vc_code) is written as SIGNED in one
+  transaction *before* it is posted. After a crash the stored request is posted again,
+  byte for byte; custody answers code 3 if it already had it. There is never a second
+  signature for a vtest: a vtest with a row is never decrypted or signed again.
+- `user_tx_no` is a pure function of `vtest_id`, so even a lost row could not make custody
+  accept a second send for the same withdrawal (custody is idempotent on `user_tx_no`).
+- On start every SIGNED or POSTED send is set back to SIGNED: re-posting is the check that
+  custody really has it.
+- The outcome is written (FINISHED) before the site is told; the site accepts the same
+  report twice, so a crash between the two only repeats the report.
+- The site keeps offering a vtest until it is reported, and one vtest is handled at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cc_common.vtest import VtestDecryptError, open_vtest
+from vdevice.channel import ChannelKeeper
+from vdevice.errors import RemoteError, RemoteRefused
+from vdevice.phone import Phone
+from vdevice.remote import CustodyClient, SiteClient
+from vdevice.settings import Settings
+from vdevice.state import LoopState, Outcome, SendState, State
+from wallet_core.chaincloud import parse_outs, send_request_string
+from wallet_core.errors import WalletError
+from wallet_core.messages import sign_message
+
+log = logging.getLogger(__name__)
+
+COIN = "BTC"
+DECRYPT_ERROR = "AES decrypt error"
+OUT_INVALID = "tx out invalid"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+MAX_USER_TX_NO = 64
+PENDING_ALERT_AFTER = 3600.0
+
+
+def user_tx_no_for(vtest_id: str) -> str:
+    """The `user_tx_no` of a vtest: its id if it is short and plain, else a fixed hash of it."""
+    if _PLAIN_ID.fullmatch(vtest_id):
+        return vtest_id
+    return "vt-" + hashlib.sha256(vtest_id.encode()).hexdigest()[: MAX_USER_TX_NO - 3]
+
+
+class Refusal(Exception):
+    """The V-device refuses a vtest: `alert` goes to the owner, `reason` to the state."""
+
+    def __init__(self, reason: str, alert: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.alert = alert
+
+
+class SendProcessor:
+    """One vtest at a time, from the site's queue to a reported outcome."""
+
+    def __init__(
+        self,
+        state: State,
+        phone: Phone,
+        channels: ChannelKeeper,
+        site: SiteClient,
+        custody: CustodyClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.phone = phone
+        self.channels = channels
+        self.site = site
+        self.custody = custody
+        self.settings = settings
+        self.clock = clock
+
+    # ----- start-up ------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """After a (re)start: every send custody may hold is posted again; how many."""
+        with self.state.tx():
+            cur = self.state.db.execute(
+                "UPDATE sends SET state = ?, next_try_at = 0, tries = 0 WHERE state IN (?, ?)",
+                (SendState.SIGNED, SendState.SIGNED, SendState.POSTED),
+            )
+        if cur.rowcount:
+            log.info("resuming %d send(s) signed before the restart", cur.rowcount)
+        return cur.rowcount
+
+    # ----- the loop step -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        active = self.state.db.execute(
+            "SELECT * FROM sends WHERE state IN (?, ?, ?) ORDER BY created_at LIMIT 1",
+            (SendState.SIGNED, SendState.POSTED, SendState.FINISHED),
+        ).fetchone()
+        if active is not None:
+            self._advance(active, now)
+            return
+        body = self.site.pending_vtest()
+        if not body:
+            return
+        vtest_id = body.get("vtest_id")
+        if not isinstance(vtest_id, str) or not vtest_id or len(vtest_id) > 200:
+            raise ValueError("the site's vtest has no usable vtest_id")
+        known = self._row(vtest_id)
+        if known is not None:
+            # Reported already, yet offered again (its report was lost): report it again.
+            log.info("vtest %s: already handled; reporting again", vtest_id)
+            self._set(vtest_id, state=SendState.FINISHED, next_try_at=0)
+            return
+        self._new(vtest_id, body.get("vtest_info"), now)
+
+    def _row(self, vtest_id: str) -> sqlite3.Row | None:
+        return self.state.db.execute(
+            "SELECT * FROM sends WHERE vtest_id = ?", (vtest_id,)
+        ).fetchone()
+
+    def _set(self, vtest_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.state.tx():
+            self.state.db.execute(
+                f"UPDATE sends SET {cols} WHERE vtest_id = ?",  # noqa: S608 (our column names)
+                (*fields.values(), vtest_id),
+            )
+
+    # ----- a new vtest ---------------------------------------------------------------------
+
+    def _new(self, vtest_id: str, blob: Any, now: float) -> None:
+        channel = self.channels.usable(now)
+        if channel is None:
+            return  # the channel keeper is opening one; the site keeps offering the vtest
+        user_tx_no = user_tx_no_for(vtest_id)
+        try:
+            try:
+                req = open_vtest(
+                    blob if isinstance(blob, str) else "", self.settings.vtest_password
+                )
+            except VtestDecryptError as exc:
+                log.warning("vtest %s: decrypt failed (%s)", vtest_id, exc.reason)
+                raise Refusal(DECRYPT_ERROR, f"{DECRYPT_ERROR}: vtest {vtest_id} refused") from None
+            try:
+                outs = parse_outs(req.outs, self.settings.network, allow_zero=True)
+                request = send_request_string(
+                    req.outs, user_tx_no, coin_code=COIN, is_dynamic_fee=req.dynamic
+                )
+            except WalletError as exc:
+                log.warning("vtest %s: %s: %s", vtest_id, OUT_INVALID, exc.message)
+                raise Refusal(OUT_INVALID, f"{OUT_INVALID}: vtest {vtest_id} refused") from None
+            total = sum(o.value for o in outs)
+            self._check_policies(vtest_id, [o.address for o in outs], total, now)
+        except Refusal as refusal:
+            self._refuse(vtest_id, user_tx_no, refusal, now)
+            if refusal.reason == DECRYPT_ERROR:
+                self.state.set_loop_state(LoopState.STOPPED, DECRYPT_ERROR)
+                log.warning("loop stopped (%s) until the owner sends CC:START_LOOP", DECRYPT_ERROR)
+            return
+        self._check_balance()
+        vc_code = sign_message(channel.v_priv, request)
+        with self.state.tx():
+            self.state.db.execute(
+                "INSERT INTO sends(vtest_id, user_tx_no, outs, dynamic, total_sat, c_id, vc_code, "
+                "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    vtest_id,
+                    user_tx_no,
+                    req.outs,
+                    req.dynamic,
+                    total,
+                    channel.c_id,
+                    vc_code,
+                    SendState.SIGNED,
+                    now,
+                ),
+            )
+        log.info("vtest %s: signed as %s under channel %s", vtest_id, user_tx_no, channel.c_id)
+        row = self._row(vtest_id)
+        assert row is not None
+        self._advance(row, now)
+
+    def _check_policies(self, vtest_id: str, addresses: list[str], total: int, now: float) -> None:
+        p = self.settings.policies
+        if p.whitelist:
+            outside = [a for a in addresses if a not in p.whitelist]
+            if outside:
+                raise Refusal(
+                    "policy: destination not whitelisted",
+                    f"policy: vtest {vtest_id} refused, destination not whitelisted",
+                )
+        if p.max_send_sat and total > p.max_send_sat:
+            raise Refusal(
+                "policy: over the per-send limit",
+                f"policy: vtest {vtest_id} refused, {total} sat over the per-send limit",
+            )
+        db = self.state.db
+        if p.max_daily_sat:
+            (day,) = db.execute(
+                "SELECT COALESCE(SUM(total_sat), 0) FROM sends WHERE vc_code != '' "
+                "AND created_at > ? AND outcome != ?",
+                (now - 86400, Outcome.FAILED),
+            ).fetchone()
+            if day + total > p.max_daily_sat:
+                raise Refusal(
+                    "policy: over the per-day limit",
+                    f"policy: vtest {vtest_id} refused, over the per-day limit",
+                )
+        if p.max_sends_per_hour:
+            (hour,) = db.execute(
+                "SELECT COUNT(*) FROM sends WHERE vc_code != '' AND created_at > ?",
+                (now - 3600,),
+            ).fetchone()
+            if hour >= p.max_sends_per_hour:
+                raise Refusal(
+                    "policy: too many sends this hour",
+                    f"policy: vtest {vtest_id} refused, too many sends this hour",
+                )
+
+    def _check_balance(self) -> None:
+        limit = self.settings.policies.low_balance_sat
+        if not limit:
+            return
+        try:
+            balance = self.custody.user().get("balance")
+        except (RemoteError, RemoteRefused) as exc:
+            log.warning("balance check: %s", exc.message)
+            return
+        if isinstance(balance, int) and balance < limit:
+            self.phone.alert_once("balance-low", f"balance low: hot balance {balance} sat")
+        elif isinstance(balance, int):
+            self.phone.clear("balance-low")
+
+    def _refuse(self, vtest_id: str, user_tx_no: str, refusal: Refusal, now: float) -> None:
+        with self.state.tx():
+            self.state.db.execute(
+                "INSERT INTO sends(vtest_id, user_tx_no, outs, dynamic, total_sat, c_id, vc_code, "
+                "state, outcome, reason, created_at, finished_at) "
+                "VALUES (?, ?, '', 0, 0, '', '', ?, ?, ?, ?, ?)",
+                (
+                    vtest_id,
+                    user_tx_no,
+                    SendState.FINISHED,
+                    Outcome.FAILED,
+                    refusal.reason,
+                    now,
+                    now,
+                ),
+            )
+        self.phone.alert(refusal.alert)
+        row = self._row(vtest_id)
+        assert row is not None
+        self._advance(row, now)
+
+    # ----- moving a send along -------------------------------------------------------------
+
+    def _backoff(self, tries: int) -> float:
+        return min(
+            self.settings.tx_poll_max_interval, self.settings.poll_interval * 2 ** min(tries, 12)
+        )
+
+    def _advance(self, row: sqlite3.Row, now: float) -> None:
+        if now < row["next_try_at"]:
+            return
+        state = SendState(row["state"])
+        try:
+            if state is SendState.SIGNED:
+                self._post(row, now)
+            elif state is SendState.POSTED:
+                self._poll(row, now)
+            elif state is SendState.FINISHED:
+                self._report(row, now)
+        except RemoteError as exc:
+            tries = row["tries"] + 1
+            log.warning("vtest %s (%s): %s; retrying", row["vtest_id"], state, exc.message)
+            self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _post(self, row: sqlite3.Row, now: float) -> None:
+        form = {
+            "coin_code": COIN,
+            "user_tx_no": row["user_tx_no"],
+            "outs": row["outs"],
+            "is_dynamic_fee": str(row["dynamic"]),
+            "vc_code": row["vc_code"],
+            "c_id": row["c_id"],
+        }
+        self._set(row["vtest_id"], posts=row["posts"] + 1)
+        try:
+            fresh = self.custody.request_send(form)
+        except RemoteRefused as exc:
+            self._finish(row, Outcome.FAILED, "", f"custody refused: {exc.message}", now)
+            return
+        log.info(
+            "vtest %s: custody %s the request",
+            row["vtest_id"],
+            "accepted" if fresh else "already had",
+        )
+        self._set(row["vtest_id"], state=SendState.POSTED, posted_at=now, tries=0, next_try_at=now)
+
+    def _poll(self, row: sqlite3.Row, now: float) -> None:
+        try:
+            answer = self.custody.send_state(row["user_tx_no"])
+        except RemoteRefused as exc:
+            if exc.status == 404:
+                log.warning("vtest %s: custody does not know it; posting again", row["vtest_id"])
+                self._set(row["vtest_id"], state=SendState.SIGNED, next_try_at=now)
+                return
+            raise RemoteError(exc.message, status=exc.status) from None
+        status = answer.get("hot_wallet_tx_status")
+        if status == "OK" and isinstance(answer.get("tx_hash"), str) and answer["tx_hash"]:
+            self._finish(row, Outcome.OK, answer["tx_hash"], "", now)
+            return
+        if status == "failed":
+            reason = answer.get("failure_reason") or "the send failed"
+            self._finish(row, Outcome.FAILED, "", f"custody: {reason}", now)
+            return
+        tries = row["tries"] + 1
+        if row["posted_at"] and now - row["posted_at"] > PENDING_ALERT_AFTER:
+            self.phone.alert_once(
+                f"send-slow-{row['vtest_id']}",
+                f"send {row['vtest_id']}: still pending at custody after an hour",
+            )
+        self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _finish(
+        self, row: sqlite3.Row, outcome: Outcome, tx_hash: str, reason: str, now: float
+    ) -> None:
+        self._set(
+            row["vtest_id"],
+            state=SendState.FINISHED,
+            outcome=outcome,
+            tx_hash=tx_hash,
+            reason=reason,
+            finished_at=now,
+            tries=0,
+            next_try_at=0,
+        )
+        if outcome is Outcome.OK:
+            log.info("vtest %s: sent in %s", row["vtest_id"], tx_hash)
+        else:
+            log.warning("vtest %s: failed: %s", row["vtest_id"], reason)
+            self.phone.alert(f"send {row['vtest_id']} failed: {reason}")
+        fresh = self._row(row["vtest_id"])
+        assert fresh is not None
+        self._report(fresh, now)
+
+    def _report(self, row: sqlite3.Row, now: float) -> None:
+        try:
+            self.site.report_vtest(row["vtest_id"], row["tx_hash"])
+        except RemoteRefused as exc:
+            log.warning("vtest %s: the site refused the report: %s", row["vtest_id"], exc.message)
+            self.phone.alert(f"vtest {row['vtest_id']}: the site refused the outcome")
+        self._set(row["vtest_id"], state=SendState.REPORTED, reported_at=now)
+        log.info("vtest %s: reported (%s)", row["vtest_id"], row["outcome"] or "?")

@@ -1,0 +1,144 @@
+"""The V-device's configuration (`[vdevice]`), read once and passed down.
+
+In the local deployment the merchant site's URL, its shared header token and the vtest
+password are left empty under `[vdevice]` and taken from `[merchant_site]`, so the one secret
+lives in one place. A real phone has its own values here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cc_common.config import Config
+from cc_common.errors import ConfigError
+from wallet_core.networks import Network
+
+API_PREFIX = "/api/v1/open"
+DB_FILENAME = "vdevice.db"
+STATUS_FILENAME = "vdevice-status.json"
+
+
+@dataclass(frozen=True)
+class Policies:
+    """Local send policies; 0 means "no limit", an empty whitelist means "any address"."""
+
+    whitelist: tuple[str, ...] = ()
+    max_send_sat: int = 0
+    max_daily_sat: int = 0
+    max_sends_per_hour: int = 0
+    low_balance_sat: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "whitelist": list(self.whitelist),
+            "max_send_sat": self.max_send_sat,
+            "max_daily_sat": self.max_daily_sat,
+            "max_sends_per_hour": self.max_sends_per_hour,
+            "low_balance_sat": self.low_balance_sat,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `vdevice run` needs from the configuration file."""
+
+    state_dir: Path
+    run_dir: Path
+    log_dir: Path
+    modem_port: str
+    number: str
+    owner_number: str
+    network: Network
+    merchant_url: str
+    merchant_token: str
+    vtest_password: str
+    poll_interval: float = 2.0
+    wait_for_provisioning: bool = False
+    channel_renew_before: float = 3600.0
+    channel_max_lifetime: float = 172800.0
+    sms_reply_timeout: float = 60.0
+    sms_max_attempts: int = 4
+    stall_retry: float = 300.0
+    http_timeout: float = 10.0
+    tx_poll_max_interval: float = 60.0
+    policies: Policies = Policies()
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / DB_FILENAME
+
+    @property
+    def status_path(self) -> Path:
+        return self.run_dir / STATUS_FILENAME
+
+
+def state_dir(config: Config) -> Path:
+    return config.section("vdevice").path("state_dir")
+
+
+def load_settings(config: Config) -> Settings:
+    """`[vdevice]`, with the local deployment's fall-backs to `[merchant_site]`."""
+    v = config.section("vdevice")
+    site = config.section("merchant_site") if config.has_section("merchant_site") else None
+    merchant_url = v.str("merchant_url", "")
+    if not merchant_url:
+        if site is None:
+            raise ConfigError("config: [vdevice] merchant_url is missing")
+        merchant_url = f"http://{site.str('host')}:{site.int('port')}{API_PREFIX}"
+    token = v.str("merchant_token", "")
+    if not token and site is not None:
+        token = site.str("vdevice_token", "")
+    password = v.str("vtest_password", "")
+    if not password:
+        if site is None:
+            raise ConfigError("config: [vdevice] vtest_password is missing")
+        password = site.secret("vtest_password")
+    owner = v.str("owner_number", "")
+    if not owner:
+        owner = config.section("phones").str("owner")
+    network = Network.from_name(config.section("deployment").str("network", "regtest"))
+    whitelist = tuple(str(a) for a in v.list("whitelist")) if v.has("whitelist") else ()
+    policies = Policies(
+        whitelist=whitelist,
+        max_send_sat=v.int("max_send_sat", 0),
+        max_daily_sat=v.int("max_daily_sat", 0),
+        max_sends_per_hour=v.int("max_sends_per_hour", 0),
+        low_balance_sat=v.int("low_balance_sat", 0),
+    )
+    settings = Settings(
+        state_dir=v.path("state_dir"),
+        run_dir=config.run_dir,
+        log_dir=config.log_dir,
+        modem_port=v.port_url("modem_port"),
+        number=v.str("number"),
+        owner_number=owner,
+        network=network,
+        merchant_url=merchant_url.rstrip("/"),
+        merchant_token=token,
+        vtest_password=password,
+        poll_interval=v.float("poll_interval", 2.0),
+        wait_for_provisioning=v.bool("wait_for_provisioning", False),
+        channel_renew_before=v.float("channel_renew_before", 3600.0),
+        channel_max_lifetime=v.float("channel_max_lifetime", 172800.0),
+        sms_reply_timeout=v.float("sms_reply_timeout", 60.0),
+        sms_max_attempts=v.int("sms_max_attempts", 4),
+        stall_retry=v.float("stall_retry", 300.0),
+        http_timeout=v.float("http_timeout", 10.0),
+        tx_poll_max_interval=v.float("tx_poll_max_interval", 60.0),
+        policies=policies,
+    )
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    for name in ("poll_interval", "sms_reply_timeout", "stall_retry", "http_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"config: [vdevice] {name} must be positive")
+    if s.sms_max_attempts < 1:
+        raise ConfigError("config: [vdevice] sms_max_attempts must be at least 1")
+    p = s.policies
+    for name in ("max_send_sat", "max_daily_sat", "max_sends_per_hour", "low_balance_sat"):
+        if getattr(p, name) < 0:
+            raise ConfigError(f"config: [vdevice] {name} must not be negative")
