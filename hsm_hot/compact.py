@@ -26,9 +26,6 @@ from wallet_core.psbt import Psbt
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
 
-PSBT_MAGIC = b"psbt\xff"
-GLOBAL_UNSIGNED_TX = 0x00
-
 
 @dataclass(frozen=True)
 class TxIn:
@@ -99,21 +96,6 @@ class _Reader:
         return self._s.tell() == self._n
 
 
-def unsigned_tx_bytes(psbt_raw: bytes) -> bytes:
-    """The global unsigned transaction of a PSBT (BIP174 key type 0x00)."""
-    r = _Reader(psbt_raw)
-    if r.take(5) != PSBT_MAGIC:
-        raise BadRequest("not a PSBT")
-    while True:
-        keylen = r.varint()
-        if keylen == 0:
-            raise BadRequest("PSBT has no unsigned transaction")
-        key = r.take(keylen)
-        value = r.take(r.varint())
-        if key == bytes([GLOBAL_UNSIGNED_TX]):
-            return value
-
-
 def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
     r = _Reader(raw)
     version = r.u32()
@@ -136,7 +118,7 @@ def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
 
 def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
     """Check that every input spends `wallet` and find the change; raise `BadRequest` if not."""
-    tx = parse_unsigned_tx(unsigned_tx_bytes(psbt.to_bytes()))
+    tx = parse_unsigned_tx(psbt.unsigned_tx_bytes())
     if len(tx.vin) != psbt.input_count:
         raise BadRequest("PSBT input maps do not match its transaction")
     inputs: list[tuple[int, int, int]] = []

@@ -290,6 +290,63 @@ def test_replay_after_restart_is_stale_and_sender_never_reuses_counters(tmp_path
     assert isinstance(fresh, Message) and fresh.counter > 1
 
 
+class _CountingStore(MemoryCounterStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[tuple[str, int]] = []
+
+    def save(self, name: str, value: int) -> None:
+        self.saves.append((name, value))
+        super().save(name, value)
+
+
+def test_receiver_writes_a_reservation_once_per_recv_reserve_messages() -> None:
+    config = LinkConfig(recv_reserve=8)
+    store = _CountingStore()
+    client = Session(KEY, Role.CLIENT, MemoryCounterStore(), config, name="hot")
+    server = Session(KEY, Role.SERVER, store, config, name="cold")
+    for i in range(20):
+        assert isinstance(server.open(client.seal(Kind.REQUEST, i, b"x")), Message)
+        server.commit()
+    # counters 1..20: reservations written on accepting 1, 10 and 19 (each before acting)
+    assert store.saves == [("hot_to_cold.recv", 9), ("hot_to_cold.recv", 18)] + [
+        ("hot_to_cold.recv", 27)
+    ]
+
+
+def test_replay_after_restart_with_batched_counter_writes_is_stale(tmp_path) -> None:
+    """Every message accepted before a restart is stale after it, including those accepted
+    after the last write and one whose counter jumped past the reservation."""
+    config = LinkConfig(recv_reserve=8)
+    client = Session(KEY, Role.CLIENT, MemoryCounterStore(), config, name="hot")
+    server = Session(KEY, Role.SERVER, JsonCounterStore(tmp_path / "cold.json"), config)
+    sent = []
+    for i in range(12):
+        sent.append(client.seal(Kind.REQUEST, i, b"x"))
+        assert isinstance(server.open(sent[-1]), Message)
+        server.commit()
+    client.skip_send_counter(5000)  # e.g. the hot side restarted and skipped ahead
+    sent.append(client.seal(Kind.REQUEST, 12, b"x"))
+    assert server.open(sent[-1]).counter == 5001
+    server.commit()
+    sent.append(client.seal(Kind.REQUEST, 13, b"x"))  # accepted, not itself written
+    assert isinstance(server.open(sent[-1]), Message)
+    server.commit()
+
+    restarted = Session(KEY, Role.SERVER, JsonCounterStore(tmp_path / "cold.json"), config)
+    for i, wire in enumerate(sent):
+        assert restarted.open(wire) == Refused(Refusal.STALE, Kind.REQUEST, i)
+    # The sender's next counter is under the new floor: refused as stale but authentic (its
+    # body is handed up), and the floor the refusal carries moves the sender on.
+    refused = restarted.open(client.seal(Kind.REQUEST, 99, b"next"))
+    assert refused.reason == Refusal.STALE and refused.body == b"next"
+    client.skip_send_counter(restarted.highest_received)
+    assert isinstance(restarted.open(client.seal(Kind.REQUEST, 100, b"next")), Message)
+    # A forged message under the floor has no body: only authentic ones are handed up.
+    forged = Session(os.urandom(32), Role.CLIENT, MemoryCounterStore()).seal(Kind.REQUEST, 1, b"")
+    assert restarted.open(forged).body is None
+
+
 def test_unauthenticated_refusal_is_passed_up_as_unauthenticated() -> None:
     client, server = _pair()
     msg = client.open(server.seal_unauthenticated_refusal(5, b"why"))

@@ -348,6 +348,81 @@ def test_a_hot_restart_with_lost_counters_recovers(rig: Rig) -> None:
     assert set(rig.cold.executed.values()) == {1}
 
 
+def test_a_hot_restart_above_the_cold_counters_recovers_and_refuses_replays(
+    rig: Rig, tmp_path
+) -> None:
+    """The hot side restarts from its stored reservation, above the cold side's next counters:
+    it refuses the (authentic) answer, the cold side skips past its floor and answers again
+    from its cache. Nothing runs twice; old answers replayed to it do nothing."""
+    rig.line.start_capture(Way.B_TO_A)
+    for _ in range(3):
+        rig.client.call("cosign", cosign_request(), timeout=5)
+    old_answers = rig.line.captured(Way.B_TO_A)
+    rig.client.close()
+    client = LinkClient.open(
+        rig.line.a_path, KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
+    )
+    try:
+        assert client.session.highest_received == 1 + CONFIG.recv_reserve  # written at 1
+        start = time.monotonic()
+        req = cosign_request()
+        assert client.call("cosign", req, timeout=5)["nonce"] == req["nonce"]
+        assert time.monotonic() - start < CONFIG.resend_after  # no waiting for a re-send
+        assert client.counts["stale cold messages refused"] == 1
+        assert rig.server.counts["answers re-sent after a stale refusal"] == 1
+        stale_before = client.session.refusals[Refusal.STALE]
+        rig.line.inject(Way.B_TO_A, old_answers)
+        wait_for(lambda: client.session.refusals[Refusal.STALE] >= stale_before + 3)
+        assert client.counts["stale cold messages refused"] == 1  # no call awaited them
+        client.call("cosign", cosign_request(), timeout=5)
+    finally:
+        client.close()
+    assert sum(rig.cold.executed.values()) == 5
+    assert set(rig.cold.executed.values()) == {1}
+
+
+def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_path) -> None:
+    rig.line.start_capture(Way.A_TO_B)
+    for _ in range(3):
+        rig.client.call("cosign", cosign_request(), timeout=5)
+    old_requests = rig.line.captured(Way.A_TO_B)
+    rig.client.close()
+    rig.server.stop()
+    # Each side's floor above everything the other sends next (larger reservations than the
+    # sending ones): the first exchanges are stale both ways.
+    JsonCounterStore(tmp_path / "hot.json").save("cold_to_hot.recv", 10_000)
+    JsonCounterStore(tmp_path / "cold.json").save("hot_to_cold.recv", 20_000)
+    cold = ColdSide()
+    server = LinkServer.open(
+        rig.line.b_path,
+        KEY,
+        cold.handlers(),
+        JsonCounterStore(tmp_path / "cold.json"),
+        CONFIG,
+        name="cold2",
+    )
+    server.start()
+    client = LinkClient.open(
+        rig.line.a_path, KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
+    )
+    try:
+        rig.line.inject(Way.A_TO_B, old_requests)
+        wait_for(lambda: server.session.refusals[Refusal.STALE] >= 3)
+        assert not cold.executed
+        start = time.monotonic()
+        for _ in range(3):
+            client.call("cosign", cosign_request(), timeout=5)
+        assert time.monotonic() - start < CONFIG.resend_after
+        assert client.counts["stale cold messages refused"] >= 1
+        assert client.session.highest_received > 10_000
+        assert server.session.highest_received > 20_000
+    finally:
+        client.close()
+        server.stop()
+    assert sum(cold.executed.values()) == 3
+    assert set(cold.executed.values()) == {1}
+
+
 def test_over_the_firmware_sim_serial_line(tmp_path) -> None:
     """The same guarantees over firmware_sim's relay (the one `firmware-sim serve` runs)."""
     relay = pytest.importorskip("firmware_sim.serial_relay")

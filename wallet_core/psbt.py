@@ -209,6 +209,10 @@ class Psbt:
         """txid of the unsigned transaction (stable: segwit signatures do not change it)."""
         return self._p.tx.txid().hex()
 
+    def unsigned_tx_bytes(self) -> bytes:
+        """The global unsigned transaction, non-witness serialized (its txid's preimage)."""
+        return self._p.tx.serialize()
+
     @property
     def input_count(self) -> int:
         return len(self._p.inputs)

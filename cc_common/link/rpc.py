@@ -9,6 +9,15 @@ first copy is still executing). A request id reused for a different body is refu
 
 Bodies are `codec` values: a request is ``[command, payload]``, an answer ``[0, result]`` or
 ``[1, [code, message]]``, a refusal ``[reason, highest counter accepted]``.
+
+Counters after a restart (see `session.py`): a receiver's floor after a restart is its stored
+reservation, possibly above the counters the peer sends next. The cold side answers a stale
+request with an authenticated STALE refusal carrying its floor, and the hot side skips past it.
+The hot side, for a stale but authentic message from the cold side that concerns a call it is
+waiting for, sends an authenticated STALE refusal carrying *its* floor; the cold side skips past
+it and re-sends the cached answer, if any. Each side also takes the floor from a stale but
+authentic STALE refusal of the other (after both restarted): moving a sending counter forward is
+all a replayed message can cause, and that is harmless.
 """
 
 from __future__ import annotations
@@ -207,6 +216,7 @@ class LinkClient:
     def _on_payload(self, data: bytes) -> None:
         msg = self.session.open(data)
         if isinstance(msg, Refused):
+            self._stale_from_cold(msg)
             return
         if msg.authenticated:
             self.session.commit()
@@ -268,6 +278,34 @@ class LinkClient:
                 self._pending[call.request_id] = call
         call.resend_now = True
 
+    def _stale_from_cold(self, refused: Refused) -> None:
+        """An authentic cold message under our floor (we restarted): tell the cold side.
+
+        Only for a call we are waiting for, so replayed old answers cause nothing. The cold
+        side skips its counter past our floor and re-sends its cached answer; a stale STALE
+        refusal also moves our own counter on (only ever forward), and the call is re-sent.
+        """
+        if refused.reason != Refusal.STALE or refused.body is None or refused.request_id is None:
+            return
+        rid = refused.request_id
+        if refused.kind == Kind.REFUSAL:
+            hint = _stale_hint(refused.body)
+            if hint is not None:
+                self.session.skip_send_counter(hint)
+        with self._lock:
+            call = self._pending.get(rid)
+        if call is None or call.done:
+            return
+        self.counts["stale cold messages refused"] += 1
+        body = codec.encode([Refusal.STALE, self.session.highest_received])
+        try:
+            self.frames.send(self.session.seal(Kind.REFUSAL, rid, body))
+        except LinkError as exc:
+            log.warning("%s: cannot send a refusal: %s", self.name, exc)
+        if refused.kind == Kind.REFUSAL:
+            call.resend_now = True
+            call.wake.set()
+
     def _unauthenticated_refusal(self, call: _Call, msg: Message) -> None:
         try:
             reason = Refusal(codec.decode(msg.body)[0])
@@ -278,6 +316,17 @@ class LinkClient:
         call.error = LinkAuthError(
             f"link: the cold side refused {call.command!r}: {reason.text}{hint}"
         )
+
+
+def _stale_hint(body: bytes) -> int | None:
+    """The peer's floor from an authenticated ``[STALE, highest accepted]`` refusal body."""
+    try:
+        reason, highest = codec.decode(body)
+    except (LinkEncodingError, TypeError, ValueError):
+        return None
+    if reason != Refusal.STALE or isinstance(highest, bool) or not isinstance(highest, int):
+        return None
+    return highest
 
 
 @dataclass
@@ -366,6 +415,9 @@ class LinkServer:
         if isinstance(msg, Refused):
             self._answer_refusal(msg)
             return
+        if msg.kind == Kind.REFUSAL:
+            self._hot_refusal(msg)
+            return
         if msg.kind != Kind.REQUEST:
             log.warning("%s: ignored a %s from the hot side", self.name, msg.kind.name.lower())
             return
@@ -394,8 +446,29 @@ class LinkServer:
             log.info("%s: request id %d re-sent; answering from cache", self.name, msg.request_id)
             self._send(Kind.ANSWER, msg.request_id, entry.answer)
 
+    def _hot_refusal(self, msg: Message) -> None:
+        """The hot side refused our answer as stale (it restarted): continue above its floor
+        and answer again from the cache. Nothing is executed."""
+        hint = _stale_hint(msg.body)
+        if hint is None:
+            log.warning("%s: ignored a refusal from the hot side", self.name)
+            return
+        self.session.commit()
+        self.session.skip_send_counter(hint)
+        with self._lock:
+            entry = self._executed.get(msg.request_id)
+            answer = None if entry is None else entry.answer
+        if answer is not None:
+            self.counts["answers re-sent after a stale refusal"] += 1
+            self._send(Kind.ANSWER, msg.request_id, answer)
+
     def _answer_refusal(self, refused: Refused) -> None:
         """Tell the hot side why its request was refused; never answer anything else."""
+        if refused.kind == Kind.REFUSAL and refused.reason == Refusal.STALE and refused.body:
+            hint = _stale_hint(refused.body)  # both sides restarted: move our counter on
+            if hint is not None:
+                self.session.skip_send_counter(hint)
+            return
         if refused.kind != Kind.REQUEST or refused.request_id is None:
             return
         if refused.reason == Refusal.REPLAYED:

@@ -10,6 +10,16 @@ wrong direction, fails its MAC, or repeats / predates a counter it accepted; a r
 changes nothing. Accepted counters are persisted by `commit()`, which the layer above calls
 before it acts on a message, so a replay after a restart is still stale.
 
+`commit()` does not write every accepted counter: like the sending counter, it writes a
+*reservation* `highest accepted + LinkConfig.recv_reserve` whenever an accepted counter passes the
+last one written, so one disk write (fsync) covers `recv_reserve` messages. The stored value is
+always at or above every counter ever accepted (it is written before the message that passed it
+is acted on), so after a restart, with the stored value as floor, every old message is still
+stale. The cost: after a restart the floor may be above the peer's next counters. Towards the
+cold side that was always handled (its authenticated STALE refusal makes the hot side skip
+ahead); towards the hot side, the hot side refuses a stale but authentic answer with a REFUSAL of
+its own carrying its floor, and the cold side skips ahead and answers again (see `rpc.py`).
+
 `UNAUTH_REFUSAL` is the one unauthenticated kind: the cold side's answer to a request whose MAC
 does not verify (it cannot authenticate to a peer whose key differs). It is only ever advisory:
 it can end a pending call with a clear error, never produce a result.
@@ -22,7 +32,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from cc_common.link.auth import MAC_LEN, Direction, MacKey, Refusal, ReplayWindow
@@ -68,11 +78,17 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A message that failed a check; `kind`/`request_id` are as claimed (unverified)."""
+    """A message that failed a check; `kind`/`request_id` are as claimed (unverified).
+
+    `body` is set only for a message whose MAC verified but whose counter was refused (stale or
+    replayed): authentic, but possibly old, so it may only be used for something a replay
+    cannot abuse (moving a counter forward).
+    """
 
     reason: Refusal
     kind: Kind | None = None
     request_id: int | None = None
+    body: bytes | None = field(default=None, compare=False)
 
 
 class Session:
@@ -98,6 +114,7 @@ class Session:
         self._lock = threading.Lock()
         self._reserved = counters.load(self._send_name)
         self._next = self._reserved + 1
+        # Every counter ever accepted is at or below the stored value (a reservation).
         self._persisted = counters.load(self._recv_name)
         self._window = ReplayWindow(self._persisted, self.config.replay_window)
         self.refusals: Counter[Refusal] = Counter()
@@ -157,20 +174,30 @@ class Session:
                 self._window.accept(counter)
         if reason is not None:
             detail = f"counter {counter}, highest accepted {self._window.highest}"
-            return self._refuse(reason, kind, request_id, detail)
+            return self._refuse(reason, kind, request_id, detail, body)
         return Message(direction, kind, counter, request_id, body)
 
     def commit(self) -> None:
-        """Persist the highest accepted counter; call before acting on an opened message."""
+        """Make every accepted counter stale after a restart; call before acting on a message.
+
+        Writes (durably) a reservation above the highest accepted counter only when that counter
+        has passed the last reservation, so most calls write nothing.
+        """
         with self._lock:
             highest = self._window.highest
             if highest <= self._persisted:
                 return
-            self._store.save(self._recv_name, highest)
-            self._persisted = highest
+            reserved = min(highest + self.config.recv_reserve, MAX_COUNTER)
+            self._store.save(self._recv_name, reserved)
+            self._persisted = reserved
 
     def _refuse(
-        self, reason: Refusal, kind: Kind | None, request_id: int | None, detail: str
+        self,
+        reason: Refusal,
+        kind: Kind | None,
+        request_id: int | None,
+        detail: str,
+        body: bytes | None = None,
     ) -> Refused:
         self.refusals[reason] += 1
         now = time.monotonic()
@@ -190,4 +217,4 @@ class Session:
             f" ({detail})" if detail else "",
             self.refusals[reason],
         )
-        return Refused(reason, kind, request_id)
+        return Refused(reason, kind, request_id, body)

@@ -40,3 +40,6 @@ class LinkConfig:
     replay_window: int = 128
     #: Counters reserved per write of the sender's counter store.
     counter_reserve: int = 1024
+    #: Counters reserved per write of the receiver's accepted high-water mark: one fsync per
+    #: this many messages received; after a restart the floor is up to this far ahead.
+    recv_reserve: int = 1024
