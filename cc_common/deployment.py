@@ -158,6 +158,11 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "max_fee_rate": 500,
             "modem_ports": ["dev/modem-cold-a", "dev/modem-cold-b"],
             "numbers": list(COLD_NUMBERS),
+            # SMS channel (docs/sms-channel.md): renewal period and QH time window (seconds)
+            "channel_lifetime": 86_400,
+            "channel_freshness": 600,
+            "accept_plain_channel_open": False,  # the reference's unsigned forms: spoofable
+            "sms_poll_interval": 1.0,
         },
         "custody": {
             "database_url": f"sqlite:///{data_dir / 'custody.db'}",
@@ -169,6 +174,26 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "modem_port": "dev/modem-vdevice",
             "number": VDEVICE_NUMBER,
             "state_dir": "vdevice",
+            # The merchant site's section-2 API; "" = [merchant_site] host:port + /api/v1/open.
+            "merchant_url": "",
+            # X-VDevice-Token for the site and the vtest password; "" = [merchant_site]'s.
+            "merchant_token": "",
+            "vtest_password": "",
+            "owner_number": OWNER_NUMBER,
+            "poll_interval": 2.0,
+            # The demo starts every process before the account exists: wait for provisioning.
+            "wait_for_provisioning": True,
+            "channel_renew_before": 3600,
+            "channel_max_lifetime": 172800,
+            "sms_reply_timeout": 60.0,
+            "sms_max_attempts": 4,
+            "stall_retry": 300.0,
+            # Local policies: [] = any destination; 0 = no limit.
+            "whitelist": [],
+            "max_send_sat": 1_000_000_000,
+            "max_daily_sat": 5_000_000_000,
+            "max_sends_per_hour": 60,
+            "low_balance_sat": 100_000,
         },
         "merchant_site": {
             "host": "127.0.0.1",

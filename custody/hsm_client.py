@@ -41,6 +41,9 @@ class ProvisionedAccount:
     hot_pubkey: str
     cold_identity: str
     proof: str
+    # the cold receiving account's master fingerprint (the key origin of the cold descriptor);
+    # None from a hot HSM that does not relay it
+    receiving_fingerprint: str | None = None
 
 
 class HotHsmClient:
@@ -83,16 +86,28 @@ class HotHsmClient:
         return self.call("health")
 
     def provision_account(
-        self, account: int, network: str, vdevice_identity: str, settlement_descriptor: str
+        self,
+        account: int,
+        network: str,
+        vdevice_identity: str,
+        settlement_descriptor: str,
+        *,
+        vdevice_phone: str,
+        owner_phone: str,
     ) -> ProvisionedAccount:
+        """Provision on both HSMs; the cold one pins the phones for the SMS channel."""
         r = self.call(
             "provision_account",
             account=account,
             network=network,
             vdevice_identity=vdevice_identity,
             settlement_descriptor=settlement_descriptor,
+            vdevice_phone=vdevice_phone,
+            owner_phone=owner_phone,
         )
-        return ProvisionedAccount(**{k: r[k] for k in ProvisionedAccount.__dataclass_fields__})
+        return ProvisionedAccount(
+            **{k: r[k] for k in ProvisionedAccount.__dataclass_fields__ if k in r}
+        )
 
     def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
         return str(

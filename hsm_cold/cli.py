@@ -1,9 +1,9 @@
 """`hsm-cold`: the air-gapped HSM. Reachable only over the serial link; no network socket at all.
 
 hsm-cold init       create the token, keys, state and (once) the pairing file
-hsm-cold serve      answer the hot HSM over the serial link
+hsm-cold serve      answer the hot HSM over the serial link, and the V-devices by SMS
 hsm-cold unfreeze   the operator's local unfreeze of an account (asks for the user PIN)
-hsm-cold status     accounts, frozen ones, recent alerts
+hsm-cold status     accounts, frozen ones, SMS channels and counters, recent alerts
 hsm-cold alerts     every recorded alert
 """
 
@@ -14,6 +14,7 @@ import getpass
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
 from hsm_cold.service import AlertKind, ColdService
+from hsm_cold.sms_service import SmsService, SmsSettings
 from hsm_cold.store import ColdStore
 from wallet_core.networks import Network
 
@@ -44,6 +46,7 @@ COUNTERS_DB = "link-counters.db"
 DEFAULT_MAX_FEE_SAT = 1_000_000
 DEFAULT_MAX_FEE_RATE = 500.0
 RECENT_ALERTS = 10
+RECENT_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -166,18 +169,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         del link_key
         server_ref.append(server)
+        sms = _sms_service(config, service)
         stop = install_stop_handlers()
         server.start()
+        if sms is not None:
+            service.on_alert = sms.on_alert
+            sms.start()
         mark_ready(config.run_dir, NAME, port=port_url)
         log.info("serving the hot HSM on %s (%s)", port_url, network.value)
         try:
             stop.wait()
         finally:
             log.info("stopping")
+            if sms is not None:
+                sms.stop()
             server.stop()
             counters.close()
             clear_ready(config.run_dir, NAME)
     return 0
+
+
+def _sms_service(config: Config, service: ColdService) -> SmsService | None:
+    """The SMS side, when `[hsm_cold] modem_ports` lists modems (absent ones are retried)."""
+    settings = SmsSettings.of(config)
+    if not settings.ports:
+        log.warning("no [hsm_cold] modem_ports: the SMS channel is off")
+        return None
+    return SmsService(service, settings)
 
 
 def _refusals(server_ref: list[LinkServer]) -> dict[str, int]:
@@ -232,6 +250,32 @@ def _alerts_table(store: ColdStore, limit: int) -> str:
     return render_table(("id", "at (UTC)", "account", "kind", "message"), rows)
 
 
+def _expires_in(expires_at: float, now: float) -> str:
+    left = int(expires_at - now)
+    if left <= 0:
+        return "expired"
+    hours, rest = divmod(left, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _channels_table(store: ColdStore, now: float) -> str:
+    """The newest channels of each account: c_id, state, time left."""
+    rows, shown = [], dict[int, int]()
+    for ch in store.list_channels():
+        shown[ch.account] = shown.get(ch.account, 0) + 1
+        if shown[ch.account] <= RECENT_CHANNELS:
+            how = "sms" if ch.cold_key_label else "link"
+            rows.append((ch.account, ch.c_id, ch.state, _expires_in(ch.expires_at, now), how))
+    return render_table(("account", "c_id", "state", "expires in", "opened by"), rows)
+
+
+def _sms_table(store: ColdStore) -> str:
+    """SMS counters: received, refused by reason, sent per SIM, ..."""
+    rows = [(name, value) for name, value in store.counters().items()]
+    rows.append(("outbox (not yet sent)", store.pending_sms_count()))
+    return render_table(("sms counter", "count"), rows)
+
+
 def cmd_status(args: argparse.Namespace) -> str:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
@@ -242,6 +286,11 @@ def cmd_status(args: argparse.Namespace) -> str:
         return "\n".join(
             (
                 render_table(("account", "frozen", "reason"), accounts),
+                "",
+                f"SMS channels (newest {RECENT_CHANNELS} per account):",
+                _channels_table(store, time.time()),
+                "",
+                _sms_table(store),
                 "",
                 f"recent alerts ({store.pending_alert_count()} not yet handed over):",
                 _alerts_table(store, RECENT_ALERTS),

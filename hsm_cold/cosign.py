@@ -24,7 +24,7 @@ from hsm_cold.errors import (
     UnknownChannel,
 )
 from hsm_cold.rawtx import UnsignedTx, parse_unsigned_tx
-from hsm_cold.store import ChannelRecord
+from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import HARDENED, ExtendedKey
@@ -164,9 +164,15 @@ def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
 
 
 def check_channel(channel: ChannelRecord | None, req: CosignRequest, now: float) -> bytes:
-    """Check 2: the channel exists for the account and is live; returns its public key."""
+    """Check 2: the channel exists for the account, is live and unexpired; its public key.
+
+    A renewal does not retire the previous channel: each stays valid until its own expiry,
+    so a send signed just before a renewal still co-signs (docs/sms-channel.md).
+    """
     if channel is None:
         raise UnknownChannel(f"account {req.account} has no channel {req.c_id!r}")
+    if channel.state != CHANNEL_LIVE:  # opened by SMS, not yet confirmed by CHANNEL_OK
+        raise UnknownChannel(f"channel {req.c_id!r} of account {req.account} is not live yet")
     if now >= channel.expires_at:
         raise ChannelExpired(
             f"channel {req.c_id!r} of account {req.account} expired at {int(channel.expires_at)}"

@@ -7,6 +7,8 @@ memory, for the duration of one derivation or signature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cc_common.pairing import LINK_KEY_SIZE, PairingBundle
 from cc_common.token import HsmToken
 from hsm_cold.store import ColdStore
@@ -14,6 +16,12 @@ from hsm_cold.store import ColdStore
 IDENTITY_KEY = "cold/identity"
 SEAL_KEY = "cold/seal"
 LINK_SECRET = "link_key"  # noqa: S105 (a record name, not a secret)
+CHANNEL_KEY_PREFIX = "chan"
+
+
+def channel_key_label(account: int, c_id: str) -> str:
+    """The token label of the cold key of one SMS channel: `chan/<account>/<c_id>`."""
+    return f"{CHANNEL_KEY_PREFIX}/{account}/{c_id}"
 
 
 class ColdKeystore:
@@ -44,6 +52,15 @@ class ColdKeystore:
     def sign_message_digest(self, digest: bytes) -> bytes:
         """65-byte compact recoverable signature by the identity key (signed-message format)."""
         return self.token.keys.sign_recoverable(IDENTITY_KEY, digest)
+
+    # -- SMS channel keys (made in the token, never extractable) ----------------------------
+    def new_channel_key(self, label: str) -> bytes:
+        """A fresh secp256k1 key in the token for one channel; its compressed public key."""
+        return self.token.keys.generate_signing_key(label)
+
+    def channel_signer(self, label: str) -> Callable[[bytes], bytes]:
+        """The `Signer` hook of a channel key: digest -> 65-byte compact signature."""
+        return lambda digest: self.token.keys.sign_recoverable(label, digest)
 
     # -- the link key ------------------------------------------------------------------------
     def has_link_key(self) -> bool:

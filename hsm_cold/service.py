@@ -2,28 +2,36 @@
 
 A handler takes the decoded payload and returns the answer map, or raises a `ColdHsmError`
 whose code and message the link server sends back. The link server runs one handler at a
-time, so a check followed by a state change here cannot interleave with another command.
+time, so a check followed by a state change here cannot interleave with another command; the
+SMS thread (`sms_service.py`) touches other rows (channels, one-time ids) and claims its one-time
+ids atomically, so the two never need a common lock.
 Nothing reachable from here unfreezes an account: that is `hsm-cold unfreeze`, at the console.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hsm_cold import accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
-from hsm_cold.cosign import FeePolicy, field, signed_message_text, text_field
+from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
     AccountExists,
     AccountFrozen,
     BadIdentitySignature,
     BadRequest,
+    ChangeNotDerivable,
+    ColdHsmError,
+    ExtraOutput,
+    ForeignInput,
     ForgedVcCode,
+    OutputMismatch,
     UnknownAccount,
     UserTxNoReused,
     WrongNetwork,
@@ -62,6 +70,9 @@ class AlertKind(StrEnum):
     ACCOUNT_FROZEN = "account_frozen"
     ACCOUNT_UNFROZEN = "account_unfrozen"
     CHANNEL_REFUSED = "channel_refused"
+    SMS_REFUSED = "sms_refused"
+    SMS_FORMAT_ERROR = "sms_format_error"
+    SMS_UNDELIVERABLE = "sms_undeliverable"
 
 
 class WalletKind(StrEnum):
@@ -79,6 +90,22 @@ def provision_statement(
 def channel_statement(account: int, c_id: str, channel_pubkey: bytes, expires_at: int) -> str:
     """What the V-device identity key signs to register a channel."""
     return f"CC:CHANNEL:{account}:{c_id}:{channel_pubkey.hex()}:{expires_at}"
+
+
+PHONE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164, as custody checks it
+
+# Refusals that mean the request was not what the V-device signed: the account is frozen
+# (reference section 3: "pays exactly outs. Otherwise it refuses, closes (freezes) the account").
+FREEZING = (ForgedVcCode, OutputMismatch, ExtraOutput, ChangeNotDerivable, ForeignInput)
+
+AlertHook = Callable[[int | None, str, str], None]
+
+
+def phone_field(payload: Mapping[str, Any], key: str) -> str:
+    value = text_field(payload, key, 16)
+    if not PHONE.fullmatch(value):
+        raise BadRequest(f"field {key!r} must be an E.164 number like +15550000100")
+    return value
 
 
 def pubkey_field(payload: Mapping[str, Any], key: str) -> bytes:
@@ -121,6 +148,9 @@ class ColdService:
         self.export_dir = export_dir
         self.link_refusals = link_refusals or dict
         self.clock = clock
+        # Called after an alert is recorded (the SMS thread sends it to the operator/owner).
+        self.on_alert: AlertHook | None = None
+        self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {c.value: getattr(self, c.value) for c in Command}
@@ -144,14 +174,51 @@ class ColdService:
         return signed_message_text(raw, "identity signature")
 
     def _hot_wallet(self, rec: AccountRecord) -> HotWallet:
+        """The account's hot wallet: public keys only, derived once per account record.
+
+        The cosigner xpub comes from the sealed seed, opened for that derivation alone; the
+        wallet (public material: xpubs and derived public keys, no private key) is then kept,
+        keyed by every public fact and the sealed blob, so an edited record is a miss and its
+        seed is opened again (and refused, `state damaged`, as before). Signing still opens
+        the seed for each command (`cosign`).
+        """
+        facts = AccountFacts.of(rec)
+        key = (facts, rec.cosigner_seed)
+        cached = self._wallets.get(rec.account)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
             cosigner = accounts.cosigner_key(root, self.network)
-        return accounts.hot_wallet(AccountFacts.of(rec), cosigner)
+        wallet = accounts.hot_wallet(facts, cosigner)
+        self._wallets[rec.account] = (key, wallet)
+        return wallet
+
+    def alert(self, account: int | None, kind: AlertKind, message: str) -> None:
+        """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side."""
+        self.store.add_alert(account, kind.value, message)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(account, kind.value, message)
+            except Exception:  # an SMS problem never changes what the cold HSM decided
+                log.exception("alert hook failed (the alert is recorded)")
 
     def _freeze(self, account: int, reason: str) -> None:
         self.store.set_frozen(account, True, reason)
-        self.store.add_alert(account, AlertKind.ACCOUNT_FROZEN.value, reason)
         log.warning("account %d frozen: %s", account, reason)
+        self.alert(account, AlertKind.ACCOUNT_FROZEN, reason)
+
+    def derive_batch(self, rec: AccountRecord, kind: WalletKind, batch_no: int) -> list[str]:
+        """The addresses of a receive batch, derived here from the account's own keys."""
+        wallet: Any
+        if kind is WalletKind.COLD:
+            with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
+                wallet = accounts.receiving_wallet(root, self.network)
+        else:
+            wallet = self._hot_wallet(rec)
+        try:
+            return [address for _, address in batch_addresses(wallet, batch_no, RECEIVE)]
+        except WalletError as exc:
+            raise BadRequest(f"batch {batch_no}: {exc.message}") from None
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -174,28 +241,46 @@ class ColdService:
             ) from None
         hot_pubkey = pubkey_field(payload, "hot_pubkey")
         vdevice_identity = pubkey_field(payload, "vdevice_identity")
+        vdevice_phone = phone_field(payload, "vdevice_phone")
+        owner_phone = phone_field(payload, "owner_phone")
         descriptor = text_field(payload, "settlement_descriptor", 4096)
         desc = sweep.settlement(descriptor)
         if descriptor_network(desc).params.xkey != self.network.params.xkey:
             raise WrongNetwork(f"the settlement descriptor is not for {self.network.value}")
         existing = self.store.get_account(account)
         if existing is not None:
-            asked = (self.network.value, hot_pubkey, vdevice_identity, descriptor)
+            asked = (
+                self.network.value,
+                hot_pubkey,
+                vdevice_identity,
+                descriptor,
+                vdevice_phone,
+                owner_phone,
+            )
             held = (
                 existing.network,
                 existing.hot_pubkey,
                 existing.vdevice_identity,
                 existing.settlement_descriptor,
+                existing.vdevice_phone,
+                existing.owner_phone,
             )
             if asked != held:
                 raise AccountExists(f"account {account} exists with other parameters")
             return self._provisioned(existing)
         return self._provisioned(
-            self._create_account(account, hot_pubkey, vdevice_identity, descriptor)
+            self._create_account(
+                account, hot_pubkey, vdevice_identity, descriptor, (vdevice_phone, owner_phone)
+            )
         )
 
     def _create_account(
-        self, account: int, hot_pubkey: bytes, vdevice_identity: bytes, descriptor: str
+        self,
+        account: int,
+        hot_pubkey: bytes,
+        vdevice_identity: bytes,
+        descriptor: str,
+        phones: tuple[str, str],
     ) -> AccountRecord:
         """New seeds; the recovery one goes to the paper backup, then the account is stored."""
         ks, net = self.keystore, self.network
@@ -226,6 +311,8 @@ class ColdService:
             recovery_fingerprint=facts.recovery_fingerprint,
             vdevice_identity=vdevice_identity,
             settlement_descriptor=descriptor,
+            vdevice_phone=phones[0],
+            owner_phone=phones[1],
         )
         del receiving_seed, cosigner_seed
         path = accounts.write_recovery_export(self.export_dir, facts, recovery_root, wallet)
@@ -325,12 +412,17 @@ class ColdService:
                 f"user_tx_no {req.user_tx_no!r} was already co-signed for another transaction"
             )
         outs = cosign.signed_outs(req, self.network)
-        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
-            node, cosigner = accounts.cosigner_signer(root, self.network)
-        wallet = accounts.hot_wallet(AccountFacts.of(rec), cosigner)
-        cosign.check_outputs(req, outs, wallet)  # 5
-        scripts = cosign.witness_scripts(req, wallet)  # 6
+        wallet = self._hot_wallet(rec)  # public keys only
+        try:
+            cosign.check_outputs(req, outs, wallet)  # 5
+            scripts = cosign.witness_scripts(req, wallet)  # 6
+        except FREEZING as exc:
+            self._refuse_and_freeze(req, exc)
         fee = cosign.check_fee(req, self.policy)  # 7
+        # The seed is opened for this signature only; sign_inputs checks every private child
+        # against the wallet's public key, so a wallet that is not this seed's signs nothing.
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
         if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
@@ -345,6 +437,16 @@ class ColdService:
             " (retry)" if done else "",
         )
         return {"signatures": sigs}
+
+    def _refuse_and_freeze(self, req: CosignRequest, exc: ColdHsmError) -> NoReturn:
+        """Not what the V-device signed: freeze, alert, and refuse with the same code."""
+        what = type(exc).__name__
+        words = re.sub(r"(?<!^)(?=[A-Z])", " ", what).lower()
+        self._freeze(
+            req.account,
+            f"{words} in a send (user_tx_no {req.user_tx_no!r}, channel {req.c_id}): {exc.message}",
+        )
+        raise type(exc)(f"{exc.message}: account {req.account} frozen, operator alerted") from None
 
     def freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(account_field(payload))

@@ -1,9 +1,10 @@
-"""The cold HSM's persistent state: accounts, used request numbers, channels, alerts.
+"""The cold HSM's persistent state: accounts, used request numbers, channels, alerts, SMS.
 
 The only module of the cold HSM that speaks SQL. Secrets are stored only as blobs already
 encrypted under the token's AES key (see `cc_common.token`); this module never sees a
 plaintext seed. SQLite in the cold state directory, one connection guarded by a lock
-(the cold HSM is a single process and its link server calls in from one thread at a time).
+(the cold HSM is a single process: its link server and its SMS thread call in; each method
+is one atomic unit, and one-time ids (`h_id`, nonces) are claimed by INSERT OR IGNORE).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     settlement_index INTEGER NOT NULL DEFAULT 0,
     frozen INTEGER NOT NULL DEFAULT 0,
     frozen_reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    vdevice_phone TEXT NOT NULL DEFAULT '',
+    owner_phone TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS used_requests (
     account INTEGER NOT NULL,
@@ -45,7 +48,44 @@ CREATE TABLE IF NOT EXISTS channels (
     channel_pubkey BLOB NOT NULL,
     expires_at REAL NOT NULL,
     created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'live',
+    cold_key_label TEXT NOT NULL DEFAULT '',
+    cold_pubkey BLOB NOT NULL DEFAULT x'',
+    h_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (account, c_id)
+);
+CREATE TABLE IF NOT EXISTS used_h_ids (
+    account INTEGER NOT NULL,
+    h_id TEXT NOT NULL,
+    v_channel_pubkey BLOB NOT NULL,
+    sig TEXT NOT NULL,
+    used_at REAL NOT NULL,
+    PRIMARY KEY (account, h_id)
+);
+CREATE TABLE IF NOT EXISTS channel_nonces (
+    account INTEGER NOT NULL,
+    c_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (account, c_id, nonce)
+);
+CREATE TABLE IF NOT EXISTS sms_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    number TEXT NOT NULL,
+    text TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    prefer INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    not_after REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    done_at REAL,
+    outcome TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS sms_counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,6 +100,26 @@ CREATE TABLE IF NOT EXISTS secrets (
     blob BLOB NOT NULL
 );
 """
+
+
+_ADDED_COLUMNS = (
+    ("accounts", "vdevice_phone", "TEXT NOT NULL DEFAULT ''"),
+    ("accounts", "owner_phone", "TEXT NOT NULL DEFAULT ''"),
+    ("channels", "state", "TEXT NOT NULL DEFAULT 'live'"),
+    ("channels", "cold_key_label", "TEXT NOT NULL DEFAULT ''"),
+    ("channels", "cold_pubkey", "BLOB NOT NULL DEFAULT x''"),
+    ("channels", "h_id", "TEXT NOT NULL DEFAULT ''"),
+)
+
+_ACCOUNT_COLUMNS = (
+    "account, network, receiving_seed, cosigner_seed, hot_pubkey, recovery_xpub,"
+    " vdevice_identity, settlement_descriptor, settlement_index, frozen, frozen_reason,"
+    " recovery_fingerprint, vdevice_phone, owner_phone"
+)
+_CHANNEL_COLUMNS = (
+    "account, c_id, channel_pubkey, expires_at, state, cold_key_label, cold_pubkey, h_id,"
+    " created_at"
+)
 
 
 @dataclass(frozen=True)
@@ -78,14 +138,40 @@ class AccountRecord:
     frozen: bool = False
     frozen_reason: str = ""
     recovery_fingerprint: bytes = b""
+    vdevice_phone: str = ""  # routing only: trust comes from the pinned identity keys
+    owner_phone: str = ""
+
+
+CHANNEL_PENDING = "pending"  # QC sent, waiting for the V-device's CHANNEL_OK
+CHANNEL_LIVE = "live"  # the only state `cosign` and VERIFY accept (until `expires_at`)
 
 
 @dataclass(frozen=True)
 class ChannelRecord:
+    """A V-device channel: its V key, and (opened by SMS) the cold key's token label."""
+
     account: int
     c_id: str
     channel_pubkey: bytes
     expires_at: float
+    state: str = CHANNEL_LIVE
+    cold_key_label: str = ""
+    cold_pubkey: bytes = b""
+    h_id: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    """A queued SMS: a reply (with the SIM it should prefer) or an alert."""
+
+    id: int
+    number: str
+    text: str
+    purpose: str
+    prefer: int
+    not_after: float | None
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +193,15 @@ class ColdStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a state made by an older version lacks (SQLite: ADD COLUMN)."""
+        with self._lock:
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -140,7 +235,8 @@ class ColdStore:
             db.execute(
                 "INSERT INTO accounts (account, network, receiving_seed, cosigner_seed, hot_pubkey,"
                 " recovery_xpub, recovery_fingerprint, vdevice_identity, settlement_descriptor,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, vdevice_phone, owner_phone)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.account,
                     rec.network,
@@ -152,33 +248,28 @@ class ColdStore:
                     rec.vdevice_identity,
                     rec.settlement_descriptor,
                     time.time(),
+                    rec.vdevice_phone,
+                    rec.owner_phone,
                 ),
             )
 
     def get_account(self, account: int) -> AccountRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT account, network, receiving_seed, cosigner_seed, hot_pubkey, recovery_xpub,"
-                " vdevice_identity, settlement_descriptor, settlement_index, frozen, frozen_reason,"
-                " recovery_fingerprint FROM accounts WHERE account = ?",
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account = ?",  # noqa: S608
                 (account,),
             ).fetchone()
-        if row is None:
-            return None
-        return AccountRecord(
-            account=row[0],
-            network=row[1],
-            receiving_seed=bytes(row[2]),
-            cosigner_seed=bytes(row[3]),
-            hot_pubkey=bytes(row[4]),
-            recovery_xpub=row[5],
-            vdevice_identity=bytes(row[6]),
-            settlement_descriptor=row[7],
-            settlement_index=row[8],
-            frozen=bool(row[9]),
-            frozen_reason=row[10],
-            recovery_fingerprint=bytes(row[11]),
-        )
+        return None if row is None else _account_record(row)
+
+    def accounts_by_vdevice_phone(self, phone: str) -> list[AccountRecord]:
+        """The accounts whose V-device has this number (the SMS sender), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"  # noqa: S608
+                " WHERE vdevice_phone = ? AND vdevice_phone != '' ORDER BY account",
+                (phone,),
+            ).fetchall()
+        return [_account_record(r) for r in rows]
 
     def list_accounts(self) -> list[tuple[int, bool, str]]:
         """(account, frozen, reason) for every account, for the cold console."""
@@ -240,21 +331,163 @@ class ColdStore:
     def put_channel(self, rec: ChannelRecord) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO channels (account, c_id, channel_pubkey, expires_at,"
-                " created_at) VALUES (?, ?, ?, ?, ?)",
-                (rec.account, rec.c_id, rec.channel_pubkey, rec.expires_at, time.time()),
+                f"INSERT OR REPLACE INTO channels ({_CHANNEL_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.account,
+                    rec.c_id,
+                    rec.channel_pubkey,
+                    rec.expires_at,
+                    rec.state,
+                    rec.cold_key_label,
+                    rec.cold_pubkey,
+                    rec.h_id,
+                    rec.created_at or time.time(),
+                ),
             )
 
     def get_channel(self, account: int, c_id: str) -> ChannelRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT account, c_id, channel_pubkey, expires_at FROM channels"
+                f"SELECT {_CHANNEL_COLUMNS} FROM channels"  # noqa: S608
                 " WHERE account = ? AND c_id = ?",
                 (account, c_id),
             ).fetchone()
-        if row is None:
-            return None
-        return ChannelRecord(row[0], row[1], bytes(row[2]), row[3])
+        return None if row is None else _channel_record(row)
+
+    def c_id_taken(self, c_id: str) -> bool:
+        """True if any account has a channel `c_id` (SMS channel ids are never reused)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM channels WHERE c_id = ?", (c_id,)).fetchone()
+        return row is not None
+
+    def set_channel_state(self, account: int, c_id: str, state: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE channels SET state = ? WHERE account = ? AND c_id = ?",
+                (state, account, c_id),
+            )
+
+    def list_channels(self, account: int | None = None) -> list[ChannelRecord]:
+        """Channels of one account (or all), newest first."""
+        where, args = ("WHERE account = ?", (account,)) if account is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_CHANNEL_COLUMNS} FROM channels {where}"  # noqa: S608
+                " ORDER BY account, created_at DESC",
+                args,
+            ).fetchall()
+        return [_channel_record(r) for r in rows]
+
+    def channel_key_used(self, account: int, channel_pubkey: bytes) -> bool:
+        """True if this V channel key was ever offered by (or registered for) the account."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM used_h_ids WHERE account = ? AND v_channel_pubkey = ?"
+                " UNION SELECT 1 FROM channels WHERE account = ? AND channel_pubkey = ?",
+                (account, channel_pubkey, account, channel_pubkey),
+            ).fetchone()
+        return row is not None
+
+    # -- one-time ids of the SMS channel (claimed atomically, kept) --------------------------------
+    def claim_h_id(self, account: int, h_id: str, v_channel_pubkey: bytes, sig: str) -> bool:
+        """Record `h_id` as used by the account; False if it already was."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO used_h_ids (account, h_id, v_channel_pubkey, sig, used_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account, h_id, v_channel_pubkey, sig, time.time()),
+            )
+        return cur.rowcount == 1
+
+    def h_id_sig(self, account: int, h_id: str) -> str | None:
+        """The signature of the `QH` that used `h_id` (to tell a duplicate from a reuse)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sig FROM used_h_ids WHERE account = ? AND h_id = ?", (account, h_id)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def claim_nonce(self, account: int, c_id: str, nonce: str, sig: str, expires_at: float) -> bool:
+        """Record a VERIFY nonce on a channel; False if it was seen. Expired channels' go."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM channel_nonces WHERE expires_at < ?", (time.time(),))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO channel_nonces (account, c_id, nonce, sig, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account, c_id, nonce, sig, expires_at),
+            )
+        return cur.rowcount == 1
+
+    # -- the SMS outbox ----------------------------------------------------------------------------
+    def queue_sms(
+        self,
+        number: str,
+        text: str,
+        purpose: str,
+        *,
+        prefer: int = 0,
+        not_after: float | None = None,
+    ) -> int:
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO sms_outbox (number, text, purpose, prefer, created_at, not_after,"
+                " next_try) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (number, text, purpose, prefer, now, not_after, now),
+            )
+        return int(cur.lastrowid or 0)
+
+    def due_sms(self, now: float, limit: int = 20) -> list[OutgoingSms]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, number, text, purpose, prefer, not_after, attempts FROM sms_outbox"
+                " WHERE done_at IS NULL AND next_try <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [OutgoingSms(*r) for r in rows]
+
+    def next_sms_due(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT min(next_try) FROM sms_outbox WHERE done_at IS NULL"
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def sms_done(self, sms_id: int, outcome: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sms_outbox SET done_at = ?, outcome = ? WHERE id = ?",
+                (time.time(), outcome, sms_id),
+            )
+
+    def sms_retry(self, sms_id: int, next_try: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sms_outbox SET attempts = attempts + 1, next_try = ? WHERE id = ?",
+                (next_try, sms_id),
+            )
+
+    def pending_sms_count(self) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM sms_outbox WHERE done_at IS NULL"
+            ).fetchone()
+        return int(row[0])
+
+    # -- SMS counters (for `hsm-cold status`, which reads them from another process) --------------
+    def bump(self, name: str, n: int = 1) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sms_counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM sms_counters ORDER BY name").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
 
     # -- alerts ----------------------------------------------------------------------------------
     def add_alert(self, account: int | None, kind: str, message: str) -> int:
@@ -287,3 +520,36 @@ class ColdStore:
                 (limit,),
             ).fetchall()
         return [AlertRecord(*r) for r in rows]
+
+
+def _account_record(row: tuple) -> AccountRecord:
+    return AccountRecord(
+        account=row[0],
+        network=row[1],
+        receiving_seed=bytes(row[2]),
+        cosigner_seed=bytes(row[3]),
+        hot_pubkey=bytes(row[4]),
+        recovery_xpub=row[5],
+        vdevice_identity=bytes(row[6]),
+        settlement_descriptor=row[7],
+        settlement_index=row[8],
+        frozen=bool(row[9]),
+        frozen_reason=row[10],
+        recovery_fingerprint=bytes(row[11]),
+        vdevice_phone=row[12],
+        owner_phone=row[13],
+    )
+
+
+def _channel_record(row: tuple) -> ChannelRecord:
+    return ChannelRecord(
+        account=row[0],
+        c_id=row[1],
+        channel_pubkey=bytes(row[2]),
+        expires_at=float(row[3]),
+        state=row[4],
+        cold_key_label=row[5],
+        cold_pubkey=bytes(row[6]),
+        h_id=row[7],
+        created_at=float(row[8]),
+    )

@@ -180,6 +180,8 @@ class HotService:
         network = _text(params, "network", 16)
         vdevice_identity = _text(params, "vdevice_identity", 130)
         settlement = _text(params, "settlement_descriptor")
+        # the cold HSM routes SMS by these (and checks them: E.164); relayed, kept for repeats
+        phones = (_text(params, "vdevice_phone", 16), _text(params, "owner_phone", 16))
         try:
             if Network.from_name(network) is not self.network:
                 raise BadRequest(f"this hot HSM serves {self.network.value}, not {network}")
@@ -190,8 +192,13 @@ class HotService:
         with self._provision_lock:
             existing = self.state.account(account)
             if existing is not None:
-                same = (existing.network, existing.vdevice_identity, existing.settlement_descriptor)
-                if same != (network, vdevice_identity, settlement):
+                same = (
+                    existing.network,
+                    existing.vdevice_identity,
+                    existing.settlement_descriptor,
+                    (existing.vdevice_phone, existing.owner_phone),
+                )
+                if same != (network, vdevice_identity, settlement, phones):
                     raise BadRequest(
                         f"account {account} is already provisioned with other parameters"
                     )
@@ -211,6 +218,8 @@ class HotService:
                     "hot_pubkey": hot_pub.hex(),
                     "vdevice_identity": vdevice_identity,
                     "settlement_descriptor": settlement,
+                    "vdevice_phone": phones[0],
+                    "owner_phone": phones[1],
                 },
             )
             acct = self._check_provisioned(account, network, label, hot_pub, answer, params)
@@ -237,6 +246,8 @@ class HotService:
                 parse_xpub(xpub)
             cfp = _hex_text(answer["cosigner_fingerprint"], "fingerprint")
             rfp = _hex_text(answer["recovery_fingerprint"], "fingerprint")
+            receiving_fp = answer.get("receiving_fingerprint")
+            rcv_fp = "" if receiving_fp is None else _hex_text(receiving_fp, "fingerprint")
             proof = _b64_text(answer["proof"], "proof")
         except (KeyError, WalletError):
             raise ColdUnreachable("cold HSM answered provision_account badly") from None
@@ -267,6 +278,9 @@ class HotService:
             vdevice_identity=str(params["vdevice_identity"]),
             settlement_descriptor=str(params["settlement_descriptor"]),
             proof=proof,
+            receiving_fingerprint=rcv_fp,
+            vdevice_phone=str(params["vdevice_phone"]),
+            owner_phone=str(params["owner_phone"]),
         )
         try:
             acct.wallet()
@@ -284,6 +298,7 @@ class HotService:
             "hot_pubkey": acct.hot_pubkey.hex(),
             "cold_identity": self.cold_identity.hex(),
             "proof": acct.proof,
+            "receiving_fingerprint": acct.receiving_fingerprint or None,
         }
 
     def prove_batch(self, params: Mapping[str, Any]) -> dict[str, Any]:

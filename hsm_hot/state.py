@@ -15,12 +15,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wallet_core.bip32 import parse_xpub
 from wallet_core.networks import Network
-from wallet_core.wallets import AccountKey, FixedKey, HotWallet, bip48_account_path
+from wallet_core.wallets import RECEIVE, AccountKey, FixedKey, HotWallet, bip48_account_path
 
 STATE_FILE = "hot-state.db"
 
@@ -44,7 +45,10 @@ CREATE TABLE IF NOT EXISTS accounts (
     vdevice_identity TEXT NOT NULL,
     settlement_descriptor TEXT NOT NULL,
     proof TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    receiving_fingerprint TEXT NOT NULL DEFAULT '',
+    vdevice_phone TEXT NOT NULL DEFAULT '',
+    owner_phone TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS cosigned (
     account INTEGER NOT NULL,
@@ -55,6 +59,38 @@ CREATE TABLE IF NOT EXISTS cosigned (
     PRIMARY KEY (account, user_tx_no)
 );
 """
+
+
+PUBKEY_CACHE_SIZE = 4096  # addresses per account whose keys are remembered
+
+
+@dataclass(frozen=True)
+class CachedHotWallet(HotWallet):
+    """The hot wallet with the public keys of recently used addresses remembered.
+
+    Public data only (the three cosigner public keys per address): deriving them is most of
+    the CPU a co-sign costs here, and a send's input and change addresses are derived several
+    times. Bounded (least recently used go first); safe to share between threads.
+    """
+
+    _pubkeys: OrderedDict[tuple[int, int], tuple[bytes, ...]] = field(
+        default_factory=OrderedDict, compare=False, repr=False
+    )
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
+        key = (index, change)
+        with self._cache_lock:
+            hit = self._pubkeys.get(key)
+            if hit is not None:
+                self._pubkeys.move_to_end(key)
+                return list(hit)
+        pubs = super().pubkeys(index, change)  # checks the index and chain
+        with self._cache_lock:
+            self._pubkeys[key] = tuple(pubs)
+            if len(self._pubkeys) > PUBKEY_CACHE_SIZE:
+                self._pubkeys.popitem(last=False)
+        return pubs
 
 
 @dataclass(frozen=True)
@@ -79,12 +115,15 @@ class HotAccount:
     vdevice_identity: str
     settlement_descriptor: str
     proof: str
+    receiving_fingerprint: str = ""  # 8 hex digits (older states: empty)
+    vdevice_phone: str = ""
+    owner_phone: str = ""
 
     def wallet(self) -> HotWallet:
         """The account's 2-of-3 hot wallet: fixed hot key, cold and recovery at BIP48 paths."""
         net = Network.from_name(self.network)
         path = bip48_account_path(net, 0)
-        return HotWallet(
+        return CachedHotWallet(
             (
                 FixedKey(self.hot_pubkey),
                 AccountKey(
@@ -103,7 +142,13 @@ class HotAccount:
 _ACCOUNT_COLUMNS = (
     "account, network, hot_label, hot_pubkey, receiving_xpub, cosigner_xpub,"
     " cosigner_fingerprint, recovery_xpub, recovery_fingerprint, vdevice_identity,"
-    " settlement_descriptor, proof"
+    " settlement_descriptor, proof, receiving_fingerprint, vdevice_phone, owner_phone"
+)
+# columns added after the first release: (name, declaration), added to older states at open
+_ADDED_ACCOUNT_COLUMNS = (
+    ("receiving_fingerprint", "TEXT NOT NULL DEFAULT ''"),
+    ("vdevice_phone", "TEXT NOT NULL DEFAULT ''"),
+    ("owner_phone", "TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -118,6 +163,10 @@ class HotState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(accounts)")}
+        for column, decl in _ADDED_ACCOUNT_COLUMNS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {decl}")
         self._wallets: dict[int, HotWallet] = {}
 
     def close(self) -> None:
@@ -145,7 +194,7 @@ class HotState:
         with self._lock:
             self._db.execute(
                 f"INSERT OR REPLACE INTO accounts ({_ACCOUNT_COLUMNS}, created_at)"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     acct.account,
                     acct.network,
@@ -159,6 +208,9 @@ class HotState:
                     acct.vdevice_identity,
                     acct.settlement_descriptor,
                     acct.proof,
+                    acct.receiving_fingerprint,
+                    acct.vdevice_phone,
+                    acct.owner_phone,
                     time.time(),
                 ),
             )

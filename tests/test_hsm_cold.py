@@ -57,6 +57,7 @@ TIMEOUT = 30.0
 MAX_FEE_SAT = 100_000
 MAX_FEE_RATE = 50
 FEE = 5_000
+PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 SETTLEMENT = parse_descriptor(
     ColdWallet.from_root(ExtendedKey.from_seed(b"settlement wallet seed!!", NET), NET)
     .descriptor(RECEIVE)
@@ -194,6 +195,7 @@ def provision(client: Any, number: int, *, register: bool = True) -> Account:
             "hot_pubkey": hot.public_key.format(compressed=True).hex(),
             "vdevice_identity": vdevice.identity_hex,
             "settlement_descriptor": SETTLEMENT.to_string(),
+            **PHONES,
         },
         timeout=TIMEOUT,
     )
@@ -258,11 +260,18 @@ def test_provision_answers_xpubs_with_a_proof_and_is_idempotent(cold: ColdHsm, l
         "hot_pubkey": _key("someone else").public_key.format(compressed=True).hex(),
         "vdevice_identity": acct.vdevice.identity_hex,
         "settlement_descriptor": SETTLEMENT.to_string(),
+        **PHONES,
     }
     err = refused(link, "provision_account", other)
     assert err.code == ColdErrorCode.ACCOUNT_EXISTS and "other parameters" in err.message
     err = refused(link, "provision_account", {**other, "account": 2, "network": "mainnet"})
     assert err.code == ColdErrorCode.WRONG_NETWORK and "not mainnet" in err.message
+    # the phones are pinned too: another owner phone is another account
+    same = {**other, "hot_pubkey": acct.hot_pub.hex()}
+    err = refused(link, "provision_account", {**same, "owner_phone": "+15550000999"})
+    assert err.code == ColdErrorCode.ACCOUNT_EXISTS
+    err = refused(link, "provision_account", {**same, "account": 2, "vdevice_phone": "555-0100"})
+    assert err.code == ColdErrorCode.BAD_REQUEST and "E.164" in err.message
 
 
 def test_recovery_key_is_exported_once_to_paper_only(cold: ColdHsm, link: Any) -> None:
@@ -364,6 +373,27 @@ def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any
     assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
 
 
+def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, link: Any) -> None:
+    """The cold side keeps each account's public hot wallet between commands: an edit of the
+    state afterwards is still refused (the cache is keyed by the record) and signs nothing."""
+    acct = provision(link, 77)
+    payload, _ = acct.send([(random_address(), 50_000)], "tx-77-1")
+    link.call("cosign", payload, timeout=TIMEOUT)  # the wallet is now cached
+    attacker = ExtendedKey.from_seed(b"attacker recovery seed 77", NET)
+    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
+    db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
+    try:
+        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 77", (xpub,))
+        db.commit()
+    finally:
+        db.close()
+    payload, _ = acct.send([(random_address(), 50_000)], "tx-77-2")
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
+    err = refused(link, "prove_batch", {"account": 77, "wallet": "hot", "batch_no": 0})
+    assert err.code == ColdErrorCode.STATE_DAMAGED
+
+
 # -- co-signing ----------------------------------------------------------------------------------
 
 
@@ -392,16 +422,26 @@ def test_valid_cosign_signs_a_spend_the_script_interpreter_accepts(link: Any) ->
     verify_scripts(tx, spent, policy=True)
 
 
+def frozen_for(link: Any, account: int) -> str | None:
+    """The freeze reason of `account`, or None if it is not frozen."""
+    frozen = dict(link.call("status", {}, timeout=TIMEOUT)["frozen"])
+    return frozen.get(account)
+
+
 def test_refusal_of_one_satoshi_more_in_an_output(link: Any) -> None:
+    """Not what the V-device signed: refused, and the account is frozen (reference section 3)."""
     acct = provision(link, 11)
     pay = random_address()
     payload, _ = acct.send([(pay, 100_001)], "t1", signed_payments=[(pay, 100_000)])
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.OUTPUT_MISMATCH
     assert "pays 100001 sat" in err.message and "says 100000 sat" in err.message
-    # nothing was used up: the honest request with the same number goes through
+    assert "account 11 frozen" in err.message
+    reason = frozen_for(link, 11)
+    assert reason is not None and "output mismatch" in reason and "'t1'" in reason
+    # frozen: even the honest request is refused until the console unfreezes
     payload, psbt = acct.send([(pay, 100_000)], "t1")
-    link.call("cosign", payload, timeout=TIMEOUT)
+    assert refused(link, "cosign", payload).code == ColdErrorCode.ACCOUNT_FROZEN
 
 
 def test_refusal_of_an_extra_output(link: Any) -> None:
@@ -412,6 +452,7 @@ def test_refusal_of_an_extra_output(link: Any) -> None:
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.EXTRA_OUTPUT
     assert "output 2 is not in the signed request" in err.message
+    assert "extra output" in (frozen_for(link, 12) or "")
 
 
 def test_refusal_of_change_the_cold_side_cannot_derive(link: Any) -> None:
@@ -428,6 +469,7 @@ def test_refusal_of_change_the_cold_side_cannot_derive(link: Any) -> None:
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.CHANGE_NOT_DERIVABLE
     assert "not the hot wallet's change address 4" in err.message
+    assert "change not derivable" in (frozen_for(link, 13) or "")
 
 
 def test_refusal_of_a_foreign_input(link: Any) -> None:
@@ -439,6 +481,7 @@ def test_refusal_of_a_foreign_input(link: Any) -> None:
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.FOREIGN_INPUT
     assert "not a path of the account's hot wallet" in err.message
+    assert "foreign input" in (frozen_for(link, 14) or "")
 
 
 @pytest.mark.parametrize(
@@ -454,6 +497,7 @@ def test_refusal_of_a_fee_above_policy(link: Any, fee: int, why: str) -> None:
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.FEE_ABOVE_POLICY
     assert why in err.message and f"fee {fee} sat" in err.message
+    assert frozen_for(link, 15) is None  # a policy refusal, not a forgery: no freeze
 
 
 def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
@@ -464,6 +508,7 @@ def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.USER_TX_NO_REUSED
     assert "'once' was already co-signed for another transaction" in err.message
+    assert frozen_for(link, 16) is None
 
 
 def test_refusal_of_unknown_and_expired_channels(link: Any) -> None:

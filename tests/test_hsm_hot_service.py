@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import coincurve
 import pytest
@@ -22,7 +25,7 @@ from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
 from custody.hsm_client import HotHsmClient, HsmRefused
 from hsm_hot.audit import AuditLog
-from hsm_hot.compact import parse_unsigned_tx, plan_cosign, unsigned_tx_bytes
+from hsm_hot.compact import parse_unsigned_tx, plan_cosign
 from hsm_hot.errors import (
     BadRequest,
     ColdRefused,
@@ -36,7 +39,7 @@ from hsm_hot.policy import HotPolicy, PolicyLedger
 from hsm_hot.relay import ColdRelay
 from hsm_hot.rpc_server import RpcServer
 from hsm_hot.service import HotService, provision_statement
-from hsm_hot.state import HotState
+from hsm_hot.state import PUBKEY_CACHE_SIZE, CachedHotWallet, HotState
 from tests.hsm_fixtures import (
     Coin,
     VDevice,
@@ -47,12 +50,14 @@ from tests.hsm_fixtures import (
 )
 from wallet_core import messages, signatures
 from wallet_core.bip32 import ExtendedKey
+from wallet_core.errors import WalletError
 from wallet_core.networks import Network
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, bip48_account_path
 
 NET = Network.REGTEST
 ACCOUNT = 7
+PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 def _key(tag: str) -> coincurve.PrivateKey:
@@ -123,6 +128,7 @@ class SoftCold:
         return {"version": 1, "identity_pubkey": self.identity_pub.hex()}
 
     def provision_account(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        self.provisioned = dict(p)
         receiving = "tpubD6NzVbkrYhZ4WaWSyoBvQwbpLkojyoTZPRsgXELWz3Popb3qkjcJyJUGLnL4qHHoQvao8ESaAstxYSnhyswJ76uZPStJRJCTKvosUCJZL5B"  # noqa: E501
         fields = {
             "receiving_xpub": receiving,
@@ -141,6 +147,7 @@ class SoftCold:
             **fields,
             "cosigner_fingerprint": self.cosigner.fingerprint,  # raw bytes: accepted too
             "recovery_fingerprint": self.recovery.fingerprint.hex(),
+            "receiving_fingerprint": bytes.fromhex("0a1b2c3d"),  # raw bytes: accepted too
             "proof": messages.sign_message(self.identity.secret, statement),
         }
 
@@ -180,6 +187,7 @@ def env(tmp_path: Path):
             "network": "regtest",
             "vdevice_identity": vdev.identity_hex,
             "settlement_descriptor": "wpkh(02aa)",
+            **PHONES,
         }
     )
     from custody.hsm_client import ProvisionedAccount
@@ -227,10 +235,25 @@ def test_provision_returns_what_custody_needs(env):
             "network": "regtest",
             "vdevice_identity": env["vdev"].identity_hex,
             "settlement_descriptor": "wpkh(02aa)",
+            **PHONES,
         }
     )
     assert again["proof"] == prov.proof
     assert env["cold"].calls.count("provision_account") == 1
+    # the phones reach the cold HSM (it routes SMS by them); its receiving fingerprint comes back
+    assert {k: env["cold"].provisioned[k] for k in PHONES} == PHONES
+    assert prov.receiving_fingerprint == again["receiving_fingerprint"] == "0a1b2c3d"
+    other = {**PHONES, "owner_phone": "+15550000999"}
+    with pytest.raises(BadRequest, match="other parameters"):
+        env["service"].provision_account(
+            {
+                "account": ACCOUNT,
+                "network": "regtest",
+                "vdevice_identity": env["vdev"].identity_hex,
+                "settlement_descriptor": "wpkh(02aa)",
+                **other,
+            }
+        )
 
 
 def test_provision_proof_must_verify(env):
@@ -242,6 +265,7 @@ def test_provision_proof_must_verify(env):
                 "network": "regtest",
                 "vdevice_identity": env["vdev"].identity_hex,
                 "settlement_descriptor": "wpkh(02aa)",
+                **PHONES,
             }
         )
     assert env["service"].state.account(8) is None
@@ -257,7 +281,10 @@ def test_compact_request_is_small_and_complete(env):
     assert plan.inputs == [(600_000, RECEIVE, 3), (400_000, CHANGE, 0)]
     assert plan.change == [(1, 5)]
     assert plan.payments == 100_000 and plan.fee == 2_000
-    assert plan.tx.raw == unsigned_tx_bytes(psbt_raw)
+    # the PSBT's own global unsigned transaction (key 0x00, right after the magic)
+    assert plan.tx.raw == psbt.unsigned_tx_bytes()
+    n = len(plan.tx.raw)
+    assert n < 0xFD and psbt_raw[5:8] == bytes([1, 0, n]) and psbt_raw[8 : 8 + n] == plan.tx.raw
     assert plan.txid == psbt.txid
     env["service"].sign_send(params)
     size = len(codec.encode(["cosign", _last_payload(env)]))
@@ -388,3 +415,48 @@ def test_rpc_server_auth_and_errors(env):
         assert (info.value.code, info.value.message) == (711, "foreign input")
     finally:
         server.stop()
+
+
+def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) -> None:
+    """Group commit: concurrent records share fsyncs, yet each returns only once written."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    def worker(n: int) -> None:
+        for i in range(25):
+            audit.record("sign_send", account=n, user_tx_no=f"{n}-{i}", note="x" * 300)
+
+    with mock.patch("hsm_hot.audit.os.fsync", counting_fsync):
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    entries = audit.entries()
+    assert sorted(e["user_tx_no"] for e in entries) == sorted(
+        f"{n}-{i}" for n in range(8) for i in range(25)
+    )
+    assert 1 <= len(fsyncs) <= 200
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
+    audit.close()
+
+
+def test_cached_hot_wallet_derives_what_the_plain_wallet_derives(env) -> None:
+    plain = env["wallet"]
+    cached = CachedHotWallet(plain.cosigners, plain.network)
+    for _ in range(2):  # misses, then hits
+        for chain in (RECEIVE, CHANGE):
+            for index in (0, 1, 7, 999):
+                assert cached.pubkeys(index, chain) == plain.pubkeys(index, chain)
+                assert cached.witness_script(index, chain) == plain.witness_script(index, chain)
+    for index in range(PUBKEY_CACHE_SIZE + 10):
+        cached.pubkeys(index, CHANGE)
+    assert len(cached._pubkeys) == PUBKEY_CACHE_SIZE
+    assert cached.pubkeys(3, RECEIVE) == plain.pubkeys(3, RECEIVE)
+    with pytest.raises(WalletError):
+        cached.pubkeys(-1, RECEIVE)

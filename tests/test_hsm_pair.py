@@ -47,6 +47,7 @@ POLICY_REFUSED = 901
 # the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
 FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
 REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
+PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ class Account:
         self.vdev = VDevice(f"vdev-{self.id}")
         self.client = client
         self.prov: ProvisionedAccount = client.provision_account(
-            self.id, "regtest", self.vdev.identity_hex, settlement_descriptor(self.id)
+            self.id, "regtest", self.vdev.identity_hex, settlement_descriptor(self.id), **PHONES
         )
         self.wallet: HotWallet = hot_wallet(self.prov)
         self.c_id = f"ch-{self.id}"
@@ -146,7 +147,11 @@ def test_health_and_provisioning(pair: HsmPair, client: HotHsmClient, account: A
     health = client.health()
     assert health["paired"] and health["cold_reachable"] and health["accounts"] >= 1
     again = client.provision_account(
-        account.id, "regtest", account.vdev.identity_hex, settlement_descriptor(account.id)
+        account.id,
+        "regtest",
+        account.vdev.identity_hex,
+        settlement_descriptor(account.id),
+        **PHONES,
     )
     assert again == account.prov
     status = client.cold_status()
@@ -239,21 +244,25 @@ def test_send_signed_by_both_is_mined(
 
 
 def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) -> None:
-    acct = Account(client)
-    w = acct.wallet
     coins = [Coin("ab" * 32, 0, 500_000, RECEIVE, 4)]
     pay = [(random_address(), 100_000)]
     change = (3, 500_000 - 100_000 - 1_000)
 
+    # Not what the V-device signed: refused and frozen, so each on an account of its own.
     # one satoshi more in the transaction than the V-device signed
-    psbt = build_send_psbt(w, coins, [(pay[0][0], 100_001)], change=(3, change[1] - 1))
+    acct = Account(client)
+    psbt = build_send_psbt(acct.wallet, coins, [(pay[0][0], 100_001)], change=(3, change[1] - 1))
     refused(client.sign_send, MISMATCH, **acct.params(psbt, pay, "r-1sat", outs=pay))
+    refused(client.sign_send, FROZEN, **acct.send("r-after"))
     # an output nobody signed for
+    acct = Account(client)
     psbt = build_send_psbt(
-        w, coins, pay, change=(3, change[1] - 1000), extra_outputs=[(_script(), 1000)]
+        acct.wallet, coins, pay, change=(3, change[1] - 1000), extra_outputs=[(_script(), 1000)]
     )
     refused(client.sign_send, EXTRA, **acct.params(psbt, pay, "r-extra"))
     # "change" claimed at this wallet's change path, paying a script it does not derive
+    acct = Account(client)
+    w = acct.wallet
     psbt = build_send_psbt(w, coins, pay)
     bogus = PsbtOutput(_script(), change[1], w.origins(3, CHANGE))
     psbt = Psbt.create(
@@ -261,6 +270,12 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
         [*psbt.outputs, bogus],
     )
     refused(client.sign_send, NOT_DERIVABLE, **acct.params(psbt, pay, "r-change"))
+    frozen = [a for a, _ in client.cold_status()["frozen"]]
+    assert acct.id in frozen and acct.id - 1 in frozen and acct.id - 2 in frozen
+
+    # Refusals that freeze nothing, on one account.
+    acct = Account(client)
+    w = acct.wallet
     # a fee above the cold policy (max_fee_sat)
     big = [Coin("cd" * 32, 0, 3_000_000, RECEIVE, 5)]
     psbt = build_send_psbt(w, big, pay)  # fee 2.9 M sat
