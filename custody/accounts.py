@@ -31,7 +31,7 @@ from custody.errors import (
     ProofInvalid,
 )
 from custody.hsm_client import HsmError, HsmRefused, HsmUnavailable, ProvisionedAccount
-from custody.models import Account, AccountStatus, ApiToken, Chain, TokenScope, utcnow
+from custody.models import Account, AccountStatus, ApiToken, Chain, TokenScope, Wallet, utcnow
 from wallet_core import secp
 from wallet_core.bip32 import parse_xpub
 from wallet_core.descriptors import parse_descriptor
@@ -125,8 +125,8 @@ def _check_provisioned(account_id: int, network: Network, p: ProvisionedAccount)
         identity = bytes.fromhex(p.cold_identity)
         hot = bytes.fromhex(p.hot_pubkey)
         keys = [parse_xpub(x) for x in (p.receiving_xpub, p.cosigner_xpub, p.recovery_xpub)]
-        for fpr in (p.cosigner_fingerprint, p.recovery_fingerprint):
-            if len(bytes.fromhex(fpr)) != 4:
+        for fpr in (p.receiving_fingerprint, p.cosigner_fingerprint, p.recovery_fingerprint):
+            if fpr is None or len(bytes.fromhex(fpr)) != 4:
                 raise ValueError("fingerprint")
     except (ValueError, WalletError):
         raise ProofInvalid("the HSM returned malformed public material") from None
@@ -180,7 +180,12 @@ def create_account(
     session.flush()  # the account id is part of what the HSMs sign
     try:
         p: ProvisionedAccount = hsm.provision_account(
-            account.id, net.value, vdevice_identity.lower(), settlement_descriptor
+            account.id,
+            net.value,
+            vdevice_identity.lower(),
+            settlement_descriptor,
+            vdevice_phone=vdevice_phone,
+            owner_phone=owner_phone,
         )
     except HsmUnavailable as exc:
         raise HsmUnavailableError(f"cannot provision: {exc.message}") from None
@@ -195,19 +200,19 @@ def create_account(
     account.hot_pubkey = p.hot_pubkey.lower()
     account.cold_identity_pubkey = p.cold_identity.lower()
     account.provisioning_proof = p.proof
+    assert p.receiving_fingerprint is not None  # checked by _check_provisioned
+    account.receiving_fingerprint = p.receiving_fingerprint.lower()
+    account.cosigner_fingerprint = p.cosigner_fingerprint.lower()
+    account.recovery_fingerprint = p.recovery_fingerprint.lower()
     keys = AccountKeys.from_account(account)
-    account.cold_descriptor = keys.cold_descriptor(Chain.RECEIVE)
-    account.hot_descriptor = keys.hot_descriptor(
-        Chain.RECEIVE, p.cosigner_fingerprint, p.recovery_fingerprint
-    )
     descriptors = {
-        "cold_receive": account.cold_descriptor,
-        "cold_change": keys.cold_descriptor(Chain.CHANGE),
-        "hot_receive": account.hot_descriptor,
-        "hot_change": keys.hot_descriptor(
-            Chain.CHANGE, p.cosigner_fingerprint, p.recovery_fingerprint
-        ),
+        "cold_receive": keys.descriptor(Wallet.COLD, Chain.RECEIVE),
+        "cold_change": keys.descriptor(Wallet.COLD, Chain.CHANGE),
+        "hot_receive": keys.descriptor(Wallet.HOT, Chain.RECEIVE),
+        "hot_change": keys.descriptor(Wallet.HOT, Chain.CHANGE),
     }
+    account.cold_descriptor = descriptors["cold_receive"]
+    account.hot_descriptor = descriptors["hot_receive"]
     cold_token = _issue_token(session, account.id, TokenScope.COLD)
     hot_token = _issue_token(session, account.id, TokenScope.HOT)
     session.flush()

@@ -1,12 +1,12 @@
 """Address derivation from the stored public keys, address batches and handing out addresses.
 
-The two wallets of an account (docs/hsm-pair.md):
+The two wallets of an account (docs/hsm-pair.md) are `wallet_core.wallets` wallets built from
+the stored public keys and key origins:
 
-- cold receiving: BIP84 P2WPKH from the cold receiving xpub, `<xpub>/<chain>/<index>`;
-- hot: `wsh(sortedmulti(2, HOTPUB, COLDXPUB/<chain>/*, RECXPUB/<chain>/*))` with ONE fixed hot
-  key (a PKCS#11 token cannot derive BIP32 children). `wallet_core.wallets.HotWallet` wants
-  three xpubs, so the hot wallet is built here from wallet_core's pieces: the two xpub children
-  by `ChainDeriver`, the witness script by `wallet_core.script.multisig_script` (sorted).
+- cold receiving: `ColdWallet`, BIP84 P2WPKH, `[rfp/84'/c'/0']<xpub>/<chain>/*`;
+- hot: `HotWallet`, `wsh(sortedmulti(2, HOTPUB, [cfp/48'/c'/0'/2']COLDXPUB/<chain>/*,
+  [rfp/48'/c'/0'/2']RECXPUB/<chain>/*))` whose hot cosigner is a `FixedKey` (a PKCS#11 token
+  cannot derive BIP32 children).
 
 A batch is proven by the cold HSM (through the hot HSM); its proof is verified here against
 the cold identity key pinned at provisioning before anything is stored, so an HSM link or a
@@ -48,29 +48,24 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from wallet_core.bech32 import SegwitV0Encoder
-from wallet_core.bip32 import ChainDeriver, ExtendedKey, format_path, parse_xpub
+from wallet_core.bip32 import parse_xpub
 from wallet_core.chaincloud import BATCH_SIZE, batch_content
-from wallet_core.descriptors import add_checksum
 from wallet_core.hashes import hash160, sha256
 from wallet_core.messages import verify_message_pubkey
 from wallet_core.networks import Network
-from wallet_core.script import multisig_script, p2wpkh_script, p2wsh_script
-from wallet_core.wallets import bip48_account_path, bip84_account_path
+from wallet_core.wallets import (
+    AccountKey,
+    ColdWallet,
+    DerivedAddress,
+    FixedKey,
+    HotWallet,
+    bip48_account_path,
+    bip84_account_path,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_NO = (2**31 // BATCH_SIZE) - 1
-HOT_THRESHOLD = 2
-_ENCODERS: dict[tuple[str, int], SegwitV0Encoder] = {}
-
-
-def _encoder(network: Network, program_len: int) -> SegwitV0Encoder:
-    key = (network.hrp, program_len)
-    enc = _ENCODERS.get(key)
-    if enc is None:
-        enc = _ENCODERS[key] = SegwitV0Encoder(network.hrp, program_len)
-    return enc
 
 
 def wallet_name(wallet: Wallet) -> str:
@@ -78,92 +73,64 @@ def wallet_name(wallet: Wallet) -> str:
     return "cold" if wallet is Wallet.COLD else "hot"
 
 
-@dataclass(frozen=True)
-class DerivedAddress:
-    index: int
-    address: str
-    script_pubkey: bytes
-    witness_script: bytes | None = None  # hot (P2WSH) addresses only
+def _account_key(xpub: str, fingerprint: str, path: tuple[int, ...]) -> AccountKey:
+    """The stored xpub with its origin; without a stored fingerprint (accounts provisioned
+    before the HSM returned it) the key is its own origin, as custody always wrote it then."""
+    key = parse_xpub(xpub)
+    if not fingerprint:
+        return AccountKey(key, hash160(key.public_key)[:4], ())
+    return AccountKey(key, bytes.fromhex(fingerprint), path)
 
 
 @dataclass(frozen=True)
 class AccountKeys:
-    """An account's public keys, parsed once; derives both wallets' addresses."""
+    """An account's two wallets, built once from its stored public keys and key origins."""
 
-    network: Network
-    receiving: ExtendedKey
-    cosigner: ExtendedKey
-    recovery: ExtendedKey
-    hot_pubkey: bytes
+    cold: ColdWallet
+    hot: HotWallet
 
     @classmethod
     def from_account(cls, account: Account) -> AccountKeys:
-        return cls(
-            Network.from_name(account.network),
-            parse_xpub(account.cold_receiving_xpub),
-            parse_xpub(account.cold_cosigner_xpub),
-            parse_xpub(account.recovery_xpub),
-            bytes.fromhex(account.hot_pubkey),
+        net = Network.from_name(account.network)
+        multisig = bip48_account_path(net, 0)
+        receiving = _account_key(
+            account.cold_receiving_xpub, account.receiving_fingerprint, bip84_account_path(net, 0)
         )
+        cosigner = _account_key(account.cold_cosigner_xpub, account.cosigner_fingerprint, multisig)
+        recovery = _account_key(account.recovery_xpub, account.recovery_fingerprint, multisig)
+        hot = FixedKey(bytes.fromhex(account.hot_pubkey))
+        return cls(ColdWallet(receiving, net), HotWallet((hot, cosigner, recovery), net))
+
+    def wallet(self, wallet: Wallet) -> ColdWallet | HotWallet:
+        return self.cold if wallet is Wallet.COLD else self.hot
 
     def derive(self, wallet: Wallet, chain: Chain, start: int, count: int) -> list[DerivedAddress]:
         """Addresses start..start+count-1 of one chain (1000 in a few tens of ms)."""
-        if wallet is Wallet.COLD:
-            pubs = ChainDeriver(self.receiving.child(int(chain))).pubkeys(start, count)
-            enc = _encoder(self.network, 20).encode
-            out = []
-            for i, pub in enumerate(pubs, start):
-                h = hash160(pub)
-                out.append(DerivedAddress(i, enc(h), p2wpkh_script(h)))
-            return out
-        cold = ChainDeriver(self.cosigner.child(int(chain))).pubkeys(start, count)
-        rec = ChainDeriver(self.recovery.child(int(chain))).pubkeys(start, count)
-        enc = _encoder(self.network, 32).encode
-        hot = self.hot_pubkey
-        out = []
-        for i, (c, r) in enumerate(zip(cold, rec, strict=True), start):
-            ws = multisig_script(HOT_THRESHOLD, [hot, c, r], sort=True)
-            h = sha256(ws)
-            out.append(DerivedAddress(i, enc(h), p2wsh_script(h), ws))
-        return out
+        return self.wallet(wallet).derive_range(start, count, int(chain))
 
     def one(self, wallet: Wallet, chain: Chain, index: int) -> DerivedAddress:
         return self.derive(wallet, chain, index, 1)[0]
 
-    # -- descriptors (watch-only import into Bitcoin Core) -----------------------------
-    def _plain(self, key: ExtendedKey) -> str:
-        """xpub/tpub form (Core refuses SLIP-132 zpub/Vpub versions in descriptors)."""
-        return key.with_version(key.network.params.xkey.public).serialize()
-
-    def cold_descriptor(self, chain: Chain) -> str:
-        # The receiving seed's master fingerprint is not returned by the HSM: no key origin.
-        return add_checksum(f"wpkh({self._plain(self.receiving)}/{int(chain)}/*)")
-
-    def hot_descriptor(
-        self, chain: Chain, cosigner_fingerprint: str, recovery_fingerprint: str
-    ) -> str:
-        path = format_path(bip48_account_path(self.network, 0), prefix="")
-        cold = f"[{cosigner_fingerprint}/{path}]{self._plain(self.cosigner)}/{int(chain)}/*"
-        rec = f"[{recovery_fingerprint}/{path}]{self._plain(self.recovery)}/{int(chain)}/*"
-        body = f"wsh(sortedmulti({HOT_THRESHOLD},{self.hot_pubkey.hex()},{cold},{rec}))"
-        return add_checksum(body)
-
-    @property
-    def cold_path(self) -> str:
-        return format_path(bip84_account_path(self.network, 0))
+    def descriptor(self, wallet: Wallet, chain: Chain) -> str:
+        """Watch-only descriptor (with checksum and key origins) for Bitcoin Core."""
+        return self.wallet(wallet).descriptor(int(chain)).to_string()
 
 
-_KEYS_CACHE: dict[tuple[int, str, str, str, str], AccountKeys] = {}
+_KEYS_CACHE: dict[tuple[Any, ...], AccountKeys] = {}
 
 
 def account_keys(account: Account) -> AccountKeys:
     """Parsed keys of `account`, cached (public material never changes for an account)."""
     key = (
         account.id,
+        account.network,
         account.cold_receiving_xpub,
         account.cold_cosigner_xpub,
         account.recovery_xpub,
         account.hot_pubkey,
+        account.receiving_fingerprint,
+        account.cosigner_fingerprint,
+        account.recovery_fingerprint,
     )
     keys = _KEYS_CACHE.get(key)
     if keys is None:
@@ -175,9 +142,7 @@ def account_keys(account: Account) -> AccountKeys:
 
 def hot_witness_script(account: Account, chain: Chain, index: int) -> bytes:
     """The hot wallet's witness script at (chain, index): for the send worker's PSBTs."""
-    ws = account_keys(account).one(Wallet.HOT, chain, index).witness_script
-    assert ws is not None
-    return ws
+    return account_keys(account).hot.witness_script(index, int(chain))
 
 
 # -- batches ---------------------------------------------------------------------------

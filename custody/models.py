@@ -107,6 +107,11 @@ class Account(Base):
     hot_pubkey: Mapped[str] = mapped_column(String(66))
     cold_cosigner_xpub: Mapped[str] = mapped_column(Text)
     recovery_xpub: Mapped[str] = mapped_column(Text)
+    # Master fingerprints (hex) of the three derived keys: their key origins in descriptors and
+    # PSBTs. '' on accounts provisioned before the HSM returned them (no origin known).
+    receiving_fingerprint: Mapped[str] = mapped_column(String(8), server_default="")
+    cosigner_fingerprint: Mapped[str] = mapped_column(String(8), server_default="")
+    recovery_fingerprint: Mapped[str] = mapped_column(String(8), server_default="")
     cold_descriptor: Mapped[str] = mapped_column(Text)
     hot_descriptor: Mapped[str] = mapped_column(Text)
     cold_identity_pubkey: Mapped[str] = mapped_column(String(66))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,7 +67,6 @@ from custody.models import (
 from custody.watcher import default_owner, is_postgres
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
-from wallet_core.bip32 import ChainDeriver, ExtendedKey, parse_path
 from wallet_core.chaincloud import parse_outs
 from wallet_core.errors import CoinSelectionError, FeeEstimateError, WalletError
 from wallet_core.fees import (
@@ -77,10 +75,8 @@ from wallet_core.fees import (
     feerate_from_estimate,
     output_weight,
 )
-from wallet_core.hashes import hash160
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
-from wallet_core.wallets import KeyOrigin
 
 log = logging.getLogger(__name__)
 
@@ -146,58 +142,6 @@ class SendSettings:
 
 
 # ---------------------------------------------------------------------- the hot wallet
-
-_ORIGIN_RE = re.compile(r"\[([0-9a-fA-F]{8})((?:/[0-9]+['h]?)*)\]([1-9A-HJ-NP-Za-km-z]{100,120})")
-
-
-@dataclass(frozen=True)
-class HotKeys:
-    """The three keys of one hot address with their PSBT origins (BIP32 derivations).
-
-    The hot key is one fixed key per account (PKCS#11 cannot derive): its origin is its own
-    fingerprint (HASH160[:4]) and an empty path. Cold and recovery keys carry the master
-    fingerprints and BIP48 paths from the account's hot descriptor.
-    """
-
-    hot_pubkey: bytes
-    cold: ExtendedKey
-    cold_origin: tuple[bytes, tuple[int, ...]]
-    recovery: ExtendedKey
-    recovery_origin: tuple[bytes, tuple[int, ...]]
-
-    def origins(self, chain: int, index: int) -> dict[bytes, KeyOrigin]:
-        cold = ChainDeriver(self.cold.child(chain)).pubkey(index)
-        rec = ChainDeriver(self.recovery.child(chain)).pubkey(index)
-        cfp, cpath = self.cold_origin
-        rfp, rpath = self.recovery_origin
-        return {
-            self.hot_pubkey: KeyOrigin(hash160(self.hot_pubkey)[:4], ()),
-            cold: KeyOrigin(cfp, (*cpath, chain, index)),
-            rec: KeyOrigin(rfp, (*rpath, chain, index)),
-        }
-
-
-def _descriptor_origin(descriptor: str, key: ExtendedKey) -> tuple[bytes, tuple[int, ...]]:
-    """Origin of `key` as written in the account's hot descriptor (else the key itself)."""
-    for fpr, path, xpub in _ORIGIN_RE.findall(descriptor or ""):
-        try:
-            candidate = ExtendedKey.parse(xpub)
-        except WalletError:
-            continue
-        if candidate.key == key.key and candidate.chain_code == key.chain_code:
-            return bytes.fromhex(fpr), parse_path(path.lstrip("/")) if path else ()
-    return hash160(key.key)[:4], ()
-
-
-def hot_keys(account: Account) -> HotKeys:
-    keys = account_keys(account)
-    return HotKeys(
-        keys.hot_pubkey,
-        keys.cosigner,
-        _descriptor_origin(account.hot_descriptor, keys.cosigner),
-        keys.recovery,
-        _descriptor_origin(account.hot_descriptor, keys.recovery),
-    )
 
 
 def ensure_address(session: Session, account: Account, chain: Chain, index: int) -> Address:
@@ -497,17 +441,15 @@ class SendWorker:
         )
         if res.rowcount != len(ids):
             raise _Race()
-        keys = hot_keys(account)
+        hot = account_keys(account).hot
         inputs = [
             PsbtInput(
                 txid=u.txid,
                 vout=u.vout,
                 value=u.value,
                 script_pubkey=bytes(a.script_pubkey),
-                witness_script=account_keys(account)
-                .one(Wallet.HOT, Chain(a.chain), a.index)
-                .witness_script,
-                origins=keys.origins(int(a.chain), a.index),
+                witness_script=hot.witness_script(a.index, int(a.chain)),
+                origins=hot.origins(a.index, int(a.chain)),
             )
             for u, a in chosen
         ]
@@ -524,13 +466,12 @@ class SendWorker:
                 - 1
             )
             change = ensure_address(s, account, Chain.CHANGE, change_index)
-            ws = account_keys(account).one(Wallet.HOT, Chain.CHANGE, change_index).witness_script
             outputs.append(
                 PsbtOutput(
                     bytes(change.script_pubkey),
                     sel.change,
-                    origins=keys.origins(int(Chain.CHANGE), change_index),
-                    witness_script=ws,
+                    origins=hot.origins(change_index, int(Chain.CHANGE)),
+                    witness_script=hot.witness_script(change_index, int(Chain.CHANGE)),
                 )
             )
         psbt = Psbt.create(inputs, outputs)

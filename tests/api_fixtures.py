@@ -19,6 +19,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,7 +103,14 @@ class SoftwareHsmStandIn:
         return {"paired": True, "cold_reachable": True, "accounts": len(self.accounts)}
 
     def provision_account(
-        self, account: int, network: str, vdevice_identity: str, settlement_descriptor: str
+        self,
+        account: int,
+        network: str,
+        vdevice_identity: str,
+        settlement_descriptor: str,
+        *,
+        vdevice_phone: str = "",
+        owner_phone: str = "",
     ) -> ProvisionedAccount:
         net = Network.from_name(network)
         with self._lock:
@@ -114,6 +122,7 @@ class SoftwareHsmStandIn:
         rec = acct.multisig_account(acct.recovery_root).to_public()
         p = ProvisionedAccount(
             receiving_xpub=acct.receiving_account().to_public().serialize(),
+            receiving_fingerprint=acct.receiving_root.fingerprint.hex(),
             cosigner_xpub=cos.serialize(),
             cosigner_fingerprint=acct.cosigner_root.fingerprint.hex(),
             recovery_xpub=rec.serialize(),
@@ -276,8 +285,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+@contextmanager
+def scratch_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards (the test skips without one)."""
     reason = _pg_reachable()
     if reason:
         pytest.skip(reason)
@@ -286,10 +296,8 @@ def pg_database() -> Iterator[str]:
     name = f"cc_test_{secrets.token_hex(6)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     try:
-        upgrade_database(url)
-        yield url
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(
@@ -297,6 +305,23 @@ def pg_database() -> Iterator[str]:
                 (name,),
             )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    with scratch_pg_database() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new database without any migration applied, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with scratch_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

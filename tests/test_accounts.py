@@ -12,9 +12,19 @@ from sqlalchemy import func, select, text
 
 from custody import accounts
 from custody.alerts import AlertKind, raise_alert
+from custody.batches import account_keys
 from custody.errors import AccountError, Conflict, HsmUnavailableError, ProofInvalid
 from custody.hsm_client import HsmUnavailable
-from custody.models import Account, AccountStatus, Alert, ApiToken, Base, JournalEntry
+from custody.models import (
+    Account,
+    AccountStatus,
+    Alert,
+    ApiToken,
+    Base,
+    Chain,
+    JournalEntry,
+    Wallet,
+)
 from tests.api_fixtures import (  # noqa: F401 (fixtures)
     NETWORK,
     SoftwareHsmStandIn,
@@ -30,7 +40,8 @@ from tests.api_fixtures import (  # noqa: F401 (fixtures)
     sqlite_template,
     vdevice_identity,
 )
-from wallet_core.descriptors import split_checksum
+from wallet_core.descriptors import parse_descriptor, split_checksum
+from wallet_core.wallets import bip48_account_path, bip84_account_path
 
 
 def create(factory, hsm, name="alice", **over):
@@ -54,7 +65,7 @@ def test_create_account_stores_public_material_only(session_factory, hsm):
         assert a.status is AccountStatus.ACTIVE and a.network == "regtest"
         assert a.cold_receiving_xpub.startswith("tpub") and a.provisioning_proof
         assert split_checksum(a.cold_descriptor, require=True) == (
-            f"wpkh({a.cold_receiving_xpub}/0/*)"
+            f"wpkh([{a.receiving_fingerprint}/84h/1h/0h]{a.cold_receiving_xpub}/0/*)"
         )
         assert split_checksum(a.hot_descriptor, require=True).startswith(
             f"wsh(sortedmulti(2,{a.hot_pubkey},["
@@ -75,11 +86,54 @@ def test_create_account_stores_public_material_only(session_factory, hsm):
     assert set(created.descriptors) == {"cold_receive", "cold_change", "hot_receive", "hot_change"}
 
 
+def test_descriptors_carry_the_key_origins(session_factory, hsm):
+    """The stored descriptors name each derived key's master fingerprint and account path
+    (the cold one too, now that the HSM returns the receiving fingerprint), and parse."""
+    created = create(session_factory, hsm)
+    soft = hsm.accounts[created.account_id]
+    with session_factory() as s:
+        a = s.get(Account, created.account_id)
+        assert a.receiving_fingerprint == soft.receiving_root.fingerprint.hex()
+        assert a.cosigner_fingerprint == soft.cosigner_root.fingerprint.hex()
+        assert a.recovery_fingerprint == soft.recovery_root.fingerprint.hex()
+        cold = parse_descriptor(a.cold_descriptor, require_checksum=True)
+        hot = parse_descriptor(a.hot_descriptor, require_checksum=True)
+        keys = account_keys(a)
+    (key,) = cold.keys
+    assert key.fingerprint == soft.receiving_root.fingerprint
+    assert key.origin_path == bip84_account_path(NETWORK, 0)
+    assert key.xpub.serialize() == a.cold_receiving_xpub
+    assert [k.fingerprint.hex() for k in hot.keys[1:]] == [
+        a.cosigner_fingerprint,
+        a.recovery_fingerprint,
+    ]
+    assert all(k.origin_path == bip48_account_path(NETWORK, 0) for k in hot.keys[1:])
+    assert created.descriptors["cold_change"].startswith(f"wpkh([{a.receiving_fingerprint}/")
+    for index in (0, 7, 999):
+        for wallet, desc in ((Wallet.COLD, cold), (Wallet.HOT, hot)):
+            assert desc.script_pubkey(index) == keys.one(wallet, Chain.RECEIVE, index).script_pubkey
+
+
+def test_provisioning_without_receiving_fingerprint_stores_nothing(
+    session_factory, hsm, monkeypatch
+):
+    real = hsm.provision_account
+
+    def old_hsm(*a, **kw):
+        return replace(real(*a, **kw), receiving_fingerprint=None)
+
+    monkeypatch.setattr(hsm, "provision_account", old_hsm)
+    with pytest.raises(ProofInvalid, match="malformed"):
+        create(session_factory, hsm)
+    with session_factory() as s:
+        assert s.execute(select(func.count(Account.id))).scalar() == 0
+
+
 def test_bad_provisioning_proof_stores_nothing(session_factory, hsm, monkeypatch):
     real = hsm.provision_account
 
-    def lying(account, network, vdev, settle):
-        p = real(account, network, vdev, settle)
+    def lying(account, network, vdev, settle, **phones):
+        p = real(account, network, vdev, settle, **phones)
         other = SoftwareHsmStandIn().provision_account(account, network, vdev, settle)
         return replace(p, recovery_xpub=other.recovery_xpub)  # substituted key, old proof
 
@@ -97,7 +151,7 @@ def test_pinned_identity_must_match(session_factory, hsm):
 
 
 def test_hsm_unavailable(session_factory, hsm, monkeypatch):
-    def down(*a):
+    def down(*a, **kw):
         raise HsmUnavailable("hot HSM unreachable (ConnectionError)")
 
     monkeypatch.setattr(hsm, "provision_account", down)

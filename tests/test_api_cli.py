@@ -11,29 +11,47 @@ import subprocess
 import sys
 import time
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 import tomli_w
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from cc_common.deployment import free_port
 from custody import admin_cli
 from custody.admin_cli import upgrade_database
+from custody.batches import account_keys
 from custody.cli import main as custody_main
-from custody.db import make_engine
-from custody.models import Base
+from custody.db import make_engine, make_session_factory
+from custody.models import Account, Base, Chain, Wallet
 from tests.api_fixtures import (  # noqa: F401 (fixtures)
     SoftwareHsmStandIn,
     db_url,
+    empty_db_url,
     pg_database,
     settlement_descriptor,
     sms,
     sms_server,
     sqlite_template,
     vdevice_identity,
+)
+from wallet_core import secp
+from wallet_core.bip32 import ExtendedKey, parse_xpub
+from wallet_core.descriptors import add_checksum, parse_descriptor
+from wallet_core.hashes import hash160
+from wallet_core.networks import Network
+from wallet_core.wallets import (
+    AccountKey,
+    FixedKey,
+    HotWallet,
+    KeyOrigin,
+    bip48_account_path,
+    bip84_account_path,
 )
 
 
@@ -43,6 +61,72 @@ def test_migrations_match_the_models(db_url):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def _legacy_account_row(n: int, network: Network, with_origins: bool) -> dict:
+    """An `accounts` row as custody stored it at revision 0001 (origins only in the hot
+    descriptor, none in the cold one)."""
+    roots = [ExtendedKey.from_seed(bytes([n, k]) * 16, network) for k in range(3)]
+    receiving = AccountKey.from_root(roots[0], bip84_account_path(network, 0))
+    cos, rec = (AccountKey.from_root(r, bip48_account_path(network, 0)) for r in roots[1:])
+    hot = FixedKey(secp.pubkey_from_privkey(bytes([n + 1]) * 32))
+    hot_desc = str(HotWallet((hot, cos, rec), network).descriptor(0)) if with_origins else ""
+    return {
+        "name": f"legacy{n}",
+        "status": "ACTIVE",
+        "frozen_reason": "",
+        "network": network.value,
+        "vdevice_phone": "+15550000100",
+        "owner_phone": "+15550000200",
+        "settlement_descriptor": "",
+        "cold_receiving_xpub": receiving.xpub.serialize(),
+        "hot_pubkey": hot.public_key.hex(),
+        "cold_cosigner_xpub": cos.xpub.serialize(),
+        "recovery_xpub": rec.xpub.serialize(),
+        "cold_descriptor": add_checksum(f"wpkh({receiving.xpub.serialize()}/0/*)"),
+        "hot_descriptor": hot_desc,
+        "cold_identity_pubkey": "02" + "11" * 32,
+        "vdevice_identity_pubkey": "02" + "22" * 32,
+        "provisioning_proof": "",
+        "cold_receive_next": 0,
+        "hot_receive_next": 0,
+        "hot_change_next": 0,
+        "created_at": datetime(2026, 1, 1),
+    }
+
+
+def test_key_origins_migration_upgrades_a_0001_database(empty_db_url):
+    """0002 adds the fingerprint columns and fills the cosigner/recovery ones from the stored
+    hot descriptor, so an existing account's PSBT origins stay exactly what they were."""
+    upgrade_database(empty_db_url, "0001")
+    engine = make_engine(empty_db_url)
+    rows = [_legacy_account_row(n, Network.REGTEST, with_origins=n == 1) for n in (1, 2)]
+    with engine.begin() as conn:
+        table = sa.Table("accounts", sa.MetaData(), autoload_with=conn)
+        conn.execute(table.insert(), rows)
+    upgrade_database(empty_db_url)
+    with make_session_factory(engine)() as s:
+        with_origins, without = s.query(Account).order_by(Account.id).all()
+        keys = account_keys(with_origins)
+    desc = parse_descriptor(with_origins.hot_descriptor, require_checksum=True)
+    assert [with_origins.cosigner_fingerprint, with_origins.recovery_fingerprint] == [
+        k.fingerprint.hex() for k in desc.keys[1:]
+    ]
+    assert with_origins.receiving_fingerprint == ""  # never known before 0002
+    assert with_origins.cold_descriptor == rows[0]["cold_descriptor"]  # stored as it was
+    assert keys.descriptor(Wallet.HOT, Chain.RECEIVE) == with_origins.hot_descriptor
+    assert (without.cosigner_fingerprint, without.recovery_fingerprint) == ("", "")
+    # no origin known: the key is its own origin, as custody always wrote it for such an account
+    cos = parse_xpub(without.cold_cosigner_xpub)
+    origins = account_keys(without).hot.origins(4, 1)
+    assert origins[cos.derive((1, 4)).public_key] == KeyOrigin(hash160(cos.public_key)[:4], (1, 4))
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    command.downgrade(admin_cli.alembic_config(empty_db_url), "0001")
+    with engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("accounts")}
+    assert "cosigner_fingerprint" not in columns
+    engine.dispose()
 
 
 def write_config(data_dir: Path, sms_url: str, **custody) -> None:

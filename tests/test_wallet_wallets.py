@@ -226,3 +226,22 @@ def test_fixed_hot_key_change_is_recognised_and_validated() -> None:
         FixedKey(b"\x04" + b"\x01" * 64)
     with pytest.raises(InvalidKeyError, match="not a point"):
         FixedKey(b"\x02" + b"\xff" * 32)
+
+
+@pytest.mark.parametrize("network", [Network.REGTEST, Network.MAINNET], ids=lambda n: n.value)
+def test_derive_range_matches_single_derivation(network: Network) -> None:
+    """`derive_range` (what custody stores for a batch) agrees with the per-index methods."""
+    cold = ColdWallet.from_root(ExtendedKey.from_seed(bytes([9]) * 32, network), network)
+    for wallet in (cold, _fixed_hot_wallet(network)):
+        for change in (0, 1):
+            derived = wallet.derive_range(995, 10, change)
+            assert [d.address for d in derived] == wallet.addresses(995, 10, change)
+            for d in derived[::3]:
+                assert d.script_pubkey == wallet.script_pubkey(d.index, change)
+                assert script_to_address(d.script_pubkey, network) == d.address
+                if isinstance(wallet, HotWallet):
+                    assert d.witness_script == wallet.witness_script(d.index, change)
+                else:
+                    assert d.witness_script is None
+    with pytest.raises(DerivationPathError):
+        cold.derive_range(2**31, 1)

@@ -195,8 +195,6 @@ def create_account(session: Session, name: str) -> TestAccount:
     t = TestAccount(name)
     receiving = AccountKey.from_root(t.receiving_root, bip84_account_path(NET, 0))
     cos, rec = t.cosigner(), t.recovery()
-    keys = AccountKeys(NET, receiving.xpub, cos.xpub, rec.xpub, t.hot_pubkey)
-    hot_desc = keys.hot_descriptor(Chain.RECEIVE, cos.fingerprint.hex(), rec.fingerprint.hex())
     account = Account(
         name=name,
         network="regtest",
@@ -207,12 +205,18 @@ def create_account(session: Session, name: str) -> TestAccount:
         hot_pubkey=t.hot_pubkey.hex(),
         cold_cosigner_xpub=cos.xpub.serialize(),
         recovery_xpub=rec.xpub.serialize(),
-        cold_descriptor=keys.cold_descriptor(Chain.RECEIVE),
-        hot_descriptor=hot_desc,
+        receiving_fingerprint=receiving.fingerprint.hex(),
+        cosigner_fingerprint=cos.fingerprint.hex(),
+        recovery_fingerprint=rec.fingerprint.hex(),
+        cold_descriptor="",
+        hot_descriptor="",
         cold_identity_pubkey="02" + "11" * 32,
         vdevice_identity_pubkey="02" + "22" * 32,
         provisioning_proof="",
     )
+    keys = AccountKeys.from_account(account)
+    account.cold_descriptor = keys.descriptor(Wallet.COLD, Chain.RECEIVE)
+    account.hot_descriptor = keys.descriptor(Wallet.HOT, Chain.RECEIVE)
     session.add(account)
     session.flush()
     t.id = account.id

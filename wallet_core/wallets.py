@@ -63,6 +63,16 @@ def _check_index(index: int) -> None:
 
 
 @dataclass(frozen=True)
+class DerivedAddress:
+    """One derived address with its scripts, so a batch is stored without decoding addresses."""
+
+    index: int
+    address: str
+    script_pubkey: bytes
+    witness_script: bytes | None = None  # P2WSH (hot) addresses only
+
+
+@dataclass(frozen=True)
 class KeyOrigin:
     """Where a public key comes from: master fingerprint and full path (PSBT, descriptors)."""
 
@@ -169,6 +179,16 @@ class ColdWallet:
         pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
         return [enc(hash160(p)) for p in pubs]
 
+    def derive_range(self, start: int, count: int, change: int = RECEIVE) -> list[DerivedAddress]:
+        """Like `addresses`, with each scriptPubKey (what a batch stores): same fast path."""
+        _check_index(start)
+        enc = _encoder(self.network, 20).encode
+        out = []
+        for i, pub in enumerate(ChainDeriver(self.chain_key(change)).pubkeys(start, count), start):
+            h = hash160(pub)
+            out.append(DerivedAddress(i, enc(h), p2wpkh_script(h)))
+        return out
+
     def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
         """pubkey -> origin for the key(s) of one address (PSBT bip32_derivations)."""
         return {self.pubkey(index, change): self.account.origin(change, index)}
@@ -250,6 +270,19 @@ class HotWallet:
         enc = _encoder(self.network, 32).encode
         m = self.threshold
         return [enc(sha256(multisig_script(m, list(keys)))) for keys in zip(*cols, strict=True)]
+
+    def derive_range(self, start: int, count: int, change: int = RECEIVE) -> list[DerivedAddress]:
+        """Like `addresses`, with each scriptPubKey and witness script (batches, PSBTs)."""
+        _check_index(start)
+        _check_chain(change)
+        cols = [self._column(c, change, start, count) for c in range(3)]
+        enc = _encoder(self.network, 32).encode
+        out = []
+        for i, keys in enumerate(zip(*cols, strict=True), start):
+            ws = multisig_script(self.threshold, list(keys))
+            h = sha256(ws)
+            out.append(DerivedAddress(i, enc(h), p2wsh_script(h), ws))
+        return out
 
     def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
         pubs = self.pubkeys(index, change)

@@ -2,9 +2,10 @@
 
 `GET /tx` must stay flat as an account grows to 100 000 transactions: the page comes from
 `ix_chain_txs_page` (account, wallet, id), then the page's inputs and outputs in one query
-each. The balance is an aggregate over the side's UTXOs; it is cached per process and keyed
-by the chain tip and the side's newest transaction, so it is recomputed only when something
-it depends on changed (and at the latest after `BALANCE_TTL` seconds).
+each. The balance is `custody.balances`' confirmed balance (the one the watcher and sends
+use), cached per process and keyed by the chain tip and the side's newest transaction, so it
+is recomputed only when something it depends on changed (and at the latest after
+`BALANCE_TTL` seconds).
 """
 
 from __future__ import annotations
@@ -14,43 +15,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, func, select
 
 from custody.api import iso
+from custody.balances import Conn, confirmations, confirmed_balance_at
 from custody.models import (
     BlockSeen,
     ChainTx,
     ChainTxInput,
     ChainTxOutput,
     TxStatus,
-    Utxo,
     Wallet,
 )
 
 PAGE_SIZE = 20
 BALANCE_TTL = 5.0
-Conn = Session | Connection
 _balance_cache: dict[tuple[int, int], tuple[tuple[Any, ...], float, int]] = {}
 _balance_lock = threading.Lock()
-
-
-def chain_tip(session: Conn) -> tuple[int | None, str | None]:
-    """(height, hash) of the best block the watcher has seen, or (None, None)."""
-    row = session.execute(
-        select(BlockSeen.height, BlockSeen.block_hash).order_by(BlockSeen.height.desc()).limit(1)
-    ).first()
-    return (None, None) if row is None else (int(row.height), str(row.block_hash))
-
-
-def best_height(session: Conn) -> int | None:
-    return chain_tip(session)[0]
-
-
-def confirmations(block_height: int | None, best: int | None) -> int:
-    if block_height is None or best is None or block_height > best:
-        return 0
-    return best - block_height + 1
 
 
 _TIP = (
@@ -67,19 +48,12 @@ _NEWEST = (
     .scalar_subquery()
 )
 _BALANCE_KEY = select(_TIP.c.height, _TIP.c.block_hash, _NEWEST)
-_BALANCE = select(func.coalesce(func.sum(Utxo.value), 0)).where(
-    Utxo.account_id == bindparam("account_id"),
-    Utxo.wallet == bindparam("wallet"),
-    Utxo.spent_by.is_(None),
-    Utxo.block_height.is_not(None),
-    Utxo.block_height <= bindparam("max_height"),
-)
 
 
 def balance(session: Conn, account_id: int, wallet: Wallet, min_conf: int) -> int:
-    """Confirmed, unspent satoshi of one side with at least `min_conf` confirmations."""
-    params: dict[str, Any] = {"account_id": account_id, "wallet": wallet}
-    row = session.execute(_BALANCE_KEY, params).first()
+    """`balances.confirmed_balance`, memoised per process until the tip or the side's
+    newest transaction changes (at the latest after `BALANCE_TTL` seconds)."""
+    row = session.execute(_BALANCE_KEY, {"account_id": account_id, "wallet": wallet}).first()
     if row is None:
         return 0
     height, block_hash, newest_id = int(row[0]), str(row[1]), row[2]
@@ -89,8 +63,7 @@ def balance(session: Conn, account_id: int, wallet: Wallet, min_conf: int) -> in
         hit = _balance_cache.get((account_id, int(wallet)))
     if hit is not None and hit[0] == key and now - hit[1] < BALANCE_TTL:
         return hit[2]
-    params["max_height"] = height - min_conf + 1
-    value = int(session.execute(_BALANCE, params).scalar() or 0)
+    value = confirmed_balance_at(session, height, account_id, wallet, min_conf)
     with _balance_lock:
         if len(_balance_cache) > 100_000:
             _balance_cache.clear()
@@ -221,7 +194,7 @@ def _render(session: Conn, rows: Sequence[Any]) -> list[dict[str, Any]]:
         result.append(
             {
                 "tx_hash": r.txid,
-                "confirmation": confirmations(r.block_height if confirmed else None, best),
+                "confirmation": confirmations(best, r.block_height if confirmed else None),
                 "confirm_at": iso(r.confirm_at) if confirmed else None,
                 "tx_at": iso(r.tx_at),
                 "value": int(r.value),
