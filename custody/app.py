@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Request, Response, current_app
+from flask.sessions import SessionInterface
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,17 +45,29 @@ class ApiSettings:
         )
 
 
-def api_engine(url: str) -> Engine:
+def api_engine(url: str, **kw: Any) -> Engine:
     """The API's engine. On PostgreSQL without pre-ping: a ping is one more round trip per
-    request; connections are recycled instead, and a dead one is replaced after one error."""
+    request; connections are recycled instead, and a dead one is replaced after one error.
+    `kw` goes to `create_engine` on PostgreSQL (e.g. `isolation_level="AUTOCOMMIT"`)."""
     engine = make_engine(url)
     if engine.dialect.name != "postgresql":
         return engine
     real_url = engine.url
     engine.dispose()
     return create_engine(
-        real_url, pool_size=10, max_overflow=10, pool_pre_ping=False, pool_recycle=600
+        real_url, pool_size=10, max_overflow=10, pool_pre_ping=False, pool_recycle=600, **kw
     )
+
+
+class _NoSessions(SessionInterface):
+    """The API keeps no cookie session (every call carries its token): no cookie is parsed
+    or signed on any request."""
+
+    def open_session(self, app: Flask, request: Request) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None
 
 
 def settings() -> ApiSettings:
@@ -79,15 +92,21 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
 
+    reader_engine = None
     if session_factory is None:
-        session_factory = make_session_factory(api_engine(database_url(config)))
+        url = database_url(config)
+        session_factory = make_session_factory(api_engine(url))
+        if session_factory.kw["bind"].dialect.name == "postgresql":
+            # Reads on their own pool of autocommit connections (see `Database.reader`).
+            reader_engine = api_engine(url, isolation_level="AUTOCOMMIT")
 
     def make_hsm() -> Any:
         from custody.hsm_client import HotHsmClient  # noqa: PLC0415
 
         return HotHsmClient.from_config(config)
 
-    db.init_app(app, session_factory)
+    app.session_interface = _NoSessions()
+    db.init_app(app, session_factory, reader_engine)
     hsm_provider.init_app(app, hsm, make_hsm)
     limiter.init_app(app)
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -22,9 +22,16 @@ class Database:
     """One SQLAlchemy session per request, closed (rolled back if uncommitted) at teardown."""
 
     key = "custody.db"
+    reader_key = "custody.db.reader"
 
-    def init_app(self, app: Flask, factory: sessionmaker[Session]) -> None:
+    def init_app(
+        self, app: Flask, factory: sessionmaker[Session], reader_engine: Engine | None = None
+    ) -> None:
+        """`reader_engine`, when given, is an engine whose connections are in autocommit
+        already (its own pool), so `reader` need not switch a pooled connection to
+        autocommit and back on every request."""
         app.extensions[self.key] = factory
+        app.extensions[self.reader_key] = reader_engine
         app.teardown_appcontext(self._close)
 
     @property
@@ -47,8 +54,13 @@ class Database:
         """
         c = g.get("_custody_reader")
         if c is None:
-            engine = self.factory.kw["bind"]
-            c = g._custody_reader = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            reader_engine = current_app.extensions[self.reader_key]
+            if reader_engine is not None:
+                c = g._custody_reader = reader_engine.connect()
+            else:
+                engine = self.factory.kw["bind"]
+                c = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                g._custody_reader = c
         return c  # type: ignore[no-any-return]
 
     @contextmanager

@@ -125,6 +125,7 @@ def test_unexpected_error_is_a_bare_500(client, account, monkeypatch):
         raise RuntimeError('SELECT secret FROM "accounts" -- psycopg detail')
 
     monkeypatch.setattr(queries, "tx_page", boom)
+    monkeypatch.setattr(queries, "tx_page_json", boom)  # the PostgreSQL path of /tx
     r = client.get(f"{API}/tx", headers=account.cold)
     assert r.status_code == 500
     assert r.json == {"code": 1, "message": "internal error"}
