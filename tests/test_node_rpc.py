@@ -8,7 +8,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -253,7 +252,19 @@ def test_port_taken_exits_non_zero_with_a_clear_error(node: NodeProcess) -> None
     assert node.rpc().get_block_count() >= 0  # the running node is untouched
 
 
-def test_mining_is_cheap(rpc: BitcoinRPC, key: Key) -> None:
-    start = time.monotonic()
-    rpc.generate_to_address(100, key.address)
-    assert time.monotonic() - start < 3.0
+def test_mining_a_hundred_blocks(rpc: BitcoinRPC, key: Key) -> None:
+    before = rpc.get_block_count()
+    hashes = rpc.generate_to_address(100, key.address)
+    assert len(set(hashes)) == 100 and rpc.get_block_count() == before + 100
+
+
+def test_http_servers_set_tcp_nodelay() -> None:
+    """Regression: our HTTP/1.1 servers write headers and body separately; with Nagle on, a
+    keep-alive client's delayed ACK held every answer back ~40 ms (the node's watcher took
+    180 ms a block, the hot HSM capped co-signing near 120/s). Speed itself is measured in
+    benchmarks/, not here."""
+    from firmware_sim.node.rpc_server import RPCHandler
+    from hsm_hot.rpc_server import _Handler as HotHandler
+
+    assert RPCHandler.disable_nagle_algorithm is True
+    assert HotHandler.disable_nagle_algorithm is True

@@ -1,0 +1,357 @@
+"""What the demo scenario (`custody/demo.py`) drives, through the parts' real interfaces.
+
+Each helper is one outside actor or one window onto a part: the operator's command-line tools
+(run as subprocesses), the merchant's and the V-device's HTTP APIs, the node's JSON-RPC, the
+carrier's control socket (the phones of the owner, the operator and an attacker), a demo
+faucet that pays like any other wallet would, and the consoles that read a part's own state
+(the cold HSM's, custody's database: what an operator or an attacker holding it would see).
+
+Every wait is a poll with a deadline that fails with "timed out waiting for X". Nothing here
+prints a key, a token or a PIN: tokens travel on stdin and in HTTP headers only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from cc_common.config import CONFIG_FILENAME, Config
+from wallet_core.networks import Network
+
+T = TypeVar("T")
+
+SAT_PER_BTC = 100_000_000
+POLL = 0.2
+HTTP_TIMEOUT = 15.0
+CLI_TIMEOUT = 120.0
+
+# The demo's own switches, written into the deployment's configuration before `custody up`
+# (`python -m custody.demo --configure`). Demo only: no production default changes.
+DEMO_CONFIG: dict[str, Any] = {
+    # a hacked site may store a withdrawal it could not encrypt (attack: bad vtest)
+    "merchant_site": {"allow_raw_vtest": True},
+    # the carrier logs SMS bodies, so the demo can take an old SMS to replay
+    "firmware_sim": {"carrier": {"log_bodies": True}},
+    # short poll intervals: the story runs in seconds, not minutes
+    "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0},
+    "custody": {"worker_interval": 0.3},
+    "hsm_cold": {"sms_poll_interval": 0.5},
+}
+
+
+class StepFailed(Exception):
+    """The step ran and what it checks is not true."""
+
+
+class StepSkipped(Exception):
+    """The part this step shows is not built or not running yet."""
+
+
+def btc(sat: int) -> str:
+    """Satoshi as BTC text: 12500000 -> '0.125 BTC'."""
+    text = f"{Decimal(sat) / SAT_PER_BTC:.8f}".rstrip("0").rstrip(".")
+    return f"{text} BTC"
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = POLL
+) -> T:
+    """Poll `predicate` until it returns something truthy; StepFailed at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def merge_config(data_dir: Path, changes: Mapping[str, Any]) -> None:
+    """Merge nested `changes` into `<data_dir>/chaincloud.toml` (comments at the top kept)."""
+    path = data_dir / CONFIG_FILENAME
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+
+    def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+        for key, value in extra.items():
+            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    raw = tomllib.loads(text)
+    merge(raw, changes)
+    path.write_text(header + tomli_w.dumps(raw), encoding="utf-8")  # keeps the file's mode
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+@dataclass
+class Cli:
+    """The operators' command-line tools on this deployment, each a subprocess."""
+
+    data_dir: Path
+    env: Mapping[str, str] | None = None
+
+    def run(self, module: str, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        argv = [sys.executable, "-m", module, *args, "--dir", str(self.data_dir)]
+        try:
+            done = subprocess.run(
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT,
+                env=dict(self.env) if self.env is not None else None,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"`{module} {args[0]}` still runs after {CLI_TIMEOUT:.0f}s") from None
+        if check and done.returncode != 0:
+            error = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise StepFailed(f"`{module} {args[0]}` exited {done.returncode}: {error}")
+        return done.stdout
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class HttpFailed(StepFailed):
+    def __init__(self, what: str, status: int, body: Any) -> None:
+        super().__init__(f"{what}: HTTP {status} {str(body)[:200]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Http:
+    """A JSON-over-HTTP client of one base URL, with an optional fixed header."""
+
+    base: str
+    header: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        import requests  # noqa: PLC0415 (only the demo needs it here)
+
+        self._session = requests.Session()
+        if self.header is not None:
+            self._session.headers[self.header[0]] = self.header[1]
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import requests  # noqa: PLC0415
+
+        try:
+            resp = self._session.request(method, self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
+        except requests.RequestException as exc:
+            raise StepFailed(f"{method} {path}: {type(exc).__name__}") from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text
+        if resp.status_code >= 400:
+            raise HttpFailed(f"{method} {path}", resp.status_code, body)
+        return body
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.call("GET", path, params=params or None)
+
+    def post(self, path: str, data: Mapping[str, Any]) -> Any:
+        return self.call("POST", path, data=dict(data))
+
+
+def custody_api(config: Config, token: str) -> Http:
+    """Custody's section-1 API with one account token (the header `token`)."""
+    s = config.section("custody")
+    return Http(f"http://{s.str('host')}:{s.int('port')}/api/v1/open", ("token", token))
+
+
+def merchant_site(config: Config) -> Http:
+    """The merchant's own pages of the reference site (`/merchant/...`)."""
+    s = config.section("merchant_site")
+    admin = s.str("admin_token", "")
+    return Http(
+        f"http://{s.str('host')}:{s.int('port')}", ("X-Merchant-Token", admin) if admin else None
+    )
+
+
+# --------------------------------------------------------------------------- the node
+
+
+def node_rpc(config: Config):  # type: ignore[no-untyped-def]
+    from custody.chain.rpc import BitcoinRPC  # noqa: PLC0415
+
+    return BitcoinRPC.from_config(config)
+
+
+def network_of(config: Config) -> Network:
+    return Network.from_name(config.section("deployment").str("network", "regtest"))
+
+
+def random_address(network: Network) -> str:
+    """A P2WPKH address of a throwaway key: a payee (or an attacker) outside the wallet."""
+    from wallet_core import secp  # noqa: PLC0415
+    from wallet_core.addresses import p2wpkh_address  # noqa: PLC0415
+
+    return p2wpkh_address(secp.pubkey_from_privkey(secrets.token_bytes(32)), network)
+
+
+class Faucet:
+    """A demo wallet with one key: mines coinbase to itself and pays like any other wallet.
+
+    Its payments are ordinary signed P2WPKH transactions (wallet_core's PSBT), so a deposit
+    shows in the mempool before it is mined, as a real one would.
+    """
+
+    FEE = 5_000
+
+    def __init__(self, rpc: Any, network: Network) -> None:
+        from wallet_core import secp  # noqa: PLC0415
+        from wallet_core.addresses import p2wpkh_address  # noqa: PLC0415
+
+        self.rpc = rpc
+        self.network = network
+        self._priv = secrets.token_bytes(32)
+        self.pub = secp.pubkey_from_privkey(self._priv)
+        self.address = p2wpkh_address(self.pub, network)
+        self._coins: list[tuple[str, int, int]] = []  # (txid, vout, sat), mature
+
+    def _refill(self) -> None:
+        """Mine to the faucet, then 100 blocks on top, so its coinbase is spendable."""
+        hashes = self.rpc.generate_to_address(1, self.address)
+        self.rpc.generate_to_address(100, random_address(self.network))
+        coinbase = self.rpc.get_block(hashes[0], 2)["tx"][0]
+        sat = int(Decimal(str(coinbase["vout"][0]["value"])) * SAT_PER_BTC)
+        self._coins.append((coinbase["txid"], 0, sat))
+
+    def pay(self, payments: list[tuple[str, int]]) -> str:
+        """Broadcast one transaction paying `payments` (address, sat); change to itself."""
+        from wallet_core import signatures  # noqa: PLC0415
+        from wallet_core.addresses import address_to_script  # noqa: PLC0415
+        from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput  # noqa: PLC0415
+        from wallet_core.wallets import KeyOrigin  # noqa: PLC0415
+
+        total = sum(v for _, v in payments)
+        if not self._coins or self._coins[0][2] < total + self.FEE:
+            self._refill()
+        txid, vout, value = self._coins.pop(0)
+        spk = address_to_script(self.address, self.network)
+        outputs = [PsbtOutput(address_to_script(a, self.network), v) for a, v in payments]
+        change = value - total - self.FEE
+        if change < 0:
+            raise StepFailed(f"the faucet's coin of {btc(value)} cannot pay {btc(total)}")
+        outputs.append(PsbtOutput(spk, change))
+        psbt = Psbt.create(
+            [PsbtInput(txid, vout, value, spk, origins={self.pub: KeyOrigin(b"\0" * 4, ())})],
+            outputs,
+        )
+        psbt.sign(lambda digest: signatures.sign_digest(self._priv, digest), self.pub)
+        psbt.finalize()
+        sent = str(self.rpc.send_raw_transaction(psbt.extract_hex()))
+        self._coins.append((sent, len(outputs) - 1, change))  # spendable once mined
+        return sent
+
+
+def mempool(rpc: Any) -> set[str]:
+    return set(rpc.get_raw_mempool())
+
+
+def mine(rpc: Any, network: Network, blocks: int = 1) -> list[str]:
+    """Mine `blocks` regtest blocks paying a throwaway address."""
+    return list(rpc.generate_to_address(blocks, random_address(network)))
+
+
+# --------------------------------------------------------------------------- phones and SMS
+
+
+def carrier(config: Config):  # type: ignore[no-untyped-def]
+    from firmware_sim.control import ControlClient  # noqa: PLC0415
+
+    path = config.section("firmware_sim").path("control_socket")
+    return ControlClient(path)
+
+
+def inbox_texts(control: Any, number: str) -> list[str]:
+    return [str(m.get("text", "")) for m in control.inbox(number)]
+
+
+def wait_inbox(control: Any, number: str, needle: str, seen: int, timeout: float, who: str) -> str:
+    """Wait for a new SMS (after the first `seen`) containing `needle` in `number`'s inbox."""
+
+    def find() -> str | None:
+        return next((t for t in inbox_texts(control, number)[seen:] if needle in t), None)
+
+    return wait_for(find, timeout, f"an SMS to {who} ({number}) containing {needle!r}")
+
+
+# --------------------------------------------------------------------------- consoles
+
+
+@contextmanager
+def cold_console(config: Config) -> Iterator[Any]:
+    """The cold HSM's state as its own console shows it (`hsm-cold status`); read only."""
+    from hsm_cold.cli import ColdPaths  # noqa: PLC0415
+    from hsm_cold.store import ColdStore  # noqa: PLC0415
+
+    path = ColdPaths.of(config.section("hsm_cold")).store
+    if not path.exists():
+        raise StepFailed(f"no cold HSM state at {path}")
+    store = ColdStore(path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class ColdView:
+    frozen: dict[int, str]
+    channels: dict[str, str]  # c_id -> state
+    counters: dict[str, int]
+
+
+def cold_view(config: Config) -> ColdView:
+    with cold_console(config) as store:
+        return ColdView(
+            frozen={a: r for a, f, r in store.list_accounts() if f},
+            channels={c.c_id: c.state for c in store.list_channels()},
+            counters=dict(store.counters()),
+        )
+
+
+def custody_db(config: Config):  # type: ignore[no-untyped-def]
+    """A session factory on custody's database (what an operator, or an attacker, holds)."""
+    from custody.db import database_url, make_engine, make_session_factory  # noqa: PLC0415
+
+    return make_session_factory(make_engine(database_url(config), pool_size=1))
+
+
+def process_pid(config: Config, name: str) -> int | None:
+    """The pid of a supervised process as `custody status` shows it (None: not running)."""
+    from custody import supervisor as sv  # noqa: PLC0415
+
+    for row in sv.read_status(config).rows:
+        if row.name == name and row.pid:
+            return row.pid
+    return None
+
+
+def vdevice_status(cli: Cli) -> dict[str, Any]:
+    return dict(json.loads(cli.run("vdevice.cli", "status", "--json")))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
