@@ -90,6 +90,8 @@ def gunicorn_options(config: Config, workers: int | None = None) -> dict[str, An
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "custody-api",
+        # per deployment, not gunicorn's default ~/.gunicorn/gunicorn.ctl shared by all
+        "control_socket": str(run_dir / "custody-api.ctl"),
         "when_ready": when_ready,
         "on_exit": on_exit,
     }
