@@ -13,11 +13,9 @@ to change one of them no longer opens, instead of making the cold HSM sign for i
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from wallet_core.wallets import (
     CHANGE,
     RECEIVE,
     AccountKey,
+    CachedHotWallet,
     ColdWallet,
     FixedKey,
     HotWallet,
@@ -41,38 +40,6 @@ from wallet_core.wallets import (
 
 SEED_SIZE = 32
 WALLET_ACCOUNT = 0  # per-account seeds: BIP32 account 0 of each
-
-
-PUBKEY_CACHE_SIZE = 4096  # addresses per account whose keys are remembered
-
-
-@dataclass(frozen=True)
-class CachedHotWallet(HotWallet):
-    """The hot wallet with the public keys of recently used addresses remembered.
-
-    Public data only (the three cosigner public keys per address): deriving them is most of
-    the CPU a co-sign's checks cost, and a send's input and change addresses are derived several
-    times. Bounded (least recently used go first); safe to share between threads.
-    """
-
-    _pubkeys: OrderedDict[tuple[int, int], tuple[bytes, ...]] = field(
-        default_factory=OrderedDict, compare=False, repr=False
-    )
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
-
-    def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
-        key = (index, change)
-        with self._cache_lock:
-            hit = self._pubkeys.get(key)
-            if hit is not None:
-                self._pubkeys.move_to_end(key)
-                return list(hit)
-        pubs = super().pubkeys(index, change)  # checks the index and chain
-        with self._cache_lock:
-            self._pubkeys[key] = tuple(pubs)
-            if len(self._pubkeys) > PUBKEY_CACHE_SIZE:
-                self._pubkeys.popitem(last=False)
-        return pubs
 
 
 class SeedPurpose(Enum):

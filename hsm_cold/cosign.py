@@ -23,15 +23,15 @@ from hsm_cold.errors import (
     OutputMismatch,
     UnknownChannel,
 )
-from hsm_cold.rawtx import UnsignedTx, parse_unsigned_tx
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import HARDENED, ExtendedKey
 from wallet_core.chaincloud import Out, parse_outs, send_request_string
-from wallet_core.errors import AddressError, OutsError, WalletError
+from wallet_core.errors import AddressError, OutsError, TxParseError, WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.networks import Network
+from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
 from wallet_core.script import ScriptType
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
@@ -126,9 +126,17 @@ def signed_message_text(value: Any, what: str) -> str:
     raise BadRequest(f"{what} must be a signed message (base64 of 65 bytes)")
 
 
+def decode_tx(raw: bytes) -> UnsignedTx:
+    """The strict `wallet_core.rawtx` parse of the unsigned transaction; `BadRequest` if refused."""
+    try:
+        return parse_unsigned_tx(raw)
+    except TxParseError as exc:
+        raise BadRequest(exc.message) from None
+
+
 def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
     """Type-check the compact request; `BadRequest` names the first bad field."""
-    tx = parse_unsigned_tx(field(payload, "tx", bytes))
+    tx = decode_tx(field(payload, "tx", bytes))
     raw_inputs = field(payload, "inputs", list)
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):

@@ -15,44 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from typing import Any
 
 from hsm_hot.errors import BadRequest
-from wallet_core.errors import WalletError
-from wallet_core.hashes import double_sha256
+from wallet_core.errors import TxParseError, WalletError
 from wallet_core.psbt import Psbt
+from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
-
-
-@dataclass(frozen=True)
-class TxIn:
-    txid: bytes  # display order, as embit keeps it (sighash reverses it)
-    vout: int
-    sequence: int
-
-
-@dataclass(frozen=True)
-class TxOut:
-    value: int
-    script_pubkey: bytes
-
-
-@dataclass(frozen=True)
-class UnsignedTx:
-    """A non-witness transaction, shaped like embit's for `wallet_core.sighash`."""
-
-    raw: bytes
-    version: int
-    vin: tuple[TxIn, ...]
-    vout: tuple[TxOut, ...]
-    locktime: int
-
-    @property
-    def txid(self) -> str:
-        return double_sha256(self.raw)[::-1].hex()
 
 
 @dataclass(frozen=True)
@@ -72,53 +43,12 @@ class CosignPlan:
         return self.tx.txid
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._s = io.BytesIO(data)
-        self._n = len(data)
-
-    def take(self, n: int) -> bytes:
-        b = self._s.read(n)
-        if len(b) != n:
-            raise BadRequest("PSBT is truncated")
-        return b
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "little")
-
-    def varint(self) -> int:
-        n = self.take(1)[0]
-        if n < 0xFD:
-            return n
-        return int.from_bytes(self.take({0xFD: 2, 0xFE: 4, 0xFF: 8}[n]), "little")
-
-    def at_end(self) -> bool:
-        return self._s.tell() == self._n
-
-
-def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
-    r = _Reader(raw)
-    version = r.u32()
-    vin = []
-    for _ in range(r.varint()):
-        txid = r.take(32)[::-1]
-        vout = r.u32()
-        if r.varint() != 0:
-            raise BadRequest("unsigned transaction input has a scriptSig")
-        vin.append(TxIn(txid, vout, r.u32()))
-    vout_list = []
-    for _ in range(r.varint()):
-        value = int.from_bytes(r.take(8), "little")
-        vout_list.append(TxOut(value, r.take(r.varint())))
-    locktime = r.u32()
-    if not r.at_end() or not vin or not vout_list:
-        raise BadRequest("unsigned transaction is malformed")
-    return UnsignedTx(raw, version, tuple(vin), tuple(vout_list), locktime)
-
-
 def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
     """Check that every input spends `wallet` and find the change; raise `BadRequest` if not."""
-    tx = parse_unsigned_tx(psbt.unsigned_tx_bytes())
+    try:
+        tx = parse_unsigned_tx(psbt.unsigned_tx_bytes())  # the same rules as the cold HSM
+    except TxParseError as exc:
+        raise BadRequest(f"unsigned transaction is malformed: {exc.message}") from None
     if len(tx.vin) != psbt.input_count:
         raise BadRequest("PSBT input maps do not match its transaction")
     inputs: list[tuple[int, int, int]] = []

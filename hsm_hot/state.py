@@ -15,13 +15,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from wallet_core.bip32 import parse_xpub
 from wallet_core.networks import Network
-from wallet_core.wallets import RECEIVE, AccountKey, FixedKey, HotWallet, bip48_account_path
+from wallet_core.wallets import (
+    AccountKey,
+    CachedHotWallet,
+    FixedKey,
+    HotWallet,
+    bip48_account_path,
+)
 
 STATE_FILE = "hot-state.db"
 
@@ -59,38 +64,6 @@ CREATE TABLE IF NOT EXISTS cosigned (
     PRIMARY KEY (account, user_tx_no)
 );
 """
-
-
-PUBKEY_CACHE_SIZE = 4096  # addresses per account whose keys are remembered
-
-
-@dataclass(frozen=True)
-class CachedHotWallet(HotWallet):
-    """The hot wallet with the public keys of recently used addresses remembered.
-
-    Public data only (the three cosigner public keys per address): deriving them is most of
-    the CPU a co-sign costs here, and a send's input and change addresses are derived several
-    times. Bounded (least recently used go first); safe to share between threads.
-    """
-
-    _pubkeys: OrderedDict[tuple[int, int], tuple[bytes, ...]] = field(
-        default_factory=OrderedDict, compare=False, repr=False
-    )
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
-
-    def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
-        key = (index, change)
-        with self._cache_lock:
-            hit = self._pubkeys.get(key)
-            if hit is not None:
-                self._pubkeys.move_to_end(key)
-                return list(hit)
-        pubs = super().pubkeys(index, change)  # checks the index and chain
-        with self._cache_lock:
-            self._pubkeys[key] = tuple(pubs)
-            if len(self._pubkeys) > PUBKEY_CACHE_SIZE:
-                self._pubkeys.popitem(last=False)
-        return pubs
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from embit.psbt import PSBT as EmbitPsbt
 from cc_common.link import LinkAuthError, LinkRemoteError
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
+from hsm_cold.cosign import decode_tx
 from hsm_cold.errors import ColdErrorCode
-from hsm_cold.rawtx import parse_unsigned_tx
 from tests.harness import Deployment
 from tests.hsm_fixtures import Coin, ColdHsm, VDevice, build_send_psbt, random_address, send_request
 from wallet_core import messages, signatures
@@ -658,10 +658,12 @@ def test_the_raw_tx_parser_refuses_what_it_does_not_sign() -> None:
         [(random_address(), 4000)],
     )
     raw = unsigned_tx(psbt)
-    assert parse_unsigned_tx(raw).txid == psbt.txid
+    assert decode_tx(raw).txid == psbt.txid
     for bad in (raw + b"\0", raw[:-1], raw[:4] + b"\0\1" + raw[4:]):
-        with pytest.raises(BadRequest):
-            parse_unsigned_tx(bad)
+        with pytest.raises(BadRequest) as refused:
+            decode_tx(bad)
+        assert refused.value.code == ColdErrorCode.BAD_REQUEST
+        assert refused.value.message.startswith("tx: ")
 
 
 def test_no_pin_or_link_key_in_logs_or_output(cold: ColdHsm) -> None:

@@ -25,7 +25,7 @@ from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
 from custody.hsm_client import HotHsmClient, HsmRefused
 from hsm_hot.audit import AuditLog
-from hsm_hot.compact import parse_unsigned_tx, plan_cosign
+from hsm_hot.compact import plan_cosign
 from hsm_hot.errors import (
     BadRequest,
     ColdRefused,
@@ -39,7 +39,7 @@ from hsm_hot.policy import HotPolicy, PolicyLedger
 from hsm_hot.relay import ColdRelay
 from hsm_hot.rpc_server import RpcServer
 from hsm_hot.service import HotService, provision_statement
-from hsm_hot.state import PUBKEY_CACHE_SIZE, CachedHotWallet, HotState
+from hsm_hot.state import HotState
 from tests.hsm_fixtures import (
     Coin,
     VDevice,
@@ -50,8 +50,8 @@ from tests.hsm_fixtures import (
 )
 from wallet_core import messages, signatures
 from wallet_core.bip32 import ExtendedKey
-from wallet_core.errors import WalletError
 from wallet_core.networks import Network
+from wallet_core.rawtx import parse_unsigned_tx
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, bip48_account_path
 
@@ -291,6 +291,22 @@ def test_compact_request_is_small_and_complete(env):
     assert size < 450, size
 
 
+def test_plan_refuses_what_the_strict_parser_refuses(env) -> None:
+    """The shared strict parser's refusal comes out as the hot HSM's own BadRequest (904)."""
+    from wallet_core.psbt import Psbt
+
+    psbt = Psbt.from_base64(_send(env)["psbt"])
+    raw = psbt.unsigned_tx_bytes()
+    for bad, why in ((raw + b"\0", "1 trailing bytes"), (raw[:-1], "truncated")):
+        with (
+            mock.patch.object(Psbt, "unsigned_tx_bytes", return_value=bad),
+            pytest.raises(BadRequest, match=why) as refused,
+        ):
+            plan_cosign(psbt, env["wallet"])
+        assert refused.value.code == 904
+        assert refused.value.message.startswith("unsigned transaction is malformed: tx: ")
+
+
 def _last_payload(env: dict) -> dict:
     # rebuild the payload the service sent, from a fresh plan (deterministic)
     from hsm_hot.compact import compact_request
@@ -444,19 +460,3 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     assert 1 <= len(fsyncs) <= 200
     assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
     audit.close()
-
-
-def test_cached_hot_wallet_derives_what_the_plain_wallet_derives(env) -> None:
-    plain = env["wallet"]
-    cached = CachedHotWallet(plain.cosigners, plain.network)
-    for _ in range(2):  # misses, then hits
-        for chain in (RECEIVE, CHANGE):
-            for index in (0, 1, 7, 999):
-                assert cached.pubkeys(index, chain) == plain.pubkeys(index, chain)
-                assert cached.witness_script(index, chain) == plain.witness_script(index, chain)
-    for index in range(PUBKEY_CACHE_SIZE + 10):
-        cached.pubkeys(index, CHANGE)
-    assert len(cached._pubkeys) == PUBKEY_CACHE_SIZE
-    assert cached.pubkeys(3, RECEIVE) == plain.pubkeys(3, RECEIVE)
-    with pytest.raises(WalletError):
-        cached.pubkeys(-1, RECEIVE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,20 @@ from wallet_core.descriptors import (
     parse_descriptor,
     split_checksum,
 )
-from wallet_core.errors import DerivationPathError, DescriptorChecksumError, DescriptorError
+from wallet_core.errors import (
+    DerivationPathError,
+    DescriptorChecksumError,
+    DescriptorError,
+    WalletError,
+)
 from wallet_core.keys import mnemonic_to_seed, wif_decode, wif_encode
 from wallet_core.networks import Network
 from wallet_core.wallets import (
+    CHANGE,
+    PUBKEY_CACHE_SIZE,
+    RECEIVE,
     AccountKey,
+    CachedHotWallet,
     ColdWallet,
     HotWallet,
     KeyOrigin,
@@ -245,3 +255,54 @@ def test_derive_range_matches_single_derivation(network: Network) -> None:
                     assert d.witness_script is None
     with pytest.raises(DerivationPathError):
         cold.derive_range(2**31, 1)
+
+
+def test_cached_hot_wallet_derives_what_the_plain_wallet_derives() -> None:
+    plain = _fixed_hot_wallet(Network.REGTEST)
+    cached = CachedHotWallet(plain.cosigners, plain.network)
+    for _ in range(2):  # misses, then hits
+        for chain in (RECEIVE, CHANGE):
+            for index in (0, 1, 7, 999):
+                assert cached.pubkeys(index, chain) == plain.pubkeys(index, chain)
+                assert cached.witness_script(index, chain) == plain.witness_script(index, chain)
+    assert cached.cache_size == PUBKEY_CACHE_SIZE
+    for index in range(PUBKEY_CACHE_SIZE + 10):
+        cached.pubkeys(index, CHANGE)
+    assert len(cached._pubkeys) == PUBKEY_CACHE_SIZE
+    assert cached.pubkeys(3, RECEIVE) == plain.pubkeys(3, RECEIVE)
+    with pytest.raises(WalletError):
+        cached.pubkeys(-1, RECEIVE)
+    with pytest.raises(DerivationPathError):
+        cached.pubkeys(0, 2)
+
+
+def test_cached_hot_wallet_evicts_least_recently_used_and_is_thread_safe() -> None:
+    class Small(CachedHotWallet):
+        cache_size = 4
+
+    plain = _fixed_hot_wallet(Network.REGTEST)
+    cached = Small(plain.cosigners, plain.network)
+    for index in range(4):
+        cached.pubkeys(index)
+    cached.pubkeys(0)  # now the most recently used
+    cached.pubkeys(4)  # evicts 1, the least recently used
+    assert list(cached._pubkeys) == [(2, RECEIVE), (3, RECEIVE), (0, RECEIVE), (4, RECEIVE)]
+    # a hit hands out a fresh list: callers cannot change what is cached
+    cached.pubkeys(0).clear()
+    assert cached.pubkeys(0) == plain.pubkeys(0)
+
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for index in range(offset, offset + 40):
+                assert cached.pubkeys(index % 9, index % 2) == plain.pubkeys(index % 9, index % 2)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cached._pubkeys) <= 4

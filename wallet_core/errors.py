@@ -127,6 +127,12 @@ class PsbtSignError(PsbtError):
     code = 528
 
 
+class TxParseError(WalletError):
+    """An unsigned transaction is refused by the strict parser (`wallet_core.rawtx`)."""
+
+    code = 529
+
+
 # -- signatures (535-539)
 class SignatureError(WalletError):
     """A signature is malformed, high-S, or does not verify."""

@@ -11,7 +11,10 @@ trust"). Batches use the fast `ChainDeriver`; the chain-level keys are derived o
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from coincurve import PublicKey
 
@@ -298,6 +301,40 @@ class HotWallet:
             ],
             change,
         )
+
+
+PUBKEY_CACHE_SIZE = 4096  # addresses per account whose keys are remembered
+
+
+@dataclass(frozen=True)
+class CachedHotWallet(HotWallet):
+    """The hot wallet with the public keys of recently used addresses remembered.
+
+    Public data only (the three cosigner public keys per address): deriving them is most of
+    the CPU a co-sign costs an HSM (the cold side's checks, the hot side's plan), and a send's
+    input and change addresses are derived several times. Bounded (least recently used go
+    first, `cache_size` addresses); safe to share between threads.
+    """
+
+    cache_size: ClassVar[int] = PUBKEY_CACHE_SIZE
+    _pubkeys: OrderedDict[tuple[int, int], tuple[bytes, ...]] = field(
+        default_factory=OrderedDict, compare=False, repr=False
+    )
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
+        key = (index, change)
+        with self._cache_lock:
+            hit = self._pubkeys.get(key)
+            if hit is not None:
+                self._pubkeys.move_to_end(key)
+                return list(hit)
+        pubs = super().pubkeys(index, change)  # checks the index and chain
+        with self._cache_lock:
+            self._pubkeys[key] = tuple(pubs)
+            if len(self._pubkeys) > self.cache_size:
+                self._pubkeys.popitem(last=False)
+        return pubs
 
 
 Wallet = ColdWallet | HotWallet

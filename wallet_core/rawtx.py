@@ -1,17 +1,18 @@
-"""A strict parser of the unsigned transaction in a co-sign request.
+"""A strict parser of an unsigned transaction, for the HSMs that sign digests computed from it.
 
-The cold HSM signs digests computed from these bytes, so it parses them itself, in one screen,
-and refuses anything unusual rather than guessing: witness serialization, a scriptSig, trailing
-bytes, absurd counts or values. The result has the shape `wallet_core.sighash` expects.
+Both HSMs parse the raw bytes themselves, in one screen, and refuse anything unusual rather
+than guessing: witness serialization, a scriptSig, trailing bytes, non-canonical lengths, absurd
+counts, values or script lengths. Every refusal is a `TxParseError`; each HSM turns it into its
+own `BadRequest` at its boundary. The result has the shape `wallet_core.sighash` expects.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hsm_cold.errors import BadRequest
-from wallet_core.chaincloud import MAX_MONEY
-from wallet_core.hashes import double_sha256
+from .chaincloud import MAX_MONEY
+from .errors import TxParseError
+from .hashes import double_sha256
 
 MAX_INPUTS = 500
 MAX_OUTPUTS = 500
@@ -20,7 +21,7 @@ MAX_SCRIPT = 10_000
 
 @dataclass(frozen=True)
 class TxIn:
-    txid: bytes  # display (RPC) byte order, as `wallet_core.sighash` expects
+    txid: bytes  # display (RPC) byte order, as `wallet_core.sighash` expects (it reverses it)
     vout: int
     sequence: int
 
@@ -33,11 +34,13 @@ class TxOut:
 
 @dataclass(frozen=True)
 class UnsignedTx:
+    """A non-witness transaction, shaped like embit's for `wallet_core.sighash`."""
+
     version: int
     vin: tuple[TxIn, ...]
     vout: tuple[TxOut, ...]
     locktime: int
-    raw: bytes
+    raw: bytes  # exactly the bytes parsed (the txid's preimage)
 
     @property
     def txid(self) -> str:
@@ -51,7 +54,7 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise BadRequest("tx: truncated transaction")
+            raise TxParseError("tx: truncated transaction")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -66,41 +69,41 @@ class _Reader:
         size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
         value = self.uint(size)
         if value < {2: 0xFD, 4: 0x10000, 8: 0x100000000}[size]:
-            raise BadRequest("tx: non-canonical length encoding")
+            raise TxParseError("tx: non-canonical length encoding")
         return value
 
 
 def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
-    """Parse a non-witness-serialized transaction with empty scriptSigs; `BadRequest` if not."""
+    """Parse a non-witness-serialized transaction with empty scriptSigs; `TxParseError` if not."""
     if not isinstance(raw, bytes):
-        raise BadRequest("tx must be bytes")
+        raise TxParseError("tx must be bytes")
     r = _Reader(raw)
     version = r.uint(4)
     n_in = r.varint()
     if n_in == 0:
-        raise BadRequest("tx: no inputs (or witness serialization, which is refused)")
+        raise TxParseError("tx: no inputs (or witness serialization, which is refused)")
     if n_in > MAX_INPUTS:
-        raise BadRequest(f"tx: {n_in} inputs is more than {MAX_INPUTS}")
-    vin = []
+        raise TxParseError(f"tx: {n_in} inputs is more than {MAX_INPUTS}")
+    vin: list[TxIn] = []
     for n in range(n_in):
         txid = r.take(32)[::-1]
-        vout = r.uint(4)
+        prev_index = r.uint(4)
         if r.varint() != 0:
-            raise BadRequest(f"tx: input {n} has a scriptSig")
-        vin.append(TxIn(txid, vout, r.uint(4)))
+            raise TxParseError(f"tx: input {n} has a scriptSig")
+        vin.append(TxIn(txid, prev_index, r.uint(4)))
     n_out = r.varint()
     if not 0 < n_out <= MAX_OUTPUTS:
-        raise BadRequest(f"tx: {n_out} outputs (1 to {MAX_OUTPUTS} allowed)")
-    vout = []
+        raise TxParseError(f"tx: {n_out} outputs (1 to {MAX_OUTPUTS} allowed)")
+    vout: list[TxOut] = []
     for n in range(n_out):
         value = r.uint(8)
         if value > MAX_MONEY:
-            raise BadRequest(f"tx: output {n} value out of range")
+            raise TxParseError(f"tx: output {n} value out of range")
         length = r.varint()
         if length > MAX_SCRIPT:
-            raise BadRequest(f"tx: output {n} script too long")
+            raise TxParseError(f"tx: output {n} script too long")
         vout.append(TxOut(value, r.take(length)))
     locktime = r.uint(4)
     if r.pos != len(raw):
-        raise BadRequest(f"tx: {len(raw) - r.pos} trailing bytes")
+        raise TxParseError(f"tx: {len(raw) - r.pos} trailing bytes")
     return UnsignedTx(version, tuple(vin), tuple(vout), locktime, raw)
