@@ -140,11 +140,6 @@ def account_keys(account: Account) -> AccountKeys:
     return keys
 
 
-def hot_witness_script(account: Account, chain: Chain, index: int) -> bytes:
-    """The hot wallet's witness script at (chain, index): for the send worker's PSBTs."""
-    return account_keys(account).hot.witness_script(index, int(chain))
-
-
 # -- batches ---------------------------------------------------------------------------
 def check_batch_no(batch_no: int) -> None:
     if not 0 <= batch_no <= MAX_BATCH_NO:

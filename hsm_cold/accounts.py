@@ -129,13 +129,6 @@ def receiving_account_node(root: ExtendedKey, network: Network) -> ExtendedKey:
     return root.derive(bip84_account_path(network, WALLET_ACCOUNT))
 
 
-def cosigner_signer(root: ExtendedKey, network: Network) -> tuple[ExtendedKey, AccountKey]:
-    """The private account node m/48'/c'/0'/2' (its children co-sign hot spends) and its xpub."""
-    path = bip48_account_path(network, WALLET_ACCOUNT)
-    node = root.derive(path)
-    return node, AccountKey(node.to_public(), root.fingerprint, path)
-
-
 def cosigner_node(root: ExtendedKey, network: Network) -> ExtendedKey:
     """The private account node m/48'/c'/0'/2' alone (its children co-sign hot spends)."""
     return root.derive(bip48_account_path(network, WALLET_ACCOUNT))

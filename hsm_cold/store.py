@@ -300,14 +300,6 @@ class ColdStore:
         return int(row[0])
 
     # -- used request numbers -----------------------------------------------------------------
-    def request_used(self, account: int, user_tx_no: str) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM used_requests WHERE account = ? AND user_tx_no = ?",
-                (account, user_tx_no),
-            ).fetchone()
-        return row is not None
-
     def used_request_txid(self, account: int, user_tx_no: str) -> str | None:
         """The txid co-signed under `user_tx_no`, or None if it was never used."""
         with self._lock:

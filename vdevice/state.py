@@ -342,10 +342,6 @@ class State:
         row = self.db.execute("SELECT * FROM channels WHERE c_id = ?", (c_id,)).fetchone()
         return None if row is None else _channel(row)
 
-    def confirm_channel(self, c_id: str) -> None:
-        with self.tx():
-            self.db.execute("UPDATE channels SET confirmed = 1 WHERE c_id = ?", (c_id,))
-
     def outstanding_opens(self) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM opens WHERE state = ? ORDER BY sent_at", (OpenState.OUTSTANDING,)
@@ -422,10 +418,6 @@ class State:
 
     def recent_alerts(self, limit: int = 5) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-
-
-def open_state(path: Path) -> State:
-    return State(path)
 
 
 def now() -> float:

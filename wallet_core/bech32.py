@@ -207,14 +207,6 @@ class SegwitV0Encoder:
             block = half
         self._steps = tuple(steps)
 
-    def data_part(self, program: bytes) -> str:
-        """Base32 (bech32 alphabet) of the program, zero-padded: no version, no checksum."""
-        x = int.from_bytes(program, "big") << self._pad
-        for rshift, mask, lshift in self._steps:
-            x = (x & mask) | ((x >> rshift) & mask) << lshift
-        raw = x.to_bytes(self._groups, "big")
-        return raw[self._groups - self._nsym :].translate(_SYMBOL_TO_CHAR).decode()
-
     def encode(self, program: bytes) -> str:
         """Address for one program; `len(program)` must equal `program_len`."""
         if len(program) != self.program_len:

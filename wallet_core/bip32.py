@@ -62,10 +62,6 @@ def format_path(path: tuple[int, ...] | list[int], marker: str = "h", prefix: st
     return "/".join([prefix, *elems]) if prefix else "/".join(elems)
 
 
-def is_hardened(index: int) -> bool:
-    return index >= HARDENED
-
-
 @dataclass(frozen=True)
 class ExtendedKey:
     """A BIP32 extended key. `key` is 33 bytes: 0x00||k for private, SEC compressed for public."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 
 from .errors import FeeEstimateError
-from .script import ScriptType, classify
+from .script import ScriptType
 
 # weights in WU
 TX_OVERHEAD_WEIGHT = 4 * (4 + 1 + 1 + 4) + 2  # version, in/out counts, locktime; segwit flag
@@ -99,7 +99,3 @@ def feerate_from_estimate(
             raise FeeEstimateError(f"feerate {raw!r} is not positive")
         rate = btc_per_kvb * Decimal(100_000)  # 1e8 sat/BTC / 1000 vB/kvB
     return float(min(max(rate, Decimal(str(floor))), Decimal(str(ceiling))))
-
-
-def script_type_of(script_pubkey: bytes) -> ScriptType:
-    return classify(script_pubkey).type

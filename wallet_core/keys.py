@@ -10,7 +10,7 @@ import unicodedata
 
 from . import secp
 from .base58 import b58check_decode, b58check_encode
-from .bip32 import ExtendedKey, parse_path
+from .bip32 import ExtendedKey
 from .errors import AddressError, InvalidKeyError, MnemonicError
 from .networks import Network
 
@@ -34,11 +34,6 @@ def mnemonic_to_seed(mnemonic: str, passphrase: str = "", *, check: bool = True)
 
 def master_key(seed: bytes, network: Network) -> ExtendedKey:
     return ExtendedKey.from_seed(seed, network)
-
-
-def account_xpub(root: ExtendedKey, path: str) -> ExtendedKey:
-    """Public account key at `path` from a private root (what an HSM exports)."""
-    return root.derive(parse_path(path)).to_public()
 
 
 def wif_encode(priv: bytes, network: Network, compressed: bool = True) -> str:

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .hashes import hash160, sha256
 from .script import ScriptType, classify, parse_multisig
-from .sighash import SIGHASH_ALL, bip143_sighash, p2wpkh_script_code, varint
+from .sighash import SIGHASH_ALL, bip143_sighash, p2wpkh_script_code
 from .wallets import KeyOrigin
 
 DEFAULT_SEQUENCE = 0xFFFFFFFD  # RBF-signalling, locktime-enabled (Core's default)
@@ -353,9 +353,6 @@ class Psbt:
             result._p.xpubs.update(other._p.xpubs)
         return result
 
-    def is_input_finalized(self, i: int) -> bool:
-        return self._p.inputs[i].final_scriptwitness is not None
-
     def finalize(self) -> None:
         """Input finalizer for P2WPKH and 2-of-3 P2WSH; raises if any input lacks signatures."""
         for i, scope in enumerate(self._p.inputs):
@@ -408,11 +405,6 @@ class Psbt:
 
     def extract_hex(self) -> str:
         return self.extract().hex()
-
-
-def witness_size(items: Sequence[bytes]) -> int:
-    """Serialized size of a witness stack (for fee checks in tests and policies)."""
-    return len(varint(len(items))) + sum(len(varint(len(x))) + len(x) for x in items)
 
 
 def combine(psbts: Sequence[Psbt]) -> Psbt:

@@ -77,10 +77,6 @@ def compress_pubkey(pub: bytes) -> bytes:
     return _serialize(_parse(pub), True)
 
 
-def decompress_pubkey(pub: bytes) -> bytes:
-    return _serialize(_parse(pub), False)
-
-
 def pubkey_tweak_add(pub: bytes, tweak: bytes) -> bytes:
     """pub + tweak*G, compressed. Raises `InvalidKeyError` if the result is infinity."""
     obj = _parse(pub)
@@ -101,18 +97,8 @@ def privkey_tweak_add(priv: bytes, tweak: bytes) -> bytes:
     return r.to_bytes(32, "big")
 
 
-def pubkey_combine(pubs: list[bytes]) -> bytes:
-    """Sum of several public keys, compressed."""
-    objs = [_parse(p) for p in pubs]
-    arr = ffi.new(f"secp256k1_pubkey *[{len(objs)}]", objs)
-    out = ffi.new("secp256k1_pubkey *")
-    if not lib.secp256k1_ec_pubkey_combine(CTX, out, arr, len(objs)):
-        raise InvalidKeyError("sum of public keys is infinity")
-    return _serialize(out, True)
-
-
 class BatchPointMultiplier:
-    """Computes K + t*G for many tweaks t with one `pubkey_combine` each (see module doc).
+    """Computes K + t*G for many tweaks t with one `secp256k1_ec_pubkey_combine` each (see module doc).
 
     Window j (big-endian byte j of t) holds W[j][b] = (b * 256^(31-j) + r_j) * G with
     sum(r_j) = 0 mod n, so every table entry is a finite point (even for b = 0) and the

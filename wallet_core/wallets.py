@@ -340,10 +340,6 @@ class CachedHotWallet(HotWallet):
 Wallet = ColdWallet | HotWallet
 
 
-def derive_address(wallet: Wallet, index: int, change: int = RECEIVE) -> str:
-    return wallet.address(index, change)
-
-
 def batch_addresses(wallet: Wallet, batch_no: int, change: int = RECEIVE) -> list[tuple[int, str]]:
     """Batch n: [(index, address)] for indices n*1000 .. n*1000+999 (ChainCloud section 1)."""
     if batch_no < 0 or (batch_no + 1) * BATCH_SIZE > HARDENED:

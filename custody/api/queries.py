@@ -291,11 +291,6 @@ def tx_page_json(
     return body if found else None
 
 
-def tx_cursor(session: Conn, account_id: int, wallet: Wallet, txid: str) -> int | None:
-    params = {"account_id": account_id, "wallet": wallet, "txid": txid}
-    return session.execute(_CURSOR, params).scalar()
-
-
 def tx_detail(session: Conn, account_id: int, wallet: Wallet, txid: str) -> dict[str, Any] | None:
     rows = session.execute(
         select(*_TX_COLUMNS, _BEST).where(

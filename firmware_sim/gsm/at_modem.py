@@ -501,9 +501,6 @@ class AtModem:
         with self._lock:
             return len(self._memory)
 
-    def is_registered(self) -> bool:
-        return self._registered()
-
 
 def _ident(text: str) -> Callable[[AtModem, str, list[str], list[str]], None]:
     """A handler for an identification command that answers one fixed line."""

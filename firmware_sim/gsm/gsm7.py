@@ -50,11 +50,6 @@ def char_septets(c: str) -> int:
     return 2 if c in _EXTENSION_SET else 1
 
 
-def septet_length(text: str) -> int:
-    """Septets needed for `text` in GSM-7 (extension characters count two)."""
-    return sum(char_septets(c) for c in text)
-
-
 def ucs2_units(c: str) -> int:
     return 2 if ord(c) > 0xFFFF else 1
 

@@ -9,7 +9,7 @@ Core's interpreter that shares no code with our wallet core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -515,14 +515,3 @@ def verify_scripts(tx: CTransaction, coins: list[Coin], *, policy: bool) -> None
         TxResult.CONSENSUS,
         f"mandatory-script-verify-flag-failed ({script_error_string(consensus_failure)})",
     )
-
-
-def coins_for(tx: CTransaction, lookup: Mapping[tuple[bytes, int], Coin]) -> list[Coin] | None:
-    """The coins `tx` spends, or None if any is missing from `lookup`."""
-    coins = []
-    for txin in tx.vin:
-        coin = lookup.get((bytes(txin.prevout.hash), txin.prevout.n))
-        if coin is None:
-            return None
-        coins.append(coin)
-    return coins
