@@ -1,13 +1,12 @@
 """The hot HSM's own spending limits, enforced whatever custody says.
 
 A hacked custody API can ask the hot HSM for anything; these limits bound what it can get even
-before the cold HSM checks the V-device's signature. Usage is persisted (SQLite in the hot
-state directory) so a restart does not reset the daily total.
+before the cold HSM checks the V-device's signature. Usage is persisted (`LedgerStore`, in
+the hot state directory) so a restart does not reset the daily total.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from cc_common.config import Section
 from hsm_hot.errors import PolicyRefused, RateLimited
+from hsm_hot.ledger_store import LedgerStore
 
 DAY = 86_400.0
 MINUTE = 60.0
@@ -43,102 +43,77 @@ class HotPolicy:
         )
 
 
+def refuse_if_over(
+    policy: HotPolicy, account: int, amount: int, outputs: int, spent_today: int
+) -> None:
+    """Refuse a send over the per-send, per-day or outputs limits."""
+    if outputs > policy.max_outputs:
+        raise PolicyRefused(f"account {account}: {outputs} outputs exceeds {policy.max_outputs}")
+    if amount > policy.max_send_sat:
+        raise PolicyRefused(
+            f"account {account}: send of {amount} sat exceeds the per-send limit"
+            f" of {policy.max_send_sat} sat"
+        )
+    if spent_today + amount > policy.max_daily_sat:
+        raise PolicyRefused(
+            f"account {account}: send of {amount} sat would exceed the daily limit"
+            f" of {policy.max_daily_sat} sat ({spent_today} sat already signed today)"
+        )
+
+
 class PolicyLedger:
     """Counts requests and signed amounts per account, and refuses past the limits."""
 
     def __init__(
         self, path: Path, policy: HotPolicy, clock: Callable[[], float] = time.time
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.policy = policy
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # WAL: one fsync per commit instead of three (co-signing runs at line rate).
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._store = LedgerStore(path)
         self._pruned_at = 0.0
-        self._db.executescript(
-            "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
-            "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
-            " amount INTEGER NOT NULL, txid TEXT NOT NULL);"
-        )
 
     def admit_request(self, account: int) -> None:
         """Count one signing request; refuse past the per-minute limit."""
         now = self._clock()
         with self._lock:
-            (recent,) = self._db.execute(
-                "SELECT COUNT(*) FROM requests WHERE account = ? AND at > ?",
-                (account, now - MINUTE),
-            ).fetchone()
-            if recent >= self.policy.max_requests_per_minute:
+            if self._store.requests_since(account, now - MINUTE) >= (
+                self.policy.max_requests_per_minute
+            ):
                 raise RateLimited(
                     f"account {account}: more than {self.policy.max_requests_per_minute}"
                     " signing requests in the last minute"
                 )
-            self._db.execute("INSERT INTO requests (account, at) VALUES (?, ?)", (account, now))
+            self._store.add_request(account, now)
             if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
                 self._pruned_at = now
-                self._db.execute("DELETE FROM requests WHERE at < ?", (now - DAY,))
+                self._store.prune_requests(now - DAY)
 
-    def check_send(
-        self, account: int, amount: int, outputs: int, *, _spent: int | None = None
-    ) -> None:
-        """Refuse a send over the per-send, per-day or outputs limits (changes nothing)."""
-        p = self.policy
-        if outputs > p.max_outputs:
-            raise PolicyRefused(f"account {account}: {outputs} outputs exceeds {p.max_outputs}")
-        if amount > p.max_send_sat:
-            raise PolicyRefused(
-                f"account {account}: send of {amount} sat exceeds the per-send limit"
-                f" of {p.max_send_sat} sat"
-            )
-        spent = self.spent_today(account) if _spent is None else _spent
-        if spent + amount > p.max_daily_sat:
-            raise PolicyRefused(
-                f"account {account}: send of {amount} sat would exceed the daily limit"
-                f" of {p.max_daily_sat} sat ({spent} sat already signed today)"
-            )
+    def check_send(self, account: int, amount: int, outputs: int) -> None:
+        """Refuse a send over the limits (changes nothing)."""
+        refuse_if_over(self.policy, account, amount, outputs, self.spent_today(account))
 
     def spent_today(self, account: int) -> int:
         with self._lock:
-            return self._spent_today(account)
-
-    def _spent_today(self, account: int) -> int:
-        """Caller holds `_lock`."""
-        (total,) = self._db.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM sends WHERE account = ? AND at > ?",
-            (account, self._clock() - DAY),
-        ).fetchone()
-        return int(total)
+            return self._store.spent_since(account, self._clock() - DAY)
 
     def reserve_send(self, account: int, amount: int, outputs: int, txid: str) -> int:
-        """`check_send` and `record_send` in one step; returns the reservation's id.
+        """Check the limits and count the amount in one step; returns the reservation's id.
 
         Concurrent co-signs of one account must not both pass the daily limit before either
         is recorded, so the amount is counted before the cold HSM is asked, and given back
         (`cancel_send`) only if the hot HSM did not sign after all.
         """
+        now = self._clock()
         with self._lock:
-            self.check_send(account, amount, outputs, _spent=self._spent_today(account))
-            cur = self._db.execute(
-                "INSERT INTO sends (account, at, amount, txid) VALUES (?, ?, ?, ?)",
-                (account, self._clock(), amount, txid),
-            )
-            return int(cur.lastrowid or 0)
+            spent = self._store.spent_since(account, now - DAY)
+            refuse_if_over(self.policy, account, amount, outputs, spent)
+            return self._store.add_send(account, now, amount, txid)
 
     def cancel_send(self, reservation: int) -> None:
         """Give back a reservation whose send the hot HSM did not sign."""
         with self._lock:
-            self._db.execute("DELETE FROM sends WHERE rowid = ?", (reservation,))
-
-    def record_send(self, account: int, amount: int, txid: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO sends (account, at, amount, txid) VALUES (?, ?, ?, ?)",
-                (account, self._clock(), amount, txid),
-            )
+            self._store.remove_send(reservation)
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()

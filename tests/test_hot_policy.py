@@ -40,7 +40,7 @@ def test_outputs_limit(tmp_path, clock):
 
 def test_daily_limit_rolls_and_survives_restart(tmp_path, clock):
     led = ledger(tmp_path, clock, max_daily_sat=1500)
-    led.record_send(1, 1000, "aa" * 32)
+    led.reserve_send(1, 1000, 1, "aa" * 32)
     led.close()
     led = ledger(tmp_path, clock, max_daily_sat=1500)
     with pytest.raises(PolicyRefused, match="1000 sat already signed today"):
@@ -59,3 +59,13 @@ def test_rate_limit_per_minute(tmp_path, clock):
     led.admit_request(8)
     clock.now += 61
     led.admit_request(7)
+
+
+def test_reservation_counts_at_once_and_cancel_gives_it_back(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_daily_sat=1000)
+    first = led.reserve_send(1, 600, 1, "aa" * 32)
+    with pytest.raises(PolicyRefused, match="600 sat already signed today"):
+        led.reserve_send(1, 600, 1, "bb" * 32)  # refused before the first is even signed
+    led.cancel_send(first)
+    assert led.spent_today(1) == 0
+    led.reserve_send(1, 600, 1, "bb" * 32)

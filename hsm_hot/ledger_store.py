@@ -1,0 +1,59 @@
+"""Persistence of the hot HSM's policy usage: the only place its limits touch SQL.
+
+Two tables in their own SQLite file in the hot state directory: signing requests (for the
+per-minute limit) and signed amounts (for the daily limit). WAL with full sync: one fsync per
+commit, since co-signing runs at line rate. Callers serialise access (`PolicyLedger` holds a
+lock around each decision and its write).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
+    " amount INTEGER NOT NULL, txid TEXT NOT NULL);"
+)
+
+
+class LedgerStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def requests_since(self, account: int, since: float) -> int:
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM requests WHERE account = ? AND at > ?", (account, since)
+        ).fetchone()
+        return int(n)
+
+    def add_request(self, account: int, at: float) -> None:
+        self._db.execute("INSERT INTO requests (account, at) VALUES (?, ?)", (account, at))
+
+    def prune_requests(self, before: float) -> None:
+        self._db.execute("DELETE FROM requests WHERE at < ?", (before,))
+
+    def spent_since(self, account: int, since: float) -> int:
+        (total,) = self._db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM sends WHERE account = ? AND at > ?",
+            (account, since),
+        ).fetchone()
+        return int(total)
+
+    def add_send(self, account: int, at: float, amount: int, txid: str) -> int:
+        cur = self._db.execute(
+            "INSERT INTO sends (account, at, amount, txid) VALUES (?, ?, ?, ?)",
+            (account, at, amount, txid),
+        )
+        return int(cur.lastrowid or 0)
+
+    def remove_send(self, send_id: int) -> None:
+        self._db.execute("DELETE FROM sends WHERE rowid = ?", (send_id,))
+
+    def close(self) -> None:
+        self._db.close()
