@@ -14,6 +14,7 @@ failed") is covered by `tests/test_vtest.py`.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from tests.harness import Deployment, SupervisorProcess
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT = 120.0
+XPRV = re.compile(r"[tx]prv[1-9A-HJ-NP-Za-km-z]{100,}")
 REPLY_TIMEOUT = 3.0  # [vdevice] sms_reply_timeout here: a lost proof is asked again soon
 CHANNEL_LIFETIME = 30  # the renewal class: renewed at half-life, every 15 s
 
@@ -232,6 +234,37 @@ class TestDemoStory:
             if any(a == payee for a, _ in demo.tx_outputs(ctx, txid))
         ]
         assert paid == [w["tx_hash"]]
+
+    def test_no_private_key_or_secret_outside_its_keeper(self, story: Rig) -> None:
+        """Invariant 3, after the whole story: the one private key visible from outside (the
+        recovery key the cold HSM exported once, to its offline export directory) and every
+        PIN and secret of the deployment appear in no log and not in custody's database, and
+        custody's database holds no extended private key at all."""
+        cfg = story.deployment.config
+        exported = sorted(cfg.section("hsm_cold").path("export_dir").glob("*"))
+        assert exported, "the cold HSM exported no recovery key"
+        keys = XPRV.findall(exported[0].read_text())
+        assert keys, "the export holds no extended private key to look for"
+        secrets = [
+            *keys,
+            *(
+                cfg.section(s).str(k)
+                for s in ("hsm_hot", "hsm_cold")
+                for k in ("user_pin", "so_pin")
+            ),
+            cfg.section("hsm_hot").str("rpc_secret"),
+            cfg.section("custody").str("secret_key"),
+            cfg.section("twilio").str("auth_token"),
+        ]
+        custody_db_files = sorted(cfg.data_dir.glob("custody.db*"))
+        logs = sorted(p for p in cfg.log_dir.rglob("*") if p.is_file())
+        assert custody_db_files and len(logs) >= 8
+        for path in custody_db_files + logs:
+            blob = path.read_bytes()
+            leaked = [n for n, v in enumerate(secrets) if v.encode() in blob]
+            assert not leaked, f"{path.name} holds secret(s) #{leaked}"
+        for path in custody_db_files:
+            assert not XPRV.search(path.read_text(errors="replace")), f"{path.name} holds an xprv"
 
 
 def _posts(rig: Rig, vtest_id: str) -> int:
