@@ -2,7 +2,7 @@
 
 Every part runs as its own OS process under `custody up` (`Deployment.start_supervisor`), one
 deployment per class. The story tests run the demo's own step functions
-(`custody.demo.STEPS`, in order, sharing the deployment), so the demo and these tests cannot
+(`cc_demo.run.STEPS`, in order, sharing the deployment), so the demo and these tests cannot
 drift apart; then, on the same deployment, SMS loss and duplication during a batch
 verification and a V-device crash between posting and reporting. A second deployment with
 channels of a few seconds renews a channel while a send is in flight.
@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from custody import demo
-from custody.demo_support import (
+from cc_demo import run as demo_run
+from cc_demo import scenario as demo
+from cc_demo.support import (
     DEMO_CONFIG,
     StepFailed,
     StepSkipped,
@@ -67,7 +68,7 @@ class Rig:
         """Run the demo step `name`; fail the test with its own line if it did not pass."""
         if self.failed is not None:
             pytest.fail(f"not run: the earlier step {self.failed} failed")
-        step = next(s for s in demo.STEPS if s.name == name)
+        step = next(s for s in demo_run.STEPS if s.name == name)
         try:
             return step.run(self.ctx)
         except (StepFailed, StepSkipped) as exc:
@@ -116,7 +117,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 class TestDemoStory:
     """The demo's steps in order, then faults on the same deployment."""
 
-    @pytest.mark.parametrize("name", [s.name for s in demo.STEPS])
+    @pytest.mark.parametrize("name", [s.name for s in demo_run.STEPS])
     def test_step(self, story: Rig, name: str) -> None:
         detail = story.step(name)
         assert detail

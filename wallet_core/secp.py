@@ -98,7 +98,7 @@ def privkey_tweak_add(priv: bytes, tweak: bytes) -> bytes:
 
 
 class BatchPointMultiplier:
-    """Computes K + t*G for many tweaks t with one `secp256k1_ec_pubkey_combine` each (see module doc).
+    """Computes K + t*G for many tweaks t, one `secp256k1_ec_pubkey_combine` each (module doc).
 
     Window j (big-endian byte j of t) holds W[j][b] = (b * 256^(31-j) + r_j) * G with
     sum(r_j) = 0 mod n, so every table entry is a finite point (even for b = 0) and the

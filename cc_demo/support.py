@@ -1,4 +1,4 @@
-"""What the demo scenario (`custody/demo.py`) drives, through the parts' real interfaces.
+"""What the demo scenario (`cc_demo/scenario.py`) drives, through the parts' real interfaces.
 
 Each helper is one outside actor or one window onto a part: the operator's command-line tools
 (run as subprocesses), the merchant's and the V-device's HTTP APIs, the node's JSON-RPC, the
@@ -38,7 +38,7 @@ HTTP_TIMEOUT = 15.0
 CLI_TIMEOUT = 120.0
 
 # The demo's own switches, written into the deployment's configuration before `custody up`
-# (`python -m custody.demo --configure`). Demo only: no production default changes.
+# (`python -m cc_demo --configure`). Demo only: no production default changes.
 DEMO_CONFIG: dict[str, Any] = {
     # a hacked site may store a withdrawal it could not encrypt (attack: bad vtest)
     "merchant_site": {"allow_raw_vtest": True},

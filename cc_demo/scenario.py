@@ -1,4 +1,4 @@
-"""The end-to-end demo scenario (`python -m custody.demo --dir D`), run by `scripts/demo`.
+"""The end-to-end demo scenario (`python -m cc_demo --dir D`), run by `scripts/demo`.
 
 It runs against a deployment started by `custody up` (every part its own OS process) and goes
 only through the parts' real interfaces: the operators' command-line tools, the merchant
@@ -25,20 +25,19 @@ The story, one step each, each printing one line saying what it proved:
 12. attack-sms        a spoofed channel request and replayed SMS: refused, nothing changes
 
 A summary table ends the run; the exit status is 1 if any step failed or could not run.
-`--configure` writes the demo's switches (`demo_support.DEMO_CONFIG`: short poll intervals,
+`--configure` writes the demo's switches (`support.DEMO_CONFIG`: short poll intervals,
 the carrier logging SMS bodies, a site allowed to store a raw vtest) into the configuration;
-`scripts/demo` runs it after `custody init`. `tests/test_e2e.py` runs these same steps.
+`scripts/demo` runs it after `custody init`. `cc_demo/run.py` puts the steps in order (STEPS)
+and runs them; `tests/test_e2e.py` runs these same steps.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
 import signal
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -46,12 +45,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table
 from cc_common.config import Config
-from cc_common.errors import CustodyError
-from custody import supervisor as sv
-from custody.demo_support import (
-    DEMO_CONFIG,
+from cc_demo.support import (
     SAT_PER_BTC,
     Cli,
     Faucet,
@@ -67,7 +62,6 @@ from custody.demo_support import (
     inbox_texts,
     mempool,
     merchant_site,
-    merge_config,
     mine,
     network_of,
     new_id,
@@ -78,8 +72,9 @@ from custody.demo_support import (
     wait_for,
     wait_inbox,
 )
+from custody import supervisor as sv
 
-__all__ = ["STEPS", "Context", "Outcome", "Step", "StepFailed", "StepSkipped", "run_steps"]
+__all__ = ["Context", "Outcome", "Step", "StepFailed", "StepSkipped"]
 
 # Deadlines (seconds); each is far above what the step takes on a laptop.
 CHANNEL_TIMEOUT = 60.0
@@ -800,92 +795,3 @@ def step_attack_sms(ctx: Context) -> str:
         "V-device's old QH and VERIFY replayed from the carrier log: refused as replays; "
         f"channels unchanged ({len(after.channels)}), no proof or channel made"
     )
-
-
-STEPS: tuple[Step, ...] = (
-    Step("status", step_status),
-    Step("account", step_account),
-    Step("channel", step_channel),
-    Step("batches", step_batches),
-    Step("deposit", step_deposit),
-    Step("hot-funding", step_hot_funding),
-    Step("withdrawal", step_withdrawal),
-    Step("attack-batch", step_attack_batch),
-    Step("attack-vtest", step_attack_vtest),
-    Step("attack-forged-vc", step_attack_forged_vc),
-    Step("attack-outputs", step_attack_outputs),
-    Step("attack-sms", step_attack_sms),
-)
-
-
-def run_step(ctx: Context, step: Step) -> tuple[str, str, str, float]:
-    """Run one step; print its one line; return (name, outcome, detail, seconds)."""
-    started = time.monotonic()
-    try:
-        detail = step.run(ctx)
-        outcome = Outcome.PASSED
-    except StepSkipped as exc:
-        outcome, detail = Outcome.SKIPPED, str(exc)
-    except (StepFailed, CustodyError, OSError, ValueError, KeyError, TypeError) as exc:
-        outcome, detail = Outcome.FAILED, str(exc) or type(exc).__name__
-    elapsed = time.monotonic() - started
-    print(f"[{outcome}] {step.name}: {detail} ({elapsed:.1f}s)", flush=True)
-    return step.name, outcome, detail, elapsed
-
-
-def run_steps(
-    config: Config, steps: Sequence[Step] = STEPS, ctx: Context | None = None
-) -> list[tuple[str, str, str, float]]:
-    ctx = ctx or Context(config=config, status=sv.read_status(config))
-    return [run_step(ctx, step) for step in steps]
-
-
-def summary(results: Sequence[tuple[str, str, str, float]]) -> tuple[str, bool]:
-    """The summary table, and whether every step passed."""
-    rows = [(n, o, f"{t:.1f}", d if len(d) <= 90 else d[:89] + "…") for n, o, d, t in results]
-    table = render_table(("STEP", "RESULT", "SECONDS", "WHAT IT PROVED"), rows)
-    passed = sum(1 for _, o, _, _ in results if o == Outcome.PASSED)
-    failed = sum(1 for _, o, _, _ in results if o == Outcome.FAILED)
-    skipped = len(results) - passed - failed
-    total = sum(t for *_, t in results)
-    line = f"{passed} passed, {failed} failed, {skipped} did not run, in {total:.0f}s"
-    return f"{table}\n\n{line}", passed == len(results)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m custody.demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dir_argument(parser)
-    parser.add_argument("--step", action="append", help="run only these steps (repeatable)")
-    parser.add_argument(
-        "--configure",
-        action="store_true",
-        help="write the demo's switches into the configuration (before `custody up`) and exit",
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except CustodyError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    if args.configure:
-        merge_config(config.data_dir, DEMO_CONFIG)
-        print(f"demo switches written to {config.data_dir}/chaincloud.toml")
-        return 0
-    unknown = set(args.step or ()) - {s.name for s in STEPS}
-    if unknown:
-        print(f"error: no step {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
-    steps = [s for s in STEPS if not args.step or s.name in args.step]
-    results = run_steps(config, steps)
-    text, ok = summary(results)
-    print()
-    print(text)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
