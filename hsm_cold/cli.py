@@ -5,6 +5,7 @@ hsm-cold serve      answer the hot HSM over the serial link, and the V-devices b
 hsm-cold unfreeze   the operator's local unfreeze of an account (asks for the user PIN)
 hsm-cold status     accounts, frozen ones, SMS channels and counters, recent alerts
 hsm-cold alerts     every recorded alert
+hsm-cold backup verify / restore / sign-recovery / sweep: disaster recovery (docs/recovery.md)
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from cc_common.logs import setup_logging
 from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
+from hsm_cold import recovery_cli
+from hsm_cold.console import Console
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
+from hsm_cold.restore import BackupSettings, prepare_backup
 from hsm_cold.service import AlertKind, ColdService
 from hsm_cold.sms_service import SmsService, SmsSettings
 from hsm_cold.store import ColdStore
@@ -117,7 +121,15 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     section = _section(config)
     paths = ColdPaths.of(section)
     created = HsmToken.init(section)
-    with _opened(section) as (_, _, keystore):
+    with _opened(section) as (_, store, keystore):
+        backup = prepare_backup(
+            keystore,
+            store,
+            paths.export_dir,
+            _network(config),
+            BackupSettings.of(section),
+            Console(),
+        )
         identity = keystore.ensure_keys()
         pairing: str | None = None
         if not keystore.has_link_key():
@@ -128,6 +140,7 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
         "token": "created" if created is Provisioned.CREATED else "already present",
         "identity_pubkey": identity.hex(),
         "pairing_file": pairing or "none written: already paired",
+        **backup,
     }
 
 
@@ -336,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
+    recovery_cli.add_commands(sub)
     return parser
 
 

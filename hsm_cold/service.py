@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from hsm_cold import accounts, cosign, sweep
+from hsm_cold import accounts, backup, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -318,6 +318,7 @@ class ColdService:
         path = accounts.write_recovery_export(self.export_dir, facts, recovery_root, wallet)
         del recovery_root
         try:
+            backup.write_account_backup(self.keystore, self.store, self.export_dir, rec)
             self.store.add_account(rec)
         except BaseException:
             path.unlink(missing_ok=True)

@@ -232,6 +232,16 @@ class Psbt:
             raise PsbtError(f"input {i} has no witness UTXO")
         return utxo.value
 
+    def input_script_pubkey(self, i: int) -> bytes:
+        utxo = self._p.inputs[i].witness_utxo
+        if utxo is None:
+            raise PsbtError(f"input {i} has no witness UTXO")
+        return utxo.script_pubkey.data
+
+    def input_witness_script(self, i: int) -> bytes | None:
+        ws = self._p.inputs[i].witness_script
+        return None if ws is None else ws.data
+
     def input_origins(self, i: int) -> dict[bytes, KeyOrigin]:
         scope = self._p.inputs[i]
         return {pub.sec(): _origin(d) for pub, d in scope.bip32_derivations.items()}
