@@ -59,3 +59,15 @@ class ProofInvalid(HotHsmError):
     """The cold HSM's provisioning proof does not verify against its pinned identity key."""
 
     code = 910
+
+
+class RecoveryPsbtRefused(HotHsmError):
+    """A recovery PSBT spends something that is not the account's hot wallet, or is malformed."""
+
+    code = 940
+
+
+class NotConfirmed(HotHsmError):
+    """The operator did not confirm a recovery signature at the console."""
+
+    code = 941
