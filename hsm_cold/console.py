@@ -63,6 +63,8 @@ class Console:
         self.stdout.write(prompt)
         self.stdout.flush()
         line = self.stdin.readline()
+        if not self.stdin.isatty():
+            self.say()  # no echo from a pipe: end the prompt's line
         return None if line == "" else line.rstrip("\r\n")
 
     def confirm(self, prompt: str) -> None:

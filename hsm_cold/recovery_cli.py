@@ -20,7 +20,7 @@ from cc_common.errors import ConfigError
 from cc_common.token import HsmToken
 from hsm_cold.backup import describe, read_backup_file, write_private
 from hsm_cold.console import Console, read_drill_share, read_shares
-from hsm_cold.errors import BackupFileInvalid, ColdHsmError
+from hsm_cold.errors import ColdHsmError
 from hsm_cold.recovery_sign import read_psbt, sign_hot_recovery, sweep_receiving
 from hsm_cold.restore import BackupSettings, backup_files_in, load_backup_set, restore
 
@@ -46,19 +46,19 @@ def _cli() -> Any:
 
 def cmd_backup_verify(args: argparse.Namespace) -> str:
     """Signature and format of each file: no shares, no token needed."""
-    out, failed = [], 0
+    out, failed = [], list[ColdHsmError]()
     for path in args.files:
         try:
             bf = read_backup_file(path)
             bf.check_signature(str(path))
             info = {"file": str(path), "ok": True, **describe(bf)}
         except ColdHsmError as exc:
-            failed += 1
+            failed.append(exc)
             info = {"file": str(path), "ok": False, "code": int(exc.code), "error": exc.message}
         out.append(info)
     text = "\n".join(json.dumps(i, sort_keys=True) for i in out)
-    if failed:
-        raise BackupFileInvalid(f"{failed} of {len(out)} file(s) refused:\n{text}")
+    if failed:  # the first refusal's class and code, every file's verdict in the message
+        raise type(failed[0])(f"{len(failed)} of {len(out)} file(s) refused:\n{text}")
     return text
 
 

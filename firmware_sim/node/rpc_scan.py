@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from embit.descriptor import Descriptor
+from embit.script import address_to_scriptpubkey
 
 from firmware_sim.node.blocks import hash_hex
 from firmware_sim.node.errors import RPCCode, RPCError
@@ -41,6 +42,9 @@ def _scripts(obj: Any) -> dict[bytes, str]:
         text, rng = p_str(obj.get("desc")), obj.get("range")
     else:
         text, rng = p_str(obj), None
+    plain = _addr_or_raw(text)
+    if plain is not None:
+        return {plain: text}
     try:
         desc = Descriptor.from_string(text)
     except Exception:  # noqa: BLE001 (embit raises several unrelated types)
@@ -53,6 +57,20 @@ def _scripts(obj: Any) -> dict[bytes, str]:
         d = desc.derive(i)
         out[d.script_pubkey().data] = str(d)
     return out
+
+
+def _addr_or_raw(text: str) -> bytes | None:
+    """`addr(ADDRESS)` and `raw(HEX)`, which embit's descriptors do not parse."""
+    body = text.split("#", 1)[0]
+    if not body.endswith(")") or not body.startswith(("addr(", "raw(")):
+        return None
+    inner = body[body.index("(") + 1 : -1]
+    try:
+        if body.startswith("raw("):
+            return bytes.fromhex(inner)
+        return address_to_scriptpubkey(inner).data
+    except Exception:  # noqa: BLE001 (embit raises several unrelated types)
+        raise RPCError(RPCCode.INVALID_ADDRESS_OR_KEY, f"Invalid descriptor '{text}'") from None
 
 
 @rpc("scantxoutset", "action", "scanobjects", required=1)
