@@ -52,9 +52,9 @@ def _branches(args: argparse.Namespace) -> tuple[list[WalletBranch], str]:
 def _scan(args: argparse.Namespace) -> tuple[list[FoundUtxo], str]:
     if args.highest < 0 or not 0 < args.gap <= 100_000:
         raise RecoveryError("--highest must be >= 0 and --gap between 1 and 100000")
+    rpc = CoreRpc(args.rpc, args.rpc_user or "", os.environ.get("CC_RECOVER_RPC_PASSWORD", ""))
     branches, network = _branches(args)
     network_params(network)
-    rpc = CoreRpc(args.rpc, args.rpc_user or "", os.environ.get("CC_RECOVER_RPC_PASSWORD", ""))
     return scan(rpc, branches, args.highest + args.gap), network
 
 

@@ -310,6 +310,48 @@ def test_cold_receiving_swept_at_the_console_without_custody(
     assert 0 < sum(v for _, v in deposits) - received(node, outside) < 10_000
 
 
+# -- cold HSM lost and not restored: the hot key and the recovery key ---------------------------
+
+
+def test_hot_sign_recovery_with_the_recovery_key(
+    pair: HsmPair, node: BitcoinRPC, prov: ProvisionedAccount
+) -> None:
+    d = pair.d
+    wallet = hot_wallet(prov)
+    coins = [coinbase_to(node, wallet.address(i, RECEIVE)) for i in (1, 2)]
+    node.generate_to_address(100, random_address())
+    psbt, mine, hot = (d.data_dir / n for n in ("h.psbt", "h.rk.psbt", "h.hot.psbt"))
+    outside = random_address()
+    built = json.loads(
+        ok(
+            recover(
+                d, "build", "--export", str(paper(d)), *rpc_args(d), "--to", outside,
+                "--fee-rate", "2", "--out", str(psbt),
+            )
+        )
+    )  # fmt: skip
+    assert built["total_sat"] == sum(v for _, v in coins)
+    ok(recover(d, "sign", "--export", str(paper(d)), str(psbt), "--out", str(mine)))
+    pin = d.config.section("hsm_hot").str("user_pin")
+    hot_args = (
+        "sign-recovery",
+        str(ACCOUNT),
+        str(psbt),
+        "--out",
+        str(hot),
+        "--dir",
+        str(d.data_dir),
+    )
+    no = run(d, "hsm_hot.cli", *hot_args, stdin=f"{pin}\nno\n")
+    assert no.returncode == 2 and "[941]" in no.stderr and not hot.exists()
+    ok(run(d, "hsm_hot.cli", *hot_args, stdin=f"{pin}\nyes\n"))
+    assert any(e.get("event") == "sign_recovery" for e in pair.audit())
+    txid = node.send_raw_transaction(ok(recover(d, "finalize", str(hot), str(mine))).strip())
+    node.generate_to_address(1, random_address())
+    assert node.get_raw_transaction(txid, True)["confirmations"] == 1
+    assert received(node, outside) == built["value_sat"]
+
+
 # -- hot HSM lost ------------------------------------------------------------------------------
 
 
