@@ -291,6 +291,11 @@ def test_cold_receiving_swept_at_the_console_without_custody(
         (deposits[0][0], 5),
         (deposits[1][0], 2),
     }
+    # the same coins found from the descriptor custody shows (`custody account show`)
+    again = recover(
+        d, "scan", "--descriptor", cold_descriptor, "--network", "regtest", *rpc_args(d)
+    )
+    assert json.loads(ok(again))["utxos"] == found["utxos"]
     outside = random_address()
     psbt = d.data_dir / "cold-sweep.psbt"
     ok(
