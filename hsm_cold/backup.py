@@ -353,7 +353,9 @@ def _now() -> int:
 # -- accounts ---------------------------------------------------------------------------------
 
 
-def account_header(rec: AccountRecord, receiving_seed: bytes, cosigner_seed: bytes) -> dict:
+def account_header(
+    rec: AccountRecord, receiving_seed: bytes, cosigner_seed: bytes
+) -> dict[str, Any]:
     """The public facts of an account as a restore must reproduce them."""
     facts = AccountFacts.of(rec)
     net = facts.network
@@ -378,7 +380,9 @@ def account_header(rec: AccountRecord, receiving_seed: bytes, cosigner_seed: byt
     }
 
 
-def account_payload(rec: AccountRecord, receiving_seed: bytes, cosigner_seed: bytes) -> dict:
+def account_payload(
+    rec: AccountRecord, receiving_seed: bytes, cosigner_seed: bytes
+) -> dict[str, Any]:
     return {
         "receiving_seed": receiving_seed.hex(),
         "cosigner_seed": cosigner_seed.hex(),

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from cc_common.config import Section
 from cc_common.errors import ConfigError
@@ -175,14 +176,16 @@ class RestoredAccount:
     cosigner_seed: bytes
 
 
-def open_backup_set(key: BackupKey, bset: BackupSet, network: Network) -> tuple[bytes, list]:
+def open_backup_set(
+    key: BackupKey, bset: BackupSet, network: Network
+) -> tuple[bytes, list[RestoredAccount]]:
     """Decrypt all (refusing another key, an altered file, a wrong network); nothing written."""
     ident = bset.identity.open(key, IDENTITY_FILE)
     try:
         secret = bytes.fromhex(ident["identity_secret"])
     except (KeyError, TypeError, ValueError):
         raise BackupFileAltered("the identity backup holds no identity key") from None
-    restored = []
+    restored: list[RestoredAccount] = []
     for account, bf in sorted(bset.accounts.items()):
         name = bset.names[account]
         if bf.header.get("network") != network.value:
@@ -191,7 +194,7 @@ def open_backup_set(key: BackupKey, bset: BackupSet, network: Network) -> tuple[
     return secret, restored
 
 
-def _restored_account(bf: BackupFile, payload: dict, name: str) -> RestoredAccount:
+def _restored_account(bf: BackupFile, payload: dict[str, Any], name: str) -> RestoredAccount:
     h = bf.header
     try:
         rec = AccountRecord(

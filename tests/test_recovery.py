@@ -18,9 +18,14 @@ Refusals (wrong/too few/foreign shares, altered files, busy target, drill mode o
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -514,3 +519,76 @@ def test_drill_restore_from_share_files(pair: HsmPair, target: Deployment) -> No
     assert "DRILL MODE" in out
     assert json.loads(out.strip().splitlines()[-1])["accounts"] == [ACCOUNT]
     assert target.config.section("hsm_cold").path("pairing_file").exists()
+
+
+# -- init at a real terminal ------------------------------------------------------------------
+
+
+class Terminal:
+    """A pseudo-terminal on which a console command runs, read and typed into by the test."""
+
+    def __init__(self, d: Deployment, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hsm_cold.cli", *args, "--dir", str(d.data_dir)],
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            env=d.env,
+            cwd=d.data_dir,
+        )
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while (m := re.search(pattern, self.seen)) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} on the terminal; saw:\n{self.seen[-2000:]}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 1.0))
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096).decode(errors="replace")
+                except OSError:  # the command exited and closed the terminal
+                    assert self.proc.poll() is not None
+        self.seen = self.seen[m.end() :]
+        return m
+
+    def type(self, text: str) -> None:
+        os.write(self.master, (text + "\n").encode())
+
+    def close(self) -> int:
+        code = self.proc.wait(timeout=60)
+        os.close(self.master)
+        return code
+
+
+def test_init_shows_each_share_once_on_the_terminal_and_checks_words(target: Deployment) -> None:
+    target.configure({"hsm_cold": {"backup_drill_dir": ""}})
+    piped = cold(target, "init", stdin="")  # no terminal, no drill mode: no shares into a pipe
+    assert piped.returncode == 2 and "on a terminal" in piped.stderr
+    term = Terminal(target, "init")
+    typed_wrong = False
+    for n in (1, 2, 3):
+        shown = term.expect(rf"(?s)=== Backup share {n} of 3 .*?Press Enter when written down\. ")
+        words = dict(re.findall(r"(\d+)\. ([a-z]+)", shown.group(0)))
+        assert len(words) == 33
+        term.type("")
+        for _ in range(3):
+            p = term.expect(rf"share {n}, word #(\d+): ").group(1)
+            if not typed_wrong:  # the first officer mistypes once: the share is shown again
+                typed_wrong = True
+                term.type("wrongword")
+                break
+            term.type(words[p])
+        else:
+            continue
+        term.expect(rf"(?s)=== Backup share {n} of 3 .*?Press Enter when written down\. ")
+        term.type("")
+        for _ in range(3):
+            term.type(words[term.expect(rf"share {n}, word #(\d+): ").group(1)])
+    term.expect("All 3 shares shown and checked")
+    assert term.close() == 0
+    out = cold(target, "init")
+    assert json.loads(ok(out))["shares"] == "already shown"
+    assert not (target.data_dir / "hsm-cold" / "DRILL-shares").exists()  # nothing on disk
