@@ -133,3 +133,24 @@ def test_cc_recover_refuses_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFix
     assert "http://" in capsys.readouterr().err
     assert cc_recover([*args, "--rpc", "http://127.0.0.1:1"]) == 2
     assert "not a descriptor" in capsys.readouterr().err
+
+
+def test_cc_recover_imports_nothing_of_this_project() -> None:
+    """The tool must run from a copy of `recovery/` with only embit installed."""
+    import ast
+    import sys
+
+    root = Path(__file__).resolve().parent.parent / "recovery"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ("embit", "recovery"), (
+                    f"{path.name} imports {name}"
+                )
