@@ -154,11 +154,11 @@ class HotService:
         }
 
     def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
-        handler = self.methods.get(method)
-        if handler is None:
-            raise BadRequest(f"unknown method {method!r}")
         started = time.monotonic()
         try:
+            handler = self.methods.get(method)
+            if handler is None:
+                raise BadRequest(f"unknown method {method!r}")
             result = handler(params)
         except CustodyError as exc:
             self.stats.refused(int(exc.code))
