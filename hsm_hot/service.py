@@ -192,6 +192,7 @@ class HotService:
             **self.token_status(),
             "audit_head": self.audit.head(),
             "link": self.relay.stats(),
+            "link_last_error": self.relay.last_error,
             **self.stats.snapshot(),
         }
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from custody.operator.snapshot import Part
 
-LINK_FAILURE_KEYS = ("retransmits", "timeouts", "gave up", "unauthenticated", "stale", "crc")
+LINK_FAILURE_KEYS = ("retransmits", "timeouts", "gave up", "unauthenticated", "stale", "rejected")
 
 
 class ConsoleCollector(Collector):

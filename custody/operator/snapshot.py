@@ -189,7 +189,7 @@ class Snapshotter:
         failures = {
             k: v
             for k, v in link.data["stats"].items()
-            if any(w in k for w in ("crc", "auth", "unauthenticated", "gave up", "timeouts"))
+            if any(w in k for w in ("rejected", "unauthenticated", "stale", "gave up", "timeouts"))
         }
         link.data["failures"] = failures
         if not cold_reachable:
