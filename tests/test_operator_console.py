@@ -15,9 +15,11 @@ ones an operator would see.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,8 +318,10 @@ def test_systemd_units_name_existing_commands() -> None:
         assert execs, f"{unit.name} has no ExecStart"
         for argv in execs:
             command = Path(argv[0]).name
-            assert shutil.which(command), f"{unit.name}: {command} is not an installed command"
+            # the console scripts sit beside this interpreter (the venv's bin/)
+            found = shutil.which(command, path=f"{Path(sys.executable).parent}:{os.defpath}")
+            assert found, f"{unit.name}: {command} is not an installed command"
             help_run = subprocess.run(
-                [command, *argv[1:2], "--help"], capture_output=True, text=True, timeout=60
+                [found, *argv[1:2], "--help"], capture_output=True, text=True, timeout=60
             )
             assert help_run.returncode == 0, f"{unit.name}: `{command} {argv[1]}` does not exist"
