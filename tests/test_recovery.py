@@ -37,9 +37,19 @@ from embit.networks import NETWORKS
 from custody.chain import BitcoinRPC
 from custody.hsm_client import ProvisionedAccount
 from tests.harness import Deployment, wait_until
-from tests.hsm_fixtures import HsmPair, VDevice, hot_wallet, random_address, settlement_descriptor
+from tests.hsm_fixtures import (
+    Coin,
+    HsmPair,
+    VDevice,
+    build_send_psbt,
+    hot_wallet,
+    random_address,
+    send_request,
+    settlement_descriptor,
+)
 from wallet_core import messages
 from wallet_core.chaincloud import batch_content
+from wallet_core.psbt import Psbt
 from wallet_core.wallets import CHANGE, RECEIVE, batch_addresses
 
 pytestmark = pytest.mark.slow
@@ -202,6 +212,7 @@ def test_cold_hsm_restored_from_two_shares(
 ) -> None:
     d, client = pair.d, pair.client()
     deposits = [coinbase_to(node, cold_address(cold_descriptor, i)) for i in (0, 3)]
+    hot_coin = coinbase_to(node, hot_wallet(prov).address(7, RECEIVE))
     node.generate_to_address(100, random_address())
     proof_before = client.prove_batch(ACCOUNT, "cold", 1)
     hot_proof_before = client.prove_batch(ACCOUNT, "hot", 1)
@@ -252,6 +263,21 @@ def test_cold_hsm_restored_from_two_shares(
     assert messages.recover_pubkey(
         hot_content, client.prove_batch(ACCOUNT, "hot", 1)
     ) == messages.recover_pubkey(hot_content, hot_proof_before)
+
+    # the V-device re-opens its channel (as after an expiry); a hot send is co-signed by the
+    # restored cosigner key and mined
+    vdev = VDevice("recovery-drill")
+    client.register_channel(**vdev.channel_registration(ACCOUNT, "after-restore"))
+    coin = Coin(hot_coin[0], 0, hot_coin[1], RECEIVE, 7)
+    payments = [(random_address(), COIN)]
+    change = (8, hot_coin[1] - COIN - 20_000)
+    psbt = build_send_psbt(hot_wallet(prov), [coin], payments, change=change)
+    request = send_request(payments, "after-restore-1")
+    signed = Psbt.from_base64(
+        client.sign_send(ACCOUNT, psbt.to_base64(), request, vdev.vc_code(request), "after-restore")
+    )
+    signed.finalize()
+    assert node.send_raw_transaction(signed.extract_hex()) == psbt.txid
 
     # the pre-loss deposits, swept by the restored cold HSM, mined
     utxos = [
@@ -342,7 +368,9 @@ def test_hot_sign_recovery_with_the_recovery_key(
             )
         )
     )  # fmt: skip
-    assert built["total_sat"] == sum(v for _, v in coins)
+    found = json.loads(ok(recover(d, "scan", "--export", str(paper(d)), *rpc_args(d))))
+    assert {t for t, _ in coins} <= {u["txid"] for u in found["utxos"]}  # and the change
+    assert built["total_sat"] == found["total_sat"] and built["inputs"] == found["count"]
     ok(recover(d, "sign", "--export", str(paper(d)), str(psbt), "--out", str(mine)))
     pin = d.config.section("hsm_hot").str("user_pin")
     hot_args = (
