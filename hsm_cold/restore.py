@@ -27,6 +27,7 @@ from hsm_cold.backup import (
     BackupKey,
     BackupKind,
     ShareScheme,
+    account_file_name,
     account_header,
     backup_dir,
     combine_shares,
@@ -36,6 +37,7 @@ from hsm_cold.backup import (
     read_backup_file,
     shares_shown,
     store_backup_key,
+    write_account_backup,
     write_private,
 )
 from hsm_cold.console import Console, show_shares, write_drill_shares
@@ -105,6 +107,9 @@ def prepare_backup(
         out["identity_backup"] = str(identity_path)
     else:
         out["identity_backup"] = "none: this identity key predates backups"
+    written = _backup_missing_accounts(keystore, store, export_dir)
+    if written:
+        out["account_backups_written"] = ", ".join(str(a) for a in written)
     if shares_shown(store):
         out["shares"] = "already shown"
         return out
@@ -119,6 +124,19 @@ def prepare_backup(
     del shares
     mark_shares_shown(store, settings.scheme)
     return out
+
+
+def _backup_missing_accounts(
+    keystore: ColdKeystore, store: ColdStore, export_dir: Path
+) -> list[int]:
+    """Accounts provisioned before this cold HSM had a backup key get their file now."""
+    written = []
+    for account, _, _ in store.list_accounts():
+        rec = store.get_account(account)
+        if rec is not None and not (backup_dir(export_dir) / account_file_name(account)).exists():
+            write_account_backup(keystore, store, export_dir, rec)
+            written.append(account)
+    return written
 
 
 # -- restore ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ One deployment for the module: firmware-sim, the simulated node, `hsm-cold serve
 
 - the cold HSM's token and state are deleted; a fresh token is restored from two of the three
   shares (typed on the console's stdin) and the backup files; the next batch's proof is signed
-  by the same identity over the same addresses as before the loss; pre-loss deposits are swept
+  by the same identity over the same addresses as before the loss; the V-device re-opens its
+  channel and a hot send co-signed by the restored key is accepted; pre-loss deposits are swept
   through the restored cold HSM and mined;
 - custody is gone: `cc-recover` + `hsm-cold sweep` move the cold receiving coins, mined;
 - the hot HSM's token is deleted: `cc-recover` with the paper recovery key and
@@ -192,6 +193,12 @@ def test_init_writes_drill_shares_and_backups_verify(
     # nothing secret in the clear: no seed, no xprv
     text = account.read_text()
     assert "seed" not in text and "prv" not in text
+    # a missing account file (an account older than the backup key, a deleted copy) is
+    # written again by the next `hsm-cold init`
+    account.unlink()
+    assert json.loads(ok(cold(d, "init")))["account_backups_written"] == str(ACCOUNT)
+    again = json.loads(ok(cold(d, "backup", "verify", str(account))))
+    assert again["cosigner_xpub"] == prov.cosigner_xpub
 
 
 def test_backup_verify_refuses_an_altered_file(pair: HsmPair, prov: ProvisionedAccount) -> None:
