@@ -576,6 +576,7 @@ class Terminal:
         )
         os.close(slave)
         self.seen = ""
+        self.transcript = ""
 
     def expect(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -585,7 +586,9 @@ class Terminal:
             ready, _, _ = select.select([self.master], [], [], min(left, 1.0))
             if ready:
                 try:
-                    self.seen += os.read(self.master, 4096).decode(errors="replace")
+                    got = os.read(self.master, 4096).decode(errors="replace")
+                    self.seen += got
+                    self.transcript += got
                 except OSError:  # the command exited and closed the terminal
                     assert self.proc.poll() is not None
         self.seen = self.seen[m.end() :]
@@ -629,3 +632,18 @@ def test_init_shows_each_share_once_on_the_terminal_and_checks_words(target: Dep
     out = cold(target, "init")
     assert json.loads(ok(out))["shares"] == "already shown"
     assert not (target.data_dir / "hsm-cold" / "DRILL-shares").exists()  # nothing on disk
+
+
+def test_restore_at_the_terminal_reads_shares_without_echo(
+    pair: HsmPair, prov: ProvisionedAccount, target: Deployment
+) -> None:
+    shares = shares_of(pair.d)
+    term = Terminal(target, "restore", "--from", str(backup_files(pair.d)))
+    term.expect("share 1: ")
+    term.type(shares[1])
+    term.expect("share 2: ")
+    term.type(shares[2])
+    term.expect(r'"accounts": \[7\]')
+    assert term.close() == 0
+    for share in shares[1:]:
+        assert " ".join(share.split()[3:6]) not in term.transcript  # never echoed
