@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS used_requests (
     signed_at REAL NOT NULL,
     PRIMARY KEY (account, user_tx_no)
 );
+CREATE INDEX IF NOT EXISTS ix_used_requests_signed_at ON used_requests (account, signed_at);
 CREATE TABLE IF NOT EXISTS channels (
     account INTEGER NOT NULL,
     c_id TEXT NOT NULL,

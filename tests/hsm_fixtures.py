@@ -81,21 +81,29 @@ class Coin:
     prev_tx: bytes | None = None
 
 
-def funding_tx(script_pubkey: bytes, value: int, vout: int, tag: str) -> bytes:
+def funding_tx(
+    script_pubkey: bytes, value: int, vout: int, tag: str, *, witness: bool = False
+) -> bytes:
     """A transaction (never broadcast) paying `value` to `script_pubkey` at output `vout`:
-    what the cold HSM hash-checks an input's amount against, for tests without a node."""
+    what the cold HSM hash-checks an input's amount against, for tests without a node.
+    `witness` gives it a P2WPKH-sized witness (segwit serialization), as a real one has."""
     spent = hashlib.sha256(tag.encode()).digest()
     outs = [(1000 + n, bytes([0x51])) for n in range(vout)] + [(value, script_pubkey)]
-    raw = (2).to_bytes(4, "little") + b"\x01" + spent + b"\x00\x00\x00\x00\x00" + b"\xff" * 4
-    raw += bytes([len(outs)])
+    body = b"\x01" + spent + b"\x00\x00\x00\x00\x00" + b"\xff" * 4 + bytes([len(outs)])
     for v, script in outs:
-        raw += v.to_bytes(8, "little") + bytes([len(script)]) + script
-    return raw + b"\x00" * 4
+        body += v.to_bytes(8, "little") + bytes([len(script)]) + script
+    version = (2).to_bytes(4, "little")
+    if not witness:
+        return version + body + b"\x00" * 4
+    items = b"\x02" + b"\x48" + bytes(72) + b"\x21" + bytes(33)
+    return version + b"\x00\x01" + body + items + b"\x00" * 4
 
 
-def funded_coin(wallet: Any, value: int, chain: int, index: int, vout: int, tag: str) -> Coin:
+def funded_coin(
+    wallet: Any, value: int, chain: int, index: int, vout: int, tag: str, *, witness: bool = False
+) -> Coin:
     """A coin of `wallet` at (chain, index) with its funding transaction."""
-    raw = funding_tx(wallet.script_pubkey(index, chain), value, vout, tag)
+    raw = funding_tx(wallet.script_pubkey(index, chain), value, vout, tag, witness=witness)
     return Coin(parse_prev_tx(raw).txid, vout, value, chain, index, raw)
 
 
