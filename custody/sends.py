@@ -64,6 +64,7 @@ from custody.models import (
     Wallet,
     utcnow,
 )
+from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from custody.watcher import default_owner, is_postgres
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
@@ -509,7 +510,7 @@ class SendWorker:
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
         try:
-            signed = self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id)
+            signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
@@ -533,6 +534,21 @@ class SendWorker:
                 {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
             )
         log.info("send %d signed", send_id)
+
+    def _sign_with_prev_txs(
+        self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        """Sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+        try:
+            return str(self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id))
+        except HsmRefused as exc:
+            if exc.code != PREV_TX_REQUIRED:
+                raise
+        try:
+            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
+        except PrevTxUnavailable as exc:
+            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
+        return str(self.hsm.sign_send(account_id, full, request, vc_code, c_id))
 
     @staticmethod
     def _finalize(unsigned_b64: str, signed_b64: str) -> str:
