@@ -333,6 +333,53 @@ def _cold_cosign_request() -> Harness:
     return Harness(run, (LinkEncodingError, ColdHsmError), [codec.encode(payload)])
 
 
+@harness("cold_fields", "cc_common.link.codec", "hsm_cold", "wallet_core")
+def _cold_fields() -> Harness:
+    """The cold HSM's other commands' fields as it decodes them off the link (provisioning,
+    channel registration, sweep): accounts, phones, public keys, signed messages, the
+    settlement descriptor, sweep UTXOs and fee rate."""
+    from cc_common.link import codec
+    from cc_common.link.errors import LinkEncodingError
+    from hsm_cold import cosign, service, sweep
+    from hsm_cold.errors import ColdHsmError
+
+    policy = cosign.FeePolicy(max_fee_sat=100_000, max_fee_rate=200.0)
+    readers: list[Callable[[dict[str, Any]], Any]] = [
+        service.account_field,
+        lambda p: service.phone_field(p, "vdevice_phone"),
+        lambda p: service.pubkey_field(p, "channel_pubkey"),
+        lambda p: cosign.signed_message_text(p.get("identity_sig"), "identity_sig"),
+        lambda p: sweep.settlement(cosign.text_field(p, "settlement_descriptor")),
+        sweep.decode_utxos,
+        lambda p: sweep.decode_fee_rate(p, policy),
+    ]
+
+    def run(data: bytes) -> None:
+        payload = codec.decode(data[1:]) if data else None
+        if isinstance(payload, dict):  # the first byte picks the field reader
+            readers[data[0] % len(readers)](payload)
+
+    from wallet_core.bip32 import ExtendedKey
+    from wallet_core.networks import Network
+
+    xpub = ExtendedKey.from_seed(bytes(32), Network.REGTEST).to_public().serialize()
+    payload = {
+        "account": 7,
+        "vdevice_phone": "+15550000100",
+        "channel_pubkey": bytes.fromhex(
+            "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+        ),
+        "identity_sig": bytes(65),
+        "settlement_descriptor": f"wpkh({xpub}/0/*)",
+        "utxos": [{"txid": "ab" * 32, "vout": 1, "amount": 50_000, "chain": 0, "index": 4}],
+        "fee_rate": 5,
+    }
+    encoded = codec.encode(payload)
+    return Harness(
+        run, (LinkEncodingError, ColdHsmError), [bytes([n]) + encoded for n in range(len(readers))]
+    )
+
+
 # -- the hot HSM's RPC ---------------------------------------------------------------------------
 
 
@@ -631,6 +678,39 @@ def _merchant_forms() -> Harness:
         form_seed({"type": "1", "tx_hash": "AB" * 32, "vtest_id": "vt-9"}, names),
     ]
     return Harness(run, (), seeds)
+
+
+@harness("merchant_custody_answer", "examples.merchant_site.custody_client")
+def _merchant_custody_answer() -> Harness:
+    """Custody's API answers as the merchant site reads them: an address batch, the next
+    address."""
+    import requests
+
+    from examples.merchant_site.custody_client import BATCH_SIZE, CustodyClient
+    from examples.merchant_site.errors import CustodyUnavailable
+
+    adapter = HttpAnswer()
+    http = requests.Session()
+    http.mount("http://", adapter)
+    client = CustodyClient("http://127.0.0.1:1", 1.0, http=http)
+    calls: list[Callable[[], Any]] = [
+        lambda: client.fetch_batch("token", 1),
+        lambda: client.next_address("token"),
+    ]
+
+    def run(data: bytes) -> None:
+        if data:
+            adapter.answer(data[1:])
+            calls[data[0] % len(calls)]()
+
+    address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+    batch = [{"index": BATCH_SIZE + n, "address": address} for n in range(BATCH_SIZE)]
+    seeds = [
+        b"\x00" + json.dumps(batch).encode(),
+        b"\x01" + json.dumps({"index": 7, "address": address}).encode(),
+        b'\x01#{"code": 2, "message": "no such token"}',
+    ]
+    return Harness(run, (CustodyUnavailable,), seeds)
 
 
 # -- the node ------------------------------------------------------------------------------------

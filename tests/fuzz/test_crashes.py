@@ -14,6 +14,7 @@ from cc_common.sms.errors import ModemError
 from cc_common.vtest import VtestDecryptError
 from custody.chain.errors import ChainUnavailable
 from custody.hsm_client import HsmUnavailable
+from examples.merchant_site.errors import CustodyUnavailable
 from hsm_hot.errors import BadRequest as HotBadRequest
 from tests.fuzz.harnesses import HARNESSES
 from vdevice.errors import RemoteError
@@ -65,6 +66,7 @@ CRASHES: list[tuple[str, bytes, type[BaseException]]] = [
     ("vtest", DEEP_JSON, VtestDecryptError),
     ("vdevice_remote", b"\x00" + DEEP_JSON, RemoteError),
     ("custody_hot_answer", b"\x01" + DEEP_JSON, HsmUnavailable),
+    ("merchant_custody_answer", b"\x00" + DEEP_JSON, CustodyUnavailable),
     # KeyError / TypeError / AttributeError: an answer without the documented field, a result
     # that is not an object, an error that is not an object (custody reading the hot HSM).
     ("custody_hot_answer", b'\x02{"result": {}}', HsmUnavailable),

@@ -7,8 +7,9 @@ than the package's own errors fails the test with the traceback and the crashing
 
 Longer runs: `CC_FUZZ_SECONDS=600 ./scripts/test tests/fuzz -m fuzz`, or one harness with
 `.venv/bin/python -m tests.fuzz.run NAME -max_total_time=3600 corpus/NAME`.
-Without atheris (no wheel for the platform) the same harnesses run under hypothesis, whose
-coverage guidance is weaker, for `CC_FUZZ_EXAMPLES` examples each.
+Without atheris (no wheel for the platform), or with `CC_FUZZ_ENGINE=hypothesis`, the same
+harnesses run under hypothesis, whose coverage guidance is weaker, for `CC_FUZZ_EXAMPLES`
+examples each (seeds, random bytes and seeds with random splices).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from tests.fuzz.harnesses import HARNESSES
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = int(os.environ.get("CC_FUZZ_SECONDS", "2"))
 EXAMPLES = int(os.environ.get("CC_FUZZ_EXAMPLES", "300"))
-HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
+ENGINE = os.environ.get("CC_FUZZ_ENGINE") or (
+    "atheris" if importlib.util.find_spec("atheris") is not None else "hypothesis"
+)
 
 pytestmark = pytest.mark.fuzz
 
@@ -82,7 +85,7 @@ def _hypothesis(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(HARNESSES))
 def test_parser_raises_only_its_own_errors(name: str, tmp_path: Path) -> None:
-    if HAVE_ATHERIS:
+    if ENGINE == "atheris":
         _atheris(name, tmp_path)
     else:
         _hypothesis(name)
