@@ -193,11 +193,18 @@ def _link_messages() -> Harness:
 # -- transactions and PSBTs ----------------------------------------------------------------------
 
 
+def _roots() -> list[Any]:
+    """The hot, cosigner and recovery roots of the fuzzing account (fixed seeds)."""
+    from wallet_core.bip32 import ExtendedKey
+    from wallet_core.networks import Network
+
+    return [ExtendedKey.from_seed(bytes([n]) * 32, Network.REGTEST) for n in (1, 2, 3)]
+
+
 def _send_psbt() -> tuple[Any, Any]:
     """A hot send PSBT as custody builds it (`tests.hsm_fixtures.build_send_psbt`, without its
     process-harness imports), and the hot wallet it spends."""
     from wallet_core.addresses import address_to_script
-    from wallet_core.bip32 import ExtendedKey
     from wallet_core.networks import Network
     from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
     from wallet_core.wallets import (
@@ -211,7 +218,7 @@ def _send_psbt() -> tuple[Any, Any]:
 
     net = Network.REGTEST
     path = bip48_account_path(net, 0)
-    roots = [ExtendedKey.from_seed(bytes([n]) * 32, net) for n in (1, 2, 3)]
+    roots = _roots()
     keys = [AccountKey(r.derive(path).to_public(), r.fingerprint, path) for r in roots[1:]]
     wallet = HotWallet((FixedKey(roots[0].public_key), *keys), net)
     coins = [("ab" * 32, 1, 400_000, RECEIVE, 3), ("cd" * 32, 0, 250_000, CHANGE, 0)]
@@ -463,6 +470,73 @@ def _custody_hot_answer() -> Harness:
     ]
     seeds = [bytes([n]) + json.dumps(a).encode() for n, a in enumerate(answers)]
     return Harness(run, (HsmError,), seeds)
+
+
+@harness("hot_cold_answers", "cc_common.link.codec", "hsm_hot", "wallet_core")
+def _hot_cold_answers() -> Harness:
+    """The cold HSM's answers as the hot HSM checks them: the provisioning answer (xpubs,
+    fingerprints, proof) and the co-signatures. Both checks read nothing of the service but
+    the pinned cold identity, so they run here on the real functions without a token."""
+    from types import SimpleNamespace
+
+    from cc_common.link import codec
+    from cc_common.link.errors import LinkEncodingError
+    from hsm_hot.compact import plan_cosign
+    from hsm_hot.errors import HotHsmError
+    from hsm_hot.service import HotService, provision_statement
+    from wallet_core import messages, secp, signatures
+    from wallet_core.bip32 import ExtendedKey
+    from wallet_core.networks import Network
+    from wallet_core.wallets import bip48_account_path
+
+    psbt, wallet = _send_psbt()
+    plan = plan_cosign(psbt, wallet)
+    identity_key = (1).to_bytes(32, "big")
+    service = SimpleNamespace(cold_identity=secp.pubkey_from_privkey(identity_key))
+    params = {
+        "vdevice_identity": "02" * 33,
+        "settlement_descriptor": "wpkh()",
+        "vdevice_phone": "+1",
+        "owner_phone": "+2",
+    }
+    hot_pub = secp.pubkey_from_privkey((2).to_bytes(32, "big"))
+
+    def run(data: bytes) -> None:
+        answer = codec.decode(data[1:]) if data else None
+        if not isinstance(answer, dict):
+            return
+        if data[0] % 2:
+            HotService._check_cold_signatures(service, plan, answer)  # type: ignore[arg-type]
+        else:
+            HotService._check_provisioned(  # type: ignore[arg-type]
+                service, 7, "regtest", "hot/7", hot_pub, answer, params
+            )
+
+    xpubs = [
+        ExtendedKey.from_seed(bytes([n]) * 32, Network.REGTEST).to_public().serialize()
+        for n in (4, 5, 6)
+    ]
+    statement = provision_statement(7, "regtest", *xpubs, hot_pub.hex())
+    provisioned = {
+        "receiving_xpub": xpubs[0],
+        "cosigner_xpub": xpubs[1],
+        "recovery_xpub": xpubs[2],
+        "cosigner_fingerprint": bytes(4),
+        "recovery_fingerprint": "00112233",
+        "receiving_fingerprint": "44556677",
+        "proof": messages.sign_message(identity_key, statement),
+    }
+    cosigner = _roots()[1].derive(bip48_account_path(Network.REGTEST, 0))
+    sigs = []
+    for (_, chain, index), digest in zip(plan.inputs, plan.digests, strict=True):
+        der = signatures.sign_digest(cosigner.derive([chain, index]).private_key, digest)
+        r, s = signatures.der_decode(der)
+        sigs.append(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    seeds = [
+        b"\x01" + codec.encode({"signatures": sigs}),
+        b"\x00" + codec.encode(provisioned),
+    ]
+    return Harness(run, (LinkEncodingError, HotHsmError), seeds)
 
 
 # -- SMS -----------------------------------------------------------------------------------------
