@@ -94,7 +94,7 @@ class SendEvent:
 class SendFailed(CustodyError):
     """A definitive failure of one send: it becomes FAILED with this message as the reason."""
 
-    code = 700
+    code = 610
 
 
 class _LostLease(Exception):

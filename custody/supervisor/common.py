@@ -21,7 +21,7 @@ POLL_INTERVAL = 0.05
 class SupervisorError(CustodyError):
     """The supervisor cannot do what was asked (already running, a process failed to start)."""
 
-    code = 30
+    code = 620
 
 
 class ProcState(StrEnum):
