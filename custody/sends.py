@@ -49,7 +49,7 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
-from custody.db import transaction
+from custody.db import default_owner, is_postgres, transaction
 from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
 from custody.models import (
     Account,
@@ -64,7 +64,6 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.watcher import default_owner, is_postgres
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs

@@ -22,9 +22,6 @@ only then reads the state it will change; a watcher that does not get the lock d
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +36,7 @@ from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
-from custody.db import transaction
+from custody.db import default_owner, is_postgres, transaction
 from custody.models import (
     Address,
     BlockSeen,
@@ -104,15 +101,6 @@ class StepResult:
     mempool_seen: int = 0
     removed: int = 0
     tip: int | None = None
-
-
-def default_owner(role: str) -> str:
-    """A worker identity unique across hosts, processes and instances (lease holder)."""
-    return f"{role}:{socket.gethostname()[:20]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:

@@ -23,8 +23,9 @@ from flask.testing import FlaskClient
 
 from cc_common.vtest import VtestDecryptError, decrypt_vtest, open_vtest
 from examples.merchant_site import cli as site_cli
-from examples.merchant_site.app import VDEVICE_TOKEN_HEADER, create_app
+from examples.merchant_site.app import create_app
 from examples.merchant_site.errors import CustodyUnavailable
+from examples.merchant_site.extensions import VDEVICE_TOKEN_HEADER
 from tests.harness import Deployment
 from wallet_core.addresses import script_to_address
 from wallet_core.networks import Network
