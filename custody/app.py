@@ -27,7 +27,7 @@ from custody.extensions import (
     limiter,
     token_cache,
 )
-from custody.hsm_client import HotHsmClient
+from custody.hsm_client import HotHsm, HotHsmClient
 
 API_PREFIX = "/api/v1/open"
 
@@ -60,7 +60,7 @@ class _NoSessions(SessionInterface):
 def create_app(
     config: Config,
     *,
-    hsm: Any | None = None,
+    hsm: HotHsm | None = None,
     session_factory: sessionmaker[Session] | None = None,
 ) -> Flask:
     """Build the custody API app for `config`."""
@@ -79,7 +79,7 @@ def create_app(
             # Reads on their own pool of autocommit connections (see `Database.reader`).
             reader_engine = api_engine(url, isolation_level="AUTOCOMMIT")
 
-    def make_hsm() -> Any:
+    def make_hsm() -> HotHsm:
         return HotHsmClient.from_config(config)
 
     app.session_interface = _NoSessions()

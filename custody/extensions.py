@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody.hsm_client import HotHsm
 
 CONFIG_KEY = "CC_CONFIG"
 SETTINGS_KEY = "CUSTODY_SETTINGS"
@@ -126,11 +127,11 @@ class HsmProvider:
 
     key = "custody.hsm"
 
-    def init_app(self, app: Flask, hsm: Any | None, make: Callable[[], Any]) -> None:
+    def init_app(self, app: Flask, hsm: HotHsm | None, make: Callable[[], HotHsm]) -> None:
         app.extensions[self.key] = {"hsm": hsm, "make": make, "lock": threading.Lock()}
 
     @property
-    def client(self) -> Any:
+    def client(self) -> HotHsm:
         state = current_app.extensions[self.key]
         if state["hsm"] is None:
             with state["lock"]:

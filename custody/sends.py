@@ -50,7 +50,8 @@ from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
 from custody.db import default_owner, is_postgres, transaction
-from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HotHsm, HsmRefused
 from custody.models import (
     Account,
     AccountStatus,
@@ -235,7 +236,7 @@ class SendWorker:
         self,
         session_factory: sessionmaker[Session],
         rpc: BitcoinRPC,
-        hsm: HotHsmClient | Any,
+        hsm: HotHsm,
         settings: SendSettings | None = None,
         config: Config | None = None,
         *,
@@ -337,7 +338,7 @@ class SendWorker:
                 self._follow(send_id)
         except _LostLease:
             log.info("send %d: lease lost to another worker", send_id)
-        except (HsmUnavailable, ChainUnavailable) as exc:
+        except (HsmUnavailableError, ChainUnavailable) as exc:
             self._retry_later(send_id, exc)
         except OperationalError:  # deadlock victim, database busy: nothing was written
             log.warning("send %d: database conflict; retrying later", send_id)
@@ -687,7 +688,7 @@ class SendWorker:
                     self.settings.backoff_max,
                 )
                 self._unlock(s, send, delay)
-                hsm_down = isinstance(exc, HsmUnavailable)
+                hsm_down = isinstance(exc, HsmUnavailableError)
                 if hsm_down and send.attempts == self.settings.alert_after and self.config:
                     raise_alert(
                         s,

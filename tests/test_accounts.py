@@ -14,7 +14,6 @@ from custody import accounts
 from custody.alerts import AlertKind, raise_alert
 from custody.batches import account_keys
 from custody.errors import AccountError, Conflict, HsmUnavailableError, ProofInvalid
-from custody.hsm_client import HsmUnavailable
 from custody.models import (
     Account,
     AccountStatus,
@@ -152,7 +151,7 @@ def test_pinned_identity_must_match(session_factory, hsm):
 
 def test_hsm_unavailable(session_factory, hsm, monkeypatch):
     def down(*a, **kw):
-        raise HsmUnavailable("hot HSM unreachable (ConnectionError)")
+        raise HsmUnavailableError("hot HSM unreachable (ConnectionError)")
 
     monkeypatch.setattr(hsm, "provision_account", down)
     with pytest.raises(HsmUnavailableError):
