@@ -52,6 +52,7 @@ from custody.chain.rpc import BitcoinRPC
 from custody.db import default_owner, is_postgres, transaction
 from custody.errors import HsmUnavailableError
 from custody.hsm_client import HotHsm, HsmRefused
+from custody.journal import JournalKind
 from custody.models import (
     Account,
     AccountStatus,
@@ -81,14 +82,6 @@ from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 log = logging.getLogger(__name__)
 
 ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
-
-
-class SendEvent:
-    BUILT = "send_built"
-    SIGNED = "send_signed"
-    BROADCAST = "send_broadcast"
-    CONFIRMED = "send_confirmed"
-    FAILED = "send_failed"
 
 
 class SendFailed(CustodyError):
@@ -482,7 +475,7 @@ class SendWorker:
         send.attempts = 0
         journal.append(
             s,
-            SendEvent.BUILT,
+            JournalKind.SEND_BUILT,
             send.account_id,
             {
                 "user_tx_no": send.user_tx_no,
@@ -528,7 +521,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.SIGNED,
+                JournalKind.SEND_SIGNED,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
             )
@@ -590,7 +583,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.BROADCAST,
+                JournalKind.SEND_BROADCAST,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": txid},
             )
@@ -623,7 +616,7 @@ class SendWorker:
                 send.status = SendStatus.CONFIRMED
                 journal.append(
                     s,
-                    SendEvent.CONFIRMED,
+                    JournalKind.SEND_CONFIRMED,
                     send.account_id,
                     {"user_tx_no": send.user_tx_no, "txid": send.txid, "height": row.block_height},
                 )
@@ -664,7 +657,7 @@ class SendWorker:
         self._unlock(s, send)
         journal.append(
             s,
-            SendEvent.FAILED,
+            JournalKind.SEND_FAILED,
             send.account_id,
             {"user_tx_no": send.user_tx_no, "reason": send.failure_reason},
         )

@@ -37,6 +37,7 @@ from custody.balances import confirmed_balance
 from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, transaction
+from custody.journal import JournalKind
 from custody.models import (
     Address,
     BlockSeen,
@@ -59,12 +60,6 @@ LEASE_KEY = "watcher_lease"
 BALANCE_FLAG = "hot_balance_low:{}"
 IN_CHUNK = 500  # bound on IN (...) lists (SQLite's parameter limit, planner sanity)
 COINBASE_PREV = "0" * 64
-
-
-class JournalEvent:
-    DEPOSIT_SEEN = "deposit_seen"
-    DEPOSIT_CONFIRMED = "deposit_confirmed"
-    DEPOSIT_REORGED = "deposit_reorged"
 
 
 @dataclass(frozen=True)
@@ -326,7 +321,7 @@ class Watcher:
         if previous is not status:
             journal.append(
                 s,
-                JournalEvent.DEPOSIT_REORGED,
+                JournalKind.DEPOSIT_REORGED,
                 row.account_id,
                 {
                     "txid": row.txid,
@@ -542,10 +537,10 @@ class Watcher:
             m.known.setdefault(txid, []).append(row)
             data = {"txid": txid, "wallet": wallet_name, "value": row.value}
             if row.value > 0:
-                journal.append(s, JournalEvent.DEPOSIT_SEEN, account_id, data)
+                journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)
                 if status is TxStatus.CONFIRMED:
                     journal.append(
-                        s, JournalEvent.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
+                        s, JournalKind.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
                     )
             return
         previous = row.status
@@ -560,7 +555,7 @@ class Watcher:
                 if row.value > 0:
                     journal.append(
                         s,
-                        JournalEvent.DEPOSIT_CONFIRMED,
+                        JournalKind.DEPOSIT_CONFIRMED,
                         account_id,
                         {"txid": txid, "wallet": wallet_name, "value": row.value, "height": height},
                     )
@@ -568,7 +563,7 @@ class Watcher:
         elif previous is TxStatus.REMOVED and row.value > 0:
             journal.append(
                 s,
-                JournalEvent.DEPOSIT_SEEN,
+                JournalKind.DEPOSIT_SEEN,
                 account_id,
                 {"txid": txid, "wallet": wallet_name, "value": row.value},
             )

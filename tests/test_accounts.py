@@ -224,5 +224,5 @@ def test_alert_to_a_dead_gateway(session_factory, tmp_path, db_url):
 
     dead = make_config(tmp_path, db_url, "http://127.0.0.1:9")  # nothing listens on port 9
     with session_factory() as s, s.begin():
-        alert = raise_alert(s, dead, "cold_unreachable", "cold HSM does not answer", None)
+        alert = raise_alert(s, dead, AlertKind.COLD_UNREACHABLE, "cold HSM does not answer", None)
     assert alert.delivered is False and alert.error
