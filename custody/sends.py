@@ -48,8 +48,10 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
-from custody.db import transaction
-from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
+from custody.db import default_owner, is_postgres, transaction
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HotHsm, HsmRefused
+from custody.journal import JournalKind
 from custody.models import (
     Account,
     AccountStatus,
@@ -64,7 +66,6 @@ from custody.models import (
     utcnow,
 )
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
-from custody.watcher import default_owner, is_postgres
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs
@@ -84,18 +85,10 @@ log = logging.getLogger(__name__)
 ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
 
 
-class SendEvent:
-    BUILT = "send_built"
-    SIGNED = "send_signed"
-    BROADCAST = "send_broadcast"
-    CONFIRMED = "send_confirmed"
-    FAILED = "send_failed"
-
-
 class SendFailed(CustodyError):
     """A definitive failure of one send: it becomes FAILED with this message as the reason."""
 
-    code = 700
+    code = 610
 
 
 class _LostLease(Exception):
@@ -182,7 +175,7 @@ class SendWorker:
         self,
         session_factory: sessionmaker[Session],
         rpc: BitcoinRPC,
-        hsm: HotHsmClient | Any,
+        hsm: HotHsm,
         settings: SendSettings | None = None,
         config: Config | None = None,
         *,
@@ -284,7 +277,7 @@ class SendWorker:
                 self._follow(send_id)
         except _LostLease:
             log.info("send %d: lease lost to another worker", send_id)
-        except (HsmUnavailable, ChainUnavailable) as exc:
+        except (HsmUnavailableError, ChainUnavailable) as exc:
             self._retry_later(send_id, exc)
         except OperationalError:  # deadlock victim, database busy: nothing was written
             log.warning("send %d: database conflict; retrying later", send_id)
@@ -428,7 +421,7 @@ class SendWorker:
         send.attempts = 0
         journal.append(
             s,
-            SendEvent.BUILT,
+            JournalKind.SEND_BUILT,
             send.account_id,
             {
                 "user_tx_no": send.user_tx_no,
@@ -474,7 +467,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.SIGNED,
+                JournalKind.SEND_SIGNED,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
             )
@@ -561,7 +554,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.BROADCAST,
+                JournalKind.SEND_BROADCAST,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": txid},
             )
@@ -594,7 +587,7 @@ class SendWorker:
                 send.status = SendStatus.CONFIRMED
                 journal.append(
                     s,
-                    SendEvent.CONFIRMED,
+                    JournalKind.SEND_CONFIRMED,
                     send.account_id,
                     {"user_tx_no": send.user_tx_no, "txid": send.txid, "height": row.block_height},
                 )
@@ -635,7 +628,7 @@ class SendWorker:
         self._unlock(s, send)
         journal.append(
             s,
-            SendEvent.FAILED,
+            JournalKind.SEND_FAILED,
             send.account_id,
             {"user_tx_no": send.user_tx_no, "reason": send.failure_reason},
         )
@@ -659,7 +652,7 @@ class SendWorker:
                     self.settings.backoff_max,
                 )
                 self._unlock(s, send, delay)
-                hsm_down = isinstance(exc, HsmUnavailable)
+                hsm_down = isinstance(exc, HsmUnavailableError)
                 if hsm_down and send.attempts == self.settings.alert_after and self.config:
                     raise_alert(
                         s,
