@@ -79,7 +79,7 @@ def _show(console: Console, title: str, lines: list[str], rec: AccountRecord) ->
         console.say(line)
     if rec.frozen:
         console.say(f"  note: account {rec.account} is frozen ({rec.frozen_reason})")
-    console.say("  (input amounts as the PSBT states them; each signature commits to them)")
+    console.say("  (input amounts verified from their previous transactions)")
 
 
 def sign_hot_recovery(

@@ -61,13 +61,31 @@ class ProofInvalid(HotHsmError):
     code = 910
 
 
+class FeeAboveLimit(PolicyRefused):
+    """The send's fee (from its amounts) is above the hot HSM's per-send fee limit."""
+
+    code = 920
+
+
+class FeeRateAboveLimit(PolicyRefused):
+    """The send's fee rate is above the hot HSM's limit."""
+
+    code = 921
+
+
+class DailyFeeAboveLimit(PolicyRefused):
+    """The fees signed for the account in 24 hours would pass the hot HSM's daily limit."""
+
+    code = 922
+
+
 class RecoveryPsbtRefused(HotHsmError):
     """A recovery PSBT spends something that is not the account's hot wallet, or is malformed."""
 
-    code = 940
+    code = 980
 
 
 class NotConfirmed(HotHsmError):
     """The operator did not confirm a recovery signature at the console."""
 
-    code = 941
+    code = 981

@@ -56,6 +56,7 @@ class FoundUtxo:
     height: int
     branch: WalletBranch
     index: int
+    prev_tx: bytes  # the funding transaction: signers verify the amount from it
 
 
 def scan(rpc: CoreRpc, branches: list[WalletBranch], last_index: int) -> list[FoundUtxo]:
@@ -75,5 +76,17 @@ def scan(rpc: CoreRpc, branches: list[WalletBranch], last_index: int) -> list[Fo
             raise RecoveryError(f"the node returned {u['txid']}:{u['vout']}, not ours")
         branch, index = wanted[script]
         amount = int(Decimal(str(u["amount"])) * SAT)
-        found.append(FoundUtxo(u["txid"], int(u["vout"]), amount, int(u["height"]), branch, index))
+        height = int(u["height"])
+        prev = _prev_tx(rpc, u["txid"], height)
+        found.append(FoundUtxo(u["txid"], int(u["vout"]), amount, height, branch, index, prev))
     return sorted(found, key=lambda f: (f.branch.name, f.index, f.txid, f.vout))
+
+
+def _prev_tx(rpc: CoreRpc, txid: str, height: int) -> bytes:
+    """A confirmed transaction by its block (works on a node without `-txindex`)."""
+    block = rpc.call("getblockhash", height)
+    raw = rpc.call("getrawtransaction", txid, False, block)
+    try:
+        return bytes.fromhex(raw)
+    except (TypeError, ValueError):
+        raise RecoveryError(f"the node returned no transaction for {txid}") from None

@@ -75,6 +75,7 @@ def build_psbt(utxos: list[FoundUtxo], destination: bytes, fee_rate: float) -> t
     for scope, u in zip(psbt.inputs, utxos, strict=True):
         d = u.branch.descriptor.derive(u.index)
         scope.witness_utxo = TransactionOutput(u.amount_sat, d.script_pubkey())
+        scope.non_witness_utxo = _parse_tx(u.prev_tx, u.txid)
         ws = d.witness_script()
         if ws is not None:
             scope.witness_script = ws
@@ -84,6 +85,16 @@ def build_psbt(utxos: list[FoundUtxo], destination: bytes, fee_rate: float) -> t
                     key.origin.fingerprint, key.origin.derivation
                 )
     return psbt, fee
+
+
+def _parse_tx(raw: bytes, txid: str) -> Transaction:
+    try:
+        tx = Transaction.parse(raw)
+    except Exception:  # embit raises several unrelated types
+        raise RecoveryError(f"the node's transaction {txid} does not parse") from None
+    if tx.txid().hex() != txid:
+        raise RecoveryError(f"the node's transaction for {txid} is another one")
+    return tx
 
 
 def read_psbt(path: Path) -> PSBT:

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
+from embit.psbt import PSBT
 
 from custody.chain import BitcoinRPC
 from custody.hsm_client import ProvisionedAccount
@@ -58,8 +59,8 @@ pytestmark = pytest.mark.slow
 COIN = 100_000_000
 ACCOUNT = 7
 PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
-WRONG_SHARE, TOO_FEW, FOREIGN_KEY, ALTERED, INVALID = 740, 741, 742, 743, 744
-TARGET_IN_USE, PSBT_REFUSED, NOT_CONFIRMED, DRILL_OFF = 746, 747, 748, 749
+WRONG_SHARE, TOO_FEW, FOREIGN_KEY, ALTERED, INVALID = 780, 781, 782, 783, 784
+TARGET_IN_USE, PSBT_REFUSED, NOT_CONFIRMED, DRILL_OFF = 786, 787, 788, 789
 
 
 def run(d: Deployment, module: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -275,7 +276,8 @@ def test_cold_hsm_restored_from_two_shares(
     # restored cosigner key and mined
     vdev = VDevice("recovery-drill")
     client.register_channel(**vdev.channel_registration(ACCOUNT, "after-restore"))
-    coin = Coin(hot_coin[0], 0, hot_coin[1], RECEIVE, 7)
+    prev_tx = bytes.fromhex(node.get_raw_transaction(hot_coin[0], False))
+    coin = Coin(hot_coin[0], 0, hot_coin[1], RECEIVE, 7, prev_tx)
     payments = [(random_address(), COIN)]
     change = (8, hot_coin[1] - COIN - 20_000)
     psbt = build_send_psbt(hot_wallet(prov), [coin], payments, change=change)
@@ -291,7 +293,8 @@ def test_cold_hsm_restored_from_two_shares(
         {"txid": txid, "vout": 0, "amount": value, "chain": RECEIVE, "index": index}
         for (txid, value), index in zip(deposits, (0, 3), strict=True)
     ]
-    sweep = client.call("sweep", account=ACCOUNT, utxos=utxos, fee_rate=2)
+    prev_txs = [node.get_raw_transaction(txid, False) for txid, _ in deposits]
+    sweep = client.call("sweep", account=ACCOUNT, utxos=utxos, fee_rate=2, prev_txs=prev_txs)
     assert node.send_raw_transaction(sweep["tx"]) == sweep["txid"]
     node.generate_to_address(1, random_address())
     assert node.get_raw_transaction(sweep["txid"], True)["confirmations"] == 1
@@ -390,7 +393,7 @@ def test_hot_sign_recovery_with_the_recovery_key(
         str(d.data_dir),
     )
     no = run(d, "hsm_hot.cli", *hot_args, stdin=f"{pin}\nno\n")
-    assert no.returncode == 2 and "[941]" in no.stderr and not hot.exists()
+    assert no.returncode == 2 and "[981]" in no.stderr and not hot.exists()
     ok(run(d, "hsm_hot.cli", *hot_args, stdin=f"{pin}\nyes\n"))
     assert any(e.get("event") == "sign_recovery" for e in pair.audit())
     txid = node.send_raw_transaction(ok(recover(d, "finalize", str(hot), str(mine))).strip())
@@ -426,6 +429,17 @@ def test_hot_hsm_lost_recovered_with_recovery_key_and_cold_hsm(
     assert built["inputs"] == 2 and built["total_sat"] == sum(v for _, v in coins)
     ok(recover(d, "sign", "--export", str(shelf), str(psbt), "--out", str(mine)))
     pin = d.config.section("hsm_cold").str("user_pin")
+    # amounts are verified from the previous transactions (invariant 8): a PSBT without them,
+    # or stating a larger amount than the chain, is refused before anything is shown
+    for how, alter in (("no previous transaction", _strip_prev_tx), ("differs", _inflate)):
+        bad = d.data_dir / "bad.psbt"
+        bad.write_text(alter(PSBT.from_string(psbt.read_text().strip())).to_string())
+        err = refused(
+            cold(d, "sign-recovery", str(ACCOUNT), str(bad), "--pin-stdin", "--out", "z",
+                 stdin=f"{pin}\nyes\n"),
+            PSBT_REFUSED,
+        )  # fmt: skip
+        assert how in err
     args = ("sign-recovery", str(ACCOUNT), str(psbt), "--pin-stdin", "--out", str(theirs))
     refused(cold(d, *args, stdin=f"{pin}\nno\n"), NOT_CONFIRMED)
     assert not theirs.exists()
@@ -442,6 +456,16 @@ def test_hot_hsm_lost_recovered_with_recovery_key_and_cold_hsm(
     assert received(node, outside) == built["value_sat"]
     left = json.loads(ok(recover(d, "scan", "--export", str(shelf), *rpc_args(d))))
     assert left["count"] == 0
+
+
+def _strip_prev_tx(p: PSBT) -> PSBT:
+    p.inputs[0].non_witness_utxo = None
+    return p
+
+
+def _inflate(p: PSBT) -> PSBT:
+    p.inputs[0].witness_utxo.value += 1_000_000
+    return p
 
 
 def test_sign_recovery_refuses_a_foreign_input(

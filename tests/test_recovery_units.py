@@ -42,12 +42,12 @@ def test_any_two_of_three_shares_rebuild_the_key() -> None:
 @pytest.mark.parametrize(
     ("typed", "error", "code"),
     [
-        ([], TooFewShares, 741),
-        ([SHARES[0]], TooFewShares, 741),
-        ([SHARES[0], SHARES[0]], TooFewShares, 741),
-        ([SHARES[0], " ".join(SHARES[1].split()[:-1] + ["academic"])], WrongShare, 740),
-        ([SHARES[0], "not a share at all"], WrongShare, 740),
-        ([SHARES[0], BackupKey(os.urandom(32)).split(ShareScheme())[1]], WrongShare, 740),
+        ([], TooFewShares, 781),
+        ([SHARES[0]], TooFewShares, 781),
+        ([SHARES[0], SHARES[0]], TooFewShares, 781),
+        ([SHARES[0], " ".join(SHARES[1].split()[:-1] + ["academic"])], WrongShare, 780),
+        ([SHARES[0], "not a share at all"], WrongShare, 780),
+        ([SHARES[0], BackupKey(os.urandom(32)).split(ShareScheme())[1]], WrongShare, 780),
     ],
 )
 def test_bad_shares_are_refused(typed: list[str], error: type, code: int) -> None:

@@ -2,7 +2,9 @@
 
 A recovery PSBT (from the standalone `cc-recover` tool) spends the account's own coins to an
 address an officer names. Each input must be one of the account's own scripts at the position
-its key origins claim, derived here; anything else is refused before a signature is made.
+its key origins claim, derived here, and carry its previous transaction, which must hash to the
+spent txid and pay exactly the stated amount and script (so the fee shown is the real one);
+anything else is refused before a signature is made.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def _claimed_position(psbt: Psbt, i: int, keys: list[AccountKey]) -> tuple[int, 
     raise RecoveryCheckError(f"input {i} names no key origin of this account's wallet")
 
 
+def _check_amount(psbt: Psbt, i: int) -> None:
+    """The input's amount and script from its previous transaction, hash-checked (invariant 8)."""
+    raw = psbt.input_prev_tx(i)
+    if raw is None:
+        raise RecoveryCheckError(
+            f"input {i} carries no previous transaction: its amount cannot be verified"
+        )
+    psbt.set_prev_tx(i, raw)  # hashes to the spent txid; its output is the witness UTXO
+
+
 def _check_count(psbt: Psbt) -> None:
     if not 0 < psbt.input_count <= MAX_RECOVERY_INPUTS:
         raise RecoveryCheckError(f"a recovery spends 1 to {MAX_RECOVERY_INPUTS} inputs")
@@ -68,6 +80,7 @@ def hot_wallet_inputs(psbt: Psbt, wallet: HotWallet) -> list[WalletInput]:
                 raise RecoveryCheckError(f"input {i} is not the wallet's address {chain}/{index}")
             if psbt.input_witness_script(i) != wallet.witness_script(index, chain):
                 raise RecoveryCheckError(f"input {i}: witness script is not the wallet's")
+            _check_amount(psbt, i)
             found.append(WalletInput(i, chain, index, psbt.input_value(i)))
     except (PsbtError, WalletError) as exc:
         raise RecoveryCheckError(f"malformed recovery PSBT: {exc.message}") from None
@@ -83,6 +96,7 @@ def cold_wallet_inputs(psbt: Psbt, wallet: ColdWallet) -> list[WalletInput]:
             chain, index = _claimed_position(psbt, i, [wallet.account])
             if psbt.input_script_pubkey(i) != wallet.script_pubkey(index, chain):
                 raise RecoveryCheckError(f"input {i} is not the wallet's address {chain}/{index}")
+            _check_amount(psbt, i)
             found.append(WalletInput(i, chain, index, psbt.input_value(i)))
     except (PsbtError, WalletError) as exc:
         raise RecoveryCheckError(f"malformed recovery PSBT: {exc.message}") from None
