@@ -110,6 +110,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
                 "datadir": "node",
                 "rpc_user": node_user,
                 "rpc_password": node_password,
+                "txindex": False,  # as Bitcoin Core's default
             },
         },
         "twilio": {

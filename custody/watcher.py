@@ -365,7 +365,7 @@ class Watcher:
         if best == ours_last:
             waiting = s.execute(select(ChainTx).where(ChainTx.status == TxStatus.MEMPOOL)).scalars()
             for row in list(waiting):
-                if row.txid in pool or self._in_chain(row.txid):
+                if row.txid in pool or self._in_chain(s, row.txid):
                     continue
                 self._unconfirm(s, row, TxStatus.REMOVED)
                 result.removed += 1
@@ -385,12 +385,16 @@ class Watcher:
             result.mempool_seen += self._apply(s, txs, TxStatus.MEMPOOL, None, None, None)
         self._mempool_checked.update(new)
 
-    def _in_chain(self, txid: str) -> bool:
-        try:
-            info = self.rpc.get_raw_transaction(txid, True)
-        except RPCError:
-            return False
-        return int(info.get("confirmations") or 0) > 0
+    @staticmethod
+    def _in_chain(s: Session, txid: str) -> bool:
+        """Whether a block the watcher already processed holds `txid`: our own records, since a
+        node without txindex (Core's default) cannot answer this for mined transactions."""
+        row = s.execute(
+            select(ChainTx.id)
+            .where(ChainTx.txid == txid, ChainTx.status == TxStatus.CONFIRMED)
+            .limit(1)
+        ).scalar()
+        return row is not None
 
     # ------------------------------------------------------------------ recording
 
@@ -597,12 +601,24 @@ class Watcher:
         cached = self._prev_cache.get(key)
         if cached is not None:
             return cached
-        try:  # mempool transactions: the node knows the parent (txindex or mempool)
-            parent = self.rpc.get_raw_transaction(key[0], True)
-            out = parent["vout"][key[1]]
+        recorded = s.execute(
+            select(ChainTxOutput.address, ChainTxOutput.value)
+            .join(ChainTx, ChainTx.id == ChainTxOutput.chain_tx_id)
+            .where(ChainTx.txid == key[0], ChainTxOutput.sn == key[1])
+            .limit(1)
+        ).first()
+        if recorded is not None:  # a transaction we recorded: our own records suffice
+            return str(recorded[0]), int(recorded[1])
+        try:
+            # A mined parent: its output is still in the chain's UTXO set while only a mempool
+            # transaction spends it (what a node without txindex answers).
+            out = self.rpc.get_tx_out(key[0], key[1], include_mempool=False)
+            if out is None:  # a parent in the mempool: the node has it without txindex
+                parent = self.rpc.get_raw_transaction(key[0], True)
+                out = parent["vout"][key[1]]
             found = (str(out["scriptPubKey"].get("address", "")), btc_to_sats(out["value"]))
         except (RPCError, IndexError, KeyError):
-            return "", 0
+            return "", 0  # learnt from the block's prevouts once mined (verbosity 3)
         if len(self._prev_cache) > 10_000:
             self._prev_cache.clear()
         self._prev_cache[key] = found
