@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from cc_common.cli import add_dir_argument, config_from_args
 from custody import supervisor as sv
+from custody.chain_progress import read_progress
 
 EXIT_NOT_READY = 1
 EXIT_NOTHING_RUNS = 3
@@ -36,18 +38,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
-def _print_status(status: sv.Status, as_json: bool) -> None:
+def _print_status(status: sv.Status, as_json: bool, run_dir: Path | None = None) -> None:
+    progress = read_progress(run_dir) if run_dir is not None and status.running else None
     if as_json:
-        print(json.dumps(status.to_json(), indent=2, default=str))
+        data = status.to_json()
+        data["chain"] = progress.to_json() if progress is not None else None
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(sv.render_status(status))
+        if progress is not None:
+            print(progress.describe())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.wait is not None:
         status, outcome = sv.wait_status(config, args.wait)
-        _print_status(status, args.json)
+        _print_status(status, args.json, config.run_dir)
         if outcome == "ready":
             return 0
         if outcome == "gone":
@@ -59,7 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"not every process was ready within {args.wait:.0f}s", file=sys.stderr)
         return EXIT_NOT_READY if status.running else EXIT_NOTHING_RUNS
     status = sv.read_status(config)
-    _print_status(status, args.json)
+    _print_status(status, args.json, config.run_dir)
     if status.all_ready:
         return 0
     return EXIT_NOT_READY if status.running else EXIT_NOTHING_RUNS
