@@ -1,14 +1,13 @@
 """Write a complete, working configuration for a local deployment (`custody init`).
 
 Every secret and PIN is generated here with `secrets`; nothing secret is baked into code.
-Ports are picked free on loopback at init time, so several deployments (tests, demo) can run
-side by side in their own data directories.
+Ports are picked free on loopback at init time, below the kernel's ephemeral range, so several
+deployments (tests, demo) can run side by side in their own data directories.
 """
 
 from __future__ import annotations
 
 import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import tomli_w
 
 from cc_common.config import CONFIG_FILENAME, Config, load_config
 from cc_common.errors import ConfigError
+from cc_common.ports import PortPicker
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -32,11 +32,13 @@ OPERATOR_NUMBER = "+15550001000"
 TWILIO_FROM_NUMBER = "+15550009999"
 
 
+_PICKER = PortPicker()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on loopback right now, below the kernel's ephemeral range (a port in
+    that range can be taken by any outgoing connection before the service binds it)."""
+    return _PICKER()
 
 
 def find_softhsm_module() -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cc_common.cli import add_dir_argument, config_from_args
+from cc_common.config import Config
+from cc_common.ports import busy, configured_listeners
 from custody import supervisor as sv
 from custody.chain_progress import read_progress
 
@@ -32,10 +34,25 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"[supervisor] {name}: not started: {reason}", flush=True)
     if not the_plan.specs:
         raise sv.SupervisorError("no process to run: none of the processes is built yet")
+    check_ports(config, [s.name for s in the_plan.specs if not sv._ready_pid(config, s.ready_name)])
     supervisor = sv.Supervisor(
         config, the_plan.specs, sv.Settings.from_config(config), quiet=args.quiet
     )
     return supervisor.run()
+
+
+def check_ports(config: Config, processes: list[str]) -> None:
+    """Stop before starting anything if a listener's port is taken, naming the key to change
+    (a port taken later would only show as one process failing with a traceback)."""
+    if sv.lock_owner(sv.lock_path(config)) is not None:
+        return  # a supervisor runs already: its own processes hold the ports; it says so
+    for listener in configured_listeners(config.raw, processes):
+        why = busy(listener)
+        if why is not None:
+            raise sv.SupervisorError(
+                f"port {listener.port} on {listener.host} for {listener.process} is {why}: "
+                f"change {listener.key} in {config.path}"
+            )
 
 
 def _print_status(status: sv.Status, as_json: bool, run_dir: Path | None = None) -> None:
