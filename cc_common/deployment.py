@@ -15,6 +15,7 @@ import tomli_w
 
 from cc_common.config import CONFIG_FILENAME, Config, load_config
 from cc_common.errors import ConfigError
+from cc_common.in_use import refuse_if_in_use
 from cc_common.ports import PortPicker
 
 SOFTHSM_MODULE_CANDIDATES = (
@@ -218,6 +219,8 @@ def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
     path = data_dir / CONFIG_FILENAME
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; use --force to overwrite it (new secrets)")
+    if path.exists():
+        refuse_if_in_use(load_config(data_dir, environ={}))
     for sub in ("logs", "run", "dev", "hsm-hot", "hsm-cold", "node", "vdevice"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     raw = generate_config(data_dir)

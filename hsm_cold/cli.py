@@ -30,6 +30,7 @@ from cc_common.logs import setup_logging
 from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
+from cc_common.token.pin_change import add_change_pin_command
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_unfreeze)
+
+    add_change_pin_command(sub, "hsm_cold", "hsm-cold")
 
     p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
     add_dir_argument(p)
