@@ -7,14 +7,37 @@ change with its own explicit command, which changes them in the token first.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from typing import Any
 
 import pytest
 
+LOGIN = """
+import sys
 from cc_common.config import load_config
-from cc_common.token.errors import PinIncorrect
+from cc_common.token.errors import TokenError
 from cc_common.token.hsm_token import HsmToken
+section = load_config(sys.argv[1], environ={}).section(sys.argv[2])
+try:
+    if len(sys.argv) > 3:
+        HsmToken.reset_pin_lock(section, sys.argv[3])
+    else:
+        HsmToken.open(section).close()
+    print("ok")
+except TokenError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def _login(d: Any, section: str, so_pin: str | None = None) -> str:
+    """Log in to the token in a process of its own (SoftHSM loads once per process)."""
+    args = [str(d.data_dir), section] + ([so_pin] if so_pin else [])
+    out = subprocess.run(
+        [sys.executable, "-c", LOGIN, *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
 
 
 def _pins(d: Any, section: str) -> tuple[str, str]:
@@ -62,15 +85,14 @@ def test_change_pin_changes_the_token_then_the_config(
     assert old_user not in out.stdout + out.stderr and new_user not in out.stdout + out.stderr
     assert (d.config_path.stat().st_mode & 0o777) == 0o600
 
-    config = load_config(d.data_dir, environ={})
-    with HsmToken.open(config.section(section)) as token:  # the new PIN logs in
-        assert token.label
-    # The token refuses the old PIN (one counted try; the retry guard stays below its limit).
+    assert _login(d, section) == "ok"  # the new PINs log in, as user and as SO
+    assert _login(d, section, so_pin=new_so) == "ok"
+    # The token refuses the old ones (counted tries, below the retry limit).
     d.configure({section: {"user_pin": old_user}})
-    with pytest.raises(PinIncorrect):
-        HsmToken.open(load_config(d.data_dir, environ={}).section(section))
+    assert _login(d, section) == "PinIncorrect"
     d.configure({section: {"user_pin": new_user}})
-    HsmToken.reset_pin_lock(load_config(d.data_dir, environ={}).section(section), new_so)
+    assert _login(d, section, so_pin=old_so) == "PinIncorrect"
+    assert _login(d, section, so_pin=new_so) == "ok"  # clears the counted tries
 
     d.cli("change-pin", "--dir", str(d.data_dir), "--user-only", module=module)
     assert _pins(d, section)[1] == new_so and _pins(d, section)[0] != new_user
