@@ -298,6 +298,12 @@ def unfreeze(ctx: Context) -> None:
     ctx.cli.run("hsm_cold.cli", "unfreeze", str(account), "--pin-stdin", stdin=pin + "\n")
     if account in cold_view(ctx.config).frozen:
         raise StepFailed(f"account {account} is still frozen after `hsm-cold unfreeze`")
+    if "hot_token" in ctx.facts:  # custody follows the cold HSM's signed state within seconds
+        wait_for(
+            lambda: ctx.custody("hot").get("/user").get("status") == "active",
+            SMS_TIMEOUT,
+            f"custody to show account {account} active again",
+        )
 
 
 def expect_frozen_and_alerted(ctx: Context, operator_seen: int, what: str) -> str:

@@ -14,6 +14,11 @@ from cc_common.cli import add_dir_argument, run
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 
+DESCRIPTION = (
+    "Operate a ChainCloud custody deployment: set it up (init), run it (up, status, down), "
+    "manage accounts, tokens and alerts, and check the journal."
+)
+
 
 def cmd_init(args: argparse.Namespace) -> str:
     data_dir = args.dir if args.dir else default_data_dir()
@@ -22,7 +27,7 @@ def cmd_init(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="custody", description=__doc__)
+    parser = argparse.ArgumentParser(prog="custody", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="write a complete local deployment configuration")

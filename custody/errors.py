@@ -125,3 +125,10 @@ class AccountError(ApiError):
 
     code = 16
     status = 400
+
+
+class DatabaseUnavailable(ApiError):
+    """The database cannot be reached (the message names its URL, never its password)."""
+
+    code = 18
+    status = 503

@@ -138,6 +138,14 @@ class HotHsmClient:
     def freeze(self, account: int, reason: str) -> None:
         self.call("freeze", account=account, reason=reason)
 
+    def account_states(self, accounts: list[int] | None = None) -> list[dict[str, Any]]:
+        """The cold HSM's signed account states (verify them: `custody.freezes`)."""
+        params = {} if accounts is None else {"accounts": accounts}
+        return list(self.call("account_states", **params)["states"])
+
+    def unfreeze(self, account: int, reason: str) -> list[dict[str, Any]]:
+        return list(self.call("unfreeze", account=account, reason=reason)["states"])
+
     def cold_status(self) -> dict[str, Any]:
         return self.call("cold_status")
 

@@ -29,6 +29,9 @@ from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rpc import BitcoinRPC
 from custody.chain_progress import ProgressTracker
 from custody.db import database_url, make_engine, make_session_factory, transaction
+from custody.errors import DatabaseUnavailable
+from custody.freezes import DEFAULT_INTERVAL as DEFAULT_STATE_INTERVAL
+from custody.freezes import FreezeFollower
 from custody.hsm_client import HotHsmClient
 from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
@@ -46,6 +49,7 @@ class Worker:
     sends: SendWorker
     interval: float
     progress: ProgressTracker | None = None
+    freezes: FreezeFollower | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Worker:
@@ -53,11 +57,14 @@ class Worker:
         factory = make_session_factory(engine)
         rpc = BitcoinRPC.from_config(config)
         watcher = Watcher(factory, rpc, WatcherSettings.from_config(config), config)
-        sends = SendWorker(
-            factory, rpc, HotHsmClient.from_config(config), SendSettings.from_config(config), config
+        hsm = HotHsmClient.from_config(config)
+        sends = SendWorker(factory, rpc, hsm, SendSettings.from_config(config), config)
+        s = config.section("custody")
+        interval = s.float("worker_interval", 1.0)
+        follower = FreezeFollower(
+            factory, hsm, config, s.float("account_state_interval", DEFAULT_STATE_INTERVAL)
         )
-        interval = config.section("custody").float("worker_interval", 1.0)
-        return cls(config, watcher, sends, interval, ProgressTracker(config.run_dir))
+        return cls(config, watcher, sends, interval, ProgressTracker(config.run_dir), follower)
 
     def reachable(self) -> bool:
         """The node answers and the database opens: enough to be ready."""
@@ -67,6 +74,9 @@ class Worker:
                 s.execute(text("SELECT 1"))
         except (ChainUnavailable, RPCError) as exc:
             log.warning("worker: node unavailable: %s", exc)
+            return False
+        except DatabaseUnavailable as exc:
+            log.warning("worker: %s", exc.message)
             return False
         except SQLAlchemyError as exc:
             log.warning("worker: database unavailable: %s", type(exc).__name__)
@@ -92,6 +102,11 @@ class Worker:
             self.sends.step()
         except Exception:
             log.exception("sends step failed")
+        if self.freezes is not None:
+            try:
+                self.freezes.step()
+            except Exception:
+                log.exception("account state step failed")
         return node_ok
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:

@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("unfreeze", help="unfreeze an account (local operator action)")
-    p.add_argument("account", type=int)
+    p.add_argument("account", type=int, help="the account number to unfreeze")
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_unfreeze)
@@ -336,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("alerts", help="every recorded alert, newest first")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--limit", type=int, default=100, help="the last LIMIT alerts (default: %(default)s)"
+    )
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
     return parser

@@ -249,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve custody's RPC and relay to the cold HSM")
     add_dir_argument(p)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="log verbosity (default: %(default)s)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("unlock", help="clear the PIN retry lock (SO PIN from stdin)")
@@ -260,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="show the audit log")
     add_dir_argument(p)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--limit", type=int, default=100, help="the last LIMIT entries (default: %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(handler=cmd_audit)
     return parser
 
