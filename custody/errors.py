@@ -59,16 +59,22 @@ class Forbidden(ApiError):
 
 
 class NotFound(ApiError):
+    """No such endpoint, account, batch, transaction or send for this token."""
+
     code = 6
     status = 404
 
 
 class Conflict(ApiError):
+    """The request conflicts with the current state (e.g. no usable address yet)."""
+
     code = 7
     status = 409
 
 
 class RateLimited(ApiError):
+    """Too many requests for this token; retry after `Retry-After` seconds."""
+
     code = 8
     status = 429
 
@@ -106,16 +112,22 @@ class ProofInvalid(ApiError):
 
 
 class HsmUnavailableError(ApiError):
+    """The hot HSM (or through it the cold HSM) could not be reached."""
+
     code = 13
     status = 503
 
 
 class HsmRefusedError(ApiError):
+    """The HSM pair refused the operation (its message says why)."""
+
     code = 14
     status = 502
 
 
 class MethodNotAllowed(ApiError):
+    """The endpoint exists but not with this HTTP method."""
+
     code = 15
     status = 405
 

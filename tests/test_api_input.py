@@ -78,3 +78,45 @@ def test_unknown_or_repeated_query_parameters_are_refused(client, account):
     r = client.get(f"{API}/tx?tx_hash=xyz", headers=account.cold)
     assert r.status_code == 400 and "tx_hash must be 64" in r.json["message"]
     assert client.get(f"{API}/tx", headers=account.cold).status_code == 200
+
+
+def test_openapi_describes_every_field_and_lists_every_error_code(client):
+    from custody.openapi_fields import error_classes
+
+    spec = client.get("/api/v1/openapi.json").json
+    missing = []
+
+    def walk(where: str, schema: dict) -> None:
+        for name, field in schema.get("properties", {}).items():
+            if not field.get("description"):
+                missing.append(f"{where}.{name}: description")
+            if field.get("type") not in ("object", "array") and "example" not in field:
+                missing.append(f"{where}.{name}: example")
+            walk(f"{where}.{name}", field)
+
+    for name, schema in spec["components"]["schemas"].items():
+        walk(name, schema)
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                if not param.get("description") or param.get("example") is None:
+                    missing.append(f"{method} {path} {param['name']}")
+            if "requestBody" in op:
+                assert set(op["requestBody"]["content"]) == {
+                    "application/x-www-form-urlencoded",
+                    "application/json",
+                }
+    assert missing == []
+    amounts = [
+        spec["components"]["schemas"]["User"]["properties"]["balance"],
+        spec["components"]["schemas"]["Tx"]["properties"]["value"],
+        spec["components"]["schemas"]["TxInput"]["properties"]["value"],
+        spec["components"]["schemas"]["TxOutput"]["properties"]["value"],
+    ]
+    assert all(a["x-unit"] == "satoshi" and a["format"] == "int64" for a in amounts)
+    listed = {c["code"]: c for c in spec["x-error-codes"]}
+    assert set(listed) == {cls.code for cls in error_classes()}
+    assert all(c["meaning"] and c["status"] >= 400 for c in listed.values())
+    assert spec["components"]["schemas"]["Error"]["properties"]["code"]["enum"] == sorted(listed)
+    page = client.get("/api/v1/docs").text
+    assert "x-error-codes" in page and "x-unit" in page and "example" in page
