@@ -103,7 +103,9 @@ def create_app(
     def make_hsm() -> Any:
         from custody.hsm_client import HotHsmClient  # noqa: PLC0415
 
-        return HotHsmClient.from_config(config)
+        # Shorter than the API's callers wait (the merchant site: 12 s), longer than the
+        # hot HSM's link deadline once cut to it (the hot HSM is told how long we wait).
+        return HotHsmClient.from_config(config, timeout_key="api_hsm_timeout", default=10.0)
 
     app.session_interface = _NoSessions()
     db.init_app(app, session_factory, reader_engine)
@@ -111,11 +113,23 @@ def create_app(
     limiter.init_app(app)
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))
 
-    from custody.api import addresses, errors, openapi, params, time, txs, user  # noqa: PLC0415
+    from custody.api import (  # noqa: PLC0415
+        addresses,
+        errors,
+        openapi,
+        params,
+        time,
+        timing,
+        txs,
+        user,
+    )
 
     app.register_blueprint(errors.bp)
     for module in (time, user, addresses, txs):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
+    app.before_request(timing.start)
+    app.after_request(timing.finish)
+    app.teardown_request(timing.teardown)
     app.before_request(params.check_query)
     return app
