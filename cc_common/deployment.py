@@ -16,7 +16,9 @@ import tomli_w
 from cc_common.config import CONFIG_FILENAME, Config, load_config
 from cc_common.errors import ConfigError
 from cc_common.in_use import refuse_if_in_use
+from cc_common.network_config import apply_network
 from cc_common.ports import PortPicker
+from wallet_core.networks import Network
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -213,7 +215,9 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
+def init_deployment(
+    data_dir: Path, *, force: bool = False, network: Network = Network.REGTEST
+) -> Config:
     """Create `data_dir` with its sub-directories and a fresh configuration file."""
     data_dir = data_dir.resolve()
     path = data_dir / CONFIG_FILENAME
@@ -223,7 +227,7 @@ def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
         refuse_if_in_use(load_config(data_dir, environ={}))
     for sub in ("logs", "run", "dev", "hsm-hot", "hsm-cold", "node", "vdevice"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
-    raw = generate_config(data_dir)
+    raw = apply_network(generate_config(data_dir), network)
     path.write_text(
         "# ChainCloud custody: local deployment written by `custody init`.\n"
         "# Contains secrets: keep this file private (mode 0600).\n" + tomli_w.dumps(raw),

@@ -15,8 +15,10 @@ from typing import Any
 
 from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.config import Config
+from cc_common.network_config import runs_simulated_node
 from cc_common.ports import busy, configured_listeners
 from custody import supervisor as sv
+from custody.admin_cli import deployment_network
 from custody.chain_progress import read_progress
 
 EXIT_NOT_READY = 1
@@ -25,7 +27,7 @@ EXIT_NOTHING_RUNS = 3
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    the_plan = sv.plan(config)
+    the_plan = without_simulated_node(config, sv.plan(config))
     not_built = [name for name, reason in the_plan.skipped if reason == "not built yet"]
     if not_built:
         print(f"[supervisor] not built yet, so not started: {', '.join(not_built)}", flush=True)
@@ -39,6 +41,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         config, the_plan.specs, sv.Settings.from_config(config), quiet=args.quiet
     )
     return supervisor.run()
+
+
+def without_simulated_node(config: Config, the_plan: sv.Plan) -> sv.Plan:
+    """The simulated node is regtest only: on another network `[node]` is the operator's."""
+    network = deployment_network(config)
+    if runs_simulated_node(network) or config.has_section("firmware_sim.node"):
+        return the_plan
+    reason = f"the simulated node is regtest only; [node] rpc_url is your {network.value} node"
+    specs = [s for s in the_plan.specs if s.name != "node"]
+    if len(specs) == len(the_plan.specs):
+        return the_plan
+    return sv.Plan(specs, [*the_plan.skipped, ("node", reason)])
 
 
 def check_ports(config: Config, processes: list[str]) -> None:

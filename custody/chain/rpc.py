@@ -114,7 +114,7 @@ class BitcoinRPC:
         return cls(
             section.str("rpc_url"),
             section.str("rpc_user") if section.has("rpc_user") else None,
-            section.str("rpc_password") if section.has("rpc_password") else None,
+            section.secret("rpc_password") if section.has("rpc_password") else None,
             timeout=section.float("timeout", default=30.0),
             cookie_file=cookie,
         )
