@@ -116,6 +116,7 @@ def create_app(
     from custody.api import (  # noqa: PLC0415
         addresses,
         errors,
+        health,
         openapi,
         params,
         time,
@@ -125,6 +126,7 @@ def create_app(
     )
 
     app.register_blueprint(errors.bp)
+    app.register_blueprint(health.bp, url_prefix="/api/v1")
     for module in (time, user, addresses, txs):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")

@@ -132,7 +132,7 @@ class Worker:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    setup_logging(READY_NAME, config.log_dir)
+    setup_logging(READY_NAME, config.log_dir, fmt=config.log_format)
     stop = install_stop_handlers()
     worker = Worker.from_config(config)
     configured = config.section("custody").int("rescan_from", -1)
