@@ -25,7 +25,7 @@ from custody import journal
 from custody.alerts import AlertKind, raise_alert
 from custody.db import transaction
 from custody.errors import AccountError, HsmRefusedError, HsmUnavailableError, NotFound
-from custody.hsm_client import HsmError, HsmRefused, HsmUnavailable
+from custody.hsm_client import HsmError, HsmRefused
 from custody.models import Account, AccountStatus, KeyValue, utcnow
 from wallet_core.account_state import AccountState, FreezeOrigin
 from wallet_core.messages import verify_message_pubkey
@@ -257,7 +257,7 @@ def unfreeze_account(
         states = hsm.unfreeze(account_id, reason)
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSMs refused to unfreeze: {exc.message}") from None
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"nothing changed: {exc.message}") from None
     wall = time.time()
     state = next((verify(account, i, wall) for i in states if i.get("account") == account_id), None)

@@ -30,7 +30,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     specs = without_simulated_node(config, sv.plan(config))
     if not specs:
         raise sv.SupervisorError("no process to run: [supervisor] only selects none")
-    check_ports(config, [s.name for s in specs if not sv._ready_pid(config, s.ready_name)])
+    check_ports(config, [s.name for s in specs if not sv.ready_pid(config, s.ready_name)])
     supervisor = sv.Supervisor(config, specs, sv.Settings.from_config(config), quiet=args.quiet)
     return supervisor.run()
 
