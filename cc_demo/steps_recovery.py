@@ -95,12 +95,12 @@ def step_recovery_drill(ctx: Context) -> str:
         )  # fmt: skip
         tx_hex = _run(ctx, ["recovery", "finalize", str(mine_psbt), str(cold_psbt)]).strip()
         txid = ctx.rpc.send_raw_transaction(tx_hex)
-        mine(ctx.rpc, ctx.network, 1)
-        confirmations = ctx.rpc.get_raw_transaction(txid, True).get("confirmations", 0)
+        [block] = mine(ctx.rpc, ctx.network, 1)
+        confirmations = 1 if txid in ctx.rpc.get_block(block, 1)["tx"] else 0
         left = json.loads(_run(ctx, ["recovery", "scan", "--export", str(paper), *chain]))
     if confirmations < 1 or left["count"]:
         raise StepFailed(f"recovery tx {txid} not mined, or {left['count']} hot UTXO(s) left")
-    got = _paid(ctx, txid, outside)
+    got = _paid(ctx, txid, block, outside)
     if got != built["value_sat"]:
         raise StepFailed(f"the outside address got {got} sat, not {built['value_sat']}")
     return (
@@ -111,8 +111,8 @@ def step_recovery_drill(ctx: Context) -> str:
     )
 
 
-def _paid(ctx: Context, txid: str, address: str) -> int:
-    tx = ctx.rpc.get_raw_transaction(txid, True)
+def _paid(ctx: Context, txid: str, block: str, address: str) -> int:
+    tx = ctx.rpc.get_raw_transaction(txid, True, block)  # by block: no transaction index
     return sum(
         int(Decimal(str(o["value"])) * 100_000_000)
         for o in tx["vout"]

@@ -112,10 +112,24 @@ def rpc_args(d: Deployment) -> list[str]:
     return ["--rpc", node.str("rpc_url"), "--rpc-user", node.str("rpc_user")]
 
 
+BLOCK_OF: dict[str, str] = {}  # txid -> block hash (the node keeps no transaction index)
+
+
 def coinbase_to(node: BitcoinRPC, address: str) -> tuple[str, int]:
     [block] = node.generate_to_address(1, address)
     tx = node.get_block(block, 2)["tx"][0]
+    BLOCK_OF[tx["txid"]] = block
     return tx["txid"], int(Decimal(str(tx["vout"][0]["value"])) * COIN)
+
+
+def mined(node: BitcoinRPC, txid: str) -> bool:
+    """Mine one block; whether it holds `txid`."""
+    [block] = node.generate_to_address(1, random_address())
+    return txid in node.get_block(block, 1)["tx"]
+
+
+def raw_tx(node: BitcoinRPC, txid: str) -> str:
+    return str(node.get_raw_transaction(txid, False, BLOCK_OF[txid]))
 
 
 def received(node: BitcoinRPC, address: str) -> int:
@@ -276,7 +290,7 @@ def test_cold_hsm_restored_from_two_shares(
     # restored cosigner key and mined
     vdev = VDevice("recovery-drill")
     client.register_channel(**vdev.channel_registration(ACCOUNT, "after-restore"))
-    prev_tx = bytes.fromhex(node.get_raw_transaction(hot_coin[0], False))
+    prev_tx = bytes.fromhex(raw_tx(node, hot_coin[0]))
     coin = Coin(hot_coin[0], 0, hot_coin[1], RECEIVE, 7, prev_tx)
     payments = [(random_address(), COIN)]
     change = (8, hot_coin[1] - COIN - 20_000)
@@ -293,11 +307,10 @@ def test_cold_hsm_restored_from_two_shares(
         {"txid": txid, "vout": 0, "amount": value, "chain": RECEIVE, "index": index}
         for (txid, value), index in zip(deposits, (0, 3), strict=True)
     ]
-    prev_txs = [node.get_raw_transaction(txid, False) for txid, _ in deposits]
+    prev_txs = [raw_tx(node, txid) for txid, _ in deposits]
     sweep = client.call("sweep", account=ACCOUNT, utxos=utxos, fee_rate=2, prev_txs=prev_txs)
     assert node.send_raw_transaction(sweep["tx"]) == sweep["txid"]
-    node.generate_to_address(1, random_address())
-    assert node.get_raw_transaction(sweep["txid"], True)["confirmations"] == 1
+    assert mined(node, sweep["txid"])
     assert received(node, sweep["address"]) == sum(v for _, v in deposits) - sweep["fee"]
 
 
@@ -353,8 +366,7 @@ def test_cold_receiving_swept_at_the_console_without_custody(
     refused(cold(d, *args, stdin=f"{pin}\n{random_address()}\nyes\n"), NOT_CONFIRMED)
     ok(cold(d, *args, stdin=f"{pin}\n{outside}\nyes\n"))
     txid = node.send_raw_transaction(Path(str(psbt) + ".tx").read_text().strip())
-    node.generate_to_address(1, random_address())
-    assert node.get_raw_transaction(txid, True)["confirmations"] == 1
+    assert mined(node, txid)
     assert 0 < sum(v for _, v in deposits) - received(node, outside) < 10_000
 
 
@@ -397,8 +409,7 @@ def test_hot_sign_recovery_with_the_recovery_key(
     ok(run(d, "hsm_hot.cli", *hot_args, stdin=f"{pin}\nyes\n"))
     assert any(e.get("event") == "sign_recovery" for e in pair.audit())
     txid = node.send_raw_transaction(ok(recover(d, "finalize", str(hot), str(mine))).strip())
-    node.generate_to_address(1, random_address())
-    assert node.get_raw_transaction(txid, True)["confirmations"] == 1
+    assert mined(node, txid)
     assert received(node, outside) == built["value_sat"]
 
 
@@ -451,8 +462,7 @@ def test_hot_hsm_lost_recovered_with_recovery_key_and_cold_hsm(
     ok(cold(d, *args, stdin=f"{pin}\nyes\n"))
     tx_hex = ok(recover(d, "finalize", str(mine), str(theirs))).strip()
     txid = node.send_raw_transaction(tx_hex)
-    node.generate_to_address(1, random_address())
-    assert node.get_raw_transaction(txid, True)["confirmations"] == 1
+    assert mined(node, txid)
     assert received(node, outside) == built["value_sat"]
     left = json.loads(ok(recover(d, "scan", "--export", str(shelf), *rpc_args(d))))
     assert left["count"] == 0
