@@ -19,6 +19,7 @@ from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.config import Section
 from cc_common.errors import ConfigError
 from cc_common.token import HsmToken
+from hsm_hot.audit import AuditLog
 from hsm_hot.errors import HotHsmError, NotConfirmed, RecoveryPsbtRefused, UnknownAccount
 from hsm_hot.state import HotState
 from wallet_core.errors import PsbtError
@@ -77,8 +78,7 @@ def sign_recovery(
 
 
 def cmd_sign_recovery(args: argparse.Namespace) -> str:
-    from hsm_hot.audit import AuditLog  # noqa: PLC0415
-    from hsm_hot.cli import HotPaths, _network  # noqa: PLC0415
+    from hsm_hot.cli import HotPaths, _network  # noqa: PLC0415 (cli imports this module)
 
     config = config_from_args(args)
     section = config.section("hsm_hot")

@@ -50,9 +50,18 @@ from tests.hsm_fixtures import (
     settlement_descriptor,
 )
 from wallet_core import messages
+from wallet_core.bip32 import parse_xpub
 from wallet_core.chaincloud import batch_content
+from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
-from wallet_core.wallets import CHANGE, RECEIVE, batch_addresses
+from wallet_core.wallets import (
+    CHANGE,
+    RECEIVE,
+    AccountKey,
+    ColdWallet,
+    batch_addresses,
+    bip84_account_path,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -315,10 +324,6 @@ def test_cold_hsm_restored_from_two_shares(
 
 
 def _batch(prov: ProvisionedAccount, batch_no: int) -> list[str]:
-    from wallet_core.bip32 import parse_xpub
-    from wallet_core.networks import Network
-    from wallet_core.wallets import AccountKey, ColdWallet, bip84_account_path
-
     net = Network.REGTEST
     key = AccountKey(
         parse_xpub(prov.receiving_xpub),

@@ -3,8 +3,10 @@ share display at the cold console, and `cc-recover`'s input checks (docs/recover
 
 from __future__ import annotations
 
+import ast
 import io
 import os
+import sys
 from pathlib import Path
 
 import coincurve
@@ -137,9 +139,6 @@ def test_cc_recover_refuses_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_cc_recover_imports_nothing_of_this_project() -> None:
     """The tool must run from a copy of `recovery/` with only embit installed."""
-    import ast
-    import sys
-
     root = Path(__file__).resolve().parent.parent / "recovery"
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
