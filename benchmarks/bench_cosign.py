@@ -4,7 +4,7 @@ Runs the real processes (`firmware-sim serve`, `hsm-cold serve`, `hsm-hot serve`
 own SoftHSM token) at each baud rate, provisions one account with a V-device channel, and fires
 `sign_send` calls from several client threads (custody's `HotHsmClient`). Reports sends per
 second, bytes on the wire per send (firmware-sim's lane counters, both directions), and p50/p99
-latency. Targets (issue 4): >= 20 sends/s at 115200 baud, >= 100 at 921600.
+latency. Targets: >= 20 sends/s at 115200 baud, >= 100 at 921600.
 
     .venv/bin/python benchmarks/bench_cosign.py [--sends 300] [--concurrency 8] [--baud 115200]
 """
@@ -108,7 +108,7 @@ def run_load(pair: HsmPair, sends: list[dict[str, Any]], concurrency: int) -> di
             start = time.perf_counter()
             try:
                 client.sign_send(**params)
-            except Exception as exc:  # noqa: BLE001 - counted and shown
+            except Exception as exc:  # noqa: BLE001 (a benchmark counts every failure)
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 continue

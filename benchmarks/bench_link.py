@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cc_common.link import LinkClient, LinkConfig, LinkServer, MemoryCounterStore
 from cc_common.link.testing import PtyLine
+from firmware_sim.serial_relay import SerialLine
 
 KEY = os.urandom(32)
 
@@ -39,7 +40,6 @@ def line(kind: str, baud: int) -> Iterator[tuple[str, str]]:
         finally:
             pty.close()
         return
-    from firmware_sim.serial_relay import SerialLine
 
     with tempfile.TemporaryDirectory() as tmp:
         relay = SerialLine(Path(tmp) / "hot", Path(tmp) / "cold", baud)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cc_common.config import Config
 from custody import journal
 from custody.alerts import AlertKind, raise_alert
+from custody.db import rowcount
 from custody.errors import (
     BadRequest,
     BatchNotNext,
@@ -165,7 +166,7 @@ def _find_batch(session: Session, account_id: int, wallet: Wallet, n: int) -> Ad
     ).scalar_one_or_none()
 
 
-def next_batch_no(session: Session, account_id: int, wallet: Wallet) -> int:
+def next_batch_no(session: Session | Connection, account_id: int, wallet: Wallet) -> int:
     top = session.execute(
         select(func.max(AddressBatch.batch_no)).where(
             AddressBatch.account_id == account_id, AddressBatch.wallet == wallet
@@ -327,7 +328,7 @@ def usable_statuses(require_verified: bool) -> Sequence[BatchStatus]:
 
 
 @functools.cache
-def _next_stmt(require_verified: bool) -> Select[Any]:
+def _next_stmt(require_verified: bool) -> Select[int, int, str]:
     return (
         select(Address.id, Address.index, Address.address)
         .join(AddressBatch, Address.batch_id == AddressBatch.id)
@@ -376,19 +377,19 @@ def next_address(
         if row is None:
             raise _no_address(conn, account_id, wallet, require_verified)
         if not take:
-            return int(row.index), str(row.address)
+            return int(row[1]), str(row.address)
         done = conn.execute(
             update(Address)
             .where(Address.id == row.id, Address.handed_out_at.is_(None))
             .values(handed_out_at=utcnow())
         )
-        if done.rowcount == 1:
+        if rowcount(done) == 1:
             conn.execute(
                 update(Account)
-                .where(Account.id == account_id, getattr(Account, attr) < row.index + 1)
-                .values({attr: row.index + 1})
+                .where(Account.id == account_id, getattr(Account, attr) < row[1] + 1)
+                .values({attr: row[1] + 1})
             )
-            return int(row.index), str(row.address)
+            return int(row[1]), str(row.address)
     raise Conflict("too many concurrent requests for a new address; retry")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from cc_common.cli import add_dir_argument, run
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
+from custody import admin_cli, supervisor_cli, worker
 
 
 def cmd_init(args: argparse.Namespace) -> str:
@@ -29,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_dir_argument(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration")
     p.set_defaults(handler=cmd_init)
-
-    from custody import admin_cli, supervisor_cli, worker
 
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import requests
+from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from cc_common.config import Config
@@ -28,7 +29,7 @@ READY_PROBE = "/api/v1/openapi.json"
 READY_DEADLINE = 60.0
 
 
-class CustodyApplication(BaseApplication):  # type: ignore[misc]
+class CustodyApplication(BaseApplication):
     """gunicorn application: settings from `Config`, app made by `custody.app.create_app`."""
 
     def __init__(self, config: Config, options: dict[str, Any]) -> None:
@@ -41,8 +42,9 @@ class CustodyApplication(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key.lower(), value)
 
-    def load(self):  # type: ignore[no-untyped-def]
-        from custody.app import create_app  # noqa: PLC0415
+    def load(self) -> Flask:
+        # Imported here: each gunicorn worker builds the app after the fork, not the master.
+        from custody.app import create_app  # noqa: PLC0415 (after gunicorn's fork)
 
         return create_app(self.cc_config)
 

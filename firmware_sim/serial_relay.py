@@ -86,7 +86,7 @@ class Lane:
         self._dst = dst
         self._rate = baud / BITS_PER_BYTE
         self.baud = baud
-        self._rng = random.Random()  # noqa: S311 - noise, not crypto
+        self._rng = random.Random()  # noise, not crypto
         self._lock = threading.Lock()
         self._flips: deque[int] = deque()
         self._drop = 0
@@ -225,11 +225,12 @@ class Lane:
                 self.counters["cut_lost"] += len(chunk)
                 return
             out = bytearray()
-            for b in chunk:
+            for sent in chunk:
                 if self._drop:
                     self._drop -= 1
                     self.counters["dropped"] += 1
                     continue
+                b = sent
                 if self._flips:
                     mask = self._flips.popleft()
                     b ^= mask

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -522,7 +523,7 @@ class ColdStore:
         return [AlertRecord(*r) for r in rows]
 
 
-def _account_record(row: tuple) -> AccountRecord:
+def _account_record(row: tuple[Any, ...]) -> AccountRecord:
     return AccountRecord(
         account=row[0],
         network=row[1],
@@ -541,7 +542,7 @@ def _account_record(row: tuple) -> AccountRecord:
     )
 
 
-def _channel_record(row: tuple) -> ChannelRecord:
+def _channel_record(row: tuple[Any, ...]) -> ChannelRecord:
     return ChannelRecord(
         account=row[0],
         c_id=row[1],

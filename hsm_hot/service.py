@@ -64,7 +64,7 @@ def _param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -
 
 
 def _account(params: Mapping[str, Any]) -> int:
-    account = _param(params, "account", int)
+    account: int = _param(params, "account", int)
     if not 0 <= account <= MAX_ACCOUNT:
         raise BadRequest(f"account {account} out of range")
     return account
@@ -424,13 +424,15 @@ class HotService:
             "sweep", {"account": account, "utxos": utxos, "fee_rate": fee_rate}
         )
         self.audit.record("sweep", account=account, utxos=len(utxos))
-        return jsonable(answer)
+        swept: dict[str, Any] = jsonable(answer)
+        return swept
 
     def cold_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return jsonable(self.relay.call("status", {}))
+        status: dict[str, Any] = jsonable(self.relay.call("status", {}))
+        return status
 
     def take_alerts(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        answer = jsonable(self.relay.call("take_alerts", {}))
+        answer: dict[str, Any] = jsonable(self.relay.call("take_alerts", {}))
         if not isinstance(answer.get("alerts"), list):
             raise ColdUnreachable("cold HSM answered take_alerts without alerts")
         return answer

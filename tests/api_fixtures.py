@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -215,7 +216,7 @@ class SmsRecorder:
 class _TwilioHandler(BaseHTTPRequestHandler):
     recorder: SmsRecorder
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         rec = self.server.recorder  # type: ignore[attr-defined]
@@ -241,7 +242,7 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -268,11 +269,9 @@ def sms(sms_server: SmsRecorder) -> Iterator[SmsRecorder]:
 # -- databases -----------------------------------------------------------------------------
 def _pg_reachable() -> str | None:
     try:
-        import psycopg  # noqa: PLC0415
-
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"PostgreSQL at 127.0.0.1:5432 not reachable ({type(exc).__name__}: {exc})"
     return None
 
@@ -291,7 +290,6 @@ def scratch_pg_database() -> Iterator[str]:
     reason = _pg_reachable()
     if reason:
         pytest.skip(reason)
-    import psycopg  # noqa: PLC0415
 
     name = f"cc_test_{secrets.token_hex(6)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Accounts: provisioning checks the cold identity's proof and stores public material only;
 tokens are stored hashed; rotation and freezing; alerts through the real twilio client to a
 recording endpoint (delivery failures recorded, not raised)."""
@@ -24,19 +23,12 @@ from custody.models import (
     JournalEntry,
     Wallet,
 )
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
+from tests.api_fixtures import (
     NETWORK,
     SoftwareHsmStandIn,
-    config,
-    db_url,
-    hsm,
+    make_config,
     new_account,
-    pg_database,
-    session_factory,
     settlement_descriptor,
-    sms,
-    sms_server,
-    sqlite_template,
     vdevice_identity,
 )
 from wallet_core.descriptors import parse_descriptor, split_checksum
@@ -220,7 +212,6 @@ def test_alert_delivery_failure_is_recorded_not_raised(session_factory, config, 
 
 
 def test_alert_to_a_dead_gateway(session_factory, tmp_path, db_url):
-    from tests.api_fixtures import make_config  # noqa: PLC0415
 
     dead = make_config(tmp_path, db_url, "http://127.0.0.1:9")  # nothing listens on port 9
     with session_factory() as s, s.begin():

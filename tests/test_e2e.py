@@ -1,4 +1,4 @@
-"""End to end: the demo's story and attacks, and the faults of issue 6 section 5.
+"""End to end: the demo's story and attacks, and faults injected into the running deployment.
 
 Every part runs as its own OS process under `custody up` (`Deployment.start_supervisor`), one
 deployment per class. The story tests run the demo's own step functions

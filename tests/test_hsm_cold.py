@@ -29,7 +29,7 @@ from cc_common.link import LinkAuthError, LinkRemoteError
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
-from hsm_cold.errors import ColdErrorCode
+from hsm_cold.errors import BadRequest, ColdErrorCode
 from tests.harness import Deployment
 from tests.hsm_fixtures import Coin, ColdHsm, VDevice, build_send_psbt, random_address, send_request
 from wallet_core import messages, signatures
@@ -325,8 +325,8 @@ def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
         db.close()
     fingerprints = {acct.answer["receiving_fingerprint"], acct.answer["cosigner_fingerprint"]}
     db_bytes = (state / "cold.db").read_bytes()
-    for blob in blobs:
-        blob = bytes(blob)
+    for raw in blobs:
+        blob = bytes(raw)
         assert len(blob) > 32  # version, nonce, ciphertext, tag
         for start in range(len(blob) - 31):
             window = blob[start : start + 32]
@@ -643,7 +643,6 @@ def test_serve_refuses_unpaired_or_placeholder_pins(tmp_path: Path) -> None:
 
 
 def test_the_raw_tx_parser_refuses_what_it_does_not_sign() -> None:
-    from hsm_cold.errors import BadRequest
 
     psbt = build_send_psbt(
         HotWallet(

@@ -107,7 +107,7 @@ class Rig:
                 req = cosign_request()
                 try:
                     answer = self.client.call("cosign", req, timeout=timeout)
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     errors.append(exc)
                     continue
                 assert answer["nonce"] == req["nonce"]  # correlated by request id

@@ -300,7 +300,7 @@ def test_two_workers_racing_never_select_the_same_utxo(
                     return
                 for sid in claimed:
                     w.advance(sid)  # build only
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(w,)) for w in workers]

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +51,7 @@ from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
 from tests.node_fixtures import FEE, Faucet, Key, NodeProcess, hex_of, spend_p2wpkh, txid_hex
 from wallet_core import secp
+from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import ExtendedKey
 from wallet_core.chaincloud import parse_outs
 from wallet_core.networks import Network
@@ -73,11 +75,9 @@ def _pg_admin_url() -> str:
 def pg_reachable() -> str | None:
     """None if PostgreSQL answers, else the reason (for the skip message)."""
     try:
-        import psycopg  # noqa: PLC0415
-
         with psycopg.connect(_pg_admin_url(), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}"
 
 
@@ -86,7 +86,6 @@ def fresh_pg_database() -> Iterator[str]:
     reason = pg_reachable()
     if reason is not None:
         pytest.skip(reason)
-    import psycopg  # noqa: PLC0415
 
     name = f"cc_w_{secrets.token_hex(6)}"
     with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
@@ -284,7 +283,6 @@ class SoftwareHsmPairStandIn:
             p = Psbt.from_base64(psbt)
             outs = parse_outs(request["outs"], NET)
             outputs = p.outputs
-            from wallet_core.addresses import address_to_script  # noqa: PLC0415
 
             expected = [(address_to_script(o.address, NET), o.value) for o in outs]
             if [(o.script_pubkey, o.value) for o in outputs[: len(expected)]] != expected:

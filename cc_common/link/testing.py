@@ -100,7 +100,7 @@ class PtyLine:
         """Set fault rates for one direction, or both when `way` is None."""
         with self._lock:
             for w in [way] if way else list(Way):
-                self._pipes[w].faults = Faults(**faults)  # type: ignore[arg-type]
+                self._pipes[w].faults = Faults(**faults)  # type: ignore[arg-type]  # names are Faults fields
 
     def clear_faults(self) -> None:
         self.set_faults()
@@ -169,10 +169,11 @@ class PtyLine:
             return
         if faults.flip or faults.drop:
             out = bytearray()
-            for byte in data:
+            for sent in data:
                 if faults.drop and self._rng.random() < faults.drop:
                     pipe.drops += 1
                     continue
+                byte = sent
                 if faults.flip and self._rng.random() < faults.flip:
                     byte ^= 1 << self._rng.randrange(8)
                     pipe.flips += 1
