@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -436,6 +437,7 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     def counting_fsync(fd: int) -> None:
         fsyncs.append(fd)
         real_fsync(fd)
+        time.sleep(0.005)  # a disk's flush latency, during which other threads append
 
     def worker(n: int) -> None:
         for i in range(25):
@@ -451,6 +453,7 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     assert sorted(e["user_tx_no"] for e in entries) == sorted(
         f"{n}-{i}" for n in range(8) for i in range(25)
     )
-    assert 1 <= len(fsyncs) <= 200
+    records = 8 * 25
+    assert 1 <= len(fsyncs) < records, "records written together share one fsync"
     assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
     audit.close()
