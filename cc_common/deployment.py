@@ -156,6 +156,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "export_dir": "hsm-cold/offline-export",
             "max_fee_sat": 1_000_000,
             "max_fee_rate": 500,
+            "max_fee_per_day_sat": 10_000_000,
             "modem_ports": ["dev/modem-cold-a", "dev/modem-cold-b"],
             "numbers": list(COLD_NUMBERS),
             # SMS channel (docs/sms-channel.md): renewal period and QH time window (seconds)
@@ -169,6 +170,15 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "secret_key": secrets.token_hex(32),
             "host": "127.0.0.1",
             "port": custody_port,
+        },
+        # The operator console (`custody dashboard`): loopback only; its own token.
+        "operator": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "token": secrets.token_urlsafe(32),
+            "refresh_seconds": 2.0,
+            "stuck_send_seconds": 600,
+            "watcher_lag_blocks": 3,
         },
         "vdevice": {
             "modem_port": "dev/modem-vdevice",

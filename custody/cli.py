@@ -14,6 +14,7 @@ from cc_common.cli import add_dir_argument, run
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 from custody import admin_cli, supervisor_cli, worker
+from custody.operator import cli as operator_cli
 
 
 def cmd_init(args: argparse.Namespace) -> str:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
+    operator_cli.register(sub)  # dashboard
     return parser
 
 

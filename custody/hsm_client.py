@@ -45,8 +45,24 @@ class ProvisionedAccount:
     receiving_fingerprint: str | None = None
 
 
+PROVISIONED_FIELDS = tuple(
+    f for f in ProvisionedAccount.__dataclass_fields__ if f != "receiving_fingerprint"
+)
+
+
+def _answer_field(method: str, result: Any, key: str, kind: type = str) -> Any:
+    """`result[key]` of the type the hot HSM's contract gives it, else `HsmUnavailableError`: a
+    hot HSM that answers nonsense is treated as one that does not answer."""
+    value = result.get(key) if isinstance(result, dict) else None
+    if not isinstance(value, kind):
+        raise HsmUnavailableError(f"hot HSM answered {method} without a valid {key!r}")
+    return value
+
+
 class HotHsm(Protocol):
     """The hot HSM as custody uses it (the RPC client, or a stand-in in tests)."""
+
+    def health(self) -> dict[str, Any]: ...
 
     def provision_account(
         self,
@@ -98,13 +114,18 @@ class HotHsmClient:
             raise HsmUnavailableError(f"hot HSM unreachable ({type(exc).__name__})") from None
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise HsmUnavailableError(
                 f"hot HSM answered HTTP {resp.status_code} without JSON"
             ) from None
+        if not isinstance(body, dict):
+            raise HsmUnavailableError(f"hot HSM answered {method} with a malformed reply")
         if body.get("error"):
             err = body["error"]
-            raise HsmRefused(str(err.get("message", "refused")), code=int(err.get("code", 600)))
+            code = err.get("code", 600) if isinstance(err, dict) else None
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise HsmUnavailableError(f"hot HSM answered {method} with a malformed error")
+            raise HsmRefused(str(err.get("message", "refused")), code=code)
         return body.get("result")
 
     # -- the methods of docs/hsm-pair.md ---------------------------------------------------
@@ -131,14 +152,16 @@ class HotHsmClient:
             vdevice_phone=vdevice_phone,
             owner_phone=owner_phone,
         )
+        method = "provision_account"
+        fields = {k: _answer_field(method, r, k) for k in PROVISIONED_FIELDS}
+        fingerprint = r.get("receiving_fingerprint")  # r is a dict: checked just above
         return ProvisionedAccount(
-            **{k: r[k] for k in ProvisionedAccount.__dataclass_fields__ if k in r}
+            **fields, receiving_fingerprint=fingerprint if isinstance(fingerprint, str) else None
         )
 
     def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
-        return str(
-            self.call("prove_batch", account=account, wallet=wallet, batch_no=batch_no)["signature"]
-        )
+        r = self.call("prove_batch", account=account, wallet=wallet, batch_no=batch_no)
+        return str(_answer_field("prove_batch", r, "signature"))
 
     def register_channel(
         self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
@@ -159,7 +182,7 @@ class HotHsmClient:
         r = self.call(
             "sign_send", account=account, psbt=psbt, request=request, vc_code=vc_code, c_id=c_id
         )
-        return str(r["psbt"])
+        return str(_answer_field("sign_send", r, "psbt"))
 
     def freeze(self, account: int, reason: str) -> None:
         self.call("freeze", account=account, reason=reason)
@@ -168,4 +191,4 @@ class HotHsmClient:
         return self.call("cold_status")
 
     def take_alerts(self) -> list[dict[str, Any]]:
-        return list(self.call("take_alerts")["alerts"])
+        return list(_answer_field("take_alerts", self.call("take_alerts"), "alerts", list))

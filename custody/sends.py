@@ -30,7 +30,6 @@ unreachable are temporary: the send stays where it is and is retried with backof
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,10 +65,11 @@ from custody.models import (
     Wallet,
     utcnow,
 )
+from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs
-from wallet_core.errors import CoinSelectionError, FeeEstimateError, WalletError
+from wallet_core.errors import CoinSelectionError, FeeEstimateError, TxParseError, WalletError
 from wallet_core.fees import (
     DEFAULT_CEILING_SAT_VB,
     DEFAULT_FLOOR_SAT_VB,
@@ -78,6 +78,7 @@ from wallet_core.fees import (
 )
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.rawtx import SignedTx, parse_signed_tx
 
 log = logging.getLogger(__name__)
 
@@ -162,61 +163,6 @@ def ensure_address(session: Session, account: Account, chain: Chain, index: int)
     session.add(row)
     session.flush()
     return row
-
-
-# ---------------------------------------------------------------------- raw transactions
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    n = raw[pos]
-    if n < 0xFD:
-        return n, pos + 1
-    size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[n]
-    return int.from_bytes(raw[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
-
-
-@dataclass(frozen=True)
-class ParsedTx:
-    txid: str
-    inputs: list[tuple[str, int]]
-    outputs: list[tuple[bytes, int]]
-
-
-def parse_tx(raw: bytes) -> ParsedTx:
-    """Outpoints, outputs and txid of a serialized transaction (our own independent reading)."""
-    pos = 4
-    segwit = raw[4] == 0 and raw[5] != 0
-    if segwit:
-        pos += 2
-    start_body = pos
-    n_in, pos = _read_varint(raw, pos)
-    inputs = []
-    for _ in range(n_in):
-        txid = raw[pos : pos + 32][::-1].hex()
-        vout = int.from_bytes(raw[pos + 32 : pos + 36], "little")
-        pos += 36
-        slen, pos = _read_varint(raw, pos)
-        pos += slen + 4
-        inputs.append((txid, vout))
-    n_out, pos = _read_varint(raw, pos)
-    outputs = []
-    for _ in range(n_out):
-        value = int.from_bytes(raw[pos : pos + 8], "little")
-        slen, pos = _read_varint(raw, pos + 8)
-        outputs.append((raw[pos : pos + slen], value))
-        pos += slen
-    end_body = pos
-    if segwit:
-        for _ in range(n_in):
-            items, pos = _read_varint(raw, pos)
-            for _ in range(items):
-                ilen, pos = _read_varint(raw, pos)
-                pos += ilen
-    if pos + 4 != len(raw):
-        raise SendFailed("final transaction has trailing or missing bytes")
-    legacy = raw[:4] + raw[start_body:end_body] + raw[pos : pos + 4]
-    txid = hashlib.sha256(hashlib.sha256(legacy).digest()).digest()[::-1].hex()
-    return ParsedTx(txid, inputs, outputs)
 
 
 # ---------------------------------------------------------------------- the worker
@@ -502,7 +448,7 @@ class SendWorker:
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
         try:
-            signed = self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id)
+            signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
@@ -513,7 +459,7 @@ class SendWorker:
             send = self._hold(s, send_id)
             if send.status is not SendStatus.BUILT:
                 return
-            parsed = parse_tx(bytes.fromhex(tx_hex))
+            parsed = self._parse_final(tx_hex)
             self._verify_final(s, send, parsed)
             send.tx_hex = tx_hex
             send.txid = parsed.txid
@@ -527,6 +473,21 @@ class SendWorker:
             )
         log.info("send %d signed", send_id)
 
+    def _sign_with_prev_txs(
+        self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        """Sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+        try:
+            return str(self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id))
+        except HsmRefused as exc:
+            if exc.code != PREV_TX_REQUIRED:
+                raise
+        try:
+            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
+        except PrevTxUnavailable as exc:
+            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
+        return str(self.hsm.sign_send(account_id, full, request, vc_code, c_id))
+
     @staticmethod
     def _finalize(unsigned_b64: str, signed_b64: str) -> str:
         unsigned = Psbt.from_base64(unsigned_b64)
@@ -536,14 +497,24 @@ class SendWorker:
         signed.finalize()
         return signed.extract_hex()
 
-    def _verify_final(self, s: Session, send: Send, tx: ParsedTx) -> None:
+    @staticmethod
+    def _parse_final(tx_hex: str) -> SignedTx:
+        """The finished transaction, read by `wallet_core.rawtx` (the project's one parser)."""
+        try:
+            return parse_signed_tx(bytes.fromhex(tx_hex))
+        except ValueError:
+            raise SendFailed("final transaction is not hex") from None
+        except TxParseError as exc:
+            raise SendFailed(f"final transaction unreadable: {exc.message}") from None
+
+    def _verify_final(self, s: Session, send: Send, tx: SignedTx) -> None:
         """The final transaction spends exactly the recorded inputs and pays outs + change."""
         account = s.get(Account, send.account_id)
         assert account is not None
         reserved = s.execute(
             select(Utxo.txid, Utxo.vout, Utxo.value).where(Utxo.reserved_by_send == send.id)
         ).all()
-        if sorted(tx.inputs) != sorted((t, v) for t, v, _ in reserved):
+        if sorted(tx.outpoints) != sorted((t, v) for t, v, _ in reserved):
             raise SendFailed("final transaction does not spend exactly the recorded inputs")
         network = Network.from_name(account.network)
         expected = [

@@ -45,7 +45,9 @@ RETRY_MIN = 1.0
 RETRY_MAX = 60.0
 RECEIVE_BACKOFF_MAX = 30.0
 ALERT_TEXT_MAX = 300
-ALERT_SMS_PER_HOUR = 20  # per destination number: a flood of spoofed texts cannot flood phones
+# per destination number, alert kind and source: a flood of spoofed texts cannot flood
+# phones, nor silence another source's alerts
+ALERT_SMS_PER_HOUR = 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;()'/_+=?!#%&<>*@-]")  # plain GSM 7-bit, no escapes
 
 
@@ -103,6 +105,9 @@ def gsm_safe(text: str) -> str:
     return _UNSAFE.sub("?", text)[:ALERT_TEXT_MAX]
 
 
+RADIO_PROBE_INTERVAL = 30.0  # seconds between signal/registration probes of one SIM
+
+
 class SmsService:
     """The modems, the protocol worker and the outbox of one `hsm-cold serve`."""
 
@@ -141,8 +146,9 @@ class SmsService:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._all_down = False
-        self._alert_times: dict[str, deque[float]] = {}
+        self._alert_times: dict[tuple[str, str, str], deque[float]] = {}
         self._alert_lock = threading.Lock()
+        self._radio: dict[str, dict[str, object]] = {}  # per SIM: signal, registration
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -187,9 +193,13 @@ class SmsService:
         self.store.queue_sms(number, text, purpose, prefer=prefer, not_after=not_after)
         self._wake.set()
 
-    def on_alert(self, account: int | None, kind: str, message: str) -> None:
+    def on_alert(self, account: int | None, kind: str, message: str, source: str = "cold") -> None:
         """The service's alert hook: freezes go to the operator and the owner, refusals to
-        the owner; undeliverable-SMS alerts are only recorded (no SIM would carry them)."""
+        the owner; undeliverable-SMS alerts are only recorded (no SIM would carry them).
+
+        Each (destination, kind, source) has its own hourly budget: junk SMS from one number
+        or `freeze` calls from the hot side cannot use up the budget of the cold HSM's own
+        freeze alerts."""
         if kind == AlertKind.SMS_UNDELIVERABLE.value:
             return
         rec = self.service.store.get_account(account) if account is not None else None
@@ -201,16 +211,22 @@ class SmsService:
             text = f"CC ALERT: account {account}: {message}"
             targets = [owner]
         for number in dict.fromkeys(t for t in targets if t):
-            if self._alert_allowed(number):
+            if self._alert_allowed((number, kind, source)):
                 self._queue(number, gsm_safe(text), f"alert:{kind}", 0, None)
             else:
                 self._count("alert_sms_suppressed")
-                log.warning("alert SMS to %s suppressed (over %d/h)", number, ALERT_SMS_PER_HOUR)
+                log.warning(
+                    "alert SMS to %s suppressed (%s from %s: over %d/h)",
+                    number,
+                    kind,
+                    source,
+                    ALERT_SMS_PER_HOUR,
+                )
 
-    def _alert_allowed(self, number: str) -> bool:
+    def _alert_allowed(self, key: tuple[str, str, str]) -> bool:
         now = time.monotonic()
         with self._alert_lock:
-            times = self._alert_times.setdefault(number, deque())
+            times = self._alert_times.setdefault(key, deque())
             while times and now - times[0] > 3600:
                 times.popleft()
             if len(times) >= ALERT_SMS_PER_HOUR:
@@ -220,11 +236,44 @@ class SmsService:
 
     # -- receiving -------------------------------------------------------------------------------
 
+    def _probe_radio(self, modem: GsmModem) -> None:
+        """Signal (`AT+CSQ`) and registration (`AT+CREG?`), asked by the SIM's own receiver
+        thread between polls, so a status request never waits on a modem."""
+        try:
+            quality = modem.signal_quality()
+            self._radio[modem.name] = {
+                "rssi": quality.rssi,
+                "dbm": quality.dbm,
+                "registered": modem.registered(),
+                "probed_at": int(time.time()),
+            }
+        except SmsError:
+            self._radio[modem.name] = {"registered": False, "probed_at": int(time.time())}
+
+    def modem_status(self) -> list[dict[str, object]]:
+        """Each SIM's radio state and its message counts (for `status` over the link)."""
+        counters = self.store.counters()
+        return [
+            {
+                "name": m.name,
+                **self._radio.get(m.name, {}),
+                "sent": counters.get(f"sent.{m.name}", 0),
+                "received": counters.get(f"received_on.{m.name}", 0),
+                "failed": counters.get(f"send_failed.{m.name}", 0)
+                + counters.get(f"receive_errors.{m.name}", 0),
+            }
+            for m in self.modems
+        ]
+
     def _receive_loop(self, index: int) -> None:
         modem = self.modems[index]
         backoff = self.settings.poll_interval
         failing = False
+        next_probe = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_probe:
+                self._probe_radio(modem)
+                next_probe = time.monotonic() + RADIO_PROBE_INTERVAL
             try:
                 found = modem.wait_for_messages(self.settings.poll_interval)
             except SmsError as exc:

@@ -15,10 +15,12 @@ import base64
 import binascii
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from cc_common import fields
+from cc_common.errors import CustodyError
 from cc_common.token import HsmToken
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import CosignPlan, compact_request, plan_cosign
@@ -30,9 +32,11 @@ from hsm_hot.errors import (
     ProofInvalid,
     UnknownAccount,
 )
-from hsm_hot.policy import PolicyLedger
+from hsm_hot.locks import KeyedLocks
+from hsm_hot.policy import PolicyLedger, SendCost
 from hsm_hot.relay import ColdRelay
 from hsm_hot.state import HotAccount, HotState
+from hsm_hot.stats import ServiceStats
 from wallet_core import messages, signatures
 from wallet_core.bip32 import parse_xpub
 from wallet_core.errors import PsbtError, SignatureError, WalletError
@@ -118,8 +122,12 @@ class HotService:
         audit: AuditLog,
         network: Network,
         cold_identity: bytes,
+        *,
+        token_status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.token = token
+        self.token_status = token_status or dict
+        self.stats = ServiceStats()
         self.state = state
         self.relay = relay
         self.ledger = ledger
@@ -127,6 +135,7 @@ class HotService:
         self.network = network
         self.cold_identity = cold_identity
         self._provision_lock = threading.Lock()
+        self._send_locks = KeyedLocks()
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "health": self.health,
             "provision_account": self.provision_account,
@@ -140,10 +149,18 @@ class HotService:
         }
 
     def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
-        handler = self.methods.get(method)
-        if handler is None:
-            raise BadRequest(f"unknown method {method!r}")
-        return handler(params)
+        started = time.monotonic()
+        try:
+            handler = self.methods.get(method)
+            if handler is None:
+                raise BadRequest(f"unknown method {method!r}")
+            result = handler(params)
+        except CustodyError as exc:
+            self.stats.refused(int(exc.code))
+            raise
+        if method == "sign_send":
+            self.stats.observe_cosign(time.monotonic() - started)
+        return result
 
     def _account_record(self, account: int) -> HotAccount:
         acct = self.state.account(account)
@@ -166,6 +183,12 @@ class HotService:
             "paired": True,
             "cold_reachable": reachable,
             "accounts": self.state.account_count(),
+            # for the operator console (docs/hsm-pair.md): counts and states, never a secret
+            **self.token_status(),
+            "audit_head": self.audit.head(),
+            "link": self.relay.stats(),
+            "link_last_error": self.relay.last_error,
+            **self.stats.snapshot(),
         }
 
     def provision_account(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,12 +361,27 @@ class HotService:
             psbt = Psbt.from_base64(psbt_text)
         except PsbtError as exc:
             raise BadRequest(f"psbt: {exc.message}") from None
+        # One request per (account, user_tx_no) at a time: a concurrent twin waits, then gets
+        # the stored answer (same txid) or the cold HSM's refusal (anything else).
+        with self._send_locks.held((account, req["user_tx_no"])):
+            return self._sign_send(account, acct, psbt, req, vc_code, c_id)
+
+    def _sign_send(
+        self,
+        account: int,
+        acct: HotAccount,
+        psbt: Psbt,
+        req: dict[str, Any],
+        vc_code: str,
+        c_id: str,
+    ) -> dict[str, Any]:
         done = self.state.cosigned(account, req["user_tx_no"])
         if done is not None and done[0] == psbt.txid:
             log.info("account %d: %s already co-signed; same answer", account, req["user_tx_no"])
             return {"psbt": done[1]}
         plan = plan_cosign(psbt, self.state.wallet(acct))
-        reservation = self.ledger.reserve_send(account, plan.payments, len(plan.tx.vout), plan.txid)
+        cost = SendCost(plan.payments, plan.fee, plan.vsize)
+        reservation = self.ledger.reserve_send(account, cost, len(plan.tx.vout), plan.txid)
         try:
             answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
             cold_sigs = self._check_cold_signatures(plan, answer)
@@ -419,10 +457,16 @@ class HotService:
         account = _account(params)
         utxos = _param(params, "utxos", list)
         fee_rate = _param(params, "fee_rate", int)  # the link codec has no float
+        prev_txs = _param(params, "prev_txs", list) if "prev_txs" in params else []
+        try:
+            raw_prev = [bytes.fromhex(t) for t in prev_txs]
+        except (TypeError, ValueError):
+            raise BadRequest("prev_txs must be a list of hex transactions") from None
         self._account_record(account)
-        answer = self.relay.call(
-            "sweep", {"account": account, "utxos": utxos, "fee_rate": fee_rate}
-        )
+        payload: dict[str, Any] = {"account": account, "utxos": utxos, "fee_rate": fee_rate}
+        if raw_prev:
+            payload["prev_txs"] = raw_prev
+        answer = self.relay.call("sweep", payload)
         self.audit.record("sweep", account=account, utxos=len(utxos))
         swept: dict[str, Any] = jsonable(answer)
         return swept

@@ -228,6 +228,7 @@ EXPECTED_PROCESSES = [
     "hsm-hot",
     "custody-api",
     "custody-worker",
+    "custody-operator",
     "merchant-site",
     "vdevice",
 ]

@@ -43,7 +43,7 @@ class _Client:
             raise RemoteError(f"{self.name}: {method} {path}: {type(exc).__name__}") from None
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if 400 <= resp.status_code < 500:
             code = body.get("code") if isinstance(body, dict) else None
