@@ -32,9 +32,9 @@ from custody.models import (
     Wallet,
 )
 from custody.sends import SendFailed, SendWorker
-from tests.node_fixtures import Faucet, Key, NodeProcess
+from tests.api_fixtures import SoftwareHsmStandIn
+from tests.node_fixtures import Faucet, Key, NodeProcess, running_node
 from tests.worker_fixtures import (
-    SoftwareHsmPairStandIn,
     add_addresses,
     chain_tx,
     create_account,
@@ -48,7 +48,6 @@ from tests.worker_fixtures import (
     mine,
     new_send,
     node_faucet,
-    start_node,
 )
 from wallet_core.hashes import hash160
 from wallet_core.psbt import Psbt
@@ -59,7 +58,7 @@ DEST = Key.from_seed("send-destination")
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "sends-node")
+    yield from running_node(tmp_path_factory, "sends-node")
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +93,14 @@ class Env:
         self, factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, values: list[int]
     ) -> None:
         self.factory, self.rpc = factory, rpc
-        self.hsm = SoftwareHsmPairStandIn()
+        self.hsm = SoftwareHsmStandIn()
         self.watcher = make_watcher(factory, rpc)
         with factory() as s, s.begin():
             acct = create_account(s, "sender")
             self.addresses = add_addresses(s, acct.id, Wallet.HOT, len(values))
         self.account_id = acct.id
         self.hsm.add(acct)
-        self.keys = acct
+        self.keys = acct.keys
         for a, v in zip(self.addresses, values, strict=True):
             fund(rpc, faucet, [(bytes(a.script_pubkey), v)])
         mine(rpc)
