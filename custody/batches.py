@@ -200,70 +200,11 @@ def get_or_create_batch(
         identity = bytes.fromhex(account.cold_identity_pubkey)
         session.rollback()  # no transaction is held during the HSM round trip
     derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
-    addresses = [d.address for d in derived]
-    try:
-        proof = hsm.prove_batch(account_id, wallet_name(wallet), batch_no)
-    except HsmUnavailableError as exc:
-        raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
-    except HsmRefused as exc:
-        raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
-    content = batch_content(addresses)
-    if not verify_message_pubkey(identity, content, str(proof)):
-        log.error(
-            "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
-        )
-        with factory() as session, session.begin():
-            raise_alert(
-                session,
-                config,
-                AlertKind.BATCH_FAILED,
-                f"{wallet_name(wallet)} batch {batch_no}: the cold HSM's proof does not match "
-                "the derived addresses; batch refused",
-                account_id,
-            )
-        raise ProofInvalid(
-            f"batch {batch_no} refused: its proof does not verify against the account's cold "
-            "identity key"
-        )
+    content = batch_content([d.address for d in derived])
+    proof = _proven(factory, hsm, config, account_id, wallet, batch_no, identity, content)
     try:
         with factory() as session, session.begin():
-            batch = AddressBatch(
-                account_id=account_id,
-                wallet=wallet,
-                batch_no=batch_no,
-                status=BatchStatus.PROVEN,
-                proof=str(proof),
-            )
-            session.add(batch)
-            session.flush()
-            session.execute(
-                insert(Address),
-                [
-                    {
-                        "account_id": account_id,
-                        "wallet": wallet,
-                        "chain": Chain.RECEIVE,
-                        "index": d.index,
-                        "address": d.address,
-                        "script_pubkey": d.script_pubkey,
-                        "batch_id": batch.id,
-                    }
-                    for d in derived
-                ],
-            )
-            info = {
-                "wallet": wallet_name(wallet),
-                "batch_no": batch_no,
-                "first_index": derived[0].index,
-                "content_sha256": sha256(content.encode()).hex(),
-            }
-            journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
-            journal.append(
-                session,
-                journal.JournalKind.BATCH_PROVEN,
-                account_id,
-                {**info, "proof": str(proof)},
-            )
+            _store_batch(session, account_id, wallet, batch_no, derived, proof, content)
     except IntegrityError:
         # Created concurrently by another request: answer that one.
         with factory() as session:
@@ -273,6 +214,88 @@ def get_or_create_batch(
             return batch_addresses(session, batch)
     log.info("account %d: %s batch %d created and proven", account_id, wallet.name, batch_no)
     return [{"index": d.index, "address": d.address} for d in derived]
+
+
+def _proven(
+    factory: sessionmaker[Session],
+    hsm: HotHsm,
+    config: Config,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+    identity: bytes,
+    content: str,
+) -> str:
+    """The cold HSM's proof of the batch `content`, verified against its identity key; a proof
+    that does not verify raises an alert and `ProofInvalid`."""
+    try:
+        proof = str(hsm.prove_batch(account_id, wallet_name(wallet), batch_no))
+    except HsmUnavailableError as exc:
+        raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
+    except HsmRefused as exc:
+        raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
+    if verify_message_pubkey(identity, content, proof):
+        return proof
+    log.error(
+        "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
+    )
+    with factory() as session, session.begin():
+        raise_alert(
+            session,
+            config,
+            AlertKind.BATCH_FAILED,
+            f"{wallet_name(wallet)} batch {batch_no}: the cold HSM's proof does not match "
+            "the derived addresses; batch refused",
+            account_id,
+        )
+    raise ProofInvalid(
+        f"batch {batch_no} refused: its proof does not verify against the account's cold "
+        "identity key"
+    )
+
+
+def _store_batch(
+    session: Session,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+    derived: list[DerivedAddress],
+    proof: str,
+    content: str,
+) -> None:
+    """Insert the proven batch, its addresses and its journal entries (the caller commits)."""
+    batch = AddressBatch(
+        account_id=account_id,
+        wallet=wallet,
+        batch_no=batch_no,
+        status=BatchStatus.PROVEN,
+        proof=proof,
+    )
+    session.add(batch)
+    session.flush()
+    session.execute(
+        insert(Address),
+        [
+            {
+                "account_id": account_id,
+                "wallet": wallet,
+                "chain": Chain.RECEIVE,
+                "index": d.index,
+                "address": d.address,
+                "script_pubkey": d.script_pubkey,
+                "batch_id": batch.id,
+            }
+            for d in derived
+        ],
+    )
+    info = {
+        "wallet": wallet_name(wallet),
+        "batch_no": batch_no,
+        "first_index": derived[0].index,
+        "content_sha256": sha256(content.encode()).hex(),
+    }
+    journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
+    journal.append(session, journal.JournalKind.BATCH_PROVEN, account_id, {**info, "proof": proof})
 
 
 def set_batch_status(
