@@ -33,11 +33,11 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cc_common.config import load_config
 from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
-from cc_common.link.testing import PtyLine
 from cc_common.pairing import take_pairing_file
 from cc_common.token import HsmToken, KeyProtected
 from custody.hsm_client import HotHsmClient, ProvisionedAccount
 from firmware_sim.control import ControlClient
+from firmware_sim.serial_relay import SerialLine
 from tests.harness import Deployment, TestProcess, wait_until
 from wallet_core import messages
 from wallet_core.addresses import address_to_script, p2wpkh_address
@@ -327,7 +327,7 @@ class HsmPair:
 
 
 class ColdHsm:
-    """`hsm-cold serve` as a real process on one end of a `PtyLine`; the test holds the other.
+    """`hsm-cold serve` as a real process on one end of a `SerialLine`; the test holds the other.
 
     The test plays the hot HSM: `client()` is a `LinkClient` with the link key taken from the
     pairing file (`hsm-cold init` writes it; we take it as `hsm-hot init` would).
@@ -336,8 +336,11 @@ class ColdHsm:
     def __init__(self, deployment: Deployment, *, baudrate: int | None = None) -> None:
 
         self.d = deployment
-        self.line = PtyLine(baudrate=baudrate)
-        self.d.configure({"serial": {"cold_port": self.line.b_path}})
+        # Paced even when no rate is asked for: a pty takes a few KiB, a burst would overrun it.
+        ports = self.d.data_dir / "dev"
+        self.line = SerialLine(ports / "test-hot", ports / "test-cold", baudrate or 921600)
+        self.line.start()
+        self.d.configure({"serial": {"cold_port": str(self.line.cold.link)}})
         self.process: TestProcess | None = None
         self.link_key = b""
         self.identity = b""
@@ -366,7 +369,7 @@ class ColdHsm:
 
         counters = self._counters if link_key is None else MemoryCounterStore()
         c = LinkClient.open(
-            self.line.a_path,
+            str(self.line.hot.link),
             link_key or self.link_key,
             counters,
             LinkConfig(**{"resend_after": 2.0, **config}),

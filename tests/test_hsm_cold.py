@@ -1,7 +1,7 @@
 """The cold HSM as a real process on a pseudo-terminal, with the test playing the hot HSM.
 
 `hsm-cold init` makes its SoftHSM token (in its own process), `hsm-cold serve` answers over a
-`PtyLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
+`SerialLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
 account, PSBT and V-device signature is built here with wallet_core, independently of the cold
 code: provisioning proofs and batch proofs are verified against the pinned identity key, co-sign
 signatures against keys the test derives from the returned xpubs (and, with a software hot key,
