@@ -13,8 +13,7 @@ Faults are injected on command (control channel, never the data path) per direct
 - cut: nothing passes for `seconds`; bytes sent meanwhile are lost.
 
 Test equipment uses the same line in process: random noise at given rates (`Noise`), a capture
-of what was delivered, bytes put on the line as if a party had sent them (replay, forgery), and
-an unpaced line (`baud=None`).
+of what was delivered, and bytes put on the line as if a party had sent them (replay, forgery).
 """
 
 from __future__ import annotations
@@ -94,12 +93,12 @@ class Lane:
     """One direction of the line: reads what `src`'s client wrote, delivers to `dst`."""
 
     def __init__(
-        self, name: str, src: PtyPort, dst: PtyPort, baud: int | None, seed: int | None = None
+        self, name: str, src: PtyPort, dst: PtyPort, baud: int, seed: int | None = None
     ) -> None:
         self.name = name
         self._src = src
         self._dst = dst
-        self._rate = baud / BITS_PER_BYTE if baud else None
+        self._rate = baud / BITS_PER_BYTE
         self.baud = baud
         self._rng = random.Random(seed)  # noise, not crypto
         self._noise = Noise()
@@ -216,14 +215,10 @@ class Lane:
                 rate = self._rate
             now = time.monotonic()
             if not inflight and buf:
-                if rate is None:  # unpaced: everything at once
-                    inflight, due = bytes(buf), now
-                    buf.clear()
-                else:
-                    n = min(len(buf), max(1, int(rate * TICK)))
-                    inflight = bytes(buf[:n])
-                    del buf[:n]
-                    due = max(line_free, buf_since) + n / rate
+                n = min(len(buf), max(1, int(rate * TICK)))
+                inflight = bytes(buf[:n])
+                del buf[:n]
+                due = max(line_free, buf_since) + n / rate
             if inflight and now >= due:
                 self._deliver(inflight)
                 line_free, inflight = due, b""
@@ -326,10 +321,8 @@ def _describe(fault: Fault) -> str:
 class SerialLine:
     """The hot and cold ports, joined by a paced, fault-injectable null-modem relay."""
 
-    def __init__(
-        self, hot_link: Path, cold_link: Path, baud: int | None, seed: int | None = None
-    ) -> None:
-        if baud is not None and baud <= 0:
+    def __init__(self, hot_link: Path, cold_link: Path, baud: int, seed: int | None = None) -> None:
+        if baud <= 0:
             raise BadRequest(f"baud must be positive, got {baud}")
         self.hot = PtyPort(hot_link)
         self.cold = PtyPort(cold_link)
@@ -358,7 +351,7 @@ class SerialLine:
         }
         for lane in self._lanes.values():
             lane.start()
-        log.info("serial line up at %s baud: %s <-> %s", self.baud, self.hot.link, self.cold.link)
+        log.info("serial line up at %d baud: %s <-> %s", self.baud, self.hot.link, self.cold.link)
 
     def close(self) -> None:
         for lane in self._lanes.values():
