@@ -59,9 +59,11 @@ class NodeProcess:
     """The regtest node as a child process (`TestProcess` of the harness) in its own
     deployment directory, with the node's RPC coordinates."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, txindex: bool = False) -> None:
         self.data_dir = data_dir
+        self.txindex = txindex  # Core's default is off: mined txs only with their block hash
         self.deployment = Deployment(data_dir.parent, data_dir.name)
+        self.deployment.env["CC__FIRMWARE_SIM__NODE__TXINDEX"] = "true" if txindex else "false"
         self.config: Config = self.deployment.config
         section = self.config.section("firmware_sim.node")
         self.url = f"http://{section.str('host')}:{section.int('port')}"
@@ -96,9 +98,11 @@ class NodeProcess:
         )
 
 
-def running_node(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[NodeProcess]:
+def running_node(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, txindex: bool = False
+) -> Iterator[NodeProcess]:
     """Body of a module-scoped fixture: a started node, stopped (cleanly) at teardown."""
-    node = NodeProcess(tmp_path_factory.mktemp(name))
+    node = NodeProcess(tmp_path_factory.mktemp(name), txindex=txindex)
     node.start()
     try:
         yield node
