@@ -561,6 +561,8 @@ def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link:
     sigs = link.call("cosign", honest, timeout=TIMEOUT)["signatures"]
     check_cold_signatures(acct, psbt, coins, sigs)
     assert "account_unfrozen" in cold.cold_cli("alerts").stdout
+    listed = __import__("json").loads(cold.cold_cli("alerts", "--json").stdout)
+    assert any(a["account"] == 18 and a["kind"] == "account_unfrozen" for a in listed)
 
 
 def test_freeze_from_the_hot_side(link: Any) -> None:
