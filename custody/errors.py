@@ -59,21 +59,21 @@ class Forbidden(ApiError):
 
 
 class NotFound(ApiError):
-    """No such endpoint, account, batch, transaction or send for this token."""
+    """No such endpoint, account, batch or send (or not visible to this token)."""
 
     code = 6
     status = 404
 
 
 class Conflict(ApiError):
-    """The request conflicts with the current state (e.g. no usable address yet)."""
+    """The request contradicts the current state (e.g. a name already taken)."""
 
     code = 7
     status = 409
 
 
 class RateLimited(ApiError):
-    """Too many requests for this token; retry after `Retry-After` seconds."""
+    """Too many requests for this token; `Retry-After` says when to try again."""
 
     code = 8
     status = 429
@@ -112,14 +112,14 @@ class ProofInvalid(ApiError):
 
 
 class HsmUnavailableError(ApiError):
-    """The hot HSM (or through it the cold HSM) could not be reached."""
+    """The hot HSM (or the cold HSM behind it) could not be reached; retry later."""
 
     code = 13
     status = 503
 
 
 class HsmRefusedError(ApiError):
-    """The HSM pair refused the operation (its message says why)."""
+    """The HSM refused the request; the message carries its reason and code."""
 
     code = 14
     status = 502
@@ -144,3 +144,20 @@ class DatabaseUnavailable(ApiError):
 
     code = 18
     status = 503
+
+
+def api_codes() -> list[tuple[int, int, str, str]]:
+    """Every code the API answers with: (code, HTTP status, class name, meaning), by code.
+
+    The OpenAPI document and `docs/error-codes.md` list exactly these.
+    """
+    seen: dict[int, type[ApiError]] = {}
+    pending: list[type[ApiError]] = list(ApiError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        seen.setdefault(int(cls.code), cls)
+        pending.extend(cls.__subclasses__())
+    return [
+        (code, cls.status, cls.__name__, (cls.__doc__ or cls.__name__).split("\n")[0].strip())
+        for code, cls in sorted(seen.items())
+    ]

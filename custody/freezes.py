@@ -25,7 +25,7 @@ from custody import journal
 from custody.alerts import AlertKind, raise_alert
 from custody.db import transaction
 from custody.errors import AccountError, HsmRefusedError, HsmUnavailableError, NotFound
-from custody.hsm_client import HsmError, HsmRefused, HsmUnavailable
+from custody.hsm_client import HsmError, HsmRefused
 from custody.models import Account, AccountStatus, KeyValue, utcnow
 from wallet_core.account_state import AccountState, FreezeOrigin
 from wallet_core.messages import verify_message_pubkey
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 KEY = "freeze:{}"
 MAX_AGE = 300.0  # seconds: an older statement is not followed (a replay)
 DEFAULT_INTERVAL = 2.0
-ACCOUNT_UNFROZEN = "account_unfrozen"  # journal kind
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ def _unfreeze_locally(session: Session, account: Account, why: str, config: Conf
     account.status = AccountStatus.ACTIVE
     account.frozen_reason = ""
     set_record(session, account.id, None)
-    journal.append(session, ACCOUNT_UNFROZEN, account.id, {"reason": why})
+    journal.append(session, journal.JournalKind.ACCOUNT_UNFROZEN, account.id, {"reason": why})
     if config is not None:
         raise_alert(
             session, config, AlertKind.ACCOUNT_UNFROZEN, f"account unfrozen: {why}", account.id
@@ -204,7 +203,7 @@ class FreezeFollower:
         self._next = now + self.interval
         try:
             states = self.hsm.account_states()
-        except HsmError as exc:
+        except (HsmError, HsmUnavailableError) as exc:
             log.info("account states: hot HSM did not answer: %s", exc.message)
             return []
         return self.apply(states)
@@ -257,7 +256,7 @@ def unfreeze_account(
         states = hsm.unfreeze(account_id, reason)
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSMs refused to unfreeze: {exc.message}") from None
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"nothing changed: {exc.message}") from None
     wall = time.time()
     state = next((verify(account, i, wall) for i in states if i.get("account") == account_id), None)

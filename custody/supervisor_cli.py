@@ -20,6 +20,7 @@ from cc_common.ports import busy, configured_listeners
 from custody import supervisor as sv
 from custody.admin_cli import deployment_network
 from custody.chain_progress import read_progress
+from custody.supervisor.status import _ready_pid
 
 EXIT_NOT_READY = 1
 EXIT_NOTHING_RUNS = 3
@@ -27,32 +28,27 @@ EXIT_NOTHING_RUNS = 3
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    the_plan = without_simulated_node(config, sv.plan(config))
-    not_built = [name for name, reason in the_plan.skipped if reason == "not built yet"]
-    if not_built:
-        print(f"[supervisor] not built yet, so not started: {', '.join(not_built)}", flush=True)
-    for name, reason in the_plan.skipped:
-        if reason != "not built yet":
-            print(f"[supervisor] {name}: not started: {reason}", flush=True)
-    if not the_plan.specs:
-        raise sv.SupervisorError("no process to run: none of the processes is built yet")
-    check_ports(config, [s.name for s in the_plan.specs if not sv._ready_pid(config, s.ready_name)])
-    supervisor = sv.Supervisor(
-        config, the_plan.specs, sv.Settings.from_config(config), quiet=args.quiet
-    )
+    specs = without_simulated_node(config, sv.plan(config))
+    if not specs:
+        raise sv.SupervisorError("no process to run: [supervisor] only selects none")
+    check_ports(config, [s.name for s in specs if not _ready_pid(config, s.ready_name)])
+    supervisor = sv.Supervisor(config, specs, sv.Settings.from_config(config), quiet=args.quiet)
     return supervisor.run()
 
 
-def without_simulated_node(config: Config, the_plan: sv.Plan) -> sv.Plan:
+def without_simulated_node(config: Config, specs: list[sv.ProcessSpec]) -> list[sv.ProcessSpec]:
     """The simulated node is regtest only: on another network `[node]` is the operator's."""
     network = deployment_network(config)
     if runs_simulated_node(network) or config.has_section("firmware_sim.node"):
-        return the_plan
-    reason = f"the simulated node is regtest only; [node] rpc_url is your {network.value} node"
-    specs = [s for s in the_plan.specs if s.name != "node"]
-    if len(specs) == len(the_plan.specs):
-        return the_plan
-    return sv.Plan(specs, [*the_plan.skipped, ("node", reason)])
+        return specs
+    kept = [s for s in specs if s.name != "node"]
+    if len(kept) != len(specs):
+        print(
+            f"[supervisor] node: not started: the simulated node is regtest only; "
+            f"[node] rpc_url is your {network.value} node",
+            flush=True,
+        )
+    return kept
 
 
 def check_ports(config: Config, processes: list[str]) -> None:

@@ -141,7 +141,7 @@ def test_closed_pipe_ends_quietly(tmp_path: Path, sms: Any) -> None:
     upgrade_database(url)
     with transaction(make_session_factory(make_engine(url))) as s:
         for i in range(2000):
-            journal.append(s, "filler", None, {"n": i, "text": "y" * 60})
+            journal.append(s, journal.JournalKind.DEPOSIT_SEEN, None, {"n": i, "text": "y" * 60})
     proc = subprocess.Popen(
         [sys.executable, "-m", "custody.cli", "journal", "show", "--limit", "2000"]
         + ["--dir", str(d)],

@@ -26,9 +26,16 @@ DEFAULT_TIMEOUT = 12.0
 
 
 class CustodyClient:
-    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        http: requests.Session | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # A session only if given (one per thread): by default each call is its own request.
+        self._get_url = http.get if http is not None else requests.get
 
     def _headers(self, token: str) -> dict[str, str]:
         return {"token": token, DEADLINE_HEADER: f"{self.timeout:.2f}"}
@@ -37,13 +44,13 @@ class CustodyClient:
         url = f"{self.base_url}{API_PREFIX}{path}"
         try:
             with timed(log, "site->custody", f"GET {path}", self.timeout):
-                resp = requests.get(url, headers=self._headers(token), timeout=self.timeout)
+                resp = self._get_url(url, headers=self._headers(token), timeout=self.timeout)
         except requests.RequestException as exc:
             log.warning("custody API unreachable at %s: %s", self.base_url, type(exc).__name__)
             raise CustodyUnavailable(f"custody API unreachable at {self.base_url}") from None
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if resp.status_code != 200:
             detail = body.get("message") if isinstance(body, dict) else None
