@@ -79,6 +79,7 @@ LISTENERS: tuple[tuple[str, str, str, str], ...] = (
     ("firmware_sim.node", "host", "port", "node"),
     ("hsm_hot", "rpc_host", "rpc_port", "hsm-hot"),
     ("custody", "host", "port", "custody-api"),
+    ("operator", "host", "port", "custody-operator"),
     ("merchant_site", "host", "port", "merchant-site"),
 )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from custody.batches import MAX_BATCH_NO
-from custody.errors import api_codes
+from custody.errors import (
+    api_codes,
+)
 from custody.openapi_fields import annotate, annotate_params, error_codes
 
 VERSION = "1.0.0"

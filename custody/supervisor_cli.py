@@ -20,7 +20,6 @@ from cc_common.ports import busy, configured_listeners
 from custody import supervisor as sv
 from custody.admin_cli import deployment_network
 from custody.chain_progress import read_progress
-from custody.supervisor.status import _ready_pid
 
 EXIT_NOT_READY = 1
 EXIT_NOTHING_RUNS = 3
@@ -31,7 +30,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     specs = without_simulated_node(config, sv.plan(config))
     if not specs:
         raise sv.SupervisorError("no process to run: [supervisor] only selects none")
-    check_ports(config, [s.name for s in specs if not _ready_pid(config, s.ready_name)])
+    check_ports(config, [s.name for s in specs if not sv.ready_pid(config, s.ready_name)])
     supervisor = sv.Supervisor(config, specs, sv.Settings.from_config(config), quiet=args.quiet)
     return supervisor.run()
 

@@ -27,10 +27,7 @@ DEFAULT_TIMEOUT = 12.0
 
 class CustodyClient:
     def __init__(
-        self,
-        base_url: str,
-        timeout: float = DEFAULT_TIMEOUT,
-        http: requests.Session | None = None,
+        self, base_url: str, timeout: float = DEFAULT_TIMEOUT, http: requests.Session | None = None
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
