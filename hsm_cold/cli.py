@@ -290,13 +290,23 @@ def _sms_table(store: ColdStore) -> str:
     return render_table(("sms counter", "count"), rows)
 
 
-def cmd_status(args: argparse.Namespace) -> str:
+def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
         accounts = [
             (a, "yes" if frozen else "no", reason or "-")
             for a, frozen, reason in store.list_accounts()
         ]
+        if args.json:
+            return {
+                "accounts": [
+                    {"account": a, "frozen": frozen, "reason": reason}
+                    for a, frozen, reason in store.list_accounts()
+                ],
+                "sms_counters": dict(store.counters()),
+                "sms_outbox": store.pending_sms_count(),
+                "alerts_not_handed_over": store.pending_alert_count(),
+            }
         return "\n".join(
             (
                 render_table(("account", "frozen", "reason"), accounts),
@@ -352,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
     add_dir_argument(p)
+    add_json_argument(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("alerts", help="every recorded alert, newest first")
