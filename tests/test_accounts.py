@@ -166,6 +166,19 @@ def test_hsm_unavailable(session_factory, hsm, monkeypatch):
         ({"vdevice_phone": "5550000100"}, "vdevice phone"),
         ({"owner_phone": "+1555x"}, "owner phone"),
         ({"settlement_descriptor": "wpkh(nonsense)"}, "settlement"),
+        ({"settlement_descriptor": f"wpkh({'02' + '11' * 32})"}, "plain public key"),
+        (
+            {"settlement_descriptor": settlement_descriptor().split("#")[0].replace("/*)", ")")},
+            "not ranged",  # .../0 instead of .../0/*: one fixed address
+        ),
+        (
+            {
+                "settlement_descriptor": settlement_descriptor()
+                .split("#")[0]
+                .replace("tpub", "xpub", 1)
+            },
+            "settlement",  # a mainnet key for a regtest account (its checksum breaks too)
+        ),
         ({"vdevice_identity": "02abcd"}, "vdevice identity"),
         ({"vdevice_identity": "zz"}, "hex"),
     ],
