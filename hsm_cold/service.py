@@ -45,6 +45,7 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
+from hsm_cold.prevtxs import PrevTxAssembler
 from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
@@ -71,6 +72,7 @@ class Command(StrEnum):
     COSIGN = "cosign"
     FREEZE = "freeze"
     SWEEP = "sweep"
+    LEARN_PREV_TX = "learn_prev_tx"
     STATUS = "status"
     TAKE_ALERTS = "take_alerts"
 
@@ -183,6 +185,9 @@ class ColdService:
         # What `status` adds from outside the service (the SIMs' radio state, the token).
         self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
+        self._prev_txs = PrevTxAssembler(
+            lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))
+        )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {c.value: getattr(self, c.value) for c in Command}
@@ -598,6 +603,10 @@ class ColdService:
                 f"account {rec.account}'s settlement descriptor: {problem}"
             )
         return desc
+
+    def learn_prev_tx(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A part of a funding transaction too large to travel inside a request."""
+        return self._prev_txs.part(payload)
 
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 from .errors import TxParseError
 from .hashes import double_sha256
-from .rawtx import MAX_INPUTS, MAX_OUTPUTS, MAX_SCRIPT, TxOut, _Reader
+from .rawtx import MAX_SCRIPT, TxOut, _Reader
 
 MAX_PREV_TX = 400_000  # a standard transaction is at most 400 000 weight units
+# Counts are bounded by the size above; these only refuse absurd headers early. A funding
+# transaction may be an exchange's batch payout with thousands of outputs.
+MAX_INPUTS = 10_000
+MAX_OUTPUTS = 12_000
 MAX_WITNESS_ITEMS = 500
 
 
