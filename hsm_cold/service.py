@@ -131,6 +131,7 @@ def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
 AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
 SOURCE_COLD = "cold"  # the cold HSM's own checks
 SOURCE_HOT = "hot"  # a `freeze` command over the link
+SOURCE_SMS = "sms"  # an SMS received (any sender number: one budget, so no flood either)
 
 
 def phone_field(payload: Mapping[str, Any], key: str) -> str:
@@ -235,9 +236,9 @@ class ColdService:
     ) -> None:
         """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side.
 
-        `source` says who caused it (the cold checks, the hot side, an SMS sender's number):
-        the SMS side budgets alert texts per source and kind, so no one source can use up the
-        budget another one's alerts need.
+        `source` says who caused it (the cold checks, the hot side, a received SMS): the SMS
+        side budgets alert texts per source and kind, so no one source can use up the budget
+        another one's alerts need.
         """
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
