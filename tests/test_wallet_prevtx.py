@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from embit.transaction import Transaction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.hsm_fixtures import funding_tx
 from wallet_core.errors import PsbtError, TxParseError
@@ -55,3 +57,16 @@ def test_psbt_carries_a_checked_funding_transaction() -> None:
         Psbt.create([PsbtInput(prev.txid, 5, 1, SCRIPT)], [PsbtOutput(SCRIPT, 0)]).set_prev_tx(
             0, raw
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=600), st.binary(max_size=8))
+def test_only_tx_parse_errors_come_out(noise: bytes, cut: int, insert: bytes) -> None:
+    """Random bytes and damaged real transactions: a PrevTx or a TxParseError, nothing else."""
+    real = funding_tx(SCRIPT, 77, 1, "fuzz", witness=True)
+    for raw in (noise, real[:cut] + insert + real[cut:], real[:cut]):
+        try:
+            prev = parse_prev_tx(raw)
+        except TxParseError:
+            continue
+        assert len(prev.txid) == 64
