@@ -30,7 +30,7 @@ from custody.errors import (
     NotFound,
     ProofInvalid,
 )
-from custody.hsm_client import HsmError, HsmRefused, HsmUnavailable, ProvisionedAccount
+from custody.hsm_client import HotHsm, HsmError, HsmRefused, ProvisionedAccount
 from custody.models import Account, AccountStatus, ApiToken, Chain, TokenScope, Wallet, utcnow
 from wallet_core import secp
 from wallet_core.bip32 import parse_xpub
@@ -148,7 +148,7 @@ def _check_provisioned(account_id: int, network: Network, p: ProvisionedAccount)
 
 def create_account(
     session: Session,
-    hsm: Any,
+    hsm: HotHsm,
     name: str,
     vdevice_phone: str,
     owner_phone: str,
@@ -194,7 +194,7 @@ def create_account(
             vdevice_phone=vdevice_phone,
             owner_phone=owner_phone,
         )
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot provision: {exc.message}") from None
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSM refused to provision: {exc.message}") from None
@@ -285,7 +285,7 @@ def rotate_token(session: Session, account_id: int, scope: TokenScope | str) -> 
 
 
 def freeze_account(
-    session: Session, hsm: Any, account_id: int, reason: str, config: Config | None = None
+    session: Session, hsm: HotHsm, account_id: int, reason: str, config: Config | None = None
 ) -> bool:
     """Freeze locally (no send is accepted from now on), then tell the HSMs.
 

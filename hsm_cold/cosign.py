@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cc_common import fields
 from hsm_cold.errors import (
     AmountMismatch,
     BadLocktime,
@@ -125,19 +126,11 @@ class CosignRequest:
 
 def field(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     """`payload[key]` of type `kind` (bool is not an int here), else `BadRequest`."""
-    if key not in payload:
-        raise BadRequest(f"missing field {key!r}")
-    value = payload[key]
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise BadRequest(f"field {key!r} has the wrong type")
-    return value
+    return fields.field(payload, key, kind, error=BadRequest)
 
 
 def text_field(payload: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
-    value = field(payload, key, str)
-    if not value or len(value) > max_len:
-        raise BadRequest(f"field {key!r} is empty or too long")
-    return value
+    return fields.text_field(payload, key, max_len, error=BadRequest)
 
 
 def int_list(value: Any, n: int, what: str) -> tuple[int, ...]:

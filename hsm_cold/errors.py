@@ -1,4 +1,4 @@
-"""Refusals of the cold HSM, one class per reason, with stable codes (700-749).
+"""Refusals of the cold HSM, one class per reason, with stable codes (700-799).
 
 They cross the serial link (the link server sends `code` and `message` of any `CustodyError`),
 then the hot HSM's RPC, to custody and the operator; so a code is never reused or renumbered.

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 SCHEMA = """
@@ -173,8 +174,15 @@ class AccountRecord:
     owner_phone: str = ""
 
 
-CHANNEL_PENDING = "pending"  # QC sent, waiting for the V-device's CHANNEL_OK
-CHANNEL_LIVE = "live"  # the only state `cosign` and VERIFY accept (until `expires_at`)
+class ChannelState(StrEnum):
+    """Life of a V-device channel on the cold side (stored as its value)."""
+
+    PENDING = "pending"  # QC sent, waiting for the V-device's CHANNEL_OK
+    LIVE = "live"  # the only state `cosign` and VERIFY accept (until `expires_at`)
+
+
+CHANNEL_PENDING = ChannelState.PENDING
+CHANNEL_LIVE = ChannelState.LIVE
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ class ChannelRecord:
     c_id: str
     channel_pubkey: bytes
     expires_at: float
-    state: str = CHANNEL_LIVE
+    state: ChannelState = ChannelState.LIVE
     cold_key_label: str = ""
     cold_pubkey: bytes = b""
     h_id: str = ""
@@ -535,7 +543,7 @@ class ColdStore:
             row = self._db.execute("SELECT 1 FROM channels WHERE c_id = ?", (c_id,)).fetchone()
         return row is not None
 
-    def set_channel_state(self, account: int, c_id: str, state: str) -> None:
+    def set_channel_state(self, account: int, c_id: str, state: ChannelState) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE channels SET state = ? WHERE account = ? AND c_id = ?",
@@ -747,7 +755,7 @@ def _channel_record(row: tuple) -> ChannelRecord:
         c_id=row[1],
         channel_pubkey=bytes(row[2]),
         expires_at=float(row[3]),
-        state=row[4],
+        state=ChannelState(row[4]),
         cold_key_label=row[5],
         cold_pubkey=bytes(row[6]),
         h_id=row[7],

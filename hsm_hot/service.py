@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cc_common import fields
 from cc_common.errors import CustodyError
 from cc_common.token import HsmToken
 from hsm_hot.audit import AuditLog
@@ -69,12 +70,7 @@ def provision_statement(
 
 
 def _param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in params:
-        raise BadRequest(f"missing parameter {key!r}")
-    value = params[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise BadRequest(f"parameter {key!r} has the wrong type")
-    return value
+    return fields.field(params, key, kind, error=BadRequest, noun="parameter")
 
 
 def _account(params: Mapping[str, Any]) -> int:
@@ -85,10 +81,7 @@ def _account(params: Mapping[str, Any]) -> int:
 
 
 def _text(params: Mapping[str, Any], key: str, max_len: int = 4096) -> str:
-    value = _param(params, key, str)
-    if not value or len(value) > max_len:
-        raise BadRequest(f"parameter {key!r} is empty or too long")
-    return value
+    return fields.text_field(params, key, max_len, error=BadRequest, noun="parameter")
 
 
 def _hex_text(value: Any, what: str) -> str:

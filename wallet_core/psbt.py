@@ -92,12 +92,10 @@ def _check_unsigned_tx_bytes(raw: bytes) -> None:
     s = io.BytesIO(raw)
     if s.read(5) != b"psbt\xff":
         raise PsbtError("not a PSBT (bad magic bytes)")
-    keylen = _read_compact(s)
-    key = s.read(keylen)
+    key = _read_exact(s, _read_compact(s))
     if key != b"\x00":
         return  # embit reports the missing/invalid unsigned tx
-    vlen = _read_compact(s)
-    tx = s.read(vlen)
+    tx = _read_exact(s, _read_compact(s))
     if len(tx) >= 6 and tx[4] == 0 and tx[5] != 0:
         raise PsbtError("unsigned transaction uses witness serialization")
     try:
@@ -110,14 +108,18 @@ def _check_unsigned_tx_bytes(raw: bytes) -> None:
 
 
 def _read_compact(s: io.BytesIO) -> int:
-    b = s.read(1)
-    if not b:
-        raise PsbtError("truncated PSBT")
-    n = b[0]
+    n = _read_exact(s, 1)[0]
     if n < 0xFD:
         return n
     size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[n]
-    return int.from_bytes(s.read(size), "little")
+    return int.from_bytes(_read_exact(s, size), "little")
+
+
+def _read_exact(s: io.BytesIO, n: int) -> bytes:
+    """`n` bytes or `PsbtError`: a length field may claim up to 2**64 - 1 bytes."""
+    if n > len(s.getbuffer()) - s.tell():
+        raise PsbtError("truncated PSBT (a length runs past the end)")
+    return s.read(n)
 
 
 class Psbt:
