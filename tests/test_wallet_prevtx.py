@@ -29,7 +29,7 @@ def test_txid_and_outputs_match_embit(witness: bool) -> None:
     [
         (lambda r: r + b"\0", "trailing bytes"),
         (lambda r: r[:-5], "truncated"),
-        (lambda r: r[:4] + b"\0" + r[5:], "inputs"),  # zero inputs (legacy form)
+        (lambda r: r[:4] + b"\0" + r[5:], "inputs|witness flag"),  # zero inputs: a marker
         (lambda r: b"x" * 400_001, "more than"),
     ],
     ids=["trailing", "truncated", "no-inputs", "too-big"],
