@@ -500,6 +500,7 @@ class ColdService:
             fee=fee,
             outputs=_outputs(req.tx.vout),
             change_index=max((index for _, index in req.change), default=None),
+            spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
         )
         if not self.store.record_signing(signing):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")

@@ -239,6 +239,7 @@ class Signing:
     fee: int
     outputs: tuple[tuple[int, bytes], ...]  # (amount, script) of the signed tx, by vout
     change_index: int | None
+    spent: tuple[tuple[str, int], ...] = ()  # the outpoints it spends (no longer needed)
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ class ColdStore:
                     )
                     if cur.rowcount != 1:
                         raise _Conflict
+                db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", outpoints)
                 db.execute(
                     "INSERT INTO sweeps (txid, account, digest, answer, fee, signed_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -501,6 +503,9 @@ class ColdStore:
             if cur.rowcount != 1:
                 return False
             _add_outputs(db, s.txid, s.outputs)
+            # Spent by what was just signed: forgotten, so the table stays near the UTXO set.
+            # Should that send never be mined, a later spend brings the funding tx again.
+            db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
             if s.change_index is not None:
                 db.execute(
                     "INSERT INTO change_high (account, idx) VALUES (?, ?)"

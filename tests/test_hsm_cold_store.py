@@ -35,11 +35,15 @@ def test_freeze_reasons_are_appended_and_bounded(tmp_path: Path) -> None:
 
 def test_a_user_tx_no_is_bound_once_with_what_it_teaches(tmp_path: Path) -> None:
     store = store_with_account(tmp_path)
-    signing = Signing(7, "u1", "ab" * 32, b"d" * 32, (b"s" * 64,), 500, ((900, b"x"),), 4)
+    store.add_known_outputs("cd" * 32, ((1000, b"y"), (5, b"z")))
+    spent = (("cd" * 32, 0),)
+    signing = Signing(7, "u1", "ab" * 32, b"d" * 32, (b"s" * 64,), 500, ((900, b"x"),), 4, spent)
     assert store.record_signing(signing)
     assert not store.record_signing(signing)  # atomic check-and-set
     held = store.signed_request(7, "u1")
     assert held is not None and held.signatures == (b"s" * 64,) and held.fee == 500
     assert store.known_output("ab" * 32, 0) == (900, b"x")
+    assert store.known_output("cd" * 32, 0) is None  # spent by the signing: forgotten
+    assert store.known_output("cd" * 32, 1) == (5, b"z")
     assert store.change_high(7) == 4 and store.change_high(8) == -1
     assert store.fees_since(7, 0) == 500
