@@ -193,6 +193,12 @@ class Psbt:
             raise PsbtError(f"invalid PSBT: {exc}") from None
         if p.version not in (None, 0):
             raise PsbtError(f"unsupported PSBT version {p.version}")
+        try:  # global fields (PSBTv2 keys) can set tx fields out of their serialized range
+            p.tx.serialize()
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise PsbtError(
+                f"invalid PSBT: the unsigned transaction does not serialize: {exc}"
+            ) from None
         return cls(p)
 
     @classmethod
