@@ -650,6 +650,13 @@ def _vdevice_remote() -> Harness:
     for client in (site, custody):
         client.http.mount("http://", adapter)
 
+    def batch() -> None:
+        body = site.pending_batch()
+        # check_shape's contract: ValueError names what is malformed; the V-device reports
+        # the batch as failed with it (BatchVerifier._malformed).
+        with contextlib.suppress(ValueError):
+            check_shape(body)
+
     def vtest() -> None:
         body = site.pending_vtest()
         blob = body.get("vtest_info")
@@ -658,7 +665,7 @@ def _vdevice_remote() -> Harness:
                 _split_blob(blob)
 
     calls: list[Callable[[], Any]] = [
-        lambda: check_shape(site.pending_batch()),
+        batch,
         vtest,
         custody.user,
         lambda: custody.send_state("vt-1"),
@@ -687,7 +694,7 @@ def _vdevice_remote() -> Harness:
         b'#{"code": 3, "message": "already accepted"}',
     ]
     seeds = [bytes([n]) + a for n, a in enumerate(answers)]
-    return Harness(run, (VDeviceError, ValueError), seeds)
+    return Harness(run, (VDeviceError,), seeds)
 
 
 # -- HTTP forms ----------------------------------------------------------------------------------
