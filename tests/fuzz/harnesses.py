@@ -6,7 +6,7 @@ calls. `allowed` lists the package's own errors: any other exception is a crash.
 load lazily (`load()`), so that the runner imports the code under test inside atheris's
 instrumentation, and one harness's imports do not slow another's run.
 
-`seeds()` are valid inputs, the corpus the fuzzer starts from: most parsers refuse random
+`seeds` are valid inputs, the corpus the fuzzer starts from: most parsers refuse random
 bytes at the first check, and mutating a valid message reaches the deeper ones.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -848,3 +849,15 @@ def _node_rpc_json() -> Harness:
     ]
     seeds = [bytes([n]) + answer for n in range(len(calls)) for answer in answers]
     return Harness(run, (ChainError,), seeds)
+
+
+if os.environ.get("CC_FUZZ_SELFTEST"):  # tests/fuzz/test_fuzz.py: proves a crash is caught
+
+    @harness("selftest")
+    def _selftest() -> Harness:
+        def run(data: bytes) -> None:
+            if data == b"crash":
+                raise IndexError("a crash the runner must report")
+            raise KeyError("the harness's allowed error")
+
+        return Harness(run, (KeyError,), [b"fine", b"crash"])
