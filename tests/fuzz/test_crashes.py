@@ -124,3 +124,14 @@ def test_v2_fields_cannot_change_a_v0_psbts_transaction(scope: str, key: bytes, 
     getattr(p, scope)[0].unknown[key] = value
     with pytest.raises(PsbtError, match="contradict its unsigned transaction"):
         Psbt.from_bytes(p.serialize())
+
+
+@pytest.mark.parametrize("code", ["1" * 5000, "\u0663\u0660\u0664"])
+def test_a_final_result_code_is_short_ascii_digits(code: str) -> None:
+    """`int()` of a +CMS/+CME code: 5000 digits raised ValueError (the interpreter's digit
+    limit), and `\\d` matched other scripts' digits; such a line is not a final result code."""
+    from cc_common.sms import modem
+
+    assert modem._FINAL.match(f"+CMS ERROR: {code}") is None
+    assert modem._FINAL.match(f"+CME ERROR: {code}") is None
+    assert modem._FINAL.match("+CMS ERROR: 304").group(2) == "304"
