@@ -48,8 +48,10 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
-from custody.db import transaction
-from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
+from custody.db import default_owner, is_postgres, transaction
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HotHsm, HsmRefused
+from custody.journal import JournalKind
 from custody.models import (
     Account,
     AccountStatus,
@@ -63,7 +65,7 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.watcher import default_owner, is_postgres
+from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs
@@ -83,18 +85,10 @@ log = logging.getLogger(__name__)
 ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
 
 
-class SendEvent:
-    BUILT = "send_built"
-    SIGNED = "send_signed"
-    BROADCAST = "send_broadcast"
-    CONFIRMED = "send_confirmed"
-    FAILED = "send_failed"
-
-
 class SendFailed(CustodyError):
     """A definitive failure of one send: it becomes FAILED with this message as the reason."""
 
-    code = 700
+    code = 610
 
 
 class _LostLease(Exception):
@@ -181,7 +175,7 @@ class SendWorker:
         self,
         session_factory: sessionmaker[Session],
         rpc: BitcoinRPC,
-        hsm: HotHsmClient | Any,
+        hsm: HotHsm,
         settings: SendSettings | None = None,
         config: Config | None = None,
         *,
@@ -283,7 +277,7 @@ class SendWorker:
                 self._follow(send_id)
         except _LostLease:
             log.info("send %d: lease lost to another worker", send_id)
-        except (HsmUnavailable, ChainUnavailable) as exc:
+        except (HsmUnavailableError, ChainUnavailable) as exc:
             self._retry_later(send_id, exc)
         except OperationalError:  # deadlock victim, database busy: nothing was written
             log.warning("send %d: database conflict; retrying later", send_id)
@@ -427,7 +421,7 @@ class SendWorker:
         send.attempts = 0
         journal.append(
             s,
-            SendEvent.BUILT,
+            JournalKind.SEND_BUILT,
             send.account_id,
             {
                 "user_tx_no": send.user_tx_no,
@@ -454,7 +448,7 @@ class SendWorker:
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
         try:
-            signed = self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id)
+            signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
@@ -473,11 +467,26 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.SIGNED,
+                JournalKind.SEND_SIGNED,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
             )
         log.info("send %d signed", send_id)
+
+    def _sign_with_prev_txs(
+        self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        """Sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+        try:
+            return str(self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id))
+        except HsmRefused as exc:
+            if exc.code != PREV_TX_REQUIRED:
+                raise
+        try:
+            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
+        except PrevTxUnavailable as exc:
+            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
+        return str(self.hsm.sign_send(account_id, full, request, vc_code, c_id))
 
     @staticmethod
     def _finalize(unsigned_b64: str, signed_b64: str) -> str:
@@ -545,7 +554,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.BROADCAST,
+                JournalKind.SEND_BROADCAST,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": txid},
             )
@@ -578,7 +587,7 @@ class SendWorker:
                 send.status = SendStatus.CONFIRMED
                 journal.append(
                     s,
-                    SendEvent.CONFIRMED,
+                    JournalKind.SEND_CONFIRMED,
                     send.account_id,
                     {"user_tx_no": send.user_tx_no, "txid": send.txid, "height": row.block_height},
                 )
@@ -619,7 +628,7 @@ class SendWorker:
         self._unlock(s, send)
         journal.append(
             s,
-            SendEvent.FAILED,
+            JournalKind.SEND_FAILED,
             send.account_id,
             {"user_tx_no": send.user_tx_no, "reason": send.failure_reason},
         )
@@ -643,7 +652,7 @@ class SendWorker:
                     self.settings.backoff_max,
                 )
                 self._unlock(s, send, delay)
-                hsm_down = isinstance(exc, HsmUnavailable)
+                hsm_down = isinstance(exc, HsmUnavailableError)
                 if hsm_down and send.attempts == self.settings.alert_after and self.config:
                     raise_alert(
                         s,

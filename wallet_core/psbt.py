@@ -33,9 +33,11 @@ from .errors import (
     PsbtFinalizeError,
     PsbtSignError,
     SignatureError,
+    TxParseError,
     UnsupportedScriptError,
 )
 from .hashes import hash160, sha256
+from .prevtx import parse_prev_tx
 from .script import ScriptType, classify, parse_multisig
 from .sighash import SIGHASH_ALL, bip143_sighash, p2wpkh_script_code
 from .wallets import KeyOrigin
@@ -54,6 +56,7 @@ class PsbtInput:
     witness_script: bytes | None = None
     origins: dict[bytes, KeyOrigin] = field(default_factory=dict)
     sequence: int = DEFAULT_SEQUENCE
+    prev_tx: bytes | None = None  # the whole funding transaction (PSBT_IN_NON_WITNESS_UTXO)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,10 @@ class Psbt:
                 raise PsbtError(f"input {i.txid}:{i.vout}: only P2WPKH and P2WSH are spendable")
             for pub, origin in i.origins.items():
                 scope.bip32_derivations[embit_ec.PublicKey.parse(pub)] = _derivation(origin)
+        result = cls(p)
+        for n, i in enumerate(inputs):
+            if i.prev_tx is not None:
+                result.set_prev_tx(n, i.prev_tx)
         for scope, o in zip(p.outputs, outputs, strict=True):
             if o.witness_script is not None:
                 scope.witness_script = _EmbitScript(o.witness_script)
@@ -194,7 +201,7 @@ class Psbt:
             pub = pub.with_version(pub.network.params.xkey.public)  # BIP174: plain xpub/tpub
             hd = HDKey.from_string(pub.serialize())
             p.xpubs[hd] = _derivation(origin)
-        return cls(p)
+        return result
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Psbt:
@@ -259,6 +266,35 @@ class Psbt:
         if utxo is None:
             raise PsbtError(f"input {i} has no witness UTXO")
         return utxo.value
+
+    def input_prev_tx(self, i: int) -> bytes | None:
+        """The funding transaction of input `i` if the PSBT carries it (network bytes)."""
+        tx = self._p.inputs[i].non_witness_utxo
+        return None if tx is None else tx.serialize()
+
+    def set_prev_tx(self, i: int, raw: bytes) -> None:
+        """Attach input `i`'s funding transaction; it must hash to the txid the input spends
+        and its output must be the input's witness UTXO."""
+        try:
+            prev = parse_prev_tx(raw)
+        except TxParseError as exc:
+            raise PsbtError(f"input {i}: {exc.message}") from None
+        vin = self._p.tx.vin[i]
+        if prev.txid != vin.txid.hex():
+            raise PsbtError(f"input {i}: the previous transaction is {prev.txid}, not its own")
+        if vin.vout >= len(prev.vout):
+            raise PsbtError(f"input {i}: the previous transaction has no output {vin.vout}")
+        out = prev.vout[vin.vout]
+        utxo = self._p.inputs[i].witness_utxo
+        if utxo is not None and (utxo.value, utxo.script_pubkey.data) != (
+            out.value,
+            out.script_pubkey,
+        ):
+            raise PsbtError(f"input {i}: the witness UTXO differs from the previous transaction")
+        try:
+            self._p.inputs[i].non_witness_utxo = _EmbitTx.parse(raw)
+        except Exception as exc:  # embit raises several unrelated types
+            raise PsbtError(f"input {i}: previous transaction: {exc}") from None
 
     def input_origins(self, i: int) -> dict[bytes, KeyOrigin]:
         scope = self._p.inputs[i]

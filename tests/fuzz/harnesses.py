@@ -431,6 +431,7 @@ def _hot_rpc_request() -> Harness:
 def _custody_hot_answer() -> Harness:
     """The hot HSM's answers as custody reads them (`HotHsmClient`): results, refusals and the
     typed helpers (provisioned account, batch proof, signed PSBT, alerts)."""
+    from custody.errors import HsmUnavailableError
     from custody.hsm_client import HotHsmClient, HsmError
 
     adapter = HttpAnswer()
@@ -470,7 +471,7 @@ def _custody_hot_answer() -> Harness:
         {"error": {"code": 904, "message": "missing parameter"}},
     ]
     seeds = [bytes([n]) + json.dumps(a).encode() for n, a in enumerate(answers)]
-    return Harness(run, (HsmError,), seeds)
+    return Harness(run, (HsmError, HsmUnavailableError), seeds)
 
 
 @harness("hot_cold_answers", "cc_common.link.codec", "hsm_hot", "wallet_core")

@@ -15,7 +15,7 @@ from cc_common.link.errors import LinkEncodingError
 from cc_common.sms.errors import ModemError
 from cc_common.vtest import VtestDecryptError
 from custody.chain.errors import ChainUnavailable
-from custody.hsm_client import HsmUnavailable
+from custody.hsm_client import HsmUnavailableError
 from examples.merchant_site.errors import CustodyUnavailable
 from hsm_hot.errors import BadRequest as HotBadRequest
 from tests.fuzz.harnesses import HARNESSES
@@ -58,14 +58,14 @@ CRASHES: list[tuple[str, bytes, type[BaseException]]] = [
     ("hot_rpc_request", DEEP_JSON, HotBadRequest),
     ("vtest", DEEP_JSON, VtestDecryptError),
     ("vdevice_remote", b"\x00" + DEEP_JSON, RemoteError),
-    ("custody_hot_answer", b"\x01" + DEEP_JSON, HsmUnavailable),
+    ("custody_hot_answer", b"\x01" + DEEP_JSON, HsmUnavailableError),
     ("merchant_custody_answer", b"\x00" + DEEP_JSON, CustodyUnavailable),
     # KeyError / TypeError / AttributeError: an answer without the documented field, a result
     # that is not an object, an error that is not an object (custody reading the hot HSM).
-    ("custody_hot_answer", b'\x02{"result": {}}', HsmUnavailable),
-    ("custody_hot_answer", b'\x00{"result": 5}', HsmUnavailable),
-    ("custody_hot_answer", b'\x04{"error": "refused"}', HsmUnavailable),
-    ("custody_hot_answer", b"\x04[1]", HsmUnavailable),
+    ("custody_hot_answer", b'\x02{"result": {}}', HsmUnavailableError),
+    ("custody_hot_answer", b'\x00{"result": 5}', HsmUnavailableError),
+    ("custody_hot_answer", b'\x04{"error": "refused"}', HsmUnavailableError),
+    ("custody_hot_answer", b"\x04[1]", HsmUnavailableError),
     # ValueError: "²".isdigit() is true, int("²") raises (a +CMGL index); so do 5000 digits.
     ("modem_at", b'+CMGL: \xc2\xb2,"REC READ","+15550001",,""\r\nhello\r\n', ModemError),
     ("modem_at", b"+CMGL: " + b"9" * 5000 + b',"REC READ","+1",,""\r\nhello\r\n', ModemError),
