@@ -305,7 +305,13 @@ def _rawtx() -> Harness:
 # -- the cold HSM's co-sign request --------------------------------------------------------------
 
 
-@harness("cold_cosign_request", "cc_common.link.codec", "hsm_cold.cosign", "wallet_core")
+@harness(
+    "cold_cosign_request",
+    "cc_common.link.codec",
+    "cc_common.fields",
+    "hsm_cold.cosign",
+    "wallet_core",
+)
 def _cold_cosign_request() -> Harness:
     """The compact co-sign request as the cold HSM decodes it off the link, then the checks
     that read its fields (request string, vc_code, outs)."""
@@ -341,7 +347,7 @@ def _cold_cosign_request() -> Harness:
     return Harness(run, (LinkEncodingError, ColdHsmError), [codec.encode(payload)])
 
 
-@harness("cold_fields", "cc_common.link.codec", "hsm_cold", "wallet_core")
+@harness("cold_fields", "cc_common.link.codec", "cc_common.fields", "hsm_cold", "wallet_core")
 def _cold_fields() -> Harness:
     """The cold HSM's other commands' fields as it decodes them off the link (provisioning,
     channel registration, sweep): accounts, phones, public keys, signed messages, the
@@ -391,7 +397,7 @@ def _cold_fields() -> Harness:
 # -- the hot HSM's RPC ---------------------------------------------------------------------------
 
 
-@harness("hot_rpc_request", "hsm_hot", "wallet_core", "embit")
+@harness("hot_rpc_request", "hsm_hot", "cc_common.fields", "wallet_core", "embit")
 def _hot_rpc_request() -> Harness:
     """A `POST /rpc` body as the hot HSM reads it, then `sign_send`'s parameters and PSBT."""
     from hsm_hot import service
