@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 KEY = "freeze:{}"
 MAX_AGE = 300.0  # seconds: an older statement is not followed (a replay)
 DEFAULT_INTERVAL = 2.0
+RETRY_AFTER_FAILURE = 15.0  # seconds before asking a hot HSM again that did not answer
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,9 @@ class FreezeFollower:
         self._next = now + self.interval
         try:
             states = self.hsm.account_states()
-        except HsmError as exc:
+        except (HsmError, HsmUnavailableError) as exc:
             log.info("account states: hot HSM did not answer: %s", exc.message)
+            self._next = now + max(self.interval, RETRY_AFTER_FAILURE)  # no log flood
             return []
         return self.apply(states)
 

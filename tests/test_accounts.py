@@ -31,7 +31,9 @@ from tests.api_fixtures import (
     settlement_descriptor,
     vdevice_identity,
 )
-from wallet_core.descriptors import parse_descriptor, split_checksum
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.descriptors import parse_descriptor, split_checksum, wpkh_descriptor
+from wallet_core.networks import Network
 from wallet_core.wallets import bip48_account_path, bip84_account_path
 
 
@@ -150,6 +152,14 @@ def test_hsm_unavailable(session_factory, hsm, monkeypatch):
         create(session_factory, hsm)
 
 
+def _mainnet_descriptor() -> str:
+
+    root = ExtendedKey.from_seed(b"mainnet settlement wallet", Network.MAINNET)
+    path = bip84_account_path(Network.MAINNET, 0)
+    xpub = root.derive(path).to_public()
+    return str(wpkh_descriptor(xpub, root.fingerprint, path, 0))
+
+
 @pytest.mark.parametrize(
     "over,needle",
     [
@@ -157,6 +167,12 @@ def test_hsm_unavailable(session_factory, hsm, monkeypatch):
         ({"vdevice_phone": "5550000100"}, "vdevice phone"),
         ({"owner_phone": "+1555x"}, "owner phone"),
         ({"settlement_descriptor": "wpkh(nonsense)"}, "settlement"),
+        ({"settlement_descriptor": f"wpkh({'02' + '11' * 32})"}, "plain public key"),
+        (
+            {"settlement_descriptor": settlement_descriptor().split("#")[0].replace("/*)", ")")},
+            "not ranged",  # .../0 instead of .../0/*: one fixed address
+        ),
+        ({"settlement_descriptor": _mainnet_descriptor()}, "is for mainnet, not regtest"),
         ({"vdevice_identity": "02abcd"}, "vdevice identity"),
         ({"vdevice_identity": "zz"}, "hex"),
     ],
