@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import coincurve  # noqa: E402
+import coincurve
 
-from firmware_sim.node.rpc_scan import _scripts  # noqa: E402
-from hsm_cold.backup import BackupKey, ShareScheme, canonical, combine_shares  # noqa: E402
-from recovery.wallet import change_pair  # noqa: E402
-from wallet_core.bip32 import ExtendedKey  # noqa: E402
-from wallet_core.networks import Network  # noqa: E402
-from wallet_core.wallets import (  # noqa: E402
+from firmware_sim.node.rpc_scan import _scripts
+from hsm_cold.backup import BackupKey, ShareScheme, canonical, combine_shares
+from recovery.wallet import change_pair
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.networks import Network
+from wallet_core.wallets import (
     RECEIVE,
     AccountKey,
     ColdWallet,

@@ -48,7 +48,7 @@ def estimate_fee(utxos: list[FoundUtxo], destination: bytes, fee_rate: float) ->
 def destination_script(address: str, network: dict) -> bytes:
     try:
         script = address_to_scriptpubkey(address)
-    except Exception:  # embit raises several unrelated types
+    except Exception:  # noqa: BLE001 (embit raises several unrelated types)
         raise RecoveryError(f"--to {address!r} is not a bitcoin address") from None
     if script.address(network) != address:
         raise RecoveryError(f"--to {address!r} is not an address of this network")
@@ -90,7 +90,7 @@ def build_psbt(utxos: list[FoundUtxo], destination: bytes, fee_rate: float) -> t
 def _parse_tx(raw: bytes, txid: str) -> Transaction:
     try:
         tx = Transaction.parse(raw)
-    except Exception:  # embit raises several unrelated types
+    except Exception:  # noqa: BLE001 (embit raises several unrelated types)
         raise RecoveryError(f"the node's transaction {txid} does not parse") from None
     if tx.txid().hex() != txid:
         raise RecoveryError(f"the node's transaction for {txid} is another one")
@@ -102,7 +102,7 @@ def read_psbt(path: Path) -> PSBT:
         return PSBT.from_string(path.read_text(encoding="ascii").strip())
     except (OSError, UnicodeDecodeError) as exc:
         raise RecoveryError(f"{path}: cannot be read ({exc})") from None
-    except Exception as exc:  # embit raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
         raise RecoveryError(f"{path}: not a PSBT ({exc})") from None
 
 

@@ -41,7 +41,7 @@ class WalletBranch:
     def parse(cls, name: str, text: str) -> WalletBranch:
         try:
             desc = Descriptor.from_string(text.strip())
-        except Exception as exc:  # embit raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
             raise RecoveryError(f"{name}: not a descriptor ({exc})") from None
         if not desc.is_wildcard:
             raise RecoveryError(f"{name}: a descriptor with a /* wildcard is needed")

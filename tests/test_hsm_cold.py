@@ -1,7 +1,7 @@
 """The cold HSM as a real process on a pseudo-terminal, with the test playing the hot HSM.
 
 `hsm-cold init` makes its SoftHSM token (in its own process), `hsm-cold serve` answers over a
-`PtyLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
+`SerialLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
 account, PSBT and V-device signature is built here with wallet_core, independently of the cold
 code: provisioning proofs and batch proofs are verified against the pinned identity key, co-sign
 signatures against keys the test derives from the returned xpubs (and, with a software hot key,
@@ -29,7 +29,7 @@ from cc_common.link import LinkAuthError, LinkRemoteError
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
-from hsm_cold.errors import ColdErrorCode
+from hsm_cold.errors import BadRequest, ColdErrorCode
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
     Coin,
@@ -338,8 +338,8 @@ def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
         db.close()
     fingerprints = {acct.answer["receiving_fingerprint"], acct.answer["cosigner_fingerprint"]}
     db_bytes = (state / "cold.db").read_bytes()
-    for blob in blobs:
-        blob = bytes(blob)
+    for raw in blobs:
+        blob = bytes(raw)
         assert len(blob) > 32  # version, nonce, ciphertext, tag
         for start in range(len(blob) - 31):
             window = blob[start : start + 32]
@@ -555,6 +555,33 @@ def test_amounts_are_verified_from_the_previous_transaction(link: Any) -> None:
     link.call("cosign", payload, timeout=TIMEOUT)
 
 
+def test_a_large_funding_transaction_is_taught_in_parts(link: Any) -> None:
+    """A funding transaction too large for a request frame (a batch payout) is sent ahead in
+    `learn_prev_tx` parts; the cold HSM computes its txid itself before it trusts it."""
+    acct = provision(link, 46)
+    coin = funded_coin(acct.wallet, 1_000_000, RECEIVE, 3, 0, "batch payout", filler=600)
+    raw = coin.prev_tx or b""
+    assert len(raw) > 20_000  # more than one 16 KiB link frame
+    parts = [raw[i : i + 8192] for i in range(0, len(raw), 8192)]
+
+    def part(n: int, data: bytes, txid: str = coin.txid) -> dict[str, Any]:
+        return {"txid": txid, "offset": 8192 * n, "total": len(raw), "data": data}
+
+    err = refused(link, "learn_prev_tx", part(1, parts[1]))  # not in order
+    assert err.code == ColdErrorCode.BAD_REQUEST and "does not follow" in err.message
+    wrong = "00" * 32
+    for n, data in enumerate(parts[:-1]):
+        assert link.call("learn_prev_tx", part(n, data, wrong), timeout=TIMEOUT)["have"]
+    err = refused(link, "learn_prev_tx", part(len(parts) - 1, parts[-1], wrong))
+    assert err.code == ColdErrorCode.BAD_PREV_TX and coin.txid in err.message
+    payload, _ = acct.send([(random_address(), 100_000)], "big", coins=[coin], prev_txs=False)
+    assert refused(link, "cosign", payload).code == ColdErrorCode.PREV_TX_REQUIRED
+    for n, data in enumerate(parts):
+        answer = link.call("learn_prev_tx", part(n, data), timeout=TIMEOUT)
+    assert answer == {"have": len(raw), "outputs": 601}
+    link.call("cosign", payload, timeout=TIMEOUT)
+
+
 def test_a_lying_amount_is_refused_and_freezes(link: Any) -> None:
     """The amount split: one input stated as 1 sat. Refused, frozen, alerted."""
     acct = provision(link, 41)
@@ -651,6 +678,8 @@ def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link:
     sigs = link.call("cosign", honest, timeout=TIMEOUT)["signatures"]
     check_cold_signatures(acct, psbt, coins, sigs)
     assert "account_unfrozen" in cold.cold_cli("alerts").stdout
+    listed = __import__("json").loads(cold.cold_cli("alerts", "--json").stdout)
+    assert any(a["account"] == 18 and a["kind"] == "account_unfrozen" for a in listed)
 
 
 def test_freeze_from_the_hot_side(link: Any) -> None:
@@ -793,7 +822,6 @@ def test_serve_refuses_unpaired_or_placeholder_pins(tmp_path: Path) -> None:
 
 
 def test_the_raw_tx_parser_refuses_what_it_does_not_sign() -> None:
-    from hsm_cold.errors import BadRequest
 
     psbt = build_send_psbt(
         HotWallet(

@@ -1,4 +1,4 @@
-"""The HSM pair end to end: every part its own OS process (issue 4, section 4).
+"""The HSM pair end to end: every part its own OS process.
 
 `firmware-sim serve` carries the serial line, `hsm-cold serve` and `hsm-hot serve` run on their
 own SoftHSM tokens (never loaded in this process), `firmware-sim node` validates and mines.
@@ -38,7 +38,7 @@ from tests.hsm_fixtures import (
     settlement_descriptor,
 )
 from wallet_core.addresses import address_to_script
-from wallet_core.psbt import Psbt, PsbtOutput
+from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
 COIN = 100_000_000
@@ -311,6 +311,17 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
 
 
+def test_a_large_funding_transaction_travels_in_parts(client: HotHsmClient) -> None:
+    """A first spend from a 25 KB batch payout: more than a link frame, so hsm-hot teaches
+    the cold HSM the funding transaction in parts before the co-sign request."""
+    acct = Account(client)
+    coin = funded_coin(acct.wallet, 500_000, RECEIVE, 7, 0, os.urandom(8).hex(), filler=600)
+    assert len(coin.prev_tx or b"") > 20_000
+    pay = [(random_address(), 100_000)]
+    psbt = build_send_psbt(acct.wallet, [coin], pay, change=(2, 500_000 - 100_000 - 2_000))
+    Psbt.from_base64(client.sign_send(**acct.params(psbt, pay, "big-1"))).finalize()
+
+
 def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient) -> None:
     acct = Account(client)
     client.take_alerts()
@@ -395,7 +406,6 @@ def _script() -> bytes:
 
 
 def _input(wallet: HotWallet, c: Coin) -> Any:
-    from wallet_core.psbt import PsbtInput
 
     return PsbtInput(
         txid=c.txid,

@@ -87,20 +87,40 @@ def _origin(d: _EmbitDerivation) -> KeyOrigin:
     return KeyOrigin(bytes(d.fingerprint), tuple(d.derivation))
 
 
-def _check_unsigned_tx_bytes(raw: bytes) -> None:
-    """BIP174: the global unsigned tx must be non-witness serialized."""
+# PSBT v2 fields (BIP370): embit applies them to a v0 PSBT too, replacing the unsigned
+# transaction's version, locktime, outpoints, sequences, amounts or scripts, or sizing its maps.
+_V2_ONLY_GLOBALS = {
+    2: "tx version",
+    3: "fallback locktime",
+    4: "input count",
+    5: "output count",
+    6: "tx modifiable",
+}
+
+
+def _check_globals(raw: bytes) -> bytes | None:
+    """BIP174 rules embit skips: the global unsigned tx is non-witness serialized, without
+    scriptSigs, and no v2-only global field sits beside it. Returns the unsigned tx's bytes."""
     s = io.BytesIO(raw)
     if s.read(5) != b"psbt\xff":
         raise PsbtError("not a PSBT (bad magic bytes)")
-    key = _read_exact(s, _read_compact(s))
-    if key != b"\x00":
-        return  # embit reports the missing/invalid unsigned tx
-    tx = _read_exact(s, _read_compact(s))
+    tx = None
+    while key := _read_exact(s, _read_compact(s)):  # an empty key ends the global map
+        value = _read_exact(s, _read_compact(s))
+        if key[0] in _V2_ONLY_GLOBALS:
+            raise PsbtError(f"PSBT v0 with the v2 global field {_V2_ONLY_GLOBALS[key[0]]}")
+        if key == b"\x00":
+            _check_unsigned_tx(value)
+            tx = value
+    return tx
+
+
+def _check_unsigned_tx(tx: bytes) -> None:
     if len(tx) >= 6 and tx[4] == 0 and tx[5] != 0:
         raise PsbtError("unsigned transaction uses witness serialization")
     try:
         parsed = _EmbitTx.parse(tx)
-    except Exception:  # embit reports the details when it parses the whole PSBT
+    except Exception:  # noqa: BLE001 (embit reports the details when it parses the whole PSBT)
         return
     for n, vin in enumerate(parsed.vin):
         if vin.script_sig.data:
@@ -177,22 +197,28 @@ class Psbt:
             for pub, origin in o.origins.items():
                 scope.bip32_derivations[embit_ec.PublicKey.parse(pub)] = _derivation(origin)
         for xpub, origin in xpubs:
-            pub = xpub.to_public()
-            pub = pub.with_version(pub.network.params.xkey.public)  # BIP174: plain xpub/tpub
-            hd = HDKey.from_string(pub.serialize())
+            public = xpub.to_public()
+            public = public.with_version(public.network.params.xkey.public)  # BIP174: xpub/tpub
+            hd = HDKey.from_string(public.serialize())
             p.xpubs[hd] = _derivation(origin)
         return result
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Psbt:
         """Parse and validate (BIP174 invalid vectors are rejected with `PsbtError`)."""
-        _check_unsigned_tx_bytes(raw)
+        unsigned_tx = _check_globals(raw)
         try:
             p = _EmbitPSBT.parse(raw)
-        except Exception as exc:  # embit raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
             raise PsbtError(f"invalid PSBT: {exc}") from None
         if p.version not in (None, 0):
             raise PsbtError(f"unsupported PSBT version {p.version}")
+        try:  # v2 input/output fields would have changed it (see _V2_ONLY_GLOBALS)
+            same = p.tx.serialize() == unsigned_tx
+        except (ValueError, OverflowError, TypeError):
+            same = False
+        if not same:
+            raise PsbtError("PSBT fields contradict its unsigned transaction (v2 fields in v0?)")
         return cls(p)
 
     @classmethod
@@ -204,7 +230,7 @@ class Psbt:
         return cls.from_bytes(raw)
 
     def to_bytes(self) -> bytes:
-        return self._p.serialize()
+        return bytes(self._p.serialize())
 
     def to_base64(self) -> str:
         return base64.b64encode(self.to_bytes()).decode()
@@ -216,11 +242,11 @@ class Psbt:
     @property
     def txid(self) -> str:
         """txid of the unsigned transaction (stable: segwit signatures do not change it)."""
-        return self._p.tx.txid().hex()
+        return str(self._p.tx.txid().hex())
 
     def unsigned_tx_bytes(self) -> bytes:
         """The global unsigned transaction, non-witness serialized (its txid's preimage)."""
-        return self._p.tx.serialize()
+        return bytes(self._p.tx.serialize())
 
     @property
     def input_count(self) -> int:
@@ -239,7 +265,7 @@ class Psbt:
         utxo = self._p.inputs[i].witness_utxo
         if utxo is None:
             raise PsbtError(f"input {i} has no witness UTXO")
-        return utxo.value
+        return int(utxo.value)
 
     def input_script_pubkey(self, i: int) -> bytes:
         utxo = self._p.inputs[i].witness_utxo
@@ -277,7 +303,7 @@ class Psbt:
             raise PsbtError(f"input {i}: the witness UTXO differs from the previous transaction")
         try:
             self._p.inputs[i].non_witness_utxo = _EmbitTx.parse(raw)
-        except Exception as exc:  # embit raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
             raise PsbtError(f"input {i}: previous transaction: {exc}") from None
 
     def input_origins(self, i: int) -> dict[bytes, KeyOrigin]:
@@ -285,9 +311,8 @@ class Psbt:
         return {pub.sec(): _origin(d) for pub, d in scope.bip32_derivations.items()}
 
     def fee(self) -> int:
-        return sum(self.input_value(i) for i in range(self.input_count)) - sum(
-            o.value for o in self._p.tx.vout
-        )
+        spent = sum(self.input_value(i) for i in range(self.input_count))
+        return spent - sum(int(o.value) for o in self._p.tx.vout)
 
     def xpubs(self) -> list[tuple[ExtendedKey, KeyOrigin]]:
         return [(ExtendedKey.parse(hd.to_string()), _origin(d)) for hd, d in self._p.xpubs.items()]
@@ -303,7 +328,7 @@ class Psbt:
         if info.type is ScriptType.P2WSH:
             if scope.witness_script is None:
                 raise PsbtError(f"input {i} has no witness script")
-            ws = scope.witness_script.data
+            ws: bytes = scope.witness_script.data
             if sha256(ws) != info.program:
                 raise PsbtError(f"input {i}: witness script does not match the output")
             return ws
@@ -449,7 +474,7 @@ class Psbt:
         tx = self._p.tx
         for vin, scope in zip(tx.vin, self._p.inputs, strict=True):
             vin.witness = scope.final_scriptwitness
-        return tx.serialize()
+        return bytes(tx.serialize())
 
     def extract_hex(self) -> str:
         return self.extract().hex()

@@ -18,13 +18,14 @@ import pytest
 from custody.hsm_client import HsmRefused
 from tests.attacks.custody_host import HostAttack, Victim, split_psbt
 from tests.harness import Deployment
-from tests.hsm_fixtures import Coin, VDevice, build_send_psbt, random_address
+from tests.hsm_fixtures import Coin, VDevice, build_send_psbt, random_address, settlement_descriptor
 from wallet_core.addresses import address_to_script
+from wallet_core.bip32 import parse_xpub
 from wallet_core.fees import estimate_vsize
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.script import ScriptType
-from wallet_core.wallets import CHANGE, RECEIVE
+from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, ColdWallet, bip84_account_path
 
 COIN = 100_000_000
 # the cold HSM's codes (hsm_cold/errors.py) and the hot HSM's (hsm_hot/errors.py)
@@ -259,10 +260,12 @@ def test_change_parked_beyond_the_gap_is_refused(host: HostAttack) -> None:
     coin = host.hot_coin(victim, 0)
     pay = [(random_address(), COIN)]
     psbt = build_send_psbt(victim.wallet, [coin], pay, change=(50_000, coin.value - COIN - 5_000))
+    before = host.chain()
     err = host.refused(
         BEYOND_GAP, "sign_send", **victim.genuine(pay, "gap-1"), psbt=psbt.to_base64()
     )
     assert "index 50000" in err.message
+    assert host.chain() == before and host.hot_signed("gap-1") == []
     assert host.frozen_reason(victim) is None
 
 
@@ -377,8 +380,6 @@ def test_freeze_spam_cannot_silence_a_freeze_alert(host: HostAttack) -> None:
 
 
 def cold_wallet(victim: Victim) -> Any:
-    from wallet_core.bip32 import parse_xpub
-    from wallet_core.wallets import AccountKey, ColdWallet, bip84_account_path
 
     p = victim.prov
     key = AccountKey(
@@ -411,6 +412,5 @@ def sweep_params(
 
 
 def host_settlement(account: int) -> str:
-    from tests.hsm_fixtures import settlement_descriptor
 
     return settlement_descriptor(account)
