@@ -32,6 +32,11 @@ class ColdErrorCode(IntEnum):
     BAD_IDENTITY_SIGNATURE = 715
     STATE_DAMAGED = 716
     NOT_PAIRED = 717
+    # The customer's spending policy and the out-of-band confirmation (hsm_cold/policy.py).
+    ACCOUNT_PENDING = 740
+    POLICY_REFUSED = 741
+    APPROVAL_MISSING = 742
+    POLICY_CHANGE_REFUSED = 743
 
 
 class ColdHsmError(CustodyError):
@@ -128,3 +133,27 @@ class NotPaired(ColdHsmError):
     """No link key (or no identity key): `hsm-cold init` was not run."""
 
     code = ColdErrorCode.NOT_PAIRED
+
+
+class AccountPending(ColdHsmError):
+    """Provisioned, but not yet confirmed at the cold console (`hsm-cold confirm-account`)."""
+
+    code = ColdErrorCode.ACCOUNT_PENDING
+
+
+class PolicyRefused(ColdHsmError):
+    """The send is beyond the account's spending policy (limits or whitelist)."""
+
+    code = ColdErrorCode.POLICY_REFUSED
+
+
+class ApprovalMissing(ColdHsmError):
+    """The policy wants the owner's approval and the V-device's signature does not carry it."""
+
+    code = ColdErrorCode.APPROVAL_MISSING
+
+
+class PolicyChangeRefused(ColdHsmError):
+    """A policy change not signed by the V-device identity, replayed, stale or malformed."""
+
+    code = ColdErrorCode.POLICY_CHANGE_REFUSED

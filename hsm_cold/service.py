@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
 from hsm_cold import accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
@@ -37,6 +38,7 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
+from hsm_cold.policy import ColdPolicies, signed_approval
 from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
@@ -73,6 +75,10 @@ class AlertKind(StrEnum):
     SMS_REFUSED = "sms_refused"
     SMS_FORMAT_ERROR = "sms_format_error"
     SMS_UNDELIVERABLE = "sms_undeliverable"
+    POLICY_REFUSED = "policy_refused"
+    POLICY_CHANGED = "policy_changed"
+    POLICY_LOOSENING = "policy_loosening"
+    POLICY_CANCELLED = "policy_cancelled"
 
 
 class WalletKind(StrEnum):
@@ -140,6 +146,7 @@ class ColdService:
         export_dir: Path,
         link_refusals: Callable[[], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.time,
+        spending_defaults: SpendingPolicy = DEFAULT_POLICY,
     ) -> None:
         self.keystore = keystore
         self.store = store
@@ -151,6 +158,13 @@ class ColdService:
         # Called after an alert is recorded (the SMS thread sends it to the operator/owner).
         self.on_alert: AlertHook | None = None
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
+        self.policies = ColdPolicies(
+            store,
+            spending_defaults,
+            keystore.random,
+            lambda account, kind, message: self.alert(account, AlertKind(kind), message),
+            lambda: self.clock(),
+        )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {c.value: getattr(self, c.value) for c in Command}
@@ -165,6 +179,7 @@ class ColdService:
 
     def _live_record(self, account: int) -> AccountRecord:
         rec = self._record(account)
+        self.policies.require_confirmed(account)
         if rec.frozen:
             raise AccountFrozen(f"account {account} is frozen: {rec.frozen_reason}")
         return rec
@@ -352,6 +367,7 @@ class ColdService:
 
     def prove_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(account_field(payload))
+        self.policies.require_confirmed(rec.account)
         try:
             kind = WalletKind(field(payload, "wallet", str))
         except ValueError:
@@ -397,7 +413,8 @@ class ColdService:
         channel_key = cosign.check_channel(  # 2
             self.store.get_channel(req.account, req.c_id), req, self.clock()
         )
-        if not cosign.vc_code_valid(req, channel_key):  # 3
+        approved = signed_approval(req, channel_key)  # 3 (and the owner's approval)
+        if approved is None:
             self._freeze(
                 req.account,
                 f"forged vc_code for user_tx_no {req.user_tx_no!r} (channel {req.c_id})",
@@ -419,6 +436,8 @@ class ColdService:
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
         fee = cosign.check_fee(req, self.policy)  # 7
+        if done is None:  # 8: the customer's spending policy (a retry was judged already)
+            self.policies.check_send(req.account, outs, approved)
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
@@ -427,6 +446,7 @@ class ColdService:
         del node
         if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
+        self.policies.record_send(req.account, req.user_tx_no, outs)
         log.info(
             "account %d: co-signed %s (%s), %d input(s), fee %d%s",
             req.account,

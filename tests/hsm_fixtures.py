@@ -360,6 +360,12 @@ class ColdHsm:
             check=False,
         )
 
+    def confirm(self, account: int, vdevice_identity: bytes | str, *options: str) -> str:
+        """The officer at the cold console confirms a pending account (`LOOSE_POLICY` unless
+        `options` say otherwise), typing the fingerprint read off the customer's phone."""
+        result = confirm_account(self.d, account, vdevice_identity, *options)
+        return result
+
     def stop(self) -> list[str]:
         for c in self._clients:
             c.close()
@@ -463,3 +469,52 @@ def probe_hot_key(data_dir: str, label: str) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["probe"]:
         print(json.dumps(probe_hot_key(sys.argv[2], os.environ["PROBE_LABEL"])))
+
+
+# Wide limits for tests about other things than the spending policy (still limits: a policy
+# has no "unlimited").
+LOOSE_POLICY = (
+    "--max-send-sat=2000000000000",
+    "--max-daily-sat=2000000000000",
+    "--max-sends-per-hour=100000",
+    "--approval-above-sat=2000000000000",
+)
+
+
+def confirm_account(
+    deployment: Deployment, account: int, vdevice_identity: bytes | str, *options: str
+) -> str:
+    """`hsm-cold confirm-account` as the officer types it (the PIN on stdin)."""
+    import subprocess
+    import sys
+
+    from cc_common.fingerprint import fingerprint
+
+    identity = (
+        bytes.fromhex(vdevice_identity) if isinstance(vdevice_identity, str) else vdevice_identity
+    )
+    pin = deployment.config.section("hsm_cold").str("user_pin")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hsm_cold.cli",
+            "confirm-account",
+            str(account),
+            "--vdevice-fingerprint",
+            fingerprint(identity),
+            "--pin-stdin",
+            *(options or LOOSE_POLICY),
+            "--dir",
+            str(deployment.data_dir),
+        ],
+        env=deployment.env,
+        cwd=deployment.data_dir,
+        input=pin + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
