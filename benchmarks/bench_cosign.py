@@ -33,6 +33,7 @@ from tests.hsm_fixtures import (  # noqa: E402
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     hot_wallet,
     random_address,
     send_request,
@@ -56,6 +57,7 @@ def prepare(pair: HsmPair, n: int, tag: str) -> tuple[list[dict[str, Any]], dict
     prov = client.provision_account(
         ACCOUNT, "regtest", vdev.identity_hex, settlement_descriptor(ACCOUNT), **phones
     )
+    confirm_account(pair.d, ACCOUNT, vdev.identity_hex)  # the officer at the cold console
     client.register_channel(**vdev.channel_registration(ACCOUNT, "bench"))
     wallet = hot_wallet(prov)
     sends = []

@@ -188,11 +188,9 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "sms_reply_timeout": 60.0,
             "sms_max_attempts": 4,
             "stall_retry": 300.0,
-            # Local policies: [] = any destination; 0 = no limit.
-            "whitelist": [],
-            "max_send_sat": 1_000_000_000,
-            "max_daily_sat": 5_000_000_000,
-            "max_sends_per_hour": 60,
+            # The spending policy is [vdevice.policy] (absent: the documented defaults, the
+            # same as the cold HSM's [hsm_cold.policy]); see docs/threat-model.md.
+            "approval_timeout": 3600.0,
             "low_balance_sat": 100_000,
         },
         "merchant_site": {

@@ -1,7 +1,7 @@
 """`vdevice`: the customer's phone (the chaincloud-v app), emulated as its own process.
 
-vdevice init [--dir D]                  identity key; prints its public key (hex)
-vdevice provision --bundle FILE|- [--force] [--dir D]
+vdevice init [--dir D]                  identity key; prints its public key (hex) and fingerprint
+vdevice provision --bundle FILE|- --cold-fingerprint F [--force] [--dir D]
 vdevice run [--dir D]                   the loop (supervised by `custody up`)
 vdevice status [--json] [--dir D]       channel, last batch, last send, policies, alerts
 """
@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cc_common import fingerprint
 from cc_common.cli import add_dir_argument, config_from_args, run
 from cc_common.logs import setup_logging
 from cc_common.process import install_stop_handlers
-from vdevice import loop
-from vdevice.errors import ProvisioningError
+from vdevice import loop, owner_auth
+from vdevice.errors import FingerprintMismatch, ProvisioningError
 from vdevice.settings import DB_FILENAME, Policies, load_settings, state_dir
 from vdevice.state import Provisioning, State
 from vdevice.status import process_running, render, snapshot
@@ -30,13 +31,15 @@ def _state(args: argparse.Namespace) -> State:
 
 
 def cmd_init(args: argparse.Namespace) -> str:
-    """Generate the identity key on the phone (idempotent); print the public key."""
+    """Generate the identity key on the phone (idempotent); print the public key (for
+    `custody account create`) and its fingerprint (read to the cold HSM's officer, who types
+    it into `hsm-cold confirm-account`)."""
     state = _state(args)
     try:
         pub, _created = state.init_identity()
     finally:
         state.close()
-    return pub.hex()
+    return f"{pub.hex()}\nfingerprint {fingerprint.fingerprint(pub)}"
 
 
 def _read_bundle(source: str) -> Any:
@@ -54,15 +57,38 @@ def cmd_provision(args: argparse.Namespace) -> str:
     config = config_from_args(args)
     v = config.section("vdevice")
     owner = v.str("owner_number", "") or config.section("phones").str("owner", "")
+    if fingerprint.normalise(args.cold_fingerprint) is None:
+        raise FingerprintMismatch(
+            "--cold-fingerprint must be five groups of five hex digits, as `hsm-cold identity`"
+            " prints it"
+        )
     prov = Provisioning.from_bundle(_read_bundle(args.bundle), owner)
+    if not fingerprint.matches(prov.cold_identity, args.cold_fingerprint):
+        raise FingerprintMismatch(
+            "the bundle's cold HSM identity key does not match the fingerprint read at the cold"
+            f" console (the bundle's is {fingerprint.fingerprint(prov.cold_identity)}): refused;"
+            " the bundle did not come from our cold HSM"
+        )
     state = State(state_dir(config) / DB_FILENAME)
     try:
         state.identity_pub()
         changed = state.provision(prov, force=args.force)
+        enrolment = None
+        if changed or not owner_auth.has_secret(state):
+            enrolment = owner_auth.enrol(state, prov.account_id)
     finally:
         state.close()
     what = "provisioned" if changed else "already provisioned with this bundle"
-    return f"{what}: account {prov.account_id}, cold numbers {', '.join(prov.cold_numbers)}"
+    lines = [f"{what}: account {prov.account_id}, cold numbers {', '.join(prov.cold_numbers)}"]
+    if enrolment is None:
+        lines.append("the owner's authenticator is already enrolled (not shown again)")
+    else:
+        lines += [
+            "the owner's authenticator (shown once; scan it, then clear the screen):",
+            enrolment.uri,
+            enrolment.qr,
+        ]
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -104,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("provision", help="load the bundle of `custody account create`")
     p.add_argument("--bundle", required=True, metavar="FILE", help="JSON file, or - for stdin")
+    p.add_argument(
+        "--cold-fingerprint",
+        required=True,
+        metavar="FINGERPRINT",
+        help="the cold HSM's identity fingerprint, read out at the cold console (`hsm-cold"
+        " identity`), never taken from the bundle",
+    )
     p.add_argument("--force", action="store_true", help="replace a different provisioning")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_provision)

@@ -21,6 +21,7 @@ from vdevice.batches import BatchVerifier
 from vdevice.channel import ChannelKeeper
 from vdevice.errors import NotInitialised, NotProvisioned, RemoteError
 from vdevice.owner import Dispatcher, OwnerControl
+from vdevice.owner_auth import LOCKOUT, MAX_FAILURES, OwnerAuth
 from vdevice.phone import Phone
 from vdevice.remote import CustodyClient, SiteClient
 from vdevice.sends import SendProcessor
@@ -53,13 +54,20 @@ class VDevice:
         self.sends = SendProcessor(
             state, self.phone, self.channels, self.site, self.custody, settings
         )
-        self.owner = OwnerControl(state, self.phone)
+        auth = OwnerAuth(state, self._locked_out)
+        self.owner = OwnerControl(state, self.phone, auth, self.sends.policy)
         self.dispatcher = Dispatcher(
             self.phone,
             self.owner,
             prov.cold_numbers,
             self.channels.on_open_reply,
             self.batches.on_proof,
+        )
+
+    def _locked_out(self, number: str) -> None:
+        self.phone.alert(
+            f"owner commands from {number} ignored for {int(LOCKOUT // 60)} min after"
+            f" {MAX_FAILURES} refused codes"
         )
 
     def close(self) -> None:
