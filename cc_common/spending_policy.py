@@ -20,7 +20,7 @@ DAY = 86_400
 HOUR = 3_600
 MAX_WHITELIST = 20
 MAX_LOOSEN_DELAY = 30 * DAY
-MIN_LOOSEN_DELAY = 60
+MIN_LOOSEN_DELAY = 10  # the officer may choose a short delay; the default is a day
 _ADDRESS = re.compile(r"[a-zA-Z0-9]{14,90}")
 _FIELD = re.compile(r"([a-z_]+)=([^;]*)")
 
@@ -177,10 +177,10 @@ class SpendingPolicy:
 
 
 DEFAULT_POLICY = SpendingPolicy(
-    max_send_sat=10_000_000,  # 0.1 BTC per send
+    max_send_sat=25_000_000,  # 0.25 BTC per send
     max_daily_sat=50_000_000,  # 0.5 BTC per rolling 24 h
-    max_sends_per_hour=20,
-    approval_above_sat=5_000_000,  # sends above 0.05 BTC wait for the owner
+    max_sends_per_hour=10,
+    approval_above_sat=20_000_000,  # a send above 0.2 BTC waits for the owner
     approve_new_destinations=False,
     whitelist=(),
     loosen_delay=DAY,

@@ -279,8 +279,24 @@ def expect_no_spend(ctx: Context, pool_before: set[str], height_before: int, pay
     return f"mempool unchanged ({len(pool)} tx), height {height}"
 
 
+def owner_code(ctx: Context) -> str:
+    """What the owner's authenticator shows (the demo holds the secret `vdevice provision`
+    showed once): each code is good once, so a second command in the same 30 s uses the
+    next step's code, waiting for it if need be."""
+    import pyotp  # noqa: PLC0415
+
+    totp = pyotp.TOTP(ctx.need("owner_totp_secret"))
+    step = max(int(time.time() // totp.interval), ctx.facts.get("owner_last_step", 0) + 1)
+    wait_for(lambda: int(time.time() // totp.interval) + 1 >= step, 40.0, "the next one-time code")
+    ctx.facts["owner_last_step"] = step
+    return totp.at(step * totp.interval)
+
+
 def owner_command(ctx: Context, command: str, answer: str) -> None:
-    """The owner texts the V-device `command` and waits for `answer`."""
+    """The owner texts the V-device `command` and waits for `answer`; a command that changes
+    something gets the owner's one-time code appended."""
+    if command in ("CC:START_LOOP", "CC:STOP_LOOP"):
+        command = f"{command}:{owner_code(ctx)}"
     control = ctx.carrier
     seen = len(inbox_texts(control, ctx.owner_number))
     control.inject_sms(ctx.vdevice_number, command, ctx.owner_number)
@@ -378,7 +394,12 @@ def settlement_descriptor(ctx: Context) -> str:
 
 
 def step_account(ctx: Context) -> str:
-    identity = ctx.cli.run("vdevice.cli", "init").strip()
+    """Out of band: the officer reads the cold fingerprint to the customer, who types it into
+    the phone; the customer reads the phone's fingerprint to the officer, who types it at the
+    cold console. Custody carries the keys, but cannot swap either unnoticed."""
+    from urllib.parse import parse_qs, urlparse  # noqa: PLC0415
+
+    identity, vdevice_fp = _vdevice_identity(ctx)
     created = json.loads(
         ctx.cli.run(
             "custody.cli",
@@ -397,7 +418,18 @@ def step_account(ctx: Context) -> str:
     )
     account = int(created["account_id"])
     bundle = created["vdevice_bundle"]
-    ctx.cli.run("vdevice.cli", "provision", "--bundle", "-", stdin=json.dumps(bundle))
+    pin = ctx.config.section("hsm_cold").secret("user_pin")
+    ctx.cli.run(
+        "hsm_cold.cli", "confirm-account", str(account), "--vdevice-fingerprint", vdevice_fp,
+        "--pin-stdin", stdin=pin + "\n",
+    )  # fmt: skip
+    cold_fp = ctx.cli.run("hsm_cold.cli", "identity").strip()  # read at the cold console
+    shown = ctx.cli.run(
+        "vdevice.cli", "provision", "--bundle", "-", "--cold-fingerprint", cold_fp,
+        stdin=json.dumps(bundle),
+    )  # fmt: skip
+    uri = next(line for line in shown.splitlines() if line.startswith("otpauth://"))
+    ctx.facts["owner_totp_secret"] = parse_qs(urlparse(uri).query)["secret"][0]
     cold, hot = created["tokens"]["cold"], created["tokens"]["hot"]
     ctx.cli.run(
         "examples.merchant_site.cli", "set-tokens", "--cold", "-", "--hot", "-",
@@ -409,9 +441,17 @@ def step_account(ctx: Context) -> str:
         raise StepFailed(f"the cold token opens account {user['user_id']}, not {account}")
     return (
         f"account {account} provisioned on the HSM pair; the V-device provisioned with its "
-        "bundle (the cold HSM's identity key pinned); the site holds the cold and hot tokens "
-        "(shown once, never printed)"
+        f"bundle, the cold identity checked against the fingerprint {cold_fp} read at the "
+        "cold console; the account confirmed there with the phone's fingerprint (its policy: "
+        "the defaults); the owner's authenticator enrolled; the site holds the cold and hot "
+        "tokens (shown once, never printed)"
     )
+
+
+def _vdevice_identity(ctx: Context) -> tuple[str, str]:
+    """`vdevice init`: the public key (for custody) and its fingerprint (for the officer)."""
+    lines = ctx.cli.run("vdevice.cli", "init").splitlines()
+    return lines[0].strip(), lines[1].split()[-1]
 
 
 def step_channel(ctx: Context) -> str:
