@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,8 +28,16 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def set_role(parser: argparse.ArgumentParser, role: str) -> None:
+    """The machine role whose secrets this program reads (`cc_common.config.ROLES`)."""
+    parser.set_defaults(config_role=role)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.dir if getattr(args, "dir", None) else default_data_dir())
+    return load_config(
+        args.dir if getattr(args, "dir", None) else default_data_dir(),
+        role=getattr(args, "config_role", None),
+    )
 
 
 def print_result(value: Any) -> None:
@@ -45,6 +54,7 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result."""
+    os.umask(0o077)  # every file a process writes (state, logs, exports) private from the start
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], Any] | None = getattr(args, "handler", None)
     if handler is None:

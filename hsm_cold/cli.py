@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import add_dir_argument, config_from_args, render_table, run, set_role
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
 from cc_common.link import LinkConfig, LinkServer, SqliteCounterStore
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=NAME, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    set_role(parser, NAME)
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="create the cold token, keys, state and pairing file")

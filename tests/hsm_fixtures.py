@@ -449,7 +449,7 @@ def probe_hot_key(data_dir: str, label: str) -> dict[str, Any]:
     from cc_common.config import load_config
     from cc_common.token import HsmToken, KeyProtected
 
-    section = load_config(Path(data_dir)).section("hsm_hot")
+    section = load_config(Path(data_dir), role="hsm-hot").section("hsm_hot")
     out: dict[str, Any] = {}
     with HsmToken.open(section) as token:
         out["public_key"] = token.keys.public_key(label).hex()

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 class ApprovalState(enum.StrEnum):
     HELD = "held"
     APPROVED = "approved"
+    REJECTED = "rejected"  # the owner said no
     EXPIRED = "expired"
 
 
@@ -101,6 +102,8 @@ class SendPolicy:
             return Decision(refusal="the withdrawal changed while it waited for approval")
         if row["state"] == ApprovalState.APPROVED:
             return Decision(approved=True)
+        if row["state"] == ApprovalState.REJECTED:
+            return Decision(refusal="the owner declined it")
         if row["state"] == ApprovalState.HELD and now - row["created_at"] > self.approval_timeout:
             with self.state.tx():
                 self.state.db.execute(
@@ -131,20 +134,21 @@ class SendPolicy:
         dests = ", ".join(dict.fromkeys(destinations))
         text = (
             f"CC APPROVE? send {approval_id}: {total} sat to {dests} ({'; '.join(why)})."
-            f" Reply CC:APPROVE:{approval_id}:<code>"
+            f" Reply CC:APPROVE:{approval_id}:<code> (or CC:REJECT)"
         )
         log.info("vtest %s held for the owner's approval as %s", vtest_id, approval_id)
         sent = self.phone.send(self.phone.owner_number, text)
         self.state.add_alert(f"approval asked: send {approval_id} ({total} sat)", sent, now)
 
-    def approve(self, approval_id: str, now: float) -> bool:
-        """The owner's valid `CC:APPROVE`: the held send may be signed (False: no such hold)."""
+    def approve(self, approval_id: str, now: float, *, yes: bool = True) -> bool:
+        """The owner's valid `CC:APPROVE` (or `CC:REJECT`, `yes=False`): the held send may be
+        signed (or is refused); False if no such send is held."""
         with self.state.tx():
             cur = self.state.db.execute(
                 "UPDATE approvals SET state = ?, decided_at = ? WHERE id = ? AND state = ? "
                 "AND created_at > ?",
                 (
-                    ApprovalState.APPROVED,
+                    ApprovalState.APPROVED if yes else ApprovalState.REJECTED,
                     now,
                     approval_id,
                     ApprovalState.HELD,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_common import fingerprint
-from cc_common.cli import add_dir_argument, config_from_args, run
+from cc_common.cli import add_dir_argument, config_from_args, run, set_role
 from cc_common.logs import setup_logging
 from cc_common.process import install_stop_handlers
 from vdevice import loop, owner_auth
@@ -122,6 +122,7 @@ def cmd_status(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdevice", description=__doc__.splitlines()[0])
+    set_role(parser, "vdevice")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="generate the phone's identity key; print its public key")

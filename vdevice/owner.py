@@ -7,6 +7,7 @@ something carrying the owner's one-time code (`owner_auth.py`; the number alone 
 - `CC:STOP_LOOP:<code>` -> batches and sends pause (SMS, owner commands and channel upkeep go
   on); answer `CC:LOOP:STOPPED`;
 - `CC:APPROVE:<id>:<code>` -> the held send `<id>` may be signed; answer `CC:APPROVED:<id>`;
+- `CC:REJECT:<id>:<code>` -> the held send `<id>` is refused; answer `CC:REJECTED:<id>`;
 - a missing, wrong or replayed code -> `CC:REFUSED:<why>`, nothing changes; after a few the
   number is ignored for a while and the owner alerted;
 - `CC:PING` -> answer `CC:PONG`;
@@ -42,7 +43,7 @@ PONG = "CC:PONG"
 LOOP_RUNNING = "CC:LOOP:RUNNING"
 LOOP_STOPPED = "CC:LOOP:STOPPED"
 _LOOP = re.compile(r"CC:(START_LOOP|STOP_LOOP)(?::([^:]*))?")
-_APPROVE = re.compile(r"CC:APPROVE:([0-9a-f]{6}):([^:]*)")
+_APPROVE = re.compile(r"CC:(APPROVE|REJECT):([0-9a-f]{6}):([^:]*)")
 
 
 def utc_now() -> datetime:
@@ -87,7 +88,7 @@ class OwnerControl:
     def _authenticated(self, loop: re.Match[str] | None, approve: re.Match[str] | None) -> None:
         """A command that changes something: only with a valid, fresh one-time code."""
         owner = self.phone.owner_number
-        code = loop.group(2) if loop is not None else approve.group(2) if approve else None
+        code = loop.group(2) if loop is not None else approve.group(3) if approve else None
         verdict = self.auth.check(owner, code)
         if verdict is CodeVerdict.LOCKED:
             return
@@ -95,10 +96,10 @@ class OwnerControl:
             self.phone.send(owner, f"CC:REFUSED:{verdict.value} code")
             return
         if approve is not None:
-            approval_id = approve.group(1)
-            if self.approvals.approve(approval_id, time.time()):
-                log.info("owner: send %s approved", approval_id)
-                self.phone.send(owner, f"CC:APPROVED:{approval_id}")
+            approval_id, yes = approve.group(2), approve.group(1) == "APPROVE"
+            if self.approvals.approve(approval_id, time.time(), yes=yes):
+                log.info("owner: send %s %s", approval_id, "approved" if yes else "rejected")
+                self.phone.send(owner, f"CC:{'APPROVED' if yes else 'REJECTED'}:{approval_id}")
             else:
                 self.phone.send(owner, f"CC:REFUSED:no held send {approval_id}")
         elif loop is not None and loop.group(1) == cm.OwnerAction.START_LOOP.value:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import add_dir_argument, config_from_args, render_table, run, set_role
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="merchant-site", description="The reference merchant website (protocol section 2)."
     )
+    set_role(parser, "merchant-site")
     sub = parser.add_subparsers(dest="command")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:

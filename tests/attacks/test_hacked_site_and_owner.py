@@ -11,6 +11,8 @@ and owner commands without a valid, unused code change nothing.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -38,6 +40,10 @@ POLICY = {
     "approval_above_sat": 200_000,
 }
 assert set(POLICY) <= POLICY_KEYS
+
+
+def current_test() -> str:
+    return os.environ["PYTEST_CURRENT_TEST"].split("::")[1].split(" ")[0]
 
 
 def posted(rig: Rig) -> list[str]:
@@ -104,6 +110,13 @@ def test_above_the_threshold_only_the_owners_fresh_code_releases_the_send(
     # a replay of the same approval (the same code) is refused
     rig.owner_says(f"CC:APPROVE:{approval_id}:{code}")
     rig.wait_owner("CC:REFUSED:replayed")
+    # what the phone and the simulator wrote is private from its creation
+    for path in (
+        rig.d.log_dir / "vdevice.log",
+        rig.d.log_dir / "firmware-sim.log",
+        rig.d.data_dir / f"vdevice-{current_test()}" / "vdevice.db",
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_spoofed_owner_commands_change_nothing_and_lock_the_number_out(
