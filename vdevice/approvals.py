@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cc_common.spending_policy import SpendHistory, SpendingPolicy, judge
+from vdevice import policy_changes
 from vdevice.phone import Phone
 from vdevice.state import Outcome, State
 
@@ -63,9 +64,14 @@ class SendPolicy:
     ) -> None:
         self.state = state
         self.phone = phone
-        self.policy = policy
+        self.configured = policy
         self.approval_timeout = approval_timeout
         ensure_schema(state)
+
+    @property
+    def policy(self) -> SpendingPolicy:
+        """The configured policy, or the one the owner set since (`vdevice policy set`)."""
+        return policy_changes.current(self.state, self.configured)
 
     def history(self, now: float) -> SpendHistory:
         db = self.state.db
