@@ -39,7 +39,7 @@ def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
     rig.web.add_vtest("after-tightening", encrypted(f"{DEST},150000"))
     rig.wait_status(lambda s: rig.web.reports_for("after-tightening"), "the refusal", 20)
     assert rig.web.tx_requests == []
-    assert any("per-send limit of 100000" in t for t in rig.owner_texts())
+    rig.wait_owner("per-send limit of 100000")
 
     out = _vdevice_cli(rig.sim, "policy", "set", "--max-send-sat", "300000").stdout
     assert "loosens: applies after 3600s" in out
