@@ -315,8 +315,11 @@ def test_batches_verified_and_substituted(make_rig: Callable[..., Rig]) -> None:
     assert rig.wait_owner("address batch 1 failed verification")
     assert not [t for t in rig.owner_texts() if "batch 0" in t]
     assert [(v.batch_no, v.address_type) for v in rig.cold.verifies] == [(0, COLD), (1, HOT)]
-    last = rig.status()["last_batch"]
-    assert last["state"] == "failed" and last["reported"]
+    # the status file is written at the end of each pass: wait for the pass that reported
+    rig.wait_status(
+        lambda s: s["last_batch"]["state"] == "failed" and s["last_batch"]["reported"],
+        "the failed batch 1 reported in the status",
+    )
 
 
 def test_malformed_batch_fails_without_asking(make_rig: Callable[..., Rig]) -> None:
