@@ -45,6 +45,7 @@ ROLE_SECRETS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "custody": (
         ("custody", "secret_key"),
         ("custody", "database_url"),
+        ("operator", "token"),  # the operator console's (`custody dashboard`)
         ("hsm_hot", "rpc_secret"),
         ("twilio", "account_sid"),
         ("twilio", "auth_token"),
@@ -206,6 +207,15 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "secret_key": secrets.token_hex(32),
             "host": "127.0.0.1",
             "port": custody_port,
+        },
+        # The operator console (`custody dashboard`): loopback only; its own token.
+        "operator": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "token": secrets.token_urlsafe(32),
+            "refresh_seconds": 2.0,
+            "stuck_send_seconds": 600,
+            "watcher_lag_blocks": 3,
         },
         "vdevice": {
             "modem_port": "dev/modem-vdevice",

@@ -18,6 +18,7 @@ EXPECTED = {
     "custody": {
         "custody.secret_key",
         "custody.database_url",
+        "operator.token",
         "hsm_hot.rpc_secret",
         "twilio.account_sid",
         "twilio.auth_token",
