@@ -68,6 +68,7 @@ class SpendingPolicy:
             raise PolicyFormatError(
                 f"policy: loosen_delay must be {MIN_LOOSEN_DELAY}..{MAX_LOOSEN_DELAY} seconds"
             )
+        object.__setattr__(self, "whitelist", tuple(sorted(set(self.whitelist))))  # one form
         if len(self.whitelist) > MAX_WHITELIST:
             raise PolicyFormatError(f"policy: at most {MAX_WHITELIST} whitelisted addresses")
         for address in self.whitelist:
@@ -248,6 +249,12 @@ def approved_request_string(request: str) -> str:
     if request.count(_USER_TX_NO_KEY) != 1:
         raise PolicyFormatError("not a canonical send request")
     return request.replace(_USER_TX_NO_KEY, APPROVED_KEY + _USER_TX_NO_KEY, 1)
+
+
+def signed_forms(request: str) -> tuple[str, str]:
+    """(plain, approved): the two texts a genuine `vc_code` may sign; whoever checks a
+    `vc_code` (the cold HSM, custody) accepts either, and only the second is an approval."""
+    return request, approved_request_string(request)
 
 
 def change_statement(account: int, seq: int, policy: SpendingPolicy) -> str:

@@ -32,14 +32,15 @@ from cc_common.spending_policy import (
     PolicyFormatError,
     SpendHistory,
     SpendingPolicy,
-    approved_request_string,
     change_statement,
     judge,
+    signed_forms,
 )
 from hsm_cold.cosign import CosignRequest
 from hsm_cold.errors import (
     AccountPending,
     ApprovalMissing,
+    ColdHsmError,
     PolicyChangeRefused,
     PolicyRefused,
     UnknownAccount,
@@ -75,10 +76,10 @@ def _utc(at: float) -> str:
 def signed_approval(req: CosignRequest, channel_pubkey: bytes) -> bool | None:
     """Check 3 with the approval: True if `vc_code` signs the approved form, False if the
     plain form, None if neither (a forged `vc_code`)."""
-    plain = req.request_string()
+    plain, approved = signed_forms(req.request_string())
     if messages.verify_message_pubkey(channel_pubkey, plain, req.vc_code):
         return False
-    if messages.verify_message_pubkey(channel_pubkey, approved_request_string(plain), req.vc_code):
+    if messages.verify_message_pubkey(channel_pubkey, approved, req.vc_code):
         return True
     return None
 
@@ -189,7 +190,7 @@ class ColdPolicies:
             if text.startswith(CANCEL_PREFIX):
                 return self._cancel_sms(sender, text)
             return self._change_sms(sender, text)
-        except PolicyChangeRefused as exc:
+        except ColdHsmError as exc:  # refused, stale, or the account is pending
             log.warning("policy SMS from %s refused: %s", sender, exc.message)
             return "policy_refused"
 

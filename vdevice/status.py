@@ -95,6 +95,14 @@ def snapshot(state: State, policies: Policies, *, process_running: bool) -> dict
         "SELECT COUNT(*) FROM sends WHERE vc_code != '' AND created_at > ?", (now - 3600,)
     ).fetchone()
     out["policies"] = policies.as_dict()
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'approvals'").fetchone():
+        out["approvals"] = [
+            dict(r)
+            for r in db.execute(
+                "SELECT id, vtest_id, total_sat, state FROM approvals ORDER BY created_at DESC "
+                "LIMIT 5"
+            )
+        ]
     out["counters"] = {"sent_24h_sat": day, "sends_last_hour": hour}
     out["alerts"] = [
         {"at": _iso(a["at"]), "text": a["text"], "delivered": bool(a["delivered"])}
