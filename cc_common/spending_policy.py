@@ -33,7 +33,7 @@ _USER_TX_NO_KEY = ',"user_tx_no":"'
 class PolicyFormatError(CustodyError):
     """A policy (text, configuration or change statement) is malformed or out of range."""
 
-    code = 30
+    code = 120
 
 
 @dataclass(frozen=True)

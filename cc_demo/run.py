@@ -32,6 +32,7 @@ from cc_demo.scenario import (
     step_status,
     step_withdrawal,
 )
+from cc_demo.steps_attacks import step_attack_fee_drain
 from cc_demo.steps_policy import step_attack_site_drain, step_owner_approval
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
@@ -50,6 +51,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-vtest", step_attack_vtest),
     Step("attack-forged-vc", step_attack_forged_vc),
     Step("attack-outputs", step_attack_outputs),
+    Step("attack-fee-drain", step_attack_fee_drain),
     Step("attack-sms", step_attack_sms),
     Step("attack-site-drain", step_attack_site_drain),
     Step("owner-approval", step_owner_approval),
