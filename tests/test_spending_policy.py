@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cc_common.fingerprint import fingerprint, matches, normalise
 from cc_common.spending_policy import (
@@ -99,3 +101,20 @@ def test_fingerprints() -> None:
     assert normalise(fp.upper().replace("-", " ")) == fp and matches(key, fp)
     assert normalise("abc") is None and not matches(key, "0" * 25)
     assert fingerprint(bytes.fromhex("03" + "11" * 32)) != fp
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.sampled_from([DEFAULT_POLICY.to_text()]).map(lambda t: t[:-3]))
+def test_any_text_parses_or_is_refused_with_the_domain_error(text: str) -> None:
+    """What arrives by SMS: a policy or `PolicyFormatError`, never another exception."""
+    try:
+        policy = SpendingPolicy.from_text(text)
+    except PolicyFormatError:
+        return
+    assert policy.to_text() == text
+
+
+@given(st.text(max_size=60))
+def test_any_typed_fingerprint_normalises_or_is_none(text: str) -> None:
+    out = normalise(text)
+    assert out is None or (len(out) == 29 and normalise(out) == out)
