@@ -48,5 +48,6 @@ def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
     rig.wait_status(lambda s: rig.web.reports_for("before-the-delay"), "the refusal", 20)
     assert rig.web.tx_requests == []
     assert "max 100000 sat/send" in _vdevice_cli(rig.sim, "policy").stdout
+    assert rig.status()["policies"]["max_send_sat"] == 100_000
     bad = _vdevice_cli(rig.sim, "policy", "set", "--max-send-sat", "0", check=False)
     assert bad.returncode == 2 and "positive" in bad.stderr
