@@ -1,8 +1,8 @@
 """Write a complete, working configuration for a local deployment (`custody init`).
 
 Every secret and PIN is generated here with `secrets`; nothing secret is baked into code.
-Ports are picked free on loopback at init time, so several deployments (tests, demo) can run
-side by side in their own data directories.
+Ports are picked free on loopback at init time, below the kernel's ephemeral range, so several
+deployments (tests, demo) can run side by side in their own data directories.
 
 The secrets are split by machine role (`ROLE_SECRETS`): the map `chaincloud.toml` keeps none,
 each `<role>.toml` holds exactly its role's, and every file is created 0600 (never widened
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,10 @@ import tomli_w
 
 from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, Config, load_config, role_path_for
 from cc_common.errors import ConfigError
+from cc_common.in_use import refuse_if_in_use
+from cc_common.network_config import apply_network
+from cc_common.ports import PortPicker
+from wallet_core.networks import Network
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -68,13 +71,13 @@ ROLE_SECRETS: Mapping[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 HEADER = "# ChainCloud custody: local deployment written by `custody init`.\n"
+_PICKER = PortPicker()
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on loopback right now, below the kernel's ephemeral range (a port in
+    that range can be taken by any outgoing connection before the service binds it)."""
+    return _PICKER()
 
 
 def find_softhsm_module() -> str:
@@ -148,6 +151,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
                 "datadir": "node",
                 "rpc_user": node_user,
                 "rpc_password": node_password,
+                "txindex": False,  # as Bitcoin Core's default
             },
         },
         "twilio": {
@@ -258,7 +262,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
 def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
     node = raw
     for part in dotted.split("."):
-        node = node[part]
+        node = node.get(part, {})
     return node
 
 
@@ -269,10 +273,13 @@ def split_secrets(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
     taken: list[tuple[str, str]] = []
     for role, keys in ROLE_SECRETS.items():
         for dotted, key in keys:
+            table = _table(raw, dotted)
+            if key not in table:  # e.g. no simulated node on a real network
+                continue
             node = roles[role]
             for part in dotted.split("."):
                 node = node.setdefault(part, {})
-            node[key] = _table(raw, dotted)[key]
+            node[key] = table[key]
             taken.append((dotted, key))
     for dotted, key in taken:
         _table(raw, dotted).pop(key, None)
@@ -294,16 +301,20 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
+def init_deployment(
+    data_dir: Path, *, force: bool = False, network: Network = Network.REGTEST
+) -> Config:
     """Create `data_dir` (0700) with its sub-directories, the map and one file per role."""
     data_dir = data_dir.resolve()
     path = data_dir / CONFIG_FILENAME
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; use --force to overwrite it (new secrets)")
+    if path.exists():
+        refuse_if_in_use(load_config(data_dir, environ={}, role=ALL_ROLES))
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for sub in ("logs", "run", "dev", "hsm-hot", "hsm-cold", "node", "vdevice"):
         (data_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    raw = generate_config(data_dir)
+    raw = apply_network(generate_config(data_dir), network)
     site = raw["merchant_site"]  # the phone gets its own copy of what it shares with the site
     raw["vdevice"]["vtest_password"] = site["vtest_password"]
     raw["vdevice"]["merchant_token"] = site["vdevice_token"]

@@ -561,12 +561,18 @@ class SendWorker:
         log.info("send %d broadcast", send_id)
 
     def _node_knows(self, txid: str) -> bool:
-        """True if the node has `txid` in its mempool or chain (our earlier broadcast)."""
+        """True if the node has `txid` in its mempool or chain (our earlier broadcast). Asks
+        only what a node without txindex answers: its mempool, then the chain's UTXO set for
+        the transaction's first output (a send's outputs are unspent right after it is mined)."""
         try:
-            self.rpc.get_raw_transaction(txid, True)
+            self.rpc.get_mempool_entry(txid)
+            return True
+        except RPCError:
+            pass
+        try:
+            return self.rpc.get_tx_out(txid, 0, include_mempool=False) is not None
         except RPCError:
             return False
-        return True
 
     # ------------------------------------------------------------------ BROADCAST -> CONFIRMED
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
-from hsm_cold import accounts, cosign, sweep
+from hsm_cold import account_state, accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -75,6 +75,8 @@ class Command(StrEnum):
     SWEEP = "sweep"
     STATUS = "status"
     TAKE_ALERTS = "take_alerts"
+    ACCOUNT_STATES = "account_states"
+    LIFT_OPERATOR_FREEZE = "lift_operator_freeze"
 
 
 class AlertKind(StrEnum):
@@ -636,6 +638,17 @@ class ColdService:
             "sms_counters": self.store.counters(),
             **self.status_extras(),
         }
+
+    def account_states(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return account_state.account_states(self.store, self._sign_message, payload, self.clock())
+
+    def lift_operator_freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
+        account = account_field(payload)
+        if account_state.lift_operator_freeze(self.store, payload, account):
+            self.alert(account, AlertKind.ACCOUNT_UNFROZEN, "operator freeze lifted")
+        return account_state.account_states(
+            self.store, self._sign_message, {"accounts": [account]}, self.clock()
+        )
 
     def take_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         alerts = self.store.take_alerts()

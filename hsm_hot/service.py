@@ -146,6 +146,8 @@ class HotService:
             "sweep": self.sweep,
             "cold_status": self.cold_status,
             "take_alerts": self.take_alerts,
+            "account_states": self.account_states,
+            "unfreeze": self.unfreeze,
         }
 
     def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
@@ -468,6 +470,20 @@ class HotService:
             payload["prev_txs"] = raw_prev
         answer = self.relay.call("sweep", payload)
         self.audit.record("sweep", account=account, utxos=len(utxos))
+        return jsonable(answer)
+
+    def account_states(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's identity-signed account states, relayed as they are."""
+        accounts = params.get("accounts")
+        payload = {} if accounts is None else {"accounts": _param(params, "accounts", list)}
+        return jsonable(self.relay.call("account_states", payload))
+
+    def unfreeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Lift an operator's freeze (the cold HSM refuses to lift its own)."""
+        account = _account(params)
+        reason = _text(params, "reason", 500)
+        answer = self.relay.call("lift_operator_freeze", {"account": account, "reason": reason})
+        self.audit.record("unfreeze", account=account, reason=reason)
         return jsonable(answer)
 
     def cold_status(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -246,8 +246,8 @@ def test_send_signed_by_both_is_mined(
     signed.finalize()
     txid = node.send_raw_transaction(signed.extract_hex())
     assert txid == psbt.txid
-    node.generate_to_address(1, random_address())
-    tx = node.get_raw_transaction(txid, True)
+    [mined] = node.generate_to_address(1, random_address())
+    tx = node.get_raw_transaction(txid, True, mined)
     assert tx["confirmations"] == 1
     change_script = account.wallet.script_pubkey(0, CHANGE).hex()
     assert tx["vout"][2]["scriptPubKey"]["hex"] == change_script

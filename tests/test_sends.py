@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -136,9 +137,20 @@ class Env:
         """How many of the node's transactions `txids` pay DEST (mempool or chain)."""
         n = 0
         for txid in txids:
-            tx = self.rpc.get_raw_transaction(txid, True)
+            tx = self.find_tx(txid)
             n += sum(1 for o in tx["vout"] if o["scriptPubKey"]["hex"] == bytes(DEST.script).hex())
         return n
+
+    def find_tx(self, txid: str) -> dict[str, Any]:
+        """A transaction from the mempool or one of the last blocks (a node without txindex)."""
+        if txid in self.rpc.get_raw_mempool():
+            return dict(self.rpc.get_raw_transaction(txid, True))
+        tip = self.rpc.get_block_count()
+        for height in range(tip, max(tip - 10, 0), -1):
+            for tx in self.rpc.get_block(self.rpc.get_block_hash(height), 2)["tx"]:
+                if tx["txid"] == txid:
+                    return dict(tx)
+        raise AssertionError(f"{txid} neither in the mempool nor in the last blocks")
 
 
 def _outs(value: int) -> str:
