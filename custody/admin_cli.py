@@ -262,7 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument(
         "--settlement-descriptor",
         required=True,
-        help="output descriptor of the customer's settlement (sweep) destination",
+        help="the customer's ranged (/*) descriptor with key origins, where sweeps pay",
     )
     q.add_argument(
         "--vdevice-identity",

@@ -47,6 +47,7 @@ from hsm_cold.errors import (
 )
 from hsm_cold.keystore import ColdKeystore
 from hsm_cold.policy import ColdPolicies, signed_approval
+from hsm_cold.prevtxs import PrevTxAssembler
 from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
@@ -73,6 +74,7 @@ class Command(StrEnum):
     COSIGN = "cosign"
     FREEZE = "freeze"
     SWEEP = "sweep"
+    LEARN_PREV_TX = "learn_prev_tx"
     STATUS = "status"
     TAKE_ALERTS = "take_alerts"
     ACCOUNT_STATES = "account_states"
@@ -137,6 +139,7 @@ def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
 AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
 SOURCE_COLD = "cold"  # the cold HSM's own checks
 SOURCE_HOT = "hot"  # a `freeze` command over the link
+SOURCE_SMS = "sms"  # an SMS received (any sender number: one budget, so no flood either)
 
 
 def phone_field(payload: Mapping[str, Any], key: str) -> str:
@@ -199,6 +202,9 @@ class ColdService:
             lambda account, kind, message: self.alert(account, AlertKind(kind), message),
             lambda: self.clock(),
         )
+        self._prev_txs = PrevTxAssembler(
+            lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))
+        )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {c.value: getattr(self, c.value) for c in Command}
@@ -247,9 +253,9 @@ class ColdService:
     ) -> None:
         """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side.
 
-        `source` says who caused it (the cold checks, the hot side, an SMS sender's number):
-        the SMS side budgets alert texts per source and kind, so no one source can use up the
-        budget another one's alerts need.
+        `source` says who caused it (the cold checks, the hot side, a received SMS): the SMS
+        side budgets alert texts per source and kind, so no one source can use up the budget
+        another one's alerts need.
         """
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
@@ -514,6 +520,7 @@ class ColdService:
             fee=fee,
             outputs=_outputs(req.tx.vout),
             change_index=max((index for _, index in req.change), default=None),
+            spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
         )
         if not self.store.record_signing(signing):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
@@ -619,6 +626,10 @@ class ColdService:
                 f"account {rec.account}'s settlement descriptor: {problem}"
             )
         return desc
+
+    def learn_prev_tx(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A part of a funding transaction too large to travel inside a request."""
+        return self._prev_txs.part(payload)
 
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()
