@@ -131,6 +131,7 @@ def test_spoofed_owner_commands_change_nothing_and_lock_the_number_out(
     for text in ("CC:START_LOOP", "CC:START_LOOP:000000", f"CC:START_LOOP:{code}"):
         rig.owner_says(text)  # no code, a wrong code, the code already used
     rig.wait_owner("ignored for 15 min")
+    rig.wait_owner("CC:REFUSED:replayed code")  # answered after the lock-out alert
     refusals = [t for t in rig.owner_texts() if t.startswith("CC:REFUSED")]
     assert sorted(refusals) == sorted(
         ["CC:REFUSED:missing code", "CC:REFUSED:wrong code", "CC:REFUSED:replayed code"]
