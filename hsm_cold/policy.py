@@ -59,7 +59,7 @@ _CHANGE = re.compile(r"CC:POLICY:([0-9]{1,10}):([0-9]{1,10}):([^:]{1,2000}):([A-
 _CANCEL = re.compile(r"CC:POLICY_CANCEL:([0-9a-f]{8})")
 
 # (account, kind, message): the service's alert (recorded, texted to the owner).
-Alert = Callable[[int, str, str], None]
+Alert = Callable[[int, str, str], object]
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def _policies(store: ColdStore, config: Config) -> ColdPolicies:
         store,
         defaults(config),
         secrets.token_bytes,
-        lambda account, kind, message: store.add_alert(account, kind, message),
+        store.add_alert,
     )
 
 

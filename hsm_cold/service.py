@@ -163,7 +163,7 @@ def pubkey_field(payload: Mapping[str, Any], key: str) -> bytes:
 
 
 def account_field(payload: Mapping[str, Any]) -> int:
-    account = field(payload, "account", int)
+    account: int = field(payload, "account", int)
     if not 0 <= account < HARDENED:
         raise BadRequest(f"account {account} out of range")
     return account
@@ -200,7 +200,7 @@ class ColdService:
             spending_defaults,
             keystore.random,
             lambda account, kind, message: self.alert(account, AlertKind(kind), message),
-            lambda: self.clock(),
+            lambda: self.clock(),  # noqa: PLW0108 (a test may replace self.clock later)
         )
         self._prev_txs = PrevTxAssembler(
             lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))

@@ -82,7 +82,7 @@ def cosign(world: World, acct: Account, pay: int, tag: str) -> Any:  # noqa: F81
 def refused_code(world: World, acct: Account, pay: int, tag: str) -> int:  # noqa: F811
     try:
         cosign(world, acct, pay, tag)
-    except Exception as exc:  # noqa: BLE001 (the link's remote error carries the code)
+    except Exception as exc:  # the link's remote error carries the code
         return int(getattr(exc, "code", 0))
     raise AssertionError(f"a {pay} sat send was co-signed")
 
