@@ -136,7 +136,7 @@ def cmd_policy(args: argparse.Namespace) -> str:
         policies = _policies(store, config)
         rows = [
             (r.account, r.vdevice_fingerprint, SpendingPolicy.from_text(r.policy).summary())
-            for r in policies.rows.list()
+            for r in policies.rows.all_rows()
         ]
         waiting = [
             (c.id, c.account, SpendingPolicy.from_text(c.policy).summary(), int(c.applies_at))

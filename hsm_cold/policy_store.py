@@ -12,6 +12,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from hsm_cold.store import ColdStore
 
@@ -102,7 +103,7 @@ class PolicyStore:
             )
         return cur.rowcount == 1
 
-    def list(self) -> list[PolicyRow]:
+    def all_rows(self) -> list[PolicyRow]:
         with self.store.transaction() as db:
             rows = db.execute(
                 "SELECT account, policy, seq, vdevice_fingerprint, confirmed_at"
@@ -237,5 +238,5 @@ class PolicyStore:
             )
 
 
-def _change(row: tuple) -> ChangeRow:
+def _change(row: tuple[Any, ...]) -> ChangeRow:
     return ChangeRow(row[0], row[1], row[2], row[3], row[4], row[5], ChangeState(row[6]))

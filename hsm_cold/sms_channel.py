@@ -106,9 +106,9 @@ class ChannelProtocol:
         """Act on one received SMS; returns what happened (a counter name), for logs and tests."""
         self.count("received")
         if self.service.policies.is_policy_text(text):  # policy changes and owners' cancels
-            outcome = self.service.policies.handle_sms(sender, text)
-            self.count(outcome)
-            return outcome
+            policy_outcome = self.service.policies.handle_sms(sender, text)
+            self.count(policy_outcome)
+            return policy_outcome
         candidates = self.store.accounts_by_vdevice_phone(sender)
         if not candidates:
             self.count("refused.unknown_sender")
