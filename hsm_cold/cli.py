@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import (
+    Table,
+    add_dir_argument,
+    add_json_argument,
+    config_from_args,
+    render_table,
+    run,
+)
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
 from cc_common.link import LinkConfig, LinkServer, SqliteCounterStore
@@ -30,6 +37,7 @@ from cc_common.logs import setup_logging
 from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
+from cc_common.token.pin_change import add_change_pin_command
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
@@ -282,13 +290,23 @@ def _sms_table(store: ColdStore) -> str:
     return render_table(("sms counter", "count"), rows)
 
 
-def cmd_status(args: argparse.Namespace) -> str:
+def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
         accounts = [
             (a, "yes" if frozen else "no", reason or "-")
             for a, frozen, reason in store.list_accounts()
         ]
+        if args.json:
+            return {
+                "accounts": [
+                    {"account": a, "frozen": frozen, "reason": reason}
+                    for a, frozen, reason in store.list_accounts()
+                ],
+                "sms_counters": dict(store.counters()),
+                "sms_outbox": store.pending_sms_count(),
+                "alerts_not_handed_over": store.pending_alert_count(),
+            }
         return "\n".join(
             (
                 render_table(("account", "frozen", "reason"), accounts),
@@ -306,9 +324,15 @@ def cmd_status(args: argparse.Namespace) -> str:
         store.close()
 
 
-def cmd_alerts(args: argparse.Namespace) -> str:
+def cmd_alerts(args: argparse.Namespace) -> str | Table:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
+        if args.json:
+            rows = [
+                (a.id, int(a.at), a.account, a.kind, a.message)
+                for a in store.list_alerts(args.limit)
+            ]
+            return Table(("id", "at", "account", "kind", "message"), rows)
         return _alerts_table(store, args.limit)
     finally:
         store.close()
@@ -329,17 +353,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("unfreeze", help="unfreeze an account (local operator action)")
-    p.add_argument("account", type=int)
+    p.add_argument("account", type=int, help="the account number to unfreeze")
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_unfreeze)
 
+    add_change_pin_command(sub, "hsm_cold", "hsm-cold")
+
     p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
     add_dir_argument(p)
+    add_json_argument(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("alerts", help="every recorded alert, newest first")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--limit", type=int, default=100, help="the last LIMIT alerts (default: %(default)s)"
+    )
+    add_json_argument(p)
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
     return parser

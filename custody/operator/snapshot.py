@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
 from cc_common.errors import CustodyError
-from custody import journal
+from custody import freezes, journal
 from custody.balances import confirmed_balance_at, tip_height, unconfirmed_balance
+from custody.chain_progress import read_progress
 from custody.models import (
     Account,
     AccountStatus,
@@ -266,7 +267,9 @@ class Snapshotter:
                     )
             frozen_by = []
             if acct.status == AccountStatus.FROZEN:
-                frozen_by.append(("custody", acct.frozen_reason))
+                record = freezes.get_record(session, acct.id)
+                who = f"custody ({record.origin.value})" if record is not None else "custody"
+                frozen_by.append((who, acct.frozen_reason))
             if acct.id in cold_frozen:
                 frozen_by.append(("cold HSM", cold_frozen[acct.id]))
             if frozen_by:
@@ -349,6 +352,10 @@ class Snapshotter:
             return part
         behind = tip - watcher_height if watcher_height is not None else tip + 1
         part.data.update({"node_tip": tip, "behind": behind})
+        progress = read_progress(self.config.run_dir)  # the worker's catch-up rate and rescan
+        if progress is not None:
+            part.data["blocks_per_s"] = progress.blocks_per_s
+            part.data["rescan_left"] = progress.rescan_left
         if behind > self.settings.watcher_lag_blocks:
             part.problems.append(f"the watcher is {behind} blocks behind the node")
         return part

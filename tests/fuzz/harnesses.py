@@ -283,14 +283,15 @@ def _hot_cosign_plan() -> Harness:
     return Harness(run, (BadRequest, WalletError), [psbt.to_bytes()])
 
 
-@harness("rawtx", "wallet_core.rawtx")
+@harness("rawtx", "wallet_core.rawtx", "wallet_core.prevtx")
 def _rawtx() -> Harness:
     """Raw transactions: the HSMs' strict unsigned reading and custody's signed reading."""
     from wallet_core.errors import TxParseError
+    from wallet_core.prevtx import parse_prev_tx
     from wallet_core.rawtx import parse_signed_tx, parse_unsigned_tx
 
     def run(data: bytes) -> None:
-        for parse in (parse_unsigned_tx, parse_signed_tx):
+        for parse in (parse_unsigned_tx, parse_signed_tx, parse_prev_tx):
             with contextlib.suppress(TxParseError):
                 parse(data)
 

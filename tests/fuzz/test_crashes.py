@@ -39,6 +39,15 @@ CRASHES: list[tuple[str, bytes, type[BaseException]]] = [
     # OverflowError: the same for the first key's length, through the hot HSM's co-sign plan.
     ("hot_cosign_plan", found("hot_cosign_plan-94dd8392"), PsbtError),
     ("hot_cosign_plan", b"psbt\xff\xff" + b"\xff" * 8, PsbtError),
+    # OverflowError: a PSBTv2 global field (0x02, the tx version) set above 4 bytes; found
+    # by the fuzzer, the serialization of the unsigned tx failed in the hot HSM's plan.
+    (
+        "hot_cosign_plan",
+        bytes.fromhex(
+            "70736274ff01027b0200000002abababababababababababababababababababababababababababababababab0100000000fdffffffcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdfc00000000000000cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0000000000fdffffff02e093040000000000160014751e76e8199196d454941c45d1b3a323f1433bd648530500000000002200209a1df923af97f29a8d9b07f0c6957966c8274c6f1a3d12a80bc3368e1f2a88a4b7bdcfe440ea1c5f15e336d63356dee1310000000082e462b2f0d3c0ef3dbc182103918c914a35be2bee99a124e0b7bdcfe440ea1c5f15e336d63356dee13182e462b2f0d3c0ef3dbc181c8dfc9b34300000800100008000000080020000800100000002000000220203918c914a35be2bee99a124e0fa879e19b976dc693b95571b9cc60b44931f60011c56c4fac3300000800100008000000080b852e7353b95571b9cc60b44931f60011c56c4fac330000080010000800000008002000080010000000200000000"
+        ),
+        PsbtError,
+    ),
     # OverflowError: embit applied a PSBT v2 global tx version (key 0x02, 200+ bytes) to this v0
     # PSBT's transaction, which then could not be serialized (found after 47k runs).
     ("hot_cosign_plan", found("hot_cosign_plan-92f7ea4f"), PsbtError),
