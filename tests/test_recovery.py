@@ -44,6 +44,7 @@ from tests.hsm_fixtures import (
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     hot_wallet,
     random_address,
     send_request,
@@ -176,6 +177,7 @@ def prov(pair: HsmPair) -> ProvisionedAccount:
     p = pair.client().provision_account(
         ACCOUNT, "regtest", vdev.identity_hex, settlement_descriptor(ACCOUNT), **PHONES
     )
+    confirm_account(pair.d, ACCOUNT, vdev.identity_hex)  # the officer, at the cold console
     # the printed paper export, kept away from the cold HSM (which a drill destroys)
     export = pair.d.config.section("hsm_cold").path("export_dir")
     shutil.copy(export / f"account-{ACCOUNT}-recovery.txt", paper(pair.d))
@@ -266,6 +268,9 @@ def test_cold_hsm_restored_from_two_shares(
         batch_content(_batch(prov, 1)), proof_before
     )
 
+    # the officer confirms the restored account again (its spending policy is not in the
+    # backup: it is set anew at the console)
+    confirm_account(d, ACCOUNT, VDevice("recovery-drill").identity_hex)
     # the documented pairing procedure: the hot HSM takes the new pairing file
     pair.stop_hot()
     ok(run(d, "hsm_hot.cli", "init", "--re-pair", "--dir", str(d.data_dir)))
