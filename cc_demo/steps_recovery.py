@@ -20,11 +20,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 
 from cc_demo.scenario import Context
 from cc_demo.support import CLI_TIMEOUT, StepFailed, btc, mine, process_pid, random_address
 
 FEE_RATE = "2"
+DRILL_FUNDING_SAT = 10_000_000  # only when earlier steps left the hot wallet empty
 
 
 @contextmanager
@@ -75,6 +77,7 @@ def step_recovery_drill(ctx: Context) -> str:
     work.mkdir(exist_ok=True)
     psbt, mine_psbt, cold_psbt = (work / n for n in ("drill.psbt", "rk.psbt", "cold.psbt"))
     outside = random_address(ctx.network)
+    _something_to_recover(ctx, paper, chain)
     with hot_hsm_gone(ctx):
         found = json.loads(_run(ctx, ["recovery", "scan", "--export", str(paper), *chain]))
         if not found["count"]:
@@ -109,6 +112,16 @@ def step_recovery_drill(ctx: Context) -> str:
         f"recovery key, the cold HSM co-signed at its console; tx {txid} mined: "
         f"{btc(got)} at an outside address (fee {btc(built['fee_sat'])})"
     )
+
+
+def _something_to_recover(ctx: Context, paper: Path, chain: list[str]) -> None:
+    """Pending change confirmed (the scan reads the UTXO set); an empty hot wallet funded."""
+    mine(ctx.rpc, ctx.network, 1)
+    found = json.loads(_run(ctx, ["recovery", "scan", "--export", str(paper), *chain]))
+    if not found["count"]:
+        address = ctx.custody("hot").get("/address/next")["address"]
+        ctx.faucet.pay([(address, DRILL_FUNDING_SAT)])
+        mine(ctx.rpc, ctx.network, 1)
 
 
 def _paid(ctx: Context, txid: str, block: str, address: str) -> int:
