@@ -115,6 +115,11 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]
         yield items[i : i + size]
 
 
+def _needs_prevout(vin: dict[str, Any]) -> bool:
+    """An input spending a previous output (not a coinbase) whose prevout the node left out."""
+    return "txid" in vin and not vin.get("prevout")
+
+
 def block_time(ts: int | None) -> datetime:
     if ts is None:
         return utcnow()
@@ -785,8 +790,9 @@ class Watcher:
         """Ask the node, before the transaction that records `txs`, for the spent outputs
         `_prevout` would otherwise ask it for while holding the write lock (inputs of our
         transactions that are neither our UTXOs, nor carry a prevout, nor recorded by us)."""
+        txs = [tx for tx in txs if any(_needs_prevout(v) for v in tx.get("vin", []))]
         if not txs:
-            return
+            return  # a block at verbosity 3 carries every prevout
         with self.factory() as rs:
             m = self._lookup(rs, txs)
             if not m.addresses and not m.utxos and not m.known:
@@ -801,7 +807,7 @@ class Watcher:
                 if not (ours or any(mine)):
                     continue
                 for v, is_mine in zip(vins, mine, strict=True):
-                    if not is_mine:
+                    if not is_mine and _needs_prevout(v):
                         self._prevout(rs, v, None)
 
     def _fill_prevouts(self, s: Session, row: ChainTx, tx: dict[str, Any]) -> None:
