@@ -376,7 +376,7 @@ class Snapshotter:
                 parts["accounts"] = self.accounts(session, watcher_height, cold_frozen)
                 parts["alerts"] = self.alerts(session)
                 parts["journal"] = self.journal(session)
-        except Exception as exc:  # the database is one dependency among several
+        except Exception as exc:  # noqa: BLE001 (the database is one dependency among several)
             log.warning("operator console: database unreadable: %s", type(exc).__name__)
             for name in ("accounts", "alerts", "journal"):
                 parts[name] = Part(name, error=f"database: {type(exc).__name__}")
@@ -387,6 +387,6 @@ class Snapshotter:
     def _guard(name: str, read: Callable[[], Part]) -> Part:
         try:
             return read()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (one unreadable part must not blank the page)
             log.warning("operator console: %s unreadable: %s", name, exc)
             return Part(name, error=f"{type(exc).__name__}: {exc}")
