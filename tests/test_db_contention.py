@@ -30,7 +30,7 @@ from custody.chain.rpc import BitcoinRPC
 from custody.db import SQLITE_BUSY_TIMEOUT
 from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from tests.harness import Deployment, wait_until
-from tests.hsm_fixtures import HsmPair, VDevice, settlement_descriptor
+from tests.hsm_fixtures import HsmPair, VDevice, confirm_account, settlement_descriptor
 from tests.node_fixtures import Key
 
 NODE_DELAY = 0.25  # seconds the slow node takes per request
@@ -101,6 +101,7 @@ def test_batch_fetch_answers_in_time_while_the_worker_catches_up(deployment: Any
             "--vdevice-identity", vdev.identity_hex,
         ).stdout
     )  # fmt: skip
+    confirm_account(d, created["account_id"], vdev.identity_hex)  # the officer at the console
     d.set_env("node", "rpc_url", f"http://127.0.0.1:{proxy.port}")
     d.start_cli("custody-worker", "custody.cli", "worker", timeout=60)
     db_path = d.config.section("custody").str("database_url").removeprefix("sqlite:///")
