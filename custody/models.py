@@ -70,10 +70,30 @@ class TxStatus(enum.StrEnum):
     REMOVED = "removed"  # left the chain in a reorg and is no longer in the mempool
 
 
+class DepositState(enum.StrEnum):
+    """A transaction's life as the merchant sees it (the `cc_state` extension of `GET /tx`).
+
+    `confirmed` carries its depth in the API (confirmations follow from the tip); `final` is
+    reached at the configured depth. The last four are ends of an unconfirmed or disconnected
+    transaction: another spend of one of its inputs took its place in the mempool (`replaced`)
+    or in a block (`conflicted`), a block holding it left the chain (`reorged`, until it is
+    mined again), or the node dropped it with its inputs still unspent (`dropped`).
+    """
+
+    SEEN = "seen"
+    CONFIRMED = "confirmed"
+    FINAL = "final"
+    REPLACED = "replaced"
+    CONFLICTED = "conflicted"
+    REORGED = "reorged"
+    DROPPED = "dropped"
+
+
 class SendStatus(enum.StrEnum):
     """Life of a hot send. The reference shows pending / OK / failed (see `public_status`)."""
 
     PENDING = "pending"  # accepted, waiting for the worker
+    WAITING_FUNDS = "waiting_funds"  # not fundable yet (reason in `state_reason`); retried
     BUILT = "built"  # inputs chosen and recorded, PSBT built: a retry rebuilds exactly this
     SIGNED = "signed"  # both HSMs signed; the final transaction is stored
     BROADCAST = "broadcast"  # accepted by the node
@@ -211,6 +231,11 @@ class ChainTx(Base):
     value: Mapped[int] = mapped_column(BigInteger)  # net effect on this side, satoshi
     tx_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # first seen
     confirm_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    state: Mapped[DepositState] = mapped_column(
+        Enum(DepositState, native_enum=False, length=16), default=DepositState.SEEN
+    )
+    state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    has_dust: Mapped[bool] = mapped_column(Boolean, default=False)
 
     inputs: Mapped[list[ChainTxInput]] = relationship(
         order_by="ChainTxInput.sn", cascade="all, delete-orphan"
@@ -218,6 +243,18 @@ class ChainTx(Base):
     outputs: Mapped[list[ChainTxOutput]] = relationship(
         order_by="ChainTxOutput.sn", cascade="all, delete-orphan"
     )
+
+
+class TxStateChange(Base):
+    """Every state a transaction went through, with when (append-only)."""
+
+    __tablename__ = "tx_state_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_tx_id: Mapped[int] = mapped_column(ForeignKey("chain_txs.id"), index=True)
+    state: Mapped[DepositState] = mapped_column(Enum(DepositState, native_enum=False, length=16))
+    confirmations: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ChainTxInput(Base):
@@ -261,6 +298,8 @@ class Utxo(Base):
     block_height: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: mempool
     spent_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reserved_by_send: Mapped[int | None] = mapped_column(ForeignKey("sends.id"), nullable=True)
+    # Below the configured dust threshold: recorded and shown, never chosen by coin selection.
+    is_dust: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Send(Base):
@@ -281,6 +320,7 @@ class Send(Base):
         Enum(SendStatus, native_enum=False, length=16), default=SendStatus.PENDING, index=True
     )
     failure_reason: Mapped[str] = mapped_column(Text, default="")
+    state_reason: Mapped[str] = mapped_column(Text, default="")  # why it waits (waiting_funds)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     fee: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     change_index: Mapped[int | None] = mapped_column(Integer, nullable=True)

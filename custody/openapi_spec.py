@@ -25,6 +25,7 @@ from custody.errors import (
     RateLimited,
     Unauthorized,
 )
+from custody.models import SendStatus
 
 VERSION = "1.0.0"
 
@@ -226,6 +227,16 @@ SCHEMAS: dict[str, Any] = {
             "tx_at": NULLABLE_TIME,
             "hot_wallet_tx_status": {"type": "string", "enum": ["pending", "OK", "failed"]},
             "failure_reason": {"type": "string"},
+            "cc_state": {
+                "type": "string",
+                "enum": [s.value for s in SendStatus],
+                "description": "extension: the pipeline state behind hot_wallet_tx_status "
+                "(waiting_funds: not fundable yet, shown as pending)",
+            },
+            "cc_state_reason": {
+                "type": "string",
+                "description": "extension: why the send waits (empty otherwise)",
+            },
         },
     },
 }
