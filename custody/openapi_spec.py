@@ -25,7 +25,7 @@ from custody.errors import (
     RateLimited,
     Unauthorized,
 )
-from custody.models import SendStatus
+from custody.models import DepositState, SendStatus
 
 VERSION = "1.0.0"
 
@@ -161,6 +161,19 @@ SCHEMAS: dict[str, Any] = {
             },
             "inputs": {"type": "array", "items": _ref("TxInput")},
             "outputs": {"type": "array", "items": _ref("TxOutput")},
+            "cc_state": {
+                "type": "string",
+                "enum": [s.value for s in DepositState],
+                "description": "extension: seen (mempool), confirmed (depth in `confirmation`), "
+                "final (at the deployment's final depth); replaced, conflicted, dropped and "
+                "reorged as in docs/money.md. Only confirmed coins count in a balance.",
+            },
+            "cc_state_at": {**ISO_TIME, "description": "extension: when cc_state was entered"},
+            "cc_dust": {
+                "type": "boolean",
+                "description": "extension: pays one of our receiving addresses less than the "
+                "dust threshold; recorded, never spent",
+            },
         },
     },
     "Result": {
