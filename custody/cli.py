@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration")
     p.set_defaults(handler=cmd_init)
 
-    from custody import admin_cli, supervisor_cli, worker
+    from custody import admin_cli, supervisor_cli, webhook_cli, worker
 
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
+    webhook_cli.register(sub)  # webhook add/list/remove/deliveries/redeliver
     return parser
 
 

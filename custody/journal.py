@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from custody import events
 from custody.models import JournalEntry, KeyValue, utcnow
 
 GENESIS = "0" * 64
@@ -94,6 +95,7 @@ def append(session: Session, kind: str, account_id: int | None, data: dict[str, 
     else:
         head.value = new_head
     session.flush()
+    events.from_journal(session, kind, account_id, data)  # the merchant's view of it, if any
     return digest
 
 

@@ -370,3 +370,81 @@ class KeyValue(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class EventSide(enum.StrEnum):
+    """Which token scope sees an event: one side of the account, or both."""
+
+    HOT = "hot"
+    COLD = "cold"
+    BOTH = "both"
+
+
+class Event(Base):
+    """A merchant-facing event, numbered without gaps per account (`seq`), append-only."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("account_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    side: Mapped[EventSide] = mapped_column(Enum(EventSide, native_enum=False, length=8))
+    data: Mapped[str] = mapped_column(Text)  # canonical JSON
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class EventCounter(Base):
+    """The last `seq` given per account; its row lock serialises numbering."""
+
+    __tablename__ = "event_counters"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # due at `next_at`
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    PARKED = "parked"  # failed for longer than the retry window: only a redelivery resends it
+
+
+class WebhookEndpoint(Base):
+    """An operator-registered URL receiving an account's events, signed with `secret`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    side: Mapped[EventSide] = mapped_column(Enum(EventSide, native_enum=False, length=8))
+    secret: Mapped[str] = mapped_column(String(128))  # HMAC key shared with the receiver
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Lease of the worker delivering this endpoint's queue (in sequence order).
+    locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # backoff
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: its attempts and outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "status", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, length=16), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_result: Mapped[str] = mapped_column(Text, default="")  # HTTP status or error
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -176,6 +176,27 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Event": {
+        "type": "object",
+        "required": ["id", "seq", "account_id", "kind", "side", "at", "data"],
+        "properties": {
+            "id": {"type": "integer"},
+            "seq": {"type": "integer", "minimum": 1},
+            "account_id": {"type": "integer"},
+            "kind": {"type": "string"},
+            "side": {"type": "string", "enum": ["hot", "cold", "both"]},
+            "at": ISO_TIME,
+            "data": {"type": "object"},
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "last_seq"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event"), "maxItems": 500},
+            "last_seq": {"type": "integer", "description": "seq to pass as `after` next"},
+        },
+    },
     "Result": {
         "type": "object",
         "required": ["result"],
@@ -318,6 +339,16 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     }
 
 
+def _query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document served at `/api/v1/openapi.json`."""
     batch_no = _path_param(
@@ -410,6 +441,38 @@ def build_spec() -> dict[str, Any]:
                     }
                 ],
                 extra={"400": _err("BadRequest")},
+            )
+        },
+        "/events": {
+            "get": _op(
+                "The token's side of the account's event log, oldest first (long polling)",
+                _json(_ref("EventPage"), "events after `after`"),
+                tag="events",
+                params=[
+                    _query_param(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        "return events with seq above this (the last one processed); default 0",
+                    ),
+                    _query_param(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 500},
+                        "at most this many events (default 100)",
+                    ),
+                    _query_param(
+                        "wait",
+                        {"type": "number", "minimum": 0, "maximum": 30},
+                        "seconds to wait for a first event when there is none yet (default 0)",
+                    ),
+                ],
+                extra={"400": _err("BadRequest")},
+                description=(
+                    "Numbers (`seq`) run without gaps per account; a hot token sees hot and "
+                    "account-wide events, a cold token cold and account-wide ones. Kinds: "
+                    "deposit.seen/confirmed/final/replaced/conflicted/reorged/dropped, "
+                    "send.accepted/waiting/signed/broadcast/replaced/confirmed/failed, "
+                    "batch.verified/failed, account.frozen/unfrozen."
+                ),
             )
         },
         "/tx/detail/{tx_hash}": {

@@ -27,6 +27,7 @@ from custody.db import database_url, make_engine, make_session_factory
 from custody.hsm_client import HotHsmClient
 from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
+from custody.webhooks import Deliverer, WebhookSettings
 
 log = logging.getLogger(__name__)
 READY_NAME = "custody-worker"
@@ -40,6 +41,7 @@ class Worker:
     watcher: Watcher
     sends: SendWorker
     interval: float
+    deliverer: Deliverer | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Worker:
@@ -51,7 +53,18 @@ class Worker:
             factory, rpc, HotHsmClient.from_config(config), SendSettings.from_config(config), config
         )
         interval = config.section("custody").float("worker_interval", 1.0)
-        return cls(config, watcher, sends, interval)
+        deliverer = Deliverer(factory, WebhookSettings.from_config(config))
+        return cls(config, watcher, sends, interval, deliverer)
+
+    def deliver_webhooks(self, stop: threading.Event) -> None:
+        """The webhook deliverer's own loop: a slow endpoint never delays chain or sends."""
+        assert self.deliverer is not None
+        while not stop.is_set():
+            try:
+                self.deliverer.step()
+            except Exception:
+                log.exception("webhook step failed")
+            stop.wait(self.deliverer.settings.interval)
 
     def run_once(self) -> bool:
         """One watcher step and one sends step; True if the node answered."""
@@ -73,6 +86,10 @@ class Worker:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:
         ready = False
+        if self.deliverer is not None and not once:
+            threading.Thread(
+                target=self.deliver_webhooks, args=(stop,), name="webhooks", daemon=True
+            ).start()
         try:
             while not stop.is_set():
                 if self.run_once() and not ready:
