@@ -46,6 +46,9 @@ class SiteSettings:
     admin_token: str = field(default="", repr=False)
     # DEMO SWITCH: accept `raw_vtest_info` stored unencrypted, to play a hacked site.
     allow_raw_vtest: bool = False
+    # Empty = no webhook receiver. The secret printed by `custody webhook add`.
+    webhook_secret: str = field(default="", repr=False)
+    webhook_tolerance: int = 300
 
     @classmethod
     def from_config(cls, config: Config) -> SiteSettings:
@@ -65,6 +68,8 @@ class SiteSettings:
             vdevice_token=s.str("vdevice_token", ""),
             admin_token=s.str("admin_token", ""),
             allow_raw_vtest=s.bool("allow_raw_vtest", False),
+            webhook_secret=s.str("webhook_secret", ""),
+            webhook_tolerance=s.int("webhook_tolerance_seconds", 300),
         )
 
 
@@ -165,8 +170,9 @@ def create_app(
         log.exception("unexpected error while serving %s %s", request.method, request.path)
         return _error(InternalError("internal error"))
 
-    from examples.merchant_site import api, merchant  # noqa: PLC0415
+    from examples.merchant_site import api, events, merchant  # noqa: PLC0415
 
     app.register_blueprint(api.bp, url_prefix="/api/v1/open")
     app.register_blueprint(merchant.bp)
+    app.register_blueprint(events.bp)
     return app

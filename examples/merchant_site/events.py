@@ -1,0 +1,155 @@
+"""Custody's events at the site: signed webhooks first, polling `GET /events` as the fallback.
+
+`POST /webhooks/custody` checks the `CC-Signature` header (HMAC-SHA256 with the endpoint's
+secret, `[merchant_site] webhook_secret`, over `"<t>." + raw body`) in constant time and
+refuses a timestamp outside `webhook_tolerance_seconds` (default 300) either way, so a forged
+or replayed request changes nothing. Each event is stored once per (account_id, seq), however
+often it arrives, by webhook or by `catch_up`, and deposit events move the site's deposit
+ledger: only `confirmed` and `final` deposits may be credited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from flask import Blueprint, request
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from examples.merchant_site.errors import BadRequest, NotFound, Unauthorized
+from examples.merchant_site.models import CustodyEvent, Deposit, utcnow
+
+bp = Blueprint("webhooks", __name__)
+
+SIGNATURE_HEADER = "CC-Signature"
+CREDITABLE = ("confirmed", "final")
+
+
+def verify_signature(
+    secret: str, header: str | None, body: bytes, *, tolerance: int, now: float | None = None
+) -> None:
+    """Raise `Unauthorized` unless `header` signs `body` with `secret`, recently."""
+    if not header:
+        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        ts, given = int(parts["t"]), parts["v1"]
+    except (KeyError, ValueError):
+        raise Unauthorized(f"malformed {SIGNATURE_HEADER} header") from None
+    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given, mac):
+        raise Unauthorized("webhook signature does not match")
+    age = (time.time() if now is None else now) - ts
+    if abs(age) > tolerance:
+        raise Unauthorized(f"webhook signed {int(age)} s ago, outside the {tolerance} s window")
+
+
+def _event_fields(event: Any) -> tuple[int, int, str, str, dict[str, Any]]:
+    try:
+        data = event["data"]
+        fields = (int(event["account_id"]), int(event["seq"]), str(event["kind"]))
+        side = str(event["side"])
+        if not isinstance(data, dict):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest("not a custody event: account_id, seq, kind, side, data") from None
+    return (*fields, side, data)
+
+
+def record(s: Session, event: Any, via: str) -> bool:
+    """Store one event (once) and apply it to the deposit ledger; False if already had."""
+    account_id, seq, kind, side, data = _event_fields(event)
+    known = s.execute(
+        select(CustodyEvent.id).where(
+            CustodyEvent.account_id == account_id, CustodyEvent.seq == seq
+        )
+    ).first()
+    if known is not None:
+        return False
+    s.add(
+        CustodyEvent(
+            account_id=account_id,
+            seq=seq,
+            kind=kind,
+            side=side,
+            data=json.dumps(data, sort_keys=True),
+            via=via,
+        )
+    )
+    if kind.startswith("deposit.") and "txid" in data:
+        _apply_deposit(s, side, str(data["txid"]), int(data.get("value", 0)), kind[8:])
+    try:
+        s.flush()
+    except IntegrityError:  # the same event arrived twice at once: the other one counts
+        s.rollback()
+        return False
+    return True
+
+
+def _apply_deposit(s: Session, side: str, txid: str, value: int, state: str) -> None:
+    row = s.execute(
+        select(Deposit).where(Deposit.side == side, Deposit.txid == txid)
+    ).scalar_one_or_none()
+    if row is None:
+        s.add(Deposit(side=side, txid=txid, value=value, state=state))
+    else:
+        row.state, row.updated_at = state, utcnow()
+
+
+def last_seq(s: Session, side: str) -> int:
+    """The highest seq stored for events a `side` token sees (where polling resumes)."""
+    got = s.execute(
+        select(func.max(CustodyEvent.seq)).where(CustodyEvent.side.in_((side, "both")))
+    ).scalar()
+    return int(got or 0)
+
+
+def credited_total(s: Session, side: str) -> int:
+    total = s.execute(
+        select(func.coalesce(func.sum(Deposit.value), 0)).where(
+            Deposit.side == side, Deposit.state.in_(CREDITABLE)
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def catch_up(s: Session, client: Any, token: str, side: str, wait: float = 0.0) -> int:
+    """Fetch and record every event after the last one stored for `side`; returns how many."""
+    added = 0
+    while True:
+        page = client.events(token, last_seq(s, side), wait=wait)
+        for event in page:
+            added += int(record(s, event, "poll"))
+        s.commit()
+        if not page:
+            return added
+        wait = 0.0
+
+
+@bp.post("/webhooks/custody")
+def receive() -> tuple[str, int]:
+    """A signed event from custody: 204 stored (or already had), 401 forged or stale."""
+    from examples.merchant_site.app import site, transaction  # noqa: PLC0415
+
+    settings = site().settings
+    if not settings.webhook_secret:
+        raise NotFound("webhooks are not configured ([merchant_site] webhook_secret)")
+    body = request.get_data(cache=False)
+    verify_signature(
+        settings.webhook_secret,
+        request.headers.get(SIGNATURE_HEADER),
+        body,
+        tolerance=settings.webhook_tolerance,
+    )
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise BadRequest("webhook body is not JSON") from None
+    with transaction() as s:
+        record(s, event, "webhook")
+    return "", 204
