@@ -5,6 +5,7 @@
     fetch-batch    fetch an address batch from custody for the V-device to verify
     enqueue        queue a withdrawal for the V-device (encrypted with vtest_password)
     status         batches and withdrawals, as tables
+    set-webhook-secret  store the secret `custody webhook add` printed (verifies webhooks)
     catch-up       fetch custody's events missed by the webhook (GET /events), per side
     deposits       the deposit ledger custody's events built, and what may be credited
     tamper-batch   DEMO/ATTACK TOOL: substitute one address of a stored batch
@@ -171,6 +172,18 @@ def cmd_status(args: argparse.Namespace) -> str:
     )
 
 
+def cmd_set_webhook_secret(args: argparse.Namespace) -> str:
+    given: str = args.secret
+    secret = sys.stdin.readline().strip() if given == "-" else given
+    if not secret:
+        raise BadRequest("give the secret printed by `custody webhook add` ('-' reads stdin)")
+    _, _, s = _open(args)
+    with s:
+        store.set_setting(s, "webhook_secret", secret)
+        s.commit()
+    return "webhook secret saved"
+
+
 def cmd_catch_up(args: argparse.Namespace) -> dict[str, Any]:
     config, settings, s = _open(args)
     client = CustodyClient(settings.custody_url)
@@ -225,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("status", cmd_status, "batches and withdrawals")
+
+    p = command("set-webhook-secret", cmd_set_webhook_secret, "store custody's webhook secret")
+    p.add_argument("secret", help="the secret from `custody webhook add` ('-' reads stdin)")
 
     p = command("catch-up", cmd_catch_up, "fetch custody's events the webhook missed")
     p.add_argument(

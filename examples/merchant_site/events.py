@@ -1,11 +1,12 @@
 """Custody's events at the site: signed webhooks first, polling `GET /events` as the fallback.
 
-`POST /webhooks/custody` checks the `CC-Signature` header (HMAC-SHA256 with the endpoint's
-secret, `[merchant_site] webhook_secret`, over `"<t>." + raw body`) in constant time and
-refuses a timestamp outside `webhook_tolerance_seconds` (default 300) either way, so a forged
-or replayed request changes nothing. Each event is stored once per (account_id, seq), however
-often it arrives, by webhook or by `catch_up`, and deposit events move the site's deposit
-ledger: only `confirmed` and `final` deposits may be credited.
+`POST /webhooks/custody` checks the `CC-Signature` header: HMAC-SHA256, with the endpoint's
+secret (set by `set-webhook-secret` or `[merchant_site] webhook_secret`), over
+`"<t>." + raw body`, compared in constant time; a timestamp outside
+`webhook_tolerance_seconds` (default 300) either way is refused, so a forged or replayed
+request changes nothing. Each event is stored once per (account_id, seq), however often it
+arrives, by webhook or by `catch_up`, and deposit events move the site's deposit ledger: only
+`confirmed` and `final` deposits may be credited.
 """
 
 from __future__ import annotations
@@ -134,14 +135,16 @@ def catch_up(s: Session, client: Any, token: str, side: str, wait: float = 0.0) 
 @bp.post("/webhooks/custody")
 def receive() -> tuple[str, int]:
     """A signed event from custody: 204 stored (or already had), 401 forged or stale."""
-    from examples.merchant_site.app import site, transaction  # noqa: PLC0415
+    from examples.merchant_site import store  # noqa: PLC0415
+    from examples.merchant_site.app import db, site, transaction  # noqa: PLC0415
 
     settings = site().settings
-    if not settings.webhook_secret:
+    secret = store.get_setting(db(), "webhook_secret") or settings.webhook_secret
+    if not secret:
         raise NotFound("webhooks are not configured ([merchant_site] webhook_secret)")
     body = request.get_data(cache=False)
     verify_signature(
-        settings.webhook_secret,
+        secret,
         request.headers.get(SIGNATURE_HEADER),
         body,
         tolerance=settings.webhook_tolerance,
