@@ -46,7 +46,14 @@ DEMO_CONFIG: dict[str, Any] = {
     "firmware_sim": {"carrier": {"log_bodies": True}},
     # short poll intervals: the story runs in seconds, not minutes
     "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0},
-    "custody": {"worker_interval": 0.3},
+    "custody": {
+        "worker_interval": 0.3,
+        "send_wait_seconds": 0.5,
+        "webhook_timeout_seconds": 2.0,
+        "webhook_backoff_initial": 0.5,
+        "webhook_backoff_max": 2.0,
+        "webhook_interval": 0.2,
+    },
     "hsm_cold": {"sms_poll_interval": 0.5},
 }
 
@@ -228,6 +235,7 @@ class Faucet:
         self.pub = secp.pubkey_from_privkey(self._priv)
         self.address = p2wpkh_address(self.pub, network)
         self._coins: list[tuple[str, int, int]] = []  # (txid, vout, sat), mature
+        self._spent: dict[str, tuple[tuple[str, int, int], tuple[str, int, int]]] = {}
 
     def _refill(self) -> None:
         """Mine to the faucet, then 100 blocks on top, so its coinbase is spendable."""
@@ -238,19 +246,40 @@ class Faucet:
         self._coins.append((coinbase["txid"], 0, sat))
 
     def pay(self, payments: list[tuple[str, int]]) -> str:
-        """Broadcast one transaction paying `payments` (address, sat); change to itself."""
+        """Broadcast one transaction paying `payments` (address, sat); change to itself.
+
+        It signals BIP125, so `replace` can take its place while it is unconfirmed.
+        """
+        total = sum(v for _, v in payments)
+        if not self._coins or self._coins[0][2] < total + self.FEE:
+            self._refill()
+        coin = self._coins.pop(0)
+        sent, change = self._spend(coin, payments, self.FEE)
+        self._coins.append(change)  # spendable once mined
+        self._spent[sent] = (coin, change)
+        return sent
+
+    def replace(self, txid: str, payments: list[tuple[str, int]], fee: int) -> str:
+        """A BIP125 replacement of our unconfirmed `txid`, paying `payments` instead."""
+        coin, old_change = self._spent.pop(txid)
+        sent, change = self._spend(coin, payments, fee)
+        self._coins[self._coins.index(old_change)] = change
+        self._spent[sent] = (coin, change)
+        return sent
+
+    def _spend(
+        self, coin: tuple[str, int, int], payments: list[tuple[str, int]], fee: int
+    ) -> tuple[str, tuple[str, int, int]]:
         from wallet_core import signatures  # noqa: PLC0415
         from wallet_core.addresses import address_to_script  # noqa: PLC0415
         from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput  # noqa: PLC0415
         from wallet_core.wallets import KeyOrigin  # noqa: PLC0415
 
+        txid, vout, value = coin
         total = sum(v for _, v in payments)
-        if not self._coins or self._coins[0][2] < total + self.FEE:
-            self._refill()
-        txid, vout, value = self._coins.pop(0)
         spk = address_to_script(self.address, self.network)
         outputs = [PsbtOutput(address_to_script(a, self.network), v) for a, v in payments]
-        change = value - total - self.FEE
+        change = value - total - fee
         if change < 0:
             raise StepFailed(f"the faucet's coin of {btc(value)} cannot pay {btc(total)}")
         outputs.append(PsbtOutput(spk, change))
@@ -261,8 +290,7 @@ class Faucet:
         psbt.sign(lambda digest: signatures.sign_digest(self._priv, digest), self.pub)
         psbt.finalize()
         sent = str(self.rpc.send_raw_transaction(psbt.extract_hex()))
-        self._coins.append((sent, len(outputs) - 1, change))  # spendable once mined
-        return sent
+        return sent, (sent, len(outputs) - 1, change)
 
 
 def mempool(rpc: Any) -> set[str]:

@@ -110,6 +110,12 @@ def last_seq(s: Session, side: str) -> int:
     return int(got or 0)
 
 
+def stored_seqs(s: Session) -> dict[str, int]:
+    """How many events are stored and the highest seq: equal when nothing is missing."""
+    count, top = s.execute(select(func.count(CustodyEvent.id), func.max(CustodyEvent.seq))).one()
+    return {"count": int(count or 0), "max_seq": int(top or 0)}
+
+
 def credited_total(s: Session, side: str) -> int:
     total = s.execute(
         select(func.coalesce(func.sum(Deposit.value), 0)).where(

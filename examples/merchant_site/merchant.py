@@ -66,6 +66,7 @@ def list_deposits() -> dict[str, Any]:
         "deposits": [d.summary() for d in rows],
         "credited": {side: events.credited_total(s, side) for side in ("cold", "hot")},
         "last_seq": {side: events.last_seq(s, side) for side in ("cold", "hot")},
+        "events": events.stored_seqs(s),
     }
 
 
