@@ -219,6 +219,8 @@ class ChainTx(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "wallet", "txid"),
         Index("ix_chain_txs_page", "account_id", "wallet", "id"),
+        # The watcher's "which confirmed ones became final" visits only those not final yet.
+        Index("ix_chain_txs_state_height", "state", "block_height"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -39,6 +39,8 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("has_dust", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+    with op.batch_alter_table("chain_txs", schema=None) as batch_op:
+        batch_op.create_index("ix_chain_txs_state_height", ["state", "block_height"], unique=False)
     txs = sa.table("chain_txs", sa.column("status", sa.String), sa.column("state", sa.String))
     for status, new in (("CONFIRMED", "CONFIRMED"), ("REMOVED", "DROPPED")):
         op.execute(txs.update().where(txs.c.status == status).values(state=new))
@@ -63,6 +65,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tx_state_changes_chain_tx_id"))
     op.drop_table("tx_state_changes")
     with op.batch_alter_table("chain_txs", schema=None) as batch_op:
+        batch_op.drop_index("ix_chain_txs_state_height")
         batch_op.drop_column("has_dust")
         batch_op.drop_column("state_at")
         batch_op.drop_column("state")
