@@ -91,7 +91,9 @@ def test_numbers_have_no_gaps_per_account_under_concurrency_and_rollback(
 # ---------------------------------------------------------------------- the API
 
 
-def test_events_are_scoped_to_the_token_side_and_paged(client, session_factory, account) -> None:
+def test_events_are_scoped_to_the_token_side_and_paged(
+    client, session_factory, account, other_account
+) -> None:
     deposit(session_factory, account.id, "hot", 1)
     deposit(session_factory, account.id, "cold", 2)
     with session_factory() as s, s.begin():
@@ -113,6 +115,8 @@ def test_events_are_scoped_to_the_token_side_and_paged(client, session_factory, 
     assert [e["seq"] for e in page["events"]] == [3] and page["last_seq"] == 3
     empty = client.get(f"{API}/events?after=4", headers=account.hot).json
     assert empty == {"events": [], "last_seq": 4}
+    for headers in (other_account.hot, other_account.cold):  # another account sees nothing
+        assert client.get(f"{API}/events", headers=headers).json == {"events": [], "last_seq": 0}
 
 
 @pytest.mark.parametrize(
