@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from hsm_cold import accounts, cosign, sweep
+from hsm_cold import accounts, cosign, replacement, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -409,10 +409,7 @@ class ColdService:
                 f" {req.account} frozen, operator alerted"
             )
         done = self.store.used_request_txid(req.account, req.user_tx_no)  # 4
-        if done is not None and done != req.txid:
-            raise UserTxNoReused(
-                f"user_tx_no {req.user_tx_no!r} was already co-signed for another transaction"
-            )
+        bump = done is not None and done != req.txid  # only a fee bump of it: 7b below
         outs = cosign.signed_outs(req, self.network)
         wallet = self._hot_wallet(rec)  # public keys only
         try:
@@ -421,14 +418,19 @@ class ColdService:
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
         fee = cosign.check_fee(req, self.policy)  # 7
+        if bump:
+            replacement.check(self.store, req, fee, str(done))  # 7b
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
+        if bump and not replacement.adopt(self.store, req, str(done)):
+            raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
         if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
+        replacement.record(self.store, req, fee)
         log.info(
             "account %d: co-signed %s (%s), %d input(s), fee %d%s",
             req.account,
@@ -436,7 +438,7 @@ class ColdService:
             req.user_tx_no,
             len(sigs),
             fee,
-            " (retry)" if done else "",
+            " (fee bump)" if bump else " (retry)" if done else "",
         )
         return {"signatures": sigs}
 
