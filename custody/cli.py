@@ -30,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration")
     p.set_defaults(handler=cmd_init)
 
-    from custody import admin_cli, supervisor_cli, webhook_cli, worker
+    from custody import admin_cli, send_cli, supervisor_cli, webhook_cli, worker
     from custody.operator import cli as operator_cli
 
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
     webhook_cli.register(sub)  # webhook add/list/remove/deliveries/redeliver
+    send_cli.register(sub)  # send bump
     operator_cli.register(sub)  # dashboard
     return parser
 

@@ -450,3 +450,30 @@ class WebhookDelivery(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     last_result: Mapped[str] = mapped_column(Text, default="")  # HTTP status or error
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReplacementStatus(enum.StrEnum):
+    BUILT = "built"  # PSBT made, not yet co-signed (a retry signs exactly this one)
+    SIGNED = "signed"  # co-signed, final transaction stored, not yet accepted by the node
+    CURRENT = "current"  # accepted: the send's transaction now
+    REPLACED = "replaced"  # an earlier transaction of the send, replaced by a fee bump
+    REJECTED = "rejected"  # the node refused it; the send kept its transaction
+
+
+class SendReplacement(Base):
+    """The transactions of a fee-bumped send, the replaced ones kept (one may still confirm)."""
+
+    __tablename__ = "send_replacements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id"), index=True)
+    txid: Mapped[str] = mapped_column(String(64), index=True)
+    psbt: Mapped[str] = mapped_column(Text)
+    tx_hex: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fee: Mapped[int] = mapped_column(BigInteger)
+    change_value: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[ReplacementStatus] = mapped_column(
+        Enum(ReplacementStatus, native_enum=False, length=16)
+    )
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

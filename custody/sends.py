@@ -773,11 +773,14 @@ class SendWorker:
     # ------------------------------------------------------------------ BROADCAST -> CONFIRMED
 
     def _follow(self, send_id: int) -> None:
+        from custody.fee_bump import follow_replaced  # noqa: PLC0415 (it builds on this module)
+
         rebroadcast = None
         with transaction(self.factory) as s:
             send = self._hold(s, send_id)
             if send.status is not SendStatus.BROADCAST:
                 return
+            follow_replaced(s, send)  # a fee-bumped send whose original was mined after all
             row = s.execute(
                 select(ChainTx).where(
                     ChainTx.account_id == send.account_id,

@@ -45,7 +45,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from custody.sends import SendSettings, SendWorker
+from custody.sends import SendSettings, SendWorker, parse_tx
 from custody.watcher import Watcher, WatcherSettings
 from tests.node_fixtures import FEE, Faucet, Key, NodeProcess, hex_of, spend_p2wpkh, txid_hex
 from wallet_core import secp
@@ -261,6 +261,7 @@ class SoftwareHsmPairStandIn:
     def __init__(self) -> None:
         self.accounts: dict[int, TestAccount] = {}
         self.signed: dict[tuple[int, str], str] = {}  # (account, user_tx_no) -> txid
+        self.inputs: dict[tuple[int, str], set[tuple[str, int]]] = {}  # of that txid
         self.calls: list[tuple[int, str]] = []
         self.refuse: str | None = None
         self.unavailable = False
@@ -303,9 +304,13 @@ class SoftwareHsmPairStandIn:
                 if origin is None or origin.path[-2] != 1:
                     raise HsmRefused("change not derivable", code=617)
             key = (account, request["user_tx_no"])
-            if self.signed.get(key, p.txid) != p.txid:
-                raise HsmRefused("user_tx_no reused", code=614)
+            inputs = set(parse_tx(p.unsigned_tx_bytes()).inputs)
+            if self.signed.get(key, p.txid) != p.txid and not (
+                inputs & self.inputs.get(key, set())
+            ):
+                raise HsmRefused("user_tx_no reused", code=614)  # and not a replacement of it
             self.signed[key] = p.txid
+            self.inputs[key] = inputs
             p.sign_with_root(keys.cosigner_root)
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()
