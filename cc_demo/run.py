@@ -32,7 +32,12 @@ from cc_demo.scenario import (
     step_status,
     step_withdrawal,
 )
-from cc_demo.steps_money import step_burst, step_deposit_replaced, step_webhook_catch_up
+from cc_demo.steps_money import (
+    step_burst,
+    step_deposit_replaced,
+    step_fee_bump,
+    step_webhook_catch_up,
+)
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
 
@@ -52,6 +57,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-outputs", step_attack_outputs),
     Step("attack-sms", step_attack_sms),
     Step("burst", step_burst),
+    Step("fee-bump", step_fee_bump),
     Step("deposit-replaced", step_deposit_replaced),
     Step("webhook-catch-up", step_webhook_catch_up),
 )

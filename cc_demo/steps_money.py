@@ -4,6 +4,9 @@ outage.
 
  burst             ten withdrawals in one block interval: all broadcast before the next block
                    (each spends the previous one's unconfirmed change; every one BIP125)
+ fee-bump          a withdrawal sent with a low fee is replaced (`custody send bump`) by one
+                   paying the same with more fee, without a new V-device signature, and mined;
+                   custody and the site (by webhook) show the new txid
  deposit-replaced  a deposit replaced by a BIP125 transaction paying elsewhere: the site's
                    webhook shows it replaced, and no balance ever counted it
  webhook-catch-up  the site is stopped, events accumulate, it resumes and has every event, in
@@ -17,17 +20,21 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 from cc_demo.scenario import (
     CHAIN_TIMEOUT,
     Context,
     balance,
+    check_paid,
     merchant_withdrawal,
     send_state,
+    site_withdrawal,
     wait_site_finished,
 )
 from cc_demo.support import (
+    SAT_PER_BTC,
     StepFailed,
     btc,
     custody_db,
@@ -41,6 +48,8 @@ from cc_demo.support import (
 BURST = 10
 BURST_SAT = 1_000_000
 REPLACED_SAT = 7_000_000
+BUMP_SAT = 4_000_000
+BUMP_RATE = 25
 CATCH_UP_SAT = 3_000_000
 
 
@@ -101,6 +110,42 @@ def step_burst(ctx: Context) -> str:
         f"countersigned, co-signed and broadcast before the next block ({len(set(txids))} "
         f"transactions, each spending the previous one's unconfirmed change: chain of {chain}, "
         "all BIP125), all mined in that block"
+    )
+
+
+def step_fee_bump(ctx: Context) -> str:
+    ctx.need("hot_token")
+    ensure_webhook(ctx)
+    payment = (random_address(ctx.network), BUMP_SAT)
+    outs = f"{payment[0]},{payment[1]}"
+    vtest_id = str(ctx.site.post("/merchant/withdrawals", {"outs": outs, "dynamic": 0})["vtest_id"])
+    sent = wait_site_finished(ctx, vtest_id)
+    if sent["status"] != "sent":
+        raise StepFailed(f"withdrawal {vtest_id} was not sent")
+    old = str(sent["tx_hash"])
+    old_fee = int(Decimal(str(ctx.rpc.get_mempool_entry(old)["fees"]["base"])) * SAT_PER_BTC)
+    out = ctx.cli.run("custody.cli", "send", "bump", vtest_id, "--fee-rate", str(BUMP_RATE))
+    bumped = json.loads(out)
+    new = str(bumped["txid"])
+    pool = mempool(ctx.rpc)
+    if new not in pool or old in pool:
+        raise StepFailed(f"the node holds {sorted(pool & {old, new})}, not just the replacement")
+    wait_for(
+        lambda: send_state(ctx, vtest_id)["tx_hash"] == new,
+        CHAIN_TIMEOUT,
+        f"custody's GET /tx/{vtest_id} to show {new}",
+    )
+    wait_for(
+        lambda: site_withdrawal(ctx, vtest_id)["tx_hash"] == new,
+        CHAIN_TIMEOUT,
+        f"the site's webhook to give withdrawal {vtest_id} the new txid",
+    )
+    height, fee = check_paid(ctx, new, [payment])
+    return (
+        f"withdrawal {vtest_id} sent at the static rate (tx {old}, fee {old_fee} sat) "
+        f"replaced by `custody send bump --fee-rate {BUMP_RATE}`: tx {new} pays exactly the "
+        f"same output with fee {fee} sat, co-signed without a new V-device signature, mined at "
+        f"height {height}; GET /tx/{vtest_id} and the site (webhook) show the new txid"
     )
 
 

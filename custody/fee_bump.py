@@ -22,11 +22,12 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cc_common.errors import CustodyError
 from custody import journal
+from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import RPCError, TxRejected
 from custody.db import transaction
@@ -124,20 +125,24 @@ def bump(
     *,
     account_id: int | None = None,
     fee_rate: float | None = None,
+    ceiling: float | None = None,
 ) -> BumpResult:
-    """Replace the send's transaction by one paying `fee_rate` (default: twice its rate)."""
+    """Replace the send's transaction by one paying `fee_rate` (default: twice its rate, at
+    most `ceiling` sat/vB)."""
     with worker.factory() as s:
         send_id = find_send(s, user_tx_no, account_id).id
     _lease(worker, send_id)
     try:
-        rep_id = _pending_or_new(worker, send_id, fee_rate)
+        rep_id = _pending_or_new(worker, send_id, fee_rate, ceiling)
         _sign(worker, send_id, rep_id)
         return _broadcast(worker, send_id, rep_id)
     finally:
         _release(worker, send_id)
 
 
-def _pending_or_new(worker: SendWorker, send_id: int, fee_rate: float | None) -> int:
+def _pending_or_new(
+    worker: SendWorker, send_id: int, fee_rate: float | None, ceiling: float | None = None
+) -> int:
     with transaction(worker.factory) as s:
         send = worker._hold(s, send_id)
         pending = s.execute(
@@ -148,10 +153,10 @@ def _pending_or_new(worker: SendWorker, send_id: int, fee_rate: float | None) ->
         ).scalar()
         if pending is not None:
             return int(pending)  # a bump interrupted earlier: finish exactly that one
-        return _build(s, send, fee_rate)
+        return _build(s, send, fee_rate, ceiling)
 
 
-def _build(s: Session, send: Send, fee_rate: float | None) -> int:
+def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None) -> int:
     assert send.txid and send.psbt and send.fee is not None
     confirmed = s.execute(
         select(ChainTx.id).where(ChainTx.txid == send.txid, ChainTx.status == TxStatus.CONFIRMED)
@@ -185,6 +190,10 @@ def _build(s: Session, send: Send, fee_rate: float | None) -> int:
     floor = max([int(send.fee), *[int(f) for f in earlier]])  # what the cold HSM last signed
     old_rate = int(send.fee) / vsize
     rate = fee_rate if fee_rate is not None else max(2 * old_rate, old_rate + 1)
+    if ceiling is not None and fee_rate is None:
+        rate = min(rate, ceiling)
+        if rate < old_rate + INCREMENTAL_SAT_VB:
+            raise BumpRefused(f"already at {old_rate:.1f} sat/vB, the ceiling is {ceiling:g}")
     fee = max(fee_for(vsize, rate), floor + INCREMENTAL_SAT_VB * vsize)
     change = tx.outputs[change_vout][1] - (fee - int(send.fee))
     if change < MIN_CHANGE:
@@ -224,6 +233,7 @@ def _build(s: Session, send: Send, fee_rate: float | None) -> int:
         change_value=change,
         status=ReplacementStatus.BUILT,
         reason="",
+        at_height=tip_height(s),
     )
     s.add(rep)
     s.flush()
@@ -298,6 +308,7 @@ def _broadcast(worker: SendWorker, send_id: int, rep_id: int) -> BumpResult:
         rep.status = ReplacementStatus.CURRENT
         send.txid, send.tx_hex, send.psbt, send.fee = txid, tx_hex, rep.psbt, rep.fee
         send.tx_at = utcnow()
+        send.broadcast_height = tip_height(s)
         record_change(s, send, tx_hex, txid)
         journal.append(
             s,
@@ -349,3 +360,43 @@ def follow_replaced(s: Session, send: Send) -> bool:
         log.info("send %d: the replaced transaction %s was mined", send.id, rep.txid)
         return True
     return False
+
+
+def due_for_bump(s: Session, after_blocks: int) -> list[tuple[str, int]]:
+    """(user_tx_no, account) of broadcast sends still unconfirmed `after_blocks` blocks after
+    their broadcast and after their last bump attempt (by the watcher's tip)."""
+    tip = tip_height(s)
+    if tip is None:
+        return []
+    last_try = (
+        select(func.max(SendReplacement.at_height))
+        .where(SendReplacement.send_id == Send.id)
+        .scalar_subquery()
+    )
+    rows = s.execute(
+        select(Send.user_tx_no, Send.account_id, Send.broadcast_height, last_try).where(
+            Send.status == SendStatus.BROADCAST, Send.broadcast_height.is_not(None)
+        )
+    ).all()
+    return [
+        (no, acct)
+        for no, acct, sent_at, tried_at in rows
+        if tip - max(int(sent_at), int(tried_at or 0)) >= after_blocks
+    ]
+
+
+def auto_bump(worker: SendWorker, after_blocks: int) -> int:
+    """Bump every send stuck `after_blocks` blocks (0: off), at twice its rate up to the
+    ceiling; returns how many were replaced. Refusals are logged and tried again later."""
+    if after_blocks <= 0:
+        return 0
+    with worker.factory() as s:
+        due = due_for_bump(s, after_blocks)
+    done = 0
+    for user_tx_no, account_id in due:
+        try:
+            bump(worker, user_tx_no, account_id=account_id, ceiling=worker.settings.fee_ceiling)
+            done += 1
+        except BumpRefused as exc:
+            log.info("send %s: automatic fee bump not made: %s", user_tx_no, exc.message)
+    return done

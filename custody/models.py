@@ -331,6 +331,8 @@ class Send(Base):
     txid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     request_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     tx_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The watcher's tip when the node took the current transaction (for automatic fee bumps).
+    broadcast_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -477,3 +479,4 @@ class SendReplacement(Base):
     )
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    at_height: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the watcher's tip

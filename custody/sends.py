@@ -131,7 +131,7 @@ class SendSettings:
     """`[custody]` keys: fee_rate_sat_vb, fee_floor_sat_vb, fee_ceiling_sat_vb,
     fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs,
     send_wait_seconds, send_spend_unconfirmed_change, send_max_unconfirmed_ancestors,
-    dust_threshold_sat."""
+    send_bump_after_blocks (0: no automatic fee bump)."""
 
     fee_rate: float = 2.0
     fee_floor: float = DEFAULT_FLOOR_SAT_VB
@@ -147,6 +147,7 @@ class SendSettings:
     wait_seconds: float = 5.0
     spend_unconfirmed_change: bool = True
     max_unconfirmed_ancestors: int = CHAIN_LIMIT - 1
+    bump_after_blocks: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> SendSettings:
@@ -172,6 +173,7 @@ class SendSettings:
                 s.int("send_max_unconfirmed_ancestors", d.max_unconfirmed_ancestors),
                 CHAIN_LIMIT - 1,
             ),
+            bump_after_blocks=max(0, s.int("send_bump_after_blocks", d.bump_after_blocks)),
         )
 
 
@@ -752,6 +754,7 @@ class SendWorker:
                 return
             send.status = SendStatus.BROADCAST
             send.tx_at = utcnow()
+            send.broadcast_height = tip_height(s)
             send.attempts = 0
             record_change(s, send, tx_hex, txid)
             journal.append(

@@ -21,6 +21,7 @@ from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
+from custody import fee_bump
 from custody.chain.errors import ChainUnavailable
 from custody.chain.rpc import BitcoinRPC
 from custody.db import database_url, make_engine, make_session_factory
@@ -82,6 +83,10 @@ class Worker:
             self.sends.step()
         except Exception:
             log.exception("sends step failed")
+        try:
+            fee_bump.auto_bump(self.sends, self.sends.settings.bump_after_blocks)
+        except Exception:
+            log.exception("fee bump step failed")
         return node_ok
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:

@@ -171,3 +171,22 @@ def test_bump_refusals(factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: 
     with pytest.raises(fee_bump.BumpRefused, match="send is confirmed"):
         fee_bump.bump(env.worker(), "child", fee_rate=5.0)
     assert env.get(sid).status is SendStatus.CONFIRMED
+
+
+def test_automatic_bump_after_n_blocks(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [400_000])
+    sid = stuck_send(env, "auto-1")
+    old = env.get(sid)
+    w = env.worker("auto", fee_ceiling=50.0)
+    assert fee_bump.auto_bump(w, 2) == 0  # not stuck yet
+    for _ in range(2):  # blocks that leave it out (as if the miners preferred others)
+        rpc.call("generateblock", MINER.address, [])
+    env.sync()
+    assert fee_bump.auto_bump(w, 0) == 0  # off
+    assert fee_bump.auto_bump(w, 2) == 1
+    new = env.get(sid)
+    assert new.txid != old.txid and new.txid in rpc.get_raw_mempool()
+    assert new.fee >= 2 * old.fee
+    assert fee_bump.auto_bump(w, 2) == 0  # the next try only after 2 more blocks

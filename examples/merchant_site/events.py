@@ -6,7 +6,8 @@ secret (set by `set-webhook-secret` or `[merchant_site] webhook_secret`), over
 `webhook_tolerance_seconds` (default 300) either way is refused, so a forged or replayed
 request changes nothing. Each event is stored once per (account_id, seq), however often it
 arrives, by webhook or by `catch_up`, and deposit events move the site's deposit ledger: only
-`confirmed` and `final` deposits may be credited.
+`confirmed` and `final` deposits may be credited. A fee bump (`send.replaced`) and the
+transaction finally mined (`send.confirmed`) update a sent withdrawal's `tx_hash`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ import time
 from typing import Any
 
 from flask import Blueprint, request
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from examples.merchant_site.errors import BadRequest, NotFound, Unauthorized
-from examples.merchant_site.models import CustodyEvent, Deposit, utcnow
+from examples.merchant_site.models import (
+    CustodyEvent,
+    Deposit,
+    Withdrawal,
+    WithdrawalStatus,
+    utcnow,
+)
 
 bp = Blueprint("webhooks", __name__)
 
@@ -84,6 +91,8 @@ def record(s: Session, event: Any, via: str) -> bool:
     )
     if kind.startswith("deposit.") and "txid" in data:
         _apply_deposit(s, side, str(data["txid"]), int(data.get("value", 0)), kind[8:])
+    if kind in ("send.replaced", "send.confirmed") and "txid" in data and "user_tx_no" in data:
+        _follow_withdrawal(s, str(data["user_tx_no"]), str(data["txid"]))
     try:
         s.flush()
     except IntegrityError:  # the same event arrived twice at once: the other one counts
@@ -100,6 +109,15 @@ def _apply_deposit(s: Session, side: str, txid: str, value: int, state: str) -> 
         s.add(Deposit(side=side, txid=txid, value=value, state=state))
     else:
         row.state, row.updated_at = state, utcnow()
+
+
+def _follow_withdrawal(s: Session, vtest_id: str, txid: str) -> None:
+    """A fee bump (or the transaction that was mined) gives a sent withdrawal its new hash."""
+    s.execute(
+        update(Withdrawal)
+        .where(Withdrawal.vtest_id == vtest_id, Withdrawal.status == WithdrawalStatus.SENT)
+        .values(tx_hash=txid)
+    )
 
 
 def last_seq(s: Session, side: str) -> int:

@@ -26,6 +26,7 @@ _STATES = ("SEEN", "CONFIRMED", "FINAL", "REPLACED", "CONFLICTED", "REORGED", "D
 def upgrade() -> None:
     with op.batch_alter_table("sends", schema=None) as batch_op:
         batch_op.add_column(sa.Column("state_reason", sa.Text(), server_default="", nullable=False))
+        batch_op.add_column(sa.Column("broadcast_height", sa.Integer(), nullable=True))
     with op.batch_alter_table("utxos", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("is_dust", sa.Boolean(), server_default=sa.false(), nullable=False)
@@ -72,4 +73,5 @@ def downgrade() -> None:
     with op.batch_alter_table("utxos", schema=None) as batch_op:
         batch_op.drop_column("is_dust")
     with op.batch_alter_table("sends", schema=None) as batch_op:
+        batch_op.drop_column("broadcast_height")
         batch_op.drop_column("state_reason")

@@ -44,6 +44,7 @@ def upgrade() -> None:
         ),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("at_height", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["send_id"], ["sends.id"]),
         sa.PrimaryKeyConstraint("id"),
     )
