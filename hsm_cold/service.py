@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from hsm_cold import accounts, cosign, replacement, sweep
+from hsm_cold import accounts, consolidation, cosign, replacement, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -60,6 +60,7 @@ class Command(StrEnum):
     PROVE_BATCH = "prove_batch"
     REGISTER_CHANNEL = "register_channel"
     COSIGN = "cosign"
+    CONSOLIDATE = "consolidate"
     FREEZE = "freeze"
     SWEEP = "sweep"
     STATUS = "status"
@@ -439,6 +440,33 @@ class ColdService:
             len(sigs),
             fee,
             " (fee bump)" if bump else " (retry)" if done else "",
+        )
+        return {"signatures": sigs}
+
+    def consolidate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A hot spend paying only the account's own change: no V-device signature needed."""
+        req = consolidation.decode(payload)
+        rec = self._live_record(req.account)
+        wallet = self._hot_wallet(rec)
+        try:
+            consolidation.check_outputs(req, wallet)
+            scripts = consolidation.scripts(req, wallet)
+        except FREEZING as exc:  # it would move coin without the V-device: a hacked hot side
+            self._freeze(req.account, f"not a consolidation: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {req.account} frozen, operator alerted"
+            ) from None
+        fee = consolidation.check_fee(req, self.policy)
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            node = accounts.cosigner_node(root, self.network)
+        sigs = cosign.sign_inputs(req, scripts, node, wallet)
+        del node
+        log.info(
+            "account %d: co-signed consolidation %s, %d input(s), fee %d",
+            req.account,
+            req.txid,
+            len(sigs),
+            fee,
         )
         return {"signatures": sigs}
 
