@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
     webhook_cli.register(sub)  # webhook add/list/remove/deliveries/redeliver
-    send_cli.register(sub)  # send bump
+    send_cli.register(sub)  # send bump, wallet consolidate
     operator_cli.register(sub)  # dashboard
     return parser
 

@@ -1,4 +1,5 @@
-"""`custody send bump USER_TX_NO [--fee-rate N]`: the operator's fee bump of a stuck send."""
+"""`custody send bump USER_TX_NO [--fee-rate N]` (the operator's fee bump of a stuck send) and
+`custody wallet consolidate --account N [--max-inputs K] [--fee-rate R]`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 from typing import Any
 
 from cc_common.cli import add_dir_argument, config_from_args
-from custody import fee_bump
+from custody import consolidation, fee_bump
 from custody.chain.rpc import BitcoinRPC
 from custody.db import database_url, make_engine, make_session_factory
 from custody.hsm_client import HotHsmClient
@@ -36,8 +37,29 @@ def cmd_bump(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_consolidate(args: argparse.Namespace) -> dict[str, Any]:
+    config = config_from_args(args)
+    r = consolidation.consolidate(
+        make_session_factory(make_engine(database_url(config))),
+        BitcoinRPC.from_config(config),
+        HotHsmClient.from_config(config),
+        args.account,
+        max_inputs=args.max_inputs,
+        fee_rate=args.fee_rate,
+        min_conf=SendSettings.from_config(config).min_conf,
+    )
+    return {
+        "account_id": args.account,
+        "txid": r.txid,
+        "inputs": r.inputs,
+        "value": r.value,
+        "fee": r.fee,
+        "change_index": r.change_index,
+    }
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `custody send ...` to the `custody` parser."""
+    """Add `custody send ...` and `custody wallet ...` to the `custody` parser."""
     p = sub.add_parser("send", help="hot sends")
     ssub = p.add_subparsers(dest="send_command", required=True)
     q = ssub.add_parser(
@@ -48,3 +70,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--fee-rate", type=float, help="sat/vB (default: twice its current rate)")
     q.add_argument("--account", type=int, help="account id, if the number exists in several")
     q.set_defaults(handler=cmd_bump)
+
+    p = sub.add_parser("wallet", help="the hot wallet's coins")
+    wsub = p.add_subparsers(dest="wallet_command", required=True)
+    q = wsub.add_parser(
+        "consolidate", help="merge small hot coins into one at the account's next change address"
+    )
+    add_dir_argument(q)
+    q.add_argument("--account", type=int, required=True, help="account id")
+    q.add_argument(
+        "--max-inputs", type=int, default=50, help="at most this many coins, smallest first (2-200)"
+    )
+    q.add_argument(
+        "--fee-rate", type=float, default=2.0, help="sat/vB, 1-10 (the cold HSM's policy)"
+    )
+    q.set_defaults(handler=cmd_consolidate)

@@ -315,6 +315,31 @@ class SoftwareHsmPairStandIn:
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()
 
+    def sign_consolidation(self, account: int, psbt: str) -> str:
+        """Co-sign only if every output is change on chain 1 (the cold HSM's rule, simplified)."""
+        with self.lock:
+            self.calls.append((account, "consolidation"))
+            if self.unavailable:
+                raise HsmUnavailable("cold HSM unreachable (stand-in)")
+            if self.refuse is not None:
+                raise HsmRefused(self.refuse, code=712)
+            keys = self.accounts[account]
+            p = Psbt.from_base64(psbt)
+            for out in p.outputs:
+                origin = next(
+                    (
+                        o
+                        for o in out.origins.values()
+                        if o.fingerprint == keys.cosigner_root.fingerprint
+                    ),
+                    None,
+                )
+                if origin is None or origin.path[-2] != 1:
+                    raise HsmRefused("change not derivable", code=710)
+            p.sign_with_root(keys.cosigner_root)
+            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
+            return p.to_base64()
+
 
 # ---------------------------------------------------------------------- helpers
 
