@@ -34,6 +34,7 @@ from cc_demo.scenario import (
 )
 from cc_demo.steps_money import (
     step_burst,
+    step_consolidate,
     step_deposit_replaced,
     step_fee_bump,
     step_webhook_catch_up,
@@ -58,6 +59,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-sms", step_attack_sms),
     Step("burst", step_burst),
     Step("fee-bump", step_fee_bump),
+    Step("consolidate", step_consolidate),
     Step("deposit-replaced", step_deposit_replaced),
     Step("webhook-catch-up", step_webhook_catch_up),
 )

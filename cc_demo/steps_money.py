@@ -7,6 +7,8 @@ outage.
  fee-bump          a withdrawal sent with a low fee is replaced (`custody send bump`) by one
                    paying the same with more fee, without a new V-device signature, and mined;
                    custody and the site (by webhook) show the new txid
+ consolidate       small hot coins merged into one at the account's own change address,
+                   co-signed without a V-device signature (every output is its own change)
  deposit-replaced  a deposit replaced by a BIP125 transaction paying elsewhere: the site's
                    webhook shows it replaced, and no balance ever counted it
  webhook-catch-up  the site is stopped, events accumulate, it resumes and has every event, in
@@ -28,6 +30,7 @@ from cc_demo.scenario import (
     Context,
     balance,
     check_paid,
+    find_tx,
     merchant_withdrawal,
     send_state,
     site_withdrawal,
@@ -49,6 +52,7 @@ BURST = 10
 BURST_SAT = 1_000_000
 REPLACED_SAT = 7_000_000
 BUMP_SAT = 4_000_000
+SMALL_SAT = 200_000
 BUMP_RATE = 25
 CATCH_UP_SAT = 3_000_000
 
@@ -146,6 +150,47 @@ def step_fee_bump(ctx: Context) -> str:
         f"replaced by `custody send bump --fee-rate {BUMP_RATE}`: tx {new} pays exactly the "
         f"same output with fee {fee} sat, co-signed without a new V-device signature, mined at "
         f"height {height}; GET /tx/{vtest_id} and the site (webhook) show the new txid"
+    )
+
+
+def step_consolidate(ctx: Context) -> str:
+    hot = ctx.custody("hot")
+    account = str(ctx.need("account_id"))
+    addresses = [hot.get("/address/next")["address"] for _ in range(3)]
+    funding = ctx.faucet.pay([(a, SMALL_SAT) for a in addresses])
+    wait_for(lambda: find_tx(hot, funding), CHAIN_TIMEOUT, f"small hot coins {funding} in /tx")
+    mine(ctx.rpc, ctx.network, 1)
+    wait_for(
+        lambda: (t := find_tx(hot, funding)) and int(t["confirmation"]) >= 1,
+        CHAIN_TIMEOUT,
+        f"small hot coins {funding} confirmed",
+    )
+    before = balance(ctx, "hot")
+    out = ctx.cli.run(
+        "custody.cli", "wallet", "consolidate", "--account", account, "--max-inputs", "4"
+    )
+    done = json.loads(out)
+    txid = str(done["txid"])
+    raw = ctx.rpc.get_raw_transaction(txid, True)
+    mine(ctx.rpc, ctx.network, 1)
+    detail = wait_for(
+        lambda: (t := find_tx(hot, txid)) and int(t["confirmation"]) >= 1 and t,
+        CHAIN_TIMEOUT,
+        f"consolidation {txid} confirmed in GET /tx",
+    )
+    if not all(o["is_mine"] for o in detail["outputs"]) or len(raw["vout"]) != 1:
+        raise StepFailed(f"consolidation {txid} pays something other than the hot wallet")
+    after = wait_for(
+        lambda: (b := balance(ctx, "hot")) == before - int(done["fee"]) and b,
+        CHAIN_TIMEOUT,
+        "the hot balance to drop by the fee only",
+    )
+    return (
+        f"`custody wallet consolidate`: {done['inputs']} hot coins merged by tx {txid} into "
+        f"one of {btc(int(done['value']))} at change address #{done['change_index']}, "
+        f"co-signed with no V-device signature (every output the account's own change, "
+        f"{done['fee']} sat fee within the consolidation policy), mined; hot balance "
+        f"{btc(before)} -> {btc(after)}: only the fee left"
     )
 
 
