@@ -32,6 +32,7 @@ from cc_demo.scenario import (
     step_status,
     step_withdrawal,
 )
+from cc_demo.steps_attacks import step_attack_fee_drain
 from cc_demo.steps_money import (
     step_burst,
     step_consolidate,
@@ -56,6 +57,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-vtest", step_attack_vtest),
     Step("attack-forged-vc", step_attack_forged_vc),
     Step("attack-outputs", step_attack_outputs),
+    Step("attack-fee-drain", step_attack_fee_drain),
     Step("attack-sms", step_attack_sms),
     Step("burst", step_burst),
     Step("fee-bump", step_fee_bump),

@@ -31,7 +31,9 @@ from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC
 from custody.db import transaction
 from custody.hsm_client import HsmRefused
+from custody.journal import JournalKind
 from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
+from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from custody.sends import ensure_address
 from custody.watcher import is_postgres
 from wallet_core.fees import estimate_vsize, fee_for
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 
 MAX_FEE_RATE = 10.0  # the cold HSM's consolidation policy (sat/vB)
 PENDING_KEY = "consolidation_pending:{}"
-JOURNAL_KIND = "consolidation"
 
 
 class ConsolidationRefused(CustodyError):
@@ -82,7 +83,7 @@ def consolidate(
         psbt, built = _build(s, account_id, max_inputs, fee_rate, min_conf)
         s.add(KeyValue(key=PENDING_KEY.format(account_id), value=json.dumps({"txid": psbt.txid})))
     try:
-        signed = Psbt.from_base64(hsm.sign_consolidation(account_id, psbt.to_base64()))
+        signed = Psbt.from_base64(_sign(factory, rpc, hsm, account_id, psbt.to_base64()))
         if signed.txid != psbt.txid:
             raise ConsolidationRefused("the HSMs signed a different transaction")
         signed.finalize()
@@ -96,6 +97,22 @@ def consolidate(
         row.value = json.dumps({"txid": psbt.txid, "tx_hex": tx_hex, **built})
     _broadcast(factory, rpc, account_id, psbt.txid, tx_hex, built)
     return Consolidated(psbt.txid, built["inputs"], built["value"], built["fee"], built["change"])
+
+
+def _sign(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, hsm: Any, account_id: int, psbt_b64: str
+) -> str:
+    """Co-sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+    try:
+        return str(hsm.sign_consolidation(account_id, psbt_b64))
+    except HsmRefused as exc:
+        if exc.code != PREV_TX_REQUIRED:
+            raise
+    try:
+        full = with_prev_txs(factory, rpc, psbt_b64)
+    except PrevTxUnavailable as exc:
+        raise ConsolidationRefused(f"funding transaction for the cold HSM: {exc}") from None
+    return str(hsm.sign_consolidation(account_id, full))
 
 
 def _build(
@@ -220,7 +237,7 @@ def _broadcast(
             )
         journal.append(
             s,
-            JOURNAL_KIND,
+            JournalKind.CONSOLIDATION,
             account_id,
             {k: built[k] for k in ("inputs", "value", "fee", "change")} | {"txid": txid},
         )

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from custody import journal
 from custody.chain.errors import RPCError
+from custody.journal import JournalKind
 from custody.models import ChainTx, ChainTxInput, DepositState, TxStateChange, TxStatus, utcnow
 
 # The journal entry written for each state a deposit (a transaction paying the side) enters.
-JOURNAL_KIND = {state: f"deposit_{state.value}" for state in DepositState}
+JOURNAL_KIND = {state: JournalKind(f"deposit_{state.value}") for state in DepositState}
 
 
 def enter(

@@ -32,6 +32,7 @@ from custody.batches import account_keys
 from custody.chain.errors import RPCError, TxRejected
 from custody.db import transaction
 from custody.hsm_client import HsmRefused
+from custody.journal import JournalKind
 from custody.models import (
     Account,
     Address,
@@ -46,9 +47,10 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.sends import SendWorker, parse_tx, record_change
+from custody.sends import SendWorker, record_change
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.rawtx import parse_signed_tx
 from wallet_core.script import ScriptType
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,6 @@ class BumpRefused(CustodyError):
     """The send cannot be fee-bumped now (the message says why)."""
 
     code = 701
-
-
-class SendReplaced:
-    """Journal kind of a fee bump (the `send.replaced` event)."""
-
-    KIND = "send_replaced"
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
     keys = account_keys(account)
     hot = keys.hot
     change_script = keys.one(Wallet.HOT, Chain.CHANGE, send.change_index).script_pubkey
-    tx = parse_tx(bytes.fromhex(str(send.tx_hex)))
+    tx = parse_signed_tx(bytes.fromhex(str(send.tx_hex)))
     change_vout = next(n for n, (sc, _) in enumerate(tx.outputs) if bytes(sc) == change_script)
     child = s.execute(
         select(Utxo.id).where(
@@ -183,7 +179,7 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
         raise BumpRefused(
             f"its change is spent by a later send: bumping {send.txid} would evict that one"
         )
-    vsize = estimate_vsize([ScriptType.P2WSH] * len(tx.inputs), [sc for sc, _ in tx.outputs])
+    vsize = estimate_vsize([ScriptType.P2WSH] * len(tx.outpoints), [sc for sc, _ in tx.outputs])
     earlier = s.execute(
         select(SendReplacement.fee).where(SendReplacement.send_id == send.id)
     ).scalars()
@@ -207,7 +203,7 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
     ).all()
     by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
     inputs = []
-    for outpoint in tx.inputs:
+    for outpoint in tx.outpoints:
         u, a = by_outpoint[outpoint]
         inputs.append(
             PsbtInput(
@@ -256,7 +252,7 @@ def _sign(worker: SendWorker, send_id: int, rep_id: int) -> None:
         }
         args = (send.account_id, rep.psbt, request, send.vc_code, send.c_id)
     try:
-        signed = worker.hsm.sign_send(*args)
+        signed = worker._sign_with_prev_txs(*args)
     except HsmRefused as exc:
         with transaction(worker.factory) as s:
             rep = s.get(SendReplacement, rep_id)
@@ -268,7 +264,7 @@ def _sign(worker: SendWorker, send_id: int, rep_id: int) -> None:
         worker._hold(s, send_id)
         rep = s.get(SendReplacement, rep_id)
         assert rep is not None
-        if parse_tx(bytes.fromhex(tx_hex)).txid != rep.txid:
+        if parse_signed_tx(bytes.fromhex(tx_hex)).txid != rep.txid:
             raise BumpRefused("the HSM signed a different transaction than the replacement")
         rep.tx_hex, rep.status = tx_hex, ReplacementStatus.SIGNED
 
@@ -312,13 +308,13 @@ def _broadcast(worker: SendWorker, send_id: int, rep_id: int) -> BumpResult:
         record_change(s, send, tx_hex, txid)
         journal.append(
             s,
-            SendReplaced.KIND,
+            JournalKind.SEND_REPLACED,
             send.account_id,
             {"user_tx_no": send.user_tx_no, "txid": txid, "replaced_txid": old_txid},
         )
         vsize = estimate_vsize(
-            [ScriptType.P2WSH] * len(parse_tx(bytes.fromhex(tx_hex)).inputs),
-            [sc for sc, _ in parse_tx(bytes.fromhex(tx_hex)).outputs],
+            [ScriptType.P2WSH] * len(parse_signed_tx(bytes.fromhex(tx_hex)).outpoints),
+            [sc for sc, _ in parse_signed_tx(bytes.fromhex(tx_hex)).outputs],
         )
         result = BumpResult(send.user_tx_no, old_txid, txid, int(rep.fee), rep.fee / vsize)
     log.info("send %d: replaced %s by %s", send_id, old_txid, txid)

@@ -9,7 +9,9 @@ rate is within the consolidation policy: at most `MAX_FEE_RATE` sat/vB and the o
 policy (`fee above policy` 712, no freeze).
 
 The request is the compact co-sign request without the V-device fields:
-`{account, tx, inputs: [[amount, chain, index]...], change: [[vout, index]...]}`.
+`{account, tx, inputs: [[amount, chain, index]...], change: [[vout, index]...], prev_txs?}`;
+input amounts are verified as for a send (invariant 8: from the cold HSM's own records or the
+hash-checked previous transactions).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hsm_cold.cosign import (
     CosignRequest,
     FeePolicy,
     InputRef,
+    decode_prev_txs,
     decode_tx,
     field,
     int_list,
@@ -57,6 +60,7 @@ def decode(payload: Mapping[str, Any]) -> CosignRequest:
         outs="",
         vc_code="",
         c_id="",
+        prev_txs=decode_prev_txs(payload, len(tx.vin)),
     )
 
 

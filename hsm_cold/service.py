@@ -10,10 +10,11 @@ Nothing reachable from here unfreezes an account: that is `hsm-cold unfreeze`, a
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,10 +25,17 @@ from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text
 from hsm_cold.errors import (
     AccountExists,
     AccountFrozen,
+    AlreadySwept,
+    AmountMismatch,
     BadIdentitySignature,
+    BadLocktime,
     BadRequest,
+    BadSequence,
+    BadSettlementDescriptor,
+    BadTxVersion,
     ChangeNotDerivable,
     ColdHsmError,
+    DailyFeeAbovePolicy,
     ExtraOutput,
     ForeignInput,
     ForgedVcCode,
@@ -37,15 +45,16 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
-from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore
+from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
 from wallet_core.chaincloud import batch_content
-from wallet_core.descriptors import descriptor_network
+from wallet_core.descriptors import settlement_problem
 from wallet_core.errors import WalletError
 from wallet_core.keys import master_key
 from wallet_core.networks import Network
+from wallet_core.rawtx import TxOut
 from wallet_core.secp import is_valid_pubkey
 from wallet_core.wallets import RECEIVE, HotWallet, batch_addresses
 
@@ -97,9 +106,30 @@ PHONE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164, as custody checks it
 
 # Refusals that mean the request was not what the V-device signed: the account is frozen
 # (reference section 3: "pays exactly outs. Otherwise it refuses, closes (freezes) the account").
-FREEZING = (ForgedVcCode, OutputMismatch, ExtraOutput, ChangeNotDerivable, ForeignInput)
+# A transaction shape no honest custody builds, a reused user_tx_no and a lying amount are
+# the same: a request that is not (only) what the V-device signed.
+FREEZE_WHAT: dict[type[ColdHsmError], str] = {
+    ForgedVcCode: "forged vc_code",
+    OutputMismatch: "output mismatch",
+    ExtraOutput: "extra output",
+    ChangeNotDerivable: "change not derivable",
+    ForeignInput: "foreign input",
+    AmountMismatch: "amount mismatch",
+    UserTxNoReused: "user_tx_no reused for another transaction",
+    BadTxVersion: "bad transaction version",
+    BadLocktime: "bad nLockTime",
+    BadSequence: "bad input sequence",
+}
+FREEZING = tuple(FREEZE_WHAT)
 
-AlertHook = Callable[[int | None, str, str], None]
+
+def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
+    return tuple((o.value, o.script_pubkey) for o in vout)
+
+
+AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
+SOURCE_COLD = "cold"  # the cold HSM's own checks
+SOURCE_HOT = "hot"  # a `freeze` command over the link
 
 
 def phone_field(payload: Mapping[str, Any], key: str) -> str:
@@ -196,19 +226,26 @@ class ColdService:
         self._wallets[rec.account] = (key, wallet)
         return wallet
 
-    def alert(self, account: int | None, kind: AlertKind, message: str) -> None:
-        """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side."""
+    def alert(
+        self, account: int | None, kind: AlertKind, message: str, *, source: str = SOURCE_COLD
+    ) -> None:
+        """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side.
+
+        `source` says who caused it (the cold checks, the hot side, an SMS sender's number):
+        the SMS side budgets alert texts per source and kind, so no one source can use up the
+        budget another one's alerts need.
+        """
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
             try:
-                self.on_alert(account, kind.value, message)
+                self.on_alert(account, kind.value, message, source)
             except Exception:  # an SMS problem never changes what the cold HSM decided
                 log.exception("alert hook failed (the alert is recorded)")
 
-    def _freeze(self, account: int, reason: str) -> None:
+    def _freeze(self, account: int, reason: str, *, source: str = SOURCE_COLD) -> None:
         self.store.set_frozen(account, True, reason)
         log.warning("account %d frozen: %s", account, reason)
-        self.alert(account, AlertKind.ACCOUNT_FROZEN, reason)
+        self.alert(account, AlertKind.ACCOUNT_FROZEN, reason, source=source)
 
     def derive_batch(self, rec: AccountRecord, kind: WalletKind, batch_no: int) -> list[str]:
         """The addresses of a receive batch, derived here from the account's own keys."""
@@ -248,7 +285,10 @@ class ColdService:
         owner_phone = phone_field(payload, "owner_phone")
         descriptor = text_field(payload, "settlement_descriptor", 4096)
         desc = sweep.settlement(descriptor)
-        if descriptor_network(desc).params.xkey != self.network.params.xkey:
+        problem = settlement_problem(desc)
+        if problem is not None:
+            raise BadSettlementDescriptor(f"settlement descriptor: {problem}")
+        if settlement_problem(desc, self.network) is not None:
             raise WrongNetwork(f"the settlement descriptor is not for {self.network.value}")
         existing = self.store.get_account(account)
         if existing is not None:
@@ -409,27 +449,64 @@ class ColdService:
                 f"vc_code does not recover to channel {req.c_id!r}'s key: account"
                 f" {req.account} frozen, operator alerted"
             )
-        done = self.store.used_request_txid(req.account, req.user_tx_no)  # 4
-        bump = done is not None and done != req.txid  # only a fee bump of it: 7b below
+        digest = req.digest()
+        prior = self.store.signed_request(req.account, req.user_tx_no)  # 4
+        bump = False  # a fee bump of the number's last transaction (checked at 9b)
+        if prior is not None:
+            if prior.digest != digest and replacement.may_replace(self.store, req, prior.txid):
+                bump = True
+            elif prior.digest != digest:
+                self._refuse_and_freeze(
+                    req,
+                    UserTxNoReused(
+                        f"user_tx_no {req.user_tx_no!r} was co-signed for {prior.txid};"
+                        f" this request is for {req.txid} or states other amounts"
+                    ),
+                )
+            else:
+                log.info("account %d: %s already co-signed; same signatures", req.account, req.txid)
+                return {"signatures": list(prior.signatures)}
         outs = cosign.signed_outs(req, self.network)
         wallet = self._hot_wallet(rec)  # public keys only
         try:
-            cosign.check_outputs(req, outs, wallet)  # 5
-            scripts = cosign.witness_scripts(req, wallet)  # 6
+            cosign.check_shape(req.tx)  # 5
+            cosign.check_outputs(req, outs, wallet)  # 6
+            scripts = cosign.witness_scripts(req, wallet)  # 7
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
-        fee = cosign.check_fee(req, self.policy)  # 7
-        if bump:
-            replacement.check(self.store, req, fee, str(done))  # 7b
+        cosign.check_change_gap(req, self.store.change_high(req.account))
+        supplied = cosign.parse_prev_txs(req.prev_txs)  # 8
+        for txid, prev in supplied.items():  # hash-checked facts, whatever happens next
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._refuse_and_freeze(req, exc)
+        fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
+        fee = cosign.check_fee(req, self.policy, fees_today)  # 9
+        if bump and prior is not None:
+            replacement.check(self.store, req, fee, prior.txid)  # 9b
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
-        if bump and not replacement.adopt(self.store, req, str(done)):
-            raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
-        if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
+        signing = Signing(
+            account=req.account,
+            user_tx_no=req.user_tx_no,
+            txid=req.txid,
+            digest=digest,
+            signatures=tuple(sigs),
+            fee=fee,
+            outputs=_outputs(req.tx.vout),
+            change_index=max((index for _, index in req.change), default=None),
+        )
+        if bump and prior is not None:
+            recorded = replacement.adopt(self.store, signing, prior.txid)
+        else:
+            recorded = self.store.record_signing(signing)
+        if not recorded:
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
         replacement.record(self.store, req, fee)
         log.info(
@@ -439,7 +516,7 @@ class ColdService:
             req.user_tx_no,
             len(sigs),
             fee,
-            " (fee bump)" if bump else " (retry)" if done else "",
+            " (fee bump)" if bump else "",
         )
         return {"signatures": sigs}
 
@@ -449,10 +526,22 @@ class ColdService:
         rec = self._live_record(req.account)
         wallet = self._hot_wallet(rec)
         try:
+            cosign.check_shape(req.tx)
             consolidation.check_outputs(req, wallet)
             scripts = consolidation.scripts(req, wallet)
         except FREEZING as exc:  # it would move coin without the V-device: a hacked hot side
             self._freeze(req.account, f"not a consolidation: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {req.account} frozen, operator alerted"
+            ) from None
+        cosign.check_change_gap(req, self.store.change_high(req.account))
+        supplied = cosign.parse_prev_txs(req.prev_txs)
+        for txid, prev in supplied.items():
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._freeze(req.account, f"consolidation with unverified inputs: {exc.message}")
             raise type(exc)(
                 f"{exc.message}: account {req.account} frozen, operator alerted"
             ) from None
@@ -461,6 +550,7 @@ class ColdService:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
+        self.store.add_known_outputs(req.txid, _outputs(req.tx.vout))  # its change, spent next
         log.info(
             "account %d: co-signed consolidation %s, %d input(s), fee %d",
             req.account,
@@ -472,33 +562,76 @@ class ColdService:
 
     def _refuse_and_freeze(self, req: CosignRequest, exc: ColdHsmError) -> NoReturn:
         """Not what the V-device signed: freeze, alert, and refuse with the same code."""
-        what = type(exc).__name__
-        words = re.sub(r"(?<!^)(?=[A-Z])", " ", what).lower()
+        what = FREEZE_WHAT.get(type(exc), "refused request")
         self._freeze(
             req.account,
-            f"{words} in a send (user_tx_no {req.user_tx_no!r}, channel {req.c_id}): {exc.message}",
+            f"{what} in a send (user_tx_no {req.user_tx_no!r}, channel {req.c_id}): {exc.message}",
         )
         raise type(exc)(f"{exc.message}: account {req.account} frozen, operator alerted") from None
 
     def freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(account_field(payload))
         reason = text_field(payload, "reason", 500)
-        self._freeze(rec.account, f"frozen from the hot side: {reason}")
+        self._freeze(rec.account, f"frozen from the hot side: {reason}", source=SOURCE_HOT)
         return {}
 
     def sweep(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sign a sweep of verified cold UTXOs to the next settlement index (docs/hsm-pair.md).
+
+        Each outpoint is swept once (an identical retry gets the stored answer), the amounts
+        come from hash-checked previous transactions, and the settlement index advances only
+        with a signed sweep.
+        """
         rec = self._live_record(account_field(payload))
         utxos = sweep.decode_utxos(payload)
         rate = sweep.decode_fee_rate(payload, self.policy)
-        desc = sweep.settlement(rec.settlement_descriptor)
+        digest = sweep.request_digest(utxos, payload.get("fee_rate"))
+        stored = self.store.sweep_answer(rec.account, digest)
+        if stored is not None:
+            log.info("account %d: identical sweep request; same answer", rec.account)
+            return dict(json.loads(stored))
+        outpoints = [(u.txid, u.vout) for u in utxos]
+        done = self.store.swept(outpoints)
+        if done:
+            txid, vout, by = done[0]
+            raise AlreadySwept(f"utxo {txid}:{vout} was already swept by {by}")
+        desc = self._settlement(rec)
+        prev_txs = cosign.decode_prev_txs(payload, len(utxos))
+        supplied = cosign.parse_prev_txs(prev_txs)
+        for txid, prev in supplied.items():
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
         with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
             wallet = accounts.receiving_wallet(root, self.network)
             node = accounts.receiving_account_node(root, self.network)
-        index = self.store.next_settlement_index(rec.account)
+        try:
+            sweep.verify_utxos(utxos, wallet, self.store.known_output, supplied)
+        except FREEZING as exc:
+            what = FREEZE_WHAT.get(type(exc), "refused request")
+            self._freeze(rec.account, f"{what} in a sweep: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {rec.account} frozen, operator alerted"
+            ) from None
+        index = rec.settlement_index
         destination = desc.script_pubkey(index)
         result = sweep.build_sweep(utxos, wallet, node, destination, rate, self.policy)
         del node
-        address = script_to_address(destination, self.network)
+        fees_today = self.store.fees_since(rec.account, self.clock() - cosign.DAY)
+        if fees_today + result.fee > self.policy.max_fee_per_day_sat:
+            raise DailyFeeAbovePolicy(
+                f"sweep fee {result.fee} sat would pass the daily fee ceiling of"
+                f" {self.policy.max_fee_per_day_sat} sat ({fees_today} sat signed in 24 hours)"
+            )
+        answer = {
+            "tx": result.tx_hex,
+            "txid": result.txid,
+            "fee": result.fee,
+            "address": script_to_address(destination, self.network),
+            "settlement_index": index,
+        }
+        if not self.store.record_sweep(
+            rec.account, index, result.txid, digest, json.dumps(answer), result.fee, outpoints
+        ):
+            raise AlreadySwept("another sweep of these outpoints was signed meanwhile")
         log.info(
             "account %d: sweep %s of %d UTXO(s), %d sat to settlement index %d, fee %d",
             rec.account,
@@ -508,13 +641,16 @@ class ColdService:
             index,
             result.fee,
         )
-        return {
-            "tx": result.tx_hex,
-            "txid": result.txid,
-            "fee": result.fee,
-            "address": address,
-            "settlement_index": index,
-        }
+        return answer
+
+    def _settlement(self, rec: AccountRecord) -> Any:
+        desc = sweep.settlement(rec.settlement_descriptor)
+        problem = settlement_problem(desc, self.network)
+        if problem is not None:
+            raise BadSettlementDescriptor(
+                f"account {rec.account}'s settlement descriptor: {problem}"
+            )
+        return desc
 
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()

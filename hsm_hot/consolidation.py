@@ -37,6 +37,7 @@ def sign(service: HotService, params: Mapping[str, Any]) -> dict[str, Any]:
         "tx": plan.tx.raw,
         "inputs": [list(i) for i in plan.inputs],
         "change": [list(c) for c in plan.change],
+        **({"prev_txs": plan.prev_txs} if plan.prev_txs else {}),
     }
     answer = service.relay.call("consolidate", payload)
     cold_sigs = service._check_cold_signatures(plan, answer)

@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.batches import AccountKeys, account_keys
 from custody.chain import BitcoinRPC
 from custody.db import make_engine, make_session_factory
-from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HsmRefused
 from custody.models import (
     Account,
     Address,
@@ -45,7 +46,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from custody.sends import SendSettings, SendWorker, parse_tx
+from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
 from tests.node_fixtures import FEE, Faucet, Key, NodeProcess, hex_of, spend_p2wpkh, txid_hex
 from wallet_core import secp
@@ -53,6 +54,7 @@ from wallet_core.bip32 import ExtendedKey
 from wallet_core.chaincloud import parse_outs
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
+from wallet_core.rawtx import parse_signed_tx
 from wallet_core.signatures import SoftwareSigner
 from wallet_core.wallets import AccountKey, bip48_account_path, bip84_account_path
 
@@ -277,7 +279,7 @@ class SoftwareHsmPairStandIn:
         with self.lock:
             self.calls.append((account, request["user_tx_no"]))
             if self.unavailable:
-                raise HsmUnavailable("cold HSM unreachable (stand-in)")
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=611)
             keys = self.accounts[account]
@@ -304,7 +306,7 @@ class SoftwareHsmPairStandIn:
                 if origin is None or origin.path[-2] != 1:
                     raise HsmRefused("change not derivable", code=617)
             key = (account, request["user_tx_no"])
-            inputs = set(parse_tx(p.unsigned_tx_bytes()).inputs)
+            inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
             if self.signed.get(key, p.txid) != p.txid and not (
                 inputs & self.inputs.get(key, set())
             ):
@@ -320,7 +322,7 @@ class SoftwareHsmPairStandIn:
         with self.lock:
             self.calls.append((account, "consolidation"))
             if self.unavailable:
-                raise HsmUnavailable("cold HSM unreachable (stand-in)")
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=712)
             keys = self.accounts[account]

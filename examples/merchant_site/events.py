@@ -23,7 +23,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from examples.merchant_site import store
 from examples.merchant_site.errors import BadRequest, NotFound, Unauthorized
+from examples.merchant_site.extensions import db, site, transaction
 from examples.merchant_site.models import (
     CustodyEvent,
     Deposit,
@@ -159,8 +161,6 @@ def catch_up(s: Session, client: Any, token: str, side: str, wait: float = 0.0) 
 @bp.post("/webhooks/custody")
 def receive() -> tuple[str, int]:
     """A signed event from custody: 204 stored (or already had), 401 forged or stale."""
-    from examples.merchant_site import store  # noqa: PLC0415
-    from examples.merchant_site.app import db, site, transaction  # noqa: PLC0415
 
     settings = site().settings
     secret = store.get_setting(db(), "webhook_secret") or settings.webhook_secret

@@ -13,7 +13,8 @@ from flask import Blueprint, render_template
 from sqlalchemy import select
 
 from examples.merchant_site import events, forms, store
-from examples.merchant_site.app import (
+from examples.merchant_site.errors import Conflict, Forbidden
+from examples.merchant_site.extensions import (
     ADMIN_TOKEN_HEADER,
     check_shared_token,
     custody_token,
@@ -21,7 +22,6 @@ from examples.merchant_site.app import (
     site,
     transaction,
 )
-from examples.merchant_site.errors import Conflict, Forbidden
 from examples.merchant_site.models import AddressType, Deposit
 
 bp = Blueprint("merchant", __name__, template_folder="templates")
