@@ -49,7 +49,7 @@ PENDING_KEY = "consolidation_pending:{}"
 class ConsolidationRefused(CustodyError):
     """No consolidation now (the message says why)."""
 
-    code = 702
+    code = 602
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ MIN_CHANGE = 330  # P2WSH dust: the change must stay above it
 class BumpRefused(CustodyError):
     """The send cannot be fee-bumped now (the message says why)."""
 
-    code = 701
+    code = 601
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ DEFAULT_TOLERANCE = 300
 class WebhookSignatureInvalid(CustodyError):
     """The signature header is missing, malformed, or does not match the body."""
 
-    code = 712
+    code = 605
 
 
 class WebhookSignatureStale(CustodyError):
     """The signed timestamp is outside the replay window."""
 
-    code = 713
+    code = 606
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:

@@ -50,13 +50,13 @@ log = logging.getLogger(__name__)
 class WebhookUrlInvalid(CustodyError):
     """A webhook URL that is not an absolute http(s) URL."""
 
-    code = 710
+    code = 603
 
 
 class WebhookNotFound(CustodyError):
     """No such webhook endpoint or delivery."""
 
-    code = 711
+    code = 604
 
 
 @dataclass(frozen=True)

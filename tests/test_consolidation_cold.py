@@ -29,6 +29,7 @@ def payload(acct: Any, coins: list[Any], psbt: Any, change: list[list[int]]) -> 
         "tx": unsigned_tx(psbt),
         "inputs": [[c.value, c.chain, c.index] for c in coins],
         "change": change,
+        "prev_txs": list(dict.fromkeys(c.prev_tx for c in coins if c.prev_tx)),
     }
 
 

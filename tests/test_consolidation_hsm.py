@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from custody.chain import BitcoinRPC
 from custody.hsm_client import HotHsmClient
-from tests.hsm_fixtures import Coin, HsmPair, build_send_psbt, random_address
+from tests.hsm_fixtures import Coin, HsmPair, build_send_psbt, funded_coin, random_address
 from tests.test_hsm_pair import COIN, FEE, Account, client, node, pair, refused
 from wallet_core.psbt import Psbt
 from wallet_core.wallets import RECEIVE
@@ -27,7 +27,8 @@ def coins(node: BitcoinRPC, acct: Account, n: int) -> list[Coin]:
         [block] = node.generate_to_address(1, acct.wallet.address(i, RECEIVE))
         coinbase = node.get_block(block, 2)["tx"][0]
         value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
-        found.append(Coin(coinbase["txid"], 0, value, RECEIVE, i))
+        raw = bytes.fromhex(node.get_raw_transaction(coinbase["txid"], False, block))
+        found.append(Coin(coinbase["txid"], 0, value, RECEIVE, i, raw))
     node.generate_to_address(100, random_address())
     return found
 
@@ -51,7 +52,10 @@ def test_consolidation_is_cosigned_and_mined(
 
 def test_consolidation_refusals(pair: HsmPair, client: HotHsmClient, node: BitcoinRPC) -> None:
     acct = Account(client)
-    inputs = [Coin("ab" * 32, 0, 1_000_000, RECEIVE, 1), Coin("cd" * 32, 1, 500_000, RECEIVE, 2)]
+    inputs = [
+        funded_coin(acct.wallet, 1_000_000, RECEIVE, 1, 0, f"{acct.id}/a"),
+        funded_coin(acct.wallet, 500_000, RECEIVE, 2, 1, f"{acct.id}/b"),
+    ]
     # a fee rate far above the consolidation policy (10 sat/vB): refused, not frozen
     psbt = build_send_psbt(acct.wallet, inputs, [], change=(1, 1_500_000 - 50_000))
     e = refused(client.sign_consolidation, FEE, acct.id, psbt.to_base64())

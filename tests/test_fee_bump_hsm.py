@@ -3,7 +3,8 @@
 `user_tx_no` only as a BIP125 replacement of the one it signed (same signed payments, one of
 its inputs, every input signalling, at least 1 sat/vB more fee, within policy), with the
 V-device's original `vc_code`; the node takes the replacement and evicts the original, and
-only one of them is ever mined. Anything else under a used number is refused (code 707).
+only one of them is ever mined. A replacement paying too little is refused (707); anything else
+under a used number is a reuse, refused with a freeze (707).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def funded_coin(node: BitcoinRPC, acct: Account) -> Coin:
     node.generate_to_address(100, random_address())
     coinbase = node.get_block(block, 2)["tx"][0]
     value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
-    return Coin(coinbase["txid"], 0, value, RECEIVE, 0)
+    raw = bytes.fromhex(node.get_raw_transaction(coinbase["txid"], False, block))
+    return Coin(coinbase["txid"], 0, value, RECEIVE, 0, raw)
 
 
 def send_psbt(acct: Account, coins: list[Coin], payments: list[tuple[str, int]], fee: int) -> Psbt:
@@ -69,21 +71,26 @@ def test_what_is_not_a_replacement_is_refused(
     payments = [(random_address(), 10_000_000)]
     original = send_psbt(acct, [coin], payments, fee=1_000)
     final_hex(client, acct, original, payments, "nr-1")
-    # the same payments from another coin: it could confirm beside the first
-    e = refused(
-        client.sign_send,
-        REUSED,
-        **acct.params(send_psbt(acct, [other], payments, fee=5_000), payments, "nr-1"),
-    )
-    assert "must spend one of its inputs" in e.message
-    # more fee, but less than 1 sat/vB more
+    # a replacement, but less than 1 sat/vB more fee: refused, the account stays live
     e = refused(
         client.sign_send,
         REUSED,
         **acct.params(send_psbt(acct, [coin], payments, fee=1_050), payments, "nr-1"),
     )
-    assert "must pay at least" in e.message
-    # not signalling BIP125
+    assert "must pay at least" in e.message and "frozen" not in e.message
+    # the same payments from another coin: it could confirm beside the first, a reuse: freeze
+    e = refused(
+        client.sign_send,
+        REUSED,
+        **acct.params(send_psbt(acct, [other], payments, fee=5_000), payments, "nr-1"),
+    )
+    assert "frozen" in e.message
+
+    # not signalling BIP125: not a replacement either
+    acct = Account(client)
+    coin = funded_coin(node, acct)
+    original = send_psbt(acct, [coin], payments, fee=1_000)
+    final_hex(client, acct, original, payments, "nr-2")
     bumped = send_psbt(acct, [coin], payments, fee=5_000)
     w = acct.wallet
     final_input = PsbtInput(
@@ -94,7 +101,8 @@ def test_what_is_not_a_replacement_is_refused(
         witness_script=w.witness_script(coin.index, coin.chain),
         origins=w.origins(coin.index, coin.chain),
         sequence=0xFFFFFFFF,
+        prev_tx=coin.prev_tx,
     )
     final = Psbt.create([final_input], bumped.outputs)
-    e = refused(client.sign_send, REUSED, **acct.params(final, payments, "nr-1"))
-    assert "signal BIP125" in e.message
+    e = refused(client.sign_send, REUSED, **acct.params(final, payments, "nr-2"))
+    assert "frozen" in e.message
