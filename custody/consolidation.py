@@ -102,13 +102,15 @@ def consolidate(
 def _sign(
     factory: sessionmaker[Session], rpc: BitcoinRPC, hsm: Any, account_id: int, psbt_b64: str
 ) -> str:
-    """Co-sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+    """Co-sign with the funding transactions of inputs the cold HSM cannot know; if it asks
+    for more, attach every input's and ask again."""
     try:
-        return str(hsm.sign_consolidation(account_id, psbt_b64))
-    except HsmRefused as exc:
-        if exc.code != PREV_TX_REQUIRED:
-            raise
-    try:
+        first = with_prev_txs(factory, rpc, psbt_b64, all_inputs=False)
+        try:
+            return str(hsm.sign_consolidation(account_id, first))
+        except HsmRefused as exc:
+            if exc.code != PREV_TX_REQUIRED:
+                raise
         full = with_prev_txs(factory, rpc, psbt_b64)
     except PrevTxUnavailable as exc:
         raise ConsolidationRefused(f"funding transaction for the cold HSM: {exc}") from None

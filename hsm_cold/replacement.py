@@ -112,4 +112,5 @@ def adopt(store: ColdStore, s: Signing, replaced_txid: str) -> bool:
         if cur.rowcount != 1:
             return False
         store_mod._add_outputs(db, s.txid, s.outputs)
+        db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
     return True

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from custody import journal
 from custody.api import iso, queries
+from custody.api.params import body_fields
 from custody.api.schemas import MAX_USER_TX_NO, parse_send_request, parse_txid
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import AccountFrozen, BadRequest, DuplicateUserTxNo, NotFound
@@ -66,7 +67,7 @@ def post_send() -> dict[str, object]:
     account = session.get(Account, p.account_id)
     if account is None:
         raise NotFound("account not found")
-    req = parse_send_request(request.form, Network.from_name(account.network))
+    req = parse_send_request(body_fields(), Network.from_name(account.network))
     exists = session.execute(
         select(Send.id).where(Send.account_id == account.id, Send.user_tx_no == req.user_tx_no)
     ).first()
