@@ -99,9 +99,10 @@ def why_removed(s: Session, rpc: Any, row: ChainTx) -> DepositState:
 
 
 def _where(rpc: Any, txid: str) -> str | None:
-    """'chain', 'mempool' or None (unknown to the node, e.g. without txindex)."""
+    """'mempool' if the node holds `txid` unconfirmed, else 'chain' (no txindex needed: a
+    parent that is in neither was itself replaced or reorged out, and so is its child)."""
     try:
-        info = rpc.get_raw_transaction(txid, True)
+        rpc.get_mempool_entry(txid)
     except RPCError:
-        return None
-    return "chain" if int(info.get("confirmations") or 0) > 0 else "mempool"
+        return "chain"
+    return "mempool"

@@ -43,8 +43,8 @@ def test_consolidation_is_cosigned_and_mined(
     signed = Psbt.from_base64(client.sign_consolidation(acct.id, psbt.to_base64()))
     signed.finalize()
     txid = node.send_raw_transaction(signed.extract_hex())
-    node.generate_to_address(1, random_address())
-    tx = node.get_raw_transaction(txid, True)
+    [block] = node.generate_to_address(1, random_address())
+    tx = node.get_raw_transaction(txid, True, block)
     assert tx["confirmations"] == 1 and len(tx["vin"]) == 3 and len(tx["vout"]) == 1
     assert tx["vout"][0]["scriptPubKey"]["hex"] == acct.wallet.script_pubkey(5, 1).hex()
     assert [e for e in pair.audit() if e["event"] == "consolidate"][-1]["txid"] == txid

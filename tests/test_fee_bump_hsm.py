@@ -59,8 +59,8 @@ def test_replacement_with_more_fee_is_cosigned_and_replaces(
     refused(client.sign_send, REUSED, **acct.params(original, payments, "bump-1"))
     # and the bump again is the same answer (a retry after a crash)
     assert final_hex(client, acct, bumped, payments, "bump-1")
-    node.generate_to_address(1, random_address())
-    assert node.get_raw_transaction(second, True)["confirmations"] == 1
+    [block] = node.generate_to_address(1, random_address())
+    assert node.get_raw_transaction(second, True, block)["confirmations"] == 1
 
 
 def test_what_is_not_a_replacement_is_refused(

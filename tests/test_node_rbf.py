@@ -116,8 +116,8 @@ def test_replacement_evicts_the_original_and_its_descendants(
     now = pool(rpc)
     assert txid_hex(bump) in now
     assert not {txid_hex(parent), txid_hex(child), txid_hex(grandchild)} & now
-    rpc.generate_to_address(1, key.address)
-    assert rpc.get_raw_transaction(txid_hex(bump), True)["confirmations"] == 1
+    [block] = rpc.generate_to_address(1, key.address)
+    assert rpc.get_raw_transaction(txid_hex(bump), True, block)["confirmations"] == 1
 
 
 def test_replacement_may_not_add_an_unconfirmed_input(
@@ -152,10 +152,10 @@ def test_block_with_a_conflicting_spend_evicts_the_pool_spend_and_its_children(
     send(rpc, child)
     elsewhere = Key.from_seed("rbf-elsewhere")
     conflict = spend_p2wpkh(key, coin, [(elsewhere.script, coin[2] - 2 * FEE)])
-    rpc.call("generateblock", key.address, [hex_of(conflict)])
+    block = rpc.call("generateblock", key.address, [hex_of(conflict)])["hash"]
     now = pool(rpc)
     assert not {txid_hex(pooled), txid_hex(child)} & now
-    assert rpc.get_raw_transaction(txid_hex(conflict), True)["confirmations"] == 1
+    assert rpc.get_raw_transaction(txid_hex(conflict), True, block)["confirmations"] == 1
 
 
 def test_chain_of_unconfirmed_transactions_stops_at_25(
