@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
 from custody import journal, webhook_signing, webhooks
+from custody.journal import JournalKind
 from custody.models import EventSide
 from custody.webhooks import Deliverer, WebhookSettings
 from examples.merchant_site import cli as site_cli
@@ -104,10 +105,18 @@ def site(
     served.stop()
 
 
-def event(factory: sessionmaker[Session], account_id: int, kind: str, txid: str, **kw: Any) -> None:
+def event(
+    factory: sessionmaker[Session],
+    account_id: int,
+    kind: str,
+    txid: str,
+    wallet: str = "hot",
+    **kw: Any,
+) -> None:
     """What the watcher journals for a deposit transition (the event comes with it)."""
+    data = {"txid": txid, "wallet": wallet, "value": 5000, **kw}
     with factory() as s, s.begin():
-        journal.append(s, kind, account_id, {"txid": txid, "wallet": "hot", "value": 5000, **kw})
+        journal.append(s, JournalKind(kind), account_id, data)
 
 
 def site_db(d: Deployment) -> sessionmaker[Session]:
@@ -173,10 +182,14 @@ def test_catch_up_polls_what_no_webhook_brought(site, session_factory, account) 
     served, d, endpoint_id = site
     with session_factory() as s, s.begin():
         webhooks.remove_endpoint(s, endpoint_id)  # no webhook at all: polling only
+    # the two tokens see interleaved numbers: hot 1, both 2, cold 3, hot 4
     event(session_factory, account.id, "deposit_seen", "dd" * 32)
+    with session_factory() as s, s.begin():
+        journal.append(s, JournalKind.ACCOUNT_FROZEN, account.id, {"reason": "test"})
+    event(session_factory, account.id, "deposit_seen", "ee" * 32, wallet="cold")
     event(session_factory, account.id, "deposit_final", "dd" * 32, confirmations=6)
     assert site_cli.main(["catch-up", "--dir", str(d.data_dir)]) == 0
     assert site_cli.main(["catch-up", "--dir", str(d.data_dir)]) == 0  # nothing new
     with site_db(d)() as s:
-        got = s.execute(select(CustodyEvent.seq, CustodyEvent.via).order_by(CustodyEvent.id))
-        assert got.all() == [(1, "poll"), (2, "poll")]
+        got = s.execute(select(CustodyEvent.seq, CustodyEvent.via).order_by(CustodyEvent.seq))
+        assert got.all() == [(1, "poll"), (2, "poll"), (3, "poll"), (4, "poll")]

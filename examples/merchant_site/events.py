@@ -123,7 +123,7 @@ def _follow_withdrawal(s: Session, vtest_id: str, txid: str) -> None:
 
 
 def last_seq(s: Session, side: str) -> int:
-    """The highest seq stored for events a `side` token sees (where polling resumes)."""
+    """The highest seq stored for events a `side` token sees."""
     got = s.execute(
         select(func.max(CustodyEvent.seq)).where(CustodyEvent.side.in_((side, "both")))
     ).scalar()
@@ -146,12 +146,17 @@ def credited_total(s: Session, side: str) -> int:
 
 
 def catch_up(s: Session, client: Any, token: str, side: str, wait: float = 0.0) -> int:
-    """Fetch and record every event after the last one stored for `side`; returns how many."""
+    """Fetch and record every event `side`'s token sees after this side's cursor (the last
+    seq polled for it, kept in the settings); returns how many were new."""
+    key = f"events_cursor_{side}"
+    cursor = int(store.get_setting(s, key) or 0)
     added = 0
     while True:
-        page = client.events(token, last_seq(s, side), wait=wait)
+        page = client.events(token, cursor, wait=wait)
         for event in page:
             added += int(record(s, event, "poll"))
+            cursor = max(cursor, int(event["seq"]))
+        store.set_setting(s, key, str(cursor))
         s.commit()
         if not page:
             return added
