@@ -173,11 +173,12 @@ def step_consolidate(ctx: Context) -> str:
     txid = str(done["txid"])
     raw = ctx.rpc.get_raw_transaction(txid, True)
     mine(ctx.rpc, ctx.network, 1)
-    detail = wait_for(
-        lambda: (t := find_tx(hot, txid)) and int(t["confirmation"]) >= 1 and t,
-        CHAIN_TIMEOUT,
-        f"consolidation {txid} confirmed in GET /tx",
-    )
+
+    def mined() -> dict[str, Any] | None:
+        t = find_tx(hot, txid)
+        return t if t is not None and int(t["confirmation"]) >= 1 else None
+
+    detail = wait_for(mined, CHAIN_TIMEOUT, f"consolidation {txid} confirmed in GET /tx")
     if not all(o["is_mine"] for o in detail["outputs"]) or len(raw["vout"]) != 1:
         raise StepFailed(f"consolidation {txid} pays something other than the hot wallet")
     after = wait_for(

@@ -29,7 +29,7 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC
-from custody.db import transaction
+from custody.db import rowcount, transaction
 from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
 from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
@@ -188,7 +188,7 @@ def _build(
         .values(spent_by=psbt.txid)
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != len(rows):
+    if rowcount(claimed) != len(rows):
         raise ConsolidationRefused("coins were taken meanwhile; try again")
     built = {"inputs": len(rows), "value": total - fee, "fee": fee, "change": index}
     built["address_id"] = change.id

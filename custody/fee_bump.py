@@ -30,7 +30,7 @@ from custody import journal
 from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import RPCError, TxRejected
-from custody.db import transaction
+from custody.db import rowcount, transaction
 from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
 from custody.models import (
@@ -100,7 +100,7 @@ def _lease(worker: SendWorker, send_id: int) -> None:
             )
             .values(locked_by=worker.owner, locked_until=until)
         )
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             send = s.get(Send, send_id)
             state = send.status.value if send is not None else "gone"
             raise BumpRefused(f"send is {state} or busy: only a broadcast, unconfirmed send bumps")
@@ -218,8 +218,9 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
     outputs = []
     for n, out in enumerate(Psbt.from_base64(send.psbt).outputs):
         if n == change_vout:
-            out = PsbtOutput(out.script_pubkey, change, out.origins, out.witness_script)
-        outputs.append(out)
+            outputs.append(PsbtOutput(out.script_pubkey, change, out.origins, out.witness_script))
+        else:
+            outputs.append(out)
     psbt = Psbt.create(inputs, outputs)
     rep = SendReplacement(
         send_id=send.id,

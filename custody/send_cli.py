@@ -58,7 +58,7 @@ def cmd_consolidate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `custody send ...` and `custody wallet ...` to the `custody` parser."""
     p = sub.add_parser("send", help="hot sends")
     ssub = p.add_subparsers(dest="send_command", required=True)

@@ -94,7 +94,7 @@ def cmd_redeliver(args: argparse.Namespace) -> str:
     return f"{n} delivery(ies) queued again"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `custody webhook ...` to the `custody` parser."""
     p = sub.add_parser("webhook", help="webhook endpoints receiving an account's events")
     wsub = p.add_subparsers(dest="webhook_command", required=True)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cc_common.config import Config
 from cc_common.errors import CustodyError
 from custody import events
-from custody.db import transaction
+from custody.db import rowcount, transaction
 from custody.models import (
     Account,
     DeliveryStatus,
@@ -128,9 +128,9 @@ def redeliver(s: Session, *, delivery_id: int | None = None, endpoint_id: int | 
         )
     else:
         raise WebhookNotFound("name a delivery or an endpoint")
-    n = s.execute(
-        q.values(status=DeliveryStatus.PENDING, attempts=0, first_attempt_at=None)
-    ).rowcount
+    n = rowcount(
+        s.execute(q.values(status=DeliveryStatus.PENDING, attempts=0, first_attempt_at=None))
+    )
     if delivery_id is not None and n == 0:
         raise WebhookNotFound(f"no webhook delivery {delivery_id}")
     if endpoint_id is not None:
@@ -193,7 +193,7 @@ class Deliverer:
                     .where(WebhookEndpoint.id == endpoint_id, self._due(now))
                     .values(locked_by=self.owner, locked_until=until)
                 )
-                if res.rowcount == 1:
+                if rowcount(res) == 1:
                     got.append(endpoint_id)
         return got
 
@@ -214,7 +214,7 @@ class Deliverer:
             .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.locked_by == self.owner)
             .values(locked_until=until)
         )
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             raise _LostLease()
         endpoint = s.get(WebhookEndpoint, endpoint_id, populate_existing=True)
         assert endpoint is not None

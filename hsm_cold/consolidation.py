@@ -48,7 +48,10 @@ def decode(payload: Mapping[str, Any]) -> CosignRequest:
         raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise BadRequest(f"a consolidation spends 1-{MAX_INPUTS} inputs")
-    change = tuple(int_list(c, 2, "each change entry") for c in field(payload, "change", list))
+    change = tuple(
+        (pair[0], pair[1])
+        for pair in (int_list(c, 2, "each change entry") for c in field(payload, "change", list))
+    )
     return CosignRequest(
         account=field(payload, "account", int),
         tx=tx,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Contract tests of the custody API against reference section 1: every endpoint, field names
 and JSON types exactly; batches (creation, proof, next), addresses, /tx pagination, sends.
 Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
@@ -12,6 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from custody.accounts import freeze_account
+from custody.app import create_app
 from custody.models import (
     Address,
     AddressBatch,
@@ -28,21 +29,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    client,
-    config,
-    db_url,
-    hsm,
-    make_config,
-    other_account,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
+from tests.api_fixtures import make_config
 
 API = "/api/v1/open"
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
@@ -152,7 +139,6 @@ def test_user_balance_counts_confirmed_funds_of_its_side(
     assert client.get(f"{API}/user", headers=account.cold).json["balance"] == 3000
     assert client.get(f"{API}/user", headers=account.hot).json["balance"] == 16000
     # min_confirmations = 2 excludes the tip's output
-    from custody.app import create_app  # noqa: PLC0415
 
     cfg = make_config(
         app.config["CC_CONFIG"].data_dir,
@@ -296,7 +282,6 @@ def test_unverified_batches_serve_when_configured(
     session_factory,
     account,
 ):
-    from custody.app import create_app  # noqa: PLC0415
 
     cfg = make_config(tmp_path, db_url, sms.url, require_verified_batches=False)
     c = create_app(cfg, hsm=hsm, session_factory=session_factory).test_client()
@@ -564,7 +549,6 @@ def test_send_defaults_and_dust_edge(client, account, session_factory):
 
 
 def test_frozen_account_refuses_sends(client, account, session_factory, hsm, config, sms):
-    from custody.accounts import freeze_account  # noqa: PLC0415
 
     with session_factory() as s, s.begin():
         assert freeze_account(s, hsm, account.id, "suspicious activity", config)

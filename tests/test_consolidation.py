@@ -20,7 +20,7 @@ from custody import consolidation
 from custody.balances import confirmed_balance
 from custody.chain import BitcoinRPC
 from custody.models import JournalEntry, KeyValue, SendStatus, Utxo, Wallet
-from tests.node_fixtures import Faucet, NodeProcess
+from tests.node_fixtures import Faucet, NodeProcess, running_node
 from tests.test_sends import Env, _outs
 from tests.worker_fixtures import (
     db_url_for,
@@ -28,7 +28,6 @@ from tests.worker_fixtures import (
     fresh_pg_database,
     mine,
     node_faucet,
-    start_node,
 )
 
 COINS = [20_000, 30_000, 40_000, 50_000, 900_000]
@@ -36,7 +35,7 @@ COINS = [20_000, 30_000, 40_000, 50_000, 900_000]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "consolidation-node")
+    yield from running_node(tmp_path_factory, "consolidation-node")
 
 
 @pytest.fixture(scope="module")

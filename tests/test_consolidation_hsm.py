@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Consolidation through the real HSM pair: co-signed without any V-device signature when
 every output is the account's own change and the fee rate is within the consolidation policy,
 and mined; an output paying anyone else is refused by the hot side (904) and, asked directly,

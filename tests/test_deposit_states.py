@@ -29,10 +29,19 @@ from custody.models import (
     Wallet,
 )
 from custody.watcher import Watcher, WatcherSettings
-from tests.node_fixtures import FEE, Faucet, Key, NodeProcess, hex_of, spend_p2wpkh, txid_hex
+from tests.api_fixtures import SoftwareHsmStandIn
+from tests.node_fixtures import (
+    FEE,
+    Faucet,
+    Key,
+    NodeProcess,
+    hex_of,
+    running_node,
+    spend_p2wpkh,
+    txid_hex,
+)
 from tests.worker_fixtures import (
     MINER,
-    SoftwareHsmPairStandIn,
     add_addresses,
     chain_tx,
     conflicting_block,
@@ -46,7 +55,6 @@ from tests.worker_fixtures import (
     mine,
     new_send,
     node_faucet,
-    start_node,
 )
 
 RBF = 0xFFFFFFFD
@@ -70,7 +78,7 @@ def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "deposit-states-node")
+    yield from running_node(tmp_path_factory, "deposit-states-node")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +228,7 @@ def test_dust_is_flagged_and_never_spent(
     with factory() as s:
         assert chain_tx(s, account_id, Wallet.HOT, dust).has_dust is True
         assert s.execute(select(Utxo.is_dust).where(Utxo.txid == dust)).scalar_one() is True
-    hsm = SoftwareHsmPairStandIn()
+    hsm = SoftwareHsmStandIn()
     with factory() as s, s.begin():
         sid = new_send(s, account_id, "dust-1", f"{ELSEWHERE.address},400")
     assert make_sends(factory, rpc, hsm, owner="w").step() == {sid: SendStatus.WAITING_FUNDS}

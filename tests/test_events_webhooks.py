@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Events and webhooks on SQLite and PostgreSQL: numbers without gaps per account (also under
 concurrent writers and rollbacks), `GET /events` scoped to the token's side with long polling,
 signed webhook deliveries in seq order to a real HTTP receiver that is down for a while, two
@@ -22,20 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody import events, journal, webhook_signing, webhooks
 from custody.models import DeliveryStatus, Event, EventSide, WebhookDelivery
 from custody.webhooks import Deliverer, WebhookSettings
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    client,
-    config,
-    db_url,
-    hsm,
-    other_account,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
 
 API = "/api/v1/open"
 
@@ -72,7 +57,7 @@ def test_numbers_have_no_gaps_per_account_under_concurrency_and_rollback(
         try:
             for n in range(5):
                 deposit(session_factory, account.id, "cold", 100 * k + n)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
@@ -162,7 +147,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if not receiver.up:
                     self.send_response(503)

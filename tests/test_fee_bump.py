@@ -27,7 +27,7 @@ from custody.models import (
     TxStatus,
     Wallet,
 )
-from tests.node_fixtures import Faucet, NodeProcess
+from tests.node_fixtures import Faucet, NodeProcess, running_node
 from tests.test_sends import Env, _outs
 from tests.worker_fixtures import (
     MINER,
@@ -37,13 +37,12 @@ from tests.worker_fixtures import (
     fresh_pg_database,
     mine,
     node_faucet,
-    start_node,
 )
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "fee-bump-node")
+    yield from running_node(tmp_path_factory, "fee-bump-node")
 
 
 @pytest.fixture(scope="module")

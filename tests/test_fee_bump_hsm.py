@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Fee bumps through the real HSM pair: the cold HSM co-signs a second transaction under a
 `user_tx_no` only as a BIP125 replacement of the one it signed (same signed payments, one of
 its inputs, every input signalling, at least 1 sat/vB more fee, within policy), with the

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """The reference merchant site takes custody's events by signed webhook, polling as fallback.
 
 Custody's side is real: its API app and database (tests/api_fixtures.py) served over HTTP, and
@@ -27,18 +26,6 @@ from custody.webhooks import Deliverer, WebhookSettings
 from examples.merchant_site import cli as site_cli
 from examples.merchant_site.app import create_app as create_site
 from examples.merchant_site.models import CustodyEvent, make_session_factory
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    config,
-    db_url,
-    hsm,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
 from tests.harness import Deployment
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chain import BitcoinRPC
 from custody.models import SendStatus
-from tests.node_fixtures import Faucet, NodeProcess
+from tests.node_fixtures import Faucet, NodeProcess, running_node
 from tests.test_sends import Env, _outs
 from tests.worker_fixtures import (
     db_url_for,
@@ -27,7 +27,6 @@ from tests.worker_fixtures import (
     fund,
     mine,
     node_faucet,
-    start_node,
 )
 
 RBF_MAX = 0xFFFFFFFD
@@ -35,7 +34,7 @@ RBF_MAX = 0xFFFFFFFD
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "unconfirmed-node")
+    yield from running_node(tmp_path_factory, "unconfirmed-node")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """`custody webhook add/list/remove/deliveries/redeliver` on a migrated database: the secret
 printed once, the delivery log after an event, redelivery, removal, and clear refusals."""
 
@@ -8,13 +7,7 @@ import json
 from pathlib import Path
 
 from custody import admin_cli
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    SoftwareHsmStandIn,
-    settlement_descriptor,
-    sms,
-    sms_server,
-    vdevice_identity,
-)
+from tests.api_fixtures import SoftwareHsmStandIn, settlement_descriptor, vdevice_identity
 from tests.test_api_cli import run_cli, write_config
 
 

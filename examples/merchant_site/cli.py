@@ -28,7 +28,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import (
+    Table,
+    add_dir_argument,
+    add_json_argument,
+    config_from_args,
+    render_table,
+    run,
+)
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
@@ -154,7 +161,7 @@ def cmd_tamper_batch(args: argparse.Namespace) -> str:
     )
 
 
-def cmd_status(args: argparse.Namespace) -> str:
+def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     _, _, s = _open(args)
     with s:
         batches = [
@@ -165,6 +172,13 @@ def cmd_status(args: argparse.Namespace) -> str:
             (w.vtest_id, w.created_at, w.status.value, w.tx_hash or "-", w.outs or "(raw)")
             for w in store.list_withdrawals(s)
         ]
+    if args.json:
+        return {
+            "batches": Table(("type", "batch", "state", "fetched"), batches).records(),
+            "withdrawals": Table(
+                ("vtest_id", "requested", "state", "tx_hash", "outs"), withdrawals
+            ).records(),
+        }
     return (
         "batches\n"
         + render_table(("type", "batch", "state", "fetched"), batches)
@@ -238,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEMO: store this vtest_info as is, unencrypted (needs allow_raw_vtest = true)",
     )
 
-    command("status", cmd_status, "batches and withdrawals")
+    p = command("status", cmd_status, "batches and withdrawals")
+    add_json_argument(p)
 
     p = command("set-webhook-secret", cmd_set_webhook_secret, "store custody's webhook secret")
     p.add_argument("secret", help="the secret from `custody webhook add` ('-' reads stdin)")
