@@ -51,13 +51,23 @@ CLI_TIMEOUT = 120.0
 
 # The demo's own switches, written into the deployment's configuration before `custody up`
 # (`python -m cc_demo --configure`). Demo only: no production default changes.
+# The demo account's spending policy allows an exchange's volume (the money steps send a burst
+# of ten withdrawals in one block interval): the default per-send limit and approval
+# threshold stay, the daily total and the hourly count are raised, on the phone and in the
+# cold HSM alike.
+DEMO_VOLUME: dict[str, Any] = {"max_daily_sat": 300_000_000, "max_sends_per_hour": 60}
+
 DEMO_CONFIG: dict[str, Any] = {
     # a hacked site may store a withdrawal it could not encrypt (attack: bad vtest)
     "merchant_site": {"allow_raw_vtest": True},
     # the carrier logs SMS bodies, so the demo can take an old SMS to replay
     "firmware_sim": {"carrier": {"log_bodies": True}},
     # short poll intervals: the story runs in seconds, not minutes
-    "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0},
+    "vdevice": {
+        "poll_interval": 0.3,
+        "tx_poll_max_interval": 1.0,
+        "policy": dict(DEMO_VOLUME),
+    },
     "custody": {
         "worker_interval": 0.3,
         "send_wait_seconds": 0.5,
@@ -66,7 +76,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "webhook_backoff_max": 2.0,
         "webhook_interval": 0.2,
     },
-    "hsm_cold": {"sms_poll_interval": 0.5},
+    "hsm_cold": {"sms_poll_interval": 0.5, "policy": dict(DEMO_VOLUME)},
 }
 
 
