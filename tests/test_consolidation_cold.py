@@ -33,14 +33,14 @@ def payload(acct: Any, coins: list[Any], psbt: Any, change: list[list[int]]) -> 
     }
 
 
-def test_consolidation_signs_only_own_change(link: Any) -> None:
-    acct = provision(link, 71)
+def test_consolidation_signs_only_own_change(cold: Any, link: Any) -> None:
+    acct = provision(cold, link, 71)
     coins = [acct.coin(400_000), acct.coin(300_000, RECEIVE)]
     psbt = build_send_psbt(acct.wallet, coins, [], change=(3, 700_000 - 1_500))
     sigs = link.call("consolidate", payload(acct, coins, psbt, [[0, 3]]), timeout=TIMEOUT)
     check_cold_signatures(acct, psbt, coins, sigs["signatures"])
 
-    acct = provision(link, 72)
+    acct = provision(cold, link, 72)
     coins = [acct.coin(400_000)]
     psbt = build_send_psbt(acct.wallet, coins, [(random_address(), 100_000)], change=(2, 298_000))
     err = refused(link, "consolidate", payload(acct, coins, psbt, [[0, 5], [1, 2]]))
@@ -48,7 +48,7 @@ def test_consolidation_signs_only_own_change(link: Any) -> None:
     assert "not the hot wallet's change address 5" in err.message
     assert "not a consolidation" in (frozen_for(link, 72) or "")
 
-    acct = provision(link, 73)
+    acct = provision(cold, link, 73)
     coins = [acct.coin(400_000)]
     psbt = build_send_psbt(acct.wallet, coins, [(random_address(), 100_000)], change=(2, 298_000))
     err = refused(link, "consolidate", payload(acct, coins, psbt, [[1, 2]]))  # payment undeclared

@@ -35,7 +35,7 @@ def coins(node: BitcoinRPC, acct: Account, n: int) -> list[Coin]:
 def test_consolidation_is_cosigned_and_mined(
     pair: HsmPair, client: HotHsmClient, node: BitcoinRPC
 ) -> None:
-    acct = Account(client)
+    acct = Account(client, pair)
     inputs = coins(node, acct, 3)
     total = sum(c.value for c in inputs)
     psbt = build_send_psbt(acct.wallet, inputs, [], change=(5, total - 2_000))
@@ -50,7 +50,7 @@ def test_consolidation_is_cosigned_and_mined(
 
 
 def test_consolidation_refusals(pair: HsmPair, client: HotHsmClient, node: BitcoinRPC) -> None:
-    acct = Account(client)
+    acct = Account(client, pair)
     inputs = [
         funded_coin(acct.wallet, 1_000_000, RECEIVE, 1, 0, f"{acct.id}/a"),
         funded_coin(acct.wallet, 500_000, RECEIVE, 2, 1, f"{acct.id}/b"),

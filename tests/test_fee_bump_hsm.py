@@ -44,7 +44,7 @@ def final_hex(client: HotHsmClient, acct: Account, psbt: Psbt, payments, no: str
 def test_replacement_with_more_fee_is_cosigned_and_replaces(
     pair: HsmPair, client: HotHsmClient, node: BitcoinRPC
 ) -> None:
-    acct = Account(client)
+    acct = Account(client, pair)
     coin = funded_coin(node, acct)
     payments = [(random_address(), 10_000_000)]
     original = send_psbt(acct, [coin], payments, fee=500)
@@ -65,7 +65,7 @@ def test_replacement_with_more_fee_is_cosigned_and_replaces(
 def test_what_is_not_a_replacement_is_refused(
     pair: HsmPair, client: HotHsmClient, node: BitcoinRPC
 ) -> None:
-    acct = Account(client)
+    acct = Account(client, pair)
     coin, other = funded_coin(node, acct), funded_coin(node, acct)
     payments = [(random_address(), 10_000_000)]
     original = send_psbt(acct, [coin], payments, fee=1_000)
@@ -86,7 +86,7 @@ def test_what_is_not_a_replacement_is_refused(
     assert "frozen" in e.message
 
     # not signalling BIP125: not a replacement either
-    acct = Account(client)
+    acct = Account(client, pair)
     coin = funded_coin(node, acct)
     original = send_psbt(acct, [coin], payments, fee=1_000)
     final_hex(client, acct, original, payments, "nr-2")
