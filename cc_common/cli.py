@@ -16,6 +16,7 @@ from typing import Any
 
 from cc_common.config import Config, default_data_dir, load_config
 from cc_common.errors import CustodyError
+from cc_common.text import UnsafeText, check_text
 
 
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,16 @@ def run(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result."""
+    """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result.
+
+    An argument holding a control or bidi character is refused before anything runs.
+    """
+    try:
+        for n, arg in enumerate(sys.argv[1:] if argv is None else argv, start=1):
+            check_text(arg, f"argument {n}")
+    except UnsafeText as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], Any] | None = getattr(args, "handler", None)
     if handler is None:

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cc_common.text import SafeFormatter
+
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
@@ -17,7 +19,7 @@ FORMAT = "%(asctime)s %(levelname)-5s {process} %(name)s: %(message)s"
 
 def setup_logging(process: str, log_dir: Path | None, level: int | str = logging.INFO) -> None:
     """Configure the root logger of a process named `process` (e.g. `hsm-hot`)."""
-    fmt = logging.Formatter(FORMAT.format(process=process), datefmt="%H:%M:%S")
+    fmt = SafeFormatter(FORMAT.format(process=process), datefmt="%H:%M:%S")
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cc_common.text import printable
 from hsm_cold import accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
@@ -195,6 +196,7 @@ class ColdService:
 
     def alert(self, account: int | None, kind: AlertKind, message: str) -> None:
         """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side."""
+        message = printable(message)
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
             try:

@@ -34,6 +34,7 @@ from hsm_hot.relay import ColdRelay
 from hsm_hot.state import HotAccount, HotState
 from wallet_core import messages, signatures
 from wallet_core.bip32 import parse_xpub
+from wallet_core.chaincloud import check_user_tx_no
 from wallet_core.errors import PsbtError, SignatureError, WalletError
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
@@ -79,6 +80,13 @@ def _text(params: Mapping[str, Any], key: str, max_len: int = 4096) -> str:
     if not value or len(value) > max_len:
         raise BadRequest(f"parameter {key!r} is empty or too long")
     return value
+
+
+def _user_tx_no(request: Mapping[str, Any]) -> str:
+    try:
+        return check_user_tx_no(_text(request, "user_tx_no", 128))
+    except WalletError as exc:
+        raise BadRequest(exc.message) from None
 
 
 def _hex_text(value: Any, what: str) -> str:
@@ -335,7 +343,7 @@ class HotService:
             "coin_code": _text(request, "coin_code", 10),
             "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
             "outs": _text(request, "outs", 100_000),
-            "user_tx_no": _text(request, "user_tx_no", 128),
+            "user_tx_no": _user_tx_no(request),
         }
         vc_code = _text(params, "vc_code", 256)
         c_id = _text(params, "c_id", 128)

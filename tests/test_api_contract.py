@@ -521,6 +521,12 @@ def test_send_request_is_idempotent(client, account, session_factory):
         ({"user_tx_no": None}, "user_tx_no is required"),
         ({"user_tx_no": "x" * 65}, "user_tx_no"),
         ({"user_tx_no": 'a"b'}, "user_tx_no"),
+        ({"user_tx_no": "order-1\n"}, "form field 'user_tx_no' contains a control"),
+        ({"user_tx_no": "order\u202e1"}, "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"user_tx_no": "order 1"}, "printable ASCII except space"),
+        ({"user_tx_no": "ordré"}, "printable ASCII"),
+        ({"c_id": "7\u2066"}, "form field 'c_id' contains a control or bidi"),
+        ({"outs": f"{COLD_ADDR},10000\n"}, "control"),
         ({"outs": None}, "outs is required"),
         ({"outs": f"{COLD_ADDR}"}, "outs"),
         ({"outs": f"{COLD_ADDR},1.5"}, "not an integer"),
@@ -545,6 +551,14 @@ def test_send_request_validation(client, account, session_factory, over, needle)
     assert r.json["code"] == 2 and needle in r.json["message"], r.json
     with session_factory() as s:
         assert s.execute(select(func.count(Send.id))).scalar() == 0
+
+
+def test_send_state_path_refuses_control_and_bidi(client, account):
+    for bad, needle in (("order%E2%80%AE1", "path part 'user_tx_no'"), ("a%0A", "control")):
+        r = client.get(f"{API}/tx/{bad}", headers=account.hot)
+        assert r.status_code == 400 and r.json["code"] == 2 and needle in r.json["message"]
+    r = client.get(f"{API}/tx?tx_hash=%E2%80%8F", headers=account.hot)
+    assert r.status_code == 400 and "query argument 'tx_hash'" in r.json["message"]
 
 
 def test_send_defaults_and_dust_edge(client, account, session_factory):

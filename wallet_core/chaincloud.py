@@ -19,8 +19,13 @@ from .networks import Network
 
 BATCH_SIZE = 1000
 MAX_MONEY = 21_000_000 * 100_000_000
-_VALUE = re.compile(r"^(0|[1-9][0-9]*)$")
-_USER_TX_NO = re.compile(r'^[^"\\\x00-\x1f]{1,128}$')
+_VALUE = re.compile(r"0|[1-9][0-9]*")
+# `user_tx_no`: 1-128 printable ASCII characters other than space, `"` and `\` (0x21-0x7e
+# without 0x22 and 0x5c), matched over the whole value (a trailing newline is refused). It is
+# inserted verbatim into the signed request string, so it needs no JSON escape, and it can hold
+# no control or bidi character that would disguise it in an alert or a log.
+USER_TX_NO_CHARS = "printable ASCII except space, '\"' and '\\'"
+_USER_TX_NO = re.compile(r"[!#-\[\]-~]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list
             validate_address(addr, network)
         except AddressError as exc:
             raise OutsError(f"output {n}: {exc.message}") from None
-        if not _VALUE.match(value):
+        if not _VALUE.fullmatch(value):
             raise OutsError(f"output {n}: value {value!r} is not an integer number of satoshi")
         sat = int(value)
         if sat > MAX_MONEY or (sat == 0 and not allow_zero):
@@ -96,6 +101,13 @@ def format_outs(outs: Sequence[Out] | Sequence[tuple[str, int]]) -> str:
     return ";".join(parts)
 
 
+def check_user_tx_no(user_tx_no: str) -> str:
+    """`user_tx_no` unchanged if it is 1-128 characters of `USER_TX_NO_CHARS`, else `OutsError`."""
+    if not isinstance(user_tx_no, str) or not _USER_TX_NO.fullmatch(user_tx_no):
+        raise OutsError(f"user_tx_no must be 1-128 characters, {USER_TX_NO_CHARS}")
+    return user_tx_no
+
+
 def send_request_string(
     outs: str, user_tx_no: str, *, coin_code: str = "BTC", is_dynamic_fee: int = 1
 ) -> str:
@@ -106,8 +118,7 @@ def send_request_string(
     """
     if is_dynamic_fee not in (0, 1) or isinstance(is_dynamic_fee, bool):
         raise OutsError("is_dynamic_fee must be 0 or 1")
-    if not _USER_TX_NO.match(user_tx_no):
-        raise OutsError("user_tx_no must be 1-128 characters without quotes or backslashes")
+    check_user_tx_no(user_tx_no)
     if not re.fullmatch(r"[A-Z]{2,10}", coin_code):
         raise OutsError("coin_code must be upper-case letters")
     if not outs or any(c in outs for c in '"\\') or any(ord(c) < 0x20 for c in outs):

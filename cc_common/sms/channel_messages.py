@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from cc_common.sms.errors import SmsFormatError, SmsSignatureError
+from cc_common.text import describe, first_unsafe
 from wallet_core import secp
 from wallet_core.chaincloud import batch_content
 from wallet_core.errors import InvalidKeyError, MessageSignatureError
@@ -650,6 +651,9 @@ def parse(text: str) -> Message:
     _check(isinstance(text, str), "not text")
     _check(len(text) <= MAX_TEXT, "text is too long")
     text = text.strip()
+    char = first_unsafe(text)
+    if char is not None:
+        raise SmsFormatError(f"contains a control or bidi character ({describe(char)})")
     if text == FORMAT_ERROR_TEXT:
         return FormatErrorReply()
     _check(text.startswith(PREFIX + ":"), "does not start with CC:")

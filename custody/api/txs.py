@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 
 from custody import journal
 from custody.api import iso, queries
-from custody.api.schemas import MAX_USER_TX_NO, parse_send_request, parse_txid
+from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
-from custody.errors import AccountFrozen, BadRequest, DuplicateUserTxNo, NotFound
+from custody.errors import AccountFrozen, DuplicateUserTxNo, NotFound
 from custody.extensions import db
 from custody.models import Account, AccountStatus, Send, SendStatus
 from wallet_core.networks import Network
@@ -105,8 +105,7 @@ def post_send() -> dict[str, object]:
 @hot_only
 def get_send(user_tx_no: str) -> dict[str, object]:
     p = current_principal()
-    if not 1 <= len(user_tx_no) <= MAX_USER_TX_NO:
-        raise BadRequest(f"user_tx_no must be 1-{MAX_USER_TX_NO} characters")
+    parse_user_tx_no(user_tx_no)
     send = db.session.execute(
         select(Send).where(Send.account_id == p.account_id, Send.user_tx_no == user_tx_no)
     ).scalar_one_or_none()

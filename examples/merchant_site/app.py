@@ -19,9 +19,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from cc_common.config import Config, load_config
+from cc_common.text import UnsafeText, check_text
 from examples.merchant_site import store
 from examples.merchant_site.custody_client import CustodyClient
-from examples.merchant_site.errors import InternalError, NotFound, SiteError, Unauthorized
+from examples.merchant_site.errors import (
+    BadRequest,
+    InternalError,
+    NotFound,
+    SiteError,
+    Unauthorized,
+)
 from examples.merchant_site.models import make_session_factory
 from wallet_core.networks import Network
 
@@ -122,6 +129,20 @@ def custody_token(kind: str) -> str:
     return value
 
 
+def refuse_unsafe_text() -> None:
+    """No control or bidi character in any field, query argument or JSON string: 400."""
+    body = request.get_json(silent=True) if request.is_json else None
+    fields = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    if isinstance(body, dict):
+        fields += [(str(k), v) for k, v in body.items() if isinstance(v, str)]
+    try:
+        for key, value in fields:
+            check_text(str(key), "field name")
+            check_text(value, f"field {key!r}")
+    except UnsafeText as exc:
+        raise BadRequest(exc.message) from None
+
+
 def _error(err: SiteError) -> tuple[Response, int]:
     return jsonify({"code": err.code, "message": err.message}), err.status
 
@@ -142,6 +163,8 @@ def create_app(
         sessions=make_session_factory(settings.database_url),
         custody=custody or CustodyClient(settings.custody_url),
     )
+
+    app.before_request(refuse_unsafe_text)
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
