@@ -126,6 +126,11 @@ class HotHsmClient:
             identity_sig=identity_sig,
         )
 
+    def channel_key(self, account: int, c_id: str) -> dict[str, Any]:
+        """`{channel_pubkey, expires_at, signature}`: the cold HSM's signed statement of the
+        V-device key of live channel `c_id` (`custody.vc_check` verifies it)."""
+        return dict(self.call("channel_key", account=account, c_id=c_id))
+
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:

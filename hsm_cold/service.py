@@ -34,15 +34,16 @@ from hsm_cold.errors import (
     ForgedVcCode,
     OutputMismatch,
     UnknownAccount,
+    UnknownChannel,
     UserTxNoReused,
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
-from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore
+from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
-from wallet_core.chaincloud import batch_content
+from wallet_core.chaincloud import batch_content, channel_key_statement
 from wallet_core.descriptors import descriptor_network
 from wallet_core.errors import WalletError
 from wallet_core.keys import master_key
@@ -60,6 +61,7 @@ class Command(StrEnum):
     PROVISION_ACCOUNT = "provision_account"
     PROVE_BATCH = "prove_batch"
     REGISTER_CHANNEL = "register_channel"
+    CHANNEL_KEY = "channel_key"
     COSIGN = "cosign"
     FREEZE = "freeze"
     SWEEP = "sweep"
@@ -391,6 +393,26 @@ class ColdService:
         self.store.put_channel(ChannelRecord(rec.account, c_id, channel_pubkey, expires_at))
         log.info("account %d: channel %s registered (expires %d)", rec.account, c_id, expires_at)
         return {}
+
+    def channel_key(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A live channel's V-device key and expiry, signed by the identity key.
+
+        Public facts only; a frozen account still answers (checking a `vc_code` early changes
+        nothing), a pending or unknown channel is `unknown channel` (704).
+        """
+        account = account_field(payload)
+        self._record(account)
+        c_id = text_field({"c_id": str(payload.get("c_id", ""))}, "c_id", 128)
+        channel = self.store.get_channel(account, c_id)
+        if channel is None or channel.state != CHANNEL_LIVE:
+            raise UnknownChannel(f"account {account} has no live channel {c_id!r}")
+        expires_at = int(channel.expires_at)
+        statement = channel_key_statement(account, c_id, channel.channel_pubkey, expires_at)
+        return {
+            "channel_pubkey": channel.channel_pubkey.hex(),
+            "expires_at": expires_at,
+            "signature": self._sign_message(statement),
+        }
 
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""

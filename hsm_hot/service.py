@@ -147,6 +147,7 @@ class HotService:
             "provision_account": self.provision_account,
             "prove_batch": self.prove_batch,
             "register_channel": self.register_channel,
+            "channel_key": self.channel_key,
             "sign_send": self.sign_send,
             "freeze": self.freeze,
             "sweep": self.sweep,
@@ -334,6 +335,22 @@ class HotService:
         self.relay.call("register_channel", payload)
         self.audit.record("register_channel", account=account, c_id=payload["c_id"])
         return {}
+
+    def channel_key(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's signed statement of a live channel's V-device key (relayed as is:
+        custody checks it against the identity key it pinned at account creation)."""
+        account = _account(params)
+        c_id = _text(params, "c_id", 128)
+        self._account_record(account)
+        answer = self.relay.call("channel_key", {"account": account, "c_id": c_id})
+        expires_at = answer.get("expires_at")
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+            raise ColdUnreachable("cold HSM answered a malformed channel expiry")
+        return {
+            "channel_pubkey": _hex_text(answer.get("channel_pubkey"), "channel key"),
+            "expires_at": expires_at,
+            "signature": _b64_text(answer.get("signature"), "channel key signature"),
+        }
 
     def sign_send(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)

@@ -14,6 +14,7 @@ custody's fast public derivation, so the proofs are a real cross-check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -43,7 +44,12 @@ from custody.models import Base
 from wallet_core import secp
 from wallet_core.addresses import p2wpkh_address, p2wsh_address
 from wallet_core.bip32 import ExtendedKey
-from wallet_core.chaincloud import BATCH_SIZE, batch_content
+from wallet_core.chaincloud import (
+    BATCH_SIZE,
+    batch_content,
+    channel_key_statement,
+    send_request_string,
+)
 from wallet_core.descriptors import add_checksum
 from wallet_core.messages import sign_message
 from wallet_core.networks import Network
@@ -57,6 +63,22 @@ NETWORK = Network.REGTEST
 
 
 # -- the HSM stand-in ---------------------------------------------------------------------
+def channel_priv_for(c_id: str) -> bytes:
+    """The V-device channel key the stand-in vouches for under `c_id` (tests sign with it)."""
+    return hashlib.sha256(f"test channel {c_id}".encode()).digest()
+
+
+def sign_vc_code(form: dict[str, Any]) -> str:
+    """The `vc_code` of a send form, signed with `channel_priv_for(form["c_id"])`."""
+    text = send_request_string(
+        form["outs"],
+        form["user_tx_no"],
+        coin_code=form.get("coin_code") or "BTC",
+        is_dynamic_fee=int(form.get("is_dynamic_fee") or 1),
+    )
+    return sign_message(channel_priv_for(form["c_id"]), text)
+
+
 @dataclass
 class _SoftAccount:
     network: Network
@@ -94,6 +116,10 @@ class SoftwareHsmStandIn:
         self.frozen: list[tuple[int, str]] = []
         self.alerts: list[dict[str, Any]] = []
         self.channels: dict[tuple[int, str], str] = {}
+        self.unknown_channels: set[str] = set()
+        self.channel_key_calls = 0
+        # a key other than the identity's makes the channel statements forgeries
+        self.channel_statement_priv: bytes | None = None
         self._lock = threading.Lock()
 
     def _root(self, network: Network) -> ExtendedKey:
@@ -166,6 +192,23 @@ class SoftwareHsmStandIn:
         self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
     ) -> None:
         self.channels[(account, c_id)] = channel_pubkey
+
+    def channel_key(self, account: int, c_id: str) -> dict[str, Any]:
+        """Every `c_id` is live here, with the key `channel_priv_for(c_id)` (so a test can
+        sign a real `vc_code`); the statement is signed by the identity key, as the cold HSM's."""
+        if account not in self.accounts:
+            raise HsmRefused("unknown account", code=702)
+        if c_id in self.unknown_channels:
+            raise HsmRefused(f"no live channel {c_id!r}", code=704)
+        self.channel_key_calls += 1
+        pubkey = secp.pubkey_from_privkey(channel_priv_for(c_id))
+        expires_at = 2_000_000_000
+        statement = channel_key_statement(account, c_id, pubkey, expires_at)
+        return {
+            "channel_pubkey": pubkey.hex(),
+            "expires_at": expires_at,
+            "signature": sign_message(self.channel_statement_priv or self.identity_priv, statement),
+        }
 
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str

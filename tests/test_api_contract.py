@@ -5,6 +5,7 @@ Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,10 +40,14 @@ from tests.api_fixtures import (  # noqa: F401 (fixtures)
     other_account,
     pg_database,
     session_factory,
+    sign_vc_code,
     sms,
     sms_server,
     sqlite_template,
 )
+from wallet_core.chaincloud import send_request_string
+from wallet_core.errors import WalletError
+from wallet_core.messages import sign_message
 
 API = "/api/v1/open"
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
@@ -451,6 +456,11 @@ def send_form(**over: str) -> dict[str, str]:
         "c_id": "7",
     }
     form.update(over)
+    if "vc_code" not in over:
+        # The V-device's real signature under channel c_id (the stand-in vouches for its key);
+        # a form that cannot be signed keeps the placeholder (it fails validation anyway).
+        with contextlib.suppress(KeyError, TypeError, ValueError, WalletError):
+            form["vc_code"] = sign_vc_code(form)
     return {k: v for k, v in form.items() if v is not None}
 
 
@@ -481,7 +491,8 @@ def test_send_request_and_state(client, account, session_factory):
         "is_dynamic_fee": 1,
         "outs": f"{COLD_ADDR},10000;{WSH_ADDR},20000",
     }
-    assert st["user_id"] == account.id and st["vc_code"] == VC and st["c_id"] == "7"
+    vc = send_form()["vc_code"]
+    assert st["user_id"] == account.id and st["vc_code"] == vc and st["c_id"] == "7"
     with session_factory() as s, s.begin():
         send = s.execute(select(Send)).scalar_one()
         assert send.status is SendStatus.PENDING
@@ -549,6 +560,39 @@ def test_send_request_validation(client, account, session_factory, over, needle)
     r = client.post(f"{API}/tx/request", headers=account.hot, data=send_form(**over))
     assert r.status_code == 400, r.json
     assert r.json["code"] == 2 and needle in r.json["message"], r.json
+    with session_factory() as s:
+        assert s.execute(select(func.count(Send.id))).scalar() == 0
+
+
+def test_forged_vc_code_is_refused_before_the_hsms(client, account, session_factory, hsm):
+    """A stolen hot token and a vc_code of the thief's own: 400, nothing stored or frozen."""
+    form = send_form()
+    text = send_request_string(form["outs"], form["user_tx_no"])
+    forged = sign_message(b"\x01" * 32, text)
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**form, "vc_code": forged})
+    assert r.status_code == 400 and r.json["code"] == 40, r.json
+    assert "nothing frozen" in r.json["message"]
+    # the genuine signature for other outs does not cover these outs
+    other = send_form(outs=f"{COLD_ADDR},10001")["vc_code"]
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**form, "vc_code": other})
+    assert r.status_code == 400 and r.json["code"] == 40
+    hsm.unknown_channels.add("9")
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=send_form(c_id="9"))
+    assert r.status_code == 400 and r.json["code"] == 41 and "'9'" in r.json["message"]
+    with session_factory() as s:
+        assert s.execute(select(func.count(Send.id))).scalar() == 0
+    assert hsm.frozen == [] and not any(a.used_user_tx_nos for a in hsm.accounts.values())
+    assert client.get(f"{API}/user", headers=account.hot).json["status"] != "frozen"
+    calls = hsm.channel_key_calls
+    assert client.post(f"{API}/tx/request", headers=account.hot, data=form).status_code == 200
+    assert hsm.channel_key_calls == calls  # the verified channel key is kept
+
+
+def test_channel_key_not_vouched_by_the_pinned_identity(client, account, session_factory, hsm):
+    """A hot HSM (or anything between) that offers its own channel key is not believed."""
+    hsm.channel_statement_priv = b"\x02" * 32
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=send_form(c_id="other"))
+    assert r.status_code == 502 and r.json["code"] == 12, r.json
     with session_factory() as s:
         assert s.execute(select(func.count(Send.id))).scalar() == 0
 

@@ -36,7 +36,9 @@ from tests.hsm_fixtures import (
     send_request,
     settlement_descriptor,
 )
+from wallet_core import messages
 from wallet_core.addresses import address_to_script
+from wallet_core.chaincloud import channel_key_statement
 from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
@@ -303,6 +305,37 @@ def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient)
     alerts = client.take_alerts()
     assert any(a["account"] == acct.id and "forged" in a["message"] for a in alerts)
     assert not [t for t in signed_txids(pair) if t.startswith("f-")]
+
+
+def test_channel_key_lets_custody_refuse_a_forged_vc_code(
+    pair: HsmPair, client: HotHsmClient
+) -> None:
+    """Custody learns the channel key from the cold HSM, vouched by its identity key, and
+    refuses a forgery itself: the cold HSM never sees it, the account stays live."""
+    from custody.errors import ForgedVcCode  # noqa: PLC0415
+    from custody.vc_check import check_vc_code  # noqa: PLC0415
+
+    acct = Account(client)
+    answer = client.channel_key(acct.id, acct.c_id)
+    assert answer["channel_pubkey"] == acct.vdev.channel_hex
+    statement = channel_key_statement(
+        acct.id, acct.c_id, bytes.fromhex(acct.vdev.channel_hex), answer["expires_at"]
+    )
+    assert messages.verify_message_pubkey(
+        bytes.fromhex(acct.prov.cold_identity), statement, answer["signature"]
+    )
+    refused(client.channel_key, UNKNOWN_CHANNEL, acct.id, "nope")
+    genuine = acct.send("k-1")
+    check_vc_code(client, acct.id, acct.prov.cold_identity, **_vc_args(genuine))
+    forged = acct.send("k-2", forge=True)
+    with pytest.raises(ForgedVcCode):
+        check_vc_code(client, acct.id, acct.prov.cold_identity, **_vc_args(forged))
+    assert acct.id not in [a for a, _ in client.cold_status()["frozen"]]
+    client.sign_send(**genuine)  # the account still signs
+
+
+def _vc_args(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in ("request", "vc_code", "c_id")}
 
 
 def test_hot_policy_refuses_without_link_traffic(pair: HsmPair, account: Account) -> None:

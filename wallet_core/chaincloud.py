@@ -101,6 +101,12 @@ def format_outs(outs: Sequence[Out] | Sequence[tuple[str, int]]) -> str:
     return ";".join(parts)
 
 
+def channel_key_statement(account: int, c_id: str, channel_pubkey: bytes, expires_at: int) -> str:
+    """Our extension: what the cold identity key signs to vouch for a live channel's V-device
+    key, so that custody can check a `vc_code` before anything reaches an HSM."""
+    return f"CC:CHANNEL_KEY:{account}:{c_id}:{channel_pubkey.hex()}:{expires_at}"
+
+
 def check_user_tx_no(user_tx_no: str) -> str:
     """`user_tx_no` unchanged if it is 1-128 characters of `USER_TX_NO_CHARS`, else `OutsError`."""
     if not isinstance(user_tx_no, str) or not _USER_TX_NO.fullmatch(user_tx_no):

@@ -14,8 +14,9 @@ from custody.api import iso, queries
 from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import AccountFrozen, DuplicateUserTxNo, NotFound
-from custody.extensions import db
+from custody.extensions import db, hsm_provider
 from custody.models import Account, AccountStatus, Send, SendStatus
+from custody.vc_check import check_vc_code
 from wallet_core.networks import Network
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,14 @@ def post_send() -> dict[str, object]:
         raise _duplicate(req.user_tx_no)
     if account.status is AccountStatus.FROZEN:
         raise AccountFrozen("the account is frozen: sends are refused")
+    check_vc_code(
+        hsm_provider.client,
+        account.id,
+        account.cold_identity_pubkey,
+        req.request_dict(),
+        req.vc_code,
+        req.c_id,
+    )
     try:
         with db.write() as session:
             send = Send(
