@@ -86,6 +86,7 @@ class ColdStandIn:
     vdevice_identity: bytes
     identity_priv: bytes
     lifetime: int = 3600
+    account: int = 1  # the account its proofs are bound to (the V-device's bundle says 1)
     silent: set[str] = field(default_factory=set)  # numbers that never answer
     forge_first: bool = False  # answer the first QH with two forged QCs only
     batches: dict[tuple[int, int], list[str]] = field(default_factory=dict)
@@ -203,7 +204,14 @@ class ColdStandIn:
             self._refuse("VERIFY unknown batch")
             return
         proof = cm.AddressesProof.signed(
-            msg.address_type, msg.batch_no, addresses, ch.c_id, msg.coin, ch.cold_priv, msg.nonce
+            msg.address_type,
+            msg.batch_no,
+            addresses,
+            ch.c_id,
+            msg.coin,
+            ch.cold_priv,
+            msg.nonce,
+            account=self.account,
         )
         modem.send(sender, cm.format(proof))
 
