@@ -131,6 +131,11 @@ class HotHsmClient:
         V-device key of live channel `c_id` (`custody.vc_check` verifies it)."""
         return dict(self.call("channel_key", account=account, c_id=c_id))
 
+    def send_statement(self, account: int, user_tx_no: str) -> dict[str, Any]:
+        """The cold HSM's signed final word on `user_tx_no`: `{state: "signed", txid,
+        signature}`, or `{state: "refused", code, signature}`, which also closes it for good."""
+        return dict(self.call("send_statement", account=account, user_tx_no=user_tx_no))
+
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:

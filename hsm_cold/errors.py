@@ -32,6 +32,7 @@ class ColdErrorCode(IntEnum):
     BAD_IDENTITY_SIGNATURE = 715
     STATE_DAMAGED = 716
     NOT_PAIRED = 717
+    SEND_CLOSED = 740
 
 
 class ColdHsmError(CustodyError):
@@ -128,3 +129,10 @@ class NotPaired(ColdHsmError):
     """No link key (or no identity key): `hsm-cold init` was not run."""
 
     code = ColdErrorCode.NOT_PAIRED
+
+
+class SendClosed(ColdHsmError):
+    """This `user_tx_no` was closed by a "refused" statement: it is never signed again, so a
+    V-device that reported the send failed on that statement can never be contradicted."""
+
+    code = ColdErrorCode.SEND_CLOSED

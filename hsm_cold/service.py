@@ -33,6 +33,7 @@ from hsm_cold.errors import (
     ForeignInput,
     ForgedVcCode,
     OutputMismatch,
+    SendClosed,
     UnknownAccount,
     UnknownChannel,
     UserTxNoReused,
@@ -43,7 +44,13 @@ from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
-from wallet_core.chaincloud import batch_content, channel_key_statement
+from wallet_core.chaincloud import (
+    USER_TX_NO,
+    batch_content,
+    channel_key_statement,
+    send_refused_statement,
+    send_signed_statement,
+)
 from wallet_core.descriptors import descriptor_network
 from wallet_core.errors import WalletError
 from wallet_core.keys import master_key
@@ -62,6 +69,7 @@ class Command(StrEnum):
     PROVE_BATCH = "prove_batch"
     REGISTER_CHANNEL = "register_channel"
     CHANNEL_KEY = "channel_key"
+    SEND_STATEMENT = "send_statement"
     COSIGN = "cosign"
     FREEZE = "freeze"
     SWEEP = "sweep"
@@ -156,7 +164,26 @@ class ColdService:
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        return {c.value: getattr(self, c.value) for c in Command}
+        handlers = {c.value: getattr(self, c.value) for c in Command}
+        handlers[Command.COSIGN.value] = self._cosign_noting_refusals
+        return handlers
+
+    def _cosign_noting_refusals(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`cosign`, remembering each refusal's code for the account's `user_tx_no` (what a
+        later "refused" statement names)."""
+        try:
+            return self.cosign(payload)
+        except ColdHsmError as exc:
+            account, user_tx_no = payload.get("account"), payload.get("user_tx_no")
+            if (
+                isinstance(account, int)
+                and not isinstance(account, bool)
+                and isinstance(user_tx_no, str)
+                and USER_TX_NO.fullmatch(user_tx_no)
+                and self.store.get_account(account) is not None
+            ):
+                self.store.note_refusal(account, user_tx_no, int(exc.code))
+            raise
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -414,9 +441,34 @@ class ColdService:
             "signature": self._sign_message(statement),
         }
 
+    def send_statement(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The cold HSM's final word on a `user_tx_no`, signed by the identity key.
+
+        Co-signed: `{state: "signed", txid, signature}` over `CC:SEND_SIGNED:<account>:<txid>:
+        <user_tx_no>`. Otherwise the number is closed here and now (never signed afterwards,
+        `send closed` 740) and the answer is `{state: "refused", code, signature}` over
+        `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>`, `code` being its last refusal (740 if
+        it was never refused). A V-device reports "failed" to its site only on the latter.
+        Frozen accounts answer too: the statement changes nothing that could move coins.
+        """
+        rec = self._record(account_field(payload))
+        user_tx_no = cosign.user_tx_no_field(payload)
+        txid = self.store.used_request_txid(rec.account, user_tx_no)
+        if txid is not None:
+            text = send_signed_statement(rec.account, txid, user_tx_no)
+            return {"state": "signed", "txid": txid, "signature": self._sign_message(text)}
+        code = self.store.close_request(rec.account, user_tx_no, int(SendClosed.code))
+        log.info("account %d: %s closed (refused, code %d)", rec.account, user_tx_no, code)
+        text = send_refused_statement(rec.account, code, user_tx_no)
+        return {"state": "refused", "code": code, "signature": self._sign_message(text)}
+
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
         req = cosign.decode_request(payload)
+        if self.store.request_closed(req.account, req.user_tx_no):
+            raise SendClosed(
+                f"user_tx_no {req.user_tx_no!r} was closed by a refused statement: never signed"
+            )
         rec = self._live_record(req.account)  # 1
         channel_key = cosign.check_channel(  # 2
             self.store.get_channel(req.account, req.c_id), req, self.clock()

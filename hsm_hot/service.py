@@ -148,6 +148,7 @@ class HotService:
             "prove_batch": self.prove_batch,
             "register_channel": self.register_channel,
             "channel_key": self.channel_key,
+            "send_statement": self.send_statement,
             "sign_send": self.sign_send,
             "freeze": self.freeze,
             "sweep": self.sweep,
@@ -351,6 +352,26 @@ class HotService:
             "expires_at": expires_at,
             "signature": _b64_text(answer.get("signature"), "channel key signature"),
         }
+
+    def send_statement(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's signed final word on a `user_tx_no` (signed txid, or refused and
+        closed), relayed as is: the V-device checks it against the cold identity key."""
+        account = _account(params)
+        user_tx_no = _user_tx_no(params)
+        self._account_record(account)
+        answer = self.relay.call("send_statement", {"account": account, "user_tx_no": user_tx_no})
+        out: dict[str, Any] = {
+            "state": answer.get("state"),
+            "signature": _b64_text(answer.get("signature"), "statement signature"),
+        }
+        if out["state"] == "signed":
+            out["txid"] = str(answer.get("txid"))
+        elif out["state"] == "refused" and isinstance(answer.get("code"), int):
+            out["code"] = answer["code"]
+        else:
+            raise ColdUnreachable("cold HSM answered a malformed send statement")
+        self.audit.record("send_statement", account=account, user_tx_no=user_tx_no)
+        return out
 
     def sign_send(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)

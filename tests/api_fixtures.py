@@ -48,7 +48,9 @@ from wallet_core.chaincloud import (
     BATCH_SIZE,
     batch_content,
     channel_key_statement,
+    send_refused_statement,
     send_request_string,
+    send_signed_statement,
 )
 from wallet_core.descriptors import add_checksum
 from wallet_core.messages import sign_message
@@ -88,6 +90,8 @@ class _SoftAccount:
     hot_priv: bytes
     frozen: bool = False
     used_user_tx_nos: set[str] = field(default_factory=set)
+    signed_txids: dict[str, str] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=dict)
 
     @property
     def hot_pub(self) -> bytes:
@@ -118,6 +122,7 @@ class SoftwareHsmStandIn:
         self.channels: dict[tuple[int, str], str] = {}
         self.unknown_channels: set[str] = set()
         self.channel_key_calls = 0
+        self.statements_made = 0
         # a key other than the identity's makes the channel statements forgeries
         self.channel_statement_priv: bytes | None = None
         self._lock = threading.Lock()
@@ -210,6 +215,28 @@ class SoftwareHsmStandIn:
             "signature": sign_message(self.channel_statement_priv or self.identity_priv, statement),
         }
 
+    def send_statement(self, account: int, user_tx_no: str) -> dict[str, Any]:
+        """As the cold HSM: signed txid, or refused (and closed for good), identity-signed."""
+        acct = self.accounts.get(account)
+        if acct is None:
+            raise HsmRefused("unknown account", code=702)
+        self.statements_made += 1
+        txid = acct.signed_txids.get(user_tx_no)
+        if txid is not None:
+            text = send_signed_statement(account, txid, user_tx_no)
+            return {
+                "state": "signed",
+                "txid": txid,
+                "signature": sign_message(self.identity_priv, text),
+            }
+        code = acct.closed.setdefault(user_tx_no, 740)
+        text = send_refused_statement(account, code, user_tx_no)
+        return {
+            "state": "refused",
+            "code": code,
+            "signature": sign_message(self.identity_priv, text),
+        }
+
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:
@@ -218,7 +245,10 @@ class SoftwareHsmStandIn:
             raise HsmRefused("account frozen", code=610)
         if request["user_tx_no"] in acct.used_user_tx_nos:
             raise HsmRefused("user_tx_no reused", code=614)
+        if request["user_tx_no"] in acct.closed:
+            raise HsmRefused("user_tx_no closed", code=740)
         p = Psbt.from_base64(psbt)
+        acct.signed_txids[request["user_tx_no"]] = p.txid
         p.sign_with_root(acct.cosigner_root)
         p.sign(lambda digest: sign_digest(acct.hot_priv, digest), acct.hot_pub)
         acct.used_user_tx_nos.add(request["user_tx_no"])

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from custody.models import (
     Address,
@@ -45,7 +45,7 @@ from tests.api_fixtures import (  # noqa: F401 (fixtures)
     sms_server,
     sqlite_template,
 )
-from wallet_core.chaincloud import send_request_string
+from wallet_core.chaincloud import SendVerdict, send_request_string, verify_send_statement
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
 
@@ -595,6 +595,42 @@ def test_channel_key_not_vouched_by_the_pinned_identity(client, account, session
     assert r.status_code == 502 and r.json["code"] == 12, r.json
     with session_factory() as s:
         assert s.execute(select(func.count(Send.id))).scalar() == 0
+
+
+def test_final_sends_carry_the_cold_statement(client, account, session_factory, hsm):
+    """'failed' comes with the cold HSM's signed 'refused' (which closes the number), and a
+    number custody never accepted can be closed by the V-device to learn its fate."""
+    identity = hsm.identity_pub
+    assert (
+        client.post(f"{API}/tx/request", headers=account.hot, data=send_form()).status_code == 200
+    )
+    st = client.get(f"{API}/tx/order-1", headers=account.hot).json
+    assert "cold_statement" not in st  # pending: asking would close it
+    r = client.post(f"{API}/tx/order-1/statement", headers=account.hot)
+    assert r.status_code == 409 and r.json["code"] == 7
+    with session_factory() as s, s.begin():
+        s.execute(update(Send).values(status=SendStatus.FAILED, failure_reason="no funds"))
+    st = client.get(f"{API}/tx/order-1", headers=account.hot).json
+    verdict = verify_send_statement(identity, account.id, "order-1", st["cold_statement"])
+    assert verdict == SendVerdict(False, code=740)
+    # kept: a second look asks the HSM nothing
+    made = hsm.statements_made
+    assert (
+        client.get(f"{API}/tx/order-1", headers=account.hot).json["cold_statement"]
+        == (st["cold_statement"])
+    )
+    assert hsm.statements_made == made
+    # a statement for another account or number does not verify
+    assert verify_send_statement(identity, account.id + 1, "order-1", st["cold_statement"]) is None
+    assert verify_send_statement(identity, account.id, "order-2", st["cold_statement"]) is None
+    # a number custody refused at intake: the V-device closes it and gets the proof
+    r = client.post(f"{API}/tx/never-seen/statement", headers=account.hot)
+    assert r.status_code == 200, r.json
+    verdict = verify_send_statement(identity, account.id, "never-seen", r.json["cold_statement"])
+    assert verdict is not None and not verdict.signed
+    assert "never-seen" in hsm.accounts[account.id].closed
+    r = client.post(f"{API}/tx/other/statement", headers=account.cold)
+    assert r.status_code == 403  # the cold token cannot close hot sends
 
 
 def test_send_state_path_refuses_control_and_bidi(client, account):

@@ -38,7 +38,7 @@ from tests.hsm_fixtures import (
 )
 from wallet_core import messages
 from wallet_core.addresses import address_to_script
-from wallet_core.chaincloud import channel_key_statement
+from wallet_core.chaincloud import SendVerdict, channel_key_statement, verify_send_statement
 from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
@@ -49,6 +49,7 @@ POLICY_REFUSED = 901
 # the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
 FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
 REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
+SEND_CLOSED = 740
 PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
@@ -332,6 +333,40 @@ def test_channel_key_lets_custody_refuse_a_forged_vc_code(
         check_vc_code(client, acct.id, acct.prov.cold_identity, **_vc_args(forged))
     assert acct.id not in [a for a, _ in client.cold_status()["frozen"]]
     client.sign_send(**genuine)  # the account still signs
+
+
+def test_send_statements_are_final(pair: HsmPair, client: HotHsmClient) -> None:
+    """'signed txid T' for a co-signed number; 'refused with code C' closes a number for good,
+    so a V-device that reports 'failed' on it can never be contradicted by a later signing."""
+    acct = Account(client)
+    identity = bytes.fromhex(acct.prov.cold_identity)
+    params = acct.send("s-ok")
+    signed = Psbt.from_base64(client.sign_send(**params))
+    verdict = verify_send_statement(
+        identity, acct.id, "s-ok", client.send_statement(acct.id, "s-ok")
+    )
+    assert verdict is not None and verdict.signed and verdict.txid == signed.txid
+    # refused for its fee, then closed: the statement names the refusal's code
+    big = [Coin("ce" * 32, 0, 3_000_000, RECEIVE, 5)]
+    pay = [(random_address(), 50_000)]
+    refused(
+        client.sign_send, FEE, **acct.params(build_send_psbt(acct.wallet, big, pay), pay, "s-fee")
+    )
+    answer = client.send_statement(acct.id, "s-fee")
+    assert verify_send_statement(identity, acct.id, "s-fee", answer) == SendVerdict(False, code=FEE)
+    # never asked before: closed now; a co-sign request afterwards is refused, nothing signed
+    answer = client.send_statement(acct.id, "s-later")
+    assert verify_send_statement(identity, acct.id, "s-later", answer) == SendVerdict(
+        False, code=SEND_CLOSED
+    )
+    refused(client.sign_send, SEND_CLOSED, **acct.send("s-later"))
+    again = client.send_statement(acct.id, "s-later")  # the same word again
+    assert verify_send_statement(identity, acct.id, "s-later", again) == SendVerdict(
+        False, code=SEND_CLOSED
+    )
+    assert "s-later" not in signed_txids(pair)
+    refused(client.send_statement, 904, acct.id, "bad\nnumber")  # the hot side refuses it
+    assert acct.id not in [a for a, _ in client.cold_status()["frozen"]]
 
 
 def _vc_args(params: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .addresses import validate_address
 from .errors import AddressError, BatchError, OutsError
+from .messages import verify_message_pubkey
 from .networks import Network
 
 BATCH_SIZE = 1000
@@ -25,7 +26,7 @@ _VALUE = re.compile(r"0|[1-9][0-9]*")
 # inserted verbatim into the signed request string, so it needs no JSON escape, and it can hold
 # no control or bidi character that would disguise it in an alert or a log.
 USER_TX_NO_CHARS = "printable ASCII except space, '\"' and '\\'"
-_USER_TX_NO = re.compile(r"[!#-\[\]-~]{1,128}")
+USER_TX_NO = re.compile(r"[!#-\[\]-~]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,59 @@ def channel_key_statement(account: int, c_id: str, channel_pubkey: bytes, expire
     return f"CC:CHANNEL_KEY:{account}:{c_id}:{channel_pubkey.hex()}:{expires_at}"
 
 
+def send_signed_statement(account: int, txid: str, user_tx_no: str) -> str:
+    """Our extension: the cold identity key's word that it co-signed `txid` for `user_tx_no`."""
+    return f"CC:SEND_SIGNED:{account}:{txid}:{user_tx_no}"
+
+
+def send_refused_statement(account: int, code: int, user_tx_no: str) -> str:
+    """Our extension: the cold identity key's word that it refused `user_tx_no` (with `code`)
+    and will never sign it: only this lets a V-device tell its site "failed"."""
+    return f"CC:SEND_REFUSED:{account}:{code}:{user_tx_no}"
+
+
+@dataclass(frozen=True)
+class SendVerdict:
+    """The cold HSM's final word on a send, verified: signed `txid`, or refused with `code`."""
+
+    signed: bool
+    txid: str = ""
+    code: int = 0
+
+
+_TXID = re.compile(r"[0-9a-f]{64}")
+
+
+def verify_send_statement(
+    cold_identity: bytes, account: int, user_tx_no: str, statement: object
+) -> SendVerdict | None:
+    """The verdict of a `cold_statement` ({state, txid|code, signature}) if the cold identity
+    key signed it for exactly this account and `user_tx_no`; None for anything else."""
+    if not isinstance(statement, dict):
+        return None
+    state, signature = statement.get("state"), statement.get("signature")
+    if not isinstance(signature, str) or len(signature) > 200:
+        return None
+    if state == "signed":
+        txid = statement.get("txid")
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            return None
+        text = send_signed_statement(account, txid, user_tx_no)
+        verdict = SendVerdict(True, txid=txid)
+    elif state == "refused":
+        code = statement.get("code")
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < 10_000:
+            return None
+        text = send_refused_statement(account, code, user_tx_no)
+        verdict = SendVerdict(False, code=code)
+    else:
+        return None
+    return verdict if verify_message_pubkey(cold_identity, text, signature) else None
+
+
 def check_user_tx_no(user_tx_no: str) -> str:
     """`user_tx_no` unchanged if it is 1-128 characters of `USER_TX_NO_CHARS`, else `OutsError`."""
-    if not isinstance(user_tx_no, str) or not _USER_TX_NO.fullmatch(user_tx_no):
+    if not isinstance(user_tx_no, str) or not USER_TX_NO.fullmatch(user_tx_no):
         raise OutsError(f"user_tx_no must be 1-128 characters, {USER_TX_NO_CHARS}")
     return user_tx_no
 

@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flask import Blueprint, Response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from custody import journal
+from custody import journal, send_statements
 from custody.api import iso, queries
 from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
-from custody.errors import AccountFrozen, DuplicateUserTxNo, NotFound
+from custody.errors import (
+    AccountFrozen,
+    DuplicateUserTxNo,
+    HsmRefusedError,
+    HsmUnavailableError,
+    NotFound,
+)
 from custody.extensions import db, hsm_provider
 from custody.models import Account, AccountStatus, Send, SendStatus
 from custody.vc_check import check_vc_code
@@ -121,6 +128,14 @@ def get_send(user_tx_no: str) -> dict[str, object]:
     if send is None:
         raise NotFound(f"no send with user_tx_no {user_tx_no}")
     status = SendStatus(send.status)
+    extension: dict[str, object] = {}
+    if status in send_statements.FINAL:
+        # our extension: the cold HSM's signed word, without which a V-device never reports
+        # "failed" (absent while the HSMs cannot be reached; the V-device asks again)
+        with contextlib.suppress(HsmUnavailableError, HsmRefusedError):
+            extension["cold_statement"] = send_statements.statement(
+                db.session, hsm_provider.client, p.account_id, user_tx_no, send
+            )
     return {
         "tx_hash": send.txid,
         "c_id": send.c_id,
@@ -137,4 +152,24 @@ def get_send(user_tx_no: str) -> dict[str, object]:
         "tx_at": iso(send.tx_at),
         "hot_wallet_tx_status": status.public_status,
         "failure_reason": send.failure_reason or "",
+        **extension,
     }
+
+
+@bp.post("/tx/<user_tx_no>/statement")
+@hot_only
+def send_statement(user_tx_no: str) -> dict[str, object]:
+    """The cold HSM's signed final word on `user_tx_no` (our extension, for the V-device).
+
+    For a send custody holds, once it is final (409 while in progress); for a number custody
+    holds no send for (say, refused at intake), the cold HSM closes it and says "refused".
+    """
+    p = current_principal()
+    parse_user_tx_no(user_tx_no)
+    send = db.session.execute(
+        select(Send).where(Send.account_id == p.account_id, Send.user_tx_no == user_tx_no)
+    ).scalar_one_or_none()
+    answer = send_statements.statement(
+        db.session, hsm_provider.client, p.account_id, user_tx_no, send
+    )
+    return {"user_tx_no": user_tx_no, "cold_statement": answer}
