@@ -237,6 +237,9 @@ class WebStandIn:
     sends: dict[str, dict[str, str]] = field(default_factory=dict)
     hold: bool = False  # GET /tx/<no> answers pending while set
     send_outcome: str = "OK"
+    outcomes: dict[str, str] = field(default_factory=dict)  # user_tx_no -> OK / failed
+    statements: dict[str, Any] = field(default_factory=dict)  # user_tx_no -> cold_statement
+    statement_posts: list[str] = field(default_factory=list)
     balance: int = 10**9
     calls: list[str] = field(default_factory=list)
 
@@ -371,14 +374,27 @@ class WebStandIn:
                 send = self.sends.get(user_tx_no)
                 if send is None:
                     return error(404, 6, "no such send")
-                status = "pending" if self.hold else self.send_outcome
+                status = (
+                    "pending" if self.hold else self.outcomes.get(user_tx_no, self.send_outcome)
+                )
                 tx_hash = hashlib.sha256(user_tx_no.encode()).hexdigest() if status == "OK" else ""
-                return {
+                body = {
                     "tx_hash": tx_hash,
                     "c_id": send["c_id"],
                     "hot_wallet_tx_status": status,
                     "failure_reason": "insufficient funds" if status == "failed" else "",
                 }
+                if user_tx_no in self.statements:
+                    body["cold_statement"] = self.statements[user_tx_no]
+                return body
+
+        @app.post(cust + "/tx/<user_tx_no>/statement")
+        def tx_statement(user_tx_no: str) -> Any:
+            with self.lock:
+                self.statement_posts.append(user_tx_no)
+                if user_tx_no not in self.statements:
+                    return error(503, 13, "the HSMs cannot be reached")
+                return {"user_tx_no": user_tx_no, "cold_statement": self.statements[user_tx_no]}
 
         return app
 

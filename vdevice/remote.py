@@ -118,6 +118,12 @@ class CustodyClient(_Client):
             raise
         return True
 
+    def send_statement(self, user_tx_no: str) -> Any:
+        """The cold HSM's signed final word on `user_tx_no` (our extension; closes a number
+        custody holds no send for), or None if custody gave none."""
+        body = self.call("POST", "/tx/" + quote(user_tx_no, safe="") + "/statement")
+        return body.get("cold_statement") if isinstance(body, dict) else None
+
     def send_state(self, user_tx_no: str) -> dict[str, Any]:
         body = self.call("GET", "/tx/" + quote(user_tx_no, safe=""))
         if not isinstance(body, dict):

@@ -12,6 +12,12 @@ The state of a send (`state.SendState`) and why a crash never makes a second req
     POSTED --custody: OK / failed--> FINISHED --site acknowledged--> REPORTED
     SIGNED --custody refused (4xx other than 3)--> FINISHED(failed)
 
+- "failed" only with proof: custody's "failed" (or its refusal of the POST) becomes
+  FINISHED(failed) only with the cold HSM's statement "refused user_tx_no X with code C",
+  signed by its identity key (which closes X on the cold HSM for good); with "signed txid T"
+  the site is told T; without a valid statement the outcome is unknown: the send stays POSTED,
+  nothing is reported, the owner is alerted once, and custody is asked again with backoff.
+
 - The request (outs, user_tx_no, dynamic, c_id, vc_code) is written as SIGNED in one
   transaction *before* it is posted. After a crash the stored request is posted again,
   byte for byte; custody answers code 3 if it already had it. There is never a second
@@ -42,7 +48,12 @@ from vdevice.phone import Phone
 from vdevice.remote import CustodyClient, SiteClient
 from vdevice.settings import Settings
 from vdevice.state import LoopState, Outcome, SendState, State
-from wallet_core.chaincloud import parse_outs, send_request_string
+from wallet_core.chaincloud import (
+    SendVerdict,
+    parse_outs,
+    send_request_string,
+    verify_send_statement,
+)
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
 
@@ -306,7 +317,7 @@ class SendProcessor:
         try:
             fresh = self.custody.request_send(form)
         except RemoteRefused as exc:
-            self._finish(row, Outcome.FAILED, "", f"custody refused: {exc.message}", now)
+            self._conclude_failed(row, f"custody refused: {exc.message}", None, now)
             return
         log.info(
             "vtest %s: custody %s the request",
@@ -326,11 +337,22 @@ class SendProcessor:
             raise RemoteError(exc.message, status=exc.status) from None
         status = answer.get("hot_wallet_tx_status")
         if status == "OK" and isinstance(answer.get("tx_hash"), str) and answer["tx_hash"]:
-            self._finish(row, Outcome.OK, answer["tx_hash"], "", now)
+            verdict = self._verdict(row, answer.get("cold_statement"))
+            txid = answer["tx_hash"]
+            if verdict is not None and verdict.signed and verdict.txid != txid:
+                log.warning(
+                    "vtest %s: custody's tx_hash is not the one the cold HSM signed",
+                    row["vtest_id"],
+                )
+                txid = verdict.txid
+            if verdict is not None and not verdict.signed:
+                self._unknown(row, "custody says OK but the cold HSM says it refused", now)
+                return
+            self._finish(row, Outcome.OK, txid, "", now)
             return
         if status == "failed":
             reason = answer.get("failure_reason") or "the send failed"
-            self._finish(row, Outcome.FAILED, "", f"custody: {reason}", now)
+            self._conclude_failed(row, f"custody: {reason}", answer.get("cold_statement"), now)
             return
         tries = row["tries"] + 1
         if row["posted_at"] and now - row["posted_at"] > PENDING_ALERT_AFTER:
@@ -339,6 +361,52 @@ class SendProcessor:
                 f"send {row['vtest_id']}: still pending at custody after an hour",
             )
         self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _verdict(self, row: sqlite3.Row, statement: Any) -> SendVerdict | None:
+        """The cold HSM's statement on this send, if its identity key signed it for exactly
+        this account and `user_tx_no`."""
+        prov = self.state.provisioning()
+        return verify_send_statement(
+            prov.cold_identity, prov.account_id, row["user_tx_no"], statement
+        )
+
+    def _conclude_failed(self, row: sqlite3.Row, reason: str, statement: Any, now: float) -> None:
+        """Custody says the send failed. The site hears "failed" only on the cold HSM's signed
+        "refused" (which closed the number: it can never be signed later); on its "signed
+        txid T" the site hears T; with no valid statement the outcome is unknown: nothing is
+        reported, the owner is alerted once, and custody is asked again later."""
+        if statement is None:
+            try:
+                statement = self.custody.send_statement(row["user_tx_no"])
+            except (RemoteRefused, RemoteError) as exc:  # unknown for now: asked again later
+                log.warning("vtest %s: no cold statement: %s", row["vtest_id"], exc.message)
+        verdict = self._verdict(row, statement)
+        if verdict is None:
+            self._unknown(row, reason, now)
+        elif verdict.signed:
+            log.warning(
+                "vtest %s: custody says failed, but the cold HSM signed %s: reporting it",
+                row["vtest_id"],
+                verdict.txid,
+            )
+            self._finish(row, Outcome.OK, verdict.txid, "", now)
+        else:
+            proof = f"{reason} (cold HSM: refused, code {verdict.code})"
+            self._finish(row, Outcome.FAILED, "", proof, now)
+
+    def _unknown(self, row: sqlite3.Row, reason: str, now: float) -> None:
+        tries = row["tries"] + 1
+        log.warning("vtest %s: outcome unknown (%s): not reported", row["vtest_id"], reason)
+        self.phone.alert_once(
+            f"send-unproven-{row['vtest_id']}",
+            f"send {row['vtest_id']}: {reason}, without the cold HSM's proof: not reported",
+        )
+        self._set(
+            row["vtest_id"],
+            state=SendState.POSTED,
+            tries=tries,
+            next_try_at=now + self._backoff(tries),
+        )
 
     def _finish(
         self, row: sqlite3.Row, outcome: Outcome, tx_hash: str, reason: str, now: float
