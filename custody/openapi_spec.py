@@ -17,6 +17,7 @@ from custody.errors import (
     Conflict,
     DuplicateUserTxNo,
     Forbidden,
+    ForgedVcCode,
     HsmRefusedError,
     HsmUnavailableError,
     InternalError,
@@ -24,6 +25,7 @@ from custody.errors import (
     ProofInvalid,
     RateLimited,
     Unauthorized,
+    UnknownChannel,
 )
 
 VERSION = "1.0.0"
@@ -66,7 +68,9 @@ SCHEMAS: dict[str, Any] = {
                     f"{BatchNotVerified.code} no verified address, "
                     f"{ProofInvalid.code} HSM proof does not verify, "
                     f"{HsmUnavailableError.code} HSM unavailable, "
-                    f"{HsmRefusedError.code} HSM refused"
+                    f"{HsmRefusedError.code} HSM refused, "
+                    f"{ForgedVcCode.code} vc_code is not the V-device's signature (nothing "
+                    f"frozen), {UnknownChannel.code} c_id is not a live channel"
                 ),
             },
             "message": {"type": "string"},
@@ -226,6 +230,31 @@ SCHEMAS: dict[str, Any] = {
             "tx_at": NULLABLE_TIME,
             "hot_wallet_tx_status": {"type": "string", "enum": ["pending", "OK", "failed"]},
             "failure_reason": {"type": "string"},
+            "cold_statement": _ref("ColdStatement"),
+        },
+    },
+    "ColdStatement": {
+        "type": "object",
+        "description": (
+            "Our extension: the cold HSM's final word on a send, a signed message by its "
+            "identity key over `CC:SEND_SIGNED:<account>:<txid>:<user_tx_no>` (state signed) "
+            "or `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>` (state refused: the cold HSM "
+            "never signs this user_tx_no afterwards). Present once the send is OK or failed."
+        ),
+        "required": ["state", "signature"],
+        "properties": {
+            "state": {"type": "string", "enum": ["signed", "refused"]},
+            "txid": TXID,
+            "code": {"type": "integer"},
+            "signature": {"type": "string"},
+        },
+    },
+    "ColdStatementAnswer": {
+        "type": "object",
+        "required": ["user_tx_no", "cold_statement"],
+        "properties": {
+            "user_tx_no": {"type": "string"},
+            "cold_statement": _ref("ColdStatement"),
         },
     },
 }
@@ -403,10 +432,19 @@ def build_spec() -> dict[str, Any]:
                 _json(_ref("Result"), "accepted"),
                 tag="send",
                 body="SendRequestForm",
-                extra={"400": _err("BadRequest"), "409": _err("Conflict")},
+                extra={
+                    "400": _err("BadRequest"),
+                    "409": _err("Conflict"),
+                    "502": _err("BadGateway"),
+                    "503": _err("Unavailable"),
+                },
                 description=(
                     "Code 3 (HTTP 400) means this user_tx_no was already accepted: a retry is "
-                    "safe and creates nothing. A frozen account is refused (409, code 9)."
+                    "safe and creates nothing. A frozen account is refused (409, code 9). "
+                    "vc_code is checked here, against the channel key the cold HSM vouches "
+                    "for: a forgery is refused (400, code 40; an unknown channel code 41) and "
+                    "freezes nothing. user_tx_no: 1-64 printable ASCII characters other than "
+                    "space, '\"' and '\\'; no field may hold a control or bidi character."
                 ),
             )
         },
@@ -421,6 +459,30 @@ def build_spec() -> dict[str, Any]:
                     )
                 ],
                 extra={"400": _err("BadRequest")},
+            )
+        },
+        "/tx/{user_tx_no}/statement": {
+            "post": _op(
+                "The cold HSM's signed final word on a send (hot token; our extension)",
+                _json(_ref("ColdStatementAnswer"), "the statement"),
+                tag="send",
+                params=[
+                    _path_param(
+                        "user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, ""
+                    )
+                ],
+                extra={
+                    "400": _err("BadRequest"),
+                    "409": _err("Conflict"),
+                    "502": _err("BadGateway"),
+                    "503": _err("Unavailable"),
+                },
+                description=(
+                    "For a send that is OK or failed, the statement kept with it; 409 while it "
+                    "is in progress. For a user_tx_no custody holds no send for (say, refused "
+                    "at intake), the cold HSM closes it and answers 'refused'. A V-device "
+                    "reports a send failed to its site only on a 'refused' statement."
+                ),
             )
         },
     }
