@@ -65,13 +65,14 @@ def printable(value: object) -> str:
     )
 
 
-class SafeFormatter(logging.Formatter):
-    """A formatter whose every line shows control and bidi characters as escapes.
+class SafeTextFilter(logging.Filter):
+    """A handler filter that makes every record's message show control and bidi characters
+    as escapes, whatever the formatter (text or JSON): the message cannot start a forged line
+    or reverse the text after it. A traceback keeps its own newlines (they are ours)."""
 
-    The traceback of an exception keeps its newlines (they are ours); the message itself,
-    with its arguments, cannot start a forged line or reverse the text after it.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
-        record.message = printable(record.message)
-        return super().formatMessage(record)
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = printable(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
