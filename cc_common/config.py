@@ -144,6 +144,16 @@ class Config:
         return self.data_dir / "logs"
 
     @property
+    def log_format(self) -> str:
+        """`[logging] format`: "text" (default) or "json" (one object per line, for shippers)."""
+        if not self.has_section("logging"):
+            return "text"
+        value = self.section("logging").str("format", "text")
+        if value not in ("text", "json"):
+            raise ConfigError(f'config: [logging] format must be "text" or "json", not {value!r}')
+        return value
+
+    @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 

@@ -170,6 +170,15 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "host": "127.0.0.1",
             "port": custody_port,
         },
+        # The operator console (`custody dashboard`): loopback only; its own token.
+        "operator": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "token": secrets.token_urlsafe(32),
+            "refresh_seconds": 2.0,
+            "stuck_send_seconds": 600,
+            "watcher_lag_blocks": 3,
+        },
         "vdevice": {
             "modem_port": "dev/modem-vdevice",
             "number": VDEVICE_NUMBER,

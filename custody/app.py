@@ -111,10 +111,20 @@ def create_app(
     limiter.init_app(app)
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))
 
-    from custody.api import addresses, errors, input_text, openapi, time, txs, user  # noqa: PLC0415
+    from custody.api import (  # noqa: PLC0415
+        addresses,
+        errors,
+        health,
+        input_text,
+        openapi,
+        time,
+        txs,
+        user,
+    )
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(input_text.bp)
+    app.register_blueprint(health.bp, url_prefix="/api/v1")
     for module in (time, user, addresses, txs):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")

@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_init)
 
     from custody import admin_cli, supervisor_cli, worker
+    from custody.operator import cli as operator_cli
 
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
+    operator_cli.register(sub)  # dashboard
     return parser
 
 

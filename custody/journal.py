@@ -103,6 +103,8 @@ class VerifyResult:
     count: int
     first_bad_id: int | None = None
     reason: str = ""
+    last_id: int | None = None  # the newest verified entry: where an incremental check resumes
+    last_hash: str = ""
 
     def describe(self) -> str:
         if self.ok:
@@ -111,11 +113,22 @@ class VerifyResult:
         return f"journal BROKEN at {where}: {self.reason}"
 
 
-def verify(session: Session, *, batch: int = 5000) -> VerifyResult:
-    """Walk the chain in id order; report the first record that does not fit."""
-    prev = GENESIS
+def verify(
+    session: Session,
+    *,
+    batch: int = 5000,
+    after_id: int = 0,
+    prev_hash: str = GENESIS,
+    verified_before: int = 0,
+) -> VerifyResult:
+    """Walk the chain in id order; report the first record that does not fit.
+
+    `after_id`/`prev_hash`/`verified_before` resume after entries an earlier call verified (the
+    operator console re-checks only what was appended); `count` is then the new entries only.
+    """
+    prev = prev_hash
     count = 0
-    last_id = 0
+    last_id = after_id
     while True:
         rows = session.execute(
             select(JournalEntry)
@@ -145,12 +158,12 @@ def verify(session: Session, *, batch: int = 5000) -> VerifyResult:
     head = session.get(KeyValue, HEAD_KEY)
     if head is not None:
         state = json.loads(head.value)
-        if state.get("hash") != prev or state.get("count") != count:
+        if state.get("hash") != prev or state.get("count") != verified_before + count:
             return VerifyResult(
                 False,
                 count,
                 None,
                 f"the newest record is not the recorded head ({state.get('count')} entries "
-                f"recorded, {count} found): records were removed from the end",
+                f"recorded, {verified_before + count} found): records were removed from the end",
             )
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, last_id=last_id if last_id else None, last_hash=prev)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -28,12 +29,25 @@ READY_PROBE = "/api/v1/openapi.json"
 READY_DEADLINE = 60.0
 
 
-class CustodyApplication(BaseApplication):  # type: ignore[misc]
-    """gunicorn application: settings from `Config`, app made by `custody.app.create_app`."""
+def _custody_api(config: Config) -> Any:
+    from custody.app import create_app  # noqa: PLC0415 - imported in the worker, after fork
 
-    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+    return create_app(config)
+
+
+class CustodyApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn application: settings from `Config`, the app made by `factory(config)`
+    (the custody API by default; the operator console passes its own)."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: dict[str, Any],
+        factory: Callable[[Config], Any] = _custody_api,
+    ) -> None:
         self.cc_config = config
         self.options = options
+        self.factory = factory
         super().__init__()
 
     def load_config(self) -> None:
@@ -42,13 +56,11 @@ class CustodyApplication(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key.lower(), value)
 
     def load(self):  # type: ignore[no-untyped-def]
-        from custody.app import create_app  # noqa: PLC0415
-
-        return create_app(self.cc_config)
+        return self.factory(self.cc_config)
 
 
-def _wait_answering(host: str, port: int, deadline: float) -> bool:
-    url = f"http://{host}:{port}{READY_PROBE}"
+def _wait_answering(host: str, port: int, deadline: float, probe: str = READY_PROBE) -> bool:
+    url = f"http://{host}:{port}{probe}"
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         try:
@@ -63,35 +75,61 @@ def _wait_answering(host: str, port: int, deadline: float) -> bool:
 def gunicorn_options(config: Config, workers: int | None = None) -> dict[str, Any]:
     s = config.section("custody")
     host, port = s.str("host"), s.int("port")
+    return listener_options(
+        config,
+        name=READY_NAME,
+        host=host,
+        port=port,
+        probe=READY_PROBE,
+        url=f"http://{host}:{port}/api/v1/open",
+        workers=workers or s.int("workers", 2),
+        threads=s.int("threads", 4),
+        worker_timeout=s.int("worker_timeout", 60),
+    )
+
+
+def listener_options(
+    config: Config,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    probe: str,
+    url: str,
+    workers: int,
+    threads: int,
+    worker_timeout: int = 60,
+) -> dict[str, Any]:
+    """gunicorn settings for one of custody's listeners; ready once `probe` answers 200."""
     run_dir = config.run_dir
 
     def when_ready(server: Any) -> None:
-        def probe() -> None:
-            if _wait_answering(host, port, READY_DEADLINE):
-                mark_ready(run_dir, READY_NAME, url=f"http://{host}:{port}/api/v1/open")
-                log.info("custody API ready on %s:%d", host, port)
+        def wait() -> None:
+            if _wait_answering(host, port, READY_DEADLINE, probe):
+                mark_ready(run_dir, name, url=url)
+                log.info("%s ready on %s:%d", name, host, port)
             else:
-                log.error("custody API does not answer on %s:%d", host, port)
+                log.error("%s does not answer on %s:%d", name, host, port)
 
-        threading.Thread(target=probe, name="ready-probe", daemon=True).start()
+        threading.Thread(target=wait, name="ready-probe", daemon=True).start()
 
     def on_exit(server: Any) -> None:
-        clear_ready(run_dir, READY_NAME)
+        clear_ready(run_dir, name)
 
     return {
         "bind": f"{host}:{port}",
-        "workers": workers or s.int("workers", 2),
+        "workers": workers,
         "worker_class": "gthread",
-        "threads": s.int("threads", 4),
+        "threads": threads,
         "keepalive": 30,
-        "timeout": s.int("worker_timeout", 60),
+        "timeout": worker_timeout,
         "graceful_timeout": 10,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
-        "proc_name": "custody-api",
+        "proc_name": name,
         # per deployment, not gunicorn's default ~/.gunicorn/gunicorn.ctl shared by all
-        "control_socket": str(run_dir / "custody-api.ctl"),
+        "control_socket": str(run_dir / f"{name}.ctl"),
         "when_ready": when_ready,
         "on_exit": on_exit,
     }
@@ -100,7 +138,7 @@ def gunicorn_options(config: Config, workers: int | None = None) -> dict[str, An
 def serve(config: Config, *, workers: int | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     config.section("custody").secret("secret_key")  # refuses a placeholder secret
-    setup_logging("custody-api", config.log_dir)
+    setup_logging("custody-api", config.log_dir, fmt=config.log_format)
     os.environ.setdefault("CC_DATA_DIR", str(config.data_dir))
     CustodyApplication(config, gunicorn_options(config, workers)).run()
     return 0

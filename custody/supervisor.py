@@ -193,6 +193,7 @@ DEFAULT_SPECS: tuple[ProcessSpec, ...] = (
         "custody-api", "custody.cli", "serve", after=["node", "hsm-hot"], prepare=["db", "upgrade"]
     ),
     cli_spec("custody-worker", "custody.cli", "worker", after=["custody-api"]),
+    cli_spec("custody-operator", "custody.cli", "dashboard", after=["custody-api"]),
     cli_spec("merchant-site", "examples.merchant_site.cli", "serve", after=["custody-api"]),
     cli_spec("vdevice", "vdevice.cli", "run", after=["firmware-sim", "merchant-site"]),
 )

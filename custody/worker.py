@@ -90,7 +90,7 @@ class Worker:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    setup_logging(READY_NAME, config.log_dir)
+    setup_logging(READY_NAME, config.log_dir, fmt=config.log_format)
     stop = install_stop_handlers()
     return Worker.from_config(config).run(stop, once=args.once)
 

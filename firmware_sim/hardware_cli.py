@@ -34,7 +34,9 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 def serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    setup_logging(PROCESS, config.log_dir, level="DEBUG" if args.debug else "INFO")
+    setup_logging(
+        PROCESS, config.log_dir, level="DEBUG" if args.debug else "INFO", fmt=config.log_format
+    )
     hardware = Hardware(HardwareSpec.from_config(config))
     stop = install_stop_handlers()
     hardware.start()

@@ -136,7 +136,7 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    setup_logging(NAME, config.log_dir)
+    setup_logging(NAME, config.log_dir, fmt=config.log_format)
     section = _section(config)
     for key in ("so_pin", "user_pin"):
         section.secret(key)  # refuse placeholder PINs before touching the token
@@ -171,6 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_ref.append(server)
         sms = _sms_service(config, service)
         stop = install_stop_handlers()
+        modems = sms.modem_status if sms is not None else list
+        service.status_extras = lambda: {"modems": modems(), **token.status(section)}
         server.start()
         if sms is not None:
             service.on_alert = sms.on_alert

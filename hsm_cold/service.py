@@ -161,6 +161,8 @@ class ColdService:
         self.clock = clock
         # Called after an alert is recorded (the SMS thread sends it to the operator/owner).
         self.on_alert: AlertHook | None = None
+        # What `status` adds from outside the service (the SIMs' radio state, the token).
+        self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -562,11 +564,21 @@ class ColdService:
 
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()
+        newest: dict[int, ChannelRecord] = {}
+        for ch in self.store.list_channels():  # newest first within each account
+            newest.setdefault(ch.account, ch)
         return {
             "accounts": [a for a, _, _ in rows],
             "frozen": [[a, reason] for a, frozen, reason in rows if frozen],
             "alerts": self.store.pending_alert_count(),
             "link_refusals": dict(self.link_refusals()),
+            "channels": [
+                {"account": a, "c_id": ch.c_id, "state": ch.state, "expires_at": int(ch.expires_at)}
+                for a, ch in sorted(newest.items())
+            ],
+            "sms_queued": self.store.pending_sms_count(),
+            "sms_counters": self.store.counters(),
+            **self.status_extras(),
         }
 
     def take_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:

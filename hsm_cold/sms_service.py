@@ -103,6 +103,9 @@ def gsm_safe(text: str) -> str:
     return _UNSAFE.sub("?", text)[:ALERT_TEXT_MAX]
 
 
+RADIO_PROBE_INTERVAL = 30.0  # seconds between signal/registration probes of one SIM
+
+
 class SmsService:
     """The modems, the protocol worker and the outbox of one `hsm-cold serve`."""
 
@@ -143,6 +146,7 @@ class SmsService:
         self._all_down = False
         self._alert_times: dict[str, deque[float]] = {}
         self._alert_lock = threading.Lock()
+        self._radio: dict[str, dict[str, object]] = {}  # per SIM: signal, registration
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -220,11 +224,44 @@ class SmsService:
 
     # -- receiving -------------------------------------------------------------------------------
 
+    def _probe_radio(self, modem: GsmModem) -> None:
+        """Signal (`AT+CSQ`) and registration (`AT+CREG?`), asked by the SIM's own receiver
+        thread between polls, so a status request never waits on a modem."""
+        try:
+            quality = modem.signal_quality()
+            self._radio[modem.name] = {
+                "rssi": quality.rssi,
+                "dbm": quality.dbm,
+                "registered": modem.registered(),
+                "probed_at": int(time.time()),
+            }
+        except SmsError:
+            self._radio[modem.name] = {"registered": False, "probed_at": int(time.time())}
+
+    def modem_status(self) -> list[dict[str, object]]:
+        """Each SIM's radio state and its message counts (for `status` over the link)."""
+        counters = self.store.counters()
+        return [
+            {
+                "name": m.name,
+                **self._radio.get(m.name, {}),
+                "sent": counters.get(f"sent.{m.name}", 0),
+                "received": counters.get(f"received_on.{m.name}", 0),
+                "failed": counters.get(f"send_failed.{m.name}", 0)
+                + counters.get(f"receive_errors.{m.name}", 0),
+            }
+            for m in self.modems
+        ]
+
     def _receive_loop(self, index: int) -> None:
         modem = self.modems[index]
         backoff = self.settings.poll_interval
         failing = False
+        next_probe = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_probe:
+                self._probe_radio(modem)
+                next_probe = time.monotonic() + RADIO_PROBE_INTERVAL
             try:
                 found = modem.wait_for_messages(self.settings.poll_interval)
             except SmsError as exc:

@@ -54,6 +54,23 @@ class AuditLog:
                 os.close(self._fd)
                 self._fd = None
 
+    def head(self) -> dict[str, Any]:
+        """The newest record's time and event (read from the file's tail, not the whole log)."""
+        try:
+            with self.path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 4096))
+                tail = f.read().splitlines()
+        except FileNotFoundError:
+            return {"last_event": "", "last_at": None}
+        for raw in reversed(tail):
+            try:
+                last = json.loads(raw)
+            except ValueError:
+                continue  # the first line of the window may be cut
+            return {"last_event": str(last.get("event", "")), "last_at": last.get("at")}
+        return {"last_event": "", "last_at": None}
+
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

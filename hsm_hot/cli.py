@@ -89,7 +89,7 @@ def cmd_init(args: argparse.Namespace) -> str:
     between leaves the file for a second try instead of losing the pairing.
     """
     config = config_from_args(args)
-    setup_logging(PROCESS, config.log_dir)
+    setup_logging(PROCESS, config.log_dir, fmt=config.log_format)
     section = config.section("hsm_hot")
     created = HsmToken.init(section)
     state = HotState(HotPaths.of(section).state_dir)
@@ -138,7 +138,7 @@ def _check_loopback(host: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve custody until SIGTERM/SIGINT."""
     config = config_from_args(args)
-    setup_logging(PROCESS, config.log_dir, args.log_level)
+    setup_logging(PROCESS, config.log_dir, args.log_level, fmt=config.log_format)
     section = config.section("hsm_hot")
     serial = config.section("serial")
     secret = section.secret("rpc_secret")
@@ -169,7 +169,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ledger = PolicyLedger(paths.policy, HotPolicy.from_section(section))
         stack.callback(ledger.close)
         service = HotService(
-            token, state, relay, ledger, AuditLog(paths.audit), network, pairing.cold_identity
+            token,
+            state,
+            relay,
+            ledger,
+            AuditLog(paths.audit),
+            network,
+            pairing.cold_identity,
+            token_status=lambda: token.status(section),
         )
         server = RpcServer(host, port, secret, service.dispatch)
         server.start()
@@ -194,7 +201,7 @@ def _read_so_pin() -> str:
 def cmd_unlock(args: argparse.Namespace) -> str:
     """Clear the PIN retry lock after an SO login with the SO PIN the operator types."""
     config = config_from_args(args)
-    setup_logging(PROCESS, config.log_dir)
+    setup_logging(PROCESS, config.log_dir, fmt=config.log_format)
     section = config.section("hsm_hot")
     so_pin = _read_so_pin()
     if not so_pin:

@@ -38,6 +38,11 @@ class ColdRelay:
     def __init__(self, client: LinkCaller, timeout: float) -> None:
         self.client = client
         self.timeout = timeout
+        self.round_trips = 0  # commands the cold HSM answered (refusals included)
+        self.last_error = ""  # the newest link failure, with its time, for the console
+
+    def _failed(self, text: str) -> None:
+        self.last_error = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
 
     def call(
         self, command: str, payload: Mapping[str, Any], timeout: float | None = None
@@ -46,24 +51,29 @@ class ColdRelay:
         try:
             answer = self.client.call(command, payload, timeout or self.timeout)
         except LinkRemoteError as exc:
+            self.round_trips += 1
             log.info("cold HSM refused %s: [%d] %s", command, exc.code, exc.message)
             raise ColdRefused(exc.message, code=exc.code) from None
         except LinkAuthError as exc:
+            self._failed(f"{command}: link authentication refused")
             log.error("cold HSM refused our link authentication for %s", command)
             raise NotPaired(f"cold HSM refused the link authentication: {exc.message}") from None
         except LinkTimeout as exc:
+            self._failed(f"{command}: no answer ({exc.message})")
             log.warning("cold HSM did not answer %s: %s", command, exc.message)
             raise ColdUnreachable(f"cold HSM unreachable: {exc.message}") from None
         except LinkError as exc:
+            self._failed(f"{command}: {exc.message}")
             log.warning("link failure on %s: %s", command, exc.message)
             raise ColdUnreachable(f"cold HSM unreachable: {exc.message}") from None
+        self.round_trips += 1
         log.debug("%s answered in %.3fs", command, time.monotonic() - start)
         if not isinstance(answer, dict):
             raise ColdUnreachable(f"cold HSM gave a malformed answer to {command}")
         return answer
 
     def stats(self) -> dict[str, int]:
-        return self.client.stats()
+        return {**self.client.stats(), "round trips": self.round_trips}
 
     def close(self) -> None:
         self.client.close()

@@ -15,9 +15,11 @@ import base64
 import binascii
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cc_common.errors import CustodyError
 from cc_common.token import HsmToken
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import CosignPlan, compact_request, plan_cosign
@@ -32,6 +34,7 @@ from hsm_hot.errors import (
 from hsm_hot.policy import PolicyLedger
 from hsm_hot.relay import ColdRelay
 from hsm_hot.state import HotAccount, HotState
+from hsm_hot.stats import ServiceStats
 from wallet_core import messages, signatures
 from wallet_core.bip32 import parse_xpub
 from wallet_core.chaincloud import check_user_tx_no
@@ -133,8 +136,12 @@ class HotService:
         audit: AuditLog,
         network: Network,
         cold_identity: bytes,
+        *,
+        token_status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.token = token
+        self.token_status = token_status or dict
+        self.stats = ServiceStats()
         self.state = state
         self.relay = relay
         self.ledger = ledger
@@ -157,10 +164,18 @@ class HotService:
         }
 
     def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
-        handler = self.methods.get(method)
-        if handler is None:
-            raise BadRequest(f"unknown method {method!r}")
-        return handler(params)
+        started = time.monotonic()
+        try:
+            handler = self.methods.get(method)
+            if handler is None:
+                raise BadRequest(f"unknown method {method!r}")
+            result = handler(params)
+        except CustodyError as exc:
+            self.stats.refused(int(exc.code))
+            raise
+        if method == "sign_send":
+            self.stats.observe_cosign(time.monotonic() - started)
+        return result
 
     def _account_record(self, account: int) -> HotAccount:
         acct = self.state.account(account)
@@ -183,6 +198,12 @@ class HotService:
             "paired": True,
             "cold_reachable": reachable,
             "accounts": self.state.account_count(),
+            # for the operator console (docs/hsm-pair.md): counts and states, never a secret
+            **self.token_status(),
+            "audit_head": self.audit.head(),
+            "link": self.relay.stats(),
+            "link_last_error": self.relay.last_error,
+            **self.stats.snapshot(),
         }
 
     def provision_account(self, params: Mapping[str, Any]) -> dict[str, Any]:

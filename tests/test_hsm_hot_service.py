@@ -421,10 +421,17 @@ def test_rpc_server_auth_and_errors(env):
             wrong.health()
         assert info.value.code == 908
         client = HotHsmClient(url, "s3cret-rpc-token-xyz", timeout=5)
-        assert client.health() == {"paired": True, "cold_reachable": True, "accounts": 1}
+        health = client.health()
+        assert {k: health[k] for k in ("paired", "cold_reachable", "accounts")} == {
+            "paired": True,
+            "cold_reachable": True,
+            "accounts": 1,
+        }
+        assert health["cosign"]["count"] >= 0 and "link" in health and "audit_head" in health
         with pytest.raises(HsmRefused) as info:
             client.call("no_such_method")
         assert info.value.code == 904
+        assert client.health()["refusals"].get("904") == 1  # counted for the console
         env["cold"].fail = LinkRemoteError(711, "foreign input")
         with pytest.raises(HsmRefused) as info:
             client.sign_send(**{k: v for k, v in _send(env).items()})

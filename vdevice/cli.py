@@ -68,7 +68,7 @@ def cmd_provision(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     settings = load_settings(config)
-    setup_logging("vdevice", config.log_dir)
+    setup_logging("vdevice", config.log_dir, fmt=config.log_format)
     state = State(settings.db_path)
     try:
         if not settings.wait_for_provisioning:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cc_common.config import Section
 from cc_common.token.aes_keys import AesKeys
 from cc_common.token.ec_keys import EcKeys
@@ -60,6 +62,20 @@ class HsmToken:
     @staticmethod
     def pin_state(section: Section) -> PinState:
         return pin_guard(TokenSettings.from_section(section)).read()
+
+    def status(self, section: Section) -> dict[str, Any]:
+        """For the operator console: does the token still answer (one random draw through the
+        open session), and how many user-PIN tries are left before the retry lock."""
+        try:
+            self.session.random_bytes(1)
+            present = True
+        except TokenError:
+            present = False
+        guard = pin_guard(TokenSettings.from_section(section))
+        return {
+            "token_present": present,
+            "pin_tries_left": guard.limit - guard.read().user_failures,
+        }
 
     @property
     def label(self) -> str:

@@ -67,7 +67,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    setup_logging(READY_NAME, config.log_dir)
+    setup_logging(READY_NAME, config.log_dir, fmt=config.log_format)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per V-device poll
     settings = SiteSettings.from_config(config)
     app = create_app(config, settings=settings)

@@ -14,7 +14,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     from firmware_sim.node.service import serve  # noqa: PLC0415 - keep other commands light
 
     config = config_from_args(args)
-    setup_logging("node", config.log_dir, logging.DEBUG if args.debug else logging.INFO)
+    setup_logging(
+        "node", config.log_dir, logging.DEBUG if args.debug else logging.INFO, fmt=config.log_format
+    )
     return serve(config)
 
 
