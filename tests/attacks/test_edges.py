@@ -183,6 +183,57 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
     assert_not_frozen(rig)
 
 
+def test_custody_saying_failed_after_signing_gets_the_txid_reported(rig: Rig) -> None:
+    """The attacker holds custody's host: it has a genuine send signed by both HSMs (custody's
+    own worker code, the hot HSM's RPC), keeps the transaction and says "failed". The cold
+    HSM's statement says it signed that txid, so the site is told the txid, not "failed": a
+    merchant re-queuing the withdrawal (and paying twice) never hears of a failure."""
+    from custody.chain.rpc import BitcoinRPC  # noqa: PLC0415
+    from custody.hsm_client import HotHsmClient  # noqa: PLC0415
+    from custody.sends import SendSettings, SendWorker  # noqa: PLC0415
+
+    ctx = rig.ctx
+    account = ctx.need("account_id")
+    payee = random_address(ctx.network)
+    config = ctx.config
+    factory = custody_db(config)
+    with factory() as s:
+        last_id = s.execute(select(Send.id).order_by(Send.id.desc())).scalars().first() or 0
+    with demo.worker_paused(ctx):
+        vtest_id = demo.merchant_withdrawal(ctx, [(payee, ATTACK_SAT)])
+
+        def posted() -> Send | None:
+            with factory() as s:
+                return s.execute(
+                    select(Send).where(Send.account_id == account, Send.id > last_id)
+                ).scalar_one_or_none()
+
+        send = wait_for(posted, demo.SEND_TIMEOUT, f"the V-device to post {vtest_id}")
+        worker = SendWorker(
+            factory,
+            BitcoinRPC.from_config(config),
+            HotHsmClient.from_config(config),
+            SendSettings.from_config(config),
+            owner="attacker",
+        )
+        assert send.id in worker.claim()
+        assert worker.advance(send.id) is SendStatus.BUILT
+        assert worker.advance(send.id) is SendStatus.SIGNED
+        with factory() as s, s.begin():
+            row = s.get(Send, send.id)
+            assert row is not None and row.txid and row.tx_hex
+            txid, tx_hex = row.txid, row.tx_hex
+            row.status = SendStatus.FAILED
+            row.failure_reason = "made up by the attacker"
+        w = demo.wait_site_finished(ctx, vtest_id)
+        assert w["status"] == "sent" and w["tx_hash"] == txid, w
+    # whenever the attacker broadcasts it, it is the one payment the site knows of
+    ctx.rpc.send_raw_transaction(tx_hex)
+    height, _ = demo.check_paid(ctx, txid, [(payee, ATTACK_SAT)])
+    assert height > 0
+    assert_not_frozen(rig)
+
+
 # ------------------------------------------------ item 7: hot funding addresses are verified
 
 
