@@ -49,7 +49,7 @@ from custody.models import (
     utcnow,
 )
 from wallet_core.bip32 import parse_xpub
-from wallet_core.chaincloud import BATCH_SIZE, batch_content
+from wallet_core.chaincloud import BATCH_SIZE, batch_statement
 from wallet_core.hashes import hash160, sha256
 from wallet_core.messages import verify_message_pubkey
 from wallet_core.networks import Network
@@ -206,7 +206,7 @@ def get_or_create_batch(
         raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
-    content = batch_content(addresses)
+    content = batch_statement(wallet_name(wallet), account_id, batch_no, addresses)
     if not verify_message_pubkey(identity, content, str(proof)):
         log.error(
             "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id

@@ -46,7 +46,7 @@ from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
 from wallet_core.chaincloud import (
     USER_TX_NO,
-    batch_content,
+    batch_statement,
     channel_key_statement,
     send_refused_statement,
     send_signed_statement,
@@ -400,8 +400,10 @@ class ColdService:
             batch = batch_addresses(wallet, batch_no, RECEIVE)
         except WalletError as exc:
             raise BadRequest(f"batch {batch_no}: {exc.message}") from None
-        content = batch_content([address for _, address in batch])
-        return {"signature": self._sign_message(content)}
+        statement = batch_statement(
+            kind.value, rec.account, batch_no, [address for _, address in batch]
+        )
+        return {"signature": self._sign_message(statement)}
 
     def register_channel(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._live_record(account_field(payload))

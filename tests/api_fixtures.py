@@ -46,7 +46,7 @@ from wallet_core.addresses import p2wpkh_address, p2wsh_address
 from wallet_core.bip32 import ExtendedKey
 from wallet_core.chaincloud import (
     BATCH_SIZE,
-    batch_content,
+    batch_statement,
     channel_key_statement,
     send_refused_statement,
     send_request_string,
@@ -191,7 +191,9 @@ class SoftwareHsmStandIn:
             pos, substitute = self.tamper_batch
             addresses[pos] = substitute
         self.proofs_made += 1
-        return sign_message(self.identity_priv, batch_content(addresses))
+        return sign_message(
+            self.identity_priv, batch_statement(wallet, account, batch_no, addresses)
+        )
 
     def register_channel(
         self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str

@@ -47,6 +47,15 @@ def batch_content(addresses: Sequence[str]) -> str:
     return "".join(f"{i},{a}:" for i, a in enumerate(addresses))
 
 
+def batch_statement(wallet: str, account: int, batch_no: int, addresses: Sequence[str]) -> str:
+    """Our extension: what the cold identity key signs to prove a batch over the link
+    (`prove_batch`): `CC:BATCH:<cold|hot>:<account>:BTC:<batch_no>:` then the batch content,
+    so a proof is valid for exactly one wallet, account, coin and batch number."""
+    if wallet not in ("cold", "hot"):
+        raise BatchError(f"wallet {wallet!r} is not cold or hot")
+    return f"CC:BATCH:{wallet}:{account}:BTC:{batch_no}:" + batch_content(addresses)
+
+
 def parse_batch_content(text: str, expected_size: int = BATCH_SIZE) -> list[str]:
     """Inverse of `batch_content`; checks positions run 0..expected_size-1."""
     if not text.endswith(":"):
