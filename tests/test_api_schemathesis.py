@@ -56,6 +56,7 @@ def test_openapi_document_is_valid(app):
         "/tx/detail/{tx_hash}",
         "/tx/request",
         "/tx/{user_tx_no}",
+        "/tx/{user_tx_no}/statement",
     }
     page = app.test_client().get("/api/v1/docs")
     assert page.status_code == 200 and b"openapi.json" in page.data
@@ -82,7 +83,7 @@ def test_schemathesis(app, account, session_factory):
     add_txs(session_factory, account.id, Wallet.HOT, 3)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operations = [op.ok() for op in schema.get_all_operations()]
-    assert len(operations) == 10
+    assert len(operations) == 11
     failures: list[str] = []
     for op in operations:
         modes = [GenerationMode.POSITIVE]
