@@ -389,6 +389,21 @@ def test_failed_is_reported_only_with_the_cold_hsms_proof(make_rig: Callable[...
     assert rig.web.reports_for("forged") == []
 
 
+def test_channel_not_live_yet_at_custody_is_retried(make_rig: Callable[..., Rig]) -> None:
+    """Custody refuses with "unknown channel" while the cold HSM has not yet taken our
+    CHANNEL_OK: the V-device sends it again and posts the same request later."""
+    rig = make_rig()
+    rig.web.unknown_channel_posts = 2
+    rig.web.add_vtest("early", encrypted(f"{DEST_A},1000"))
+    rig.start()
+    c_id = rig.wait_channel()
+    rig.wait_status(lambda s: rig.web.reports_for("early"), "the send reported", 20)
+    assert rig.web.reports_for("early") == [{"vtest_id": "early", "tx_hash": tx_hash_for("early")}]
+    assert len(rig.web.tx_requests) == 3
+    assert len({f["vc_code"] for f in rig.web.tx_requests}) == 1  # one signature, re-posted
+    assert rig.cold.channel_oks.count(c_id) >= 2
+
+
 def test_refusals_invalid_outputs_and_policies(make_rig: Callable[..., Rig]) -> None:
     """Invalid address, negative value, not whitelisted, over the per-send limit: each is
     reported failed with an owner alert and never reaches custody; a good one after them does."""

@@ -240,6 +240,7 @@ class WebStandIn:
     outcomes: dict[str, str] = field(default_factory=dict)  # user_tx_no -> OK / failed
     statements: dict[str, Any] = field(default_factory=dict)  # user_tx_no -> cold_statement
     statement_posts: list[str] = field(default_factory=list)
+    unknown_channel_posts: int = 0  # refuse this many posts with code 41 (channel not live)
     balance: int = 10**9
     calls: list[str] = field(default_factory=list)
 
@@ -362,6 +363,9 @@ class WebStandIn:
             form = dict(request.form)
             with self.lock:
                 self.tx_requests.append(form)
+                if self.unknown_channel_posts > 0:
+                    self.unknown_channel_posts -= 1
+                    return error(400, 41, f"c_id {form['c_id']!r} is not a live channel")
                 if form["user_tx_no"] in self.sends:
                     return error(400, 3, f"user_tx_no {form['user_tx_no']} was already accepted")
                 self.sends[form["user_tx_no"]] = form

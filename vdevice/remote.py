@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 SITE_TOKEN_HEADER = "X-VDevice-Token"  # noqa: S105 (header name, as the merchant site's)
 CUSTODY_TOKEN_HEADER = "token"  # noqa: S105 (a header name; reference section 1)
 CODE_ALREADY_ACCEPTED = 3  # custody: this user_tx_no was accepted before (reference section 1)
+CODE_UNKNOWN_CHANNEL = 41  # custody: c_id is not (yet) a live channel on the cold HSM
 
 
 class _Client:

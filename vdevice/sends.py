@@ -45,7 +45,7 @@ from cc_common.vtest import VtestDecryptError, open_vtest
 from vdevice.channel import ChannelKeeper
 from vdevice.errors import RemoteError, RemoteRefused
 from vdevice.phone import Phone
-from vdevice.remote import CustodyClient, SiteClient
+from vdevice.remote import CODE_UNKNOWN_CHANNEL, CustodyClient, SiteClient
 from vdevice.settings import Settings
 from vdevice.state import LoopState, Outcome, SendState, State
 from wallet_core.chaincloud import (
@@ -65,6 +65,7 @@ OUT_INVALID = "tx out invalid"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 MAX_USER_TX_NO = 64
 PENDING_ALERT_AFTER = 3600.0
+CHANNEL_RETRIES = 8  # posts refused as "unknown channel" before the send is given up
 
 
 def user_tx_no_for(vtest_id: str) -> str:
@@ -317,6 +318,9 @@ class SendProcessor:
         try:
             fresh = self.custody.request_send(form)
         except RemoteRefused as exc:
+            if exc.remote_code == CODE_UNKNOWN_CHANNEL and row["tries"] < CHANNEL_RETRIES:
+                self._channel_not_live_yet(row, now)
+                return
             self._conclude_failed(row, f"custody refused: {exc.message}", None, now)
             return
         log.info(
@@ -360,6 +364,18 @@ class SendProcessor:
                 f"send-slow-{row['vtest_id']}",
                 f"send {row['vtest_id']}: still pending at custody after an hour",
             )
+        self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _channel_not_live_yet(self, row: sqlite3.Row, now: float) -> None:
+        """The cold HSM does not list the channel as live yet (our `CHANNEL_OK` is still on its
+        way, or was lost): send it again and post the same signed request again later."""
+        channel = self.state.channel(row["c_id"])
+        if channel is not None:
+            self.channels.resend_channel_ok(channel)
+        tries = row["tries"] + 1
+        log.warning(
+            "vtest %s: channel %s not live at the cold HSM yet", row["vtest_id"], row["c_id"]
+        )
         self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
 
     def _verdict(self, row: sqlite3.Row, statement: Any) -> SendVerdict | None:
