@@ -54,6 +54,19 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+def check_values(value: object, what: str) -> None:
+    """`check_text` on every string inside `value` (a JSON-like tree of dicts and lists)."""
+    if isinstance(value, str):
+        check_text(value, what)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(str(key), f"{what} key")
+            check_values(item, f"{what}.{key}")
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            check_values(item, f"{what}[{n}]")
+
+
 def printable(value: object) -> str:
     """`str(value)` with every refused character shown as a visible escape (`\\u202e`)."""
     text = str(value)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cc_common.errors import CustodyError
+from cc_common.text import UnsafeText, check_values
 from cc_common.token import HsmToken
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import CosignPlan, compact_request, plan_cosign
@@ -169,6 +170,10 @@ class HotService:
             handler = self.methods.get(method)
             if handler is None:
                 raise BadRequest(f"unknown method {method!r}")
+            try:
+                check_values(dict(params), "params")
+            except UnsafeText as exc:
+                raise BadRequest(exc.message) from None
             result = handler(params)
         except CustodyError as exc:
             self.stats.refused(int(exc.code))

@@ -9,7 +9,7 @@ import pytest
 from cc_common import cli
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.errors import SmsFormatError
-from cc_common.text import SafeTextFilter, UnsafeText, check_text, printable
+from cc_common.text import SafeTextFilter, UnsafeText, check_text, check_values, printable
 from wallet_core.chaincloud import check_user_tx_no, parse_outs, send_request_string
 from wallet_core.errors import OutsError
 from wallet_core.networks import Network
@@ -82,3 +82,9 @@ def test_cli_refuses_before_parsing(capsys: pytest.CaptureFixture[str]) -> None:
     assert called == []
     assert "argument 1 contains a control or bidi character (U+202E" in capsys.readouterr().err
     assert cli.run(parser, ["order-1"]) == 0 and called == ["order-1"]
+
+
+def test_check_values_walks_a_tree() -> None:
+    check_values({"a": ["x", {"b": 1}], "c": None}, "params")
+    with pytest.raises(UnsafeText, match=r"params.a\[1\].b contains"):
+        check_values({"a": ["x", {"b": f"o{RLO}"}]}, "params")
