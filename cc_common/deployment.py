@@ -156,6 +156,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "export_dir": "hsm-cold/offline-export",
             "max_fee_sat": 1_000_000,
             "max_fee_rate": 500,
+            "max_fee_per_day_sat": 10_000_000,
             "modem_ports": ["dev/modem-cold-a", "dev/modem-cold-b"],
             "numbers": list(COLD_NUMBERS),
             # SMS channel (docs/sms-channel.md): renewal period and QH time window (seconds)

@@ -19,7 +19,9 @@ LINK_KEY_SIZE = 32
 
 
 class PairingError(CustodyError):
-    code = 20
+    """A pairing file is missing, malformed or for another pair of HSMs."""
+
+    code = 110
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def parse_vtest_plaintext(text: str) -> VtestRequest:
     """
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise VtestDecryptError("plaintext is not JSON") from None
     if not isinstance(obj, dict) or set(obj) != {"outs", "dynamic"}:
         raise VtestDecryptError("plaintext is not a send request")

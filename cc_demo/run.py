@@ -32,6 +32,7 @@ from cc_demo.scenario import (
     step_status,
     step_withdrawal,
 )
+from cc_demo.steps_attacks import step_attack_fee_drain
 from cc_demo.steps_edges import step_attack_false_failure
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
@@ -50,6 +51,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-vtest", step_attack_vtest),
     Step("attack-forged-vc", step_attack_forged_vc),
     Step("attack-outputs", step_attack_outputs),
+    Step("attack-fee-drain", step_attack_fee_drain),
     Step("attack-false-failure", step_attack_false_failure),
     Step("attack-sms", step_attack_sms),
 )

@@ -22,7 +22,10 @@ The story, one step each, each printing one line saying what it proved:
                       freezes, the operator gets an SMS, nothing reaches the node; unfrozen at
                       the cold console
 11. attack-outputs    a hacked database alters the outputs of a genuine request: the same
-12. attack-sms        a spoofed channel request and replayed SMS: refused, nothing changes
+12. attack-fee-drain  (cc_demo/steps_attacks.py) a hacked custody host asks hsm-hot, from two
+                      threads, to co-sign one genuine request with an input stated as 1 sat:
+                      refused, frozen, operator texted, nothing reaches the node; unfrozen
+13. attack-sms        a spoofed channel request and replayed SMS: refused, nothing changes
 
 A summary table ends the run; the exit status is 1 if any step failed or could not run.
 `--configure` writes the demo's switches (`support.DEMO_CONFIG`: short poll intervals,

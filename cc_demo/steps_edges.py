@@ -59,11 +59,11 @@ def step_attack_false_failure(ctx: demo.Context) -> str:
             return row.failure_reason if row and row.status is SendStatus.FAILED else None
 
     reason = wait_for(refused, demo.SEND_TIMEOUT, "the hacked custody's signing to be refused")
-    if "code 740" not in reason:
+    if "code 741" not in reason:
         raise StepFailed(f"the late signing failed for another reason: {reason}")
     node = demo.expect_no_spend(ctx, pool, height, payee)
     return (
         f"withdrawal {vtest_id}: custody's database said 'failed'; the V-device told the site "
         f"only on the cold HSM's signed refusal (code {statement.get('code')}), which closed "
-        f"{send.user_tx_no}: custody's later signing was refused (code 740); {node}"
+        f"{send.user_tx_no}: custody's later signing was refused (code 741); {node}"
     )

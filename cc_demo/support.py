@@ -16,7 +16,6 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from cc_common.config import CONFIG_FILENAME, Config
+from cc_common.poll import poll_until
 from wallet_core.networks import Network
 
 T = TypeVar("T")
@@ -69,14 +69,7 @@ def wait_for(
     predicate: Callable[[], T | None], timeout: float, what: str, interval: float = POLL
 ) -> T:
     """Poll `predicate` until it returns something truthy; StepFailed at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout, what, interval=interval, error=StepFailed)
 
 
 def merge_config(data_dir: Path, changes: Mapping[str, Any]) -> None:

@@ -30,11 +30,11 @@ from custody.errors import (
     NotFound,
     ProofInvalid,
 )
-from custody.hsm_client import HsmError, HsmRefused, HsmUnavailable, ProvisionedAccount
+from custody.hsm_client import HotHsm, HsmError, HsmRefused, ProvisionedAccount
 from custody.models import Account, AccountStatus, ApiToken, Chain, TokenScope, Wallet, utcnow
 from wallet_core import secp
 from wallet_core.bip32 import parse_xpub
-from wallet_core.descriptors import parse_descriptor
+from wallet_core.descriptors import parse_descriptor, settlement_problem
 from wallet_core.errors import WalletError
 from wallet_core.messages import verify_message_pubkey
 from wallet_core.networks import Network
@@ -100,7 +100,12 @@ def _issue_token(
 
 
 def _check_inputs(
-    name: str, vdevice_phone: str, owner_phone: str, settlement: str, vdevice_identity: str
+    name: str,
+    vdevice_phone: str,
+    owner_phone: str,
+    settlement: str,
+    vdevice_identity: str,
+    network: Network,
 ) -> None:
     if not _NAME.match(name):
         raise AccountError("name must be 1-100 letters, digits, spaces or ._@- characters")
@@ -108,9 +113,11 @@ def _check_inputs(
         if not _PHONE.match(phone):
             raise AccountError(f"{label} must be an E.164 number like +15550000100")
     try:
-        parse_descriptor(settlement)
+        problem = settlement_problem(parse_descriptor(settlement), network)
     except WalletError as exc:
         raise AccountError(f"settlement descriptor: {exc.message}") from None
+    if problem is not None:
+        raise AccountError(f"settlement descriptor: {problem}")
     try:
         key = bytes.fromhex(vdevice_identity)
     except ValueError:
@@ -141,7 +148,7 @@ def _check_provisioned(account_id: int, network: Network, p: ProvisionedAccount)
 
 def create_account(
     session: Session,
-    hsm: Any,
+    hsm: HotHsm,
     name: str,
     vdevice_phone: str,
     owner_phone: str,
@@ -157,7 +164,7 @@ def create_account(
     key the HSM answers with. The caller commits.
     """
     net = network if isinstance(network, Network) else Network.from_name(network)
-    _check_inputs(name, vdevice_phone, owner_phone, settlement_descriptor, vdevice_identity)
+    _check_inputs(name, vdevice_phone, owner_phone, settlement_descriptor, vdevice_identity, net)
     if session.execute(select(Account.id).where(Account.name == name)).first() is not None:
         raise Conflict(f"an account named {name!r} already exists")
     account = Account(
@@ -187,7 +194,7 @@ def create_account(
             vdevice_phone=vdevice_phone,
             owner_phone=owner_phone,
         )
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot provision: {exc.message}") from None
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSM refused to provision: {exc.message}") from None
@@ -278,7 +285,7 @@ def rotate_token(session: Session, account_id: int, scope: TokenScope | str) -> 
 
 
 def freeze_account(
-    session: Session, hsm: Any, account_id: int, reason: str, config: Config | None = None
+    session: Session, hsm: HotHsm, account_id: int, reason: str, config: Config | None = None
 ) -> bool:
     """Freeze locally (no send is accepted from now on), then tell the HSMs.
 

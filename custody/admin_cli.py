@@ -242,7 +242,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("name")
     q.add_argument("--vdevice-phone", required=True)
     q.add_argument("--owner-phone", required=True)
-    q.add_argument("--settlement-descriptor", required=True)
+    q.add_argument(
+        "--settlement-descriptor",
+        required=True,
+        help="the customer's ranged (/*) descriptor with key origins, where sweeps pay",
+    )
     q.add_argument("--vdevice-identity", required=True, metavar="HEX")
     q.set_defaults(handler=cmd_account_create)
     q = asub.add_parser("list", help="list accounts")

@@ -61,12 +61,12 @@ def send_sms(config: Config, to: str, body: str) -> str:
 def raise_alert(
     session: Session,
     config: Config,
-    kind: AlertKind | str,
+    kind: AlertKind,
     message: str,
     account_id: int | None = None,
 ) -> Alert:
     """Record an alert in `session` (flushed) and try to deliver it to `[phones] operator`."""
-    kind = AlertKind(kind)
+    kind = AlertKind(kind)  # a stored or configured text is checked here too
     message = printable(message)  # no control or bidi character reaches a phone or a log
     try:
         recipient = config.section("phones").str("operator")

@@ -8,41 +8,28 @@ explorer under `/api/v1`, and the errors blueprint that gives every error one JS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Request, Response, current_app
+from flask import Flask, Request, Response
 from flask.sessions import SessionInterface
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody.api import addresses, errors, health, input_text, openapi, time, txs, user
 from custody.db import database_url, make_engine, make_session_factory
-from custody.extensions import db, hsm_provider, limiter, token_cache
+from custody.extensions import (
+    CONFIG_KEY,
+    SETTINGS_KEY,
+    ApiSettings,
+    db,
+    hsm_provider,
+    limiter,
+    token_cache,
+)
+from custody.hsm_client import HotHsm, HotHsmClient
 
 API_PREFIX = "/api/v1/open"
-SETTINGS_KEY = "CUSTODY_SETTINGS"
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """The `[custody]` settings the views need, read once."""
-
-    min_confirmations: int = 1
-    require_verified_batches: bool = True
-    network: str = "regtest"
-
-    @classmethod
-    def from_config(cls, config: Config) -> ApiSettings:
-        s = config.section("custody")
-        network = "regtest"
-        if config.has_section("deployment"):
-            network = config.section("deployment").str("network", "regtest")
-        return cls(
-            min_confirmations=max(1, s.int("min_confirmations", 1)),
-            require_verified_batches=s.bool("require_verified_batches", True),
-            network=network,
-        )
 
 
 def api_engine(url: str, **kw: Any) -> Engine:
@@ -70,23 +57,15 @@ class _NoSessions(SessionInterface):
         return None
 
 
-def settings() -> ApiSettings:
-    return current_app.config[SETTINGS_KEY]  # type: ignore[no-any-return]
-
-
-def app_config() -> Config:
-    return current_app.config["CC_CONFIG"]  # type: ignore[no-any-return]
-
-
 def create_app(
     config: Config,
     *,
-    hsm: Any | None = None,
+    hsm: HotHsm | None = None,
     session_factory: sessionmaker[Session] | None = None,
 ) -> Flask:
     """Build the custody API app for `config`."""
     app = Flask("custody")
-    app.config["CC_CONFIG"] = config
+    app.config[CONFIG_KEY] = config
     app.config[SETTINGS_KEY] = ApiSettings.from_config(config)
     app.config["SECRET_KEY"] = config.section("custody").str("secret_key", "")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -100,9 +79,7 @@ def create_app(
             # Reads on their own pool of autocommit connections (see `Database.reader`).
             reader_engine = api_engine(url, isolation_level="AUTOCOMMIT")
 
-    def make_hsm() -> Any:
-        from custody.hsm_client import HotHsmClient  # noqa: PLC0415
-
+    def make_hsm() -> HotHsm:
         return HotHsmClient.from_config(config)
 
     app.session_interface = _NoSessions()
@@ -110,17 +87,6 @@ def create_app(
     hsm_provider.init_app(app, hsm, make_hsm)
     limiter.init_app(app)
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))
-
-    from custody.api import (  # noqa: PLC0415
-        addresses,
-        errors,
-        health,
-        input_text,
-        openapi,
-        time,
-        txs,
-        user,
-    )
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(input_text.bp)

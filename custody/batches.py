@@ -38,7 +38,7 @@ from custody.errors import (
     NotFound,
     ProofInvalid,
 )
-from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.hsm_client import HotHsm, HsmRefused
 from custody.models import (
     Account,
     Address,
@@ -176,7 +176,7 @@ def next_batch_no(session: Session, account_id: int, wallet: Wallet) -> int:
 
 def get_or_create_batch(
     factory: sessionmaker[Session],
-    hsm: object,
+    hsm: HotHsm,
     config: Config,
     account_id: int,
     wallet: Wallet,
@@ -201,8 +201,8 @@ def get_or_create_batch(
     derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
     addresses = [d.address for d in derived]
     try:
-        proof = hsm.prove_batch(account_id, wallet_name(wallet), batch_no)  # type: ignore[attr-defined]
-    except HsmUnavailable as exc:
+        proof = hsm.prove_batch(account_id, wallet_name(wallet), batch_no)
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None

@@ -7,6 +7,9 @@ by each worker, never at import time.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,3 +51,13 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work is committed at the end of the block, rolled back on error."""
     with factory() as session, session.begin():
         yield session
+
+
+def is_postgres(session: Session) -> bool:
+    """Row locks (`FOR UPDATE`) and `SKIP LOCKED` are used only where the database has them."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def default_owner(role: str) -> str:
+    """A worker identity unique across hosts, processes and instances (lease holder)."""
+    return f"{role}:{socket.gethostname()[:20]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -59,16 +59,22 @@ class Forbidden(ApiError):
 
 
 class NotFound(ApiError):
+    """No such endpoint, account, batch or send (or not visible to this token)."""
+
     code = 6
     status = 404
 
 
 class Conflict(ApiError):
+    """The request contradicts the current state (e.g. a name already taken)."""
+
     code = 7
     status = 409
 
 
 class RateLimited(ApiError):
+    """Too many requests for this token; `Retry-After` says when to try again."""
+
     code = 8
     status = 429
 
@@ -106,16 +112,22 @@ class ProofInvalid(ApiError):
 
 
 class HsmUnavailableError(ApiError):
+    """The hot HSM (or the cold HSM behind it) could not be reached; retry later."""
+
     code = 13
     status = 503
 
 
 class HsmRefusedError(ApiError):
+    """The HSM refused the request; the message carries its reason and code."""
+
     code = 14
     status = 502
 
 
 class MethodNotAllowed(ApiError):
+    """The endpoint exists but not with this HTTP method."""
+
     code = 15
     status = 405
 
@@ -140,3 +152,20 @@ class AccountError(ApiError):
 
     code = 16
     status = 400
+
+
+def api_codes() -> list[tuple[int, int, str, str]]:
+    """Every code the API answers with: (code, HTTP status, class name, meaning), by code.
+
+    The OpenAPI document and `docs/error-codes.md` list exactly these.
+    """
+    seen: dict[int, type[ApiError]] = {}
+    pending: list[type[ApiError]] = list(ApiError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        seen.setdefault(int(cls.code), cls)
+        pending.extend(cls.__subclasses__())
+    return [
+        (code, cls.status, cls.__name__, (cls.__doc__ or cls.__name__).split("\n")[0].strip())
+        for code, cls in sorted(seen.items())
+    ]

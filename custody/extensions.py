@@ -1,4 +1,5 @@
-"""Extensions of the custody app, created unbound here and bound in `create_app`.
+"""Extensions of the custody app, created unbound here and bound in `create_app`, and the
+accessors views use to reach the app's settings (so views never import the app module).
 
 State lives in `app.extensions`, never in these objects, so several apps (tests, workers) can
 exist in one process.
@@ -16,6 +17,43 @@ from typing import Any
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from cc_common.config import Config
+from custody.hsm_client import HotHsm
+
+CONFIG_KEY = "CC_CONFIG"
+SETTINGS_KEY = "CUSTODY_SETTINGS"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The `[custody]` settings the views need, read once."""
+
+    min_confirmations: int = 1
+    require_verified_batches: bool = True
+    network: str = "regtest"
+
+    @classmethod
+    def from_config(cls, config: Config) -> ApiSettings:
+        s = config.section("custody")
+        network = "regtest"
+        if config.has_section("deployment"):
+            network = config.section("deployment").str("network", "regtest")
+        return cls(
+            min_confirmations=max(1, s.int("min_confirmations", 1)),
+            require_verified_batches=s.bool("require_verified_batches", True),
+            network=network,
+        )
+
+
+def settings() -> ApiSettings:
+    """The current app's `ApiSettings` (set by `create_app`)."""
+    return current_app.config[SETTINGS_KEY]  # type: ignore[no-any-return]
+
+
+def app_config() -> Config:
+    """The current app's whole configuration (set by `create_app`)."""
+    return current_app.config[CONFIG_KEY]  # type: ignore[no-any-return]
 
 
 class Database:
@@ -89,11 +127,11 @@ class HsmProvider:
 
     key = "custody.hsm"
 
-    def init_app(self, app: Flask, hsm: Any | None, make: Callable[[], Any]) -> None:
+    def init_app(self, app: Flask, hsm: HotHsm | None, make: Callable[[], HotHsm]) -> None:
         app.extensions[self.key] = {"hsm": hsm, "make": make, "lock": threading.Lock()}
 
     @property
-    def client(self) -> Any:
+    def client(self) -> HotHsm:
         state = current_app.extensions[self.key]
         if state["hsm"] is None:
             with state["lock"]:

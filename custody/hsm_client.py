@@ -1,28 +1,27 @@
 """Client of the hot HSM's local RPC (see docs/hsm-pair.md): the only way custody reaches keys.
 
 Loopback HTTP with a shared secret. Errors from the HSMs keep their numeric code and message
-(`HsmRefused`); a hot HSM that does not answer becomes `HsmUnavailable`.
+(`HsmRefused`); a hot HSM that does not answer becomes the API's `HsmUnavailableError`
+(HTTP 503, code 13), which views let through as it is. `HotHsm` is what custody needs of
+the client, so tests may hand in a stand-in with the same methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
 from cc_common.config import Config
 from cc_common.errors import CustodyError
+from custody.errors import HsmUnavailableError
 
 
 class HsmError(CustodyError):
+    """Root of the answers of the HSMs that are not a result."""
+
     code = 600
-
-
-class HsmUnavailable(HsmError):
-    """The hot HSM (or, behind it, the cold HSM) could not be reached."""
-
-    code = 601
 
 
 class HsmRefused(HsmError):
@@ -46,7 +45,46 @@ class ProvisionedAccount:
     receiving_fingerprint: str | None = None
 
 
+PROVISIONED_FIELDS = tuple(
+    f for f in ProvisionedAccount.__dataclass_fields__ if f != "receiving_fingerprint"
+)
+
+
+def _answer_field(method: str, result: Any, key: str, kind: type = str) -> Any:
+    """`result[key]` of the type the hot HSM's contract gives it, else `HsmUnavailableError`: a
+    hot HSM that answers nonsense is treated as one that does not answer."""
+    value = result.get(key) if isinstance(result, dict) else None
+    if not isinstance(value, kind):
+        raise HsmUnavailableError(f"hot HSM answered {method} without a valid {key!r}")
+    return value
+
+
+class HotHsm(Protocol):
+    """The hot HSM as custody uses it (the RPC client, or a stand-in in tests)."""
+
+    def provision_account(
+        self,
+        account: int,
+        network: str,
+        vdevice_identity: str,
+        settlement_descriptor: str,
+        *,
+        vdevice_phone: str,
+        owner_phone: str,
+    ) -> ProvisionedAccount: ...
+
+    def prove_batch(self, account: int, wallet: str, batch_no: int) -> str: ...
+
+    def sign_send(
+        self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str: ...
+
+    def freeze(self, account: int, reason: str) -> None: ...
+
+
 class HotHsmClient:
+    """The hot HSM's RPC over loopback HTTP with a bearer secret."""
+
     def __init__(self, url: str, secret: str, timeout: float = 60.0) -> None:
         self.url = url.rstrip("/") + "/rpc"
         self._headers = {"Authorization": f"Bearer {secret}"}
@@ -71,14 +109,21 @@ class HotHsmClient:
                 timeout=self.timeout,
             )
         except requests.RequestException as exc:
-            raise HsmUnavailable(f"hot HSM unreachable ({type(exc).__name__})") from None
+            raise HsmUnavailableError(f"hot HSM unreachable ({type(exc).__name__})") from None
         try:
             body = resp.json()
-        except ValueError:
-            raise HsmUnavailable(f"hot HSM answered HTTP {resp.status_code} without JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+            raise HsmUnavailableError(
+                f"hot HSM answered HTTP {resp.status_code} without JSON"
+            ) from None
+        if not isinstance(body, dict):
+            raise HsmUnavailableError(f"hot HSM answered {method} with a malformed reply")
         if body.get("error"):
             err = body["error"]
-            raise HsmRefused(str(err.get("message", "refused")), code=int(err.get("code", 600)))
+            code = err.get("code", 600) if isinstance(err, dict) else None
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise HsmUnavailableError(f"hot HSM answered {method} with a malformed error")
+            raise HsmRefused(str(err.get("message", "refused")), code=code)
         return body.get("result")
 
     # -- the methods of docs/hsm-pair.md ---------------------------------------------------
@@ -105,14 +150,16 @@ class HotHsmClient:
             vdevice_phone=vdevice_phone,
             owner_phone=owner_phone,
         )
+        method = "provision_account"
+        fields = {k: _answer_field(method, r, k) for k in PROVISIONED_FIELDS}
+        fingerprint = r.get("receiving_fingerprint")  # r is a dict: checked just above
         return ProvisionedAccount(
-            **{k: r[k] for k in ProvisionedAccount.__dataclass_fields__ if k in r}
+            **fields, receiving_fingerprint=fingerprint if isinstance(fingerprint, str) else None
         )
 
     def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
-        return str(
-            self.call("prove_batch", account=account, wallet=wallet, batch_no=batch_no)["signature"]
-        )
+        r = self.call("prove_batch", account=account, wallet=wallet, batch_no=batch_no)
+        return str(_answer_field("prove_batch", r, "signature"))
 
     def register_channel(
         self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
@@ -143,7 +190,7 @@ class HotHsmClient:
         r = self.call(
             "sign_send", account=account, psbt=psbt, request=request, vc_code=vc_code, c_id=c_id
         )
-        return str(r["psbt"])
+        return str(_answer_field("sign_send", r, "psbt"))
 
     def freeze(self, account: int, reason: str) -> None:
         self.call("freeze", account=account, reason=reason)
@@ -152,4 +199,4 @@ class HotHsmClient:
         return self.call("cold_status")
 
     def take_alerts(self) -> list[dict[str, Any]]:
-        return list(self.call("take_alerts")["alerts"])
+        return list(_answer_field("take_alerts", self.call("take_alerts"), "alerts", list))

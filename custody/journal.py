@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -29,18 +30,26 @@ HEAD_KEY = "journal_head"
 ADVISORY_LOCK_ID = 0x4343_4A4F_5552  # "CCJOUR"
 
 
-class JournalKind:
-    """Event kinds written by custody (the watcher and the worker add their own)."""
+class JournalKind(StrEnum):
+    """Every kind of event custody records; the value is what the journal stores."""
 
     ACCOUNT_CREATED = "account_created"
-    TOKEN_ISSUED = "token_issued"  # noqa: S105
-    TOKEN_ROTATED = "token_rotated"  # noqa: S105
+    TOKEN_ISSUED = "token_issued"  # noqa: S105 (an event name)
+    TOKEN_ROTATED = "token_rotated"  # noqa: S105 (an event name)
+    ACCOUNT_FROZEN = "account_frozen"
     BATCH_CREATED = "batch_created"
     BATCH_PROVEN = "batch_proven"
     BATCH_VERIFIED = "batch_verified"
     BATCH_FAILED = "batch_failed"
     SEND_REQUESTED = "send_requested"
-    ACCOUNT_FROZEN = "account_frozen"
+    SEND_BUILT = "send_built"
+    SEND_SIGNED = "send_signed"
+    SEND_BROADCAST = "send_broadcast"
+    SEND_CONFIRMED = "send_confirmed"
+    SEND_FAILED = "send_failed"
+    DEPOSIT_SEEN = "deposit_seen"
+    DEPOSIT_CONFIRMED = "deposit_confirmed"
+    DEPOSIT_REORGED = "deposit_reorged"
 
 
 def canonical_json(value: Any) -> str:
@@ -67,7 +76,9 @@ def _lock(session: Session) -> None:
         session.execute(update(JournalEntry).where(JournalEntry.id == -1).values(kind="x"))
 
 
-def append(session: Session, kind: str, account_id: int | None, data: dict[str, Any]) -> str:
+def append(
+    session: Session, kind: JournalKind, account_id: int | None, data: dict[str, Any]
+) -> str:
     """Add one entry in the caller's transaction; returns its hash."""
     _lock(session)
     head = session.get(KeyValue, HEAD_KEY, populate_existing=True)

@@ -9,24 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from custody.batches import MAX_BATCH_NO
-from custody.errors import (
-    AccountFrozen,
-    BadRequest,
-    BatchNotNext,
-    BatchNotVerified,
-    Conflict,
-    DuplicateUserTxNo,
-    Forbidden,
-    ForgedVcCode,
-    HsmRefusedError,
-    HsmUnavailableError,
-    InternalError,
-    NotFound,
-    ProofInvalid,
-    RateLimited,
-    Unauthorized,
-    UnknownChannel,
-)
+from custody.errors import api_codes
 
 VERSION = "1.0.0"
 
@@ -58,19 +41,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "code": {
                 "type": "integer",
-                "description": (
-                    f"{InternalError.code} internal error, {BadRequest.code} bad input, "
-                    f"{DuplicateUserTxNo.code} user_tx_no already accepted (treat as success), "
-                    f"{Unauthorized.code} missing/invalid token, {Forbidden.code} wrong scope, "
-                    f"{NotFound.code} not found, {Conflict.code} conflict, "
-                    f"{RateLimited.code} rate limit, {AccountFrozen.code} account frozen, "
-                    f"{BatchNotNext.code} batch beyond the next, "
-                    f"{BatchNotVerified.code} no verified address, "
-                    f"{ProofInvalid.code} HSM proof does not verify, "
-                    f"{HsmUnavailableError.code} HSM unavailable, "
-                    f"{HsmRefusedError.code} HSM refused, "
-                    f"{ForgedVcCode.code} vc_code is not the V-device's signature (nothing "
-                    f"frozen), {UnknownChannel.code} c_id is not a live channel"
+                "enum": [code for code, *_ in api_codes()],
+                "description": "; ".join(
+                    f"{code} {name} (HTTP {status}): {meaning}"
+                    for code, status, name, meaning in api_codes()
                 ),
             },
             "message": {"type": "string"},

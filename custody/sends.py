@@ -30,7 +30,6 @@ unreachable are temporary: the send stays where it is and is retried with backof
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,8 +48,10 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
-from custody.db import transaction
-from custody.hsm_client import HotHsmClient, HsmRefused, HsmUnavailable
+from custody.db import default_owner, is_postgres, transaction
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HotHsm, HsmRefused
+from custody.journal import JournalKind
 from custody.models import (
     Account,
     AccountStatus,
@@ -64,11 +65,11 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.watcher import default_owner, is_postgres
+from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs
-from wallet_core.errors import CoinSelectionError, FeeEstimateError, WalletError
+from wallet_core.errors import CoinSelectionError, FeeEstimateError, TxParseError, WalletError
 from wallet_core.fees import (
     DEFAULT_CEILING_SAT_VB,
     DEFAULT_FLOOR_SAT_VB,
@@ -77,24 +78,17 @@ from wallet_core.fees import (
 )
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.rawtx import SignedTx, parse_signed_tx
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
 
 
-class SendEvent:
-    BUILT = "send_built"
-    SIGNED = "send_signed"
-    BROADCAST = "send_broadcast"
-    CONFIRMED = "send_confirmed"
-    FAILED = "send_failed"
-
-
 class SendFailed(CustodyError):
     """A definitive failure of one send: it becomes FAILED with this message as the reason."""
 
-    code = 700
+    code = 610
 
 
 class _LostLease(Exception):
@@ -171,61 +165,6 @@ def ensure_address(session: Session, account: Account, chain: Chain, index: int)
     return row
 
 
-# ---------------------------------------------------------------------- raw transactions
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    n = raw[pos]
-    if n < 0xFD:
-        return n, pos + 1
-    size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[n]
-    return int.from_bytes(raw[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
-
-
-@dataclass(frozen=True)
-class ParsedTx:
-    txid: str
-    inputs: list[tuple[str, int]]
-    outputs: list[tuple[bytes, int]]
-
-
-def parse_tx(raw: bytes) -> ParsedTx:
-    """Outpoints, outputs and txid of a serialized transaction (our own independent reading)."""
-    pos = 4
-    segwit = raw[4] == 0 and raw[5] != 0
-    if segwit:
-        pos += 2
-    start_body = pos
-    n_in, pos = _read_varint(raw, pos)
-    inputs = []
-    for _ in range(n_in):
-        txid = raw[pos : pos + 32][::-1].hex()
-        vout = int.from_bytes(raw[pos + 32 : pos + 36], "little")
-        pos += 36
-        slen, pos = _read_varint(raw, pos)
-        pos += slen + 4
-        inputs.append((txid, vout))
-    n_out, pos = _read_varint(raw, pos)
-    outputs = []
-    for _ in range(n_out):
-        value = int.from_bytes(raw[pos : pos + 8], "little")
-        slen, pos = _read_varint(raw, pos + 8)
-        outputs.append((raw[pos : pos + slen], value))
-        pos += slen
-    end_body = pos
-    if segwit:
-        for _ in range(n_in):
-            items, pos = _read_varint(raw, pos)
-            for _ in range(items):
-                ilen, pos = _read_varint(raw, pos)
-                pos += ilen
-    if pos + 4 != len(raw):
-        raise SendFailed("final transaction has trailing or missing bytes")
-    legacy = raw[:4] + raw[start_body:end_body] + raw[pos : pos + 4]
-    txid = hashlib.sha256(hashlib.sha256(legacy).digest()).digest()[::-1].hex()
-    return ParsedTx(txid, inputs, outputs)
-
-
 # ---------------------------------------------------------------------- the worker
 
 
@@ -236,7 +175,7 @@ class SendWorker:
         self,
         session_factory: sessionmaker[Session],
         rpc: BitcoinRPC,
-        hsm: HotHsmClient | Any,
+        hsm: HotHsm,
         settings: SendSettings | None = None,
         config: Config | None = None,
         *,
@@ -338,7 +277,7 @@ class SendWorker:
                 self._follow(send_id)
         except _LostLease:
             log.info("send %d: lease lost to another worker", send_id)
-        except (HsmUnavailable, ChainUnavailable) as exc:
+        except (HsmUnavailableError, ChainUnavailable) as exc:
             self._retry_later(send_id, exc)
         except OperationalError:  # deadlock victim, database busy: nothing was written
             log.warning("send %d: database conflict; retrying later", send_id)
@@ -482,7 +421,7 @@ class SendWorker:
         send.attempts = 0
         journal.append(
             s,
-            SendEvent.BUILT,
+            JournalKind.SEND_BUILT,
             send.account_id,
             {
                 "user_tx_no": send.user_tx_no,
@@ -509,7 +448,7 @@ class SendWorker:
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
         try:
-            signed = self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id)
+            signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
@@ -520,7 +459,7 @@ class SendWorker:
             send = self._hold(s, send_id)
             if send.status is not SendStatus.BUILT:
                 return
-            parsed = parse_tx(bytes.fromhex(tx_hex))
+            parsed = self._parse_final(tx_hex)
             self._verify_final(s, send, parsed)
             send.tx_hex = tx_hex
             send.txid = parsed.txid
@@ -528,11 +467,26 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.SIGNED,
+                JournalKind.SEND_SIGNED,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
             )
         log.info("send %d signed", send_id)
+
+    def _sign_with_prev_txs(
+        self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
+    ) -> str:
+        """Sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+        try:
+            return str(self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id))
+        except HsmRefused as exc:
+            if exc.code != PREV_TX_REQUIRED:
+                raise
+        try:
+            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
+        except PrevTxUnavailable as exc:
+            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
+        return str(self.hsm.sign_send(account_id, full, request, vc_code, c_id))
 
     @staticmethod
     def _finalize(unsigned_b64: str, signed_b64: str) -> str:
@@ -543,14 +497,24 @@ class SendWorker:
         signed.finalize()
         return signed.extract_hex()
 
-    def _verify_final(self, s: Session, send: Send, tx: ParsedTx) -> None:
+    @staticmethod
+    def _parse_final(tx_hex: str) -> SignedTx:
+        """The finished transaction, read by `wallet_core.rawtx` (the project's one parser)."""
+        try:
+            return parse_signed_tx(bytes.fromhex(tx_hex))
+        except ValueError:
+            raise SendFailed("final transaction is not hex") from None
+        except TxParseError as exc:
+            raise SendFailed(f"final transaction unreadable: {exc.message}") from None
+
+    def _verify_final(self, s: Session, send: Send, tx: SignedTx) -> None:
         """The final transaction spends exactly the recorded inputs and pays outs + change."""
         account = s.get(Account, send.account_id)
         assert account is not None
         reserved = s.execute(
             select(Utxo.txid, Utxo.vout, Utxo.value).where(Utxo.reserved_by_send == send.id)
         ).all()
-        if sorted(tx.inputs) != sorted((t, v) for t, v, _ in reserved):
+        if sorted(tx.outpoints) != sorted((t, v) for t, v, _ in reserved):
             raise SendFailed("final transaction does not spend exactly the recorded inputs")
         network = Network.from_name(account.network)
         expected = [
@@ -590,7 +554,7 @@ class SendWorker:
             send.attempts = 0
             journal.append(
                 s,
-                SendEvent.BROADCAST,
+                JournalKind.SEND_BROADCAST,
                 send.account_id,
                 {"user_tx_no": send.user_tx_no, "txid": txid},
             )
@@ -623,7 +587,7 @@ class SendWorker:
                 send.status = SendStatus.CONFIRMED
                 journal.append(
                     s,
-                    SendEvent.CONFIRMED,
+                    JournalKind.SEND_CONFIRMED,
                     send.account_id,
                     {"user_tx_no": send.user_tx_no, "txid": send.txid, "height": row.block_height},
                 )
@@ -664,7 +628,7 @@ class SendWorker:
         self._unlock(s, send)
         journal.append(
             s,
-            SendEvent.FAILED,
+            JournalKind.SEND_FAILED,
             send.account_id,
             {"user_tx_no": send.user_tx_no, "reason": send.failure_reason},
         )
@@ -688,7 +652,7 @@ class SendWorker:
                     self.settings.backoff_max,
                 )
                 self._unlock(s, send, delay)
-                hsm_down = isinstance(exc, HsmUnavailable)
+                hsm_down = isinstance(exc, HsmUnavailableError)
                 if hsm_down and send.attempts == self.settings.alert_after and self.config:
                     raise_alert(
                         s,

@@ -21,18 +21,10 @@ EXIT_NOTHING_RUNS = 3
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    the_plan = sv.plan(config)
-    not_built = [name for name, reason in the_plan.skipped if reason == "not built yet"]
-    if not_built:
-        print(f"[supervisor] not built yet, so not started: {', '.join(not_built)}", flush=True)
-    for name, reason in the_plan.skipped:
-        if reason != "not built yet":
-            print(f"[supervisor] {name}: not started: {reason}", flush=True)
-    if not the_plan.specs:
-        raise sv.SupervisorError("no process to run: none of the processes is built yet")
-    supervisor = sv.Supervisor(
-        config, the_plan.specs, sv.Settings.from_config(config), quiet=args.quiet
-    )
+    specs = sv.plan(config)
+    if not specs:
+        raise sv.SupervisorError("no process to run: [supervisor] only selects none")
+    supervisor = sv.Supervisor(config, specs, sv.Settings.from_config(config), quiet=args.quiet)
     return supervisor.run()
 
 

@@ -22,9 +22,6 @@ only then reads the state it will change; a watcher that does not get the lock d
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +36,8 @@ from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
-from custody.db import transaction
+from custody.db import default_owner, is_postgres, transaction
+from custody.journal import JournalKind
 from custody.models import (
     Address,
     BlockSeen,
@@ -62,12 +60,6 @@ LEASE_KEY = "watcher_lease"
 BALANCE_FLAG = "hot_balance_low:{}"
 IN_CHUNK = 500  # bound on IN (...) lists (SQLite's parameter limit, planner sanity)
 COINBASE_PREV = "0" * 64
-
-
-class JournalEvent:
-    DEPOSIT_SEEN = "deposit_seen"
-    DEPOSIT_CONFIRMED = "deposit_confirmed"
-    DEPOSIT_REORGED = "deposit_reorged"
 
 
 @dataclass(frozen=True)
@@ -104,15 +96,6 @@ class StepResult:
     mempool_seen: int = 0
     removed: int = 0
     tip: int | None = None
-
-
-def default_owner(role: str) -> str:
-    """A worker identity unique across hosts, processes and instances (lease holder)."""
-    return f"{role}:{socket.gethostname()[:20]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -338,7 +321,7 @@ class Watcher:
         if previous is not status:
             journal.append(
                 s,
-                JournalEvent.DEPOSIT_REORGED,
+                JournalKind.DEPOSIT_REORGED,
                 row.account_id,
                 {
                     "txid": row.txid,
@@ -554,10 +537,10 @@ class Watcher:
             m.known.setdefault(txid, []).append(row)
             data = {"txid": txid, "wallet": wallet_name, "value": row.value}
             if row.value > 0:
-                journal.append(s, JournalEvent.DEPOSIT_SEEN, account_id, data)
+                journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)
                 if status is TxStatus.CONFIRMED:
                     journal.append(
-                        s, JournalEvent.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
+                        s, JournalKind.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
                     )
             return
         previous = row.status
@@ -572,7 +555,7 @@ class Watcher:
                 if row.value > 0:
                     journal.append(
                         s,
-                        JournalEvent.DEPOSIT_CONFIRMED,
+                        JournalKind.DEPOSIT_CONFIRMED,
                         account_id,
                         {"txid": txid, "wallet": wallet_name, "value": row.value, "height": height},
                     )
@@ -580,7 +563,7 @@ class Watcher:
         elif previous is TxStatus.REMOVED and row.value > 0:
             journal.append(
                 s,
-                JournalEvent.DEPOSIT_SEEN,
+                JournalKind.DEPOSIT_SEEN,
                 account_id,
                 {"txid": txid, "wallet": wallet_name, "value": row.value},
             )

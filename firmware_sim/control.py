@@ -5,7 +5,7 @@ every data path: the serial ports and modems carry only what real hardware would
 
 Wire format, one JSON object per line each way:
     -> {"op": "fault", "args": {"kind": "flip", "direction": "hot-to-cold", "count": 3}}
-    <- {"ok": true, "result": {...}}   or   {"ok": false, "error": {"code": 412, "message": ...}}
+    <- {"ok": true, "result": {...}}   or   {"ok": false, "error": {"code": 462, "message": ...}}
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ class ControlClient:
         reply = json.loads(line)
         if not reply.get("ok"):
             err = reply.get("error") or {}
-            raise error_for_code(int(err.get("code", 400)), str(err.get("message", "failed")))
+            raise error_for_code(
+                int(err.get("code", FirmwareSimError.code)), str(err.get("message", "failed"))
+            )
         return reply.get("result")
 
     # ----- general --------------------------------------------------------------------------

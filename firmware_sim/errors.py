@@ -12,55 +12,55 @@ from cc_common.errors import CustodyError
 class FirmwareSimError(CustodyError):
     """Root of every error raised on purpose by `firmware_sim`."""
 
-    code = 400
+    code = 450
 
 
 class StartupError(FirmwareSimError):
     """A part of the simulated hardware cannot start (port in use, link path taken...)."""
 
-    code = 401
+    code = 451
 
 
 class ControlError(FirmwareSimError):
     """The control channel refused a request, or could not be reached."""
 
-    code = 410
+    code = 460
 
 
 class ControlUnavailable(ControlError):
     """Nothing answers on the control socket: `firmware-sim serve` is not running."""
 
-    code = 411
+    code = 461
 
 
 class BadRequest(ControlError):
     """A control request is malformed or names something that does not exist."""
 
-    code = 412
+    code = 462
 
 
 class UnknownNumber(BadRequest):
     """A phone number that no modem, phone or gateway in the simulation owns."""
 
-    code = 413
+    code = 463
 
 
 class InvalidNumber(FirmwareSimError):
     """A string that is not a phone number (E.164-like: optional '+', 3 to 20 digits)."""
 
-    code = 420
+    code = 470
 
 
 class NotGsm7(FirmwareSimError):
     """Text that the GSM 7-bit default alphabet cannot carry."""
 
-    code = 421
+    code = 471
 
 
 class NetworkDown(FirmwareSimError):
     """The sender's carrier has no service: the message cannot be submitted."""
 
-    code = 422
+    code = 472
 
 
 CODES: dict[int, type[FirmwareSimError]] = {

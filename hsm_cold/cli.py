@@ -45,6 +45,7 @@ STATE_DB = "cold.db"
 COUNTERS_DB = "link-counters.db"
 DEFAULT_MAX_FEE_SAT = 1_000_000
 DEFAULT_MAX_FEE_RATE = 500.0
+DEFAULT_MAX_FEE_PER_DAY_SAT = 10_000_000
 RECENT_ALERTS = 10
 RECENT_CHANNELS = 3
 
@@ -84,9 +85,12 @@ def _policy(section: Section) -> FeePolicy:
     policy = FeePolicy(
         max_fee_sat=section.int("max_fee_sat", DEFAULT_MAX_FEE_SAT),
         max_fee_rate=section.float("max_fee_rate", DEFAULT_MAX_FEE_RATE),
+        max_fee_per_day_sat=section.int("max_fee_per_day_sat", DEFAULT_MAX_FEE_PER_DAY_SAT),
     )
-    if policy.max_fee_sat < 0 or policy.max_fee_rate < 1:
-        raise ConfigError("config: [hsm_cold] max_fee_sat / max_fee_rate out of range")
+    if policy.max_fee_sat < 0 or policy.max_fee_rate < 1 or policy.max_fee_per_day_sat < 0:
+        raise ConfigError(
+            "config: [hsm_cold] max_fee_sat / max_fee_rate / max_fee_per_day_sat out of range"
+        )
     return policy
 
 

@@ -9,18 +9,28 @@ signed, and every signature verified before it is returned.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cc_common import fields
 from hsm_cold.errors import (
+    AmountMismatch,
+    BadLocktime,
+    BadPrevTx,
     BadRequest,
+    BadSequence,
+    BadTxVersion,
+    ChangeBeyondGap,
     ChangeNotDerivable,
     ChannelExpired,
+    DailyFeeAbovePolicy,
     ExtraOutput,
     FeeAbovePolicy,
+    FeeRateAbovePolicy,
     ForeignInput,
     OutputMismatch,
+    PrevTxRequired,
     UnknownChannel,
 )
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
@@ -30,22 +40,34 @@ from wallet_core.bip32 import HARDENED, ExtendedKey
 from wallet_core.chaincloud import Out, check_user_tx_no, parse_outs, send_request_string
 from wallet_core.errors import AddressError, OutsError, TxParseError, WalletError
 from wallet_core.fees import estimate_vsize, fee_for
+from wallet_core.hashes import sha256
 from wallet_core.networks import Network
+from wallet_core.prevtx import PrevTx, parse_prev_tx
 from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
-from wallet_core.script import ScriptType
+from wallet_core.script import ScriptType, p2wsh_script
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
 MAX_TEXT = 100_000
 COIN_CODE = "BTC"
+TX_VERSION = 2
+# Final, final-but-locktime-enabled, and BIP125-signalling: none enables a BIP68 relative lock
+# (bit 31 set), so no accepted sequence can delay a signed send.
+SEQUENCES = frozenset({0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD})
+# How far past the highest change index co-signed so far a new change output may go: custody
+# takes a fresh index per built send (refused or failed builds skip one), and a recovery scan
+# with this gap still finds every change output the cold HSM ever signed.
+CHANGE_GAP = 1000
+DAY = 86_400.0
 
 
 @dataclass(frozen=True)
 class FeePolicy:
-    """The cold side's own fee ceiling: absolute (sat) and rate (sat/vB)."""
+    """The cold side's own fee ceilings: per send (sat), rate (sat/vB) and per day (sat)."""
 
     max_fee_sat: int
     max_fee_rate: float
+    max_fee_per_day_sat: int = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -69,10 +91,22 @@ class CosignRequest:
     outs: str
     vc_code: str
     c_id: str
+    prev_txs: tuple[bytes, ...] = ()
 
     @property
     def txid(self) -> str:
         return self.tx.txid
+
+    def digest(self) -> bytes:
+        """What one `user_tx_no` is bound to: the exact transaction, stated amounts and paths,
+        and declared change (an identical retry has the same digest, anything else not)."""
+        parts = [self.tx.raw]
+        for i in self.inputs:
+            parts.append(i.amount.to_bytes(8, "little"))
+            parts.append(i.chain.to_bytes(4, "little") + i.index.to_bytes(4, "little"))
+        for vout, index in self.change:
+            parts.append(b"C" + vout.to_bytes(4, "little") + index.to_bytes(4, "little"))
+        return sha256(b"".join(parts))
 
     def request_string(self) -> str:
         """The canonical string the V-device signed (protocol section 3)."""
@@ -92,19 +126,11 @@ class CosignRequest:
 
 def field(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     """`payload[key]` of type `kind` (bool is not an int here), else `BadRequest`."""
-    if key not in payload:
-        raise BadRequest(f"missing field {key!r}")
-    value = payload[key]
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise BadRequest(f"field {key!r} has the wrong type")
-    return value
+    return fields.field(payload, key, kind, error=BadRequest)
 
 
 def text_field(payload: Mapping[str, Any], key: str, max_len: int = MAX_TEXT) -> str:
-    value = field(payload, key, str)
-    if not value or len(value) > max_len:
-        raise BadRequest(f"field {key!r} is empty or too long")
-    return value
+    return fields.text_field(payload, key, max_len, error=BadRequest)
 
 
 def int_list(value: Any, n: int, what: str) -> tuple[int, ...]:
@@ -162,6 +188,7 @@ def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
     c_id = payload.get("c_id")
     if isinstance(c_id, int) and not isinstance(c_id, bool):
         c_id = str(c_id)
+    prev_txs = decode_prev_txs(payload, len(tx.vin))
     return CosignRequest(
         account=field(payload, "account", int),
         tx=tx,
@@ -173,7 +200,30 @@ def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
         outs=text_field(payload, "outs"),
         vc_code=signed_message_text(payload.get("vc_code"), "vc_code"),
         c_id=text_field({"c_id": c_id}, "c_id", 128),
+        prev_txs=prev_txs,
     )
+
+
+def decode_prev_txs(payload: Mapping[str, Any], n_inputs: int) -> tuple[bytes, ...]:
+    """The optional `prev_txs`: raw previous transactions, at most one per input."""
+    raw = payload.get("prev_txs", [])
+    if not isinstance(raw, list) or len(raw) > n_inputs:
+        raise BadRequest(f"prev_txs must be a list of at most {n_inputs} transactions")
+    if not all(isinstance(t, bytes) and t for t in raw):
+        raise BadRequest("each of prev_txs must be a transaction's bytes")
+    return tuple(raw)
+
+
+def parse_prev_txs(raw: Sequence[bytes]) -> dict[str, PrevTx]:
+    """Parse previous transactions; the txid is computed here, so it cannot lie."""
+    out = {}
+    for n, tx in enumerate(raw):
+        try:
+            prev = parse_prev_tx(tx)
+        except TxParseError as exc:
+            raise BadPrevTx(f"prev_txs[{n}]: {exc.message}") from None
+        out[prev.txid] = prev
+    return out
 
 
 # -- the checks, in the contract's order --------------------------------------------------------
@@ -243,6 +293,72 @@ def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) ->
             )
 
 
+def check_shape(tx: UnsignedTx) -> None:
+    """Version 2, nLockTime 0 and sequences from `SEQUENCES`: nothing that delays a signed
+    send (the cold HSM knows no chain height, so it accepts no absolute lock time at all)."""
+    if tx.version != TX_VERSION:
+        raise BadTxVersion(f"transaction version {tx.version}; only {TX_VERSION} is co-signed")
+    if tx.locktime != 0:
+        raise BadLocktime(f"nLockTime {tx.locktime}; only 0 is co-signed")
+    for n, vin in enumerate(tx.vin):
+        if vin.sequence not in SEQUENCES:
+            raise BadSequence(
+                f"input {n} has sequence {vin.sequence:#010x}; only final (0xffffffff,"
+                " 0xfffffffe) or BIP125 (0xfffffffd) is co-signed"
+            )
+
+
+def check_change_gap(req: CosignRequest, change_high: int) -> None:
+    """A change index at most `CHANGE_GAP` past the highest one co-signed so far."""
+    for vout, index in req.change:
+        if index > change_high + CHANGE_GAP:
+            raise ChangeBeyondGap(
+                f"change output {vout} uses index {index}, more than {CHANGE_GAP} past the"
+                f" highest co-signed change index ({change_high})"
+            )
+
+
+def verified_inputs(
+    req: CosignRequest,
+    scripts: Sequence[bytes],
+    known: Callable[[str, int], tuple[int, bytes] | None],
+    supplied: Mapping[str, PrevTx],
+) -> None:
+    """Every input's amount and script as verified (earlier, or from a supplied previous
+    transaction) must equal the stated amount and the derived script.
+
+    `PrevTxRequired` names the outpoints nobody verified yet; `ForeignInput` an input whose
+    verified script is not this wallet's; `AmountMismatch` a stated amount that is not true.
+    """
+    facts: list[tuple[int, bytes] | None] = []
+    for vin in req.tx.vin:
+        txid = vin.txid.hex()
+        fact = known(txid, vin.vout)
+        if fact is None and txid in supplied:
+            outs = supplied[txid].vout
+            if vin.vout >= len(outs):
+                raise BadPrevTx(f"previous transaction {txid} has no output {vin.vout}")
+            fact = (outs[vin.vout].value, outs[vin.vout].script_pubkey)
+        facts.append(fact)
+    missing = [f"{v.txid.hex()}:{v.vout}" for v, f in zip(req.tx.vin, facts, strict=True) if not f]
+    if missing:
+        raise PrevTxRequired(
+            f"send the previous transaction of {', '.join(missing)}: its amount is not verified"
+        )
+    for n, (ref, script, fact) in enumerate(zip(req.inputs, scripts, facts, strict=True)):
+        assert fact is not None
+        amount, script_pubkey = fact
+        if script_pubkey != p2wsh_script(sha256(script)):
+            raise ForeignInput(
+                f"input {n} spends script {script_pubkey.hex()}, not the hot wallet's"
+                f" (chain {ref.chain}, index {ref.index})"
+            )
+        if ref.amount != amount:
+            raise AmountMismatch(
+                f"input {n} is stated as {ref.amount} sat; its verified amount is {amount} sat"
+            )
+
+
 def witness_scripts(req: CosignRequest, wallet: HotWallet) -> list[bytes]:
     """Check 6: every input names a key path of the hot wallet; its derived witness script.
 
@@ -263,8 +379,8 @@ def witness_scripts(req: CosignRequest, wallet: HotWallet) -> list[bytes]:
     return scripts
 
 
-def check_fee(req: CosignRequest, policy: FeePolicy) -> int:
-    """Check 7: fee = inputs - outputs within the absolute and rate ceilings; returns it."""
+def check_fee(req: CosignRequest, policy: FeePolicy, fees_today: int) -> int:
+    """Fee = verified inputs - outputs within the per-send, rate and daily ceilings; the fee."""
     total_in = sum(i.amount for i in req.inputs)
     total_out = sum(o.value for o in req.tx.vout)
     fee = total_in - total_out
@@ -274,11 +390,20 @@ def check_fee(req: CosignRequest, policy: FeePolicy) -> int:
     size = estimate_vsize(
         [ScriptType.P2WSH] * len(req.inputs), [o.script_pubkey for o in req.tx.vout]
     )
-    ceiling = min(policy.max_fee_sat, fee_for(size, policy.max_fee_rate))
-    if fee > ceiling:
+    if fee > policy.max_fee_sat:
         raise FeeAbovePolicy(
-            f"fee {fee} sat ({fee / size:.1f} sat/vB) is above the policy: at most"
-            f" {policy.max_fee_sat} sat and {policy.max_fee_rate:g} sat/vB ({ceiling} sat here)"
+            f"fee {fee} sat is above the policy's {policy.max_fee_sat} sat per send"
+        )
+    ceiling = fee_for(size, policy.max_fee_rate)
+    if fee > ceiling:
+        raise FeeRateAbovePolicy(
+            f"fee {fee} sat ({fee / size:.1f} sat/vB) is above the policy's"
+            f" {policy.max_fee_rate:g} sat/vB ({ceiling} sat here)"
+        )
+    if fees_today + fee > policy.max_fee_per_day_sat:
+        raise DailyFeeAbovePolicy(
+            f"fee {fee} sat would pass the daily fee ceiling of {policy.max_fee_per_day_sat}"
+            f" sat ({fees_today} sat of fees signed in the last 24 hours)"
         )
     return fee
 

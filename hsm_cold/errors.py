@@ -1,4 +1,4 @@
-"""Refusals of the cold HSM, one class per reason, with stable codes (700-749).
+"""Refusals of the cold HSM, one class per reason, with stable codes (700-799).
 
 They cross the serial link (the link server sends `code` and `message` of any `CustodyError`),
 then the hot HSM's RPC, to custody and the operator; so a code is never reused or renumbered.
@@ -32,7 +32,18 @@ class ColdErrorCode(IntEnum):
     BAD_IDENTITY_SIGNATURE = 715
     STATE_DAMAGED = 716
     NOT_PAIRED = 717
-    SEND_CLOSED = 740
+    PREV_TX_REQUIRED = 730
+    AMOUNT_MISMATCH = 731
+    BAD_PREV_TX = 732
+    FEE_RATE_ABOVE_POLICY = 733
+    DAILY_FEE_ABOVE_POLICY = 734
+    BAD_TX_VERSION = 735
+    BAD_LOCKTIME = 736
+    BAD_SEQUENCE = 737
+    CHANGE_BEYOND_GAP = 738
+    ALREADY_SWEPT = 739
+    BAD_SETTLEMENT_DESCRIPTOR = 740
+    SEND_CLOSED = 741
 
 
 class ColdHsmError(CustodyError):
@@ -129,6 +140,71 @@ class NotPaired(ColdHsmError):
     """No link key (or no identity key): `hsm-cold init` was not run."""
 
     code = ColdErrorCode.NOT_PAIRED
+
+
+class PrevTxRequired(ColdHsmError):
+    """An input spends an outpoint whose amount the cold HSM has not verified yet: send the
+    previous transaction (the request changed nothing; the same request with it will do)."""
+
+    code = ColdErrorCode.PREV_TX_REQUIRED
+
+
+class AmountMismatch(ColdHsmError):
+    """A stated input amount or script differs from the verified one; the account is frozen."""
+
+    code = ColdErrorCode.AMOUNT_MISMATCH
+
+
+class BadPrevTx(ColdHsmError):
+    """A previous transaction that does not parse or does not hash to the txid it is sent for."""
+
+    code = ColdErrorCode.BAD_PREV_TX
+
+
+class FeeRateAbovePolicy(ColdHsmError):
+    code = ColdErrorCode.FEE_RATE_ABOVE_POLICY
+
+
+class DailyFeeAbovePolicy(ColdHsmError):
+    """The fees signed for the account in the last 24 hours would pass the daily ceiling."""
+
+    code = ColdErrorCode.DAILY_FEE_ABOVE_POLICY
+
+
+class BadTxVersion(ColdHsmError):
+    """Only version 2 transactions are co-signed; the account is frozen."""
+
+    code = ColdErrorCode.BAD_TX_VERSION
+
+
+class BadLocktime(ColdHsmError):
+    """Only nLockTime 0 is co-signed (a time lock would park a signed send); frozen."""
+
+    code = ColdErrorCode.BAD_LOCKTIME
+
+
+class BadSequence(ColdHsmError):
+    """An input sequence outside the documented set (final or BIP125); frozen."""
+
+    code = ColdErrorCode.BAD_SEQUENCE
+
+
+class ChangeBeyondGap(ColdHsmError):
+    """A change index further past the highest co-signed one than the documented gap."""
+
+    code = ColdErrorCode.CHANGE_BEYOND_GAP
+
+
+class AlreadySwept(ColdHsmError):
+    """An outpoint of this sweep was already swept by another sweep."""
+
+    code = ColdErrorCode.ALREADY_SWEPT
+
+
+class BadSettlementDescriptor(ColdHsmError):
+    """A settlement descriptor that is not ranged (`/*`) or has no key origin."""
+
+    code = ColdErrorCode.BAD_SETTLEMENT_DESCRIPTOR
 
 
 class SendClosed(ColdHsmError):

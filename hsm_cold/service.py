@@ -10,10 +10,11 @@ Nothing reachable from here unfreezes an account: that is `hsm-cold unfreeze`, a
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,10 +26,17 @@ from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text
 from hsm_cold.errors import (
     AccountExists,
     AccountFrozen,
+    AlreadySwept,
+    AmountMismatch,
     BadIdentitySignature,
+    BadLocktime,
     BadRequest,
+    BadSequence,
+    BadSettlementDescriptor,
+    BadTxVersion,
     ChangeNotDerivable,
     ColdHsmError,
+    DailyFeeAbovePolicy,
     ExtraOutput,
     ForeignInput,
     ForgedVcCode,
@@ -40,7 +48,7 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
-from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore
+from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
@@ -51,10 +59,11 @@ from wallet_core.chaincloud import (
     send_refused_statement,
     send_signed_statement,
 )
-from wallet_core.descriptors import descriptor_network
+from wallet_core.descriptors import settlement_problem
 from wallet_core.errors import WalletError
 from wallet_core.keys import master_key
 from wallet_core.networks import Network
+from wallet_core.rawtx import TxOut
 from wallet_core.secp import is_valid_pubkey
 from wallet_core.wallets import RECEIVE, HotWallet, batch_addresses
 
@@ -107,9 +116,30 @@ PHONE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164, as custody checks it
 
 # Refusals that mean the request was not what the V-device signed: the account is frozen
 # (reference section 3: "pays exactly outs. Otherwise it refuses, closes (freezes) the account").
-FREEZING = (ForgedVcCode, OutputMismatch, ExtraOutput, ChangeNotDerivable, ForeignInput)
+# A transaction shape no honest custody builds, a reused user_tx_no and a lying amount are
+# the same: a request that is not (only) what the V-device signed.
+FREEZE_WHAT: dict[type[ColdHsmError], str] = {
+    ForgedVcCode: "forged vc_code",
+    OutputMismatch: "output mismatch",
+    ExtraOutput: "extra output",
+    ChangeNotDerivable: "change not derivable",
+    ForeignInput: "foreign input",
+    AmountMismatch: "amount mismatch",
+    UserTxNoReused: "user_tx_no reused for another transaction",
+    BadTxVersion: "bad transaction version",
+    BadLocktime: "bad nLockTime",
+    BadSequence: "bad input sequence",
+}
+FREEZING = tuple(FREEZE_WHAT)
 
-AlertHook = Callable[[int | None, str, str], None]
+
+def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
+    return tuple((o.value, o.script_pubkey) for o in vout)
+
+
+AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
+SOURCE_COLD = "cold"  # the cold HSM's own checks
+SOURCE_HOT = "hot"  # a `freeze` command over the link
 
 
 def phone_field(payload: Mapping[str, Any], key: str) -> str:
@@ -225,20 +255,27 @@ class ColdService:
         self._wallets[rec.account] = (key, wallet)
         return wallet
 
-    def alert(self, account: int | None, kind: AlertKind, message: str) -> None:
-        """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side."""
+    def alert(
+        self, account: int | None, kind: AlertKind, message: str, *, source: str = SOURCE_COLD
+    ) -> None:
+        """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side.
+
+        `source` says who caused it (the cold checks, the hot side, an SMS sender's number):
+        the SMS side budgets alert texts per source and kind, so no one source can use up the
+        budget another one's alerts need.
+        """
         message = printable(message)
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
             try:
-                self.on_alert(account, kind.value, message)
+                self.on_alert(account, kind.value, message, source)
             except Exception:  # an SMS problem never changes what the cold HSM decided
                 log.exception("alert hook failed (the alert is recorded)")
 
-    def _freeze(self, account: int, reason: str) -> None:
+    def _freeze(self, account: int, reason: str, *, source: str = SOURCE_COLD) -> None:
         self.store.set_frozen(account, True, reason)
         log.warning("account %d frozen: %s", account, reason)
-        self.alert(account, AlertKind.ACCOUNT_FROZEN, reason)
+        self.alert(account, AlertKind.ACCOUNT_FROZEN, reason, source=source)
 
     def derive_batch(self, rec: AccountRecord, kind: WalletKind, batch_no: int) -> list[str]:
         """The addresses of a receive batch, derived here from the account's own keys."""
@@ -278,7 +315,10 @@ class ColdService:
         owner_phone = phone_field(payload, "owner_phone")
         descriptor = text_field(payload, "settlement_descriptor", 4096)
         desc = sweep.settlement(descriptor)
-        if descriptor_network(desc).params.xkey != self.network.params.xkey:
+        problem = settlement_problem(desc)
+        if problem is not None:
+            raise BadSettlementDescriptor(f"settlement descriptor: {problem}")
+        if settlement_problem(desc, self.network) is not None:
             raise WrongNetwork(f"the settlement descriptor is not for {self.network.value}")
         existing = self.store.get_account(account)
         if existing is not None:
@@ -450,17 +490,17 @@ class ColdService:
 
         Co-signed: `{state: "signed", txid, signature}` over `CC:SEND_SIGNED:<account>:<txid>:
         <user_tx_no>`. Otherwise the number is closed here and now (never signed afterwards,
-        `send closed` 740) and the answer is `{state: "refused", code, signature}` over
-        `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>`, `code` being its last refusal (740 if
+        `send closed` 741) and the answer is `{state: "refused", code, signature}` over
+        `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>`, `code` being its last refusal (741 if
         it was never refused). A V-device reports "failed" to its site only on the latter.
         Frozen accounts answer too: the statement changes nothing that could move coins.
         """
         rec = self._record(account_field(payload))
         user_tx_no = cosign.user_tx_no_field(payload)
-        txid = self.store.used_request_txid(rec.account, user_tx_no)
-        if txid is not None:
-            text = send_signed_statement(rec.account, txid, user_tx_no)
-            return {"state": "signed", "txid": txid, "signature": self._sign_message(text)}
+        signed = self.store.signed_request(rec.account, user_tx_no)
+        if signed is not None:
+            text = send_signed_statement(rec.account, signed.txid, user_tx_no)
+            return {"state": "signed", "txid": signed.txid, "signature": self._sign_message(text)}
         code = self.store.close_request(rec.account, user_tx_no, int(SendClosed.code))
         log.info("account %d: %s closed (refused, code %d)", rec.account, user_tx_no, code)
         text = send_refused_statement(rec.account, code, user_tx_no)
@@ -486,67 +526,137 @@ class ColdService:
                 f"vc_code does not recover to channel {req.c_id!r}'s key: account"
                 f" {req.account} frozen, operator alerted"
             )
-        done = self.store.used_request_txid(req.account, req.user_tx_no)  # 4
-        if done is not None and done != req.txid:
-            raise UserTxNoReused(
-                f"user_tx_no {req.user_tx_no!r} was already co-signed for another transaction"
-            )
+        digest = req.digest()
+        prior = self.store.signed_request(req.account, req.user_tx_no)  # 4
+        if prior is not None:
+            if prior.digest != digest:
+                self._refuse_and_freeze(
+                    req,
+                    UserTxNoReused(
+                        f"user_tx_no {req.user_tx_no!r} was co-signed for {prior.txid};"
+                        f" this request is for {req.txid} or states other amounts"
+                    ),
+                )
+            log.info("account %d: %s already co-signed; same signatures", req.account, req.txid)
+            return {"signatures": list(prior.signatures)}
         outs = cosign.signed_outs(req, self.network)
         wallet = self._hot_wallet(rec)  # public keys only
         try:
-            cosign.check_outputs(req, outs, wallet)  # 5
-            scripts = cosign.witness_scripts(req, wallet)  # 6
+            cosign.check_shape(req.tx)  # 5
+            cosign.check_outputs(req, outs, wallet)  # 6
+            scripts = cosign.witness_scripts(req, wallet)  # 7
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
-        fee = cosign.check_fee(req, self.policy)  # 7
+        cosign.check_change_gap(req, self.store.change_high(req.account))
+        supplied = cosign.parse_prev_txs(req.prev_txs)  # 8
+        for txid, prev in supplied.items():  # hash-checked facts, whatever happens next
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._refuse_and_freeze(req, exc)
+        fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
+        fee = cosign.check_fee(req, self.policy, fees_today)  # 9
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
-        if done is None and not self.store.mark_request_used(req.account, req.user_tx_no, req.txid):
+        signing = Signing(
+            account=req.account,
+            user_tx_no=req.user_tx_no,
+            txid=req.txid,
+            digest=digest,
+            signatures=tuple(sigs),
+            fee=fee,
+            outputs=_outputs(req.tx.vout),
+            change_index=max((index for _, index in req.change), default=None),
+        )
+        if not self.store.record_signing(signing):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
         log.info(
-            "account %d: co-signed %s (%s), %d input(s), fee %d%s",
+            "account %d: co-signed %s (%s), %d input(s), fee %d",
             req.account,
             req.txid,
             req.user_tx_no,
             len(sigs),
             fee,
-            " (retry)" if done else "",
         )
         return {"signatures": sigs}
 
     def _refuse_and_freeze(self, req: CosignRequest, exc: ColdHsmError) -> NoReturn:
         """Not what the V-device signed: freeze, alert, and refuse with the same code."""
-        what = type(exc).__name__
-        words = re.sub(r"(?<!^)(?=[A-Z])", " ", what).lower()
+        what = FREEZE_WHAT.get(type(exc), "refused request")
         self._freeze(
             req.account,
-            f"{words} in a send (user_tx_no {req.user_tx_no!r}, channel {req.c_id}): {exc.message}",
+            f"{what} in a send (user_tx_no {req.user_tx_no!r}, channel {req.c_id}): {exc.message}",
         )
         raise type(exc)(f"{exc.message}: account {req.account} frozen, operator alerted") from None
 
     def freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(account_field(payload))
         reason = text_field(payload, "reason", 500)
-        self._freeze(rec.account, f"frozen from the hot side: {reason}")
+        self._freeze(rec.account, f"frozen from the hot side: {reason}", source=SOURCE_HOT)
         return {}
 
     def sweep(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sign a sweep of verified cold UTXOs to the next settlement index (docs/hsm-pair.md).
+
+        Each outpoint is swept once (an identical retry gets the stored answer), the amounts
+        come from hash-checked previous transactions, and the settlement index advances only
+        with a signed sweep.
+        """
         rec = self._live_record(account_field(payload))
         utxos = sweep.decode_utxos(payload)
         rate = sweep.decode_fee_rate(payload, self.policy)
-        desc = sweep.settlement(rec.settlement_descriptor)
+        digest = sweep.request_digest(utxos, payload.get("fee_rate"))
+        stored = self.store.sweep_answer(rec.account, digest)
+        if stored is not None:
+            log.info("account %d: identical sweep request; same answer", rec.account)
+            return dict(json.loads(stored))
+        outpoints = [(u.txid, u.vout) for u in utxos]
+        done = self.store.swept(outpoints)
+        if done:
+            txid, vout, by = done[0]
+            raise AlreadySwept(f"utxo {txid}:{vout} was already swept by {by}")
+        desc = self._settlement(rec)
+        prev_txs = cosign.decode_prev_txs(payload, len(utxos))
+        supplied = cosign.parse_prev_txs(prev_txs)
+        for txid, prev in supplied.items():
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
         with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
             wallet = accounts.receiving_wallet(root, self.network)
             node = accounts.receiving_account_node(root, self.network)
-        index = self.store.next_settlement_index(rec.account)
+        try:
+            sweep.verify_utxos(utxos, wallet, self.store.known_output, supplied)
+        except FREEZING as exc:
+            what = FREEZE_WHAT.get(type(exc), "refused request")
+            self._freeze(rec.account, f"{what} in a sweep: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {rec.account} frozen, operator alerted"
+            ) from None
+        index = rec.settlement_index
         destination = desc.script_pubkey(index)
         result = sweep.build_sweep(utxos, wallet, node, destination, rate, self.policy)
         del node
-        address = script_to_address(destination, self.network)
+        fees_today = self.store.fees_since(rec.account, self.clock() - cosign.DAY)
+        if fees_today + result.fee > self.policy.max_fee_per_day_sat:
+            raise DailyFeeAbovePolicy(
+                f"sweep fee {result.fee} sat would pass the daily fee ceiling of"
+                f" {self.policy.max_fee_per_day_sat} sat ({fees_today} sat signed in 24 hours)"
+            )
+        answer = {
+            "tx": result.tx_hex,
+            "txid": result.txid,
+            "fee": result.fee,
+            "address": script_to_address(destination, self.network),
+            "settlement_index": index,
+        }
+        if not self.store.record_sweep(
+            rec.account, index, result.txid, digest, json.dumps(answer), result.fee, outpoints
+        ):
+            raise AlreadySwept("another sweep of these outpoints was signed meanwhile")
         log.info(
             "account %d: sweep %s of %d UTXO(s), %d sat to settlement index %d, fee %d",
             rec.account,
@@ -556,13 +666,16 @@ class ColdService:
             index,
             result.fee,
         )
-        return {
-            "tx": result.tx_hex,
-            "txid": result.txid,
-            "fee": result.fee,
-            "address": address,
-            "settlement_index": index,
-        }
+        return answer
+
+    def _settlement(self, rec: AccountRecord) -> Any:
+        desc = sweep.settlement(rec.settlement_descriptor)
+        problem = settlement_problem(desc, self.network)
+        if problem is not None:
+            raise BadSettlementDescriptor(
+                f"account {rec.account}'s settlement descriptor: {problem}"
+            )
+        return desc
 
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()

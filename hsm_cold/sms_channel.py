@@ -136,7 +136,12 @@ class ChannelProtocol:
             log.warning("%s from %s refused (%s): %s", msg.kind.value, sender, r.reason, r.detail)
             if r.alert:
                 for rec in r.accounts:
-                    self.service.alert(rec.account, r.kind, f"{msg.kind.value} refused: {r.detail}")
+                    self.service.alert(
+                        rec.account,
+                        r.kind,
+                        f"{msg.kind.value} refused: {r.detail}",
+                        source=f"sms:{sender}",
+                    )
             return r.reason
         self.count(outcome)
         return outcome
@@ -152,6 +157,7 @@ class ChannelProtocol:
                 rec.account,
                 AlertKind.SMS_FORMAT_ERROR,
                 f"a malformed SMS from the V-device number {sender} ({reason})",
+                source=f"sms:{sender}",
             )
         return "format_error"
 

@@ -45,7 +45,9 @@ RETRY_MIN = 1.0
 RETRY_MAX = 60.0
 RECEIVE_BACKOFF_MAX = 30.0
 ALERT_TEXT_MAX = 300
-ALERT_SMS_PER_HOUR = 20  # per destination number: a flood of spoofed texts cannot flood phones
+# per destination number, alert kind and source: a flood of spoofed texts cannot flood
+# phones, nor silence another source's alerts
+ALERT_SMS_PER_HOUR = 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;()'/_+=?!#%&<>*@-]")  # plain GSM 7-bit, no escapes
 
 
@@ -144,7 +146,7 @@ class SmsService:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._all_down = False
-        self._alert_times: dict[str, deque[float]] = {}
+        self._alert_times: dict[tuple[str, str, str], deque[float]] = {}
         self._alert_lock = threading.Lock()
         self._radio: dict[str, dict[str, object]] = {}  # per SIM: signal, registration
 
@@ -191,9 +193,13 @@ class SmsService:
         self.store.queue_sms(number, text, purpose, prefer=prefer, not_after=not_after)
         self._wake.set()
 
-    def on_alert(self, account: int | None, kind: str, message: str) -> None:
+    def on_alert(self, account: int | None, kind: str, message: str, source: str = "cold") -> None:
         """The service's alert hook: freezes go to the operator and the owner, refusals to
-        the owner; undeliverable-SMS alerts are only recorded (no SIM would carry them)."""
+        the owner; undeliverable-SMS alerts are only recorded (no SIM would carry them).
+
+        Each (destination, kind, source) has its own hourly budget: junk SMS from one number
+        or `freeze` calls from the hot side cannot use up the budget of the cold HSM's own
+        freeze alerts."""
         if kind == AlertKind.SMS_UNDELIVERABLE.value:
             return
         rec = self.service.store.get_account(account) if account is not None else None
@@ -205,16 +211,22 @@ class SmsService:
             text = f"CC ALERT: account {account}: {message}"
             targets = [owner]
         for number in dict.fromkeys(t for t in targets if t):
-            if self._alert_allowed(number):
+            if self._alert_allowed((number, kind, source)):
                 self._queue(number, gsm_safe(text), f"alert:{kind}", 0, None)
             else:
                 self._count("alert_sms_suppressed")
-                log.warning("alert SMS to %s suppressed (over %d/h)", number, ALERT_SMS_PER_HOUR)
+                log.warning(
+                    "alert SMS to %s suppressed (%s from %s: over %d/h)",
+                    number,
+                    kind,
+                    source,
+                    ALERT_SMS_PER_HOUR,
+                )
 
-    def _alert_allowed(self, number: str) -> bool:
+    def _alert_allowed(self, key: tuple[str, str, str]) -> bool:
         now = time.monotonic()
         with self._alert_lock:
-            times = self._alert_times.setdefault(number, deque())
+            times = self._alert_times.setdefault(key, deque())
             while times and now - times[0] > 3600:
                 times.popleft()
             if len(times) >= ALERT_SMS_PER_HOUR:

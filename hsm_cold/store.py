@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 SCHEMA = """
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS used_requests (
     signed_at REAL NOT NULL,
     PRIMARY KEY (account, user_tx_no)
 );
+CREATE INDEX IF NOT EXISTS ix_used_requests_signed_at ON used_requests (account, signed_at);
 CREATE TABLE IF NOT EXISTS channels (
     account INTEGER NOT NULL,
     c_id TEXT NOT NULL,
@@ -95,6 +97,32 @@ CREATE TABLE IF NOT EXISTS alerts (
     message TEXT NOT NULL,
     handed_over INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS known_outputs (
+    txid TEXT NOT NULL,
+    vout INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    script BLOB NOT NULL,
+    PRIMARY KEY (txid, vout)
+);
+CREATE TABLE IF NOT EXISTS change_high (
+    account INTEGER PRIMARY KEY,
+    idx INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    txid TEXT PRIMARY KEY,
+    account INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    answer TEXT NOT NULL,
+    fee INTEGER NOT NULL,
+    signed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS swept_outpoints (
+    txid TEXT NOT NULL,
+    vout INTEGER NOT NULL,
+    account INTEGER NOT NULL,
+    sweep_txid TEXT NOT NULL,
+    PRIMARY KEY (txid, vout)
+);
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     blob BLOB NOT NULL
@@ -117,6 +145,9 @@ _ADDED_COLUMNS = (
     ("channels", "cold_key_label", "TEXT NOT NULL DEFAULT ''"),
     ("channels", "cold_pubkey", "BLOB NOT NULL DEFAULT x''"),
     ("channels", "h_id", "TEXT NOT NULL DEFAULT ''"),
+    ("used_requests", "digest", "BLOB NOT NULL DEFAULT x''"),
+    ("used_requests", "signatures", "BLOB NOT NULL DEFAULT x''"),
+    ("used_requests", "fee", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 _ACCOUNT_COLUMNS = (
@@ -150,8 +181,15 @@ class AccountRecord:
     owner_phone: str = ""
 
 
-CHANNEL_PENDING = "pending"  # QC sent, waiting for the V-device's CHANNEL_OK
-CHANNEL_LIVE = "live"  # the only state `cosign` and VERIFY accept (until `expires_at`)
+class ChannelState(StrEnum):
+    """Life of a V-device channel on the cold side (stored as its value)."""
+
+    PENDING = "pending"  # QC sent, waiting for the V-device's CHANNEL_OK
+    LIVE = "live"  # the only state `cosign` and VERIFY accept (until `expires_at`)
+
+
+CHANNEL_PENDING = ChannelState.PENDING
+CHANNEL_LIVE = ChannelState.LIVE
 
 
 @dataclass(frozen=True)
@@ -162,7 +200,7 @@ class ChannelRecord:
     c_id: str
     channel_pubkey: bytes
     expires_at: float
-    state: str = CHANNEL_LIVE
+    state: ChannelState = ChannelState.LIVE
     cold_key_label: str = ""
     cold_pubkey: bytes = b""
     h_id: str = ""
@@ -180,6 +218,34 @@ class OutgoingSms:
     prefer: int
     not_after: float | None
     attempts: int
+
+
+class _Conflict(Exception):
+    """Raised inside a transaction to roll it back when a check-and-set finds a conflict."""
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What the cold HSM co-signed under one `user_tx_no` (the binding of check 4)."""
+
+    txid: str
+    digest: bytes  # of the exact transaction, input amounts and paths, change
+    signatures: tuple[bytes, ...]
+    fee: int
+
+
+@dataclass(frozen=True)
+class Signing:
+    """One completed co-signing, recorded atomically with what it teaches the cold HSM."""
+
+    account: int
+    user_tx_no: str
+    txid: str
+    digest: bytes
+    signatures: tuple[bytes, ...]
+    fee: int
+    outputs: tuple[tuple[int, bytes], ...]  # (amount, script) of the signed tx, by vout
+    change_index: int | None
 
 
 @dataclass(frozen=True)
@@ -288,44 +354,161 @@ class ColdStore:
         return [(r[0], bool(r[1]), r[2]) for r in rows]
 
     def set_frozen(self, account: int, frozen: bool, reason: str = "") -> bool:
+        """Freeze (the reason is appended to earlier ones, never replaces them) or unfreeze."""
         with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE accounts SET frozen = ?, frozen_reason = ? WHERE account = ?",
-                (int(frozen), reason if frozen else "", account),
-            )
+            if frozen:
+                cur = db.execute(
+                    "UPDATE accounts SET frozen = 1, frozen_reason = CASE"
+                    " WHEN frozen_reason = '' THEN ? ELSE frozen_reason || ' | ' || ? END"
+                    " WHERE account = ?",
+                    (reason, reason, account),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE accounts SET frozen = 0, frozen_reason = '' WHERE account = ?",
+                    (account,),
+                )
         return cur.rowcount == 1
 
-    def next_settlement_index(self, account: int) -> int:
-        """Reserve the next settlement-address index of the account."""
-        with self.transaction() as db:
-            row = db.execute(
-                "SELECT settlement_index FROM accounts WHERE account = ?", (account,)
-            ).fetchone()
-            db.execute(
-                "UPDATE accounts SET settlement_index = settlement_index + 1 WHERE account = ?",
-                (account,),
-            )
-        return int(row[0])
-
-    # -- used request numbers -----------------------------------------------------------------
-    def used_request_txid(self, account: int, user_tx_no: str) -> str | None:
-        """The txid co-signed under `user_tx_no`, or None if it was never used."""
+    # -- verified outputs (amounts the cold HSM checked itself) -----------------------------------
+    def known_output(self, txid: str, vout: int) -> tuple[int, bytes] | None:
+        """(amount, scriptPubKey) of an outpoint verified earlier, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT txid FROM used_requests WHERE account = ? AND user_tx_no = ?",
-                (account, user_tx_no),
+                "SELECT amount, script FROM known_outputs WHERE txid = ? AND vout = ?",
+                (txid, vout),
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def add_known_outputs(self, txid: str, outputs: tuple[tuple[int, bytes], ...]) -> None:
+        """Record every output of a transaction whose txid the caller computed itself."""
+        with self.transaction() as db:
+            _add_outputs(db, txid, outputs)
+
+    # -- sweeps ---------------------------------------------------------------------------------
+    def sweep_answer(self, account: int, digest: bytes) -> str | None:
+        """The stored answer (JSON text) of an identical earlier sweep, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT answer FROM sweeps WHERE account = ? AND digest = ?", (account, digest)
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def mark_request_used(self, account: int, user_tx_no: str, txid: str) -> bool:
-        """Record `user_tx_no` as co-signed; False if it already was (atomic check-and-set)."""
+    def swept(self, outpoints: list[tuple[str, int]]) -> list[tuple[str, int, str]]:
+        """(txid, vout, sweep txid) of those outpoints some earlier sweep spent."""
+        found = []
+        with self._lock:
+            for txid, vout in outpoints:
+                row = self._db.execute(
+                    "SELECT sweep_txid FROM swept_outpoints WHERE txid = ? AND vout = ?",
+                    (txid, vout),
+                ).fetchone()
+                if row is not None:
+                    found.append((txid, vout, str(row[0])))
+        return found
+
+    def record_sweep(
+        self,
+        account: int,
+        index: int,
+        txid: str,
+        digest: bytes,
+        answer: str,
+        fee: int,
+        outpoints: list[tuple[str, int]],
+    ) -> bool:
+        """Record a signed sweep and advance the settlement index past `index`, atomically.
+
+        False (nothing recorded) if the index moved or an outpoint was swept meanwhile.
+        """
+        try:
+            with self.transaction() as db:
+                cur = db.execute(
+                    "UPDATE accounts SET settlement_index = ? + 1"
+                    " WHERE account = ? AND settlement_index = ?",
+                    (index, account, index),
+                )
+                if cur.rowcount != 1:
+                    raise _Conflict
+                for prev_txid, vout in outpoints:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO swept_outpoints (txid, vout, account, sweep_txid)"
+                        " VALUES (?, ?, ?, ?)",
+                        (prev_txid, vout, account, txid),
+                    )
+                    if cur.rowcount != 1:
+                        raise _Conflict
+                db.execute(
+                    "INSERT INTO sweeps (txid, account, digest, answer, fee, signed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (txid, account, digest, answer, fee, time.time()),
+                )
+        except _Conflict:
+            return False
+        return True
+
+    def fees_since(self, account: int, since: float) -> int:
+        """Fees of every send and sweep the cold HSM signed for the account since `since`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT (SELECT COALESCE(SUM(fee), 0) FROM used_requests"
+                "        WHERE account = ? AND signed_at > ?)"
+                " + (SELECT COALESCE(SUM(fee), 0) FROM sweeps WHERE account = ? AND signed_at > ?)",
+                (account, since, account, since),
+            ).fetchone()
+        return int(row[0])
+
+    def change_high(self, account: int) -> int:
+        """The highest change index co-signed for the account (-1: none yet)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT idx FROM change_high WHERE account = ?", (account,)
+            ).fetchone()
+        return -1 if row is None else int(row[0])
+
+    # -- used request numbers -----------------------------------------------------------------
+    def signed_request(self, account: int, user_tx_no: str) -> SignedRequest | None:
+        """What was co-signed under `user_tx_no`, or None if it was never used."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT txid, digest, signatures, fee FROM used_requests"
+                " WHERE account = ? AND user_tx_no = ?",
+                (account, user_tx_no),
+            ).fetchone()
+        if row is None:
+            return None
+        blob = bytes(row[2])
+        sigs = tuple(blob[i : i + 64] for i in range(0, len(blob), 64))
+        return SignedRequest(str(row[0]), bytes(row[1]), sigs, int(row[3]))
+
+    def record_signing(self, s: Signing) -> bool:
+        """Bind `user_tx_no` to this signing, learn the signed tx's outputs and its change
+        index, in one transaction; False (nothing recorded) if `user_tx_no` was used."""
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO used_requests (account, user_tx_no, txid, signed_at)"
-                " VALUES (?, ?, ?, ?)",
-                (account, user_tx_no, txid, time.time()),
+                "INSERT OR IGNORE INTO used_requests"
+                " (account, user_tx_no, txid, signed_at, digest, signatures, fee)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.account,
+                    s.user_tx_no,
+                    s.txid,
+                    time.time(),
+                    s.digest,
+                    b"".join(s.signatures),
+                    s.fee,
+                ),
             )
-        return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            _add_outputs(db, s.txid, s.outputs)
+            if s.change_index is not None:
+                db.execute(
+                    "INSERT INTO change_high (account, idx) VALUES (?, ?)"
+                    " ON CONFLICT(account) DO UPDATE SET idx = max(idx, excluded.idx)",
+                    (s.account, s.change_index),
+                )
+        return True
 
     # -- refused and closed request numbers (the cold HSM's "refused" statements) --------------
     def note_refusal(self, account: int, user_tx_no: str, code: int) -> None:
@@ -400,7 +583,7 @@ class ColdStore:
             row = self._db.execute("SELECT 1 FROM channels WHERE c_id = ?", (c_id,)).fetchone()
         return row is not None
 
-    def set_channel_state(self, account: int, c_id: str, state: str) -> None:
+    def set_channel_state(self, account: int, c_id: str, state: ChannelState) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE channels SET state = ? WHERE account = ? AND c_id = ?",
@@ -561,6 +744,13 @@ class ColdStore:
         return [AlertRecord(*r) for r in rows]
 
 
+def _add_outputs(db: sqlite3.Connection, txid: str, outputs: tuple[tuple[int, bytes], ...]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO known_outputs (txid, vout, amount, script) VALUES (?, ?, ?, ?)",
+        [(txid, vout, amount, script) for vout, (amount, script) in enumerate(outputs)],
+    )
+
+
 def _account_record(row: tuple) -> AccountRecord:
     return AccountRecord(
         account=row[0],
@@ -586,7 +776,7 @@ def _channel_record(row: tuple) -> ChannelRecord:
         c_id=row[1],
         channel_pubkey=bytes(row[2]),
         expires_at=float(row[3]),
-        state=row[4],
+        state=ChannelState(row[4]),
         cold_key_label=row[5],
         cold_pubkey=bytes(row[6]),
         h_id=row[7],

@@ -8,18 +8,29 @@ settlement descriptor pinned at provisioning) and sets the fee from the rate wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hsm_cold.cosign import FeePolicy, field, int_list
-from hsm_cold.errors import BadRequest, FeeAbovePolicy, ForeignInput
+from hsm_cold.errors import (
+    AmountMismatch,
+    BadPrevTx,
+    BadRequest,
+    FeeAbovePolicy,
+    FeeRateAbovePolicy,
+    ForeignInput,
+    PrevTxRequired,
+)
 from wallet_core import signatures
 from wallet_core.bip32 import HARDENED, ExtendedKey
 from wallet_core.chaincloud import MAX_MONEY
 from wallet_core.descriptors import Descriptor, parse_descriptor
 from wallet_core.errors import DescriptorError, PsbtError
 from wallet_core.fees import estimate_vsize, fee_for
+from wallet_core.hashes import sha256
+from wallet_core.prevtx import PrevTx
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.script import ScriptType
 from wallet_core.wallets import CHANGE, RECEIVE, ColdWallet
@@ -74,6 +85,50 @@ def decode_utxos(payload: Mapping[str, Any]) -> list[SweepUtxo]:
     return utxos
 
 
+def request_digest(utxos: Sequence[SweepUtxo], fee_rate: Any) -> bytes:
+    """What identifies a sweep request: its outpoints, amounts, paths and fee rate."""
+    text = json.dumps(
+        [sorted((u.txid, u.vout, u.amount, u.chain, u.index) for u in utxos), str(fee_rate)]
+    )
+    return sha256(text.encode())
+
+
+def verify_utxos(
+    utxos: Sequence[SweepUtxo],
+    wallet: ColdWallet,
+    known: Callable[[str, int], tuple[int, bytes] | None],
+    supplied: Mapping[str, PrevTx],
+) -> None:
+    """Each UTXO's amount and script from a verified previous transaction: `PrevTxRequired`
+    if none, `ForeignInput` if its script is not the named cold path's, `AmountMismatch` if
+    the stated amount is not the true one."""
+    facts = []
+    for u in utxos:
+        fact = known(u.txid, u.vout)
+        if fact is None and u.txid in supplied:
+            outs = supplied[u.txid].vout
+            if u.vout >= len(outs):
+                raise BadPrevTx(f"previous transaction {u.txid} has no output {u.vout}")
+            fact = (outs[u.vout].value, outs[u.vout].script_pubkey)
+        facts.append(fact)
+    missing = [f"{u.txid}:{u.vout}" for u, f in zip(utxos, facts, strict=True) if f is None]
+    if missing:
+        raise PrevTxRequired(
+            f"send the previous transaction of {', '.join(missing)}: its amount is not verified"
+        )
+    for u, fact in zip(utxos, facts, strict=True):
+        assert fact is not None
+        amount, script = fact
+        if script != wallet.script_pubkey(u.index, u.chain):
+            raise ForeignInput(
+                f"utxo {u.txid}:{u.vout} pays {script.hex()}, not cold path ({u.chain}, {u.index})"
+            )
+        if amount != u.amount:
+            raise AmountMismatch(
+                f"utxo {u.txid}:{u.vout} is stated as {u.amount} sat; it holds {amount} sat"
+            )
+
+
 def decode_fee_rate(payload: Mapping[str, Any], policy: FeePolicy) -> float:
     """`fee_rate` in sat/vB: an integer (the link has no float) or decimal text."""
     value = payload.get("fee_rate")
@@ -84,7 +139,7 @@ def decode_fee_rate(payload: Mapping[str, Any], policy: FeePolicy) -> float:
     if not rate >= 1:
         raise BadRequest("fee_rate must be a number of sat/vB, at least 1")
     if rate > policy.max_fee_rate:
-        raise FeeAbovePolicy(
+        raise FeeRateAbovePolicy(
             f"fee rate {rate:g} sat/vB is above the policy ({policy.max_fee_rate:g})"
         )
     return rate

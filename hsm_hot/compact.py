@@ -2,8 +2,10 @@
 
 The serial line is the throughput ceiling, so the cold HSM gets only what it needs: the
 unsigned transaction (raw bytes), per input the amount and the wallet position
-`[amount, chain, index]`, per change output `[vout, index]`, and the V-device's signed request.
-It re-derives every script itself, so nothing here is trusted by it.
+`[amount, chain, index]`, per change output `[vout, index]`, the V-device's signed request, and
+the funding transactions the PSBT carries (custody adds them when the cold HSM asks, for
+outpoints it has not verified yet). It re-derives every script and verifies every amount
+itself, so nothing here is trusted by it.
 
 On this side the same derivation tells whether the PSBT spends the account's hot wallet: the
 BIP143 digest we compute from the *derived* witness script must equal the PSBT's own digest,
@@ -20,8 +22,11 @@ from typing import Any
 
 from hsm_hot.errors import BadRequest
 from wallet_core.errors import TxParseError, WalletError
+from wallet_core.fees import estimate_vsize
+from wallet_core.prevtx import parse_prev_tx
 from wallet_core.psbt import Psbt
 from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
+from wallet_core.script import ScriptType
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
 
@@ -37,6 +42,8 @@ class CosignPlan:
     cold_pubkeys: list[bytes]  # the cold cosigner's child key per input
     payments: int  # satoshi leaving the wallet (every non-change output)
     fee: int
+    prev_txs: list[bytes]  # funding transactions the PSBT carries (one per distinct txid)
+    vsize: int  # worst-case virtual size (72-byte signatures), for the fee rate
 
     @property
     def txid(self) -> str:
@@ -54,7 +61,11 @@ def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
     inputs: list[tuple[int, int, int]] = []
     digests: list[bytes] = []
     cold_pubkeys: list[bytes] = []
+    prev_txs: dict[str, bytes] = {}
     for i in range(psbt.input_count):
+        prev = _prev_tx(psbt, tx, i)
+        if prev is not None:
+            prev_txs.setdefault(tx.vin[i].txid.hex(), prev)
         try:
             amount = psbt.input_value(i)
             where = own_index_from_origins(wallet, psbt.input_origins(i))
@@ -84,7 +95,32 @@ def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
     fee = sum(a for a, _, _ in inputs) - sum(o.value for o in tx.vout)
     if fee < 0:
         raise BadRequest("outputs exceed inputs")
-    return CosignPlan(tx, inputs, change, digests, cold_pubkeys, payments, fee)
+    vsize = estimate_vsize([ScriptType.P2WSH] * len(inputs), [o.script_pubkey for o in tx.vout])
+    return CosignPlan(
+        tx, inputs, change, digests, cold_pubkeys, payments, fee, list(prev_txs.values()), vsize
+    )
+
+
+def _prev_tx(psbt: Psbt, tx: UnsignedTx, i: int) -> bytes | None:
+    """Input `i`'s funding transaction if the PSBT carries one, checked: it hashes to the
+    txid the input spends and its output is the input's stated amount and script."""
+    raw = psbt.input_prev_tx(i)
+    if raw is None:
+        return None
+    try:
+        prev = parse_prev_tx(raw)
+    except TxParseError as exc:
+        raise BadRequest(f"input {i}: previous transaction: {exc.message}") from None
+    vin = tx.vin[i]
+    if prev.txid != vin.txid.hex() or vin.vout >= len(prev.vout):
+        raise BadRequest(f"input {i}: the previous transaction is not the one it spends")
+    out = prev.vout[vin.vout]
+    if out.value != psbt.input_value(i):
+        raise BadRequest(
+            f"input {i}: stated as {psbt.input_value(i)} sat; its previous transaction says"
+            f" {out.value} sat"
+        )
+    return raw
 
 
 def vc_code_bytes(vc_code: str) -> bytes | str:
@@ -112,4 +148,5 @@ def compact_request(
         "outs": request["outs"],
         "vc_code": vc_code_bytes(vc_code),
         "c_id": c_id,
+        **({"prev_txs": plan.prev_txs} if plan.prev_txs else {}),
     }

@@ -59,3 +59,21 @@ class ProofInvalid(HotHsmError):
     """The cold HSM's provisioning proof does not verify against its pinned identity key."""
 
     code = 910
+
+
+class FeeAboveLimit(PolicyRefused):
+    """The send's fee (from its amounts) is above the hot HSM's per-send fee limit."""
+
+    code = 920
+
+
+class FeeRateAboveLimit(PolicyRefused):
+    """The send's fee rate is above the hot HSM's limit."""
+
+    code = 921
+
+
+class DailyFeeAboveLimit(PolicyRefused):
+    """The fees signed for the account in 24 hours would pass the hot HSM's daily limit."""
+
+    code = 922

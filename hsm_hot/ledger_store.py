@@ -1,9 +1,9 @@
 """Persistence of the hot HSM's policy usage: the only place its limits touch SQL.
 
 Two tables in their own SQLite file in the hot state directory: signing requests (for the
-per-minute limit) and signed amounts (for the daily limit). WAL with full sync: one fsync per
-commit, since co-signing runs at line rate. Callers serialise access (`PolicyLedger` holds a
-lock around each decision and its write).
+per-minute limit) and signed amounts and fees (for the daily limits). WAL with full sync:
+one fsync per commit, since co-signing runs at line rate. Callers serialise access
+(`PolicyLedger` holds a lock around each decision and its write).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
     " amount INTEGER NOT NULL, txid TEXT NOT NULL);"
 )
+_ADDED_COLUMNS = (("sends", "fee", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 class LedgerStore:
@@ -25,6 +26,10 @@ class LedgerStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:  # a state made by an older version
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def requests_since(self, account: int, since: float) -> int:
         (n,) = self._db.execute(
@@ -45,10 +50,17 @@ class LedgerStore:
         ).fetchone()
         return int(total)
 
-    def add_send(self, account: int, at: float, amount: int, txid: str) -> int:
+    def fees_since(self, account: int, since: float) -> int:
+        (total,) = self._db.execute(
+            "SELECT COALESCE(SUM(fee), 0) FROM sends WHERE account = ? AND at > ?",
+            (account, since),
+        ).fetchone()
+        return int(total)
+
+    def add_send(self, account: int, at: float, amount: int, txid: str, fee: int = 0) -> int:
         cur = self._db.execute(
-            "INSERT INTO sends (account, at, amount, txid) VALUES (?, ?, ?, ?)",
-            (account, at, amount, txid),
+            "INSERT INTO sends (account, at, amount, txid, fee) VALUES (?, ?, ?, ?, ?)",
+            (account, at, amount, txid, fee),
         )
         return int(cur.lastrowid or 0)
 

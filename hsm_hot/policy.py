@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cc_common.config import Section
-from hsm_hot.errors import PolicyRefused, RateLimited
+from hsm_hot.errors import (
+    DailyFeeAboveLimit,
+    FeeAboveLimit,
+    FeeRateAboveLimit,
+    PolicyRefused,
+    RateLimited,
+)
 from hsm_hot.ledger_store import LedgerStore
 
 DAY = 86_400.0
@@ -29,6 +35,9 @@ class HotPolicy:
     max_daily_sat: int = 5_000_000_000  # 50 BTC per rolling 24 h
     max_outputs: int = 20
     max_requests_per_minute: int = 60
+    max_fee_sat: int = 1_000_000  # 0.01 BTC per send
+    max_fee_rate: float = 500.0  # sat/vB
+    max_fee_per_day_sat: int = 10_000_000  # 0.1 BTC per rolling 24 h
 
     @classmethod
     def from_section(cls, section: Section) -> HotPolicy:
@@ -40,6 +49,41 @@ class HotPolicy:
             max_requests_per_minute=section.int(
                 "max_requests_per_minute", d.max_requests_per_minute
             ),
+            max_fee_sat=section.int("max_fee_sat", d.max_fee_sat),
+            max_fee_rate=section.float("max_fee_rate", d.max_fee_rate),
+            max_fee_per_day_sat=section.int("max_fee_per_day_sat", d.max_fee_per_day_sat),
+        )
+
+
+@dataclass(frozen=True)
+class SendCost:
+    """What a send takes out of the wallet: payments (non-change outputs) and the fee."""
+
+    payments: int
+    fee: int = 0
+    vsize: int = 0  # worst-case virtual size, for the fee rate (0: not checked)
+
+    @property
+    def total(self) -> int:
+        return self.payments + self.fee
+
+
+def refuse_fee(policy: HotPolicy, account: int, cost: SendCost, fees_today: int) -> None:
+    """Refuse a fee above the per-send, rate or daily fee limits."""
+    if cost.fee > policy.max_fee_sat:
+        raise FeeAboveLimit(
+            f"account {account}: fee {cost.fee} sat exceeds the per-send fee limit of"
+            f" {policy.max_fee_sat} sat"
+        )
+    if cost.vsize and cost.fee > policy.max_fee_rate * cost.vsize:
+        raise FeeRateAboveLimit(
+            f"account {account}: fee rate {cost.fee / cost.vsize:.1f} sat/vB exceeds the limit"
+            f" of {policy.max_fee_rate:g} sat/vB"
+        )
+    if fees_today + cost.fee > policy.max_fee_per_day_sat:
+        raise DailyFeeAboveLimit(
+            f"account {account}: fee {cost.fee} sat would exceed the daily fee limit of"
+            f" {policy.max_fee_per_day_sat} sat ({fees_today} sat of fees signed today)"
         )
 
 
@@ -93,22 +137,30 @@ class PolicyLedger:
         """Refuse a send over the limits (changes nothing)."""
         refuse_if_over(self.policy, account, amount, outputs, self.spent_today(account))
 
+    def fees_today(self, account: int) -> int:
+        with self._lock:
+            return self._store.fees_since(account, self._clock() - DAY)
+
     def spent_today(self, account: int) -> int:
         with self._lock:
             return self._store.spent_since(account, self._clock() - DAY)
 
-    def reserve_send(self, account: int, amount: int, outputs: int, txid: str) -> int:
+    def reserve_send(self, account: int, cost: SendCost | int, outputs: int, txid: str) -> int:
         """Check the limits and count the amount in one step; returns the reservation's id.
 
-        Concurrent co-signs of one account must not both pass the daily limit before either
-        is recorded, so the amount is counted before the cold HSM is asked, and given back
-        (`cancel_send`) only if the hot HSM did not sign after all.
+        The amount counted is what leaves the wallet: payments plus the fee. Concurrent
+        co-signs of one account must not both pass a daily limit before either is recorded,
+        so the amount is counted before the cold HSM is asked, and given back (`cancel_send`)
+        only if the hot HSM did not sign after all.
         """
+        if isinstance(cost, int):
+            cost = SendCost(cost)
         now = self._clock()
         with self._lock:
             spent = self._store.spent_since(account, now - DAY)
-            refuse_if_over(self.policy, account, amount, outputs, spent)
-            return self._store.add_send(account, now, amount, txid)
+            refuse_if_over(self.policy, account, cost.total, outputs, spent)
+            refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
+            return self._store.add_send(account, now, cost.total, txid, cost.fee)
 
     def cancel_send(self, reservation: int) -> None:
         """Give back a reservation whose send the hot HSM did not sign."""

@@ -97,16 +97,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             self.close_connection = True
             raise BadRequest("request body missing or too large")
-        try:
-            body = json.loads(self.rfile.read(length))
-        except ValueError:
-            raise BadRequest("request body is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
-            raise BadRequest('expected {"method": ..., "params": {...}}')
-        params = body.get("params") or {}
-        if not isinstance(params, dict):
-            raise BadRequest("params must be an object")
-        return body["method"], params
+        return parse_call(self.rfile.read(length))
+
+
+def parse_call(data: bytes) -> tuple[str, Mapping[str, Any]]:
+    """`(method, params)` of a request body; `BadRequest` for anything else."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays/objects
+        raise BadRequest("request body is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+        raise BadRequest('expected {"method": ..., "params": {...}}')
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("params must be an object")
+    return body["method"], params
 
 
 class RpcServer:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cc_common import fields
 from cc_common.errors import CustodyError
 from cc_common.text import UnsafeText, check_values
 from cc_common.token import HsmToken
@@ -32,7 +33,8 @@ from hsm_hot.errors import (
     ProofInvalid,
     UnknownAccount,
 )
-from hsm_hot.policy import PolicyLedger
+from hsm_hot.locks import KeyedLocks
+from hsm_hot.policy import PolicyLedger, SendCost
 from hsm_hot.relay import ColdRelay
 from hsm_hot.state import HotAccount, HotState
 from hsm_hot.stats import ServiceStats
@@ -64,12 +66,7 @@ def provision_statement(
 
 
 def _param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in params:
-        raise BadRequest(f"missing parameter {key!r}")
-    value = params[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise BadRequest(f"parameter {key!r} has the wrong type")
-    return value
+    return fields.field(params, key, kind, error=BadRequest, noun="parameter")
 
 
 def _account(params: Mapping[str, Any]) -> int:
@@ -80,10 +77,7 @@ def _account(params: Mapping[str, Any]) -> int:
 
 
 def _text(params: Mapping[str, Any], key: str, max_len: int = 4096) -> str:
-    value = _param(params, key, str)
-    if not value or len(value) > max_len:
-        raise BadRequest(f"parameter {key!r} is empty or too long")
-    return value
+    return fields.text_field(params, key, max_len, error=BadRequest, noun="parameter")
 
 
 def _user_tx_no(request: Mapping[str, Any]) -> str:
@@ -150,6 +144,7 @@ class HotService:
         self.network = network
         self.cold_identity = cold_identity
         self._provision_lock = threading.Lock()
+        self._send_locks = KeyedLocks()
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "health": self.health,
             "provision_account": self.provision_account,
@@ -417,12 +412,27 @@ class HotService:
             psbt = Psbt.from_base64(psbt_text)
         except PsbtError as exc:
             raise BadRequest(f"psbt: {exc.message}") from None
+        # One request per (account, user_tx_no) at a time: a concurrent twin waits, then gets
+        # the stored answer (same txid) or the cold HSM's refusal (anything else).
+        with self._send_locks.held((account, req["user_tx_no"])):
+            return self._sign_send(account, acct, psbt, req, vc_code, c_id)
+
+    def _sign_send(
+        self,
+        account: int,
+        acct: HotAccount,
+        psbt: Psbt,
+        req: dict[str, Any],
+        vc_code: str,
+        c_id: str,
+    ) -> dict[str, Any]:
         done = self.state.cosigned(account, req["user_tx_no"])
         if done is not None and done[0] == psbt.txid:
             log.info("account %d: %s already co-signed; same answer", account, req["user_tx_no"])
             return {"psbt": done[1]}
         plan = plan_cosign(psbt, self.state.wallet(acct))
-        reservation = self.ledger.reserve_send(account, plan.payments, len(plan.tx.vout), plan.txid)
+        cost = SendCost(plan.payments, plan.fee, plan.vsize)
+        reservation = self.ledger.reserve_send(account, cost, len(plan.tx.vout), plan.txid)
         try:
             answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
             cold_sigs = self._check_cold_signatures(plan, answer)
@@ -498,10 +508,16 @@ class HotService:
         account = _account(params)
         utxos = _param(params, "utxos", list)
         fee_rate = _param(params, "fee_rate", int)  # the link codec has no float
+        prev_txs = _param(params, "prev_txs", list) if "prev_txs" in params else []
+        try:
+            raw_prev = [bytes.fromhex(t) for t in prev_txs]
+        except (TypeError, ValueError):
+            raise BadRequest("prev_txs must be a list of hex transactions") from None
         self._account_record(account)
-        answer = self.relay.call(
-            "sweep", {"account": account, "utxos": utxos, "fee_rate": fee_rate}
-        )
+        payload: dict[str, Any] = {"account": account, "utxos": utxos, "fee_rate": fee_rate}
+        if raw_prev:
+            payload["prev_txs"] = raw_prev
+        answer = self.relay.call("sweep", payload)
         self.audit.record("sweep", account=account, utxos=len(utxos))
         return jsonable(answer)
 

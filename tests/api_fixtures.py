@@ -231,7 +231,7 @@ class SoftwareHsmStandIn:
                 "txid": txid,
                 "signature": sign_message(self.identity_priv, text),
             }
-        code = acct.closed.setdefault(user_tx_no, 740)
+        code = acct.closed.setdefault(user_tx_no, 741)
         text = send_refused_statement(account, code, user_tx_no)
         return {
             "state": "refused",
@@ -248,7 +248,7 @@ class SoftwareHsmStandIn:
         if request["user_tx_no"] in acct.used_user_tx_nos:
             raise HsmRefused("user_tx_no reused", code=614)
         if request["user_tx_no"] in acct.closed:
-            raise HsmRefused("user_tx_no closed", code=740)
+            raise HsmRefused("user_tx_no closed", code=741)
         p = Psbt.from_base64(psbt)
         acct.signed_txids[request["user_tx_no"]] = p.txid
         p.sign_with_root(acct.cosigner_root)

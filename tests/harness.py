@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import tomli_w
 
 from cc_common.config import Config, load_config
 from cc_common.deployment import init_deployment
+from cc_common.poll import poll_until
 from cc_common.process import read_ready
 from custody import supervisor as sv
 
@@ -57,14 +57,7 @@ def wait_until(
     interval: float = POLL,
 ) -> T:
     """Poll `predicate` until it returns something truthy (returned); fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout, what, interval=interval, error=AssertionError)
 
 
 def tail(path: Path, lines: int = 30) -> str:

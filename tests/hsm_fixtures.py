@@ -39,6 +39,7 @@ from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.chaincloud import format_outs, send_request_string
 from wallet_core.descriptors import wpkh_descriptor
 from wallet_core.networks import Network
+from wallet_core.prevtx import parse_prev_tx
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.wallets import (
     CHANGE,
@@ -70,13 +71,40 @@ def hot_wallet(p: ProvisionedAccount, network: Network = NETWORK) -> HotWallet:
 
 @dataclass(frozen=True)
 class Coin:
-    """A hot-wallet UTXO: outpoint, value and its wallet position."""
+    """A hot-wallet UTXO: outpoint, value, its wallet position and (if known) the funding tx."""
 
     txid: str
     vout: int
     value: int
     chain: int
     index: int
+    prev_tx: bytes | None = None
+
+
+def funding_tx(
+    script_pubkey: bytes, value: int, vout: int, tag: str, *, witness: bool = False
+) -> bytes:
+    """A transaction (never broadcast) paying `value` to `script_pubkey` at output `vout`:
+    what the cold HSM hash-checks an input's amount against, for tests without a node.
+    `witness` gives it a P2WPKH-sized witness (segwit serialization), as a real one has."""
+    spent = hashlib.sha256(tag.encode()).digest()
+    outs = [(1000 + n, bytes([0x51])) for n in range(vout)] + [(value, script_pubkey)]
+    body = b"\x01" + spent + b"\x00\x00\x00\x00\x00" + b"\xff" * 4 + bytes([len(outs)])
+    for v, script in outs:
+        body += v.to_bytes(8, "little") + bytes([len(script)]) + script
+    version = (2).to_bytes(4, "little")
+    if not witness:
+        return version + body + b"\x00" * 4
+    items = b"\x02" + b"\x48" + bytes(72) + b"\x21" + bytes(33)
+    return version + b"\x00\x01" + body + items + b"\x00" * 4
+
+
+def funded_coin(
+    wallet: Any, value: int, chain: int, index: int, vout: int, tag: str, *, witness: bool = False
+) -> Coin:
+    """A coin of `wallet` at (chain, index) with its funding transaction."""
+    raw = funding_tx(wallet.script_pubkey(index, chain), value, vout, tag, witness=witness)
+    return Coin(parse_prev_tx(raw).txid, vout, value, chain, index, raw)
 
 
 def build_send_psbt(
@@ -86,6 +114,7 @@ def build_send_psbt(
     *,
     change: tuple[int, int] | None = None,
     extra_outputs: Sequence[tuple[bytes, int]] = (),
+    with_prev_txs: bool = True,
 ) -> Psbt:
     """A hot send: `payments` (address, sat) in order, then change (index, sat) if any.
 
@@ -100,6 +129,7 @@ def build_send_psbt(
             script_pubkey=wallet.script_pubkey(c.index, c.chain),
             witness_script=wallet.witness_script(c.index, c.chain),
             origins=wallet.origins(c.index, c.chain),
+            prev_tx=c.prev_tx if with_prev_txs else None,
         )
         for c in coins
     ]

@@ -14,7 +14,6 @@ from custody import accounts
 from custody.alerts import AlertKind, raise_alert
 from custody.batches import account_keys
 from custody.errors import AccountError, Conflict, HsmUnavailableError, ProofInvalid
-from custody.hsm_client import HsmUnavailable
 from custody.models import (
     Account,
     AccountStatus,
@@ -152,7 +151,7 @@ def test_pinned_identity_must_match(session_factory, hsm):
 
 def test_hsm_unavailable(session_factory, hsm, monkeypatch):
     def down(*a, **kw):
-        raise HsmUnavailable("hot HSM unreachable (ConnectionError)")
+        raise HsmUnavailableError("hot HSM unreachable (ConnectionError)")
 
     monkeypatch.setattr(hsm, "provision_account", down)
     with pytest.raises(HsmUnavailableError):
@@ -225,5 +224,5 @@ def test_alert_to_a_dead_gateway(session_factory, tmp_path, db_url):
 
     dead = make_config(tmp_path, db_url, "http://127.0.0.1:9")  # nothing listens on port 9
     with session_factory() as s, s.begin():
-        alert = raise_alert(s, dead, "cold_unreachable", "cold HSM does not answer", None)
+        alert = raise_alert(s, dead, AlertKind.COLD_UNREACHABLE, "cold HSM does not answer", None)
     assert alert.delivered is False and alert.error

@@ -612,7 +612,7 @@ def test_final_sends_carry_the_cold_statement(client, account, session_factory, 
         s.execute(update(Send).values(status=SendStatus.FAILED, failure_reason="no funds"))
     st = client.get(f"{API}/tx/order-1", headers=account.hot).json
     verdict = verify_send_statement(identity, account.id, "order-1", st["cold_statement"])
-    assert verdict == SendVerdict(False, code=740)
+    assert verdict == SendVerdict(False, code=741)
     # kept: a second look asks the HSM nothing
     made = hsm.statements_made
     assert (

@@ -31,7 +31,15 @@ from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
 from hsm_cold.errors import ColdErrorCode
 from tests.harness import Deployment
-from tests.hsm_fixtures import Coin, ColdHsm, VDevice, build_send_psbt, random_address, send_request
+from tests.hsm_fixtures import (
+    Coin,
+    ColdHsm,
+    VDevice,
+    build_send_psbt,
+    funded_coin,
+    random_address,
+    send_request,
+)
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import ExtendedKey, parse_xpub
@@ -144,9 +152,11 @@ class Account:
         return ColdWallet(key, NET)
 
     def coin(self, value: int, chain: int = RECEIVE, index: int | None = None) -> Coin:
+        """A coin of the hot wallet with a funding transaction the cold HSM can verify."""
         self.coin_no += 1
-        txid = hashlib.sha256(f"{self.number}/{self.coin_no}".encode()).hexdigest()
-        return Coin(txid, self.coin_no % 3, value, chain, self.coin_no if index is None else index)
+        where = self.coin_no if index is None else index
+        tag = f"{self.number}/{self.coin_no}"
+        return funded_coin(self.wallet, value, chain, where, self.coin_no % 3, tag)
 
     def send(
         self,
@@ -161,6 +171,7 @@ class Account:
         inputs: list[list[int]] | None = None,
         vc_key: coincurve.PrivateKey | None = None,
         c_id: str | None = None,
+        prev_txs: bool = True,
     ) -> tuple[dict[str, Any], Psbt]:
         """A PSBT built with wallet_core and its compact co-sign request, V-device signed."""
         coins = list(coins) if coins is not None else [self.coin(1_000_000)]
@@ -181,6 +192,8 @@ class Account:
             "vc_code": self.vdevice.vc_code(request, vc_key),
             "c_id": c_id or self.c_id,
         }
+        if prev_txs:
+            payload["prev_txs"] = list(dict.fromkeys(c.prev_tx for c in coins if c.prev_tx))
         return payload, psbt
 
 
@@ -493,30 +506,107 @@ def test_refusal_of_a_foreign_input(link: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fee", "why"),
-    [(MAX_FEE_SAT + 1, f"at most {MAX_FEE_SAT} sat"), (60 * 200, f"{MAX_FEE_RATE} sat/vB")],
+    ("fee", "code", "why"),
+    [
+        (MAX_FEE_SAT + 1, ColdErrorCode.FEE_ABOVE_POLICY, f"{MAX_FEE_SAT} sat per send"),
+        (60 * 200, ColdErrorCode.FEE_RATE_ABOVE_POLICY, f"{MAX_FEE_RATE} sat/vB"),
+    ],
 )
-def test_refusal_of_a_fee_above_policy(link: Any, fee: int, why: str) -> None:
+def test_refusal_of_a_fee_above_policy(link: Any, fee: int, code: int, why: str) -> None:
     acct = provision(link, 15)
     coin = acct.coin(1_000_000)
     payload, _ = acct.send(
         [(random_address(), 100_000)], f"fee-{fee}", coins=[coin], change=(0, 900_000 - fee)
     )
     err = refused(link, "cosign", payload)
-    assert err.code == ColdErrorCode.FEE_ABOVE_POLICY
+    assert err.code == code
     assert why in err.message and f"fee {fee} sat" in err.message
     assert frozen_for(link, 15) is None  # a policy refusal, not a forgery: no freeze
 
 
 def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
+    """One user_tx_no, one signing: an identical retry gets the same signatures (without the
+    previous transaction: the outpoint is verified now), anything else freezes."""
     acct = provision(link, 16)
     payload, _ = acct.send([(random_address(), 100_000)], "once")
-    link.call("cosign", payload, timeout=TIMEOUT)
+    first = link.call("cosign", payload, timeout=TIMEOUT)
+    retry = {k: v for k, v in payload.items() if k != "prev_txs"}
+    assert link.call("cosign", retry, timeout=TIMEOUT) == first
     payload, _ = acct.send([(random_address(), 100_000)], "once")
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.USER_TX_NO_REUSED
-    assert "'once' was already co-signed for another transaction" in err.message
-    assert frozen_for(link, 16) is None
+    assert "'once' was co-signed for" in err.message and "frozen" in err.message
+    assert "user_tx_no reused" in (frozen_for(link, 16) or "")
+
+
+def test_amounts_are_verified_from_the_previous_transaction(link: Any) -> None:
+    """The first spend of an outpoint needs its funding transaction (hash-checked); the
+    outputs of a co-signed send are known after it, so spending its change needs none."""
+    acct = provision(link, 40)
+    coins = [acct.coin(600_000), acct.coin(400_000)]
+    pay = [(random_address(), 100_000)]
+    payload, _ = acct.send(pay, "v1", coins=coins, prev_txs=False)
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.PREV_TX_REQUIRED
+    assert f"{coins[0].txid}:{coins[0].vout}" in err.message
+    assert frozen_for(link, 40) is None  # changed nothing: the same request with them will do
+    wrong = {**payload, "prev_txs": [coins[1].prev_tx, coins[1].prev_tx[:-1] + b"\1"]}
+    err = refused(link, "cosign", wrong)  # a tx that is not the one spent proves nothing
+    assert err.code == ColdErrorCode.PREV_TX_REQUIRED
+    err = refused(link, "cosign", {**payload, "prev_txs": [b"\0" * 10]})
+    assert err.code == ColdErrorCode.BAD_PREV_TX
+    payload, psbt = acct.send(pay, "v1", coins=coins)
+    link.call("cosign", payload, timeout=TIMEOUT)
+    change = Coin(psbt.txid, 1, 895_000, CHANGE, 0)  # the signed send's own change output
+    payload, _ = acct.send(pay, "v2", coins=[change], change=(1, 790_000), prev_txs=False)
+    assert "prev_txs" not in payload
+    link.call("cosign", payload, timeout=TIMEOUT)
+
+
+def test_a_lying_amount_is_refused_and_freezes(link: Any) -> None:
+    """The amount split: one input stated as 1 sat. Refused, frozen, alerted."""
+    acct = provision(link, 41)
+    coins = [acct.coin(600_000), acct.coin(400_000)]
+    pay = [(random_address(), 100_000)]
+    stated = [[600_000, RECEIVE, coins[0].index], [1, RECEIVE, coins[1].index]]
+    payload, _ = acct.send(pay, "split", coins=coins, change=(0, 500_000 - 2), inputs=stated)
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.AMOUNT_MISMATCH
+    assert "input 1 is stated as 1 sat; its verified amount is 400000 sat" in err.message
+    assert "amount mismatch" in (frozen_for(link, 41) or "")
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "code"),
+    [
+        (0, (1).to_bytes(4, "little"), ColdErrorCode.BAD_TX_VERSION),
+        (-4, (800_000).to_bytes(4, "little"), ColdErrorCode.BAD_LOCKTIME),
+        (42, (0x10).to_bytes(4, "little"), ColdErrorCode.BAD_SEQUENCE),  # BIP68: 16 blocks
+    ],
+)
+def test_transaction_shape_is_strict(link: Any, offset: int, value: bytes, code: int) -> None:
+    """Version 2, nLockTime 0, final or BIP125 sequences: nothing that delays a signed send."""
+    number = 42 + {0: 0, -4: 1, 42: 2}[offset]
+    acct = provision(link, number)
+    payload, _ = acct.send([(random_address(), 100_000)], "shape")
+    tx = bytearray(payload["tx"])
+    end = offset + 4 if offset != -4 else None
+    tx[offset:end] = value
+    err = refused(link, "cosign", {**payload, "tx": bytes(tx)})
+    assert err.code == code and "frozen" in err.message
+    assert frozen_for(link, number) is not None
+
+
+def test_change_index_within_the_gap(link: Any) -> None:
+    acct = provision(link, 45)
+    payload, _ = acct.send([(random_address(), 100_000)], "far", change=(1000, 895_000))
+    err = refused(link, "cosign", payload)
+    assert err.code == ColdErrorCode.CHANGE_BEYOND_GAP and "index 1000" in err.message
+    payload, _ = acct.send([(random_address(), 100_000)], "near", change=(999, 895_000))
+    link.call("cosign", payload, timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "next", change=(1999, 895_000))
+    link.call("cosign", payload, timeout=TIMEOUT)  # 1000 past the highest co-signed one
+    assert frozen_for(link, 45) is None
 
 
 def test_refusal_of_unknown_and_expired_channels(link: Any) -> None:
@@ -605,14 +695,29 @@ def test_wrong_link_key_gets_nothing_executed(cold: ColdHsm, link: Any) -> None:
 # -- sweeps --------------------------------------------------------------------------------------
 
 
-def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
-    acct = provision(link, 30, register=False)
-    coins = [acct.coin(200_000, RECEIVE, 3), acct.coin(300_000, CHANGE, 1)]
+def sweep_coins(acct: Account, *where: tuple[int, int, int]) -> tuple[list[Coin], list[dict]]:
+    """Cold-wallet coins (value, chain, index) with funding transactions, and their utxos."""
+    coins = []
+    for value, chain, index in where:
+        acct.coin_no += 1
+        tag = f"cold/{acct.number}/{acct.coin_no}"
+        coins.append(funded_coin(acct.cold_wallet, value, chain, index, acct.coin_no % 2, tag))
     utxos = [
         {"txid": c.txid, "vout": c.vout, "amount": c.value, "chain": c.chain, "index": c.index}
         for c in coins
     ]
-    answer = link.call("sweep", {"account": 30, "utxos": utxos, "fee_rate": 5}, timeout=TIMEOUT)
+    return coins, utxos
+
+
+def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
+    acct = provision(link, 30, register=False)
+    coins, utxos = sweep_coins(acct, (200_000, RECEIVE, 3), (300_000, CHANGE, 1))
+    prev = [c.prev_tx for c in coins]
+    err = refused(link, "sweep", {"account": 30, "utxos": utxos, "fee_rate": 5})
+    assert err.code == ColdErrorCode.PREV_TX_REQUIRED and coins[0].txid in err.message
+    request = {"account": 30, "utxos": utxos, "fee_rate": 5, "prev_txs": prev}
+    answer = link.call("sweep", request, timeout=TIMEOUT)
+    assert link.call("sweep", request, timeout=TIMEOUT) == answer  # identical retry
     tx = CTransaction.deserialize(bytes.fromhex(answer["tx"]))
     assert [o.scriptPubKey for o in tx.vout] == [SETTLEMENT.script_pubkey(0)]
     assert tx.vout[0].nValue == 500_000 - answer["fee"] and 0 < answer["fee"] <= 5 * 250
@@ -622,13 +727,58 @@ def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
     ]
     verify_scripts(tx, spent, policy=True)
 
-    again = link.call("sweep", {"account": 30, "utxos": utxos[:1], "fee_rate": 1}, timeout=TIMEOUT)
-    assert again["settlement_index"] == 1
-    err = refused(link, "sweep", {"account": 30, "utxos": utxos, "fee_rate": MAX_FEE_RATE + 1})
-    assert err.code == ColdErrorCode.FEE_ABOVE_POLICY
-    bad = [{**utxos[0], "chain": 9}]
+    # each outpoint is swept once; refusals do not move the settlement index
+    err = refused(link, "sweep", {"account": 30, "utxos": utxos[:1], "fee_rate": 1})
+    assert err.code == ColdErrorCode.ALREADY_SWEPT and answer["txid"] in err.message
+    more, more_utxos = sweep_coins(acct, (100_000, RECEIVE, 4))
+    err = refused(link, "sweep", {"account": 30, "utxos": more_utxos, "fee_rate": MAX_FEE_RATE + 1})
+    assert err.code == ColdErrorCode.FEE_RATE_ABOVE_POLICY
+    bad = [{**more_utxos[0], "chain": 9}]
     err = refused(link, "sweep", {"account": 30, "utxos": bad, "fee_rate": 1})
     assert err.code == ColdErrorCode.FOREIGN_INPUT
+    again = link.call(
+        "sweep",
+        {"account": 30, "utxos": more_utxos, "fee_rate": 1, "prev_txs": [more[0].prev_tx]},
+        timeout=TIMEOUT,
+    )
+    assert again["settlement_index"] == 1
+    assert frozen_for(link, 30) is None
+
+
+def test_sweep_with_a_lying_amount_freezes(link: Any) -> None:
+    acct = provision(link, 31, register=False)
+    coins, utxos = sweep_coins(acct, (200_000, RECEIVE, 0), (300_000, RECEIVE, 1))
+    utxos[1]["amount"] = 1  # the split: the fee would burn the true amount
+    request = {"account": 31, "utxos": utxos, "fee_rate": 1, "prev_txs": [c.prev_tx for c in coins]}
+    err = refused(link, "sweep", request)
+    assert err.code == ColdErrorCode.AMOUNT_MISMATCH and "holds 300000 sat" in err.message
+    assert "amount mismatch in a sweep" in (frozen_for(link, 31) or "")
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "why"),
+    [
+        (SETTLEMENT.to_string().replace("/*", "/7"), "not ranged"),
+        (f"wpkh({'02' + '11' * 32})", "plain public key"),
+    ],
+)
+def test_settlement_descriptor_must_be_ranged_with_origins(
+    link: Any, descriptor: str, why: str
+) -> None:
+    hot = _key("hot/unranged")
+    err = refused(
+        link,
+        "provision_account",
+        {
+            "account": 32,
+            "network": "regtest",
+            "hot_pubkey": hot.public_key.format(compressed=True).hex(),
+            "vdevice_identity": VDevice(seed="v32").identity_hex,
+            "settlement_descriptor": descriptor.split("#")[0],
+            **PHONES,
+        },
+    )
+    assert err.code == ColdErrorCode.BAD_SETTLEMENT_DESCRIPTOR and why in err.message
 
 
 # -- the process ---------------------------------------------------------------------------------

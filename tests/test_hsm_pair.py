@@ -31,6 +31,7 @@ from tests.hsm_fixtures import (
     SerialTap,
     VDevice,
     build_send_psbt,
+    funded_coin,
     hot_wallet,
     random_address,
     send_request,
@@ -49,7 +50,7 @@ POLICY_REFUSED = 901
 # the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
 FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
 REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
-SEND_CLOSED = 740
+SEND_CLOSED = 741
 PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
@@ -57,7 +58,15 @@ PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmPair]:
     d = Deployment(
         tmp_path_factory.mktemp("hsm-pair"),
-        config={"hsm_hot": {"link_timeout": LINK_TIMEOUT, "max_requests_per_minute": 10_000}},
+        config={
+            "hsm_hot": {
+                "link_timeout": LINK_TIMEOUT,
+                "max_requests_per_minute": 10_000,
+                # above the cold ones: the cold refusal is the one seen
+                "max_fee_sat": 10_000_000,
+                "max_fee_rate": 100_000,
+            }
+        },
     )
     p = HsmPair(d)
     try:
@@ -119,9 +128,13 @@ class Account:
             "c_id": c_id or self.c_id,
         }
 
+    def coin(self, value: int, index: int) -> Coin:
+        """A made-up coin with its funding transaction (co-signing needs no chain)."""
+        return funded_coin(self.wallet, value, RECEIVE, index, 0, os.urandom(8).hex())
+
     def send(self, user_tx_no: str, pay: int = 50_000, **kw: Any) -> dict[str, Any]:
-        """A valid send from made-up coins (co-signing does not look at the chain)."""
-        coins = [Coin(os.urandom(32).hex(), 0, 300_000, RECEIVE, 2)]
+        """A valid send from a made-up coin."""
+        coins = [self.coin(300_000, 2)]
         payments = [(random_address(), pay)]
         psbt = build_send_psbt(self.wallet, coins, payments, change=(1, 300_000 - pay - 1_000))
         return self.params(psbt, payments, user_tx_no, **kw)
@@ -220,7 +233,8 @@ def test_send_signed_by_both_is_mined(
     node.generate_to_address(100, random_address())
     coinbase = node.get_block(block, 2)["tx"][0]
     value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
-    coin = Coin(coinbase["txid"], 0, value, RECEIVE, 0)
+    raw = bytes.fromhex(node.get_raw_transaction(coinbase["txid"], False, block))
+    coin = Coin(coinbase["txid"], 0, value, RECEIVE, 0, raw)
     payments = [(random_address(), 1 * COIN), (random_address(), 25_000_000)]
     fee = 20_000
     psbt = build_send_psbt(
@@ -247,18 +261,19 @@ def test_send_signed_by_both_is_mined(
 
 
 def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) -> None:
-    coins = [Coin("ab" * 32, 0, 500_000, RECEIVE, 4)]
     pay = [(random_address(), 100_000)]
     change = (3, 500_000 - 100_000 - 1_000)
 
     # Not what the V-device signed: refused and frozen, so each on an account of its own.
     # one satoshi more in the transaction than the V-device signed
     acct = Account(client)
+    coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(acct.wallet, coins, [(pay[0][0], 100_001)], change=(3, change[1] - 1))
     refused(client.sign_send, MISMATCH, **acct.params(psbt, pay, "r-1sat", outs=pay))
     refused(client.sign_send, FROZEN, **acct.send("r-after"))
     # an output nobody signed for
     acct = Account(client)
+    coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(
         acct.wallet, coins, pay, change=(3, change[1] - 1000), extra_outputs=[(_script(), 1000)]
     )
@@ -266,6 +281,7 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     # "change" claimed at this wallet's change path, paying a script it does not derive
     acct = Account(client)
     w = acct.wallet
+    coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(w, coins, pay)
     bogus = PsbtOutput(_script(), change[1], w.origins(3, CHANGE))
     psbt = Psbt.create(
@@ -280,7 +296,7 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     acct = Account(client)
     w = acct.wallet
     # a fee above the cold policy (max_fee_sat)
-    big = [Coin("cd" * 32, 0, 3_000_000, RECEIVE, 5)]
+    big = [acct.coin(3_000_000, 5)]
     psbt = build_send_psbt(w, big, pay)  # fee 2.9 M sat
     refused(client.sign_send, FEE, **acct.params(psbt, pay, "r-fee"))
     # unknown and expired channels
@@ -289,9 +305,11 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
         **acct.vdev.channel_registration(acct.id, "old", expires_at=int(time.time()) - 1)
     )
     refused(client.sign_send, CHANNEL_EXPIRED, **acct.send("r-old", c_id="old"))
-    # a reused user_tx_no (a different transaction under a number already co-signed)
+    # a reused user_tx_no (a different transaction under a number already co-signed): the
+    # cold HSM signs one transaction per user_tx_no, and anything else freezes
     client.sign_send(**acct.send("r-used"))
     refused(client.sign_send, REUSED, **acct.send("r-used"))
+    assert acct.id in [a for a, _ in client.cold_status()["frozen"]]
     # nothing of the above got a hot signature
     assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
 
@@ -376,7 +394,7 @@ def _vc_args(params: dict[str, Any]) -> dict[str, Any]:
 def test_hot_policy_refuses_without_link_traffic(pair: HsmPair, account: Account) -> None:
     client = pair.client()
     limit = pair.hot_section.int("max_send_sat")
-    coins = [Coin("ef" * 32, 0, limit + 100_000, RECEIVE, 6)]
+    coins = [account.coin(limit + 100_000, 6)]
     pay = [(random_address(), limit + 1)]
     psbt = build_send_psbt(account.wallet, coins, pay)
     before = pair.wire_bytes()
@@ -400,9 +418,10 @@ FAULTS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "args"), FAULTS, ids=[f"{k}-{a['direction']}" for k, a in FAULTS])
 def test_link_faults_during_cosigning(
-    pair: HsmPair, account: Account, kind: str, args: dict[str, Any]
+    pair: HsmPair, client: HotHsmClient, kind: str, args: dict[str, Any]
 ) -> None:
     """Each call answers or fails cleanly with 906; a retry then succeeds, signed once."""
+    account = Account(client)  # its own: the reuse at the end freezes it
     client = pair.client()
     tag = f"lf-{kind}-{args['direction']}"
     params = account.send(tag)
@@ -423,8 +442,9 @@ def test_link_faults_during_cosigning(
     final = Psbt.from_base64(second)
     final.finalize()  # both signatures valid
     assert signed_txids(pair).count(tag) == 1
-    # the cold side recorded this user_tx_no for this transaction only
+    # the cold side recorded this user_tx_no for this transaction only (another one freezes)
     refused(client.sign_send, REUSED, **account.send(tag))
+    assert account.id in [a for a, _ in client.cold_status()["frozen"]]
 
 
 def _try_sign(client: HotHsmClient, params: dict[str, Any]) -> str | None:

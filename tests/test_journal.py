@@ -26,7 +26,9 @@ from tests.api_fixtures import (  # noqa: F401 (fixtures)
 def fill(factory, n: int = 6) -> list[int]:
     with factory() as s, s.begin():
         for i in range(n):
-            journal.append(s, "test_event", i % 2 or None, {"n": i, "text": "é"})
+            journal.append(
+                s, journal.JournalKind.ACCOUNT_CREATED, i % 2 or None, {"n": i, "text": "é"}
+            )
     with factory() as s:
         return list(s.execute(select(JournalEntry.id).order_by(JournalEntry.id)).scalars())
 
@@ -96,7 +98,7 @@ def test_concurrent_appends_keep_one_chain(session_factory):
         try:
             for i in range(10):
                 with session_factory() as s, s.begin():
-                    journal.append(s, "concurrent", k, {"i": i})
+                    journal.append(s, journal.JournalKind.ACCOUNT_FROZEN, k, {"i": i})
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

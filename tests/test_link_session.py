@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -34,6 +34,7 @@ from cc_common.link import (
 from cc_common.link.auth import Refusal
 from cc_common.link.framing import Frame, FrameDecoder, FrameType
 from cc_common.link.testing import PtyLine, Way
+from tests.harness import wait_until
 
 KEY = bytes.fromhex("6c696e6b206b657920666f722074657374732c206e6f7420666f722075736521")
 CONFIG = LinkConfig(
@@ -45,14 +46,6 @@ CONFIG = LinkConfig(
     resend_after=0.8,
 )
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.01)
 
 
 class Refused(CustodyError):
@@ -209,7 +202,7 @@ def test_damaged_frame_with_a_valid_crc_executes_nothing(rig: Rig) -> None:
     payload = bytearray(request.payload)
     payload[40] ^= 0x04
     rig.line.inject(Way.A_TO_B, Frame(FrameType.DATA, request.seq ^ 0x55, bytes(payload)).encode())
-    wait_for(lambda: rig.server.session.refusals[Refusal.BAD_MAC] == 1)
+    wait_until(lambda: rig.server.session.refusals[Refusal.BAD_MAC] == 1)
     assert sum(rig.cold.executed.values()) == 1
 
 
@@ -223,14 +216,14 @@ def test_replayed_frames_execute_nothing(rig: Rig) -> None:
 
     # 1. The same bytes again: the framer recognises its own retransmissions and drops them.
     rig.line.inject(Way.A_TO_B, captured)
-    wait_for(lambda: rig.server.frames.stats().get("duplicates", 0) >= 3)
+    wait_until(lambda: rig.server.frames.stats().get("duplicates", 0) >= 3)
     # 2. Re-framed with fresh sequence numbers: the session layer refuses the old counters.
     for i, frame in enumerate(requests):
         rig.line.inject(
             Way.A_TO_B, Frame(FrameType.DATA, frame.seq + 1000 + i, frame.payload).encode()
         )
     refusals = rig.server.session.refusals
-    wait_for(lambda: refusals[Refusal.REPLAYED] + refusals[Refusal.STALE] == 3)
+    wait_until(lambda: refusals[Refusal.REPLAYED] + refusals[Refusal.STALE] == 3)
     assert sum(rig.cold.executed.values()) == 3
     # The link still works, and the hot side never mistook a refusal for an answer.
     rig.client.call("cosign", cosign_request(), timeout=5)
@@ -256,7 +249,7 @@ def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> Non
     server.start()
     try:
         rig.line.inject(Way.A_TO_B, request.encode())
-        wait_for(lambda: server.session.refusals[Refusal.STALE] == 1)
+        wait_until(lambda: server.session.refusals[Refusal.STALE] == 1)
         assert not cold.executed
         rig.client.call("cosign", cosign_request(), timeout=5)
         assert sum(cold.executed.values()) == 1
@@ -317,7 +310,7 @@ def test_a_lost_answer_is_replayed_from_the_cache_not_re_executed(rig: Rig) -> N
         target=lambda: result.update(rig.client.call("cosign", req, timeout=15))
     )
     caller.start()
-    wait_for(lambda: rig.server.counts["cached answers"] >= 1, timeout=10)
+    wait_until(lambda: rig.server.counts["cached answers"] >= 1, timeout=10)
     rig.line.clear_faults()
     caller.join(15)
     assert result["nonce"] == req["nonce"]
@@ -372,7 +365,7 @@ def test_a_hot_restart_above_the_cold_counters_recovers_and_refuses_replays(
         assert rig.server.counts["answers re-sent after a stale refusal"] == 1
         stale_before = client.session.refusals[Refusal.STALE]
         rig.line.inject(Way.B_TO_A, old_answers)
-        wait_for(lambda: client.session.refusals[Refusal.STALE] >= stale_before + 3)
+        wait_until(lambda: client.session.refusals[Refusal.STALE] >= stale_before + 3)
         assert client.counts["stale cold messages refused"] == 1  # no call awaited them
         client.call("cosign", cosign_request(), timeout=5)
     finally:
@@ -407,7 +400,7 @@ def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_pat
     )
     try:
         rig.line.inject(Way.A_TO_B, old_requests)
-        wait_for(lambda: server.session.refusals[Refusal.STALE] >= 3)
+        wait_until(lambda: server.session.refusals[Refusal.STALE] >= 3)
         assert not cold.executed
         start = time.monotonic()
         for _ in range(3):

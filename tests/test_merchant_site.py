@@ -23,7 +23,9 @@ from flask.testing import FlaskClient
 
 from cc_common.vtest import VtestDecryptError, decrypt_vtest, open_vtest
 from examples.merchant_site import cli as site_cli
-from examples.merchant_site.app import VDEVICE_TOKEN_HEADER, create_app
+from examples.merchant_site.app import create_app
+from examples.merchant_site.errors import CustodyUnavailable
+from examples.merchant_site.extensions import VDEVICE_TOKEN_HEADER
 from tests.harness import Deployment
 from wallet_core.addresses import script_to_address
 from wallet_core.networks import Network
@@ -380,13 +382,13 @@ def test_a_failed_batch_is_fetched_again_for_verification(site: Site) -> None:
 def test_custody_failures_are_502(site: Site, custody: CustodyStandIn) -> None:
     site.cli("set-tokens", "--cold", "not-a-known-token", "--hot", HOT_TOKEN)
     r = site.client.post("/merchant/batches/fetch", json={"type": "cold", "batch_no": 0})
-    assert_error(r, 502, 8, "HTTP 401", "unknown token")
+    assert_error(r, 502, CustodyUnavailable.code, "HTTP 401", "unknown token")
     custody.short_batch = True
     r = site.client.post("/merchant/batches/fetch", json={"type": "hot", "batch_no": 0})
-    assert_error(r, 502, 8, "malformed batch")
+    assert_error(r, 502, CustodyUnavailable.code, "malformed batch")
     custody.close()
     r = site.client.post("/merchant/batches/fetch", json={"type": "hot", "batch_no": 0})
-    assert_error(r, 502, 8, "unreachable")
+    assert_error(r, 502, CustodyUnavailable.code, "unreachable")
     assert site.get("/api/v1/open/batch").json == {}
 
 

@@ -31,7 +31,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from custody.sends import SendWorker, parse_tx
+from custody.sends import SendFailed, SendWorker
 from tests.node_fixtures import Faucet, Key, NodeProcess
 from tests.worker_fixtures import (
     SoftwareHsmPairStandIn,
@@ -52,6 +52,7 @@ from tests.worker_fixtures import (
 )
 from wallet_core.hashes import hash160
 from wallet_core.psbt import Psbt
+from wallet_core.rawtx import parse_signed_tx
 
 DEST = Key.from_seed("send-destination")
 
@@ -171,8 +172,8 @@ def test_full_hot_send_built_signed_broadcast_mined_confirmed(
     assert change.witness_script is not None
 
     # The node accepted and mined exactly the recorded transaction.
-    tx = parse_tx(bytes.fromhex(send.tx_hex))
-    assert tx.txid == send.txid and set(tx.inputs) == env.reserved(sid)
+    tx = parse_signed_tx(bytes.fromhex(send.tx_hex))
+    assert tx.txid == send.txid and set(tx.outpoints) == env.reserved(sid)
     assert tx.outputs[0] == (bytes(DEST.script), 120_000)
     decoded = rpc.decode_raw_transaction(send.tx_hex)
     assert send.fee >= decoded["vsize"]  # at least 1 sat/vB (fallback 2 without estimates)
@@ -200,7 +201,7 @@ def test_full_hot_send_built_signed_broadcast_mined_confirmed(
         assert sends == ["send_built", "send_signed", "send_broadcast", "send_confirmed"]
         assert journal.verify(s).ok
         spent = s.execute(select(func.count(Utxo.id)).where(Utxo.spent_by == send.txid))
-        assert spent.scalar_one() == len(tx.inputs)
+        assert spent.scalar_one() == len(tx.vin)
     assert env.hsm.calls == [(env.account_id, "order-1")]
 
     # A static-fee send uses the configured rate (2 sat/vB by default).
@@ -387,3 +388,18 @@ def test_unreachable_hsm_is_retried_with_backoff_and_alerted(
         expire_leases(s)
     assert w.step() == {sid: SendStatus.BROADCAST}
     assert env.get(sid).attempts == 0
+
+
+def test_a_truncated_or_non_hex_final_transaction_fails_the_send_with_a_reason() -> None:
+    """Custody reads the final transaction with `wallet_core.rawtx`, the one parser: a
+    truncated transaction is a send failure naming the problem, not an `IndexError`."""
+    raw = bytes.fromhex(
+        "02000000000101" + "ab" * 32 + "00000000" + "00" + "fdffffff" + "01" + "50c3000000000000"
+        "160014" + "11" * 20 + "02" + "01" + "aa" + "01" + "bb" + "00000000"
+    )
+    assert parse_signed_tx(raw).outputs == [(bytes.fromhex("0014" + "11" * 20), 50_000)]
+    for cut in (1, 10, 50, len(raw) - 1):
+        with pytest.raises(SendFailed, match="final transaction unreadable: tx: truncated"):
+            SendWorker._parse_final(raw[:-cut].hex())
+    with pytest.raises(SendFailed, match="not hex"):
+        SendWorker._parse_final("zz")

@@ -1,5 +1,6 @@
-"""The strict unsigned-transaction parser both HSMs use: round trips against two independent
-serializers (embit, python-bitcointx), and one test per refusal."""
+"""The project's one raw-transaction parser: the strict unsigned reading both HSMs use and the
+signed reading custody uses, round-tripped against two independent serializers (embit,
+python-bitcointx), and one test per refusal."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from wallet_core.rawtx import (
     TxIn,
     TxOut,
     UnsignedTx,
+    parse_signed_tx,
     parse_unsigned_tx,
 )
 from wallet_core.sighash import bip143_sighash
@@ -162,3 +164,72 @@ def test_refuses_what_is_not_bytes() -> None:
     raw = _embit_tx().serialize()
     for bad in (bytearray(raw), raw.hex(), None):
         _refused(bad, "must be bytes")  # type: ignore[arg-type]
+
+
+# -- signed transactions (custody reads what the HSMs signed) ------------------------------------
+
+SIG_ITEMS = [b"", b"\x30" * 71, b"\x30" * 72, b"\x52" + b"\x21" * 100 + b"\xae"]
+
+
+def _signed_tx(n_in: int = 2, n_out: int = 2) -> Transaction:
+    tx = _embit_tx(n_in, n_out, script=P2WSH)
+    for vin in tx.vin:
+        vin.witness = Witness(SIG_ITEMS)
+    return tx
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (120, 40)])
+def test_signed_round_trip_against_embit(shape: tuple[int, int]) -> None:
+    tx = _signed_tx(*shape)
+    parsed = parse_signed_tx(tx.serialize())
+    assert parsed.txid == tx.txid().hex()
+    assert parsed.outpoints == [(i.txid.hex(), i.vout) for i in tx.vin]
+    assert parsed.outputs == [(o.script_pubkey.data, o.value) for o in tx.vout]
+    assert parsed.witnesses == tuple(tuple(SIG_ITEMS) for _ in tx.vin)
+    assert (parsed.version, parsed.locktime) == (tx.version, tx.locktime)
+
+
+def test_signed_reads_legacy_serialization_with_script_sigs() -> None:
+    tx = _embit_tx(2, 1, script_sig=b"\x51\x52")
+    parsed = parse_signed_tx(tx.serialize())
+    assert parsed.txid == tx.txid().hex() and parsed.script_sigs == (b"\x51\x52",) * 2
+    assert parsed.witnesses == ((), ())
+
+
+def test_signed_refuses_every_truncation_with_a_domain_error() -> None:
+    """Custody reads the final transaction: any truncation is a `TxParseError`, no `IndexError`."""
+    raw = _signed_tx(2, 2).serialize()
+    for n in range(len(raw)):
+        with pytest.raises(TxParseError):
+            parse_signed_tx(raw[:n])
+    with pytest.raises(TxParseError, match="truncated"):
+        parse_signed_tx(raw[:-1])
+    with pytest.raises(TxParseError, match="truncated"):
+        parse_signed_tx(raw[:60])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda raw: raw + b"\x00", "1 trailing bytes"),
+        (lambda raw: raw[:5] + b"\x02" + raw[6:], "unknown witness flag"),
+        (lambda raw: raw[:6] + b"\xfe\xff\xff\xff\x7f" + raw[7:], "inputs is more than"),
+        (lambda raw: raw[:6] + b"\xfd\xf4\x01" + raw[7:], r"truncated transaction \(500 inputs"),
+    ],
+)
+def test_signed_refusals(mutate, match: str) -> None:
+    with pytest.raises(TxParseError, match=match):
+        parse_signed_tx(mutate(_signed_tx(1, 1).serialize()))
+
+
+def test_signed_refuses_a_witness_marker_without_witnesses() -> None:
+    tx = _embit_tx(1, 1)
+    raw = tx.serialize()
+    body = raw[4:-4]
+    with pytest.raises(TxParseError, match="without any witness"):
+        parse_signed_tx(raw[:4] + b"\x00\x01" + body + b"\x00" + raw[-4:])
+
+
+def test_signed_refuses_what_is_not_bytes() -> None:
+    with pytest.raises(TxParseError, match="must be bytes"):
+        parse_signed_tx("00")  # type: ignore[arg-type]

@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.batches import AccountKeys, account_keys
 from custody.chain import BitcoinRPC
 from custody.db import make_engine, make_session_factory
-from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.errors import HsmUnavailableError
+from custody.hsm_client import HsmRefused
 from custody.models import (
     Account,
     Address,
@@ -276,7 +277,7 @@ class SoftwareHsmPairStandIn:
         with self.lock:
             self.calls.append((account, request["user_tx_no"]))
             if self.unavailable:
-                raise HsmUnavailable("cold HSM unreachable (stand-in)")
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=611)
             keys = self.accounts[account]

@@ -23,6 +23,7 @@ import sqlite3
 import time
 from typing import Any
 
+from cc_common.reference import BatchVerdict
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.errors import SmsSignatureError
 from vdevice.channel import ChannelKeeper
@@ -37,8 +38,6 @@ from wallet_core.errors import WalletError
 log = logging.getLogger(__name__)
 
 COIN = "BTC"
-STATUS_VERIFIED = 2
-STATUS_FAILED = 3
 
 
 def check_shape(body: dict[str, Any]) -> tuple[int, cm.AddressType, list[str]]:
@@ -291,7 +290,8 @@ class BatchVerifier:
         return True
 
     def _report(self, row: sqlite3.Row) -> None:
-        status = STATUS_VERIFIED if row["state"] == CheckState.VERIFIED else STATUS_FAILED
+        verified = row["state"] == CheckState.VERIFIED
+        status = BatchVerdict.VERIFIED if verified else BatchVerdict.FAILED
         if not row["site_reported"]:
             try:
                 self.site.report_batch(row["batch_no"], status, row["address_type"])

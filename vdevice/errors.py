@@ -1,4 +1,4 @@
-"""Errors of the V-device, each with a stable code (860-869)."""
+"""Errors of the V-device, each with a stable code (860-899, see `cc_errors.registry`)."""
 
 from __future__ import annotations
 

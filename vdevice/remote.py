@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import requests
 
+from cc_common.reference import BatchVerdict
 from vdevice.errors import RemoteError, RemoteRefused
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class _Client:
             raise RemoteError(f"{self.name}: {method} {path}: {type(exc).__name__}") from None
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if 400 <= resp.status_code < 500:
             code = body.get("code") if isinstance(body, dict) else None
@@ -73,11 +74,11 @@ class SiteClient(_Client):
             raise RemoteError("site: GET /batch did not answer an object")
         return body
 
-    def report_batch(self, batch_no: int, status: int, address_type: int) -> None:
+    def report_batch(self, batch_no: int, status: BatchVerdict, address_type: int) -> None:
         self.call(
             "POST",
             "/batch",
-            {"batch_no": str(batch_no), "status": str(status), "type": str(address_type)},
+            {"batch_no": str(batch_no), "status": str(int(status)), "type": str(address_type)},
         )
 
     def pending_vtest(self) -> dict[str, Any]:
@@ -102,11 +103,11 @@ class CustodyClient(_Client):
             raise RemoteError("custody: GET /user did not answer an object")
         return body
 
-    def report_batch(self, batch_no: int, status: int, address_type: int) -> None:
+    def report_batch(self, batch_no: int, status: BatchVerdict, address_type: int) -> None:
         self.call(
             "POST",
             f"/address/batch/{batch_no}/status",
-            {"status": str(status), "type": str(address_type)},
+            {"status": str(int(status)), "type": str(address_type)},
         )
 
     def request_send(self, form: Mapping[str, str]) -> bool:

@@ -220,3 +220,20 @@ def descriptor_network(desc: Descriptor) -> Network:
         if isinstance(key, DescriptorKey):
             return key.xpub.network
     raise DescriptorError("descriptor has no extended key to tell its network")
+
+
+def settlement_problem(desc: Descriptor, network: Network | None = None) -> str | None:
+    """Why `desc` cannot be a settlement descriptor for `network`, or None if it can.
+
+    Sweeps pay the next index of the customer's descriptor, so it must be ranged (`/*`: a
+    fixed address would be reused), every key must carry its origin (so the customer's wallet
+    recognises it) and be for the account's network.
+    """
+    for n, key in enumerate(desc.keys):
+        if not isinstance(key, DescriptorKey):
+            return f"key {n} is a plain public key (no origin, not ranged)"
+        if not key.wildcard:
+            return f"key {n} is not ranged (it must end with /*)"
+        if network is not None and key.xpub.network.params.xkey != network.params.xkey:
+            return f"key {n} is for {key.xpub.network.value}, not {network.value}"
+    return None

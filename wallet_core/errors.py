@@ -6,7 +6,7 @@ errors), so a code is never reused or renumbered; add new ones at the end of a g
 
 from __future__ import annotations
 
-from cc_common.errors import CustodyError
+from cc_errors import CustodyError
 
 
 class WalletError(CustodyError):

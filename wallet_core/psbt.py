@@ -33,9 +33,11 @@ from .errors import (
     PsbtFinalizeError,
     PsbtSignError,
     SignatureError,
+    TxParseError,
     UnsupportedScriptError,
 )
 from .hashes import hash160, sha256
+from .prevtx import parse_prev_tx
 from .script import ScriptType, classify, parse_multisig
 from .sighash import SIGHASH_ALL, bip143_sighash, p2wpkh_script_code
 from .wallets import KeyOrigin
@@ -54,6 +56,7 @@ class PsbtInput:
     witness_script: bytes | None = None
     origins: dict[bytes, KeyOrigin] = field(default_factory=dict)
     sequence: int = DEFAULT_SEQUENCE
+    prev_tx: bytes | None = None  # the whole funding transaction (PSBT_IN_NON_WITNESS_UTXO)
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,10 @@ def _check_unsigned_tx_bytes(raw: bytes) -> None:
     s = io.BytesIO(raw)
     if s.read(5) != b"psbt\xff":
         raise PsbtError("not a PSBT (bad magic bytes)")
-    keylen = _read_compact(s)
-    key = s.read(keylen)
+    key = _read_exact(s, _read_compact(s))
     if key != b"\x00":
         return  # embit reports the missing/invalid unsigned tx
-    vlen = _read_compact(s)
-    tx = s.read(vlen)
+    tx = _read_exact(s, _read_compact(s))
     if len(tx) >= 6 and tx[4] == 0 and tx[5] != 0:
         raise PsbtError("unsigned transaction uses witness serialization")
     try:
@@ -107,14 +108,18 @@ def _check_unsigned_tx_bytes(raw: bytes) -> None:
 
 
 def _read_compact(s: io.BytesIO) -> int:
-    b = s.read(1)
-    if not b:
-        raise PsbtError("truncated PSBT")
-    n = b[0]
+    n = _read_exact(s, 1)[0]
     if n < 0xFD:
         return n
     size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[n]
-    return int.from_bytes(s.read(size), "little")
+    return int.from_bytes(_read_exact(s, size), "little")
+
+
+def _read_exact(s: io.BytesIO, n: int) -> bytes:
+    """`n` bytes or `PsbtError`: a length field may claim up to 2**64 - 1 bytes."""
+    if n > len(s.getbuffer()) - s.tell():
+        raise PsbtError("truncated PSBT (a length runs past the end)")
+    return s.read(n)
 
 
 class Psbt:
@@ -162,6 +167,10 @@ class Psbt:
                 raise PsbtError(f"input {i.txid}:{i.vout}: only P2WPKH and P2WSH are spendable")
             for pub, origin in i.origins.items():
                 scope.bip32_derivations[embit_ec.PublicKey.parse(pub)] = _derivation(origin)
+        result = cls(p)
+        for n, i in enumerate(inputs):
+            if i.prev_tx is not None:
+                result.set_prev_tx(n, i.prev_tx)
         for scope, o in zip(p.outputs, outputs, strict=True):
             if o.witness_script is not None:
                 scope.witness_script = _EmbitScript(o.witness_script)
@@ -172,7 +181,7 @@ class Psbt:
             pub = pub.with_version(pub.network.params.xkey.public)  # BIP174: plain xpub/tpub
             hd = HDKey.from_string(pub.serialize())
             p.xpubs[hd] = _derivation(origin)
-        return cls(p)
+        return result
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Psbt:
@@ -231,6 +240,35 @@ class Psbt:
         if utxo is None:
             raise PsbtError(f"input {i} has no witness UTXO")
         return utxo.value
+
+    def input_prev_tx(self, i: int) -> bytes | None:
+        """The funding transaction of input `i` if the PSBT carries it (network bytes)."""
+        tx = self._p.inputs[i].non_witness_utxo
+        return None if tx is None else tx.serialize()
+
+    def set_prev_tx(self, i: int, raw: bytes) -> None:
+        """Attach input `i`'s funding transaction; it must hash to the txid the input spends
+        and its output must be the input's witness UTXO."""
+        try:
+            prev = parse_prev_tx(raw)
+        except TxParseError as exc:
+            raise PsbtError(f"input {i}: {exc.message}") from None
+        vin = self._p.tx.vin[i]
+        if prev.txid != vin.txid.hex():
+            raise PsbtError(f"input {i}: the previous transaction is {prev.txid}, not its own")
+        if vin.vout >= len(prev.vout):
+            raise PsbtError(f"input {i}: the previous transaction has no output {vin.vout}")
+        out = prev.vout[vin.vout]
+        utxo = self._p.inputs[i].witness_utxo
+        if utxo is not None and (utxo.value, utxo.script_pubkey.data) != (
+            out.value,
+            out.script_pubkey,
+        ):
+            raise PsbtError(f"input {i}: the witness UTXO differs from the previous transaction")
+        try:
+            self._p.inputs[i].non_witness_utxo = _EmbitTx.parse(raw)
+        except Exception as exc:  # embit raises several unrelated types
+            raise PsbtError(f"input {i}: previous transaction: {exc}") from None
 
     def input_origins(self, i: int) -> dict[bytes, KeyOrigin]:
         scope = self._p.inputs[i]

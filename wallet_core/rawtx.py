@@ -1,9 +1,13 @@
-"""A strict parser of an unsigned transaction, for the HSMs that sign digests computed from it.
+"""The one parser of raw transactions: strict for unsigned ones, bounded for signed ones.
 
 Both HSMs parse the raw bytes themselves, in one screen, and refuse anything unusual rather
 than guessing: witness serialization, a scriptSig, trailing bytes, non-canonical lengths, absurd
 counts, values or script lengths. Every refusal is a `TxParseError`; each HSM turns it into its
 own `BadRequest` at its boundary. The result has the shape `wallet_core.sighash` expects.
+
+`parse_signed_tx` reads a finished transaction (custody checks what the HSMs signed before it
+broadcasts it): scriptSigs and witnesses are allowed, every length is still bounded by the bytes
+that remain, so a truncated or hostile input is a `TxParseError`, never an `IndexError`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from .hashes import double_sha256
 MAX_INPUTS = 500
 MAX_OUTPUTS = 500
 MAX_SCRIPT = 10_000
+MAX_WITNESS_ITEMS = 500
+MIN_INPUT_SIZE = 41  # outpoint 36 + script length 1 + sequence 4
+MIN_OUTPUT_SIZE = 9  # value 8 + script length 1
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,29 @@ class UnsignedTx:
         return double_sha256(self.raw)[::-1].hex()
 
 
+@dataclass(frozen=True)
+class SignedTx:
+    """A finished transaction: its txid, inputs (with scriptSigs) and witnesses."""
+
+    version: int
+    vin: tuple[TxIn, ...]
+    script_sigs: tuple[bytes, ...]
+    vout: tuple[TxOut, ...]
+    witnesses: tuple[tuple[bytes, ...], ...]  # one stack per input; empty without witness data
+    locktime: int
+    txid: str  # of the non-witness serialization
+
+    @property
+    def outpoints(self) -> list[tuple[str, int]]:
+        """`(txid, vout)` of each input, txid in display (RPC) order."""
+        return [(i.txid.hex(), i.vout) for i in self.vin]
+
+    @property
+    def outputs(self) -> list[tuple[bytes, int]]:
+        """`(script_pubkey, value)` of each output."""
+        return [(o.script_pubkey, o.value) for o in self.vout]
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -71,6 +101,25 @@ class _Reader:
         if value < {2: 0xFD, 4: 0x10000, 8: 0x100000000}[size]:
             raise TxParseError("tx: non-canonical length encoding")
         return value
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def count(self, what: str, min_size: int, most: int) -> int:
+        """A count of items each at least `min_size` bytes long: bounded before any loop."""
+        n = self.varint()
+        if n > most:
+            raise TxParseError(f"tx: {n} {what} is more than {most}")
+        if n * min_size > self.left:
+            raise TxParseError(f"tx: truncated transaction ({n} {what} announced)")
+        return n
+
+    def script(self, what: str) -> bytes:
+        length = self.varint()
+        if length > MAX_SCRIPT:
+            raise TxParseError(f"tx: {what} too long")
+        return self.take(length)
 
 
 def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
@@ -107,3 +156,52 @@ def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
     if r.pos != len(raw):
         raise TxParseError(f"tx: {len(raw) - r.pos} trailing bytes")
     return UnsignedTx(version, tuple(vin), tuple(vout), locktime, raw)
+
+
+def parse_signed_tx(raw: bytes) -> SignedTx:
+    """Parse a network-serialized transaction, with or without witness data (BIP144)."""
+    if not isinstance(raw, bytes):
+        raise TxParseError("tx must be bytes")
+    r = _Reader(raw)
+    version = r.uint(4)
+    segwit = r.left >= 2 and raw[r.pos] == 0 and raw[r.pos + 1] != 0
+    if segwit and r.take(2)[1] != 1:
+        raise TxParseError("tx: unknown witness flag")
+    body_start = r.pos
+    n_in = r.count("inputs", MIN_INPUT_SIZE, MAX_INPUTS)
+    if n_in == 0:
+        raise TxParseError("tx: no inputs")
+    vin: list[TxIn] = []
+    script_sigs: list[bytes] = []
+    for n in range(n_in):
+        txid = r.take(32)[::-1]
+        prev_index = r.uint(4)
+        script_sigs.append(r.script(f"input {n} scriptSig"))
+        vin.append(TxIn(txid, prev_index, r.uint(4)))
+    n_out = r.count("outputs", MIN_OUTPUT_SIZE, MAX_OUTPUTS)
+    if n_out == 0:
+        raise TxParseError("tx: no outputs")
+    vout: list[TxOut] = []
+    for n in range(n_out):
+        value = r.uint(8)
+        if value > MAX_MONEY:
+            raise TxParseError(f"tx: output {n} value out of range")
+        vout.append(TxOut(value, r.script(f"output {n} script")))
+    body_end = r.pos
+    witnesses: list[tuple[bytes, ...]] = []
+    if segwit:
+        for n in range(n_in):
+            items = r.count(f"witness items of input {n}", 1, MAX_WITNESS_ITEMS)
+            witnesses.append(tuple(r.script(f"input {n} witness item") for _ in range(items)))
+        if not any(witnesses):
+            raise TxParseError("tx: witness serialization without any witness")
+    else:
+        witnesses = [()] * n_in
+    locktime = r.uint(4)
+    if r.pos != len(raw):
+        raise TxParseError(f"tx: {len(raw) - r.pos} trailing bytes")
+    legacy = raw[:4] + raw[body_start:body_end] + raw[r.pos - 4 :]
+    txid = double_sha256(legacy)[::-1].hex()
+    return SignedTx(
+        version, tuple(vin), tuple(script_sigs), tuple(vout), tuple(witnesses), locktime, txid
+    )

@@ -1,7 +1,8 @@
 """Errors of the serial link between the HSMs, one class per failure, with stable codes.
 
 `serial`/`OSError` exceptions never leave `port.py`; everything above it raises these. The
-codes (300-319) are stable because a `LinkRemoteError` carries a code across the link.
+codes (300-349, see `cc_errors.registry`) are stable because a `LinkRemoteError` carries a code
+across the link.
 """
 
 from __future__ import annotations

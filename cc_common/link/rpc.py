@@ -244,22 +244,19 @@ class LinkClient:
 
     def _answer(self, call: _Call, msg: Message) -> None:
         try:
-            status, value = codec.decode(msg.body)
-            if status == AnswerStatus.OK and isinstance(value, dict):
-                call.result = value
-            elif status == AnswerStatus.ERROR:
-                code, message = value
-                call.error = LinkRemoteError(int(code), str(message))
-            else:
-                raise LinkEncodingError("link: answer of unknown shape")
-        except (LinkEncodingError, TypeError, ValueError) as exc:
+            answer = decode_answer(msg.body)
+        except LinkEncodingError as exc:
             call.error = LinkEncodingError(f"link: undecodable answer to {call.command!r}: {exc}")
+            return
+        if isinstance(answer, LinkRemoteError):
+            call.error = answer
+        else:
+            call.result = answer
 
     def _authenticated_refusal(self, call: _Call, msg: Message) -> None:
         try:
-            reason, highest = codec.decode(msg.body)
-            reason = Refusal(reason)
-        except (LinkEncodingError, TypeError, ValueError):
+            reason, highest = decode_refusal(msg.body)
+        except LinkEncodingError:
             log.warning("%s: undecodable refusal of %r", self.name, call.command)
             return
         log.info(
@@ -269,7 +266,7 @@ class LinkClient:
             call.request_id,
             reason.text,
         )
-        if reason == Refusal.STALE and isinstance(highest, int):
+        if reason == Refusal.STALE and highest is not None:
             self.session.skip_send_counter(highest)
         elif reason == Refusal.RID_CONFLICT:
             with self._lock:
@@ -308,8 +305,8 @@ class LinkClient:
 
     def _unauthenticated_refusal(self, call: _Call, msg: Message) -> None:
         try:
-            reason = Refusal(codec.decode(msg.body)[0])
-        except (LinkEncodingError, TypeError, ValueError, IndexError, KeyError):
+            reason = decode_refusal(msg.body)[0]
+        except LinkEncodingError:
             reason = Refusal.MALFORMED
         self.counts["unauthenticated refusals"] += 1
         hint = " (the link keys differ?)" if reason == Refusal.BAD_MAC else ""
@@ -321,12 +318,61 @@ class LinkClient:
 def _stale_hint(body: bytes) -> int | None:
     """The peer's floor from an authenticated ``[STALE, highest accepted]`` refusal body."""
     try:
-        reason, highest = codec.decode(body)
-    except (LinkEncodingError, TypeError, ValueError):
+        reason, highest = decode_refusal(body)
+    except LinkEncodingError:
         return None
-    if reason != Refusal.STALE or isinstance(highest, bool) or not isinstance(highest, int):
-        return None
-    return highest
+    return highest if reason == Refusal.STALE else None
+
+
+# -- message bodies: every decoding raises `LinkEncodingError` and nothing else ------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_request(body: bytes) -> tuple[str, dict[str, Any]]:
+    """``[command, payload]`` of a request body."""
+    value = codec.decode(body)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], str)
+        or not isinstance(value[1], dict)
+    ):
+        raise LinkEncodingError("request is not [command, map]")
+    return value[0], value[1]
+
+
+def decode_answer(body: bytes) -> dict[str, Any] | LinkRemoteError:
+    """The result of an ``[0, result]`` answer, or the error of an ``[1, [code, message]]``."""
+    value = codec.decode(body)
+    if isinstance(value, list) and len(value) == 2 and _is_int(value[0]):
+        status, result = value
+        if status == AnswerStatus.OK and isinstance(result, dict):
+            return result
+        if (
+            status == AnswerStatus.ERROR
+            and isinstance(result, list)
+            and len(result) == 2
+            and _is_int(result[0])
+            and isinstance(result[1], str)
+        ):
+            return LinkRemoteError(result[0], result[1])
+    raise LinkEncodingError("link: answer of unknown shape")
+
+
+def decode_refusal(body: bytes) -> tuple[Refusal, int | None]:
+    """``[reason, highest counter accepted]`` of a refusal; the counter is None if absent/odd."""
+    value = codec.decode(body)
+    if not isinstance(value, list) or not value or not _is_int(value[0]):
+        raise LinkEncodingError("link: refusal of unknown shape")
+    try:
+        reason = Refusal(value[0])
+    except ValueError:
+        raise LinkEncodingError(f"link: unknown refusal reason {value[0]}") from None
+    highest = value[1] if len(value) == 2 and _is_int(value[1]) else None
+    return reason, highest
 
 
 @dataclass
@@ -512,10 +558,8 @@ class LinkServer:
 
     def _execute(self, msg: Message) -> bytes:
         try:
-            command, payload = codec.decode(msg.body)
-            if not isinstance(command, str) or not isinstance(payload, dict):
-                raise LinkEncodingError("request is not [command, map]")
-        except (LinkEncodingError, TypeError, ValueError) as exc:
+            command, payload = decode_request(msg.body)
+        except LinkEncodingError as exc:
             return self._error(LinkErrorCode.ENCODING, f"link: undecodable request: {exc}")
         handler = self.handlers.get(command)
         if handler is None:

@@ -1,4 +1,4 @@
-"""Errors of the SMS stack (codes 800-899).
+"""Errors of the SMS stack (codes 800-849, see `cc_errors.registry`).
 
 Modem failures are translated from pyserial and from `+CMS ERROR` result codes at one place
 (`modem.GsmModem`); channel texts that do not parse raise `SmsFormatError`, whose callers

@@ -2,8 +2,8 @@
 
 Three layers, and nothing above this module sees AT text:
 - bytes: the serial port, opened from a URL or device path (`serial.serial_for_url`);
-- lines: `_LineReader`, a thread that cuts the byte stream into lines and separates
-  unsolicited result codes (`+CMTI`, ...) from command responses and the `> ` prompt;
+- lines: `_LineReader`, a thread whose `LineCutter` cuts the byte stream into lines and
+  separates unsolicited result codes (`+CMTI`, ...) from command responses and the `> ` prompt;
 - commands: `GsmModem`, SMS operations (`send`, `receive`, `wait_for_messages`, ...) with
   `+CMS ERROR` codes translated into typed exceptions at one place.
 
@@ -55,7 +55,10 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 READ_SLICE = 0.1  # how long the reader thread blocks in one read, so it notices `close`
 
-_FINAL = re.compile(r"^(OK|ERROR|NO CARRIER|\+CMS ERROR: ?(\d+)|\+CME ERROR: ?(\d+))$")
+# ASCII digits, at most 9: a code `int` always reads (`\d` would also match other scripts').
+_FINAL = re.compile(
+    r"^(OK|ERROR|NO CARRIER|\+CMS ERROR: ?([0-9]{1,9})|\+CME ERROR: ?([0-9]{1,9}))$"
+)
 _URC_PREFIXES = ("+CMTI:", "+CDSI:", "RING", "+CRING:")
 _BODY_HEADERS = ("+CMGL:", "+CMGR:")  # in text mode the next line is the message text
 _NUMBER = re.compile(r"^\+?[0-9]{3,20}$")
@@ -71,6 +74,7 @@ class _Kind(enum.Enum):
     LINE = "line"
     BODY = "body"  # the text line after a +CMGL/+CMGR header, taken verbatim
     PROMPT = "prompt"  # `> ` after AT+CMGS, which has no line end
+    URC = "urc"  # an unsolicited result code, routed aside by the reader
     DOWN = "down"  # the port broke; the reader thread has ended
 
 
@@ -102,7 +106,13 @@ class SignalQuality:
         return None if self.rssi is None else -113 + 2 * self.rssi
 
 
-def _split_args(text: str) -> list[str]:
+def _small_uint(text: str) -> int | None:
+    """A short ASCII decimal (indexes, references, codes), else None: `str.isdigit` also accepts
+    digits `int` refuses ("²"), and `int` refuses strings of thousands of digits."""
+    return int(text) if 0 < len(text) <= 9 and text.isascii() and text.isdigit() else None
+
+
+def split_args(text: str) -> list[str]:
     """Split `a,"b,c",d` on commas outside quotes, removing the quotes."""
     args: list[str] = []
     current: list[str] = []
@@ -147,6 +157,39 @@ def _command_error(cms: int) -> SmsError:
     return ModemCommandError(cms)
 
 
+class LineCutter:
+    """Cuts the modem's byte stream into items: lines, the body after a `+CMGL`/`+CMGR` header
+    (taken verbatim), URCs and the `> ` prompt. Keeps the unfinished line between feeds."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._expect_body = False
+
+    def feed(self, data: bytes) -> list[_Item]:
+        items: list[_Item] = []
+        self._buf += data
+        while (end := self._buf.find(b"\r\n")) >= 0:
+            raw = bytes(self._buf[:end])
+            del self._buf[: end + 2]
+            text = raw.decode("utf-8", errors="replace")
+            if self._expect_body:
+                self._expect_body = False
+                items.append(_Item(_Kind.BODY, text))
+                continue
+            text = text.strip().lstrip("\x1b")  # echoed lines end with a bare CR
+            if not text:
+                continue
+            if text.startswith(_URC_PREFIXES):
+                items.append(_Item(_Kind.URC, text))
+                continue
+            self._expect_body = text.startswith(_BODY_HEADERS)
+            items.append(_Item(_Kind.LINE, text))
+        if not self._expect_body and bytes(self._buf).strip() == b">":
+            self._buf.clear()
+            items.append(_Item(_Kind.PROMPT))
+        return items
+
+
 class _LineReader:
     """The line layer: a thread reading the port, cutting lines, routing URCs aside."""
 
@@ -160,33 +203,17 @@ class _LineReader:
         self._thread.start()
 
     def _run(self) -> None:
-        buf = bytearray()
-        expect_body = False
+        cutter = LineCutter()
         try:
             while not self._stop.is_set():
                 data = self._ser.read(self._ser.in_waiting or 1)
                 if not data:
                     continue
-                buf += data
-                while (end := buf.find(b"\r\n")) >= 0:
-                    raw = bytes(buf[:end])
-                    del buf[: end + 2]
-                    text = raw.decode("utf-8", errors="replace")
-                    if expect_body:
-                        expect_body = False
-                        self._queue.put(_Item(_Kind.BODY, text))
-                        continue
-                    text = text.strip().lstrip("\x1b")  # echoed lines end with a bare CR
-                    if not text:
-                        continue
-                    if text.startswith(_URC_PREFIXES):
-                        self._on_urc(text)
-                        continue
-                    expect_body = text.startswith(_BODY_HEADERS)
-                    self._queue.put(_Item(_Kind.LINE, text))
-                if not expect_body and bytes(buf).strip() == b">":
-                    buf.clear()
-                    self._queue.put(_Item(_Kind.PROMPT))
+                for item in cutter.feed(data):
+                    if item.kind is _Kind.URC:
+                        self._on_urc(item.text)
+                    else:
+                        self._queue.put(item)
         except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
             # TypeError/AttributeError: pyserial's read on a port closed under it.
             if not self._stop.is_set():
@@ -421,7 +448,7 @@ class GsmModem:
         """The arguments of the first `<prefix> ...` line of `cmd`'s answer."""
         for item in self._command(cmd):
             if item.kind is _Kind.LINE and item.text.startswith(prefix):
-                return _split_args(item.text[len(prefix) :])
+                return split_args(item.text[len(prefix) :])
         raise ModemError(f"modem {self.name}: no {prefix} line in the answer to {cmd}")
 
     # ----- SMS operations -------------------------------------------------------------------
@@ -457,11 +484,10 @@ class GsmModem:
                 reader, "the text", None, time.monotonic() + self.send_timeout, _send_error
             )
         for item in lines:
-            if item.kind is _Kind.LINE and item.text.startswith("+CMGS:"):
-                ref = item.text[len("+CMGS:") :].strip()
-                if ref.isdigit():
-                    log.info("modem %s sent %d chars to %s", self.name, len(text), number)
-                    return int(ref)
+            ref = parse_cmgs(item.text) if item.kind is _Kind.LINE else None
+            if ref is not None:
+                log.info("modem %s sent %d chars to %s", self.name, len(text), number)
+                return ref
         raise ModemError(f"modem {self.name}: send answered OK without +CMGS")
 
     def receive(self) -> list[IncomingSms]:
@@ -470,7 +496,7 @@ class GsmModem:
             recovering = self._recover_read
             status = "ALL" if recovering else "REC UNREAD"
             items = self._command(f'AT+CMGL="{status}"')
-            found = self._parse_listing(items)
+            found = parse_listing(items, self.name)
             for sms in found:
                 try:
                     self._command(f"AT+CMGD={sms.index}")
@@ -482,22 +508,6 @@ class GsmModem:
         found.sort(key=lambda m: (m.timestamp is None, m.timestamp or 0, m.index))
         for sms in found:
             log.info("modem %s received %d chars from %s", self.name, len(sms.text), sms.sender)
-        return found
-
-    def _parse_listing(self, items: list[_Item]) -> list[IncomingSms]:
-        found: list[IncomingSms] = []
-        pending: list[str] | None = None
-        for item in items:
-            if item.kind is _Kind.LINE and item.text.startswith("+CMGL:"):
-                pending = _split_args(item.text[len("+CMGL:") :])
-            elif item.kind is _Kind.BODY and pending is not None:
-                args, pending = pending, None
-                if len(args) < 3 or not args[0].isdigit():
-                    raise ModemError(f"modem {self.name}: malformed +CMGL header")
-                if args[1] not in ("REC UNREAD", "REC READ"):
-                    continue  # our own stored outgoing messages, if any
-                stamp = parse_scts(args[4]) if len(args) > 4 else None
-                found.append(IncomingSms(int(args[0]), args[2], stamp, item.text))
         return found
 
     def wait_for_messages(self, timeout: float) -> list[IncomingSms]:
@@ -526,18 +536,11 @@ class GsmModem:
             self._announced.wait(min(remaining, self.poll_interval))
 
     def signal_quality(self) -> SignalQuality:
-        args = self._info("AT+CSQ", "+CSQ:")
-        try:
-            rssi, ber = int(args[0]), int(args[1])
-        except (ValueError, IndexError):
-            raise ModemError(f"modem {self.name}: malformed +CSQ answer") from None
-        return SignalQuality(None if rssi == 99 else rssi, None if ber == 99 else ber)
+        return parse_csq(self._info("AT+CSQ", "+CSQ:"), self.name)
 
     def registered(self) -> bool:
         """True when the SIM is registered on its home network or roaming (`AT+CREG?`)."""
-        args = self._info("AT+CREG?", "+CREG:")
-        stat = args[1] if len(args) > 1 else args[0]
-        return stat in ("1", "5")
+        return parse_creg(self._info("AT+CREG?", "+CREG:"))
 
     def own_number(self) -> str:
         """The SIM's number from `AT+CNUM`, else the configured one."""
@@ -547,8 +550,57 @@ class GsmModem:
             raise
         except ModemError:
             args = []  # many SIMs do not store their own number
-        if len(args) > 1 and args[1]:
-            return args[1]
+        number = parse_cnum(args)
+        if number is not None:
+            return number
         if self._configured_number:
             return self._configured_number
         raise ModemError(f"modem {self.name}: the SIM does not report its number")
+
+
+# ----- answers of the commands above, one parser each --------------------------------------------
+
+
+def parse_listing(items: list[_Item], name: str) -> list[IncomingSms]:
+    """The messages of an `AT+CMGL` answer: each `+CMGL:` header and the body line after it."""
+    found: list[IncomingSms] = []
+    pending: list[str] | None = None
+    for item in items:
+        if item.kind is _Kind.LINE and item.text.startswith("+CMGL:"):
+            pending = split_args(item.text[len("+CMGL:") :])
+        elif item.kind is _Kind.BODY and pending is not None:
+            args, pending = pending, None
+            index = _small_uint(args[0]) if len(args) >= 3 else None
+            if index is None:
+                raise ModemError(f"modem {name}: malformed +CMGL header")
+            if args[1] not in ("REC UNREAD", "REC READ"):
+                continue  # our own stored outgoing messages, if any
+            stamp = parse_scts(args[4]) if len(args) > 4 else None
+            found.append(IncomingSms(index, args[2], stamp, item.text))
+    return found
+
+
+def parse_csq(args: list[str], name: str) -> SignalQuality:
+    """`+CSQ: <rssi>,<ber>`."""
+    rssi, ber = (_small_uint(a) for a in (args + ["", ""])[:2])
+    if rssi is None or ber is None:
+        raise ModemError(f"modem {name}: malformed +CSQ answer")
+    return SignalQuality(None if rssi == 99 else rssi, None if ber == 99 else ber)
+
+
+def parse_creg(args: list[str]) -> bool:
+    """`+CREG: [<n>,]<stat>`: registered at home (1) or roaming (5)."""
+    stat = args[1] if len(args) > 1 else args[0]
+    return stat in ("1", "5")
+
+
+def parse_cnum(args: list[str]) -> str | None:
+    """The number in `+CNUM: <alpha>,<number>,<type>`, if the SIM stores one."""
+    return args[1] if len(args) > 1 and args[1] else None
+
+
+def parse_cmgs(line: str) -> int | None:
+    """The message reference of a `+CMGS: <mr>` line, else None."""
+    if not line.startswith("+CMGS:"):
+        return None
+    return _small_uint(line[len("+CMGS:") :].strip())

@@ -8,10 +8,9 @@ from sqlalchemy import select
 
 from custody import batches
 from custody.api.schemas import parse_batch_status, parse_path
-from custody.app import app_config, settings
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import BadRequest, NotFound
-from custody.extensions import db, hsm_provider
+from custody.extensions import app_config, db, hsm_provider, settings
 from custody.models import Address, Chain
 
 bp = Blueprint("addresses", __name__)

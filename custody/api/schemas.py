@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cc_common.reference import BatchVerdict
 from custody.errors import BadRequest
 from custody.models import BatchStatus, Wallet
 from wallet_core.addresses import validate_address
@@ -125,7 +126,10 @@ class BatchStatusReport:
     wallet: Wallet
 
 
-_STATUS = {"2": BatchStatus.VERIFIED, "3": BatchStatus.FAILED}
+_STATUS = {
+    str(int(BatchVerdict.VERIFIED)): BatchStatus.VERIFIED,
+    str(int(BatchVerdict.FAILED)): BatchStatus.FAILED,
+}
 _TYPE = {"1": Wallet.HOT, "2": Wallet.COLD}
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from flask import Blueprint
 
 from custody.api import iso, queries
-from custody.app import settings
 from custody.auth import any_token, current_principal
 from custody.batches import next_address
 from custody.errors import BatchNotVerified, Conflict, NotFound
-from custody.extensions import db
+from custody.extensions import db, settings
 from custody.models import AccountStatus, Wallet
 
 bp = Blueprint("user", __name__)

@@ -18,19 +18,19 @@ RPC_METHOD_NOT_FOUND = -32601
 class ChainError(CustodyError):
     """Base of every error talking to the Bitcoin node."""
 
-    code = 300
+    code = 350
 
 
 class ChainUnavailable(ChainError):
     """The node could not be reached (refused, timed out, bad HTTP) after bounded retries."""
 
-    code = 301
+    code = 351
 
 
 class RPCError(ChainError):
     """The node answered with a JSON-RPC error; `rpc_code` is Core's code."""
 
-    code = 302
+    code = 352
 
     def __init__(self, rpc_code: int, message: str) -> None:
         super().__init__(f"node rpc error {rpc_code}: {message}")
@@ -41,7 +41,7 @@ class RPCError(ChainError):
 class TxRejected(RPCError):
     """A transaction was refused (-25/-26/-27); `reason` is Core's reject reason."""
 
-    code = 303
+    code = 353
 
     @property
     def reason(self) -> str:
@@ -55,4 +55,4 @@ class TxRejected(RPCError):
 class AuthenticationFailed(ChainUnavailable):
     """HTTP 401: wrong rpc user/password or stale cookie. Not retried."""
 
-    code = 304
+    code = 354

@@ -45,6 +45,14 @@ def btc_to_sats(value: Decimal | int | str) -> int:
     return int(sats)
 
 
+def _expect(method: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """`value` if it has the type Core documents for `method`'s result, else `ChainUnavailable`
+    (a node that answers nonsense is as unusable as one that does not answer)."""
+    if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+        raise ChainUnavailable(f"node answered {method} with a malformed result")
+    return value
+
+
 def _to_json(value: Any) -> Any:
     """Decimal amounts go as strings, which Core's `AmountFromValue` accepts exactly."""
     if isinstance(value, Decimal):
@@ -179,7 +187,7 @@ class BitcoinRPC:
             raise AuthenticationFailed("node refused the rpc credentials (HTTP 401)")
         try:
             body = response.json(parse_float=Decimal)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise ChainUnavailable(
                 f"node answered {method} with HTTP {response.status_code} and no JSON"
             ) from None
@@ -187,7 +195,9 @@ class BitcoinRPC:
             raise ChainUnavailable(f"node answered {method} with a malformed reply")
         error = body.get("error")
         if error:
-            code = int(error.get("code", 0))
+            code = error.get("code", 0) if isinstance(error, dict) else None
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise ChainUnavailable(f"node answered {method} with a malformed error")
             message = str(error.get("message", ""))
             if code in _TX_REJECT_CODES and method in ("sendrawtransaction", "generateblock"):
                 raise TxRejected(code, message)
@@ -199,23 +209,23 @@ class BitcoinRPC:
     # ------------------------------------------------------------------ typed helpers
 
     def get_block_count(self) -> int:
-        return int(self.call("getblockcount"))
+        return int(_expect("getblockcount", self.call("getblockcount"), int))
 
     def get_best_block_hash(self) -> str:
-        return str(self.call("getbestblockhash"))
+        return str(_expect("getbestblockhash", self.call("getbestblockhash"), str))
 
     def get_block_hash(self, height: int) -> str:
-        return str(self.call("getblockhash", height))
+        return str(_expect("getblockhash", self.call("getblockhash", height), str))
 
     def get_block_header(self, block_hash: str) -> dict[str, Any]:
-        return dict(self.call("getblockheader", block_hash, True))
+        return dict(_expect("getblockheader", self.call("getblockheader", block_hash, True), dict))
 
     def get_block(self, block_hash: str, verbosity: int = 1) -> Any:
         """Verbosity 0: hex; 1: header and txids; 2: decoded transactions."""
         return self.call("getblock", block_hash, verbosity)
 
     def get_blockchain_info(self) -> dict[str, Any]:
-        return dict(self.call("getblockchaininfo"))
+        return dict(_expect("getblockchaininfo", self.call("getblockchaininfo"), dict))
 
     def get_raw_transaction(
         self, txid: str, verbose: bool = True, block_hash: str | None = None
@@ -226,13 +236,14 @@ class BitcoinRPC:
         return self.call("getrawtransaction", *params)
 
     def decode_raw_transaction(self, tx_hex: str) -> dict[str, Any]:
-        return dict(self.call("decoderawtransaction", tx_hex))
+        return dict(
+            _expect("decoderawtransaction", self.call("decoderawtransaction", tx_hex), dict)
+        )
 
     def send_raw_transaction(self, tx_hex: str, max_fee_rate: Decimal | None = None) -> str:
         """Broadcast; `max_fee_rate` in BTC/kvB (Core's default 0.10 if None)."""
-        if max_fee_rate is None:
-            return str(self.call("sendrawtransaction", tx_hex))
-        return str(self.call("sendrawtransaction", tx_hex, max_fee_rate))
+        params = (tx_hex,) if max_fee_rate is None else (tx_hex, max_fee_rate)
+        return str(_expect("sendrawtransaction", self.call("sendrawtransaction", *params), str))
 
     def test_mempool_accept(
         self, tx_hexes: list[str], max_fee_rate: Decimal | None = None
@@ -241,11 +252,12 @@ class BitcoinRPC:
         if max_fee_rate is not None:
             params.append(max_fee_rate)
         out = []
-        for item in self.call("testmempoolaccept", *params):
-            fees = item.get("fees") or {}
+        for item in _expect("testmempoolaccept", self.call("testmempoolaccept", *params), list):
+            item = _expect("testmempoolaccept", item, dict)
+            fees = _expect("testmempoolaccept", item.get("fees") or {}, dict)
             out.append(
                 MempoolAcceptResult(
-                    txid=item["txid"],
+                    txid=_expect("testmempoolaccept", item.get("txid"), str),
                     wtxid=item.get("wtxid", ""),
                     allowed=item.get("allowed"),
                     reject_reason=item.get("reject-reason"),
@@ -259,23 +271,26 @@ class BitcoinRPC:
         return self.call("getrawmempool", verbose)
 
     def get_mempool_entry(self, txid: str) -> dict[str, Any]:
-        return dict(self.call("getmempoolentry", txid))
+        return dict(_expect("getmempoolentry", self.call("getmempoolentry", txid), dict))
 
     def get_tx_out(
         self, txid: str, vout: int, include_mempool: bool = True
     ) -> dict[str, Any] | None:
         result = self.call("gettxout", txid, vout, include_mempool)
-        return None if result is None else dict(result)
+        return None if result is None else dict(_expect("gettxout", result, dict))
 
     def estimate_smart_fee(self, conf_target: int, mode: str = "conservative") -> FeeEstimate:
-        result = self.call("estimatesmartfee", conf_target, mode)
+        method = "estimatesmartfee"
+        result = _expect(method, self.call(method, conf_target, mode), dict)
         rate = result.get("feerate")
         return FeeEstimate(
-            feerate=None if rate is None else Decimal(rate),
-            blocks=int(result.get("blocks", 0)),
-            errors=tuple(result.get("errors", ())),
+            feerate=None if rate is None else Decimal(_expect(method, rate, (Decimal, int))),
+            blocks=_expect(method, result.get("blocks", 0), int),
+            errors=tuple(_expect(method, result.get("errors", []), list)),
         )
 
     def generate_to_address(self, count: int, address: str) -> list[str]:
         """Regtest only (Core has it too): mine `count` blocks paying `address`."""
-        return list(self.call("generatetoaddress", count, address))
+        return list(
+            _expect("generatetoaddress", self.call("generatetoaddress", count, address), list)
+        )

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint
 
 from examples.merchant_site import forms, store
-from examples.merchant_site.app import (
+from examples.merchant_site.extensions import (
     VDEVICE_TOKEN_HEADER,
     check_shared_token,
     db,

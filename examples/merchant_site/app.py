@@ -1,132 +1,28 @@
-"""The merchant site's Flask app factory, its settings, and its one JSON error shape.
+"""The merchant site's Flask app factory and its one JSON error shape.
 
 `create_app(config)` reads `[merchant_site]` once into `SiteSettings`, opens the site's own
 database, and registers two blueprints: `api` (reference section 2, polled by the V-device)
-and `merchant` (the merchant's own pages and actions).
+and `merchant` (the merchant's own pages and actions). What the views share is in
+`extensions` (so the blueprints never import this module).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
-from sqlalchemy.orm import Session, sessionmaker
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cc_common.config import Config, load_config
+from cc_common.config import Config
 from cc_common.text import UnsafeText, check_text
-from examples.merchant_site import store
+from examples.merchant_site import api, merchant
 from examples.merchant_site.custody_client import CustodyClient
-from examples.merchant_site.errors import (
-    BadRequest,
-    InternalError,
-    NotFound,
-    SiteError,
-    Unauthorized,
-)
+from examples.merchant_site.errors import BadRequest, InternalError, NotFound, SiteError
+from examples.merchant_site.extensions import EXTENSION_KEY, Site, SiteSettings
 from examples.merchant_site.models import make_session_factory
-from wallet_core.networks import Network
 
 log = logging.getLogger(__name__)
-
-VDEVICE_TOKEN_HEADER = "X-VDevice-Token"  # noqa: S105 (a header name)
-ADMIN_TOKEN_HEADER = "X-Merchant-Token"  # noqa: S105
-TOKEN_KEYS = ("cold_token", "hot_token")
-
-
-@dataclass(frozen=True)
-class SiteSettings:
-    """`[merchant_site]`, read once. Secrets are kept out of `repr` so they never hit a log."""
-
-    vtest_password: str = field(repr=False)
-    database_url: str
-    custody_url: str
-    network: Network = Network.REGTEST
-    # Empty = no check, as in the original demo site. When set, the V-device must send it.
-    vdevice_token: str = field(default="", repr=False)
-    # Empty = the merchant pages are open (bind to loopback, or put them behind your login).
-    admin_token: str = field(default="", repr=False)
-    # DEMO SWITCH: accept `raw_vtest_info` stored unencrypted, to play a hacked site.
-    allow_raw_vtest: bool = False
-
-    @classmethod
-    def from_config(cls, config: Config) -> SiteSettings:
-        s = config.section("merchant_site")
-        custody_url = s.str("custody_url", "")
-        if not custody_url and config.has_section("custody"):
-            c = config.section("custody")
-            custody_url = f"http://{c.str('host', '127.0.0.1')}:{c.int('port')}"
-        network = "regtest"
-        if config.has_section("deployment"):
-            network = config.section("deployment").str("network", "regtest")
-        return cls(
-            vtest_password=s.secret("vtest_password"),
-            database_url=s.str("database_url", f"sqlite:///{config.data_dir / 'merchant.db'}"),
-            custody_url=custody_url,
-            network=Network(network),
-            vdevice_token=s.str("vdevice_token", ""),
-            admin_token=s.str("admin_token", ""),
-            allow_raw_vtest=s.bool("allow_raw_vtest", False),
-        )
-
-
-@dataclass
-class Site:
-    """Everything the views need, kept in `app.extensions` (nothing bound at import time)."""
-
-    config: Config
-    settings: SiteSettings
-    sessions: sessionmaker[Session]
-    custody: CustodyClient
-
-
-def site() -> Site:
-    return current_app.extensions["merchant_site"]  # type: ignore[no-any-return]
-
-
-def db() -> Session:
-    """The request's session, closed at teardown."""
-    if "db" not in g:
-        g.db = site().sessions()
-    return g.db  # type: ignore[no-any-return]
-
-
-@contextmanager
-def transaction() -> Iterator[Session]:
-    s = db()
-    try:
-        yield s
-    except BaseException:
-        s.rollback()
-        raise
-    s.commit()
-
-
-def check_shared_token(expected: str, header: str) -> None:
-    """Refuse the request unless `header` carries `expected` (constant time); no-op if unset."""
-    if not expected:
-        return
-    given = request.headers.get(header, "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized(f"missing or wrong {header} header")
-
-
-def custody_token(kind: str) -> str:
-    """The `cold_token`/`hot_token` for custody: set by `set-tokens`, else in the config file.
-
-    Read at request time, because the tokens exist only after the account was created, which
-    is usually after the site started.
-    """
-    value = store.get_setting(db(), kind)
-    if not value:
-        fresh = load_config(site().config.data_dir)
-        value = fresh.section("merchant_site").str(kind, "")
-    return value
 
 
 def refuse_unsafe_text() -> None:
@@ -157,7 +53,7 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["merchant_site"] = Site(
+    app.extensions[EXTENSION_KEY] = Site(
         config=config,
         settings=settings,
         sessions=make_session_factory(settings.database_url),
@@ -187,8 +83,6 @@ def create_app(
     def _unexpected(err: Exception) -> Any:
         log.exception("unexpected error while serving %s %s", request.method, request.path)
         return _error(InternalError("internal error"))
-
-    from examples.merchant_site import api, merchant  # noqa: PLC0415
 
     app.register_blueprint(api.bp, url_prefix="/api/v1/open")
     app.register_blueprint(merchant.bp)

@@ -29,9 +29,10 @@ from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from examples.merchant_site import store
-from examples.merchant_site.app import TOKEN_KEYS, SiteSettings, create_app
+from examples.merchant_site.app import create_app
 from examples.merchant_site.custody_client import CustodyClient
 from examples.merchant_site.errors import BadRequest, Forbidden, SiteError
+from examples.merchant_site.extensions import TOKEN_KEYS, SiteSettings
 from examples.merchant_site.models import AddressType, make_session_factory
 
 log = logging.getLogger("merchant_site")

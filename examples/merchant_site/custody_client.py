@@ -22,20 +22,24 @@ _ADDRESS = re.compile(r"[0-9A-Za-z]{14,90}")
 
 
 class CustodyClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 30.0, http: requests.Session | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # A session only if given (one per thread): by default each call is its own request.
+        self._get_url = http.get if http is not None else requests.get
 
     def _get(self, path: str, token: str) -> Any:
         url = f"{self.base_url}{API_PREFIX}{path}"
         try:
-            resp = requests.get(url, headers={"token": token}, timeout=self.timeout)
+            resp = self._get_url(url, headers={"token": token}, timeout=self.timeout)
         except requests.RequestException as exc:
             log.warning("custody API unreachable at %s: %s", self.base_url, type(exc).__name__)
             raise CustodyUnavailable(f"custody API unreachable at {self.base_url}") from None
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             body = None
         if resp.status_code != 200:
             detail = body.get("message") if isinstance(body, dict) else None

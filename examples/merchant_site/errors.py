@@ -57,5 +57,5 @@ class Conflict(SiteError):
 class CustodyUnavailable(SiteError):
     """The custody API did not answer, refused, or answered something malformed."""
 
-    code = 8
+    code = 200
     status = 502

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import request
 
+from cc_common.reference import REPORTABLE
 from examples.merchant_site.errors import BadRequest
 from examples.merchant_site.models import AddressType, BatchStatus
 
@@ -60,7 +61,7 @@ def address_type(data: Mapping[str, Any], name: str = "type") -> AddressType:
 
 def batch_verdict(data: Mapping[str, Any]) -> BatchStatus:
     value = text(data, "status")
-    if value not in ("2", "3"):
+    if value not in {str(int(v)) for v in REPORTABLE}:
         raise BadRequest("status must be 2 (verified) or 3 (failed)")
     return BatchStatus(int(value))
 

@@ -12,7 +12,8 @@ from typing import Any
 from flask import Blueprint, render_template
 
 from examples.merchant_site import forms, store
-from examples.merchant_site.app import (
+from examples.merchant_site.errors import Conflict, Forbidden
+from examples.merchant_site.extensions import (
     ADMIN_TOKEN_HEADER,
     check_shared_token,
     custody_token,
@@ -20,7 +21,6 @@ from examples.merchant_site.app import (
     site,
     transaction,
 )
-from examples.merchant_site.errors import Conflict, Forbidden
 from examples.merchant_site.models import AddressType
 
 bp = Blueprint("merchant", __name__, template_folder="templates")

@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from cc_common.reference import BatchVerdict as BatchStatus  # the reference's status
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -38,14 +40,6 @@ class AddressType(enum.IntEnum):
 
     HOT = 1
     COLD = 2
-
-
-class BatchStatus(enum.IntEnum):
-    """Reference batch `status`: the V-device posts 2 or 3; 1 is "waiting for it"."""
-
-    UNVERIFIED = 1
-    VERIFIED = 2
-    FAILED = 3
 
 
 class WithdrawalStatus(enum.StrEnum):

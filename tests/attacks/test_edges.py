@@ -162,7 +162,7 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
         assert w["status"] == "failed" and not w["tx_hash"], w
         state = demo.send_state(ctx, send.user_tx_no)
         assert state["cold_statement"]["state"] == "refused", state
-        assert state["cold_statement"]["code"] == 740  # closed: never co-signed
+        assert state["cold_statement"]["code"] == 741  # closed: never co-signed
         # now the attacker wants the send signed after all
         with factory() as s, s.begin():
             s.execute(
@@ -178,7 +178,7 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
             return row.failure_reason if row.status is SendStatus.FAILED else None
 
     reason = wait_for(refused_again, demo.SEND_TIMEOUT, "the worker's signing to be refused")
-    assert "code 740" in reason, reason
+    assert "code 741" in reason, reason
     assert_nothing_reached_the_node(rig, before, payee)
     assert_not_frozen(rig)
 
