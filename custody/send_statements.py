@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from custody.errors import Conflict, HsmRefusedError, HsmUnavailableError
-from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.hsm_client import HsmRefused
 from custody.models import KeyValue, Send, SendStatus
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _key(account_id: int, user_tx_no: str) -> str:
 def _fetch(hsm: Any, account_id: int, user_tx_no: str) -> dict[str, Any]:
     try:
         answer = hsm.send_statement(account_id, user_tx_no)
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(
             f"the cold HSM's statement is not available now: {exc.message}"
         ) from None

@@ -26,7 +26,7 @@ from custody.errors import (
     ProofInvalid,
     UnknownChannel,
 )
-from custody.hsm_client import HsmRefused, HsmUnavailable
+from custody.hsm_client import HsmRefused
 from wallet_core import messages
 from wallet_core.chaincloud import channel_key_statement, send_request_string
 from wallet_core.errors import WalletError
@@ -42,7 +42,7 @@ _lock = threading.Lock()
 def _fetch(hsm: Any, account: int, c_id: str, cold_identity: bytes) -> bytes:
     try:
         answer = hsm.channel_key(account, c_id)
-    except HsmUnavailable as exc:
+    except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot check vc_code now: {exc.message}") from None
     except HsmRefused as exc:
         if exc.code in UNKNOWN_CHANNEL_CODES:
