@@ -365,7 +365,7 @@ def test_send_statements_are_final(pair: HsmPair, client: HotHsmClient) -> None:
     )
     assert verdict is not None and verdict.signed and verdict.txid == signed.txid
     # refused for its fee, then closed: the statement names the refusal's code
-    big = [Coin("ce" * 32, 0, 3_000_000, RECEIVE, 5)]
+    big = [acct.coin(3_000_000, 5)]
     pay = [(random_address(), 50_000)]
     refused(
         client.sign_send, FEE, **acct.params(build_send_psbt(acct.wallet, big, pay), pay, "s-fee")
