@@ -79,7 +79,7 @@ def prepare(
         payments = [(random_address(), 10_000 + i)]
         change = coin.value - payments[0][1] - FEE
         psbt = build_send_psbt(wallet, [coin], payments, change=(i % 1000, change))
-        request = send_request(payments, f"{tag}-{phase}-{i}")
+        request = send_request(payments, f"{tag}{phase}{i}")
         params = {
             "account": ACCOUNT,
             "psbt": psbt.to_base64(),
@@ -92,9 +92,9 @@ def prepare(
     first, verified = [], []
     for i in range(n):
         coin = funded_coin(wallet, FUNDING, RECEIVE, i % 1000, 0, f"{tag}/{i}", witness=True)
-        params, psbt, change = send(coin, i, "first")
+        params, psbt, change = send(coin, i, "f")
         first.append(params)
-        verified.append(send(Coin(psbt.txid, 1, change, CHANGE, i % 1000), i, "verified")[0])
+        verified.append(send(Coin(psbt.txid, 1, change, CHANGE, i % 1000), i, "v")[0])
     shape = {
         "inputs": 1,
         "outputs": 2,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +43,62 @@ def print_result(value: Any) -> None:
         print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print only JSON (for scripts), no table"
+    )
+
+
+@dataclass(frozen=True)
+class Table:
+    """A handler's tabular result: rendered as a table, or as a JSON list with `--json`."""
+
+    headers: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    title: str = ""
+
+    def records(self) -> list[dict[str, Any]]:
+        keys = [h.lower().replace(" ", "_") for h in self.headers]
+        return [dict(zip(keys, row, strict=True)) for row in self.rows]
+
+    def render(self) -> str:
+        table = render_table(self.headers, self.rows)
+        return f"{self.title}\n{table}" if self.title else table
+
+
+EXIT_BROKEN_PIPE = 141  # as a shell reports a writer killed by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """After the reader went away (`| head`): later writes and the final flush go nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def run(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result.
-
-    An argument holding a control or bidi character is refused before anything runs.
-    """
+    """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result. Output
+    into a closed pipe ends quietly (no traceback). An argument holding a control or bidi
+    character is refused before anything runs."""
     try:
         for n, arg in enumerate(sys.argv[1:] if argv is None else argv, start=1):
             check_text(arg, f"argument {n}")
     except UnsafeText as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    try:
+        return _run(parser, argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], Any] | None = getattr(args, "handler", None)
     if handler is None:
@@ -69,7 +113,10 @@ def run(
         return 130
     if isinstance(result, int) and not isinstance(result, bool):
         return result
+    if isinstance(result, Table):
+        result = result.records() if getattr(args, "json", False) else result.render()
     print_result(result)
+    sys.stdout.flush()  # a closed pipe shows here, inside `run`
     return 0
 
 

@@ -1,14 +1,13 @@
 """Write a complete, working configuration for a local deployment (`custody init`).
 
 Every secret and PIN is generated here with `secrets`; nothing secret is baked into code.
-Ports are picked free on loopback at init time, so several deployments (tests, demo) can run
-side by side in their own data directories.
+Ports are picked free on loopback at init time, below the kernel's ephemeral range, so several
+deployments (tests, demo) can run side by side in their own data directories.
 """
 
 from __future__ import annotations
 
 import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,10 @@ import tomli_w
 
 from cc_common.config import CONFIG_FILENAME, Config, load_config
 from cc_common.errors import ConfigError
+from cc_common.in_use import refuse_if_in_use
+from cc_common.network_config import apply_network
+from cc_common.ports import PortPicker
+from wallet_core.networks import Network
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -32,11 +35,13 @@ OPERATOR_NUMBER = "+15550001000"
 TWILIO_FROM_NUMBER = "+15550009999"
 
 
+_PICKER = PortPicker()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on loopback right now, below the kernel's ephemeral range (a port in
+    that range can be taken by any outgoing connection before the service binds it)."""
+    return _PICKER()
 
 
 def find_softhsm_module() -> str:
@@ -110,6 +115,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
                 "datadir": "node",
                 "rpc_user": node_user,
                 "rpc_password": node_password,
+                "txindex": False,  # as Bitcoin Core's default
             },
         },
         "twilio": {
@@ -219,15 +225,19 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def init_deployment(data_dir: Path, *, force: bool = False) -> Config:
+def init_deployment(
+    data_dir: Path, *, force: bool = False, network: Network = Network.REGTEST
+) -> Config:
     """Create `data_dir` with its sub-directories and a fresh configuration file."""
     data_dir = data_dir.resolve()
     path = data_dir / CONFIG_FILENAME
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; use --force to overwrite it (new secrets)")
+    if path.exists():
+        refuse_if_in_use(load_config(data_dir, environ={}))
     for sub in ("logs", "run", "dev", "hsm-hot", "hsm-cold", "node", "vdevice"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
-    raw = generate_config(data_dir)
+    raw = apply_network(generate_config(data_dir), network)
     path.write_text(
         "# ChainCloud custody: local deployment written by `custody init`.\n"
         "# Contains secrets: keep this file private (mode 0600).\n" + tomli_w.dumps(raw),

@@ -69,6 +69,7 @@ from cc_demo.support import (
     network_of,
     new_id,
     node_rpc,
+    node_tx,
     process_pid,
     random_address,
     vdevice_status,
@@ -260,7 +261,10 @@ def balance(ctx: Context, side: str) -> int:
 
 
 def tx_outputs(ctx: Context, txid: str) -> list[tuple[str, int]]:
-    raw = ctx.rpc.get_raw_transaction(txid, True)
+    found = node_tx(ctx.rpc, txid)
+    if found is None:
+        raise StepFailed(f"transaction {txid} is neither in the mempool nor in a recent block")
+    raw = found[0]
     return [
         (o["scriptPubKey"].get("address", ""), int(Decimal(str(o["value"])) * SAT_PER_BTC))
         for o in raw["vout"]
@@ -298,6 +302,12 @@ def unfreeze(ctx: Context) -> None:
     ctx.cli.run("hsm_cold.cli", "unfreeze", str(account), "--pin-stdin", stdin=pin + "\n")
     if account in cold_view(ctx.config).frozen:
         raise StepFailed(f"account {account} is still frozen after `hsm-cold unfreeze`")
+    if "hot_token" in ctx.facts:  # custody follows the cold HSM's signed state within seconds
+        wait_for(
+            lambda: ctx.custody("hot").get("/user").get("status") == "active",
+            SMS_TIMEOUT,
+            f"custody to show account {account} active again",
+        )
 
 
 def expect_frozen_and_alerted(ctx: Context, operator_seen: int, what: str) -> str:
@@ -533,12 +543,12 @@ def check_paid(ctx: Context, txid: str, payments: Sequence[tuple[str, int]]) -> 
     height, fee in sat)."""
     if txid in mempool(ctx.rpc):
         mine(ctx.rpc, ctx.network, 1)
-    raw = wait_for(
-        lambda: (r := ctx.rpc.get_raw_transaction(txid, True)).get("blockhash") and r,
+    found = wait_for(
+        lambda: (f := node_tx(ctx.rpc, txid)) is not None and f[1] is not None and f,
         CHAIN_TIMEOUT,
         f"transaction {txid} in a block",
     )
-    height = int(ctx.rpc.get_block_header(raw["blockhash"])["height"])
+    height = int(ctx.rpc.get_block_header(found[1])["height"])
     rest = tx_outputs(ctx, txid)
     for payment in payments:
         if payment not in rest:

@@ -139,8 +139,6 @@ def _genuine(send: Any) -> dict[str, Any]:
 def _split_psbt(ctx: Context, account_id: int, coins: list[Any], payee: str, lie: int) -> str:
     """The one transaction both requests share, with input `lie` stated as 1 sat and only the
     other input's funding transaction attached (as the attacker chooses)."""
-    from embit.transaction import Transaction  # noqa: PLC0415
-
     from custody.batches import account_keys  # noqa: PLC0415
     from custody.models import Account  # noqa: PLC0415
     from wallet_core.addresses import address_to_script  # noqa: PLC0415
@@ -176,5 +174,5 @@ def _split_psbt(ctx: Context, account_id: int, coins: list[Any], payee: str, lie
     ]
     psbt = Psbt.create(inputs, outputs)
     honest = 1 - lie
-    psbt._p.inputs[honest].non_witness_utxo = Transaction.parse(coins[honest][4])  # noqa: SLF001
+    psbt.set_prev_tx(honest, coins[honest][4])  # true for this input; the other one lies
     return psbt.to_base64()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -260,6 +260,21 @@ class Faucet:
 
 def mempool(rpc: Any) -> set[str]:
     return set(rpc.get_raw_mempool())
+
+
+def node_tx(rpc: Any, txid: str, depth: int = 200) -> tuple[dict[str, Any], str | None] | None:
+    """(transaction, block hash or None) from the mempool or the last `depth` blocks, as a
+    node without txindex (Core's default) allows: getrawtransaction only with the block hash
+    for a mined transaction. None if neither has it."""
+    if txid in mempool(rpc):
+        with suppress(Exception):  # mined or evicted meanwhile: look in the blocks
+            return dict(rpc.get_raw_transaction(txid, True)), None
+    tip = int(rpc.get_block_count())
+    for height in range(tip, max(tip - depth, -1), -1):
+        block_hash = str(rpc.get_block_hash(height))
+        if txid in rpc.get_block(block_hash, 1)["tx"]:
+            return dict(rpc.get_raw_transaction(txid, True, block_hash)), block_hash
+    return None
 
 
 def mine(rpc: Any, network: Network, blocks: int = 1) -> list[str]:

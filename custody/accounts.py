@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cc_common.config import Config
-from custody import journal
+from custody import freezes, journal
 from custody.alerts import AlertKind, raise_alert
 from custody.batches import AccountKeys
 from custody.errors import (
@@ -303,6 +303,7 @@ def freeze_account(
     except HsmError as exc:
         told = False
         log.warning("account %d frozen locally; HSM not told: %s", account_id, exc.message)
+    freezes.record_operator_freeze(session, account_id, reason, told)
     if config is not None:
         raise_alert(
             session,

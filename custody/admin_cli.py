@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import select
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table
+from cc_common.cli import Table, add_dir_argument, add_json_argument, config_from_args
 from cc_common.config import Config
-from custody import accounts, journal
+from cc_common.errors import ConfigError
+from custody import accounts, freezes, journal, ops_cli
 from custody.app import API_PREFIX
 from custody.db import database_url, make_engine, make_session_factory, transaction
 from custody.models import Account, Alert, ApiToken, TokenScope
@@ -107,7 +109,7 @@ def cmd_account_create(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_account_list(args: argparse.Namespace) -> str:
+def cmd_account_list(args: argparse.Namespace) -> Table:
     config = config_from_args(args)
     with _factory(config)() as session:
         rows = session.execute(select(Account).order_by(Account.id)).scalars().all()
@@ -123,9 +125,7 @@ def cmd_account_list(args: argparse.Namespace) -> str:
             )
             for a in rows
         ]
-    return render_table(
-        ("id", "name", "status", "network", "cold next", "hot next", "created"), table
-    )
+    return Table(("id", "name", "status", "network", "cold next", "hot next", "created"), table)
 
 
 def cmd_account_show(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +139,10 @@ def cmd_account_show(args: argparse.Namespace) -> dict[str, Any]:
             "id": a.id,
             "name": a.name,
             "status": a.status.value,
+            "freeze": freezes.describe(session, a),
+            "balances": ops_cli.balances(
+                session, a.id, config.section("custody").int("min_confirmations", 1)
+            ),
             "frozen_reason": a.frozen_reason,
             "network": a.network,
             "vdevice_phone": a.vdevice_phone,
@@ -177,6 +181,18 @@ def cmd_account_freeze(args: argparse.Namespace) -> str:
     return f"account {args.id} frozen{suffix}"
 
 
+def cmd_account_unfreeze(args: argparse.Namespace) -> str:
+    config = config_from_args(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("unfreeze needs a confirmation: answer the prompt, or pass --yes")
+        answer = input(f"unfreeze account {args.id}? sends are accepted again [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return "nothing changed"
+    with transaction(_factory(config)) as session:
+        return freezes.unfreeze_account(session, _hsm(config), args.id, args.reason, config)
+
+
 def cmd_token_rotate(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_args(args)
     with transaction(_factory(config)) as session:
@@ -189,7 +205,7 @@ def cmd_token_rotate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_alerts(args: argparse.Namespace) -> str:
+def cmd_alerts(args: argparse.Namespace) -> Table:
     config = config_from_args(args)
     with _factory(config)() as session:
         rows = (
@@ -203,21 +219,22 @@ def cmd_alerts(args: argparse.Namespace) -> str:
                 a.at.replace(microsecond=0).isoformat(),
                 a.kind,
                 a.account_id if a.account_id is not None else "-",
-                "yes" if a.delivered else ("no: " + a.error[:40] if a.error else "no"),
-                a.message[:70],
+                "yes" if a.delivered else ("no: " + a.error if a.error else "no"),
+                a.message,
             )
             for a in rows
         ]
-    return render_table(("id", "at", "kind", "account", "delivered", "message"), table)
+    return Table(("id", "at", "kind", "account", "delivered", "message"), table)
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     with _factory(config)() as session:
         result = journal.verify(session)
-    print(result.describe())
     if args.json:
-        print(json.dumps(result.__dict__))
+        print(json.dumps({**result.__dict__, "description": result.describe()}))
+    else:
+        print(result.describe())
     return 0 if result.ok else 1
 
 
@@ -227,7 +244,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dsub = p.add_subparsers(dest="db_command")
     q = dsub.add_parser("upgrade", help="apply the Alembic migrations")
     add_dir_argument(q)
-    q.add_argument("--revision", default="head")
+    q.add_argument("--revision", default="head", help="target migration (default: %(default)s)")
     q.set_defaults(handler=cmd_db_upgrade)
 
     p = sub.add_parser("serve", help="run the custody API (gunicorn)")
@@ -239,45 +256,70 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     asub = p.add_subparsers(dest="account_command")
     q = asub.add_parser("create", help="provision an account on the HSM pair")
     add_dir_argument(q)
-    q.add_argument("name")
-    q.add_argument("--vdevice-phone", required=True)
-    q.add_argument("--owner-phone", required=True)
+    q.add_argument("name", help="the customer's name for the account")
+    q.add_argument("--vdevice-phone", required=True, help="the V-device's phone number (E.164)")
+    q.add_argument("--owner-phone", required=True, help="the account owner's phone number (E.164)")
     q.add_argument(
         "--settlement-descriptor",
         required=True,
-        help="the customer's ranged (/*) descriptor with key origins, where sweeps pay",
+        help="output descriptor of the customer's settlement (sweep) destination",
     )
-    q.add_argument("--vdevice-identity", required=True, metavar="HEX")
+    q.add_argument(
+        "--vdevice-identity",
+        required=True,
+        metavar="HEX",
+        help="the V-device's identity public key (33-byte compressed, hex)",
+    )
     q.set_defaults(handler=cmd_account_create)
     q = asub.add_parser("list", help="list accounts")
     add_dir_argument(q)
+    add_json_argument(q)
     q.set_defaults(handler=cmd_account_list)
     q = asub.add_parser("show", help="one account's public material and tokens (hints)")
     add_dir_argument(q)
-    q.add_argument("id", type=int)
+    q.add_argument("id", type=int, help="the account number")
     q.set_defaults(handler=cmd_account_show)
     q = asub.add_parser("freeze", help="freeze an account (custody and HSMs)")
     add_dir_argument(q)
-    q.add_argument("id", type=int)
-    q.add_argument("--reason", required=True)
+    q.add_argument("id", type=int, help="the account number")
+    q.add_argument("--reason", required=True, help="why (recorded, shown with the freeze)")
     q.set_defaults(handler=cmd_account_freeze)
+
+    q = asub.add_parser(
+        "unfreeze", help="lift an operator's freeze (a cold HSM freeze: the cold console only)"
+    )
+    add_dir_argument(q)
+    q.add_argument("id", type=int, help="the account number")
+    q.add_argument("--reason", default="", help="why (recorded in the journal)")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    q.set_defaults(handler=cmd_account_unfreeze)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command")
     q = tsub.add_parser("rotate", help="revoke a token and issue a new one")
     add_dir_argument(q)
-    q.add_argument("id", type=int)
-    q.add_argument("--scope", required=True, choices=[s.value for s in TokenScope])
+    q.add_argument("id", type=int, help="the account number")
+    q.add_argument(
+        "--scope",
+        required=True,
+        choices=[s.value for s in TokenScope],
+        help="which token: cold (deposits only) or hot (sends)",
+    )
     q.set_defaults(handler=cmd_token_rotate)
 
     p = sub.add_parser("alerts", help="operator alerts, newest first")
     add_dir_argument(p)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--limit", type=int, default=50, help="the newest LIMIT alerts (default: %(default)s)"
+    )
+    add_json_argument(p)
     p.set_defaults(handler=cmd_alerts)
 
     p = sub.add_parser("journal", help="the custody journal")
     jsub = p.add_subparsers(dest="journal_command")
     q = jsub.add_parser("verify", help="verify the hash chain")
     add_dir_argument(q)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print only the result as JSON")
     q.set_defaults(handler=cmd_journal_verify)
+    ops_cli.register_journal_show(jsub)
+    ops_cli.register_sends(sub)

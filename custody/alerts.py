@@ -28,6 +28,7 @@ MAX_BODY = 600  # a few concatenated SMS segments at most
 
 class AlertKind(enum.StrEnum):
     ACCOUNT_FROZEN = "account_frozen"
+    ACCOUNT_UNFROZEN = "account_unfrozen"
     COLD_UNREACHABLE = "cold_unreachable"
     HOT_BALANCE_LOW = "hot_balance_low"
     SEND_FAILED = "send_failed"

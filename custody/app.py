@@ -16,7 +16,18 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
-from custody.api import addresses, errors, health, input_text, openapi, time, txs, user
+from custody.api import (
+    addresses,
+    errors,
+    health,
+    input_text,
+    openapi,
+    params,
+    time,
+    timing,
+    txs,
+    user,
+)
 from custody.db import database_url, make_engine, make_session_factory
 from custody.extensions import (
     CONFIG_KEY,
@@ -80,7 +91,9 @@ def create_app(
             reader_engine = api_engine(url, isolation_level="AUTOCOMMIT")
 
     def make_hsm() -> HotHsm:
-        return HotHsmClient.from_config(config)
+        # Shorter than the API's callers wait (the merchant site: 12 s), longer than the
+        # hot HSM's link deadline once cut to it (the hot HSM is told how long we wait).
+        return HotHsmClient.from_config(config, timeout_key="api_hsm_timeout", default=10.0)
 
     app.session_interface = _NoSessions()
     db.init_app(app, session_factory, reader_engine)
@@ -94,4 +107,8 @@ def create_app(
     for module in (time, user, addresses, txs):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
+    app.before_request(timing.start)
+    app.after_request(timing.finish)
+    app.teardown_request(timing.teardown)
+    app.before_request(params.check_query)
     return app

@@ -13,21 +13,39 @@ from pathlib import Path
 from cc_common.cli import add_dir_argument, run
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
+from cc_common.network_config import runs_simulated_node
+from wallet_core.networks import Network
+
+DESCRIPTION = (
+    "Operate a ChainCloud custody deployment: set it up (init), run it (up, status, down), "
+    "manage accounts, tokens and alerts, and check the journal."
+)
 
 
 def cmd_init(args: argparse.Namespace) -> str:
     data_dir = args.dir if args.dir else default_data_dir()
-    config = init_deployment(Path(data_dir), force=args.force)
-    return f"wrote {config.path} (new secrets and PINs; keep it private)"
+    network = Network.from_name(args.network)
+    config = init_deployment(Path(data_dir), force=args.force, network=network)
+    note = ""
+    if not runs_simulated_node(network):
+        note = f"; set [node] rpc_password (or cookie_file) for your {network.value} node"
+    return f"wrote {config.path} for {network.value} (new secrets and PINs; keep it private){note}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="custody", description=__doc__)
+    parser = argparse.ArgumentParser(prog="custody", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="write a complete local deployment configuration")
     add_dir_argument(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing configuration")
+    p.add_argument(
+        "--network",
+        choices=[n.value for n in Network],
+        default=Network.REGTEST.value,
+        help="bitcoin network: address prefixes, BIP44 coin type, node port and fee floor "
+        "follow from it (default: %(default)s, with the simulated node)",
+    )
     p.set_defaults(handler=cmd_init)
 
     from custody import admin_cli, supervisor_cli, worker

@@ -10,21 +10,50 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody.errors import DatabaseUnavailable
 
 
 def database_url(config: Config) -> str:
     return config.section("custody").str("database_url")
 
 
+def shown_url(url: str) -> str:
+    """`url` fit for an operator's screen or a log: the password is hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(malformed database URL)"
+
+
+def _unreachable(url: str) -> Callable[[ExceptionContext], None]:
+    def handle(ctx: ExceptionContext) -> None:
+        if ctx.connection is None:  # the connection itself failed, not a statement
+            reason = str(ctx.original_exception).strip().splitlines()
+            raise DatabaseUnavailable(
+                f"database unreachable at {shown_url(url)}: {reason[0] if reason else '?'}"
+            ) from None
+
+    return handle
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url` with the settings this service needs on each backend."""
+    """An engine for `url` with the settings this service needs on each backend. A failed
+    connection raises `DatabaseUnavailable` (one line naming the URL, password hidden)."""
+    engine = _make_engine(url, pool_size=pool_size)
+    event.listen(engine, "handle_error", _unreachable(url))
+    return engine
+
+
+def _make_engine(url: str, *, pool_size: int) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):

@@ -154,6 +154,13 @@ class AccountError(ApiError):
     status = 400
 
 
+class DatabaseUnavailable(ApiError):
+    """The database cannot be reached (the message names its URL, never its password)."""
+
+    code = 18
+    status = 503
+
+
 def api_codes() -> list[tuple[int, int, str, str]]:
     """Every code the API answers with: (code, HTTP status, class name, meaning), by code.
 

@@ -8,6 +8,7 @@ the client, so tests may hand in a stand-in with the same methods.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,7 +16,10 @@ import requests
 
 from cc_common.config import Config
 from cc_common.errors import CustodyError
+from cc_common.hops import DEADLINE_HEADER, timed, within_caller
 from custody.errors import HsmUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 class HsmError(CustodyError):
@@ -92,22 +96,35 @@ class HotHsmClient:
         self._http = requests.Session()
 
     @classmethod
-    def from_config(cls, config: Config) -> HotHsmClient:
+    def from_config(
+        cls, config: Config, *, timeout_key: str = "rpc_timeout", default: float = 60.0
+    ) -> HotHsmClient:
+        """`[hsm_hot] rpc_timeout` (the worker's; API requests use `api_hsm_timeout`)."""
         s = config.section("hsm_hot")
         return cls(
             f"http://{s.str('rpc_host')}:{s.int('rpc_port')}",
             s.secret("rpc_secret"),
-            timeout=s.float("rpc_timeout", 60.0),
+            timeout=s.float(timeout_key, default),
         )
 
     def call(self, method: str, **params: Any) -> Any:
+        timeout = within_caller(self.timeout)
+        with timed(log, "custody->hot", method, timeout, answers=(HsmRefused,)):
+            return self._call(method, params, timeout)
+
+    def _call(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+        headers = {**self._headers, DEADLINE_HEADER: f"{timeout:.2f}"}
         try:
             resp = self._http.post(
                 self.url,
                 json={"method": method, "params": params},
-                headers=self._headers,
-                timeout=self.timeout,
+                headers=headers,
+                timeout=timeout,
             )
+        except requests.Timeout:
+            raise HsmUnavailableError(
+                f"hot HSM did not answer {method} within {timeout:g}s"
+            ) from None
         except requests.RequestException as exc:
             raise HsmUnavailableError(f"hot HSM unreachable ({type(exc).__name__})") from None
         try:
@@ -201,6 +218,14 @@ class HotHsmClient:
 
     def freeze(self, account: int, reason: str) -> None:
         self.call("freeze", account=account, reason=reason)
+
+    def account_states(self, accounts: list[int] | None = None) -> list[dict[str, Any]]:
+        """The cold HSM's signed account states (verify them: `custody.freezes`)."""
+        params = {} if accounts is None else {"accounts": accounts}
+        return list(self.call("account_states", **params)["states"])
+
+    def unfreeze(self, account: int, reason: str) -> list[dict[str, Any]]:
+        return list(self.call("unfreeze", account=account, reason=reason)["states"])
 
     def cold_status(self) -> dict[str, Any]:
         return self.call("cold_status")

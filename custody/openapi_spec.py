@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from custody.batches import MAX_BATCH_NO
-from custody.errors import api_codes
+from custody.errors import (
+    api_codes,
+)
+from custody.openapi_fields import annotate, annotate_params, error_codes
 
 VERSION = "1.0.0"
 
@@ -282,7 +285,11 @@ def _op(
     if body:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/x-www-form-urlencoded": {"schema": _ref(body)}},
+            "description": "form-encoded (the reference's) or a JSON object with the same fields",
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": _ref(body)},
+                "application/json": {"schema": _ref(body)},
+            },
         }
     return op
 
@@ -299,11 +306,16 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
 
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document served at `/api/v1/openapi.json`."""
+    annotate(SCHEMAS)
+    codes = error_codes()
+    SCHEMAS["Error"]["properties"]["code"]["enum"] = [c["code"] for c in codes]
+    SCHEMAS["Error"]["x-error-codes"] = codes
     batch_no = _path_param(
         "batch_no",
         {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_NO},
         "batch n holds indices n*1000 .. n*1000+999",
     )
+    batch_no["example"] = 0
     addr_list = {"type": "array", "items": _ref("IndexedAddress")}
     paths: dict[str, Any] = {
         "/time": {"get": _op("Server time (UTC)", _json(_ref("Time"), "the time"), tag="time")},
@@ -460,6 +472,7 @@ def build_spec() -> dict[str, Any]:
             )
         },
     }
+    annotate_params(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -472,6 +485,7 @@ def build_spec() -> dict[str, Any]:
             ),
         },
         "servers": [{"url": "/api/v1/open"}],
+        "x-error-codes": codes,
         "security": [{"token": []}],
         "paths": paths,
         "components": {

@@ -2,10 +2,12 @@
 
 A segwit signature commits only to its own input's amount, so the cold HSM signs an input only
 once it has verified the amount itself: from the transaction that created the output,
-hash-checked against its txid, or from its own records (outputs of sends it signed). When it
-asks (refusal code `PREV_TX_REQUIRED`), custody attaches each input's funding transaction to
-the PSBT and asks again. The node needs no txindex: a mined transaction is fetched from the
-block custody recorded it in, an unconfirmed one from the mempool.
+hash-checked against its txid, or from its own records (outputs of sends it signed). So custody
+attaches the funding transaction of every input that is not the output of one of its own sends
+(deposits to the hot wallet) to the PSBT; if the cold HSM still asks (refusal code
+`PREV_TX_REQUIRED`: a send it never signed), custody attaches every input's and asks again.
+The node needs no txindex: a mined transaction is fetched from the block custody recorded it
+in, an unconfirmed one from the mempool.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rpc import BitcoinRPC
-from custody.models import ChainTx
+from custody.models import ChainTx, Send
 from wallet_core.errors import PsbtError
 from wallet_core.psbt import Psbt
 from wallet_core.rawtx import parse_unsigned_tx
@@ -49,13 +51,18 @@ def fetch_prev_tx(factory: sessionmaker[Session], rpc: BitcoinRPC, txid: str) ->
         raise PrevTxUnavailable(f"transaction {txid}: the node answered no hex") from None
 
 
-def with_prev_txs(factory: sessionmaker[Session], rpc: BitcoinRPC, psbt_b64: str) -> str:
-    """`psbt_b64` with every input's funding transaction attached (PSBT_IN_NON_WITNESS_UTXO)."""
+def with_prev_txs(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, psbt_b64: str, *, all_inputs: bool = True
+) -> str:
+    """`psbt_b64` with funding transactions attached (PSBT_IN_NON_WITNESS_UTXO): of every
+    input, or (`all_inputs=False`) of those not spending an output of one of custody's sends,
+    which the cold HSM knows from signing them."""
     psbt = Psbt.from_base64(psbt_b64)
-    raw_tx = psbt.unsigned_tx_bytes()
+    txids = _input_txids(psbt.unsigned_tx_bytes())
+    own = set() if all_inputs else _own_send_txids(factory, txids)
     fetched: dict[str, bytes] = {}
-    for i, txid in enumerate(_input_txids(raw_tx)):
-        if psbt.input_prev_tx(i) is not None:
+    for i, txid in enumerate(txids):
+        if psbt.input_prev_tx(i) is not None or txid in own:
             continue
         if txid not in fetched:
             fetched[txid] = fetch_prev_tx(factory, rpc, txid)
@@ -63,8 +70,15 @@ def with_prev_txs(factory: sessionmaker[Session], rpc: BitcoinRPC, psbt_b64: str
             psbt.set_prev_tx(i, fetched[txid])
         except PsbtError as exc:
             raise PrevTxUnavailable(exc.message) from None
-    log.info("attached %d funding transaction(s) for the cold HSM", len(fetched))
+    if fetched:
+        log.info("attached %d funding transaction(s) for the cold HSM", len(fetched))
     return psbt.to_base64()
+
+
+def _own_send_txids(factory: sessionmaker[Session], txids: list[str]) -> set[str]:
+    with factory() as s:
+        rows = s.execute(select(Send.txid).where(Send.txid.in_(set(txids)))).scalars()
+        return {str(t) for t in rows}
 
 
 def _input_txids(raw_tx: bytes) -> list[str]:

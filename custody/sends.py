@@ -476,13 +476,15 @@ class SendWorker:
     def _sign_with_prev_txs(
         self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:
-        """Sign; if the cold HSM asks for funding transactions, attach them and ask again."""
+        """Sign with the funding transactions of inputs the cold HSM cannot know; if it asks
+        for more (a send it did not sign), attach every input's and ask again."""
         try:
-            return str(self.hsm.sign_send(account_id, psbt_b64, request, vc_code, c_id))
-        except HsmRefused as exc:
-            if exc.code != PREV_TX_REQUIRED:
-                raise
-        try:
+            first = with_prev_txs(self.factory, self.rpc, psbt_b64, all_inputs=False)
+            try:
+                return str(self.hsm.sign_send(account_id, first, request, vc_code, c_id))
+            except HsmRefused as exc:
+                if exc.code != PREV_TX_REQUIRED:
+                    raise
             full = with_prev_txs(self.factory, self.rpc, psbt_b64)
         except PrevTxUnavailable as exc:
             raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
@@ -561,12 +563,18 @@ class SendWorker:
         log.info("send %d broadcast", send_id)
 
     def _node_knows(self, txid: str) -> bool:
-        """True if the node has `txid` in its mempool or chain (our earlier broadcast)."""
+        """True if the node has `txid` in its mempool or chain (our earlier broadcast). Asks
+        only what a node without txindex answers: its mempool, then the chain's UTXO set for
+        the transaction's first output (a send's outputs are unspent right after it is mined)."""
         try:
-            self.rpc.get_raw_transaction(txid, True)
+            self.rpc.get_mempool_entry(txid)
+            return True
+        except RPCError:
+            pass
+        try:
+            return self.rpc.get_tx_out(txid, 0, include_mempool=False) is not None
         except RPCError:
             return False
-        return True
 
     # ------------------------------------------------------------------ BROADCAST -> CONFIRMED
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_ID = 0x4343_5741_5443  # "CCWATC"
 LEASE_KEY = "watcher_lease"
+RESCAN_KEY = "watcher_rescan"  # "next|end": blocks still to re-read below the followed tip
+RESCAN_DONE_KEY = "watcher_rescan_requested"  # the last configured rescan height honoured
 BALANCE_FLAG = "hot_balance_low:{}"
 IN_CHUNK = 500  # bound on IN (...) lists (SQLite's parameter limit, planner sanity)
 COINBASE_PREV = "0" * 64
@@ -67,7 +69,7 @@ class WatcherSettings:
     """`[custody]` keys: watch_start_height (-1 = the node's tip at first start),
     min_confirmations, hot_balance_alert_sat (0 = off), watcher_lease_seconds."""
 
-    start_height: int = 0
+    start_height: int = -1
     min_conf: int = 1
     hot_balance_alert_sat: int = 0
     lease_seconds: float = 60.0
@@ -95,7 +97,10 @@ class StepResult:
     disconnected: int = 0
     mempool_seen: int = 0
     removed: int = 0
+    rescanned: int = 0
     tip: int | None = None
+    height: int | None = None  # the last block processed
+    rescan: tuple[int, int] | None = None  # (next, end) still to re-read
 
 
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -203,10 +208,19 @@ class Watcher:
                 more = self._advance(s, result)
             if not more:
                 break
+        for _ in range(self.settings.max_blocks_per_step):
+            with transaction(self.factory) as s:
+                if not self._lock(s):
+                    result.locked = False
+                    return result
+                if not self._rescan_one(s, result):
+                    break
         with transaction(self.factory) as s:
             if not self._lock(s):
                 result.locked = False
                 return result
+            result.height = s.execute(select(func.max(BlockSeen.height))).scalar()
+            result.rescan = self._rescan_range(s)
             self._sync_mempool(s, result)
             self._check_hot_balances(s)
         return result
@@ -238,6 +252,70 @@ class Watcher:
             return True  # a reorg happened between the two calls
         self._connect(s, block)
         result.connected += 1
+        return True
+
+    # ------------------------------------------------------------------ rescan
+
+    def request_rescan(self, height: int, *, once_per_value: bool = False) -> str:
+        """Re-read blocks from `height` up to the last processed one (deposits made before
+        the watcher's first start, or missed by an operator's mistake). With
+        `once_per_value` (the config key) a height already honoured is not rescanned again."""
+        if height < 0:
+            raise ValueError("the rescan height must be >= 0")
+        with transaction(self.factory) as s:
+            if once_per_value:
+                done = s.get(KeyValue, RESCAN_DONE_KEY)
+                if done is not None and done.value == str(height):
+                    return f"rescan from {height} was done before"
+                self._put(s, RESCAN_DONE_KEY, str(height))
+            last = s.execute(select(func.max(BlockSeen.height))).scalar()
+            if last is None:
+                self.settings = replace(self.settings, start_height=height)
+                return f"first start: following the chain from block {height}"
+            if height > last:
+                return f"nothing to rescan: block {height} is beyond the last processed ({last})"
+            self._put(s, RESCAN_KEY, f"{height}|{last}")
+        log.info("rescan requested: blocks %d..%d", height, last)
+        return f"rescanning blocks {height}..{last}"
+
+    @staticmethod
+    def _put(s: Session, key: str, value: str) -> None:
+        row = s.get(KeyValue, key)
+        if row is None:
+            s.add(KeyValue(key=key, value=value))
+        else:
+            row.value = value
+        s.flush()
+
+    @staticmethod
+    def _rescan_range(s: Session) -> tuple[int, int] | None:
+        row = s.get(KeyValue, RESCAN_KEY)
+        if row is None:
+            return None
+        first, _, last = row.value.partition("|")
+        try:
+            return int(first), int(last)
+        except ValueError:
+            return None
+
+    def _rescan_one(self, s: Session, result: StepResult) -> bool:
+        """Re-read the next rescan block (idempotent: known transactions stay as they are);
+        False when there is nothing (more) to rescan."""
+        span = self._rescan_range(s)
+        if span is None:
+            return False
+        height, last = span
+        if height > last:
+            s.execute(delete(KeyValue).where(KeyValue.key == RESCAN_KEY))
+            log.info("rescan finished at block %d", last)
+            return False
+        block_hash = self._hash_at(height)
+        if block_hash is not None:
+            block = self._get_block(block_hash)
+            when = block_time(block.get("time"))
+            self._apply(s, list(block["tx"]), TxStatus.CONFIRMED, block_hash, height, when)
+        self._put(s, RESCAN_KEY, f"{height + 1}|{last}")
+        result.rescanned += 1
         return True
 
     def _hash_at(self, height: int) -> str | None:
@@ -348,7 +426,7 @@ class Watcher:
         if best == ours_last:
             waiting = s.execute(select(ChainTx).where(ChainTx.status == TxStatus.MEMPOOL)).scalars()
             for row in list(waiting):
-                if row.txid in pool or self._in_chain(row.txid):
+                if row.txid in pool or self._in_chain(s, row.txid):
                     continue
                 self._unconfirm(s, row, TxStatus.REMOVED)
                 result.removed += 1
@@ -368,12 +446,16 @@ class Watcher:
             result.mempool_seen += self._apply(s, txs, TxStatus.MEMPOOL, None, None, None)
         self._mempool_checked.update(new)
 
-    def _in_chain(self, txid: str) -> bool:
-        try:
-            info = self.rpc.get_raw_transaction(txid, True)
-        except RPCError:
-            return False
-        return int(info.get("confirmations") or 0) > 0
+    @staticmethod
+    def _in_chain(s: Session, txid: str) -> bool:
+        """Whether a block the watcher already processed holds `txid`: our own records, since a
+        node without txindex (Core's default) cannot answer this for mined transactions."""
+        row = s.execute(
+            select(ChainTx.id)
+            .where(ChainTx.txid == txid, ChainTx.status == TxStatus.CONFIRMED)
+            .limit(1)
+        ).scalar()
+        return row is not None
 
     # ------------------------------------------------------------------ recording
 
@@ -580,12 +662,24 @@ class Watcher:
         cached = self._prev_cache.get(key)
         if cached is not None:
             return cached
-        try:  # mempool transactions: the node knows the parent (txindex or mempool)
-            parent = self.rpc.get_raw_transaction(key[0], True)
-            out = parent["vout"][key[1]]
+        recorded = s.execute(
+            select(ChainTxOutput.address, ChainTxOutput.value)
+            .join(ChainTx, ChainTx.id == ChainTxOutput.chain_tx_id)
+            .where(ChainTx.txid == key[0], ChainTxOutput.sn == key[1])
+            .limit(1)
+        ).first()
+        if recorded is not None:  # a transaction we recorded: our own records suffice
+            return str(recorded[0]), int(recorded[1])
+        try:
+            # A mined parent: its output is still in the chain's UTXO set while only a mempool
+            # transaction spends it (what a node without txindex answers).
+            out = self.rpc.get_tx_out(key[0], key[1], include_mempool=False)
+            if out is None:  # a parent in the mempool: the node has it without txindex
+                parent = self.rpc.get_raw_transaction(key[0], True)
+                out = parent["vout"][key[1]]
             found = (str(out["scriptPubKey"].get("address", "")), btc_to_sats(out["value"]))
         except (RPCError, IndexError, KeyError):
-            return "", 0
+            return "", 0  # learnt from the block's prevouts once mined (verbosity 3)
         if len(self._prev_cache) > 10_000:
             self._prev_cache.clear()
         self._prev_cache[key] = found

@@ -127,7 +127,7 @@ def register(sub: Any) -> None:
         ("garbage", "put COUNT random bytes on the line"),
     ):
         k = kinds.add_parser(name, help=text)
-        k.add_argument("count", type=int)
+        k.add_argument("count", type=int, help="how many bytes (bits for flip --window)")
         if name == "flip":
             k.add_argument(
                 "--window",
@@ -135,42 +135,50 @@ def register(sub: Any) -> None:
                 default=0,
                 help="spread the bits over this many bytes (default: one bit per byte)",
             )
-        k.add_argument("--direction", choices=directions, default="both")
+        k.add_argument(
+            "--direction", choices=directions, default="both", help="which way (default: both)"
+        )
     k = kinds.add_parser("cut", help="cut the line for SECONDS")
-    k.add_argument("seconds", type=float)
-    k.add_argument("--direction", choices=directions, default="both")
+    k.add_argument("seconds", type=float, help="how long the line stays cut")
+    k.add_argument(
+        "--direction", choices=directions, default="both", help="which way (default: both)"
+    )
     k = kinds.add_parser("clear", help="forget pending faults")
-    k.add_argument("--direction", choices=directions, default="both")
+    k.add_argument(
+        "--direction", choices=directions, default="both", help="which way (default: both)"
+    )
     p.set_defaults(handler=fault)
 
     p = sub.add_parser("baud", help="change the serial line rate")
     add_dir_argument(p)
-    p.add_argument("baud", type=int)
+    p.add_argument("baud", type=int, help="the new line rate in bits per second")
     p.set_defaults(handler=baud)
 
     p = sub.add_parser("carrier", help="show or change carrier settings")
     add_dir_argument(p)
     p.add_argument("--network", help="one network (carrier name); default: all")
-    p.add_argument("--delay-ms", type=int)
+    p.add_argument("--delay-ms", type=int, help="delivery delay of each segment (ms)")
     p.add_argument("--loss", type=float, help="probability a segment is lost")
     p.add_argument("--duplicate", type=float, help="probability a segment comes twice")
-    p.add_argument("--state", choices=[s.value for s in NetworkState])
+    p.add_argument("--state", choices=[s.value for s in NetworkState], help="the network's state")
     p.set_defaults(handler=carrier)
 
     p = sub.add_parser("inbox", help="messages received by a plain phone number")
     add_dir_argument(p)
-    p.add_argument("number")
+    p.add_argument("number", help="the phone number (E.164)")
     p.add_argument("--clear", action="store_true", help="empty the inbox after reading")
     p.set_defaults(handler=inbox)
 
     p = sub.add_parser("inject", help="deliver an SMS to a number from any (even spoofed) sender")
     add_dir_argument(p)
-    p.add_argument("--to", required=True)
-    p.add_argument("--from", dest="sender", required=True)
-    p.add_argument("text")
+    p.add_argument("--to", required=True, help="recipient number (E.164)")
+    p.add_argument(
+        "--from", dest="sender", required=True, help="sender number shown (may be spoofed)"
+    )
+    p.add_argument("text", help="the message text")
     p.set_defaults(handler=inject)
 
     p = sub.add_parser("sms-log", help="the carrier's recent message log")
     add_dir_argument(p)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the last LIMIT messages")
     p.set_defaults(handler=sms_log)

@@ -30,6 +30,7 @@ from cc_common.logs import setup_logging
 from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
+from cc_common.token.pin_change import add_change_pin_command
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
@@ -329,17 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("unfreeze", help="unfreeze an account (local operator action)")
-    p.add_argument("account", type=int)
+    p.add_argument("account", type=int, help="the account number to unfreeze")
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_unfreeze)
+
+    add_change_pin_command(sub, "hsm_cold", "hsm-cold")
 
     p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("alerts", help="every recorded alert, newest first")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--limit", type=int, default=100, help="the last LIMIT alerts (default: %(default)s)"
+    )
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
     return parser

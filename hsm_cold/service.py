@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cc_common.text import printable
-from hsm_cold import accounts, cosign, sweep
+from hsm_cold import account_state, accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -48,6 +48,7 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
+from hsm_cold.prevtxs import PrevTxAssembler
 from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
@@ -82,8 +83,11 @@ class Command(StrEnum):
     COSIGN = "cosign"
     FREEZE = "freeze"
     SWEEP = "sweep"
+    LEARN_PREV_TX = "learn_prev_tx"
     STATUS = "status"
     TAKE_ALERTS = "take_alerts"
+    ACCOUNT_STATES = "account_states"
+    LIFT_OPERATOR_FREEZE = "lift_operator_freeze"
 
 
 class AlertKind(StrEnum):
@@ -140,6 +144,7 @@ def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
 AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
 SOURCE_COLD = "cold"  # the cold HSM's own checks
 SOURCE_HOT = "hot"  # a `freeze` command over the link
+SOURCE_SMS = "sms"  # an SMS received (any sender number: one budget, so no flood either)
 
 
 def phone_field(payload: Mapping[str, Any], key: str) -> str:
@@ -194,6 +199,9 @@ class ColdService:
         # What `status` adds from outside the service (the SIMs' radio state, the token).
         self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
+        self._prev_txs = PrevTxAssembler(
+            lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))
+        )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         handlers = {c.value: getattr(self, c.value) for c in Command}
@@ -260,9 +268,9 @@ class ColdService:
     ) -> None:
         """Record an alert (handed to custody by `take_alerts`) and pass it to the SMS side.
 
-        `source` says who caused it (the cold checks, the hot side, an SMS sender's number):
-        the SMS side budgets alert texts per source and kind, so no one source can use up the
-        budget another one's alerts need.
+        `source` says who caused it (the cold checks, the hot side, a received SMS): the SMS
+        side budgets alert texts per source and kind, so no one source can use up the budget
+        another one's alerts need.
         """
         message = printable(message)
         self.store.add_alert(account, kind.value, message)
@@ -572,6 +580,7 @@ class ColdService:
             fee=fee,
             outputs=_outputs(req.tx.vout),
             change_index=max((index for _, index in req.change), default=None),
+            spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
         )
         if not self.store.record_signing(signing):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
@@ -677,6 +686,10 @@ class ColdService:
             )
         return desc
 
+    def learn_prev_tx(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A part of a funding transaction too large to travel inside a request."""
+        return self._prev_txs.part(payload)
+
     def status(self, payload: dict[str, Any]) -> dict[str, Any]:
         rows = self.store.list_accounts()
         newest: dict[int, ChannelRecord] = {}
@@ -695,6 +708,17 @@ class ColdService:
             "sms_counters": self.store.counters(),
             **self.status_extras(),
         }
+
+    def account_states(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return account_state.account_states(self.store, self._sign_message, payload, self.clock())
+
+    def lift_operator_freeze(self, payload: dict[str, Any]) -> dict[str, Any]:
+        account = account_field(payload)
+        if account_state.lift_operator_freeze(self.store, payload, account):
+            self.alert(account, AlertKind.ACCOUNT_UNFROZEN, "operator freeze lifted")
+        return account_state.account_states(
+            self.store, self._sign_message, {"accounts": [account]}, self.clock()
+        )
 
     def take_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         alerts = self.store.take_alerts()

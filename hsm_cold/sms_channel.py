@@ -31,7 +31,7 @@ from cc_common.sms.channel_messages import (
 from cc_common.sms.errors import SmsError, SmsFormatError, SmsSignatureError
 from hsm_cold.errors import ColdHsmError
 from hsm_cold.keystore import ColdKeystore, channel_key_label
-from hsm_cold.service import AlertKind, ColdService, WalletKind
+from hsm_cold.service import SOURCE_SMS, AlertKind, ColdService, WalletKind
 from hsm_cold.store import CHANNEL_LIVE, CHANNEL_PENDING, AccountRecord, ChannelRecord, ColdStore
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class ChannelProtocol:
                         rec.account,
                         r.kind,
                         f"{msg.kind.value} refused: {r.detail}",
-                        source=f"sms:{sender}",
+                        source=SOURCE_SMS,
                     )
             return r.reason
         self.count(outcome)
@@ -157,7 +157,7 @@ class ChannelProtocol:
                 rec.account,
                 AlertKind.SMS_FORMAT_ERROR,
                 f"a malformed SMS from the V-device number {sender} ({reason})",
-                source=f"sms:{sender}",
+                source=SOURCE_SMS,
             )
         return "format_error"
 

@@ -9,6 +9,7 @@ is one atomic unit, and one-time ids (`h_id`, nonces) are claimed by INSERT OR I
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -246,6 +247,7 @@ class Signing:
     fee: int
     outputs: tuple[tuple[int, bytes], ...]  # (amount, script) of the signed tx, by vout
     change_index: int | None
+    spent: tuple[tuple[str, int], ...] = ()  # the outpoints it spends (no longer needed)
 
 
 @dataclass(frozen=True)
@@ -354,14 +356,20 @@ class ColdStore:
         return [(r[0], bool(r[1]), r[2]) for r in rows]
 
     def set_frozen(self, account: int, frozen: bool, reason: str = "") -> bool:
-        """Freeze (the reason is appended to earlier ones, never replaces them) or unfreeze."""
+        """Freeze (the reason is appended to earlier ones, never replaces them) or unfreeze.
+
+        The kept text is bounded (`MAX_FROZEN_REASON`): past it, the first reason and the
+        latest stay, with how many came between (each one is in the alert log as well).
+        """
         with self.transaction() as db:
             if frozen:
+                row = db.execute(
+                    "SELECT frozen_reason FROM accounts WHERE account = ?", (account,)
+                ).fetchone()
+                kept = _append_reason(row[0] if row else "", reason)
                 cur = db.execute(
-                    "UPDATE accounts SET frozen = 1, frozen_reason = CASE"
-                    " WHEN frozen_reason = '' THEN ? ELSE frozen_reason || ' | ' || ? END"
-                    " WHERE account = ?",
-                    (reason, reason, account),
+                    "UPDATE accounts SET frozen = 1, frozen_reason = ? WHERE account = ?",
+                    (kept, account),
                 )
             else:
                 cur = db.execute(
@@ -438,6 +446,7 @@ class ColdStore:
                     )
                     if cur.rowcount != 1:
                         raise _Conflict
+                db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", outpoints)
                 db.execute(
                     "INSERT INTO sweeps (txid, account, digest, answer, fee, signed_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -502,6 +511,9 @@ class ColdStore:
             if cur.rowcount != 1:
                 return False
             _add_outputs(db, s.txid, s.outputs)
+            # Spent by what was just signed: forgotten, so the table stays near the UTXO set.
+            # Should that send never be mined, a later spend brings the funding tx again.
+            db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
             if s.change_index is not None:
                 db.execute(
                     "INSERT INTO change_high (account, idx) VALUES (?, ?)"
@@ -742,6 +754,25 @@ class ColdStore:
                 (limit,),
             ).fetchall()
         return [AlertRecord(*r) for r in rows]
+
+
+MAX_FROZEN_REASON = 2000
+_REASON_SEP = " | "
+_FOLDED = re.compile(r"\+(\d+) more \(in the alert log\)")
+
+
+def _append_reason(held: str, reason: str) -> str:
+    if not held:
+        return reason[:MAX_FROZEN_REASON]
+    joined = held + _REASON_SEP + reason
+    if len(joined) <= MAX_FROZEN_REASON:
+        return joined
+    reasons = held.split(_REASON_SEP)
+    folded = _FOLDED.fullmatch(reasons[1])
+    between = int(folded.group(1)) + len(reasons) - 2 if folded else len(reasons) - 1
+    half = MAX_FROZEN_REASON // 2 - 40
+    first, latest = reasons[0][:half], reason[:half]
+    return _REASON_SEP.join((first, f"+{between} more (in the alert log)", latest))
 
 
 def _add_outputs(db: sqlite3.Connection, txid: str, outputs: tuple[tuple[int, bytes], ...]) -> None:

@@ -29,6 +29,7 @@ from cc_common.logs import setup_logging
 from cc_common.pairing import PairingBundle, PairingError
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken
+from cc_common.token.pin_change import add_change_pin_command
 from hsm_hot.audit import AuditLog
 from hsm_hot.errors import NotPaired
 from hsm_hot.policy import HotPolicy, PolicyLedger
@@ -255,17 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve custody's RPC and relay to the cold HSM")
     add_dir_argument(p)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="log verbosity (default: %(default)s)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("unlock", help="clear the PIN retry lock (SO PIN from stdin)")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_unlock)
 
+    add_change_pin_command(sub, "hsm_hot", "hsm-hot")
+
     p = sub.add_parser("audit", help="show the audit log")
     add_dir_argument(p)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--limit", type=int, default=100, help="the last LIMIT entries (default: %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(handler=cmd_audit)
     return parser
 

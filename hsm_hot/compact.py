@@ -30,6 +30,11 @@ from wallet_core.script import ScriptType
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
 
+# A link frame holds 16 KiB: funding transactions travel inside the request up to this many
+# bytes in all, and otherwise before it, in parts of PREV_TX_PART bytes.
+INLINE_PREV_TX_BYTES = 8_192
+PREV_TX_PART = 8_192
+
 
 @dataclass(frozen=True)
 class CosignPlan:
@@ -148,5 +153,20 @@ def compact_request(
         "outs": request["outs"],
         "vc_code": vc_code_bytes(vc_code),
         "c_id": c_id,
-        **({"prev_txs": plan.prev_txs} if plan.prev_txs else {}),
+        **({"prev_txs": plan.prev_txs} if inline_prev_txs(plan.prev_txs) else {}),
     }
+
+
+def inline_prev_txs(prev_txs: list[bytes]) -> bool:
+    """Whether funding transactions fit inside one request frame (else they are taught to the
+    cold HSM beforehand, in parts: `learn_prev_tx`)."""
+    return 0 < sum(len(t) for t in prev_txs) <= INLINE_PREV_TX_BYTES
+
+
+def prev_tx_parts(raw: bytes) -> list[dict[str, Any]]:
+    """The `learn_prev_tx` payloads of one funding transaction, in order."""
+    txid = parse_prev_tx(raw).txid
+    return [
+        {"txid": txid, "offset": at, "total": len(raw), "data": raw[at : at + PREV_TX_PART]}
+        for at in range(0, len(raw), PREV_TX_PART)
+    ]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from cc_common.hops import timed, within_caller
 from cc_common.link import (
     LinkAuthError,
     LinkError,
@@ -48,8 +49,10 @@ class ColdRelay:
         self, command: str, payload: Mapping[str, Any], timeout: float | None = None
     ) -> dict[str, Any]:
         start = time.monotonic()
+        limit = within_caller(timeout or self.timeout)
         try:
-            answer = self.client.call(command, payload, timeout or self.timeout)
+            with timed(log, "hot->cold", command, limit, answers=(LinkRemoteError,)):
+                answer = self.client.call(command, payload, limit)
         except LinkRemoteError as exc:
             self.round_trips += 1
             log.info("cold HSM refused %s: [%d] %s", command, exc.code, exc.message)

@@ -17,11 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cc_common.errors import CustodyError
+from cc_common.hops import DEADLINE_HEADER, caller_deadline, parse_deadline, timed
 from hsm_hot.errors import BadRequest, HotHsmError, Unauthorized
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
+DEFAULT_DEADLINE = 60.0  # for the slow-call log when the caller did not say
 Dispatch = Callable[[str, Mapping[str, Any]], Any]
 
 
@@ -71,8 +73,13 @@ class _Handler(BaseHTTPRequestHandler):
         except HotHsmError as exc:
             self._error(200, exc)
             return
+        waits = parse_deadline(self.headers.get(DEADLINE_HEADER))
         try:
-            result = self.server.dispatch(method, params)
+            with (
+                caller_deadline(waits),
+                timed(log, "rpc", method, waits or DEFAULT_DEADLINE, answers=(CustodyError,)),
+            ):
+                result = self.server.dispatch(method, params)
         except CustodyError as exc:
             self._error(200, exc)
             return

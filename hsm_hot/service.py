@@ -24,7 +24,13 @@ from cc_common.errors import CustodyError
 from cc_common.text import UnsafeText, check_values
 from cc_common.token import HsmToken
 from hsm_hot.audit import AuditLog
-from hsm_hot.compact import CosignPlan, compact_request, plan_cosign
+from hsm_hot.compact import (
+    CosignPlan,
+    compact_request,
+    inline_prev_txs,
+    plan_cosign,
+    prev_tx_parts,
+)
 from hsm_hot.errors import (
     BadRequest,
     ColdSignatureInvalid,
@@ -41,7 +47,7 @@ from hsm_hot.stats import ServiceStats
 from wallet_core import messages, signatures
 from wallet_core.bip32 import parse_xpub
 from wallet_core.chaincloud import check_user_tx_no
-from wallet_core.errors import PsbtError, SignatureError, WalletError
+from wallet_core.errors import PsbtError, SignatureError, TxParseError, WalletError
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
 
@@ -157,6 +163,8 @@ class HotService:
             "sweep": self.sweep,
             "cold_status": self.cold_status,
             "take_alerts": self.take_alerts,
+            "account_states": self.account_states,
+            "unfreeze": self.unfreeze,
         }
 
     def dispatch(self, method: str, params: Mapping[str, Any]) -> Any:
@@ -434,6 +442,8 @@ class HotService:
         cost = SendCost(plan.payments, plan.fee, plan.vsize)
         reservation = self.ledger.reserve_send(account, cost, len(plan.tx.vout), plan.txid)
         try:
+            if not inline_prev_txs(plan.prev_txs):
+                self._teach_prev_txs(plan.prev_txs)
             answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
             cold_sigs = self._check_cold_signatures(plan, answer)
             hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
@@ -451,6 +461,12 @@ class HotService:
         self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
         self._audit_send(account, req["user_tx_no"], plan)
         return {"psbt": signed}
+
+    def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:
+        """Send funding transactions too large for the request frame ahead of it, in parts."""
+        for raw in prev_txs:
+            for part in prev_tx_parts(raw):
+                self.relay.call("learn_prev_tx", part)
 
     def _check_cold_signatures(self, plan: CosignPlan, answer: Mapping[str, Any]) -> list[bytes]:
         """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest."""
@@ -515,10 +531,29 @@ class HotService:
             raise BadRequest("prev_txs must be a list of hex transactions") from None
         self._account_record(account)
         payload: dict[str, Any] = {"account": account, "utxos": utxos, "fee_rate": fee_rate}
-        if raw_prev:
-            payload["prev_txs"] = raw_prev
+        try:
+            if inline_prev_txs(raw_prev):
+                payload["prev_txs"] = raw_prev
+            else:
+                self._teach_prev_txs(raw_prev)
+        except TxParseError as exc:
+            raise BadRequest(f"prev_txs: {exc.message}") from None
         answer = self.relay.call("sweep", payload)
         self.audit.record("sweep", account=account, utxos=len(utxos))
+        return jsonable(answer)
+
+    def account_states(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's identity-signed account states, relayed as they are."""
+        accounts = params.get("accounts")
+        payload = {} if accounts is None else {"accounts": _param(params, "accounts", list)}
+        return jsonable(self.relay.call("account_states", payload))
+
+    def unfreeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Lift an operator's freeze (the cold HSM refuses to lift its own)."""
+        account = _account(params)
+        reason = _text(params, "reason", 500)
+        answer = self.relay.call("lift_operator_freeze", {"account": account, "reason": reason})
+        self.audit.record("unfreeze", account=account, reason=reason)
         return jsonable(answer)
 
     def cold_status(self, params: Mapping[str, Any]) -> dict[str, Any]:

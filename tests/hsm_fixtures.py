@@ -82,14 +82,22 @@ class Coin:
 
 
 def funding_tx(
-    script_pubkey: bytes, value: int, vout: int, tag: str, *, witness: bool = False
+    script_pubkey: bytes,
+    value: int,
+    vout: int,
+    tag: str,
+    *,
+    witness: bool = False,
+    filler: int = 0,
 ) -> bytes:
     """A transaction (never broadcast) paying `value` to `script_pubkey` at output `vout`:
     what the cold HSM hash-checks an input's amount against, for tests without a node.
-    `witness` gives it a P2WPKH-sized witness (segwit serialization), as a real one has."""
+    `witness` gives it a P2WPKH-sized witness (segwit serialization), as a real one has;
+    `filler` adds that many other 34-byte-script outputs after ours (a batch payout)."""
     spent = hashlib.sha256(tag.encode()).digest()
     outs = [(1000 + n, bytes([0x51])) for n in range(vout)] + [(value, script_pubkey)]
-    body = b"\x01" + spent + b"\x00\x00\x00\x00\x00" + b"\xff" * 4 + bytes([len(outs)])
+    outs += [(2000 + n, bytes([0x00, 0x20]) + bytes(32)) for n in range(filler)]
+    body = b"\x01" + spent + b"\x00\x00\x00\x00\x00" + b"\xff" * 4 + _varint(len(outs))
     for v, script in outs:
         body += v.to_bytes(8, "little") + bytes([len(script)]) + script
     version = (2).to_bytes(4, "little")
@@ -99,11 +107,24 @@ def funding_tx(
     return version + b"\x00\x01" + body + items + b"\x00" * 4
 
 
+def _varint(n: int) -> bytes:
+    return bytes([n]) if n < 0xFD else b"\xfd" + n.to_bytes(2, "little")
+
+
 def funded_coin(
-    wallet: Any, value: int, chain: int, index: int, vout: int, tag: str, *, witness: bool = False
+    wallet: Any,
+    value: int,
+    chain: int,
+    index: int,
+    vout: int,
+    tag: str,
+    *,
+    witness: bool = False,
+    filler: int = 0,
 ) -> Coin:
     """A coin of `wallet` at (chain, index) with its funding transaction."""
-    raw = funding_tx(wallet.script_pubkey(index, chain), value, vout, tag, witness=witness)
+    script = wallet.script_pubkey(index, chain)
+    raw = funding_tx(script, value, vout, tag, witness=witness, filler=filler)
     return Coin(parse_prev_tx(raw).txid, vout, value, chain, index, raw)
 
 

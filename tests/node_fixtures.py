@@ -61,8 +61,9 @@ FEE = 10_000  # sats: comfortably above 1 sat/vB for the small transactions here
 class NodeProcess:
     """The regtest node as a child process in its own deployment directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, txindex: bool = False) -> None:
         self.data_dir = data_dir
+        self.txindex = txindex  # Core's default is off: mined txs only with their block hash
         self.config: Config = init_deployment(data_dir)
         section = self.config.section("firmware_sim.node")
         self.url = f"http://{section.str('host')}:{section.int('port')}"
@@ -75,6 +76,7 @@ class NodeProcess:
     def start(self, deadline: float = 30.0) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["CC__FIRMWARE_SIM__NODE__TXINDEX"] = "true" if self.txindex else "false"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "firmware_sim.cli", "node", "--dir", str(self.data_dir)],
@@ -125,9 +127,11 @@ class NodeProcess:
         )
 
 
-def running_node(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[NodeProcess]:
+def running_node(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, txindex: bool = False
+) -> Iterator[NodeProcess]:
     """Body of a module-scoped fixture: a started node, stopped (cleanly) at teardown."""
-    node = NodeProcess(tmp_path_factory.mktemp(name))
+    node = NodeProcess(tmp_path_factory.mktemp(name), txindex=txindex)
     node.start()
     try:
         yield node

@@ -158,6 +158,17 @@ def test_hsm_unavailable(session_factory, hsm, monkeypatch):
         create(session_factory, hsm)
 
 
+def _mainnet_descriptor() -> str:
+    from wallet_core.bip32 import ExtendedKey
+    from wallet_core.descriptors import wpkh_descriptor
+    from wallet_core.networks import Network
+
+    root = ExtendedKey.from_seed(b"mainnet settlement wallet", Network.MAINNET)
+    path = bip84_account_path(Network.MAINNET, 0)
+    xpub = root.derive(path).to_public()
+    return str(wpkh_descriptor(xpub, root.fingerprint, path, 0))
+
+
 @pytest.mark.parametrize(
     "over,needle",
     [
@@ -165,6 +176,12 @@ def test_hsm_unavailable(session_factory, hsm, monkeypatch):
         ({"vdevice_phone": "5550000100"}, "vdevice phone"),
         ({"owner_phone": "+1555x"}, "owner phone"),
         ({"settlement_descriptor": "wpkh(nonsense)"}, "settlement"),
+        ({"settlement_descriptor": f"wpkh({'02' + '11' * 32})"}, "plain public key"),
+        (
+            {"settlement_descriptor": settlement_descriptor().split("#")[0].replace("/*)", ")")},
+            "not ranged",  # .../0 instead of .../0/*: one fixed address
+        ),
+        ({"settlement_descriptor": _mainnet_descriptor()}, "is for mainnet, not regtest"),
         ({"vdevice_identity": "02abcd"}, "vdevice identity"),
         ({"vdevice_identity": "zz"}, "hex"),
     ],

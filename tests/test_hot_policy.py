@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hsm_hot.errors import PolicyRefused, RateLimited
-from hsm_hot.policy import HotPolicy, PolicyLedger
+from hsm_hot.errors import (
+    DailyFeeAboveLimit,
+    FeeAboveLimit,
+    FeeRateAboveLimit,
+    PolicyRefused,
+    RateLimited,
+)
+from hsm_hot.policy import HotPolicy, PolicyLedger, SendCost
 
 
 class Clock:
@@ -69,3 +75,26 @@ def test_reservation_counts_at_once_and_cancel_gives_it_back(tmp_path, clock):
     led.cancel_send(first)
     assert led.spent_today(1) == 0
     led.reserve_send(1, 600, 1, "bb" * 32)
+
+
+def test_fee_limits_per_send_rate_and_day(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_fee_sat=1000, max_fee_rate=5, max_fee_per_day_sat=1500)
+    with pytest.raises(FeeAboveLimit) as info:
+        led.reserve_send(1, SendCost(10, 1001, 1000), 1, "aa" * 32)
+    assert info.value.code == 920
+    with pytest.raises(FeeRateAboveLimit, match="exceeds the limit of 5 sat/vB") as info:
+        led.reserve_send(1, SendCost(10, 600, 100), 1, "aa" * 32)
+    assert info.value.code == 921
+    led.reserve_send(1, SendCost(10, 900, 200), 1, "aa" * 32)
+    with pytest.raises(DailyFeeAboveLimit, match="900 sat of fees signed today") as info:
+        led.reserve_send(1, SendCost(10, 700, 200), 1, "bb" * 32)
+    assert info.value.code == 922
+    led.reserve_send(2, SendCost(10, 700, 200), 1, "bb" * 32)  # another account
+
+
+def test_the_fee_counts_against_the_amount_limits(tmp_path, clock):
+    led = ledger(tmp_path, clock, max_send_sat=1000, max_daily_sat=1500)
+    with pytest.raises(PolicyRefused, match="send of 1001 sat exceeds the per-send limit"):
+        led.reserve_send(1, SendCost(900, 101), 1, "aa" * 32)
+    led.reserve_send(1, SendCost(900, 100), 1, "aa" * 32)
+    assert led.spent_today(1) == 1000 and led.fees_today(1) == 100

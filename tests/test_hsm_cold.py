@@ -563,6 +563,33 @@ def test_amounts_are_verified_from_the_previous_transaction(link: Any) -> None:
     link.call("cosign", payload, timeout=TIMEOUT)
 
 
+def test_a_large_funding_transaction_is_taught_in_parts(link: Any) -> None:
+    """A funding transaction too large for a request frame (a batch payout) is sent ahead in
+    `learn_prev_tx` parts; the cold HSM computes its txid itself before it trusts it."""
+    acct = provision(link, 46)
+    coin = funded_coin(acct.wallet, 1_000_000, RECEIVE, 3, 0, "batch payout", filler=600)
+    raw = coin.prev_tx or b""
+    assert len(raw) > 20_000  # more than one 16 KiB link frame
+    parts = [raw[i : i + 8192] for i in range(0, len(raw), 8192)]
+
+    def part(n: int, data: bytes, txid: str = coin.txid) -> dict[str, Any]:
+        return {"txid": txid, "offset": 8192 * n, "total": len(raw), "data": data}
+
+    err = refused(link, "learn_prev_tx", part(1, parts[1]))  # not in order
+    assert err.code == ColdErrorCode.BAD_REQUEST and "does not follow" in err.message
+    wrong = "00" * 32
+    for n, data in enumerate(parts[:-1]):
+        assert link.call("learn_prev_tx", part(n, data, wrong), timeout=TIMEOUT)["have"]
+    err = refused(link, "learn_prev_tx", part(len(parts) - 1, parts[-1], wrong))
+    assert err.code == ColdErrorCode.BAD_PREV_TX and coin.txid in err.message
+    payload, _ = acct.send([(random_address(), 100_000)], "big", coins=[coin], prev_txs=False)
+    assert refused(link, "cosign", payload).code == ColdErrorCode.PREV_TX_REQUIRED
+    for n, data in enumerate(parts):
+        answer = link.call("learn_prev_tx", part(n, data), timeout=TIMEOUT)
+    assert answer == {"have": len(raw), "outputs": 601}
+    link.call("cosign", payload, timeout=TIMEOUT)
+
+
 def test_a_lying_amount_is_refused_and_freezes(link: Any) -> None:
     """The amount split: one input stated as 1 sat. Refused, frozen, alerted."""
     acct = provision(link, 41)

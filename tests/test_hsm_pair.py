@@ -247,8 +247,8 @@ def test_send_signed_by_both_is_mined(
     signed.finalize()
     txid = node.send_raw_transaction(signed.extract_hex())
     assert txid == psbt.txid
-    node.generate_to_address(1, random_address())
-    tx = node.get_raw_transaction(txid, True)
+    [mined] = node.generate_to_address(1, random_address())
+    tx = node.get_raw_transaction(txid, True, mined)
     assert tx["confirmations"] == 1
     change_script = account.wallet.script_pubkey(0, CHANGE).hex()
     assert tx["vout"][2]["scriptPubKey"]["hex"] == change_script
@@ -312,6 +312,17 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     assert acct.id in [a for a, _ in client.cold_status()["frozen"]]
     # nothing of the above got a hot signature
     assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
+
+
+def test_a_large_funding_transaction_travels_in_parts(client: HotHsmClient) -> None:
+    """A first spend from a 25 KB batch payout: more than a link frame, so hsm-hot teaches
+    the cold HSM the funding transaction in parts before the co-sign request."""
+    acct = Account(client)
+    coin = funded_coin(acct.wallet, 500_000, RECEIVE, 7, 0, os.urandom(8).hex(), filler=600)
+    assert len(coin.prev_tx or b"") > 20_000
+    pay = [(random_address(), 100_000)]
+    psbt = build_send_psbt(acct.wallet, [coin], pay, change=(2, 500_000 - 100_000 - 2_000))
+    Psbt.from_base64(client.sign_send(**acct.params(psbt, pay, "big-1"))).finalize()
 
 
 def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient) -> None:

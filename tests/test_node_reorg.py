@@ -29,7 +29,7 @@ NO_SUCH_TX = (
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "node-reorg")
+    yield from running_node(tmp_path_factory, "node-reorg", txindex=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from custody.chain import BitcoinRPC
+from firmware_sim.node.rpc_methods import NO_SUCH_MEMPOOL_TX
 from tests.node_fixtures import (
     FEE,
     Faucet,
@@ -188,7 +189,9 @@ def test_transaction_lifecycle_shapes(rpc: BitcoinRPC, faucet: Faucet, key: Key)
 
     [block_hash] = rpc.generate_to_address(1, key.address)
     assert rpc.get_raw_mempool() == []
-    mined = rpc.get_raw_transaction(txid, True)
+    # Without txindex (Core's default) a mined transaction is found only by its block hash.
+    assert_rpc_error(rpc.get_raw_transaction, -5, NO_SUCH_MEMPOOL_TX, txid, True)
+    mined = rpc.get_raw_transaction(txid, True, block_hash)
     assert mined["blockhash"] == block_hash and mined["confirmations"] == 1
     assert mined["time"] == mined["blocktime"]
     assert rpc.get_tx_out(txid, 0)["confirmations"] == 1
@@ -196,12 +199,7 @@ def test_transaction_lifecycle_shapes(rpc: BitcoinRPC, faucet: Faucet, key: Key)
     assert block["tx"][1]["fee"] == Decimal("0.00010000")
     assert block["tx"][0]["vout"][0]["value"] == Decimal("50.00010000")
     assert_rpc_error(rpc.get_mempool_entry, -5, "Transaction not in mempool", txid)
-    assert_rpc_error(
-        rpc.get_raw_transaction,
-        -5,
-        "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.",
-        "ab" * 32,
-    )
+    assert_rpc_error(rpc.get_raw_transaction, -5, NO_SUCH_MEMPOOL_TX, "ab" * 32)
     assert_rpc_error(rpc.decode_raw_transaction, -22, "TX decode failed", "00")
 
 
@@ -234,8 +232,8 @@ def test_chain_and_mempool_survive_restart(node: NodeProcess, faucet: Faucet, ke
     assert (rpc.get_block_count(), rpc.get_best_block_hash()) == (height, best)
     assert rpc.get_raw_mempool() == [txid_hex(tx)]
     assert rpc.get_tx_out(coin[0], 0, include_mempool=False) is not None
-    rpc.generate_to_address(1, key.address)
-    assert rpc.get_raw_transaction(txid_hex(tx), True)["confirmations"] == 1
+    [block] = rpc.generate_to_address(1, key.address)
+    assert rpc.get_raw_transaction(txid_hex(tx), True, block)["confirmations"] == 1
     assert json.loads(json.dumps(rpc.call("getchaintips"), default=str))[0]["status"] == "active"
 
 

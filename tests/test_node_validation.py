@@ -259,6 +259,6 @@ def test_multisig_rejections_then_valid_spend_mined(
     assert rpc.send_raw_transaction(hex_of(good)) == txid_hex(good)
     [block_hash] = rpc.generate_to_address(1, key.address)
     assert txid_hex(good) in rpc.get_block(block_hash, 1)["tx"]
-    confirmed = rpc.get_raw_transaction(txid_hex(good), True)
+    confirmed = rpc.get_raw_transaction(txid_hex(good), True, block_hash)
     assert confirmed["blockhash"] == block_hash and confirmed["confirmations"] == 1
     assert rejected(rpc, hex_of(good)) == (-27, "Transaction outputs already in utxo set")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -136,9 +137,20 @@ class Env:
         """How many of the node's transactions `txids` pay DEST (mempool or chain)."""
         n = 0
         for txid in txids:
-            tx = self.rpc.get_raw_transaction(txid, True)
+            tx = self.find_tx(txid)
             n += sum(1 for o in tx["vout"] if o["scriptPubKey"]["hex"] == bytes(DEST.script).hex())
         return n
+
+    def find_tx(self, txid: str) -> dict[str, Any]:
+        """A transaction from the mempool or one of the last blocks (a node without txindex)."""
+        if txid in self.rpc.get_raw_mempool():
+            return dict(self.rpc.get_raw_transaction(txid, True))
+        tip = self.rpc.get_block_count()
+        for height in range(tip, max(tip - 10, 0), -1):
+            for tx in self.rpc.get_block(self.rpc.get_block_hash(height), 2)["tx"]:
+                if tx["txid"] == txid:
+                    return dict(tx)
+        raise AssertionError(f"{txid} neither in the mempool nor in the last blocks")
 
 
 def _outs(value: int) -> str:
@@ -403,3 +415,41 @@ def test_a_truncated_or_non_hex_final_transaction_fails_the_send_with_a_reason()
             SendWorker._parse_final(raw[:-cut].hex())
     with pytest.raises(SendFailed, match="not hex"):
         SendWorker._parse_final("zz")
+
+
+def test_funding_transactions_come_from_their_recorded_block(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, monkeypatch
+) -> None:
+    """The cold HSM verifies amounts from funding transactions: custody attaches those of
+    deposits, fetched from the block the watcher recorded (no txindex needed), and not those
+    of its own sends' outputs (the cold HSM signed them, so it knows them)."""
+    from custody.prevtxs import with_prev_txs
+    from wallet_core.prevtx import parse_prev_tx
+
+    env = Env(factory, rpc, faucet, [300_000])
+    sid = env.send("order-prev", _outs(100_000), dynamic=1)
+    assert env.worker().step() == {sid: SendStatus.BROADCAST}
+    send = env.get(sid)
+    asked: list[tuple[str, str | None]] = []
+    fetch = rpc.get_raw_transaction
+
+    def recording(txid: str, verbose: bool = True, block_hash: str | None = None) -> object:
+        asked.append((txid, block_hash))
+        return fetch(txid, verbose, block_hash)
+
+    monkeypatch.setattr(rpc, "get_raw_transaction", recording)
+    full = Psbt.from_base64(with_prev_txs(factory, rpc, send.psbt, all_inputs=False))
+    [(funding, _)] = env.reserved(sid)
+    raw = full.input_prev_tx(0)
+    assert raw is not None and parse_prev_tx(raw).txid == funding
+    with factory() as s:
+        recorded = chain_tx(s, env.account_id, Wallet.HOT, funding).block_hash
+    assert asked == [(funding, recorded)] and recorded is not None
+    # a PSBT spending the send's own change: nothing to attach up front
+    change = Psbt.from_base64(send.psbt)
+    monkeypatch.setattr(
+        "custody.prevtxs._input_txids", lambda raw_tx: [send.txid] * change.input_count
+    )
+    asked.clear()
+    with_prev_txs(factory, rpc, send.psbt, all_inputs=False)
+    assert asked == []

@@ -273,3 +273,27 @@ def test_up_runs_every_built_process(deployment: Any) -> None:
     assert [p["name"] for p in status["processes"]] == EXPECTED_PROCESSES
     stop_supervisor(sup)
     assert_nothing_left(d, sup)
+
+
+def test_init_picks_ports_below_the_ephemeral_range_and_up_names_a_taken_one(
+    deployment: Any,
+) -> None:
+    import socket
+
+    from cc_common.ports import ephemeral_range
+
+    d = deployment()
+    low, _ = ephemeral_range()
+    ports = d.ports()
+    assert ports and all(p < low for p in ports.values()), ports
+    port = d.port("custody")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        out = d.cli("up", "--dir", str(d.data_dir), check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 for custody-api is already in use: "
+        f"change [custody] port in {d.config_path}"
+    ]
+    assert out.stdout == "" and not d.leftover_processes()

@@ -136,7 +136,7 @@ def test_two_signers_spend_is_accepted_and_mined(rpc: BitcoinRPC, hot: Wallet) -
     assert txid == txid_hex(CTransaction.deserialize(raw))
     [block] = rpc.generate_to_address(1, Key.from_seed("miner").address)
     assert txid in rpc.get_block(block, 1)["tx"]
-    mined = rpc.get_raw_transaction(txid, True)
+    mined = rpc.get_raw_transaction(txid, True, block)
     assert mined["confirmations"] == 1
     paid = {o["scriptPubKey"]["address"]: o["value"] for o in mined["vout"]}
     assert paid[dest.address] == 7

@@ -287,3 +287,39 @@ def test_hot_balance_low_alert_fires_once(
         assert confirmed_balance(s, account_id, Wallet.HOT) == 261_000
         n = s.execute(select(func.count(Alert.id))).scalar_one()
         assert n == 1
+
+
+def test_first_start_follows_from_the_tip_and_a_rescan_finds_older_deposits(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+) -> None:
+    """By default the watcher starts at the node's tip (a node with years of history would
+    take days from genesis); a deliberate rescan re-reads older blocks, idempotently."""
+    account_id, hot, cold = acct
+    old = fund(rpc, faucet, [(bytes(cold[2].script_pubkey), 40_000)])
+    [old_block] = mine(rpc)
+    old_height = rpc.get_block_header(old_block)["height"]
+    mine(rpc, 3)
+    w = Watcher(factory, rpc, WatcherSettings())  # the default: start_height = -1
+    first = w.step()
+    assert first.connected == 1 and first.height == rpc.get_block_count()
+    with factory() as s:
+        assert chain_tx(s, account_id, Wallet.COLD, old) is None  # before the first start
+        assert list(s.execute(select(BlockSeen.height)).scalars()) == [first.height]
+
+    assert w.request_rescan(old_height) == f"rescanning blocks {old_height}..{first.height}"
+    result = w.step()
+    assert result.rescanned == first.height - old_height + 1 and result.rescan is None
+    with factory() as s:
+        row = chain_tx(s, account_id, Wallet.COLD, old)
+        assert row is not None and row.status is TxStatus.CONFIRMED and row.value == 40_000
+        assert row.block_height == old_height
+        assert confirmed_balance(s, account_id, Wallet.COLD) == 40_000
+        assert _journal_kinds(s).count("deposit_confirmed") == 1
+    w.request_rescan(old_height)  # again: nothing is recorded twice
+    w.step()
+    with factory() as s:
+        assert counts(s) == {"chain_txs": 1, "utxos": 1}
+        assert _journal_kinds(s).count("deposit_confirmed") == 1
+    # The configured value is honoured once, not at every restart.
+    assert "rescanning" in w.request_rescan(old_height, once_per_value=True)
+    assert "done before" in w.request_rescan(old_height, once_per_value=True)

@@ -87,15 +87,35 @@ def _origin(d: _EmbitDerivation) -> KeyOrigin:
     return KeyOrigin(bytes(d.fingerprint), tuple(d.derivation))
 
 
-def _check_unsigned_tx_bytes(raw: bytes) -> None:
-    """BIP174: the global unsigned tx must be non-witness serialized."""
+# PSBT v2 fields (BIP370): embit applies them to a v0 PSBT too, replacing the unsigned
+# transaction's version, locktime, outpoints, sequences, amounts or scripts, or sizing its maps.
+_V2_ONLY_GLOBALS = {
+    2: "tx version",
+    3: "fallback locktime",
+    4: "input count",
+    5: "output count",
+    6: "tx modifiable",
+}
+
+
+def _check_globals(raw: bytes) -> bytes | None:
+    """BIP174 rules embit skips: the global unsigned tx is non-witness serialized, without
+    scriptSigs, and no v2-only global field sits beside it. Returns the unsigned tx's bytes."""
     s = io.BytesIO(raw)
     if s.read(5) != b"psbt\xff":
         raise PsbtError("not a PSBT (bad magic bytes)")
-    key = _read_exact(s, _read_compact(s))
-    if key != b"\x00":
-        return  # embit reports the missing/invalid unsigned tx
-    tx = _read_exact(s, _read_compact(s))
+    tx = None
+    while key := _read_exact(s, _read_compact(s)):  # an empty key ends the global map
+        value = _read_exact(s, _read_compact(s))
+        if key[0] in _V2_ONLY_GLOBALS:
+            raise PsbtError(f"PSBT v0 with the v2 global field {_V2_ONLY_GLOBALS[key[0]]}")
+        if key == b"\x00":
+            _check_unsigned_tx(value)
+            tx = value
+    return tx
+
+
+def _check_unsigned_tx(tx: bytes) -> None:
     if len(tx) >= 6 and tx[4] == 0 and tx[5] != 0:
         raise PsbtError("unsigned transaction uses witness serialization")
     try:
@@ -186,13 +206,19 @@ class Psbt:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Psbt:
         """Parse and validate (BIP174 invalid vectors are rejected with `PsbtError`)."""
-        _check_unsigned_tx_bytes(raw)
+        unsigned_tx = _check_globals(raw)
         try:
             p = _EmbitPSBT.parse(raw)
         except Exception as exc:  # embit raises several unrelated types
             raise PsbtError(f"invalid PSBT: {exc}") from None
         if p.version not in (None, 0):
             raise PsbtError(f"unsupported PSBT version {p.version}")
+        try:  # v2 input/output fields would have changed it (see _V2_ONLY_GLOBALS)
+            same = p.tx.serialize() == unsigned_tx
+        except (ValueError, OverflowError, TypeError):
+            same = False
+        if not same:
+            raise PsbtError("PSBT fields contradict its unsigned transaction (v2 fields in v0?)")
         return cls(p)
 
     @classmethod

@@ -158,8 +158,13 @@ def parse_unsigned_tx(raw: bytes) -> UnsignedTx:
     return UnsignedTx(version, tuple(vin), tuple(vout), locktime, raw)
 
 
-def parse_signed_tx(raw: bytes) -> SignedTx:
-    """Parse a network-serialized transaction, with or without witness data (BIP144)."""
+def parse_signed_tx(
+    raw: bytes, *, max_inputs: int = MAX_INPUTS, max_outputs: int = MAX_OUTPUTS
+) -> SignedTx:
+    """Parse a network-serialized transaction, with or without witness data (BIP144).
+
+    The counts' ceilings are ours by default; a funding transaction of someone else's (an
+    exchange's batch payout) is read with higher ones (`wallet_core.prevtx`)."""
     if not isinstance(raw, bytes):
         raise TxParseError("tx must be bytes")
     r = _Reader(raw)
@@ -168,7 +173,7 @@ def parse_signed_tx(raw: bytes) -> SignedTx:
     if segwit and r.take(2)[1] != 1:
         raise TxParseError("tx: unknown witness flag")
     body_start = r.pos
-    n_in = r.count("inputs", MIN_INPUT_SIZE, MAX_INPUTS)
+    n_in = r.count("inputs", MIN_INPUT_SIZE, max_inputs)
     if n_in == 0:
         raise TxParseError("tx: no inputs")
     vin: list[TxIn] = []
@@ -178,7 +183,7 @@ def parse_signed_tx(raw: bytes) -> SignedTx:
         prev_index = r.uint(4)
         script_sigs.append(r.script(f"input {n} scriptSig"))
         vin.append(TxIn(txid, prev_index, r.uint(4)))
-    n_out = r.count("outputs", MIN_OUTPUT_SIZE, MAX_OUTPUTS)
+    n_out = r.count("outputs", MIN_OUTPUT_SIZE, max_outputs)
     if n_out == 0:
         raise TxParseError("tx: no outputs")
     vout: list[TxOut] = []

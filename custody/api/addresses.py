@@ -7,6 +7,7 @@ from flask import Blueprint, request
 from sqlalchemy import select
 
 from custody import batches
+from custody.api.params import body_fields, parse_batch_no
 from custody.api.schemas import parse_batch_status, parse_path
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import BadRequest, NotFound
@@ -18,23 +19,25 @@ bp = Blueprint("addresses", __name__)
 HISTORY_PAGE = 100
 
 
-@bp.get("/address/batch/<int:batch_no>")
+@bp.get("/address/batch/<batch_no>")
 @any_token
-def get_batch(batch_no: int) -> list[dict[str, object]]:
+def get_batch(batch_no: str) -> list[dict[str, object]]:
     p = current_principal()
+    number = parse_batch_no(batch_no)
     return batches.get_or_create_batch(
-        db.factory, hsm_provider.client, app_config(), p.account_id, p.wallet, batch_no
+        db.factory, hsm_provider.client, app_config(), p.account_id, p.wallet, number
     )
 
 
-@bp.post("/address/batch/<int:batch_no>/status")
+@bp.post("/address/batch/<batch_no>/status")
 @hot_only
-def post_batch_status(batch_no: int) -> dict[str, object]:
+def post_batch_status(batch_no: str) -> dict[str, object]:
     p = current_principal()
-    report = parse_batch_status(request.form)
+    number = parse_batch_no(batch_no)
+    report = parse_batch_status(body_fields())
     with db.write() as session:
         batches.set_batch_status(
-            session, app_config(), p.account_id, report.wallet, batch_no, report.status
+            session, app_config(), p.account_id, report.wallet, number, report.status
         )
     return {"result": True}
 

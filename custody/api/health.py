@@ -23,7 +23,7 @@ bp = Blueprint("health", __name__)
 def _healthy() -> bool:
     try:
         db.reader.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, CustodyError) as exc:  # DatabaseUnavailable: connect failed
         log.warning("health: database does not answer (%s)", type(exc).__name__)
         return False
     try:

@@ -1,6 +1,6 @@
 """Every request's text is checked before any view runs: no control or bidi character.
 
-Form fields, query arguments and path parts are refused with a 400 naming the field and the
+Form fields, JSON body strings, query arguments and path parts are refused with a 400 naming the field and the
 character, so nothing such a value carries can reach the database, an HSM, an alert or a log.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from cc_common.text import UnsafeText, check_text
+from cc_common.text import UnsafeText, check_text, check_values
 from custody.errors import BadRequest
 
 bp = Blueprint("input_text", __name__)
@@ -24,5 +24,7 @@ def refuse_unsafe_text() -> None:
         for key, value in (request.view_args or {}).items():
             if isinstance(value, str):
                 check_text(value, f"path part {key!r}")
+        if request.is_json:
+            check_values(request.get_json(silent=True), "JSON body")
     except UnsafeText as exc:
         raise BadRequest(exc.message) from None

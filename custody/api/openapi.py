@@ -57,14 +57,22 @@ fetch('openapi.json').then(r=>r.json()).then(spec=>{
   const head=el('div'); head.appendChild(el('span',{'class':'m '+method},method.toUpperCase()));
   head.appendChild(el('code',{},path)); head.appendChild(el('span',{},' - '+op.summary));
   box.appendChild(head); const form=el('form'); const fields=[];
+  if(op.description) box.appendChild(el('p',{},op.description));
   for(const p of (op.parameters||[])){ const l=el('label',{},p.name+' ('+p.in+') ');
-   const i=el('input',{name:p.name}); l.appendChild(i); form.appendChild(l);
+   const i=el('input',{name:p.name,placeholder:String(p.example??'')}); l.appendChild(i);
+   l.appendChild(el('small',{},' '+(p.description||''))); form.appendChild(l);
    fields.push([p,i]); }
   let bodyFields=[];
   if(op.requestBody){ const sch=resolve(spec,
     op.requestBody.content['application/x-www-form-urlencoded'].schema);
-   for(const n in (sch.properties||{})){ const l=el('label',{},n+' (form) ');
-    const i=el('input',{name:n}); l.appendChild(i); form.appendChild(l); bodyFields.push([n,i]); } }
+   for(const n in (sch.properties||{})){ const f=sch.properties[n];
+    const l=el('label',{},n+' (form or JSON) ');
+    const i=el('input',{name:n,placeholder:String(f.example??'')}); l.appendChild(i);
+    const unit=f['x-unit']?' ['+f['x-unit']+']':'';
+    l.appendChild(el('small',{'class':'field-doc'},' '+(f.description||'')+unit));
+    form.appendChild(l); bodyFields.push([n,i]); } }
+  const errs=Object.keys(op.responses||{}).filter(s=>s!=='200').join(', ');
+  box.appendChild(el('div',{},'error statuses: '+errs));
   const go=el('button',{type:'submit'},'send'); form.appendChild(go);
   const out=el('pre'); form.appendChild(out);
   form.addEventListener('submit', ev=>{ ev.preventDefault(); let url=base+path; const q=[];
@@ -82,6 +90,13 @@ fetch('openapi.json').then(r=>r.json()).then(spec=>{
      out.textContent='HTTP '+r.status+'\\n'+s; })).catch(e=>{ out.textContent=String(e); });
   });
   box.appendChild(form); root.appendChild(box); } }
+ const codes=el('table',{id:'error-codes'}); const hr=el('tr');
+ for(const h of ['code','HTTP','name','meaning']) hr.appendChild(el('th',{},h));
+ codes.appendChild(hr);
+ for(const c of (spec['x-error-codes']||[])){ const tr=el('tr');
+  for(const v of [c.code,c.status,c.name,c.meaning]) tr.appendChild(el('td',{},String(v)));
+  codes.appendChild(tr); }
+ root.appendChild(el('h2',{},'Error codes')); root.appendChild(codes);
 }).catch(e=>{ document.getElementById('ops').textContent='cannot load the document: '+e; });
 </script></body></html>
 """

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from custody import journal, send_statements
 from custody.api import iso, queries
+from custody.api.params import body_fields
 from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import (
@@ -74,7 +75,7 @@ def post_send() -> dict[str, object]:
     account = session.get(Account, p.account_id)
     if account is None:
         raise NotFound("account not found")
-    req = parse_send_request(request.form, Network.from_name(account.network))
+    req = parse_send_request(body_fields(), Network.from_name(account.network))
     exists = session.execute(
         select(Send.id).where(Send.account_id == account.id, Send.user_tx_no == req.user_tx_no)
     ).first()

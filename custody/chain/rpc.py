@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from cc_common.config import Config
+from cc_common.hops import timed
 from custody.chain.errors import (
     RPC_VERIFY_ALREADY_IN_CHAIN,
     RPC_VERIFY_ERROR,
@@ -121,7 +122,7 @@ class BitcoinRPC:
         return cls(
             section.str("rpc_url"),
             section.str("rpc_user") if section.has("rpc_user") else None,
-            section.str("rpc_password") if section.has("rpc_password") else None,
+            section.secret("rpc_password") if section.has("rpc_password") else None,
             timeout=section.float("timeout", default=30.0),
             cookie_file=cookie,
         )
@@ -147,6 +148,10 @@ class BitcoinRPC:
 
     def call(self, method: str, *params: Any) -> Any:
         """Call `method`; return its result or raise `RPCError`/`TxRejected`/`ChainUnavailable`."""
+        with timed(log, "worker->node", method, self.timeout, answers=(RPCError,)):
+            return self._call(method, *params)
+
+    def _call(self, method: str, *params: Any) -> Any:
         payload = {
             "jsonrpc": "1.0",
             "id": next(self._ids),

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
 from cc_common.errors import CustodyError
-from custody import journal
+from custody import freezes, journal
 from custody.balances import confirmed_balance_at, tip_height, unconfirmed_balance
 from custody.models import (
     Account,
@@ -266,7 +266,9 @@ class Snapshotter:
                     )
             frozen_by = []
             if acct.status == AccountStatus.FROZEN:
-                frozen_by.append(("custody", acct.frozen_reason))
+                record = freezes.get_record(session, acct.id)
+                who = f"custody ({record.origin.value})" if record is not None else "custody"
+                frozen_by.append((who, acct.frozen_reason))
             if acct.id in cold_frozen:
                 frozen_by.append(("cold HSM", cold_frozen[acct.id]))
             if frozen_by:

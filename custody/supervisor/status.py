@@ -74,7 +74,7 @@ class Status:
         }
 
 
-def _ready_pid(config: Config, ready_name: str) -> int | None:
+def ready_pid(config: Config, ready_name: str) -> int | None:
     info = read_ready(config.run_dir, ready_name)
     pid = info.get("pid") if info else None
     return pid if isinstance(pid, int) and pid_alive(pid) else None
@@ -95,7 +95,7 @@ def read_status(config: Config, specs: Sequence[ProcessSpec] | None = None) -> S
         for p in state.get("processes", []):
             pid = p.get("pid")
             alive = isinstance(pid, int) and pid_alive(pid)
-            ready_pid = _ready_pid(config, p.get("ready_name", p["name"]))
+            ready_at = ready_pid(config, p.get("ready_name", p["name"]))
             state_name = p.get("state", "?")
             if state_name in (ProcState.STARTING, ProcState.READY) and not alive:
                 state_name = "dead"
@@ -106,7 +106,7 @@ def read_status(config: Config, specs: Sequence[ProcessSpec] | None = None) -> S
                     pid=pid if alive else None,
                     state=state_name,
                     uptime=now - started if alive and started else None,
-                    ready=alive and ready_pid is not None,
+                    ready=alive and ready_at is not None,
                     restarts=int(p.get("restarts", 0)),
                 )
             )
@@ -114,7 +114,7 @@ def read_status(config: Config, specs: Sequence[ProcessSpec] | None = None) -> S
     for spec in specs if specs is not None else DEFAULT_SPECS:
         if spec.name in known:
             continue
-        pid = _ready_pid(config, spec.ready_name)
+        pid = ready_pid(config, spec.ready_name)
         if pid is not None:
             info = read_ready(config.run_dir, spec.ready_name) or {}
             since = info.get("since")

@@ -51,8 +51,9 @@ def fetch_batch() -> tuple[dict[str, Any], int]:
     address_type = forms.address_type(data)
     batch_no = forms.integer(data, "batch_no")
     token = custody_token(f"{address_type.name.lower()}_token")
+    addresses = store.download_batch(site().custody, token, address_type, batch_no)
     with transaction() as s:
-        batch = store.fetch_batch(s, site().custody, token, address_type, batch_no)
+        batch = store.save_batch(s, address_type, batch_no, addresses)
     return batch.summary(), 201
 
 

@@ -80,10 +80,19 @@ def fetch_batch(
     s: Session, custody: CustodyClient, token: str, address_type: AddressType, batch_no: int
 ) -> Batch:
     """Fetch batch `batch_no` of one side from custody and queue it for the V-device."""
+    return save_batch(
+        s, address_type, batch_no, download_batch(custody, token, address_type, batch_no)
+    )
+
+
+def download_batch(
+    custody: CustodyClient, token: str, address_type: AddressType, batch_no: int
+) -> list[dict[str, Any]]:
+    """The batch from custody, before any database work: no transaction waits on custody."""
     if not token:
         side = address_type.name.lower()
         raise BadRequest(f"no {side} token: run `merchant-site set-tokens --{side} TOKEN` first")
-    return save_batch(s, address_type, batch_no, custody.fetch_batch(token, batch_no))
+    return custody.fetch_batch(token, batch_no)
 
 
 def report_batch(s: Session, address_type: AddressType, batch_no: int, status: BatchStatus) -> None:

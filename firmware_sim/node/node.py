@@ -32,6 +32,9 @@ class NodeSettings:
     """Policy knobs that differ from Core's defaults only where the simulation needs them."""
 
     estimate_feerate_sat_kvb: int = 10_000  # what estimatesmartfee answers; 0 = no estimate
+    # Core's default is no transaction index: getrawtransaction then finds mined transactions
+    # only when given their block hash, so the service must never need one.
+    txindex: bool = False
 
 
 class Node:

@@ -38,6 +38,10 @@ DEFAULT_MAX_FEERATE = Decimal("0.10")
 NO_SUCH_TX = (
     "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."
 )
+NO_SUCH_MEMPOOL_TX = (
+    "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain "
+    "transaction queries. Use gettransaction for wallet transactions."
+)
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,8 @@ def getrawtransaction(node: Node, txid: Any, verbose: Any = False, blockhash: An
         entry = node.mempool.entries.get(tid)
         if entry is not None:
             return _tx_result(node, entry.tx, None, level, in_active=False)
+        if not node.settings.txindex:
+            raise RPCError(RPCCode.INVALID_ADDRESS_OR_KEY, NO_SUCH_MEMPOOL_TX)
         block_hash = node.chain.tx_index.get(tid)
         if block_hash is None:
             raise RPCError(RPCCode.INVALID_ADDRESS_OR_KEY, NO_SUCH_TX)

@@ -1,7 +1,8 @@
 """Run the node as its own process: bind the RPC port, load the chain, serve until stopped.
 
 Configuration is `[firmware_sim.node]`: host, port, datadir, rpc_user, rpc_password, and
-optionally `estimate_feerate` (BTC/kvB answered by `estimatesmartfee`; 0 = no estimate).
+optionally `estimate_feerate` (BTC/kvB answered by `estimatesmartfee`; 0 = no estimate) and
+`txindex` (default false, as Core: mined transactions only by block hash).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ DEFAULT_ESTIMATE_FEERATE = 0.0001  # BTC/kvB = 10 sat/vB
 def settings_from_config(config: Config) -> NodeSettings:
     section = config.section("firmware_sim.node")
     rate = Decimal(str(section.float("estimate_feerate", default=DEFAULT_ESTIMATE_FEERATE)))
-    return NodeSettings(estimate_feerate_sat_kvb=int(rate * 100_000_000))
+    return NodeSettings(
+        estimate_feerate_sat_kvb=int(rate * 100_000_000),
+        txindex=section.bool("txindex", default=False),
+    )
 
 
 def serve(config: Config) -> int:

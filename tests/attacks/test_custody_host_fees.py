@@ -259,10 +259,12 @@ def test_change_parked_beyond_the_gap_is_refused(host: HostAttack) -> None:
     coin = host.hot_coin(victim, 0)
     pay = [(random_address(), COIN)]
     psbt = build_send_psbt(victim.wallet, [coin], pay, change=(50_000, coin.value - COIN - 5_000))
+    before = host.chain()
     err = host.refused(
         BEYOND_GAP, "sign_send", **victim.genuine(pay, "gap-1"), psbt=psbt.to_base64()
     )
     assert "index 50000" in err.message
+    assert host.chain() == before and host.hot_signed("gap-1") == []
     assert host.frozen_reason(victim) is None
 
 

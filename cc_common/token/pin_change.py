@@ -1,0 +1,118 @@
+"""Change an HSM token's PINs inside the token, then in its configuration file.
+
+The only way to give an initialized token new PINs: regenerating the configuration alone
+(what an `init --force` used to do) leaves the token with the old PINs, and every later
+login burns one of the few tries. The token is changed first; the file is written only once
+the token accepted the new PINs, and the old ones stay valid if anything fails before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cc_common.cli import add_dir_argument, config_from_args
+from cc_common.config import Config
+from cc_common.token import errors
+from cc_common.token.library import load_module
+from cc_common.token.pin_guard import PinGuard
+from cc_common.token.session import _open_lock, _open_tokens, find_token, translate_errors
+from cc_common.token.settings import TokenSettings
+from cc_common.token.types import PinRole
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewPins:
+    user_pin: str | None
+    so_pin: str | None
+
+
+def new_pin() -> str:
+    return secrets.token_hex(8)
+
+
+def change_token_pins(settings: TokenSettings, pins: NewPins) -> None:
+    """C_SetPIN for the user PIN (user login) and the SO PIN (SO login), under the retry
+    guard: a refused old PIN counts as a failed try, like any login."""
+    key = (str(settings.module_path), settings.label)
+    with _open_lock:
+        if key in _open_tokens:
+            raise errors.TokenBusy(f"close token {settings.label!r} before changing its PINs")
+        lib = load_module(settings.module_path, settings.softhsm_conf)
+        token = find_token(lib, settings.label)
+        guard = PinGuard(settings.pin_state_path, settings.pin_retry_limit)
+        if pins.user_pin is not None:
+            with guard.attempt(PinRole.USER), translate_errors("change the user PIN"):
+                session = token.open(rw=True, user_pin=settings.user_pin)
+                try:
+                    session.set_pin(settings.user_pin, pins.user_pin)
+                finally:
+                    session.close()
+        if pins.so_pin is not None:
+            with guard.attempt(PinRole.SO), translate_errors("change the SO PIN"):
+                session = token.open(rw=True, so_pin=settings.so_pin)
+                try:
+                    session.set_pin(settings.so_pin, pins.so_pin)
+                finally:
+                    session.close()
+    log.warning("PINs of token %r changed", settings.label)
+
+
+def write_pins(config_file: Path, section: str, pins: NewPins) -> None:
+    """Replace `[section] user_pin/so_pin` in the file that holds them (0600, atomic)."""
+    text = config_file.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    raw: dict[str, Any] = tomllib.loads(text)
+    table = raw
+    for part in section.split("."):
+        table = table.setdefault(part, {})
+    if pins.user_pin is not None:
+        table["user_pin"] = pins.user_pin
+    if pins.so_pin is not None:
+        table["so_pin"] = pins.so_pin
+    tmp = config_file.with_suffix(".tmp")
+    tmp.write_text(header + tomli_w.dumps(raw), encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(config_file)
+
+
+def change_pins(config: Config, section: str, *, user: bool = True, so: bool = True) -> NewPins:
+    """New random PINs for `section`'s token: in the token, then in the configuration."""
+    settings = TokenSettings.from_section(config.section(section))
+    pins = NewPins(new_pin() if user else None, new_pin() if so else None)
+    change_token_pins(settings, pins)
+    write_pins(config.path, section, pins)
+    return pins
+
+
+def add_change_pin_command(sub: Any, section: str, process: str) -> None:
+    """`<process> change-pin`: the explicit, per-HSM way to replace an initialized token's
+    PINs (stop the HSM process first; it holds a logged-in session)."""
+
+    def handler(args: argparse.Namespace) -> str:
+        config = config_from_args(args)
+        change_pins(config, section, user=not args.so_only, so=not args.user_only)
+        which = "user PIN" if args.user_only else "SO PIN" if args.so_only else "user and SO PINs"
+        return (
+            f"{process}: {which} of token {config.section(section).str('token_label')} changed "
+            f"inside the token and written to {config.path}"
+        )
+
+    p = sub.add_parser(
+        "change-pin",
+        help="replace the token's PINs with new random ones, in the token and the config",
+    )
+    add_dir_argument(p)
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--user-only", action="store_true", help="change only the user PIN")
+    only.add_argument("--so-only", action="store_true", help="change only the SO PIN")
+    p.set_defaults(handler=handler)

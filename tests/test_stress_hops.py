@@ -1,0 +1,107 @@
+"""The batch and send paths many times in a row against the real processes: no call may be
+slower than its hop's deadline, and no hop may log a failure.
+
+Batches go custody API -> hot HSM -> serial link -> cold HSM (what the merchant site's fetch
+does); sends go hot HSM -> link -> cold HSM co-signing (what the worker does). Each call is
+timed from outside against the deadline its caller would give it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from custody.hsm_client import HotHsmClient
+from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
+from tests.harness import Deployment
+from tests.hsm_fixtures import (
+    Coin,
+    HsmPair,
+    VDevice,
+    build_send_psbt,
+    hot_wallet,
+    random_address,
+    send_request,
+    settlement_descriptor,
+)
+from wallet_core.psbt import Psbt
+from wallet_core.wallets import RECEIVE
+
+BATCHES = 6  # per side: 12 batch proofs over the link
+SENDS = 15
+SEND_DEADLINE = 60.0  # the worker's hot HSM deadline ([hsm_hot] rpc_timeout)
+PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
+
+
+@pytest.mark.slow
+def test_batch_and_send_paths_stay_within_their_deadlines(deployment: Any) -> None:
+    d: Deployment = deployment()
+    pair = HsmPair(d).start()
+    d.cli("db", "upgrade", "--dir", str(d.data_dir))
+    d.start_cli("custody-api", "custody.cli", "serve")
+    vdev = VDevice("stress")
+    created = json.loads(
+        d.cli(
+            "account", "create", "stress", "--dir", str(d.data_dir),
+            "--vdevice-phone", PHONES["vdevice_phone"],
+            "--owner-phone", PHONES["owner_phone"],
+            "--settlement-descriptor", settlement_descriptor(1),
+            "--vdevice-identity", vdev.identity_hex,
+        ).stdout
+    )  # fmt: skip
+    account = created["account_id"]
+    api = f"http://127.0.0.1:{d.port('custody')}/api/v1/open"
+    slow: list[str] = []
+
+    for n in range(BATCHES):
+        for side in ("cold", "hot"):
+            start = time.monotonic()
+            r = requests.get(
+                f"{api}/address/batch/{n}",
+                headers={"token": created["tokens"][side], "X-CC-Deadline": str(SITE_DEADLINE)},
+                timeout=SITE_DEADLINE,
+            )
+            took = time.monotonic() - start
+            assert r.status_code == 200, r.text
+            assert len(r.json()) == 1000
+            if took >= SITE_DEADLINE:
+                slow.append(f"{side} batch {n}: {took:.1f}s")
+
+    client: HotHsmClient = pair.client(SEND_DEADLINE)
+    prov = client.provision_account(
+        account, "regtest", vdev.identity_hex, settlement_descriptor(1), **PHONES
+    )
+    client.register_channel(**vdev.channel_registration(account, "ch-stress"))
+    wallet = hot_wallet(prov)
+    for i in range(SENDS):
+        coins = [Coin(os.urandom(32).hex(), 0, 300_000, RECEIVE, i)]
+        payments = [(random_address(), 50_000 + i)]
+        psbt = build_send_psbt(wallet, coins, payments, change=(1, 249_000 - i))
+        request = send_request(payments, f"stress-{i}")
+        start = time.monotonic()
+        signed = client.sign_send(
+            account=account,
+            psbt=psbt.to_base64(),
+            request=request,
+            vc_code=vdev.vc_code(request),
+            c_id="ch-stress",
+        )
+        took = time.monotonic() - start
+        Psbt.from_base64(signed).finalize()
+        if took >= SEND_DEADLINE:
+            slow.append(f"send {i}: {took:.1f}s")
+
+    assert slow == []
+    failed = [
+        line
+        for path in d.log_dir.glob("*")
+        if path.is_file()
+        for line in path.read_text(errors="replace").splitlines()
+        if ": failed: " in line and ("->" in line or " rpc " in line)
+    ]
+    assert failed == []
