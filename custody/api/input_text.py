@@ -1,7 +1,8 @@
 """Every request's text is checked before any view runs: no control or bidi character.
 
-Form fields, JSON body strings, query arguments and path parts are refused with a 400 naming the field and the
-character, so nothing such a value carries can reach the database, an HSM, an alert or a log.
+Form fields, JSON body strings, query arguments and path parts are refused with a 400 naming
+the field and the character, so nothing such a value carries can reach the database, an HSM,
+an alert or a log.
 """
 
 from __future__ import annotations
