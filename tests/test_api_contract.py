@@ -639,6 +639,10 @@ def test_send_state_path_refuses_control_and_bidi(client, account):
         assert r.status_code == 400 and r.json["code"] == 2 and needle in r.json["message"]
     r = client.get(f"{API}/tx?tx_hash=%E2%80%8F", headers=account.hot)
     assert r.status_code == 400 and "query argument 'tx_hash'" in r.json["message"]
+    r = client.post(
+        f"{API}/tx/request", headers=account.hot, json={**send_form(), "c_id": "7\u202e"}
+    )
+    assert r.status_code == 400 and "JSON body.c_id contains a control" in r.json["message"]
 
 
 def test_send_defaults_and_dust_edge(client, account, session_factory):
