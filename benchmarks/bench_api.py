@@ -42,12 +42,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import tomli_w
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,7 +145,6 @@ def load_txs(dsn: str, account_id: int, start: int, count: int) -> None:
 def _worker(
     port: int, token: str, kind: str, n_txs: int, duration: float, seed: int, out: mp.Queue
 ) -> None:
-    import threading  # noqa: PLC0415
 
     rng = random.Random(seed)
     results: list[list[float]] = []
@@ -354,7 +355,6 @@ def main() -> int:
         get_or_create_batch(factory, hsm, config, account.id, Wallet.COLD, 0)
         with factory() as s, s.begin():
             set_batch_status(s, config, account.id, Wallet.COLD, 0, BatchStatus.VERIFIED)
-            from sqlalchemy import text  # noqa: PLC0415
 
             s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
         create_app(config, hsm=hsm, session_factory=factory)  # import check only

@@ -6,7 +6,7 @@ provisioned through the tests' software HSM stand-in; then batches 0..N-1 reques
 on the cold side (1000 P2WPKH addresses) and on the hot side (1000 2-of-3 P2WSH addresses).
 Each request derives the 1000 addresses, gets the proof from the (stand-in) cold HSM, verifies
 it against the pinned identity key and stores the batch with its 1000 address rows.
-Issue 5 asks that a batch request answer "in well under a second".
+The target: a batch request answers in well under a second.
 
 Run: `.venv/bin/python benchmarks/bench_batch.py [--batches 5]`.
 """

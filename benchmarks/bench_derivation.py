@@ -1,4 +1,4 @@
-"""Address derivation benchmark (issue 3, section 5).
+"""Address derivation benchmark.
 
 Workloads, all from account-level xpubs (what the custody API holds):
   1. a 1000-address batch of P2WPKH (cold receiving, BIP84),
@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wallet_core import hashes, secp  # noqa: E402
-from wallet_core.bip32 import ExtendedKey  # noqa: E402
-from wallet_core.networks import Network  # noqa: E402
-from wallet_core.wallets import (  # noqa: E402
+from wallet_core import hashes, secp
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.networks import Network
+from wallet_core.wallets import (
     AccountKey,
     ColdWallet,
     HotWallet,

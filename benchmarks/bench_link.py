@@ -4,7 +4,9 @@ A request carrying ~300 bytes of payload and a ~150-byte answer (the size of a c
 exchange) over an emulated line rate-limited to 115200 and 921600 baud, with several requests
 in flight (pipelining) and with one at a time for comparison.
 
-    .venv/bin/python benchmarks/bench_link.py [--seconds 5] [--inflight 8] [--relay firmware-sim]
+    .venv/bin/python benchmarks/bench_link.py [--seconds 5] [--inflight 8] [--baud 115200]
+
+The line is firmware_sim's `SerialLine`, the relay `firmware-sim serve` runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cc_common.link import LinkClient, LinkConfig, LinkServer, MemoryCounterStore
-from cc_common.link.testing import PtyLine
+from firmware_sim.serial_relay import SerialLine
 
 KEY = os.urandom(32)
 
@@ -30,17 +32,8 @@ def handler(payload: dict) -> dict:
 
 
 @contextmanager
-def line(kind: str, baud: int) -> Iterator[tuple[str, str]]:
+def line(baud: int) -> Iterator[tuple[str, str]]:
     """The hot and cold port paths of an emulated line at `baud`."""
-    if kind == "pty":
-        pty = PtyLine(baudrate=baud)
-        try:
-            yield pty.a_path, pty.b_path
-        finally:
-            pty.close()
-        return
-    from firmware_sim.serial_relay import SerialLine
-
     with tempfile.TemporaryDirectory() as tmp:
         relay = SerialLine(Path(tmp) / "hot", Path(tmp) / "cold", baud)
         relay.start()
@@ -50,9 +43,9 @@ def line(kind: str, baud: int) -> Iterator[tuple[str, str]]:
             relay.close()
 
 
-def run(kind: str, baud: int, seconds: float, inflight: int) -> None:
+def run(baud: int, seconds: float, inflight: int) -> None:
     config = LinkConfig(baudrate=baud)
-    with line(kind, baud) as (hot, cold):
+    with line(baud) as (hot, cold):
         server = LinkServer.open(cold, KEY, {"cosign": handler}, MemoryCounterStore(), config)
         server.start()
         client = LinkClient.open(hot, KEY, MemoryCounterStore(), config)
@@ -112,14 +105,15 @@ def measure(client: LinkClient, baud: int, seconds: float, depth: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--inflight", type=int, default=8)
-    parser.add_argument("--relay", choices=["pty", "firmware-sim"], default="pty")
-    parser.add_argument("--baud", type=int, action="append")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--inflight", type=int, default=8, help="requests in flight at once")
+    parser.add_argument(
+        "--baud", type=int, action="append", help="line rate (repeatable; 115200 and 921600)"
+    )
     args = parser.parse_args()
-    print(f"payload: ~300 B request, ~150 B answer; relay: {args.relay}")
+    print("payload: ~300 B request, ~150 B answer; relay: firmware_sim SerialLine")
     for baud in args.baud or [115200, 921600]:
-        run(args.relay, baud, args.seconds, args.inflight)
+        run(baud, args.seconds, args.inflight)
 
 
 if __name__ == "__main__":

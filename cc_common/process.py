@@ -44,7 +44,8 @@ def clear_ready(run_dir: Path, name: str) -> None:
 
 def read_ready(run_dir: Path, name: str) -> dict[str, Any] | None:
     try:
-        return json.loads(ready_file(run_dir, name).read_text())
+        info: dict[str, Any] = json.loads(ready_file(run_dir, name).read_text())
+        return info
     except (OSError, ValueError):
         return None
 

@@ -46,12 +46,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
+from sqlalchemy import func, select
+
 from cc_common.config import Config
+from cc_common.sms import channel_messages as cm
+from cc_common.vtest import encrypt_vtest, vtest_plaintext
 from cc_demo.support import (
     SAT_PER_BTC,
     Cli,
+    ColdView,
     Faucet,
     Http,
     HttpFailed,
@@ -77,6 +83,14 @@ from cc_demo.support import (
     wait_inbox,
 )
 from custody import supervisor as sv
+from custody.models import AddressBatch, Send, Wallet
+from vdevice.sends import user_tx_no_for
+from wallet_core import secp
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.chaincloud import send_request_string
+from wallet_core.descriptors import wpkh_descriptor
+from wallet_core.messages import sign_message
+from wallet_core.wallets import AccountKey, bip84_account_path
 
 __all__ = ["Context", "Outcome", "Step", "StepFailed", "StepSkipped"]
 
@@ -206,9 +220,6 @@ def wait_site_finished(ctx: Context, vtest_id: str, timeout: float = SEND_TIMEOU
 
 
 def custody_batch_status(ctx: Context, wallet: str, batch_no: int) -> str | None:
-    from sqlalchemy import select  # noqa: PLC0415
-
-    from custody.models import AddressBatch, Wallet  # noqa: PLC0415
 
     with custody_db(ctx.config)() as s:
         status = s.execute(
@@ -382,9 +393,6 @@ def step_status(ctx: Context) -> str:
 
 def settlement_descriptor(ctx: Context) -> str:
     """The customer's settlement wallet: a BIP84 descriptor of a fresh demo key."""
-    from wallet_core.bip32 import ExtendedKey  # noqa: PLC0415
-    from wallet_core.descriptors import wpkh_descriptor  # noqa: PLC0415
-    from wallet_core.wallets import AccountKey, bip84_account_path  # noqa: PLC0415
 
     root = ExtendedKey.from_seed(secrets.token_bytes(32), ctx.network)
     acct = AccountKey.from_root(root, bip84_account_path(ctx.network, 0))
@@ -437,8 +445,8 @@ def step_channel(ctx: Context) -> str:
 
     channel = wait_for(live, CHANNEL_TIMEOUT, "the V-device to open an SMS channel")
     c_id = channel["c_id"]
-    view = wait_for(
-        lambda: (v := cold_view(ctx.config)).channels.get(c_id) == "live" and v,
+    view: ColdView = wait_for(
+        partial(_live_view, ctx, c_id),
         CHANNEL_TIMEOUT,
         f"the cold HSM to list channel {c_id} as live",
     )
@@ -451,6 +459,27 @@ def step_channel(ctx: Context) -> str:
     )
 
 
+def _live_view(ctx: Context, c_id: str) -> ColdView | None:
+    """The cold HSM's view once it lists channel `c_id` as live."""
+    view = cold_view(ctx.config)
+    return view if view.channels.get(c_id) == "live" else None
+
+
+def _deposit_confirmed(api: Http, txid: str) -> dict[str, Any] | None:
+    t = find_tx(api, txid)
+    return t if t and int(t["confirmation"]) >= DEPOSIT_BLOCKS else None
+
+
+def _checked_site_batch(ctx: Context, kind: str) -> dict[str, Any] | None:
+    """Batch 0 of `kind` on the site once the V-device gave its verdict."""
+    b = site_batch(ctx, kind, 0)
+    return b if b and b["status"] != "unverified" else None
+
+
+def _custody_verified(ctx: Context, kind: str) -> bool:
+    return custody_batch_status(ctx, kind, 0) == "verified"
+
+
 def step_batches(ctx: Context) -> str:
     ctx.need("c_id")
     proved = cold_view(ctx.config).counters.get("proved", 0)
@@ -458,14 +487,14 @@ def step_batches(ctx: Context) -> str:
         ctx.site.post("/merchant/batches/fetch", {"type": kind, "batch_no": 0})
     for kind in ("cold", "hot"):
         b = wait_for(
-            lambda k=kind: (b := site_batch(ctx, k, 0)) and b["status"] != "unverified" and b,
+            partial(_checked_site_batch, ctx, kind),
             BATCH_TIMEOUT,
             f"the V-device to verify {kind} batch 0",
         )
         if b["status"] != "verified":
             raise StepFailed(f"{kind} batch 0 is {b['status']} on the site")
         status = wait_for(
-            lambda k=kind: custody_batch_status(ctx, k, 0) == "verified",
+            partial(_custody_verified, ctx, kind),
             BATCH_TIMEOUT,
             f"custody to record {kind} batch 0 as verified",
         )
@@ -491,7 +520,7 @@ def step_deposit(ctx: Context) -> str:
         raise StepFailed(f"deposit {txid} shows value {seen['value']}, sent {DEPOSIT_SAT}")
     mine(ctx.rpc, ctx.network, DEPOSIT_BLOCKS)
     confirmed = wait_for(
-        lambda: (t := find_tx(cold, txid)) and int(t["confirmation"]) >= DEPOSIT_BLOCKS and t,
+        partial(_deposit_confirmed, cold, txid),
         CHAIN_TIMEOUT,
         f"deposit {txid} to show {DEPOSIT_BLOCKS} confirmations",
     )
@@ -537,6 +566,12 @@ def merchant_withdrawal(ctx: Context, payments: Sequence[tuple[str, int]]) -> st
     return str(ctx.site.post("/merchant/withdrawals", {"outs": outs, "dynamic": 1})["vtest_id"])
 
 
+def _mined_tx(ctx: Context, txid: str) -> tuple[dict[str, Any], str] | None:
+    """The transaction and its block hash, once it is in a block."""
+    found = node_tx(ctx.rpc, txid)
+    return (found[0], found[1]) if found is not None and found[1] is not None else None
+
+
 def check_paid(ctx: Context, txid: str, payments: Sequence[tuple[str, int]]) -> tuple[int, int]:
     """The mined transaction pays exactly `payments`, plus at most one change output to the
     account's own hot wallet. Mines a block if it waits in the mempool; returns (block
@@ -544,7 +579,7 @@ def check_paid(ctx: Context, txid: str, payments: Sequence[tuple[str, int]]) -> 
     if txid in mempool(ctx.rpc):
         mine(ctx.rpc, ctx.network, 1)
     found = wait_for(
-        lambda: (f := node_tx(ctx.rpc, txid)) is not None and f[1] is not None and f,
+        partial(_mined_tx, ctx, txid),
         CHAIN_TIMEOUT,
         f"transaction {txid} in a block",
     )
@@ -626,8 +661,6 @@ def step_attack_batch(ctx: Context) -> str:
 
 def step_attack_vtest(ctx: Context) -> str:
     """A hacked site enqueues a withdrawal encrypted with a password it does not have."""
-    from cc_common.vtest import encrypt_vtest, vtest_plaintext  # noqa: PLC0415
-    from vdevice.sends import user_tx_no_for  # noqa: PLC0415
 
     ctx.need("hot_token")
     owner_seen = len(inbox_texts(ctx.carrier, ctx.owner_number))
@@ -667,8 +700,6 @@ def step_attack_vtest(ctx: Context) -> str:
 
 def _attack_forged_vc(ctx: Context) -> str:
     """A thief of the hot token posts a send with a vc_code it signed with its own key."""
-    from wallet_core.chaincloud import send_request_string  # noqa: PLC0415
-    from wallet_core.messages import sign_message  # noqa: PLC0415
 
     account = ctx.need("account_id")
     c_id = ctx.need("c_id")
@@ -706,9 +737,6 @@ def _attack_forged_vc(ctx: Context) -> str:
 
 def _attack_outputs(ctx: Context) -> str:
     """A hacked database rewrites the outputs of a genuine, V-device-signed request."""
-    from sqlalchemy import func, select  # noqa: PLC0415
-
-    from custody.models import Send  # noqa: PLC0415
 
     account = ctx.need("account_id")
     ctx.need("c_id")
@@ -774,8 +802,6 @@ def _log_text(ctx: Context, prefix: str) -> str:
 
 def step_attack_sms(ctx: Context) -> str:
     """Spoofed channel requests and replayed SMS reach the cold HSM's SIM."""
-    from cc_common.sms import channel_messages as cm  # noqa: PLC0415
-    from wallet_core import secp  # noqa: PLC0415
 
     account = ctx.need("account_id")
     ctx.need("c_id")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from sqlalchemy import func, select
+
 from cc_demo.scenario import (
     ALTERED_SAT,
     CHAIN_TIMEOUT,
@@ -37,6 +39,12 @@ from cc_demo.support import (
     random_address,
     wait_for,
 )
+from custody.batches import account_keys
+from custody.hsm_client import HotHsmClient, HsmRefused
+from custody.models import Account, Send
+from wallet_core.addresses import address_to_script
+from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.wallets import CHANGE, RECEIVE
 
 COIN_SAT = 20_000_000  # two equal hot coins of 0.2 BTC: the split burns one of them
 AMOUNT_MISMATCH = 731  # hsm_cold.errors.ColdErrorCode.AMOUNT_MISMATCH
@@ -49,10 +57,6 @@ def step_attack_fee_drain(ctx: Context) -> str:
 
 
 def _attack_fee_drain(ctx: Context) -> str:
-    from sqlalchemy import func, select  # noqa: PLC0415
-
-    from custody.hsm_client import HotHsmClient, HsmRefused  # noqa: PLC0415
-    from custody.models import Send  # noqa: PLC0415
 
     account = ctx.need("account_id")
     ctx.need("c_id")
@@ -139,11 +143,6 @@ def _genuine(send: Any) -> dict[str, Any]:
 def _split_psbt(ctx: Context, account_id: int, coins: list[Any], payee: str, lie: int) -> str:
     """The one transaction both requests share, with input `lie` stated as 1 sat and only the
     other input's funding transaction attached (as the attacker chooses)."""
-    from custody.batches import account_keys  # noqa: PLC0415
-    from custody.models import Account  # noqa: PLC0415
-    from wallet_core.addresses import address_to_script  # noqa: PLC0415
-    from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput  # noqa: PLC0415
-    from wallet_core.wallets import CHANGE, RECEIVE  # noqa: PLC0415
 
     with custody_db(ctx.config)() as s:
         acct = s.get(Account, account_id)

@@ -24,11 +24,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 import tomli_w
+from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import CONFIG_FILENAME, Config
 from cc_common.poll import poll_until
+from custody import supervisor as sv
+from custody.chain.rpc import BitcoinRPC
+from custody.db import database_url, make_engine, make_session_factory
+from firmware_sim.control import ControlClient
+from hsm_cold.cli import ColdPaths
+from hsm_cold.store import ColdStore
+from wallet_core import secp, signatures
+from wallet_core.addresses import address_to_script, p2wpkh_address
 from wallet_core.networks import Network
+from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.wallets import KeyOrigin
 
 T = TypeVar("T")
 
@@ -145,7 +157,6 @@ class Http:
             self._session.headers[self.header[0]] = self.header[1]
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import requests  # noqa: PLC0415
 
         try:
             resp = self._session.request(method, self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
@@ -184,9 +195,7 @@ def merchant_site(config: Config) -> Http:
 # --------------------------------------------------------------------------- the node
 
 
-def node_rpc(config: Config):  # type: ignore[no-untyped-def]
-    from custody.chain.rpc import BitcoinRPC  # noqa: PLC0415
-
+def node_rpc(config: Config) -> BitcoinRPC:
     return BitcoinRPC.from_config(config)
 
 
@@ -196,8 +205,6 @@ def network_of(config: Config) -> Network:
 
 def random_address(network: Network) -> str:
     """A P2WPKH address of a throwaway key: a payee (or an attacker) outside the wallet."""
-    from wallet_core import secp  # noqa: PLC0415
-    from wallet_core.addresses import p2wpkh_address  # noqa: PLC0415
 
     return p2wpkh_address(secp.pubkey_from_privkey(secrets.token_bytes(32)), network)
 
@@ -212,8 +219,6 @@ class Faucet:
     FEE = 5_000
 
     def __init__(self, rpc: Any, network: Network) -> None:
-        from wallet_core import secp  # noqa: PLC0415
-        from wallet_core.addresses import p2wpkh_address  # noqa: PLC0415
 
         self.rpc = rpc
         self.network = network
@@ -232,10 +237,6 @@ class Faucet:
 
     def pay(self, payments: list[tuple[str, int]]) -> str:
         """Broadcast one transaction paying `payments` (address, sat); change to itself."""
-        from wallet_core import signatures  # noqa: PLC0415
-        from wallet_core.addresses import address_to_script  # noqa: PLC0415
-        from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput  # noqa: PLC0415
-        from wallet_core.wallets import KeyOrigin  # noqa: PLC0415
 
         total = sum(v for _, v in payments)
         if not self._coins or self._coins[0][2] < total + self.FEE:
@@ -285,9 +286,7 @@ def mine(rpc: Any, network: Network, blocks: int = 1) -> list[str]:
 # --------------------------------------------------------------------------- phones and SMS
 
 
-def carrier(config: Config):  # type: ignore[no-untyped-def]
-    from firmware_sim.control import ControlClient  # noqa: PLC0415
-
+def carrier(config: Config) -> ControlClient:
     path = config.section("firmware_sim").path("control_socket")
     return ControlClient(path)
 
@@ -311,8 +310,6 @@ def wait_inbox(control: Any, number: str, needle: str, seen: int, timeout: float
 @contextmanager
 def cold_console(config: Config) -> Iterator[Any]:
     """The cold HSM's state as its own console shows it (`hsm-cold status`); read only."""
-    from hsm_cold.cli import ColdPaths  # noqa: PLC0415
-    from hsm_cold.store import ColdStore  # noqa: PLC0415
 
     path = ColdPaths.of(config.section("hsm_cold")).store
     if not path.exists():
@@ -340,16 +337,13 @@ def cold_view(config: Config) -> ColdView:
         )
 
 
-def custody_db(config: Config):  # type: ignore[no-untyped-def]
+def custody_db(config: Config) -> sessionmaker[Session]:
     """A session factory on custody's database (what an operator, or an attacker, holds)."""
-    from custody.db import database_url, make_engine, make_session_factory  # noqa: PLC0415
-
     return make_session_factory(make_engine(database_url(config), pool_size=1))
 
 
 def process_pid(config: Config, name: str) -> int | None:
     """The pid of a supervised process as `custody status` shows it (None: not running)."""
-    from custody import supervisor as sv  # noqa: PLC0415
 
     for row in sv.read_status(config).rows:
         if row.name == name and row.pid:

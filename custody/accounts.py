@@ -185,14 +185,30 @@ def create_account(
     )
     session.add(account)
     session.flush()  # the account id is part of what the HSMs sign
+    p = _provision(hsm, account, net, pinned_cold_identity)
+    descriptors = _store_public_material(account, p)
+    cold_token = _issue_token(session, account.id, TokenScope.COLD)
+    hot_token = _issue_token(session, account.id, TokenScope.HOT)
+    session.flush()
+    _journal_creation(session, account, p, cold_token, hot_token)
+    log.info("account %d (%s) provisioned", account.id, name)
+    return CreatedAccount(
+        account.id, name, cold_token, hot_token, account.cold_identity_pubkey, descriptors
+    )
+
+
+def _provision(
+    hsm: HotHsm, account: Account, net: Network, pinned_cold_identity: str | None
+) -> ProvisionedAccount:
+    """Ask the HSM pair for the account's keys and check what comes back (proof, pin)."""
     try:
         p: ProvisionedAccount = hsm.provision_account(
             account.id,
             net.value,
-            vdevice_identity.lower(),
-            settlement_descriptor,
-            vdevice_phone=vdevice_phone,
-            owner_phone=owner_phone,
+            account.vdevice_identity_pubkey,
+            account.settlement_descriptor,
+            vdevice_phone=account.vdevice_phone,
+            owner_phone=account.owner_phone,
         )
     except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot provision: {exc.message}") from None
@@ -201,6 +217,11 @@ def create_account(
     _check_provisioned(account.id, net, p)
     if pinned_cold_identity and p.cold_identity.lower() != pinned_cold_identity.lower():
         raise ProofInvalid("the HSM's cold identity key is not the pinned one")
+    return p
+
+
+def _store_public_material(account: Account, p: ProvisionedAccount) -> dict[str, str]:
+    """Put the checked public keys on the row; the four descriptors the operator gets."""
     account.cold_receiving_xpub = p.receiving_xpub
     account.cold_cosigner_xpub = p.cosigner_xpub
     account.recovery_xpub = p.recovery_xpub
@@ -220,16 +241,20 @@ def create_account(
     }
     account.cold_descriptor = descriptors["cold_receive"]
     account.hot_descriptor = descriptors["hot_receive"]
-    cold_token = _issue_token(session, account.id, TokenScope.COLD)
-    hot_token = _issue_token(session, account.id, TokenScope.HOT)
-    session.flush()
+    return descriptors
+
+
+def _journal_creation(
+    session: Session, account: Account, p: ProvisionedAccount, cold_token: str, hot_token: str
+) -> None:
+    """Record the account's public material and its tokens' hints (never the tokens)."""
     journal.append(
         session,
         journal.JournalKind.ACCOUNT_CREATED,
         account.id,
         {
-            "name": name,
-            "network": net.value,
+            "name": account.name,
+            "network": account.network,
             "cold_identity": account.cold_identity_pubkey,
             "hot_pubkey": account.hot_pubkey,
             "receiving_xpub": p.receiving_xpub,
@@ -245,10 +270,6 @@ def create_account(
             account.id,
             {"scope": scope.value, "hint": token[:HINT_CHARS]},
         )
-    log.info("account %d (%s) provisioned", account.id, name)
-    return CreatedAccount(
-        account.id, name, cold_token, hot_token, account.cold_identity_pubkey, descriptors
-    )
 
 
 def get_account(session: Session, account_id: int) -> Account:

@@ -16,6 +16,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.cli import Table, add_dir_argument, add_json_argument, config_from_args
 from cc_common.config import Config
@@ -23,6 +24,7 @@ from cc_common.errors import ConfigError
 from custody import accounts, freezes, journal, ops_cli
 from custody.app import API_PREFIX
 from custody.db import database_url, make_engine, make_session_factory, transaction
+from custody.hsm_client import HotHsmClient
 from custody.models import Account, Alert, ApiToken, TokenScope
 from wallet_core.networks import Network
 
@@ -41,7 +43,7 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def _factory(config: Config):  # type: ignore[no-untyped-def]
+def _factory(config: Config) -> sessionmaker[Session]:
     return make_session_factory(make_engine(database_url(config)))
 
 
@@ -69,9 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config_from_args(args), workers=args.workers)
 
 
-def _hsm(config: Config):  # type: ignore[no-untyped-def]
-    from custody.hsm_client import HotHsmClient  # noqa: PLC0415
-
+def _hsm(config: Config) -> HotHsmClient:
     return HotHsmClient.from_config(config)
 
 
@@ -238,7 +238,7 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the operator's sub-commands to the `custody` parser."""
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command")
@@ -262,7 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument(
         "--settlement-descriptor",
         required=True,
-        help="output descriptor of the customer's settlement (sweep) destination",
+        help="the customer's ranged (/*) descriptor with key origins, where sweeps pay",
     )
     q.add_argument(
         "--vdevice-identity",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -35,10 +36,10 @@ class AlertKind(enum.StrEnum):
     BATCH_FAILED = "batch_failed"
 
 
-def _twilio_client(config: Config):  # type: ignore[no-untyped-def]
+def _twilio_client(config: Config) -> Any:
     """A Twilio REST client pointed at `[twilio] base_url` (see platform notes, Twilio 9.13)."""
     from twilio.http.http_client import TwilioHttpClient  # noqa: PLC0415 (heavy import)
-    from twilio.rest import Client  # noqa: PLC0415
+    from twilio.rest import Client  # noqa: PLC0415 (heavy import)
 
     s = config.section("twilio")
     client = Client(

@@ -79,6 +79,7 @@ def create_app(
     app.config[CONFIG_KEY] = config
     app.config[SETTINGS_KEY] = ApiSettings.from_config(config)
     app.config["SECRET_KEY"] = config.section("custody").str("secret_key", "")
+    # Flask types `app.json` as the abstract JSONProvider; the default one has these options.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
 

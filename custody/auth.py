@@ -70,7 +70,7 @@ def authenticate(token: str | None) -> Principal:
 
 
 def current_principal() -> Principal:
-    return g.principal  # type: ignore[no-any-return]
+    return g.principal
 
 
 def require_token(*scopes: TokenScope) -> Callable[[F], F]:
@@ -96,7 +96,7 @@ def require_token(*scopes: TokenScope) -> Callable[[F], F]:
             g.principal = principal
             return view(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
 
     return decorate
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cc_common.config import Config
 from custody import journal
 from custody.alerts import AlertKind, raise_alert
+from custody.db import rowcount
 from custody.errors import (
     BadRequest,
     BatchNotNext,
@@ -165,7 +166,7 @@ def _find_batch(session: Session, account_id: int, wallet: Wallet, n: int) -> Ad
     ).scalar_one_or_none()
 
 
-def next_batch_no(session: Session, account_id: int, wallet: Wallet) -> int:
+def next_batch_no(session: Session | Connection, account_id: int, wallet: Wallet) -> int:
     top = session.execute(
         select(func.max(AddressBatch.batch_no)).where(
             AddressBatch.account_id == account_id, AddressBatch.wallet == wallet
@@ -199,70 +200,13 @@ def get_or_create_batch(
         identity = bytes.fromhex(account.cold_identity_pubkey)
         session.rollback()  # no transaction is held during the HSM round trip
     derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
-    addresses = [d.address for d in derived]
-    try:
-        proof = hsm.prove_batch(account_id, wallet_name(wallet), batch_no)
-    except HsmUnavailableError as exc:
-        raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
-    except HsmRefused as exc:
-        raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
-    content = batch_statement(wallet_name(wallet), account_id, batch_no, addresses)
-    if not verify_message_pubkey(identity, content, str(proof)):
-        log.error(
-            "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
-        )
-        with factory() as session, session.begin():
-            raise_alert(
-                session,
-                config,
-                AlertKind.BATCH_FAILED,
-                f"{wallet_name(wallet)} batch {batch_no}: the cold HSM's proof does not match "
-                "the derived addresses; batch refused",
-                account_id,
-            )
-        raise ProofInvalid(
-            f"batch {batch_no} refused: its proof does not verify against the account's cold "
-            "identity key"
-        )
+    content = batch_statement(
+        wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
+    )
+    proof = _proven(factory, hsm, config, account_id, wallet, batch_no, identity, content)
     try:
         with factory() as session, session.begin():
-            batch = AddressBatch(
-                account_id=account_id,
-                wallet=wallet,
-                batch_no=batch_no,
-                status=BatchStatus.PROVEN,
-                proof=str(proof),
-            )
-            session.add(batch)
-            session.flush()
-            session.execute(
-                insert(Address),
-                [
-                    {
-                        "account_id": account_id,
-                        "wallet": wallet,
-                        "chain": Chain.RECEIVE,
-                        "index": d.index,
-                        "address": d.address,
-                        "script_pubkey": d.script_pubkey,
-                        "batch_id": batch.id,
-                    }
-                    for d in derived
-                ],
-            )
-            info = {
-                "wallet": wallet_name(wallet),
-                "batch_no": batch_no,
-                "first_index": derived[0].index,
-                "content_sha256": sha256(content.encode()).hex(),
-            }
-            journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
-            journal.append(
-                session,
-                journal.JournalKind.BATCH_PROVEN,
-                account_id,
-                {**info, "proof": str(proof)},
-            )
+            _store_batch(session, account_id, wallet, batch_no, derived, proof, content)
     except IntegrityError:
         # Created concurrently by another request: answer that one.
         with factory() as session:
@@ -272,6 +216,88 @@ def get_or_create_batch(
             return batch_addresses(session, batch)
     log.info("account %d: %s batch %d created and proven", account_id, wallet.name, batch_no)
     return [{"index": d.index, "address": d.address} for d in derived]
+
+
+def _proven(
+    factory: sessionmaker[Session],
+    hsm: HotHsm,
+    config: Config,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+    identity: bytes,
+    content: str,
+) -> str:
+    """The cold HSM's proof of the batch `content`, verified against its identity key; a proof
+    that does not verify raises an alert and `ProofInvalid`."""
+    try:
+        proof = str(hsm.prove_batch(account_id, wallet_name(wallet), batch_no))
+    except HsmUnavailableError as exc:
+        raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
+    except HsmRefused as exc:
+        raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
+    if verify_message_pubkey(identity, content, proof):
+        return proof
+    log.error(
+        "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
+    )
+    with factory() as session, session.begin():
+        raise_alert(
+            session,
+            config,
+            AlertKind.BATCH_FAILED,
+            f"{wallet_name(wallet)} batch {batch_no}: the cold HSM's proof does not match "
+            "the derived addresses; batch refused",
+            account_id,
+        )
+    raise ProofInvalid(
+        f"batch {batch_no} refused: its proof does not verify against the account's cold "
+        "identity key"
+    )
+
+
+def _store_batch(
+    session: Session,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+    derived: list[DerivedAddress],
+    proof: str,
+    content: str,
+) -> None:
+    """Insert the proven batch, its addresses and its journal entries (the caller commits)."""
+    batch = AddressBatch(
+        account_id=account_id,
+        wallet=wallet,
+        batch_no=batch_no,
+        status=BatchStatus.PROVEN,
+        proof=proof,
+    )
+    session.add(batch)
+    session.flush()
+    session.execute(
+        insert(Address),
+        [
+            {
+                "account_id": account_id,
+                "wallet": wallet,
+                "chain": Chain.RECEIVE,
+                "index": d.index,
+                "address": d.address,
+                "script_pubkey": d.script_pubkey,
+                "batch_id": batch.id,
+            }
+            for d in derived
+        ],
+    )
+    info = {
+        "wallet": wallet_name(wallet),
+        "batch_no": batch_no,
+        "first_index": derived[0].index,
+        "content_sha256": sha256(content.encode()).hex(),
+    }
+    journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
+    journal.append(session, journal.JournalKind.BATCH_PROVEN, account_id, {**info, "proof": proof})
 
 
 def set_batch_status(
@@ -327,7 +353,7 @@ def usable_statuses(require_verified: bool) -> Sequence[BatchStatus]:
 
 
 @functools.cache
-def _next_stmt(require_verified: bool) -> Select[Any]:
+def _next_stmt(require_verified: bool) -> Select[int, int, str]:
     return (
         select(Address.id, Address.index, Address.address)
         .join(AddressBatch, Address.batch_id == AddressBatch.id)
@@ -376,19 +402,19 @@ def next_address(
         if row is None:
             raise _no_address(conn, account_id, wallet, require_verified)
         if not take:
-            return int(row.index), str(row.address)
+            return int(row[1]), str(row.address)
         done = conn.execute(
             update(Address)
             .where(Address.id == row.id, Address.handed_out_at.is_(None))
             .values(handed_out_at=utcnow())
         )
-        if done.rowcount == 1:
+        if rowcount(done) == 1:
             conn.execute(
                 update(Account)
-                .where(Account.id == account_id, getattr(Account, attr) < row.index + 1)
-                .values({attr: row.index + 1})
+                .where(Account.id == account_id, getattr(Account, attr) < row[1] + 1)
+                .values({attr: row[1] + 1})
             )
-            return int(row.index), str(row.address)
+            return int(row[1]), str(row.address)
     raise Conflict("too many concurrent requests for a new address; retry")
 
 

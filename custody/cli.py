@@ -14,6 +14,8 @@ from cc_common.cli import add_dir_argument, run
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 from cc_common.network_config import runs_simulated_node
+from custody import admin_cli, supervisor_cli, worker
+from custody.operator import cli as operator_cli
 from wallet_core.networks import Network
 
 DESCRIPTION = (
@@ -47,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
         "follow from it (default: %(default)s, with the simulated node)",
     )
     p.set_defaults(handler=cmd_init)
-
-    from custody import admin_cli, supervisor_cli, worker
-    from custody.operator import cli as operator_cli
 
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal

@@ -48,12 +48,12 @@ class ApiSettings:
 
 def settings() -> ApiSettings:
     """The current app's `ApiSettings` (set by `create_app`)."""
-    return current_app.config[SETTINGS_KEY]  # type: ignore[no-any-return]
+    return current_app.config[SETTINGS_KEY]
 
 
 def app_config() -> Config:
     """The current app's whole configuration (set by `create_app`)."""
-    return current_app.config[CONFIG_KEY]  # type: ignore[no-any-return]
+    return current_app.config[CONFIG_KEY]
 
 
 class Database:
@@ -74,14 +74,14 @@ class Database:
 
     @property
     def factory(self) -> sessionmaker[Session]:
-        return current_app.extensions[self.key]  # type: ignore[no-any-return]
+        return current_app.extensions[self.key]
 
     @property
     def session(self) -> Session:
         s = g.get("_custody_session")
         if s is None:
             s = g._custody_session = self.factory()
-        return s  # type: ignore[no-any-return]
+        return s
 
     @property
     def reader(self) -> Connection:
@@ -99,7 +99,7 @@ class Database:
                 engine = self.factory.kw["bind"]
                 c = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
                 g._custody_reader = c
-        return c  # type: ignore[no-any-return]
+        return c
 
     @contextmanager
     def write(self) -> Iterator[Session]:

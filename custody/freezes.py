@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 KEY = "freeze:{}"
 MAX_AGE = 300.0  # seconds: an older statement is not followed (a replay)
 DEFAULT_INTERVAL = 2.0
-ACCOUNT_UNFROZEN = "account_unfrozen"  # journal kind
+RETRY_AFTER_FAILURE = 15.0  # seconds before asking a hot HSM again that did not answer
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _unfreeze_locally(session: Session, account: Account, why: str, config: Conf
     account.status = AccountStatus.ACTIVE
     account.frozen_reason = ""
     set_record(session, account.id, None)
-    journal.append(session, ACCOUNT_UNFROZEN, account.id, {"reason": why})
+    journal.append(session, journal.JournalKind.ACCOUNT_UNFROZEN, account.id, {"reason": why})
     if config is not None:
         raise_alert(
             session, config, AlertKind.ACCOUNT_UNFROZEN, f"account unfrozen: {why}", account.id
@@ -204,8 +204,9 @@ class FreezeFollower:
         self._next = now + self.interval
         try:
             states = self.hsm.account_states()
-        except HsmError as exc:
+        except (HsmError, HsmUnavailableError) as exc:
             log.info("account states: hot HSM did not answer: %s", exc.message)
+            self._next = now + max(self.interval, RETRY_AFTER_FAILURE)  # no log flood
             return []
         return self.apply(states)
 

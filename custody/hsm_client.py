@@ -66,6 +66,8 @@ def _answer_field(method: str, result: Any, key: str, kind: type = str) -> Any:
 class HotHsm(Protocol):
     """The hot HSM as custody uses it (the RPC client, or a stand-in in tests)."""
 
+    def health(self) -> dict[str, Any]: ...
+
     def provision_account(
         self,
         account: int,

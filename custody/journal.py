@@ -37,6 +37,7 @@ class JournalKind(StrEnum):
     TOKEN_ISSUED = "token_issued"  # noqa: S105 (an event name)
     TOKEN_ROTATED = "token_rotated"  # noqa: S105 (an event name)
     ACCOUNT_FROZEN = "account_frozen"
+    ACCOUNT_UNFROZEN = "account_unfrozen"
     BATCH_CREATED = "batch_created"
     BATCH_PROVEN = "batch_proven"
     BATCH_VERIFIED = "batch_verified"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from cc_common.cli import Table, add_dir_argument, add_json_argument, config_from_args
 from custody.balances import confirmed_balance, unconfirmed_balance
-from custody.db import make_engine, make_session_factory
+from custody.db import database_url, make_engine, make_session_factory
 from custody.models import JournalEntry, Send, SendStatus, Wallet, utcnow
 
 OPEN_STATES = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
@@ -31,7 +31,6 @@ WAITING_FOR = {
 
 
 def _session(args: argparse.Namespace) -> Session:
-    from custody.db import database_url  # noqa: PLC0415
 
     config = config_from_args(args)
     return make_session_factory(make_engine(database_url(config), pool_size=1))()

@@ -48,7 +48,7 @@ from custody.balances import tip_height
 from custody.batches import account_keys
 from custody.chain.errors import ChainUnavailable, RPCError, TxRejected
 from custody.chain.rpc import BitcoinRPC
-from custody.db import default_owner, is_postgres, transaction
+from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.errors import HsmUnavailableError
 from custody.hsm_client import HotHsm, HsmRefused
 from custody.journal import JournalKind
@@ -213,7 +213,7 @@ class SendWorker:
                     .where(Send.id == send_id, due)
                     .values(locked_by=self.owner, locked_until=until)
                 )
-                if res.rowcount == 1:
+                if rowcount(res) == 1:
                     claimed.append(send_id)
         return claimed
 
@@ -228,7 +228,7 @@ class SendWorker:
             .where(Send.id == send_id, Send.locked_by == self.owner)
             .values(locked_until=until)
         )
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             raise _LostLease()
         send = s.get(Send, send_id, populate_existing=True)
         assert send is not None
@@ -261,7 +261,7 @@ class SendWorker:
 
     def _status(self, send_id: int) -> SendStatus:
         with self.factory() as s:
-            return SendStatus(s.execute(select(Send.status).where(Send.id == send_id)).scalar())
+            return SendStatus(s.execute(select(Send.status).where(Send.id == send_id)).scalar_one())
 
     def advance(self, send_id: int) -> SendStatus:
         """Exactly one transition of a send we hold (tests call it to stop between steps)."""
@@ -378,7 +378,7 @@ class SendWorker:
             .values(reserved_by_send=send.id)
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount != len(ids):
+        if rowcount(res) != len(ids):
             raise _Race()
         hot = account_keys(account).hot
         inputs = [

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from cc_common.config import Config
@@ -30,12 +31,12 @@ READY_DEADLINE = 60.0
 
 
 def _custody_api(config: Config) -> Any:
-    from custody.app import create_app  # noqa: PLC0415 - imported in the worker, after fork
+    from custody.app import create_app  # noqa: PLC0415 (in the worker, after gunicorn's fork)
 
     return create_app(config)
 
 
-class CustodyApplication(BaseApplication):  # type: ignore[misc]
+class CustodyApplication(BaseApplication):
     """gunicorn application: settings from `Config`, the app made by `factory(config)`
     (the custody API by default; the operator console passes its own)."""
 
@@ -55,7 +56,7 @@ class CustodyApplication(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key.lower(), value)
 
-    def load(self):  # type: ignore[no-untyped-def]
+    def load(self) -> Flask:
         return self.factory(self.cc_config)
 
 

@@ -36,7 +36,7 @@ from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import RPCError
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
-from custody.db import default_owner, is_postgres, transaction
+from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
 from custody.models import (
     Address,
@@ -163,7 +163,7 @@ class Watcher:
             .where(KeyValue.key == LEASE_KEY, KeyValue.value.like(f"{self.owner}|%"))
             .values(value=value)
         )
-        if res.rowcount == 1:
+        if rowcount(res) == 1:
             return True
         row = session.get(KeyValue, LEASE_KEY, populate_existing=True)
         if row is None:

@@ -11,13 +11,13 @@ import argparse
 from collections.abc import Sequence
 
 from cc_common.cli import run
+from firmware_sim import hardware_cli
+from firmware_sim.node import cli as node_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firmware-sim", description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    from firmware_sim import hardware_cli
-    from firmware_sim.node import cli as node_cli
 
     hardware_cli.register(sub)
     node_cli.register(sub)

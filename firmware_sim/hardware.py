@@ -177,7 +177,7 @@ class Hardware:
             part = self._started.pop()
             try:
                 part.stop() if isinstance(part, Carrier) else part.close()
-            except Exception as exc:  # keep stopping the others
+            except Exception as exc:  # noqa: BLE001 (keep stopping the others)
                 log.warning("stopping %s: %s", type(part).__name__, exc)
 
     # ----- control channel ------------------------------------------------------------------

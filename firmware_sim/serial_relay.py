@@ -11,6 +11,9 @@ Faults are injected on command (control channel, never the data path) per direct
 - drop: the next `count` bytes vanish;
 - garbage: `count` random bytes are put on the line now;
 - cut: nothing passes for `seconds`; bytes sent meanwhile are lost.
+
+Test equipment uses the same line in process: random noise at given rates (`Noise`), a capture
+of what was delivered, and bytes put on the line as if a party had sent them (replay, forgery).
 """
 
 from __future__ import annotations
@@ -77,16 +80,30 @@ class Fault:
         return self
 
 
+@dataclass(frozen=True)
+class Noise:
+    """Random faults at rates: per byte for flips and drops, per delivered chunk for garbage."""
+
+    flip: float = 0.0
+    drop: float = 0.0
+    garbage: float = 0.0
+
+
 class Lane:
     """One direction of the line: reads what `src`'s client wrote, delivers to `dst`."""
 
-    def __init__(self, name: str, src: PtyPort, dst: PtyPort, baud: int) -> None:
+    def __init__(
+        self, name: str, src: PtyPort, dst: PtyPort, baud: int, seed: int | None = None
+    ) -> None:
         self.name = name
         self._src = src
         self._dst = dst
         self._rate = baud / BITS_PER_BYTE
         self.baud = baud
-        self._rng = random.Random()  # noqa: S311 - noise, not crypto
+        self._rng = random.Random(seed)  # noise, not crypto
+        self._noise = Noise()
+        self._capture: bytearray | None = None
+        self._put = bytearray()
         self._lock = threading.Lock()
         self._flips: deque[int] = deque()
         self._drop = 0
@@ -106,6 +123,24 @@ class Lane:
         with self._lock:
             self.baud = baud
             self._rate = baud / BITS_PER_BYTE
+
+    def set_noise(self, noise: Noise) -> None:
+        with self._lock:
+            self._noise = noise
+
+    def put(self, data: bytes) -> None:
+        """Deliver `data` as if the sending side had written it (replays, forgeries)."""
+        with self._lock:
+            self._put.extend(data)
+        self._wake()
+
+    def start_capture(self) -> None:
+        with self._lock:
+            self._capture = bytearray()
+
+    def captured(self) -> bytes:
+        with self._lock:
+            return bytes(self._capture) if self._capture is not None else b""
 
     def inject(self, fault: Fault) -> None:
         with self._lock:
@@ -136,6 +171,7 @@ class Lane:
             self._drop = 0
             self._garbage.clear()
             self._cut_until = 0.0
+            self._noise = Noise()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -174,7 +210,7 @@ class Lane:
         due = 0.0
         while not self._stop:
             with self._lock:
-                if self._garbage:
+                if self._garbage or self._put:
                     buf_since = self._take_garbage(buf, buf_since)
                 rate = self._rate
             now = time.monotonic()
@@ -201,7 +237,7 @@ class Lane:
             if self._src.master_fd in ready:
                 # Under the lock, garbage injected before these bytes were written goes first.
                 with self._lock:
-                    if self._garbage:
+                    if self._garbage or self._put:
                         buf_since = self._take_garbage(buf, buf_since)
                     data = self._src.read(max(0, LANE_BUFFER - len(buf)))
                 if data:
@@ -211,12 +247,15 @@ class Lane:
                     self.counters["bytes_in"] += len(data)
 
     def _take_garbage(self, buf: bytearray, buf_since: float) -> float:
-        """Move injected garbage onto the line (lock held); the new `buf_since`."""
+        """Move injected garbage and put bytes onto the line (lock held); the new
+        `buf_since`."""
         if not buf:
             buf_since = time.monotonic()
         buf.extend(self._garbage)
         self.counters["garbage"] += len(self._garbage)
         self._garbage.clear()
+        buf.extend(self._put)
+        self._put.clear()
         return buf_since
 
     def _deliver(self, chunk: bytes) -> None:
@@ -225,22 +264,49 @@ class Lane:
                 self.counters["cut_lost"] += len(chunk)
                 return
             out = bytearray()
-            for b in chunk:
+            for sent in chunk:
                 if self._drop:
                     self._drop -= 1
                     self.counters["dropped"] += 1
                     continue
+                b = sent
                 if self._flips:
                     mask = self._flips.popleft()
                     b ^= mask
                     self.counters["flipped_bits"] += bin(mask).count("1")
                 out.append(b)
+            out = self._add_noise(out)
         if not out:
             return
         written = self._dst.write(bytes(out))
+        if self._capture is not None:
+            with self._lock:
+                self._capture += out[:written]
         self.counters["bytes_out"] += written
         self.counters["overrun"] += len(out) - written
         log.log(TRACE, "%s: %d bytes", self.name, written)
+
+    def _add_noise(self, data: bytearray) -> bytearray:
+        """Random drops, flips and garbage at the noise rates (lock held)."""
+        noise = self._noise
+        if not (noise.flip or noise.drop or noise.garbage):
+            return data
+        out = bytearray()
+        for sent in data:
+            if noise.drop and self._rng.random() < noise.drop:
+                self.counters["dropped"] += 1
+                continue
+            b = sent
+            if noise.flip and self._rng.random() < noise.flip:
+                b ^= 1 << self._rng.randrange(8)
+                self.counters["flipped_bits"] += 1
+            out.append(b)
+        if noise.garbage and self._rng.random() < noise.garbage:
+            junk = self._rng.randbytes(self._rng.randrange(1, 24))
+            pos = self._rng.randrange(len(out) + 1)
+            out[pos:pos] = junk
+            self.counters["garbage"] += len(junk)
+        return out
 
 
 def _describe(fault: Fault) -> str:
@@ -255,12 +321,13 @@ def _describe(fault: Fault) -> str:
 class SerialLine:
     """The hot and cold ports, joined by a paced, fault-injectable null-modem relay."""
 
-    def __init__(self, hot_link: Path, cold_link: Path, baud: int) -> None:
+    def __init__(self, hot_link: Path, cold_link: Path, baud: int, seed: int | None = None) -> None:
         if baud <= 0:
             raise BadRequest(f"baud must be positive, got {baud}")
         self.hot = PtyPort(hot_link)
         self.cold = PtyPort(cold_link)
         self.baud = baud
+        self.seed = seed
         self._lanes: dict[Direction, Lane] = {}
 
     def start(self) -> None:
@@ -272,10 +339,14 @@ class SerialLine:
             raise
         self._lanes = {
             Direction.HOT_TO_COLD: Lane(
-                Direction.HOT_TO_COLD.value, self.hot, self.cold, self.baud
+                Direction.HOT_TO_COLD.value, self.hot, self.cold, self.baud, self.seed
             ),
             Direction.COLD_TO_HOT: Lane(
-                Direction.COLD_TO_HOT.value, self.cold, self.hot, self.baud
+                Direction.COLD_TO_HOT.value,
+                self.cold,
+                self.hot,
+                self.baud,
+                None if self.seed is None else self.seed + 1,
             ),
         }
         for lane in self._lanes.values():
@@ -303,6 +374,30 @@ class SerialLine:
         for lane in self.lanes(direction):
             lane.clear()
         log.info("faults cleared (%s)", direction.value)
+
+    def set_noise(self, noise: Noise, direction: Direction = Direction.BOTH) -> None:
+        for lane in self.lanes(direction):
+            lane.set_noise(noise)
+
+    def put(self, direction: Direction, data: bytes) -> None:
+        """Bytes on the line as if the sending side of `direction` had written them."""
+        for lane in self.lanes(direction):
+            lane.put(data)
+
+    def start_capture(self, direction: Direction) -> None:
+        for lane in self.lanes(direction):
+            lane.start_capture()
+
+    def captured(self, direction: Direction) -> bytes:
+        return b"".join(lane.captured() for lane in self.lanes(direction))
+
+    def fault_counts(self) -> dict[str, int]:
+        """Faults applied so far, per lane and kind."""
+        return {
+            f"{lane.name} {kind}": lane.counters[kind]
+            for lane in self._lanes.values()
+            for kind in ("flipped_bits", "dropped", "garbage", "cut_lost")
+        }
 
     def set_baud(self, baud: int) -> None:
         if isinstance(baud, bool) or not isinstance(baud, int) or not 50 <= baud <= 4_000_000:

@@ -222,10 +222,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "firmware-sim-twilio/1.0"
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:  # http.server naming
         self._serve("POST")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve("GET")
 
     def _serve(self, method: str) -> None:
@@ -256,5 +256,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server API
+    def log_message(self, format: str, *args: Any) -> None:  # http.server API
         log.debug("http %s " + format, self.client_address[0], *args)

@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import (
+    Table,
+    add_dir_argument,
+    add_json_argument,
+    config_from_args,
+    render_table,
+    run,
+)
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
 from cc_common.link import LinkConfig, LinkServer, SqliteCounterStore
@@ -283,13 +290,23 @@ def _sms_table(store: ColdStore) -> str:
     return render_table(("sms counter", "count"), rows)
 
 
-def cmd_status(args: argparse.Namespace) -> str:
+def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
         accounts = [
             (a, "yes" if frozen else "no", reason or "-")
             for a, frozen, reason in store.list_accounts()
         ]
+        if args.json:
+            return {
+                "accounts": [
+                    {"account": a, "frozen": frozen, "reason": reason}
+                    for a, frozen, reason in store.list_accounts()
+                ],
+                "sms_counters": dict(store.counters()),
+                "sms_outbox": store.pending_sms_count(),
+                "alerts_not_handed_over": store.pending_alert_count(),
+            }
         return "\n".join(
             (
                 render_table(("account", "frozen", "reason"), accounts),
@@ -307,9 +324,15 @@ def cmd_status(args: argparse.Namespace) -> str:
         store.close()
 
 
-def cmd_alerts(args: argparse.Namespace) -> str:
+def cmd_alerts(args: argparse.Namespace) -> str | Table:
     store = ColdStore(ColdPaths.of(_section(config_from_args(args))).store)
     try:
+        if args.json:
+            rows = [
+                (a.id, int(a.at), a.account, a.kind, a.message)
+                for a in store.list_alerts(args.limit)
+            ]
+            return Table(("id", "at", "account", "kind", "message"), rows)
         return _alerts_table(store, args.limit)
     finally:
         store.close()
@@ -339,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="accounts, frozen ones and recent alerts")
     add_dir_argument(p)
+    add_json_argument(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("alerts", help="every recorded alert, newest first")
     p.add_argument(
         "--limit", type=int, default=100, help="the last LIMIT alerts (default: %(default)s)"
     )
+    add_json_argument(p)
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
     return parser

@@ -175,7 +175,12 @@ def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):
         raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
-    change = tuple(int_list(c, 2, "each change entry") for c in field(payload, "change", list))
+    change = tuple(
+        (vout, index)
+        for vout, index in (
+            int_list(c, 2, "each change entry") for c in field(payload, "change", list)
+        )
+    )
     for vout, _ in change:
         if vout >= len(tx.vout):
             raise BadRequest(f"change output {vout} does not exist")

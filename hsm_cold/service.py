@@ -168,7 +168,7 @@ def pubkey_field(payload: Mapping[str, Any], key: str) -> bytes:
 
 
 def account_field(payload: Mapping[str, Any]) -> int:
-    account = field(payload, "account", int)
+    account: int = field(payload, "account", int)
     if not 0 <= account < HARDENED:
         raise BadRequest(f"account {account} out of range")
     return account

@@ -130,7 +130,7 @@ class ChannelProtocol:
                     candidates,
                     alert=msg.kind is not MessageKind.FORMAT_ERROR,
                 )
-            outcome: str = handler(msg, sender, candidates, sim)  # type: ignore[operator]
+            outcome: str = handler(msg, sender, candidates, sim)  # type: ignore[operator]  # each takes its own message type
         except Refused as r:
             self.count(f"refused.{r.reason}")
             log.warning("%s from %s refused (%s): %s", msg.kind.value, sender, r.reason, r.detail)

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -165,8 +165,8 @@ class SmsService:
             "accepted" if self.settings.policy.accept_plain else "refused",
         )
 
-    def _spawn(self, name: str, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -782,7 +783,7 @@ def _add_outputs(db: sqlite3.Connection, txid: str, outputs: tuple[tuple[int, by
     )
 
 
-def _account_record(row: tuple) -> AccountRecord:
+def _account_record(row: tuple[Any, ...]) -> AccountRecord:
     return AccountRecord(
         account=row[0],
         network=row[1],
@@ -801,7 +802,7 @@ def _account_record(row: tuple) -> AccountRecord:
     )
 
 
-def _channel_record(row: tuple) -> ChannelRecord:
+def _channel_record(row: tuple[Any, ...]) -> ChannelRecord:
     return ChannelRecord(
         account=row[0],
         c_id=row[1],

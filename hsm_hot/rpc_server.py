@@ -41,7 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
     # waits for the client's delayed ACK of the headers (~40 ms on Linux) on every call.
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: Any) -> None:  # base signature
         log.debug("%s %s", self.address_string(), format % args)
 
     def _reply(self, status: int, body: Mapping[str, Any]) -> None:
@@ -55,10 +55,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, exc: CustodyError) -> None:
         self._reply(status, {"error": {"code": int(exc.code), "message": exc.message}})
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:  # http.server naming
         self._error(405, BadRequest("use POST /rpc"))
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:  # http.server naming
         given = self.headers.get("Authorization", "").encode("utf-8", "replace")
         if not hmac.compare_digest(given, self.server.expected_auth):
             self._drain()

@@ -76,7 +76,7 @@ def _param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -
 
 
 def _account(params: Mapping[str, Any]) -> int:
-    account = _param(params, "account", int)
+    account: int = _param(params, "account", int)
     if not 0 <= account <= MAX_ACCOUNT:
         raise BadRequest(f"account {account} out of range")
     return account
@@ -540,13 +540,15 @@ class HotService:
             raise BadRequest(f"prev_txs: {exc.message}") from None
         answer = self.relay.call("sweep", payload)
         self.audit.record("sweep", account=account, utxos=len(utxos))
-        return jsonable(answer)
+        swept: dict[str, Any] = jsonable(answer)
+        return swept
 
     def account_states(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The cold HSM's identity-signed account states, relayed as they are."""
         accounts = params.get("accounts")
         payload = {} if accounts is None else {"accounts": _param(params, "accounts", list)}
-        return jsonable(self.relay.call("account_states", payload))
+        states: dict[str, Any] = jsonable(self.relay.call("account_states", payload))
+        return states
 
     def unfreeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Lift an operator's freeze (the cold HSM refuses to lift its own)."""
@@ -554,13 +556,15 @@ class HotService:
         reason = _text(params, "reason", 500)
         answer = self.relay.call("lift_operator_freeze", {"account": account, "reason": reason})
         self.audit.record("unfreeze", account=account, reason=reason)
-        return jsonable(answer)
+        lifted: dict[str, Any] = jsonable(answer)
+        return lifted
 
     def cold_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return jsonable(self.relay.call("status", {}))
+        status: dict[str, Any] = jsonable(self.relay.call("status", {}))
+        return status
 
     def take_alerts(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        answer = jsonable(self.relay.call("take_alerts", {}))
+        answer: dict[str, Any] = jsonable(self.relay.call("take_alerts", {}))
         if not isinstance(answer.get("alerts"), list):
             raise ColdUnreachable("cold HSM answered take_alerts without alerts")
         return answer

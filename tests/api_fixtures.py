@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -39,15 +40,18 @@ from custody.accounts import provision_message
 from custody.admin_cli import upgrade_database
 from custody.app import create_app
 from custody.db import make_engine, make_session_factory
+from custody.errors import HsmUnavailableError
 from custody.hsm_client import HsmRefused, ProvisionedAccount
 from custody.models import Base
+from hsm_cold.errors import ColdErrorCode
 from wallet_core import secp
-from wallet_core.addresses import p2wpkh_address, p2wsh_address
+from wallet_core.addresses import address_to_script, p2wpkh_address, p2wsh_address
 from wallet_core.bip32 import ExtendedKey
 from wallet_core.chaincloud import (
     BATCH_SIZE,
     batch_statement,
     channel_key_statement,
+    parse_outs,
     send_refused_statement,
     send_request_string,
     send_signed_statement,
@@ -57,8 +61,8 @@ from wallet_core.messages import sign_message
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
 from wallet_core.script import multisig_script
-from wallet_core.signatures import sign_digest
-from wallet_core.wallets import bip48_account_path, bip84_account_path
+from wallet_core.signatures import SoftwareSigner
+from wallet_core.wallets import AccountKey, bip48_account_path, bip84_account_path
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 NETWORK = Network.REGTEST
@@ -82,20 +86,43 @@ def sign_vc_code(form: dict[str, Any]) -> str:
 
 
 @dataclass
-class _SoftAccount:
+class SoftKeys:
+    """An account's keys in software (tests only): what the two HSMs hold, and the recovery
+    key. Random, or derived from a label so a test can rebuild them."""
+
     network: Network
     receiving_root: ExtendedKey
     cosigner_root: ExtendedKey
     recovery_root: ExtendedKey
     hot_priv: bytes
     frozen: bool = False
-    used_user_tx_nos: set[str] = field(default_factory=set)
-    signed_txids: dict[str, str] = field(default_factory=dict)
-    closed: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def random(cls, network: Network = NETWORK) -> SoftKeys:
+        def root() -> ExtendedKey:
+            return ExtendedKey.from_seed(secrets.token_bytes(32), network)
+
+        return cls(network, root(), root(), root(), secrets.token_bytes(32))
+
+    @classmethod
+    def from_label(cls, label: str, network: Network = NETWORK) -> SoftKeys:
+        def root(part: str) -> ExtendedKey:
+            return ExtendedKey.from_seed(
+                hashlib.sha256(f"{label}/{part}".encode()).digest(), network
+            )
+
+        hot = hashlib.sha256(f"{label}/hot".encode()).digest()
+        return cls(network, root("receiving"), root("cosigner"), root("recovery"), hot)
 
     @property
-    def hot_pub(self) -> bytes:
+    def hot_pubkey(self) -> bytes:
         return secp.pubkey_from_privkey(self.hot_priv)
+
+    def cosigner(self) -> AccountKey:
+        return AccountKey.from_root(self.cosigner_root, bip48_account_path(self.network, 0))
+
+    def recovery(self) -> AccountKey:
+        return AccountKey.from_root(self.recovery_root, bip48_account_path(self.network, 0))
 
     def receiving_account(self) -> ExtendedKey:
         return self.receiving_root.derive(bip84_account_path(self.network, 0))
@@ -105,16 +132,21 @@ class _SoftAccount:
 
 
 class SoftwareHsmStandIn:
-    """Test-only stand-in for `custody.hsm_client.HotHsmClient` (software keys, one process).
+    """Test-only stand-in for the hot HSM and the cold HSM behind it (`custody.hsm_client.HotHsm`),
+    with software keys, in the test's process.
 
-    `tamper_batch = (position, address)` makes the next proofs sign a batch string with that
-    address substituted, as a compromised link or HSM would.
+    It checks what custody relies on, as the cold HSM does: a send pays exactly the request's
+    `outs` in order plus at most one change output on the account's change chain, and a
+    `user_tx_no` is signed for one transaction only (the same transaction again is answered
+    again, as after a worker crash). Knobs: `tamper_batch = (position, address)` signs batches
+    with that address substituted (a compromised link or HSM); `refuse` (the cold HSM's refusal
+    message) and `unavailable` (cold HSM unreachable) for sends.
     """
 
     def __init__(self) -> None:
         self.identity_priv = secrets.token_bytes(32)
         self.identity_pub = secp.pubkey_from_privkey(self.identity_priv)
-        self.accounts: dict[int, _SoftAccount] = {}
+        self.accounts: dict[int, SoftKeys] = {}
         self.tamper_batch: tuple[int, str] | None = None
         self.proofs_made = 0
         self.frozen: list[tuple[int, str]] = []
@@ -125,10 +157,16 @@ class SoftwareHsmStandIn:
         self.statements_made = 0
         # a key other than the identity's makes the channel statements forgeries
         self.channel_statement_priv: bytes | None = None
+        self.signed: dict[tuple[int, str], str] = {}  # (account, user_tx_no) -> txid
+        self.calls: list[tuple[int, str]] = []
+        self.refuse: str | None = None
+        self.unavailable = False
+        self.closed: dict[tuple[int, str], int] = {}  # (account, user_tx_no) -> code
         self._lock = threading.Lock()
 
-    def _root(self, network: Network) -> ExtendedKey:
-        return ExtendedKey.from_seed(secrets.token_bytes(32), network)
+    def add(self, account: TestAccount) -> None:
+        """Hold the keys of an account inserted into the database directly."""
+        self.accounts[account.id] = account.keys
 
     def health(self) -> dict[str, Any]:
         return {"paired": True, "cold_reachable": True, "accounts": len(self.accounts)}
@@ -145,9 +183,7 @@ class SoftwareHsmStandIn:
     ) -> ProvisionedAccount:
         net = Network.from_name(network)
         with self._lock:
-            acct = _SoftAccount(
-                net, self._root(net), self._root(net), self._root(net), secrets.token_bytes(32)
-            )
+            acct = SoftKeys.random(net)
             self.accounts[account] = acct
         cos = acct.multisig_account(acct.cosigner_root).to_public()
         rec = acct.multisig_account(acct.recovery_root).to_public()
@@ -158,7 +194,7 @@ class SoftwareHsmStandIn:
             cosigner_fingerprint=acct.cosigner_root.fingerprint.hex(),
             recovery_xpub=rec.serialize(),
             recovery_fingerprint=acct.recovery_root.fingerprint.hex(),
-            hot_pubkey=acct.hot_pub.hex(),
+            hot_pubkey=acct.hot_pubkey.hex(),
             cold_identity=self.identity_pub.hex(),
             proof="",
         )
@@ -179,13 +215,13 @@ class SoftwareHsmStandIn:
         rec = acct.multisig_account(acct.recovery_root).child(0)
         out = []
         for i in range(start, start + BATCH_SIZE):
-            keys = [acct.hot_pub, cos.child(i).public_key, rec.child(i).public_key]
+            keys = [acct.hot_pubkey, cos.child(i).public_key, rec.child(i).public_key]
             out.append(p2wsh_address(multisig_script(2, keys, sort=True), acct.network))
         return out
 
     def prove_batch(self, account: int, wallet: str, batch_no: int) -> str:
         if account not in self.accounts:
-            raise HsmRefused("unknown account", code=602)
+            raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
         addresses = self.batch_addresses(account, wallet, batch_no)
         if self.tamper_batch is not None:
             pos, substitute = self.tamper_batch
@@ -219,11 +255,10 @@ class SoftwareHsmStandIn:
 
     def send_statement(self, account: int, user_tx_no: str) -> dict[str, Any]:
         """As the cold HSM: signed txid, or refused (and closed for good), identity-signed."""
-        acct = self.accounts.get(account)
-        if acct is None:
-            raise HsmRefused("unknown account", code=702)
+        if account not in self.accounts:
+            raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
         self.statements_made += 1
-        txid = acct.signed_txids.get(user_tx_no)
+        txid = self.signed.get((account, user_tx_no))
         if txid is not None:
             text = send_signed_statement(account, txid, user_tx_no)
             return {
@@ -231,7 +266,7 @@ class SoftwareHsmStandIn:
                 "txid": txid,
                 "signature": sign_message(self.identity_priv, text),
             }
-        code = acct.closed.setdefault(user_tx_no, 741)
+        code = self.closed.setdefault((account, user_tx_no), int(ColdErrorCode.SEND_CLOSED))
         text = send_refused_statement(account, code, user_tx_no)
         return {
             "state": "refused",
@@ -242,19 +277,52 @@ class SoftwareHsmStandIn:
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:
-        acct = self.accounts[account]
-        if acct.frozen:
-            raise HsmRefused("account frozen", code=610)
-        if request["user_tx_no"] in acct.used_user_tx_nos:
-            raise HsmRefused("user_tx_no reused", code=614)
-        if request["user_tx_no"] in acct.closed:
-            raise HsmRefused("user_tx_no closed", code=741)
-        p = Psbt.from_base64(psbt)
-        acct.signed_txids[request["user_tx_no"]] = p.txid
-        p.sign_with_root(acct.cosigner_root)
-        p.sign(lambda digest: sign_digest(acct.hot_priv, digest), acct.hot_pub)
-        acct.used_user_tx_nos.add(request["user_tx_no"])
-        return p.to_base64()
+        with self._lock:
+            self.calls.append((account, request["user_tx_no"]))
+            if self.unavailable:
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
+            if self.refuse is not None:
+                raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            keys = self.accounts.get(account)
+            if keys is None:
+                raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
+            if keys.frozen:
+                raise HsmRefused("account frozen", code=ColdErrorCode.ACCOUNT_FROZEN)
+            key = (account, request["user_tx_no"])
+            if key in self.closed:
+                raise HsmRefused("user_tx_no closed", code=ColdErrorCode.SEND_CLOSED)
+            p = Psbt.from_base64(psbt)
+            self._check_outputs(keys, p, request["outs"])
+            if self.signed.get(key, p.txid) != p.txid:
+                raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
+            self.signed[key] = p.txid
+            p.sign_with_root(keys.cosigner_root)
+            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
+            return p.to_base64()
+
+    @staticmethod
+    def _check_outputs(keys: SoftKeys, p: Psbt, outs: str) -> None:
+        expected = [
+            (address_to_script(o.address, keys.network), o.value)
+            for o in parse_outs(outs, keys.network)
+        ]
+        outputs = p.outputs
+        if [(o.script_pubkey, o.value) for o in outputs[: len(expected)]] != expected:
+            raise HsmRefused("output mismatch", code=ColdErrorCode.OUTPUT_MISMATCH)
+        extra = outputs[len(expected) :]
+        if len(extra) > 1:
+            raise HsmRefused("extra output", code=ColdErrorCode.EXTRA_OUTPUT)
+        for change in extra:
+            origin = next(
+                (
+                    o
+                    for o in change.origins.values()
+                    if o.fingerprint == keys.cosigner_root.fingerprint
+                ),
+                None,
+            )
+            if origin is None or origin.path[-2] != 1:
+                raise HsmRefused("change not derivable", code=ColdErrorCode.CHANGE_NOT_DERIVABLE)
 
     def freeze(self, account: int, reason: str) -> None:
         self.frozen.append((account, reason))
@@ -290,7 +358,7 @@ class SmsRecorder:
 class _TwilioHandler(BaseHTTPRequestHandler):
     recorder: SmsRecorder
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         rec = self.server.recorder  # type: ignore[attr-defined]
@@ -316,7 +384,7 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -343,11 +411,9 @@ def sms(sms_server: SmsRecorder) -> Iterator[SmsRecorder]:
 # -- databases -----------------------------------------------------------------------------
 def _pg_reachable() -> str | None:
     try:
-        import psycopg  # noqa: PLC0415
-
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"PostgreSQL at 127.0.0.1:5432 not reachable ({type(exc).__name__}: {exc})"
     return None
 
@@ -366,7 +432,6 @@ def scratch_pg_database() -> Iterator[str]:
     reason = _pg_reachable()
     if reason:
         pytest.skip(reason)
-    import psycopg  # noqa: PLC0415
 
     name = f"cc_test_{secrets.token_hex(6)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -477,10 +542,17 @@ def runner(app: Flask) -> Any:
 
 @dataclass
 class TestAccount:
+    """An account of the tests: its row id, its keys (held by the stand-in HSM), and the
+    tokens when it was created through `custody.accounts` (empty when inserted directly)."""
+
+    __test__ = False  # not a pytest test class
+
     id: int
-    cold_token: str
-    hot_token: str
-    created: accounts.CreatedAccount
+    keys: SoftKeys
+    name: str = ""
+    cold_token: str = ""
+    hot_token: str = ""
+    created: accounts.CreatedAccount | None = None
 
     @property
     def cold(self) -> dict[str, str]:
@@ -505,7 +577,14 @@ def new_account(
             vdevice_identity(),
             network=NETWORK,
         )
-    return TestAccount(created.account_id, created.cold_token, created.hot_token, created)
+    return TestAccount(
+        created.account_id,
+        hsm.accounts[created.account_id],
+        name=created.name,
+        cold_token=created.cold_token,
+        hot_token=created.hot_token,
+        created=created,
+    )
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Generic fixtures: per-test deployments, `--keep-data`, log tails of failed tests.
 
 Kept small and generic: helpers of each area live in `tests/<area>_fixtures.py` (firmware,
-node, tokens, ...), imported by the tests that use them.
+node, tokens, ...). The API's fixtures (`app`, `client`, `account`, databases on SQLite and
+PostgreSQL, ...) are registered for every test by `pytest_plugins`, so tests ask for them by
+name and never import them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 
 from tests.harness import Deployment
+
+pytest_plugins = ("tests.api_fixtures",)
 
 DEPLOYMENTS = pytest.StashKey[list[Deployment]]()
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()

@@ -29,12 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import coincurve
+from pkcs11 import Attribute, KeyType, ObjectClass
 
+from cc_common.config import load_config
+from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
+from cc_common.pairing import take_pairing_file
+from cc_common.token import HsmToken, KeyProtected
 from custody.hsm_client import HotHsmClient, ProvisionedAccount
 from firmware_sim.control import ControlClient
+from firmware_sim.serial_relay import SerialLine
 from tests.harness import Deployment, TestProcess, wait_until
 from wallet_core import messages
-from wallet_core.addresses import address_to_script
+from wallet_core.addresses import address_to_script, p2wpkh_address
 from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.chaincloud import format_outs, send_request_string
 from wallet_core.descriptors import wpkh_descriptor
@@ -234,7 +240,6 @@ def settlement_descriptor(account: int, network: Network = NETWORK) -> str:
 
 def random_address(network: Network = NETWORK) -> str:
     """A P2WPKH address of a throwaway key (a payee outside the wallet)."""
-    from wallet_core.addresses import p2wpkh_address
 
     key = coincurve.PrivateKey(os.urandom(32))
     return p2wpkh_address(key.public_key.format(compressed=True), network)
@@ -343,18 +348,20 @@ class HsmPair:
 
 
 class ColdHsm:
-    """`hsm-cold serve` as a real process on one end of a `PtyLine`; the test holds the other.
+    """`hsm-cold serve` as a real process on one end of a `SerialLine`; the test holds the other.
 
     The test plays the hot HSM: `client()` is a `LinkClient` with the link key taken from the
     pairing file (`hsm-cold init` writes it; we take it as `hsm-hot init` would).
     """
 
     def __init__(self, deployment: Deployment, *, baudrate: int | None = None) -> None:
-        from cc_common.link.testing import PtyLine
 
         self.d = deployment
-        self.line = PtyLine(baudrate=baudrate)
-        self.d.configure({"serial": {"cold_port": self.line.b_path}})
+        # Paced even when no rate is asked for: a pty takes a few KiB, a burst would overrun it.
+        ports = self.d.data_dir / "dev"
+        self.line = SerialLine(ports / "test-hot", ports / "test-cold", baudrate or 921600)
+        self.line.start()
+        self.d.configure({"serial": {"cold_port": str(self.line.cold.link)}})
         self.process: TestProcess | None = None
         self.link_key = b""
         self.identity = b""
@@ -370,8 +377,6 @@ class ColdHsm:
         return out.stdout
 
     def start(self) -> ColdHsm:
-        from cc_common.link import MemoryCounterStore
-        from cc_common.pairing import take_pairing_file
 
         self.init()
         bundle = take_pairing_file(self.section.path("pairing_file"))
@@ -382,11 +387,10 @@ class ColdHsm:
 
     def client(self, link_key: bytes | None = None, **config: Any) -> Any:
         """A link client on the hot end (one at a time: close the previous one first)."""
-        from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
 
         counters = self._counters if link_key is None else MemoryCounterStore()
         c = LinkClient.open(
-            self.line.a_path,
+            str(self.line.hot.link),
             link_key or self.link_key,
             counters,
             LinkConfig(**{"resend_after": 2.0, **config}),
@@ -397,8 +401,6 @@ class ColdHsm:
 
     def cold_cli(self, *args: str, stdin: str | None = None) -> Any:
         """`hsm-cold <args>` at the cold console, run to completion (not checked)."""
-        import subprocess
-        import sys
 
         return subprocess.run(
             [sys.executable, "-m", "hsm_cold.cli", *args, "--dir", str(self.d.data_dir)],
@@ -489,10 +491,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def probe_hot_key(data_dir: str, label: str) -> dict[str, Any]:
     """Log in to the hot token as hsm-hot does and try to read the private key's value."""
-    from pkcs11 import Attribute, KeyType, ObjectClass
-
-    from cc_common.config import load_config
-    from cc_common.token import HsmToken, KeyProtected
 
     section = load_config(Path(data_dir)).section("hsm_hot")
     out: dict[str, Any] = {}

@@ -1,19 +1,17 @@
 """Shared harness for tests of the simulated node and the chain client.
 
-`NodeProcess` starts the node as a real OS process (`firmware-sim node --dir D`) in a fresh
-deployment, waits for its ready file with a deadline, fails fast with its log if it dies, and
-stops it with SIGTERM. Transactions are built here with python-bitcointx and coincurve,
-never with wallet_core: the node must judge the wallet's output independently.
+`NodeProcess` runs the node as a real OS process (`firmware-sim node --dir D`) in a fresh
+deployment through the harness's `TestProcess` (readiness by polling with a deadline, fail
+fast with its output if it dies, SIGTERM to stop). Transactions are built here with
+python-bitcointx and coincurve, never with wallet_core: the node must judge the wallet's output
+independently.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
+import json
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,9 +46,8 @@ from bitcointx.core.script import (
 )
 
 from cc_common.config import Config
-from cc_common.deployment import init_deployment
-from cc_common.process import read_ready
 from custody.chain import BitcoinRPC, RPCError
+from tests.harness import Deployment, TestProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -59,69 +56,43 @@ FEE = 10_000  # sats: comfortably above 1 sat/vB for the small transactions here
 
 
 class NodeProcess:
-    """The regtest node as a child process in its own deployment directory."""
+    """The regtest node as a child process (`TestProcess` of the harness) in its own
+    deployment directory, with the node's RPC coordinates."""
 
     def __init__(self, data_dir: Path, *, txindex: bool = False) -> None:
         self.data_dir = data_dir
         self.txindex = txindex  # Core's default is off: mined txs only with their block hash
-        self.config: Config = init_deployment(data_dir)
+        self.deployment = Deployment(data_dir.parent, data_dir.name)
+        self.deployment.env["CC__FIRMWARE_SIM__NODE__TXINDEX"] = "true" if txindex else "false"
+        self.config: Config = self.deployment.config
         section = self.config.section("firmware_sim.node")
         self.url = f"http://{section.str('host')}:{section.int('port')}"
         self.user = section.str("rpc_user")
         self.password = section.str("rpc_password")
         self.datadir = section.path("datadir")
-        self.log_path = data_dir / "logs" / "node-stdout.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        argv = [sys.executable, "-m", "firmware_sim.cli", "node", "--dir", str(data_dir)]
+        self.process = TestProcess(self.deployment, "node", argv, ready_name="node")
 
     def start(self, deadline: float = 30.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env["CC__FIRMWARE_SIM__NODE__TXINDEX"] = "true" if self.txindex else "false"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "firmware_sim.cli", "node", "--dir", str(self.data_dir)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            info = read_ready(self.config.run_dir, "node")
-            if info and info.get("pid") == self.proc.pid:
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"node not ready within {deadline}s:\n{self.log()}")
+        """Start and wait for the ready file; fails at once, with the output, if it dies."""
+        self.process.start().wait_ready(deadline)
 
     def stop(self, deadline: float = 15.0) -> int:
-        if self.proc is None:
+        """SIGTERM, wait (SIGKILL after `deadline`); the exit status."""
+        if self.process.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(deadline)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
+        self.process.stop(deadline, check=False)
+        return int(self.process.proc.returncode)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
+        return f"{self.process.stderr()[-5000:]}{self.process.stdout()[-5000:]}"
 
     def rpc(self, **kwargs: Any) -> BitcoinRPC:
         return BitcoinRPC(self.url, self.user, self.password, timeout=30, **kwargs)
 
     def post(self, body: Any, auth: tuple[str, str] | None = None) -> requests.Response:
         """A raw HTTP POST, for checking the wire format itself."""
-        data = body if isinstance(body, bytes | str) else __import__("json").dumps(body)
+        data = body if isinstance(body, bytes | str) else json.dumps(body)
         return requests.post(
             self.url, data=data, auth=auth or (self.user, self.password), timeout=30
         )

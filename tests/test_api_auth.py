@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Token attacks on the custody API (DESIGN invariant 4): no token, a wrong or revoked token,
 a cold token that tries to send, a hot token reaching for another account; rate limits; and
 the error shape (never a stack trace or a database message)."""
@@ -9,21 +8,9 @@ import pytest
 from sqlalchemy import select, update
 
 from custody.accounts import rotate_token
+from custody.api import queries
+from custody.extensions import limiter
 from custody.models import ApiToken, Send, TokenScope, Wallet
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    client,
-    config,
-    db_url,
-    hsm,
-    other_account,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
 from tests.test_api_contract import API, add_txs, send_form
 
 READS = ["/time", "/user", "/address/next", "/tx", "/address/history/0", "/address/batch/0"]
@@ -108,7 +95,6 @@ def test_rate_limit_per_token(client, account, session_factory):
 
 
 def test_rate_limiter_window_slides(app):
-    from custody.extensions import limiter  # noqa: PLC0415
 
     with app.app_context():
         assert all(limiter.hit(99, 10, now=1000.0) is None for _ in range(10))
@@ -119,7 +105,6 @@ def test_rate_limiter_window_slides(app):
 
 
 def test_unexpected_error_is_a_bare_500(client, account, monkeypatch):
-    from custody.api import queries  # noqa: PLC0415
 
     def boom(*a, **k):
         raise RuntimeError('SELECT secret FROM "accounts" -- psycopg detail')

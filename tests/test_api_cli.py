@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """The operator CLI of the custody API (`custody db upgrade`, `account ...`, `token rotate`,
 `alerts`, `serve`) and the migrations (they build exactly the models' schema)."""
 
@@ -29,17 +28,7 @@ from custody.batches import account_keys
 from custody.cli import main as custody_main
 from custody.db import make_engine, make_session_factory
 from custody.models import Account, Base, Chain, Wallet
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    SoftwareHsmStandIn,
-    db_url,
-    empty_db_url,
-    pg_database,
-    settlement_descriptor,
-    sms,
-    sms_server,
-    sqlite_template,
-    vdevice_identity,
-)
+from tests.api_fixtures import SoftwareHsmStandIn, settlement_descriptor, vdevice_identity
 from wallet_core import secp
 from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.descriptors import add_checksum, parse_descriptor

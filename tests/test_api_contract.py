@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Contract tests of the custody API against reference section 1: every endpoint, field names
 and JSON types exactly; batches (creation, proof, next), addresses, /tx pagination, sends.
 Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
@@ -13,6 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from custody.accounts import freeze_account
+from custody.app import create_app
 from custody.models import (
     Address,
     AddressBatch,
@@ -29,22 +30,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    client,
-    config,
-    db_url,
-    hsm,
-    make_config,
-    other_account,
-    pg_database,
-    session_factory,
-    sign_vc_code,
-    sms,
-    sms_server,
-    sqlite_template,
-)
+from tests.api_fixtures import make_config, sign_vc_code
 from wallet_core.chaincloud import SendVerdict, send_request_string, verify_send_statement
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
@@ -157,7 +143,6 @@ def test_user_balance_counts_confirmed_funds_of_its_side(
     assert client.get(f"{API}/user", headers=account.cold).json["balance"] == 3000
     assert client.get(f"{API}/user", headers=account.hot).json["balance"] == 16000
     # min_confirmations = 2 excludes the tip's output
-    from custody.app import create_app  # noqa: PLC0415
 
     cfg = make_config(
         app.config["CC_CONFIG"].data_dir,
@@ -301,7 +286,6 @@ def test_unverified_batches_serve_when_configured(
     session_factory,
     account,
 ):
-    from custody.app import create_app  # noqa: PLC0415
 
     cfg = make_config(tmp_path, db_url, sms.url, require_verified_batches=False)
     c = create_app(cfg, hsm=hsm, session_factory=session_factory).test_client()
@@ -581,7 +565,7 @@ def test_forged_vc_code_is_refused_before_the_hsms(client, account, session_fact
     assert r.status_code == 400 and r.json["code"] == 41 and "'9'" in r.json["message"]
     with session_factory() as s:
         assert s.execute(select(func.count(Send.id))).scalar() == 0
-    assert hsm.frozen == [] and not any(a.used_user_tx_nos for a in hsm.accounts.values())
+    assert hsm.frozen == [] and hsm.calls == []
     assert client.get(f"{API}/user", headers=account.hot).json["status"] != "frozen"
     calls = hsm.channel_key_calls
     assert client.post(f"{API}/tx/request", headers=account.hot, data=form).status_code == 200
@@ -628,7 +612,7 @@ def test_final_sends_carry_the_cold_statement(client, account, session_factory, 
     assert r.status_code == 200, r.json
     verdict = verify_send_statement(identity, account.id, "never-seen", r.json["cold_statement"])
     assert verdict is not None and not verdict.signed
-    assert "never-seen" in hsm.accounts[account.id].closed
+    assert (account.id, "never-seen") in hsm.closed
     r = client.post(f"{API}/tx/other/statement", headers=account.cold)
     assert r.status_code == 403  # the cold token cannot close hot sends
 
@@ -654,7 +638,6 @@ def test_send_defaults_and_dust_edge(client, account, session_factory):
 
 
 def test_frozen_account_refuses_sends(client, account, session_factory, hsm, config, sms):
-    from custody.accounts import freeze_account  # noqa: PLC0415
 
     with session_factory() as s, s.begin():
         assert freeze_account(s, hsm, account.id, "suspicious activity", config)

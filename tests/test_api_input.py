@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from custody.batches import MAX_BATCH_NO
+from custody.errors import api_codes
 from tests.api_fixtures import (  # noqa: F401 (fixtures)
     account,
     app,
@@ -81,7 +82,6 @@ def test_unknown_or_repeated_query_parameters_are_refused(client, account):
 
 
 def test_openapi_describes_every_field_and_lists_every_error_code(client):
-    from custody.errors import api_codes
 
     spec = client.get("/api/v1/openapi.json").json
     missing = []

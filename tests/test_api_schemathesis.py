@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """Schemathesis against `/api/v1/openapi.json` with the WSGI app: every operation, generated
 inputs (valid by the schema and, for the forms, invalid), with a hot and a cold token. No
 answer may be a server error; every answer must match the documented status codes, content
@@ -18,18 +17,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from custody.models import Wallet
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    config,
-    db_url,
-    hsm,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
 from tests.test_api_contract import add_txs
 
 CHECKS = [

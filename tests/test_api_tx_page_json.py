@@ -5,7 +5,6 @@ awkward: fractional timestamps, unconfirmed and removed transactions, blocks abo
 no block seen at all, no inputs, an address with JSON-special characters, a partial last page.
 """
 
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 from __future__ import annotations
 
 import json
@@ -26,11 +25,7 @@ from custody.models import (
     TxStatus,
     Wallet,
 )
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    hsm,
-    new_account,
-    pg_database,
-)
+from tests.api_fixtures import new_account
 
 ODD_ADDRESS = 'bcrt1q"quote\\backslash\u00e9'
 

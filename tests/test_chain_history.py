@@ -16,7 +16,7 @@ from custody.chain.rpc import BitcoinRPC
 from tests.harness import wait_until
 from tests.node_fixtures import Key
 
-HISTORY = 600
+HISTORY = 1000
 UP_WITHIN = 60.0
 
 

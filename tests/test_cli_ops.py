@@ -141,7 +141,7 @@ def test_closed_pipe_ends_quietly(tmp_path: Path, sms: Any) -> None:
     upgrade_database(url)
     with transaction(make_session_factory(make_engine(url))) as s:
         for i in range(2000):
-            journal.append(s, "filler", None, {"n": i, "text": "y" * 60})
+            journal.append(s, journal.JournalKind.DEPOSIT_SEEN, None, {"n": i, "text": "y" * 60})
     proc = subprocess.Popen(
         [sys.executable, "-m", "custody.cli", "journal", "show", "--limit", "2000"]
         + ["--dir", str(d)],
@@ -161,6 +161,7 @@ def test_unreachable_database_is_one_line_without_the_password(tmp_path: Path, s
     write_config(d, sms.url, database_url="postgresql://cc:s3cretpw@127.0.0.1:9/custody")
     out = subprocess.run(
         [sys.executable, "-m", "custody.cli", "account", "list", "--dir", str(d)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -169,3 +170,19 @@ def test_unreachable_database_is_one_line_without_the_password(tmp_path: Path, s
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("error: database unreachable at postgresql://cc:***@127.0.0.1:9/")
     assert "s3cretpw" not in out.stderr
+
+
+def test_other_tables_take_json_too(deployment: Any) -> None:
+    """`hsm-cold status`, `hsm-cold alerts` and `merchant-site status` print only JSON."""
+    d = deployment()
+    d.cli("init", "--dir", str(d.data_dir), module="hsm_cold.cli", timeout=120)
+    status = json.loads(
+        d.cli("status", "--json", "--dir", str(d.data_dir), module="hsm_cold.cli").stdout
+    )
+    assert status["accounts"] == [] and "sms_outbox" in status
+    alerts = d.cli("alerts", "--json", "--dir", str(d.data_dir), module="hsm_cold.cli").stdout
+    assert json.loads(alerts) == []
+    site = d.cli(
+        "status", "--json", "--dir", str(d.data_dir), module="examples.merchant_site.cli"
+    ).stdout
+    assert json.loads(site) == {"batches": [], "withdrawals": []}

@@ -1,4 +1,4 @@
-"""End to end: the demo's story and attacks, and the faults of issue 6 section 5.
+"""End to end: the demo's story and attacks, and faults injected into the running deployment.
 
 Every part runs as its own OS process under `custody up` (`Deployment.start_supervisor`), one
 deployment per class. The story tests run the demo's own step functions
@@ -60,23 +60,37 @@ class Rig:
         self.supervisor: SupervisorProcess | None = None
         self.ctx = demo.Context(config=self.deployment.config, env=self.deployment.env)
         self.failed: str | None = None
+        self.results: dict[str, str | BaseException] = {}
 
     def start(self) -> None:
         self.supervisor = self.deployment.start_supervisor(timeout=READY_TIMEOUT)
 
-    def step(self, name: str) -> str:
-        """Run the demo step `name`; fail the test with its own line if it did not pass."""
+    def run_steps(self, names: list[str]) -> None:
+        """Run the demo steps `names` in order (the fixture's setup), stopping at the first
+        that fails; each outcome is kept for the test that reports it."""
+        for name in names:
+            step = next(s for s in demo_run.STEPS if s.name == name)
+            try:
+                self.results[name] = step.run(self.ctx)
+            except Exception as exc:  # reported by the step's own test
+                self.results[name] = exc
+                self.failed = name
+                return
+
+    def result(self, name: str) -> str:
+        """The step's detail line; fails the calling test if the step failed or did not run."""
+        outcome = self.results.get(name)
+        if outcome is None:
+            pytest.fail(f"not run: the earlier step {self.failed} failed", pytrace=False)
+        if isinstance(outcome, StepFailed | StepSkipped):
+            pytest.fail(f"{name}: {outcome}", pytrace=False)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def require_setup(self) -> None:
         if self.failed is not None:
-            pytest.fail(f"not run: the earlier step {self.failed} failed")
-        step = next(s for s in demo_run.STEPS if s.name == name)
-        try:
-            return step.run(self.ctx)
-        except (StepFailed, StepSkipped) as exc:
-            self.failed = name
-            pytest.fail(f"{name}: {exc}", pytrace=False)
-        except BaseException:
-            self.failed = name
-            raise
+            pytest.fail(f"not run: the setup failed at step {self.failed}", pytrace=False)
 
     def stop(self) -> None:
         problems = self.deployment.stop()
@@ -89,10 +103,13 @@ class Rig:
         return db
 
 
-def _rig(tmp_path_factory: pytest.TempPathFactory, changes: dict[str, Any]) -> Iterator[Rig]:
+def _rig(
+    tmp_path_factory: pytest.TempPathFactory, changes: dict[str, Any], steps: list[str]
+) -> Iterator[Rig]:
     rig = Rig(tmp_path_factory.mktemp("e2e"), changes)
     try:
         rig.start()
+        rig.run_steps(steps)
         yield rig
     finally:
         rig.stop()
@@ -111,7 +128,12 @@ def _log_tails_on_failure(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="class")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    yield from _rig(tmp_path_factory, {"vdevice": {"sms_reply_timeout": REPLY_TIMEOUT}})
+    """A deployment on which the whole demo story ran (the setup of the fault tests)."""
+    yield from _rig(
+        tmp_path_factory,
+        {"vdevice": {"sms_reply_timeout": REPLY_TIMEOUT}},
+        [s.name for s in demo_run.STEPS],
+    )
 
 
 class TestDemoStory:
@@ -119,12 +141,12 @@ class TestDemoStory:
 
     @pytest.mark.parametrize("name", [s.name for s in demo_run.STEPS])
     def test_step(self, story: Rig, name: str) -> None:
-        detail = story.step(name)
-        assert detail
+        assert story.result(name)
 
     def test_sms_loss_and_duplication_during_batch_verification(self, story: Rig) -> None:
         """The proof to the V-device is lost, then the retry's proof arrives twice and every
         VERIFY reaches the cold HSM twice: verified once, by a bounded number of requests."""
+        story.require_setup()
         if story.failed:
             pytest.fail(f"not run: the story failed at {story.failed}")
         ctx, control = story.ctx, carrier(story.ctx.config)
@@ -183,6 +205,7 @@ class TestDemoStory:
         """kill -9 of the V-device after custody has its request and before the site has the
         outcome: the supervisor restarts it, it posts the same request again (custody: code
         3), the send is paid once, and the site gets its one report."""
+        story.require_setup()
         if story.failed:
             pytest.fail(f"not run: the story failed at {story.failed}")
         ctx = story.ctx
@@ -241,6 +264,7 @@ class TestDemoStory:
         recovery key the cold HSM exported once, to its offline export directory) and every
         PIN and secret of the deployment appear in no log and not in custody's database, and
         custody's database holds no extended private key at all."""
+        story.require_setup()
         cfg = story.deployment.config
         exported = sorted(cfg.section("hsm_cold").path("export_dir").glob("*"))
         assert exported, "the cold HSM exported no recovery key"
@@ -292,19 +316,15 @@ def renewal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             "hsm_cold": {"channel_lifetime": CHANNEL_LIFETIME},
             "vdevice": {"channel_renew_before": CHANNEL_LIFETIME // 2},
         },
+        ["status", "account", "channel", "batches", "hot-funding"],
     )
 
 
 class TestChannelRenewal:
-    def test_setup(self, renewal: Rig) -> None:
-        for name in ("status", "account", "channel", "batches", "hot-funding"):
-            renewal.step(name)
-
     def test_send_in_flight_across_a_renewal(self, renewal: Rig) -> None:
         """A send signed under channel c1 is co-signed after the V-device renewed to c2:
         c1 stays valid until its own expiry, so nothing is cut off; the next send uses c2."""
-        if renewal.failed:
-            pytest.fail(f"not run: the setup failed at {renewal.failed}")
+        renewal.require_setup()
         ctx = renewal.ctx
         payee = random_address(ctx.network)
         factory = custody_db(ctx.config)

@@ -9,6 +9,7 @@ channel only.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -202,7 +203,6 @@ def test_duplicate_delivers_twice(firmware_sim: FirmwareSim, modems: tuple[AtPor
 
 
 def test_carrier_delay(firmware_sim: FirmwareSim, modems: tuple[AtPort, ...]) -> None:
-    import time
 
     a, _, b = modems
     firmware_sim.control.set_carrier("gamma", delay_ms=400)

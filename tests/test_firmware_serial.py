@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import serial
 
+from firmware_sim.errors import BadRequest
 from tests.firmware_fixtures import FirmwareSim, firmware_sims
 from tests.harness import wait_until
 
@@ -197,7 +198,6 @@ def test_cut_line(firmware_sim: FirmwareSim, ports: tuple[serial.Serial, serial.
 
 
 def test_bad_fault_is_refused(firmware_sim: FirmwareSim) -> None:
-    from firmware_sim.errors import BadRequest
 
     with pytest.raises(BadRequest, match="direction|one of"):
         firmware_sim.control.fault("drop", "sideways", count=1)

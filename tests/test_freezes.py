@@ -28,10 +28,10 @@ from custody.models import Account, JournalEntry
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
     NETWORK,
-    Coin,
     HsmPair,
     VDevice,
     build_send_psbt,
+    funded_coin,
     hot_wallet,
     random_address,
     send_request,
@@ -90,7 +90,7 @@ def _forged_send(client: HotHsmClient, account_id: int, vdev: VDevice) -> None:
     prov = client.provision_account(
         account_id, "regtest", vdev.identity_hex, settlement_descriptor(1), **PHONES
     )
-    coins = [Coin(os.urandom(32).hex(), 0, 300_000, RECEIVE, 2)]
+    coins = [funded_coin(hot_wallet(prov), 300_000, RECEIVE, 2, 0, os.urandom(8).hex())]
     payments = [(random_address(), 50_000)]
     psbt = build_send_psbt(hot_wallet(prov), coins, payments, change=(1, 249_000))
     request = send_request(payments, "forged-1")

@@ -39,4 +39,4 @@ def test_one_key_serializes_other_keys_do_not() -> None:
     for t in (first, twin, other):
         t.join(5)
     assert not any("a1" in o and "a2" in o for o in overlap)
-    assert locks._locks == {}  # noqa: SLF001 - every lock dropped once unused
+    assert locks._locks == {}

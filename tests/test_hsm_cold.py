@@ -1,7 +1,7 @@
 """The cold HSM as a real process on a pseudo-terminal, with the test playing the hot HSM.
 
 `hsm-cold init` makes its SoftHSM token (in its own process), `hsm-cold serve` answers over a
-`PtyLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
+`SerialLine`; the test holds the other end with a `LinkClient` keyed from the pairing file. Every
 account, PSBT and V-device signature is built here with wallet_core, independently of the cold
 code: provisioning proofs and batch proofs are verified against the pinned identity key, co-sign
 signatures against keys the test derives from the returned xpubs (and, with a software hot key,
@@ -29,7 +29,7 @@ from cc_common.link import LinkAuthError, LinkRemoteError
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
-from hsm_cold.errors import ColdErrorCode
+from hsm_cold.errors import BadRequest, ColdErrorCode
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
     Coin,
@@ -338,8 +338,8 @@ def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
         db.close()
     fingerprints = {acct.answer["receiving_fingerprint"], acct.answer["cosigner_fingerprint"]}
     db_bytes = (state / "cold.db").read_bytes()
-    for blob in blobs:
-        blob = bytes(blob)
+    for raw in blobs:
+        blob = bytes(raw)
         assert len(blob) > 32  # version, nonce, ciphertext, tag
         for start in range(len(blob) - 31):
             window = blob[start : start + 32]
@@ -686,6 +686,8 @@ def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link:
     sigs = link.call("cosign", honest, timeout=TIMEOUT)["signatures"]
     check_cold_signatures(acct, psbt, coins, sigs)
     assert "account_unfrozen" in cold.cold_cli("alerts").stdout
+    listed = __import__("json").loads(cold.cold_cli("alerts", "--json").stdout)
+    assert any(a["account"] == 18 and a["kind"] == "account_unfrozen" for a in listed)
 
 
 def test_freeze_from_the_hot_side(link: Any) -> None:
@@ -828,7 +830,6 @@ def test_serve_refuses_unpaired_or_placeholder_pins(tmp_path: Path) -> None:
 
 
 def test_the_raw_tx_parser_refuses_what_it_does_not_sign() -> None:
-    from hsm_cold.errors import BadRequest
 
     psbt = build_send_psbt(
         HotWallet(

@@ -1,4 +1,4 @@
-"""The cold HSM on SMS (issue 6, section 1): real `firmware-sim serve` and `hsm-cold serve`.
+"""The cold HSM on SMS: real `firmware-sim serve` and `hsm-cold serve`.
 
 The test plays two parts: the hot HSM on the serial line (a `LinkClient`, as test_hsm_cold.py)
 and the V-device on its own modem port (`cc_common.sms.GsmModem` and the channel codec, never

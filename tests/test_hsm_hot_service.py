@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ import requests
 
 from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
-from custody.hsm_client import HotHsmClient, HsmRefused
+from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
 from hsm_hot.audit import AuditLog
-from hsm_hot.compact import plan_cosign
+from hsm_hot.compact import compact_request, plan_cosign
 from hsm_hot.errors import (
     BadRequest,
     ColdRefused,
@@ -51,9 +52,10 @@ from tests.hsm_fixtures import (
 from wallet_core import messages, signatures
 from wallet_core.bip32 import ExtendedKey
 from wallet_core.networks import Network
+from wallet_core.psbt import Psbt
 from wallet_core.rawtx import parse_unsigned_tx
 from wallet_core.sighash import bip143_sighash
-from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, bip48_account_path
+from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, FixedKey, HotWallet, bip48_account_path
 
 NET = Network.REGTEST
 ACCOUNT = 7
@@ -190,7 +192,6 @@ def env(tmp_path: Path):
             **PHONES,
         }
     )
-    from custody.hsm_client import ProvisionedAccount
 
     prov = ProvisionedAccount(**result)
     cold._wallet = hot_wallet(prov)
@@ -274,7 +275,6 @@ def test_provision_proof_must_verify(env):
 def test_compact_request_is_small_and_complete(env):
     params = _send(env)
     psbt_raw = base64.b64decode(params["psbt"])
-    from wallet_core.psbt import Psbt
 
     psbt = Psbt.from_bytes(psbt_raw)
     plan = plan_cosign(psbt, env["wallet"])
@@ -293,7 +293,6 @@ def test_compact_request_is_small_and_complete(env):
 
 def test_plan_refuses_what_the_strict_parser_refuses(env) -> None:
     """The shared strict parser's refusal comes out as the hot HSM's own BadRequest (904)."""
-    from wallet_core.psbt import Psbt
 
     psbt = Psbt.from_base64(_send(env)["psbt"])
     raw = psbt.unsigned_tx_bytes()
@@ -309,8 +308,6 @@ def test_plan_refuses_what_the_strict_parser_refuses(env) -> None:
 
 def _last_payload(env: dict) -> dict:
     # rebuild the payload the service sent, from a fresh plan (deterministic)
-    from hsm_hot.compact import compact_request
-    from wallet_core.psbt import Psbt
 
     params = _send(env, user_tx_no="size")
     plan = plan_cosign(Psbt.from_base64(params["psbt"]), env["wallet"])
@@ -318,7 +315,6 @@ def _last_payload(env: dict) -> dict:
 
 
 def test_sign_send_gives_both_signatures_and_finalizes(env):
-    from wallet_core.psbt import Psbt
 
     params = _send(env)
     out = Psbt.from_base64(env["service"].sign_send(params)["psbt"])
@@ -389,7 +385,6 @@ def test_foreign_input_and_unknown_account_refused(env):
     with pytest.raises(UnknownAccount):
         env["service"].sign_send({**params, "account": 99})
     # a PSBT of another wallet (different cosigner) is not this account's
-    from wallet_core.wallets import FixedKey, HotWallet
 
     w = env["wallet"]
     stranger = HotWallet(
@@ -459,6 +454,7 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     def counting_fsync(fd: int) -> None:
         fsyncs.append(fd)
         real_fsync(fd)
+        time.sleep(0.005)  # a disk's flush latency, during which other threads append
 
     def worker(n: int) -> None:
         for i in range(25):
@@ -474,6 +470,7 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     assert sorted(e["user_tx_no"] for e in entries) == sorted(
         f"{n}-{i}" for n in range(8) for i in range(25)
     )
-    assert 1 <= len(fsyncs) <= 200
+    records = 8 * 25
+    assert 1 <= len(fsyncs) < records, "records written together share one fsync"
     assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
     audit.close()

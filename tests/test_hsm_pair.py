@@ -1,4 +1,4 @@
-"""The HSM pair end to end: every part its own OS process (issue 4, section 4).
+"""The HSM pair end to end: every part its own OS process.
 
 `firmware-sim serve` carries the serial line, `hsm-cold serve` and `hsm-hot serve` run on their
 own SoftHSM tokens (never loaded in this process), `firmware-sim node` validates and mines.
@@ -40,7 +40,7 @@ from tests.hsm_fixtures import (
 from wallet_core import messages
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import SendVerdict, channel_key_statement, verify_send_statement
-from wallet_core.psbt import Psbt, PsbtOutput
+from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
 COIN = 100_000_000
@@ -474,7 +474,6 @@ def _script() -> bytes:
 
 
 def _input(wallet: HotWallet, c: Coin) -> Any:
-    from wallet_core.psbt import PsbtInput
 
     return PsbtInput(
         txid=c.txid,

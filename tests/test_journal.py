@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """The hash-chained journal (DESIGN invariant 7): appends chain, and `verify` (and
 `custody journal verify`) finds an edited, a deleted, a reordered record and a cut tail,
 naming the first bad record. Concurrent appends never fork the chain."""
@@ -15,12 +14,6 @@ from sqlalchemy import delete, func, select, update
 from custody import journal
 from custody.cli import main as custody_main
 from custody.models import JournalEntry
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    db_url,
-    pg_database,
-    session_factory,
-    sqlite_template,
-)
 
 
 def fill(factory, n: int = 6) -> list[int]:
@@ -99,7 +92,7 @@ def test_concurrent_appends_keep_one_chain(session_factory):
             for i in range(10):
                 with session_factory() as s, s.begin():
                     journal.append(s, journal.JournalKind.ACCOUNT_FROZEN, k, {"i": i})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]

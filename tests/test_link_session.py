@@ -1,10 +1,11 @@
 """The link end to end over real pseudo-terminals, through a relay that injects faults.
 
 A `LinkServer` (the cold side) and a `LinkClient` (the hot side) each open a pty slave, as they
-would a serial device; `PtyLine` relays between them at 921600 baud and flips bits, drops bytes,
-inserts garbage or cuts the line. Handlers count their executions and check that what they got
-is what the client sent, so the tests can assert: every request completes or times out clearly,
-nothing executes twice, nothing executes from a damaged, replayed or forged frame.
+would a serial device; firmware_sim's `SerialLine` (the relay `firmware-sim serve` runs)
+carries them at 921600 baud and flips bits, drops bytes, inserts garbage or cuts the line.
+Handlers count their executions and check that what they got is what the client sent, so the
+tests can assert: every request completes or times out clearly, nothing executes twice, nothing
+executes from a damaged, replayed or forged frame.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cc_common.link import (
 )
 from cc_common.link.auth import Refusal
 from cc_common.link.framing import Frame, FrameDecoder, FrameType
-from cc_common.link.testing import PtyLine, Way
+from firmware_sim.serial_relay import Direction, Fault, FaultKind, Noise, SerialLine
 from tests.harness import wait_until
 
 KEY = bytes.fromhex("6c696e6b206b657920666f722074657374732c206e6f7420666f722075736521")
@@ -46,6 +47,8 @@ CONFIG = LinkConfig(
     resend_after=0.8,
 )
 pytestmark = pytest.mark.timeout(60)
+A_TO_B, B_TO_A = Direction.HOT_TO_COLD, Direction.COLD_TO_HOT
+CUT = Fault(FaultKind.CUT, seconds=3600)  # until cleared
 
 
 class Refused(CustodyError):
@@ -93,7 +96,7 @@ def cosign_request() -> dict:
 
 @dataclass
 class Rig:
-    line: PtyLine
+    line: SerialLine
     cold: ColdSide
     server: LinkServer
     client: LinkClient
@@ -107,7 +110,7 @@ class Rig:
                 req = cosign_request()
                 try:
                     answer = self.client.call("cosign", req, timeout=timeout)
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     errors.append(exc)
                     continue
                 assert answer["nonce"] == req["nonce"]  # correlated by request id
@@ -124,10 +127,11 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path) -> Iterator[Rig]:
-    line = PtyLine(baudrate=CONFIG.baudrate, seed=7)
+    line = SerialLine(tmp_path / "hot", tmp_path / "cold", CONFIG.baudrate, seed=7)
+    line.start()
     cold = ColdSide()
     server = LinkServer.open(
-        line.b_path,
+        str(line.cold.link),
         KEY,
         cold.handlers(),
         JsonCounterStore(tmp_path / "cold.json"),
@@ -136,7 +140,7 @@ def rig(tmp_path) -> Iterator[Rig]:
     )
     server.start()
     client = LinkClient.open(
-        line.a_path, KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot"
+        str(line.hot.link), KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot"
     )
     yield Rig(line, cold, server, client)
     client.close()
@@ -179,7 +183,7 @@ def test_concurrent_calls_are_pipelined_and_correlated(rig: Rig) -> None:
     ids=["bit-flips", "drops", "garbage", "mixed"],
 )
 def test_requests_complete_exactly_once_under_line_faults(rig: Rig, faults: dict) -> None:
-    rig.line.set_faults(**faults)
+    rig.line.set_noise(Noise(**faults))
     rig.call_many(40, threads=4)
     counts = rig.line.fault_counts()
     assert sum(counts.values()) > 0, "the relay injected no fault"
@@ -194,34 +198,32 @@ def test_requests_complete_exactly_once_under_line_faults(rig: Rig, faults: dict
 
 def test_damaged_frame_with_a_valid_crc_executes_nothing(rig: Rig) -> None:
     """Noise that slips past the CRC is still refused by the MAC."""
-    rig.line.start_capture(Way.A_TO_B)
+    rig.line.start_capture(A_TO_B)
     rig.client.call("cosign", cosign_request(), timeout=5)
     (request,) = [
-        f for f in FrameDecoder().feed(rig.line.captured(Way.A_TO_B)) if f.type == FrameType.DATA
+        f for f in FrameDecoder().feed(rig.line.captured(A_TO_B)) if f.type == FrameType.DATA
     ]
     payload = bytearray(request.payload)
     payload[40] ^= 0x04
-    rig.line.inject(Way.A_TO_B, Frame(FrameType.DATA, request.seq ^ 0x55, bytes(payload)).encode())
+    rig.line.put(A_TO_B, Frame(FrameType.DATA, request.seq ^ 0x55, bytes(payload)).encode())
     wait_until(lambda: rig.server.session.refusals[Refusal.BAD_MAC] == 1)
     assert sum(rig.cold.executed.values()) == 1
 
 
 def test_replayed_frames_execute_nothing(rig: Rig) -> None:
-    rig.line.start_capture(Way.A_TO_B)
+    rig.line.start_capture(A_TO_B)
     for _ in range(3):
         rig.client.call("cosign", cosign_request(), timeout=5)
-    captured = rig.line.captured(Way.A_TO_B)
+    captured = rig.line.captured(A_TO_B)
     requests = [f for f in FrameDecoder().feed(captured) if f.type == FrameType.DATA]
     assert len(requests) == 3
 
     # 1. The same bytes again: the framer recognises its own retransmissions and drops them.
-    rig.line.inject(Way.A_TO_B, captured)
+    rig.line.put(A_TO_B, captured)
     wait_until(lambda: rig.server.frames.stats().get("duplicates", 0) >= 3)
     # 2. Re-framed with fresh sequence numbers: the session layer refuses the old counters.
     for i, frame in enumerate(requests):
-        rig.line.inject(
-            Way.A_TO_B, Frame(FrameType.DATA, frame.seq + 1000 + i, frame.payload).encode()
-        )
+        rig.line.put(A_TO_B, Frame(FrameType.DATA, frame.seq + 1000 + i, frame.payload).encode())
     refusals = rig.server.session.refusals
     wait_until(lambda: refusals[Refusal.REPLAYED] + refusals[Refusal.STALE] == 3)
     assert sum(rig.cold.executed.values()) == 3
@@ -231,15 +233,15 @@ def test_replayed_frames_execute_nothing(rig: Rig) -> None:
 
 
 def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> None:
-    rig.line.start_capture(Way.A_TO_B)
+    rig.line.start_capture(A_TO_B)
     rig.client.call("cosign", cosign_request(), timeout=5)
     (request,) = [
-        f for f in FrameDecoder().feed(rig.line.captured(Way.A_TO_B)) if f.type == FrameType.DATA
+        f for f in FrameDecoder().feed(rig.line.captured(A_TO_B)) if f.type == FrameType.DATA
     ]
     rig.server.stop()
     cold = ColdSide()
     server = LinkServer.open(
-        rig.line.b_path,
+        str(rig.line.cold.link),
         KEY,
         cold.handlers(),
         JsonCounterStore(tmp_path / "cold.json"),
@@ -248,7 +250,7 @@ def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> Non
     )
     server.start()
     try:
-        rig.line.inject(Way.A_TO_B, request.encode())
+        rig.line.put(A_TO_B, request.encode())
         wait_until(lambda: server.session.refusals[Refusal.STALE] == 1)
         assert not cold.executed
         rig.client.call("cosign", cosign_request(), timeout=5)
@@ -260,7 +262,7 @@ def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> Non
 def test_a_peer_with_the_wrong_key_gets_nothing_executed(rig: Rig) -> None:
     rig.client.close()
     impostor = LinkClient.open(
-        rig.line.a_path, os.urandom(32), MemoryCounterStore(), CONFIG, name="impostor"
+        str(rig.line.hot.link), os.urandom(32), MemoryCounterStore(), CONFIG, name="impostor"
     )
     try:
         start = time.monotonic()
@@ -275,12 +277,12 @@ def test_a_peer_with_the_wrong_key_gets_nothing_executed(rig: Rig) -> None:
 
 def test_a_cut_line_times_out_clearly_and_the_link_recovers(rig: Rig) -> None:
     rig.client.call("cosign", cosign_request(), timeout=5)
-    rig.line.cut()
+    rig.line.inject(CUT, Direction.BOTH)
     start = time.monotonic()
     with pytest.raises(LinkTimeout, match=r"'cosign' after 1\.\d\ds \(timeout 1\.2s"):
         rig.client.call("cosign", cosign_request(), timeout=1.2)
     assert time.monotonic() - start < 1.2 + 1.0
-    rig.line.cut(False)
+    rig.line.clear()
     rig.client.call("cosign", cosign_request(), timeout=10)
     # The timed-out request may still have executed once (its answer was lost): never twice.
     assert sum(rig.cold.executed.values()) in (2, 3)
@@ -291,9 +293,9 @@ def test_a_short_cut_during_calls_is_ridden_out(rig: Rig) -> None:
     done = threading.Event()
 
     def cut_briefly() -> None:
-        rig.line.cut()
+        rig.line.inject(CUT, Direction.BOTH)
         time.sleep(0.5)  # the fault being injected, not a wait for a condition
-        rig.line.cut(False)
+        rig.line.clear()
         done.set()
 
     threading.Thread(target=cut_briefly).start()
@@ -304,14 +306,14 @@ def test_a_short_cut_during_calls_is_ridden_out(rig: Rig) -> None:
 
 def test_a_lost_answer_is_replayed_from_the_cache_not_re_executed(rig: Rig) -> None:
     req = cosign_request()
-    rig.line.set_faults(Way.B_TO_A, cut=True)  # answers (and ACKs) from the cold side are lost
+    rig.line.inject(CUT, B_TO_A)  # answers (and ACKs) from the cold side are lost
     result: dict = {}
     caller = threading.Thread(
         target=lambda: result.update(rig.client.call("cosign", req, timeout=15))
     )
     caller.start()
     wait_until(lambda: rig.server.counts["cached answers"] >= 1, timeout=10)
-    rig.line.clear_faults()
+    rig.line.clear()
     caller.join(15)
     assert result["nonce"] == req["nonce"]
     assert rig.cold.executed[req["nonce"]] == 1
@@ -330,7 +332,7 @@ def test_a_hot_restart_with_lost_counters_recovers(rig: Rig) -> None:
     for _ in range(3):
         rig.client.call("cosign", cosign_request(), timeout=5)
     rig.client.close()
-    client = LinkClient.open(rig.line.a_path, KEY, MemoryCounterStore(), CONFIG, name="hot2")
+    client = LinkClient.open(str(rig.line.hot.link), KEY, MemoryCounterStore(), CONFIG, name="hot2")
     try:
         client.call("cosign", cosign_request(), timeout=5)
     finally:
@@ -347,13 +349,13 @@ def test_a_hot_restart_above_the_cold_counters_recovers_and_refuses_replays(
     """The hot side restarts from its stored reservation, above the cold side's next counters:
     it refuses the (authentic) answer, the cold side skips past its floor and answers again
     from its cache. Nothing runs twice; old answers replayed to it do nothing."""
-    rig.line.start_capture(Way.B_TO_A)
+    rig.line.start_capture(B_TO_A)
     for _ in range(3):
         rig.client.call("cosign", cosign_request(), timeout=5)
-    old_answers = rig.line.captured(Way.B_TO_A)
+    old_answers = rig.line.captured(B_TO_A)
     rig.client.close()
     client = LinkClient.open(
-        rig.line.a_path, KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
+        str(rig.line.hot.link), KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
     )
     try:
         assert client.session.highest_received == 1 + CONFIG.recv_reserve  # written at 1
@@ -364,7 +366,7 @@ def test_a_hot_restart_above_the_cold_counters_recovers_and_refuses_replays(
         assert client.counts["stale cold messages refused"] == 1
         assert rig.server.counts["answers re-sent after a stale refusal"] == 1
         stale_before = client.session.refusals[Refusal.STALE]
-        rig.line.inject(Way.B_TO_A, old_answers)
+        rig.line.put(B_TO_A, old_answers)
         wait_until(lambda: client.session.refusals[Refusal.STALE] >= stale_before + 3)
         assert client.counts["stale cold messages refused"] == 1  # no call awaited them
         client.call("cosign", cosign_request(), timeout=5)
@@ -375,10 +377,10 @@ def test_a_hot_restart_above_the_cold_counters_recovers_and_refuses_replays(
 
 
 def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_path) -> None:
-    rig.line.start_capture(Way.A_TO_B)
+    rig.line.start_capture(A_TO_B)
     for _ in range(3):
         rig.client.call("cosign", cosign_request(), timeout=5)
-    old_requests = rig.line.captured(Way.A_TO_B)
+    old_requests = rig.line.captured(A_TO_B)
     rig.client.close()
     rig.server.stop()
     # Each side's floor above everything the other sends next (larger reservations than the
@@ -387,7 +389,7 @@ def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_pat
     JsonCounterStore(tmp_path / "cold.json").save("hot_to_cold.recv", 20_000)
     cold = ColdSide()
     server = LinkServer.open(
-        rig.line.b_path,
+        str(rig.line.cold.link),
         KEY,
         cold.handlers(),
         JsonCounterStore(tmp_path / "cold.json"),
@@ -396,10 +398,10 @@ def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_pat
     )
     server.start()
     client = LinkClient.open(
-        rig.line.a_path, KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
+        str(rig.line.hot.link), KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
     )
     try:
-        rig.line.inject(Way.A_TO_B, old_requests)
+        rig.line.put(A_TO_B, old_requests)
         wait_until(lambda: server.session.refusals[Refusal.STALE] >= 3)
         assert not cold.executed
         start = time.monotonic()
@@ -417,7 +419,7 @@ def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_pat
 
 
 def test_over_the_firmware_sim_serial_line(tmp_path) -> None:
-    """The same guarantees over firmware_sim's relay (the one `firmware-sim serve` runs)."""
+    """The same guarantees with the relay's counted faults (as the control socket injects them)."""
     relay = pytest.importorskip("firmware_sim.serial_relay")
     line = relay.SerialLine(tmp_path / "hot", tmp_path / "cold", CONFIG.baudrate)
     line.start()

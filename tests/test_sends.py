@@ -32,10 +32,11 @@ from custody.models import (
     Utxo,
     Wallet,
 )
+from custody.prevtxs import with_prev_txs
 from custody.sends import SendFailed, SendWorker
-from tests.node_fixtures import Faucet, Key, NodeProcess
+from tests.api_fixtures import SoftwareHsmStandIn
+from tests.node_fixtures import Faucet, Key, NodeProcess, running_node
 from tests.worker_fixtures import (
-    SoftwareHsmPairStandIn,
     add_addresses,
     chain_tx,
     create_account,
@@ -49,9 +50,9 @@ from tests.worker_fixtures import (
     mine,
     new_send,
     node_faucet,
-    start_node,
 )
 from wallet_core.hashes import hash160
+from wallet_core.prevtx import parse_prev_tx
 from wallet_core.psbt import Psbt
 from wallet_core.rawtx import parse_signed_tx
 
@@ -60,7 +61,7 @@ DEST = Key.from_seed("send-destination")
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "sends-node")
+    yield from running_node(tmp_path_factory, "sends-node")
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +96,14 @@ class Env:
         self, factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, values: list[int]
     ) -> None:
         self.factory, self.rpc = factory, rpc
-        self.hsm = SoftwareHsmPairStandIn()
+        self.hsm = SoftwareHsmStandIn()
         self.watcher = make_watcher(factory, rpc)
         with factory() as s, s.begin():
             acct = create_account(s, "sender")
             self.addresses = add_addresses(s, acct.id, Wallet.HOT, len(values))
         self.account_id = acct.id
         self.hsm.add(acct)
-        self.keys = acct
+        self.keys = acct.keys
         for a, v in zip(self.addresses, values, strict=True):
             fund(rpc, faucet, [(bytes(a.script_pubkey), v)])
         mine(rpc)
@@ -313,7 +314,7 @@ def test_two_workers_racing_never_select_the_same_utxo(
                     return
                 for sid in claimed:
                     w.advance(sid)  # build only
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(w,)) for w in workers]
@@ -423,8 +424,6 @@ def test_funding_transactions_come_from_their_recorded_block(
     """The cold HSM verifies amounts from funding transactions: custody attaches those of
     deposits, fetched from the block the watcher recorded (no txindex needed), and not those
     of its own sends' outputs (the cold HSM signed them, so it knows them)."""
-    from custody.prevtxs import with_prev_txs
-    from wallet_core.prevtx import parse_prev_tx
 
     env = Env(factory, rpc, faucet, [300_000])
     sid = env.send("order-prev", _outs(100_000), dynamic=1)

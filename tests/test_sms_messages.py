@@ -11,6 +11,7 @@ import contextlib
 from datetime import datetime
 
 import pytest
+from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,7 +211,6 @@ def test_signed_builders_reproduce_the_golden_texts() -> None:
 
 def test_signer_hook_signs_like_a_token() -> None:
     """The cold side signs with a callable (its token): digest -> 65-byte compact sig."""
-    from coincurve import PrivateKey
 
     seen: list[bytes] = []
 

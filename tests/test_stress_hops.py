@@ -20,10 +20,10 @@ from custody.hsm_client import HotHsmClient
 from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
-    Coin,
     HsmPair,
     VDevice,
     build_send_psbt,
+    funded_coin,
     hot_wallet,
     random_address,
     send_request,
@@ -79,7 +79,7 @@ def test_batch_and_send_paths_stay_within_their_deadlines(deployment: Any) -> No
     client.register_channel(**vdev.channel_registration(account, "ch-stress"))
     wallet = hot_wallet(prov)
     for i in range(SENDS):
-        coins = [Coin(os.urandom(32).hex(), 0, 300_000, RECEIVE, i)]
+        coins = [funded_coin(wallet, 300_000, RECEIVE, i, 0, os.urandom(8).hex())]
         payments = [(random_address(), 50_000 + i)]
         psbt = build_send_psbt(wallet, coins, payments, change=(1, 249_000 - i))
         request = send_request(payments, f"stress-{i}")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cc_common.config import Config
+from cc_common.ports import ephemeral_range
 from cc_common.process import pid_alive
 from custody import supervisor as sv
 from tests.harness import Deployment, SupervisorProcess, wait_until
@@ -278,9 +280,6 @@ def test_up_runs_every_built_process(deployment: Any) -> None:
 def test_init_picks_ports_below_the_ephemeral_range_and_up_names_a_taken_one(
     deployment: Any,
 ) -> None:
-    import socket
-
-    from cc_common.ports import ephemeral_range
 
     d = deployment()
     low, _ = ephemeral_range()

@@ -3,9 +3,12 @@ tampering and malformed blobs all end as one clean `VtestDecryptError`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cc_common import vtest
 from cc_common.vtest import (
@@ -17,6 +20,9 @@ from cc_common.vtest import (
     parse_vtest_plaintext,
     vtest_plaintext,
 )
+from wallet_core.chaincloud import parse_outs
+from wallet_core.errors import WalletError
+from wallet_core.networks import Network
 
 # The example published with ChainCloud's docs (reference section 2).
 VECTOR_PASSWORD = "20160721"
@@ -47,7 +53,6 @@ def test_lower_case_hex_is_accepted() -> None:
 
 def test_utf8_password_does_not_decrypt_the_vector(monkeypatch: pytest.MonkeyPatch) -> None:
     """Proves the key is derived from UTF-16BE: the same scrypt over UTF-8 bytes fails."""
-    import hashlib
 
     def derive_utf8(password: str, salt: bytes) -> bytes:
         return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=16384, r=8, p=1, dklen=32)
@@ -74,7 +79,6 @@ def test_many_wrong_passwords_never_yield_a_request(monkeypatch: pytest.MonkeyPa
     scrypt is swapped for a fast hash here so that thousands of wrong keys can be tried (the
     real scrypt path is covered above); the decryption and checks after it are the real ones.
     """
-    import hashlib
 
     monkeypatch.setattr(
         vtest, "derive_key", lambda pw, salt: hashlib.sha256(pw.encode() + salt).digest()
@@ -133,9 +137,6 @@ def test_iv_tampering_is_malleable_and_left_to_the_address_checks() -> None:
     V-device must validate every output address (checksums) after decrypting: the checksum
     is what refuses it ("tx out invalid").
     """
-    from wallet_core.chaincloud import parse_outs
-    from wallet_core.errors import WalletError
-    from wallet_core.networks import Network
 
     ct, iv, salt = VECTOR_BLOB.split("/")
     raw = bytearray(bytes.fromhex(iv))
@@ -211,8 +212,6 @@ def test_wrong_shape_plaintext_is_decrypt_failed(plaintext: str) -> None:
 
 
 def test_non_utf8_plaintext_is_decrypt_failed() -> None:
-    from cryptography.hazmat.primitives import padding
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     salt, iv = b"\x01" * 8, b"\x02" * 16
     padder = padding.PKCS7(128).padder()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from bip32 import BIP32
+from embit.util.py_ripemd160 import ripemd160 as py
 
 from wallet_core import hashes
 from wallet_core.base58 import b58check_decode, b58check_encode
@@ -157,6 +158,5 @@ def test_hash160_backend_is_reported_and_correct() -> None:
     assert hashes.RIPEMD160_BACKEND in ("hashlib (OpenSSL)", "pure-python (embit)")
     # RIPEMD-160("abc"), from the RIPEMD-160 paper
     assert hashes.ripemd160(b"abc").hex() == "8eb208f7e05d987a9b044a8e98c6b087f15a0bfc"
-    from embit.util.py_ripemd160 import ripemd160 as py
 
     assert py(b"abc") == hashes.ripemd160(b"abc")

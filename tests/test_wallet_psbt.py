@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from bitcointx.core import CTransaction
-from bitcointx.core.script import SIGVERSION_WITNESS_V0, CScript, SignatureHash
+from bitcointx.core.script import SIGVERSION_WITNESS_V0, CScript, CScriptWitness, SignatureHash
 from bitcointx.core.scripteval import (
     SCRIPT_VERIFY_DERSIG,
     SCRIPT_VERIFY_LOW_S,
@@ -208,7 +208,6 @@ def test_swapped_signature_order_is_rejected_by_the_validator() -> None:
     stack = list(tx.wit.vtxinwit[0].scriptWitness.stack)
     assert stack[0] == b""
     stack[1], stack[2] = stack[2], stack[1]
-    from bitcointx.core.script import CScriptWitness
 
     with pytest.raises(VerifyScriptError):
         VerifyScript(

@@ -3,6 +3,7 @@ and signed messages checked against Bitcoin Core's vector and python-bitcointx."
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import bitcointx
 import pytest
 from bitcointx.signmessage import BitcoinMessage, VerifyMessage
+from bitcointx.wallet import P2PKHCoinAddress
 from coincurve import PublicKey
 
 from wallet_core.addresses import p2wpkh_address
@@ -120,8 +122,6 @@ def test_batch_message_uses_three_byte_varint_and_agrees_with_bitcointx() -> Non
     assert message_digest(message) == expected
     sig = sign_message(PRIV, message)
     with bitcointx.ChainParams("bitcoin/regtest"):
-        from bitcointx.wallet import P2PKHCoinAddress
-
         addr = P2PKHCoinAddress.from_pubkey(bitcointx.core.key.CPubKey(PUB))
         assert VerifyMessage(addr, BitcoinMessage(message), sig)
         assert verify_message(str(addr), message, sig, Network.REGTEST)
@@ -139,7 +139,6 @@ def test_malformed_and_high_s_message_signatures() -> None:
     for bad in ("", "!!!", "AAAA", sign_message(PRIV, "x")[:-4]):
         with pytest.raises(MessageSignatureError):
             recover_pubkey("x", bad)
-    import base64
 
     raw = bytearray(base64.b64decode(sign_message(PRIV, "x")))
     s = int.from_bytes(raw[33:], "big")

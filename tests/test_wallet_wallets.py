@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from coincurve import PrivateKey
 from embit.descriptor import Descriptor as EmbitDescriptor
 from embit.descriptor.checksum import add_checksum as embit_add_checksum
 
@@ -25,6 +26,8 @@ from wallet_core.errors import (
     DerivationPathError,
     DescriptorChecksumError,
     DescriptorError,
+    InvalidKeyError,
+    MnemonicError,
     WalletError,
 )
 from wallet_core.keys import mnemonic_to_seed, wif_decode, wif_encode
@@ -36,6 +39,7 @@ from wallet_core.wallets import (
     AccountKey,
     CachedHotWallet,
     ColdWallet,
+    FixedKey,
     HotWallet,
     KeyOrigin,
     batch_addresses,
@@ -84,7 +88,6 @@ def test_bip84_addresses(bip84_root: ExtendedKey, entry: dict) -> None:
 
 
 def test_mnemonic_checksum_is_enforced() -> None:
-    from wallet_core.errors import MnemonicError
 
     with pytest.raises(MnemonicError):
         mnemonic_to_seed(BIP84["mnemonic"].replace("about", "abandon"))
@@ -198,9 +201,6 @@ def test_descriptor_round_trip_and_checks(bip84_root: ExtendedKey) -> None:
 
 def _fixed_hot_wallet(network: Network) -> HotWallet:
     """The deployed shape: the hot HSM's PKCS#11 key does not derive (docs/hsm-pair.md)."""
-    from coincurve import PrivateKey
-
-    from wallet_core.wallets import FixedKey
 
     hot_key = FixedKey(PrivateKey(b"\x07" * 32).public_key.format())
     roots = [ExtendedKey.from_seed(bytes([20 + n]) * 32, network) for n in range(2)]
@@ -225,8 +225,6 @@ def test_fixed_hot_key_wallet_matches_embit_descriptor(network: Network) -> None
 
 
 def test_fixed_hot_key_change_is_recognised_and_validated() -> None:
-    from wallet_core.errors import InvalidKeyError
-    from wallet_core.wallets import FixedKey
 
     hot = _fixed_hot_wallet(Network.REGTEST)
     origins = hot.origins(7, 1)

@@ -20,7 +20,7 @@ from custody.balances import confirmations, confirmed_balance, tip_height, uncon
 from custody.chain import BitcoinRPC
 from custody.models import Address, Alert, BlockSeen, JournalEntry, TxStatus, Utxo, Wallet
 from custody.watcher import ADVISORY_LOCK_ID, Watcher, WatcherSettings
-from tests.node_fixtures import Faucet, NodeProcess
+from tests.node_fixtures import Faucet, NodeProcess, running_node
 from tests.worker_fixtures import (
     add_addresses,
     chain_tx,
@@ -35,7 +35,6 @@ from tests.worker_fixtures import (
     make_watcher,
     mine,
     node_faucet,
-    start_node,
 )
 
 
@@ -56,7 +55,7 @@ def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from start_node(tmp_path_factory, "watcher-node")
+    yield from running_node(tmp_path_factory, "watcher-node")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ The worker's stderr (its log, at DEBUG) is kept in a file so tests can check it 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import subprocess
@@ -16,8 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import coincurve
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import exceptions as p11
 
 from cc_common import token as token_pkg
 from cc_common.config import Section
@@ -230,7 +237,6 @@ def sign_recoverable(w: _Worker, label: str, digest: bytes) -> bytes:
 @op
 def sign_with_wrong_public_key(w: _Worker, label: str, other: str, digest: bytes) -> bytes:
     """Poison the handle cache so `label`'s signatures are checked against `other`'s key."""
-    import dataclasses
 
     keys = w.t.keys
     keys.public_key(label)
@@ -245,10 +251,6 @@ def sign_with_wrong_public_key(w: _Worker, label: str, other: str, digest: bytes
 @op
 def sign_concurrently(w: _Worker, label: str, threads: int, per_thread: int) -> dict[str, Any]:
     """Sign from several threads at once; report failures by class name, and the rate."""
-    import hashlib
-    from concurrent.futures import ThreadPoolExecutor
-
-    import coincurve
 
     pub = coincurve.PublicKey(w.t.keys.public_key(label))
 
@@ -275,20 +277,17 @@ def sign_concurrently(w: _Worker, label: str, threads: int, per_thread: int) -> 
 def probe_private_key(w: _Worker, label: str) -> dict[str, Any]:
     """Try to read and unprotect a signing key through raw PKCS#11 (what an attacker with the
     logged-in session could try); report what the token answered."""
-    from pkcs11 import Attribute, KeyType, ObjectClass
 
     return _probe(w, label, ObjectClass.PRIVATE_KEY, KeyType.EC, Attribute)
 
 
 @op
 def probe_secret_key(w: _Worker, label: str) -> dict[str, Any]:
-    from pkcs11 import Attribute, KeyType, ObjectClass
 
     return _probe(w, label, ObjectClass.SECRET_KEY, KeyType.AES, Attribute)
 
 
 def _probe(w: _Worker, label: str, cls: Any, key_type: Any, attr: Any) -> dict[str, Any]:
-    from pkcs11 import exceptions as p11
 
     report: dict[str, Any] = {}
     with w.t.session.operation("probe") as s:

@@ -17,16 +17,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,8 +32,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.batches import AccountKeys, account_keys
 from custody.chain import BitcoinRPC
 from custody.db import make_engine, make_session_factory
-from custody.errors import HsmUnavailableError
-from custody.hsm_client import HsmRefused
 from custody.models import (
     Account,
     Address,
@@ -48,14 +44,10 @@ from custody.models import (
 )
 from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
-from tests.node_fixtures import FEE, Faucet, Key, NodeProcess, hex_of, spend_p2wpkh, txid_hex
-from wallet_core import secp
-from wallet_core.bip32 import ExtendedKey
-from wallet_core.chaincloud import parse_outs
+from tests.api_fixtures import SoftKeys, SoftwareHsmStandIn, TestAccount
+from tests.node_fixtures import FEE, Faucet, Key, hex_of, spend_p2wpkh, txid_hex
 from wallet_core.networks import Network
-from wallet_core.psbt import Psbt
-from wallet_core.signatures import SoftwareSigner
-from wallet_core.wallets import AccountKey, bip48_account_path, bip84_account_path
+from wallet_core.wallets import AccountKey, bip84_account_path
 
 NET = Network.REGTEST
 PG_URL = os.environ.get("CC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -73,11 +65,9 @@ def _pg_admin_url() -> str:
 def pg_reachable() -> str | None:
     """None if PostgreSQL answers, else the reason (for the skip message)."""
     try:
-        import psycopg  # noqa: PLC0415
-
         with psycopg.connect(_pg_admin_url(), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}"
 
 
@@ -86,7 +76,6 @@ def fresh_pg_database() -> Iterator[str]:
     reason = pg_reachable()
     if reason is not None:
         pytest.skip(reason)
-    import psycopg  # noqa: PLC0415
 
     name = f"cc_w_{secrets.token_hex(6)}"
     with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
@@ -120,16 +109,6 @@ def fresh_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
 # ---------------------------------------------------------------------- node
 
 
-def start_node(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[NodeProcess]:
-    node = NodeProcess(tmp_path_factory.mktemp(name))
-    node.start()
-    try:
-        yield node
-    finally:
-        code = node.stop()
-        assert code == 0, f"node exited with {code}:\n{node.log()}"
-
-
 def mine(rpc: BitcoinRPC, n: int = 1) -> list[str]:
     return rpc.generate_to_address(n, MINER.address)
 
@@ -159,43 +138,11 @@ def conflicting_block(rpc: BitcoinRPC, faucet: Faucet, coin: tuple[str, int, int
 # ---------------------------------------------------------------------- accounts
 
 
-def _root(label: str) -> ExtendedKey:
-    return ExtendedKey.from_seed(hashlib.sha256(label.encode()).digest(), NET)
-
-
-@dataclass
-class TestAccount:
-    """An account's software keys (tests only) and its database row id."""
-
-    name: str
-    id: int = 0
-    receiving_root: ExtendedKey = field(init=False)
-    cosigner_root: ExtendedKey = field(init=False)
-    recovery_root: ExtendedKey = field(init=False)
-    hot_priv: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.receiving_root = _root(f"{self.name}/receiving")
-        self.cosigner_root = _root(f"{self.name}/cosigner")
-        self.recovery_root = _root(f"{self.name}/recovery")
-        self.hot_priv = hashlib.sha256(f"{self.name}/hot".encode()).digest()
-
-    @property
-    def hot_pubkey(self) -> bytes:
-        return secp.pubkey_from_privkey(self.hot_priv)
-
-    def cosigner(self) -> AccountKey:
-        return AccountKey.from_root(self.cosigner_root, bip48_account_path(NET, 0))
-
-    def recovery(self) -> AccountKey:
-        return AccountKey.from_root(self.recovery_root, bip48_account_path(NET, 0))
-
-
 def create_account(session: Session, name: str) -> TestAccount:
     """Insert an account with public keys only, as `custody account create` would store."""
-    t = TestAccount(name)
-    receiving = AccountKey.from_root(t.receiving_root, bip84_account_path(NET, 0))
-    cos, rec = t.cosigner(), t.recovery()
+    t = TestAccount(0, SoftKeys.from_label(name, NET), name=name)
+    receiving = AccountKey.from_root(t.keys.receiving_root, bip84_account_path(NET, 0))
+    cos, rec = t.keys.cosigner(), t.keys.recovery()
     account = Account(
         name=name,
         network="regtest",
@@ -203,7 +150,7 @@ def create_account(session: Session, name: str) -> TestAccount:
         owner_phone="+15550000200",
         settlement_descriptor="",
         cold_receiving_xpub=receiving.xpub.serialize(),
-        hot_pubkey=t.hot_pubkey.hex(),
+        hot_pubkey=t.keys.hot_pubkey.hex(),
         cold_cosigner_xpub=cos.xpub.serialize(),
         recovery_xpub=rec.xpub.serialize(),
         receiving_fingerprint=receiving.fingerprint.hex(),
@@ -247,71 +194,6 @@ def add_addresses(
     return rows
 
 
-# ---------------------------------------------------------------------- the HSM stand-in
-
-
-class SoftwareHsmPairStandIn:
-    """IN-TEST STAND-IN for `HotHsmClient.sign_send` (hot + cold HSM) with software keys.
-
-    Checks what the pipeline relies on: the PSBT pays exactly `outs` in order plus at most one
-    change output derivable on chain 1; a `user_tx_no` is signed for one transaction only (a
-    repeat of the *same* transaction is answered again, as after a worker crash). Knobs:
-    `refuse` (the cold HSM's refusal message), `unavailable` (cold HSM unreachable).
-    """
-
-    def __init__(self) -> None:
-        self.accounts: dict[int, TestAccount] = {}
-        self.signed: dict[tuple[int, str], str] = {}  # (account, user_tx_no) -> txid
-        self.calls: list[tuple[int, str]] = []
-        self.refuse: str | None = None
-        self.unavailable = False
-        self.lock = threading.Lock()
-        self.pause: threading.Event | None = None
-
-    def add(self, account: TestAccount) -> None:
-        self.accounts[account.id] = account
-
-    def sign_send(
-        self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
-    ) -> str:
-        with self.lock:
-            self.calls.append((account, request["user_tx_no"]))
-            if self.unavailable:
-                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
-            if self.refuse is not None:
-                raise HsmRefused(self.refuse, code=611)
-            keys = self.accounts[account]
-            p = Psbt.from_base64(psbt)
-            outs = parse_outs(request["outs"], NET)
-            outputs = p.outputs
-            from wallet_core.addresses import address_to_script  # noqa: PLC0415
-
-            expected = [(address_to_script(o.address, NET), o.value) for o in outs]
-            if [(o.script_pubkey, o.value) for o in outputs[: len(expected)]] != expected:
-                raise HsmRefused("output mismatch", code=615)
-            extra = outputs[len(expected) :]
-            if len(extra) > 1:
-                raise HsmRefused("extra output", code=616)
-            for change in extra:
-                origin = next(
-                    (
-                        o
-                        for o in change.origins.values()
-                        if o.fingerprint == keys.cosigner_root.fingerprint
-                    ),
-                    None,
-                )
-                if origin is None or origin.path[-2] != 1:
-                    raise HsmRefused("change not derivable", code=617)
-            key = (account, request["user_tx_no"])
-            if self.signed.get(key, p.txid) != p.txid:
-                raise HsmRefused("user_tx_no reused", code=614)
-            self.signed[key] = p.txid
-            p.sign_with_root(keys.cosigner_root)
-            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
-            return p.to_base64()
-
-
 # ---------------------------------------------------------------------- helpers
 
 
@@ -322,7 +204,7 @@ def make_watcher(factory: sessionmaker[Session], rpc: BitcoinRPC, **kw: Any) -> 
 
 
 def make_sends(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, hsm: SoftwareHsmPairStandIn, **kw: Any
+    factory: sessionmaker[Session], rpc: BitcoinRPC, hsm: SoftwareHsmStandIn, **kw: Any
 ) -> SendWorker:
     owner = kw.pop("owner", None)
     return SendWorker(factory, rpc, hsm, SendSettings(**kw), owner=owner)

@@ -75,7 +75,7 @@ class VDevice:
             # The site or custody is down: the loop retries each pass; alert only if it lasts.
             log.warning("%s: %s", name, exc.message)
             return
-        except Exception as exc:  # noqa: BLE001 (the loop must survive any one step)
+        except Exception as exc:  # the loop must survive any one step
             log.exception("%s failed", name)
             self.phone.alert_once(key, f"V-device error in {name}: {type(exc).__name__}")
             return
@@ -163,7 +163,7 @@ def run(state: State, settings: Settings, stop: threading.Event) -> int:
                 settings.status_path,
                 snapshot(state, settings.policies, process_running=False),
             )
-        except Exception:  # noqa: BLE001 (best effort on the way out)
+        except Exception:  # best effort on the way out
             log.debug("final status not written", exc_info=True)
     log.info("V-device stopped")
     return 0

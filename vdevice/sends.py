@@ -144,9 +144,10 @@ class SendProcessor:
         self._new(vtest_id, body.get("vtest_info"), now)
 
     def _row(self, vtest_id: str) -> sqlite3.Row | None:
-        return self.state.db.execute(
+        row: sqlite3.Row | None = self.state.db.execute(
             "SELECT * FROM sends WHERE vtest_id = ?", (vtest_id,)
         ).fetchone()
+        return row
 
     def _set(self, vtest_id: str, **fields: Any) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)
@@ -285,8 +286,11 @@ class SendProcessor:
     # ----- moving a send along -------------------------------------------------------------
 
     def _backoff(self, tries: int) -> float:
-        return min(
-            self.settings.tx_poll_max_interval, self.settings.poll_interval * 2 ** min(tries, 12)
+        return float(
+            min(
+                self.settings.tx_poll_max_interval,
+                self.settings.poll_interval * 2 ** min(tries, 12),
+            )
         )
 
     def _advance(self, row: sqlite3.Row, now: float) -> None:

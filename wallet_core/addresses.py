@@ -154,7 +154,7 @@ def p2tr_address(output_key: bytes, network: Network) -> str:
 
 def taproot_output_key(internal_key: bytes, merkle_root: bytes = b"") -> bytes:
     """BIP341 output key Q = P + H_TapTweak(P || root)*G for an x-only internal key P."""
-    from coincurve._libsecp256k1 import ffi, lib
+    from coincurve._libsecp256k1 import ffi, lib  # noqa: PLC0415 (private C binding, taproot only)
 
     if len(internal_key) != 32:
         raise InvalidKeyError("internal key must be 32 bytes (x-only)")

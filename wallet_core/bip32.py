@@ -106,9 +106,8 @@ class ExtendedKey:
                 secp.check_privkey(key[1:])
             except InvalidKeyError:
                 raise InvalidExtendedKeyError("private key out of range") from None
-        else:
-            if key[0] not in (2, 3) or not secp.is_valid_pubkey(key):
-                raise InvalidExtendedKeyError("invalid public key in extended key")
+        elif key[0] not in (2, 3) or not secp.is_valid_pubkey(key):
+            raise InvalidExtendedKeyError("invalid public key in extended key")
         return cls(version, depth, fpr, child, chain, key)
 
     def serialize(self) -> str:

@@ -17,11 +17,11 @@ def _detect_ripemd160() -> tuple[Callable[[bytes], bytes], str]:
     try:
         proto = hashlib.new("ripemd160")
     except (ValueError, TypeError):
-        from embit.util.py_ripemd160 import ripemd160 as py_ripemd160
+        from embit.util.py_ripemd160 import ripemd160 as py_ripemd160  # noqa: PLC0415 (fallback)
 
         return py_ripemd160, "pure-python (embit)"
 
-    def ripemd(data: bytes, _p: hashlib._Hash = proto) -> bytes:  # type: ignore[name-defined]
+    def ripemd(data: bytes, _p: hashlib._Hash = proto) -> bytes:
         h = _p.copy()
         h.update(data)
         return h.digest()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
+from embit import bip39
+
 from . import secp
 from .base58 import b58check_decode, b58check_encode
 from .bip32 import ExtendedKey
@@ -17,8 +19,6 @@ from .networks import Network
 
 def validate_mnemonic(mnemonic: str) -> None:
     """Raise `MnemonicError` unless every word is in the English list and the checksum holds."""
-    from embit import bip39
-
     if not bip39.mnemonic_is_valid(" ".join(mnemonic.split())):
         raise MnemonicError("mnemonic has an unknown word or a bad checksum")
 

@@ -66,14 +66,14 @@ def recover_pubkey(message: str | bytes, signature: str) -> bytes:
         pub = PublicKey.from_signature_and_message(
             rs + bytes([recid]), message_digest(message), hasher=None
         )
-    except Exception:  # coincurve raises bare Exception on failed recovery
+    except Exception:  # noqa: BLE001 (coincurve raises bare Exception on failed recovery)
         raise MessageSignatureError("cannot recover a public key from the signature") from None
     # Core does not insist, but every signer we accept makes low-S; refusing the high-S twin
     # keeps one message from having two valid signature strings.
     s = int.from_bytes(rs[32:], "big")
     if s > secp.N // 2:
         raise MessageSignatureError("signature is not low-S")
-    return pub.format(compressed=compressed)
+    return bytes(pub.format(compressed=compressed))
 
 
 def verify_message_pubkey(pubkey: bytes, message: str | bytes, signature: str) -> bool:

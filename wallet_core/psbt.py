@@ -120,7 +120,7 @@ def _check_unsigned_tx(tx: bytes) -> None:
         raise PsbtError("unsigned transaction uses witness serialization")
     try:
         parsed = _EmbitTx.parse(tx)
-    except Exception:  # embit reports the details when it parses the whole PSBT
+    except Exception:  # noqa: BLE001 (embit reports the details when it parses the whole PSBT)
         return
     for n, vin in enumerate(parsed.vin):
         if vin.script_sig.data:
@@ -197,9 +197,9 @@ class Psbt:
             for pub, origin in o.origins.items():
                 scope.bip32_derivations[embit_ec.PublicKey.parse(pub)] = _derivation(origin)
         for xpub, origin in xpubs:
-            pub = xpub.to_public()
-            pub = pub.with_version(pub.network.params.xkey.public)  # BIP174: plain xpub/tpub
-            hd = HDKey.from_string(pub.serialize())
+            public = xpub.to_public()
+            public = public.with_version(public.network.params.xkey.public)  # BIP174: xpub/tpub
+            hd = HDKey.from_string(public.serialize())
             p.xpubs[hd] = _derivation(origin)
         return result
 
@@ -209,7 +209,7 @@ class Psbt:
         unsigned_tx = _check_globals(raw)
         try:
             p = _EmbitPSBT.parse(raw)
-        except Exception as exc:  # embit raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
             raise PsbtError(f"invalid PSBT: {exc}") from None
         if p.version not in (None, 0):
             raise PsbtError(f"unsupported PSBT version {p.version}")
@@ -230,7 +230,7 @@ class Psbt:
         return cls.from_bytes(raw)
 
     def to_bytes(self) -> bytes:
-        return self._p.serialize()
+        return bytes(self._p.serialize())
 
     def to_base64(self) -> str:
         return base64.b64encode(self.to_bytes()).decode()
@@ -242,11 +242,11 @@ class Psbt:
     @property
     def txid(self) -> str:
         """txid of the unsigned transaction (stable: segwit signatures do not change it)."""
-        return self._p.tx.txid().hex()
+        return str(self._p.tx.txid().hex())
 
     def unsigned_tx_bytes(self) -> bytes:
         """The global unsigned transaction, non-witness serialized (its txid's preimage)."""
-        return self._p.tx.serialize()
+        return bytes(self._p.tx.serialize())
 
     @property
     def input_count(self) -> int:
@@ -265,7 +265,7 @@ class Psbt:
         utxo = self._p.inputs[i].witness_utxo
         if utxo is None:
             raise PsbtError(f"input {i} has no witness UTXO")
-        return utxo.value
+        return int(utxo.value)
 
     def input_prev_tx(self, i: int) -> bytes | None:
         """The funding transaction of input `i` if the PSBT carries it (network bytes)."""
@@ -293,7 +293,7 @@ class Psbt:
             raise PsbtError(f"input {i}: the witness UTXO differs from the previous transaction")
         try:
             self._p.inputs[i].non_witness_utxo = _EmbitTx.parse(raw)
-        except Exception as exc:  # embit raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 (embit raises several unrelated types)
             raise PsbtError(f"input {i}: previous transaction: {exc}") from None
 
     def input_origins(self, i: int) -> dict[bytes, KeyOrigin]:
@@ -301,9 +301,8 @@ class Psbt:
         return {pub.sec(): _origin(d) for pub, d in scope.bip32_derivations.items()}
 
     def fee(self) -> int:
-        return sum(self.input_value(i) for i in range(self.input_count)) - sum(
-            o.value for o in self._p.tx.vout
-        )
+        spent = sum(self.input_value(i) for i in range(self.input_count))
+        return spent - sum(int(o.value) for o in self._p.tx.vout)
 
     def xpubs(self) -> list[tuple[ExtendedKey, KeyOrigin]]:
         return [(ExtendedKey.parse(hd.to_string()), _origin(d)) for hd, d in self._p.xpubs.items()]
@@ -319,7 +318,7 @@ class Psbt:
         if info.type is ScriptType.P2WSH:
             if scope.witness_script is None:
                 raise PsbtError(f"input {i} has no witness script")
-            ws = scope.witness_script.data
+            ws: bytes = scope.witness_script.data
             if sha256(ws) != info.program:
                 raise PsbtError(f"input {i}: witness script does not match the output")
             return ws
@@ -465,7 +464,7 @@ class Psbt:
         tx = self._p.tx
         for vin, scope in zip(tx.vin, self._p.inputs, strict=True):
             vin.witness = scope.final_scriptwitness
-        return tx.serialize()
+        return bytes(tx.serialize())
 
     def extract_hex(self) -> str:
         return self.extract().hex()

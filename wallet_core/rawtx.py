@@ -206,7 +206,7 @@ def parse_signed_tx(
     if r.pos != len(raw):
         raise TxParseError(f"tx: {len(raw) - r.pos} trailing bytes")
     legacy = raw[:4] + raw[body_start:body_end] + raw[r.pos - 4 :]
-    txid = double_sha256(legacy)[::-1].hex()
+    tx_id = double_sha256(legacy)[::-1].hex()
     return SignedTx(
-        version, tuple(vin), tuple(script_sigs), tuple(vout), tuple(witnesses), locktime, txid
+        version, tuple(vin), tuple(script_sigs), tuple(vout), tuple(witnesses), locktime, tx_id
     )

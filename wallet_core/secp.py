@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 
 from coincurve._libsecp256k1 import ffi, lib
 
@@ -144,7 +145,7 @@ class BatchPointMultiplier:
         self._table = table  # keep the memory alive
         self._rows = tuple(tuple(table + (j * 256 + b) for b in range(256)) for j in range(32))
 
-    def make_adder(self, point: bytes):  # type: ignore[no-untyped-def]
+    def make_adder(self, point: bytes) -> Callable[[bytes], bytes | None]:
         """Return `f(tweak32) -> compressed point` computing point + tweak*G (None on infinity).
 
         The closure owns its cffi buffers, so one adder must not be shared between threads;
@@ -169,7 +170,7 @@ class BatchPointMultiplier:
                 return None
             outlen[0] = 33
             serialize(ctx, out, outlen, res, _COMPRESSED)
-            return outbuf[:]
+            return bytes(outbuf[:])
 
-        add._keepalive = (base, arr, res, out, outlen)  # type: ignore[attr-defined]
+        add._keepalive = (base, arr, res, out, outlen)  # type: ignore[attr-defined]  # C buffers live with the closure
         return add

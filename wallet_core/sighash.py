@@ -36,7 +36,8 @@ def _spk(out: Any) -> bytes:
 
 
 def _outpoint(inp: Any) -> bytes:
-    return bytes(reversed(inp.txid)) + inp.vout.to_bytes(4, "little")
+    vout: int = inp.vout
+    return bytes(reversed(inp.txid)) + vout.to_bytes(4, "little")
 
 
 def _ser_output(out: Any) -> bytes:

@@ -65,7 +65,8 @@ class CobsError(ValueError):
 def cobs_encode(data: bytes) -> bytes:
     """Consistent Overhead Byte Stuffing: the result contains no 0x00."""
     out = bytearray()
-    for segment in data.split(b"\x00"):
+    for part in data.split(b"\x00"):
+        segment = part
         while len(segment) >= 254:
             out.append(0xFF)
             out += segment[:254]
@@ -204,7 +205,8 @@ class FrameDecoder:
         self.frames += 1
         return Frame(frame_type, seq, body[HEADER.size :])
 
-    def _reject(self, reason: Reject) -> None:
+    def _reject(self, reason: Reject) -> Frame | None:
+        """Count and log a dropped frame; the decode result is nothing."""
         self.rejects[reason] += 1
         log.debug(
             "%s: dropped bytes on the line (%s; %d so far)", self.name, reason, self.rejects[reason]

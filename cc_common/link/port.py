@@ -87,7 +87,7 @@ class SerialPort:
         try:
             data = ser.read(1)
             if data:
-                waiting = ser.in_waiting
+                waiting = ser.in_waiting  # type: ignore[attr-defined]  # every port type has it; SerialBase stub does not
                 if waiting:
                     data += ser.read(waiting)
             return bytes(data)

@@ -248,8 +248,8 @@ class OpenRequest:
         _check_pubkey(self.channel_pubkey, "V channel pubkey")
         _check_id(self.h_id, "h_id")
         if _all_or_none((self.time, self.sig), "QH"):
-            _check_uint(self.time, "time")  # type: ignore[arg-type]
-            _check_sig(self.sig)  # type: ignore[arg-type]
+            _check_uint(self.time, "time")  # type: ignore[arg-type]  # set: _all_or_none
+            _check_sig(self.sig)  # type: ignore[arg-type]  # set: _all_or_none
 
     @property
     def form(self) -> Form:
@@ -295,8 +295,8 @@ class OpenReply:
         _check_id(self.c_id, "c_id")
         _check_id(self.h_id, "h_id")
         if _all_or_none((self.expiry, self.sig), "QC"):
-            _check_uint(self.expiry, "expiry")  # type: ignore[arg-type]
-            _check_sig(self.sig)  # type: ignore[arg-type]
+            _check_uint(self.expiry, "expiry")  # type: ignore[arg-type]  # set: _all_or_none
+            _check_sig(self.sig)  # type: ignore[arg-type]  # set: _all_or_none
 
     @property
     def form(self) -> Form:
@@ -384,9 +384,9 @@ class VerifyAddresses:
         _check_uint(self.batch_no, "batch_no")
         _check_coin(self.coin)
         if _all_or_none((self.c_id, self.nonce, self.sig), "VERIFY"):
-            _check_id(self.c_id, "c_id")  # type: ignore[arg-type]
-            _check_id(self.nonce, "nonce")  # type: ignore[arg-type]
-            _check_sig(self.sig)  # type: ignore[arg-type]
+            _check_id(self.c_id, "c_id")  # type: ignore[arg-type]  # set: _all_or_none
+            _check_id(self.nonce, "nonce")  # type: ignore[arg-type]  # set: _all_or_none
+            _check_sig(self.sig)  # type: ignore[arg-type]  # set: _all_or_none
 
     @property
     def form(self) -> Form:

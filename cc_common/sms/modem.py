@@ -206,7 +206,7 @@ class _LineReader:
         cutter = LineCutter()
         try:
             while not self._stop.is_set():
-                data = self._ser.read(self._ser.in_waiting or 1)
+                data = self._ser.read(self._ser.in_waiting or 1)  # type: ignore[attr-defined]  # every port type has it; SerialBase stub does not
                 if not data:
                     continue
                 for item in cutter.feed(data):

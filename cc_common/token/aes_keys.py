@@ -12,11 +12,11 @@ The GCM AAD binds the version, the key label and the caller's AAD (e.g. the acco
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol, cast
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
-from pkcs11.types import SecretKey
 
 from cc_common.token.ec_keys import check_label
 from cc_common.token.errors import (
@@ -49,12 +49,20 @@ def _full_aad(label: str, aad: bytes) -> bytes:
     return b"cc-seal\x00" + _HEADER + label.encode("ascii") + b"\x00" + bytes(aad)
 
 
+class _AesKey(Protocol):
+    """An AES key on the token (python-pkcs11 types `get_key` as a plain `Key`)."""
+
+    def encrypt(self, data: bytes, **kwargs: Any) -> bytes: ...
+
+    def decrypt(self, data: bytes, **kwargs: Any) -> bytes: ...
+
+
 class AesKeys:
     """AES-256 wrapping keys on one token, and authenticated encryption under them."""
 
     def __init__(self, token: TokenSession) -> None:
         self._token = token
-        self._cache: dict[str, SecretKey] = {}
+        self._cache: dict[str, _AesKey] = {}
 
     def ensure_wrapping_key(self, label: str) -> Provisioned:
         """Create the AES-256 key `label` if missing (sensitive, non-extractable, in-token)."""
@@ -87,19 +95,22 @@ class AesKeys:
                     Attribute.MODIFIABLE: False,
                 },
             )
-        self._cache[label] = key
+        self._cache[label] = cast(_AesKey, key)
         log.info("created wrapping key %r", label)
         return Provisioned.CREATED
 
-    def _key(self, label: str) -> SecretKey:
+    def _key(self, label: str) -> _AesKey:
         cached = self._cache.get(label)
         if cached is not None:
             return cached
         check_label(label)
         with self._token.operation(f"find wrapping key {label!r}") as s:
             try:
-                key = s.get_key(
-                    object_class=ObjectClass.SECRET_KEY, key_type=KeyType.AES, label=label
+                key = cast(
+                    _AesKey,
+                    s.get_key(
+                        object_class=ObjectClass.SECRET_KEY, key_type=KeyType.AES, label=label
+                    ),
                 )
             except p11.NoSuchKey:
                 raise KeyNotFound(f"no wrapping key labelled {label!r} on this token") from None

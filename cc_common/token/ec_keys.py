@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import coincurve
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
-from pkcs11.types import PrivateKey
 
 from cc_common.token.errors import InvalidArgument, KeyExists, KeyNotFound, SignatureCheckFailed
 from cc_common.token.session import TokenSession
@@ -72,9 +72,15 @@ def compressed_from_ec_point(ec_point: bytes) -> bytes:
         raise SignatureCheckFailed("token returned an invalid secp256k1 public key") from None
 
 
+class _EcPrivateKey(Protocol):
+    """A private EC key on the token (python-pkcs11 types `get_key` as a plain `Key`)."""
+
+    def sign(self, data: bytes, **kwargs: Any) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class _Key:
-    private: PrivateKey
+    private: _EcPrivateKey
     public: bytes  # 33-byte compressed
 
 
@@ -119,7 +125,7 @@ class EcKeys:
             )
             public = compressed_from_ec_point(pub[Attribute.EC_POINT])
         with self._cache_lock:
-            self._cache[label] = _Key(priv, public)
+            self._cache[label] = _Key(cast(_EcPrivateKey, priv), public)
         log.info("generated signing key %r", label)
         return public
 
@@ -141,7 +147,7 @@ class EcKeys:
                 raise KeyNotFound(f"no signing key labelled {label!r} on this token") from None
             if pub[Attribute.EC_PARAMS] != SECP256K1_EC_PARAMS:
                 raise KeyNotFound(f"key {label!r} is not a secp256k1 key")
-            key = _Key(priv, compressed_from_ec_point(pub[Attribute.EC_POINT]))
+            key = _Key(cast(_EcPrivateKey, priv), compressed_from_ec_point(pub[Attribute.EC_POINT]))
         with self._cache_lock:
             self._cache[label] = key
         return key

@@ -11,15 +11,16 @@ import threading
 from pathlib import Path
 
 import pkcs11
+from pkcs11._pkcs11 import lib as Pkcs11Lib  # `pkcs11.lib` is a loader function
 
 from cc_common.token.errors import ModuleConflict, TokenError
 from cc_common.token.softhsm import use_softhsm_conf
 
-_loaded: dict[str, tuple[pkcs11.lib, Path | None]] = {}
+_loaded: dict[str, tuple[Pkcs11Lib, Path | None]] = {}
 _load_lock = threading.Lock()
 
 
-def load_module(module_path: Path, softhsm_conf: Path | None) -> pkcs11.lib:
+def load_module(module_path: Path, softhsm_conf: Path | None) -> Pkcs11Lib:
     """The PKCS#11 library at `module_path`, loaded under `softhsm_conf` (None: not SoftHSM)."""
     key = str(Path(module_path).resolve())
     conf = softhsm_conf.resolve() if softhsm_conf is not None else None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pkcs11
 from pkcs11 import exceptions as p11
+from pkcs11._pkcs11 import lib as Pkcs11Lib  # `pkcs11.lib` is a loader function
 
 from cc_common.token import errors
 from cc_common.token.library import load_module
@@ -73,7 +74,7 @@ def translate_errors(
         raise ours(message) from exc
 
 
-def find_token(lib: pkcs11.lib, label: str) -> pkcs11.Token:
+def find_token(lib: Pkcs11Lib, label: str) -> pkcs11.Token:
     """The token labelled `label` (slot numbers are random, labels are ours)."""
     with translate_errors(f"find token {label!r}"):
         try:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, func, or_, select
+from sqlalchemy import BindParameter, Connection, Select, bindparam, func, or_, select
 
 from custody.api import iso
 from custody.balances import Conn, confirmations, confirmed_balance_at
@@ -160,7 +160,8 @@ _TX_COLUMNS = (
 
 _BEST = select(func.max(BlockSeen.height)).scalar_subquery().label("best")
 # Statements are built once (bind parameters), so a request only binds and executes.
-_A, _W = bindparam("account_id"), bindparam("wallet")
+_A: BindParameter[int] = bindparam("account_id")
+_W: BindParameter[str] = bindparam("wallet")
 _PAGE = (
     select(*_TX_COLUMNS, _BEST)
     .where(ChainTx.account_id == _A, ChainTx.wallet == _W, ChainTx.status != TxStatus.REMOVED)
@@ -171,7 +172,7 @@ _CURSOR = select(ChainTx.id).where(
     ChainTx.account_id == _A, ChainTx.wallet == _W, ChainTx.txid == bindparam("txid")
 )
 _PAGE_AFTER = _PAGE.where(ChainTx.id > _CURSOR.scalar_subquery())
-_IDS = bindparam("ids", expanding=True)
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
 _INPUTS = (
     select(
         ChainTxInput.chain_tx_id,
@@ -286,6 +287,7 @@ def tx_page_json(
     """
     params = {"account_id": account_id, "wallet": wallet.name, "txid": after_txid}
     sql = _PG_PAGE_FIRST if after_txid is None else _PG_PAGE_AFTER
+    # psycopg's own connection (None only for a closed one, never here).
     cur = session.connection.driver_connection.execute(sql, params)  # type: ignore[union-attr]
     found, body = cur.fetchone()
     return body if found else None
@@ -322,14 +324,14 @@ def _render(session: Conn, rows: Sequence[Any]) -> list[dict[str, Any]]:
                 "is_mine": bool(r.is_mine),
             }
         )
-    for r in session.execute(_OUTPUTS, {"ids": ids}):
-        outputs[r.chain_tx_id].append(
+    for o in session.execute(_OUTPUTS, {"ids": ids}):
+        outputs[o.chain_tx_id].append(
             {
-                "sn": r.sn,
-                "address": r.address,
-                "value": int(r.value),
-                "is_mine": bool(r.is_mine),
-                "status": 0 if r.spent else 1,
+                "sn": o.sn,
+                "address": o.address,
+                "value": int(o.value),
+                "is_mine": bool(o.is_mine),
+                "status": 0 if o.spent else 1,
             }
         )
     result = []

@@ -257,8 +257,8 @@ class BitcoinRPC:
         if max_fee_rate is not None:
             params.append(max_fee_rate)
         out = []
-        for item in _expect("testmempoolaccept", self.call("testmempoolaccept", *params), list):
-            item = _expect("testmempoolaccept", item, dict)
+        for answer in _expect("testmempoolaccept", self.call("testmempoolaccept", *params), list):
+            item = _expect("testmempoolaccept", answer, dict)
             fees = _expect("testmempoolaccept", item.get("fees") or {}, dict)
             out.append(
                 MempoolAcceptResult(

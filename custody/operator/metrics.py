@@ -138,12 +138,15 @@ class ConsoleCollector(Collector):
         watcher = GaugeMetricFamily("cc_watcher_height", "the watcher's best block")
         node = GaugeMetricFamily("cc_node_height", "the node's tip")
         lag = GaugeMetricFamily("cc_watcher_lag_blocks", "blocks the watcher is behind")
+        rate = GaugeMetricFamily("cc_watcher_blocks_per_second", "the watcher's catch-up rate")
+        if "blocks_per_s" in part.data:
+            rate.add_metric([], float(part.data["blocks_per_s"]))
         if part.data.get("watcher_height") is not None:
             watcher.add_metric([], float(part.data["watcher_height"]))
         if "node_tip" in part.data:
             node.add_metric([], float(part.data["node_tip"]))
             lag.add_metric([], float(part.data["behind"]))
-        yield from (watcher, node, lag)
+        yield from (watcher, node, lag, rate)
 
     @staticmethod
     def _alerts(part: Part) -> Iterator[Any]:

@@ -27,6 +27,7 @@ from cc_common.config import Config
 from cc_common.errors import CustodyError
 from custody import freezes, journal
 from custody.balances import confirmed_balance_at, tip_height, unconfirmed_balance
+from custody.chain_progress import read_progress
 from custody.models import (
     Account,
     AccountStatus,
@@ -351,6 +352,10 @@ class Snapshotter:
             return part
         behind = tip - watcher_height if watcher_height is not None else tip + 1
         part.data.update({"node_tip": tip, "behind": behind})
+        progress = read_progress(self.config.run_dir)  # the worker's catch-up rate and rescan
+        if progress is not None:
+            part.data["blocks_per_s"] = progress.blocks_per_s
+            part.data["rescan_left"] = progress.rescan_left
         if behind > self.settings.watcher_lag_blocks:
             part.problems.append(f"the watcher is {behind} blocks behind the node")
         return part
@@ -371,7 +376,7 @@ class Snapshotter:
                 parts["accounts"] = self.accounts(session, watcher_height, cold_frozen)
                 parts["alerts"] = self.alerts(session)
                 parts["journal"] = self.journal(session)
-        except Exception as exc:  # the database is one dependency among several
+        except Exception as exc:  # noqa: BLE001 (the database is one dependency among several)
             log.warning("operator console: database unreadable: %s", type(exc).__name__)
             for name in ("accounts", "alerts", "journal"):
                 parts[name] = Part(name, error=f"database: {type(exc).__name__}")
@@ -382,6 +387,6 @@ class Snapshotter:
     def _guard(name: str, read: Callable[[], Part]) -> Part:
         try:
             return read()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (one unreadable part must not blank the page)
             log.warning("operator console: %s unreadable: %s", name, exc)
             return Part(name, error=f"{type(exc).__name__}: {exc}")

@@ -52,7 +52,7 @@ def create_app(
     settings = settings or SiteSettings.from_config(config)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider option
     app.extensions[EXTENSION_KEY] = Site(
         config=config,
         settings=settings,

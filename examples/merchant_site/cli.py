@@ -24,7 +24,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import (
+    Table,
+    add_dir_argument,
+    add_json_argument,
+    config_from_args,
+    render_table,
+    run,
+)
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
@@ -150,7 +157,7 @@ def cmd_tamper_batch(args: argparse.Namespace) -> str:
     )
 
 
-def cmd_status(args: argparse.Namespace) -> str:
+def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     _, _, s = _open(args)
     with s:
         batches = [
@@ -161,6 +168,13 @@ def cmd_status(args: argparse.Namespace) -> str:
             (w.vtest_id, w.created_at, w.status.value, w.tx_hash or "-", w.outs or "(raw)")
             for w in store.list_withdrawals(s)
         ]
+    if args.json:
+        return {
+            "batches": Table(("type", "batch", "state", "fetched"), batches).records(),
+            "withdrawals": Table(
+                ("vtest_id", "requested", "state", "tx_hash", "outs"), withdrawals
+            ).records(),
+        }
     return (
         "batches\n"
         + render_table(("type", "batch", "state", "fetched"), batches)
@@ -199,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEMO: store this vtest_info as is, unencrypted (needs allow_raw_vtest = true)",
     )
 
-    command("status", cmd_status, "batches and withdrawals")
+    p = command("status", cmd_status, "batches and withdrawals")
+    add_json_argument(p)
 
     p = command(
         "tamper-batch",

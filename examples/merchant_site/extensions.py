@@ -73,14 +73,14 @@ class Site:
 
 
 def site() -> Site:
-    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION_KEY]
 
 
 def db() -> Session:
     """The request's session, closed at teardown."""
     if "db" not in g:
         g.db = site().sessions()
-    return g.db  # type: ignore[no-any-return]
+    return g.db
 
 
 @contextmanager

@@ -106,7 +106,7 @@ def report_batch(s: Session, address_type: AddressType, batch_no: int, status: B
         )
         .values(status=status, reported_at=utcnow())
     )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
+    if result.rowcount == 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         return
     batch = get_batch(s, address_type, batch_no)
     name = f"{address_type.name.lower()} batch {batch_no}"
@@ -196,7 +196,7 @@ def report_withdrawal(s: Session, vtest_id: str, tx_hash: str | None) -> None:
         .where(Withdrawal.vtest_id == vtest_id, Withdrawal.status == WithdrawalStatus.PENDING)
         .values(status=status, tx_hash=tx_hash, finished_at=utcnow())
     )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
+    if result.rowcount == 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         return
     w = s.scalars(select(Withdrawal).where(Withdrawal.vtest_id == vtest_id)).one_or_none()
     if w is None:

@@ -405,7 +405,7 @@ class AtModem:
         lines = []
         for index in sorted(self._memory):
             msg = self._memory[index]
-            if wanted == "ALL" or msg.status.value == wanted:
+            if wanted in ("ALL", msg.status.value):
                 lines.append(
                     f'+CMGL: {index},"{msg.status.value}","{msg.sender}",,"{scts(msg.scts)}"'
                     f"\r\n{msg.text}"

@@ -78,7 +78,8 @@ class NetworkSettings:
     def changed(self, changes: dict[str, Any]) -> NetworkSettings:
         """A copy with `changes` applied, each one checked."""
         values: dict[str, Any] = {}
-        for key, value in changes.items():
+        for key, given in changes.items():
+            value = given
             if value is None:
                 continue
             if key == "delay_ms":
@@ -134,7 +135,7 @@ class Carrier:
         self._defaults = defaults
         self._log_path = log_path
         self._log_bodies = log_bodies
-        self._rng = rng or random.Random()  # noqa: S311 - simulation, not crypto
+        self._rng = rng or random.Random()  # simulation, not crypto
         self._clock = clock
         self._endpoints: dict[str, Endpoint] = {}
         self._networks: dict[str, NetworkSettings] = {}
@@ -303,7 +304,7 @@ class Carrier:
     def _deliver(self, ep: Endpoint, seg: Segment) -> None:
         try:
             ep.receive(seg)
-        except Exception as exc:  # an endpoint failure must not stop the carrier
+        except Exception as exc:  # noqa: BLE001 (an endpoint failure must not stop the carrier)
             log.warning("SMS %s to %s: receiver failed: %s", seg.message_id, seg.recipient, exc)
             self._record_seg(Event.UNDELIVERABLE, seg, reason=str(exc))
             return

@@ -137,7 +137,7 @@ class ChainState:
         return idx.height < len(self.active) and self.active[idx.height] is idx
 
     def median_time_past(self, idx: BlockIndex | None) -> int:
-        times = []
+        times: list[int] = []
         while idx is not None and len(times) < 11:
             times.append(idx.header.time)
             idx = idx.prev

@@ -7,6 +7,7 @@ as Core writes them (`50.00000000`), by this module's own encoder.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import bitcointx
@@ -45,7 +46,7 @@ def dumps(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(dumps(v) for v in value) + "]"
     if isinstance(value, float):
-        return format(value, ".16g") if value == value else "null"
+        return "null" if math.isnan(value) else format(value, ".16g")
     return json.dumps(value)
 
 

@@ -65,11 +65,10 @@ class Dispatcher:
             return {"result": result, "error": None, "id": req_id}, 200
         except RPCError as exc:
             log.debug("rpc error %d: %s", exc.code, exc.message)
-            status = {RPCCode.INVALID_REQUEST: 400, RPCCode.METHOD_NOT_FOUND: 404}.get(
-                exc.code, 500
-            )
+            statuses: dict[int, int] = {RPCCode.INVALID_REQUEST: 400, RPCCode.METHOD_NOT_FOUND: 404}
+            status = statuses.get(exc.code, 500)
             return {"result": None, "error": exc.to_json(), "id": req_id}, status
-        except Exception as exc:  # noqa: BLE001 - never kill the server thread
+        except Exception as exc:  # never kill the server thread
             log.exception("internal error in rpc call")
             err = RPCError(RPCCode.MISC_ERROR, f"Internal error: {exc}")
             return {"result": None, "error": err.to_json(), "id": req_id}, 500
@@ -156,7 +155,7 @@ class RPCHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:  # http.server naming
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if not self.server.authorized(self.headers.get("Authorization")):
@@ -169,8 +168,8 @@ class RPCHandler(BaseHTTPRequestHandler):
         status, payload = self.server.dispatcher.handle_body(body)
         self._send(status, payload)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(405, b"JSONRPC server handles only POST requests")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.log(5, "http %s " + format, self.client_address[0], *args)

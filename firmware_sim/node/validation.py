@@ -478,7 +478,7 @@ def _first_script_failure(
                 CScript(coin.script),
                 tx,
                 i,
-                flags=set(flags),
+                flags=set(flags),  # type: ignore[arg-type]  # bitcointx flags are untyped objects
                 amount=coin.value,
                 witness=_witness(tx, i),
             )

@@ -190,7 +190,7 @@ def split_psbt(
 
 def _attach_unchecked(psbt: Psbt, n: int, raw: bytes) -> None:
     """Attach a funding transaction without `Psbt.set_prev_tx`'s check (an attacker's PSBT)."""
-    psbt._p.inputs[n].non_witness_utxo = Transaction.parse(raw)  # noqa: SLF001
+    psbt._p.inputs[n].non_witness_utxo = Transaction.parse(raw)
 
 
 def change_output(wallet: HotWallet, index: int, value: int) -> PsbtOutput:

@@ -18,13 +18,14 @@ import pytest
 from custody.hsm_client import HsmRefused
 from tests.attacks.custody_host import HostAttack, Victim, split_psbt
 from tests.harness import Deployment
-from tests.hsm_fixtures import Coin, VDevice, build_send_psbt, random_address
+from tests.hsm_fixtures import Coin, VDevice, build_send_psbt, random_address, settlement_descriptor
 from wallet_core.addresses import address_to_script
+from wallet_core.bip32 import parse_xpub
 from wallet_core.fees import estimate_vsize
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.script import ScriptType
-from wallet_core.wallets import CHANGE, RECEIVE
+from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, ColdWallet, bip84_account_path
 
 COIN = 100_000_000
 # the cold HSM's codes (hsm_cold/errors.py) and the hot HSM's (hsm_hot/errors.py)
@@ -379,8 +380,6 @@ def test_freeze_spam_cannot_silence_a_freeze_alert(host: HostAttack) -> None:
 
 
 def cold_wallet(victim: Victim) -> Any:
-    from wallet_core.bip32 import parse_xpub
-    from wallet_core.wallets import AccountKey, ColdWallet, bip84_account_path
 
     p = victim.prov
     key = AccountKey(
@@ -413,6 +412,5 @@ def sweep_params(
 
 
 def host_settlement(account: int) -> str:
-    from tests.hsm_fixtures import settlement_descriptor
 
     return settlement_descriptor(account)

@@ -41,9 +41,9 @@ def downgrade() -> None:
 
 def _backfill_from_hot_descriptors() -> None:
     """Set cosigner/recovery fingerprints from the origins written in each hot descriptor."""
-    from wallet_core.bip32 import ExtendedKey, parse_xpub  # noqa: PLC0415
-    from wallet_core.descriptors import DescriptorKey, parse_descriptor  # noqa: PLC0415
-    from wallet_core.errors import WalletError  # noqa: PLC0415
+    from wallet_core.bip32 import ExtendedKey, parse_xpub  # noqa: PLC0415 (loaded only when this migration runs)
+    from wallet_core.descriptors import DescriptorKey, parse_descriptor  # noqa: PLC0415 (loaded only when this migration runs)
+    from wallet_core.errors import WalletError  # noqa: PLC0415 (loaded only when this migration runs)
 
     def ident(key: ExtendedKey) -> tuple[bytes, bytes]:
         return key.public_key, key.chain_code
