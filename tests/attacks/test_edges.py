@@ -49,8 +49,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     r = Rig(tmp_path_factory.mktemp("attacks-edges"), {"vdevice": {"sms_reply_timeout": 3.0}})
     try:
         r.start()
+        r.run_steps(list(SETUP))
         for name in SETUP:
-            r.step(name)
+            r.result(name)  # fails every test of the module if the setup did not pass
         yield r
     finally:
         r.stop()
