@@ -30,8 +30,16 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def set_role(parser: argparse.ArgumentParser, role: str) -> None:
+    """The machine role whose secrets this program reads (`cc_common.config.ROLES`)."""
+    parser.set_defaults(config_role=role)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.dir if getattr(args, "dir", None) else default_data_dir())
+    return load_config(
+        args.dir if getattr(args, "dir", None) else default_data_dir(),
+        role=getattr(args, "config_role", None),
+    )
 
 
 def print_result(value: Any) -> None:
@@ -85,6 +93,7 @@ def run(
     """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result. Output
     into a closed pipe ends quietly (no traceback). An argument holding a control or bidi
     character is refused before anything runs."""
+    os.umask(0o077)  # every file a process writes (state, logs, exports) private from the start
     try:
         for n, arg in enumerate(sys.argv[1:] if argv is None else argv, start=1):
             check_text(arg, f"argument {n}")

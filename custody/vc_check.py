@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from cc_common.spending_policy import signed_forms
 from custody.errors import (
     ForgedVcCode,
     HsmRefusedError,
@@ -100,7 +101,8 @@ def check_vc_code(
         )
     except WalletError as exc:
         raise ForgedVcCode(f"the request cannot have been signed: {exc.message}") from None
-    if not messages.verify_message_pubkey(pubkey, text, vc_code):
+    # the plain form, or the form that carries the owner's approval (cc_common.spending_policy)
+    if not any(messages.verify_message_pubkey(pubkey, t, vc_code) for t in signed_forms(text)):
         raise ForgedVcCode(
             f"vc_code is not the V-device's signature over this request under channel {c_id!r};"
             " refused before reaching the HSMs (nothing frozen)"
