@@ -25,7 +25,7 @@ UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 class UnsafeText(CustodyError):
     """A value holds a control, bidi or other invisible character: refused, nothing changed."""
 
-    code = 120
+    code = 101
 
 
 def is_unsafe(char: str) -> bool:
