@@ -316,10 +316,10 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
 
 
-def test_a_large_funding_transaction_travels_in_parts(client: HotHsmClient) -> None:
+def test_a_large_funding_transaction_travels_in_parts(pair: HsmPair, client: HotHsmClient) -> None:
     """A first spend from a 25 KB batch payout: more than a link frame, so hsm-hot teaches
     the cold HSM the funding transaction in parts before the co-sign request."""
-    acct = Account(client)
+    acct = Account(client, pair)
     coin = funded_coin(acct.wallet, 500_000, RECEIVE, 7, 0, os.urandom(8).hex(), filler=600)
     assert len(coin.prev_tx or b"") > 20_000
     pay = [(random_address(), 100_000)]
@@ -347,7 +347,7 @@ def test_channel_key_lets_custody_refuse_a_forged_vc_code(
     from custody.errors import ForgedVcCode  # noqa: PLC0415
     from custody.vc_check import check_vc_code  # noqa: PLC0415
 
-    acct = Account(client)
+    acct = Account(client, pair)
     answer = client.channel_key(acct.id, acct.c_id)
     assert answer["channel_pubkey"] == acct.vdev.channel_hex
     statement = channel_key_statement(
@@ -369,7 +369,7 @@ def test_channel_key_lets_custody_refuse_a_forged_vc_code(
 def test_send_statements_are_final(pair: HsmPair, client: HotHsmClient) -> None:
     """'signed txid T' for a co-signed number; 'refused with code C' closes a number for good,
     so a V-device that reports 'failed' on it can never be contradicted by a later signing."""
-    acct = Account(client)
+    acct = Account(client, pair)
     identity = bytes.fromhex(acct.prov.cold_identity)
     params = acct.send("s-ok")
     signed = Psbt.from_base64(client.sign_send(**params))
