@@ -303,11 +303,13 @@ def expect_no_spend(ctx: Context, pool_before: set[str], height_before: int, pay
 
 def owner_code(ctx: Context) -> str:
     """What the owner's authenticator shows (the demo holds the secret `vdevice provision`
-    showed once): each code is good once, so a second command in the same 30 s uses the
-    next step's code, waiting for it if need be."""
+    showed once): each code is good once, so a second command in the same period uses the
+    next step's code, waiting for it if need be (the demo enrols with short periods)."""
     import pyotp  # noqa: PLC0415
 
-    totp = pyotp.TOTP(ctx.need("owner_totp_secret"))
+    totp = pyotp.TOTP(
+        ctx.need("owner_totp_secret"), interval=ctx.facts.get("owner_totp_period", 30)
+    )
     step = max(int(time.time() // totp.interval), ctx.facts.get("owner_last_step", 0) + 1)
     wait_for(lambda: int(time.time() // totp.interval) + 1 >= step, 40.0, "the next one-time code")
     ctx.facts["owner_last_step"] = step
@@ -454,7 +456,9 @@ def step_account(ctx: Context) -> str:
         stdin=json.dumps(bundle),
     )  # fmt: skip
     uri = next(line for line in shown.splitlines() if line.startswith("otpauth://"))
-    ctx.facts["owner_totp_secret"] = parse_qs(urlparse(uri).query)["secret"][0]
+    query = parse_qs(urlparse(uri).query)
+    ctx.facts["owner_totp_secret"] = query["secret"][0]
+    ctx.facts["owner_totp_period"] = int(query.get("period", ["30"])[0])
     cold, hot = created["tokens"]["cold"], created["tokens"]["hot"]
     ctx.cli.run(
         "examples.merchant_site.cli", "set-tokens", "--cold", "-", "--hot", "-",

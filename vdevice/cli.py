@@ -24,7 +24,14 @@ from cc_common.process import install_stop_handlers
 from cc_common.spending_policy import PolicyFormatError
 from vdevice import loop, owner_auth, policy_changes
 from vdevice.errors import FingerprintMismatch, ProvisioningError
-from vdevice.settings import DB_FILENAME, Policies, load_settings, spending_policy, state_dir
+from vdevice.settings import (
+    DB_FILENAME,
+    Policies,
+    load_settings,
+    owner_code_period,
+    spending_policy,
+    state_dir,
+)
 from vdevice.state import Provisioning, State
 from vdevice.status import process_running, render, snapshot
 
@@ -78,7 +85,7 @@ def cmd_provision(args: argparse.Namespace) -> str:
         changed = state.provision(prov, force=args.force)
         enrolment = None
         if changed or not owner_auth.has_secret(state):
-            enrolment = owner_auth.enrol(state, prov.account_id)
+            enrolment = owner_auth.enrol(state, prov.account_id, owner_code_period(config))
     finally:
         state.close()
     what = "provisioned" if changed else "already provisioned with this bundle"

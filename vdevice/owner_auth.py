@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 ISSUER = "ChainCloud V-device"
 MAX_FAILURES = 3
 LOCKOUT = 900.0
-VALID_WINDOW = 1  # one step (30 s) either side: clock drift and SMS delay
+VALID_WINDOW = 1  # one step (30 s by default) either side: clock drift and SMS delay
+DEFAULT_PERIOD = 30  # seconds per code, as every authenticator app shows them
 _TOTP_META = "owner_totp_secret"
+_PERIOD_META = "owner_totp_period"
 _LAST_STEP = "owner_totp_last_step"
 
 
@@ -48,13 +50,20 @@ class Enrolment:
     qr: str
 
 
-def enrol(state: State, account: int) -> Enrolment:
-    """A new secret for the owner's authenticator (replaces any old one)."""
+def enrol(state: State, account: int, period: int = DEFAULT_PERIOD) -> Enrolment:
+    """A new secret for the owner's authenticator (replaces any old one).
+
+    `period` other than 30 s goes into the otpauth URI (`period=`); each code is good once, so
+    a shorter period lets an owner give several commands in a row without waiting.
+    """
     secret = pyotp.random_base32()
     with state.tx():
         state.set_meta(_TOTP_META, secret)
+        state.set_meta(_PERIOD_META, str(period))
         state.set_meta(_LAST_STEP, "0")
-    uri = pyotp.TOTP(secret).provisioning_uri(name=f"account {account}", issuer_name=ISSUER)
+    uri = pyotp.TOTP(secret, interval=period).provisioning_uri(
+        name=f"account {account}", issuer_name=ISSUER
+    )
     return Enrolment(secret, uri, terminal_qr(uri))
 
 
@@ -113,7 +122,7 @@ class OwnerAuth:
             return CodeVerdict.MISSING
         if secret is None or not (code.isdigit() and len(code) == 6):
             return CodeVerdict.WRONG
-        totp = pyotp.TOTP(secret)
+        totp = pyotp.TOTP(secret, interval=int(self.state.get_meta(_PERIOD_META) or DEFAULT_PERIOD))
         now = self.clock()
         step = int(now // totp.interval)
         for delta in range(-VALID_WINDOW, VALID_WINDOW + 1):
@@ -129,7 +138,7 @@ class OwnerAuth:
         return CodeVerdict.WRONG
 
 
-def current_code(secret: str, at: float | None = None) -> str:
+def current_code(secret: str, at: float | None = None, period: int = DEFAULT_PERIOD) -> str:
     """What the owner's authenticator shows (the demo and the tests play the owner)."""
-    totp = pyotp.TOTP(secret)
+    totp = pyotp.TOTP(secret, interval=period)
     return totp.at(time.time() if at is None else at)

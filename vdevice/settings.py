@@ -86,6 +86,16 @@ def state_dir(config: Config) -> Path:
     return config.section("vdevice").path("state_dir")
 
 
+def owner_code_period(config: Config) -> int:
+    """`[vdevice] owner_code_period`: seconds per owner code (default 30, the apps' standard)."""
+    period = config.section("vdevice").int("owner_code_period", 30)
+    if not 5 <= period <= 120:
+        raise ConfigError(
+            f"config: [vdevice] owner_code_period must be 5 to 120 seconds, not {period}"
+        )
+    return period
+
+
 def load_settings(config: Config) -> Settings:
     """`[vdevice]`, with the local deployment's fall-backs to `[merchant_site]`."""
     v = config.section("vdevice")
