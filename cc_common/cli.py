@@ -18,6 +18,7 @@ from typing import Any
 
 from cc_common.config import Config, default_data_dir, load_config
 from cc_common.errors import CustodyError
+from cc_common.text import UnsafeText, check_text
 
 
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +91,15 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result. Output
-    into a closed pipe ends quietly (no traceback)."""
+    into a closed pipe ends quietly (no traceback). An argument holding a control or bidi
+    character is refused before anything runs."""
     os.umask(0o077)  # every file a process writes (state, logs, exports) private from the start
+    try:
+        for n, arg in enumerate(sys.argv[1:] if argv is None else argv, start=1):
+            check_text(arg, f"argument {n}")
+    except UnsafeText as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     try:
         return _run(parser, argv)
     except BrokenPipeError:

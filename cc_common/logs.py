@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pythonjsonlogger.json import JsonFormatter
 
+from cc_common.text import SafeTextFilter
+
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
@@ -44,6 +46,7 @@ def setup_logging(
     root.setLevel(level)
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(formatter)
+    stream.addFilter(SafeTextFilter())  # no control or bidi character reaches a log line
     root.addHandler(stream)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -51,4 +54,5 @@ def setup_logging(
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # never 0644
         file_handler = logging.FileHandler(path, encoding="utf-8")
         file_handler.setFormatter(formatter)
+        file_handler.addFilter(SafeTextFilter())
         root.addHandler(file_handler)

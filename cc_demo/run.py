@@ -33,6 +33,7 @@ from cc_demo.scenario import (
     step_withdrawal,
 )
 from cc_demo.steps_attacks import step_attack_fee_drain
+from cc_demo.steps_edges import step_attack_false_failure
 from cc_demo.steps_money import (
     step_burst,
     step_consolidate,
@@ -60,6 +61,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-forged-vc", step_attack_forged_vc),
     Step("attack-outputs", step_attack_outputs),
     Step("attack-fee-drain", step_attack_fee_drain),
+    Step("attack-false-failure", step_attack_false_failure),
     Step("attack-sms", step_attack_sms),
     Step("attack-site-drain", step_attack_site_drain),
     Step("owner-approval", step_owner_approval),

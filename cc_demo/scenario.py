@@ -112,6 +112,7 @@ ATTACK_SAT = 20_000_000
 ALTERED_SAT = 3_000_000
 TAMPERED_POSITION = 7
 ATTACKER_NUMBER = "+15559990666"
+FORGED_VC_CODE = 40  # custody.errors.ForgedVcCode
 
 
 class Outcome:
@@ -586,7 +587,8 @@ def step_deposit(ctx: Context) -> str:
 
 def step_hot_funding(ctx: Context) -> str:
     hot = ctx.custody("hot")
-    address = hot.get("/address/next")
+    # from the site, which gives it out only if it is in a hot batch the V-device verified
+    address = ctx.site.post("/merchant/funding-address", {})
     if int(address["index"]) >= 1000:
         raise StepFailed(f"hot address #{address['index']} is not in the verified batch 0")
     before = balance(ctx, "hot")
@@ -599,8 +601,9 @@ def step_hot_funding(ctx: Context) -> str:
         f"the hot balance to grow by {btc(HOT_FUNDING_SAT)}",
     )
     return (
-        f"{btc(HOT_FUNDING_SAT)} paid to hot 2-of-3 address #{address['index']} (batch 0, "
-        f"verified), confirmed: hot balance {btc(before + HOT_FUNDING_SAT)}"
+        f"{btc(HOT_FUNDING_SAT)} paid to hot 2-of-3 address #{address['index']} (the site's "
+        f"funding-address: in verified batch 0), confirmed: hot balance "
+        f"{btc(before + HOT_FUNDING_SAT)}"
     )
 
 
@@ -743,30 +746,39 @@ def step_attack_vtest(ctx: Context) -> str:
 
 
 def _attack_forged_vc(ctx: Context) -> str:
-    """A hacked API server posts a send with a vc_code it signed with its own key."""
+    """A thief of the hot token posts a send with a vc_code it signed with its own key."""
 
+    account = ctx.need("account_id")
     c_id = ctx.need("c_id")
     channel = vdevice_status(ctx.cli).get("channel") or {}
-    c_id = channel.get("c_id", c_id)  # the live channel, as a hacked API could read it
+    c_id = channel.get("c_id", c_id)  # the live channel, as the thief could learn it
     attacker = random_address(ctx.network)
     outs = f"{attacker},{ATTACK_SAT}"
-    user_tx_no = new_id("hacked-api")
+    user_tx_no = new_id("stolen-token")
     forged = sign_message(secrets.token_bytes(32), send_request_string(outs, user_tx_no))
     pool, height = mempool(ctx.rpc), ctx.rpc.get_block_count()
-    operator_seen = len(inbox_texts(ctx.carrier, ctx.operator_number))
     form = {"coin_code": "BTC", "user_tx_no": user_tx_no, "outs": outs, "is_dynamic_fee": 1}
-    ctx.custody("hot").post("/tx/request", {**form, "vc_code": forged, "c_id": c_id})
-    final = wait_send_final(ctx, user_tx_no)
-    if final["hot_wallet_tx_status"] != "failed" or final["tx_hash"]:
-        raise StepFailed(f"the forged send is {final['hot_wallet_tx_status']}")
-    reason = expect_frozen_and_alerted(ctx, operator_seen, "vc_code")
+    try:
+        ctx.custody("hot").post("/tx/request", {**form, "vc_code": forged, "c_id": c_id})
+        raise StepFailed("custody accepted a send with a forged vc_code")
+    except HttpFailed as exc:
+        code = exc.body.get("code") if isinstance(exc.body, dict) else None
+        if exc.status != 400 or code != FORGED_VC_CODE:
+            raise StepFailed(f"custody answered HTTP {exc.status} code {code}") from None
+    try:
+        send_state(ctx, user_tx_no)
+        raise StepFailed(f"custody holds a send for the forged request {user_tx_no}")
+    except HttpFailed as exc:
+        if exc.status != 404:
+            raise
+    if account in cold_view(ctx.config).frozen:
+        raise StepFailed(f"account {account} was frozen by a forged vc_code")
     node = expect_no_spend(ctx, pool, height, attacker)
-    unfreeze(ctx)
     return (
-        f"send {user_tx_no} with a forged vc_code under live channel {c_id}: custody took it "
-        f"to the HSMs, the cold HSM refused ({reason[:30]}..), froze account "
-        f"{ctx.need('account_id')} and texted the operator; send failed; {node}; "
-        "unfrozen at the cold console (PIN)"
+        f"send {user_tx_no} with a forged vc_code under live channel {c_id}, posted with the "
+        f"hot token: custody checked it against the channel key the cold HSM vouched for and "
+        f"refused it (HTTP 400, code {FORGED_VC_CODE}) before any HSM saw it; account "
+        f"{account} not frozen; {node}"
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from cc_common.config import Config
 from cc_common.errors import CustodyError
+from cc_common.text import printable
 from custody.models import Alert
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def raise_alert(
 ) -> Alert:
     """Record an alert in `session` (flushed) and try to deliver it to `[phones] operator`."""
     kind = AlertKind(kind)  # a stored or configured text is checked here too
+    message = printable(message)  # no control or bidi character reaches a phone or a log
     try:
         recipient = config.section("phones").str("operator")
     except CustodyError:

@@ -50,7 +50,7 @@ from custody.models import (
     utcnow,
 )
 from wallet_core.bip32 import parse_xpub
-from wallet_core.chaincloud import BATCH_SIZE, batch_content
+from wallet_core.chaincloud import BATCH_SIZE, batch_statement
 from wallet_core.hashes import hash160, sha256
 from wallet_core.messages import verify_message_pubkey
 from wallet_core.networks import Network
@@ -200,7 +200,9 @@ def get_or_create_batch(
         identity = bytes.fromhex(account.cold_identity_pubkey)
         session.rollback()  # no transaction is held during the HSM round trip
     derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
-    content = batch_content([d.address for d in derived])
+    content = batch_statement(
+        wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
+    )
     proof = _proven(factory, hsm, config, account_id, wallet, batch_no, identity, content)
     try:
         with factory() as session, session.begin():

@@ -132,6 +132,21 @@ class MethodNotAllowed(ApiError):
     status = 405
 
 
+class ForgedVcCode(ApiError):
+    """`vc_code` is not the V-device's signature over this request under channel `c_id`:
+    refused before anything reaches an HSM, nothing frozen (a stolen hot token alone)."""
+
+    code = 40
+    status = 400
+
+
+class UnknownChannel(ApiError):
+    """`c_id` is not a live channel of the account on the cold HSM."""
+
+    code = 41
+    status = 400
+
+
 class AccountError(ApiError):
     """Operator-side account management refused (bad name, phone, descriptor, key...)."""
 

@@ -192,6 +192,23 @@ class HotHsmClient:
             identity_sig=identity_sig,
         )
 
+    def channel_key(self, account: int, c_id: str) -> dict[str, Any]:
+        """`{channel_pubkey, expires_at, signature}`: the cold HSM's signed statement of the
+        V-device key of live channel `c_id` (`custody.vc_check` verifies it)."""
+        return self._object("channel_key", self.call("channel_key", account=account, c_id=c_id))
+
+    def send_statement(self, account: int, user_tx_no: str) -> dict[str, Any]:
+        """The cold HSM's signed final word on `user_tx_no`: `{state: "signed", txid,
+        signature}`, or `{state: "refused", code, signature}`, which also closes it for good."""
+        result = self.call("send_statement", account=account, user_tx_no=user_tx_no)
+        return self._object("send_statement", result)
+
+    @staticmethod
+    def _object(method: str, result: Any) -> dict[str, Any]:
+        if not isinstance(result, dict):
+            raise HsmUnavailableError(f"hot HSM answered {method} with a malformed reply")
+        return result
+
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:

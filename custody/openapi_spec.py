@@ -252,6 +252,31 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "extension: why the send waits (empty otherwise)",
             },
+            "cold_statement": _ref("ColdStatement"),
+        },
+    },
+    "ColdStatement": {
+        "type": "object",
+        "description": (
+            "Our extension: the cold HSM's final word on a send, a signed message by its "
+            "identity key over `CC:SEND_SIGNED:<account>:<txid>:<user_tx_no>` (state signed) "
+            "or `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>` (state refused: the cold HSM "
+            "never signs this user_tx_no afterwards). Present once the send is OK or failed."
+        ),
+        "required": ["state", "signature"],
+        "properties": {
+            "state": {"type": "string", "enum": ["signed", "refused"]},
+            "txid": TXID,
+            "code": {"type": "integer"},
+            "signature": {"type": "string"},
+        },
+    },
+    "ColdStatementAnswer": {
+        "type": "object",
+        "required": ["user_tx_no", "cold_statement"],
+        "properties": {
+            "user_tx_no": {"type": "string"},
+            "cold_statement": _ref("ColdStatement"),
         },
     },
 }
@@ -480,10 +505,19 @@ def build_spec() -> dict[str, Any]:
                 _json(_ref("Result"), "accepted"),
                 tag="send",
                 body="SendRequestForm",
-                extra={"400": _err("BadRequest"), "409": _err("Conflict")},
+                extra={
+                    "400": _err("BadRequest"),
+                    "409": _err("Conflict"),
+                    "502": _err("BadGateway"),
+                    "503": _err("Unavailable"),
+                },
                 description=(
                     "Code 3 (HTTP 400) means this user_tx_no was already accepted: a retry is "
-                    "safe and creates nothing. A frozen account is refused (409, code 9)."
+                    "safe and creates nothing. A frozen account is refused (409, code 9). "
+                    "vc_code is checked here, against the channel key the cold HSM vouches "
+                    "for: a forgery is refused (400, code 40; an unknown channel code 41) and "
+                    "freezes nothing. user_tx_no: 1-64 printable ASCII characters other than "
+                    "space, '\"' and '\\'; no field may hold a control or bidi character."
                 ),
             )
         },
@@ -498,6 +532,30 @@ def build_spec() -> dict[str, Any]:
                     )
                 ],
                 extra={"400": _err("BadRequest")},
+            )
+        },
+        "/tx/{user_tx_no}/statement": {
+            "post": _op(
+                "The cold HSM's signed final word on a send (hot token; our extension)",
+                _json(_ref("ColdStatementAnswer"), "the statement"),
+                tag="send",
+                params=[
+                    _path_param(
+                        "user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, ""
+                    )
+                ],
+                extra={
+                    "400": _err("BadRequest"),
+                    "409": _err("Conflict"),
+                    "502": _err("BadGateway"),
+                    "503": _err("Unavailable"),
+                },
+                description=(
+                    "For a send that is OK or failed, the statement kept with it; 409 while it "
+                    "is in progress. For a user_tx_no custody holds no send for (say, refused "
+                    "at intake), the cold HSM closes it and answers 'refused'. A V-device "
+                    "reports a send failed to its site only on a 'refused' statement."
+                ),
             )
         },
     }

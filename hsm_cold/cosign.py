@@ -37,7 +37,7 @@ from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import HARDENED, ExtendedKey
-from wallet_core.chaincloud import Out, parse_outs, send_request_string
+from wallet_core.chaincloud import Out, check_user_tx_no, parse_outs, send_request_string
 from wallet_core.errors import AddressError, OutsError, TxParseError, WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.hashes import sha256
@@ -160,6 +160,14 @@ def decode_tx(raw: bytes) -> UnsignedTx:
         raise BadRequest(exc.message) from None
 
 
+def user_tx_no_field(payload: Mapping[str, Any]) -> str:
+    """`user_tx_no` by `wallet_core.chaincloud.check_user_tx_no` (fullmatch, no control char)."""
+    try:
+        return check_user_tx_no(field(payload, "user_tx_no", str))
+    except OutsError as exc:
+        raise BadRequest(exc.message) from None
+
+
 def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
     """Type-check the compact request; `BadRequest` names the first bad field."""
     tx = decode_tx(field(payload, "tx", bytes))
@@ -191,7 +199,7 @@ def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
         tx=tx,
         inputs=inputs,
         change=change,
-        user_tx_no=text_field(payload, "user_tx_no", 128),
+        user_tx_no=user_tx_no_field(payload),
         is_dynamic_fee=is_dynamic_fee,
         coin_code=coin_code,
         outs=text_field(payload, "outs"),

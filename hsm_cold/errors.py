@@ -43,6 +43,7 @@ class ColdErrorCode(IntEnum):
     CHANGE_BEYOND_GAP = 738
     ALREADY_SWEPT = 739
     BAD_SETTLEMENT_DESCRIPTOR = 740
+    SEND_CLOSED = 741
     # The customer's spending policy and the out-of-band confirmation (hsm_cold/policy.py).
     ACCOUNT_PENDING = 750
     POLICY_REFUSED = 751
@@ -304,3 +305,10 @@ class DrillModeOff(ColdHsmError):
     """Shares from files are accepted only with `[hsm_cold] backup_drill_dir` configured."""
 
     code = ColdErrorCode.DRILL_MODE_OFF
+
+
+class SendClosed(ColdHsmError):
+    """This `user_tx_no` was closed by a "refused" statement: it is never signed again, so a
+    V-device that reported the send failed on that statement can never be contradicted."""
+
+    code = ColdErrorCode.SEND_CLOSED

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
+from cc_common.text import printable
 from hsm_cold import account_state, accounts, backup, consolidation, cosign, replacement, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
@@ -41,18 +42,26 @@ from hsm_cold.errors import (
     ForeignInput,
     ForgedVcCode,
     OutputMismatch,
+    SendClosed,
     UnknownAccount,
+    UnknownChannel,
     UserTxNoReused,
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
 from hsm_cold.policy import ColdPolicies, signed_approval
 from hsm_cold.prevtxs import PrevTxAssembler
-from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore, Signing
+from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
-from wallet_core.chaincloud import batch_content
+from wallet_core.chaincloud import (
+    USER_TX_NO,
+    batch_statement,
+    channel_key_statement,
+    send_refused_statement,
+    send_signed_statement,
+)
 from wallet_core.descriptors import settlement_problem
 from wallet_core.errors import WalletError
 from wallet_core.keys import master_key
@@ -71,6 +80,8 @@ class Command(StrEnum):
     PROVISION_ACCOUNT = "provision_account"
     PROVE_BATCH = "prove_batch"
     REGISTER_CHANNEL = "register_channel"
+    CHANNEL_KEY = "channel_key"
+    SEND_STATEMENT = "send_statement"
     COSIGN = "cosign"
     CONSOLIDATE = "consolidate"
     FREEZE = "freeze"
@@ -208,7 +219,26 @@ class ColdService:
         )
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        return {c.value: getattr(self, c.value) for c in Command}
+        handlers = {c.value: getattr(self, c.value) for c in Command}
+        handlers[Command.COSIGN.value] = self._cosign_noting_refusals
+        return handlers
+
+    def _cosign_noting_refusals(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`cosign`, remembering each refusal's code for the account's `user_tx_no` (what a
+        later "refused" statement names)."""
+        try:
+            return self.cosign(payload)
+        except ColdHsmError as exc:
+            account, user_tx_no = payload.get("account"), payload.get("user_tx_no")
+            if (
+                isinstance(account, int)
+                and not isinstance(account, bool)
+                and isinstance(user_tx_no, str)
+                and USER_TX_NO.fullmatch(user_tx_no)
+                and self.store.get_account(account) is not None
+            ):
+                self.store.note_refusal(account, user_tx_no, int(exc.code))
+            raise
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -258,6 +288,7 @@ class ColdService:
         side budgets alert texts per source and kind, so no one source can use up the budget
         another one's alerts need.
         """
+        message = printable(message)
         self.store.add_alert(account, kind.value, message)
         if self.on_alert is not None:
             try:
@@ -435,8 +466,10 @@ class ColdService:
             batch = batch_addresses(wallet, batch_no, RECEIVE)
         except WalletError as exc:
             raise BadRequest(f"batch {batch_no}: {exc.message}") from None
-        content = batch_content([address for _, address in batch])
-        return {"signature": self._sign_message(content)}
+        statement = batch_statement(
+            kind.value, rec.account, batch_no, [address for _, address in batch]
+        )
+        return {"signature": self._sign_message(statement)}
 
     def register_channel(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._live_record(account_field(payload))
@@ -458,9 +491,54 @@ class ColdService:
         log.info("account %d: channel %s registered (expires %d)", rec.account, c_id, expires_at)
         return {}
 
+    def channel_key(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A live channel's V-device key and expiry, signed by the identity key.
+
+        Public facts only; a frozen account still answers (checking a `vc_code` early changes
+        nothing), a pending or unknown channel is `unknown channel` (704).
+        """
+        account = account_field(payload)
+        self._record(account)
+        c_id = text_field({"c_id": str(payload.get("c_id", ""))}, "c_id", 128)
+        channel = self.store.get_channel(account, c_id)
+        if channel is None or channel.state != CHANNEL_LIVE:
+            raise UnknownChannel(f"account {account} has no live channel {c_id!r}")
+        expires_at = int(channel.expires_at)
+        statement = channel_key_statement(account, c_id, channel.channel_pubkey, expires_at)
+        return {
+            "channel_pubkey": channel.channel_pubkey.hex(),
+            "expires_at": expires_at,
+            "signature": self._sign_message(statement),
+        }
+
+    def send_statement(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The cold HSM's final word on a `user_tx_no`, signed by the identity key.
+
+        Co-signed: `{state: "signed", txid, signature}` over `CC:SEND_SIGNED:<account>:<txid>:
+        <user_tx_no>`. Otherwise the number is closed here and now (never signed afterwards,
+        `send closed` 741) and the answer is `{state: "refused", code, signature}` over
+        `CC:SEND_REFUSED:<account>:<code>:<user_tx_no>`, `code` being its last refusal (741 if
+        it was never refused). A V-device reports "failed" to its site only on the latter.
+        Frozen accounts answer too: the statement changes nothing that could move coins.
+        """
+        rec = self._record(account_field(payload))
+        user_tx_no = cosign.user_tx_no_field(payload)
+        signed = self.store.signed_request(rec.account, user_tx_no)
+        if signed is not None:
+            text = send_signed_statement(rec.account, signed.txid, user_tx_no)
+            return {"state": "signed", "txid": signed.txid, "signature": self._sign_message(text)}
+        code = self.store.close_request(rec.account, user_tx_no, int(SendClosed.code))
+        log.info("account %d: %s closed (refused, code %d)", rec.account, user_tx_no, code)
+        text = send_refused_statement(rec.account, code, user_tx_no)
+        return {"state": "refused", "code": code, "signature": self._sign_message(text)}
+
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
         req = cosign.decode_request(payload)
+        if self.store.request_closed(req.account, req.user_tx_no):
+            raise SendClosed(
+                f"user_tx_no {req.user_tx_no!r} was closed by a refused statement: never signed"
+            )
         rec = self._live_record(req.account)  # 1
         channel_key = cosign.check_channel(  # 2
             self.store.get_channel(req.account, req.c_id), req, self.clock()

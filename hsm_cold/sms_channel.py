@@ -369,6 +369,7 @@ class ChannelProtocol:
                 msg.coin,
                 self.keystore.channel_signer(ch.cold_key_label),
                 msg.nonce,
+                account=rec.account,
             )
         except SmsError as exc:  # the token's signature did not verify: withheld
             raise Refused("signing_failed", exc.message, [rec]) from None

@@ -129,6 +129,14 @@ CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     blob BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused_requests (
+    account INTEGER NOT NULL,
+    user_tx_no TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL,
+    PRIMARY KEY (account, user_tx_no)
+);
 """
 
 
@@ -514,6 +522,45 @@ class ColdStore:
                     (s.account, s.change_index),
                 )
         return True
+
+    # -- refused and closed request numbers (the cold HSM's "refused" statements) --------------
+    def note_refusal(self, account: int, user_tx_no: str, code: int) -> None:
+        """Remember the latest refusal code of a `user_tx_no` not yet closed."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO refused_requests (account, user_tx_no, code, closed, at)"
+                " VALUES (?, ?, ?, 0, ?) ON CONFLICT (account, user_tx_no)"
+                " DO UPDATE SET code = excluded.code, at = excluded.at WHERE closed = 0",
+                (account, user_tx_no, code, time.time()),
+            )
+
+    def close_request(self, account: int, user_tx_no: str, code: int) -> int:
+        """Close `user_tx_no` for good (never signed from now on); its refusal code: the last
+        one noted, else `code`."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO refused_requests (account, user_tx_no, code, closed, at)"
+                " VALUES (?, ?, ?, 1, ?)",
+                (account, user_tx_no, code, time.time()),
+            )
+            db.execute(
+                "UPDATE refused_requests SET closed = 1 WHERE account = ? AND user_tx_no = ?",
+                (account, user_tx_no),
+            )
+            row = db.execute(
+                "SELECT code FROM refused_requests WHERE account = ? AND user_tx_no = ?",
+                (account, user_tx_no),
+            ).fetchone()
+        return int(row[0])
+
+    def request_closed(self, account: int, user_tx_no: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM refused_requests WHERE account = ? AND user_tx_no = ?"
+                " AND closed = 1",
+                (account, user_tx_no),
+            ).fetchone()
+        return row is not None
 
     # -- channels -------------------------------------------------------------------------------
     def put_channel(self, rec: ChannelRecord) -> None:

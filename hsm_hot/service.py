@@ -21,6 +21,7 @@ from typing import Any
 
 from cc_common import fields
 from cc_common.errors import CustodyError
+from cc_common.text import UnsafeText, check_values
 from cc_common.token import HsmToken
 from hsm_hot import consolidation
 from hsm_hot.audit import AuditLog
@@ -46,6 +47,7 @@ from hsm_hot.state import HotAccount, HotState
 from hsm_hot.stats import ServiceStats
 from wallet_core import messages, signatures
 from wallet_core.bip32 import parse_xpub
+from wallet_core.chaincloud import check_user_tx_no
 from wallet_core.errors import PsbtError, SignatureError, TxParseError, WalletError
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
@@ -83,6 +85,13 @@ def _account(params: Mapping[str, Any]) -> int:
 
 def _text(params: Mapping[str, Any], key: str, max_len: int = 4096) -> str:
     return fields.text_field(params, key, max_len, error=BadRequest, noun="parameter")
+
+
+def _user_tx_no(request: Mapping[str, Any]) -> str:
+    try:
+        return check_user_tx_no(_text(request, "user_tx_no", 128))
+    except WalletError as exc:
+        raise BadRequest(exc.message) from None
 
 
 def _hex_text(value: Any, what: str) -> str:
@@ -148,6 +157,8 @@ class HotService:
             "provision_account": self.provision_account,
             "prove_batch": self.prove_batch,
             "register_channel": self.register_channel,
+            "channel_key": self.channel_key,
+            "send_statement": self.send_statement,
             "sign_send": self.sign_send,
             "sign_consolidation": lambda p: consolidation.sign(self, p),
             "freeze": self.freeze,
@@ -164,6 +175,10 @@ class HotService:
             handler = self.methods.get(method)
             if handler is None:
                 raise BadRequest(f"unknown method {method!r}")
+            try:
+                check_values(dict(params), "params")
+            except UnsafeText as exc:
+                raise BadRequest(exc.message) from None
             result = handler(params)
         except CustodyError as exc:
             self.stats.refused(int(exc.code))
@@ -353,6 +368,42 @@ class HotService:
         self.audit.record("register_channel", account=account, c_id=payload["c_id"])
         return {}
 
+    def channel_key(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's signed statement of a live channel's V-device key (relayed as is:
+        custody checks it against the identity key it pinned at account creation)."""
+        account = _account(params)
+        c_id = _text(params, "c_id", 128)
+        self._account_record(account)
+        answer = self.relay.call("channel_key", {"account": account, "c_id": c_id})
+        expires_at = answer.get("expires_at")
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+            raise ColdUnreachable("cold HSM answered a malformed channel expiry")
+        return {
+            "channel_pubkey": _hex_text(answer.get("channel_pubkey"), "channel key"),
+            "expires_at": expires_at,
+            "signature": _b64_text(answer.get("signature"), "channel key signature"),
+        }
+
+    def send_statement(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The cold HSM's signed final word on a `user_tx_no` (signed txid, or refused and
+        closed), relayed as is: the V-device checks it against the cold identity key."""
+        account = _account(params)
+        user_tx_no = _user_tx_no(params)
+        self._account_record(account)
+        answer = self.relay.call("send_statement", {"account": account, "user_tx_no": user_tx_no})
+        out: dict[str, Any] = {
+            "state": answer.get("state"),
+            "signature": _b64_text(answer.get("signature"), "statement signature"),
+        }
+        if out["state"] == "signed":
+            out["txid"] = str(answer.get("txid"))
+        elif out["state"] == "refused" and isinstance(answer.get("code"), int):
+            out["code"] = answer["code"]
+        else:
+            raise ColdUnreachable("cold HSM answered a malformed send statement")
+        self.audit.record("send_statement", account=account, user_tx_no=user_tx_no)
+        return out
+
     def sign_send(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)
         psbt_text = _text(params, "psbt", 1_000_000)
@@ -361,7 +412,7 @@ class HotService:
             "coin_code": _text(request, "coin_code", 10),
             "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
             "outs": _text(request, "outs", 100_000),
-            "user_tx_no": _text(request, "user_tx_no", 128),
+            "user_tx_no": _user_tx_no(request),
         }
         vc_code = _text(params, "vc_code", 256)
         c_id = _text(params, "c_id", 128)

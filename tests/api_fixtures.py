@@ -47,7 +47,15 @@ from hsm_cold.errors import ColdErrorCode
 from wallet_core import secp
 from wallet_core.addresses import address_to_script, p2wpkh_address, p2wsh_address
 from wallet_core.bip32 import ExtendedKey
-from wallet_core.chaincloud import BATCH_SIZE, batch_content, parse_outs
+from wallet_core.chaincloud import (
+    BATCH_SIZE,
+    batch_statement,
+    channel_key_statement,
+    parse_outs,
+    send_refused_statement,
+    send_request_string,
+    send_signed_statement,
+)
 from wallet_core.descriptors import add_checksum
 from wallet_core.messages import sign_message
 from wallet_core.networks import Network
@@ -62,6 +70,22 @@ NETWORK = Network.REGTEST
 
 
 # -- the HSM stand-in ---------------------------------------------------------------------
+def channel_priv_for(c_id: str) -> bytes:
+    """The V-device channel key the stand-in vouches for under `c_id` (tests sign with it)."""
+    return hashlib.sha256(f"test channel {c_id}".encode()).digest()
+
+
+def sign_vc_code(form: dict[str, Any]) -> str:
+    """The `vc_code` of a send form, signed with `channel_priv_for(form["c_id"])`."""
+    text = send_request_string(
+        form["outs"],
+        form["user_tx_no"],
+        coin_code=form.get("coin_code") or "BTC",
+        is_dynamic_fee=int(form.get("is_dynamic_fee") or 1),
+    )
+    return sign_message(channel_priv_for(form["c_id"]), text)
+
+
 @dataclass
 class SoftKeys:
     """An account's keys in software (tests only): what the two HSMs hold, and the recovery
@@ -129,11 +153,17 @@ class SoftwareHsmStandIn:
         self.frozen: list[tuple[int, str]] = []
         self.alerts: list[dict[str, Any]] = []
         self.channels: dict[tuple[int, str], str] = {}
+        self.unknown_channels: set[str] = set()
+        self.channel_key_calls = 0
+        self.statements_made = 0
+        # a key other than the identity's makes the channel statements forgeries
+        self.channel_statement_priv: bytes | None = None
         self.signed: dict[tuple[int, str], str] = {}  # (account, user_tx_no) -> txid
         self.inputs: dict[tuple[int, str], set[tuple[str, int]]] = {}  # spent by that txid
         self.calls: list[tuple[int, str]] = []
         self.refuse: str | None = None
         self.unavailable = False
+        self.closed: dict[tuple[int, str], int] = {}  # (account, user_tx_no) -> code
         self._lock = threading.Lock()
 
     def add(self, account: TestAccount) -> None:
@@ -199,12 +229,52 @@ class SoftwareHsmStandIn:
             pos, substitute = self.tamper_batch
             addresses[pos] = substitute
         self.proofs_made += 1
-        return sign_message(self.identity_priv, batch_content(addresses))
+        return sign_message(
+            self.identity_priv, batch_statement(wallet, account, batch_no, addresses)
+        )
 
     def register_channel(
         self, account: int, c_id: str, channel_pubkey: str, expires_at: int, identity_sig: str
     ) -> None:
         self.channels[(account, c_id)] = channel_pubkey
+
+    def channel_key(self, account: int, c_id: str) -> dict[str, Any]:
+        """Every `c_id` is live here, with the key `channel_priv_for(c_id)` (so a test can
+        sign a real `vc_code`); the statement is signed by the identity key, as the cold HSM's."""
+        if account not in self.accounts:
+            raise HsmRefused("unknown account", code=702)
+        if c_id in self.unknown_channels:
+            raise HsmRefused(f"no live channel {c_id!r}", code=704)
+        self.channel_key_calls += 1
+        pubkey = secp.pubkey_from_privkey(channel_priv_for(c_id))
+        expires_at = 2_000_000_000
+        statement = channel_key_statement(account, c_id, pubkey, expires_at)
+        return {
+            "channel_pubkey": pubkey.hex(),
+            "expires_at": expires_at,
+            "signature": sign_message(self.channel_statement_priv or self.identity_priv, statement),
+        }
+
+    def send_statement(self, account: int, user_tx_no: str) -> dict[str, Any]:
+        """As the cold HSM: signed txid, or refused (and closed for good), identity-signed."""
+        if account not in self.accounts:
+            raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
+        self.statements_made += 1
+        txid = self.signed.get((account, user_tx_no))
+        if txid is not None:
+            text = send_signed_statement(account, txid, user_tx_no)
+            return {
+                "state": "signed",
+                "txid": txid,
+                "signature": sign_message(self.identity_priv, text),
+            }
+        code = self.closed.setdefault((account, user_tx_no), int(ColdErrorCode.SEND_CLOSED))
+        text = send_refused_statement(account, code, user_tx_no)
+        return {
+            "state": "refused",
+            "code": code,
+            "signature": sign_message(self.identity_priv, text),
+        }
 
     def sign_send(
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
@@ -220,9 +290,11 @@ class SoftwareHsmStandIn:
                 raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
             if keys.frozen:
                 raise HsmRefused("account frozen", code=ColdErrorCode.ACCOUNT_FROZEN)
+            key = (account, request["user_tx_no"])
+            if key in self.closed:
+                raise HsmRefused("user_tx_no closed", code=ColdErrorCode.SEND_CLOSED)
             p = Psbt.from_base64(psbt)
             self._check_outputs(keys, p, request["outs"])
-            key = (account, request["user_tx_no"])
             inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
             replaces = bool(inputs & self.inputs.get(key, set()))  # a fee bump (simplified)
             if self.signed.get(key, p.txid) != p.txid and not replaces:

@@ -4,12 +4,13 @@ Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from custody.accounts import freeze_account
 from custody.app import create_app
@@ -29,7 +30,10 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from tests.api_fixtures import make_config
+from tests.api_fixtures import make_config, sign_vc_code
+from wallet_core.chaincloud import SendVerdict, send_request_string, verify_send_statement
+from wallet_core.errors import WalletError
+from wallet_core.messages import sign_message
 
 API = "/api/v1/open"
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
@@ -436,6 +440,11 @@ def send_form(**over: str) -> dict[str, str]:
         "c_id": "7",
     }
     form.update(over)
+    if "vc_code" not in over:
+        # The V-device's real signature under channel c_id (the stand-in vouches for its key);
+        # a form that cannot be signed keeps the placeholder (it fails validation anyway).
+        with contextlib.suppress(KeyError, TypeError, ValueError, WalletError):
+            form["vc_code"] = sign_vc_code(form)
     return {k: v for k, v in form.items() if v is not None}
 
 
@@ -466,7 +475,8 @@ def test_send_request_and_state(client, account, session_factory):
         "is_dynamic_fee": 1,
         "outs": f"{COLD_ADDR},10000;{WSH_ADDR},20000",
     }
-    assert st["user_id"] == account.id and st["vc_code"] == VC and st["c_id"] == "7"
+    vc = send_form()["vc_code"]
+    assert st["user_id"] == account.id and st["vc_code"] == vc and st["c_id"] == "7"
     with session_factory() as s, s.begin():
         send = s.execute(select(Send)).scalar_one()
         assert send.status is SendStatus.PENDING
@@ -514,6 +524,12 @@ def test_send_request_is_idempotent(client, account, session_factory):
         ({"user_tx_no": None}, "user_tx_no is required"),
         ({"user_tx_no": "x" * 65}, "user_tx_no"),
         ({"user_tx_no": 'a"b'}, "user_tx_no"),
+        ({"user_tx_no": "order-1\n"}, "form field 'user_tx_no' contains a control"),
+        ({"user_tx_no": "order\u202e1"}, "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"user_tx_no": "order 1"}, "printable ASCII except space"),
+        ({"user_tx_no": "ordré"}, "printable ASCII"),
+        ({"c_id": "7\u2066"}, "form field 'c_id' contains a control or bidi"),
+        ({"outs": f"{COLD_ADDR},10000\n"}, "control"),
         ({"outs": None}, "outs is required"),
         ({"outs": f"{COLD_ADDR}"}, "outs"),
         ({"outs": f"{COLD_ADDR},1.5"}, "not an integer"),
@@ -538,6 +554,87 @@ def test_send_request_validation(client, account, session_factory, over, needle)
     assert r.json["code"] == 2 and needle in r.json["message"], r.json
     with session_factory() as s:
         assert s.execute(select(func.count(Send.id))).scalar() == 0
+
+
+def test_forged_vc_code_is_refused_before_the_hsms(client, account, session_factory, hsm):
+    """A stolen hot token and a vc_code of the thief's own: 400, nothing stored or frozen."""
+    form = send_form()
+    text = send_request_string(form["outs"], form["user_tx_no"])
+    forged = sign_message(b"\x01" * 32, text)
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**form, "vc_code": forged})
+    assert r.status_code == 400 and r.json["code"] == 40, r.json
+    assert "nothing frozen" in r.json["message"]
+    # the genuine signature for other outs does not cover these outs
+    other = send_form(outs=f"{COLD_ADDR},10001")["vc_code"]
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**form, "vc_code": other})
+    assert r.status_code == 400 and r.json["code"] == 40
+    hsm.unknown_channels.add("9")
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=send_form(c_id="9"))
+    assert r.status_code == 400 and r.json["code"] == 41 and "'9'" in r.json["message"]
+    with session_factory() as s:
+        assert s.execute(select(func.count(Send.id))).scalar() == 0
+    assert hsm.frozen == [] and hsm.calls == []
+    assert client.get(f"{API}/user", headers=account.hot).json["status"] != "frozen"
+    calls = hsm.channel_key_calls
+    assert client.post(f"{API}/tx/request", headers=account.hot, data=form).status_code == 200
+    assert hsm.channel_key_calls == calls  # the verified channel key is kept
+
+
+def test_channel_key_not_vouched_by_the_pinned_identity(client, account, session_factory, hsm):
+    """A hot HSM (or anything between) that offers its own channel key is not believed."""
+    hsm.channel_statement_priv = b"\x02" * 32
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=send_form(c_id="other"))
+    assert r.status_code == 502 and r.json["code"] == 12, r.json
+    with session_factory() as s:
+        assert s.execute(select(func.count(Send.id))).scalar() == 0
+
+
+def test_final_sends_carry_the_cold_statement(client, account, session_factory, hsm):
+    """'failed' comes with the cold HSM's signed 'refused' (which closes the number), and a
+    number custody never accepted can be closed by the V-device to learn its fate."""
+    identity = hsm.identity_pub
+    assert (
+        client.post(f"{API}/tx/request", headers=account.hot, data=send_form()).status_code == 200
+    )
+    st = client.get(f"{API}/tx/order-1", headers=account.hot).json
+    assert "cold_statement" not in st  # pending: asking would close it
+    r = client.post(f"{API}/tx/order-1/statement", headers=account.hot)
+    assert r.status_code == 409 and r.json["code"] == 7
+    with session_factory() as s, s.begin():
+        s.execute(update(Send).values(status=SendStatus.FAILED, failure_reason="no funds"))
+    st = client.get(f"{API}/tx/order-1", headers=account.hot).json
+    verdict = verify_send_statement(identity, account.id, "order-1", st["cold_statement"])
+    assert verdict == SendVerdict(False, code=741)
+    # kept: a second look asks the HSM nothing
+    made = hsm.statements_made
+    assert (
+        client.get(f"{API}/tx/order-1", headers=account.hot).json["cold_statement"]
+        == (st["cold_statement"])
+    )
+    assert hsm.statements_made == made
+    # a statement for another account or number does not verify
+    assert verify_send_statement(identity, account.id + 1, "order-1", st["cold_statement"]) is None
+    assert verify_send_statement(identity, account.id, "order-2", st["cold_statement"]) is None
+    # a number custody refused at intake: the V-device closes it and gets the proof
+    r = client.post(f"{API}/tx/never-seen/statement", headers=account.hot)
+    assert r.status_code == 200, r.json
+    verdict = verify_send_statement(identity, account.id, "never-seen", r.json["cold_statement"])
+    assert verdict is not None and not verdict.signed
+    assert (account.id, "never-seen") in hsm.closed
+    r = client.post(f"{API}/tx/other/statement", headers=account.cold)
+    assert r.status_code == 403  # the cold token cannot close hot sends
+
+
+def test_send_state_path_refuses_control_and_bidi(client, account):
+    for bad, needle in (("order%E2%80%AE1", "path part 'user_tx_no'"), ("a%0A", "control")):
+        r = client.get(f"{API}/tx/{bad}", headers=account.hot)
+        assert r.status_code == 400 and r.json["code"] == 2 and needle in r.json["message"]
+    r = client.get(f"{API}/tx?tx_hash=%E2%80%8F", headers=account.hot)
+    assert r.status_code == 400 and "query argument 'tx_hash'" in r.json["message"]
+    r = client.post(
+        f"{API}/tx/request", headers=account.hot, json={**send_form(), "c_id": "7\u202e"}
+    )
+    assert r.status_code == 400 and "JSON body.c_id contains a control" in r.json["message"]
 
 
 def test_send_defaults_and_dust_edge(client, account, session_factory):

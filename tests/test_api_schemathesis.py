@@ -44,6 +44,7 @@ def test_openapi_document_is_valid(app):
         "/tx/request",
         "/tx/{user_tx_no}",
         "/events",
+        "/tx/{user_tx_no}/statement",
     }
     page = app.test_client().get("/api/v1/docs")
     assert page.status_code == 200 and b"openapi.json" in page.data

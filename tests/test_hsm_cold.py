@@ -43,7 +43,7 @@ from tests.hsm_fixtures import (
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import ExtendedKey, parse_xpub
-from wallet_core.chaincloud import batch_content
+from wallet_core.chaincloud import batch_content, batch_statement
 from wallet_core.descriptors import parse_descriptor
 from wallet_core.keys import master_key
 from wallet_core.networks import Network
@@ -360,9 +360,17 @@ def test_prove_batch_signs_the_addresses_the_test_derives(
     answer = link.call("prove_batch", {"account": 5, "wallet": kind, "batch_no": 2}, timeout=60)
     addresses = [a for _, a in batch_addresses(wallet, 2)]
     assert len(addresses) == 1000
-    content = batch_content(addresses)
+    content = batch_statement(kind, 5, 2, addresses)
     assert messages.recover_pubkey(content, answer["signature"]) == cold.identity
     assert messages.verify_message_pubkey(cold.identity, content, answer["signature"])
+    # bound: the same addresses as another batch number, wallet or account do not verify
+    for other in (
+        batch_statement(kind, 5, 3, addresses),
+        batch_statement("hot" if kind == "cold" else "cold", 5, 2, addresses),
+        batch_statement(kind, 6, 2, addresses),
+        batch_content(addresses),
+    ):
+        assert not messages.verify_message_pubkey(cold.identity, other, answer["signature"])
 
 
 def test_register_channel_needs_the_vdevice_identity(cold: ColdHsm, link: Any) -> None:

@@ -259,15 +259,24 @@ def test_verify_batches_are_proved_with_the_cold_channel_key(world: World) -> No
     _, proof, sms = world.verify(ch, AddressType.COLD, 0)
     derived = [a for _, a in batch_addresses(world.main.cold_wallet, 0)]
     assert len(derived) == 1000
-    assert proof.recover_signer(derived) == ch.cold_pub != world.cold.identity
+    assert proof.recover_signer(derived, MAIN) == ch.cold_pub != world.cold.identity
+    # the proof is bound to its batch number, type, account, coin and channel
+    assert proof.recover_signer(derived, MAIN + 1) != ch.cold_pub
+    for replay in (
+        AddressesProof(AddressType.COLD, 1, proof.sig, ch.c_id, "BTC", proof.nonce),
+        AddressesProof(AddressType.HOT, 0, proof.sig, ch.c_id, "BTC", proof.nonce),
+        AddressesProof(AddressType.COLD, 0, proof.sig, "f" * 16, "BTC", proof.nonce),
+    ):
+        assert replay.recover_signer(derived, MAIN) != ch.cold_pub
     assert (proof.batch_no, proof.c_id, proof.coin) == (0, ch.c_id, "BTC")
     assert sms.sender == COLD_A and cm.batch_signing_string(derived) == batch_content(derived)
     # a substituted address does not verify
-    assert proof.recover_signer([random_address(), *derived[1:]]) != ch.cold_pub
+    assert proof.recover_signer([random_address(), *derived[1:]], MAIN) != ch.cold_pub
 
     _, proof, _ = world.verify(ch, AddressType.HOT, 1)
     hot = [a for _, a in batch_addresses(world.main.wallet, 1)]
-    assert proof.address_type is AddressType.HOT and proof.recover_signer(hot) == ch.cold_pub
+    assert proof.address_type is AddressType.HOT
+    assert proof.recover_signer(hot, MAIN) == ch.cold_pub
 
 
 # -- attacks -------------------------------------------------------------------------------------
@@ -438,7 +447,7 @@ def test_sim_alpha_down_fails_over_to_the_second_sim(world: World) -> None:
         _, proof, reply = world.verify(ch_main, AddressType.COLD, 3, to=COLD_B)
         assert reply.sender == COLD_B
         derived = [a for _, a in batch_addresses(world.main.cold_wallet, 3)]
-        assert proof.recover_signer(derived) == ch_main.cold_pub
+        assert proof.recover_signer(derived, MAIN) == ch_main.cold_pub
         assert world.counter("send_failed.cold-a") >= 1 and world.counter("sent.cold-b") >= 3
     finally:
         world.control.set_carrier("alpha", state="up")

@@ -403,6 +403,16 @@ def test_foreign_input_and_unknown_account_refused(env):
     assert "cosign" not in env["cold"].calls
 
 
+def test_rpc_refuses_control_and_bidi_characters_before_any_method(env):
+    params = {**_send(env), "request": {**_send(env)["request"], "user_tx_no": "tx\u202e1"}}
+    with pytest.raises(BadRequest, match=r"params.request.user_tx_no contains a control") as info:
+        env["service"].dispatch("sign_send", params)
+    assert info.value.code == 904
+    assert "cosign" not in env["cold"].calls
+    with pytest.raises(BadRequest, match="params.reason contains"):
+        env["service"].dispatch("freeze", {"account": ACCOUNT, "reason": "x\ny"})
+
+
 def test_rpc_server_auth_and_errors(env):
     server = RpcServer("127.0.0.1", 0, "s3cret-rpc-token-xyz", env["service"].dispatch)
     server.start()

@@ -38,7 +38,9 @@ from tests.hsm_fixtures import (
     send_request,
     settlement_descriptor,
 )
+from wallet_core import messages
 from wallet_core.addresses import address_to_script
+from wallet_core.chaincloud import SendVerdict, channel_key_statement, verify_send_statement
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
@@ -49,6 +51,7 @@ POLICY_REFUSED = 901
 # the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
 FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
 REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
+SEND_CLOSED = 741
 PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
@@ -313,10 +316,10 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     assert [t for t in signed_txids(pair) if t.startswith("r-")] == ["r-used"]
 
 
-def test_a_large_funding_transaction_travels_in_parts(client: HotHsmClient) -> None:
+def test_a_large_funding_transaction_travels_in_parts(pair: HsmPair, client: HotHsmClient) -> None:
     """A first spend from a 25 KB batch payout: more than a link frame, so hsm-hot teaches
     the cold HSM the funding transaction in parts before the co-sign request."""
-    acct = Account(client)
+    acct = Account(client, pair)
     coin = funded_coin(acct.wallet, 500_000, RECEIVE, 7, 0, os.urandom(8).hex(), filler=600)
     assert len(coin.prev_tx or b"") > 20_000
     pay = [(random_address(), 100_000)]
@@ -334,6 +337,71 @@ def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient)
     alerts = client.take_alerts()
     assert any(a["account"] == acct.id and "forged" in a["message"] for a in alerts)
     assert not [t for t in signed_txids(pair) if t.startswith("f-")]
+
+
+def test_channel_key_lets_custody_refuse_a_forged_vc_code(
+    pair: HsmPair, client: HotHsmClient
+) -> None:
+    """Custody learns the channel key from the cold HSM, vouched by its identity key, and
+    refuses a forgery itself: the cold HSM never sees it, the account stays live."""
+    from custody.errors import ForgedVcCode  # noqa: PLC0415
+    from custody.vc_check import check_vc_code  # noqa: PLC0415
+
+    acct = Account(client, pair)
+    answer = client.channel_key(acct.id, acct.c_id)
+    assert answer["channel_pubkey"] == acct.vdev.channel_hex
+    statement = channel_key_statement(
+        acct.id, acct.c_id, bytes.fromhex(acct.vdev.channel_hex), answer["expires_at"]
+    )
+    assert messages.verify_message_pubkey(
+        bytes.fromhex(acct.prov.cold_identity), statement, answer["signature"]
+    )
+    refused(client.channel_key, UNKNOWN_CHANNEL, acct.id, "nope")
+    genuine = acct.send("k-1")
+    check_vc_code(client, acct.id, acct.prov.cold_identity, **_vc_args(genuine))
+    forged = acct.send("k-2", forge=True)
+    with pytest.raises(ForgedVcCode):
+        check_vc_code(client, acct.id, acct.prov.cold_identity, **_vc_args(forged))
+    assert acct.id not in [a for a, _ in client.cold_status()["frozen"]]
+    client.sign_send(**genuine)  # the account still signs
+
+
+def test_send_statements_are_final(pair: HsmPair, client: HotHsmClient) -> None:
+    """'signed txid T' for a co-signed number; 'refused with code C' closes a number for good,
+    so a V-device that reports 'failed' on it can never be contradicted by a later signing."""
+    acct = Account(client, pair)
+    identity = bytes.fromhex(acct.prov.cold_identity)
+    params = acct.send("s-ok")
+    signed = Psbt.from_base64(client.sign_send(**params))
+    verdict = verify_send_statement(
+        identity, acct.id, "s-ok", client.send_statement(acct.id, "s-ok")
+    )
+    assert verdict is not None and verdict.signed and verdict.txid == signed.txid
+    # refused for its fee, then closed: the statement names the refusal's code
+    big = [acct.coin(3_000_000, 5)]
+    pay = [(random_address(), 50_000)]
+    refused(
+        client.sign_send, FEE, **acct.params(build_send_psbt(acct.wallet, big, pay), pay, "s-fee")
+    )
+    answer = client.send_statement(acct.id, "s-fee")
+    assert verify_send_statement(identity, acct.id, "s-fee", answer) == SendVerdict(False, code=FEE)
+    # never asked before: closed now; a co-sign request afterwards is refused, nothing signed
+    answer = client.send_statement(acct.id, "s-later")
+    assert verify_send_statement(identity, acct.id, "s-later", answer) == SendVerdict(
+        False, code=SEND_CLOSED
+    )
+    refused(client.sign_send, SEND_CLOSED, **acct.send("s-later"))
+    again = client.send_statement(acct.id, "s-later")  # the same word again
+    assert verify_send_statement(identity, acct.id, "s-later", again) == SendVerdict(
+        False, code=SEND_CLOSED
+    )
+    assert "s-later" not in signed_txids(pair)
+    refused(client.send_statement, 904, acct.id, "bad\nnumber")  # the hot side refuses it
+    assert acct.id not in [a for a, _ in client.cold_status()["frozen"]]
+
+
+def _vc_args(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in ("request", "vc_code", "c_id")}
 
 
 def test_hot_policy_refuses_without_link_traffic(pair: HsmPair, account: Account) -> None:

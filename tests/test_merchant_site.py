@@ -431,6 +431,25 @@ def test_deposit_address_only_from_a_verified_batch(site: Site, custody: Custody
     assert_error(site.client.post("/merchant/deposit-address"), 409, 7, "not in a verified")
 
 
+def test_funding_address_only_from_a_verified_hot_batch(
+    site: Site, custody: CustodyStandIn
+) -> None:
+    """The hot wallet's top-up address is checked as deposit addresses are (attack item 7)."""
+    site.cli("set-tokens", "--cold", COLD_TOKEN, "--hot", HOT_TOKEN)
+    custody.next_index = 5
+    assert_error(site.client.post("/merchant/funding-address"), 409, 7, "not in a verified hot")
+    site.client.post("/merchant/batches/fetch", json={"type": "hot", "batch_no": 0})
+    site.client.post("/merchant/batches/fetch", json={"type": "cold", "batch_no": 0})
+    site.post("/api/v1/open/batch", data={"batch_no": "0", "status": "2", "type": "2"})
+    # the verified cold batch does not vouch for a hot address
+    assert_error(site.client.post("/merchant/funding-address"), 409, 7)
+    site.post("/api/v1/open/batch", data={"batch_no": "0", "status": "2", "type": "1"})
+    r = site.client.post("/merchant/funding-address")
+    assert r.json == {"index": 5, "address": regtest_address("hot-5")}
+    custody.substitute = {5: regtest_address("attacker")}  # a hacked custody substitutes it
+    assert_error(site.client.post("/merchant/funding-address"), 409, 7, "not in a verified hot")
+
+
 def test_set_tokens_reads_stdin(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(HOT_TOKEN + "\n"))
     assert site.cli("set-tokens", "--hot", "-") == 0

@@ -59,6 +59,11 @@ VERIFY_SIG = (
 BATCH_SIG = (
     "IBQdg1IJBnMkVaeJClebMmCSuqPi2zX44FASQPAP/1PIR5AhTWfU16S+5m/ggqp1ecOhW77q1rrW7obx6hdQImE="
 )
+# the extended proof: bound to batch 0, COLD, account 5, BTC, channel 9001
+BOUND_BATCH_SIG = (
+    "H8O/uyNlvR0p90ubKH9NuNuCQ2wo07Moc2ItjWMmGcngMR4VTllspiz2flcpiuqraanN5IbnPeLi7PG7JwyONfs="
+)
+ACCOUNT = 5
 
 # (text, message, form): every form of every message of section 4, plain and extended.
 GOLDEN: list[tuple[str, cm.Message, Form]] = [
@@ -110,8 +115,8 @@ GOLDEN: list[tuple[str, cm.Message, Form]] = [
         Form.PLAIN,
     ),
     (
-        f"CC:COLD_ADDRESSES:0:{BATCH_SIG}:9001:BTC:N:{NONCE}",
-        AddressesProof(AddressType.COLD, 0, BATCH_SIG, "9001", "BTC", NONCE),
+        f"CC:COLD_ADDRESSES:0:{BOUND_BATCH_SIG}:9001:BTC:N:{NONCE}",
+        AddressesProof(AddressType.COLD, 0, BOUND_BATCH_SIG, "9001", "BTC", NONCE),
         Form.EXTENDED,
     ),
     ("CC:START_LOOP", OwnerCommand(OwnerAction.START_LOOP), Form.PLAIN),
@@ -157,8 +162,37 @@ def test_golden_signatures_verify() -> None:
     assert isinstance(verify, VerifyAddresses) and verify.recover_signer() == pub(V_CHANNEL)
     assert verify.signing_string() == f"VERIFY_COLD_ADDRESSES:0:BTC:9001:{NONCE}"
     assert isinstance(proof, AddressesProof)
-    assert proof.recover_signer(ADDRESSES) == pub(COLD_CHANNEL)
+    assert proof.recover_signer(ADDRESSES, ACCOUNT) == pub(COLD_CHANNEL)
     assert cm.batch_signing_string(ADDRESSES[:2]) == "0,bcrt1qaddr0:1,bcrt1qaddr1:"
+    assert proof.signing_string(ADDRESSES[:2], ACCOUNT) == (
+        "COLD_ADDRESSES:0:5:BTC:9001:0,bcrt1qaddr0:1,bcrt1qaddr1:"
+    )
+    plain = cm.parse(GOLDEN[9][0])
+    assert isinstance(plain, AddressesProof) and plain.recover_signer(ADDRESSES) == pub(
+        COLD_CHANNEL
+    )
+
+
+def test_extended_batch_proof_is_bound_to_batch_type_account_coin_and_channel() -> None:
+    """A proof replayed for another batch number, type, account, coin or channel does not
+    recover to the cold channel key (the same addresses, so only the binding differs)."""
+    proof = cm.parse(GOLDEN[11][0])
+    assert isinstance(proof, AddressesProof)
+    cold = pub(COLD_CHANNEL)
+    assert proof.recover_signer(ADDRESSES, ACCOUNT) == cold
+    replays = [
+        AddressesProof(AddressType.COLD, 1, proof.sig, "9001", "BTC", NONCE),
+        AddressesProof(AddressType.HOT, 0, proof.sig, "9001", "BTC", NONCE),
+        AddressesProof(AddressType.COLD, 0, proof.sig, "9002", "BTC", NONCE),
+        AddressesProof(AddressType.COLD, 0, proof.sig, "9001", "TBTC", NONCE),
+    ]
+    for replay in replays:
+        assert replay.recover_signer(ADDRESSES, ACCOUNT) != cold, replay
+    assert proof.recover_signer(ADDRESSES, ACCOUNT + 1) != cold
+    with pytest.raises(SmsSignatureError, match="bound to an account"):
+        proof.recover_signer(ADDRESSES)
+    with pytest.raises(SmsFormatError, match="needs the account"):
+        AddressesProof.signed(AddressType.COLD, 0, ADDRESSES, "9001", "BTC", COLD_CHANNEL, NONCE)
 
 
 def test_signed_builders_reproduce_the_golden_texts() -> None:
@@ -168,7 +202,9 @@ def test_signed_builders_reproduce_the_golden_texts() -> None:
         OpenReply.signed(cold_ch, "9001", "17", v_ch, 1470228694, COLD_IDENTITY),
         ChannelOk.signed("9001", V_CHANNEL),
         VerifyAddresses.signed(AddressType.COLD, 0, "BTC", "9001", NONCE, V_CHANNEL),
-        AddressesProof.signed(AddressType.COLD, 0, ADDRESSES, "9001", "BTC", COLD_CHANNEL, NONCE),
+        AddressesProof.signed(
+            AddressType.COLD, 0, ADDRESSES, "9001", "BTC", COLD_CHANNEL, NONCE, account=ACCOUNT
+        ),
     ]
     assert [cm.format(m) for m in built] == [GOLDEN[i][0] for i in (1, 3, 5, 8, 11)]
 
@@ -228,7 +264,7 @@ def test_wrong_key_or_altered_field_fails() -> None:
     proof = cm.parse(GOLDEN[11][0])
     assert isinstance(proof, AddressesProof)
     substituted = ADDRESSES[:500] + ["bcrt1qattacker"] + ADDRESSES[501:]
-    assert proof.recover_signer(substituted) != pub(COLD_CHANNEL)
+    assert proof.recover_signer(substituted, ACCOUNT) != pub(COLD_CHANNEL)
 
 
 def test_plain_forms_have_nothing_to_verify() -> None:

@@ -46,8 +46,12 @@ from vdevice.batches import check_shape
 from vdevice.errors import ProvisioningError
 from vdevice.sends import user_tx_no_for
 from vdevice.state import Provisioning, new_key
-from wallet_core.chaincloud import send_request_string
-from wallet_core.messages import recover_pubkey
+from wallet_core.chaincloud import (
+    send_refused_statement,
+    send_request_string,
+    send_signed_statement,
+)
+from wallet_core.messages import recover_pubkey, sign_message
 from wallet_core.secp import compress_pubkey
 
 COLD = cm.AddressType.COLD
@@ -370,6 +374,64 @@ def test_valid_send_is_signed_posted_and_reported(make_rig: Callable[..., Rig]) 
     assert rig.wait_owner("balance low")
     rig.wait_status(lambda s: s["last_send"]["state"] == "reported", "the send reported")
     assert rig.status()["last_send"]["tx_hash"] == tx_hash_for("order-1")
+
+
+def _statement(priv: bytes, user_tx_no: str, *, txid: str = "", code: int = 0) -> dict:
+    if txid:
+        text = send_signed_statement(1, txid, user_tx_no)
+        return {"state": "signed", "txid": txid, "signature": sign_message(priv, text)}
+    text = send_refused_statement(1, code, user_tx_no)
+    return {"state": "refused", "code": code, "signature": sign_message(priv, text)}
+
+
+def test_failed_is_reported_only_with_the_cold_hsms_proof(make_rig: Callable[..., Rig]) -> None:
+    """A hacked custody says "failed": the site hears it only with the cold HSM's signed
+    "refused"; with its "signed txid T" the site hears T; otherwise nothing (owner alerted)."""
+    rig = make_rig()
+    cold = rig.cold.identity_priv
+    rig.web.outcomes = {"lied": "failed", "signed": "failed", "forged": "failed"}
+    txid = "ab" * 32
+    rig.web.statements = {
+        "signed": _statement(cold, "signed", txid=txid),
+        "forged": _statement(b"\x07" * 32, "forged", code=706),  # not the cold identity key
+    }
+    rig.web.add_vtest("lied", encrypted(f"{DEST_A},1000"))
+    rig.start()
+    rig.wait_channel()
+    rig.wait_owner("send lied: custody: insufficient funds, without the cold HSM's proof")
+    rig.wait_status(lambda s: len(rig.web.statement_posts) >= 2, "the V-device to ask again", 20)
+    assert rig.web.reports_for("lied") == []
+    # the cold HSM's refusal (a statement for another number does not count)
+    rig.web.statements["lied"] = _statement(cold, "other", code=712)
+    polls = len(rig.web.tx_polls)
+    rig.wait_status(lambda s: len(rig.web.tx_polls) >= polls + 2, "the V-device to look again", 20)
+    assert rig.web.reports_for("lied") == []
+    rig.web.statements["lied"] = _statement(cold, "lied", code=712)
+    rig.wait_status(lambda s: rig.web.reports_for("lied"), "the failure reported", 20)
+    assert rig.web.reports_for("lied") == [{"vtest_id": "lied", "tx_hash": ""}]
+    # custody says failed, the cold HSM says it signed: the site hears the txid
+    rig.web.add_vtest("signed", encrypted(f"{DEST_A},1000"))
+    rig.wait_status(lambda s: rig.web.reports_for("signed"), "the txid reported", 20)
+    assert rig.web.reports_for("signed") == [{"vtest_id": "signed", "tx_hash": txid}]
+    # a statement not by the cold identity key proves nothing
+    rig.web.add_vtest("forged", encrypted(f"{DEST_A},1000"))
+    rig.wait_owner("send forged: custody: insufficient funds, without the cold HSM's proof")
+    assert rig.web.reports_for("forged") == []
+
+
+def test_channel_not_live_yet_at_custody_is_retried(make_rig: Callable[..., Rig]) -> None:
+    """Custody refuses with "unknown channel" while the cold HSM has not yet taken our
+    CHANNEL_OK: the V-device sends it again and posts the same request later."""
+    rig = make_rig()
+    rig.web.unknown_channel_posts = 2
+    rig.web.add_vtest("early", encrypted(f"{DEST_A},1000"))
+    rig.start()
+    c_id = rig.wait_channel()
+    rig.wait_status(lambda s: rig.web.reports_for("early"), "the send reported", 20)
+    assert rig.web.reports_for("early") == [{"vtest_id": "early", "tx_hash": tx_hash_for("early")}]
+    assert len(rig.web.tx_requests) == 3
+    assert len({f["vc_code"] for f in rig.web.tx_requests}) == 1  # one signature, re-posted
+    assert rig.cold.channel_oks.count(c_id) >= 2
 
 
 def test_refusals_invalid_outputs_and_policies(make_rig: Callable[..., Rig]) -> None:

@@ -86,6 +86,7 @@ class ColdStandIn:
     vdevice_identity: bytes
     identity_priv: bytes
     lifetime: int = 3600
+    account: int = 1  # the account its proofs are bound to (the V-device's bundle says 1)
     silent: set[str] = field(default_factory=set)  # numbers that never answer
     forge_first: bool = False  # answer the first QH with two forged QCs only
     batches: dict[tuple[int, int], list[str]] = field(default_factory=dict)
@@ -205,7 +206,14 @@ class ColdStandIn:
             self._refuse("VERIFY unknown batch")
             return
         proof = cm.AddressesProof.signed(
-            msg.address_type, msg.batch_no, addresses, ch.c_id, msg.coin, ch.cold_priv, msg.nonce
+            msg.address_type,
+            msg.batch_no,
+            addresses,
+            ch.c_id,
+            msg.coin,
+            ch.cold_priv,
+            msg.nonce,
+            account=self.account,
         )
         modem.send(sender, cm.format(proof))
 
@@ -231,6 +239,10 @@ class WebStandIn:
     sends: dict[str, dict[str, str]] = field(default_factory=dict)
     hold: bool = False  # GET /tx/<no> answers pending while set
     send_outcome: str = "OK"
+    outcomes: dict[str, str] = field(default_factory=dict)  # user_tx_no -> OK / failed
+    statements: dict[str, Any] = field(default_factory=dict)  # user_tx_no -> cold_statement
+    statement_posts: list[str] = field(default_factory=list)
+    unknown_channel_posts: int = 0  # refuse this many posts with code 41 (channel not live)
     balance: int = 10**9
     calls: list[str] = field(default_factory=list)
 
@@ -353,6 +365,9 @@ class WebStandIn:
             form = dict(request.form)
             with self.lock:
                 self.tx_requests.append(form)
+                if self.unknown_channel_posts > 0:
+                    self.unknown_channel_posts -= 1
+                    return error(400, 41, f"c_id {form['c_id']!r} is not a live channel")
                 if form["user_tx_no"] in self.sends:
                     return error(400, 3, f"user_tx_no {form['user_tx_no']} was already accepted")
                 self.sends[form["user_tx_no"]] = form
@@ -365,14 +380,27 @@ class WebStandIn:
                 send = self.sends.get(user_tx_no)
                 if send is None:
                     return error(404, 6, "no such send")
-                status = "pending" if self.hold else self.send_outcome
+                status = (
+                    "pending" if self.hold else self.outcomes.get(user_tx_no, self.send_outcome)
+                )
                 tx_hash = hashlib.sha256(user_tx_no.encode()).hexdigest() if status == "OK" else ""
-                return {
+                body = {
                     "tx_hash": tx_hash,
                     "c_id": send["c_id"],
                     "hot_wallet_tx_status": status,
                     "failure_reason": "insufficient funds" if status == "failed" else "",
                 }
+                if user_tx_no in self.statements:
+                    body["cold_statement"] = self.statements[user_tx_no]
+                return body
+
+        @app.post(cust + "/tx/<user_tx_no>/statement")
+        def tx_statement(user_tx_no: str) -> Any:
+            with self.lock:
+                self.statement_posts.append(user_tx_no)
+                if user_tx_no not in self.statements:
+                    return error(503, 13, "the HSMs cannot be reached")
+                return {"user_tx_no": user_tx_no, "cold_statement": self.statements[user_tx_no]}
 
         return app
 

@@ -265,7 +265,7 @@ class BatchVerifier:
             return False
         addresses = json.loads(row["addresses"])
         try:
-            signer = msg.recover_signer(addresses)
+            signer = msg.recover_signer(addresses, self.state.provisioning().account_id)
         except (SmsSignatureError, WalletError):
             signer = b""
         verified = signer == channel.cold_pub

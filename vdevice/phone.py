@@ -12,6 +12,7 @@ import time
 from cc_common.logs import TRACE
 from cc_common.sms.errors import SmsError
 from cc_common.sms.modem import GsmModem, IncomingSms
+from cc_common.text import printable
 from vdevice.state import State
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Phone:
 
     def alert(self, text: str) -> None:
         """SMS `text` to the owner and record it."""
-        text = text[:MAX_ALERT]
+        text = printable(text)[:MAX_ALERT]
         delivered = self.send(self.owner_number, text)
         # The text is an SMS body: DEBUG only; `vdevice status` shows the recent alerts.
         log.warning(

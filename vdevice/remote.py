@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SITE_TOKEN_HEADER = "X-VDevice-Token"  # noqa: S105 (header name, as the merchant site's)
 CUSTODY_TOKEN_HEADER = "token"  # noqa: S105 (a header name; reference section 1)
 CODE_ALREADY_ACCEPTED = 3  # custody: this user_tx_no was accepted before (reference section 1)
+CODE_UNKNOWN_CHANNEL = 41  # custody: c_id is not (yet) a live channel on the cold HSM
 
 
 class _Client:
@@ -118,6 +119,12 @@ class CustodyClient(_Client):
                 return False
             raise
         return True
+
+    def send_statement(self, user_tx_no: str) -> Any:
+        """The cold HSM's signed final word on `user_tx_no` (our extension; closes a number
+        custody holds no send for), or None if custody gave none."""
+        body = self.call("POST", "/tx/" + quote(user_tx_no, safe="") + "/statement")
+        return body.get("cold_statement") if isinstance(body, dict) else None
 
     def send_state(self, user_tx_no: str) -> dict[str, Any]:
         body = self.call("GET", "/tx/" + quote(user_tx_no, safe=""))

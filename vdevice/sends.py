@@ -12,6 +12,12 @@ The state of a send (`state.SendState`) and why a crash never makes a second req
     POSTED --custody: OK / failed--> FINISHED --site acknowledged--> REPORTED
     SIGNED --custody refused (4xx other than 3)--> FINISHED(failed)
 
+- "failed" only with proof: custody's "failed" (or its refusal of the POST) becomes
+  FINISHED(failed) only with the cold HSM's statement "refused user_tx_no X with code C",
+  signed by its identity key (which closes X on the cold HSM for good); with "signed txid T"
+  the site is told T; without a valid statement the outcome is unknown: the send stays POSTED,
+  nothing is reported, the owner is alerted once, and custody is asked again with backoff.
+
 - The request (outs, user_tx_no, dynamic, c_id, vc_code) is written as SIGNED in one
   transaction *before* it is posted. After a crash the stored request is posted again,
   byte for byte; custody answers code 3 if it already had it. There is never a second
@@ -41,10 +47,15 @@ from vdevice.approvals import SendPolicy
 from vdevice.channel import ChannelKeeper
 from vdevice.errors import RemoteError, RemoteRefused
 from vdevice.phone import Phone
-from vdevice.remote import CustodyClient, SiteClient
+from vdevice.remote import CODE_UNKNOWN_CHANNEL, CustodyClient, SiteClient
 from vdevice.settings import Settings
 from vdevice.state import LoopState, Outcome, SendState, State
-from wallet_core.chaincloud import parse_outs, send_request_string
+from wallet_core.chaincloud import (
+    SendVerdict,
+    parse_outs,
+    send_request_string,
+    verify_send_statement,
+)
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
 
@@ -56,6 +67,7 @@ OUT_INVALID = "tx out invalid"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 MAX_USER_TX_NO = 64
 PENDING_ALERT_AFTER = 3600.0
+CHANNEL_RETRIES = 8  # posts refused as "unknown channel" before the send is given up
 
 
 def user_tx_no_for(vtest_id: str) -> str:
@@ -287,7 +299,10 @@ class SendProcessor:
         try:
             fresh = self.custody.request_send(form)
         except RemoteRefused as exc:
-            self._finish(row, Outcome.FAILED, "", f"custody refused: {exc.message}", now)
+            if exc.remote_code == CODE_UNKNOWN_CHANNEL and row["tries"] < CHANNEL_RETRIES:
+                self._channel_not_live_yet(row, now)
+                return
+            self._conclude_failed(row, f"custody refused: {exc.message}", None, now)
             return
         log.info(
             "vtest %s: custody %s the request",
@@ -307,11 +322,22 @@ class SendProcessor:
             raise RemoteError(exc.message, status=exc.status) from None
         status = answer.get("hot_wallet_tx_status")
         if status == "OK" and isinstance(answer.get("tx_hash"), str) and answer["tx_hash"]:
-            self._finish(row, Outcome.OK, answer["tx_hash"], "", now)
+            verdict = self._verdict(row, answer.get("cold_statement"))
+            txid = answer["tx_hash"]
+            if verdict is not None and verdict.signed and verdict.txid != txid:
+                log.warning(
+                    "vtest %s: custody's tx_hash is not the one the cold HSM signed",
+                    row["vtest_id"],
+                )
+                txid = verdict.txid
+            if verdict is not None and not verdict.signed:
+                self._unknown(row, "custody says OK but the cold HSM says it refused", now)
+                return
+            self._finish(row, Outcome.OK, txid, "", now)
             return
         if status == "failed":
             reason = answer.get("failure_reason") or "the send failed"
-            self._finish(row, Outcome.FAILED, "", f"custody: {reason}", now)
+            self._conclude_failed(row, f"custody: {reason}", answer.get("cold_statement"), now)
             return
         tries = row["tries"] + 1
         if row["posted_at"] and now - row["posted_at"] > PENDING_ALERT_AFTER:
@@ -320,6 +346,64 @@ class SendProcessor:
                 f"send {row['vtest_id']}: still pending at custody after an hour",
             )
         self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _channel_not_live_yet(self, row: sqlite3.Row, now: float) -> None:
+        """The cold HSM does not list the channel as live yet (our `CHANNEL_OK` is still on its
+        way, or was lost): send it again and post the same signed request again later."""
+        channel = self.state.channel(row["c_id"])
+        if channel is not None:
+            self.channels.resend_channel_ok(channel)
+        tries = row["tries"] + 1
+        log.warning(
+            "vtest %s: channel %s not live at the cold HSM yet", row["vtest_id"], row["c_id"]
+        )
+        self._set(row["vtest_id"], tries=tries, next_try_at=now + self._backoff(tries))
+
+    def _verdict(self, row: sqlite3.Row, statement: Any) -> SendVerdict | None:
+        """The cold HSM's statement on this send, if its identity key signed it for exactly
+        this account and `user_tx_no`."""
+        prov = self.state.provisioning()
+        return verify_send_statement(
+            prov.cold_identity, prov.account_id, row["user_tx_no"], statement
+        )
+
+    def _conclude_failed(self, row: sqlite3.Row, reason: str, statement: Any, now: float) -> None:
+        """Custody says the send failed. The site hears "failed" only on the cold HSM's signed
+        "refused" (which closed the number: it can never be signed later); on its "signed
+        txid T" the site hears T; with no valid statement the outcome is unknown: nothing is
+        reported, the owner is alerted once, and custody is asked again later."""
+        if statement is None:
+            try:
+                statement = self.custody.send_statement(row["user_tx_no"])
+            except (RemoteRefused, RemoteError) as exc:  # unknown for now: asked again later
+                log.warning("vtest %s: no cold statement: %s", row["vtest_id"], exc.message)
+        verdict = self._verdict(row, statement)
+        if verdict is None:
+            self._unknown(row, reason, now)
+        elif verdict.signed:
+            log.warning(
+                "vtest %s: custody says failed, but the cold HSM signed %s: reporting it",
+                row["vtest_id"],
+                verdict.txid,
+            )
+            self._finish(row, Outcome.OK, verdict.txid, "", now)
+        else:
+            proof = f"{reason} (cold HSM: refused, code {verdict.code})"
+            self._finish(row, Outcome.FAILED, "", proof, now)
+
+    def _unknown(self, row: sqlite3.Row, reason: str, now: float) -> None:
+        tries = row["tries"] + 1
+        log.warning("vtest %s: outcome unknown (%s): not reported", row["vtest_id"], reason)
+        self.phone.alert_once(
+            f"send-unproven-{row['vtest_id']}",
+            f"send {row['vtest_id']}: {reason}, without the cold HSM's proof: not reported",
+        )
+        self._set(
+            row["vtest_id"],
+            state=SendState.POSTED,
+            tries=tries,
+            next_try_at=now + self._backoff(tries),
+        )
 
     def _finish(
         self, row: sqlite3.Row, outcome: Outcome, tx_hash: str, reason: str, now: float

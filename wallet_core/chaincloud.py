@@ -15,12 +15,18 @@ from dataclasses import dataclass
 
 from .addresses import validate_address
 from .errors import AddressError, BatchError, OutsError
+from .messages import verify_message_pubkey
 from .networks import Network
 
 BATCH_SIZE = 1000
 MAX_MONEY = 21_000_000 * 100_000_000
-_VALUE = re.compile(r"^(0|[1-9][0-9]*)$")
-_USER_TX_NO = re.compile(r'^[^"\\\x00-\x1f]{1,128}$')
+_VALUE = re.compile(r"0|[1-9][0-9]*")
+# `user_tx_no`: 1-128 printable ASCII characters other than space, `"` and `\` (0x21-0x7e
+# without 0x22 and 0x5c), matched over the whole value (a trailing newline is refused). It is
+# inserted verbatim into the signed request string, so it needs no JSON escape, and it can hold
+# no control or bidi character that would disguise it in an alert or a log.
+USER_TX_NO_CHARS = "printable ASCII except space, '\"' and '\\'"
+USER_TX_NO = re.compile(r"[!#-\[\]-~]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,15 @@ def batch_content(addresses: Sequence[str]) -> str:
         if not a or any(c in a for c in ",:"):
             raise BatchError(f"address {a!r} cannot appear in a batch string")
     return "".join(f"{i},{a}:" for i, a in enumerate(addresses))
+
+
+def batch_statement(wallet: str, account: int, batch_no: int, addresses: Sequence[str]) -> str:
+    """Our extension: what the cold identity key signs to prove a batch over the link
+    (`prove_batch`): `CC:BATCH:<cold|hot>:<account>:BTC:<batch_no>:` then the batch content,
+    so a proof is valid for exactly one wallet, account, coin and batch number."""
+    if wallet not in ("cold", "hot"):
+        raise BatchError(f"wallet {wallet!r} is not cold or hot")
+    return f"CC:BATCH:{wallet}:{account}:BTC:{batch_no}:" + batch_content(addresses)
 
 
 def parse_batch_content(text: str, expected_size: int = BATCH_SIZE) -> list[str]:
@@ -75,7 +90,7 @@ def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list
             validate_address(addr, network)
         except AddressError as exc:
             raise OutsError(f"output {n}: {exc.message}") from None
-        if not _VALUE.match(value):
+        if not _VALUE.fullmatch(value):
             raise OutsError(f"output {n}: value {value!r} is not an integer number of satoshi")
         sat = int(value)
         if sat > MAX_MONEY or (sat == 0 and not allow_zero):
@@ -96,6 +111,69 @@ def format_outs(outs: Sequence[Out] | Sequence[tuple[str, int]]) -> str:
     return ";".join(parts)
 
 
+def channel_key_statement(account: int, c_id: str, channel_pubkey: bytes, expires_at: int) -> str:
+    """Our extension: what the cold identity key signs to vouch for a live channel's V-device
+    key, so that custody can check a `vc_code` before anything reaches an HSM."""
+    return f"CC:CHANNEL_KEY:{account}:{c_id}:{channel_pubkey.hex()}:{expires_at}"
+
+
+def send_signed_statement(account: int, txid: str, user_tx_no: str) -> str:
+    """Our extension: the cold identity key's word that it co-signed `txid` for `user_tx_no`."""
+    return f"CC:SEND_SIGNED:{account}:{txid}:{user_tx_no}"
+
+
+def send_refused_statement(account: int, code: int, user_tx_no: str) -> str:
+    """Our extension: the cold identity key's word that it refused `user_tx_no` (with `code`)
+    and will never sign it: only this lets a V-device tell its site "failed"."""
+    return f"CC:SEND_REFUSED:{account}:{code}:{user_tx_no}"
+
+
+@dataclass(frozen=True)
+class SendVerdict:
+    """The cold HSM's final word on a send, verified: signed `txid`, or refused with `code`."""
+
+    signed: bool
+    txid: str = ""
+    code: int = 0
+
+
+_TXID = re.compile(r"[0-9a-f]{64}")
+
+
+def verify_send_statement(
+    cold_identity: bytes, account: int, user_tx_no: str, statement: object
+) -> SendVerdict | None:
+    """The verdict of a `cold_statement` ({state, txid|code, signature}) if the cold identity
+    key signed it for exactly this account and `user_tx_no`; None for anything else."""
+    if not isinstance(statement, dict):
+        return None
+    state, signature = statement.get("state"), statement.get("signature")
+    if not isinstance(signature, str) or len(signature) > 200:
+        return None
+    if state == "signed":
+        txid = statement.get("txid")
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            return None
+        text = send_signed_statement(account, txid, user_tx_no)
+        verdict = SendVerdict(True, txid=txid)
+    elif state == "refused":
+        code = statement.get("code")
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < 10_000:
+            return None
+        text = send_refused_statement(account, code, user_tx_no)
+        verdict = SendVerdict(False, code=code)
+    else:
+        return None
+    return verdict if verify_message_pubkey(cold_identity, text, signature) else None
+
+
+def check_user_tx_no(user_tx_no: str) -> str:
+    """`user_tx_no` unchanged if it is 1-128 characters of `USER_TX_NO_CHARS`, else `OutsError`."""
+    if not isinstance(user_tx_no, str) or not USER_TX_NO.fullmatch(user_tx_no):
+        raise OutsError(f"user_tx_no must be 1-128 characters, {USER_TX_NO_CHARS}")
+    return user_tx_no
+
+
 def send_request_string(
     outs: str, user_tx_no: str, *, coin_code: str = "BTC", is_dynamic_fee: int = 1
 ) -> str:
@@ -106,8 +184,7 @@ def send_request_string(
     """
     if is_dynamic_fee not in (0, 1) or isinstance(is_dynamic_fee, bool):
         raise OutsError("is_dynamic_fee must be 0 or 1")
-    if not _USER_TX_NO.match(user_tx_no):
-        raise OutsError("user_tx_no must be 1-128 characters without quotes or backslashes")
+    check_user_tx_no(user_tx_no)
     if not re.fullmatch(r"[A-Z]{2,10}", coin_code):
         raise OutsError("coin_code must be upper-case letters")
     if not outs or any(c in outs for c in '"\\') or any(ord(c) < 0x20 for c in outs):

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from cc_common.sms.errors import SmsFormatError, SmsSignatureError
+from cc_common.text import describe, first_unsafe
 from wallet_core import secp
 from wallet_core.chaincloud import batch_content
 from wallet_core.errors import InvalidKeyError, MessageSignatureError
@@ -170,8 +171,25 @@ def verify_signing_string(
 
 
 def batch_signing_string(addresses: Sequence[str]) -> str:
-    """What the cold channel key signs for a batch: `0,<addr0>:1,<addr1>:...` (reference)."""
+    """What the cold channel key signs for a batch in the plain (reference) form:
+    `0,<addr0>:1,<addr1>:...`."""
     return batch_content(addresses)
+
+
+def bound_batch_signing_string(
+    address_type: AddressType,
+    batch_no: int,
+    account: int,
+    coin: str,
+    c_id: str,
+    addresses: Sequence[str],
+) -> str:
+    """What the cold channel key signs for a batch in the extended form: the reference's
+    content, after `<COLD|HOT>_ADDRESSES:<batch_no>:<account>:<coin>:<c_id>:`, so a proof is
+    valid for exactly one batch number, address type, account, coin and channel."""
+    return f"{address_type.word}_ADDRESSES:{batch_no}:{account}:{coin}:{c_id}:" + batch_content(
+        addresses
+    )
 
 
 # ----- signatures ---------------------------------------------------------------------------
@@ -440,13 +458,36 @@ class AddressesProof:
         coin: str,
         channel_key: KeyOrSigner,
         nonce: str | None = None,
+        *,
+        account: int | None = None,
     ) -> AddressesProof:
-        sig = sign_fields(channel_key, batch_signing_string(addresses))
+        """The proof; the extended form (with `nonce`) is bound to `account` too."""
+        if nonce is None:
+            text = batch_signing_string(addresses)
+        else:
+            _check(account is not None, "an extended proof needs the account it is bound to")
+            assert account is not None
+            _check_uint(account, "account")
+            text = bound_batch_signing_string(
+                address_type, batch_no, account, coin, c_id, addresses
+            )
+        sig = sign_fields(channel_key, text)
         return cls(address_type, batch_no, sig, c_id, coin, nonce)
 
-    def recover_signer(self, addresses: Sequence[str]) -> bytes:
-        """The cold channel key that signed these addresses (compare with the channel's)."""
-        return verify_fields(batch_signing_string(addresses), self.sig)
+    def signing_string(self, addresses: Sequence[str], account: int | None = None) -> str:
+        if self.form is Form.PLAIN:
+            return batch_signing_string(addresses)
+        if account is None:
+            raise SmsSignatureError("an extended batch proof is bound to an account: give it")
+        return bound_batch_signing_string(
+            self.address_type, self.batch_no, account, self.coin, self.c_id, addresses
+        )
+
+    def recover_signer(self, addresses: Sequence[str], account: int | None = None) -> bytes:
+        """The cold channel key that signed these addresses (compare with the channel's);
+        for the extended form, as a proof of this batch number, type, coin and channel for
+        `account`."""
+        return verify_fields(self.signing_string(addresses, account), self.sig)
 
     def to_text(self) -> str:
         text = (
@@ -650,6 +691,9 @@ def parse(text: str) -> Message:
     _check(isinstance(text, str), "not text")
     _check(len(text) <= MAX_TEXT, "text is too long")
     text = text.strip()
+    char = first_unsafe(text)
+    if char is not None:
+        raise SmsFormatError(f"contains a control or bidi character ({describe(char)})")
     if text == FORMAT_ERROR_TEXT:
         return FormatErrorReply()
     _check(text.startswith(PREFIX + ":"), "does not start with CC:")

@@ -17,7 +17,7 @@ from cc_common.reference import BatchVerdict
 from custody.errors import BadRequest
 from custody.models import BatchStatus, Wallet
 from wallet_core.addresses import validate_address
-from wallet_core.chaincloud import Out, parse_outs, send_request_string
+from wallet_core.chaincloud import Out, check_user_tx_no, parse_outs, send_request_string
 from wallet_core.errors import WalletError
 from wallet_core.networks import Network
 
@@ -49,6 +49,16 @@ def _one(form: Mapping[str, str], name: str, *, default: str | None = None) -> s
     return value
 
 
+def parse_user_tx_no(value: str) -> str:
+    """1-64 characters of `wallet_core.chaincloud.USER_TX_NO_CHARS`, the whole value."""
+    if len(value) > MAX_USER_TX_NO:
+        raise BadRequest(f"user_tx_no must be 1-{MAX_USER_TX_NO} characters")
+    try:
+        return check_user_tx_no(value)
+    except WalletError as exc:
+        raise BadRequest(exc.message) from None
+
+
 @dataclass(frozen=True)
 class SendRequest:
     coin_code: str
@@ -73,9 +83,7 @@ def parse_send_request(form: Mapping[str, str], network: Network) -> SendRequest
     coin_code = _one(form, "coin_code", default="BTC")
     if coin_code != "BTC":
         raise BadRequest("coin_code must be BTC")
-    user_tx_no = _one(form, "user_tx_no")
-    if len(user_tx_no) > MAX_USER_TX_NO:
-        raise BadRequest(f"user_tx_no must be 1-{MAX_USER_TX_NO} characters")
+    user_tx_no = parse_user_tx_no(_one(form, "user_tx_no"))
     fee = _one(form, "is_dynamic_fee", default="1")
     if fee not in ("0", "1"):
         raise BadRequest("is_dynamic_fee must be 0 or 1")

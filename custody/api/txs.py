@@ -3,20 +3,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flask import Blueprint, Response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from custody import journal
+from custody import journal, send_statements
 from custody.api import iso, queries
 from custody.api.params import body_fields
-from custody.api.schemas import MAX_USER_TX_NO, parse_send_request, parse_txid
+from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
-from custody.errors import AccountFrozen, BadRequest, DuplicateUserTxNo, NotFound
-from custody.extensions import db
+from custody.errors import (
+    AccountFrozen,
+    DuplicateUserTxNo,
+    HsmRefusedError,
+    HsmUnavailableError,
+    NotFound,
+)
+from custody.extensions import db, hsm_provider
 from custody.models import Account, AccountStatus, Send, SendStatus
+from custody.vc_check import check_vc_code
 from wallet_core.networks import Network
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,14 @@ def post_send() -> dict[str, object]:
         raise _duplicate(req.user_tx_no)
     if account.status is AccountStatus.FROZEN:
         raise AccountFrozen("the account is frozen: sends are refused")
+    check_vc_code(
+        hsm_provider.client,
+        account.id,
+        account.cold_identity_pubkey,
+        req.request_dict(),
+        req.vc_code,
+        req.c_id,
+    )
     try:
         with db.write() as session:
             send = Send(
@@ -106,14 +122,21 @@ def post_send() -> dict[str, object]:
 @hot_only
 def get_send(user_tx_no: str) -> dict[str, object]:
     p = current_principal()
-    if not 1 <= len(user_tx_no) <= MAX_USER_TX_NO:
-        raise BadRequest(f"user_tx_no must be 1-{MAX_USER_TX_NO} characters")
+    parse_user_tx_no(user_tx_no)
     send = db.session.execute(
         select(Send).where(Send.account_id == p.account_id, Send.user_tx_no == user_tx_no)
     ).scalar_one_or_none()
     if send is None:
         raise NotFound(f"no send with user_tx_no {user_tx_no}")
     status = SendStatus(send.status)
+    extension: dict[str, object] = {}
+    if status in send_statements.FINAL:
+        # our extension: the cold HSM's signed word, without which a V-device never reports
+        # "failed" (absent while the HSMs cannot be reached; the V-device asks again)
+        with contextlib.suppress(HsmUnavailableError, HsmRefusedError):
+            extension["cold_statement"] = send_statements.statement(
+                db.session, hsm_provider.client, p.account_id, user_tx_no, send
+            )
     return {
         "tx_hash": send.txid,
         "c_id": send.c_id,
@@ -132,4 +155,24 @@ def get_send(user_tx_no: str) -> dict[str, object]:
         "failure_reason": send.failure_reason or "",
         "cc_state": status.value,
         "cc_state_reason": send.state_reason or "",
+        **extension,
     }
+
+
+@bp.post("/tx/<user_tx_no>/statement")
+@hot_only
+def send_statement(user_tx_no: str) -> dict[str, object]:
+    """The cold HSM's signed final word on `user_tx_no` (our extension, for the V-device).
+
+    For a send custody holds, once it is final (409 while in progress); for a number custody
+    holds no send for (say, refused at intake), the cold HSM closes it and says "refused".
+    """
+    p = current_principal()
+    parse_user_tx_no(user_tx_no)
+    send = db.session.execute(
+        select(Send).where(Send.account_id == p.account_id, Send.user_tx_no == user_tx_no)
+    ).scalar_one_or_none()
+    answer = send_statements.statement(
+        db.session, hsm_provider.client, p.account_id, user_tx_no, send
+    )
+    return {"user_tx_no": user_tx_no, "cold_statement": answer}

@@ -15,13 +15,28 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cc_common.config import Config
+from cc_common.text import UnsafeText, check_text
 from examples.merchant_site import api, events, merchant
 from examples.merchant_site.custody_client import CustodyClient
-from examples.merchant_site.errors import InternalError, NotFound, SiteError
+from examples.merchant_site.errors import BadRequest, InternalError, NotFound, SiteError
 from examples.merchant_site.extensions import EXTENSION_KEY, Site, SiteSettings
 from examples.merchant_site.models import make_session_factory
 
 log = logging.getLogger(__name__)
+
+
+def refuse_unsafe_text() -> None:
+    """No control or bidi character in any field, query argument or JSON string: 400."""
+    body = request.get_json(silent=True) if request.is_json else None
+    fields = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    if isinstance(body, dict):
+        fields += [(str(k), v) for k, v in body.items() if isinstance(v, str)]
+    try:
+        for key, value in fields:
+            check_text(str(key), "field name")
+            check_text(value, f"field {key!r}")
+    except UnsafeText as exc:
+        raise BadRequest(exc.message) from None
 
 
 def _error(err: SiteError) -> tuple[Response, int]:
@@ -44,6 +59,8 @@ def create_app(
         sessions=make_session_factory(settings.database_url),
         custody=custody or CustodyClient(settings.custody_url),
     )
+
+    app.before_request(refuse_unsafe_text)
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:

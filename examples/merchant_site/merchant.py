@@ -109,3 +109,16 @@ def deposit_address() -> dict[str, Any]:
             "batch: do not use it (fetch and verify its batch first)"
         )
     return {"index": index, "address": address}
+
+
+@bp.post("/merchant/funding-address")
+def funding_address() -> dict[str, Any]:
+    """Custody's next hot address (where the merchant tops up the hot wallet), given out only
+    if it is in a hot batch the V-device verified: a hacked custody cannot substitute it."""
+    index, address = site().custody.next_address(custody_token("hot_token"))
+    if store.find_in_verified_batch(db(), AddressType.HOT, index, address) is None:
+        raise Conflict(
+            f"custody's next hot address {address} (index {index}) is not in a verified hot "
+            "batch: do not fund it (fetch and verify its batch first)"
+        )
+    return {"index": index, "address": address}

@@ -1,0 +1,69 @@
+"""Demo steps at custody's edges: a hacked custody that reports a genuine send "failed".
+
+The site hears "failed" only on the cold HSM's signed refusal, which closes the send's number
+for good, so the attacker's later attempt to have it signed is refused and nothing moves.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from cc_demo import scenario as demo
+from cc_demo.support import StepFailed, custody_db, mempool, random_address, wait_for
+from custody.models import Send, SendStatus
+
+FALSE_FAILURE_SAT = 1_500_000
+
+
+def step_attack_false_failure(ctx: demo.Context) -> str:
+    """A hacked custody (database and host) marks a genuine send failed, then wants it signed."""
+    account = ctx.need("account_id")
+    ctx.need("c_id")
+    payee = random_address(ctx.network)
+    factory = custody_db(ctx.config)
+    pool, height = mempool(ctx.rpc), ctx.rpc.get_block_count()
+    with factory() as s:
+        last_id = s.execute(select(Send.id).order_by(Send.id.desc())).scalars().first() or 0
+    with demo.worker_paused(ctx):
+        vtest_id = demo.merchant_withdrawal(ctx, [(payee, FALSE_FAILURE_SAT)])
+
+        def posted() -> Send | None:
+            with factory() as s:
+                return s.execute(
+                    select(Send).where(Send.account_id == account, Send.id > last_id)
+                ).scalar_one_or_none()
+
+        send = wait_for(posted, demo.SEND_TIMEOUT, f"the V-device to post withdrawal {vtest_id}")
+        with factory() as s, s.begin():
+            s.execute(
+                update(Send)
+                .where(Send.id == send.id)
+                .values(status=SendStatus.FAILED, failure_reason="made up by a hacked custody")
+            )
+        w = demo.wait_site_finished(ctx, vtest_id)
+        if w["status"] != "failed":
+            raise StepFailed(f"the site shows withdrawal {vtest_id} as {w['status']}")
+        statement = demo.send_state(ctx, send.user_tx_no).get("cold_statement") or {}
+        if statement.get("state") != "refused":
+            raise StepFailed(f"'failed' without the cold HSM's refusal: {statement}")
+        with factory() as s, s.begin():
+            s.execute(
+                update(Send)
+                .where(Send.id == send.id)
+                .values(status=SendStatus.PENDING, failure_reason="", attempts=0)
+            )
+
+    def refused() -> str | None:
+        with factory() as s:
+            row = s.get(Send, send.id)
+            return row.failure_reason if row and row.status is SendStatus.FAILED else None
+
+    reason = wait_for(refused, demo.SEND_TIMEOUT, "the hacked custody's signing to be refused")
+    if "code 741" not in reason:
+        raise StepFailed(f"the late signing failed for another reason: {reason}")
+    node = demo.expect_no_spend(ctx, pool, height, payee)
+    return (
+        f"withdrawal {vtest_id}: custody's database said 'failed'; the V-device told the site "
+        f"only on the cold HSM's signed refusal (code {statement.get('code')}), which closed "
+        f"{send.user_tx_no}: custody's later signing was refused (code 741); {node}"
+    )
