@@ -73,7 +73,7 @@ def test_schemathesis(app, account, session_factory):
     add_txs(session_factory, account.id, Wallet.HOT, 3)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operations = [op.ok() for op in schema.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 12
     failures: list[str] = []
     for op in operations:
         modes = [GenerationMode.POSITIVE]
