@@ -22,6 +22,7 @@ import requests
 
 from cc_common.config import Config
 from cc_common.hops import timed
+from custody.chain import shapes
 from custody.chain.errors import (
     RPC_VERIFY_ALREADY_IN_CHAIN,
     RPC_VERIFY_ERROR,
@@ -226,8 +227,11 @@ class BitcoinRPC:
         return dict(_expect("getblockheader", self.call("getblockheader", block_hash, True), dict))
 
     def get_block(self, block_hash: str, verbosity: int = 1) -> Any:
-        """Verbosity 0: hex; 1: header and txids; 2: decoded transactions."""
-        return self.call("getblock", block_hash, verbosity)
+        """Verbosity 0: hex; 1: header and txids; 2: decoded transactions (3: with prevouts)."""
+        result = self.call("getblock", block_hash, verbosity)
+        if verbosity >= 2:
+            return shapes.check_block(result)
+        return _expect("getblock", result, dict if verbosity == 1 else str)
 
     def get_blockchain_info(self) -> dict[str, Any]:
         return dict(_expect("getblockchaininfo", self.call("getblockchaininfo"), dict))
@@ -238,7 +242,10 @@ class BitcoinRPC:
         params: list[Any] = [txid, verbose]
         if block_hash is not None:
             params.append(block_hash)
-        return self.call("getrawtransaction", *params)
+        result = self.call("getrawtransaction", *params)
+        if verbose:
+            return shapes.check_tx(result)
+        return _expect("getrawtransaction", result, str)
 
     def decode_raw_transaction(self, tx_hex: str) -> dict[str, Any]:
         return dict(
@@ -273,7 +280,13 @@ class BitcoinRPC:
         return out
 
     def get_raw_mempool(self, verbose: bool = False) -> Any:
-        return self.call("getrawmempool", verbose)
+        result = _expect(
+            "getrawmempool", self.call("getrawmempool", verbose), dict if verbose else list
+        )
+        if not verbose:
+            for txid in result:
+                _expect("getrawmempool", txid, str)
+        return result
 
     def get_mempool_entry(self, txid: str) -> dict[str, Any]:
         return dict(_expect("getmempoolentry", self.call("getmempoolentry", txid), dict))

@@ -837,6 +837,10 @@ def _node_rpc_json() -> Harness:
         lambda: rpc.get_tx_out("00" * 32, 0),
         lambda: fee_rate(rpc.estimate_smart_fee(6)),
         lambda: rpc.generate_to_address(1, "x"),
+        lambda: rpc.get_block("00" * 32, 2),
+        lambda: rpc.get_raw_transaction("00" * 32, True),
+        rpc.get_raw_mempool,
+        lambda: rpc.get_raw_transaction("00" * 32, False),
     ]
 
     def run(data: bytes) -> None:
@@ -845,6 +849,24 @@ def _node_rpc_json() -> Harness:
         adapter.answer(data[1:])  # the first byte picks the call: one HTTP exchange per input
         calls[data[0] % len(calls)]()
 
+    tx = {
+        "txid": "cd" * 32,
+        "vin": [{"txid": "ab" * 32, "vout": 1, "prevout": {"value": 0.5, "scriptPubKey": {}}}],
+        "vout": [
+            {"n": 0, "value": 0.00012, "scriptPubKey": {"hex": "0014" + "11" * 20}},
+            {"n": 1, "value": 1, "scriptPubKey": {"hex": "51", "address": "bcrt1q"}},
+        ],
+        "confirmations": 3,
+    }
+    tx["vin"][0]["prevout"]["scriptPubKey"] = {"hex": "0014" + "22" * 20, "address": "bcrt1q"}
+    coinbase = {"txid": "ef" * 32, "vin": [{"coinbase": "03"}], "vout": tx["vout"][:1]}
+    block = {
+        "hash": "00" * 32,
+        "height": 812,
+        "time": 1_700_000_000,
+        "previousblockhash": "11" * 32,
+        "tx": [coinbase, tx],
+    }
     answers = [
         b'{"result": 812345, "error": null, "id": 1}',
         b'{"result": {"feerate": 0.00012, "blocks": 2, "errors": []}, "error": null, "id": 1}',
@@ -854,6 +876,8 @@ def _node_rpc_json() -> Harness:
         b'{"result": {"hash": "00", "height": 5, "confirmations": 1}, "error": null, "id": 1}',
         b'{"result": ["00", "11"], "error": null, "id": 1}',
         b'{"result": "' + b"ab" * 32 + b'", "error": null, "id": 1}',
+        b'{"result": ' + json.dumps(block).encode() + b', "error": null, "id": 1}',
+        b'{"result": ' + json.dumps(block["tx"][1]).encode() + b', "error": null, "id": 1}',
     ]
     seeds = [bytes([n]) + answer for n in range(len(calls)) for answer in answers]
     return Harness(run, (ChainError,), seeds)

@@ -62,6 +62,28 @@ CRASHES: list[tuple[str, bytes, type[BaseException]]] = [
     ("node_rpc_json", b'\x07{"result": [[1]], "error": null}', ChainUnavailable),
     # decimal.InvalidOperation: a fee rate that is a string.
     ("node_rpc_json", b'\x0a{"result": {"feerate": "x"}, "error": null}', ChainUnavailable),
+    # KeyError / TypeError / ValueError / OverflowError in the watcher, which read these by
+    # name: a block without height, a transaction without txid, an output without scriptPubKey,
+    # a value with 9 decimals, a block time beyond datetime, a mempool of numbers.
+    ("node_rpc_json", b'\x0c{"result": {"hash": "00", "tx": []}}', ChainUnavailable),
+    ("node_rpc_json", b'\x0c{"result": {"height": 1, "hash": "00", "tx": [{}]}}', ChainUnavailable),
+    (
+        "node_rpc_json",
+        b'\x0d{"result": {"txid": "ab", "vout": [{"n": 0, "value": 1}]}}',
+        ChainUnavailable,
+    ),
+    (
+        "node_rpc_json",
+        b'\x0d{"result": {"txid": "ab", "vout": [{"n": 0, "value": 0.000000001, '
+        b'"scriptPubKey": {"hex": "51"}}]}}',
+        ChainUnavailable,
+    ),
+    (
+        "node_rpc_json",
+        b'\x0c{"result": {"height": 1, "hash": "00", "time": 1e20, "tx": []}}',
+        ChainUnavailable,
+    ),
+    ("node_rpc_json", b'\x0e{"result": [1, 2]}', ChainUnavailable),
     # RecursionError: JSON nested deeper than the interpreter's recursion limit.
     ("node_rpc_json", b"\x00" + DEEP_JSON, ChainUnavailable),
     ("hot_rpc_request", DEEP_JSON, HotBadRequest),
