@@ -1,10 +1,11 @@
 """The maintained balance: triggers on `utxos` that keep `account_balances` equal to the sums.
 
 Each (account, side) row holds the satoshis of its unspent outputs, split into mined
-(`confirmed`) and mempool (`unconfirmed`). Triggers on every insert, delete and relevant
-update of `utxos` apply the row's change in the same database transaction as the UTXO
-change, whoever writes it (watcher, send worker, a bulk load), so reading a balance never
-sums an account's outputs. Reserving outputs for a send does not fire them.
+(`confirmed`) and mempool (`unconfirmed`). Triggers on every insert, delete and update of
+`utxos` apply the change in the same database transaction as the UTXO change, whoever
+writes it (watcher, send worker, a bulk load), so reading a balance never sums an
+account's outputs. Reserving outputs for a send leaves the balance rows untouched (no lock
+on them). SQLite runs them per row; PostgreSQL per statement (see `_POSTGRESQL`).
 
 `custody.balances.verify_balances` recomputes the sums and reports any row that differs.
 The same DDL serves `metadata.create_all` (hooked in `custody.models`) and the migration.
@@ -58,25 +59,52 @@ _SQLITE = (
     f"BEGIN {_sqlite_add('OLD', '-')} {_sqlite_add('NEW', '+')} END",
 )
 
+
+def _pg_rows(table: str, sign: str) -> str:
+    """A transition table's rows as (account_id, wallet, mined, mempool) deltas."""
+    return (
+        f"SELECT r.account_id, r.wallet, {sign}{_confirmed('r')} AS c, "
+        f"{sign}{_unconfirmed('r')} AS u FROM {table} r"
+    )
+
+
+def _pg_apply(rows: str) -> str:
+    """Add the per-side sums of `rows` to the balance rows, skipping zero changes (a
+    reservation) and locking the rows in one order (no deadlock between two statements)."""
+    return (
+        f"INSERT INTO {TABLE} AS b (account_id, wallet, confirmed, unconfirmed) "
+        f"SELECT account_id, wallet, SUM(c), SUM(u) FROM ({rows}) d "
+        "GROUP BY account_id, wallet HAVING SUM(c) <> 0 OR SUM(u) <> 0 "
+        "ORDER BY account_id, wallet "
+        "ON CONFLICT (account_id, wallet) DO UPDATE "
+        "SET confirmed = b.confirmed + EXCLUDED.confirmed, "
+        "unconfirmed = b.unconfirmed + EXCLUDED.unconfirmed;"
+    )
+
+
+# Statement-level with transition tables: a bulk load or a block's updates change each
+# balance row once per statement. Row-level triggers updated the same row once per UTXO,
+# and PostgreSQL's row versions made a 200 000-row COPY into one account quadratic.
 _POSTGRESQL = (
     f"""CREATE OR REPLACE FUNCTION utxos_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP <> 'INSERT' THEN
-    UPDATE {TABLE} SET confirmed = confirmed - {_confirmed("OLD")},
-        unconfirmed = unconfirmed - {_unconfirmed("OLD")}
-      WHERE account_id = OLD.account_id AND wallet = OLD.wallet;
-  END IF;
-  IF TG_OP <> 'DELETE' THEN
-    INSERT INTO {TABLE} AS b (account_id, wallet, confirmed, unconfirmed)
-      VALUES (NEW.account_id, NEW.wallet, {_confirmed("NEW")}, {_unconfirmed("NEW")})
-      ON CONFLICT (account_id, wallet) DO UPDATE
-        SET confirmed = b.confirmed + EXCLUDED.confirmed,
-            unconfirmed = b.unconfirmed + EXCLUDED.unconfirmed;
+  IF TG_OP = 'INSERT' THEN
+    {_pg_apply(_pg_rows("new_rows", "+"))}
+  ELSIF TG_OP = 'DELETE' THEN
+    {_pg_apply(_pg_rows("old_rows", "-"))}
+  ELSE
+    {_pg_apply(_pg_rows("new_rows", "+") + " UNION ALL " + _pg_rows("old_rows", "-"))}
   END IF;
   RETURN NULL;
 END $$""",
-    f"CREATE TRIGGER utxos_balance AFTER INSERT OR DELETE OR UPDATE OF {_WATCHED} ON utxos "
-    f"FOR EACH ROW EXECUTE FUNCTION utxos_balance()",
+    "CREATE TRIGGER utxos_balance_insert AFTER INSERT ON utxos REFERENCING NEW TABLE AS "
+    "new_rows FOR EACH STATEMENT EXECUTE FUNCTION utxos_balance()",
+    "CREATE TRIGGER utxos_balance_delete AFTER DELETE ON utxos REFERENCING OLD TABLE AS "
+    "old_rows FOR EACH STATEMENT EXECUTE FUNCTION utxos_balance()",
+    # transition tables allow no column list: every update runs it, and a reservation's
+    # zero change is skipped by the HAVING
+    "CREATE TRIGGER utxos_balance_update AFTER UPDATE ON utxos REFERENCING OLD TABLE AS "
+    "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION utxos_balance()",
 )
 
 _DROP = {
@@ -86,7 +114,9 @@ _DROP = {
         "DROP TRIGGER IF EXISTS utxos_balance_update",
     ),
     "postgresql": (
-        "DROP TRIGGER IF EXISTS utxos_balance ON utxos",
+        "DROP TRIGGER IF EXISTS utxos_balance_insert ON utxos",
+        "DROP TRIGGER IF EXISTS utxos_balance_delete ON utxos",
+        "DROP TRIGGER IF EXISTS utxos_balance_update ON utxos",
         "DROP FUNCTION IF EXISTS utxos_balance()",
     ),
 }

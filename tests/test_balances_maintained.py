@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from sqlalchemy import create_engine, delete, select, update
+from sqlalchemy import create_engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.balances import confirmed_balance, unconfirmed_balance, verify_balances
@@ -143,6 +143,41 @@ def test_a_failed_transaction_leaves_the_balance(
         s.flush()
         raise RuntimeError("rolled back")
     assert _state(session_factory, acct, Wallet.COLD) == (0, 0, 0)
+
+
+def test_bulk_statements_move_every_side(
+    session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn
+) -> None:
+    """One statement over many rows of several accounts (a bulk load, a block's update)."""
+    accts = [new_account(session_factory, hsm).id for _ in range(2)]
+    with session_factory() as s, s.begin():
+        _block(s, 100)
+        _block(s, 101)
+        addrs = [_address(s, a, Wallet.HOT, 0) for a in accts]
+        s.execute(
+            insert(Utxo),
+            [
+                {
+                    "account_id": a,
+                    "wallet": Wallet.HOT,
+                    "txid": f"{a:02x}{i:062x}",
+                    "vout": 0,
+                    "value": 10 + i,
+                    "address_id": addr,
+                    "block_height": None,
+                }
+                for a, addr in zip(accts, addrs, strict=True)
+                for i in range(50)
+            ],
+        )
+    assert _state(session_factory, accts[1], Wallet.HOT) == (0, 0, 50 * 10 + 1225)
+    with session_factory() as s, s.begin():
+        s.execute(update(Utxo).where(Utxo.vout == 0).values(block_height=100))
+    assert _state(session_factory, accts[0], Wallet.HOT) == (1725, 1725, 0)
+    with session_factory() as s, s.begin():
+        s.execute(delete(Utxo).where(Utxo.account_id == accts[0]))
+    assert _state(session_factory, accts[0], Wallet.HOT) == (0, 0, 0)
+    assert _state(session_factory, accts[1], Wallet.HOT) == (1725, 1725, 0)
 
 
 def test_verify_finds_a_row_changed_behind_the_triggers(
