@@ -43,6 +43,7 @@ from tests.hsm_fixtures import (  # noqa: E402
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     funded_coin,
     hot_wallet,
     random_address,
@@ -72,6 +73,7 @@ def prepare(
     prov = client.provision_account(
         ACCOUNT, "regtest", vdev.identity_hex, settlement_descriptor(ACCOUNT), **phones
     )
+    confirm_account(pair.d, ACCOUNT, vdev.identity_hex)  # the officer at the cold console
     client.register_channel(**vdev.channel_registration(ACCOUNT, "bench"))
     wallet = hot_wallet(prov)
 

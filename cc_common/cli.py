@@ -29,8 +29,16 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def set_role(parser: argparse.ArgumentParser, role: str) -> None:
+    """The machine role whose secrets this program reads (`cc_common.config.ROLES`)."""
+    parser.set_defaults(config_role=role)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.dir if getattr(args, "dir", None) else default_data_dir())
+    return load_config(
+        args.dir if getattr(args, "dir", None) else default_data_dir(),
+        role=getattr(args, "config_role", None),
+    )
 
 
 def print_result(value: Any) -> None:
@@ -83,6 +91,7 @@ def run(
 ) -> int:
     """Parse `argv`, call the chosen sub-command's `handler(args)`, print its result. Output
     into a closed pipe ends quietly (no traceback)."""
+    os.umask(0o077)  # every file a process writes (state, logs, exports) private from the start
     try:
         return _run(parser, argv)
     except BrokenPipeError:

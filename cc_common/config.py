@@ -4,6 +4,12 @@ Read once, in `load_config`, and passed down explicitly. Nothing deep in the cod
 `os.environ`. An environment variable `CC__SECTION__KEY=value` overrides `[section] key`
 (nested sections with more `__`); its text is converted to the type of the value it replaces.
 
+Secrets live apart, one file per machine role (`ROLES`: `<data>/<role>.toml`, mode 0600):
+`chaincloud.toml` is the deployment's map (addresses, ports, paths, limits) and holds no
+secret; each process reads the map and its own role's file only, so the hot HSM never sees
+the cold HSM's PIN nor the site's vtest password. A key written in the map wins over the role
+file (tests and operators may set one there on purpose); the environment wins over both.
+
 Relative paths in the file are relative to the data directory, so a deployment directory can
 be moved as a whole.
 """
@@ -21,6 +27,8 @@ from typing import Any
 from cc_common.errors import ConfigError
 
 CONFIG_FILENAME = "chaincloud.toml"
+ROLES = ("custody", "hsm-hot", "hsm-cold", "vdevice", "merchant-site", "firmware-sim")
+ALL_ROLES = "*"  # the demo and the tests play every officer: they read every role's file
 ENV_PREFIX = "CC__"
 DEFAULT_DATA_DIR = "data"
 PLACEHOLDERS = {"", "change-me", "changeme", "placeholder", "secret", "password", "1234", "0000"}
@@ -207,20 +215,46 @@ def config_path_for(data_dir: Path) -> Path:
     return data_dir / CONFIG_FILENAME
 
 
+def role_path_for(data_dir: Path, role: str) -> Path:
+    if role not in ROLES:
+        raise ConfigError(f"config: unknown machine role {role!r}")
+    return data_dir / f"{role}.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+
+
+def _fill(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Add the keys of `extra` that `into` lacks (tables merged key by key)."""
+    for key, value in extra.items():
+        have = into.get(key)
+        if isinstance(have, dict) and isinstance(value, Mapping):
+            _fill(have, value)
+        elif key not in into:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
 def load_config(
     data_dir: Path | str | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    role: str | None = None,
 ) -> Config:
-    """Read `<data_dir>/chaincloud.toml` and apply environment overrides."""
+    """Read `<data_dir>/chaincloud.toml`, then `role`'s secrets (`ALL_ROLES`: every role's),
+    and apply environment overrides."""
     env = os.environ if environ is None else environ
     ddir = Path(data_dir).resolve() if data_dir is not None else default_data_dir(env)
     path = config_path_for(ddir)
     if not path.is_file():
         raise ConfigError(f"config: {path} does not exist; run `custody init --dir {ddir}` first")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    raw = _read_toml(path)
+    for name in ROLES if role == ALL_ROLES else (role,) if role else ():
+        role_path = role_path_for(ddir, name)
+        if role_path.is_file():
+            _fill(raw, _read_toml(role_path))
     apply_env_overrides(raw, env)
     return Config(data_dir=ddir, path=path, raw=raw)

@@ -11,8 +11,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table
-from cc_common.config import Config
+from cc_common.cli import add_dir_argument, render_table
+from cc_common.config import ALL_ROLES, Config, default_data_dir, load_config
 from cc_common.errors import CustodyError
 from cc_demo import scenario
 from cc_demo.scenario import (
@@ -33,6 +33,7 @@ from cc_demo.scenario import (
     step_withdrawal,
 )
 from cc_demo.steps_attacks import step_attack_fee_drain
+from cc_demo.steps_policy import step_attack_site_drain, step_owner_approval
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
 
@@ -52,6 +53,8 @@ STEPS: tuple[Step, ...] = (
     Step("attack-outputs", step_attack_outputs),
     Step("attack-fee-drain", step_attack_fee_drain),
     Step("attack-sms", step_attack_sms),
+    Step("attack-site-drain", step_attack_site_drain),
+    Step("owner-approval", step_owner_approval),
 )
 
 
@@ -104,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
+        config = load_config(args.dir or default_data_dir(), role=ALL_ROLES)  # every officer
     except CustodyError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -26,6 +26,9 @@ The story, one step each, each printing one line saying what it proved:
                       threads, to co-sign one genuine request with an input stated as 1 sat:
                       refused, frozen, operator texted, nothing reaches the node; unfrozen
 13. attack-sms        a spoofed channel request and replayed SMS: refused, nothing changes
+14. attack-site-drain (cc_demo/steps_policy.py) a hacked site tries to empty the hot wallet:
+                      only what the spending policy allows goes, a large send waits
+15. owner-approval    the owner approves a large payout with a one-time code: mined
 
 A summary table ends the run; the exit status is 1 if any step failed or could not run.
 `--configure` writes the demo's switches (`support.DEMO_CONFIG`: short poll intervals,
@@ -297,8 +300,26 @@ def expect_no_spend(ctx: Context, pool_before: set[str], height_before: int, pay
     return f"mempool unchanged ({len(pool)} tx), height {height}"
 
 
+def owner_code(ctx: Context) -> str:
+    """What the owner's authenticator shows (the demo holds the secret `vdevice provision`
+    showed once): each code is good once, so a second command in the same period uses the
+    next step's code, waiting for it if need be (the demo enrols with short periods)."""
+    import pyotp  # noqa: PLC0415
+
+    totp = pyotp.TOTP(
+        ctx.need("owner_totp_secret"), interval=ctx.facts.get("owner_totp_period", 30)
+    )
+    step = max(int(time.time() // totp.interval), ctx.facts.get("owner_last_step", 0) + 1)
+    wait_for(lambda: int(time.time() // totp.interval) + 1 >= step, 40.0, "the next one-time code")
+    ctx.facts["owner_last_step"] = step
+    return totp.at(step * totp.interval)
+
+
 def owner_command(ctx: Context, command: str, answer: str) -> None:
-    """The owner texts the V-device `command` and waits for `answer`."""
+    """The owner texts the V-device `command` and waits for `answer`; a command that changes
+    something gets the owner's one-time code appended."""
+    if command in ("CC:START_LOOP", "CC:STOP_LOOP"):
+        command = f"{command}:{owner_code(ctx)}"
     control = ctx.carrier
     seen = len(inbox_texts(control, ctx.owner_number))
     control.inject_sms(ctx.vdevice_number, command, ctx.owner_number)
@@ -399,7 +420,12 @@ def settlement_descriptor(ctx: Context) -> str:
 
 
 def step_account(ctx: Context) -> str:
-    identity = ctx.cli.run("vdevice.cli", "init").strip()
+    """Out of band: the officer reads the cold fingerprint to the customer, who types it into
+    the phone; the customer reads the phone's fingerprint to the officer, who types it at the
+    cold console. Custody carries the keys, but cannot swap either unnoticed."""
+    from urllib.parse import parse_qs, urlparse  # noqa: PLC0415
+
+    identity, vdevice_fp = _vdevice_identity(ctx)
     created = json.loads(
         ctx.cli.run(
             "custody.cli",
@@ -418,7 +444,20 @@ def step_account(ctx: Context) -> str:
     )
     account = int(created["account_id"])
     bundle = created["vdevice_bundle"]
-    ctx.cli.run("vdevice.cli", "provision", "--bundle", "-", stdin=json.dumps(bundle))
+    pin = ctx.config.section("hsm_cold").secret("user_pin")
+    ctx.cli.run(
+        "hsm_cold.cli", "confirm-account", str(account), "--vdevice-fingerprint", vdevice_fp,
+        "--pin-stdin", stdin=pin + "\n",
+    )  # fmt: skip
+    cold_fp = ctx.cli.run("hsm_cold.cli", "identity").strip()  # read at the cold console
+    shown = ctx.cli.run(
+        "vdevice.cli", "provision", "--bundle", "-", "--cold-fingerprint", cold_fp,
+        stdin=json.dumps(bundle),
+    )  # fmt: skip
+    uri = next(line for line in shown.splitlines() if line.startswith("otpauth://"))
+    query = parse_qs(urlparse(uri).query)
+    ctx.facts["owner_totp_secret"] = query["secret"][0]
+    ctx.facts["owner_totp_period"] = int(query.get("period", ["30"])[0])
     cold, hot = created["tokens"]["cold"], created["tokens"]["hot"]
     ctx.cli.run(
         "examples.merchant_site.cli", "set-tokens", "--cold", "-", "--hot", "-",
@@ -430,9 +469,17 @@ def step_account(ctx: Context) -> str:
         raise StepFailed(f"the cold token opens account {user['user_id']}, not {account}")
     return (
         f"account {account} provisioned on the HSM pair; the V-device provisioned with its "
-        "bundle (the cold HSM's identity key pinned); the site holds the cold and hot tokens "
-        "(shown once, never printed)"
+        f"bundle, the cold identity checked against the fingerprint {cold_fp} read at the "
+        "cold console; the account confirmed there with the phone's fingerprint (its policy: "
+        "the defaults); the owner's authenticator enrolled; the site holds the cold and hot "
+        "tokens (shown once, never printed)"
     )
+
+
+def _vdevice_identity(ctx: Context) -> tuple[str, str]:
+    """`vdevice init`: the public key (for custody) and its fingerprint (for the officer)."""
+    lines = ctx.cli.run("vdevice.cli", "init").splitlines()
+    return lines[0].strip(), lines[1].split()[-1]
 
 
 def step_channel(ctx: Context) -> str:

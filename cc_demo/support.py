@@ -57,7 +57,8 @@ DEMO_CONFIG: dict[str, Any] = {
     # the carrier logs SMS bodies, so the demo can take an old SMS to replay
     "firmware_sim": {"carrier": {"log_bodies": True}},
     # short poll intervals: the story runs in seconds, not minutes
-    "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0},
+    # 5 s owner codes: each is good once, so the owner's several commands need not wait 30 s
+    "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0, "owner_code_period": 5},
     "custody": {"worker_interval": 0.3},
     "hsm_cold": {"sms_poll_interval": 0.5},
 }

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cc_common.cli import add_dir_argument, run
+from cc_common.cli import add_dir_argument, run, set_role
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 from cc_common.network_config import runs_simulated_node
@@ -36,6 +36,7 @@ def cmd_init(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="custody", description=DESCRIPTION)
+    set_role(parser, "custody")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="write a complete local deployment configuration")

@@ -146,6 +146,16 @@ class DatabaseUnavailable(ApiError):
     status = 503
 
 
+class DatabaseBusy(ApiError):
+    """The database's write lock was not free in time; nothing was written, retry later.
+
+    Answered well within the caller's deadline (another writer held the lock), instead of a
+    request that outlives its caller without a word in any log."""
+
+    code = 19
+    status = 503
+
+
 def api_codes() -> list[tuple[int, int, str, str]]:
     """Every code the API answers with: (code, HTTP status, class name, meaning), by code.
 

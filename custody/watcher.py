@@ -17,6 +17,13 @@ and a restart resumes from `blocks_seen`. Several watchers may run against one d
 unit of work first takes the watcher lock (PostgreSQL: `pg_try_advisory_xact_lock`; SQLite: a
 lease row in `service_state`, written first so SQLite's write lock is held from the start) and
 only then reads the state it will change; a watcher that does not get the lock does nothing.
+
+The node is asked BEFORE each unit's transaction, never inside it: on SQLite the lease write
+holds the database's only write lock, so a node call inside it would make every other writer
+(the API creating a batch, the send pipeline) wait for the node, and a catch-up of many blocks
+done back to back would starve them (SQLite's busy handler polls and loses every race against
+a writer that takes the lock again at once). The transaction re-checks that what it was planned
+against (our last block, the rescan position) is unchanged, else the unit is planned again.
 """
 
 from __future__ import annotations
@@ -108,10 +115,36 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]
         yield items[i : i + size]
 
 
+def _needs_prevout(vin: dict[str, Any]) -> bool:
+    """An input spending a previous output (not a coinbase) whose prevout the node left out."""
+    return "txid" in vin and not vin.get("prevout")
+
+
 def block_time(ts: int | None) -> datetime:
     if ts is None:
         return utcnow()
     return datetime.fromtimestamp(int(ts), UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One block unit, planned from the node against our last block `last_hash`: connect
+    `block`, or (with `pool`, the node's mempool) disconnect our last block, or look again."""
+
+    last_hash: str | None
+    block: dict[str, Any] | None = None
+    pool: set[str] | None = None
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The node's mempool as asked before the mempool unit: its txids in order, the best
+    block hash, and the new transactions (decoded)."""
+
+    txids: list[str]
+    best: str
+    txs: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -201,58 +234,86 @@ class Watcher:
         result = StepResult()
         self._touched_hot = set()
         for _ in range(2 * self.settings.max_blocks_per_step + 2):
-            with transaction(self.factory) as s:
-                if not self._lock(s):
-                    result.locked = False
-                    return result
-                more = self._advance(s, result)
-            if not more:
+            plan = self._plan_advance(result)  # the node is asked outside any transaction
+            if plan is None:
                 break
-        for _ in range(self.settings.max_blocks_per_step):
+            if plan.retry:
+                continue
             with transaction(self.factory) as s:
                 if not self._lock(s):
                     result.locked = False
                     return result
-                if not self._rescan_one(s, result):
+                self._advance(s, plan, result)
+        for _ in range(self.settings.max_blocks_per_step):
+            rescan = self._plan_rescan()
+            if rescan is None:
+                break
+            with transaction(self.factory) as s:
+                if not self._lock(s):
+                    result.locked = False
+                    return result
+                if not self._rescan_one(s, result, *rescan):
                     break
+        pool = self._plan_mempool()
         with transaction(self.factory) as s:
             if not self._lock(s):
                 result.locked = False
                 return result
             result.height = s.execute(select(func.max(BlockSeen.height))).scalar()
             result.rescan = self._rescan_range(s)
-            self._sync_mempool(s, result)
+            self._sync_mempool(s, result, pool)
             self._check_hot_balances(s)
         return result
 
-    def _advance(self, s: Session, result: StepResult) -> bool:
-        """Disconnect one stale block or connect the next one; False when at the node's tip."""
+    def _last_block(self) -> tuple[int, str] | None:
+        """Our last processed block (height, hash), read without a write transaction."""
+        with self.factory() as rs:
+            row = rs.execute(
+                select(BlockSeen.height, BlockSeen.block_hash)
+                .order_by(BlockSeen.height.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _plan_advance(self, result: StepResult) -> _Plan | None:
+        """What the next block unit does, from the node; None when at the node's tip."""
         tip = self.rpc.get_block_count()
         result.tip = tip
-        last = s.execute(
-            select(BlockSeen).order_by(BlockSeen.height.desc()).limit(1)
-        ).scalar_one_or_none()
+        last = self._last_block()
+        last_hash = None if last is None else last[1]
         if last is not None:
-            node_hash = self._hash_at(last.height) if last.height <= tip else None
-            if node_hash != last.block_hash:
-                self._disconnect(s, last)
-                result.disconnected += 1
-                return True
-            height = last.height + 1
+            node_hash = self._hash_at(last[0]) if last[0] <= tip else None
+            if node_hash != last_hash:
+                return _Plan(last_hash, pool=set(self.rpc.get_raw_mempool()))
+            height = last[0] + 1
         else:
             start = self.settings.start_height
             height = tip if start < 0 else start
         if height > tip:
-            return False
+            return None
         block_hash = self._hash_at(height)
         if block_hash is None:
-            return True  # the chain changed under us; look again
+            return _Plan(last_hash, retry=True)  # the chain changed under us; look again
         block = self._get_block(block_hash)
-        if last is not None and block.get("previousblockhash") != last.block_hash:
-            return True  # a reorg happened between the two calls
-        self._connect(s, block)
-        result.connected += 1
-        return True
+        if last is not None and block.get("previousblockhash") != last_hash:
+            return _Plan(last_hash, retry=True)  # a reorg happened between the two calls
+        self._prefetch_prevouts(list(block["tx"]))
+        return _Plan(last_hash, block=block)
+
+    def _advance(self, s: Session, plan: _Plan, result: StepResult) -> None:
+        """Disconnect our stale last block or connect the planned one, if our last block is
+        still the one the plan was made against (else the next plan looks again)."""
+        last = s.execute(
+            select(BlockSeen).order_by(BlockSeen.height.desc()).limit(1)
+        ).scalar_one_or_none()
+        if (None if last is None else last.block_hash) != plan.last_hash:
+            return
+        if plan.block is not None:
+            self._connect(s, plan.block)
+            result.connected += 1
+        elif last is not None and plan.pool is not None:
+            self._disconnect(s, last, plan.pool)
+            result.disconnected += 1
 
     # ------------------------------------------------------------------ rescan
 
@@ -298,20 +359,42 @@ class Watcher:
         except ValueError:
             return None
 
-    def _rescan_one(self, s: Session, result: StepResult) -> bool:
-        """Re-read the next rescan block (idempotent: known transactions stay as they are);
+    def _plan_rescan(self) -> tuple[tuple[int, int], dict[str, Any] | None] | None:
+        """The rescan position and its block from the node (None: the node has no block at
+        that height any more); None when there is nothing to rescan."""
+        with self.factory() as rs:
+            span = self._rescan_range(rs)
+        if span is None:
+            return None
+        block = None
+        if span[0] <= span[1]:
+            block_hash = self._hash_at(span[0])
+            if block_hash is not None:
+                block = self._get_block(block_hash)
+                self._prefetch_prevouts(list(block["tx"]))
+        return span, block
+
+    def _rescan_one(
+        self,
+        s: Session,
+        result: StepResult,
+        planned: tuple[int, int],
+        block: dict[str, Any] | None,
+    ) -> bool:
+        """Re-read the planned rescan block (idempotent: known transactions stay as they are);
         False when there is nothing (more) to rescan."""
         span = self._rescan_range(s)
         if span is None:
             return False
+        if span != planned:
+            return True  # moved meanwhile (a new request): plan again
         height, last = span
         if height > last:
             s.execute(delete(KeyValue).where(KeyValue.key == RESCAN_KEY))
             log.info("rescan finished at block %d", last)
             return False
-        block_hash = self._hash_at(height)
-        if block_hash is not None:
-            block = self._get_block(block_hash)
+        if block is not None:
+            block_hash = str(block["hash"])
             when = block_time(block.get("time"))
             self._apply(s, list(block["tx"]), TxStatus.CONFIRMED, block_hash, height, when)
         self._put(s, RESCAN_KEY, f"{height + 1}|{last}")
@@ -353,9 +436,9 @@ class Watcher:
         )
         s.flush()
 
-    def _disconnect(self, s: Session, last: BlockSeen) -> None:
-        """Undo our view of block `last`: its transactions lose their confirmations."""
-        pool = set(self.rpc.get_raw_mempool())
+    def _disconnect(self, s: Session, last: BlockSeen, pool: set[str]) -> None:
+        """Undo our view of block `last`: its transactions lose their confirmations (those
+        in the node's mempool `pool` go back to MEMPOOL)."""
         rows = (
             s.execute(
                 select(ChainTx).where(ChainTx.block_hash == last.block_hash).order_by(ChainTx.id)
@@ -413,13 +496,36 @@ class Watcher:
 
     # ------------------------------------------------------------------ mempool
 
-    def _sync_mempool(self, s: Session, result: StepResult) -> None:
+    def _plan_mempool(self) -> _Pool:
+        """The node's mempool, best block and the new transactions, asked before the
+        mempool unit's transaction."""
         pool_list = [str(t) for t in self.rpc.get_raw_mempool()]
+        best = self.rpc.get_best_block_hash()
+        with self.factory() as rs:
+            removed = set(
+                rs.execute(select(ChainTx.txid).where(ChainTx.status == TxStatus.REMOVED))
+                .scalars()
+                .all()
+            )
+        checked = (self._mempool_checked & set(pool_list)) - removed
+        txs: dict[str, dict[str, Any]] = {}
+        for txid in pool_list:
+            if txid in checked:
+                continue
+            try:
+                txs[txid] = dict(self.rpc.get_raw_transaction(txid, True))
+            except RPCError:
+                continue  # left the mempool meanwhile
+        self._prefetch_prevouts(list(txs.values()))
+        return _Pool(pool_list, best, txs)
+
+    def _sync_mempool(self, s: Session, result: StepResult, fetched: _Pool) -> None:
+        pool_list = fetched.txids
         pool = set(pool_list)
         self._mempool_checked &= pool
         # Our mempool transactions the node no longer has: mined (the next block pass records
         # it) or gone for good (conflict, eviction, expiry).
-        best = self.rpc.get_best_block_hash()
+        best = fetched.best
         ours_last = s.execute(
             select(BlockSeen.block_hash).order_by(BlockSeen.height.desc()).limit(1)
         ).scalar()
@@ -436,12 +542,7 @@ class Watcher:
         ).scalars()
         self._mempool_checked -= set(removed)
         new = [t for t in pool_list if t not in self._mempool_checked]
-        txs = []
-        for txid in new:
-            try:
-                txs.append(dict(self.rpc.get_raw_transaction(txid, True)))
-            except RPCError:
-                continue  # left the mempool meanwhile
+        txs = [fetched.txs[t] for t in new if t in fetched.txs]
         if txs:
             result.mempool_seen += self._apply(s, txs, TxStatus.MEMPOOL, None, None, None)
         self._mempool_checked.update(new)
@@ -684,6 +785,30 @@ class Watcher:
             self._prev_cache.clear()
         self._prev_cache[key] = found
         return found
+
+    def _prefetch_prevouts(self, txs: list[dict[str, Any]]) -> None:
+        """Ask the node, before the transaction that records `txs`, for the spent outputs
+        `_prevout` would otherwise ask it for while holding the write lock (inputs of our
+        transactions that are neither our UTXOs, nor carry a prevout, nor recorded by us)."""
+        txs = [tx for tx in txs if any(_needs_prevout(v) for v in tx.get("vin", []))]
+        if not txs:
+            return  # a block at verbosity 3 carries every prevout
+        with self.factory() as rs:
+            m = self._lookup(rs, txs)
+            if not m.addresses and not m.utxos and not m.known:
+                return
+            for tx in txs:
+                vins = [v for v in tx.get("vin", []) if "txid" in v]
+                ours = str(tx["txid"]) in m.known or any(
+                    bytes.fromhex(o["scriptPubKey"]["hex"]) in m.addresses
+                    for o in tx.get("vout", [])
+                )
+                mine = [(str(v["txid"]), int(v.get("vout", -1))) in m.utxos for v in vins]
+                if not (ours or any(mine)):
+                    continue
+                for v, is_mine in zip(vins, mine, strict=True):
+                    if not is_mine and _needs_prevout(v):
+                        self._prevout(rs, v, None)
 
     def _fill_prevouts(self, s: Session, row: ChainTx, tx: dict[str, Any]) -> None:
         """Foreign inputs recorded from the mempool without a prevout learn it from the block."""

@@ -14,7 +14,7 @@ from custody.app import create_app
 
 def create() -> Flask:
     """Build the app from the deployment in `$CC_DATA_DIR` (or ./data)."""
-    return create_app(load_config())
+    return create_app(load_config(role="custody"))
 
 
 def __getattr__(name: str) -> Flask:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cc_common.cli import run
+from cc_common.cli import run, set_role
 from firmware_sim import hardware_cli
 from firmware_sim.node import cli as node_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firmware-sim", description=__doc__)
+    set_role(parser, "firmware-sim")
     sub = parser.add_subparsers(dest="command")
 
     hardware_cli.register(sub)

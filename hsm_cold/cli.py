@@ -5,6 +5,9 @@ hsm-cold serve      answer the hot HSM over the serial link, and the V-devices b
 hsm-cold unfreeze   the operator's local unfreeze of an account (asks for the user PIN)
 hsm-cold status     accounts, frozen ones, SMS channels and counters, recent alerts
 hsm-cold alerts     every recorded alert
+hsm-cold identity   the identity key's fingerprint, to read out to the V-device's owner
+hsm-cold confirm-account N --vdevice-fingerprint F   confirm a pending account, set its policy
+hsm-cold policy     each account's spending policy and the loosenings waiting
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cc_common.cli import (
     config_from_args,
     render_table,
     run,
+    set_role,
 )
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
@@ -38,6 +42,7 @@ from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
 from cc_common.token.pin_change import add_change_pin_command
+from hsm_cold import policy_cli
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
@@ -174,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             policy,
             paths.export_dir,
             link_refusals=lambda: _refusals(server_ref),
+            spending_defaults=policy_cli.defaults(config),
         )
         counters = SqliteCounterStore(paths.state_dir / COUNTERS_DB)
         server = LinkServer.open(
@@ -342,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=NAME, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    set_role(parser, NAME)
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="create the cold token, keys, state and pairing file")
@@ -372,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_argument(p)
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
+    policy_cli.add_commands(sub)
     return parser
 
 

@@ -43,6 +43,11 @@ class ColdErrorCode(IntEnum):
     CHANGE_BEYOND_GAP = 738
     ALREADY_SWEPT = 739
     BAD_SETTLEMENT_DESCRIPTOR = 740
+    # The customer's spending policy and the out-of-band confirmation (hsm_cold/policy.py).
+    ACCOUNT_PENDING = 750
+    POLICY_REFUSED = 751
+    APPROVAL_MISSING = 752
+    POLICY_CHANGE_REFUSED = 753
 
 
 class ColdHsmError(CustodyError):
@@ -204,3 +209,27 @@ class BadSettlementDescriptor(ColdHsmError):
     """A settlement descriptor that is not ranged (`/*`) or has no key origin."""
 
     code = ColdErrorCode.BAD_SETTLEMENT_DESCRIPTOR
+
+
+class AccountPending(ColdHsmError):
+    """Provisioned, but not yet confirmed at the cold console (`hsm-cold confirm-account`)."""
+
+    code = ColdErrorCode.ACCOUNT_PENDING
+
+
+class PolicyRefused(ColdHsmError):
+    """The send is beyond the account's spending policy (limits or whitelist)."""
+
+    code = ColdErrorCode.POLICY_REFUSED
+
+
+class ApprovalMissing(ColdHsmError):
+    """The policy wants the owner's approval and the V-device's signature does not carry it."""
+
+    code = ColdErrorCode.APPROVAL_MISSING
+
+
+class PolicyChangeRefused(ColdHsmError):
+    """A policy change not signed by the V-device identity, replayed, stale or malformed."""
+
+    code = ColdErrorCode.POLICY_CHANGE_REFUSED

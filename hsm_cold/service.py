@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
 from hsm_cold import account_state, accounts, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
@@ -45,6 +46,7 @@ from hsm_cold.errors import (
     WrongNetwork,
 )
 from hsm_cold.keystore import ColdKeystore
+from hsm_cold.policy import ColdPolicies, signed_approval
 from hsm_cold.prevtxs import PrevTxAssembler
 from hsm_cold.store import AccountRecord, ChannelRecord, ColdStore, Signing
 from wallet_core import messages
@@ -86,6 +88,10 @@ class AlertKind(StrEnum):
     SMS_REFUSED = "sms_refused"
     SMS_FORMAT_ERROR = "sms_format_error"
     SMS_UNDELIVERABLE = "sms_undeliverable"
+    POLICY_REFUSED = "policy_refused"
+    POLICY_CHANGED = "policy_changed"
+    POLICY_LOOSENING = "policy_loosening"
+    POLICY_CANCELLED = "policy_cancelled"
 
 
 class WalletKind(StrEnum):
@@ -175,6 +181,7 @@ class ColdService:
         export_dir: Path,
         link_refusals: Callable[[], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.time,
+        spending_defaults: SpendingPolicy = DEFAULT_POLICY,
     ) -> None:
         self.keystore = keystore
         self.store = store
@@ -188,6 +195,13 @@ class ColdService:
         # What `status` adds from outside the service (the SIMs' radio state, the token).
         self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
+        self.policies = ColdPolicies(
+            store,
+            spending_defaults,
+            keystore.random,
+            lambda account, kind, message: self.alert(account, AlertKind(kind), message),
+            lambda: self.clock(),  # noqa: PLW0108 (a test may replace self.clock later)
+        )
         self._prev_txs = PrevTxAssembler(
             lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))
         )
@@ -205,6 +219,7 @@ class ColdService:
 
     def _live_record(self, account: int) -> AccountRecord:
         rec = self._record(account)
+        self.policies.require_confirmed(account)
         if rec.frozen:
             raise AccountFrozen(f"account {account} is frozen: {rec.frozen_reason}")
         return rec
@@ -402,6 +417,7 @@ class ColdService:
 
     def prove_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
         rec = self._record(account_field(payload))
+        self.policies.require_confirmed(rec.account)
         try:
             kind = WalletKind(field(payload, "wallet", str))
         except ValueError:
@@ -447,7 +463,8 @@ class ColdService:
         channel_key = cosign.check_channel(  # 2
             self.store.get_channel(req.account, req.c_id), req, self.clock()
         )
-        if not cosign.vc_code_valid(req, channel_key):  # 3
+        approved = signed_approval(req, channel_key)  # 3 (and the owner's approval)
+        if approved is None:
             self._freeze(
                 req.account,
                 f"forged vc_code for user_tx_no {req.user_tx_no!r} (channel {req.c_id})",
@@ -487,6 +504,7 @@ class ColdService:
             self._refuse_and_freeze(req, exc)
         fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
         fee = cosign.check_fee(req, self.policy, fees_today)  # 9
+        self.policies.check_send(req.account, outs, approved)  # 10: the customer's policy
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
@@ -506,6 +524,7 @@ class ColdService:
         )
         if not self.store.record_signing(signing):
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
+        self.policies.record_send(req.account, req.user_tx_no, outs)
         log.info(
             "account %d: co-signed %s (%s), %d input(s), fee %d",
             req.account,

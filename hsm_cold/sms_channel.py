@@ -105,11 +105,20 @@ class ChannelProtocol:
     def handle(self, sender: str, text: str, sim: int = 0) -> str:
         """Act on one received SMS; returns what happened (a counter name), for logs and tests."""
         self.count("received")
+        if self.service.policies.is_policy_text(text):  # policy changes and owners' cancels
+            policy_outcome = self.service.policies.handle_sms(sender, text)
+            self.count(policy_outcome)
+            return policy_outcome
         candidates = self.store.accounts_by_vdevice_phone(sender)
         if not candidates:
             self.count("refused.unknown_sender")
             log.info("SMS from %s (not a V-device number) ignored: %d chars", sender, len(text))
             return "unknown_sender"
+        candidates = self.service.policies.confirmed(candidates)
+        if not candidates:
+            self.count("refused.pending")
+            log.info("SMS from %s: its account awaits confirmation at the console", sender)
+            return "pending"
         try:
             msg = cm.parse(text)
         except SmsFormatError as exc:

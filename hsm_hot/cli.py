@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args, render_table, run
+from cc_common.cli import add_dir_argument, config_from_args, render_table, run, set_role
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
 from cc_common.link import JsonCounterStore, LinkClient, LinkConfig
@@ -243,6 +243,7 @@ def cmd_audit(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsm-hot", description=__doc__)
+    set_role(parser, "hsm-hot")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("init", help="create the token and import the pairing file")

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from cc_common.config import Config, load_config
+from cc_common.config import ALL_ROLES, Config, load_config
 from cc_common.deployment import init_deployment
 from cc_common.poll import poll_until
 from cc_common.process import read_ready
@@ -317,7 +317,7 @@ class Deployment:
     @property
     def config(self) -> Config:
         """The configuration as the processes see it (file plus `CC__` overrides of `env`)."""
-        return load_config(self.data_dir, environ=self.env)
+        return load_config(self.data_dir, environ=self.env, role=ALL_ROLES)
 
     def configure(self, changes: Mapping[str, Any]) -> None:
         """Merge `changes` (nested tables) into the TOML file."""

@@ -32,6 +32,7 @@ import coincurve
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cc_common.config import load_config
+from cc_common.fingerprint import fingerprint
 from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
 from cc_common.pairing import take_pairing_file
 from cc_common.token import HsmToken, KeyProtected
@@ -413,6 +414,12 @@ class ColdHsm:
             check=False,
         )
 
+    def confirm(self, account: int, vdevice_identity: bytes | str, *options: str) -> str:
+        """The officer at the cold console confirms a pending account (`LOOSE_POLICY` unless
+        `options` say otherwise), typing the fingerprint read off the customer's phone."""
+        result = confirm_account(self.d, account, vdevice_identity, *options)
+        return result
+
     def stop(self) -> list[str]:
         for c in self._clients:
             c.close()
@@ -492,7 +499,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def probe_hot_key(data_dir: str, label: str) -> dict[str, Any]:
     """Log in to the hot token as hsm-hot does and try to read the private key's value."""
 
-    section = load_config(Path(data_dir)).section("hsm_hot")
+    section = load_config(Path(data_dir), role="hsm-hot").section("hsm_hot")
     out: dict[str, Any] = {}
     with HsmToken.open(section) as token:
         out["public_key"] = token.keys.public_key(label).hex()
@@ -512,3 +519,47 @@ def probe_hot_key(data_dir: str, label: str) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["probe"]:
         print(json.dumps(probe_hot_key(sys.argv[2], os.environ["PROBE_LABEL"])))
+
+
+# Wide limits for tests about other things than the spending policy (still limits: a policy
+# has no "unlimited").
+LOOSE_POLICY = (
+    "--max-send-sat=2000000000000",
+    "--max-daily-sat=2000000000000",
+    "--max-sends-per-hour=100000",
+    "--approval-above-sat=2000000000000",
+)
+
+
+def confirm_account(
+    deployment: Deployment, account: int, vdevice_identity: bytes | str, *options: str
+) -> str:
+    """`hsm-cold confirm-account` as the officer types it (the PIN on stdin)."""
+    identity = (
+        bytes.fromhex(vdevice_identity) if isinstance(vdevice_identity, str) else vdevice_identity
+    )
+    pin = deployment.config.section("hsm_cold").str("user_pin")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hsm_cold.cli",
+            "confirm-account",
+            str(account),
+            "--vdevice-fingerprint",
+            fingerprint(identity),
+            "--pin-stdin",
+            *(options or LOOSE_POLICY),
+            "--dir",
+            str(deployment.data_dir),
+        ],
+        env=deployment.env,
+        cwd=deployment.data_dir,
+        input=pin + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -197,7 +197,9 @@ class Account:
         return payload, psbt
 
 
-def provision(client: Any, number: int, *, register: bool = True) -> Account:
+def provision(
+    cold: ColdHsm, client: Any, number: int, *, register: bool = True, confirm: bool = True
+) -> Account:
     hot = _key(f"hot/{number}")
     vdevice = VDevice(seed=f"vdevice/{number}")
     answer = client.call(
@@ -213,6 +215,8 @@ def provision(client: Any, number: int, *, register: bool = True) -> Account:
         timeout=TIMEOUT,
     )
     acct = Account(number, answer, hot, vdevice)
+    if confirm:  # the officer at the cold console, with the fingerprint from the phone
+        cold.confirm(number, vdevice.identity_hex)
     if register:
         client.call("register_channel", vdevice.channel_registration(number, "c1"), timeout=TIMEOUT)
     return acct
@@ -250,7 +254,7 @@ def test_init_again_keeps_keys_and_writes_no_pairing_file(cold: ColdHsm) -> None
 
 
 def test_provision_answers_xpubs_with_a_proof_and_is_idempotent(cold: ColdHsm, link: Any) -> None:
-    acct = provision(link, 1, register=False)
+    acct = provision(cold, link, 1, register=False)
     a = acct.answer
     for key in ("receiving_xpub", "cosigner_xpub", "recovery_xpub"):
         assert not parse_xpub(a[key]).is_private
@@ -261,7 +265,7 @@ def test_provision_answers_xpubs_with_a_proof_and_is_idempotent(cold: ColdHsm, l
     assert messages.verify_message_pubkey(cold.identity, statement, a["proof"])
     acct.wallet.address(0)  # the three keys make a 2-of-3
 
-    again = provision(link, 1, register=False).answer
+    again = provision(cold, link, 1, register=False, confirm=False).answer
     assert {k: v for k, v in again.items() if k != "proof"} == {
         k: v for k, v in a.items() if k != "proof"
     }
@@ -288,7 +292,7 @@ def test_provision_answers_xpubs_with_a_proof_and_is_idempotent(cold: ColdHsm, l
 
 
 def test_recovery_key_is_exported_once_to_paper_only(cold: ColdHsm, link: Any) -> None:
-    acct = provision(link, 3, register=False)
+    acct = provision(cold, link, 3, register=False, confirm=False)
     export = cold.section.path("export_dir") / "account-3-recovery.txt"
     assert export.stat().st_mode & 0o777 == 0o600
     fields = dict(
@@ -323,7 +327,7 @@ def test_recovery_key_is_exported_once_to_paper_only(cold: ColdHsm, link: Any) -
 
 def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
     """No file of the state dir holds an xprv; no 32 bytes of a sealed blob are a seed."""
-    acct = provision(link, 4, register=False)
+    acct = provision(cold, link, 4, register=False, confirm=False)
     state = cold.section.path("state_dir")
     for path in list(state.rglob("*")) + list(cold.d.log_dir.rglob("*")):
         if path.is_file():
@@ -351,7 +355,7 @@ def test_seeds_at_rest_are_sealed(cold: ColdHsm, link: Any) -> None:
 def test_prove_batch_signs_the_addresses_the_test_derives(
     cold: ColdHsm, link: Any, kind: str
 ) -> None:
-    acct = provision(link, 5, register=False)
+    acct = provision(cold, link, 5, register=False)
     wallet = acct.cold_wallet if kind == "cold" else acct.wallet
     answer = link.call("prove_batch", {"account": 5, "wallet": kind, "batch_no": 2}, timeout=60)
     addresses = [a for _, a in batch_addresses(wallet, 2)]
@@ -361,8 +365,8 @@ def test_prove_batch_signs_the_addresses_the_test_derives(
     assert messages.verify_message_pubkey(cold.identity, content, answer["signature"])
 
 
-def test_register_channel_needs_the_vdevice_identity(link: Any) -> None:
-    acct = provision(link, 6, register=False)
+def test_register_channel_needs_the_vdevice_identity(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 6, register=False)
     impostor = VDevice(seed="impostor")
     forged = impostor.channel_registration(6, "c9")
     err = refused(link, "register_channel", forged)
@@ -373,7 +377,7 @@ def test_register_channel_needs_the_vdevice_identity(link: Any) -> None:
 
 def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
     """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
-    provision(link, 7, register=False)
+    provision(cold, link, 7, register=False)
     attacker = ExtendedKey.from_seed(b"attacker recovery seed", NET)
     xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
     db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
@@ -389,7 +393,7 @@ def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any
 def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, link: Any) -> None:
     """The cold side keeps each account's public hot wallet between commands: an edit of the
     state afterwards is still refused (the cache is keyed by the record) and signs nothing."""
-    acct = provision(link, 77)
+    acct = provision(cold, link, 77)
     payload, _ = acct.send([(random_address(), 50_000)], "tx-77-1")
     link.call("cosign", payload, timeout=TIMEOUT)  # the wallet is now cached
     attacker = ExtendedKey.from_seed(b"attacker recovery seed 77", NET)
@@ -410,8 +414,10 @@ def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, li
 # -- co-signing ----------------------------------------------------------------------------------
 
 
-def test_valid_cosign_signs_a_spend_the_script_interpreter_accepts(link: Any) -> None:
-    acct = provision(link, 10)
+def test_valid_cosign_signs_a_spend_the_script_interpreter_accepts(
+    cold: ColdHsm, link: Any
+) -> None:
+    acct = provision(cold, link, 10)
     coins = [acct.coin(600_000), acct.coin(500_000, chain=CHANGE, index=7)]
     payments = [(random_address(), 300_000), (random_address(), 200_000)]
     payload, psbt = acct.send(payments, "tx-10-1", coins=coins, change=(3, 590_000))
@@ -441,9 +447,9 @@ def frozen_for(link: Any, account: int) -> str | None:
     return frozen.get(account)
 
 
-def test_refusal_of_one_satoshi_more_in_an_output(link: Any) -> None:
+def test_refusal_of_one_satoshi_more_in_an_output(cold: ColdHsm, link: Any) -> None:
     """Not what the V-device signed: refused, and the account is frozen (reference section 3)."""
-    acct = provision(link, 11)
+    acct = provision(cold, link, 11)
     pay = random_address()
     payload, _ = acct.send([(pay, 100_001)], "t1", signed_payments=[(pay, 100_000)])
     err = refused(link, "cosign", payload)
@@ -457,8 +463,8 @@ def test_refusal_of_one_satoshi_more_in_an_output(link: Any) -> None:
     assert refused(link, "cosign", payload).code == ColdErrorCode.ACCOUNT_FROZEN
 
 
-def test_refusal_of_an_extra_output(link: Any) -> None:
-    acct = provision(link, 12)
+def test_refusal_of_an_extra_output(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 12)
     pay = random_address()
     thief = acct.wallet.script_pubkey(0, RECEIVE)[:2] + os.urandom(32)
     payload, _ = acct.send([(pay, 100_000)], "t1", extra_outputs=[(thief, 5_000)])
@@ -468,8 +474,8 @@ def test_refusal_of_an_extra_output(link: Any) -> None:
     assert "extra output" in (frozen_for(link, 12) or "")
 
 
-def test_refusal_of_change_the_cold_side_cannot_derive(link: Any) -> None:
-    acct = provision(link, 13)
+def test_refusal_of_change_the_cold_side_cannot_derive(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 13)
     pay = random_address()
     stranger = address_to_script(random_address(), NET)
     payload, _ = acct.send(
@@ -485,8 +491,8 @@ def test_refusal_of_change_the_cold_side_cannot_derive(link: Any) -> None:
     assert "change not derivable" in (frozen_for(link, 13) or "")
 
 
-def test_refusal_of_a_foreign_input(link: Any) -> None:
-    acct = provision(link, 14)
+def test_refusal_of_a_foreign_input(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 14)
     coin = acct.coin(1_000_000)
     payload, _ = acct.send(
         [(random_address(), 100_000)], "t1", coins=[coin], inputs=[[coin.value, 5, 0]]
@@ -504,8 +510,10 @@ def test_refusal_of_a_foreign_input(link: Any) -> None:
         (60 * 200, ColdErrorCode.FEE_RATE_ABOVE_POLICY, f"{MAX_FEE_RATE} sat/vB"),
     ],
 )
-def test_refusal_of_a_fee_above_policy(link: Any, fee: int, code: int, why: str) -> None:
-    acct = provision(link, 15)
+def test_refusal_of_a_fee_above_policy(
+    cold: ColdHsm, link: Any, fee: int, code: int, why: str
+) -> None:
+    acct = provision(cold, link, 15)
     coin = acct.coin(1_000_000)
     payload, _ = acct.send(
         [(random_address(), 100_000)], f"fee-{fee}", coins=[coin], change=(0, 900_000 - fee)
@@ -516,10 +524,10 @@ def test_refusal_of_a_fee_above_policy(link: Any, fee: int, code: int, why: str)
     assert frozen_for(link, 15) is None  # a policy refusal, not a forgery: no freeze
 
 
-def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
+def test_refusal_of_a_reused_user_tx_no(cold: ColdHsm, link: Any) -> None:
     """One user_tx_no, one signing: an identical retry gets the same signatures (without the
     previous transaction: the outpoint is verified now), anything else freezes."""
-    acct = provision(link, 16)
+    acct = provision(cold, link, 16)
     payload, _ = acct.send([(random_address(), 100_000)], "once")
     first = link.call("cosign", payload, timeout=TIMEOUT)
     retry = {k: v for k, v in payload.items() if k != "prev_txs"}
@@ -531,10 +539,10 @@ def test_refusal_of_a_reused_user_tx_no(link: Any) -> None:
     assert "user_tx_no reused" in (frozen_for(link, 16) or "")
 
 
-def test_amounts_are_verified_from_the_previous_transaction(link: Any) -> None:
+def test_amounts_are_verified_from_the_previous_transaction(cold: ColdHsm, link: Any) -> None:
     """The first spend of an outpoint needs its funding transaction (hash-checked); the
     outputs of a co-signed send are known after it, so spending its change needs none."""
-    acct = provision(link, 40)
+    acct = provision(cold, link, 40)
     coins = [acct.coin(600_000), acct.coin(400_000)]
     pay = [(random_address(), 100_000)]
     payload, _ = acct.send(pay, "v1", coins=coins, prev_txs=False)
@@ -555,10 +563,10 @@ def test_amounts_are_verified_from_the_previous_transaction(link: Any) -> None:
     link.call("cosign", payload, timeout=TIMEOUT)
 
 
-def test_a_large_funding_transaction_is_taught_in_parts(link: Any) -> None:
+def test_a_large_funding_transaction_is_taught_in_parts(cold: ColdHsm, link: Any) -> None:
     """A funding transaction too large for a request frame (a batch payout) is sent ahead in
     `learn_prev_tx` parts; the cold HSM computes its txid itself before it trusts it."""
-    acct = provision(link, 46)
+    acct = provision(cold, link, 46)
     coin = funded_coin(acct.wallet, 1_000_000, RECEIVE, 3, 0, "batch payout", filler=600)
     raw = coin.prev_tx or b""
     assert len(raw) > 20_000  # more than one 16 KiB link frame
@@ -582,9 +590,9 @@ def test_a_large_funding_transaction_is_taught_in_parts(link: Any) -> None:
     link.call("cosign", payload, timeout=TIMEOUT)
 
 
-def test_a_lying_amount_is_refused_and_freezes(link: Any) -> None:
+def test_a_lying_amount_is_refused_and_freezes(cold: ColdHsm, link: Any) -> None:
     """The amount split: one input stated as 1 sat. Refused, frozen, alerted."""
-    acct = provision(link, 41)
+    acct = provision(cold, link, 41)
     coins = [acct.coin(600_000), acct.coin(400_000)]
     pay = [(random_address(), 100_000)]
     stated = [[600_000, RECEIVE, coins[0].index], [1, RECEIVE, coins[1].index]]
@@ -603,10 +611,12 @@ def test_a_lying_amount_is_refused_and_freezes(link: Any) -> None:
         (42, (0x10).to_bytes(4, "little"), ColdErrorCode.BAD_SEQUENCE),  # BIP68: 16 blocks
     ],
 )
-def test_transaction_shape_is_strict(link: Any, offset: int, value: bytes, code: int) -> None:
+def test_transaction_shape_is_strict(
+    cold: ColdHsm, link: Any, offset: int, value: bytes, code: int
+) -> None:
     """Version 2, nLockTime 0, final or BIP125 sequences: nothing that delays a signed send."""
     number = 42 + {0: 0, -4: 1, 42: 2}[offset]
-    acct = provision(link, number)
+    acct = provision(cold, link, number)
     payload, _ = acct.send([(random_address(), 100_000)], "shape")
     tx = bytearray(payload["tx"])
     end = offset + 4 if offset != -4 else None
@@ -616,8 +626,8 @@ def test_transaction_shape_is_strict(link: Any, offset: int, value: bytes, code:
     assert frozen_for(link, number) is not None
 
 
-def test_change_index_within_the_gap(link: Any) -> None:
-    acct = provision(link, 45)
+def test_change_index_within_the_gap(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 45)
     payload, _ = acct.send([(random_address(), 100_000)], "far", change=(1000, 895_000))
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.CHANGE_BEYOND_GAP and "index 1000" in err.message
@@ -628,8 +638,8 @@ def test_change_index_within_the_gap(link: Any) -> None:
     assert frozen_for(link, 45) is None
 
 
-def test_refusal_of_unknown_and_expired_channels(link: Any) -> None:
-    acct = provision(link, 17)
+def test_refusal_of_unknown_and_expired_channels(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 17)
     payload, _ = acct.send([(random_address(), 100_000)], "t1", c_id="nope")
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.UNKNOWN_CHANNEL and "'nope'" in err.message
@@ -643,7 +653,7 @@ def test_refusal_of_unknown_and_expired_channels(link: Any) -> None:
 
 
 def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link: Any) -> None:
-    acct = provision(link, 18)
+    acct = provision(cold, link, 18)
     pay = random_address()
     payload, _ = acct.send([(pay, 100_000)], "t1", vc_key=_key("not the channel key"))
     err = refused(link, "cosign", payload)
@@ -682,8 +692,8 @@ def test_forged_vc_code_freezes_until_the_console_unfreezes(cold: ColdHsm, link:
     assert any(a["account"] == 18 and a["kind"] == "account_unfrozen" for a in listed)
 
 
-def test_freeze_from_the_hot_side(link: Any) -> None:
-    acct = provision(link, 19)
+def test_freeze_from_the_hot_side(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 19)
     link.call("freeze", {"account": 19, "reason": "operator request"}, timeout=TIMEOUT)
     payload, _ = acct.send([(random_address(), 100_000)], "t1")
     err = refused(link, "cosign", payload)
@@ -693,7 +703,7 @@ def test_freeze_from_the_hot_side(link: Any) -> None:
 
 
 def test_wrong_link_key_gets_nothing_executed(cold: ColdHsm, link: Any) -> None:
-    acct = provision(link, 20)
+    acct = provision(cold, link, 20)
     payload, psbt = acct.send([(random_address(), 100_000)], "t1")
     before = link.call("status", {}, timeout=TIMEOUT)["link_refusals"].get("bad_mac", 0)
     link.close()
@@ -730,8 +740,8 @@ def sweep_coins(acct: Account, *where: tuple[int, int, int]) -> tuple[list[Coin]
     return coins, utxos
 
 
-def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
-    acct = provision(link, 30, register=False)
+def test_sweep_pays_the_settlement_descriptor(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 30, register=False)
     coins, utxos = sweep_coins(acct, (200_000, RECEIVE, 3), (300_000, CHANGE, 1))
     prev = [c.prev_tx for c in coins]
     err = refused(link, "sweep", {"account": 30, "utxos": utxos, "fee_rate": 5})
@@ -766,8 +776,8 @@ def test_sweep_pays_the_settlement_descriptor(link: Any) -> None:
     assert frozen_for(link, 30) is None
 
 
-def test_sweep_with_a_lying_amount_freezes(link: Any) -> None:
-    acct = provision(link, 31, register=False)
+def test_sweep_with_a_lying_amount_freezes(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 31, register=False)
     coins, utxos = sweep_coins(acct, (200_000, RECEIVE, 0), (300_000, RECEIVE, 1))
     utxos[1]["amount"] = 1  # the split: the fee would burn the true amount
     request = {"account": 31, "utxos": utxos, "fee_rate": 1, "prev_txs": [c.prev_tx for c in coins]}

@@ -188,7 +188,7 @@ class World:
         return info.value
 
 
-def provision(link: Any, number: int, vdevice_phone: str) -> Account:
+def provision(cold: ColdHsm, link: Any, number: int, vdevice_phone: str) -> Account:
     hot = _key(f"hot/{number}")
     vdevice = VDevice(seed=f"sms-vdevice/{number}")
     answer = link.call(
@@ -204,6 +204,7 @@ def provision(link: Any, number: int, vdevice_phone: str) -> Account:
         },
         timeout=TIMEOUT,
     )
+    cold.confirm(number, vdevice.identity_hex)
     return Account(number, answer, hot, vdevice)
 
 
@@ -223,7 +224,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         modem = GsmModem(
             str(d.data_dir / "dev" / "modem-vdevice"), own_number=VDEVICE_NUMBER, name="v"
         )
-        main = provision(link, MAIN, VDEVICE_NUMBER)
+        main = provision(cold, link, MAIN, VDEVICE_NUMBER)
         yield World(cold, link, control, VPhone(modem), main)
     except BaseException:
         print(d.log_tails())
@@ -387,7 +388,7 @@ def test_renewal_keeps_the_previous_channel_until_its_expiry(world: World) -> No
 
 def _linked_account(world: World, number: int) -> tuple[Account, Channel]:
     """An account whose V-device is elsewhere, with a channel registered over the link."""
-    acct = provision(world.link, number, f"+1555000{number:04d}")
+    acct = provision(world.cold, world.link, number, f"+1555000{number:04d}")
     registration = acct.vdevice.channel_registration(number, "c1")
     world.link.call("register_channel", registration, timeout=TIMEOUT)
     ch = Channel("c1", acct.vdevice.channel, b"", registration["expires_at"], "", "")

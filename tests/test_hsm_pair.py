@@ -31,6 +31,7 @@ from tests.hsm_fixtures import (
     SerialTap,
     VDevice,
     build_send_psbt,
+    confirm_account,
     funded_coin,
     hot_wallet,
     random_address,
@@ -94,13 +95,14 @@ _accounts = iter(range(100, 10_000))
 class Account:
     """A provisioned account with a live V-device channel."""
 
-    def __init__(self, client: HotHsmClient) -> None:
+    def __init__(self, client: HotHsmClient, pair: HsmPair) -> None:
         self.id = next(_accounts)
         self.vdev = VDevice(f"vdev-{self.id}")
         self.client = client
         self.prov: ProvisionedAccount = client.provision_account(
             self.id, "regtest", self.vdev.identity_hex, settlement_descriptor(self.id), **PHONES
         )
+        confirm_account(pair.d, self.id, self.vdev.identity_hex)
         self.wallet: HotWallet = hot_wallet(self.prov)
         self.c_id = f"ch-{self.id}"
         client.register_channel(**self.vdev.channel_registration(self.id, self.c_id))
@@ -138,8 +140,8 @@ class Account:
 
 
 @pytest.fixture(scope="module")
-def account(client: HotHsmClient) -> Account:
-    return Account(client)
+def account(pair: HsmPair, client: HotHsmClient) -> Account:
+    return Account(client, pair)
 
 
 def refused(call: Any, code: int, *args: Any, **kwargs: Any) -> HsmRefused:
@@ -263,20 +265,20 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
 
     # Not what the V-device signed: refused and frozen, so each on an account of its own.
     # one satoshi more in the transaction than the V-device signed
-    acct = Account(client)
+    acct = Account(client, pair)
     coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(acct.wallet, coins, [(pay[0][0], 100_001)], change=(3, change[1] - 1))
     refused(client.sign_send, MISMATCH, **acct.params(psbt, pay, "r-1sat", outs=pay))
     refused(client.sign_send, FROZEN, **acct.send("r-after"))
     # an output nobody signed for
-    acct = Account(client)
+    acct = Account(client, pair)
     coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(
         acct.wallet, coins, pay, change=(3, change[1] - 1000), extra_outputs=[(_script(), 1000)]
     )
     refused(client.sign_send, EXTRA, **acct.params(psbt, pay, "r-extra"))
     # "change" claimed at this wallet's change path, paying a script it does not derive
-    acct = Account(client)
+    acct = Account(client, pair)
     w = acct.wallet
     coins = [acct.coin(500_000, 4)]
     psbt = build_send_psbt(w, coins, pay)
@@ -290,7 +292,7 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     assert acct.id in frozen and acct.id - 1 in frozen and acct.id - 2 in frozen
 
     # Refusals that freeze nothing, on one account.
-    acct = Account(client)
+    acct = Account(client, pair)
     w = acct.wallet
     # a fee above the cold policy (max_fee_sat)
     big = [acct.coin(3_000_000, 5)]
@@ -323,7 +325,7 @@ def test_a_large_funding_transaction_travels_in_parts(client: HotHsmClient) -> N
 
 
 def test_forged_vc_code_freezes_the_account(pair: HsmPair, client: HotHsmClient) -> None:
-    acct = Account(client)
+    acct = Account(client, pair)
     client.take_alerts()
     refused(client.sign_send, FORGED, **acct.send("f-1", forge=True))
     refused(client.sign_send, FROZEN, **acct.send("f-2"))
@@ -364,7 +366,7 @@ def test_link_faults_during_cosigning(
     pair: HsmPair, client: HotHsmClient, kind: str, args: dict[str, Any]
 ) -> None:
     """Each call answers or fails cleanly with 906; a retry then succeeds, signed once."""
-    account = Account(client)  # its own: the reuse at the end freezes it
+    account = Account(client, pair)  # its own: the reuse at the end freezes it
     client = pair.client()
     tag = f"lf-{kind}-{args['direction']}"
     params = account.send(tag)
@@ -439,7 +441,7 @@ def test_another_program_on_the_line_gets_nothing_signed(
         pair.start_hot()
         client = pair.client()
         wait_until(lambda: client.health()["cold_reachable"], 30.0, "the cold HSM via the tap")
-        acct = Account(client)
+        acct = Account(client, pair)
         tap.record()
         client.sign_send(**acct.send("i-legit"))
         captured = tap.recorded()

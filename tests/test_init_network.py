@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cc_common.config import load_config
+from cc_common.config import ALL_ROLES, load_config
 from cc_common.errors import ConfigError
 from custody import supervisor as sv
 from custody.admin_cli import deployment_network
@@ -34,7 +34,7 @@ def test_network_decides_ports_fees_prefixes_and_coin_type(
     assert custody_main(["init", "--dir", str(tmp_path), "--network", network]) == 0
     assert f"for {network}" in capsys.readouterr().out
     raw = tomllib.loads((tmp_path / "chaincloud.toml").read_text())
-    config = load_config(tmp_path, environ={})
+    config = load_config(tmp_path, environ={}, role=ALL_ROLES)
     net = deployment_network(config)
     assert net is Network.from_name(network) and net.hrp == hrp
     assert bip84_account_path(net, 0)[1] == coin_type | 0x80000000

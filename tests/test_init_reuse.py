@@ -19,7 +19,7 @@ import sys
 from cc_common.config import load_config
 from cc_common.token.errors import TokenError
 from cc_common.token.hsm_token import HsmToken
-section = load_config(sys.argv[1], environ={}).section(sys.argv[2])
+section = load_config(sys.argv[1], environ={}, role="*").section(sys.argv[2])
 try:
     if len(sys.argv) > 3:
         HsmToken.reset_pin_lock(section, sys.argv[3])
@@ -41,7 +41,8 @@ def _login(d: Any, section: str, so_pin: str | None = None) -> str:
 
 
 def _pins(d: Any, section: str) -> tuple[str, str]:
-    raw = tomllib.loads(d.config_path.read_text())
+    role_file = d.data_dir / f"{section.replace('_', '-')}.toml"  # the HSM's own secrets
+    raw = tomllib.loads(role_file.read_text())
     return raw[section]["user_pin"], raw[section]["so_pin"]
 
 

@@ -23,6 +23,7 @@ from tests.hsm_fixtures import (
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     funded_coin,
     hot_wallet,
     random_address,
@@ -55,6 +56,8 @@ def test_batch_and_send_paths_stay_within_their_deadlines(deployment: Any) -> No
         ).stdout
     )  # fmt: skip
     account = created["account_id"]
+    # the officer confirms it at the cold console, with room for this many sends in an hour
+    confirm_account(d, account, vdev.identity_hex, "--max-sends-per-hour", str(SENDS * 2))
     api = f"http://127.0.0.1:{d.port('custody')}/api/v1/open"
     slow: list[str] = []
 

@@ -12,16 +12,21 @@ from __future__ import annotations
 import json
 import signal
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import pyotp
 import pytest
 
 from cc_common.deployment import COLD_NUMBERS, OWNER_NUMBER, VDEVICE_NUMBER
+from cc_common.fingerprint import fingerprint
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.modem import GsmModem
+from cc_common.spending_policy import SpendingPolicy
 from tests.firmware_fixtures import FirmwareSim, firmware_sims
 from tests.harness import TestProcess, wait_until
 from tests.vdevice_fixtures import (
@@ -66,6 +71,16 @@ class Rig:
     cold: ColdStandIn
     identity: bytes
     proc: TestProcess | None = None
+    totp_secret: str = ""  # the owner's authenticator, from `vdevice provision`'s output
+    last_step: int = 0
+
+    def owner_code(self) -> str:
+        """A code the owner's authenticator shows, for a time step not used yet (each code
+        is good once: a second command within 30 s takes the next step's code)."""
+        step = max(int(time.time() // 30), self.last_step + 1)
+        wait_until(lambda: int(time.time() // 30) + 1 >= step, 35, "the next TOTP step")
+        self.last_step = step
+        return pyotp.TOTP(self.totp_secret).at(step * 30)
 
     @property
     def d(self) -> Any:
@@ -109,6 +124,15 @@ class Rig:
         self.sim.control.inject_sms(VDEVICE_NUMBER, text, sender=OWNER_NUMBER)
 
 
+POLICY_KEYS = set(SpendingPolicy.__dataclass_fields__)
+
+
+def totp_secret_of(provision_output: str) -> str:
+    """The secret inside the otpauth URI `vdevice provision` shows once."""
+    (uri,) = [line for line in provision_output.splitlines() if line.startswith("otpauth://")]
+    return parse_qs(urlparse(uri).query)["secret"][0]
+
+
 def _vdevice_cli(sim: FirmwareSim, *args: str, check: bool = True) -> Any:
     return sim.deployment.cli(
         *args, "--dir", str(sim.deployment.data_dir), module="vdevice.cli", check=check
@@ -135,15 +159,12 @@ def make_rig(sim: FirmwareSim, request: pytest.FixtureRequest) -> Iterator[Calla
             "sms_max_attempts": 4,
             "stall_retry": 2.0,
             "tx_poll_max_interval": 0.5,
-            "whitelist": [],
-            "max_send_sat": 0,
-            "max_daily_sat": 0,
-            "max_sends_per_hour": 0,
             "low_balance_sat": 0,
         }
+        policy = {k: vdevice.pop(k) for k in list(vdevice) if k in POLICY_KEYS}
         config.update(vdevice)
-        sim.deployment.configure({"vdevice": config})
-        identity = bytes.fromhex(_vdevice_cli(sim, "init").stdout.strip())
+        sim.deployment.configure({"vdevice": {**config, "policy": policy}})
+        identity = bytes.fromhex(_vdevice_cli(sim, "init").stdout.splitlines()[0])
         cold_priv, cold_pub = new_key()
         modems = {
             number: GsmModem(
@@ -161,9 +182,11 @@ def make_rig(sim: FirmwareSim, request: pytest.FixtureRequest) -> Iterator[Calla
         }
         path = sim.deployment.data_dir / f"bundle-{name}.json"
         path.write_text(json.dumps({"vdevice_bundle": bundle}))
-        _vdevice_cli(sim, "provision", "--bundle", str(path))
+        out = _vdevice_cli(
+            sim, "provision", "--bundle", str(path), "--cold-fingerprint", fingerprint(cold_pub)
+        ).stdout
         sim.control.inbox(OWNER_NUMBER, clear=True)
-        rig = Rig(sim, web, cold, identity)
+        rig = Rig(sim, web, cold, identity, totp_secret=totp_secret_of(out))
         made.append(rig)
         return rig
 
@@ -185,9 +208,11 @@ def test_cli_init_provision_refusals_and_status(sim: FirmwareSim, tmp_path: Path
     """`init` is idempotent and keeps the key in a 0600 file; `run` refuses unprovisioned."""
     d = sim.deployment
     d.configure({"vdevice": {"state_dir": "vdevice-cli", "wait_for_provisioning": False}})
-    first = _vdevice_cli(sim, "init").stdout.strip()
+    out = _vdevice_cli(sim, "init").stdout
+    first = out.splitlines()[0]
     assert len(bytes.fromhex(first)) == 33
-    assert _vdevice_cli(sim, "init").stdout.strip() == first
+    assert f"fingerprint {fingerprint(bytes.fromhex(first))}" in out
+    assert _vdevice_cli(sim, "init").stdout == out
     db = d.data_dir / "vdevice-cli" / "vdevice.db"
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
@@ -197,7 +222,9 @@ def test_cli_init_provision_refusals_and_status(sim: FirmwareSim, tmp_path: Path
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"account_id": 1, "cold_identity": "02" + "00" * 32}))
-    result = _vdevice_cli(sim, "provision", "--bundle", str(bad), check=False)
+    result = _vdevice_cli(
+        sim, "provision", "--bundle", str(bad), "--cold-fingerprint", "0" * 25, check=False
+    )
     assert result.returncode == 2 and "error:" in result.stderr
 
     text = _vdevice_cli(sim, "status").stdout
@@ -288,8 +315,11 @@ def test_batches_verified_and_substituted(make_rig: Callable[..., Rig]) -> None:
     assert rig.wait_owner("address batch 1 failed verification")
     assert not [t for t in rig.owner_texts() if "batch 0" in t]
     assert [(v.batch_no, v.address_type) for v in rig.cold.verifies] == [(0, COLD), (1, HOT)]
-    last = rig.status()["last_batch"]
-    assert last["state"] == "failed" and last["reported"]
+    # the status file is written at the end of each pass: wait for the pass that reported
+    rig.wait_status(
+        lambda s: s["last_batch"]["state"] == "failed" and s["last_batch"]["reported"],
+        "the failed batch 1 reported in the status",
+    )
 
 
 def test_malformed_batch_fails_without_asking(make_rig: Callable[..., Rig]) -> None:
@@ -382,7 +412,7 @@ def test_wrong_password_stops_the_loop_until_the_owner_restarts_it(
     assert len(rig.web.calls) == calls
     assert rig.web.reports_for("later") == [] and rig.web.tx_requests == []
 
-    rig.owner_says("CC:START_LOOP")
+    rig.owner_says(f"CC:START_LOOP:{rig.owner_code()}")
     rig.wait_owner("CC:LOOP:RUNNING")
     rig.wait_status(lambda s: rig.web.reports_for("later"), "the next vtest handled", 20)
     assert [f["user_tx_no"] for f in rig.web.tx_requests] == ["later"]
@@ -425,13 +455,14 @@ def test_owner_commands(make_rig: Callable[..., Rig]) -> None:
     rig.wait_owner("CC:PONG")
     rig.owner_says("CC:LAUNCH_MISSILES")
     rig.wait_owner(cm.FORMAT_ERROR_TEXT)
-    rig.owner_says("CC:STOP_LOOP")
+    rig.owner_says(f"CC:STOP_LOOP:{rig.owner_code()}")
     rig.wait_owner("CC:LOOP:STOPPED")
     rig.wait_status(lambda s: s["loop"] == "stopped", "the loop stopped")
     # A stranger's command is ignored: no answer to anyone, the loop stays stopped.
-    rig.sim.control.inject_sms(VDEVICE_NUMBER, "CC:START_LOOP", sender="+19995550123")
+    code = rig.owner_code()
+    rig.sim.control.inject_sms(VDEVICE_NUMBER, f"CC:START_LOOP:{code}", sender="+19995550123")
     rig.sim.control.inject_sms(VDEVICE_NUMBER, "CC:TIME", sender="+19995550123")
-    rig.owner_says("CC:START_LOOP")
+    rig.owner_says(f"CC:START_LOOP:{code}")
     rig.wait_owner("CC:LOOP:RUNNING")
     texts = rig.owner_texts()
     assert len(texts) == 5

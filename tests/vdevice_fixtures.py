@@ -135,6 +135,8 @@ class ColdStandIn:
         self.refused.append(why)
 
     def _handle(self, modem: GsmModem, sender: str, text: str) -> None:
+        if text.startswith("CC:POLICY:"):  # a policy change: only recorded (in `received`)
+            return
         try:
             msg = cm.parse(text)
         except cm.SmsFormatError:

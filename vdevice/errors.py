@@ -51,3 +51,9 @@ class RemoteRefused(VDeviceError):
         super().__init__(message)
         self.status = status
         self.remote_code = remote_code
+
+
+class FingerprintMismatch(VDeviceError):
+    """The bundle's cold identity is not the one whose fingerprint was typed in."""
+
+    code = 866

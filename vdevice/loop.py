@@ -17,10 +17,12 @@ from collections.abc import Callable
 from cc_common.process import clear_ready, mark_ready
 from cc_common.sms.errors import SmsError
 from cc_common.sms.modem import GsmModem
+from vdevice import policy_changes
 from vdevice.batches import BatchVerifier
 from vdevice.channel import ChannelKeeper
 from vdevice.errors import NotInitialised, NotProvisioned, RemoteError
 from vdevice.owner import Dispatcher, OwnerControl
+from vdevice.owner_auth import LOCKOUT, MAX_FAILURES, OwnerAuth
 from vdevice.phone import Phone
 from vdevice.remote import CustodyClient, SiteClient
 from vdevice.sends import SendProcessor
@@ -53,13 +55,24 @@ class VDevice:
         self.sends = SendProcessor(
             state, self.phone, self.channels, self.site, self.custody, settings
         )
-        self.owner = OwnerControl(state, self.phone)
+        auth = OwnerAuth(state, self._locked_out)
+        self.owner = OwnerControl(state, self.phone, auth, self.sends.policy)
         self.dispatcher = Dispatcher(
             self.phone,
             self.owner,
             prov.cold_numbers,
             self.channels.on_open_reply,
             self.batches.on_proof,
+        )
+
+    def _send_policy_change(self) -> None:
+        cold = self.state.provisioning().cold_numbers[0]
+        policy_changes.send_outbox(self.state, lambda text: self.phone.send(cold, text))
+
+    def _locked_out(self, number: str) -> None:
+        self.phone.alert(
+            f"owner commands from {number} ignored for {int(LOCKOUT // 60)} min after"
+            f" {MAX_FAILURES} refused codes"
         )
 
     def close(self) -> None:
@@ -85,6 +98,7 @@ class VDevice:
         for sms in self.phone.receive(wait):
             self._step("sms", functools.partial(self.dispatcher.dispatch, sms))
         self._step("channel", self.channels.tick)
+        self._step("policy", self._send_policy_change)
         loop, _ = self.state.loop_state()
         if loop is LoopState.RUNNING:
             self._step("batches", self.batches.tick)

@@ -1,10 +1,15 @@
 """The owner's remote control by SMS, and the sorting of every incoming SMS.
 
-From the owner's number (`[vdevice] owner_number` or the bundle's):
-- `CC:START_LOOP` -> the loop runs again (also after an "AES decrypt error" stop);
+From the owner's number (`[vdevice] owner_number` or the bundle's), each command that changes
+something carrying the owner's one-time code (`owner_auth.py`; the number alone proves nothing):
+- `CC:START_LOOP:<code>` -> the loop runs again (also after an "AES decrypt error" stop);
   answer `CC:LOOP:RUNNING`;
-- `CC:STOP_LOOP` -> batches and sends pause (SMS, owner commands and channel upkeep go on);
-  answer `CC:LOOP:STOPPED`;
+- `CC:STOP_LOOP:<code>` -> batches and sends pause (SMS, owner commands and channel upkeep go
+  on); answer `CC:LOOP:STOPPED`;
+- `CC:APPROVE:<id>:<code>` -> the held send `<id>` may be signed; answer `CC:APPROVED:<id>`;
+- `CC:REJECT:<id>:<code>` -> the held send `<id>` is refused; answer `CC:REJECTED:<id>`;
+- a missing, wrong or replayed code -> `CC:REFUSED:<why>`, nothing changes; after a few the
+  number is ignored for a while and the owner alerted;
 - `CC:PING` -> answer `CC:PONG`;
 - `CC:TIME` -> answer `CC:V:<YYYY-MM-DDTHH:MM:SS>` (UTC);
 - anything that does not parse -> `sms format is error`; a parsable text that is not an owner
@@ -18,6 +23,8 @@ alerted once. From any other number: ignored (logged with the number, never the 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -25,6 +32,8 @@ from cc_common.logs import TRACE
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.errors import SmsFormatError
 from cc_common.sms.modem import IncomingSms
+from vdevice.approvals import SendPolicy
+from vdevice.owner_auth import CodeVerdict, OwnerAuth
 from vdevice.phone import Phone
 from vdevice.state import LoopState, State
 
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 PONG = "CC:PONG"
 LOOP_RUNNING = "CC:LOOP:RUNNING"
 LOOP_STOPPED = "CC:LOOP:STOPPED"
+_LOOP = re.compile(r"CC:(START_LOOP|STOP_LOOP)(?::([^:]*))?")
+_APPROVE = re.compile(r"CC:(APPROVE|REJECT):([0-9a-f]{6}):([^:]*)")
 
 
 def utc_now() -> datetime:
@@ -42,12 +53,22 @@ def utc_now() -> datetime:
 class OwnerControl:
     """Answers the owner's commands; the loop state lives in `State` (survives a restart)."""
 
-    def __init__(self, state: State, phone: Phone) -> None:
+    def __init__(self, state: State, phone: Phone, auth: OwnerAuth, approvals: SendPolicy) -> None:
         self.state = state
         self.phone = phone
+        self.auth = auth
+        self.approvals = approvals
 
     def handle(self, text: str) -> None:
         owner = self.phone.owner_number
+        if self.auth.locked(owner):
+            log.info("owner: number locked out after refused codes; ignored")
+            return
+        stripped = text.strip()
+        loop, approve = _LOOP.fullmatch(stripped), _APPROVE.fullmatch(stripped)
+        if loop is not None or approve is not None:
+            self._authenticated(loop, approve)
+            return
         try:
             msg = cm.parse(text)
         except SmsFormatError as exc:
@@ -59,16 +80,36 @@ class OwnerControl:
             return
         action = msg.action
         log.info("owner: %s", action.value)
-        if action is cm.OwnerAction.START_LOOP:
-            self.state.set_loop_state(LoopState.RUNNING, "")
-            self.phone.send(owner, LOOP_RUNNING)
-        elif action is cm.OwnerAction.STOP_LOOP:
-            self.state.set_loop_state(LoopState.STOPPED, "stopped by the owner")
-            self.phone.send(owner, LOOP_STOPPED)
-        elif action is cm.OwnerAction.PING:
+        if action is cm.OwnerAction.PING:
             self.phone.send(owner, PONG)
         elif action is cm.OwnerAction.TIME:
             self.phone.send(owner, cm.format(cm.TimeReply(utc_now())))
+
+    def _authenticated(self, loop: re.Match[str] | None, approve: re.Match[str] | None) -> None:
+        """A command that changes something: only with a valid, fresh one-time code."""
+        owner = self.phone.owner_number
+        code = loop.group(2) if loop is not None else approve.group(3) if approve else None
+        verdict = self.auth.check(owner, code)
+        if verdict is CodeVerdict.LOCKED:
+            return
+        if verdict is not CodeVerdict.OK:
+            self.phone.send(owner, f"CC:REFUSED:{verdict.value} code")
+            return
+        if approve is not None:
+            approval_id, yes = approve.group(2), approve.group(1) == "APPROVE"
+            if self.approvals.approve(approval_id, time.time(), yes=yes):
+                log.info("owner: send %s %s", approval_id, "approved" if yes else "rejected")
+                self.phone.send(owner, f"CC:{'APPROVED' if yes else 'REJECTED'}:{approval_id}")
+            else:
+                self.phone.send(owner, f"CC:REFUSED:no held send {approval_id}")
+        elif loop is not None and loop.group(1) == cm.OwnerAction.START_LOOP.value:
+            log.info("owner: START_LOOP")
+            self.state.set_loop_state(LoopState.RUNNING, "")
+            self.phone.send(owner, LOOP_RUNNING)
+        else:
+            log.info("owner: STOP_LOOP")
+            self.state.set_loop_state(LoopState.STOPPED, "stopped by the owner")
+            self.phone.send(owner, LOOP_STOPPED)
 
 
 class Dispatcher:

@@ -35,7 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cc_common.spending_policy import approved_request_string
 from cc_common.vtest import VtestDecryptError, open_vtest
+from vdevice.approvals import SendPolicy
 from vdevice.channel import ChannelKeeper
 from vdevice.errors import RemoteError, RemoteRefused
 from vdevice.phone import Phone
@@ -92,6 +94,9 @@ class SendProcessor:
         self.custody = custody
         self.settings = settings
         self.clock = clock
+        self.policy = SendPolicy(
+            state, phone, settings.policies.spending, settings.approval_timeout
+        )
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -169,14 +174,23 @@ class SendProcessor:
                 log.warning("vtest %s: %s: %s", vtest_id, OUT_INVALID, exc.message)
                 raise Refusal(OUT_INVALID, f"{OUT_INVALID}: vtest {vtest_id} refused") from None
             total = sum(o.value for o in outs)
-            self._check_policies(vtest_id, [o.address for o in outs], total, now)
+            decision = self.policy.decide(vtest_id, req.outs, [o.address for o in outs], total, now)
+            if decision.refusal is not None:
+                raise Refusal(
+                    f"policy: {decision.refusal}",
+                    f"policy: vtest {vtest_id} refused, {decision.refusal}",
+                )
         except Refusal as refusal:
             self._refuse(vtest_id, user_tx_no, refusal, now)
             if refusal.reason == DECRYPT_ERROR:
                 self.state.set_loop_state(LoopState.STOPPED, DECRYPT_ERROR)
                 log.warning("loop stopped (%s) until the owner sends CC:START_LOOP", DECRYPT_ERROR)
             return
+        if decision.held:
+            return  # the owner was asked; the site keeps offering the vtest meanwhile
         self._check_balance()
+        if decision.approved:  # the owner's approval goes inside what the channel key signs
+            request = approved_request_string(request)
         vc_code = sign_message(channel.v_priv, request)
         with self.state.tx():
             self.state.db.execute(
@@ -198,43 +212,6 @@ class SendProcessor:
         row = self._row(vtest_id)
         assert row is not None
         self._advance(row, now)
-
-    def _check_policies(self, vtest_id: str, addresses: list[str], total: int, now: float) -> None:
-        p = self.settings.policies
-        if p.whitelist:
-            outside = [a for a in addresses if a not in p.whitelist]
-            if outside:
-                raise Refusal(
-                    "policy: destination not whitelisted",
-                    f"policy: vtest {vtest_id} refused, destination not whitelisted",
-                )
-        if p.max_send_sat and total > p.max_send_sat:
-            raise Refusal(
-                "policy: over the per-send limit",
-                f"policy: vtest {vtest_id} refused, {total} sat over the per-send limit",
-            )
-        db = self.state.db
-        if p.max_daily_sat:
-            (day,) = db.execute(
-                "SELECT COALESCE(SUM(total_sat), 0) FROM sends WHERE vc_code != '' "
-                "AND created_at > ? AND outcome != ?",
-                (now - 86400, Outcome.FAILED),
-            ).fetchone()
-            if day + total > p.max_daily_sat:
-                raise Refusal(
-                    "policy: over the per-day limit",
-                    f"policy: vtest {vtest_id} refused, over the per-day limit",
-                )
-        if p.max_sends_per_hour:
-            (hour,) = db.execute(
-                "SELECT COUNT(*) FROM sends WHERE vc_code != '' AND created_at > ?",
-                (now - 3600,),
-            ).fetchone()
-            if hour >= p.max_sends_per_hour:
-                raise Refusal(
-                    "policy: too many sends this hour",
-                    f"policy: vtest {vtest_id} refused, too many sends this hour",
-                )
 
     def _check_balance(self) -> None:
         limit = self.settings.policies.low_balance_sat

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cc_common.config import Config
 from cc_common.errors import ConfigError
+from cc_common.spending_policy import DEFAULT_POLICY, PolicyFormatError, SpendingPolicy
 from wallet_core.networks import Network
 
 API_PREFIX = "/api/v1/open"
@@ -19,22 +20,29 @@ DB_FILENAME = "vdevice.db"
 STATUS_FILENAME = "vdevice-status.json"
 
 
+# Keys that were local limits with 0 = "no limit"; the policy is now `[vdevice.policy]`.
+RETIRED_POLICY_KEYS = ("whitelist", "max_send_sat", "max_daily_sat", "max_sends_per_hour")
+DEFAULT_APPROVAL_TIMEOUT = 3600.0
+
+
 @dataclass(frozen=True)
 class Policies:
-    """Local send policies; 0 means "no limit", an empty whitelist means "any address"."""
+    """The spending policy applied on the phone (the same as the cold HSM's: see
+    `cc_common.spending_policy`; it has no "no limit") and the low-balance alert (0 = off)."""
 
-    whitelist: tuple[str, ...] = ()
-    max_send_sat: int = 0
-    max_daily_sat: int = 0
-    max_sends_per_hour: int = 0
+    spending: SpendingPolicy = DEFAULT_POLICY
     low_balance_sat: int = 0
 
     def as_dict(self) -> dict[str, object]:
+        p = self.spending
         return {
-            "whitelist": list(self.whitelist),
-            "max_send_sat": self.max_send_sat,
-            "max_daily_sat": self.max_daily_sat,
-            "max_sends_per_hour": self.max_sends_per_hour,
+            "whitelist": list(p.whitelist),
+            "max_send_sat": p.max_send_sat,
+            "max_daily_sat": p.max_daily_sat,
+            "max_sends_per_hour": p.max_sends_per_hour,
+            "approval_above_sat": p.approval_above_sat,
+            "approve_new_destinations": p.approve_new_destinations,
+            "loosen_delay": p.loosen_delay,
             "low_balance_sat": self.low_balance_sat,
         }
 
@@ -62,6 +70,7 @@ class Settings:
     stall_retry: float = 300.0
     http_timeout: float = 10.0
     tx_poll_max_interval: float = 60.0
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
     policies: Policies = Policies()
 
     @property
@@ -75,6 +84,16 @@ class Settings:
 
 def state_dir(config: Config) -> Path:
     return config.section("vdevice").path("state_dir")
+
+
+def owner_code_period(config: Config) -> int:
+    """`[vdevice] owner_code_period`: seconds per owner code (default 30, the apps' standard)."""
+    period = config.section("vdevice").int("owner_code_period", 30)
+    if not 5 <= period <= 120:
+        raise ConfigError(
+            f"config: [vdevice] owner_code_period must be 5 to 120 seconds, not {period}"
+        )
+    return period
 
 
 def load_settings(config: Config) -> Settings:
@@ -98,13 +117,8 @@ def load_settings(config: Config) -> Settings:
     if not owner:
         owner = config.section("phones").str("owner")
     network = Network.from_name(config.section("deployment").str("network", "regtest"))
-    whitelist = tuple(str(a) for a in v.list("whitelist")) if v.has("whitelist") else ()
     policies = Policies(
-        whitelist=whitelist,
-        max_send_sat=v.int("max_send_sat", 0),
-        max_daily_sat=v.int("max_daily_sat", 0),
-        max_sends_per_hour=v.int("max_sends_per_hour", 0),
-        low_balance_sat=v.int("low_balance_sat", 0),
+        spending=spending_policy(config), low_balance_sat=v.int("low_balance_sat", 0)
     )
     settings = Settings(
         state_dir=v.path("state_dir"),
@@ -126,19 +140,43 @@ def load_settings(config: Config) -> Settings:
         stall_retry=v.float("stall_retry", 300.0),
         http_timeout=v.float("http_timeout", 10.0),
         tx_poll_max_interval=v.float("tx_poll_max_interval", 60.0),
+        approval_timeout=v.float("approval_timeout", DEFAULT_APPROVAL_TIMEOUT),
         policies=policies,
     )
     _check(settings)
     return settings
 
 
+def spending_policy(config: Config) -> SpendingPolicy:
+    """`[vdevice.policy]` over the documented defaults: the policy the phone starts with,
+    the same as the cold HSM's when both keep the defaults."""
+    v = config.section("vdevice")
+    retired = [k for k in RETIRED_POLICY_KEYS if v.has(k)]
+    if retired:
+        raise ConfigError(
+            f"config: [vdevice] {', '.join(retired)}: the spending policy is now [vdevice.policy]"
+            " (max_send_sat, max_daily_sat, max_sends_per_hour, approval_above_sat,"
+            " approve_new_destinations, whitelist, loosen_delay); there is no 0 = no limit"
+        )
+    if not config.has_section("vdevice.policy"):
+        return DEFAULT_POLICY
+    try:
+        return SpendingPolicy.from_mapping(config.section("vdevice.policy").values, DEFAULT_POLICY)
+    except (PolicyFormatError, TypeError) as exc:
+        raise ConfigError(f"config: [vdevice.policy]: {exc}") from None
+
+
 def _check(s: Settings) -> None:
-    for name in ("poll_interval", "sms_reply_timeout", "stall_retry", "http_timeout"):
+    for name in (
+        "poll_interval",
+        "sms_reply_timeout",
+        "stall_retry",
+        "http_timeout",
+        "approval_timeout",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"config: [vdevice] {name} must be positive")
     if s.sms_max_attempts < 1:
         raise ConfigError("config: [vdevice] sms_max_attempts must be at least 1")
-    p = s.policies
-    for name in ("max_send_sat", "max_daily_sat", "max_sends_per_hour", "low_balance_sat"):
-        if getattr(p, name) < 0:
-            raise ConfigError(f"config: [vdevice] {name} must not be negative")
+    if s.policies.low_balance_sat < 0:
+        raise ConfigError("config: [vdevice] low_balance_sat must not be negative")

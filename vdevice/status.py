@@ -6,6 +6,7 @@ no key, token or SMS text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 from cc_common.cli import render_table
 from cc_common.process import pid_alive, read_ready
+from vdevice import policy_changes
 from vdevice.settings import Policies
 from vdevice.state import CheckState, State
 
@@ -94,7 +96,16 @@ def snapshot(state: State, policies: Policies, *, process_running: bool) -> dict
     (hour,) = db.execute(
         "SELECT COUNT(*) FROM sends WHERE vc_code != '' AND created_at > ?", (now - 3600,)
     ).fetchone()
-    out["policies"] = policies.as_dict()
+    spending = policy_changes.current(state, policies.spending)  # `vdevice policy set`'s
+    out["policies"] = dataclasses.replace(policies, spending=spending).as_dict()
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'approvals'").fetchone():
+        out["approvals"] = [
+            dict(r)
+            for r in db.execute(
+                "SELECT id, vtest_id, total_sat, state FROM approvals ORDER BY created_at DESC "
+                "LIMIT 5"
+            )
+        ]
     out["counters"] = {"sent_24h_sat": day, "sends_last_hour": hour}
     out["alerts"] = [
         {"at": _iso(a["at"]), "text": a["text"], "delivered": bool(a["delivered"])}

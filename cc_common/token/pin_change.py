@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import tomli_w
 
 from cc_common.cli import add_dir_argument, config_from_args
-from cc_common.config import Config
+from cc_common.config import Config, role_path_for
 from cc_common.token import errors
 from cc_common.token.library import load_module
 from cc_common.token.pin_guard import PinGuard
@@ -80,9 +81,23 @@ def write_pins(config_file: Path, section: str, pins: NewPins) -> None:
     if pins.so_pin is not None:
         table["so_pin"] = pins.so_pin
     tmp = config_file.with_suffix(".tmp")
-    tmp.write_text(header + tomli_w.dumps(raw), encoding="utf-8")
-    tmp.chmod(0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private from the start
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(header + tomli_w.dumps(raw))
     tmp.replace(config_file)
+
+
+def pin_files(config: Config, section: str) -> list[Path]:
+    """The files that hold `[section]`'s PINs: the HSM's role file (`hsm-cold.toml`), and the
+    map too if a PIN was written there by hand (it would win when read)."""
+    role_file = role_path_for(config.data_dir, section.replace("_", "-"))
+    files = [role_file] if role_file.is_file() else []
+    table: Any = tomllib.loads(config.path.read_text(encoding="utf-8"))
+    for part in section.split("."):
+        table = table.get(part, {}) if isinstance(table, dict) else {}
+    if "user_pin" in table or "so_pin" in table or not files:
+        files.append(config.path)
+    return files
 
 
 def change_pins(config: Config, section: str, *, user: bool = True, so: bool = True) -> NewPins:
@@ -90,7 +105,8 @@ def change_pins(config: Config, section: str, *, user: bool = True, so: bool = T
     settings = TokenSettings.from_section(config.section(section))
     pins = NewPins(new_pin() if user else None, new_pin() if so else None)
     change_token_pins(settings, pins)
-    write_pins(config.path, section, pins)
+    for path in pin_files(config, section):
+        write_pins(path, section, pins)
     return pins
 
 
@@ -104,7 +120,7 @@ def add_change_pin_command(sub: Any, section: str, process: str) -> None:
         which = "user PIN" if args.user_only else "SO PIN" if args.so_only else "user and SO PINs"
         return (
             f"{process}: {which} of token {config.section(section).str('token_label')} changed "
-            f"inside the token and written to {config.path}"
+            f"inside the token and written to its configuration files in {config.data_dir}"
         )
 
     p = sub.add_parser(

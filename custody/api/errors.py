@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from custody.db import SQLITE_BUSY_TIMEOUT, is_busy
 from custody.errors import (
     ApiError,
     BadRequest,
+    DatabaseBusy,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -52,5 +54,18 @@ def handle_http_error(err: HTTPException) -> tuple[Response, int]:
 
 @bp.app_errorhandler(Exception)
 def handle_unexpected(err: Exception) -> tuple[Response, int]:
+    if is_busy(err):
+        log.warning(
+            "%s %s: database busy: the write lock was not free within %.0fs; nothing written",
+            request.method,
+            request.path,
+            SQLITE_BUSY_TIMEOUT,
+        )
+        return error_response(
+            DatabaseBusy(
+                f"database busy (another writer held it for {SQLITE_BUSY_TIMEOUT:.0f}s); "
+                "nothing was written, retry later"
+            )
+        )
     log.exception("unexpected error while serving a request")
     return error_response(InternalError("internal error"))

@@ -31,6 +31,7 @@ from cc_common.cli import (
     config_from_args,
     render_table,
     run,
+    set_role,
 )
 from cc_common.config import Config
 from cc_common.logs import setup_logging
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="merchant-site", description="The reference merchant website (protocol section 2)."
     )
+    set_role(parser, "merchant-site")
     sub = parser.add_subparsers(dest="command")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:

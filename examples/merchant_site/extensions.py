@@ -111,6 +111,6 @@ def custody_token(kind: str) -> str:
     """
     value = store.get_setting(db(), kind)
     if not value:
-        fresh = load_config(site().config.data_dir)
+        fresh = load_config(site().config.data_dir, role="merchant-site")
         value = fresh.section("merchant_site").str(kind, "")
     return value

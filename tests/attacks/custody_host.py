@@ -28,6 +28,7 @@ from tests.hsm_fixtures import (
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     hot_wallet,
     random_address,
     send_request,
@@ -98,6 +99,7 @@ class HostAttack:
         prov = self.hot.provision_account(
             number, "regtest", vdev.identity_hex, settlement_descriptor(number), **PHONES
         )
+        confirm_account(self.d, number, vdev.identity_hex)  # the officer, out of band
         c_id = f"ch-{number}"
         self.hot.register_channel(**vdev.channel_registration(number, c_id))
         return Victim(number, prov, vdev, c_id)
