@@ -9,6 +9,8 @@ Fast batch derivation (`BatchPointMultiplier`): a non-hardened child is K + IL*G
 precompute, once per process, 32 windows x 256 multiples of G offset by points R_j that sum
 to zero, so IL*G + K is a single `secp256k1_ec_pubkey_combine` of 33 precomputed points
 (~9 us). Tests check every result against the plain tweak-add path and other libraries.
+Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster, because
+the table no longer stays in the CPU cache; the combine is most of a derivation's cost.
 """
 
 from __future__ import annotations
