@@ -196,6 +196,12 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "state_dir": "hsm-cold/state",
             "pairing_file": "hsm-cold/pairing.bin",
             "export_dir": "hsm-cold/offline-export",
+            # Backup key: M-of-N SLIP-39 shares (docs/recovery.md). The local deployment is a
+            # drill: `hsm-cold init` writes the shares to files here instead of the console.
+            # A production cold HSM leaves backup_drill_dir out.
+            "backup_threshold": 2,
+            "backup_shares": 3,
+            "backup_drill_dir": "hsm-cold/DRILL-shares",
             "max_fee_sat": 1_000_000,
             "max_fee_rate": 500,
             "max_fee_per_day_sat": 10_000_000,

@@ -34,6 +34,7 @@ from cc_demo.scenario import (
 )
 from cc_demo.steps_attacks import step_attack_fee_drain
 from cc_demo.steps_policy import step_attack_site_drain, step_owner_approval
+from cc_demo.steps_recovery import step_recovery_drill
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
 
@@ -55,6 +56,7 @@ STEPS: tuple[Step, ...] = (
     Step("attack-sms", step_attack_sms),
     Step("attack-site-drain", step_attack_site_drain),
     Step("owner-approval", step_owner_approval),
+    Step("recovery-drill", step_recovery_drill),  # last: it empties the hot wallet
 )
 
 

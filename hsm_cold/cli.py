@@ -8,6 +8,7 @@ hsm-cold alerts     every recorded alert
 hsm-cold identity   the identity key's fingerprint, to read out to the V-device's owner
 hsm-cold confirm-account N --vdevice-fingerprint F   confirm a pending account, set its policy
 hsm-cold policy     each account's spending policy and the loosenings waiting
+hsm-cold backup verify / restore / sign-recovery / sweep: disaster recovery (docs/recovery.md)
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from cc_common.pairing import write_pairing_file
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken, Provisioned
 from cc_common.token.pin_change import add_change_pin_command
-from hsm_cold import policy_cli
+from hsm_cold import policy_cli, recovery_cli
+from hsm_cold.console import Console
 from hsm_cold.cosign import FeePolicy
 from hsm_cold.errors import NotPaired, UnknownAccount
 from hsm_cold.keystore import IDENTITY_KEY, ColdKeystore
+from hsm_cold.restore import BackupSettings, prepare_backup
 from hsm_cold.service import AlertKind, ColdService
 from hsm_cold.sms_service import SmsService, SmsSettings
 from hsm_cold.store import ColdStore
@@ -134,7 +137,15 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     section = _section(config)
     paths = ColdPaths.of(section)
     created = HsmToken.init(section)
-    with _opened(section) as (_, _, keystore):
+    with _opened(section) as (_, store, keystore):
+        backup = prepare_backup(
+            keystore,
+            store,
+            paths.export_dir,
+            _network(config),
+            BackupSettings.of(section),
+            Console(),
+        )
         identity = keystore.ensure_keys()
         pairing: str | None = None
         if not keystore.has_link_key():
@@ -145,6 +156,7 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
         "token": "created" if created is Provisioned.CREATED else "already present",
         "identity_pubkey": identity.hex(),
         "pairing_file": pairing or "none written: already paired",
+        **backup,
     }
 
 
@@ -380,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dir_argument(p)
     p.set_defaults(handler=cmd_alerts)
     policy_cli.add_commands(sub)
+    recovery_cli.add_commands(sub)
     return parser
 
 

@@ -48,6 +48,17 @@ class ColdErrorCode(IntEnum):
     POLICY_REFUSED = 751
     APPROVAL_MISSING = 752
     POLICY_CHANGE_REFUSED = 753
+    # disaster recovery (docs/recovery.md)
+    WRONG_SHARE = 780
+    TOO_FEW_SHARES = 781
+    FOREIGN_BACKUP_KEY = 782
+    BACKUP_FILE_ALTERED = 783
+    BACKUP_FILE_INVALID = 784
+    BACKUP_MISSING = 785
+    RESTORE_TARGET_IN_USE = 786
+    RECOVERY_PSBT_REFUSED = 787
+    NOT_CONFIRMED = 788
+    DRILL_MODE_OFF = 789
 
 
 class ColdHsmError(CustodyError):
@@ -233,3 +244,63 @@ class PolicyChangeRefused(ColdHsmError):
     """A policy change not signed by the V-device identity, replayed, stale or malformed."""
 
     code = ColdErrorCode.POLICY_CHANGE_REFUSED
+
+
+class WrongShare(ColdHsmError):
+    """A typed share is not a valid SLIP-39 share, or the shares do not belong together."""
+
+    code = ColdErrorCode.WRONG_SHARE
+
+
+class TooFewShares(ColdHsmError):
+    """Fewer distinct shares than the backup key's threshold."""
+
+    code = ColdErrorCode.TOO_FEW_SHARES
+
+
+class ForeignBackupKey(ColdHsmError):
+    """The shares rebuild a backup key, but not the one the backup files were written under."""
+
+    code = ColdErrorCode.FOREIGN_BACKUP_KEY
+
+
+class BackupFileAltered(ColdHsmError):
+    """A backup file's signature or authenticated encryption does not check out."""
+
+    code = ColdErrorCode.BACKUP_FILE_ALTERED
+
+
+class BackupFileInvalid(ColdHsmError):
+    """Not a backup file, or a set of files that does not make one cold HSM."""
+
+    code = ColdErrorCode.BACKUP_FILE_INVALID
+
+
+class BackupMissing(ColdHsmError):
+    """No backup key on this cold HSM: provisioning would make seeds nobody can restore."""
+
+    code = ColdErrorCode.BACKUP_MISSING
+
+
+class RestoreTargetInUse(ColdHsmError):
+    """A restore writes only onto a fresh token and an empty cold state."""
+
+    code = ColdErrorCode.RESTORE_TARGET_IN_USE
+
+
+class RecoveryPsbtRefused(ColdHsmError):
+    """A recovery PSBT spends something that is not the account's wallet, or is malformed."""
+
+    code = ColdErrorCode.RECOVERY_PSBT_REFUSED
+
+
+class NotConfirmed(ColdHsmError):
+    """The officer at the console did not confirm (or re-typed the wrong words)."""
+
+    code = ColdErrorCode.NOT_CONFIRMED
+
+
+class DrillModeOff(ColdHsmError):
+    """Shares from files are accepted only with `[hsm_cold] backup_drill_dir` configured."""
+
+    code = ColdErrorCode.DRILL_MODE_OFF

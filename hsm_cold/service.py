@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
-from hsm_cold import account_state, accounts, cosign, sweep
+from hsm_cold import account_state, accounts, backup, cosign, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -383,6 +383,7 @@ class ColdService:
         path = accounts.write_recovery_export(self.export_dir, facts, recovery_root, wallet)
         del recovery_root
         try:
+            backup.write_account_backup(self.keystore, self.store, self.export_dir, rec)
             self.store.add_account(rec)
         except BaseException:
             path.unlink(missing_ok=True)

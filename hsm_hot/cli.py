@@ -4,6 +4,7 @@ hsm-hot init   [--dir D]   token, wrapping key, import of the pairing file of `h
 hsm-hot serve  [--dir D]   the local RPC for custody, relaying to the cold HSM
 hsm-hot unlock [--dir D]   operator reset of the PIN retry lock (SO PIN read from stdin)
 hsm-hot audit  [--dir D]   the audit log of every signature, as a table
+hsm-hot sign-recovery N PSBT --out F   the hot key on a recovery PSBT (docs/recovery.md)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cc_common.pairing import PairingBundle, PairingError
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
 from cc_common.token import HsmToken
 from cc_common.token.pin_change import add_change_pin_command
+from hsm_hot import recovery_sign
 from hsm_hot.audit import AuditLog
 from hsm_hot.errors import NotPaired
 from hsm_hot.policy import HotPolicy, PolicyLedger
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(handler=cmd_audit)
+    recovery_sign.add_command(sub)
     return parser
 
 

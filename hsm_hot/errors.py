@@ -77,3 +77,15 @@ class DailyFeeAboveLimit(PolicyRefused):
     """The fees signed for the account in 24 hours would pass the hot HSM's daily limit."""
 
     code = 922
+
+
+class RecoveryPsbtRefused(HotHsmError):
+    """A recovery PSBT spends something that is not the account's hot wallet, or is malformed."""
+
+    code = 980
+
+
+class NotConfirmed(HotHsmError):
+    """The operator did not confirm a recovery signature at the console."""
+
+    code = 981

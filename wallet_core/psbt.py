@@ -267,6 +267,16 @@ class Psbt:
             raise PsbtError(f"input {i} has no witness UTXO")
         return int(utxo.value)
 
+    def input_script_pubkey(self, i: int) -> bytes:
+        utxo = self._p.inputs[i].witness_utxo
+        if utxo is None:
+            raise PsbtError(f"input {i} has no witness UTXO")
+        return utxo.script_pubkey.data
+
+    def input_witness_script(self, i: int) -> bytes | None:
+        ws = self._p.inputs[i].witness_script
+        return None if ws is None else ws.data
+
     def input_prev_tx(self, i: int) -> bytes | None:
         """The funding transaction of input `i` if the PSBT carries it (network bytes)."""
         tx = self._p.inputs[i].non_witness_utxo

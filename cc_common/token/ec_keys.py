@@ -129,6 +129,55 @@ class EcKeys:
         log.info("generated signing key %r", label)
         return public
 
+    def import_signing_key(self, label: str, secret: bytes) -> bytes:
+        """Put a secp256k1 private key into the token (sensitive, non-extractable).
+
+        For a key that must survive the token (the cold identity key is restored from an
+        encrypted backup); every other key is generated inside the token.
+        """
+        ident = check_label(label)
+        try:
+            public = coincurve.PrivateKey(bytes(secret)).public_key
+        except ValueError:
+            raise InvalidArgument("an imported key must be a 32-byte secp256k1 scalar") from None
+        point = public.format(compressed=False)
+        with self._token.operation(f"import key {label!r}") as s:
+            if any(True for _ in s.get_objects({Attribute.LABEL: label})):
+                raise KeyExists(f"a key labelled {label!r} already exists on the token")
+            s.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.TOKEN: True,
+                    Attribute.LABEL: label,
+                    Attribute.ID: ident,
+                    Attribute.EC_PARAMS: SECP256K1_EC_PARAMS,
+                    Attribute.EC_POINT: bytes([0x04, len(point)]) + point,
+                    Attribute.VERIFY: True,
+                    Attribute.MODIFIABLE: False,
+                }
+            )
+            s.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.LABEL: label,
+                    Attribute.ID: ident,
+                    Attribute.EC_PARAMS: SECP256K1_EC_PARAMS,
+                    Attribute.VALUE: bytes(secret),
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.DECRYPT: False,
+                    Attribute.DERIVE: False,
+                    Attribute.MODIFIABLE: False,
+                }
+            )
+        log.info("imported signing key %r", label)
+        return self.public_key(label)
+
     def _key(self, label: str) -> _Key:
         with self._cache_lock:
             cached = self._cache.get(label)

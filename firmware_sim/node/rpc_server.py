@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.node import rpc_scan  # noqa: F401 (registers scantxoutset)
 from firmware_sim.node.errors import RPCCode, RPCError
 from firmware_sim.node.formatting import dumps, use_regtest
 from firmware_sim.node.node import Node

@@ -893,3 +893,75 @@ if os.environ.get("CC_FUZZ_SELFTEST"):  # tests/fuzz/test_fuzz.py: proves a cras
             raise KeyError("the harness's allowed error")
 
         return Harness(run, (KeyError,), [b"fine", b"crash"])
+
+
+# -- disaster recovery: files carried to the cold console ----------------------------------------
+
+
+@harness("cold_backup_file", "hsm_cold.backup")
+def _cold_backup_file() -> Harness:
+    """A backup file from storage media, as `hsm-cold backup verify` and `restore` read it."""
+    import os
+
+    import coincurve
+
+    from hsm_cold.backup import BackupFile, BackupKey, canonical
+    from hsm_cold.errors import ColdHsmError
+
+    key = BackupKey(bytes(range(32)))
+
+    def run(data: bytes) -> None:
+        bf = BackupFile.from_text(text(data), "fuzz")
+        bf.check_signature("fuzz")
+        bf.open(key, "fuzz")
+
+    identity = coincurve.PrivateKey(bytes([7]) * 32)
+    header = {
+        "kind": "account",
+        "account": 1,
+        "network": "regtest",
+        "identity_pubkey": identity.public_key.format().hex(),
+        "backup_key_id": key.key_id,
+    }
+    nonce = os.urandom(12)
+    unsigned = BackupFile(header, nonce, key.seal(canonical(header), b"{}", nonce), b"")
+    sig = identity.sign_recoverable(unsigned.digest(), hasher=None)
+    good = BackupFile(header, nonce, unsigned.ciphertext, bytes([31 + sig[64]]) + sig[:64])
+    return Harness(run, (ColdHsmError,), [good.to_text().encode(), b"{}"])
+
+
+@harness("recovery_psbt", "wallet_core", "embit")
+def _recovery_psbt() -> Harness:
+    """A recovery PSBT from `cc-recover`, as `sign-recovery` checks it on either HSM."""
+    from wallet_core.addresses import address_to_script
+    from wallet_core.errors import WalletError
+    from wallet_core.prevtx import parse_prev_tx
+    from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+    from wallet_core.recovery import RecoveryCheckError, hot_wallet_inputs, summary
+    from wallet_core.wallets import RECEIVE
+
+    _, wallet = _send_psbt()
+
+    def funding(script: bytes, value: int) -> bytes:
+        body = b"\x01" + bytes(32) + b"\x00" * 5 + b"\xff" * 4 + b"\x01"
+        body += value.to_bytes(8, "little") + bytes([len(script)]) + script
+        return (2).to_bytes(4, "little") + body + b"\x00" * 4
+
+    raw = funding(wallet.script_pubkey(4, RECEIVE), 500_000)
+    coin = PsbtInput(
+        parse_prev_tx(raw).txid,
+        0,
+        500_000,
+        wallet.script_pubkey(4, RECEIVE),
+        wallet.witness_script(4, RECEIVE),
+        wallet.origins(4, RECEIVE),
+    )
+    payee = address_to_script("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", wallet.network)
+    psbt = Psbt.create([coin], [PsbtOutput(payee, 499_000)])
+    psbt.set_prev_tx(0, raw)
+
+    def run(data: bytes) -> None:
+        p = Psbt.from_bytes(data)
+        summary(p, hot_wallet_inputs(p, wallet), wallet.network)
+
+    return Harness(run, (WalletError, RecoveryCheckError), [psbt.to_bytes()])
