@@ -33,6 +33,13 @@ from cc_demo.scenario import (
     step_withdrawal,
 )
 from cc_demo.steps_attacks import step_attack_fee_drain
+from cc_demo.steps_money import (
+    step_burst,
+    step_consolidate,
+    step_deposit_replaced,
+    step_fee_bump,
+    step_webhook_catch_up,
+)
 from cc_demo.steps_policy import step_attack_site_drain, step_owner_approval
 from cc_demo.steps_recovery import step_recovery_drill
 from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
@@ -56,6 +63,11 @@ STEPS: tuple[Step, ...] = (
     Step("attack-sms", step_attack_sms),
     Step("attack-site-drain", step_attack_site_drain),
     Step("owner-approval", step_owner_approval),
+    Step("burst", step_burst),
+    Step("fee-bump", step_fee_bump),
+    Step("consolidate", step_consolidate),
+    Step("deposit-replaced", step_deposit_replaced),
+    Step("webhook-catch-up", step_webhook_catch_up),
     Step("recovery-drill", step_recovery_drill),  # last: it empties the hot wallet
 )
 

@@ -51,16 +51,34 @@ CLI_TIMEOUT = 120.0
 
 # The demo's own switches, written into the deployment's configuration before `custody up`
 # (`python -m cc_demo --configure`). Demo only: no production default changes.
+# The demo account's spending policy allows an exchange's volume (the money steps send a burst
+# of ten withdrawals in one block interval): the default per-send limit and approval
+# threshold stay, the daily total and the hourly count are raised, on the phone and in the
+# cold HSM alike.
+DEMO_VOLUME: dict[str, Any] = {"max_daily_sat": 300_000_000, "max_sends_per_hour": 60}
+
 DEMO_CONFIG: dict[str, Any] = {
     # a hacked site may store a withdrawal it could not encrypt (attack: bad vtest)
     "merchant_site": {"allow_raw_vtest": True},
     # the carrier logs SMS bodies, so the demo can take an old SMS to replay
     "firmware_sim": {"carrier": {"log_bodies": True}},
     # short poll intervals: the story runs in seconds, not minutes
-    # 5 s owner codes: each is good once, so the owner's several commands need not wait 30 s
-    "vdevice": {"poll_interval": 0.3, "tx_poll_max_interval": 1.0, "owner_code_period": 5},
-    "custody": {"worker_interval": 0.3},
-    "hsm_cold": {"sms_poll_interval": 0.5},
+    "vdevice": {
+        "poll_interval": 0.3,
+        "tx_poll_max_interval": 1.0,
+        # 5 s owner codes: each is good once, so the owner's commands need not wait 30 s
+        "owner_code_period": 5,
+        "policy": dict(DEMO_VOLUME),
+    },
+    "custody": {
+        "worker_interval": 0.3,
+        "send_wait_seconds": 0.5,
+        "webhook_timeout_seconds": 2.0,
+        "webhook_backoff_initial": 0.5,
+        "webhook_backoff_max": 2.0,
+        "webhook_interval": 0.2,
+    },
+    "hsm_cold": {"sms_poll_interval": 0.5, "policy": dict(DEMO_VOLUME)},
 }
 
 
@@ -227,6 +245,7 @@ class Faucet:
         self.pub = secp.pubkey_from_privkey(self._priv)
         self.address = p2wpkh_address(self.pub, network)
         self._coins: list[tuple[str, int, int]] = []  # (txid, vout, sat), mature
+        self._spent: dict[str, tuple[tuple[str, int, int], tuple[str, int, int]]] = {}
 
     def _refill(self) -> None:
         """Mine to the faucet, then 100 blocks on top, so its coinbase is spendable."""
@@ -237,15 +256,35 @@ class Faucet:
         self._coins.append((coinbase["txid"], 0, sat))
 
     def pay(self, payments: list[tuple[str, int]]) -> str:
-        """Broadcast one transaction paying `payments` (address, sat); change to itself."""
+        """Broadcast one transaction paying `payments` (address, sat); change to itself.
 
+        It signals BIP125, so `replace` can take its place while it is unconfirmed.
+        """
         total = sum(v for _, v in payments)
         if not self._coins or self._coins[0][2] < total + self.FEE:
             self._refill()
-        txid, vout, value = self._coins.pop(0)
+        coin = self._coins.pop(0)
+        sent, change = self._spend(coin, payments, self.FEE)
+        self._coins.append(change)  # spendable once mined
+        self._spent[sent] = (coin, change)
+        return sent
+
+    def replace(self, txid: str, payments: list[tuple[str, int]], fee: int) -> str:
+        """A BIP125 replacement of our unconfirmed `txid`, paying `payments` instead."""
+        coin, old_change = self._spent.pop(txid)
+        sent, change = self._spend(coin, payments, fee)
+        self._coins[self._coins.index(old_change)] = change
+        self._spent[sent] = (coin, change)
+        return sent
+
+    def _spend(
+        self, coin: tuple[str, int, int], payments: list[tuple[str, int]], fee: int
+    ) -> tuple[str, tuple[str, int, int]]:
+        txid, vout, value = coin
+        total = sum(v for _, v in payments)
         spk = address_to_script(self.address, self.network)
         outputs = [PsbtOutput(address_to_script(a, self.network), v) for a, v in payments]
-        change = value - total - self.FEE
+        change = value - total - fee
         if change < 0:
             raise StepFailed(f"the faucet's coin of {btc(value)} cannot pay {btc(total)}")
         outputs.append(PsbtOutput(spk, change))
@@ -256,8 +295,7 @@ class Faucet:
         psbt.sign(lambda digest: signatures.sign_digest(self._priv, digest), self.pub)
         psbt.finalize()
         sent = str(self.rpc.send_raw_transaction(psbt.extract_hex()))
-        self._coins.append((sent, len(outputs) - 1, change))  # spendable once mined
-        return sent
+        return sent, (sent, len(outputs) - 1, change)
 
 
 def mempool(rpc: Any) -> set[str]:

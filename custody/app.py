@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
-from custody.api import addresses, errors, health, openapi, params, time, timing, txs, user
+from custody.api import addresses, errors, events, health, openapi, params, time, timing, txs, user
 from custody.db import database_url, make_engine, make_session_factory
 from custody.extensions import (
     CONFIG_KEY,
@@ -93,7 +93,7 @@ def create_app(
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(health.bp, url_prefix="/api/v1")
-    for module in (time, user, addresses, txs):
+    for module in (time, user, addresses, txs, events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
     app.before_request(timing.start)

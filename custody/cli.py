@@ -14,7 +14,7 @@ from cc_common.cli import add_dir_argument, run, set_role
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 from cc_common.network_config import runs_simulated_node
-from custody import admin_cli, supervisor_cli, worker
+from custody import admin_cli, send_cli, supervisor_cli, webhook_cli, worker
 from custody.operator import cli as operator_cli
 from wallet_core.networks import Network
 
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     supervisor_cli.register(sub)  # up, status, down
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
+    webhook_cli.register(sub)  # webhook add/list/remove/deliveries/redeliver
+    send_cli.register(sub)  # send bump, wallet consolidate
     operator_cli.register(sub)  # dashboard
     return parser
 

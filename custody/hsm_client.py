@@ -201,6 +201,10 @@ class HotHsmClient:
         )
         return str(_answer_field("sign_send", r, "psbt"))
 
+    def sign_consolidation(self, account: int, psbt: str) -> str:
+        """Both HSMs' signatures on a consolidation (every output the account's own change)."""
+        return str(self.call("sign_consolidation", account=account, psbt=psbt)["psbt"])
+
     def freeze(self, account: int, reason: str) -> None:
         self.call("freeze", account=account, reason=reason)
 

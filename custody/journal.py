@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from custody import events
 from custody.models import JournalEntry, KeyValue, utcnow
 
 GENESIS = "0" * 64
@@ -51,6 +52,13 @@ class JournalKind(StrEnum):
     DEPOSIT_SEEN = "deposit_seen"
     DEPOSIT_CONFIRMED = "deposit_confirmed"
     DEPOSIT_REORGED = "deposit_reorged"
+    DEPOSIT_FINAL = "deposit_final"
+    DEPOSIT_REPLACED = "deposit_replaced"
+    DEPOSIT_CONFLICTED = "deposit_conflicted"
+    DEPOSIT_DROPPED = "deposit_dropped"
+    SEND_WAITING = "send_waiting"
+    SEND_REPLACED = "send_replaced"
+    CONSOLIDATION = "consolidation"
 
 
 def canonical_json(value: Any) -> str:
@@ -106,6 +114,7 @@ def append(
     else:
         head.value = new_head
     session.flush()
+    events.from_journal(session, kind, account_id, data)  # the merchant's view of it, if any
     return digest
 
 

@@ -75,10 +75,30 @@ class TxStatus(enum.StrEnum):
     REMOVED = "removed"  # left the chain in a reorg and is no longer in the mempool
 
 
+class DepositState(enum.StrEnum):
+    """A transaction's life as the merchant sees it (the `cc_state` extension of `GET /tx`).
+
+    `confirmed` carries its depth in the API (confirmations follow from the tip); `final` is
+    reached at the configured depth. The last four are ends of an unconfirmed or disconnected
+    transaction: another spend of one of its inputs took its place in the mempool (`replaced`)
+    or in a block (`conflicted`), a block holding it left the chain (`reorged`, until it is
+    mined again), or the node dropped it with its inputs still unspent (`dropped`).
+    """
+
+    SEEN = "seen"
+    CONFIRMED = "confirmed"
+    FINAL = "final"
+    REPLACED = "replaced"
+    CONFLICTED = "conflicted"
+    REORGED = "reorged"
+    DROPPED = "dropped"
+
+
 class SendStatus(enum.StrEnum):
     """Life of a hot send. The reference shows pending / OK / failed (see `public_status`)."""
 
     PENDING = "pending"  # accepted, waiting for the worker
+    WAITING_FUNDS = "waiting_funds"  # not fundable yet (reason in `state_reason`); retried
     BUILT = "built"  # inputs chosen and recorded, PSBT built: a retry rebuilds exactly this
     SIGNED = "signed"  # both HSMs signed; the final transaction is stored
     BROADCAST = "broadcast"  # accepted by the node
@@ -204,6 +224,8 @@ class ChainTx(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "wallet", "txid"),
         Index("ix_chain_txs_page", "account_id", "wallet", "id"),
+        # The watcher's "which confirmed ones became final" visits only those not final yet.
+        Index("ix_chain_txs_state_height", "state", "block_height"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -216,6 +238,11 @@ class ChainTx(Base):
     value: Mapped[int] = mapped_column(BigInteger)  # net effect on this side, satoshi
     tx_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)  # first seen
     confirm_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    state: Mapped[DepositState] = mapped_column(
+        Enum(DepositState, native_enum=False, length=16), default=DepositState.SEEN
+    )
+    state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    has_dust: Mapped[bool] = mapped_column(Boolean, default=False)
 
     inputs: Mapped[list[ChainTxInput]] = relationship(
         order_by="ChainTxInput.sn", cascade="all, delete-orphan"
@@ -223,6 +250,18 @@ class ChainTx(Base):
     outputs: Mapped[list[ChainTxOutput]] = relationship(
         order_by="ChainTxOutput.sn", cascade="all, delete-orphan"
     )
+
+
+class TxStateChange(Base):
+    """Every state a transaction went through, with when (append-only)."""
+
+    __tablename__ = "tx_state_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_tx_id: Mapped[int] = mapped_column(ForeignKey("chain_txs.id"), index=True)
+    state: Mapped[DepositState] = mapped_column(Enum(DepositState, native_enum=False, length=16))
+    confirmations: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ChainTxInput(Base):
@@ -270,6 +309,8 @@ class Utxo(Base):
     block_height: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: mempool
     spent_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reserved_by_send: Mapped[int | None] = mapped_column(ForeignKey("sends.id"), nullable=True)
+    # Below the configured dust threshold: recorded and shown, never chosen by coin selection.
+    is_dust: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AccountBalance(Base):
@@ -319,6 +360,7 @@ class Send(Base):
         Enum(SendStatus, native_enum=False, length=16), default=SendStatus.PENDING, index=True
     )
     failure_reason: Mapped[str] = mapped_column(Text, default="")
+    state_reason: Mapped[str] = mapped_column(Text, default="")  # why it waits (waiting_funds)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     fee: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     change_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -327,6 +369,8 @@ class Send(Base):
     txid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     request_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     tx_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The watcher's tip when the node took the current transaction (for automatic fee bumps).
+    broadcast_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -368,3 +412,109 @@ class KeyValue(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class EventSide(enum.StrEnum):
+    """Which token scope sees an event: one side of the account, or both."""
+
+    HOT = "hot"
+    COLD = "cold"
+    BOTH = "both"
+
+
+class Event(Base):
+    """A merchant-facing event, numbered without gaps per account (`seq`), append-only."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("account_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    side: Mapped[EventSide] = mapped_column(Enum(EventSide, native_enum=False, length=8))
+    data: Mapped[str] = mapped_column(Text)  # canonical JSON
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class EventCounter(Base):
+    """The last `seq` given per account; its row lock serialises numbering."""
+
+    __tablename__ = "event_counters"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # due at `next_at`
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    PARKED = "parked"  # failed for longer than the retry window: only a redelivery resends it
+
+
+class WebhookEndpoint(Base):
+    """An operator-registered URL receiving an account's events, signed with `secret`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    side: Mapped[EventSide] = mapped_column(Enum(EventSide, native_enum=False, length=8))
+    secret: Mapped[str] = mapped_column(String(128))  # HMAC key shared with the receiver
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Lease of the worker delivering this endpoint's queue (in sequence order).
+    locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # backoff
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: its attempts and outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "status", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, length=16), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_result: Mapped[str] = mapped_column(Text, default="")  # HTTP status or error
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReplacementStatus(enum.StrEnum):
+    BUILT = "built"  # PSBT made, not yet co-signed (a retry signs exactly this one)
+    SIGNED = "signed"  # co-signed, final transaction stored, not yet accepted by the node
+    CURRENT = "current"  # accepted: the send's transaction now
+    REPLACED = "replaced"  # an earlier transaction of the send, replaced by a fee bump
+    REJECTED = "rejected"  # the node refused it; the send kept its transaction
+
+
+class SendReplacement(Base):
+    """The transactions of a fee-bumped send, the replaced ones kept (one may still confirm)."""
+
+    __tablename__ = "send_replacements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id"), index=True)
+    txid: Mapped[str] = mapped_column(String(64), index=True)
+    psbt: Mapped[str] = mapped_column(Text)
+    tx_hex: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fee: Mapped[int] = mapped_column(BigInteger)
+    change_value: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[ReplacementStatus] = mapped_column(
+        Enum(ReplacementStatus, native_enum=False, length=16)
+    )
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    at_height: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the watcher's tip

@@ -12,6 +12,7 @@ from custody.batches import MAX_BATCH_NO
 from custody.errors import (
     api_codes,
 )
+from custody.models import DepositState, SendStatus
 from custody.openapi_fields import annotate, annotate_params, error_codes
 
 VERSION = "1.0.0"
@@ -141,6 +142,40 @@ SCHEMAS: dict[str, Any] = {
             },
             "inputs": {"type": "array", "items": _ref("TxInput")},
             "outputs": {"type": "array", "items": _ref("TxOutput")},
+            "cc_state": {
+                "type": "string",
+                "enum": [s.value for s in DepositState],
+                "description": "extension: seen (mempool), confirmed (depth in `confirmation`), "
+                "final (at the deployment's final depth); replaced, conflicted, dropped and "
+                "reorged as in docs/money.md. Only confirmed coins count in a balance.",
+            },
+            "cc_state_at": {**ISO_TIME, "description": "extension: when cc_state was entered"},
+            "cc_dust": {
+                "type": "boolean",
+                "description": "extension: pays one of our receiving addresses less than the "
+                "dust threshold; recorded, never spent",
+            },
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["id", "seq", "account_id", "kind", "side", "at", "data"],
+        "properties": {
+            "id": {"type": "integer"},
+            "seq": {"type": "integer", "minimum": 1},
+            "account_id": {"type": "integer"},
+            "kind": {"type": "string"},
+            "side": {"type": "string", "enum": ["hot", "cold", "both"]},
+            "at": ISO_TIME,
+            "data": {"type": "object"},
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "last_seq"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event"), "maxItems": 500},
+            "last_seq": {"type": "integer", "description": "seq to pass as `after` next"},
         },
     },
     "Result": {
@@ -207,6 +242,16 @@ SCHEMAS: dict[str, Any] = {
             "tx_at": NULLABLE_TIME,
             "hot_wallet_tx_status": {"type": "string", "enum": ["pending", "OK", "failed"]},
             "failure_reason": {"type": "string"},
+            "cc_state": {
+                "type": "string",
+                "enum": [s.value for s in SendStatus],
+                "description": "extension: the pipeline state behind hot_wallet_tx_status "
+                "(waiting_funds: not fundable yet, shown as pending)",
+            },
+            "cc_state_reason": {
+                "type": "string",
+                "description": "extension: why the send waits (empty otherwise)",
+            },
         },
     },
 }
@@ -274,6 +319,16 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
         "name": name,
         "in": "path",
         "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
         "schema": schema,
         "description": description,
     }
@@ -376,6 +431,38 @@ def build_spec() -> dict[str, Any]:
                     }
                 ],
                 extra={"400": _err("BadRequest")},
+            )
+        },
+        "/events": {
+            "get": _op(
+                "The token's side of the account's event log, oldest first (long polling)",
+                _json(_ref("EventPage"), "events after `after`"),
+                tag="events",
+                params=[
+                    _query_param(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        "return events with seq above this (the last one processed); default 0",
+                    ),
+                    _query_param(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 500},
+                        "at most this many events (default 100)",
+                    ),
+                    _query_param(
+                        "wait",
+                        {"type": "number", "minimum": 0, "maximum": 30},
+                        "seconds to wait for a first event when there is none yet (default 0)",
+                    ),
+                ],
+                extra={"400": _err("BadRequest")},
+                description=(
+                    "Numbers (`seq`) run without gaps per account; a hot token sees hot and "
+                    "account-wide events, a cold token cold and account-wide ones. Kinds: "
+                    "deposit.seen/confirmed/final/replaced/conflicted/reorged/dropped, "
+                    "send.accepted/waiting/signed/broadcast/replaced/confirmed/failed, "
+                    "batch.verified/failed, account.frozen/unfrozen."
+                ),
             )
         },
         "/tx/detail/{tx_hash}": {

@@ -1,5 +1,13 @@
 """The hot-send pipeline: PENDING -> BUILT -> SIGNED -> BROADCAST -> CONFIRMED (or FAILED).
 
+A send the wallet cannot fund yet goes to WAITING_FUNDS (the reason in `state_reason`, shown
+as pending by the API) and is tried again after `send_wait_seconds`; it never fails for want
+of coin. Coin selection takes confirmed coins and the wallet's own unconfirmed change (outputs
+of our own broadcast sends to our change path), as long as the new transaction stays within
+Core's chain limit: with its unconfirmed ancestors at most 25 transactions
+(`send_max_unconfirmed_ancestors`, at most 24). A broadcast refused for a too-long mempool
+chain stays SIGNED and is retried: the signed transaction is the only one for its user_tx_no.
+
 Each transition is its own database transaction, committed before the next step starts, and
 each step starts from what is stored, so a crash anywhere resumes without a second payment
 (DESIGN invariant 5):
@@ -82,7 +90,15 @@ from wallet_core.rawtx import SignedTx, parse_signed_tx
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (SendStatus.PENDING, SendStatus.BUILT, SendStatus.SIGNED, SendStatus.BROADCAST)
+ACTIVE = (
+    SendStatus.PENDING,
+    SendStatus.WAITING_FUNDS,
+    SendStatus.BUILT,
+    SendStatus.SIGNED,
+    SendStatus.BROADCAST,
+)
+BUILDABLE = (SendStatus.PENDING, SendStatus.WAITING_FUNDS)
+CHAIN_LIMIT = 25  # Core's DEFAULT_ANCESTOR_LIMIT, the transaction itself included
 
 
 class SendFailed(CustodyError):
@@ -99,10 +115,16 @@ class _Race(Exception):
     """A chosen UTXO was taken between selection and reservation: select again."""
 
 
+class _ChainTooLong(Exception):
+    """The node refused the broadcast for Core's chain limit: wait for a block."""
+
+
 @dataclass(frozen=True)
 class SendSettings:
     """`[custody]` keys: fee_rate_sat_vb, fee_floor_sat_vb, fee_ceiling_sat_vb,
-    fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs."""
+    fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs,
+    send_wait_seconds, send_spend_unconfirmed_change, send_max_unconfirmed_ancestors,
+    send_bump_after_blocks (0: no automatic fee bump)."""
 
     fee_rate: float = 2.0
     fee_floor: float = DEFAULT_FLOOR_SAT_VB
@@ -115,6 +137,10 @@ class SendSettings:
     alert_after: int = 5
     max_inputs: int = 50
     claim_batch: int = 10
+    wait_seconds: float = 5.0
+    spend_unconfirmed_change: bool = True
+    max_unconfirmed_ancestors: int = CHAIN_LIMIT - 1
+    bump_after_blocks: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> SendSettings:
@@ -132,6 +158,15 @@ class SendSettings:
             alert_after=s.int("hsm_alert_after", d.alert_after),
             max_inputs=s.int("send_max_inputs", d.max_inputs),
             claim_batch=s.int("send_claim_batch", d.claim_batch),
+            wait_seconds=s.float("send_wait_seconds", d.wait_seconds),
+            spend_unconfirmed_change=s.bool(
+                "send_spend_unconfirmed_change", d.spend_unconfirmed_change
+            ),
+            max_unconfirmed_ancestors=min(
+                s.int("send_max_unconfirmed_ancestors", d.max_unconfirmed_ancestors),
+                CHAIN_LIMIT - 1,
+            ),
+            bump_after_blocks=max(0, s.int("send_bump_after_blocks", d.bump_after_blocks)),
         )
 
 
@@ -163,6 +198,104 @@ def ensure_address(session: Session, account: Account, chain: Chain, index: int)
     session.add(row)
     session.flush()
     return row
+
+
+def spendable_utxos(
+    s: Session, account_id: int, tip: int, settings: SendSettings
+) -> list[tuple[Utxo, Address]]:
+    """The account's hot coins coin selection may use, row-locked on PostgreSQL.
+
+    Confirmed coins at `send_min_conf` depth, and (if allowed) outputs to our change path of
+    transactions we broadcast ourselves, confirmed or not: nobody else can replace those.
+    Dust is never chosen.
+    """
+    confirmed = and_(
+        Utxo.block_height.is_not(None),
+        Utxo.block_height <= tip - max(settings.min_conf, 1) + 1,
+    )
+    usable = confirmed
+    if settings.spend_unconfirmed_change:
+        ours = select(Send.txid).where(
+            Send.account_id == account_id,
+            Send.txid.is_not(None),
+            Send.status.in_((SendStatus.BROADCAST, SendStatus.CONFIRMED)),
+        )
+        usable = or_(confirmed, and_(Address.chain == Chain.CHANGE, Utxo.txid.in_(ours)))
+    q = (
+        select(Utxo, Address)
+        .join(Address, Address.id == Utxo.address_id)
+        .where(
+            Utxo.account_id == account_id,
+            Utxo.wallet == Wallet.HOT,
+            usable,
+            Utxo.is_dust.is_(False),
+            Utxo.spent_by.is_(None),
+            Utxo.reserved_by_send.is_(None),
+        )
+        .order_by(Utxo.id)
+    )
+    if is_postgres(s):
+        q = q.with_for_update(skip_locked=True, of=Utxo)
+    return [(u, a) for u, a in s.execute(q).all()]
+
+
+def unconfirmed_ancestry(s: Session, utxos: Sequence[Utxo]) -> dict[str, set[str]]:
+    """For each unconfirmed txid among `utxos`: it and its unconfirmed ancestors (ours).
+
+    Walked through our own records (the coins each of our sends spent), so it needs no node
+    call inside the selection transaction; only our own transactions can be unconfirmed here.
+    """
+    memo: dict[str, set[str]] = {}
+
+    def walk(txid: str, depth: int) -> set[str]:
+        if txid in memo:
+            return memo[txid]
+        found = {txid}
+        if depth < CHAIN_LIMIT + 1:
+            send_id = s.execute(select(Send.id).where(Send.txid == txid)).scalars().first()
+            spent = Utxo.spent_by == txid
+            if send_id is not None:
+                spent = or_(spent, Utxo.reserved_by_send == send_id)
+            parents = s.execute(
+                select(Utxo.txid).where(Utxo.block_height.is_(None), spent).distinct()
+            ).scalars()
+            for parent in list(parents):
+                if parent != txid:
+                    found |= walk(parent, depth + 1)
+        memo[txid] = found
+        return found
+
+    return {u.txid: walk(u.txid, 0) for u in utxos if u.block_height is None}
+
+
+def record_change(s: Session, send: Send, tx_hex: str, txid: str) -> None:
+    """Our change output as an unconfirmed UTXO the moment the node took the transaction.
+
+    The next send may then spend it without waiting for the watcher; the watcher finds the row
+    when it sees the transaction (same txid/vout) and follows it from there.
+    """
+    if send.change_index is None:
+        return
+    account = s.get(Account, send.account_id)
+    assert account is not None
+    address = ensure_address(s, account, Chain.CHANGE, send.change_index)
+    for vout, (script, value) in enumerate(parse_signed_tx(bytes.fromhex(tx_hex)).outputs):
+        if bytes(script) != bytes(address.script_pubkey):
+            continue
+        exists = s.execute(select(Utxo.id).where(Utxo.txid == txid, Utxo.vout == vout)).first()
+        if exists is None:
+            s.add(
+                Utxo(
+                    account_id=send.account_id,
+                    wallet=Wallet.HOT,
+                    txid=txid,
+                    vout=vout,
+                    value=value,
+                    address_id=address.id,
+                    block_height=None,
+                )
+            )
+    s.flush()
 
 
 # ---------------------------------------------------------------------- the worker
@@ -254,7 +387,11 @@ class SendWorker:
             new = self.advance(send_id)
             if new is SendStatus.BROADCAST and status is not SendStatus.BROADCAST:
                 return self.advance(send_id)  # already confirmed? else wait for the watcher
-            if new == status or new in (SendStatus.FAILED, SendStatus.CONFIRMED):
+            if new == status or new in (
+                SendStatus.FAILED,
+                SendStatus.CONFIRMED,
+                SendStatus.WAITING_FUNDS,
+            ):
                 return new
             status = new
         return status
@@ -267,7 +404,7 @@ class SendWorker:
         """Exactly one transition of a send we hold (tests call it to stop between steps)."""
         status = self._status(send_id)
         try:
-            if status is SendStatus.PENDING:
+            if status in BUILDABLE:
                 self._build(send_id)
             elif status is SendStatus.BUILT:
                 self._sign(send_id)
@@ -279,6 +416,9 @@ class SendWorker:
             log.info("send %d: lease lost to another worker", send_id)
         except (HsmUnavailableError, ChainUnavailable) as exc:
             self._retry_later(send_id, exc)
+        except _ChainTooLong:
+            log.info("send %d: mempool chain too long; broadcast after the next block", send_id)
+            self._retry_later(send_id, None)
         except OperationalError:  # deadlock victim, database busy: nothing was written
             log.warning("send %d: database conflict; retrying later", send_id)
             self._retry_later(send_id, None)
@@ -311,7 +451,7 @@ class SendWorker:
             try:
                 with transaction(self.factory) as s:
                     send = self._hold(s, send_id)
-                    if send.status is not SendStatus.PENDING:
+                    if send.status not in BUILDABLE:
                         return
                     self._build_in(s, send, rate)
                 return
@@ -337,39 +477,11 @@ class SendWorker:
             return
         scripts = [address_to_script(o.address, network) for o in outs]
         amount = sum(o.value for o in outs)
-        tip = tip_height(s)
-        if tip is None:
-            self._fail_in(s, send, "insufficient funds: no confirmed hot-wallet coins")
+        found = self._select(s, account.id, amount, rate, scripts)
+        if isinstance(found, str):
+            self._wait_in(s, send, found)
             return
-        q = (
-            select(Utxo, Address)
-            .join(Address, Address.id == Utxo.address_id)
-            .where(
-                Utxo.account_id == account.id,
-                Utxo.wallet == Wallet.HOT,
-                Utxo.block_height.is_not(None),
-                Utxo.block_height <= tip - max(self.settings.min_conf, 1) + 1,
-                Utxo.spent_by.is_(None),
-                Utxo.reserved_by_send.is_(None),
-            )
-            .order_by(Utxo.id)
-        )
-        if is_postgres(s):
-            q = q.with_for_update(skip_locked=True, of=Utxo)
-        rows = s.execute(q).all()
-        by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
-        candidates = [coinselect.Utxo(u.txid, u.vout, u.value) for u, _ in rows]
-        try:
-            sel = coinselect.select_coins(
-                candidates,
-                amount,
-                rate,
-                outputs_weight=sum(output_weight(sc) for sc in scripts),
-                max_inputs=self.settings.max_inputs,
-            )
-        except CoinSelectionError as exc:
-            self._fail_in(s, send, f"insufficient funds: {exc.message}")
-            return
+        sel, by_outpoint = found
         chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
         ids = [u.id for u, _ in chosen]
         res = s.execute(
@@ -418,6 +530,7 @@ class SendWorker:
         send.fee = sel.fee
         send.change_index = change_index
         send.status = SendStatus.BUILT
+        send.state_reason = ""
         send.attempts = 0
         journal.append(
             s,
@@ -432,6 +545,57 @@ class SendWorker:
             },
         )
         log.info("send %d built (%d inputs)", send.id, len(chosen))
+
+    def _select(
+        self, s: Session, account_id: int, amount: int, rate: float, scripts: list[bytes]
+    ) -> tuple[coinselect.Selection, dict[tuple[str, int], tuple[Utxo, Address]]] | str:
+        """Inputs for `amount`, or the reason the send must wait."""
+        tip = tip_height(s)
+        if tip is None:
+            return "waiting for funds: the watcher has not seen a block yet"
+        rows = spendable_utxos(s, account_id, tip, self.settings)
+        by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
+        chains = unconfirmed_ancestry(s, [u for u, _ in rows])
+        limit = self.settings.max_unconfirmed_ancestors
+        candidates = [
+            coinselect.Utxo(u.txid, u.vout, u.value)
+            for u, _ in rows
+            if len(chains.get(u.txid, set())) <= limit
+        ]
+        while True:
+            try:
+                sel = coinselect.select_coins(
+                    candidates,
+                    amount,
+                    rate,
+                    outputs_weight=sum(output_weight(sc) for sc in scripts),
+                    max_inputs=self.settings.max_inputs,
+                )
+            except CoinSelectionError as exc:
+                return f"waiting for funds: {exc.message}"
+            ancestry: set[str] = set()
+            for c in sel.inputs:
+                ancestry |= chains.get(c.txid, set())
+            if len(ancestry) <= limit:
+                return sel, by_outpoint
+            # Two chains together are too long: give up the longest and select again.
+            longest = max(sel.inputs, key=lambda c: len(chains.get(c.txid, set())))
+            candidates = [c for c in candidates if c.txid != longest.txid]
+
+    def _wait_in(self, s: Session, send: Send, reason: str) -> None:
+        """WAITING_FUNDS with `reason` (journaled on entry); tried again after a while."""
+        first = send.status is not SendStatus.WAITING_FUNDS or send.state_reason != reason
+        send.status = SendStatus.WAITING_FUNDS
+        send.state_reason = reason[:1000]
+        self._unlock(s, send, self.settings.wait_seconds)
+        if first:
+            journal.append(
+                s,
+                JournalKind.SEND_WAITING,
+                send.account_id,
+                {"user_tx_no": send.user_tx_no, "reason": send.state_reason},
+            )
+            log.info("send %d waits for funds", send.id)
 
     # ------------------------------------------------------------------ BUILT -> SIGNED
 
@@ -542,6 +706,8 @@ class SendWorker:
         try:
             self.rpc.send_raw_transaction(tx_hex)
         except TxRejected as exc:
+            if exc.reason.startswith("too-long-mempool-chain"):
+                raise _ChainTooLong() from None
             if not (exc.already_in_chain or self._node_knows(txid)):
                 raise SendFailed(f"rejected by the node: {exc.reason}") from None
         except RPCError as exc:
@@ -553,7 +719,9 @@ class SendWorker:
                 return
             send.status = SendStatus.BROADCAST
             send.tx_at = utcnow()
+            send.broadcast_height = tip_height(s)
             send.attempts = 0
+            record_change(s, send, tx_hex, txid)
             journal.append(
                 s,
                 JournalKind.SEND_BROADCAST,
@@ -579,11 +747,14 @@ class SendWorker:
     # ------------------------------------------------------------------ BROADCAST -> CONFIRMED
 
     def _follow(self, send_id: int) -> None:
+        from custody.fee_bump import follow_replaced  # noqa: PLC0415 (it builds on this module)
+
         rebroadcast = None
         with transaction(self.factory) as s:
             send = self._hold(s, send_id)
             if send.status is not SendStatus.BROADCAST:
                 return
+            follow_replaced(s, send)  # a fee-bumped send whose original was mined after all
             row = s.execute(
                 select(ChainTx).where(
                     ChainTx.account_id == send.account_id,

@@ -38,7 +38,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
-from custody import journal
+from custody import deposit_states, journal
 from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import RPCError
@@ -48,9 +48,11 @@ from custody.journal import JournalKind
 from custody.models import (
     Address,
     BlockSeen,
+    Chain,
     ChainTx,
     ChainTxInput,
     ChainTxOutput,
+    DepositState,
     KeyValue,
     Send,
     SendStatus,
@@ -74,13 +76,17 @@ COINBASE_PREV = "0" * 64
 @dataclass(frozen=True)
 class WatcherSettings:
     """`[custody]` keys: watch_start_height (-1 = the node's tip at first start),
-    min_confirmations, hot_balance_alert_sat (0 = off), watcher_lease_seconds."""
+    min_confirmations, hot_balance_alert_sat (0 = off), watcher_lease_seconds,
+    final_confirmations (depth at which a transaction is final), dust_threshold_sat (outputs
+    to our receiving addresses below it are flagged dust and never spent)."""
 
     start_height: int = -1
     min_conf: int = 1
     hot_balance_alert_sat: int = 0
     lease_seconds: float = 60.0
     max_blocks_per_step: int = 500
+    final_conf: int = 6
+    dust_threshold: int = 1000
 
     @classmethod
     def from_config(cls, config: Config) -> WatcherSettings:
@@ -92,6 +98,8 @@ class WatcherSettings:
             hot_balance_alert_sat=s.int("hot_balance_alert_sat", d.hot_balance_alert_sat),
             lease_seconds=s.float("watcher_lease_seconds", d.lease_seconds),
             max_blocks_per_step=s.int("watch_max_blocks_per_step", d.max_blocks_per_step),
+            final_conf=max(1, s.int("final_confirmations", d.final_conf)),
+            dust_threshold=max(0, s.int("dust_threshold_sat", d.dust_threshold)),
         )
 
 
@@ -435,6 +443,7 @@ class Watcher:
             )
         )
         s.flush()
+        deposit_states.finalize(s, height, self.settings.final_conf)
 
     def _disconnect(self, s: Session, last: BlockSeen, pool: set[str]) -> None:
         """Undo our view of block `last`: its transactions lose their confirmations (those
@@ -449,7 +458,8 @@ class Watcher:
         txids = sorted({r.txid for r in rows})
         # Children before parents, so a removed parent's outputs are not resurrected.
         for row in reversed(rows):
-            self._unconfirm(s, row, TxStatus.MEMPOOL if row.txid in pool else TxStatus.REMOVED)
+            status = TxStatus.MEMPOOL if row.txid in pool else TxStatus.REMOVED
+            self._unconfirm(s, row, status, DepositState.REORGED)
         for part in chunks(txids):
             s.execute(
                 update(Send)
@@ -460,8 +470,9 @@ class Watcher:
         s.delete(last)
         s.flush()
 
-    def _unconfirm(self, s: Session, row: ChainTx, status: TxStatus) -> None:
+    def _unconfirm(self, s: Session, row: ChainTx, status: TxStatus, state: DepositState) -> None:
         previous = row.status
+        deposit_states.enter(s, row, state)
         row.status = status
         row.block_hash = None
         row.block_height = None
@@ -479,7 +490,9 @@ class Watcher:
             self._mempool_checked.discard(row.txid)
         if row.wallet is Wallet.HOT:
             self._touched_hot.add(row.account_id)
-        if previous is not status:
+        if state is not DepositState.REORGED:
+            deposit_states.journal_deposit(s, row, state)
+        elif previous is not status:
             journal.append(
                 s,
                 JournalKind.DEPOSIT_REORGED,
@@ -534,7 +547,8 @@ class Watcher:
             for row in list(waiting):
                 if row.txid in pool or self._in_chain(s, row.txid):
                     continue
-                self._unconfirm(s, row, TxStatus.REMOVED)
+                why = deposit_states.why_removed(s, self.rpc, row)
+                self._unconfirm(s, row, TxStatus.REMOVED, why)
                 result.removed += 1
         # Removed transactions that came back: look at them again.
         removed = s.execute(
@@ -627,6 +641,7 @@ class Watcher:
                         address_id=a.id,
                         block_height=height,
                     )
+                    u.is_dust = self._is_dust(a, u.value)
                     s.add(u)
                 elif status is TxStatus.CONFIRMED or u.block_height is None:
                     u.block_height = height
@@ -666,12 +681,14 @@ class Watcher:
         if row is None:
             outputs = []
             received = 0
+            dust = False
             for o in tx.get("vout", []):
                 n = int(o["n"])
                 a = my_outs.get(n)
                 mine = a is not None and (a.account_id, a.wallet) == side
                 value = btc_to_sats(o["value"])
                 received += value if mine else 0
+                dust = dust or (mine and a is not None and self._is_dust(a, value))
                 outputs.append(
                     ChainTxOutput(
                         sn=n,
@@ -712,11 +729,15 @@ class Watcher:
                 value=received - paid,
                 tx_at=utcnow(),
                 confirm_at=when if status is TxStatus.CONFIRMED else None,
+                has_dust=dust,
                 inputs=inputs,
                 outputs=outputs,
             )
             s.add(row)
             s.flush()
+            confirmed = status is TxStatus.CONFIRMED
+            first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
+            deposit_states.enter(s, row, first, int(confirmed), new=True)
             m.known.setdefault(txid, []).append(row)
             data = {"txid": txid, "wallet": wallet_name, "value": row.value}
             if row.value > 0:
@@ -735,6 +756,7 @@ class Watcher:
             row.block_height = height
             if previous is not TxStatus.CONFIRMED:
                 row.confirm_at = when
+                deposit_states.enter(s, row, DepositState.CONFIRMED, 1)
                 if row.value > 0:
                     journal.append(
                         s,
@@ -743,13 +765,19 @@ class Watcher:
                         {"txid": txid, "wallet": wallet_name, "value": row.value, "height": height},
                     )
             self._fill_prevouts(s, row, tx)
-        elif previous is TxStatus.REMOVED and row.value > 0:
+        elif previous is TxStatus.REMOVED:
+            deposit_states.enter(s, row, DepositState.SEEN)
+        if status is TxStatus.MEMPOOL and previous is TxStatus.REMOVED and row.value > 0:
             journal.append(
                 s,
                 JournalKind.DEPOSIT_SEEN,
                 account_id,
                 {"txid": txid, "wallet": wallet_name, "value": row.value},
             )
+
+    def _is_dust(self, address: Address, value: int) -> bool:
+        """A payment to a receiving address too small to be worth spending (never our change)."""
+        return address.chain is Chain.RECEIVE and value < self.settings.dust_threshold
 
     def _prevout(self, s: Session, vin: dict[str, Any], utxo: Utxo | None) -> tuple[str, int]:
         """(address, value) of the output an input spends, from the cheapest source."""

@@ -25,6 +25,7 @@ from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
+from custody import fee_bump
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rpc import BitcoinRPC
 from custody.chain_progress import ProgressTracker
@@ -35,6 +36,7 @@ from custody.freezes import FreezeFollower
 from custody.hsm_client import HotHsmClient
 from custody.sends import SendSettings, SendWorker
 from custody.watcher import Watcher, WatcherSettings
+from custody.webhooks import Deliverer, WebhookSettings
 
 log = logging.getLogger(__name__)
 READY_NAME = "custody-worker"
@@ -50,6 +52,7 @@ class Worker:
     interval: float
     progress: ProgressTracker | None = None
     freezes: FreezeFollower | None = None
+    deliverer: Deliverer | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Worker:
@@ -64,7 +67,16 @@ class Worker:
         follower = FreezeFollower(
             factory, hsm, config, s.float("account_state_interval", DEFAULT_STATE_INTERVAL)
         )
-        return cls(config, watcher, sends, interval, ProgressTracker(config.run_dir), follower)
+        deliverer = Deliverer(factory, WebhookSettings.from_config(config))
+        return cls(
+            config,
+            watcher,
+            sends,
+            interval,
+            ProgressTracker(config.run_dir),
+            follower,
+            deliverer,
+        )
 
     def reachable(self) -> bool:
         """The node answers and the database opens: enough to be ready."""
@@ -82,6 +94,16 @@ class Worker:
             log.warning("worker: database unavailable: %s", type(exc).__name__)
             return False
         return True
+
+    def deliver_webhooks(self, stop: threading.Event) -> None:
+        """The webhook deliverer's own loop: a slow endpoint never delays chain or sends."""
+        assert self.deliverer is not None
+        while not stop.is_set():
+            try:
+                self.deliverer.step()
+            except Exception:
+                log.exception("webhook step failed")
+            stop.wait(self.deliverer.settings.interval)
 
     def run_once(self) -> bool:
         """One watcher step and one sends step; True if the node answered."""
@@ -102,6 +124,10 @@ class Worker:
             self.sends.step()
         except Exception:
             log.exception("sends step failed")
+        try:
+            fee_bump.auto_bump(self.sends, self.sends.settings.bump_after_blocks)
+        except Exception:
+            log.exception("fee bump step failed")
         if self.freezes is not None:
             try:
                 self.freezes.step()
@@ -111,6 +137,10 @@ class Worker:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:
         ready = False
+        if self.deliverer is not None and not once:
+            threading.Thread(
+                target=self.deliver_webhooks, args=(stop,), name="webhooks", daemon=True
+            ).start()
         try:
             while not stop.is_set():
                 if not ready and self.reachable():

@@ -147,7 +147,7 @@ def check_share(text: str, n: int) -> shamir_mnemonic.Share:
 
 
 def shares_needed(first: shamir_mnemonic.Share) -> int:
-    return first.member_threshold
+    return int(first.member_threshold)
 
 
 def combine_shares(texts: list[str]) -> BackupKey:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
-from hsm_cold import account_state, accounts, backup, cosign, sweep
+from hsm_cold import account_state, accounts, backup, consolidation, cosign, replacement, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -72,6 +72,7 @@ class Command(StrEnum):
     PROVE_BATCH = "prove_batch"
     REGISTER_CHANNEL = "register_channel"
     COSIGN = "cosign"
+    CONSOLIDATE = "consolidate"
     FREEZE = "freeze"
     SWEEP = "sweep"
     LEARN_PREV_TX = "learn_prev_tx"
@@ -476,8 +477,11 @@ class ColdService:
             )
         digest = req.digest()
         prior = self.store.signed_request(req.account, req.user_tx_no)  # 4
+        bump = False  # a fee bump of the number's last transaction (checked at 9b)
         if prior is not None:
-            if prior.digest != digest:
+            if prior.digest != digest and replacement.may_replace(self.store, req, prior.txid):
+                bump = True
+            elif prior.digest != digest:
                 self._refuse_and_freeze(
                     req,
                     UserTxNoReused(
@@ -485,8 +489,9 @@ class ColdService:
                         f" this request is for {req.txid} or states other amounts"
                     ),
                 )
-            log.info("account %d: %s already co-signed; same signatures", req.account, req.txid)
-            return {"signatures": list(prior.signatures)}
+            else:
+                log.info("account %d: %s already co-signed; same signatures", req.account, req.txid)
+                return {"signatures": list(prior.signatures)}
         outs = cosign.signed_outs(req, self.network)
         wallet = self._hot_wallet(rec)  # public keys only
         try:
@@ -505,7 +510,10 @@ class ColdService:
             self._refuse_and_freeze(req, exc)
         fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
         fee = cosign.check_fee(req, self.policy, fees_today)  # 9
-        self.policies.check_send(req.account, outs, approved)  # 10: the customer's policy
+        if bump and prior is not None:
+            replacement.check(self.store, req, fee, prior.txid)  # 9b: its payments passed 10
+        else:
+            self.policies.check_send(req.account, outs, approved)  # 10: the customer's policy
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
@@ -523,14 +531,61 @@ class ColdService:
             change_index=max((index for _, index in req.change), default=None),
             spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
         )
-        if not self.store.record_signing(signing):
+        if bump and prior is not None:
+            recorded = replacement.adopt(self.store, signing, prior.txid)
+        else:
+            recorded = self.store.record_signing(signing)
+        if not recorded:
             raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
-        self.policies.record_send(req.account, req.user_tx_no, outs)
+        replacement.record(self.store, req, fee)
+        if not bump:
+            self.policies.record_send(req.account, req.user_tx_no, outs)
         log.info(
-            "account %d: co-signed %s (%s), %d input(s), fee %d",
+            "account %d: co-signed %s (%s), %d input(s), fee %d%s",
             req.account,
             req.txid,
             req.user_tx_no,
+            len(sigs),
+            fee,
+            " (fee bump)" if bump else "",
+        )
+        return {"signatures": sigs}
+
+    def consolidate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A hot spend paying only the account's own change: no V-device signature needed."""
+        req = consolidation.decode(payload)
+        rec = self._live_record(req.account)
+        wallet = self._hot_wallet(rec)
+        try:
+            cosign.check_shape(req.tx)
+            consolidation.check_outputs(req, wallet)
+            scripts = consolidation.scripts(req, wallet)
+        except FREEZING as exc:  # it would move coin without the V-device: a hacked hot side
+            self._freeze(req.account, f"not a consolidation: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {req.account} frozen, operator alerted"
+            ) from None
+        cosign.check_change_gap(req, self.store.change_high(req.account))
+        supplied = cosign.parse_prev_txs(req.prev_txs)
+        for txid, prev in supplied.items():
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._freeze(req.account, f"consolidation with unverified inputs: {exc.message}")
+            raise type(exc)(
+                f"{exc.message}: account {req.account} frozen, operator alerted"
+            ) from None
+        fee = consolidation.check_fee(req, self.policy)
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            node = accounts.cosigner_node(root, self.network)
+        sigs = cosign.sign_inputs(req, scripts, node, wallet)
+        del node
+        self.store.add_known_outputs(req.txid, _outputs(req.tx.vout))  # its change, spent next
+        log.info(
+            "account %d: co-signed consolidation %s, %d input(s), fee %d",
+            req.account,
+            req.txid,
             len(sigs),
             fee,
         )

@@ -22,6 +22,7 @@ from typing import Any
 from cc_common import fields
 from cc_common.errors import CustodyError
 from cc_common.token import HsmToken
+from hsm_hot import consolidation
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import (
     CosignPlan,
@@ -148,6 +149,7 @@ class HotService:
             "prove_batch": self.prove_batch,
             "register_channel": self.register_channel,
             "sign_send": self.sign_send,
+            "sign_consolidation": lambda p: consolidation.sign(self, p),
             "freeze": self.freeze,
             "sweep": self.sweep,
             "cold_status": self.cold_status,

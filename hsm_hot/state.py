@@ -229,7 +229,8 @@ class HotState:
     def add_cosigned(self, account: int, user_tx_no: str, txid: str, psbt: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO cosigned (account, user_tx_no, txid, psbt, at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO cosigned (account, user_tx_no, txid, psbt, at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, user_tx_no) DO UPDATE SET"
+                " txid = excluded.txid, psbt = excluded.psbt, at = excluded.at",
                 (account, user_tx_no, txid, psbt, time.time()),
             )

@@ -52,6 +52,7 @@ from wallet_core.descriptors import add_checksum
 from wallet_core.messages import sign_message
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
+from wallet_core.rawtx import parse_signed_tx
 from wallet_core.script import multisig_script
 from wallet_core.signatures import SoftwareSigner
 from wallet_core.wallets import AccountKey, bip48_account_path, bip84_account_path
@@ -129,6 +130,7 @@ class SoftwareHsmStandIn:
         self.alerts: list[dict[str, Any]] = []
         self.channels: dict[tuple[int, str], str] = {}
         self.signed: dict[tuple[int, str], str] = {}  # (account, user_tx_no) -> txid
+        self.inputs: dict[tuple[int, str], set[tuple[str, int]]] = {}  # spent by that txid
         self.calls: list[tuple[int, str]] = []
         self.refuse: str | None = None
         self.unavailable = False
@@ -221,9 +223,37 @@ class SoftwareHsmStandIn:
             p = Psbt.from_base64(psbt)
             self._check_outputs(keys, p, request["outs"])
             key = (account, request["user_tx_no"])
-            if self.signed.get(key, p.txid) != p.txid:
+            inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
+            replaces = bool(inputs & self.inputs.get(key, set()))  # a fee bump (simplified)
+            if self.signed.get(key, p.txid) != p.txid and not replaces:
                 raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
             self.signed[key] = p.txid
+            self.inputs[key] = inputs
+            p.sign_with_root(keys.cosigner_root)
+            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
+            return p.to_base64()
+
+    def sign_consolidation(self, account: int, psbt: str) -> str:
+        """Co-sign only if every output is the account's change (the cold HSM's rule)."""
+        with self._lock:
+            self.calls.append((account, "consolidation"))
+            if self.unavailable:
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
+            if self.refuse is not None:
+                raise HsmRefused(self.refuse, code=ColdErrorCode.FEE_ABOVE_POLICY)
+            keys = self.accounts[account]
+            p = Psbt.from_base64(psbt)
+            for out in p.outputs:
+                origin = next(
+                    (
+                        o
+                        for o in out.origins.values()
+                        if o.fingerprint == keys.cosigner_root.fingerprint
+                    ),
+                    None,
+                )
+                if origin is None or origin.path[-2] != 1:
+                    raise HsmRefused("not change", code=ColdErrorCode.CHANGE_NOT_DERIVABLE)
             p.sign_with_root(keys.cosigner_root)
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()

@@ -480,6 +480,14 @@ def test_send_request_and_state(client, account, session_factory):
         send.status, send.failure_reason = SendStatus.FAILED, "fee above policy"
     st = client.get(f"{API}/tx/order-1", headers=account.hot).json
     assert st["hot_wallet_tx_status"] == "failed" and st["failure_reason"] == "fee above policy"
+    with session_factory() as s, s.begin():
+        send = s.execute(select(Send)).scalar_one()
+        send.status, send.failure_reason = SendStatus.WAITING_FUNDS, ""
+        send.state_reason = "waiting for funds: need 30000 sat plus fee, have 0 sat"
+    st = client.get(f"{API}/tx/order-1", headers=account.hot).json
+    assert st["hot_wallet_tx_status"] == "pending" and st["failure_reason"] == ""
+    assert st["cc_state"] == "waiting_funds"
+    assert st["cc_state_reason"].startswith("waiting for funds: need 30000 sat")
     assert client.get(f"{API}/tx/order-2", headers=account.hot).status_code == 404
 
 

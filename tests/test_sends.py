@@ -345,16 +345,37 @@ def test_two_workers_racing_never_select_the_same_utxo(
     assert {env.get(sid).txid for sid in ids} <= pool
 
 
-def test_insufficient_funds_fails_with_a_clear_reason(
+def test_insufficient_funds_waits_with_a_clear_reason_then_goes(
     factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
 ) -> None:
     env = Env(factory, rpc, faucet, [30_000])
     sid = env.send("big-1", _outs(1_000_000))
-    assert env.worker().step() == {sid: SendStatus.FAILED}
+    w = env.worker()
+    assert w.step() == {sid: SendStatus.WAITING_FUNDS}
     send = env.get(sid)
-    assert send.failure_reason.startswith("insufficient funds")
+    assert send.state_reason.startswith("waiting for funds: need 1000000 sat plus fee, have")
+    assert send.failure_reason == "" and send.status.public_status == "pending"
     assert send.psbt is None and env.reserved(sid) == set()
     assert env.hsm.calls == []
+    assert w.step() == {}  # not before send_wait_seconds
+    with factory() as s, s.begin():
+        expire_leases(s)
+    assert w.step() == {sid: SendStatus.WAITING_FUNDS}  # still short: no second journal entry
+    fund(rpc, faucet, [(bytes(env.addresses[0].script_pubkey), 2_000_000)])
+    mine(rpc)
+    env.sync()
+    with factory() as s, s.begin():
+        expire_leases(s)
+    assert w.step() == {sid: SendStatus.BROADCAST}
+    assert env.get(sid).state_reason == ""
+    with factory() as s:
+        kinds = list(s.execute(select(JournalEntry.kind).order_by(JournalEntry.id)).scalars())
+    assert [k for k in kinds if k.startswith("send_")] == [
+        "send_waiting",
+        "send_built",
+        "send_signed",
+        "send_broadcast",
+    ]
 
 
 def test_hsm_refusal_fails_the_send_and_releases_its_coins(

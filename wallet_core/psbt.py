@@ -271,7 +271,7 @@ class Psbt:
         utxo = self._p.inputs[i].witness_utxo
         if utxo is None:
             raise PsbtError(f"input {i} has no witness UTXO")
-        return utxo.script_pubkey.data
+        return bytes(utxo.script_pubkey.data)
 
     def input_witness_script(self, i: int) -> bytes | None:
         ws = self._p.inputs[i].witness_script

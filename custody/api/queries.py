@@ -34,6 +34,7 @@ from custody.models import (
     ChainTx,
     ChainTxInput,
     ChainTxOutput,
+    DepositState,
     TxStatus,
     Wallet,
 )
@@ -156,6 +157,9 @@ _TX_COLUMNS = (
     ChainTx.value,
     ChainTx.tx_at,
     ChainTx.confirm_at,
+    ChainTx.state,
+    ChainTx.state_at,
+    ChainTx.has_dust,
 )
 
 
@@ -242,7 +246,10 @@ _PG_TX_JSON = """
       (SELECT ('[' || coalesce(string_agg(row_to_json(o)::text, ',' ORDER BY o.sn), '')
                || ']')::json
        FROM (SELECT sn, address, value, is_mine, CASE WHEN spent THEN 0 ELSE 1 END AS status
-             FROM chain_tx_outputs WHERE chain_tx_id = p.id) o) AS outputs
+             FROM chain_tx_outputs WHERE chain_tx_id = p.id) o) AS outputs,
+      lower(p.state) AS cc_state,
+      date_trunc('second', p.state_at) AS cc_state_at,
+      p.has_dust AS cc_dust
   ) r
 """
 
@@ -257,7 +264,7 @@ def _pg_page_sql(after: bool) -> str:
     # Only constants are formatted in: every value is a bound parameter.
     return f"""
 WITH page AS (
-  SELECT id, txid, status, block_height, value, tx_at, confirm_at
+  SELECT id, txid, status, block_height, value, tx_at, confirm_at, state, state_at, has_dust
   FROM chain_txs
   WHERE account_id = %(account_id)s AND wallet = %(wallet)s AND status <> 'REMOVED'
     {f"AND id > ({cursor})" if after else ""}
@@ -347,6 +354,9 @@ def _render(session: Conn, rows: Sequence[Any]) -> list[dict[str, Any]]:
                 "value": int(r.value),
                 "inputs": inputs[r.id],
                 "outputs": outputs[r.id],
+                "cc_state": DepositState(r.state).value,
+                "cc_state_at": iso(r.state_at),
+                "cc_dust": bool(r.has_dust),
             }
         )
     return result

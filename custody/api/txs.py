@@ -130,4 +130,6 @@ def get_send(user_tx_no: str) -> dict[str, object]:
         "tx_at": iso(send.tx_at),
         "hot_wallet_tx_status": status.public_status,
         "failure_reason": send.failure_reason or "",
+        "cc_state": status.value,
+        "cc_state_reason": send.state_reason or "",
     }

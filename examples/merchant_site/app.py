@@ -15,7 +15,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cc_common.config import Config
-from examples.merchant_site import api, merchant
+from examples.merchant_site import api, events, merchant
 from examples.merchant_site.custody_client import CustodyClient
 from examples.merchant_site.errors import InternalError, NotFound, SiteError
 from examples.merchant_site.extensions import EXTENSION_KEY, Site, SiteSettings
@@ -69,4 +69,5 @@ def create_app(
 
     app.register_blueprint(api.bp, url_prefix="/api/v1/open")
     app.register_blueprint(merchant.bp)
+    app.register_blueprint(events.bp)
     return app

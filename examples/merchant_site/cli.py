@@ -5,6 +5,9 @@
     fetch-batch    fetch an address batch from custody for the V-device to verify
     enqueue        queue a withdrawal for the V-device (encrypted with vtest_password)
     status         batches and withdrawals, as tables
+    set-webhook-secret  store the secret `custody webhook add` printed (verifies webhooks)
+    catch-up       fetch custody's events missed by the webhook (GET /events), per side
+    deposits       the deposit ledger custody's events built, and what may be credited
     tamper-batch   DEMO/ATTACK TOOL: substitute one address of a stored batch
 
 The commands other than `serve` work on the database directly, with or without the site
@@ -21,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
@@ -36,12 +40,12 @@ from cc_common.cli import (
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
-from examples.merchant_site import store
+from examples.merchant_site import events, store
 from examples.merchant_site.app import create_app
 from examples.merchant_site.custody_client import CustodyClient
 from examples.merchant_site.errors import BadRequest, Forbidden, SiteError
 from examples.merchant_site.extensions import TOKEN_KEYS, SiteSettings
-from examples.merchant_site.models import AddressType, make_session_factory
+from examples.merchant_site.models import AddressType, Deposit, make_session_factory
 
 log = logging.getLogger("merchant_site")
 
@@ -184,6 +188,41 @@ def cmd_status(args: argparse.Namespace) -> str | dict[str, Any]:
     )
 
 
+def cmd_set_webhook_secret(args: argparse.Namespace) -> str:
+    given: str = args.secret
+    secret = sys.stdin.readline().strip() if given == "-" else given
+    if not secret:
+        raise BadRequest("give the secret printed by `custody webhook add` ('-' reads stdin)")
+    _, _, s = _open(args)
+    with s:
+        store.set_setting(s, "webhook_secret", secret)
+        s.commit()
+    return "webhook secret saved"
+
+
+def cmd_catch_up(args: argparse.Namespace) -> dict[str, Any]:
+    config, settings, s = _open(args)
+    client = CustodyClient(settings.custody_url)
+    added = {}
+    with s:
+        for side in ("cold", "hot"):
+            key = f"{side}_token"
+            token = store.get_setting(s, key) or config.section("merchant_site").str(key, "")
+            if token:
+                added[side] = events.catch_up(s, client, token, side, wait=args.wait)
+    return {"added": added}
+
+
+def cmd_deposits(args: argparse.Namespace) -> dict[str, Any]:
+    _, _, s = _open(args)
+    with s:
+        rows = s.execute(select(Deposit).order_by(Deposit.id)).scalars()
+        return {
+            "deposits": [d.summary() for d in rows],
+            "credited": {side: events.credited_total(s, side) for side in ("cold", "hot")},
+        }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="merchant-site", description="The reference merchant website (protocol section 2)."
@@ -217,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", cmd_status, "batches and withdrawals")
     add_json_argument(p)
+
+    p = command("set-webhook-secret", cmd_set_webhook_secret, "store custody's webhook secret")
+    p.add_argument("secret", help="the secret from `custody webhook add` ('-' reads stdin)")
+
+    p = command("catch-up", cmd_catch_up, "fetch custody's events the webhook missed")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="long-poll this many seconds for a first event"
+    )
+    command("deposits", cmd_deposits, "the deposit ledger from custody's events")
 
     p = command(
         "tamper-batch",

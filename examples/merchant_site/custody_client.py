@@ -87,3 +87,11 @@ class CustodyClient:
         ):
             raise CustodyUnavailable("custody returned a malformed next address")
         return body["index"], body["address"]
+
+    def events(self, token: str, after: int, *, wait: float = 0.0) -> list[dict[str, Any]]:
+        """Custody's events after `after` that `token`'s side sees (long poll up to `wait`)."""
+        body = self._get(f"/events?after={int(after)}&wait={wait:g}", token)
+        found = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
+            raise CustodyUnavailable("custody API answered /events without an event list")
+        return found

@@ -40,6 +40,9 @@ class SiteSettings:
     admin_token: str = field(default="", repr=False)
     # DEMO SWITCH: accept `raw_vtest_info` stored unencrypted, to play a hacked site.
     allow_raw_vtest: bool = False
+    # Empty = no webhook receiver. The secret printed by `custody webhook add`.
+    webhook_secret: str = field(default="", repr=False)
+    webhook_tolerance: int = 300
 
     @classmethod
     def from_config(cls, config: Config) -> SiteSettings:
@@ -59,6 +62,8 @@ class SiteSettings:
             vdevice_token=s.str("vdevice_token", ""),
             admin_token=s.str("admin_token", ""),
             allow_raw_vtest=s.bool("allow_raw_vtest", False),
+            webhook_secret=s.str("webhook_secret", ""),
+            webhook_tolerance=s.int("webhook_tolerance_seconds", 300),
         )
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, render_template
+from sqlalchemy import select
 
-from examples.merchant_site import forms, store
+from examples.merchant_site import events, forms, store
 from examples.merchant_site.errors import Conflict, Forbidden
 from examples.merchant_site.extensions import (
     ADMIN_TOKEN_HEADER,
@@ -21,7 +22,7 @@ from examples.merchant_site.extensions import (
     site,
     transaction,
 )
-from examples.merchant_site.models import AddressType
+from examples.merchant_site.models import AddressType, Deposit
 
 bp = Blueprint("merchant", __name__, template_folder="templates")
 
@@ -55,6 +56,19 @@ def fetch_batch() -> tuple[dict[str, Any], int]:
     with transaction() as s:
         batch = store.save_batch(s, address_type, batch_no, addresses)
     return batch.summary(), 201
+
+
+@bp.get("/merchant/deposits")
+def list_deposits() -> dict[str, Any]:
+    """The deposit ledger custody's events built, and the total that may be credited."""
+    s = db()
+    rows = s.execute(select(Deposit).order_by(Deposit.id)).scalars()
+    return {
+        "deposits": [d.summary() for d in rows],
+        "credited": {side: events.credited_total(s, side) for side in ("cold", "hot")},
+        "last_seq": {side: events.last_seq(s, side) for side in ("cold", "hot")},
+        "events": events.stored_seqs(s),
+    }
 
 
 @bp.get("/merchant/withdrawals")

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Engine,
     Enum,
@@ -106,6 +107,46 @@ class Withdrawal(Base):
             "status": self.status.value,
             "tx_hash": self.tx_hash,
             "finished_at": iso(self.finished_at),
+        }
+
+
+class CustodyEvent(Base):
+    """An event from custody, stored once per (account, seq): from a webhook or the catch-up."""
+
+    __tablename__ = "custody_events"
+    __table_args__ = (UniqueConstraint("account_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    side: Mapped[str] = mapped_column(String(8))
+    data: Mapped[str] = mapped_column(Text)
+    via: Mapped[str] = mapped_column(String(8))  # "webhook" or "poll"
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Deposit(Base):
+    """A payment to the merchant as custody's events describe it; only `confirmed`/`final`
+    ones may be credited to a customer."""
+
+    __tablename__ = "deposits"
+    __table_args__ = (UniqueConstraint("side", "txid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    side: Mapped[str] = mapped_column(String(8))
+    txid: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "side": self.side,
+            "txid": self.txid,
+            "value": self.value,
+            "state": self.state,
+            "updated_at": iso(self.updated_at),
         }
 
 

@@ -38,6 +38,8 @@ MIN_RELAY_FEERATE = 1000  # sat/kvB, Core's DEFAULT_MIN_RELAY_TX_FEE
 INCREMENTAL_RELAY_FEERATE = 1000  # sat/kvB
 MAX_REPLACEMENT_CANDIDATES = 100
 MAX_BIP125_RBF_SEQUENCE = 0xFFFFFFFD
+ANCESTOR_LIMIT = 25  # Core's DEFAULT_ANCESTOR_LIMIT: a transaction plus its unconfirmed ancestors
+DESCENDANT_LIMIT = 25  # Core's DEFAULT_DESCENDANT_LIMIT: an ancestor plus its descendants
 
 
 def fee_for(feerate_sat_kvb: int, vsize: int) -> int:
@@ -207,6 +209,8 @@ class Mempool:
                 "min relay fee not met",
                 f"{fee} < {fee_for(MIN_RELAY_FEERATE, vsize)}",
             )
+        if not bypass_fee:
+            self._package_limits(parents, conflicts)
         if conflicts:
             self._replacement_checks(tx, txid, fee, vsize, conflicts, parents)
 
@@ -224,6 +228,33 @@ class Mempool:
                 log.info("replaced %d transaction(s) with %s", len(evicted), txid[::-1].hex())
             self.add(entry)
         return entry
+
+    def _package_limits(self, parents: set[bytes], conflicts: set[bytes]) -> None:
+        """Core's chain limits, so a wallet that chains unconfirmed change meets them here first.
+
+        Transactions this one replaces do not count (they leave the pool with it).
+        """
+        evicted = set(conflicts)
+        for c in conflicts:
+            evicted |= self.descendants(c)
+        ancestors = set(parents)
+        for p in parents:
+            ancestors |= self.ancestors(p)
+        ancestors -= evicted
+        if len(ancestors) + 1 > ANCESTOR_LIMIT:
+            raise TxValidationError(
+                TxResult.MEMPOOL_POLICY,
+                "too-long-mempool-chain",
+                f"too many unconfirmed ancestors [limit: {ANCESTOR_LIMIT}]",
+            )
+        for a in ancestors:
+            family = 1 + len(self.descendants(a) - evicted)
+            if family + 1 > DESCENDANT_LIMIT:
+                raise TxValidationError(
+                    TxResult.MEMPOOL_POLICY,
+                    "too-long-mempool-chain",
+                    f"too many descendants for tx {a[::-1].hex()} [limit: {DESCENDANT_LIMIT}]",
+                )
 
     def _replacement_checks(
         self,

@@ -1,7 +1,7 @@
 """account balances: each account side's unspent total, kept by triggers on utxos
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05 10:00:00.000000
 
 The table is filled from the existing outputs, then the triggers of `custody.balance_sql`
@@ -17,8 +17,8 @@ from alembic import op
 
 from custody import balance_sql
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
