@@ -4,7 +4,9 @@ Workloads, all from account-level xpubs (what the custody API holds):
   1. a 1000-address batch of P2WPKH (cold receiving, BIP84),
   2. a 1000-address batch of 2-of-3 P2WSH sortedmulti (hot sending, BIP48),
   3. 10 000 P2WPKH addresses (ten batches).
-Each runs several times; best and median are printed. Target: <= 20 ms per 1000 P2WPKH.
+Each runs several times; best and median wall time are printed, and the best CPU time of
+the process (on a shared machine the wall time also counts other work's time slices).
+Targets: <= 10 ms per 1000 P2WPKH and <= 25 ms per 1000 2-of-3 P2WSH (best wall time).
 The one-time per-process cost (window table for the batch point multiplier) is shown apart.
 
 Run: .venv/bin/python benchmarks/bench_derivation.py [--runs N]
@@ -13,6 +15,7 @@ Run: .venv/bin/python benchmarks/bench_derivation.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -33,16 +36,19 @@ from wallet_core.wallets import (
     bip84_account_path,
 )
 
-TARGET_MS = 20.0
+TARGET_P2WPKH_MS = 10.0
+TARGET_P2WSH_MS = 25.0
 
 
-def _time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    samples = []
+def _time(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
+    """(best wall ms, median wall ms, best CPU ms)."""
+    samples, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000)
-    return min(samples), statistics.median(samples)
+        cpu.append((time.process_time() - c0) * 1000)
+    return min(samples), statistics.median(samples), min(cpu)
 
 
 def main() -> int:
@@ -77,13 +83,21 @@ def main() -> int:
     ]
     print(f"python {sys.version.split()[0]}; RIPEMD-160: {hashes.RIPEMD160_BACKEND}")
     print(f"one-time window table build: {table_ms:.1f} ms")
-    print(f"{'workload':38} {'best ms':>9} {'median ms':>10} {'best us/addr':>13}")
-    for name, count, (best, median) in results:
-        print(f"{name:38} {best:9.2f} {median:10.2f} {best * 1000 / count:13.2f}")
-    best_1000 = results[0][2][0]
-    verdict = "meets" if best_1000 <= TARGET_MS else "MISSES"
-    print(f"P2WPKH best {best_1000:.2f} ms per 1000 {verdict} the {TARGET_MS:.0f} ms target")
-    return 0 if best_1000 <= TARGET_MS else 1
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    head = (
+        f"{'workload':38} {'best ms':>9} {'median ms':>10} {'best cpu ms':>12} {'best us/addr':>13}"
+    )
+    print(head)
+    for name, count, (best, median, cpu) in results:
+        print(f"{name:38} {best:9.2f} {median:10.2f} {cpu:12.2f} {best * 1000 / count:13.2f}")
+    ok = True
+    for (name, _, (best, _m, _c)), target in zip(
+        results[:2], (TARGET_P2WPKH_MS, TARGET_P2WSH_MS), strict=True
+    ):
+        verdict = "meets" if best <= target else "MISSES"
+        ok = ok and best <= target
+        print(f"{name}: best {best:.2f} ms {verdict} the {target:.0f} ms target")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

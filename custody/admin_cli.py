@@ -23,6 +23,7 @@ from cc_common.config import Config
 from cc_common.errors import ConfigError
 from custody import accounts, freezes, journal, ops_cli
 from custody.app import API_PREFIX
+from custody.balances import verify_balances
 from custody.db import database_url, make_engine, make_session_factory, transaction
 from custody.hsm_client import HotHsmClient
 from custody.models import Account, Alert, ApiToken, TokenScope
@@ -238,6 +239,19 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_balance_verify(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    with _factory(config)() as session:
+        mismatches = verify_balances(session)
+    if args.json:
+        print(json.dumps({"ok": not mismatches, "mismatches": [m.describe() for m in mismatches]}))
+    elif mismatches:
+        print("\n".join(m.describe() for m in mismatches))
+    else:
+        print("every maintained balance equals the sum of its unspent outputs")
+    return 1 if mismatches else 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the operator's sub-commands to the `custody` parser."""
     p = sub.add_parser("db", help="database schema")
@@ -322,4 +336,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--json", action="store_true", help="print only the result as JSON")
     q.set_defaults(handler=cmd_journal_verify)
     ops_cli.register_journal_show(jsub)
+
+    p = sub.add_parser("balance", help="the maintained account balances")
+    bsub = p.add_subparsers(dest="balance_command")
+    q = bsub.add_parser(
+        "verify", help="compare every maintained balance with the sum of its unspent outputs"
+    )
+    add_dir_argument(q)
+    q.add_argument("--json", action="store_true", help="print only the result as JSON")
+    q.set_defaults(handler=cmd_balance_verify)
     ops_cli.register_sends(sub)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -22,8 +23,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from custody import balance_sql
 
 
 def utcnow() -> datetime:
@@ -288,7 +293,11 @@ class Utxo(Base):
     """An output paying one of our addresses. Coin selection locks these rows."""
 
     __tablename__ = "utxos"
-    __table_args__ = (UniqueConstraint("txid", "vout"),)
+    __table_args__ = (
+        UniqueConstraint("txid", "vout"),
+        # the outputs of the newest blocks, which a min_confirmations balance leaves out
+        Index("ix_utxos_side_height", "account_id", "wallet", "block_height"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -302,6 +311,35 @@ class Utxo(Base):
     reserved_by_send: Mapped[int | None] = mapped_column(ForeignKey("sends.id"), nullable=True)
     # Below the configured dust threshold: recorded and shown, never chosen by coin selection.
     is_dust: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AccountBalance(Base):
+    """Satoshis of an account side's unspent outputs, mined and mempool apart.
+
+    Written only by the triggers of `custody.balance_sql`, in the transaction that changes
+    `utxos`; `custody.balances.verify_balances` checks it against the sums.
+    """
+
+    __tablename__ = "account_balances"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    wallet: Mapped[Wallet] = mapped_column(
+        Enum(Wallet, native_enum=False, length=8), primary_key=True
+    )
+    confirmed: Mapped[int] = mapped_column(BigInteger, default=0)
+    unconfirmed: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def _create_balance_triggers(target: object, connection: Connection, **kw: Any) -> None:
+    """After `create_all` made `utxos` and `account_balances`: the triggers between them."""
+    del target
+    created = {t.name for t in kw.get("tables") or ()}
+    if {"utxos", balance_sql.TABLE} <= created:
+        for statement in balance_sql.create_statements(connection.dialect.name):
+            connection.exec_driver_sql(statement)
+
+
+event.listen(Base.metadata, "after_create", _create_balance_triggers)
 
 
 class Send(Base):

@@ -212,15 +212,10 @@ class SegwitV0Encoder:
         if len(program) != self.program_len:
             raise WitnessProgramError(f"expected a {self.program_len}-byte program")
         chk = reduce(xor, map(_getitem, self._tables, program), self._const)
-        cc = self._chk_chars
         x = int.from_bytes(program, "big") << self._pad
         for rshift, mask, lshift in self._steps:
             x = (x & mask) | ((x >> rshift) & mask) << lshift
-        data = x.to_bytes(self._groups, "big")[self._groups - self._nsym :]
-        return (
-            self._prefix
-            + data.translate(_SYMBOL_TO_CHAR).decode()
-            + cc[chk >> 20]
-            + cc[(chk >> 10) & 1023]
-            + cc[chk & 1023]
-        )
+        # the spread value fits in nsym bytes: one symbol per byte, the padding groups zero
+        data = x.to_bytes(self._nsym, "big").translate(_SYMBOL_TO_CHAR).decode("ascii")
+        cc = self._chk_chars
+        return f"{self._prefix}{data}{cc[chk >> 20]}{cc[(chk >> 10) & 1023]}{cc[chk & 1023]}"

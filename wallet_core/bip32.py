@@ -228,8 +228,8 @@ def parse_xpub(text: str) -> ExtendedKey:
 class ChainDeriver:
     """Fast non-hardened children of one chain-level public key (…/0 or …/1).
 
-    `pubkey(i)` and `pubkeys(start, count)` give compressed child public keys. Not for
-    sharing between threads (it owns C buffers); make one per thread.
+    `pubkey(i)` and `pubkeys(start, count)` give compressed child public keys. Holds no C
+    buffers between calls, so it may be shared between threads.
     """
 
     def __init__(self, chain_key: ExtendedKey) -> None:
@@ -239,7 +239,8 @@ class ChainDeriver:
         inner.update(self.key.key)
         self._inner = inner
         self._outer = hashlib.sha512(bytes(b ^ 0x5C for b in c))
-        self._add = secp.BatchPointMultiplier.shared().make_adder(self.key.key)
+        self._key = self.key.key
+        self._multiplier = secp.BatchPointMultiplier.shared()
 
     def pubkey(self, index: int) -> bytes:
         return self.pubkeys(index, 1)[0]
@@ -248,16 +249,20 @@ class ChainDeriver:
         """Child public keys start..start+count-1 (all non-hardened)."""
         if start < 0 or count < 0 or start + count > HARDENED:
             raise DerivationPathError("non-hardened index range out of bounds")
-        inner, outer, add, n = self._inner, self._outer, self._add, secp.N
-        out = []
+        inner, outer, n = self._inner, self._outer, secp.N
+        tweaks = []
         for i in range(start, start + count):
             h = inner.copy()
             h.update(i.to_bytes(4, "big"))
             o = outer.copy()
             o.update(h.digest())
             il = o.digest()[:32]
-            pub = add(il)
-            if pub is None or (il[0] == 0xFF and int.from_bytes(il, "big") >= n):
+            if il[0] == 0xFF and int.from_bytes(il, "big") >= n:
+                raise DerivationError(f"index {i} gives an invalid key; use the next one")
+            tweaks.append(il)
+        out = []
+        for i, pub in enumerate(self._multiplier.add_many(self._key, tweaks), start):
+            if pub is None:
                 raise DerivationError(f"index {i} gives an invalid key; use the next one")
             out.append(pub)
         return out

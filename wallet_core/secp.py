@@ -9,13 +9,18 @@ Fast batch derivation (`BatchPointMultiplier`): a non-hardened child is K + IL*G
 precompute, once per process, 32 windows x 256 multiples of G offset by points R_j that sum
 to zero, so IL*G + K is a single `secp256k1_ec_pubkey_combine` of 33 precomputed points
 (~9 us). Tests check every result against the plain tweak-add path and other libraries.
+Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster, because
+the table no longer stays in the CPU cache; the combine is most of a derivation's cost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
+from itertools import cycle
+from operator import getitem
 
 from coincurve._libsecp256k1 import ffi, lib
 
@@ -24,6 +29,8 @@ from .errors import InvalidKeyError
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _COMPRESSED = lib.SECP256K1_EC_COMPRESSED
 _UNCOMPRESSED = lib.SECP256K1_EC_UNCOMPRESSED
+_PTR_SIZE = ffi.sizeof("secp256k1_pubkey *")
+_POINT_SIZE = ffi.sizeof("secp256k1_pubkey")
 
 CTX = lib.secp256k1_context_create(lib.SECP256K1_CONTEXT_NONE)
 if CTX == ffi.NULL:  # pragma: no cover - only on a broken libsecp256k1 build
@@ -143,34 +150,50 @@ class BatchPointMultiplier:
                 ):  # pragma: no cover - would need b*weight = -r_j
                     raise RuntimeError("degenerate window entry")
         self._table = table  # keep the memory alive
-        self._rows = tuple(tuple(table + (j * 256 + b) for b in range(256)) for j in range(32))
+        addr = int(ffi.cast("uintptr_t", table))
+        # W[j][b] as the native pointer bytes a combine's input array holds
+        self._ptr_rows = tuple(
+            tuple(
+                (addr + _POINT_SIZE * (j * 256 + b)).to_bytes(_PTR_SIZE, sys.byteorder)
+                for b in range(256)
+            )
+            for j in range(32)
+        )
 
-    def make_adder(self, point: bytes) -> Callable[[bytes], bytes | None]:
-        """Return `f(tweak32) -> compressed point` computing point + tweak*G (None on infinity).
+    def add_many(self, point: bytes, tweaks: Sequence[bytes]) -> list[bytes | None]:
+        """point + t*G, compressed, for each 32-byte tweak t (None where the sum is infinity).
 
-        The closure owns its cffi buffers, so one adder must not be shared between threads;
-        make one per thread (cheap).
+        The 33 input pointers of every combine are built for the whole batch at once, as
+        bytes, by one C-level join over per-window pointer tables: filling a cffi pointer
+        array element by element from Python cost more than a fifth of each derivation.
+        Each call owns its buffers, so one multiplier serves all threads.
         """
         base = _parse(point)
-        arr = ffi.new("secp256k1_pubkey *[33]")
-        arr[32] = base
+        base_row = (int(ffi.cast("uintptr_t", base)).to_bytes(_PTR_SIZE, sys.byteorder),) * 256
+        n = len(tweaks)
+        if any(len(t) != 32 for t in tweaks):
+            raise InvalidKeyError("tweaks must be 32 bytes")
+        # per key: its 32 tweak bytes select one entry per window, then one separator byte
+        # selects the base point from its constant row
+        selectors = b"\0".join(tweaks) + b"\0"
+        ptr_bytes = b"".join(map(getitem, cycle((*self._ptr_rows, base_row)), selectors))
+        ptrs = ffi.from_buffer("secp256k1_pubkey *[]", ptr_bytes)
+        out = ffi.new("unsigned char[]", 33 * n or 1)
         res = ffi.new("secp256k1_pubkey *")
-        out = ffi.new("unsigned char[33]")
-        outlen = ffi.new("size_t *", 33)
-        outbuf = ffi.buffer(out)
-        rows = self._rows
-        getrow = tuple.__getitem__
+        outlen = ffi.new("size_t *")
         combine = lib.secp256k1_ec_pubkey_combine
         serialize = lib.secp256k1_ec_pubkey_serialize
         ctx = CTX
-
-        def add(tweak: bytes) -> bytes | None:
-            arr[0:32] = list(map(getrow, rows, tweak))
-            if not combine(ctx, res, arr, 33):
-                return None
+        infinite = []
+        for k in range(n):
+            if not combine(ctx, res, ptrs + 33 * k, 33):
+                infinite.append(k)
+                continue
             outlen[0] = 33
-            serialize(ctx, out, outlen, res, _COMPRESSED)
-            return bytes(outbuf[:])
-
-        add._keepalive = (base, arr, res, out, outlen)  # type: ignore[attr-defined]  # C buffers live with the closure
-        return add
+            serialize(ctx, out + 33 * k, outlen, res, _COMPRESSED)
+        buf = ffi.buffer(out)[:]
+        del base  # the pointer bytes refer to it: keep it alive until here
+        result: list[bytes | None] = [buf[i : i + 33] for i in range(0, 33 * n, 33)]
+        for k in infinite:
+            result[k] = None
+        return result

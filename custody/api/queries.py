@@ -6,7 +6,8 @@ each. On PostgreSQL the whole page is one statement that also renders the JSON a
 (`tx_page_json`): one round trip, and no row objects, dicts or JSON encoding in Python, which
 were most of the request's CPU. Its output is the same document `_render` builds.
 `GET /user` is one statement too (`user_stmt`). The balance is `custody.balances`' confirmed
-balance (the one the watcher and sends use), cached per process and keyed by the chain tip
+balance (the one the watcher and sends use: the maintained total less the newest blocks'
+outputs, never a sum over the account), cached per process and keyed by the chain tip
 and the side's newest transaction, so it is recomputed only when something it depends on
 changed (and at the latest after `BALANCE_TTL` seconds).
 """

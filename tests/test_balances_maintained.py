@@ -1,0 +1,242 @@
+"""The maintained balance (`account_balances`, kept by triggers on `utxos`) on both backends.
+
+Every kind of UTXO change the watcher and the send worker make (mempool arrival, mining,
+spending, a reorg back to the mempool, removal) must move the maintained row in the same
+transaction, reservations must not, and `verify_balances` / `custody balance verify` must
+find a row that was changed behind the triggers' back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import tomli_w
+from sqlalchemy import create_engine, delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.balances import confirmed_balance, unconfirmed_balance, verify_balances
+from custody.cli import main as custody_main
+from custody.models import AccountBalance, Address, Base, BlockSeen, Chain, Utxo, Wallet
+from tests.api_fixtures import SoftwareHsmStandIn, new_account
+
+
+def _address(s: Session, account_id: int, wallet: Wallet, index: int) -> int:
+    a = Address(
+        account_id=account_id,
+        wallet=wallet,
+        chain=Chain.CHANGE,
+        index=index,
+        address=f"bcrt1qtest{account_id}-{int(wallet)}-{index}",
+        script_pubkey=bytes([account_id, int(wallet), index]) * 8,
+    )
+    s.add(a)
+    s.flush()
+    return a.id
+
+
+def _block(s: Session, height: int) -> None:
+    s.add(
+        BlockSeen(
+            height=height,
+            block_hash=f"{height:064x}",
+            prev_hash=f"{height - 1:064x}",
+            time=datetime(2026, 1, 1),
+        )
+    )
+
+
+def _state(factory: sessionmaker[Session], account_id: int, wallet: Wallet) -> tuple[int, ...]:
+    """(conf >= 1, conf >= 2, mempool), after checking the maintained rows against the sums."""
+    with factory() as s:
+        assert verify_balances(s) == []
+        return (
+            confirmed_balance(s, account_id, wallet, 1),
+            confirmed_balance(s, account_id, wallet, 2),
+            unconfirmed_balance(s, account_id, wallet),
+        )
+
+
+def test_balance_follows_every_utxo_change(
+    session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn
+) -> None:
+    acct = new_account(session_factory, hsm).id
+    other = new_account(session_factory, hsm).id
+    hot, cold = Wallet.HOT, Wallet.COLD
+    with session_factory() as s, s.begin():
+        for h in (100, 101):
+            _block(s, h)
+        addr = _address(s, acct, hot, 0)
+        other_addr = _address(s, other, cold, 0)
+        s.add(
+            Utxo(
+                account_id=other,
+                wallet=cold,
+                txid="c" * 64,
+                vout=0,
+                value=777,
+                address_id=other_addr,
+                block_height=100,
+            )
+        )
+    assert _state(session_factory, acct, hot) == (0, 0, 0)
+
+    def change(**values: object) -> None:
+        with session_factory() as s, s.begin():
+            s.execute(update(Utxo).where(Utxo.txid == "a" * 64).values(**values))
+
+    with session_factory() as s, s.begin():  # arrives in the mempool
+        s.add(
+            Utxo(account_id=acct, wallet=hot, txid="a" * 64, vout=0, value=5_000, address_id=addr)
+        )
+    assert _state(session_factory, acct, hot) == (0, 0, 5_000)
+    change(block_height=101)  # mined in the tip block: one confirmation
+    assert _state(session_factory, acct, hot) == (5_000, 0, 0)
+    with session_factory() as s, s.begin():  # a second output, two blocks deep
+        s.add(
+            Utxo(
+                account_id=acct,
+                wallet=hot,
+                txid="b" * 64,
+                vout=1,
+                value=300,
+                address_id=addr,
+                block_height=100,
+            )
+        )
+    assert _state(session_factory, acct, hot) == (5_300, 300, 0)
+    with session_factory() as s, s.begin():  # a send reserves it: no balance change
+        before = s.execute(select(AccountBalance.confirmed)).all()
+        s.execute(update(Utxo).where(Utxo.txid == "a" * 64).values(reserved_by_send=None))
+        assert s.execute(select(AccountBalance.confirmed)).all() == before
+    change(spent_by="d" * 64)  # spent
+    assert _state(session_factory, acct, hot) == (300, 300, 0)
+    change(spent_by=None, block_height=None)  # the spend and the block were reorged away
+    assert _state(session_factory, acct, hot) == (300, 300, 5_000)
+    with session_factory() as s, s.begin():  # its transaction left the mempool
+        s.execute(delete(Utxo).where(Utxo.txid == "a" * 64))
+    assert _state(session_factory, acct, hot) == (300, 300, 0)
+    assert _state(session_factory, acct, cold) == (0, 0, 0)
+    assert _state(session_factory, other, cold) == (777, 777, 0)
+
+
+def test_a_failed_transaction_leaves_the_balance(
+    session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn
+) -> None:
+    acct = new_account(session_factory, hsm).id
+    with session_factory() as s, s.begin():
+        _block(s, 100)
+        addr = _address(s, acct, Wallet.COLD, 0)
+    with pytest.raises(RuntimeError), session_factory() as s, s.begin():
+        s.add(
+            Utxo(
+                account_id=acct,
+                wallet=Wallet.COLD,
+                txid="e" * 64,
+                vout=0,
+                value=9,
+                address_id=addr,
+                block_height=100,
+            )
+        )
+        s.flush()
+        raise RuntimeError("rolled back")
+    assert _state(session_factory, acct, Wallet.COLD) == (0, 0, 0)
+
+
+def test_bulk_statements_move_every_side(
+    session_factory: sessionmaker[Session], hsm: SoftwareHsmStandIn
+) -> None:
+    """One statement over many rows of several accounts (a bulk load, a block's update)."""
+    accts = [new_account(session_factory, hsm).id for _ in range(2)]
+    with session_factory() as s, s.begin():
+        _block(s, 100)
+        _block(s, 101)
+        addrs = [_address(s, a, Wallet.HOT, 0) for a in accts]
+        s.execute(
+            insert(Utxo),
+            [
+                {
+                    "account_id": a,
+                    "wallet": Wallet.HOT,
+                    "txid": f"{a:02x}{i:062x}",
+                    "vout": 0,
+                    "value": 10 + i,
+                    "address_id": addr,
+                    "block_height": None,
+                }
+                for a, addr in zip(accts, addrs, strict=True)
+                for i in range(50)
+            ],
+        )
+    assert _state(session_factory, accts[1], Wallet.HOT) == (0, 0, 50 * 10 + 1225)
+    with session_factory() as s, s.begin():
+        s.execute(update(Utxo).where(Utxo.vout == 0).values(block_height=100))
+    assert _state(session_factory, accts[0], Wallet.HOT) == (1725, 1725, 0)
+    with session_factory() as s, s.begin():
+        s.execute(delete(Utxo).where(Utxo.account_id == accts[0]))
+    assert _state(session_factory, accts[0], Wallet.HOT) == (0, 0, 0)
+    assert _state(session_factory, accts[1], Wallet.HOT) == (1725, 1725, 0)
+
+
+def test_verify_finds_a_row_changed_behind_the_triggers(
+    tmp_path: Path,
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    hsm: SoftwareHsmStandIn,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "chaincloud.toml").write_text(
+        tomli_w.dumps(
+            {
+                "custody": {
+                    "database_url": db_url,
+                    "secret_key": "x" * 32,
+                    "host": "127.0.0.1",
+                    "port": 1,
+                }
+            }
+        )
+    )
+    acct = new_account(session_factory, hsm).id
+    with session_factory() as s, s.begin():
+        addr = _address(s, acct, Wallet.COLD, 0)
+        s.add(
+            Utxo(
+                account_id=acct,
+                wallet=Wallet.COLD,
+                txid="f" * 64,
+                vout=0,
+                value=1_000,
+                address_id=addr,
+                block_height=5,
+            )
+        )
+    assert custody_main(["balance", "verify", "--dir", str(tmp_path)]) == 0
+    assert "equals the sum" in capsys.readouterr().out
+    with session_factory() as s, s.begin():
+        s.execute(update(AccountBalance).values(confirmed=AccountBalance.confirmed + 1))
+    with session_factory() as s:
+        [bad] = verify_balances(s)
+    assert (bad.account_id, bad.wallet, bad.maintained, bad.summed) == (
+        acct,
+        Wallet.COLD,
+        (1_001, 0),
+        (1_000, 0),
+    )
+    assert custody_main(["balance", "verify", "--dir", str(tmp_path)]) == 1
+    assert f"account {acct} cold: maintained 1001 mined" in capsys.readouterr().out
+
+
+def test_create_all_installs_the_triggers(tmp_path: Path) -> None:
+    """Test databases made from the models (not the migrations) keep the balance too."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+    Base.metadata.create_all(engine)
+    with engine.connect() as conn:
+        names = {
+            r[0]
+            for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    engine.dispose()
+    assert {"utxos_balance_insert", "utxos_balance_update", "utxos_balance_delete"} <= names
