@@ -34,7 +34,7 @@ from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
 from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
-from custody.sends import ensure_address
+from custody.sends import next_change_address
 from custody.watcher import is_postgres
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
@@ -149,16 +149,8 @@ def _build(
     if len(rows) < 2:
         raise ConsolidationRefused(f"account {account_id} has {len(rows)} spendable coin(s)")
     hot = account_keys(account).hot
-    index = (
-        s.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .values(hot_change_next=Account.hot_change_next + 1)
-            .returning(Account.hot_change_next)
-        ).scalar_one()
-        - 1
-    )
-    change = ensure_address(s, account, Chain.CHANGE, index)
+    change = next_change_address(s, account)
+    index = change.index
     vsize = estimate_vsize([ScriptType.P2WSH] * len(rows), [bytes(change.script_pubkey)])
     fee = fee_for(vsize, fee_rate)
     total = sum(u.value for u, _ in rows)

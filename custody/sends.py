@@ -87,6 +87,7 @@ from wallet_core.fees import (
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.rawtx import SignedTx, parse_signed_tx
+from wallet_core.wallets import HotWallet
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,21 @@ class SendSettings:
 
 
 # ---------------------------------------------------------------------- the hot wallet
+
+
+def next_change_address(session: Session, account: Account) -> Address:
+    """The account's next hot change address; its index is taken for good (never reused, so a
+    crash after this leaves a gap the watcher's look-ahead covers, never a reuse)."""
+    index = (
+        session.execute(
+            update(Account)
+            .where(Account.id == account.id)
+            .values(hot_change_next=Account.hot_change_next + 1)
+            .returning(Account.hot_change_next)
+        ).scalar_one()
+        - 1
+    )
+    return ensure_address(session, account, Chain.CHANGE, index)
 
 
 def ensure_address(session: Session, account: Account, chain: Chain, index: int) -> Address:
@@ -462,6 +478,8 @@ class SendWorker:
             self._unlock(s, self._hold(s, send_id), self.settings.backoff_initial)
 
     def _build_in(self, s: Session, send: Send, rate: float) -> None:
+        """Choose coins, reserve them, and store the unsigned PSBT: pending -> built (or it
+        waits for funds, or fails with the reason)."""
         # One build per account at a time (PostgreSQL row lock; SQLite's write lock is held
         # already): the change index and the reserved set are consistent.
         account = s.get(Account, send.account_id, with_for_update=is_postgres(s))
@@ -476,22 +494,13 @@ class SendWorker:
             self._fail_in(s, send, f"invalid outs: {exc.message}")
             return
         scripts = [address_to_script(o.address, network) for o in outs]
-        amount = sum(o.value for o in outs)
-        found = self._select(s, account.id, amount, rate, scripts)
+        found = self._select(s, account.id, sum(o.value for o in outs), rate, scripts)
         if isinstance(found, str):
             self._wait_in(s, send, found)
             return
         sel, by_outpoint = found
         chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
-        ids = [u.id for u, _ in chosen]
-        res = s.execute(
-            update(Utxo)
-            .where(Utxo.id.in_(ids), Utxo.reserved_by_send.is_(None), Utxo.spent_by.is_(None))
-            .values(reserved_by_send=send.id)
-            .execution_options(synchronize_session=False)
-        )
-        if rowcount(res) != len(ids):
-            raise _Race()
+        self._reserve(s, send, [u.id for u, _ in chosen])
         hot = account_keys(account).hot
         inputs = [
             PsbtInput(
@@ -507,27 +516,49 @@ class SendWorker:
         outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, outs, strict=True)]
         change_index = None
         if sel.has_change:
-            change_index = (
-                s.execute(
-                    update(Account)
-                    .where(Account.id == account.id)
-                    .values(hot_change_next=Account.hot_change_next + 1)
-                    .returning(Account.hot_change_next)
-                ).scalar_one()
-                - 1
-            )
-            change = ensure_address(s, account, Chain.CHANGE, change_index)
-            outputs.append(
-                PsbtOutput(
-                    bytes(change.script_pubkey),
-                    sel.change,
-                    origins=hot.origins(change_index, int(Chain.CHANGE)),
-                    witness_script=hot.witness_script(change_index, int(Chain.CHANGE)),
-                )
-            )
+            change_index, change_out = self._change_output(s, account, hot, sel.change)
+            outputs.append(change_out)
         psbt = Psbt.create(inputs, outputs)
+        self._mark_built(
+            s, send, psbt, sel.fee, change_index, [f"{u.txid}:{u.vout}" for u, _ in chosen]
+        )
+
+    @staticmethod
+    def _reserve(s: Session, send: Send, utxo_ids: list[int]) -> None:
+        """Reserve the chosen coins for `send`; another build that took one first is a race."""
+        res = s.execute(
+            update(Utxo)
+            .where(Utxo.id.in_(utxo_ids), Utxo.reserved_by_send.is_(None), Utxo.spent_by.is_(None))
+            .values(reserved_by_send=send.id)
+            .execution_options(synchronize_session=False)
+        )
+        if rowcount(res) != len(utxo_ids):
+            raise _Race()
+
+    @staticmethod
+    def _change_output(
+        s: Session, account: Account, hot: HotWallet, value: int
+    ) -> tuple[int, PsbtOutput]:
+        """The account's next change address and the output paying it `value`."""
+        change = next_change_address(s, account)
+        return change.index, PsbtOutput(
+            bytes(change.script_pubkey),
+            value,
+            origins=hot.origins(change.index, int(Chain.CHANGE)),
+            witness_script=hot.witness_script(change.index, int(Chain.CHANGE)),
+        )
+
+    @staticmethod
+    def _mark_built(
+        s: Session,
+        send: Send,
+        psbt: Psbt,
+        fee: int,
+        change_index: int | None,
+        outpoints: list[str],
+    ) -> None:
         send.psbt = psbt.to_base64()
-        send.fee = sel.fee
+        send.fee = fee
         send.change_index = change_index
         send.status = SendStatus.BUILT
         send.state_reason = ""
@@ -539,12 +570,12 @@ class SendWorker:
             {
                 "user_tx_no": send.user_tx_no,
                 "txid": psbt.txid,
-                "inputs": [f"{u.txid}:{u.vout}" for u, _ in chosen],
-                "fee": sel.fee,
+                "inputs": outpoints,
+                "fee": fee,
                 "change_index": change_index,
             },
         )
-        log.info("send %d built (%d inputs)", send.id, len(chosen))
+        log.info("send %d built (%d inputs)", send.id, len(outpoints))
 
     def _select(
         self, s: Session, account_id: int, amount: int, rate: float, scripts: list[bytes]

@@ -671,85 +671,130 @@ class Watcher:
         my_outs: dict[int, Address],
         my_ins: dict[int, Utxo],
     ) -> None:
-        account_id, wallet = side
+        """Record `tx` for one account side: a new row the first time, a status change after."""
         txid = str(tx["txid"])
         row = next(
             (c for c in m.known.get(txid, []) if (c.account_id, c.wallet) == side),
             None,
         )
-        wallet_name = wallet.name.lower()
         if row is None:
-            outputs = []
-            received = 0
-            dust = False
-            for o in tx.get("vout", []):
-                n = int(o["n"])
-                a = my_outs.get(n)
-                mine = a is not None and (a.account_id, a.wallet) == side
-                value = btc_to_sats(o["value"])
-                received += value if mine else 0
-                dust = dust or (mine and a is not None and self._is_dust(a, value))
-                outputs.append(
-                    ChainTxOutput(
-                        sn=n,
-                        address=str(o["scriptPubKey"].get("address", "")),
-                        value=value,
-                        is_mine=mine,
-                        spent=False,
-                    )
-                )
-            inputs = []
-            paid = 0
-            for i, v in enumerate(tx.get("vin", [])):
-                u = my_ins.get(i)
-                mine = u is not None and (u.account_id, u.wallet) == side
-                if "txid" not in v:
-                    prev_hash, prev_n, addr, value = COINBASE_PREV, -1, "", 0
-                else:
-                    prev_hash, prev_n = str(v["txid"]), int(v["vout"])
-                    addr, value = self._prevout(s, v, u)
-                paid += value if mine else 0
-                inputs.append(
-                    ChainTxInput(
-                        sn=i,
-                        prev_tx_hash=prev_hash,
-                        prev_out_sn=prev_n,
-                        address=addr,
-                        value=value,
-                        is_mine=mine,
-                    )
-                )
-            row = ChainTx(
-                account_id=account_id,
-                wallet=wallet,
-                txid=txid,
-                status=status,
-                block_hash=bhash,
-                block_height=height,
-                value=received - paid,
-                tx_at=utcnow(),
-                confirm_at=when if status is TxStatus.CONFIRMED else None,
-                has_dust=dust,
-                inputs=inputs,
-                outputs=outputs,
-            )
-            s.add(row)
-            s.flush()
-            confirmed = status is TxStatus.CONFIRMED
-            first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
-            deposit_states.enter(s, row, first, int(confirmed), new=True)
+            row = self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
             m.known.setdefault(txid, []).append(row)
-            data = {"txid": txid, "wallet": wallet_name, "value": row.value}
-            if row.value > 0:
-                journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)
-                if status is TxStatus.CONFIRMED:
-                    journal.append(
-                        s, JournalKind.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
-                    )
-            return
+        else:
+            self._update_row(s, row, tx, status, bhash, height, when)
+
+    def _outputs_of(
+        self, side: tuple[int, Wallet], tx: dict[str, Any], my_outs: dict[int, Address]
+    ) -> tuple[list[ChainTxOutput], int, bool]:
+        """The outputs as rows, what they pay this side, and whether any of that is dust."""
+        outputs = []
+        received = 0
+        dust = False
+        for o in tx.get("vout", []):
+            n = int(o["n"])
+            a = my_outs.get(n)
+            mine = a is not None and (a.account_id, a.wallet) == side
+            value = btc_to_sats(o["value"])
+            received += value if mine else 0
+            dust = dust or (mine and a is not None and self._is_dust(a, value))
+            outputs.append(
+                ChainTxOutput(
+                    sn=n,
+                    address=str(o["scriptPubKey"].get("address", "")),
+                    value=value,
+                    is_mine=mine,
+                    spent=False,
+                )
+            )
+        return outputs, received, dust
+
+    def _inputs_of(
+        self, s: Session, side: tuple[int, Wallet], tx: dict[str, Any], my_ins: dict[int, Utxo]
+    ) -> tuple[list[ChainTxInput], int]:
+        """The inputs as rows (their previous outputs found), and what they take from this side."""
+        inputs = []
+        paid = 0
+        for i, v in enumerate(tx.get("vin", [])):
+            u = my_ins.get(i)
+            mine = u is not None and (u.account_id, u.wallet) == side
+            if "txid" not in v:
+                prev_hash, prev_n, addr, value = COINBASE_PREV, -1, "", 0
+            else:
+                prev_hash, prev_n = str(v["txid"]), int(v["vout"])
+                addr, value = self._prevout(s, v, u)
+            paid += value if mine else 0
+            inputs.append(
+                ChainTxInput(
+                    sn=i,
+                    prev_tx_hash=prev_hash,
+                    prev_out_sn=prev_n,
+                    address=addr,
+                    value=value,
+                    is_mine=mine,
+                )
+            )
+        return inputs, paid
+
+    def _new_row(
+        self,
+        s: Session,
+        side: tuple[int, Wallet],
+        tx: dict[str, Any],
+        status: TxStatus,
+        bhash: str | None,
+        height: int | None,
+        when: datetime | None,
+        my_outs: dict[int, Address],
+        my_ins: dict[int, Utxo],
+    ) -> ChainTx:
+        """The side's first sight of `tx`: its row, its first deposit state, its journal."""
+        account_id, wallet = side
+        txid = str(tx["txid"])
+        outputs, received, dust = self._outputs_of(side, tx, my_outs)
+        inputs, paid = self._inputs_of(s, side, tx, my_ins)
+        row = ChainTx(
+            account_id=account_id,
+            wallet=wallet,
+            txid=txid,
+            status=status,
+            block_hash=bhash,
+            block_height=height,
+            value=received - paid,
+            tx_at=utcnow(),
+            confirm_at=when if status is TxStatus.CONFIRMED else None,
+            has_dust=dust,
+            inputs=inputs,
+            outputs=outputs,
+        )
+        s.add(row)
+        s.flush()
+        confirmed = status is TxStatus.CONFIRMED
+        first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
+        deposit_states.enter(s, row, first, int(confirmed), new=True)
+        data = {"txid": txid, "wallet": wallet.name.lower(), "value": row.value}
+        if row.value > 0:
+            journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)
+            if confirmed:
+                journal.append(
+                    s, JournalKind.DEPOSIT_CONFIRMED, account_id, {**data, "height": height}
+                )
+        return row
+
+    def _update_row(
+        self,
+        s: Session,
+        row: ChainTx,
+        tx: dict[str, Any],
+        status: TxStatus,
+        bhash: str | None,
+        height: int | None,
+        when: datetime | None,
+    ) -> None:
+        """A known transaction seen again: mined, or back in the mempool after a reorg."""
         previous = row.status
         if status is TxStatus.MEMPOOL and previous is TxStatus.CONFIRMED:
             return  # only a block disconnect takes confirmations away
+        data = {"txid": row.txid, "wallet": row.wallet.name.lower(), "value": row.value}
         row.status = status
         if status is TxStatus.CONFIRMED:
             row.block_hash = bhash
@@ -759,21 +804,13 @@ class Watcher:
                 deposit_states.enter(s, row, DepositState.CONFIRMED, 1)
                 if row.value > 0:
                     journal.append(
-                        s,
-                        JournalKind.DEPOSIT_CONFIRMED,
-                        account_id,
-                        {"txid": txid, "wallet": wallet_name, "value": row.value, "height": height},
+                        s, JournalKind.DEPOSIT_CONFIRMED, row.account_id, {**data, "height": height}
                     )
             self._fill_prevouts(s, row, tx)
         elif previous is TxStatus.REMOVED:
             deposit_states.enter(s, row, DepositState.SEEN)
         if status is TxStatus.MEMPOOL and previous is TxStatus.REMOVED and row.value > 0:
-            journal.append(
-                s,
-                JournalKind.DEPOSIT_SEEN,
-                account_id,
-                {"txid": txid, "wallet": wallet_name, "value": row.value},
-            )
+            journal.append(s, JournalKind.DEPOSIT_SEEN, row.account_id, data)
 
     def _is_dust(self, address: Address, value: int) -> bool:
         """A payment to a receiving address too small to be worth spending (never our change)."""
