@@ -184,17 +184,19 @@ def test_fee_drain_same_amounts_concurrently_signs_once(host: HostAttack) -> Non
 
 
 def test_reused_user_tx_no_for_another_transaction_freezes(host: HostAttack) -> None:
-    """After a genuine signing, the same `vc_code` for another transaction (here: the
-    change cut to burn a fee within policy): refused, frozen, alerted."""
+    """After a genuine signing, the same `vc_code` for another transaction that is no
+    replacement of it (it spends another coin, so both could confirm and pay twice): refused,
+    frozen, alerted. A replacement (same payments, one of the same inputs, more fee within
+    policy) is a fee bump and is co-signed: `test_fee_bump_hsm.py`."""
     victim = host.victim()
-    coin = host.hot_coin(victim, 0)
+    coin, second = host.hot_coin(victim, 0), host.hot_coin(victim, 1)
     pay = [(random_address(), COIN)]
     genuine = victim.genuine(pay, "reuse-1")
     psbt = build_send_psbt(victim.wallet, [coin], pay, change=(0, coin.value - COIN - 5_000))
     first = host.hot.sign_send(**genuine, psbt=psbt.to_base64())
     assert host.hot.sign_send(**genuine, psbt=psbt.to_base64()) == first  # a retry
     before = host.chain()
-    other = build_send_psbt(victim.wallet, [coin], pay, change=(0, coin.value - COIN - 15_000))
+    other = build_send_psbt(victim.wallet, [second], pay, change=(0, second.value - COIN - 5_000))
     err = host.refused(REUSED, "sign_send", **genuine, psbt=other.to_base64())
     assert "'reuse-1' was co-signed for" in err.message
     assert host.chain() == before
