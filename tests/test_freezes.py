@@ -31,6 +31,7 @@ from tests.hsm_fixtures import (
     HsmPair,
     VDevice,
     build_send_psbt,
+    confirm_account,
     funded_coin,
     hot_wallet,
     random_address,
@@ -64,7 +65,9 @@ def factory(tmp_path: Path) -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
-def _create(factory: sessionmaker[Session], client: HotHsmClient, vdev: VDevice) -> int:
+def _create(pair: HsmPair, factory: sessionmaker[Session], vdev: VDevice) -> int:
+    """An account created by custody and confirmed by the officer at the cold console."""
+    client = pair.client()
     with transaction(factory) as s:
         created = accounts.create_account(
             s,
@@ -76,6 +79,7 @@ def _create(factory: sessionmaker[Session], client: HotHsmClient, vdev: VDevice)
             vdev.identity_hex,
             network=NETWORK,
         )
+    confirm_account(pair.d, created.account_id, vdev.identity_hex)
     return created.account_id
 
 
@@ -110,7 +114,7 @@ def test_operator_and_cold_freezes_follow_the_hsms(
 ) -> None:
     client = pair.client()
     vdev = VDevice("freeze-story")
-    account_id = _create(factory, client, vdev)
+    account_id = _create(pair, factory, vdev)
     follower = freezes.FreezeFollower(factory, client, None)
     assert follower.step(force=True) == []
 
