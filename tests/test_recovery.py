@@ -52,7 +52,7 @@ from tests.hsm_fixtures import (
 )
 from wallet_core import messages
 from wallet_core.bip32 import parse_xpub
-from wallet_core.chaincloud import batch_content
+from wallet_core.chaincloud import batch_statement
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
 from wallet_core.wallets import (
@@ -265,7 +265,7 @@ def test_cold_hsm_restored_from_two_shares(
     result = json.loads(out.strip().splitlines()[-1])
     assert result["accounts"] == [ACCOUNT]
     assert bytes.fromhex(result["identity_pubkey"]) == messages.recover_pubkey(
-        batch_content(_batch(prov, 1)), proof_before
+        batch_statement("cold", ACCOUNT, 1, _batch(prov, 1)), proof_before
     )
 
     # the officer confirms the restored account again (its spending policy is not in the
@@ -291,11 +291,12 @@ def test_cold_hsm_restored_from_two_shares(
     for k in ("receiving_xpub", "cosigner_xpub", "recovery_xpub"):
         assert again[k] == getattr(prov, k)
     proof_after = client.prove_batch(ACCOUNT, "cold", 1)
-    content = batch_content(_batch(prov, 1))
+    content = batch_statement("cold", ACCOUNT, 1, _batch(prov, 1))
     assert messages.recover_pubkey(content, proof_after) == messages.recover_pubkey(
         content, proof_before
     )
-    hot_content = batch_content([a for _, a in batch_addresses(hot_wallet(prov), 1, RECEIVE)])
+    hot_addresses = [a for _, a in batch_addresses(hot_wallet(prov), 1, RECEIVE)]
+    hot_content = batch_statement("hot", ACCOUNT, 1, hot_addresses)
     assert messages.recover_pubkey(
         hot_content, client.prove_batch(ACCOUNT, "hot", 1)
     ) == messages.recover_pubkey(hot_content, hot_proof_before)
