@@ -18,6 +18,55 @@ EXAMPLE_ADDR = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 
 # name (or "Schema.name") -> what the field says
 FIELDS: dict[str, dict[str, Any]] = {
+    "cold_statement": {
+        "description": "extension: the cold HSM's signed final word on the send",
+        "example": {"state": "signed", "txid": EXAMPLE_TXID, "signature": "H1b2...="},
+    },
+    "after": {"description": "return events with a sequence number above this", "example": 0},
+    "limit": {"description": "at most this many events", "example": 100},
+    "wait": {"description": "seconds to wait for a new event (long polling)", "example": 20},
+    # extensions: money movement, events, the cold HSM's statements
+    "cc_state": {"description": "extension: the detailed state", "example": "confirmed"},
+    "cc_state_at": {
+        "description": "extension: when that state began, UTC",
+        "example": "2026-12-05T08:35:36",
+    },
+    "cc_dust": {
+        "description": "extension: pays us below the dust threshold (never spent)",
+        "example": False,
+    },
+    "cc_state_reason": {
+        "description": "extension: why the send waits (empty otherwise)",
+        "example": "have 0 sat in usable UTXOs",
+    },
+    "Event.id": {"description": "the event's row id", "example": 42},
+    "Event.seq": {"description": "gap-free sequence number within the account", "example": 7},
+    "Event.account_id": {"description": "the account number", "example": 1},
+    "Event.kind": {
+        "description": "what happened (deposit.confirmed, send.broadcast, ...)",
+        "example": "deposit.confirmed",
+    },
+    "Event.side": {"description": "which token sees it: cold, hot or both", "example": "cold"},
+    "Event.data": {
+        "description": "the event's fields (txid, value in satoshi, ...)",
+        "example": {"txid": EXAMPLE_TXID, "value": 50_000_000},
+    },
+    "EventPage.events": {"description": "events after `after`, oldest first"},
+    "EventPage.last_seq": {
+        "description": "the newest sequence number this token can see",
+        "example": 7,
+    },
+    "SendState.send_request": {"description": "the V-device-signed request, as posted"},
+    "ColdStatement.state": {
+        "description": "signed: co-signed txid; refused: never co-signed",
+        "example": "signed",
+    },
+    "ColdStatement.signature": {
+        "description": "the cold identity key's signed-message signature (base64)",
+        "example": "H1b2...=",
+    },
+    "Tx.inputs": {"description": "the transaction's inputs"},
+    "Tx.outputs": {"description": "the transaction's outputs"},
     "code": {"description": "error code (see x-error-codes)", "example": 2},
     "message": {"description": "what was wrong, for a human", "example": "outs is required"},
     "time": {"description": "the server's time, UTC", "example": "2026-12-05T08:35:36"},
