@@ -148,10 +148,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_account_lifecycle_cli(tmp_path, sms, capsys, monkeypatch):
+def cli_with_account(tmp_path, sms_url, capsys, monkeypatch, hsm) -> tuple[str, dict]:
+    """A deployment whose database is upgraded and holds account "acme", created through the
+    CLI against `hsm` (a stand-in for the HSM pair): its directory and `account create`'s JSON."""
     d = str(tmp_path / "dep")
-    write_config(Path(d), sms.url)
-    hsm = SoftwareHsmStandIn()
+    write_config(Path(d), sms_url)
     monkeypatch.setattr(admin_cli, "_hsm", lambda config: hsm)
     assert run_cli(capsys, "db", "upgrade", "--dir", d)[0] == 0
     code, out, err = run_cli(
@@ -171,7 +172,12 @@ def test_account_lifecycle_cli(tmp_path, sms, capsys, monkeypatch):
         vdevice_identity(),
     )
     assert code == 0, err
-    created = json.loads(out)
+    return d, json.loads(out)
+
+
+def test_account_lifecycle_cli(tmp_path, sms, capsys, monkeypatch):
+    hsm = SoftwareHsmStandIn()
+    d, created = cli_with_account(tmp_path, sms.url, capsys, monkeypatch, hsm)
     bundle = created["vdevice_bundle"]
     assert bundle["cold_identity"] == hsm.identity_pub.hex()
     assert bundle["cold_numbers"] == ["+15550000001", "+15550000002"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from custody import admin_cli, journal
+from custody import journal
 from custody.admin_cli import upgrade_database
 from custody.db import make_engine, make_session_factory, transaction
 from custody.models import Alert, Send, SendStatus, utcnow
@@ -26,7 +26,7 @@ from tests.api_fixtures import (  # noqa: F401 (fixtures)
     sms_server,
     vdevice_identity,
 )
-from tests.test_api_cli import run_cli, write_config
+from tests.test_api_cli import cli_with_account, run_cli, write_config
 from wallet_core.account_state import AccountState, FreezeOrigin
 from wallet_core.messages import sign_message
 
@@ -42,28 +42,7 @@ class PairStandIn(SoftwareHsmStandIn):
 
 
 def _setup(tmp_path: Path, sms_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> str:
-    d = str(tmp_path / "dep")
-    write_config(Path(d), sms_url)
-    pair = PairStandIn()
-    monkeypatch.setattr(admin_cli, "_hsm", lambda config: pair)
-    assert run_cli(capsys, "db", "upgrade", "--dir", d)[0] == 0
-    code, out, err = run_cli(
-        capsys,
-        "account",
-        "create",
-        "acme",
-        "--dir",
-        d,
-        "--vdevice-phone",
-        "+15550000100",
-        "--owner-phone",
-        "+15550000200",
-        "--settlement-descriptor",
-        settlement_descriptor(),
-        "--vdevice-identity",
-        vdevice_identity(),
-    )
-    assert code == 0, err
+    d, _ = cli_with_account(tmp_path, sms_url, capsys, monkeypatch, PairStandIn())
     return d
 
 

@@ -4,37 +4,15 @@ printed once, the delivery log after an event, redelivery, removal, and clear re
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from custody import admin_cli
-from tests.api_fixtures import SoftwareHsmStandIn, settlement_descriptor, vdevice_identity
-from tests.test_api_cli import run_cli, write_config
+from tests.api_fixtures import SoftwareHsmStandIn
+from tests.test_api_cli import cli_with_account, run_cli
 
 
 def test_webhook_commands(tmp_path, sms, capsys, monkeypatch) -> None:
-    d = str(tmp_path / "dep")
-    write_config(Path(d), sms.url)
     hsm = SoftwareHsmStandIn()
-    monkeypatch.setattr(admin_cli, "_hsm", lambda config: hsm)
-    assert run_cli(capsys, "db", "upgrade", "--dir", d)[0] == 0
-    code, out, err = run_cli(
-        capsys,
-        "account",
-        "create",
-        "acme",
-        "--dir",
-        d,
-        "--vdevice-phone",
-        "+15550000100",
-        "--owner-phone",
-        "+15550000200",
-        "--settlement-descriptor",
-        settlement_descriptor(),
-        "--vdevice-identity",
-        vdevice_identity(),
-    )
-    assert code == 0, err
-    aid = str(json.loads(out)["account_id"])
+    d, created = cli_with_account(tmp_path, sms.url, capsys, monkeypatch, hsm)
+    aid = str(created["account_id"])
 
     code, out, err = run_cli(
         capsys, "webhook", "add", "--account", aid, "--url", "http://127.0.0.1:9/h", "--dir", d
