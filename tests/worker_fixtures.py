@@ -1,4 +1,4 @@
-"""Fixtures for the chain watcher and the hot-send worker (tests/test_watcher.py, test_sends.py).
+"""Fixtures for the chain watcher and the hot-send worker (tests/worker/).
 
 - A real regtest node process per test module (`tests.node_fixtures`), funded by a faucet.
 - A fresh custody database per test, from `custody.models.Base.metadata.create_all`, on

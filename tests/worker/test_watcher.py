@@ -8,9 +8,6 @@ only one watcher works at a time; the hot balance alert fires once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,52 +17,18 @@ from custody.balances import confirmations, confirmed_balance, tip_height, uncon
 from custody.chain import BitcoinRPC
 from custody.models import Address, Alert, BlockSeen, JournalEntry, TxStatus, Utxo, Wallet
 from custody.watcher import ADVISORY_LOCK_ID, Watcher, WatcherSettings
-from tests.node_fixtures import Faucet, NodeProcess, running_node
+from tests.node_fixtures import Faucet, NodeProcess
 from tests.worker_fixtures import (
     add_addresses,
     chain_tx,
     conflicting_block,
     counts,
     create_account,
-    db_url_for,
-    fresh_factory,
-    fresh_pg_database,
     fund,
     fund_with_coin,
     make_watcher,
     mine,
-    node_faucet,
 )
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "watcher-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
 
 
 @pytest.fixture

@@ -9,57 +9,19 @@ confirms the chain; a stranger's unconfirmed payment to the hot wallet is never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chain import BitcoinRPC
 from custody.models import SendStatus
-from tests.node_fixtures import Faucet, NodeProcess, running_node
-from tests.test_sends import Env, _outs
+from tests.node_fixtures import Faucet
+from tests.worker.test_sends import Env, _outs
 from tests.worker_fixtures import (
-    db_url_for,
     expire_leases,
-    fresh_factory,
-    fresh_pg_database,
     fund,
     mine,
-    node_faucet,
 )
 
 RBF_MAX = 0xFFFFFFFD
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "unconfirmed-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
 
 
 def test_ten_withdrawals_in_one_block_interval_all_broadcast_on_unconfirmed_change(

@@ -9,9 +9,6 @@ all, the send follows it. A send whose change a later send spends cannot be bump
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,47 +24,13 @@ from custody.models import (
     TxStatus,
     Wallet,
 )
-from tests.node_fixtures import Faucet, NodeProcess, running_node
-from tests.test_sends import Env, _outs
+from tests.node_fixtures import Faucet
+from tests.worker.test_sends import Env, _outs
 from tests.worker_fixtures import (
     MINER,
     chain_tx,
-    db_url_for,
-    fresh_factory,
-    fresh_pg_database,
     mine,
-    node_faucet,
 )
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "fee-bump-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
 
 
 def stuck_send(env: Env, no: str, value: int = 100_000) -> int:

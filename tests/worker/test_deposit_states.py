@@ -10,8 +10,6 @@ it is confirmed, and a dust payment is flagged and never spent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -34,9 +32,7 @@ from tests.node_fixtures import (
     FEE,
     Faucet,
     Key,
-    NodeProcess,
     hex_of,
-    running_node,
     spend_p2wpkh,
     txid_hex,
 )
@@ -46,49 +42,15 @@ from tests.worker_fixtures import (
     chain_tx,
     conflicting_block,
     create_account,
-    db_url_for,
-    fresh_factory,
-    fresh_pg_database,
     fund,
     fund_with_coin,
     make_sends,
     mine,
     new_send,
-    node_faucet,
 )
 
 RBF = 0xFFFFFFFD
 ELSEWHERE = Key.from_seed("deposit-elsewhere")
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "deposit-states-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ next time; bad arguments are refused clearly.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,47 +18,13 @@ from custody import consolidation
 from custody.balances import confirmed_balance
 from custody.chain import BitcoinRPC
 from custody.models import JournalEntry, KeyValue, SendStatus, Utxo, Wallet
-from tests.node_fixtures import Faucet, NodeProcess, running_node
-from tests.test_sends import Env, _outs
+from tests.node_fixtures import Faucet
+from tests.worker.test_sends import Env, _outs
 from tests.worker_fixtures import (
-    db_url_for,
-    fresh_factory,
-    fresh_pg_database,
     mine,
-    node_faucet,
 )
 
 COINS = [20_000, 30_000, 40_000, 50_000, 900_000]
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "consolidation-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
 
 
 def run(env: Env, **kw: object) -> consolidation.Consolidated:

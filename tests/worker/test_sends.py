@@ -9,8 +9,6 @@ an unreachable HSM is retried with backoff and alerted.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,21 +33,17 @@ from custody.models import (
 from custody.prevtxs import with_prev_txs
 from custody.sends import SendFailed, SendWorker
 from tests.api_fixtures import SoftwareHsmStandIn
-from tests.node_fixtures import Faucet, Key, NodeProcess, running_node
+from tests.node_fixtures import Faucet, Key, NodeProcess
 from tests.worker_fixtures import (
     add_addresses,
     chain_tx,
     create_account,
-    db_url_for,
     expire_leases,
-    fresh_factory,
-    fresh_pg_database,
     fund,
     make_sends,
     make_watcher,
     mine,
     new_send,
-    node_faucet,
 )
 from wallet_core.hashes import hash160
 from wallet_core.prevtx import parse_prev_tx
@@ -57,36 +51,6 @@ from wallet_core.psbt import Psbt
 from wallet_core.rawtx import parse_signed_tx
 
 DEST = Key.from_seed("send-destination")
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "sends-node")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC) -> Faucet:
-    return node_faucet(rpc)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    yield from fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return db_url_for(request, tmp_path)
-
-
-@pytest.fixture
-def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from fresh_factory(db_url)
 
 
 class Env:
