@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from cc_common.sms import channel_messages as cm
 from cc_demo import scenario as demo
+from cc_demo.steps_edges import newest_send_id, rewrite_send, wait_posted, wait_refused
 from cc_demo.support import (
     HttpFailed,
     carrier,
@@ -141,44 +142,21 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
     payee = random_address(ctx.network)
     factory = custody_db(ctx.config)
     before = node_state(rig)
-    with factory() as s:
-        last_id = s.execute(select(Send.id).order_by(Send.id.desc())).scalars().first() or 0
+    last_id = newest_send_id(factory)
     with demo.worker_paused(ctx):
         vtest_id = demo.merchant_withdrawal(ctx, [(payee, ATTACK_SAT)])
-
-        def posted() -> Send | None:
-            with factory() as s:
-                return s.execute(
-                    select(Send).where(Send.account_id == account, Send.id > last_id)
-                ).scalar_one_or_none()
-
-        send = wait_for(posted, demo.SEND_TIMEOUT, f"the V-device to post {vtest_id}")
-        with factory() as s, s.begin():
-            s.execute(
-                update(Send)
-                .where(Send.id == send.id)
-                .values(status=SendStatus.FAILED, failure_reason="made up by the attacker")
-            )
+        send = wait_posted(factory, account, last_id, vtest_id)
+        rewrite_send(
+            factory, send.id, status=SendStatus.FAILED, failure_reason="made up by the attacker"
+        )
         w = demo.wait_site_finished(ctx, vtest_id)
         assert w["status"] == "failed" and not w["tx_hash"], w
         state = demo.send_state(ctx, send.user_tx_no)
         assert state["cold_statement"]["state"] == "refused", state
         assert state["cold_statement"]["code"] == 741  # closed: never co-signed
         # now the attacker wants the send signed after all
-        with factory() as s, s.begin():
-            s.execute(
-                update(Send)
-                .where(Send.id == send.id)
-                .values(status=SendStatus.PENDING, failure_reason="", attempts=0)
-            )
-
-    def refused_again() -> str | None:
-        with factory() as s:
-            row = s.get(Send, send.id)
-            assert row is not None
-            return row.failure_reason if row.status is SendStatus.FAILED else None
-
-    reason = wait_for(refused_again, demo.SEND_TIMEOUT, "the worker's signing to be refused")
+        rewrite_send(factory, send.id, status=SendStatus.PENDING, failure_reason="", attempts=0)
+    reason = wait_refused(factory, send.id)
     assert "code 741" in reason, reason
     assert_nothing_reached_the_node(rig, before, payee)
     assert_not_frozen(rig)
@@ -198,18 +176,10 @@ def test_custody_saying_failed_after_signing_gets_the_txid_reported(rig: Rig) ->
     payee = random_address(ctx.network)
     config = ctx.config
     factory = custody_db(config)
-    with factory() as s:
-        last_id = s.execute(select(Send.id).order_by(Send.id.desc())).scalars().first() or 0
+    last_id = newest_send_id(factory)
     with demo.worker_paused(ctx):
         vtest_id = demo.merchant_withdrawal(ctx, [(payee, ATTACK_SAT)])
-
-        def posted() -> Send | None:
-            with factory() as s:
-                return s.execute(
-                    select(Send).where(Send.account_id == account, Send.id > last_id)
-                ).scalar_one_or_none()
-
-        send = wait_for(posted, demo.SEND_TIMEOUT, f"the V-device to post {vtest_id}")
+        send = wait_posted(factory, account, last_id, vtest_id)
         worker = SendWorker(
             factory,
             BitcoinRPC.from_config(config),
