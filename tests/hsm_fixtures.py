@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,6 +429,17 @@ class ColdHsm:
 
 
 # -- a tap on the hot end of the line -----------------------------------------------------------
+
+
+def running_cold_hsm(base: Path, config: dict[str, Any]) -> Iterator[ColdHsm]:
+    """A module's cold HSM in a deployment under `base` with `config`, stopped cleanly after."""
+    hsm = ColdHsm(Deployment(base, config=config))
+    try:
+        hsm.start()
+        yield hsm
+    finally:
+        problems = hsm.stop()
+        assert not problems, problems
 
 
 class SerialTap:

@@ -38,6 +38,7 @@ from tests.hsm_fixtures import (
     build_send_psbt,
     funded_coin,
     random_address,
+    running_cold_hsm,
     send_request,
 )
 from wallet_core import messages, signatures
@@ -75,17 +76,10 @@ SETTLEMENT = parse_descriptor(
 
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
-    d = Deployment(
+    yield from running_cold_hsm(
         tmp_path_factory.mktemp("cold"),
-        config={"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
+        {"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
     )
-    hsm = ColdHsm(d)
-    try:
-        hsm.start()
-        yield hsm
-    finally:
-        problems = hsm.stop()
-        assert not problems, problems
 
 
 @pytest.fixture

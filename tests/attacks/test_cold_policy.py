@@ -18,8 +18,7 @@ import pytest
 from cc_common.fingerprint import fingerprint
 from cc_common.spending_policy import approved_request_string
 from hsm_cold.errors import ColdErrorCode
-from tests.harness import Deployment
-from tests.hsm_fixtures import ColdHsm, random_address
+from tests.hsm_fixtures import ColdHsm, random_address, running_cold_hsm
 from tests.test_hsm_cold import (
     MAX_FEE_RATE,
     MAX_FEE_SAT,
@@ -42,17 +41,10 @@ POLICY = (
 
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
-    d = Deployment(
+    yield from running_cold_hsm(
         tmp_path_factory.mktemp("cold-policy"),
-        config={"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
+        {"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
     )
-    hsm = ColdHsm(d)
-    try:
-        hsm.start()
-        yield hsm
-    finally:
-        problems = hsm.stop()
-        assert not problems, problems
 
 
 @pytest.fixture
