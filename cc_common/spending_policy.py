@@ -9,6 +9,7 @@ that only tightens applies at once. The defaults are documented in docs/threat-m
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -260,3 +261,47 @@ def signed_forms(request: str) -> tuple[str, str]:
 def change_statement(account: int, seq: int, policy: SpendingPolicy) -> str:
     """What the V-device's identity key signs to change the account's policy."""
     return f"CC:POLICY:{account}:{seq}:{policy.to_text()}"
+
+
+# -- the cold HSM's answer to a change (texted to the V-device, signed by its identity key) ---
+
+
+class AckState(enum.StrEnum):
+    """What the cold HSM made of change `seq`; `pending` is the only state that changes."""
+
+    APPLIED = "applied"  # in force (detail: when it applied)
+    PENDING = "pending"  # a loosening waiting for its delay (detail: when it applies)
+    CANCELLED = "cancelled"  # by the owner during the delay (detail: when)
+    SUPERSEDED = "superseded"  # a later change replaced it before it applied (detail: 0)
+    REFUSED = "refused"  # never applies (detail: the cold HSM's error code)
+
+
+ACK_PREFIX = "CC:POLICY_ACK:"
+_ACK = re.compile(
+    r"CC:POLICY_ACK:([0-9]{1,10}):([0-9]{1,10}):([a-z]{1,12}):([0-9]{1,12}):([A-Za-z0-9+/=]{88})"
+)
+
+
+@dataclass(frozen=True)
+class PolicyAck:
+    """`CC:POLICY_ACK:<account>:<seq>:<state>:<detail>:<identity signature>`."""
+
+    account: int
+    seq: int
+    state: AckState
+    detail: int
+
+    def statement(self) -> str:
+        return f"{ACK_PREFIX}{self.account}:{self.seq}:{self.state.value}:{self.detail}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[PolicyAck, str]:
+        """(the ack, its signature) from the SMS text; the signature is not checked here."""
+        m = _ACK.fullmatch(text.strip())
+        if m is None:
+            raise PolicyFormatError("policy ack: malformed")
+        try:
+            state = AckState(m.group(3))
+        except ValueError:
+            raise PolicyFormatError(f"policy ack: unknown state {m.group(3)!r}") from None
+        return cls(int(m.group(1)), int(m.group(2)), state, int(m.group(4))), m.group(5)

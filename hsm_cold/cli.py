@@ -206,6 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.start()
         if sms is not None:
             service.on_alert = sms.on_alert
+            service.on_text = sms.on_text
             sms.start()
         mark_ready(config.run_dir, NAME, port=port_url)
         log.info("serving the hot HSM on %s (%s)", port_url, network.value)

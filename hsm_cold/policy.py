@@ -16,6 +16,11 @@
   delay of the policy in force, is announced to the owner's phone, and is cancelled by the
   owner's `CC:POLICY_CANCEL:<id>` (cancelling only keeps the stricter policy, so the random
   id in the announcement is the whole authentication a cancel needs).
+- Every change signed by the V-device is answered to the V-device's number with the cold HSM's
+  signed word (`PolicyAck`: applied, pending until T, refused with a code), and so is a cancel
+  and a loosening that applies: the phone's own copy follows the cold HSM's decision. A change
+  sent again under the same `seq` (no answer reached the phone) changes nothing and is answered
+  with its state now.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from datetime import UTC, datetime
 
 from cc_common import fingerprint
 from cc_common.spending_policy import (
+    AckState,
+    PolicyAck,
     PolicyFormatError,
     SpendHistory,
     SpendingPolicy,
@@ -45,7 +52,7 @@ from hsm_cold.errors import (
     PolicyRefused,
     UnknownAccount,
 )
-from hsm_cold.policy_store import ChangeRow, PolicyStore
+from hsm_cold.policy_store import ChangeRow, ChangeState, PolicyStore
 from hsm_cold.store import AccountRecord, ColdStore
 from wallet_core import messages
 from wallet_core.chaincloud import Out
@@ -60,6 +67,8 @@ _CANCEL = re.compile(r"CC:POLICY_CANCEL:([0-9a-f]{8})")
 
 # (account, kind, message): the service's alert (recorded, texted to the owner).
 Alert = Callable[[int, str, str], object]
+# (account, ack): sign the ack with the identity key and text it to the account's V-device.
+Answer = Callable[[int, PolicyAck], object]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class ChangeOutcome:
     change_id: str
     applied: bool
     applies_at: float
+    resent: bool = False
 
 
 def _utc(at: float) -> str:
@@ -94,6 +104,7 @@ class ColdPolicies:
         random: Callable[[int], bytes],
         alert: Alert,
         clock: Callable[[], float] = time.time,
+        answer: Answer | None = None,
     ) -> None:
         self.store = store
         self.rows = PolicyStore(store)
@@ -101,6 +112,7 @@ class ColdPolicies:
         self.random = random
         self.alert = alert
         self.clock = clock
+        self.answer = answer
 
     # -- confirmation ----------------------------------------------------------------------------
 
@@ -145,6 +157,7 @@ class ColdPolicies:
         for change in self.rows.apply_due(account, self.clock()):
             log.info("account %d: loosening %s applied after its delay", account, change.id)
             self.alert(account, "policy_changed", f"policy loosening {change.id} now applies")
+            self._answer(account, change.seq, AckState.APPLIED, int(self.clock()))
         row = self.rows.get(account)
         if row is None:
             raise AccountPending(f"account {account} awaits its confirmation at the cold console")
@@ -207,6 +220,8 @@ class ColdPolicies:
         except PolicyFormatError as exc:
             raise PolicyChangeRefused(exc.message) from None
         outcome = self.change(rec, seq, policy, sig)
+        if outcome.resent:
+            return "policy_resent"
         return "policy_applied" if outcome.applied else "policy_pending"
 
     def change(
@@ -219,7 +234,20 @@ class ColdPolicies:
             raise PolicyChangeRefused(
                 f"policy change {seq} is not signed by account {rec.account}'s V-device identity"
             )
+        try:
+            return self._signed_change(rec, seq, policy)
+        except ColdHsmError as exc:  # the V-device signed it: it hears why it never applies
+            self._answer(rec.account, seq, AckState.REFUSED, int(exc.code))
+            raise
+
+    def _signed_change(self, rec: AccountRecord, seq: int, policy: SpendingPolicy) -> ChangeOutcome:
         old = self.current(rec.account)
+        known = self.rows.change_by_seq(rec.account, seq)
+        if known is not None and known.policy == policy.to_text():
+            self._answer_state(known)  # sent again (our answer was lost): its state now
+            return ChangeOutcome(
+                known.id, known.state is ChangeState.APPLIED, known.applies_at, True
+            )
         now = self.clock()
         change_id = self._new_id()
         looser = policy.loosens(old)
@@ -227,6 +255,7 @@ class ColdPolicies:
             if not self.rows.apply_now(rec.account, seq, policy.to_text(), change_id, now):
                 raise PolicyChangeRefused(f"policy change {seq} is stale or replayed")
             self.alert(rec.account, "policy_changed", f"policy tightened: {policy.summary()}")
+            self._answer(rec.account, seq, AckState.APPLIED, int(now))
             return ChangeOutcome(change_id, True, now)
         applies_at = now + old.loosen_delay
         if not self.rows.add_pending(
@@ -239,6 +268,7 @@ class ColdPolicies:
             f"policy loosening {change_id} requested ({', '.join(looser)}): {policy.summary()}."
             f" Applies {_utc(applies_at)}. To cancel reply {CANCEL_PREFIX}{change_id}",
         )
+        self._answer(rec.account, seq, AckState.PENDING, int(applies_at))
         return ChangeOutcome(change_id, False, applies_at)
 
     def _cancel_sms(self, sender: str, text: str) -> str:
@@ -250,7 +280,26 @@ class ColdPolicies:
             raise PolicyChangeRefused("no waiting policy change with this id for this owner")
         log.info("account %d: loosening %s cancelled by the owner", change.account, change.id)
         self.alert(change.account, "policy_cancelled", f"policy loosening {change.id} cancelled")
+        self._answer(change.account, change.seq, AckState.CANCELLED, int(self.clock()))
         return "policy_cancelled"
+
+    def _answer_state(self, change: ChangeRow) -> None:
+        state = {
+            ChangeState.APPLIED: AckState.APPLIED,
+            ChangeState.PENDING: AckState.PENDING,
+            ChangeState.CANCELLED: AckState.CANCELLED,
+            ChangeState.SUPERSEDED: AckState.SUPERSEDED,
+        }[change.state]
+        detail = 0 if state is AckState.SUPERSEDED else int(change.applies_at)
+        self._answer(change.account, change.seq, state, detail)
+
+    def _answer(self, account: int, seq: int, state: AckState, detail: int) -> None:
+        if self.answer is None:
+            return
+        try:
+            self.answer(account, PolicyAck(account, seq, state, detail))
+        except Exception:  # an SMS problem never changes what was decided
+            log.exception("account %d: policy answer for change %d not queued", account, seq)
 
     def _new_id(self) -> str:
         while True:

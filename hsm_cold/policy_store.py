@@ -203,6 +203,16 @@ class PolicyStore:
             )
         return _change(row)
 
+    def change_by_seq(self, account: int, seq: int) -> ChangeRow | None:
+        """The change the V-device sent under `seq` (to answer it again, unchanged)."""
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT id, account, seq, policy, requested_at, applies_at, state"
+                " FROM policy_changes WHERE account = ? AND seq = ?",
+                (account, seq),
+            ).fetchone()
+        return None if row is None else _change(row)
+
     def change_id_taken(self, change_id: str) -> bool:
         with self.store.transaction() as db:
             row = db.execute("SELECT 1 FROM policy_changes WHERE id = ?", (change_id,)).fetchone()

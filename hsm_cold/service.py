@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
+from cc_common.spending_policy import DEFAULT_POLICY, PolicyAck, SpendingPolicy
 from cc_common.text import printable
 from hsm_cold import account_state, accounts, backup, consolidation, cosign, replacement, sweep
 from hsm_cold.accounts import AccountFacts, SeedPurpose
@@ -204,6 +204,9 @@ class ColdService:
         self.clock = clock
         # Called after an alert is recorded (the SMS thread sends it to the operator/owner).
         self.on_alert: AlertHook | None = None
+        # Queues a text to a number (the SMS thread's outbox): the cold HSM's signed word to a
+        # V-device (a policy change's answer, a fee bump's new txid). (number, text, purpose)
+        self.on_text: Callable[[str, str, str], object] | None = None
         # What `status` adds from outside the service (the SIMs' radio state, the token).
         self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
@@ -213,6 +216,7 @@ class ColdService:
             keystore.random,
             lambda account, kind, message: self.alert(account, AlertKind(kind), message),
             lambda: self.clock(),  # noqa: PLW0108 (a test may replace self.clock later)
+            self._policy_answer,
         )
         self._prev_txs = PrevTxAssembler(
             lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))
@@ -278,6 +282,16 @@ class ColdService:
         wallet = accounts.hot_wallet(facts, cosigner)
         self._wallets[rec.account] = (key, wallet)
         return wallet
+
+    def _text_vdevice(self, account: int, statement: str, purpose: str) -> None:
+        """Text the account's V-device `statement` with the identity key's signature."""
+        rec = self.store.get_account(account)
+        if self.on_text is None or rec is None or not rec.vdevice_phone:
+            return
+        self.on_text(rec.vdevice_phone, f"{statement}:{self._sign_message(statement)}", purpose)
+
+    def _policy_answer(self, account: int, ack: PolicyAck) -> None:
+        self._text_vdevice(account, ack.statement(), f"policy_ack:{ack.state.value}")
 
     def alert(
         self, account: int | None, kind: AlertKind, message: str, *, source: str = SOURCE_COLD
@@ -627,6 +641,12 @@ class ColdService:
             fee,
             " (fee bump)" if bump else "",
         )
+        if bump:  # the V-device learns the txid that now pays its request
+            statement = send_signed_statement(req.account, req.txid, req.user_tx_no)
+            try:
+                self._text_vdevice(req.account, statement, "replaced")
+            except Exception:  # the signature stands; the V-device can still ask custody
+                log.exception("account %d: replacement notice not queued", req.account)
         return {"signatures": sigs}
 
     def consolidate(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -193,6 +193,10 @@ class SmsService:
         self.store.queue_sms(number, text, purpose, prefer=prefer, not_after=not_after)
         self._wake.set()
 
+    def on_text(self, number: str, text: str, purpose: str) -> None:
+        """The service's signed word to a V-device: queued like a reply, kept until sent."""
+        self._queue(number, text, purpose, 0, None)
+
     def on_alert(self, account: int | None, kind: str, message: str, source: str = "cold") -> None:
         """The service's alert hook: freezes go to the operator and the owner, refusals to
         the owner; undeliverable-SMS alerts are only recorded (no SIM would carry them).

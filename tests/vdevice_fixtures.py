@@ -328,9 +328,10 @@ class WebStandIn:
 
         @app.get(site + "/vtest")
         def get_vtest() -> Any:
+            skip = set(request.args.get("skip", "").split(","))
             with self.lock:
                 for v in self.vtests:
-                    if v["done"] is None:
+                    if v["done"] is None and v["vtest_id"] not in skip:
                         return {k: v[k] for k in ("vtest_id", "vtest_at", "vtest_info")}
             return {}
 

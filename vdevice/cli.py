@@ -147,7 +147,8 @@ def cmd_policy(args: argparse.Namespace) -> str:
     try:
         policy = policy_changes.current(state, configured)
         if args.action != "set":
-            return policy.summary()
+            change = policy_changes.describe(policy_changes.last_change(state))
+            return f"{policy.summary()}\nlast change: {change}"
         changes: dict[str, Any] = {
             name: getattr(args, name)
             for name, _ in POLICY_OPTIONS
@@ -166,7 +167,11 @@ def cmd_policy(args: argparse.Namespace) -> str:
         _, at_once = policy_changes.request(state, state.provisioning().account_id, configured, new)
     finally:
         state.close()
-    when = "applies at once" if at_once else f"loosens: applies after {policy.loosen_delay}s"
+    when = (
+        "applies at once"
+        if at_once
+        else f"loosens: applies after {policy.loosen_delay}s, once the cold HSM says so"
+    )
     return f"signed change queued for the cold HSM ({when}): {new.summary()}"
 
 

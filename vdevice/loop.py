@@ -17,6 +17,7 @@ from collections.abc import Callable
 from cc_common.process import clear_ready, mark_ready
 from cc_common.sms.errors import SmsError
 from cc_common.sms.modem import GsmModem
+from cc_common.spending_policy import ACK_PREFIX, AckState
 from vdevice import policy_changes
 from vdevice.batches import BatchVerifier
 from vdevice.channel import ChannelKeeper
@@ -31,6 +32,8 @@ from vdevice.state import LoopState, State
 from vdevice.status import snapshot, write_status
 
 log = logging.getLogger(__name__)
+
+SIGNED_PREFIX = "CC:SEND_SIGNED:"
 
 MODEM_OPEN_TIMEOUT = 30.0
 
@@ -63,11 +66,33 @@ class VDevice:
             prov.cold_numbers,
             self.channels.on_open_reply,
             self.batches.on_proof,
+            self._cold_word,
         )
+
+    def _cold_word(self, text: str) -> bool:
+        """The cold HSM's signed answers outside the channel protocol; True if it was one."""
+        now = time.time()
+        if text.startswith(ACK_PREFIX):
+            prov = self.state.provisioning()
+            ack = policy_changes.on_ack(self.state, prov.cold_identity, prov.account_id, text, now)
+            if ack is not None and ack.state is AckState.REFUSED:
+                self.phone.alert(
+                    f"policy change {ack.seq} refused by the cold HSM (code {ack.detail})"
+                )
+            return True
+        if text.startswith(SIGNED_PREFIX):
+            self.sends.on_replaced(text, now)
+            return True
+        return False
 
     def _send_policy_change(self) -> None:
         cold = self.state.provisioning().cold_numbers[0]
-        policy_changes.send_outbox(self.state, lambda text: self.phone.send(cold, text))
+        policy_changes.tick(
+            self.state,
+            lambda text: self.phone.send(cold, text),
+            self.settings.sms_reply_timeout,
+            time.time(),
+        )
 
     def _locked_out(self, number: str) -> None:
         self.phone.alert(

@@ -15,7 +15,8 @@ something carrying the owner's one-time code (`owner_auth.py`; the number alone 
 - anything that does not parse -> `sms format is error`; a parsable text that is not an owner
   command is ignored.
 
-From a cold HSM number: `QC` and `..._ADDRESSES` go to the channel and batch logic; a text
+From a cold HSM number: `QC` and `..._ADDRESSES` go to the channel and batch logic, the cold
+HSM's signed words (`CC:POLICY_ACK:...`, `CC:SEND_SIGNED:...`) to `on_cold_word`; a text
 that does not parse is answered `sms format is error` (the reference's rule) and the owner is
 alerted once. From any other number: ignored (logged with the number, never the text).
 """
@@ -122,12 +123,14 @@ class Dispatcher:
         cold_numbers: tuple[str, ...],
         on_open_reply: Callable[[cm.OpenReply, str], object],
         on_proof: Callable[[cm.AddressesProof, str], object],
+        on_cold_word: Callable[[str], bool] = lambda text: False,
     ) -> None:
         self.phone = phone
         self.owner = owner
         self.cold_numbers = cold_numbers
         self.on_open_reply = on_open_reply
         self.on_proof = on_proof
+        self.on_cold_word = on_cold_word
 
     def dispatch(self, sms: IncomingSms) -> None:
         log.log(TRACE, "sms from %s: %r", sms.sender, sms.text)
@@ -139,6 +142,8 @@ class Dispatcher:
             log.info("sms from unknown number %s: ignored", sms.sender)
 
     def _from_cold(self, sms: IncomingSms) -> None:
+        if self.on_cold_word(sms.text):
+            return
         try:
             msg = cm.parse(sms.text)
         except SmsFormatError as exc:

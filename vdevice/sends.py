@@ -29,6 +29,11 @@ The state of a send (`state.SendState`) and why a crash never makes a second req
 - The outcome is written (FINISHED) before the site is told; the site accepts the same
   report twice, so a crash between the two only repeats the report.
 - The site keeps offering a vtest until it is reported, and one vtest is handled at a time.
+  A send held for the owner's approval is set aside (`approvals.py`): the site is asked for
+  the next one past it, and it is taken up again, first, once the owner has answered.
+- After a fee bump the cold HSM texts its signed "co-signed txid T for user_tx_no X"
+  (`CC:SEND_SIGNED:...`); the phone checks it with the cold identity key and records T as the
+  send's transaction (the one it replaced is kept in `replacements`).
 """
 
 from __future__ import annotations
@@ -134,7 +139,12 @@ class SendProcessor:
         if active is not None:
             self._advance(active, now)
             return
-        body = self.site.pending_vtest()
+        answered = self.policy.due(now)  # a held send the owner answered goes first
+        if answered is not None:
+            self._new(answered[0], answered[1], now)
+            return
+        held = self.policy.waiting(now)
+        body = self.site.pending_vtest(held)
         if not body:
             return
         vtest_id = body.get("vtest_id")
@@ -146,6 +156,8 @@ class SendProcessor:
             log.info("vtest %s: already handled; reporting again", vtest_id)
             self._set(vtest_id, state=SendState.FINISHED, next_try_at=0)
             return
+        if vtest_id in held:
+            return  # a site that does not skip: the held send is offered until it is answered
         self._new(vtest_id, body.get("vtest_info"), now)
 
     def _row(self, vtest_id: str) -> sqlite3.Row | None:
@@ -186,7 +198,14 @@ class SendProcessor:
                 log.warning("vtest %s: %s: %s", vtest_id, OUT_INVALID, exc.message)
                 raise Refusal(OUT_INVALID, f"{OUT_INVALID}: vtest {vtest_id} refused") from None
             total = sum(o.value for o in outs)
-            decision = self.policy.decide(vtest_id, req.outs, [o.address for o in outs], total, now)
+            decision = self.policy.decide(
+                vtest_id,
+                req.outs,
+                [o.address for o in outs],
+                total,
+                now,
+                blob if isinstance(blob, str) else "",
+            )
             if decision.refusal is not None:
                 raise Refusal(
                     f"policy: {decision.refusal}",
@@ -199,7 +218,7 @@ class SendProcessor:
                 log.warning("loop stopped (%s) until the owner sends CC:START_LOOP", DECRYPT_ERROR)
             return
         if decision.held:
-            return  # the owner was asked; the site keeps offering the vtest meanwhile
+            return  # the owner was asked; the queue goes on past it meanwhile
         self._check_balance()
         if decision.approved:  # the owner's approval goes inside what the channel key signs
             request = approved_request_string(request)
@@ -435,3 +454,51 @@ class SendProcessor:
             self.phone.alert(f"vtest {row['vtest_id']}: the site refused the outcome")
         self._set(row["vtest_id"], state=SendState.REPORTED, reported_at=now)
         log.info("vtest %s: reported (%s)", row["vtest_id"], row["outcome"] or "?")
+
+    # ----- a fee bump's new transaction ------------------------------------------------------
+
+    def on_replaced(self, text: str, now: float) -> bool:
+        """The cold HSM's signed `CC:SEND_SIGNED:<account>:<txid>:<user_tx_no>:<sig>` after it
+        co-signed a replacement: the send's transaction is now `txid`. False if refused."""
+        m = _SIGNED_NOTICE.fullmatch(text.strip())
+        prov = self.state.provisioning()
+        if m is None or int(m.group(1)) != prov.account_id:
+            log.warning("replacement notice refused: malformed or for another account")
+            return False
+        txid, user_tx_no, sig = m.group(2), m.group(3), m.group(4)
+        statement = {"state": "signed", "txid": txid, "signature": sig}
+        verdict = verify_send_statement(prov.cold_identity, prov.account_id, user_tx_no, statement)
+        if verdict is None:
+            log.warning(
+                "replacement notice for %s refused: not the cold HSM's signature", user_tx_no
+            )
+            return False
+        with self.state.tx():
+            self.state.db.execute(REPLACEMENTS_SCHEMA)
+            row = self.state.db.execute(
+                "SELECT * FROM sends WHERE user_tx_no = ?", (user_tx_no,)
+            ).fetchone()
+            if row is None or row["tx_hash"] == txid:
+                return row is not None
+            self.state.db.execute(
+                "INSERT OR IGNORE INTO replacements(user_tx_no, txid, replaced_txid, at)"
+                " VALUES (?, ?, ?, ?)",
+                (user_tx_no, txid, row["tx_hash"], now),
+            )
+            if row["tx_hash"]:  # finished: the send is paid by the replacement now
+                self.state.db.execute(
+                    "UPDATE sends SET tx_hash = ? WHERE user_tx_no = ?", (txid, user_tx_no)
+                )
+        log.info("send %s: replaced by %s (fee bump co-signed by the cold HSM)", user_tx_no, txid)
+        return True
+
+
+_SIGNED_NOTICE = re.compile(
+    r"CC:SEND_SIGNED:([0-9]{1,10}):([0-9a-f]{64}):(.{1,128}):([A-Za-z0-9+/=]{88})"
+)
+REPLACEMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replacements (
+    user_tx_no TEXT NOT NULL, txid TEXT NOT NULL, replaced_txid TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (user_tx_no, txid)
+)
+"""

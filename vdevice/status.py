@@ -26,6 +26,19 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
 
 
+def _replaced(state: State, user_tx_no: str) -> list[str]:
+    """The transactions a fee bump replaced for this send, oldest first."""
+    db = state.db
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'replacements'").fetchone():
+        return []
+    rows = db.execute(
+        "SELECT replaced_txid FROM replacements WHERE user_tx_no = ? AND replaced_txid != ''"
+        " ORDER BY at",
+        (user_tx_no,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def snapshot(state: State, policies: Policies, *, process_running: bool) -> dict[str, Any]:
     now = time.time()
     loop, reason = state.loop_state()
@@ -86,6 +99,7 @@ def snapshot(state: State, policies: Policies, *, process_running: bool) -> dict
             "reason": send["reason"],
             "total_sat": send["total_sat"],
             "at": _iso(send["created_at"]),
+            "replaced": _replaced(state, send["user_tx_no"]),
         }
     )
     (day,) = db.execute(
@@ -98,6 +112,8 @@ def snapshot(state: State, policies: Policies, *, process_running: bool) -> dict
     ).fetchone()
     spending = policy_changes.current(state, policies.spending)  # `vdevice policy set`'s
     out["policies"] = dataclasses.replace(policies, spending=spending).as_dict()
+    change = policy_changes.last_change(state)
+    out["policy_change"] = None if change is None else change.as_dict()
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'approvals'").fetchone():
         out["approvals"] = [
             dict(r)
@@ -152,6 +168,7 @@ def render(data: dict[str, Any]) -> str:
         else f"{s['vtest_id']}: {s['state']}"
         + (f", {s['outcome']}" if s["outcome"] else "")
         + (f", tx {s['tx_hash']}" if s["tx_hash"] else "")
+        + (f" (fee bump of {', '.join(s['replaced'])})" if s.get("replaced") else "")
         + (f" ({s['reason']})" if s["reason"] else "")
     )
     p = data["policies"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from examples.merchant_site import forms, store
 from examples.merchant_site.extensions import (
@@ -22,6 +22,7 @@ from examples.merchant_site.extensions import (
 from examples.merchant_site.models import iso
 
 bp = Blueprint("api", __name__)
+MAX_SKIP = 20  # more than the V-device ever holds at once
 
 
 @bp.before_request
@@ -56,8 +57,12 @@ def post_batch() -> dict[str, Any]:
 
 @bp.get("/vtest")
 def get_vtest() -> dict[str, Any]:
-    """The oldest withdrawal not yet handled, encrypted for the V-device, or `{}`."""
-    w = store.oldest_pending_withdrawal(db())
+    """The oldest withdrawal not yet handled, encrypted for the V-device, or `{}`.
+
+    Our extension: `?skip=ID,ID` passes over the withdrawals the V-device holds for its
+    owner's approval, so they do not stop the queue behind them."""
+    skip = [v for v in request.args.get("skip", "").split(",") if v][:MAX_SKIP]
+    w = store.oldest_pending_withdrawal(db(), skip)
     if w is None:
         return {}
     return {"vtest_id": w.vtest_id, "vtest_at": iso(w.created_at), "vtest_info": w.vtest_info}

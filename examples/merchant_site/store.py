@@ -178,10 +178,10 @@ def add_withdrawal(
     return w
 
 
-def oldest_pending_withdrawal(s: Session) -> Withdrawal | None:
+def oldest_pending_withdrawal(s: Session, skip: Sequence[str] = ()) -> Withdrawal | None:
     q = (
         select(Withdrawal)
-        .where(Withdrawal.status == WithdrawalStatus.PENDING)
+        .where(Withdrawal.status == WithdrawalStatus.PENDING, Withdrawal.vtest_id.not_in(skip))
         .order_by(Withdrawal.id)
         .limit(1)
     )
