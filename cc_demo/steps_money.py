@@ -45,6 +45,7 @@ from cc_demo.support import (
     mine,
     process_pid,
     random_address,
+    vdevice_status,
     wait_for,
 )
 
@@ -144,12 +145,19 @@ def step_fee_bump(ctx: Context) -> str:
         CHAIN_TIMEOUT,
         f"the site's webhook to give withdrawal {vtest_id} the new txid",
     )
+
+    def phone_knows() -> bool:  # the cold HSM's signed SMS to the V-device
+        last = vdevice_status(ctx.cli).get("last_send") or {}
+        return last.get("user_tx_no") == vtest_id and last.get("tx_hash") == new
+
+    wait_for(phone_knows, CHAIN_TIMEOUT, f"the V-device to learn {new} for {vtest_id}")
     height, fee = check_paid(ctx, new, [payment])
     return (
         f"withdrawal {vtest_id} sent at the static rate (tx {old}, fee {old_fee} sat) "
         f"replaced by `custody send bump --fee-rate {BUMP_RATE}`: tx {new} pays exactly the "
         f"same output with fee {fee} sat, co-signed without a new V-device signature, mined at "
-        f"height {height}; GET /tx/{vtest_id} and the site (webhook) show the new txid"
+        f"height {height}; GET /tx/{vtest_id}, the site (webhook) and the V-device (the cold "
+        "HSM's signed SMS, `vdevice status`) show the new txid"
     )
 
 

@@ -4,8 +4,10 @@ attack-site-drain  the hacked site (its database and the vtest password) tries t
                    wallet: a send within the policy goes, one over the per-send limit is
                    refused, one above the approval threshold waits for the owner, whose phone
                    gets the request; nothing beyond the policy reaches custody or the node
-owner-approval     the owner declines the attacker's held send and approves the merchant's
-                   large one with a one-time code: it is signed with the approval, mined
+owner-approval     the owner declines the attacker's held send; the merchant's large one waits
+                   for the owner while a small one queued after it goes (a held send does not
+                   stop the queue); the owner approves the large one with a one-time code: it
+                   is signed with the approval, mined
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ WITHIN_SAT = 5_000_000  # under the approval threshold: goes
 OVER_LIMIT_SAT = 60_000_000  # over the per-send limit: refused outright
 LARGE_SAT = 21_000_000  # above the approval threshold: waits for the owner
 APPROVED_SAT = 22_000_000  # the merchant's own large payout, approved by the owner
+BEHIND_SAT = 1_000_000  # queued behind the held payout: goes while it waits
 
 
 def _approval_request(ctx: Context, seen: int, amount: int) -> str:
@@ -114,6 +117,14 @@ def step_owner_approval(ctx: Context) -> str:
     payee = random_address(ctx.network)
     vtest_id = merchant_withdrawal(ctx, [(payee, APPROVED_SAT)])
     approval_id = _approval_request(ctx, seen, APPROVED_SAT)
+    small_payee = random_address(ctx.network)
+    behind = merchant_withdrawal(ctx, [(small_payee, BEHIND_SAT)])
+    small = wait_site_finished(ctx, behind)
+    if small["status"] != "sent":
+        raise StepFailed(f"the withdrawal {behind} queued behind the held one is {small['status']}")
+    if site_withdrawal(ctx, vtest_id)["status"] != "pending":
+        raise StepFailed(f"the held withdrawal {vtest_id} did not keep waiting for the owner")
+    small_height, _ = check_paid(ctx, small["tx_hash"], [(small_payee, BEHIND_SAT)])
     _owner_says(ctx, f"CC:APPROVE:{approval_id}:000000", "CC:REFUSED:wrong code")
     if site_withdrawal(ctx, vtest_id)["status"] != "pending":
         raise StepFailed("a wrong code released the send")
@@ -128,7 +139,8 @@ def step_owner_approval(ctx: Context) -> str:
     height, fee = check_paid(ctx, w["tx_hash"], [(payee, APPROVED_SAT)])
     return (
         f"the owner {declined}the merchant's {btc(APPROVED_SAT)} payout waited for approval "
-        f"{approval_id}; a wrong code was refused; the owner's one-time code released it: "
+        f"{approval_id} while {btc(BEHIND_SAT)} queued after it went (mined at height "
+        f"{small_height}); a wrong code was refused; the owner's one-time code released it: "
         f"signed with the approval inside vc_code, co-signed by the cold HSM, mined at height "
         f"{height} (fee {fee} sat)"
     )

@@ -3,17 +3,21 @@
 its inputs, every input signalling, at least 1 sat/vB more fee, within policy), with the
 V-device's original `vc_code`; the node takes the replacement and evicts the original, and
 only one of them is ever mined. A replacement paying too little is refused (707); anything else
-under a used number is a reuse, refused with a freeze (707).
+under a used number is a reuse, refused with a freeze (707). The V-device learns the new txid:
+the cold HSM texts its number the identity-signed `CC:SEND_SIGNED:<account>:<txid>:<no>`.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from cc_common.sms.modem import GsmModem
 from custody.chain import BitcoinRPC
 from custody.hsm_client import HotHsmClient
+from tests.harness import wait_until
 from tests.hsm_fixtures import Coin, HsmPair, build_send_psbt, random_address
-from tests.test_hsm_pair import COIN, REUSED, Account, client, node, pair, refused
+from tests.test_hsm_pair import COIN, PHONES, REUSED, Account, client, node, pair, refused
+from wallet_core.chaincloud import verify_send_statement
 from wallet_core.psbt import Psbt, PsbtInput
 from wallet_core.wallets import RECEIVE
 
@@ -27,6 +31,25 @@ def funded_coin(node: BitcoinRPC, acct: Account) -> Coin:
     value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
     raw = bytes.fromhex(node.get_raw_transaction(coinbase["txid"], False, block))
     return Coin(coinbase["txid"], 0, value, RECEIVE, 0, raw)
+
+
+def vdevice_texts(pair: HsmPair, prefix: str) -> list[str]:
+    """The texts starting with `prefix` that the V-device's modem received (read off its SIM)."""
+    modems = pair.d.config.section("firmware_sim").list("modems")
+    (entry,) = [e for e in modems if e["number"] == PHONES["vdevice_phone"]]
+    modem = GsmModem(str(pair.d.data_dir / entry["link"]), name="vdevice", poll_interval=0.1)
+    got: list[str] = []
+    try:
+        return wait_until(
+            lambda: (
+                [t for t in got if t.startswith(prefix)]
+                or got.extend(m.text for m in modem.wait_for_messages(0.5))
+            ),
+            30,
+            f"{prefix!r} at the V-device's number",
+        )
+    finally:
+        modem.close()
 
 
 def send_psbt(acct: Account, coins: list[Coin], payments: list[tuple[str, int]], fee: int) -> Psbt:
@@ -58,6 +81,14 @@ def test_replacement_with_more_fee_is_cosigned_and_replaces(
     refused(client.sign_send, REUSED, **acct.params(original, payments, "bump-1"))
     # and the bump again is the same answer (a retry after a crash)
     assert final_hex(client, acct, bumped, payments, "bump-1")
+    # the V-device's number gets the cold HSM's signed word on the new txid
+    prefix = f"CC:SEND_SIGNED:{acct.id}:{second}:bump-1:"
+    (text,) = vdevice_texts(pair, prefix)
+    sig = text.rsplit(":", 1)[1]
+    statement = {"state": "signed", "txid": second, "signature": sig}
+    cold_identity = bytes.fromhex(acct.prov.cold_identity)
+    verdict = verify_send_statement(cold_identity, acct.id, "bump-1", statement)
+    assert verdict is not None and verdict.txid == second
     [block] = node.generate_to_address(1, random_address())
     assert node.get_raw_transaction(second, True, block)["confirmations"] == 1
 

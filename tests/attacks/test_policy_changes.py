@@ -5,7 +5,10 @@ number above the last. The attacker can send any SMS from any number (the carrie
 be spoofed) and can replay what it overheard; it holds neither the identity key nor the owner's
 phone. A tightening applies at once; a loosening is announced to the owner and applies only
 after the account's delay, unless the owner cancels it: a send that only the looser policy
-allows is refused until then, and for ever once cancelled.
+allows is refused until then, and for ever once cancelled. Every change signed by the
+V-device is answered to its number with the cold HSM's signed word (applied, pending until T,
+cancelled, refused with a code), and a change sent again under the same seq changes nothing
+and is answered with its state now.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import coincurve
 import pytest
 
 from cc_common.deployment import OWNER_NUMBER, VDEVICE_NUMBER
-from cc_common.spending_policy import SpendingPolicy, change_statement
+from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from hsm_cold.errors import ColdErrorCode
 from tests.harness import wait_until
 from tests.hsm_fixtures import VDevice, random_address
@@ -87,6 +90,15 @@ def refused_code(world: World, acct: Account, pay: int, tag: str) -> int:  # noq
     raise AssertionError(f"a {pay} sat send was co-signed")
 
 
+def ack(world: World, seq: int, state: AckState) -> PolicyAck:  # noqa: F811
+    """The cold HSM's answer to change `seq`, at the V-device's number, signed by its identity."""
+    prefix = f"CC:POLICY_ACK:{ACCOUNT}:{seq}:{state.value}:"
+    sms = world.v.expect(lambda m: m.text.startswith(prefix), f"{state.value} ack of {seq}")
+    answer, sig = PolicyAck.parse(sms.text)
+    assert messages.verify_message_pubkey(world.cold.identity, answer.statement(), sig)
+    return answer
+
+
 def policy_row(world: World) -> str:  # noqa: F811
     return world.query("SELECT policy FROM account_policies WHERE account = ?", ACCOUNT)[0][0]
 
@@ -107,7 +119,13 @@ def test_tightening_applies_at_once_and_cannot_be_replayed_or_forged(
     world.v.send(change_text(acct, 1, tighter))
     world.wait_counter("policy_applied", n + 1)
     assert policy_row(world) == tighter.to_text()
+    assert abs(ack(world, 1, AckState.APPLIED).detail - time.time()) < 60
     assert refused_code(world, acct, 150_000, "t") == ColdErrorCode.POLICY_REFUSED
+    # the same change again (its answer lost): answered again, nothing changes
+    resent = world.counter("policy_resent")
+    world.v.send(change_text(acct, 1, tighter))
+    world.wait_counter("policy_resent", resent + 1)
+    ack(world, 1, AckState.APPLIED)
 
     refused = world.counter("policy_refused")
     world.v.send(change_text(acct, 1, START))  # seq not above the last: stale
@@ -115,6 +133,9 @@ def test_tightening_applies_at_once_and_cannot_be_replayed_or_forged(
     world.control.inject_sms(COLD_A, change_text(acct, 2, START, b"\x05" * 32), ATTACKER)
     world.wait_counter("policy_refused", refused + 3)
     assert policy_row(world) == tighter.to_text() and not pending_changes(world)
+    # the phone signed the stale one: it hears why (the forged ones get no answer)
+    assert ack(world, 1, AckState.REFUSED).detail == ColdErrorCode.POLICY_CHANGE_REFUSED
+    assert world.counter("policy_applied") == n + 1
 
 
 def test_a_loosening_waits_its_delay_and_a_cancelled_one_never_applies(
@@ -129,12 +150,16 @@ def test_a_loosening_waits_its_delay_and_a_cancelled_one_never_applies(
     ((change_id, applies_at),) = pending_changes(world)
     note = world.wait_inbox(OWNER_NUMBER, f"CC:POLICY_CANCEL:{change_id}")["text"]
     assert "loosening" in note and "max_send_sat" in note
+    assert ack(world, 10, AckState.PENDING).detail == int(applies_at)
     # before its delay the looser policy is not in force: the send it would allow is refused
     assert refused_code(world, acct, 250_000, "early") == ColdErrorCode.POLICY_REFUSED
     assert policy_row(world) == before
     wait_until(lambda: time.time() > applies_at, DELAY + 5, "the loosening delay to pass")
     assert len(cosign(world, acct, 250_000, "late")["signatures"]) == 1
     assert policy_row(world) == looser.to_text()
+    ack(world, 10, AckState.APPLIED)  # told when it applied
+    world.v.send(change_text(acct, 10, looser))  # the phone asking after the delay
+    ack(world, 10, AckState.APPLIED)
 
     loosest = SpendingPolicy(400_000, 5_000_000, 100, 400_000, loosen_delay=DELAY)
     n = world.counter("policy_pending")
@@ -152,7 +177,10 @@ def test_a_loosening_waits_its_delay_and_a_cancelled_one_never_applies(
     world.control.inject_sms(COLD_A, f"CC:POLICY_CANCEL:{change_id}", OWNER_NUMBER)
     world.wait_counter("policy_cancelled", cancelled + 1)
     assert not pending_changes(world)
+    ack(world, 11, AckState.CANCELLED)  # the phone drops the loosening too
     wait_until(lambda: time.time() > applies_at, DELAY + 5, "the cancelled change's time")
     assert refused_code(world, acct, 350_000, "cancelled") == ColdErrorCode.POLICY_REFUSED
+    world.v.send(change_text(acct, 11, loosest))  # asked again after the delay: still cancelled
+    ack(world, 11, AckState.CANCELLED)
     assert policy_row(world) == looser.to_text()
     world.wait_inbox(OWNER_NUMBER, f"loosening {change_id} cancelled")
