@@ -26,7 +26,7 @@ from cc_common.deployment import COLD_NUMBERS, OWNER_NUMBER, VDEVICE_NUMBER
 from cc_common.fingerprint import fingerprint
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.modem import GsmModem
-from cc_common.spending_policy import SpendingPolicy
+from cc_common.spending_policy import DEFAULT_POLICY, SpendingPolicy
 from tests.firmware_fixtures import FirmwareSim, firmware_sims
 from tests.harness import TestProcess, wait_until
 from tests.vdevice_fixtures import (
@@ -176,7 +176,13 @@ def make_rig(sim: FirmwareSim, request: pytest.FixtureRequest) -> Iterator[Calla
             )
             for number, name in zip(COLD_NUMBERS, ("cold-a", "cold-b"), strict=True)
         }
-        cold = ColdStandIn(modems, identity, cold_priv, **(cold_kwargs or {}))
+        cold = ColdStandIn(
+            modems,
+            identity,
+            cold_priv,
+            policy=SpendingPolicy.from_mapping(policy, DEFAULT_POLICY),
+            **(cold_kwargs or {}),
+        )
         bundle = {
             "account_id": 1,
             "cold_identity": cold_pub.hex(),

@@ -5,15 +5,18 @@ tests/attacks/test_policy_changes.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from cc_common.spending_policy import SpendingPolicy, change_statement
+from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from tests.harness import wait_until
 from tests.test_vdevice import Rig, _vdevice_cli, make_rig, sim  # noqa: F401 (fixtures)
 from tests.vdevice_fixtures import encrypted, regtest_address
+from wallet_core.chaincloud import send_signed_statement
 from wallet_core.messages import verify_message_pubkey
 
 DEST = regtest_address("policy-dest")
+DELAY = 10  # the shortest loosening delay a policy may have
 
 
 def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
@@ -51,3 +54,90 @@ def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
     assert rig.status()["policies"]["max_send_sat"] == 100_000
     bad = _vdevice_cli(rig.sim, "policy", "set", "--max-send-sat", "0", check=False)
     assert bad.returncode == 2 and "positive" in bad.stderr
+
+
+def test_a_cancelled_loosening_never_applies_on_the_phone(
+    make_rig: Callable[..., Rig],  # noqa: F811
+) -> None:
+    """The phone's copy follows the cold HSM's signed word: a loosening applies here only on
+    its "applied", never on time alone; a forged "applied" is ignored; a cancel drops it."""
+    rig = make_rig(max_send_sat=100_000, approval_above_sat=300_000, loosen_delay=DELAY)
+    rig.start()
+    rig.wait_channel()
+    _vdevice_cli(rig.sim, "policy", "set", "--max-send-sat", "300000")
+    change = rig.wait_status(
+        lambda s: (c := s.get("policy_change")) and c["state"] == "pending" and c, "pending"
+    )
+    assert change["seq"] == 1 and change["detail"] > time.time()
+    # a forged "applied" (not the cold identity) changes nothing
+    forged = PolicyAck(1, 1, AckState.APPLIED, int(time.time())).statement()
+    rig.cold.say(forged, key=b"\x07" * 32)
+    rig.cold.cancel(1)
+    rig.wait_status(lambda s: s["policy_change"]["state"] == "cancelled", "the cancel")
+    wait_until(lambda: time.time() > change["detail"] + 2, DELAY + 5, "the delay to pass")
+    rig.web.add_vtest("after-cancel", encrypted(f"{DEST},150000"))
+    rig.wait_status(lambda s: rig.web.reports_for("after-cancel"), "the refusal", 20)
+    assert rig.web.tx_requests == []
+    assert rig.status()["policies"]["max_send_sat"] == 100_000
+    rig.wait_owner("per-send limit of 100000")
+    # once cancelled, nothing more is asked of the cold HSM about it
+    assert len([t for _, _, t in rig.cold.received if t.startswith("CC:POLICY:1:1:")]) == 1
+
+    # a loosening not cancelled: asked again after its delay, applied on the cold HSM's word
+    _vdevice_cli(rig.sim, "policy", "set", "--max-send-sat", "300000")
+    rig.wait_status(
+        lambda s: s["policy_change"]["seq"] == 2 and s["policy_change"]["state"] == "applied",
+        "the second loosening applied",
+        DELAY + 15,
+    )
+    assert len([t for _, _, t in rig.cold.received if t.startswith("CC:POLICY:1:2:")]) >= 2
+    assert rig.status()["policies"]["max_send_sat"] == 300_000
+    rig.web.add_vtest("after-apply", encrypted(f"{DEST},150000"))
+    rig.wait_status(lambda s: rig.web.reports_for("after-apply"), "the send", 20)
+    assert [f["user_tx_no"] for f in rig.web.tx_requests] == ["after-apply"]
+
+
+def test_a_held_send_does_not_stop_the_queue(
+    make_rig: Callable[..., Rig],  # noqa: F811
+) -> None:
+    """A send waiting for the owner is set aside: later sends within the policy go, counting
+    the held one against the daily limit; once approved it goes."""
+    rig = make_rig(
+        approval_timeout=600.0,
+        max_send_sat=300_000,
+        max_daily_sat=500_000,
+        approval_above_sat=200_000,
+    )
+    rig.web.add_vtest("big", encrypted(f"{DEST},250000"))
+    rig.web.add_vtest("small", encrypted(f"{DEST},150000"))
+    rig.web.add_vtest("too-much", encrypted(f"{DEST},150000"))  # 250 held + 150 + 150 > 500
+    rig.start()
+    (ask,) = rig.wait_owner("CC APPROVE?")
+    rig.wait_status(lambda s: rig.web.reports_for("too-much"), "the queue past the held send", 30)
+    assert [f["user_tx_no"] for f in rig.web.tx_requests] == ["small"]
+    assert rig.web.reports_for("too-much") == [{"vtest_id": "too-much", "tx_hash": ""}]
+    rig.wait_owner("too-much refused")
+    assert any("24 h limit" in t for t in rig.owner_texts() if "too-much" in t)
+    assert rig.web.reports_for("big") == []
+    approval_id = ask.split("CC:APPROVE:")[1].split(":")[0]
+    rig.owner_says(f"CC:APPROVE:{approval_id}:{rig.owner_code()}")
+    rig.wait_status(lambda s: rig.web.reports_for("big"), "the approved send", 30)
+    assert [f["user_tx_no"] for f in rig.web.tx_requests] == ["small", "big"]
+    assert rig.web.reports_for("big")[0]["tx_hash"]
+
+
+def test_the_phone_learns_a_fee_bumps_txid_from_the_cold_hsm(
+    make_rig: Callable[..., Rig],  # noqa: F811
+) -> None:
+    rig = make_rig()
+    rig.web.add_vtest("bumped", encrypted(f"{DEST},50000"))
+    rig.start()
+    rig.wait_status(lambda s: rig.web.reports_for("bumped"), "the send reported", 30)
+    old = rig.status()["last_send"]["tx_hash"]
+    new = "ab" * 32
+    rig.cold.say(send_signed_statement(1, "cd" * 32, "bumped"), key=b"\x07" * 32)  # forged
+    rig.cold.say(send_signed_statement(1, new, "bumped"))
+    rig.wait_status(lambda s: s["last_send"]["tx_hash"] == new, "the new txid", 20)
+    assert rig.status()["last_send"]["replaced"] == [old]
+    shown = _vdevice_cli(rig.sim, "status").stdout
+    assert new in shown and f"fee bump of {old}" in shown

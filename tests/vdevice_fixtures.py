@@ -8,6 +8,9 @@ played here through the real interfaces:
   identity key, answers with a `QC` signed by a test cold identity key, accepts `CHANNEL_OK`
   signed by the V channel key, and answers a signed, fresh-nonce `VERIFY_..._ADDRESSES` under
   a live channel with a proof over the batch it holds itself. Forged answers on demand.
+  It answers a signed policy change as the cold HSM does (`CC:POLICY_ACK`: a tightening
+  applied, a loosening pending for the delay of the policy it holds, then applied when asked
+  again; `cancel` plays the owner's cancel), and `say` texts any of its signed words.
 - `WebStandIn` is one werkzeug server playing the merchant site (section 2, under `/site`)
   and the custody API (section 1 and the batch-status extension, under `/custody`), recording
   every call.
@@ -27,11 +30,14 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
+from cc_common.deployment import VDEVICE_NUMBER
 from cc_common.sms import channel_messages as cm
 from cc_common.sms.modem import GsmModem
+from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy
 from cc_common.vtest import encrypt_vtest, vtest_plaintext
 from vdevice.state import new_key
 from wallet_core.addresses import script_to_address
+from wallet_core.messages import sign_message, verify_message_pubkey
 from wallet_core.networks import Network
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -97,6 +103,8 @@ class ColdStandIn:
     refused: list[str] = field(default_factory=list)
     nonces: set[str] = field(default_factory=set)
     h_ids: set[str] = field(default_factory=set)
+    policy: SpendingPolicy | None = None  # the policy in force (None: answer no change)
+    changes: dict[int, tuple[SpendingPolicy, AckState, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -135,8 +143,39 @@ class ColdStandIn:
     def _refuse(self, why: str) -> None:
         self.refused.append(why)
 
+    def say(self, statement: str, key: bytes | None = None) -> None:
+        """Text the V-device `statement` signed by the cold identity (or by `key`: forged)."""
+        text = f"{statement}:{sign_message(key or self.identity_priv, statement)}"
+        next(iter(self.modems.values())).send(VDEVICE_NUMBER, text)
+
+    def cancel(self, seq: int) -> None:
+        """The owner cancels waiting change `seq` (at the cold HSM): the phone is told."""
+        with self._lock:
+            policy, state, _ = self.changes[seq]
+            assert state is AckState.PENDING
+            self.changes[seq] = (policy, AckState.CANCELLED, int(time.time()))
+            self.say(PolicyAck(self.account, seq, AckState.CANCELLED, int(time.time())).statement())
+
+    def _on_policy(self, text: str) -> None:
+        statement, sig = text.rsplit(":", 1)
+        if self.policy is None or not verify_message_pubkey(self.vdevice_identity, statement, sig):
+            return
+        seq, body = statement.split(":", 4)[3:]
+        new, now = SpendingPolicy.from_text(body), int(time.time())
+        known = self.changes.get(int(seq))
+        if known is None:
+            if new.loosens(self.policy):
+                known = (new, AckState.PENDING, now + self.policy.loosen_delay)
+            else:
+                known, self.policy = (new, AckState.APPLIED, now), new
+        elif known[1] is AckState.PENDING and now >= known[2]:
+            known, self.policy = (new, AckState.APPLIED, now), new
+        self.changes[int(seq)] = known
+        self.say(PolicyAck(self.account, int(seq), known[1], known[2]).statement())
+
     def _handle(self, modem: GsmModem, sender: str, text: str) -> None:
-        if text.startswith("CC:POLICY:"):  # a policy change: only recorded (in `received`)
+        if text.startswith("CC:POLICY:"):  # a policy change (recorded in `received` too)
+            self._on_policy(text)
             return
         try:
             msg = cm.parse(text)
