@@ -28,7 +28,8 @@ The story, one step each, each printing one line saying what it proved:
 13. attack-sms        a spoofed channel request and replayed SMS: refused, nothing changes
 14. attack-site-drain (cc_demo/steps_policy.py) a hacked site tries to empty the hot wallet:
                       only what the spending policy allows goes, a large send waits
-15. owner-approval    the owner approves a large payout with a one-time code: mined
+15. owner-approval    a small payout queued behind a held large one goes; the owner approves
+                      the large one with a one-time code: mined
 
 A summary table ends the run; the exit status is 1 if any step failed or could not run.
 `--configure` writes the demo's switches (`support.DEMO_CONFIG`: short poll intervals,

@@ -6,7 +6,8 @@ outage.
                    (each spends the previous one's unconfirmed change; every one BIP125)
  fee-bump          a withdrawal sent with a low fee is replaced (`custody send bump`) by one
                    paying the same with more fee, without a new V-device signature, and mined;
-                   custody and the site (by webhook) show the new txid
+                   custody, the site (by webhook) and the V-device (the cold HSM's signed SMS)
+                   show the new txid
  consolidate       small hot coins merged into one at the account's own change address,
                    co-signed without a V-device signature (every output is its own change)
  deposit-replaced  a deposit replaced by a BIP125 transaction paying elsewhere: the site's
