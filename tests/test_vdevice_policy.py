@@ -5,15 +5,20 @@ tests/attacks/test_policy_changes.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from tests.harness import wait_until
 from tests.test_vdevice import Rig, _vdevice_cli, make_rig, sim  # noqa: F401 (fixtures)
 from tests.vdevice_fixtures import encrypted, regtest_address
+from vdevice import policy_changes
+from vdevice.state import State, new_key
 from wallet_core.chaincloud import send_signed_statement
-from wallet_core.messages import verify_message_pubkey
+from wallet_core.messages import sign_message, verify_message_pubkey
 
 DEST = regtest_address("policy-dest")
 DELAY = 10  # the shortest loosening delay a policy may have
@@ -141,3 +146,42 @@ def test_the_phone_learns_a_fee_bumps_txid_from_the_cold_hsm(
     assert rig.status()["last_send"]["replaced"] == [old]
     shown = _vdevice_cli(rig.sim, "status").stdout
     assert new in shown and f"fee bump of {old}" in shown
+
+
+def test_the_phones_change_record_follows_only_the_cold_hsms_word(tmp_path: Path) -> None:
+    """No processes: the record's rules (which answers count, when the change is texted)."""
+    state = State(tmp_path / "v.db")
+    state.init_identity()
+    cold_priv, cold_pub = new_key()
+    strict = SpendingPolicy(100_000, 1_000_000, 10, 100_000, loosen_delay=DELAY)
+    loose = dataclasses.replace(strict, max_send_sat=200_000)
+    texts: list[str] = []
+    _, at_once = policy_changes.request(state, 1, strict, loose)
+    assert not at_once
+
+    def answer(seq: int, ack_state: AckState, detail: int, key: bytes = cold_priv) -> str:
+        statement = PolicyAck(1, seq, ack_state, detail).statement()
+        return f"{statement}:{sign_message(key, statement)}"
+
+    now = time.time()
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now)
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now + 1)  # not yet
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now + 6)  # no answer
+    assert len(texts) == 2 and texts[0] == texts[1]
+    on_ack = functools.partial(policy_changes.on_ack, state, cold_pub, 1)
+    assert on_ack(answer(1, AckState.APPLIED, 0, key=b"\x07" * 32), now) is None  # forged
+    assert on_ack(answer(2, AckState.APPLIED, 0), now) is None  # not the change asked
+    assert on_ack(answer(1, AckState.PENDING, int(now) + 60), now + 7)
+    assert policy_changes.current(state, strict) == strict
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now + 30)
+    assert len(texts) == 2  # pending: asked again only once its time has passed
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now + 62)
+    assert len(texts) == 3
+    on_ack(answer(1, AckState.PENDING, int(now) + 60), now + 62)  # the cold HSM's clock lags
+    policy_changes.tick(state, lambda t: texts.append(t) or True, 5.0, now + 63)
+    assert len(texts) == 3  # not texted again at once: the backoff holds
+    assert on_ack(answer(1, AckState.APPLIED, int(now) + 63), now + 64)
+    assert policy_changes.current(state, strict) == loose
+    assert on_ack(answer(1, AckState.CANCELLED, int(now) + 65), now + 65) is None  # final
+    assert policy_changes.current(state, strict) == loose
+    state.close()

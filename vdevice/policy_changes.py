@@ -137,7 +137,10 @@ def on_ack(
             return None  # a repeated or late answer: the first final word stands
         if ack.state is AckState.APPLIED and change.loosens:
             state.set_meta(_POLICY, change.policy)
-        next_at = ack.detail + 1.0 if ack.state is AckState.PENDING else 0.0
+        next_at, sends = 0.0, change.sends
+        if ack.state is AckState.PENDING:  # ask again once it is due, never sooner than planned
+            next_at = max(ack.detail + 1.0, change.next_send_at)
+            sends = 0 if change.state == WAITING else change.sends
         _save(
             state,
             replace(
@@ -146,7 +149,7 @@ def on_ack(
                 detail=ack.detail,
                 answered_at=now,
                 next_send_at=next_at,
-                sends=0 if ack.state is AckState.PENDING else change.sends,
+                sends=sends,
             ),
         )
     log.info("policy change %d: the cold HSM says %s", ack.seq, ack.state.value)
