@@ -194,7 +194,14 @@ class SmsService:
         self._wake.set()
 
     def on_text(self, number: str, text: str, purpose: str) -> None:
-        """The service's signed word to a V-device: queued like a reply, kept until sent."""
+        """The service's signed word to a V-device: queued like a reply, kept until sent.
+        Policy answers share the alerts' hourly budget per number: replaying a change the
+        V-device once signed cannot make the cold HSM text without end."""
+        kind = purpose.split(":", 1)[0]
+        if kind == "policy_ack" and not self._alert_allowed((number, kind, "text")):
+            self._count("alert_sms_suppressed")
+            log.warning("policy answer to %s suppressed (over %d/h)", number, ALERT_SMS_PER_HOUR)
+            return
         self._queue(number, text, purpose, 0, None)
 
     def on_alert(self, account: int | None, kind: str, message: str, source: str = "cold") -> None:
