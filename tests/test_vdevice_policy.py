@@ -16,6 +16,7 @@ from tests.harness import wait_until
 from tests.test_vdevice import Rig, _vdevice_cli, make_rig, sim  # noqa: F401 (fixtures)
 from tests.vdevice_fixtures import encrypted, regtest_address
 from vdevice import policy_changes
+from vdevice.approvals import MAX_HELD, Decision, SendPolicy
 from vdevice.state import State, new_key
 from wallet_core.chaincloud import send_signed_statement
 from wallet_core.messages import sign_message, verify_message_pubkey
@@ -184,4 +185,44 @@ def test_the_phones_change_record_follows_only_the_cold_hsms_word(tmp_path: Path
     assert policy_changes.current(state, strict) == loose
     assert on_ack(answer(1, AckState.CANCELLED, int(now) + 65), now + 65) is None  # final
     assert policy_changes.current(state, strict) == loose
+    state.close()
+
+
+@dataclasses.dataclass
+class OwnersPhone:
+    """What `SendPolicy` uses of `vdevice.phone.Phone` (its number and `send`), recorded."""
+
+    owner_number: str = "+15550000200"
+    texts: list[str] = dataclasses.field(default_factory=list)
+
+    def send(self, number: str, text: str) -> bool:
+        self.texts.append(text)
+        return True
+
+
+def test_held_sends_count_against_the_limits_and_are_bounded(tmp_path: Path) -> None:
+    """No processes: the rules of `approvals.py` for sends set aside."""
+    state = State(tmp_path / "v.db")
+    phone = OwnersPhone()
+    policy = SpendingPolicy(300_000, 1_000_000, 10, 100_000)
+    held = SendPolicy(state, phone, policy, approval_timeout=600.0)  # type: ignore[arg-type]
+    now = time.time()
+    for n in range(MAX_HELD):
+        assert held.decide(f"big-{n}", f"{DEST},150000", [DEST], 150_000, now, "blob").held
+    assert held.waiting(now) == [f"big-{n}" for n in range(MAX_HELD)]
+    assert len(phone.texts) == MAX_HELD
+    refused = held.decide("one-more", f"{DEST},150000", [DEST], 150_000, now, "blob").refusal
+    assert refused == f"{MAX_HELD} sends already wait for the owner's approval"
+    # 5 x 150 000 held: a 300 000 send would pass the 1 000 000 a day
+    over = held.decide("small", f"{DEST},90000", [DEST], 300_000, now).refusal
+    assert over is not None and "24 h limit" in over
+    assert held.decide("small", f"{DEST},90000", [DEST], 90_000, now) == Decision()
+    approval_id = phone.texts[2].split("CC:APPROVE:")[1].split(":")[0]
+    assert held.due(now) is None
+    assert held.approve(approval_id, now)
+    assert held.due(now) == ("big-2", "blob")
+    # the approved one is judged without its own share of the held total
+    assert held.decide("big-2", f"{DEST},150000", [DEST], 150_000, now).approved
+    assert held.due(now + 601) == ("big-0", "blob")  # expired: taken up (to be refused)
+    assert held.waiting(now + 601) == []
     state.close()
