@@ -18,6 +18,7 @@ import json
 import logging
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from custody.errors import Conflict, HsmRefusedError, HsmUnavailableError
@@ -59,7 +60,15 @@ def statement(
     if row is not None:
         return dict(json.loads(row.value))
     answer = _fetch(hsm, account_id, user_tx_no)
-    session.merge(KeyValue(key=key, value=json.dumps(answer, sort_keys=True)))
-    session.commit()
+    session.add(KeyValue(key=key, value=json.dumps(answer, sort_keys=True)))
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests asked at once; the cold HSM answers the same, and the first one kept it.
+        session.rollback()
+        kept = session.get(KeyValue, key)
+        if kept is not None:
+            return dict(json.loads(kept.value))
+        raise
     log.info("account %d: cold statement for a send: %s", account_id, answer.get("state"))
     return answer
