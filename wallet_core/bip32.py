@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from . import secp
@@ -228,20 +225,6 @@ def parse_xpub(text: str) -> ExtendedKey:
     return k
 
 
-SPLIT_AT = 256  # shorter ranges are derived on the calling thread alone
-_HELPER: tuple[int, ThreadPoolExecutor] | None = None
-_HELPER_LOCK = threading.Lock()
-
-
-def _helper() -> ThreadPoolExecutor:
-    """The process's one derivation helper thread (made again in a forked child)."""
-    global _HELPER  # noqa: PLW0603 (one per process)
-    with _HELPER_LOCK:
-        if _HELPER is None or _HELPER[0] != os.getpid():
-            _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="derive"))
-        return _HELPER[1]
-
-
 class ChainDeriver:
     """Fast non-hardened children of one chain-level public key (…/0 or …/1).
 
@@ -263,24 +246,9 @@ class ChainDeriver:
         return self.pubkeys(index, 1)[0]
 
     def pubkeys(self, start: int, count: int) -> list[bytes]:
-        """Child public keys start..start+count-1 (all non-hardened).
-
-        A long range is cut in two and the second half derived on a helper thread: the point
-        additions run in libsecp256k1 with the GIL released, so the halves use both cores.
-        """
+        """Child public keys start..start+count-1 (all non-hardened)."""
         if start < 0 or count < 0 or start + count > HARDENED:
             raise DerivationPathError("non-hardened index range out of bounds")
-        if count < SPLIT_AT:
-            return self._pubkeys(start, count)
-        half = count // 2
-        rest = _helper().submit(self._pubkeys, start + half, count - half)
-        try:
-            first = self._pubkeys(start, half)
-        finally:
-            second = rest.result()
-        return first + second
-
-    def _pubkeys(self, start: int, count: int) -> list[bytes]:
         inner, outer, n = self._inner, self._outer, secp.N
         tweaks = []
         for i in range(start, start + count):
