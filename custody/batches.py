@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -205,16 +205,32 @@ def get_or_create_batch(
     # copy while it works, so the request costs one derivation's time, not two.
     asking = _proof_pool().submit(_ask_proof, hsm, account_id, wallet, batch_no)
     try:
-        derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
-        content = batch_statement(
-            wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
-        )
-    finally:
-        proof = asking.result()
-    _check_proof(factory, config, account_id, wallet, batch_no, identity, content, proof)
-    try:
-        with factory() as session, session.begin():
-            _store_batch(session, account_id, wallet, batch_no, derived, proof, content)
+        with factory() as session:
+            new: AddressBatch | None = None
+            try:
+                derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
+                content = batch_statement(
+                    wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
+                )
+                if is_postgres(session):
+                    # PostgreSQL: the rows are written while the cold HSM works, and committed
+                    # only once its proof verifies (nobody sees them before). The journal's
+                    # lock is taken only after the proof is in. SQLite would hold its one
+                    # write lock for the whole round trip: there the rows are written after.
+                    session.begin()
+                    new = _insert_batch(session, account_id, wallet, batch_no, derived)
+            except BaseException:
+                asking.exception()  # let the round trip end; its outcome no longer matters
+                raise
+            proof = asking.result()
+            if not verify_message_pubkey(identity, content, proof):
+                session.rollback()
+                _refuse_batch(factory, config, account_id, wallet, batch_no)
+            if new is None:
+                session.begin()
+                new = _insert_batch(session, account_id, wallet, batch_no, derived)
+            _record_proof(session, new, proof, content)
+            session.commit()
     except IntegrityError:
         # Created concurrently by another request: answer that one.
         with factory() as session:
@@ -247,20 +263,14 @@ def _ask_proof(hsm: HotHsm, account_id: int, wallet: Wallet, batch_no: int) -> s
         raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
 
 
-def _check_proof(
+def _refuse_batch(
     factory: sessionmaker[Session],
     config: Config,
     account_id: int,
     wallet: Wallet,
     batch_no: int,
-    identity: bytes,
-    content: str,
-    proof: str,
-) -> None:
-    """Verify the proof of `content` against the cold identity key; a proof that does not
-    verify raises an alert and `ProofInvalid`."""
-    if verify_message_pubkey(identity, content, proof):
-        return
+) -> NoReturn:
+    """A proof that does not verify against the cold identity key: alert, refuse the batch."""
     log.error(
         "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
     )
@@ -279,34 +289,40 @@ def _check_proof(
     )
 
 
-def _store_batch(
+def _insert_batch(
     session: Session,
     account_id: int,
     wallet: Wallet,
     batch_no: int,
     derived: list[DerivedAddress],
-    proof: str,
-    content: str,
-) -> None:
-    """Insert the proven batch, its addresses and its journal entries (the caller commits)."""
+) -> AddressBatch:
+    """Insert the batch and its address rows (its proof is recorded by `_record_proof`)."""
     batch = AddressBatch(
         account_id=account_id,
         wallet=wallet,
         batch_no=batch_no,
         status=BatchStatus.PROVEN,
-        proof=proof,
+        proof="",
     )
     session.add(batch)
     session.flush()
     _insert_addresses(session, account_id, wallet, batch.id, derived)
+    return batch
+
+
+def _record_proof(session: Session, batch: AddressBatch, proof: str, content: str) -> None:
+    """The verified proof on the batch row and the batch's journal entries (caller commits)."""
+    batch.proof = proof
     info = {
-        "wallet": wallet_name(wallet),
-        "batch_no": batch_no,
-        "first_index": derived[0].index,
+        "wallet": wallet_name(batch.wallet),
+        "batch_no": batch.batch_no,
+        "first_index": batch.batch_no * BATCH_SIZE,
         "content_sha256": sha256(content.encode()).hex(),
     }
-    journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
-    journal.append(session, journal.JournalKind.BATCH_PROVEN, account_id, {**info, "proof": proof})
+    journal.append(session, journal.JournalKind.BATCH_CREATED, batch.account_id, info)
+    journal.append(
+        session, journal.JournalKind.BATCH_PROVEN, batch.account_id, {**info, "proof": proof}
+    )
 
 
 _COPY_ADDRESSES = (
