@@ -9,8 +9,8 @@ the stored public keys and key origins:
   cannot derive BIP32 children).
 
 A batch is proven by the cold HSM (through the hot HSM); its proof is verified here against
-the cold identity key pinned at provisioning before anything is stored, so an HSM link or a
-database that substitutes an address is caught at once, not only later by the V-device.
+the cold identity key pinned at provisioning before anything is committed, so an HSM link or
+a database that substitutes an address is caught at once, not only later by the V-device.
 """
 
 from __future__ import annotations
@@ -186,7 +186,10 @@ def get_or_create_batch(
     batch_no: int,
 ) -> list[dict[str, object]]:
     """Batch `batch_no` of one side: the stored one, or the next one derived, proven by the
-    cold HSM, verified here, then stored with its 1000 addresses."""
+    cold HSM, verified here, then stored with its 1000 addresses.
+
+    Our derivation (and on PostgreSQL the uncommitted rows) overlap the cold HSM's round
+    trip, which derives the same batch on the other side: figures in benchmarks/RESULTS.md."""
     check_batch_no(batch_no)
     with factory() as session:
         batch = _find_batch(session, account_id, wallet, batch_no)
