@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -246,14 +247,17 @@ def get_or_create_batch(
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _proof_pool() -> ThreadPoolExecutor:
     """Threads for the HSM's proof round trips (one per process, made again after a fork)."""
     global _POOL  # noqa: PLW0603 (one per process)
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="batch-proof"))
-    return _POOL[1]
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="batch-proof")
+            _POOL = (os.getpid(), pool)
+        return _POOL[1]
 
 
 def _ask_proof(hsm: HotHsm, account_id: int, wallet: Wallet, batch_no: int) -> str:
