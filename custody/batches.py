@@ -9,17 +9,20 @@ the stored public keys and key origins:
   cannot derive BIP32 children).
 
 A batch is proven by the cold HSM (through the hot HSM); its proof is verified here against
-the cold identity key pinned at provisioning before anything is stored, so an HSM link or a
-database that substitutes an address is caught at once, not only later by the V-device.
+the cold identity key pinned at provisioning before anything is committed, so an HSM link or
+a database that substitutes an address is caught at once, not only later by the V-device.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cc_common.config import Config
 from custody import journal
 from custody.alerts import AlertKind, raise_alert
-from custody.db import rowcount
+from custody.db import is_postgres, rowcount
 from custody.errors import (
     BadRequest,
     BatchNotNext,
@@ -184,7 +187,10 @@ def get_or_create_batch(
     batch_no: int,
 ) -> list[dict[str, object]]:
     """Batch `batch_no` of one side: the stored one, or the next one derived, proven by the
-    cold HSM, verified here, then stored with its 1000 addresses."""
+    cold HSM, verified here, then stored with its 1000 addresses.
+
+    Our derivation (and on PostgreSQL the uncommitted rows) overlap the cold HSM's round
+    trip, which derives the same batch on the other side: figures in benchmarks/RESULTS.md."""
     check_batch_no(batch_no)
     with factory() as session:
         batch = _find_batch(session, account_id, wallet, batch_no)
@@ -199,14 +205,36 @@ def get_or_create_batch(
         keys = account_keys(account)
         identity = bytes.fromhex(account.cold_identity_pubkey)
         session.rollback()  # no transaction is held during the HSM round trip
-    derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
-    content = batch_statement(
-        wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
-    )
-    proof = _proven(factory, hsm, config, account_id, wallet, batch_no, identity, content)
+    # The cold HSM derives the batch on its own machine to prove it: ask first and derive our
+    # copy while it works, so the request costs one derivation's time, not two.
+    asking = _proof_pool().submit(_ask_proof, hsm, account_id, wallet, batch_no)
     try:
-        with factory() as session, session.begin():
-            _store_batch(session, account_id, wallet, batch_no, derived, proof, content)
+        with factory() as session:
+            new: AddressBatch | None = None
+            try:
+                derived = keys.derive(wallet, Chain.RECEIVE, batch_no * BATCH_SIZE, BATCH_SIZE)
+                content = batch_statement(
+                    wallet_name(wallet), account_id, batch_no, [d.address for d in derived]
+                )
+                if is_postgres(session):
+                    # PostgreSQL: the rows are written while the cold HSM works, and committed
+                    # only once its proof verifies (nobody sees them before). The journal's
+                    # lock is taken only after the proof is in. SQLite would hold its one
+                    # write lock for the whole round trip: there the rows are written after.
+                    session.begin()
+                    new = _insert_batch(session, account_id, wallet, batch_no, derived)
+            except BaseException:
+                asking.exception()  # let the round trip end; its outcome no longer matters
+                raise
+            proof = asking.result()
+            if not verify_message_pubkey(identity, content, proof):
+                session.rollback()
+                _refuse_batch(factory, config, account_id, wallet, batch_no)
+            if new is None:
+                session.begin()
+                new = _insert_batch(session, account_id, wallet, batch_no, derived)
+            _record_proof(session, new, proof, content)
+            session.commit()
     except IntegrityError:
         # Created concurrently by another request: answer that one.
         with factory() as session:
@@ -218,26 +246,38 @@ def get_or_create_batch(
     return [{"index": d.index, "address": d.address} for d in derived]
 
 
-def _proven(
-    factory: sessionmaker[Session],
-    hsm: HotHsm,
-    config: Config,
-    account_id: int,
-    wallet: Wallet,
-    batch_no: int,
-    identity: bytes,
-    content: str,
-) -> str:
-    """The cold HSM's proof of the batch `content`, verified against its identity key; a proof
-    that does not verify raises an alert and `ProofInvalid`."""
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _proof_pool() -> ThreadPoolExecutor:
+    """Threads for the HSM's proof round trips (one per process, made again after a fork)."""
+    global _POOL  # noqa: PLW0603 (one per process)
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="batch-proof")
+            _POOL = (os.getpid(), pool)
+        return _POOL[1]
+
+
+def _ask_proof(hsm: HotHsm, account_id: int, wallet: Wallet, batch_no: int) -> str:
+    """The cold HSM's proof of one batch (its signature over the batch statement)."""
     try:
-        proof = str(hsm.prove_batch(account_id, wallet_name(wallet), batch_no))
+        return str(hsm.prove_batch(account_id, wallet_name(wallet), batch_no))
     except HsmUnavailableError as exc:
         raise HsmUnavailableError(f"cannot prove the batch: {exc.message}") from None
     except HsmRefused as exc:
         raise HsmRefusedError(f"the HSM refused to prove the batch: {exc.message}") from None
-    if verify_message_pubkey(identity, content, proof):
-        return proof
+
+
+def _refuse_batch(
+    factory: sessionmaker[Session],
+    config: Config,
+    account_id: int,
+    wallet: Wallet,
+    batch_no: int,
+) -> NoReturn:
+    """A proof that does not verify against the cold identity key: alert, refuse the batch."""
     log.error(
         "proof of %s batch %d of account %d does not verify", wallet.name, batch_no, account_id
     )
@@ -256,48 +296,77 @@ def _proven(
     )
 
 
-def _store_batch(
+def _insert_batch(
     session: Session,
     account_id: int,
     wallet: Wallet,
     batch_no: int,
     derived: list[DerivedAddress],
-    proof: str,
-    content: str,
-) -> None:
-    """Insert the proven batch, its addresses and its journal entries (the caller commits)."""
+) -> AddressBatch:
+    """Insert the batch and its address rows (its proof is recorded by `_record_proof`)."""
     batch = AddressBatch(
         account_id=account_id,
         wallet=wallet,
         batch_no=batch_no,
         status=BatchStatus.PROVEN,
-        proof=proof,
+        proof="",
     )
     session.add(batch)
     session.flush()
-    session.execute(
-        insert(Address),
-        [
-            {
-                "account_id": account_id,
-                "wallet": wallet,
-                "chain": Chain.RECEIVE,
-                "index": d.index,
-                "address": d.address,
-                "script_pubkey": d.script_pubkey,
-                "batch_id": batch.id,
-            }
-            for d in derived
-        ],
-    )
+    _insert_addresses(session, account_id, wallet, batch.id, derived)
+    return batch
+
+
+def _record_proof(session: Session, batch: AddressBatch, proof: str, content: str) -> None:
+    """The verified proof on the batch row and the batch's journal entries (caller commits)."""
+    batch.proof = proof
     info = {
-        "wallet": wallet_name(wallet),
-        "batch_no": batch_no,
-        "first_index": derived[0].index,
+        "wallet": wallet_name(batch.wallet),
+        "batch_no": batch.batch_no,
+        "first_index": batch.batch_no * BATCH_SIZE,
         "content_sha256": sha256(content.encode()).hex(),
     }
-    journal.append(session, journal.JournalKind.BATCH_CREATED, account_id, info)
-    journal.append(session, journal.JournalKind.BATCH_PROVEN, account_id, {**info, "proof": proof})
+    journal.append(session, journal.JournalKind.BATCH_CREATED, batch.account_id, info)
+    journal.append(
+        session, journal.JournalKind.BATCH_PROVEN, batch.account_id, {**info, "proof": proof}
+    )
+
+
+_COPY_ADDRESSES = (
+    "COPY addresses (account_id, wallet, chain, index, address, script_pubkey, batch_id) FROM STDIN"
+)
+
+
+def _insert_addresses(
+    session: Session, account_id: int, wallet: Wallet, batch_id: int, derived: list[DerivedAddress]
+) -> None:
+    """A batch's address rows in the session's transaction: one COPY on PostgreSQL (the
+    ORM's multi-row insert spent ~30 ms of Python per 1000 rows on its parameters), the
+    ORM's insert elsewhere. The enum columns hold the members' names, as the ORM writes them."""
+    if not is_postgres(session):
+        session.execute(
+            insert(Address),
+            [
+                {
+                    "account_id": account_id,
+                    "wallet": wallet,
+                    "chain": Chain.RECEIVE,
+                    "index": d.index,
+                    "address": d.address,
+                    "script_pubkey": d.script_pubkey,
+                    "batch_id": batch_id,
+                }
+                for d in derived
+            ],
+        )
+        return
+    raw = session.connection().connection.driver_connection
+    if raw is None:  # pragma: no cover - a live session's connection always has one
+        raise RuntimeError("no database connection")
+    names = (wallet.name, Chain.RECEIVE.name)
+    with raw.cursor() as cur, cur.copy(_COPY_ADDRESSES) as copy:
+        for d in derived:
+            copy.write_row((account_id, *names, d.index, d.address, d.script_pubkey, batch_id))
 
 
 def set_batch_status(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -181,6 +182,28 @@ def test_batch_created_proven_and_stored(client, account, hsm, session_factory, 
         assert s.execute(select(func.count(Address.id))).scalar() == 2000
         kinds = s.execute(select(JournalEntry.kind)).scalars().all()
         assert kinds.count("batch_created") == 2 and kinds.count("batch_proven") == 2
+
+
+def test_concurrent_requests_for_a_new_batch_store_it_once(client, account, session_factory):
+    """Two requests for the same new batch at once (the rows of the first are written while
+    its proof is on the way): both answer the same addresses, one batch is stored."""
+    answers: list[Any] = [None, None]
+
+    def fetch(k: int) -> None:
+        answers[k] = client.get(f"{API}/address/batch/0", headers=account.cold)
+
+    threads = [threading.Thread(target=fetch, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.status_code for r in answers] == [200, 200], [r.json for r in answers]
+    assert answers[0].json == answers[1].json and len(answers[0].json) == 1000
+    with session_factory() as s:
+        assert s.execute(select(func.count(AddressBatch.id))).scalar() == 1
+        assert s.execute(select(func.count(Address.id))).scalar() == 1000
+        kinds = s.execute(select(JournalEntry.kind)).scalars().all()
+        assert kinds.count("batch_created") == 1 and kinds.count("batch_proven") == 1
 
 
 def test_batch_beyond_next_is_400_naming_the_next(client, account):

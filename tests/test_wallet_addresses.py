@@ -115,6 +115,20 @@ def test_fast_encoder_matches_reference_encoder() -> None:
                 assert enc.encode(edge) == encode_segwit(hrp, 0, edge)
 
 
+def test_batch_encoder_matches_reference_encoder() -> None:
+    """`encode_many` (checksums and base32 computed for the whole batch) is bit-identical."""
+    for hrp in ("bc", "tb", "bcrt"):
+        for length in (20, 32):
+            enc = SegwitV0Encoder(hrp, length)
+            for count in (1, 2, 33, 1000):
+                progs = [os.urandom(length) for _ in range(count)]
+                progs[0] = bytes(length) if count % 2 else b"\xff" * length
+                assert enc.encode_many(progs) == [encode_segwit(hrp, 0, p) for p in progs]
+            assert enc.encode_many([]) == []
+            with pytest.raises(errors.WitnessProgramError):
+                enc.encode_many([bytes(length), bytes(length + 1)])
+
+
 def test_unsupported_scripts() -> None:
     with pytest.raises(errors.UnsupportedScriptError):
         script_to_address(b"\x6a\x04abcd", Network.MAINNET)  # OP_RETURN

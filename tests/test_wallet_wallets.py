@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from coincurve import PrivateKey
 from embit.descriptor import Descriptor as EmbitDescriptor
 from embit.descriptor.checksum import add_checksum as embit_add_checksum
 
-from wallet_core.addresses import script_to_address
+from wallet_core.addresses import p2wpkh_address, p2wsh_address, script_to_address
 from wallet_core.bip32 import ExtendedKey, parse_path
 from wallet_core.descriptors import (
     add_checksum,
@@ -30,8 +31,10 @@ from wallet_core.errors import (
     MnemonicError,
     WalletError,
 )
+from wallet_core.hashes import hash160
 from wallet_core.keys import mnemonic_to_seed, wif_decode, wif_encode
 from wallet_core.networks import Network
+from wallet_core.script import multisig_script, p2wpkh_script
 from wallet_core.wallets import (
     CHANGE,
     PUBKEY_CACHE_SIZE,
@@ -253,6 +256,26 @@ def test_derive_range_matches_single_derivation(network: Network) -> None:
                     assert d.witness_script is None
     with pytest.raises(DerivationPathError):
         cold.derive_range(2**31, 1)
+
+
+def test_fast_batch_path_matches_reference_derivation_at_random_indexes() -> None:
+    """The batch path (window-table combines, batch hash and bech32) against the plain BIP32
+    path (`ExtendedKey.child`: libsecp256k1's tweak-add) and the reference encoder."""
+    net = Network.REGTEST
+    cold = ColdWallet.from_root(ExtendedKey.from_seed(os.urandom(32), net), net, 1)
+    hot, _ = _hot_wallet(net)
+    rng = random.Random(os.urandom(8))
+    for _ in range(6):
+        start, change, count = rng.randrange(2**31 - 40), rng.choice((0, 1)), rng.randrange(1, 40)
+        for d in cold.derive_range(start, count, change):
+            pub = cold.account.xpub.child(change).child(d.index).public_key
+            assert d.address == p2wpkh_address(pub, net)
+            assert d.script_pubkey == p2wpkh_script(hash160(pub))
+        for d in hot.derive_range(start, count, change):
+            keys = [c.xpub.child(change).child(d.index).public_key for c in hot.cosigners]  # type: ignore[union-attr]
+            ws = multisig_script(2, keys, sort=True)
+            assert d.witness_script == ws
+            assert d.address == p2wsh_address(ws, net)
 
 
 def test_cached_hot_wallet_derives_what_the_plain_wallet_derives() -> None:

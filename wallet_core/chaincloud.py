@@ -41,9 +41,10 @@ def batch_content(addresses: Sequence[str]) -> str:
     """The exact string signed for a batch (positions 0..len-1 within the batch)."""
     if not addresses:
         raise BatchError("empty address batch")
-    for a in addresses:
-        if not a or any(c in a for c in ",:"):
-            raise BatchError(f"address {a!r} cannot appear in a batch string")
+    joined = "".join(addresses)  # one scan for the separators, not one per address
+    if not all(addresses) or "," in joined or ":" in joined:
+        bad = next(a for a in addresses if not a or "," in a or ":" in a)
+        raise BatchError(f"address {bad!r} cannot appear in a batch string")
     return "".join(f"{i},{a}:" for i, a in enumerate(addresses))
 
 

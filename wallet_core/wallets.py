@@ -178,19 +178,19 @@ class ColdWallet:
 
     def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
         _check_index(start)
-        enc = _encoder(self.network, 20).encode
         pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
-        return [enc(hash160(p)) for p in pubs]
+        return _encoder(self.network, 20).encode_many(list(map(hash160, pubs)))
 
     def derive_range(self, start: int, count: int, change: int = RECEIVE) -> list[DerivedAddress]:
         """Like `addresses`, with each scriptPubKey (what a batch stores): same fast path."""
         _check_index(start)
-        enc = _encoder(self.network, 20).encode
-        out = []
-        for i, pub in enumerate(ChainDeriver(self.chain_key(change)).pubkeys(start, count), start):
-            h = hash160(pub)
-            out.append(DerivedAddress(i, enc(h), p2wpkh_script(h)))
-        return out
+        pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
+        hashes = list(map(hash160, pubs))
+        addrs = _encoder(self.network, 20).encode_many(hashes)
+        return [
+            DerivedAddress(i, a, b"\x00\x14" + h)  # p2wpkh_script(h), inlined
+            for i, a, h in zip(range(start, start + count), addrs, hashes, strict=True)
+        ]
 
     def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
         """pubkey -> origin for the key(s) of one address (PSBT bip32_derivations)."""
@@ -269,23 +269,30 @@ class HotWallet:
     def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
         _check_index(start)
         _check_chain(change)
-        cols = [self._column(c, change, start, count) for c in range(3)]
-        enc = _encoder(self.network, 32).encode
-        m = self.threshold
-        return [enc(sha256(multisig_script(m, list(keys)))) for keys in zip(*cols, strict=True)]
+        scripts = self._witness_scripts(change, start, count)
+        return _encoder(self.network, 32).encode_many([sha256(ws) for ws in scripts])
 
     def derive_range(self, start: int, count: int, change: int = RECEIVE) -> list[DerivedAddress]:
         """Like `addresses`, with each scriptPubKey and witness script (batches, PSBTs)."""
         _check_index(start)
         _check_chain(change)
+        scripts = self._witness_scripts(change, start, count)
+        hashes = [sha256(ws) for ws in scripts]
+        addrs = _encoder(self.network, 32).encode_many(hashes)
+        return [
+            DerivedAddress(i, a, b"\x00\x20" + h, ws)  # p2wsh_script(h), inlined
+            for i, a, h, ws in zip(range(start, start + count), addrs, hashes, scripts, strict=True)
+        ]
+
+    def _witness_scripts(self, change: int, start: int, count: int) -> list[bytes]:
+        """`multisig_script(2, keys)` for a range, built without its per-call checks: the keys
+        come from our own derivation (each one a serialised point, 33 bytes)."""
         cols = [self._column(c, change, start, count) for c in range(3)]
-        enc = _encoder(self.network, 32).encode
-        out = []
-        for i, keys in enumerate(zip(*cols, strict=True), start):
-            ws = multisig_script(self.threshold, list(keys))
-            h = sha256(ws)
-            out.append(DerivedAddress(i, enc(h), p2wsh_script(h), ws))
-        return out
+        join = b"".join
+        return [
+            join((b"\x52\x21", a, b"\x21", b, b"\x21", c, b"\x53\xae"))  # OP_2 .. OP_3 OP_CMS
+            for a, b, c in map(sorted, zip(*cols, strict=True))
+        ]
 
     def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
         pubs = self.pubkeys(index, change)
