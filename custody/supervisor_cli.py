@@ -60,8 +60,7 @@ def check_ports(config: Config, processes: list[str]) -> None:
         if why is not None:
             raise sv.SupervisorError(
                 f"port {listener.port} on {listener.host} for {listener.process} is {why}: "
-                f"change {listener.key} in {config.path} and the role files "
-                "(`custody config set SECTION.KEY PORT` writes every file that holds it)"
+                f"change {listener.key} with `custody config set` (in {config.data_dir})"
             )
 
 
