@@ -18,7 +18,7 @@ import tomli_w
 
 from cc_common.config import CONFIG_FILENAME, ROLES, role_path_for
 from cc_common.errors import ConfigError
-from cc_common.roles import SECRET_KEYS, role_part
+from cc_common.roles import KNOWN_TABLES, SECRET_KEYS, role_part
 
 
 def write_private(path: Path, text: str) -> None:
@@ -73,6 +73,12 @@ def write_settings(data_dir: Path, changes: Mapping[str, Any]) -> list[Path]:
     """Merge nested `changes` (`{"hsm_hot": {"max_send_sat": 1}}`) into every file of the
     deployment that holds them: each role file whose role reads that key, and the map (secrets
     only into the role files). Returns the files written."""
+    unknown = sorted(set(changes) - KNOWN_TABLES)
+    if unknown:
+        raise ConfigError(
+            f"config: no process reads [{', '.join(unknown)}]; a new table needs its roles "
+            "in cc_common/roles.py"
+        )
     written = []
     for role in ROLES:
         part = role_part(changes, role)

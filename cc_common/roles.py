@@ -61,6 +61,12 @@ ROLE_TABLES: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
     },
 }
 
+# Tables that only the supervisor reads (`custody up`): in the map, in no role's file.
+SUPERVISOR_TABLES = ("supervisor",)
+KNOWN_TABLES = frozenset(t for tables in ROLE_TABLES.values() for t in tables) | frozenset(
+    SUPERVISOR_TABLES
+)
+
 # Which role holds which secret (table path, key). A secret two roles share (the hot HSM's RPC
 # secret: custody and the hot HSM; the vtest password and the site's header token: the site
 # and the phone, each under its own table) is in both of their files and no other.

@@ -128,6 +128,12 @@ def test_each_role_file_holds_what_its_process_reads_and_nothing_else(
                 assert set(held[table]) == keys, (role, table)
 
 
+def test_every_table_of_the_map_is_some_roles(deployment_dir: Path) -> None:
+    """A table `custody init` writes that no role holds would reach no process."""
+    held = {t for role in ROLES for t in _read(deployment_dir / f"{role}.toml")}
+    assert set(_read(deployment_dir / CONFIG_FILENAME)) == held
+
+
 def test_each_secret_is_in_its_roles_files_only(deployment_dir: Path) -> None:
     assert {r: {f"{s}.{k}" for s, k in keys} for r, keys in ROLE_SECRETS.items()} == (
         EXPECTED_SECRETS
@@ -203,6 +209,8 @@ def test_a_setting_reaches_every_file_that_holds_it_and_no_other(deployment_dir:
             assert path.read_text() == text, name
         else:
             assert path.read_text().startswith("# ChainCloud"), "the header is kept"
+    with pytest.raises(ConfigError, match=r"no process reads \[nowhere\]"):
+        write_settings(deployment_dir, {"nowhere": {"x": 1}})
     # a key edited in the map alone reaches no process: each reads its own file
     path = deployment_dir / CONFIG_FILENAME
     path.write_text(path.read_text().replace("max_send_sat = 7", "max_send_sat = 8"))
