@@ -10,7 +10,7 @@ reads its own file alone, so the hot HSM never sees the cold HSM's PIN nor the s
 password, and a machine carries only its own file. `chaincloud.toml` is the supervisor's map
 of the local deployment (every process's addresses, ports, paths, limits; no secret): `custody
 up/status/down` read it; the demo and the tests, which play every officer, read it filled in
-with every role's secrets (`ALL_ROLES`). `cc_common.deployment.write_settings` changes a
+with every role's secrets (`ALL_ROLES`). `cc_common.config_write.write_settings` changes a
 setting in every file that holds it. The environment wins over any file.
 
 Relative paths in the file are relative to the data directory, so a deployment directory can
