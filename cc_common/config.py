@@ -174,25 +174,26 @@ class Config:
 
 
 def convert_text(text: str, like: Any, name: str) -> Any:
-    """`text` (from the environment or a command line) as the type of the value `like`."""
+    """`text` (from the environment or a command line) as the type of the value `like`;
+    `name` says where it came from in an error."""
     if isinstance(like, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"environment: {name} must be true or false, got {text!r}")
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
     if isinstance(like, int):
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+            raise ConfigError(f"{name} must be an integer, got {text!r}") from None
     if isinstance(like, float):
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
+            raise ConfigError(f"{name} must be a number, got {text!r}") from None
     if isinstance(like, list | dict):
-        raise ConfigError(f"environment: {name} overrides a table or list, which is not allowed")
+        raise ConfigError(f"{name} overrides a table or list, which is not allowed")
     return text
 
 
@@ -211,7 +212,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
                 raise ConfigError(f"environment: {name}: {part} is not a table")
             node = child
         key = parts[-1]
-        node[key] = convert_text(text, node[key], name) if key in node else text
+        node[key] = convert_text(text, node[key], f"environment: {name}") if key in node else text
     return raw
 
 

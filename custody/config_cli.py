@@ -52,7 +52,7 @@ def cmd_set(args: argparse.Namespace) -> str:
     parts = args.key.split(".")
     text = sys.stdin.readline().rstrip("\r\n") if args.value == "-" else args.value
     raw = load_config(data_dir, environ={}, role=ALL_ROLES).raw
-    value = parse_value(text, _current(raw, parts), args.key)
+    value = parse_value(text, _current(raw, parts), f"config set: {args.key}")
     changes: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):
         changes = {part: changes}
