@@ -1,12 +1,13 @@
 """Secrets per machine role: each role's file holds everything its process reads and nothing
 else, no secret of one role is in another's file (nor in the supervisor's map), every file is
 0600 from its creation and every directory 0700, a setting reaches every file that holds it,
-and a process started as a role reads its own file alone: the real `hsm-cold serve` and
-`custody serve` start on a data directory holding nothing but their own file."""
+and a process started as a role reads its own file alone: the real firmware-sim, cold HSM,
+hot HSM and custody API run together, each on a data directory holding its own file only."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import stat
 import tomllib
 from pathlib import Path
@@ -21,6 +22,7 @@ from cc_common.deployment import init_deployment
 from cc_common.errors import ConfigError
 from cc_common.roles import ROLE_SECRETS, SECRET_KEYS
 from custody.cli import main as custody_main
+from custody.hsm_client import HotHsmClient
 
 # What each machine reads, written out (not derived from cc_common.roles, which it checks):
 # its own tables whole, and of a peer's table only the keys that reach that peer.
@@ -240,17 +242,51 @@ def test_custody_config_set(
     assert {p.name: p.read_text() for p in deployment_dir.glob("*.toml")} == before
 
 
-def test_real_processes_start_on_their_own_file_alone(deployment: Any) -> None:
-    cold = deployment("cold", env={"CC__SERIAL__COLD_PORT": "loop://"})
-    _only(cold.data_dir, "hsm-cold")
-    cold.cli("init", "--dir", str(cold.data_dir), module="hsm_cold.cli")
-    cold.start_cli("hsm-cold", "hsm_cold.cli", "serve")
+def _machine(deployment: Any, name: str, role: str, source: Path, **env: str) -> Any:
+    """A data directory holding `role`'s file from `source` and nothing else, as that role's
+    own machine would (paths in it are relative to it; `env`: what differs on that machine)."""
+    d = deployment(name, env=env)
+    _only(d.data_dir, role)
+    shutil.copy2(source / f"{role}.toml", d.data_dir / f"{role}.toml")
+    return d
 
-    api = deployment("api")
-    port = load_config(api.data_dir, environ={}, role="custody").section("custody").int("port")
-    _only(api.data_dir, "custody")
+
+@pytest.mark.slow  # four real processes and two HSM inits: ~15 s
+def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path: Path) -> None:
+    """The simulated world, the cold HSM, the hot HSM and the custody API, each in its own
+    directory with its own file only, work together: custody reaches the hot HSM, which
+    reaches the cold HSM over the serial line."""
+    source = tmp_path / "init"
+    init_deployment(source)
+    sim = _machine(deployment, "sim", "firmware-sim", source)
+    sim.start_cli("firmware-sim", "firmware_sim.cli", "serve", wait=False)
+    cold = _machine(
+        deployment, "cold", "hsm-cold", source, CC__SERIAL__COLD_PORT=f"{sim.dev_dir}/serial-cold"
+    )
+    hot = _machine(
+        deployment, "hot", "hsm-hot", source, CC__SERIAL__HOT_PORT=f"{sim.dev_dir}/serial-hot"
+    )
+    api = _machine(
+        deployment,
+        "api",
+        "custody",
+        source,
+        CC__CUSTODY__DATABASE_URL=f"sqlite:///{tmp_path / 'api' / 'custody.db'}",
+    )
+    cold.cli("init", "--dir", str(cold.data_dir), module="hsm_cold.cli")
+    # the officer carries the pairing file from the cold HSM to the hot HSM
+    shutil.move(cold.data_dir / "hsm-cold/pairing.bin", hot.data_dir / "hsm-cold/pairing.bin")
+    hot.cli("init", "--dir", str(hot.data_dir), module="hsm_hot.cli")
     api.cli("db", "upgrade", "--dir", str(api.data_dir))
+    sim.processes[0].wait_ready()
+    cold.start_cli("hsm-cold", "hsm_cold.cli", "serve")
+    hot.start_cli("hsm-hot", "hsm_hot.cli", "serve")
     api.start_cli("custody-api", "custody.cli", "serve")
-    r = requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=10)
-    assert r.status_code == 503 and r.json(), "it serves (and says the hot HSM is not there)"
-    assert sorted(p.name for p in api.data_dir.glob("*.toml")) == ["custody.toml"]
+
+    custody = load_config(api.data_dir, environ=api.env, role="custody")
+    assert HotHsmClient.from_config(custody).health()["cold_reachable"] is True
+    port = custody.section("custody").int("port")
+    r = requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=30)
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    for d, role in ((sim, "firmware-sim"), (cold, "hsm-cold"), (hot, "hsm-hot"), (api, "custody")):
+        assert [p.name for p in d.data_dir.glob("*.toml")] == [f"{role}.toml"]
