@@ -53,6 +53,7 @@ ROLE_TABLES: Mapping[str, Mapping[str, tuple[str, ...] | None]] = {
         "deployment": WHOLE,
         "logging": WHOLE,
         "merchant_site": WHOLE,
+        "custody": ("host", "port"),  # the API, when [merchant_site] custody_url is ""
     },
     "firmware-sim": {
         "deployment": WHOLE,

@@ -7,6 +7,7 @@ hot HSM and custody API run together, each on a data directory holding its own f
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import stat
 import tomllib
@@ -20,7 +21,7 @@ from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, load_config
 from cc_common.config_write import write_settings
 from cc_common.deployment import init_deployment
 from cc_common.errors import ConfigError
-from cc_common.roles import ROLE_SECRETS, SECRET_KEYS
+from cc_common.roles import ROLE_SECRETS, ROLE_TABLES, SECRET_KEYS
 from custody.cli import main as custody_main
 from custody.hsm_client import HotHsmClient
 
@@ -51,7 +52,7 @@ EXPECTED_TABLES: dict[str, dict[str, str | set[str]]] = {
         "phones": {"owner"},
         "merchant_site": {"host", "port"},
     },
-    "merchant-site": {"deployment": WHOLE, "merchant_site": WHOLE},
+    "merchant-site": {"deployment": WHOLE, "merchant_site": WHOLE, "custody": {"host", "port"}},
     "firmware-sim": {"deployment": WHOLE, "firmware_sim": WHOLE},
 }
 EXPECTED_SECRETS = {
@@ -128,6 +129,35 @@ def test_each_role_file_holds_what_its_process_reads_and_nothing_else(
                 assert set(everything[table]) <= set(held[table]), (role, table)
             else:
                 assert set(held[table]) == keys, (role, table)
+
+
+# Each package's processes run as this role; the supervisor's code reads the map instead.
+PACKAGE_ROLES = {
+    "custody": "custody",
+    "hsm_hot": "hsm-hot",
+    "hsm_cold": "hsm-cold",
+    "vdevice": "vdevice",
+    "firmware_sim": "firmware-sim",
+    "examples/merchant_site": "merchant-site",
+}
+READS_THE_MAP = ("custody/supervisor/", "custody/supervisor_cli.py")
+SECTION_CALL = re.compile(r"config\.(?:has_)?section\(\s*\"([a-z_]+)[a-z_.]*\"")
+
+
+def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
+    """A table read by a package but missing from its role's file would reach no process:
+    `config.section("...")` in the code against `cc_common.roles.ROLE_TABLES`."""
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for package, role in PACKAGE_ROLES.items():
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith(READS_THE_MAP):
+                continue
+            for table in SECTION_CALL.findall(path.read_text()):
+                if table not in ROLE_TABLES[role]:
+                    missing.append(f"{rel} reads [{table}], not in {role}'s file")
+    assert not missing, "\n".join(missing)
 
 
 def test_every_table_of_the_map_is_some_roles(deployment_dir: Path) -> None:
