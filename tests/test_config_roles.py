@@ -89,6 +89,19 @@ PAIRS = (
 )
 
 
+# Each package's processes run as this role; the supervisor's code reads the map instead.
+PACKAGE_ROLES = {
+    "custody": "custody",
+    "hsm_hot": "hsm-hot",
+    "hsm_cold": "hsm-cold",
+    "vdevice": "vdevice",
+    "firmware_sim": "firmware-sim",
+    "examples/merchant_site": "merchant-site",
+}
+READS_THE_MAP = ("custody/supervisor/", "custody/supervisor_cli.py")
+SECTION_CALL = re.compile(r"config\.(?:has_)?section\(\s*\"([a-z_]+)[a-z_.]*\"")
+
+
 def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in table.items():
@@ -129,19 +142,6 @@ def test_each_role_file_holds_what_its_process_reads_and_nothing_else(
                 assert set(everything[table]) <= set(held[table]), (role, table)
             else:
                 assert set(held[table]) == keys, (role, table)
-
-
-# Each package's processes run as this role; the supervisor's code reads the map instead.
-PACKAGE_ROLES = {
-    "custody": "custody",
-    "hsm_hot": "hsm-hot",
-    "hsm_cold": "hsm-cold",
-    "vdevice": "vdevice",
-    "firmware_sim": "firmware-sim",
-    "examples/merchant_site": "merchant-site",
-}
-READS_THE_MAP = ("custody/supervisor/", "custody/supervisor_cli.py")
-SECTION_CALL = re.compile(r"config\.(?:has_)?section\(\s*\"([a-z_]+)[a-z_.]*\"")
 
 
 def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
