@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import stat
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,9 @@ def test_custody_config_set(
     assert {p.name: p.read_text() for p in deployment_dir.glob("*.toml")} == before
 
 
+CUSTODY = (sys.executable, "-m", "custody.cli")
+
+
 def _machine(deployment: Any, name: str, role: str, source: Path, **env: str) -> Any:
     """A data directory holding `role`'s file from `source` and nothing else, as that role's
     own machine would (paths in it are relative to it; `env`: what differs on that machine)."""
@@ -281,7 +285,7 @@ def _machine(deployment: Any, name: str, role: str, source: Path, **env: str) ->
     return d
 
 
-@pytest.mark.slow  # four real processes and two HSM inits: ~15 s
+@pytest.mark.slow  # four real processes and two HSM inits: ~10 s
 def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path: Path) -> None:
     """The simulated world, the cold HSM, the hot HSM and the custody API, each in its own
     directory with its own file only, work together: custody reaches the hot HSM, which
@@ -303,15 +307,20 @@ def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path
         source,
         CC__CUSTODY__DATABASE_URL=f"sqlite:///{tmp_path / 'api' / 'custody.db'}",
     )
+    upgrade = api.start("db-upgrade", [*CUSTODY, "db", "upgrade", "--dir", str(api.data_dir)])
     cold.cli("init", "--dir", str(cold.data_dir), module="hsm_cold.cli")
     # the officer carries the pairing file from the cold HSM to the hot HSM
     shutil.move(cold.data_dir / "hsm-cold/pairing.bin", hot.data_dir / "hsm-cold/pairing.bin")
     hot.cli("init", "--dir", str(hot.data_dir), module="hsm_hot.cli")
-    api.cli("db", "upgrade", "--dir", str(api.data_dir))
+    assert upgrade.wait_exit(60) == 0
     sim.processes[0].wait_ready()
-    cold.start_cli("hsm-cold", "hsm_cold.cli", "serve")
-    hot.start_cli("hsm-hot", "hsm_hot.cli", "serve")
-    api.start_cli("custody-api", "custody.cli", "serve")
+    serving = [
+        cold.start_cli("hsm-cold", "hsm_cold.cli", "serve", wait=False),
+        hot.start_cli("hsm-hot", "hsm_hot.cli", "serve", wait=False),
+        api.start_cli("custody-api", "custody.cli", "serve", wait=False),
+    ]
+    for process in serving:
+        process.wait_ready()
 
     custody = load_config(api.data_dir, environ=api.env, role="custody")
     assert HotHsmClient.from_config(custody).health()["cold_reachable"] is True
