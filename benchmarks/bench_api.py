@@ -367,7 +367,7 @@ def main() -> int:
             if getattr(args, key):
                 raw["custody"][key] = getattr(args, key)
         (data_dir / "run").mkdir(exist_ok=True)
-        (data_dir / "chaincloud.toml").write_text(tomli_w.dumps(raw))
+        (data_dir / "custody.toml").write_text(tomli_w.dumps(raw))  # custody reads its own file
         server = subprocess.Popen(
             [sys.executable, "-m", "custody.cli", "serve", "--dir", str(data_dir)],
             cwd=ROOT,

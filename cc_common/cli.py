@@ -30,8 +30,9 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def set_role(parser: argparse.ArgumentParser, role: str) -> None:
-    """The machine role whose secrets this program reads (`cc_common.config.ROLES`)."""
+def set_role(parser: argparse.ArgumentParser, role: str | None) -> None:
+    """The machine role whose file alone this program reads (`cc_common.config.ROLES`);
+    None: the supervisor's map of the whole local deployment."""
     parser.set_defaults(config_role=role)
 
 

@@ -4,11 +4,14 @@ Read once, in `load_config`, and passed down explicitly. Nothing deep in the cod
 `os.environ`. An environment variable `CC__SECTION__KEY=value` overrides `[section] key`
 (nested sections with more `__`); its text is converted to the type of the value it replaces.
 
-Secrets live apart, one file per machine role (`ROLES`: `<data>/<role>.toml`, mode 0600):
-`chaincloud.toml` is the deployment's map (addresses, ports, paths, limits) and holds no
-secret; each process reads the map and its own role's file only, so the hot HSM never sees
-the cold HSM's PIN nor the site's vtest password. A key written in the map wins over the role
-file (tests and operators may set one there on purpose); the environment wins over both.
+One file per machine role (`ROLES`: `<data>/<role>.toml`, mode 0600), each holding everything
+that role's process needs and nothing else (`cc_common.roles`): a process started as a role
+reads its own file alone, so the hot HSM never sees the cold HSM's PIN nor the site's vtest
+password, and a machine carries only its own file. `chaincloud.toml` is the supervisor's map
+of the local deployment (every process's addresses, ports, paths, limits; no secret): `custody
+up/status/down` read it; the demo and the tests, which play every officer, read it filled in
+with every role's secrets (`ALL_ROLES`). `cc_common.config_write.write_settings` changes a
+setting in every file that holds it. The environment wins over any file.
 
 Relative paths in the file are relative to the data directory, so a deployment directory can
 be moved as a whole.
@@ -170,25 +173,27 @@ class Config:
         return self.data_dir / "dev"
 
 
-def _convert(text: str, like: Any, name: str) -> Any:
+def convert_text(text: str, like: Any, name: str) -> Any:
+    """`text` (from the environment or a command line) as the type of the value `like`;
+    `name` says where it came from in an error."""
     if isinstance(like, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"environment: {name} must be true or false, got {text!r}")
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
     if isinstance(like, int):
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+            raise ConfigError(f"{name} must be an integer, got {text!r}") from None
     if isinstance(like, float):
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
+            raise ConfigError(f"{name} must be a number, got {text!r}") from None
     if isinstance(like, list | dict):
-        raise ConfigError(f"environment: {name} overrides a table or list, which is not allowed")
+        raise ConfigError(f"{name} overrides a table or list, which is not allowed")
     return text
 
 
@@ -207,7 +212,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
                 raise ConfigError(f"environment: {name}: {part} is not a table")
             node = child
         key = parts[-1]
-        node[key] = _convert(text, node[key], name) if key in node else text
+        node[key] = convert_text(text, node[key], f"environment: {name}") if key in node else text
     return raw
 
 
@@ -244,17 +249,22 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     role: str | None = None,
 ) -> Config:
-    """Read `<data_dir>/chaincloud.toml`, then `role`'s secrets (`ALL_ROLES`: every role's),
-    and apply environment overrides."""
+    """Read `role`'s own file `<data_dir>/<role>.toml` alone; without a role, the map
+    `chaincloud.toml`; with `ALL_ROLES`, the map filled in with every role's file. Then apply
+    environment overrides."""
     env = os.environ if environ is None else environ
     ddir = Path(data_dir).resolve() if data_dir is not None else default_data_dir(env)
-    path = config_path_for(ddir)
+    path = config_path_for(ddir) if role in (None, ALL_ROLES) else role_path_for(ddir, role)
     if not path.is_file():
-        raise ConfigError(f"config: {path} does not exist; run `custody init --dir {ddir}` first")
+        whose = "" if role in (None, ALL_ROLES) else f" (the {role} machine's own file)"
+        raise ConfigError(
+            f"config: {path}{whose} does not exist; run `custody init --dir {ddir}` first"
+        )
     raw = _read_toml(path)
-    for name in ROLES if role == ALL_ROLES else (role,) if role else ():
-        role_path = role_path_for(ddir, name)
-        if role_path.is_file():
-            _fill(raw, _read_toml(role_path))
+    if role == ALL_ROLES:
+        for name in ROLES:
+            role_path = role_path_for(ddir, name)
+            if role_path.is_file():
+                _fill(raw, _read_toml(role_path))
     apply_env_overrides(raw, env)
     return Config(data_dir=ddir, path=path, raw=raw)

@@ -4,28 +4,29 @@ Every secret and PIN is generated here with `secrets`; nothing secret is baked i
 Ports are picked free on loopback at init time, below the kernel's ephemeral range, so several
 deployments (tests, demo) can run side by side in their own data directories.
 
-The secrets are split by machine role (`ROLE_SECRETS`): the map `chaincloud.toml` keeps none,
-each `<role>.toml` holds exactly its role's, and every file is created 0600 (never widened
-and then narrowed), the directories 0700. A secret two roles share (the hot HSM's RPC secret:
-custody and the hot HSM; the vtest password and the site's header token: the site and the
-phone) is in both of their files and no other.
+The configuration is split by machine role (`cc_common.roles`): each `<role>.toml` holds all
+that role's process reads and nothing else, secrets included; the supervisor's map
+`chaincloud.toml` holds every process's addresses and settings but no secret. Every file is
+created 0600 (never widened and then narrowed), the directories 0700. `write_settings` changes
+a setting everywhere it is held, so a test, the demo or an operator reaches the process that
+reads it.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, Config, load_config, role_path_for
+from cc_common.config_write import write_private
 from cc_common.errors import ConfigError
 from cc_common.in_use import refuse_if_in_use
 from cc_common.network_config import apply_network
 from cc_common.ports import PortPicker
+from cc_common.roles import role_part, without_secrets
 from wallet_core.networks import Network
 
 SOFTHSM_MODULE_CANDIDATES = (
@@ -43,33 +44,6 @@ OPERATOR_NUMBER = "+15550001000"
 TWILIO_FROM_NUMBER = "+15550009999"
 
 
-# Which role holds which secret (section path, key). Everything else is the public map.
-ROLE_SECRETS: Mapping[str, tuple[tuple[str, str], ...]] = {
-    "custody": (
-        ("custody", "secret_key"),
-        ("custody", "database_url"),
-        ("operator", "token"),  # the operator console's (`custody dashboard`)
-        ("hsm_hot", "rpc_secret"),
-        ("twilio", "account_sid"),
-        ("twilio", "auth_token"),
-        ("node", "rpc_user"),
-        ("node", "rpc_password"),
-    ),
-    "hsm-hot": (("hsm_hot", "so_pin"), ("hsm_hot", "user_pin"), ("hsm_hot", "rpc_secret")),
-    "hsm-cold": (("hsm_cold", "so_pin"), ("hsm_cold", "user_pin")),
-    "vdevice": (("vdevice", "vtest_password"), ("vdevice", "merchant_token")),
-    "merchant-site": (
-        ("merchant_site", "vtest_password"),
-        ("merchant_site", "vdevice_token"),
-        ("merchant_site", "database_url"),
-    ),
-    "firmware-sim": (
-        ("firmware_sim.twilio_gateway", "account_sid"),
-        ("firmware_sim.twilio_gateway", "auth_token"),
-        ("firmware_sim.node", "rpc_user"),
-        ("firmware_sim.node", "rpc_password"),
-    ),
-}
 HEADER = "# ChainCloud custody: local deployment written by `custody init`.\n"
 _PICKER = PortPicker()
 
@@ -265,48 +239,6 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def _table(raw: dict[str, Any], dotted: str) -> dict[str, Any]:
-    node = raw
-    for part in dotted.split("."):
-        node = node.get(part, {})
-    return node
-
-
-def split_secrets(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the map without any secret, {role: its secrets as nested tables}); `raw` is emptied
-    of its secrets."""
-    roles: dict[str, dict[str, Any]] = {role: {} for role in ROLES}
-    taken: list[tuple[str, str]] = []
-    for role, keys in ROLE_SECRETS.items():
-        for dotted, key in keys:
-            table = _table(raw, dotted)
-            if key not in table:  # e.g. no simulated node on a real network
-                continue
-            node = roles[role]
-            for part in dotted.split("."):
-                node = node.setdefault(part, {})
-            node[key] = table[key]
-            taken.append((dotted, key))
-    for dotted, key in taken:
-        _table(raw, dotted).pop(key, None)
-    return raw, roles
-
-
-def write_private(path: Path, text: str) -> None:
-    """Create `path` 0600 from the first byte (a new file, then renamed over any old one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def init_deployment(
     data_dir: Path, *, force: bool = False, network: Network = Network.REGTEST
 ) -> Config:
@@ -324,18 +256,19 @@ def init_deployment(
     site = raw["merchant_site"]  # the phone gets its own copy of what it shares with the site
     raw["vdevice"]["vtest_password"] = site["vtest_password"]
     raw["vdevice"]["merchant_token"] = site["vdevice_token"]
-    shared, roles = split_secrets(raw)
     write_private(
         path,
         HEADER
-        + "# The deployment's map: no secret here; each role's are in <role>.toml.\n"
-        + tomli_w.dumps(shared),
+        + "# The supervisor's map of every process: no secret here. Each process reads only\n"
+        + "# its own <role>.toml; change a setting with `custody config set`.\n"
+        + tomli_w.dumps(without_secrets(raw)),
     )
-    for role, secrets_of_role in roles.items():
+    for role in ROLES:
         write_private(
             role_path_for(data_dir, role),
             HEADER
-            + f"# The secrets of the {role} machine alone: keep it there, mode 0600.\n"
-            + tomli_w.dumps(secrets_of_role),
+            + f"# All that the {role} process reads, its secrets included: keep it on that\n"
+            + "# machine alone, mode 0600.\n"
+            + tomli_w.dumps(role_part(raw, role)),
         )
     return load_config(data_dir, environ={}, role=ALL_ROLES)

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.configure:
         merge_config(config.data_dir, DEMO_CONFIG)
-        print(f"demo switches written to {config.data_dir}/chaincloud.toml")
+        print(f"demo switches written to the configuration files in {config.data_dir}")
         return 0
     unknown = set(args.step or ()) - {s.name for s in STEPS}
     if unknown:

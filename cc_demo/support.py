@@ -16,7 +16,6 @@ import json
 import secrets
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-import tomli_w
 from sqlalchemy.orm import Session, sessionmaker
 
-from cc_common.config import CONFIG_FILENAME, Config
+from cc_common.config import Config
+from cc_common.config_write import write_settings
 from cc_common.poll import poll_until
 from custody import supervisor as sv
 from custody.chain.rpc import BitcoinRPC
@@ -104,21 +103,9 @@ def wait_for(
 
 
 def merge_config(data_dir: Path, changes: Mapping[str, Any]) -> None:
-    """Merge nested `changes` into `<data_dir>/chaincloud.toml` (comments at the top kept)."""
-    path = data_dir / CONFIG_FILENAME
-    text = path.read_text(encoding="utf-8")
-    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-
-    def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
-        for key, value in extra.items():
-            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    raw = tomllib.loads(text)
-    merge(raw, changes)
-    path.write_text(header + tomli_w.dumps(raw), encoding="utf-8")  # keeps the file's mode
+    """Merge nested `changes` into every file of `data_dir` that holds them (the map and the
+    role files of the processes that read them)."""
+    write_settings(data_dir, changes)
 
 
 # --------------------------------------------------------------------------- command lines

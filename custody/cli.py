@@ -14,7 +14,7 @@ from cc_common.cli import add_dir_argument, run, set_role
 from cc_common.config import default_data_dir
 from cc_common.deployment import init_deployment
 from cc_common.network_config import runs_simulated_node
-from custody import admin_cli, send_cli, supervisor_cli, webhook_cli, worker
+from custody import admin_cli, config_cli, send_cli, supervisor_cli, webhook_cli, worker
 from custody.operator import cli as operator_cli
 from wallet_core.networks import Network
 
@@ -30,8 +30,14 @@ def cmd_init(args: argparse.Namespace) -> str:
     config = init_deployment(Path(data_dir), force=args.force, network=network)
     note = ""
     if not runs_simulated_node(network):
-        note = f"; set [node] rpc_password (or cookie_file) for your {network.value} node"
-    return f"wrote {config.path} for {network.value} (new secrets and PINs; keep it private){note}"
+        note = (
+            f"; set [node] rpc_password (or cookie_file) for your {network.value} node: "
+            "`custody config set node.rpc_password -`"
+        )
+    return (
+        f"wrote {config.path} (the supervisor's map) and one <role>.toml per machine role in "
+        f"{config.data_dir} for {network.value} (new secrets and PINs; keep them private){note}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_init)
 
     supervisor_cli.register(sub)  # up, status, down
+    config_cli.register(sub)  # config set
     admin_cli.register(sub)  # db, serve, account, token, alerts, journal
     worker.register(sub)  # worker
     webhook_cli.register(sub)  # webhook add/list/remove/deliveries/redeliver

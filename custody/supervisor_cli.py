@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cc_common.cli import add_dir_argument, config_from_args
+from cc_common.cli import add_dir_argument, config_from_args, set_role
 from cc_common.config import Config
 from cc_common.network_config import runs_simulated_node
 from cc_common.ports import busy, configured_listeners
@@ -60,7 +60,7 @@ def check_ports(config: Config, processes: list[str]) -> None:
         if why is not None:
             raise sv.SupervisorError(
                 f"port {listener.port} on {listener.host} for {listener.process} is {why}: "
-                f"change {listener.key} in {config.path}"
+                f"change {listener.key} with `custody config set` (in {config.data_dir})"
             )
 
 
@@ -111,6 +111,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("up", help="start every process of the local deployment and supervise")
     add_dir_argument(p)
     p.add_argument("--quiet", action="store_true", help="do not stream the processes' output")
+    set_role(p, None)  # the map of every process, no secret
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("status", help="show what runs (pid, state, uptime, readiness)")
@@ -123,6 +124,7 @@ def register(sub: Any) -> None:
         help="poll until every process is ready (exit 0) or SECONDS pass (exit 1)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    set_role(p, None)  # the map of every process, no secret
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("down", help="stop the running supervisor and all its processes")
@@ -130,4 +132,5 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait (default: %(default)s)"
     )
+    set_role(p, None)  # the map of every process, no secret
     p.set_defaults(handler=cmd_down)

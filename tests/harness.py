@@ -26,14 +26,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomli_w
-
 from cc_common.config import ALL_ROLES, Config, load_config
+from cc_common.config_write import write_settings
 from cc_common.deployment import init_deployment
 from cc_common.poll import poll_until
 from cc_common.process import read_ready
@@ -66,15 +64,6 @@ def tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 class TestProcess:
@@ -320,11 +309,9 @@ class Deployment:
         return load_config(self.data_dir, environ=self.env, role=ALL_ROLES)
 
     def configure(self, changes: Mapping[str, Any]) -> None:
-        """Merge `changes` (nested tables) into the TOML file."""
-        text = self.config_path.read_text(encoding="utf-8")
-        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-        raw = _deep_merge(tomllib.loads(text), changes)
-        self.config_path.write_text(header + tomli_w.dumps(raw), encoding="utf-8")
+        """Merge `changes` (nested tables) into every file that holds them (the map and the
+        role files of the processes that read them)."""
+        write_settings(self.data_dir, changes)
 
     def set_env(self, section: str, key: str, value: object) -> None:
         """Override `[section] key` for processes started from now on (`CC__SECTION__KEY`)."""

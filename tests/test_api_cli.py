@@ -139,7 +139,7 @@ def write_config(data_dir: Path, sms_url: str, **custody) -> None:
         },
         "hsm_cold": {"numbers": ["+15550000001", "+15550000002"]},
     }
-    (data_dir / "chaincloud.toml").write_text(tomli_w.dumps(raw))
+    (data_dir / "custody.toml").write_text(tomli_w.dumps(raw))  # custody reads its own file
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -219,7 +219,7 @@ def test_serve_runs_gunicorn_and_marks_ready(tmp_path, sms):
     d = tmp_path / "dep"
     write_config(d, sms.url, workers=1)
     upgrade_database(f"sqlite:///{d / 'custody.db'}")
-    port = tomllib.loads((d / "chaincloud.toml").read_text())["custody"]["port"]
+    port = tomllib.loads((d / "custody.toml").read_text())["custody"]["port"]
     ready = d / "run" / "custody-api.ready"
     env = {**os.environ, "CC_DATA_DIR": str(d)}
     proc = subprocess.Popen(

@@ -187,7 +187,7 @@ def test_verify_finds_a_row_changed_behind_the_triggers(
     hsm: SoftwareHsmStandIn,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "chaincloud.toml").write_text(
+    (tmp_path / "custody.toml").write_text(
         tomli_w.dumps(
             {
                 "custody": {

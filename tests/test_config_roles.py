@@ -1,20 +1,62 @@
-"""Secrets per machine role: which secret each role's file holds, and that no other file
-(nor the shared map) holds it; every file 0600 from its creation, every directory 0700; each
-process reads the map and its own role's file only."""
+"""Secrets per machine role: each role's file holds everything its process reads and nothing
+else, no secret of one role is in another's file (nor in the supervisor's map), every file is
+0600 from its creation and every directory 0700, a setting reaches every file that holds it,
+and a process started as a role reads its own file alone: the real firmware-sim, cold HSM,
+hot HSM and custody API run together, each on a data directory holding its own file only."""
 
 from __future__ import annotations
 
+import io
+import re
+import shutil
 import stat
+import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, load_config
-from cc_common.deployment import ROLE_SECRETS, init_deployment
+from cc_common.config_write import write_settings
+from cc_common.deployment import init_deployment
+from cc_common.errors import ConfigError
+from cc_common.roles import ROLE_SECRETS, ROLE_TABLES, SECRET_KEYS
+from custody.cli import main as custody_main
+from custody.hsm_client import HotHsmClient
 
-# What each machine needs, written out (not derived from ROLE_SECRETS, which it checks).
-EXPECTED = {
+# What each machine reads, written out (not derived from cc_common.roles, which it checks):
+# its own tables whole, and of a peer's table only the keys that reach that peer.
+WHOLE = "*"
+EXPECTED_TABLES: dict[str, dict[str, str | set[str]]] = {
+    "custody": {
+        "deployment": WHOLE,
+        "custody": WHOLE,
+        "operator": WHOLE,
+        "node": WHOLE,
+        "twilio": WHOLE,
+        "phones": {"operator"},
+        "hsm_hot": {"rpc_host", "rpc_port", "rpc_secret"},
+        "hsm_cold": {"numbers"},
+    },
+    "hsm-hot": {"deployment": WHOLE, "hsm_hot": WHOLE, "serial": {"hot_port", "baud"}},
+    "hsm-cold": {
+        "deployment": WHOLE,
+        "hsm_cold": WHOLE,
+        "serial": {"cold_port", "baud"},
+        "phones": {"operator"},
+    },
+    "vdevice": {
+        "deployment": WHOLE,
+        "vdevice": WHOLE,
+        "phones": {"owner"},
+        "merchant_site": {"host", "port"},
+    },
+    "merchant-site": {"deployment": WHOLE, "merchant_site": WHOLE, "custody": {"host", "port"}},
+    "firmware-sim": {"deployment": WHOLE, "firmware_sim": WHOLE},
+}
+EXPECTED_SECRETS = {
     "custody": {
         "custody.secret_key",
         "custody.database_url",
@@ -48,7 +90,20 @@ PAIRS = (
 )
 
 
-def _leaves(table: dict, prefix: str = "") -> dict[str, object]:
+# Each package's processes run as this role; the supervisor's code reads the map instead.
+PACKAGE_ROLES = {
+    "custody": "custody",
+    "hsm_hot": "hsm-hot",
+    "hsm_cold": "hsm-cold",
+    "vdevice": "vdevice",
+    "firmware_sim": "firmware-sim",
+    "examples/merchant_site": "merchant-site",
+}
+READS_THE_MAP = ("custody/supervisor/", "custody/supervisor_cli.py")
+SECTION_CALL = re.compile(r"config\.(?:has_)?section\(\s*\"([a-z_]+)[a-z_.]*\"")
+
+
+def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
@@ -59,65 +114,218 @@ def _leaves(table: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _read(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def _only(data_dir: Path, role: str) -> None:
+    """Leave `role`'s file alone in `data_dir`: as on that role's own machine."""
+    for path in [data_dir / CONFIG_FILENAME, *(data_dir / f"{r}.toml" for r in ROLES)]:
+        if path.name != f"{role}.toml":
+            path.unlink()
+
+
 @pytest.fixture
-def deployment(tmp_path: Path) -> Path:
+def deployment_dir(tmp_path: Path) -> Path:
     init_deployment(tmp_path / "d")
     return tmp_path / "d"
 
 
-def test_each_role_file_holds_exactly_its_secrets(deployment: Path) -> None:
-    assert {r: {f"{s}.{k}" for s, k in keys} for r, keys in ROLE_SECRETS.items()} == EXPECTED
-    files = {r: _leaves(tomllib.loads((deployment / f"{r}.toml").read_text())) for r in ROLES}
-    shared_map = (deployment / CONFIG_FILENAME).read_text()
-    holders: dict[str, set[str]] = {}
-    for role, leaves in files.items():
-        assert set(leaves) == EXPECTED[role], role
-        for value in leaves.values():
-            holders.setdefault(str(value), set()).add(role)
-    for value, roles in holders.items():
-        assert value not in shared_map
-        assert len(roles) == 1 or roles in PAIRS, roles
+def test_each_role_file_holds_what_its_process_reads_and_nothing_else(
+    deployment_dir: Path,
+) -> None:
+    everything = _read(deployment_dir / CONFIG_FILENAME)
+    for role in ROLES:
+        held = _read(deployment_dir / f"{role}.toml")
+        assert set(held) == set(EXPECTED_TABLES[role]), role
+        for table, keys in EXPECTED_TABLES[role].items():
+            if keys == WHOLE:  # the whole table: every key the map has, secrets besides
+                assert set(everything[table]) <= set(held[table]), (role, table)
+            else:
+                assert set(held[table]) == keys, (role, table)
 
 
-def test_modes_from_the_start(deployment: Path) -> None:
-    for path in [deployment / CONFIG_FILENAME, *(deployment / f"{r}.toml" for r in ROLES)]:
+def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
+    """A table read by a package but missing from its role's file would reach no process:
+    `config.section("...")` in the code against `cc_common.roles.ROLE_TABLES`."""
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for package, role in PACKAGE_ROLES.items():
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith(READS_THE_MAP):
+                continue
+            for table in SECTION_CALL.findall(path.read_text()):
+                if table not in ROLE_TABLES[role]:
+                    missing.append(f"{rel} reads [{table}], not in {role}'s file")
+    assert not missing, "\n".join(missing)
+
+
+def test_every_table_of_the_map_is_some_roles(deployment_dir: Path) -> None:
+    """A table `custody init` writes that no role holds would reach no process."""
+    held = {t for role in ROLES for t in _read(deployment_dir / f"{role}.toml")}
+    assert set(_read(deployment_dir / CONFIG_FILENAME)) == held
+
+
+def test_each_secret_is_in_its_roles_files_only(deployment_dir: Path) -> None:
+    assert {r: {f"{s}.{k}" for s, k in keys} for r, keys in ROLE_SECRETS.items()} == (
+        EXPECTED_SECRETS
+    )
+    texts = {r: (deployment_dir / f"{r}.toml").read_text() for r in ROLES}
+    shared_map = (deployment_dir / CONFIG_FILENAME).read_text()
+    for role in ROLES:
+        leaves = _leaves(tomllib.loads(texts[role]))
+        secrets = {k for k in leaves if tuple(k.rsplit(".", 1)) in SECRET_KEYS}
+        assert secrets == EXPECTED_SECRETS[role], role
+        for name in secrets:
+            value = str(leaves[name])
+            assert value not in shared_map, name
+            holders = {r for r, text in texts.items() if value in text}
+            assert holders == {role} or holders in PAIRS, (name, holders)
+
+
+def test_modes_from_the_start(deployment_dir: Path) -> None:
+    for path in [deployment_dir / CONFIG_FILENAME, *deployment_dir.glob("*.toml")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    for sub in (deployment, *(p for p in deployment.iterdir() if p.is_dir())):
+    for sub in (deployment_dir, *(p for p in deployment_dir.iterdir() if p.is_dir())):
         assert stat.S_IMODE(sub.stat().st_mode) == 0o700, sub
-    assert not list(deployment.glob(".*.tmp"))
+    assert not list(deployment_dir.glob(".*.tmp"))
 
 
-def test_a_process_reads_the_map_and_its_own_secrets_only(deployment: Path) -> None:
-    cold = load_config(deployment, environ={}, role="hsm-cold")
+def test_a_role_reads_its_own_file_alone(deployment_dir: Path) -> None:
+    cold = load_config(deployment_dir, environ={}, role="hsm-cold")
+    assert cold.path == deployment_dir / "hsm-cold.toml"
     assert cold.section("hsm_cold").secret("user_pin")
-    assert not cold.section("hsm_hot").has("user_pin")
-    assert not cold.section("merchant_site").has("vtest_password")
-    assert not cold.section("custody").has("secret_key")
-    phone = load_config(deployment, environ={}, role="vdevice")
-    everyone = load_config(deployment, environ={}, role=ALL_ROLES)
-    assert phone.section("vdevice").secret("vtest_password") == everyone.section(
-        "merchant_site"
-    ).secret("vtest_password")
+    for table in ("hsm_hot", "merchant_site", "custody", "vdevice", "firmware_sim"):
+        assert not cold.has_section(table), table
+    phone = load_config(deployment_dir, environ={}, role="vdevice")
+    everyone = load_config(deployment_dir, environ={}, role=ALL_ROLES)
+    site_password = everyone.section("merchant_site").secret("vtest_password")
+    assert phone.section("vdevice").secret("vtest_password") == site_password
     assert not phone.section("merchant_site").has("vtest_password")
-    hot = load_config(deployment, environ={}, role="hsm-hot")
+    hot = load_config(deployment_dir, environ={}, role="hsm-hot")
     assert hot.section("hsm_hot").secret("rpc_secret") == everyone.section("hsm_hot").secret(
         "rpc_secret"
     )
-    assert not hot.section("hsm_cold").has("so_pin")
-    nobody = load_config(deployment, environ={})
-    assert not nobody.section("hsm_cold").has("user_pin")
+    assert not hot.has_section("hsm_cold")
+    assert not load_config(deployment_dir, environ={}).section("hsm_cold").has("user_pin")
+    _only(deployment_dir, "hsm-cold")
+    assert load_config(deployment_dir, environ={}, role="hsm-cold").raw == cold.raw
+    with pytest.raises(ConfigError, match=r"custody\.toml \(the custody machine's own file\)"):
+        load_config(deployment_dir, environ={}, role="custody")
 
 
-def test_env_overrides_still_win(deployment: Path) -> None:
+def test_env_overrides_still_win(deployment_dir: Path) -> None:
     cfg = load_config(
-        deployment, environ={"CC__HSM_COLD__USER_PIN": "from-the-env-123"}, role="hsm-cold"
+        deployment_dir, environ={"CC__HSM_COLD__USER_PIN": "from-the-env-123"}, role="hsm-cold"
     )
     assert cfg.section("hsm_cold").secret("user_pin") == "from-the-env-123"
 
 
-def test_a_key_in_the_map_wins_over_the_role_file(deployment: Path) -> None:
-    path = deployment / CONFIG_FILENAME
-    text = path.read_text().replace("[vdevice]\n", '[vdevice]\nvtest_password = "set-by-hand-1"\n')
-    path.write_text(text)
-    cfg = load_config(deployment, environ={}, role="vdevice")
-    assert cfg.section("vdevice").secret("vtest_password") == "set-by-hand-1"
+def test_a_setting_reaches_every_file_that_holds_it_and_no_other(deployment_dir: Path) -> None:
+    before = {p.name: p.read_text() for p in deployment_dir.glob("*.toml")}
+    written = write_settings(
+        deployment_dir,
+        {"hsm_hot": {"rpc_port": 20999, "max_send_sat": 7, "user_pin": "new-user-pin-1"}},
+    )
+    assert sorted(p.name for p in written) == [CONFIG_FILENAME, "custody.toml", "hsm-hot.toml"]
+    hot, custody = (_read(deployment_dir / f"{r}.toml")["hsm_hot"] for r in ("hsm-hot", "custody"))
+    assert (hot["rpc_port"], hot["max_send_sat"], hot["user_pin"]) == (20999, 7, "new-user-pin-1")
+    assert custody["rpc_port"] == 20999 and "max_send_sat" not in custody
+    assert "user_pin" not in custody
+    shared = _read(deployment_dir / CONFIG_FILENAME)["hsm_hot"]
+    assert shared["rpc_port"] == 20999 and "user_pin" not in shared  # no secret in the map
+    for name, text in before.items():
+        path = deployment_dir / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        if path not in written:
+            assert path.read_text() == text, name
+        else:
+            assert path.read_text().startswith("# ChainCloud"), "the header is kept"
+    with pytest.raises(ConfigError, match=r"no process reads \[nowhere\]"):
+        write_settings(deployment_dir, {"nowhere": {"x": 1}})
+    # a key edited in the map alone reaches no process: each reads its own file
+    path = deployment_dir / CONFIG_FILENAME
+    path.write_text(path.read_text().replace("max_send_sat = 7", "max_send_sat = 8"))
+    hot_view = load_config(deployment_dir, environ={}, role="hsm-hot").section("hsm_hot")
+    assert hot_view.int("max_send_sat") == 7
+
+
+def test_custody_config_set(
+    deployment_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = str(deployment_dir)
+    assert custody_main(["config", "set", "merchant_site.port", "20777", "--dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "[merchant_site] port written to" in out and "vdevice.toml" in out
+    for role in ("vdevice", "merchant-site"):
+        assert _read(deployment_dir / f"{role}.toml")["merchant_site"]["port"] == 20777
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-new-password-1\n"))
+    assert custody_main(["config", "set", "node.rpc_password", "-", "--dir", d]) == 0
+    assert "a-new-password-1" not in capsys.readouterr().out
+    assert _read(deployment_dir / "custody.toml")["node"]["rpc_password"] == "a-new-password-1"
+    assert "a-new-password-1" not in (deployment_dir / CONFIG_FILENAME).read_text()
+    before = {p.name: p.read_text() for p in deployment_dir.glob("*.toml")}
+    assert custody_main(["config", "set", "hsm_hot.max_send_sat", "lots", "--dir", d]) == 2
+    assert "must be an integer, got 'lots'" in capsys.readouterr().err
+    assert custody_main(["config", "set", "max_send_sat", "1", "--dir", d]) == 2
+    assert "must look like section.key" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in deployment_dir.glob("*.toml")} == before
+
+
+CUSTODY = (sys.executable, "-m", "custody.cli")
+
+
+def _machine(deployment: Any, name: str, role: str, source: Path, **env: str) -> Any:
+    """A data directory holding `role`'s file from `source` and nothing else, as that role's
+    own machine would (paths in it are relative to it; `env`: what differs on that machine)."""
+    d = deployment(name, env=env)
+    _only(d.data_dir, role)
+    shutil.copy2(source / f"{role}.toml", d.data_dir / f"{role}.toml")
+    return d
+
+
+@pytest.mark.slow  # four real processes and two HSM inits: ~10 s
+def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path: Path) -> None:
+    """The simulated world, the cold HSM, the hot HSM and the custody API, each in its own
+    directory with its own file only, work together: custody reaches the hot HSM, which
+    reaches the cold HSM over the serial line."""
+    source = tmp_path / "init"
+    init_deployment(source)
+    sim = _machine(deployment, "sim", "firmware-sim", source)
+    sim.start_cli("firmware-sim", "firmware_sim.cli", "serve", wait=False)
+    cold = _machine(
+        deployment, "cold", "hsm-cold", source, CC__SERIAL__COLD_PORT=f"{sim.dev_dir}/serial-cold"
+    )
+    hot = _machine(
+        deployment, "hot", "hsm-hot", source, CC__SERIAL__HOT_PORT=f"{sim.dev_dir}/serial-hot"
+    )
+    api = _machine(
+        deployment,
+        "api",
+        "custody",
+        source,
+        CC__CUSTODY__DATABASE_URL=f"sqlite:///{tmp_path / 'api' / 'custody.db'}",
+    )
+    upgrade = api.start("db-upgrade", [*CUSTODY, "db", "upgrade", "--dir", str(api.data_dir)])
+    cold.cli("init", "--dir", str(cold.data_dir), module="hsm_cold.cli")
+    # the officer carries the pairing file from the cold HSM to the hot HSM
+    shutil.move(cold.data_dir / "hsm-cold/pairing.bin", hot.data_dir / "hsm-cold/pairing.bin")
+    hot.cli("init", "--dir", str(hot.data_dir), module="hsm_hot.cli")
+    assert upgrade.wait_exit(60) == 0
+    sim.processes[0].wait_ready()
+    serving = [
+        cold.start_cli("hsm-cold", "hsm_cold.cli", "serve", wait=False),
+        hot.start_cli("hsm-hot", "hsm_hot.cli", "serve", wait=False),
+        api.start_cli("custody-api", "custody.cli", "serve", wait=False),
+    ]
+    for process in serving:
+        process.wait_ready()
+
+    custody = load_config(api.data_dir, environ=api.env, role="custody")
+    assert HotHsmClient.from_config(custody).health()["cold_reachable"] is True
+    port = custody.section("custody").int("port")
+    r = requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=30)
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    for d, role in ((sim, "firmware-sim"), (cold, "hsm-cold"), (hot, "hsm-hot"), (api, "custody")):
+        assert [p.name for p in d.data_dir.glob("*.toml")] == [f"{role}.toml"]

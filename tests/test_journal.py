@@ -110,7 +110,7 @@ def test_concurrent_appends_keep_one_chain(session_factory):
 
 @pytest.mark.parametrize("damage", ["edit", "delete", "reorder", "none"])
 def test_cli_journal_verify(tmp_path: Path, db_url: str, session_factory, damage, capsys):
-    (tmp_path / "chaincloud.toml").write_text(
+    (tmp_path / "custody.toml").write_text(
         tomli_w.dumps(
             {
                 "custody": {

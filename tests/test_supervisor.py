@@ -293,6 +293,6 @@ def test_init_picks_ports_below_the_ephemeral_range_and_up_names_a_taken_one(
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"error: port {port} on 127.0.0.1 for custody-api is already in use: "
-        f"change [custody] port in {d.config_path}"
+        f"change [custody] port with `custody config set` (in {d.data_dir})"
     ]
     assert out.stdout == "" and not d.leftover_processes()

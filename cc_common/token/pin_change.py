@@ -20,7 +20,7 @@ from typing import Any
 import tomli_w
 
 from cc_common.cli import add_dir_argument, config_from_args
-from cc_common.config import Config, role_path_for
+from cc_common.config import Config, config_path_for, role_path_for
 from cc_common.token import errors
 from cc_common.token.library import load_module
 from cc_common.token.pin_guard import PinGuard
@@ -89,14 +89,16 @@ def write_pins(config_file: Path, section: str, pins: NewPins) -> None:
 
 def pin_files(config: Config, section: str) -> list[Path]:
     """The files that hold `[section]`'s PINs: the HSM's role file (`hsm-cold.toml`), and the
-    map too if a PIN was written there by hand (it would win when read)."""
+    map too if a PIN was written there by hand (the demo and the tests read it first)."""
     role_file = role_path_for(config.data_dir, section.replace("_", "-"))
     files = [role_file] if role_file.is_file() else []
-    table: Any = tomllib.loads(config.path.read_text(encoding="utf-8"))
-    for part in section.split("."):
-        table = table.get(part, {}) if isinstance(table, dict) else {}
-    if "user_pin" in table or "so_pin" in table or not files:
-        files.append(config.path)
+    map_file = config_path_for(config.data_dir)
+    if map_file.is_file():
+        table: Any = tomllib.loads(map_file.read_text(encoding="utf-8"))
+        for part in section.split("."):
+            table = table.get(part, {}) if isinstance(table, dict) else {}
+        if "user_pin" in table or "so_pin" in table or not files:
+            files.append(map_file)
     return files
 
 
