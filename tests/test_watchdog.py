@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from flask import Flask
 
 from cc_common.watchdog import Watchdog
 from custody.api import timing
@@ -94,7 +95,6 @@ def test_all_threads_busy_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_the_api_watches_its_requests_with_the_callers_deadline() -> None:
-    from flask import Flask
 
     app = Flask("t")
     seen: dict[str, float] = {}
