@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 STACK_FRAMES = 30  # innermost frames shown per stuck thread
 SATURATED_AFTER = 5.0  # seconds every request thread is busy before it is logged
+_STDLIB = sysconfig.get_paths()["stdlib"]
 
 
 @dataclass
@@ -40,13 +42,27 @@ class _Request:
         return not self.reported and now - self.started > self.deadline
 
 
+def _short(path: str) -> str:
+    """A source path without its install prefix: `requests/utils.py`, `threading.py`."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    for prefix in (os.getcwd(), _STDLIB):
+        if path.startswith(prefix + os.sep):
+            return path[len(prefix) + 1 :]
+    return path
+
+
 def thread_stack(thread_id: int, frames: int = STACK_FRAMES) -> str:
-    """The current Python stack of thread `thread_id`, innermost last, indented."""
+    """The current Python stack of thread `thread_id` on one line, outermost first, each frame
+    `file:line function`, and the source line the innermost one is at."""
     frame = sys._current_frames().get(thread_id)
     if frame is None:
-        return "    (the thread has no Python frame)"
-    lines = traceback.format_stack(frame)[-frames:]
-    return "".join(lines).rstrip("\n")
+        return "(the thread has no Python frame)"
+    summary = traceback.extract_stack(frame)[-frames:]
+    where = " > ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in summary)
+    innermost = next((f.line for f in reversed(summary) if f.line), "")
+    return f"{where} | {innermost}" if innermost else where
 
 
 class Watchdog:
@@ -133,12 +149,13 @@ class Watchdog:
             others = len(in_flight) - 1
             self.log.warning(
                 "watchdog: %s still running after %.1fs (deadline %.1fs), %d other request(s) "
-                "in flight; thread %s is at:\n%s",
+                "in flight; thread %s of pid %d is at: %s",
                 r.what,
                 now - r.started,
                 r.deadline,
                 others,
                 r.thread_name,
+                os.getpid(),
                 thread_stack(r.thread_id),
             )
         self._check_saturation(now, in_flight)
