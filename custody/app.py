@@ -29,7 +29,13 @@ from custody.api import (
     txs,
     user,
 )
-from custody.db import database_url, make_engine, make_session_factory
+from custody.db import (
+    DB_WAIT_TIMEOUT,
+    database_url,
+    make_engine,
+    make_session_factory,
+    postgres_lock_timeout,
+)
 from custody.extensions import (
     CONFIG_KEY,
     SETTINGS_KEY,
@@ -54,7 +60,14 @@ def api_engine(url: str, **kw: Any) -> Engine:
     real_url = engine.url
     engine.dispose()
     return create_engine(
-        real_url, pool_size=10, max_overflow=10, pool_pre_ping=False, pool_recycle=600, **kw
+        real_url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=False,
+        pool_recycle=600,
+        pool_timeout=DB_WAIT_TIMEOUT,
+        connect_args=postgres_lock_timeout(),
+        **kw,
     )
 
 
