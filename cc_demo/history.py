@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 from cc_common.config import Config
 from cc_common.process import read_ready
@@ -25,12 +26,13 @@ PAYMENTS_PER_ROUND = 2
 REFILL_BLOCKS = 101  # a faucet refill: a coinbase and the 100 blocks that make it spendable
 
 
-def make_history(config: Config, blocks: int) -> str:
+def make_history(config: Config, blocks: int, env: Mapping[str, str] | None = None) -> str:
     """Mine the node of `config` up to `blocks` blocks with unrelated payments in them;
-    returns one line saying what the chain holds. The node must not be running."""
+    returns one line saying what the chain holds. The node must not be running; `env` is
+    the environment it runs in (this process's by default)."""
     if read_ready(config.run_dir, "node") is not None:
         raise StepFailed("the node is running: stop the deployment first (`custody down`)")
-    env = {**os.environ, "CC_DATA_DIR": str(config.data_dir)}
+    env = {**(os.environ if env is None else env), "CC_DATA_DIR": str(config.data_dir)}
     argv = [sys.executable, "-m", "firmware_sim.cli", "node", "--dir", str(config.data_dir)]
     log = config.log_dir / "history-node.out"
     config.log_dir.mkdir(parents=True, exist_ok=True)
