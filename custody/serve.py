@@ -6,13 +6,13 @@ on its socket) names the right process; it is removed when the master exits. The
 refuses to start with a placeholder `[custody] secret_key`.
 
 The readiness probe is the one thread of the arbiter, and the arbiter forks the workers: a
-fork copies every lock as it is and none of the other threads, so a lock the probe held at
-that instant stays taken forever in the worker. It did: the probe's first `requests.get`
-imports `netrc` (requests looks for credentials on every request), a worker forked during
-that import inherited the module's import lock held by a thread it does not have, and every
-later hot HSM call in that worker waited on `from netrc import ...` forever, before any
-timeout applies, without a log line. So the probe waits until the workers are forked, and
-speaks HTTP on a bare socket: no import, no library lock.
+fork copies every lock as it is and none of the other threads, so a lock the probe holds at
+that instant stays taken forever in the worker. With `requests`, the probe's first call
+imports `netrc` (requests looks for credentials on every request): a worker forked during
+that import inherits the module's import lock held by a thread it does not have, and every
+hot HSM call of that worker then waits on `from netrc import ...` forever, before any
+timeout applies, without a log line (tests/test_api_fork.py). So the probe waits until the
+workers are forked, and speaks HTTP on a bare socket: no import, no library lock.
 """
 
 from __future__ import annotations

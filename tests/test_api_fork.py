@@ -1,11 +1,11 @@
 """The custody API's gunicorn workers are forked with no lock half-taken (custody/serve.py).
 
-The stall of issue 11 item 8: the arbiter's readiness probe imported `netrc` (requests does
-on every request) while the arbiter forked its workers; a worker forked during that import
-kept the module's import lock taken by a thread it does not have, and each of its requests
-that called the hot HSM waited on `from netrc import ...` forever, with no log line. Here
-that import is made slow in the API's processes (as a loaded machine makes it), so a fork
-during it is certain: every request must still be answered within its deadline.
+A readiness probe that imports `netrc` (requests does on every request) while the arbiter
+forks its workers leaves a worker forked during that import with the module's import lock
+taken by a thread it does not have: each of its requests that calls the hot HSM then waits
+on `from netrc import ...` forever, with no log line (a merchant site's batch fetch timing
+out in one demo run of ten under load). Here that import is made slow in the API's
+processes, so a fork during it is certain: every request must still be answered in time.
 """
 
 from __future__ import annotations
