@@ -15,6 +15,7 @@ from cc_common.cli import add_dir_argument, render_table
 from cc_common.config import ALL_ROLES, Config, default_data_dir, load_config
 from cc_common.errors import CustodyError
 from cc_demo import scenario
+from cc_demo.history import make_history
 from cc_demo.scenario import (
     Context,
     Outcome,
@@ -47,6 +48,8 @@ from cc_demo.support import DEMO_CONFIG, StepFailed, StepSkipped, merge_config
 from custody import supervisor as sv
 
 __all__ = ["STEPS", "Context", "main", "run_steps"]
+
+MAX_HISTORY = 100_000  # blocks `--history` mines at most
 
 STEPS: tuple[Step, ...] = (
     Step("status", step_status),
@@ -121,6 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write the demo's switches into the configuration (before `custody up`) and exit",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        metavar="BLOCKS",
+        help="before `custody up`: give the deployment's node this many blocks of history, "
+        "with unrelated payments in them, and exit (the node must not be running)",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.dir or default_data_dir(), role=ALL_ROLES)  # every officer
@@ -130,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.configure:
         merge_config(config.data_dir, DEMO_CONFIG)
         print(f"demo switches written to the configuration files in {config.data_dir}")
+        return 0
+    if args.history is not None:
+        if not 0 < args.history <= MAX_HISTORY:
+            print(f"error: --history must be between 1 and {MAX_HISTORY}", file=sys.stderr)
+            return 2
+        try:
+            print(make_history(config, args.history))
+        except (StepFailed, CustodyError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     unknown = set(args.step or ()) - {s.name for s in STEPS}
     if unknown:

@@ -44,6 +44,7 @@ from wallet_core.wallets import KeyOrigin
 T = TypeVar("T")
 
 SAT_PER_BTC = 100_000_000
+Coin = tuple[str, int, int]  # (txid, vout, sat)
 POLL = 0.2
 HTTP_TIMEOUT = 15.0
 CLI_TIMEOUT = 120.0
@@ -219,10 +220,13 @@ class Faucet:
     """A demo wallet with one key: mines coinbase to itself and pays like any other wallet.
 
     Its payments are ordinary signed P2WPKH transactions (wallet_core's PSBT), so a deposit
-    shows in the mempool before it is mined, as a real one would.
+    shows in the mempool before it is mined, as a real one would. It assumes nothing about
+    the chain: on a node with history the block subsidy has halved (every 150 blocks on
+    regtest), so it mines as many coinbases as a payment needs and spends several coins.
     """
 
     FEE = 5_000
+    MAX_REFILL_BLOCKS = 1_000  # coinbases mined for one payment at most (subsidy near zero)
 
     def __init__(self, rpc: Any, network: Network) -> None:
 
@@ -231,52 +235,69 @@ class Faucet:
         self._priv = secrets.token_bytes(32)
         self.pub = secp.pubkey_from_privkey(self._priv)
         self.address = p2wpkh_address(self.pub, network)
-        self._coins: list[tuple[str, int, int]] = []  # (txid, vout, sat), mature
-        self._spent: dict[str, tuple[tuple[str, int, int], tuple[str, int, int]]] = {}
+        self._coins: list[Coin] = []  # spendable (mature coinbase, or our own change)
+        self._spent: dict[str, tuple[list[Coin], Coin]] = {}
 
-    def _refill(self) -> None:
-        """Mine to the faucet, then 100 blocks on top, so its coinbase is spendable."""
-        hashes = self.rpc.generate_to_address(1, self.address)
+    def _refill(self, need: int) -> None:
+        """Mine coinbases to the faucet until they hold `need` sat, then 100 blocks on top,
+        so they are spendable."""
+        got = 0
+        for _ in range(self.MAX_REFILL_BLOCKS):
+            (block_hash,) = self.rpc.generate_to_address(1, self.address)
+            coinbase = self.rpc.get_block(block_hash, 2)["tx"][0]
+            sat = int(Decimal(str(coinbase["vout"][0]["value"])) * SAT_PER_BTC)
+            self._coins.append((coinbase["txid"], 0, sat))
+            got += sat
+            if got >= need:
+                break
         self.rpc.generate_to_address(100, random_address(self.network))
-        coinbase = self.rpc.get_block(hashes[0], 2)["tx"][0]
-        sat = int(Decimal(str(coinbase["vout"][0]["value"])) * SAT_PER_BTC)
-        self._coins.append((coinbase["txid"], 0, sat))
+
+    def _take(self, need: int) -> list[Coin]:
+        """Coins worth at least `need` sat (largest first), mining more if short."""
+        have = sum(c[2] for c in self._coins)
+        if have < need:
+            self._refill(need - have)
+        self._coins.sort(key=lambda c: c[2], reverse=True)
+        taken: list[Coin] = []
+        while sum(c[2] for c in taken) < need:
+            if not self._coins:
+                raise StepFailed(f"the faucet cannot gather {btc(need)}")
+            taken.append(self._coins.pop(0))
+        return taken
 
     def pay(self, payments: list[tuple[str, int]]) -> str:
         """Broadcast one transaction paying `payments` (address, sat); change to itself.
 
         It signals BIP125, so `replace` can take its place while it is unconfirmed.
         """
-        total = sum(v for _, v in payments)
-        if not self._coins or self._coins[0][2] < total + self.FEE:
-            self._refill()
-        coin = self._coins.pop(0)
-        sent, change = self._spend(coin, payments, self.FEE)
+        coins = self._take(sum(v for _, v in payments) + self.FEE)
+        sent, change = self._spend(coins, payments, self.FEE)
         self._coins.append(change)  # spendable once mined
-        self._spent[sent] = (coin, change)
+        self._spent[sent] = (coins, change)
         return sent
 
     def replace(self, txid: str, payments: list[tuple[str, int]], fee: int) -> str:
         """A BIP125 replacement of our unconfirmed `txid`, paying `payments` instead."""
-        coin, old_change = self._spent.pop(txid)
-        sent, change = self._spend(coin, payments, fee)
+        coins, old_change = self._spent.pop(txid)
+        sent, change = self._spend(coins, payments, fee)
         self._coins[self._coins.index(old_change)] = change
-        self._spent[sent] = (coin, change)
+        self._spent[sent] = (coins, change)
         return sent
 
     def _spend(
-        self, coin: tuple[str, int, int], payments: list[tuple[str, int]], fee: int
-    ) -> tuple[str, tuple[str, int, int]]:
-        txid, vout, value = coin
+        self, coins: list[Coin], payments: list[tuple[str, int]], fee: int
+    ) -> tuple[str, Coin]:
+        value = sum(c[2] for c in coins)
         total = sum(v for _, v in payments)
         spk = address_to_script(self.address, self.network)
         outputs = [PsbtOutput(address_to_script(a, self.network), v) for a, v in payments]
         change = value - total - fee
         if change < 0:
-            raise StepFailed(f"the faucet's coin of {btc(value)} cannot pay {btc(total)}")
+            raise StepFailed(f"the faucet's coins of {btc(value)} cannot pay {btc(total)}")
         outputs.append(PsbtOutput(spk, change))
+        origin = {self.pub: KeyOrigin(b"\0" * 4, ())}
         psbt = Psbt.create(
-            [PsbtInput(txid, vout, value, spk, origins={self.pub: KeyOrigin(b"\0" * 4, ())})],
+            [PsbtInput(txid, vout, sat, spk, origins=origin) for txid, vout, sat in coins],
             outputs,
         )
         psbt.sign(lambda digest: signatures.sign_digest(self._priv, digest), self.pub)

@@ -29,7 +29,13 @@ from custody.api import (
     txs,
     user,
 )
-from custody.db import database_url, make_engine, make_session_factory
+from custody.db import (
+    DB_WAIT_TIMEOUT,
+    database_url,
+    make_engine,
+    make_session_factory,
+    postgres_lock_timeout,
+)
 from custody.extensions import (
     CONFIG_KEY,
     SETTINGS_KEY,
@@ -54,7 +60,14 @@ def api_engine(url: str, **kw: Any) -> Engine:
     real_url = engine.url
     engine.dispose()
     return create_engine(
-        real_url, pool_size=10, max_overflow=10, pool_pre_ping=False, pool_recycle=600, **kw
+        real_url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=False,
+        pool_recycle=600,
+        pool_timeout=DB_WAIT_TIMEOUT,
+        connect_args=postgres_lock_timeout(),
+        **kw,
     )
 
 
@@ -109,6 +122,7 @@ def create_app(
     for module in (time, user, addresses, txs, events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
+    timing.set_capacity(config.section("custody").int("threads", 4))
     app.before_request(timing.start)
     app.after_request(timing.finish)
     app.teardown_request(timing.teardown)

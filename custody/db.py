@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
@@ -28,6 +29,10 @@ from custody.errors import DatabaseUnavailable
 # outliving its caller. The watcher does not hold the lock across node calls, so a healthy
 # wait is milliseconds.
 SQLITE_BUSY_TIMEOUT = 5.0
+# The same bound on the request path's other waits for the database: a connection from the
+# pool (SQLAlchemy's default waits 30 s, longer than any caller) and, on PostgreSQL, a row
+# lock (`lock_timeout`; unbounded by default). Each ends in `is_busy`: a logged 503.
+DB_WAIT_TIMEOUT = SQLITE_BUSY_TIMEOUT
 
 
 def database_url(config: Config) -> str:
@@ -66,7 +71,9 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+            pool_timeout=DB_WAIT_TIMEOUT,
         )
 
         @event.listens_for(engine, "connect")
@@ -78,7 +85,18 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=DB_WAIT_TIMEOUT,
+    )
+
+
+def postgres_lock_timeout() -> dict[str, Any]:
+    """`connect_args` bounding a PostgreSQL row-lock wait to `DB_WAIT_TIMEOUT` (the API's)."""
+    return {"options": f"-c lock_timeout={int(DB_WAIT_TIMEOUT * 1000)}"}
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -93,9 +111,14 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """Whether `exc` is SQLite's `database is locked`: the write lock stayed taken for the
-    whole busy timeout."""
-    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+    """Whether `exc` is a wait for the database that ran out: SQLite's `database is locked`
+    (the write lock stayed taken for the whole busy timeout), no pooled connection free in
+    time, or PostgreSQL's `lock_timeout` (SQLSTATE 55P03)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    return "database is locked" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
 def is_postgres(session: Session) -> bool:

@@ -162,7 +162,8 @@ class DatabaseUnavailable(ApiError):
 
 
 class DatabaseBusy(ApiError):
-    """The database's write lock was not free in time; nothing was written, retry later.
+    """The database's write lock, a row lock or a pooled connection was not free in time;
+    nothing was written, retry later.
 
     Answered well within the caller's deadline (another writer held the lock), instead of a
     request that outlives its caller without a word in any log."""

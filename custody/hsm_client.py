@@ -96,6 +96,9 @@ class HotHsmClient:
         self._headers = {"Authorization": f"Bearer {secret}"}
         self.timeout = timeout
         self._http = requests.Session()
+        # Straight to the configured address: no proxy or ~/.netrc from the environment may
+        # see a call that carries the RPC secret (and no per-call netrc lookup, see serve.py).
+        self._http.trust_env = False
 
     @classmethod
     def from_config(

@@ -4,18 +4,27 @@ Running the arbiter in-process keeps the pid the supervisor started as the maste
 readiness file `run/custody-api.ready` (written by the `when_ready` hook once the app answers
 on its socket) names the right process; it is removed when the master exits. The service
 refuses to start with a placeholder `[custody] secret_key`.
+
+The readiness probe is the one thread of the arbiter, and the arbiter forks the workers: a
+fork copies every lock as it is and none of the other threads, so a lock the probe holds at
+that instant stays taken forever in the worker. With `requests`, the probe's first call
+imports `netrc` (requests looks for credentials on every request): a worker forked during
+that import inherits the module's import lock held by a thread it does not have, and every
+hot HSM call of that worker then waits on `from netrc import ...` forever, before any
+timeout applies, without a log line (tests/test_api_fork.py). So the probe waits until the
+workers are forked, and speaks HTTP on a bare socket: no import, no library lock.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import requests
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
@@ -60,15 +69,34 @@ class CustodyApplication(BaseApplication):
         return self.factory(self.cc_config)
 
 
+def _answers_200(host: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """Whether `GET path` on host:port answers HTTP 200: a bare socket, so the probe takes no
+    lock and imports nothing a forked worker could inherit half-taken (module doc)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
+            head = b""
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    return head.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 "))
+
+
+def _workers_forked(server: Any, end: float) -> None:
+    """Wait (until `end`) for the arbiter to have forked all its workers."""
+    while time.monotonic() < end and len(server.WORKERS) < server.num_workers:
+        time.sleep(0.05)
+
+
 def _wait_answering(host: str, port: int, deadline: float, probe: str = READY_PROBE) -> bool:
-    url = f"http://{host}:{port}{probe}"
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
+        if _answers_200(host, port, probe):
+            return True
         time.sleep(0.05)
     return False
 
@@ -106,6 +134,7 @@ def listener_options(
 
     def when_ready(server: Any) -> None:
         def wait() -> None:
+            _workers_forked(server, time.monotonic() + READY_DEADLINE)
             if _wait_answering(host, port, READY_DEADLINE, probe):
                 mark_ready(run_dir, name, url=url)
                 log.info("%s ready on %s:%d", name, host, port)

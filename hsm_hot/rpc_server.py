@@ -18,6 +18,7 @@ from typing import Any
 
 from cc_common.errors import CustodyError
 from cc_common.hops import DEADLINE_HEADER, caller_deadline, parse_deadline, timed
+from cc_common.watchdog import Watchdog
 from hsm_hot.errors import BadRequest, HotHsmError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024
 DEFAULT_DEADLINE = 60.0  # for the slow-call log when the caller did not say
 Dispatch = Callable[[str, Mapping[str, Any]], Any]
+# A call still running past its caller's deadline is logged with its thread's stack.
+WATCHDOG = Watchdog(log)
 
 
 class _Server(ThreadingHTTPServer):
@@ -77,6 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with (
                 caller_deadline(waits),
+                WATCHDOG.watch(f"rpc {method[:40]}", waits or DEFAULT_DEADLINE),
                 timed(log, "rpc", method, waits or DEFAULT_DEADLINE, answers=(CustodyError,)),
             ):
                 result = self.server.dispatch(method, params)

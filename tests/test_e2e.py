@@ -4,8 +4,11 @@ Every part runs as its own OS process under `custody up` (`Deployment.start_supe
 deployment per class. The story tests run the demo's own step functions
 (`cc_demo.run.STEPS`, in order, sharing the deployment), so the demo and these tests cannot
 drift apart; then, on the same deployment, SMS loss and duplication during a batch
-verification and a V-device crash between posting and reporting. A second deployment with
-channels of a few seconds renews a channel while a send is in flight.
+verification and a V-device crash between posting and reporting. The story's node already
+has 1,000 blocks of history and no txindex when `custody up` starts (`cc_demo.history`), as
+an operator's node has: the deployment is ready within a minute and the whole story passes
+on it. A second deployment with channels of a few seconds renews a channel while a send is
+in flight.
 
 The vtest encryption (the published vector decrypts; a wrong password is a clean "decrypt
 failed") is covered by `tests/test_vtest.py`.
@@ -13,10 +16,12 @@ failed") is covered by `tests/test_vtest.py`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from sqlalchemy import func, select
 
 from cc_demo import run as demo_run
 from cc_demo import scenario as demo
+from cc_demo.history import make_history
 from cc_demo.support import (
     DEMO_CONFIG,
     StepFailed,
@@ -49,22 +55,30 @@ DRILL = "recovery-drill"  # the demo's last step: it empties the hot wallet
 XPRV = re.compile(r"[tx]prv[1-9A-HJ-NP-Za-km-z]{100,}")
 REPLY_TIMEOUT = 3.0  # [vdevice] sms_reply_timeout here: a lost proof is asked again soon
 CHANNEL_LIFETIME = 30  # the renewal class: renewed at half-life, every 15 s
+HISTORY = 1000  # blocks the story's node has before `custody up`
+UP_WITHIN = 60.0  # issue 11: ready within a minute against a node with history
 
 
 class Rig:
     """One deployment under `custody up`, and the demo's context on it."""
 
-    def __init__(self, base: Path, changes: dict[str, Any]) -> None:
+    def __init__(self, base: Path, changes: dict[str, Any], history: int = 0) -> None:
         self.deployment = Deployment(base)
         self.deployment.configure(DEMO_CONFIG)
         self.deployment.configure(changes)
+        self.history = history
+        self.ready_after: float | None = None
         self.supervisor: SupervisorProcess | None = None
         self.ctx = demo.Context(config=self.deployment.config, env=self.deployment.env)
         self.failed: str | None = None
         self.results: dict[str, str | BaseException] = {}
 
     def start(self) -> None:
+        if self.history:
+            make_history(self.deployment.config, self.history, env=self.deployment.env)
+        started = time.monotonic()
         self.supervisor = self.deployment.start_supervisor(timeout=READY_TIMEOUT)
+        self.ready_after = time.monotonic() - started
 
     def run_steps(self, names: list[str]) -> None:
         """Run the demo steps `names` in order (the fixture's setup), stopping at the first
@@ -105,9 +119,12 @@ class Rig:
 
 
 def _rig(
-    tmp_path_factory: pytest.TempPathFactory, changes: dict[str, Any], steps: list[str]
+    tmp_path_factory: pytest.TempPathFactory,
+    changes: dict[str, Any],
+    steps: list[str],
+    history: int = 0,
 ) -> Iterator[Rig]:
-    rig = Rig(tmp_path_factory.mktemp("e2e"), changes)
+    rig = Rig(tmp_path_factory.mktemp("e2e"), changes, history)
     try:
         rig.start()
         rig.run_steps(steps)
@@ -134,11 +151,28 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         tmp_path_factory,
         {"vdevice": {"sms_reply_timeout": REPLY_TIMEOUT}},
         [s.name for s in demo_run.STEPS if s.name != DRILL],  # the drill: after the faults
+        history=HISTORY,
     )
 
 
 class TestDemoStory:
     """The demo's steps in order, then faults on the same deployment."""
+
+    def test_up_against_a_node_with_history_within_a_minute(self, story: Rig) -> None:
+        """The watcher starts at the node's tip (not genesis), is ready once it reached the
+        node and its database, and `custody status` says where it is."""
+        assert story.ready_after is not None and story.ready_after < UP_WITHIN
+        d = story.deployment
+
+        def chain() -> dict[str, Any] | None:
+            out = d.cli("status", "--json", "--dir", str(d.data_dir), check=False)
+            c = json.loads(out.stdout).get("chain")
+            return c if c and c["behind"] == 0 else None
+
+        progress = wait_for(chain, 20, "the watcher at the node's tip")
+        assert progress["height"] == progress["node_tip"] > HISTORY
+        text = d.cli("status", "--dir", str(d.data_dir), check=False).stdout
+        assert f"watcher at block {progress['height']}, 0 behind" in text
 
     @pytest.mark.parametrize("name", [s.name for s in demo_run.STEPS if s.name != DRILL])
     def test_step(self, story: Rig, name: str) -> None:
@@ -252,13 +286,8 @@ class TestDemoStory:
         assert rows[0]["tx_hash"] == w["tx_hash"]
         assert not [a for a in alerts if vtest_id in a]  # no "site refused the outcome"
         assert demo.site_withdrawal(ctx, vtest_id)["finished_at"] == w["finished_at"]
-        # one payment to the payee on the whole chain
-        paid = [
-            txid
-            for txid in _txids_since(ctx, 0)
-            if any(a == payee for a, _ in demo.tx_outputs(ctx, txid))
-        ]
-        assert paid == [w["tx_hash"]]
+        # one payment to the payee on the whole chain (since the history: the payee is new)
+        assert _paying(ctx, payee, story.history) == [w["tx_hash"]]
 
     def test_no_private_key_or_secret_outside_its_keeper(self, story: Rig) -> None:
         """Invariant 3, after the whole story: the one private key visible from outside (the
@@ -305,11 +334,21 @@ def _posts(rig: Rig, vtest_id: str) -> int:
     return int(row["posts"]) if row else 0
 
 
-def _txids_since(ctx: demo.Context, height: int) -> list[str]:
+def _paying(ctx: demo.Context, address: str, height: int) -> list[str]:
+    """Transactions paying `address` in the blocks from `height` on, then in the mempool."""
     txids: list[str] = []
     for h in range(height, ctx.rpc.get_block_count() + 1):
-        txids += ctx.rpc.get_block(ctx.rpc.get_block_hash(h), 1)["tx"][1:]
-    return txids + sorted(ctx.rpc.get_raw_mempool())
+        block = ctx.rpc.get_block(ctx.rpc.get_block_hash(h), 2)
+        txids += [
+            tx["txid"]
+            for tx in block["tx"][1:]
+            if any(o["scriptPubKey"].get("address") == address for o in tx["vout"])
+        ]
+    return txids + [
+        txid
+        for txid in sorted(ctx.rpc.get_raw_mempool())
+        if any(a == address for a, _ in demo.tx_outputs(ctx, txid))
+    ]
 
 
 # ------------------------------------------------------------------------ channel renewal

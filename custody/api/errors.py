@@ -56,14 +56,17 @@ def handle_http_error(err: HTTPException) -> tuple[Response, int]:
 def handle_unexpected(err: Exception) -> tuple[Response, int]:
     if is_busy(err):
         log.warning(
-            "%s %s: database busy: the write lock was not free within %.0fs; nothing written",
+            "%s %s: database busy: a lock or connection was not free within %.0fs; "
+            "nothing written (%s)",
             request.method,
             request.path,
             SQLITE_BUSY_TIMEOUT,
+            type(err).__name__,
         )
         return error_response(
             DatabaseBusy(
-                f"database busy (another writer held it for {SQLITE_BUSY_TIMEOUT:.0f}s); "
+                f"database busy (a lock or connection was not free within "
+                f"{SQLITE_BUSY_TIMEOUT:.0f}s); "
                 "nothing was written, retry later"
             )
         )

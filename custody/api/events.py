@@ -12,6 +12,7 @@ import time
 from flask import Blueprint, request
 
 from custody import events
+from custody.api import timing
 from custody.auth import any_token, current_principal
 from custody.errors import BadRequest
 from custody.extensions import db
@@ -21,6 +22,7 @@ bp = Blueprint("events", __name__)
 
 MAX_WAIT = 30.0
 POLL_EVERY = 0.25
+LONG_POLL_SLACK = 5.0  # seconds a long poll may run past its wait before the watchdog speaks
 DEFAULT_LIMIT = 100
 
 
@@ -58,6 +60,7 @@ def list_events() -> dict[str, object]:
     after = _int_arg("after", 0, 0, 2**31 - 1)
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, events.MAX_PAGE)
     wait = _wait_arg()
+    timing.allow(wait + LONG_POLL_SLACK)
     viewer = EventSide.COLD if p.wallet is Wallet.COLD else EventSide.HOT
     deadline = time.monotonic() + wait
     while True:

@@ -1,5 +1,6 @@
-"""Each API request's duration and outcome, logged when slow or failed, and the caller's
-deadline (`X-CC-Deadline`) handed to the calls this request makes (the hot HSM's)."""
+"""Each API request's duration and outcome, logged when slow or failed, the caller's
+deadline (`X-CC-Deadline`) handed to the calls this request makes (the hot HSM's), and a
+watchdog that logs the stack of a request still running past that deadline."""
 
 from __future__ import annotations
 
@@ -9,10 +10,26 @@ import time
 from flask import Response, g, request
 
 from cc_common.hops import DEADLINE_HEADER, caller_deadline, parse_deadline, slow_after
+from cc_common.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE = 30.0  # for the slow-request log when the caller did not say
+# One per process (each gunicorn worker after its fork): its thread serves every app in it.
+WATCHDOG = Watchdog(log)
+
+
+def set_capacity(threads: int) -> None:
+    """How many requests a worker serves at once (`[custody] threads`): all of them busy
+    for seconds is logged, since new requests then queue where no stack shows them."""
+    WATCHDOG.capacity = threads
+
+
+def allow(seconds: float) -> None:
+    """The current request may run `seconds` from its start (a long poll's own wait)."""
+    key = g.get("_cc_watch")
+    if key is not None:
+        WATCHDOG.extend(key, seconds)
 
 
 def start() -> None:
@@ -22,6 +39,8 @@ def start() -> None:
     scope = caller_deadline(waits)
     scope.__enter__()
     g._cc_deadline_scope = scope
+    # the path only: a query string is the caller's data, not where the stall is
+    g._cc_watch = WATCHDOG.begin(f"{request.method} {request.path}", waits or DEFAULT_DEADLINE)
 
 
 def finish(response: Response) -> Response:
@@ -42,6 +61,9 @@ def finish(response: Response) -> Response:
 
 
 def teardown(_exc: BaseException | None) -> None:
+    key = g.pop("_cc_watch", None)
+    if key is not None:
+        WATCHDOG.end(key)
     scope = g.pop("_cc_deadline_scope", None)
     if scope is not None:
         scope.__exit__(None, None, None)
