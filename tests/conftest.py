@@ -17,7 +17,12 @@ import pytest
 
 from tests.harness import Deployment
 
-pytest_plugins = ("tests.api_fixtures",)
+pytest_plugins = (
+    "tests.api_fixtures",
+    "tests.cold_rig",
+    "tests.cold_sms_rig",
+    "tests.vdevice_rig",
+)
 
 DEPLOYMENTS = pytest.StashKey[list[Deployment]]()
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()

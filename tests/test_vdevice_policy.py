@@ -9,15 +9,15 @@ from collections.abc import Callable
 
 from cc_common.spending_policy import SpendingPolicy, change_statement
 from tests.harness import wait_until
-from tests.test_vdevice import Rig, _vdevice_cli, make_rig, sim  # noqa: F401 (fixtures)
 from tests.vdevice_fixtures import encrypted, regtest_address
+from tests.vdevice_rig import Rig, _vdevice_cli
 from wallet_core.messages import verify_message_pubkey
 
 DEST = regtest_address("policy-dest")
 
 
 def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig(max_send_sat=300_000, approval_above_sat=300_000, loosen_delay=3600)
     rig.start()
