@@ -18,6 +18,7 @@ from embit.psbt import PSBT as EmbitPsbt
 
 from cc_common.link import LinkRemoteError
 from tests.hsm_fixtures import (
+    PHONES,
     Coin,
     ColdHsm,
     VDevice,
@@ -46,7 +47,6 @@ TIMEOUT = 30.0
 MAX_FEE_SAT = 100_000
 MAX_FEE_RATE = 50
 FEE = 5_000
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 SETTLEMENT = parse_descriptor(
     ColdWallet.from_root(ExtendedKey.from_seed(b"settlement wallet seed!!", NET), NET)
     .descriptor(RECEIVE)
@@ -172,10 +172,19 @@ class Account:
 
 
 def provision(
-    cold: ColdHsm, client: Any, number: int, *, register: bool = True, confirm: bool = True
+    cold: ColdHsm,
+    client: Any,
+    number: int,
+    *,
+    register: bool = True,
+    confirm: bool = True,
+    vdevice_seed: str = "vdevice",
+    phones: dict[str, str] = PHONES,
 ) -> Account:
+    """Account `number` provisioned over the link (confirmed at the console and with channel
+    `c1` registered unless told otherwise)."""
     hot = _key(f"hot/{number}")
-    vdevice = VDevice(seed=f"vdevice/{number}")
+    vdevice = VDevice(seed=f"{vdevice_seed}/{number}")
     answer = client.call(
         "provision_account",
         {
@@ -184,7 +193,7 @@ def provision(
             "hot_pubkey": hot.public_key.format(compressed=True).hex(),
             "vdevice_identity": vdevice.identity_hex,
             "settlement_descriptor": SETTLEMENT.to_string(),
-            **PHONES,
+            **phones,
         },
         timeout=TIMEOUT,
     )

@@ -32,9 +32,10 @@ from cc_common.sms.channel_messages import (
 )
 from cc_common.sms.modem import GsmModem, IncomingSms
 from firmware_sim.control import ControlClient
-from tests.cold_rig import SETTLEMENT, Account
+from tests import cold_rig
+from tests.cold_rig import Account
 from tests.harness import Deployment, wait_until
-from tests.hsm_fixtures import ColdHsm, VDevice, random_address
+from tests.hsm_fixtures import ColdHsm, random_address
 
 TIMEOUT = 20.0
 LIFETIME = 8  # seconds: channels expire within the test
@@ -185,23 +186,11 @@ class World:
 
 
 def provision(cold: ColdHsm, link: Any, number: int, vdevice_phone: str) -> Account:
-    hot = _key(f"hot/{number}")
-    vdevice = VDevice(seed=f"sms-vdevice/{number}")
-    answer = link.call(
-        "provision_account",
-        {
-            "account": number,
-            "network": "regtest",
-            "hot_pubkey": _pub(hot).hex(),
-            "vdevice_identity": vdevice.identity_hex,
-            "settlement_descriptor": SETTLEMENT.to_string(),
-            "vdevice_phone": vdevice_phone,
-            "owner_phone": OWNER_NUMBER,
-        },
-        timeout=TIMEOUT,
+    """A confirmed account whose V-device texts from `vdevice_phone` (no channel yet)."""
+    phones = {"vdevice_phone": vdevice_phone, "owner_phone": OWNER_NUMBER}
+    return cold_rig.provision(
+        cold, link, number, register=False, vdevice_seed="sms-vdevice", phones=phones
     )
-    cold.confirm(number, vdevice.identity_hex)
-    return Account(number, answer, hot, vdevice)
 
 
 @pytest.fixture(scope="module")

@@ -207,17 +207,22 @@ def test_register_channel_needs_the_vdevice_identity(cold: ColdHsm, link: Any) -
     link.call("register_channel", acct.vdevice.channel_registration(6, "c9"), timeout=TIMEOUT)
 
 
-def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
-    """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
-    provision(cold, link, 7, register=False)
-    attacker = ExtendedKey.from_seed(b"attacker recovery seed", NET)
-    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
+def alter_recovery_xpub(cold: ColdHsm, account: int, seed: bytes) -> None:
+    """An attacker's recovery xpub written over the account's in the cold state."""
+    xpub = ExtendedKey.from_seed(seed, NET).derive(bip48_account_path(NET, 0)).to_public()
     db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
     try:
-        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 7", (xpub,))
+        sql = "UPDATE accounts SET recovery_xpub = ? WHERE account = ?"
+        db.execute(sql, (xpub.serialize(), account))
         db.commit()
     finally:
         db.close()
+
+
+def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
+    """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
+    provision(cold, link, 7, register=False)
+    alter_recovery_xpub(cold, 7, b"attacker recovery seed")
     err = refused(link, "prove_batch", {"account": 7, "wallet": "hot", "batch_no": 0})
     assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
 
@@ -228,14 +233,7 @@ def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, li
     acct = provision(cold, link, 77)
     payload, _ = acct.send([(random_address(), 50_000)], "tx-77-1")
     link.call("cosign", payload, timeout=TIMEOUT)  # the wallet is now cached
-    attacker = ExtendedKey.from_seed(b"attacker recovery seed 77", NET)
-    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
-    db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
-    try:
-        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 77", (xpub,))
-        db.commit()
-    finally:
-        db.close()
+    alter_recovery_xpub(cold, 77, b"attacker recovery seed 77")
     payload, _ = acct.send([(random_address(), 50_000)], "tx-77-2")
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
