@@ -21,6 +21,7 @@ pytest_plugins = (
     "tests.api_fixtures",
     "tests.cold_rig",
     "tests.cold_sms_rig",
+    "tests.firmware_fixtures",
     "tests.vdevice_rig",
 )
 

@@ -121,7 +121,7 @@ def _vdevice_cli(sim: FirmwareSim, *args: str, check: bool = True) -> Any:
 def make_rig(sim: FirmwareSim, request: pytest.FixtureRequest) -> Iterator[Callable[..., Rig]]:
     """Factory: a fresh V-device state, stand-ins, provisioning; `**vdevice` overrides config."""
     made: list[Rig] = []
-    sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    sim.clean_carrier()
 
     def make(cold_kwargs: dict[str, Any] | None = None, **vdevice: Any) -> Rig:
         web = WebStandIn()
@@ -175,5 +175,5 @@ def make_rig(sim: FirmwareSim, request: pytest.FixtureRequest) -> Iterator[Calla
             problems += rig.proc.stop()
         rig.cold.close()
         rig.web.close()
-    sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    sim.clean_carrier()
     assert not problems, problems
