@@ -20,7 +20,13 @@ from sqlalchemy import select, update
 
 from cc_common.sms import channel_messages as cm
 from cc_demo import scenario as demo
-from cc_demo.steps_edges import newest_send_id, rewrite_send, wait_posted, wait_refused
+from cc_demo.steps_edges import (
+    fake_failure,
+    newest_send_id,
+    rewrite_send,
+    wait_posted,
+    wait_refused,
+)
 from cc_demo.support import (
     HttpFailed,
     carrier,
@@ -142,14 +148,8 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
     payee = random_address(ctx.network)
     factory = custody_db(ctx.config)
     before = node_state(rig)
-    last_id = newest_send_id(factory)
     with demo.worker_paused(ctx):
-        vtest_id = demo.merchant_withdrawal(ctx, [(payee, ATTACK_SAT)])
-        send = wait_posted(factory, account, last_id, vtest_id)
-        rewrite_send(
-            factory, send.id, status=SendStatus.FAILED, failure_reason="made up by the attacker"
-        )
-        w = demo.wait_site_finished(ctx, vtest_id)
+        vtest_id, send, w = fake_failure(ctx, factory, account, payee, ATTACK_SAT, "the attacker")
         assert w["status"] == "failed" and not w["tx_hash"], w
         state = demo.send_state(ctx, send.user_tx_no)
         assert state["cold_statement"]["state"] == "refused", state
