@@ -11,6 +11,7 @@ cold HSM's fee policy, show what they sign, and sign only after the officer conf
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from hsm_cold import accounts
@@ -82,17 +83,22 @@ def _show(console: Console, title: str, lines: list[str], rec: AccountRecord) ->
     console.say("  (input amounts verified from their previous transactions)")
 
 
-def sign_hot_recovery(
-    keystore: ColdKeystore,
-    store: ColdStore,
-    account: int,
-    psbt: Psbt,
-    policy: FeePolicy,
-    network: Network,
-    console: Console,
-) -> tuple[Psbt, int]:
+@dataclass(frozen=True)
+class ConsoleSigning:
+    """What a signing at the cold console works with: the opened token and state, the fee
+    policy, the network, and the officer at the console."""
+
+    keystore: ColdKeystore
+    store: ColdStore
+    policy: FeePolicy
+    network: Network
+    console: Console
+
+
+def sign_hot_recovery(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[Psbt, int]:
     """The cold cosigner's signature on every input of the account's hot wallet."""
-    rec = _record(store, account)
+    keystore, policy, network, console = at.keystore, at.policy, at.network, at.console
+    rec = _record(at.store, account)
     facts = AccountFacts.of(rec)
     with accounts.opened_root(keystore, rec, SeedPurpose.COSIGNER) as root:
         cosigner = accounts.cosigner_key(root, network)
@@ -110,17 +116,10 @@ def sign_hot_recovery(
     return psbt, signed
 
 
-def sweep_receiving(
-    keystore: ColdKeystore,
-    store: ColdStore,
-    account: int,
-    psbt: Psbt,
-    policy: FeePolicy,
-    network: Network,
-    console: Console,
-) -> tuple[str, str]:
+def sweep_receiving(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[str, str]:
     """Sign and finalize a sweep of the cold receiving wallet to the address typed here."""
-    rec = _record(store, account)
+    keystore, policy, network, console = at.keystore, at.policy, at.network, at.console
+    rec = _record(at.store, account)
     with accounts.opened_root(keystore, rec, SeedPurpose.RECEIVING) as root:
         wallet = accounts.receiving_wallet(root, network)
         node = accounts.receiving_account_node(root, network)
