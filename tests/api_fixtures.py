@@ -494,13 +494,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    url = request.getfixturevalue("pg_database")
+    yield emptied(request.getfixturevalue("pg_database"))
+
+
+def emptied(url: str) -> str:
+    """The migrated PostgreSQL database at `url`, every table emptied."""
     engine = make_engine(url)
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield url
+    return url
 
 
 @pytest.fixture
