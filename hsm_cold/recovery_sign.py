@@ -11,6 +11,7 @@ cold HSM's fee policy, show what they sign, and sign only after the officer conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,19 @@ def _check_fee(psbt: Psbt, policy: FeePolicy) -> None:
         )
 
 
+def _checked_inputs(
+    find: Callable[[], list[WalletInput]], account: int, psbt: Psbt, policy: FeePolicy
+) -> list[WalletInput]:
+    """The wallet's inputs as `find` reads them from the recovery PSBT, and its fee within the
+    cold HSM's policy; anything else refuses the PSBT."""
+    try:
+        inputs = find()
+    except RecoveryCheckError as exc:
+        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
+    _check_fee(psbt, policy)
+    return inputs
+
+
 def _show(console: Console, title: str, lines: list[str], rec: AccountRecord) -> None:
     console.say(title)
     for line in lines:
@@ -104,11 +118,7 @@ def sign_hot_recovery(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[Psb
         cosigner = accounts.cosigner_key(root, network)
         node = accounts.cosigner_node(root, network)
     wallet = accounts.hot_wallet(facts, cosigner)
-    try:
-        inputs = hot_wallet_inputs(psbt, wallet)
-    except RecoveryCheckError as exc:
-        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
-    _check_fee(psbt, policy)
+    inputs = _checked_inputs(lambda: hot_wallet_inputs(psbt, wallet), account, psbt, policy)
     _show(console, f"Hot wallet recovery, account {account}:", summary(psbt, inputs, network), rec)
     console.confirm("Sign with the cold cosigner key?")
     signed = _sign(psbt, inputs, node)
@@ -123,11 +133,7 @@ def sweep_receiving(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[str, 
     with accounts.opened_root(keystore, rec, SeedPurpose.RECEIVING) as root:
         wallet = accounts.receiving_wallet(root, network)
         node = accounts.receiving_account_node(root, network)
-    try:
-        inputs = cold_wallet_inputs(psbt, wallet)
-    except RecoveryCheckError as exc:
-        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
-    _check_fee(psbt, policy)
+    inputs = _checked_inputs(lambda: cold_wallet_inputs(psbt, wallet), account, psbt, policy)
     outputs = psbt.outputs
     if len(outputs) != 1:
         raise RecoveryPsbtRefused("a sweep pays exactly one output, to the typed address")
