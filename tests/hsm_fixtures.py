@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import coincurve
+import requests
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cc_common.config import load_config
@@ -37,6 +38,7 @@ from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
 from cc_common.pairing import take_pairing_file
 from cc_common.token import HsmToken, KeyProtected
 from custody.hsm_client import HotHsmClient, ProvisionedAccount
+from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from firmware_sim.control import ControlClient
 from firmware_sim.serial_relay import SerialLine
 from tests.harness import Deployment, TestProcess, wait_until
@@ -561,6 +563,16 @@ def create_account(deployment: Deployment, name: str, vdev: VDevice) -> dict[str
     ).stdout  # fmt: skip
     created: dict[str, Any] = json.loads(out)
     return created
+
+
+def site_batch_fetch(d: Deployment, token: str, batch_no: int) -> tuple[requests.Response, float]:
+    """`GET /address/batch/N` on the custody API as the merchant site asks it (its deadline in
+    `X-CC-Deadline` and as the request's timeout); the answer and the seconds it took."""
+    url = f"http://127.0.0.1:{d.port('custody')}/api/v1/open/address/batch/{batch_no}"
+    began = time.monotonic()
+    headers = {"token": token, "X-CC-Deadline": str(SITE_DEADLINE)}
+    answer = requests.get(url, headers=headers, timeout=SITE_DEADLINE)
+    return answer, time.monotonic() - began
 
 
 def confirm_account(
