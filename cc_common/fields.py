@@ -42,3 +42,12 @@ def text_field(
     if not value or len(value) > max_len:
         raise error(f"{noun} {key!r} is empty or too long")
     return value
+
+
+def hex_txid(value: str) -> str | None:
+    """`value` lowercased when it reads as a txid (32 bytes in hex), else None."""
+    txid = value.lower()
+    try:
+        return txid if len(bytes.fromhex(txid)) == 32 else None
+    except ValueError:
+        return None

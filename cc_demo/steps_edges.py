@@ -52,6 +52,19 @@ def wait_refused(factory: Any, send_id: int) -> str:
     return wait_for(refused, demo.SEND_TIMEOUT, "the hacked custody's signing to be refused")
 
 
+def fake_failure(
+    ctx: demo.Context, factory: Any, account: int, payee: str, sat: int, who: str
+) -> tuple[str, Send, dict[str, Any]]:
+    """The hacked custody's first move, with the worker paused: the site's withdrawal of `sat`
+    to `payee` is posted, its send rewritten "failed" before anything signs it; the
+    withdrawal id, the send, and the withdrawal as the site finished it."""
+    last_id = newest_send_id(factory)
+    vtest_id = demo.merchant_withdrawal(ctx, [(payee, sat)])
+    send = wait_posted(factory, account, last_id, vtest_id)
+    rewrite_send(factory, send.id, status=SendStatus.FAILED, failure_reason=f"made up by {who}")
+    return vtest_id, send, demo.wait_site_finished(ctx, vtest_id)
+
+
 def step_attack_false_failure(ctx: demo.Context) -> str:
     """A hacked custody (database and host) marks a genuine send failed, then wants it signed."""
     account = ctx.need("account_id")
@@ -59,14 +72,10 @@ def step_attack_false_failure(ctx: demo.Context) -> str:
     payee = random_address(ctx.network)
     factory = custody_db(ctx.config)
     pool, height = mempool(ctx.rpc), ctx.rpc.get_block_count()
-    last_id = newest_send_id(factory)
     with demo.worker_paused(ctx):
-        vtest_id = demo.merchant_withdrawal(ctx, [(payee, FALSE_FAILURE_SAT)])
-        send = wait_posted(factory, account, last_id, vtest_id)
-        rewrite_send(
-            factory, send.id, status=SendStatus.FAILED, failure_reason="made up by a hacked custody"
+        vtest_id, send, w = fake_failure(
+            ctx, factory, account, payee, FALSE_FAILURE_SAT, "a hacked custody"
         )
-        w = demo.wait_site_finished(ctx, vtest_id)
         if w["status"] != "failed":
             raise StepFailed(f"the site shows withdrawal {vtest_id} as {w['status']}")
         statement = demo.send_state(ctx, send.user_tx_no).get("cold_statement") or {}

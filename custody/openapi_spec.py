@@ -281,31 +281,29 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+# Every error answer: (HTTP status, response name, what it means).
+ERROR_RESPONSES = [
+    (400, "BadRequest", "invalid input (code 2), or a domain refusal"),
+    (401, "Unauthorized", "missing or invalid token (code 4)"),
+    (403, "Forbidden", "the token's scope does not allow this call (code 5)"),
+    (404, "NotFound", "not found (code 6)"),
+    (405, "MethodNotAllowed", "method not allowed (code 15)"),
+    (409, "Conflict", "conflict with the current state"),
+    (429, "RateLimited", "too many requests for this token (code 8)"),
+    (500, "Internal", "internal error (code 1); nothing else is disclosed"),
+    (502, "BadGateway", "the HSM refused, or its proof did not verify"),
+    (503, "Unavailable", "the HSM could not be reached (code 13)"),
+]
 RESPONSES: dict[str, Any] = {
-    "BadRequest": _json(_ref("Error"), "invalid input (code 2), or a domain refusal"),
-    "Unauthorized": _json(_ref("Error"), "missing or invalid token (code 4)"),
-    "Forbidden": _json(_ref("Error"), "the token's scope does not allow this call (code 5)"),
-    "NotFound": _json(_ref("Error"), "not found (code 6)"),
-    "Conflict": _json(_ref("Error"), "conflict with the current state"),
-    "RateLimited": _json(_ref("Error"), "too many requests for this token (code 8)"),
-    "Internal": _json(_ref("Error"), "internal error (code 1); nothing else is disclosed"),
-    "BadGateway": _json(_ref("Error"), "the HSM refused, or its proof did not verify"),
-    "Unavailable": _json(_ref("Error"), "the HSM could not be reached (code 13)"),
-    "MethodNotAllowed": _json(_ref("Error"), "method not allowed (code 15)"),
+    name: _json(_ref("Error"), meaning) for _, name, meaning in ERROR_RESPONSES
 }
+_RESPONSE_OF = {status: name for status, name, _ in ERROR_RESPONSES}
+# what any call may answer, whatever it does
+COMMON_ERRORS = (401, 403, 404, 405, 429, 500)
 
 
-def _common(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = {
-        "401": _err("Unauthorized"),
-        "403": _err("Forbidden"),
-        "404": _err("NotFound"),
-        "405": _err("MethodNotAllowed"),
-        "429": _err("RateLimited"),
-        "500": _err("Internal"),
-    }
-    out.update(extra or {})
-    return out
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _err(_RESPONSE_OF[status]) for status in statuses}
 
 
 def _op(
@@ -315,13 +313,14 @@ def _op(
     tag: str,
     params: list[dict[str, Any]] | None = None,
     body: str | None = None,
-    extra: dict[str, Any] | None = None,
+    errors: tuple[int, ...] = (),
     description: str = "",
 ) -> dict[str, Any]:
+    """One operation: its 200 answer, the common errors and its own `errors` (HTTP statuses)."""
     op: dict[str, Any] = {
         "summary": summary,
         "tags": [tag],
-        "responses": {"200": ok, **_common(extra)},
+        "responses": {"200": ok, **_errors(*COMMON_ERRORS, *errors)},
     }
     if description:
         op["description"] = description
@@ -372,6 +371,7 @@ def build_spec() -> dict[str, Any]:
     )
     batch_no["example"] = 0
     addr_list = {"type": "array", "items": _ref("IndexedAddress")}
+    user_tx_no = _path_param("user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, "")
     paths: dict[str, Any] = {
         "/time": {"get": _op("Server time (UTC)", _json(_ref("Time"), "the time"), tag="time")},
         "/user": {
@@ -390,11 +390,7 @@ def build_spec() -> dict[str, Any]:
                 ),
                 tag="addresses",
                 params=[batch_no],
-                extra={
-                    "400": _err("BadRequest"),
-                    "502": _err("BadGateway"),
-                    "503": _err("Unavailable"),
-                },
+                errors=(400, 502, 503),
                 description=(
                     "A batch beyond the next is refused (400, code 10, the message names the "
                     "next batch). A new batch comes with the cold HSM's proof, verified before "
@@ -409,7 +405,7 @@ def build_spec() -> dict[str, Any]:
                 tag="addresses",
                 params=[batch_no],
                 body="BatchStatusForm",
-                extra={"400": _err("BadRequest"), "409": _err("Conflict")},
+                errors=(400, 409),
                 description="A failed batch never hands out an address; the operator is alerted.",
             )
         },
@@ -422,15 +418,13 @@ def build_spec() -> dict[str, Any]:
                     _path_param(
                         "path", {"type": "integer", "enum": [0, 1]}, "0 receiving, 1 change"
                     ),
-                    {
-                        "name": "since_address",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                        "description": "continue after this address (older ones follow)",
-                    },
+                    _query_param(
+                        "since_address",
+                        {"type": "string"},
+                        "continue after this address (older ones follow)",
+                    ),
                 ],
-                extra={"400": _err("BadRequest")},
+                errors=(400,),
             )
         },
         "/address/next": {
@@ -438,7 +432,7 @@ def build_spec() -> dict[str, Any]:
                 "Hand out the next unused receiving address (from verified batches)",
                 _json(_ref("IndexedAddress"), "the address"),
                 tag="addresses",
-                extra={"409": _err("Conflict")},
+                errors=(409,),
             )
         },
         "/tx": {
@@ -447,15 +441,11 @@ def build_spec() -> dict[str, Any]:
                 _json({"type": "array", "items": _ref("Tx"), "maxItems": 20}, "a page"),
                 tag="tx",
                 params=[
-                    {
-                        "name": "tx_hash",
-                        "in": "query",
-                        "required": False,
-                        "schema": TXID,
-                        "description": "start after this transaction (first page when absent)",
-                    }
+                    _query_param(
+                        "tx_hash", TXID, "start after this transaction (first page when absent)"
+                    )
                 ],
-                extra={"400": _err("BadRequest")},
+                errors=(400,),
             )
         },
         "/events": {
@@ -480,7 +470,7 @@ def build_spec() -> dict[str, Any]:
                         "seconds to wait for a first event when there is none yet (default 0)",
                     ),
                 ],
-                extra={"400": _err("BadRequest")},
+                errors=(400,),
                 description=(
                     "Numbers (`seq`) run without gaps per account; a hot token sees hot and "
                     "account-wide events, a cold token cold and account-wide ones. Kinds: "
@@ -496,7 +486,7 @@ def build_spec() -> dict[str, Any]:
                 _json(_ref("Tx"), "the transaction"),
                 tag="tx",
                 params=[_path_param("tx_hash", TXID, "transaction id")],
-                extra={"400": _err("BadRequest")},
+                errors=(400,),
             )
         },
         "/tx/request": {
@@ -505,12 +495,7 @@ def build_spec() -> dict[str, Any]:
                 _json(_ref("Result"), "accepted"),
                 tag="send",
                 body="SendRequestForm",
-                extra={
-                    "400": _err("BadRequest"),
-                    "409": _err("Conflict"),
-                    "502": _err("BadGateway"),
-                    "503": _err("Unavailable"),
-                },
+                errors=(400, 409, 502, 503),
                 description=(
                     "Code 3 (HTTP 400) means this user_tx_no was already accepted: a retry is "
                     "safe and creates nothing. A frozen account is refused (409, code 9). "
@@ -526,12 +511,8 @@ def build_spec() -> dict[str, Any]:
                 "State of a hot send (hot token)",
                 _json(_ref("SendState"), "the send"),
                 tag="send",
-                params=[
-                    _path_param(
-                        "user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, ""
-                    )
-                ],
-                extra={"400": _err("BadRequest")},
+                params=[user_tx_no],
+                errors=(400,),
             )
         },
         "/tx/{user_tx_no}/statement": {
@@ -539,17 +520,8 @@ def build_spec() -> dict[str, Any]:
                 "The cold HSM's signed final word on a send (hot token; our extension)",
                 _json(_ref("ColdStatementAnswer"), "the statement"),
                 tag="send",
-                params=[
-                    _path_param(
-                        "user_tx_no", {"type": "string", "minLength": 1, "maxLength": 64}, ""
-                    )
-                ],
-                extra={
-                    "400": _err("BadRequest"),
-                    "409": _err("Conflict"),
-                    "502": _err("BadGateway"),
-                    "503": _err("Unavailable"),
-                },
+                params=[user_tx_no],
+                errors=(400, 409, 502, 503),
                 description=(
                     "For a send that is OK or failed, the statement kept with it; 409 while it "
                     "is in progress. For a user_tx_no custody holds no send for (say, refused "

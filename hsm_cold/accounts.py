@@ -12,13 +12,13 @@ to change one of them no longer opens, instead of making the cold HSM sign for i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from cc_common.deployment import write_private
 from cc_common.token import DecryptionFailed
 from hsm_cold.errors import StateDamaged
 from hsm_cold.keystore import ColdKeystore
@@ -173,11 +173,5 @@ def write_recovery_export(
         f"hot_wallet_receive: {wallet.descriptor(RECEIVE)}\n"
         f"hot_wallet_change: {wallet.descriptor(CHANGE)}\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, text)
     return path

@@ -21,7 +21,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cc_common import deployment
 from hsm_cold import accounts
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.errors import (
@@ -324,13 +324,7 @@ def _identity(keystore: ColdKeystore) -> str:
 def write_private(path: Path, text: str) -> None:
     """Atomic, fsynced, mode 0600 (the directory 0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    deployment.write_private(path, text)
 
 
 # -- the identity key -------------------------------------------------------------------------

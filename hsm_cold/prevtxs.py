@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cc_common.fields import hex_txid
 from hsm_cold.cosign import field
 from hsm_cold.errors import BadPrevTx, BadRequest
 from wallet_core.errors import TxParseError
@@ -32,12 +33,8 @@ class PrevTxAssembler:
         self._parts: OrderedDict[str, bytearray] = OrderedDict()
 
     def part(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        txid = field(payload, "txid", str).lower()
-        try:
-            ok = len(bytes.fromhex(txid)) == 32
-        except ValueError:
-            ok = False
-        if not ok:
+        txid = hex_txid(field(payload, "txid", str))
+        if txid is None:
             raise BadRequest("txid must be 64 hex characters")
         total = field(payload, "total", int)
         offset = field(payload, "offset", int)

@@ -13,7 +13,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.errors import ConfigError
@@ -21,8 +21,11 @@ from cc_common.token import HsmToken
 from hsm_cold.backup import describe, read_backup_file, write_private
 from hsm_cold.console import Console, read_drill_share, read_shares
 from hsm_cold.errors import ColdHsmError
-from hsm_cold.recovery_sign import read_psbt, sign_hot_recovery, sweep_receiving
+from hsm_cold.recovery_sign import ConsoleSigning, read_psbt, sign_hot_recovery, sweep_receiving
 from hsm_cold.restore import BackupSettings, backup_files_in, load_backup_set, restore
+from wallet_core.psbt import Psbt
+
+T = TypeVar("T")
 
 
 def _coded(handler: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
@@ -95,44 +98,29 @@ def cmd_restore(args: argparse.Namespace) -> str:
     return json.dumps(result, sort_keys=True)
 
 
-def _console_signing(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+def _at_console(args: argparse.Namespace, sign: Callable[[ConsoleSigning, int, Psbt], T]) -> T:
+    """`sign` the PSBT of `args.psbt` for `args.account`, after the officer's PIN (counted
+    under the retry limit) opened the token."""
     cli = _cli()
     config = config_from_args(args)
     section = cli._section(config)
     pin = cli._read_pin(args)
     HsmToken.open(cli._with_pin(section, pin)).close()  # the officer's PIN, under the limit
     del pin
-    return cli, config, section, read_psbt(args.psbt)
+    psbt = read_psbt(args.psbt)
+    with cli._opened(section) as (_, store, keystore):
+        at = ConsoleSigning(keystore, store, cli._policy(section), cli._network(config), Console())
+        return sign(at, args.account, psbt)
 
 
 def cmd_sign_recovery(args: argparse.Namespace) -> str:
-    cli, config, section, psbt = _console_signing(args)
-    with cli._opened(section) as (_, store, keystore):
-        signed, count = sign_hot_recovery(
-            keystore,
-            store,
-            args.account,
-            psbt,
-            cli._policy(section),
-            cli._network(config),
-            Console(),
-        )
+    signed, count = _at_console(args, sign_hot_recovery)
     write_private(args.out, signed.to_base64() + "\n")
     return f"{count} input(s) co-signed; PSBT written to {args.out}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> str:
-    cli, config, section, psbt = _console_signing(args)
-    with cli._opened(section) as (_, store, keystore):
-        tx, txid = sweep_receiving(
-            keystore,
-            store,
-            args.account,
-            psbt,
-            cli._policy(section),
-            cli._network(config),
-            Console(),
-        )
+    tx, txid = _at_console(args, sweep_receiving)
     if args.out:
         write_private(args.out, tx + "\n")
         return f"sweep {txid} signed; transaction written to {args.out}"

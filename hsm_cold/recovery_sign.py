@@ -11,6 +11,8 @@ cold HSM's fee policy, show what they sign, and sign only after the officer conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hsm_cold import accounts
@@ -73,6 +75,19 @@ def _check_fee(psbt: Psbt, policy: FeePolicy) -> None:
         )
 
 
+def _checked_inputs(
+    find: Callable[[], list[WalletInput]], account: int, psbt: Psbt, policy: FeePolicy
+) -> list[WalletInput]:
+    """The wallet's inputs as `find` reads them from the recovery PSBT, and its fee within the
+    cold HSM's policy; anything else refuses the PSBT."""
+    try:
+        inputs = find()
+    except RecoveryCheckError as exc:
+        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
+    _check_fee(psbt, policy)
+    return inputs
+
+
 def _show(console: Console, title: str, lines: list[str], rec: AccountRecord) -> None:
     console.say(title)
     for line in lines:
@@ -82,27 +97,28 @@ def _show(console: Console, title: str, lines: list[str], rec: AccountRecord) ->
     console.say("  (input amounts verified from their previous transactions)")
 
 
-def sign_hot_recovery(
-    keystore: ColdKeystore,
-    store: ColdStore,
-    account: int,
-    psbt: Psbt,
-    policy: FeePolicy,
-    network: Network,
-    console: Console,
-) -> tuple[Psbt, int]:
+@dataclass(frozen=True)
+class ConsoleSigning:
+    """What a signing at the cold console works with: the opened token and state, the fee
+    policy, the network, and the officer at the console."""
+
+    keystore: ColdKeystore
+    store: ColdStore
+    policy: FeePolicy
+    network: Network
+    console: Console
+
+
+def sign_hot_recovery(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[Psbt, int]:
     """The cold cosigner's signature on every input of the account's hot wallet."""
-    rec = _record(store, account)
+    keystore, policy, network, console = at.keystore, at.policy, at.network, at.console
+    rec = _record(at.store, account)
     facts = AccountFacts.of(rec)
     with accounts.opened_root(keystore, rec, SeedPurpose.COSIGNER) as root:
         cosigner = accounts.cosigner_key(root, network)
         node = accounts.cosigner_node(root, network)
     wallet = accounts.hot_wallet(facts, cosigner)
-    try:
-        inputs = hot_wallet_inputs(psbt, wallet)
-    except RecoveryCheckError as exc:
-        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
-    _check_fee(psbt, policy)
+    inputs = _checked_inputs(lambda: hot_wallet_inputs(psbt, wallet), account, psbt, policy)
     _show(console, f"Hot wallet recovery, account {account}:", summary(psbt, inputs, network), rec)
     console.confirm("Sign with the cold cosigner key?")
     signed = _sign(psbt, inputs, node)
@@ -110,25 +126,14 @@ def sign_hot_recovery(
     return psbt, signed
 
 
-def sweep_receiving(
-    keystore: ColdKeystore,
-    store: ColdStore,
-    account: int,
-    psbt: Psbt,
-    policy: FeePolicy,
-    network: Network,
-    console: Console,
-) -> tuple[str, str]:
+def sweep_receiving(at: ConsoleSigning, account: int, psbt: Psbt) -> tuple[str, str]:
     """Sign and finalize a sweep of the cold receiving wallet to the address typed here."""
-    rec = _record(store, account)
+    keystore, policy, network, console = at.keystore, at.policy, at.network, at.console
+    rec = _record(at.store, account)
     with accounts.opened_root(keystore, rec, SeedPurpose.RECEIVING) as root:
         wallet = accounts.receiving_wallet(root, network)
         node = accounts.receiving_account_node(root, network)
-    try:
-        inputs = cold_wallet_inputs(psbt, wallet)
-    except RecoveryCheckError as exc:
-        raise RecoveryPsbtRefused(f"account {account}: {exc}") from None
-    _check_fee(psbt, policy)
+    inputs = _checked_inputs(lambda: cold_wallet_inputs(psbt, wallet), account, psbt, policy)
     outputs = psbt.outputs
     if len(outputs) != 1:
         raise RecoveryPsbtRefused("a sweep pays exactly one output, to the typed address")

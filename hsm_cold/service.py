@@ -470,19 +470,8 @@ class ColdService:
         except ValueError:
             raise BadRequest("wallet must be 'cold' or 'hot'") from None
         batch_no = field(payload, "batch_no", int)
-        wallet: Any
-        if kind is WalletKind.COLD:
-            with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
-                wallet = accounts.receiving_wallet(root, self.network)
-        else:
-            wallet = self._hot_wallet(rec)
-        try:
-            batch = batch_addresses(wallet, batch_no, RECEIVE)
-        except WalletError as exc:
-            raise BadRequest(f"batch {batch_no}: {exc.message}") from None
-        statement = batch_statement(
-            kind.value, rec.account, batch_no, [address for _, address in batch]
-        )
+        addresses = self.derive_batch(rec, kind, batch_no)
+        statement = batch_statement(kind.value, rec.account, batch_no, addresses)
         return {"signature": self._sign_message(statement)}
 
     def register_channel(self, payload: dict[str, Any]) -> dict[str, Any]:

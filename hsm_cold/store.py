@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cc_common.sqlite_tx import immediate
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     account INTEGER PRIMARY KEY,
@@ -287,14 +289,8 @@ class ColdStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of change (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     # -- secrets (already encrypted blobs) -------------------------------------------------
     def put_secret(self, name: str, blob: bytes) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cc_common.fields import hex_txid
 from hsm_cold.cosign import FeePolicy, field, int_list
 from hsm_cold.errors import (
     AmountMismatch,
@@ -64,12 +65,8 @@ def decode_utxos(payload: Mapping[str, Any]) -> list[SweepUtxo]:
     for n, u in enumerate(raw):
         if not isinstance(u, dict):
             raise BadRequest(f"utxo {n} is not a map")
-        txid = field(u, "txid", str).lower()
-        try:
-            ok = len(bytes.fromhex(txid)) == 32
-        except ValueError:
-            ok = False
-        if not ok:
+        txid = hex_txid(field(u, "txid", str))
+        if txid is None:
             raise BadRequest(f"utxo {n}: txid must be 64 hex characters")
         vout, amount, chain, index = int_list(
             [u.get("vout"), u.get("amount"), u.get("chain"), u.get("index")], 4, f"utxo {n}"

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs
 
 import psycopg
 import pytest
+import tomli_w
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
@@ -42,7 +44,7 @@ from custody.app import create_app
 from custody.db import make_engine, make_session_factory
 from custody.errors import HsmUnavailableError
 from custody.hsm_client import HsmRefused, ProvisionedAccount
-from custody.models import Base
+from custody.models import Base, BlockSeen
 from hsm_cold.errors import ColdErrorCode
 from wallet_core import secp
 from wallet_core.addresses import address_to_script, p2wpkh_address, p2wsh_address
@@ -59,7 +61,7 @@ from wallet_core.chaincloud import (
 from wallet_core.descriptors import add_checksum
 from wallet_core.messages import sign_message
 from wallet_core.networks import Network
-from wallet_core.psbt import Psbt
+from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.rawtx import parse_signed_tx
 from wallet_core.script import multisig_script
 from wallet_core.signatures import SoftwareSigner
@@ -316,16 +318,7 @@ class SoftwareHsmStandIn:
             keys = self.accounts[account]
             p = Psbt.from_base64(psbt)
             for out in p.outputs:
-                origin = next(
-                    (
-                        o
-                        for o in out.origins.values()
-                        if o.fingerprint == keys.cosigner_root.fingerprint
-                    ),
-                    None,
-                )
-                if origin is None or origin.path[-2] != 1:
-                    raise HsmRefused("not change", code=ColdErrorCode.CHANGE_NOT_DERIVABLE)
+                self._check_change(keys, out, "not change")
             p.sign_with_root(keys.cosigner_root)
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()
@@ -343,16 +336,15 @@ class SoftwareHsmStandIn:
         if len(extra) > 1:
             raise HsmRefused("extra output", code=ColdErrorCode.EXTRA_OUTPUT)
         for change in extra:
-            origin = next(
-                (
-                    o
-                    for o in change.origins.values()
-                    if o.fingerprint == keys.cosigner_root.fingerprint
-                ),
-                None,
-            )
-            if origin is None or origin.path[-2] != 1:
-                raise HsmRefused("change not derivable", code=ColdErrorCode.CHANGE_NOT_DERIVABLE)
+            SoftwareHsmStandIn._check_change(keys, change, "change not derivable")
+
+    @staticmethod
+    def _check_change(keys: SoftKeys, out: PsbtOutput, refusal: str) -> None:
+        """`out` must carry the cosigner's origin on the change chain (as the cold HSM checks)."""
+        mine = keys.cosigner_root.fingerprint
+        origin = next((o for o in out.origins.values() if o.fingerprint == mine), None)
+        if origin is None or origin.path[-2] != 1:
+            raise HsmRefused(refusal, code=ColdErrorCode.CHANGE_NOT_DERIVABLE)
 
     def freeze(self, account: int, reason: str) -> None:
         self.frozen.append((account, reason))
@@ -502,13 +494,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    url = request.getfixturevalue("pg_database")
+    yield emptied(request.getfixturevalue("pg_database"))
+
+
+def emptied(url: str) -> str:
+    """The migrated PostgreSQL database at `url`, every table emptied."""
     engine = make_engine(url)
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield url
+    return url
 
 
 @pytest.fixture
@@ -541,6 +537,19 @@ def make_config(tmp_path: Path, db_url: str, sms_url: str, **custody: Any) -> Co
     }
     (tmp_path / "run").mkdir(exist_ok=True)
     return Config(data_dir=tmp_path, path=tmp_path / "chaincloud.toml", raw=raw)
+
+
+def seen_block(height: int, day: datetime = datetime(2024, 1, 1)) -> BlockSeen:
+    """A block the watcher saw at `height`: its hash is the height, linked to the one below."""
+    return BlockSeen(
+        height=height, block_hash=f"{height:064x}", prev_hash=f"{height - 1:064x}", time=day
+    )
+
+
+def write_database_config(data_dir: Path, db_url: str) -> None:
+    """The smallest config file for `custody` commands that only open the database."""
+    custody = {"database_url": db_url, "secret_key": "x" * 32, "host": "127.0.0.1", "port": 1}
+    (data_dir / "custody.toml").write_text(tomli_w.dumps({"custody": custody}))
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Generic fixtures: per-test deployments, `--keep-data`, log tails of failed tests.
 
 Kept small and generic: helpers of each area live in `tests/<area>_fixtures.py` (firmware,
-node, tokens, ...). The API's fixtures (`app`, `client`, `account`, databases on SQLite and
-PostgreSQL, ...) are registered for every test by `pytest_plugins`, so tests ask for them by
-name and never import them.
+node, tokens, ...). Fixture modules are registered for every test by `pytest_plugins`, so tests
+ask for their fixtures by name and never import them: the API's (`app`, `client`, `account`,
+databases on SQLite and PostgreSQL, ...), the cold HSM's (`cold`, `link`), the cold HSM on SMS
+(`world`), the firmware simulator's (`start_sim`, `firmware_sim`, `at_port`) and the
+V-device's (`sim`, `make_rig`). A module may define a fixture of the same name for itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import pytest
 
 from tests.harness import Deployment
 
-pytest_plugins = ("tests.api_fixtures",)
+pytest_plugins = (
+    "tests.api_fixtures",
+    "tests.cold_rig",
+    "tests.cold_sms_rig",
+    "tests.firmware_fixtures",
+    "tests.vdevice_rig",
+)
 
 DEPLOYMENTS = pytest.StashKey[list[Deployment]]()
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()

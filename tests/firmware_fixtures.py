@@ -3,13 +3,11 @@
 `firmware_sims(tmp_path_factory)` yields a starter: each call runs one real
 `firmware-sim serve` process on a fresh data directory made by `custody init` and waits for
 its ready file. On exit each one is stopped with SIGTERM, and the test fails if one left a
-traceback, a process, a port link, its control socket or its ready file behind. Test modules
-wrap it in their own module-scoped fixtures:
+traceback, a process, a port link, its control socket or its ready file behind.
 
-    @pytest.fixture(scope="module")
-    def start_sim(tmp_path_factory):
-        with firmware_sims(tmp_path_factory) as start:
-            yield start
+Registered for every test by `pytest_plugins` in tests/conftest.py: a module asks for
+`start_sim` (the module's starter), `firmware_sim` (one simulator for the module) or `at_port`
+(an opener of modem ports, closed after the test) by name.
 """
 
 from __future__ import annotations
@@ -52,6 +50,10 @@ class FirmwareSim:
             if entry["name"] == name:
                 return self.deployment.data_dir / entry["link"]
         raise KeyError(name)
+
+    def clean_carrier(self) -> None:
+        """The carrier as tests expect it unless they change it: up, 20 ms, no loss."""
+        self.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
 
     def modem_number(self, name: str) -> str:
         return next(e["number"] for e in self.fw.list("modems") if e["name"] == name)
@@ -175,3 +177,21 @@ def wait_log(control: ControlClient, msg_id: str, event: str, count: int = 1) ->
         return entries if len(entries) >= count else []
 
     return wait_until(check, 10.0, f"{event} x{count} for {msg_id} in the carrier log")
+
+
+@pytest.fixture(scope="module")
+def start_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., FirmwareSim]]:
+    with firmware_sims(tmp_path_factory) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def firmware_sim(start_sim: Callable[..., FirmwareSim]) -> FirmwareSim:
+    """One `firmware-sim serve` for the module, with the configuration `custody init` writes."""
+    return start_sim()
+
+
+@pytest.fixture
+def at_port() -> Iterator[Callable[[Path], AtPort]]:
+    with at_ports() as open_port:
+        yield open_port

@@ -26,7 +26,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +57,25 @@ def wait_until(
 ) -> T:
     """Poll `predicate` until it returns something truthy (returned); fail after `timeout`."""
     return poll_until(predicate, timeout, what, interval=interval, error=AssertionError)
+
+
+def in_threads(work: Callable[[int], object], n: int, timeout: float = 60.0) -> None:
+    """`work(0)` .. `work(n - 1)`, each in its own thread, all at once; fails with what any of
+    them raised."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -369,13 +389,20 @@ class Deployment:
         return proc
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 60.0, module: str = "custody.cli"
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 60.0,
+        module: str = "custody.cli",
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command-line tool to completion (`custody ...` by default) on this deployment."""
+        """Run a command-line tool to completion (`custody ...` by default) on this deployment,
+        `stdin` typed into it."""
         result = subprocess.run(
             [sys.executable, "-m", module, *args],
             env=self.env,
             cwd=self.data_dir,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -439,6 +466,19 @@ class Deployment:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         return problems
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Deployment]:
+        """A module fixture's life of this deployment: the log tails printed if anything
+        fails, every process stopped (and checked) after."""
+        try:
+            yield self
+        except BaseException:
+            print(self.log_tails())
+            raise
+        finally:
+            problems = self.stop()
+            assert not problems, problems
 
     # -- logs
 

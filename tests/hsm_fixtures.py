@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import coincurve
+import requests
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from cc_common.config import load_config
@@ -37,6 +38,7 @@ from cc_common.link import LinkClient, LinkConfig, MemoryCounterStore
 from cc_common.pairing import take_pairing_file
 from cc_common.token import HsmToken, KeyProtected
 from custody.hsm_client import HotHsmClient, ProvisionedAccount
+from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from firmware_sim.control import ControlClient
 from firmware_sim.serial_relay import SerialLine
 from tests.harness import Deployment, TestProcess, wait_until
@@ -47,7 +49,7 @@ from wallet_core.chaincloud import format_outs, send_request_string
 from wallet_core.descriptors import wpkh_descriptor
 from wallet_core.networks import Network
 from wallet_core.prevtx import parse_prev_tx
-from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.psbt import DEFAULT_SEQUENCE, Psbt, PsbtInput, PsbtOutput
 from wallet_core.wallets import (
     CHANGE,
     AccountKey,
@@ -58,6 +60,7 @@ from wallet_core.wallets import (
 )
 
 NETWORK = Network.REGTEST
+PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 # -- wallets and PSBTs -----------------------------------------------------------------------
@@ -135,6 +138,23 @@ def funded_coin(
     return Coin(parse_prev_tx(raw).txid, vout, value, chain, index, raw)
 
 
+def psbt_input(
+    wallet: HotWallet, coin: Coin, *, prev_tx: bool = True, sequence: int = DEFAULT_SEQUENCE
+) -> PsbtInput:
+    """`coin` as a PSBT input of `wallet` (its scripts and key origins), with its funding
+    transaction unless `prev_tx` is false."""
+    return PsbtInput(
+        txid=coin.txid,
+        vout=coin.vout,
+        value=coin.value,
+        script_pubkey=wallet.script_pubkey(coin.index, coin.chain),
+        witness_script=wallet.witness_script(coin.index, coin.chain),
+        origins=wallet.origins(coin.index, coin.chain),
+        sequence=sequence,
+        prev_tx=coin.prev_tx if prev_tx else None,
+    )
+
+
 def build_send_psbt(
     wallet: HotWallet,
     coins: Sequence[Coin],
@@ -149,18 +169,7 @@ def build_send_psbt(
     `extra_outputs` (script, sat) are appended after the change, without origins, to build
     requests the cold HSM must refuse.
     """
-    inputs = [
-        PsbtInput(
-            txid=c.txid,
-            vout=c.vout,
-            value=c.value,
-            script_pubkey=wallet.script_pubkey(c.index, c.chain),
-            witness_script=wallet.witness_script(c.index, c.chain),
-            origins=wallet.origins(c.index, c.chain),
-            prev_tx=c.prev_tx if with_prev_txs else None,
-        )
-        for c in coins
-    ]
+    inputs = [psbt_input(wallet, c, prev_tx=with_prev_txs) for c in coins]
     outputs = [PsbtOutput(address_to_script(a, wallet.network), v) for a, v in payments]
     if change is not None:
         index, value = change
@@ -540,6 +549,30 @@ LOOSE_POLICY = (
     "--max-sends-per-hour=100000",
     "--approval-above-sat=2000000000000",
 )
+
+
+def create_account(deployment: Deployment, name: str, vdev: VDevice) -> dict[str, Any]:
+    """`custody account create` as the operator runs it (the test phones, settlement wallet 1,
+    the V-device's identity); its JSON answer (`account_id`, `tokens`)."""
+    out = deployment.cli(
+        "account", "create", name, "--dir", str(deployment.data_dir),
+        "--vdevice-phone", PHONES["vdevice_phone"],
+        "--owner-phone", PHONES["owner_phone"],
+        "--settlement-descriptor", settlement_descriptor(1),
+        "--vdevice-identity", vdev.identity_hex,
+    ).stdout  # fmt: skip
+    created: dict[str, Any] = json.loads(out)
+    return created
+
+
+def site_batch_fetch(d: Deployment, token: str, batch_no: int) -> tuple[requests.Response, float]:
+    """`GET /address/batch/N` on the custody API as the merchant site asks it (its deadline in
+    `X-CC-Deadline` and as the request's timeout); the answer and the seconds it took."""
+    url = f"http://127.0.0.1:{d.port('custody')}/api/v1/open/address/batch/{batch_no}"
+    began = time.monotonic()
+    headers = {"token": token, "X-CC-Deadline": str(SITE_DEADLINE)}
+    answer = requests.get(url, headers=headers, timeout=SITE_DEADLINE)
+    return answer, time.monotonic() - began
 
 
 def confirm_account(

@@ -46,7 +46,7 @@ from bitcointx.core.script import (
 )
 
 from cc_common.config import Config
-from custody.chain import BitcoinRPC, RPCError
+from custody.chain import BitcoinRPC, RPCError, TxRejected
 from tests.harness import Deployment, TestProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,40 @@ def running_node(
     finally:
         code = node.stop()
         assert code == 0, f"node exited with {code}:\n{node.log()}"
+
+
+def node_rig(
+    name: str, *, seed: str, blocks: int = 101, txindex: bool = False
+) -> tuple[Any, Any, Any, Any]:
+    """A node-test module's fixtures, `node, rpc, key, faucet = node_rig(...)` at module level:
+    one node per module (named `name`), its RPC client, the miner's key (from `seed`) and a
+    faucet of coins mined to it (`blocks` blocks first, 101 for one mature coin)."""
+
+    @pytest.fixture(scope="module", name="node")
+    def node_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+        yield from running_node(tmp_path_factory, name, txindex=txindex)
+
+    @pytest.fixture(scope="module", name="rpc")
+    def rpc_fixture(node: NodeProcess) -> BitcoinRPC:
+        return node.rpc()
+
+    @pytest.fixture(scope="module", name="key")
+    def key_fixture() -> Key:
+        return Key.from_seed(seed)
+
+    @pytest.fixture(scope="module", name="faucet")
+    def faucet_fixture(rpc: BitcoinRPC, key: Key) -> Faucet:
+        rpc.generate_to_address(blocks, key.address)
+        return Faucet(rpc, key)
+
+    return node_fixture, rpc_fixture, key_fixture, faucet_fixture
+
+
+def rejected(rpc: BitcoinRPC, tx_hex: str) -> tuple[int, str]:
+    """Core's code and reason when the node refuses `tx_hex`."""
+    with pytest.raises(TxRejected) as info:
+        rpc.send_raw_transaction(tx_hex)
+    return info.value.rpc_code, info.value.reason
 
 
 def assert_rpc_error(call: Any, code: int, message: str, *args: Any) -> RPCError:

@@ -31,7 +31,7 @@ from custody.models import (
     Utxo,
     Wallet,
 )
-from tests.api_fixtures import make_config, sign_vc_code
+from tests.api_fixtures import make_config, seen_block, sign_vc_code
 from wallet_core.chaincloud import SendVerdict, send_request_string, verify_send_statement
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
@@ -93,15 +93,7 @@ def test_user_balance_counts_confirmed_funds_of_its_side(
     client.get(f"{API}/address/batch/0", headers=account.cold)
     client.get(f"{API}/address/batch/0", headers=account.hot)
     with session_factory() as s, s.begin():
-        for h in range(1, 11):
-            s.add(
-                BlockSeen(
-                    height=h,
-                    block_hash=f"{h:064x}",
-                    prev_hash=f"{h - 1:064x}",
-                    time=datetime(2024, 1, 1),
-                )
-            )
+        s.add_all(seen_block(h) for h in range(1, 11))
         addr = {
             w: s.execute(
                 select(Address.id).where(Address.account_id == account.id, Address.wallet == w)

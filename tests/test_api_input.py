@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """API input: POST bodies as JSON or form, one validation of batch_no, strict query strings.
 
 Runs on SQLite and PostgreSQL (see tests/api_fixtures.py)."""
@@ -9,19 +8,6 @@ import pytest
 
 from custody.batches import MAX_BATCH_NO
 from custody.errors import api_codes
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    account,
-    app,
-    client,
-    config,
-    db_url,
-    hsm,
-    pg_database,
-    session_factory,
-    sms,
-    sms_server,
-    sqlite_template,
-)
 from tests.test_api_contract import API, send_form
 
 

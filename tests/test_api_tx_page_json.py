@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
 from custody.api import queries
 from custody.db import make_engine, make_session_factory
 from custody.models import (
-    Base,
     BlockSeen,
     ChainTx,
     ChainTxInput,
@@ -25,7 +23,7 @@ from custody.models import (
     TxStatus,
     Wallet,
 )
-from tests.api_fixtures import new_account
+from tests.api_fixtures import emptied, new_account
 
 ODD_ADDRESS = 'bcrt1q"quote\\backslash\u00e9'
 
@@ -33,12 +31,7 @@ ODD_ADDRESS = 'bcrt1q"quote\\backslash\u00e9'
 @pytest.fixture
 def pg_url(pg_database: str) -> Iterator[str]:
     """The session's migrated PostgreSQL database, emptied for this test."""
-    engine = make_engine(pg_database)
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    yield pg_database
+    yield emptied(pg_database)
 
 
 def seed(factory, account_id: int, wallet: Wallet, n: int) -> list[str]:

@@ -8,18 +8,16 @@ find a row that was changed behind the triggers' back.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-import tomli_w
 from sqlalchemy import create_engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.balances import confirmed_balance, unconfirmed_balance, verify_balances
 from custody.cli import main as custody_main
-from custody.models import AccountBalance, Address, Base, BlockSeen, Chain, Utxo, Wallet
-from tests.api_fixtures import SoftwareHsmStandIn, new_account
+from custody.models import AccountBalance, Address, Base, Chain, Utxo, Wallet
+from tests.api_fixtures import SoftwareHsmStandIn, new_account, seen_block, write_database_config
 
 
 def _address(s: Session, account_id: int, wallet: Wallet, index: int) -> int:
@@ -36,15 +34,19 @@ def _address(s: Session, account_id: int, wallet: Wallet, index: int) -> int:
     return a.id
 
 
-def _block(s: Session, height: int) -> None:
-    s.add(
-        BlockSeen(
-            height=height,
-            block_hash=f"{height:064x}",
-            prev_hash=f"{height - 1:064x}",
-            time=datetime(2026, 1, 1),
-        )
-    )
+def _utxo(
+    s: Session,
+    account_id: int,
+    wallet: Wallet,
+    txid: str,
+    value: int,
+    address_id: int,
+    block_height: int | None = None,
+    vout: int = 0,
+) -> None:
+    utxo = Utxo(account_id=account_id, wallet=wallet, txid=txid, vout=vout, value=value)
+    utxo.address_id, utxo.block_height = address_id, block_height
+    s.add(utxo)
 
 
 def _state(factory: sessionmaker[Session], account_id: int, wallet: Wallet) -> tuple[int, ...]:
@@ -66,20 +68,10 @@ def test_balance_follows_every_utxo_change(
     hot, cold = Wallet.HOT, Wallet.COLD
     with session_factory() as s, s.begin():
         for h in (100, 101):
-            _block(s, h)
+            s.add(seen_block(h))
         addr = _address(s, acct, hot, 0)
         other_addr = _address(s, other, cold, 0)
-        s.add(
-            Utxo(
-                account_id=other,
-                wallet=cold,
-                txid="c" * 64,
-                vout=0,
-                value=777,
-                address_id=other_addr,
-                block_height=100,
-            )
-        )
+        _utxo(s, other, cold, "c" * 64, 777, other_addr, block_height=100)
     assert _state(session_factory, acct, hot) == (0, 0, 0)
 
     def change(**values: object) -> None:
@@ -87,24 +79,12 @@ def test_balance_follows_every_utxo_change(
             s.execute(update(Utxo).where(Utxo.txid == "a" * 64).values(**values))
 
     with session_factory() as s, s.begin():  # arrives in the mempool
-        s.add(
-            Utxo(account_id=acct, wallet=hot, txid="a" * 64, vout=0, value=5_000, address_id=addr)
-        )
+        _utxo(s, acct, hot, "a" * 64, 5_000, addr)
     assert _state(session_factory, acct, hot) == (0, 0, 5_000)
     change(block_height=101)  # mined in the tip block: one confirmation
     assert _state(session_factory, acct, hot) == (5_000, 0, 0)
     with session_factory() as s, s.begin():  # a second output, two blocks deep
-        s.add(
-            Utxo(
-                account_id=acct,
-                wallet=hot,
-                txid="b" * 64,
-                vout=1,
-                value=300,
-                address_id=addr,
-                block_height=100,
-            )
-        )
+        _utxo(s, acct, hot, "b" * 64, 300, addr, block_height=100, vout=1)
     assert _state(session_factory, acct, hot) == (5_300, 300, 0)
     with session_factory() as s, s.begin():  # a send reserves it: no balance change
         before = s.execute(select(AccountBalance.confirmed)).all()
@@ -126,20 +106,10 @@ def test_a_failed_transaction_leaves_the_balance(
 ) -> None:
     acct = new_account(session_factory, hsm).id
     with session_factory() as s, s.begin():
-        _block(s, 100)
+        s.add(seen_block(100))
         addr = _address(s, acct, Wallet.COLD, 0)
     with pytest.raises(RuntimeError), session_factory() as s, s.begin():
-        s.add(
-            Utxo(
-                account_id=acct,
-                wallet=Wallet.COLD,
-                txid="e" * 64,
-                vout=0,
-                value=9,
-                address_id=addr,
-                block_height=100,
-            )
-        )
+        _utxo(s, acct, Wallet.COLD, "e" * 64, 9, addr, block_height=100)
         s.flush()
         raise RuntimeError("rolled back")
     assert _state(session_factory, acct, Wallet.COLD) == (0, 0, 0)
@@ -151,8 +121,8 @@ def test_bulk_statements_move_every_side(
     """One statement over many rows of several accounts (a bulk load, a block's update)."""
     accts = [new_account(session_factory, hsm).id for _ in range(2)]
     with session_factory() as s, s.begin():
-        _block(s, 100)
-        _block(s, 101)
+        s.add(seen_block(100))
+        s.add(seen_block(101))
         addrs = [_address(s, a, Wallet.HOT, 0) for a in accts]
         s.execute(
             insert(Utxo),
@@ -187,32 +157,11 @@ def test_verify_finds_a_row_changed_behind_the_triggers(
     hsm: SoftwareHsmStandIn,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "custody.toml").write_text(
-        tomli_w.dumps(
-            {
-                "custody": {
-                    "database_url": db_url,
-                    "secret_key": "x" * 32,
-                    "host": "127.0.0.1",
-                    "port": 1,
-                }
-            }
-        )
-    )
+    write_database_config(tmp_path, db_url)
     acct = new_account(session_factory, hsm).id
     with session_factory() as s, s.begin():
         addr = _address(s, acct, Wallet.COLD, 0)
-        s.add(
-            Utxo(
-                account_id=acct,
-                wallet=Wallet.COLD,
-                txid="f" * 64,
-                vout=0,
-                value=1_000,
-                address_id=addr,
-                block_height=5,
-            )
-        )
+        _utxo(s, acct, Wallet.COLD, "f" * 64, 1_000, addr, block_height=5)
     assert custody_main(["balance", "verify", "--dir", str(tmp_path)]) == 0
     assert "equals the sum" in capsys.readouterr().out
     with session_factory() as s, s.begin():

@@ -3,7 +3,6 @@ retries on connection failures only (never on an answered call)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,27 +17,12 @@ from tests.node_fixtures import (
     Key,
     NodeProcess,
     hex_of,
-    running_node,
+    node_rig,
     spend_p2wpkh,
     txid_hex,
 )
 
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "chain-client")
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return Key.from_seed("client-miner")
-
-
-@pytest.fixture(scope="module")
-def faucet(node: NodeProcess, key: Key) -> Faucet:
-    rpc = node.rpc()
-    rpc.generate_to_address(101, key.address)
-    return Faucet(rpc, key)
+node, rpc, key, faucet = node_rig("chain-client", seed="client-miner")
 
 
 def test_from_config_reads_node_section(node: NodeProcess) -> None:

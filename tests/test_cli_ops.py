@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported by name and used as arguments)
 """The operator's views on the command line: `sends`, `journal show`, balances and who froze
 in `account show`, `account unfreeze`; `--json` prints JSON only; alerts are shown whole;
 output into a closed pipe and an unreachable database are one quiet line, never a traceback."""
@@ -19,13 +18,7 @@ from custody import journal
 from custody.admin_cli import upgrade_database
 from custody.db import make_engine, make_session_factory, transaction
 from custody.models import Alert, Send, SendStatus, utcnow
-from tests.api_fixtures import (  # noqa: F401 (fixtures)
-    SoftwareHsmStandIn,
-    settlement_descriptor,
-    sms,
-    sms_server,
-    vdevice_identity,
-)
+from tests.api_fixtures import SoftwareHsmStandIn
 from tests.test_api_cli import cli_with_account, run_cli, write_config
 from wallet_core.account_state import AccountState, FreezeOrigin
 from wallet_core.messages import sign_message

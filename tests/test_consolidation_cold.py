@@ -7,20 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from hsm_cold.errors import ColdErrorCode
-from tests.hsm_fixtures import build_send_psbt, random_address
-from tests.test_hsm_cold import (
+from tests.cold_rig import (
     TIMEOUT,
     check_cold_signatures,
-    cold,
     frozen_for,
-    link,
     provision,
     refused,
     unsigned_tx,
 )
+from tests.hsm_fixtures import build_send_psbt, random_address
 from wallet_core.wallets import RECEIVE
-
-__all__ = ["cold", "link"]  # module fixtures shared with test_hsm_cold
 
 
 def payload(acct: Any, coins: list[Any], psbt: Any, change: list[list[int]]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ site's deadline. And a writer that does hold the lock too long gets a clear, log
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sqlite3
 import threading
@@ -24,19 +23,23 @@ import time
 from typing import Any
 
 import pytest
-import requests
 
 from custody.chain.rpc import BitcoinRPC
 from custody.db import SQLITE_BUSY_TIMEOUT
 from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from tests.harness import Deployment, wait_until
-from tests.hsm_fixtures import HsmPair, VDevice, confirm_account, settlement_descriptor
+from tests.hsm_fixtures import (
+    HsmPair,
+    VDevice,
+    confirm_account,
+    create_account,
+    site_batch_fetch,
+)
 from tests.node_fixtures import Key
 
 NODE_DELAY = 0.25  # seconds the slow node takes per request
 BLOCKS = 40  # the worker's catch-up: ~4 node calls per block, ~40 s with the delay
 FETCH_WITHIN = 5.0  # a batch fetch takes ~1 s on an idle machine; the site waits 15 s
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 class SlowProxy:
@@ -92,15 +95,7 @@ def test_batch_fetch_answers_in_time_while_the_worker_catches_up(deployment: Any
     d.cli("db", "upgrade", "--dir", str(d.data_dir))
     d.start_cli("custody-api", "custody.cli", "serve")
     vdev = VDevice("contention")
-    created = json.loads(
-        d.cli(
-            "account", "create", "contention", "--dir", str(d.data_dir),
-            "--vdevice-phone", PHONES["vdevice_phone"],
-            "--owner-phone", PHONES["owner_phone"],
-            "--settlement-descriptor", settlement_descriptor(1),
-            "--vdevice-identity", vdev.identity_hex,
-        ).stdout
-    )  # fmt: skip
+    created = create_account(d, "contention", vdev)
     confirm_account(d, created["account_id"], vdev.identity_hex)  # the officer at the console
     d.set_env("node", "rpc_url", f"http://127.0.0.1:{proxy.port}")
     d.start_cli("custody-worker", "custody.cli", "worker", timeout=60)
@@ -109,16 +104,9 @@ def test_batch_fetch_answers_in_time_while_the_worker_catches_up(deployment: Any
     rpc.generate_to_address(BLOCKS, Key.from_seed("contention").address)
     tip = rpc.get_block_count()
     wait_until(lambda: _watcher_height(db_path) >= 2, timeout=30, what="the worker catching up")
-    api = f"http://127.0.0.1:{d.port('custody')}/api/v1/open"
     took: dict[str, float] = {}
     for side in ("cold", "hot"):
-        began = time.monotonic()
-        r = requests.get(
-            f"{api}/address/batch/0",
-            headers={"token": created["tokens"][side], "X-CC-Deadline": str(SITE_DEADLINE)},
-            timeout=SITE_DEADLINE,
-        )
-        took[side] = time.monotonic() - began
+        r, took[side] = site_batch_fetch(d, created["tokens"][side], 0)
         assert r.status_code == 200, r.text
         assert len(r.json()) == 1000
     # The fetches did race the catch-up (else this test proved nothing).
@@ -129,13 +117,7 @@ def test_batch_fetch_answers_in_time_while_the_worker_catches_up(deployment: Any
     holder = sqlite3.connect(db_path, timeout=30, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        began = time.monotonic()
-        r = requests.get(
-            f"{api}/address/batch/1",
-            headers={"token": created["tokens"]["cold"], "X-CC-Deadline": str(SITE_DEADLINE)},
-            timeout=SITE_DEADLINE,
-        )
-        waited = time.monotonic() - began
+        r, waited = site_batch_fetch(d, created["tokens"]["cold"], 1)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

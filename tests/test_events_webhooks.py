@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody import events, journal, webhook_signing, webhooks
 from custody.models import DeliveryStatus, Event, EventSide, WebhookDelivery
 from custody.webhooks import Deliverer, WebhookSettings
+from tests.harness import in_threads
 
 API = "/api/v1/open"
 
@@ -51,21 +52,12 @@ def test_numbers_have_no_gaps_per_account_under_concurrency_and_rollback(
     with pytest.raises(RuntimeError), session_factory() as s, s.begin():
         journal.append(s, "deposit_seen", account.id, {"txid": "ab" * 32, "wallet": "hot"})
         raise RuntimeError("the change is rolled back, and its number with it")
-    errors: list[BaseException] = []
 
     def writer(k: int) -> None:
-        try:
-            for n in range(5):
-                deposit(session_factory, account.id, "cold", 100 * k + n)
-        except BaseException as exc:
-            errors.append(exc)
+        for n in range(5):
+            deposit(session_factory, account.id, "cold", 100 * k + n)
 
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    in_threads(writer, 3)
     deposit(session_factory, other_account.id, "hot", 7)
     assert seqs(session_factory, account.id) == list(range(1, 17))
     assert seqs(session_factory, other_account.id) == [1]

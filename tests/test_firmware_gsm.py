@@ -17,27 +17,8 @@ import pytest
 
 from cc_common.deployment import OWNER_NUMBER
 from firmware_sim.errors import BadRequest
-from tests.firmware_fixtures import AtPort, FirmwareSim, at_ports, firmware_sims, wait_log
+from tests.firmware_fixtures import AtPort, FirmwareSim, wait_log
 from tests.harness import wait_until
-
-
-@pytest.fixture(scope="module")
-def start_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., FirmwareSim]]:
-    with firmware_sims(tmp_path_factory) as start:
-        yield start
-
-
-@pytest.fixture(scope="module")
-def firmware_sim(start_sim: Callable[..., FirmwareSim]) -> FirmwareSim:
-    """One `firmware-sim serve` for the module, with the configuration `custody init` writes."""
-    return start_sim()
-
-
-@pytest.fixture
-def at_port() -> Iterator[Callable[[Path], AtPort]]:
-    with at_ports() as open_port:
-        yield open_port
-
 
 Open = Callable[[Path], AtPort]
 CMGR = re.compile(
@@ -47,9 +28,9 @@ CMGR = re.compile(
 
 @pytest.fixture(autouse=True)
 def clean_carrier(firmware_sim: FirmwareSim) -> Iterator[None]:
-    firmware_sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    firmware_sim.clean_carrier()
     yield
-    firmware_sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    firmware_sim.clean_carrier()
 
 
 @pytest.fixture

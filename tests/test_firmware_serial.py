@@ -14,21 +14,8 @@ import pytest
 import serial
 
 from firmware_sim.errors import BadRequest
-from tests.firmware_fixtures import FirmwareSim, firmware_sims
+from tests.firmware_fixtures import FirmwareSim
 from tests.harness import wait_until
-
-
-@pytest.fixture(scope="module")
-def start_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., FirmwareSim]]:
-    with firmware_sims(tmp_path_factory) as start:
-        yield start
-
-
-@pytest.fixture(scope="module")
-def firmware_sim(start_sim: Callable[..., FirmwareSim]) -> FirmwareSim:
-    """One `firmware-sim serve` for the module, with the configuration `custody init` writes."""
-    return start_sim()
-
 
 TOLERANCE = 0.10
 

@@ -28,6 +28,7 @@ from custody.models import Account, JournalEntry
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
     NETWORK,
+    PHONES,
     HsmPair,
     VDevice,
     build_send_psbt,
@@ -40,22 +41,14 @@ from tests.hsm_fixtures import (
 )
 from wallet_core.wallets import RECEIVE
 
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 FORGED_VC = 706  # the cold HSM's "forged vc_code", relayed
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmPair]:
     d = Deployment(tmp_path_factory.mktemp("freezes"))
-    p = HsmPair(d)
-    try:
-        p.start()
-        yield p
-    except BaseException:
-        print(d.log_tails())
-        raise
-    finally:
-        assert not d.stop()
+    with d.serving():
+        yield HsmPair(d).start()
 
 
 @pytest.fixture

@@ -6,228 +6,58 @@ account, PSBT and V-device signature is built here with wallet_core, independent
 code: provisioning proofs and batch proofs are verified against the pinned identity key, co-sign
 signatures against keys the test derives from the returned xpubs (and, with a software hot key,
 the finished 2-of-3 spend through python-bitcointx's script interpreter), and each refusal by
-its own code and message. The two-HSM tests with the regtest node are in test_hsm_pair.py.
+its own code and message. The two-HSM tests with the regtest node are in tests/hsm_pair/.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import coincurve
 import pytest
 from bitcointx.core import CTransaction
-from embit.psbt import PSBT as EmbitPsbt
 
-from cc_common.link import LinkAuthError, LinkRemoteError
+from cc_common.link import LinkAuthError
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
 from hsm_cold.errors import BadRequest, ColdErrorCode
-from tests.harness import Deployment
-from tests.hsm_fixtures import (
-    Coin,
-    ColdHsm,
-    VDevice,
-    build_send_psbt,
-    funded_coin,
-    random_address,
-    running_cold_hsm,
-    send_request,
+from tests.cold_rig import (
+    FEE,
+    MAX_FEE_RATE,
+    MAX_FEE_SAT,
+    NET,
+    PHONES,
+    SETTLEMENT,
+    TIMEOUT,
+    Account,
+    _key,
+    check_cold_signatures,
+    frozen_for,
+    provision,
+    refused,
+    unsigned_tx,
 )
+from tests.harness import Deployment
+from tests.hsm_fixtures import Coin, ColdHsm, VDevice, build_send_psbt, funded_coin, random_address
 from wallet_core import messages, signatures
 from wallet_core.addresses import address_to_script
 from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.chaincloud import batch_content, batch_statement
 from wallet_core.descriptors import parse_descriptor
 from wallet_core.keys import master_key
-from wallet_core.networks import Network
-from wallet_core.psbt import Psbt
 from wallet_core.wallets import (
     CHANGE,
     RECEIVE,
     AccountKey,
-    ColdWallet,
     FixedKey,
     HotWallet,
     batch_addresses,
     bip48_account_path,
-    bip84_account_path,
 )
-
-NET = Network.REGTEST
-TIMEOUT = 30.0
-MAX_FEE_SAT = 100_000
-MAX_FEE_RATE = 50
-FEE = 5_000
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
-SETTLEMENT = parse_descriptor(
-    ColdWallet.from_root(ExtendedKey.from_seed(b"settlement wallet seed!!", NET), NET)
-    .descriptor(RECEIVE)
-    .to_string()
-)
-
-
-@pytest.fixture(scope="module")
-def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
-    yield from running_cold_hsm(
-        tmp_path_factory.mktemp("cold"),
-        {"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
-    )
-
-
-@pytest.fixture
-def link(cold: ColdHsm) -> Iterator[Any]:
-    client = cold.client()
-    yield client
-    client.close()
-
-
-def refused(client: Any, command: str, payload: dict[str, Any]) -> LinkRemoteError:
-    with pytest.raises(LinkRemoteError) as info:
-        client.call(command, payload, timeout=TIMEOUT)
-    return info.value
-
-
-def _key(tag: str) -> coincurve.PrivateKey:
-    return coincurve.PrivateKey(hashlib.sha256(tag.encode()).digest())
-
-
-def unsigned_tx(psbt: Psbt) -> bytes:
-    return EmbitPsbt.parse(psbt.to_bytes()).tx.serialize()
-
-
-@dataclass
-class Account:
-    """One provisioned account, seen from the hot side (public material only)."""
-
-    number: int
-    answer: dict[str, Any]
-    hot: coincurve.PrivateKey
-    vdevice: VDevice
-    c_id: str = "c1"
-    coin_no: int = field(default=0)
-
-    @property
-    def hot_pub(self) -> bytes:
-        return self.hot.public_key.format(compressed=True)
-
-    @property
-    def wallet(self) -> HotWallet:
-        path = bip48_account_path(NET, 0)
-        a = self.answer
-        return HotWallet(
-            (
-                FixedKey(self.hot_pub),
-                AccountKey(
-                    parse_xpub(a["cosigner_xpub"]), bytes.fromhex(a["cosigner_fingerprint"]), path
-                ),
-                AccountKey(
-                    parse_xpub(a["recovery_xpub"]), bytes.fromhex(a["recovery_fingerprint"]), path
-                ),
-            ),
-            NET,
-        )
-
-    @property
-    def cold_wallet(self) -> ColdWallet:
-        a = self.answer
-        key = AccountKey(
-            parse_xpub(a["receiving_xpub"]),
-            bytes.fromhex(a["receiving_fingerprint"]),
-            bip84_account_path(NET, 0),
-        )
-        return ColdWallet(key, NET)
-
-    def coin(self, value: int, chain: int = RECEIVE, index: int | None = None) -> Coin:
-        """A coin of the hot wallet with a funding transaction the cold HSM can verify."""
-        self.coin_no += 1
-        where = self.coin_no if index is None else index
-        tag = f"{self.number}/{self.coin_no}"
-        return funded_coin(self.wallet, value, chain, where, self.coin_no % 3, tag)
-
-    def send(
-        self,
-        payments: Sequence[tuple[str, int]],
-        user_tx_no: str,
-        *,
-        coins: Sequence[Coin] | None = None,
-        change: tuple[int, int] | None | str = "auto",
-        signed_payments: Sequence[tuple[str, int]] | None = None,
-        extra_outputs: Sequence[tuple[bytes, int]] = (),
-        declared_change: list[list[int]] | None = None,
-        inputs: list[list[int]] | None = None,
-        vc_key: coincurve.PrivateKey | None = None,
-        c_id: str | None = None,
-        prev_txs: bool = True,
-    ) -> tuple[dict[str, Any], Psbt]:
-        """A PSBT built with wallet_core and its compact co-sign request, V-device signed."""
-        coins = list(coins) if coins is not None else [self.coin(1_000_000)]
-        if change == "auto":  # the rest back to change 0, less a modest fee
-            change = (0, sum(c.value for c in coins) - sum(v for _, v in payments) - FEE)
-        psbt = build_send_psbt(
-            self.wallet, coins, payments, change=change, extra_outputs=extra_outputs
-        )
-        request = send_request(signed_payments or payments, user_tx_no)
-        if declared_change is None:
-            declared_change = [] if change is None else [[len(payments), change[0]]]
-        payload = {
-            "account": self.number,
-            "tx": unsigned_tx(psbt),
-            "inputs": inputs or [[c.value, c.chain, c.index] for c in coins],
-            "change": declared_change,
-            **request,
-            "vc_code": self.vdevice.vc_code(request, vc_key),
-            "c_id": c_id or self.c_id,
-        }
-        if prev_txs:
-            payload["prev_txs"] = list(dict.fromkeys(c.prev_tx for c in coins if c.prev_tx))
-        return payload, psbt
-
-
-def provision(
-    cold: ColdHsm, client: Any, number: int, *, register: bool = True, confirm: bool = True
-) -> Account:
-    hot = _key(f"hot/{number}")
-    vdevice = VDevice(seed=f"vdevice/{number}")
-    answer = client.call(
-        "provision_account",
-        {
-            "account": number,
-            "network": "regtest",
-            "hot_pubkey": hot.public_key.format(compressed=True).hex(),
-            "vdevice_identity": vdevice.identity_hex,
-            "settlement_descriptor": SETTLEMENT.to_string(),
-            **PHONES,
-        },
-        timeout=TIMEOUT,
-    )
-    acct = Account(number, answer, hot, vdevice)
-    if confirm:  # the officer at the cold console, with the fingerprint from the phone
-        cold.confirm(number, vdevice.identity_hex)
-    if register:
-        client.call("register_channel", vdevice.channel_registration(number, "c1"), timeout=TIMEOUT)
-    return acct
-
-
-def check_cold_signatures(
-    acct: Account, psbt: Psbt, coins: Sequence[Coin], sigs: list[bytes]
-) -> None:
-    """Each 64-byte r||s is low-S and verifies for the cold child key the test derives."""
-    assert len(sigs) == len(coins)
-    for i, (coin, sig) in enumerate(zip(coins, sigs, strict=True)):
-        assert isinstance(sig, bytes) and len(sig) == 64
-        r, s = signatures.raw_to_rs(sig)
-        assert signatures.is_low_s(s)
-        cold_pub = acct.wallet.pubkeys(coin.index, coin.chain)[1]
-        assert signatures.verify_digest(cold_pub, psbt.sighash(i), signatures.der_encode(r, s))
-
 
 # -- pairing, provisioning, proofs ---------------------------------------------------------------
 
@@ -377,17 +207,22 @@ def test_register_channel_needs_the_vdevice_identity(cold: ColdHsm, link: Any) -
     link.call("register_channel", acct.vdevice.channel_registration(6, "c9"), timeout=TIMEOUT)
 
 
-def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
-    """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
-    provision(cold, link, 7, register=False)
-    attacker = ExtendedKey.from_seed(b"attacker recovery seed", NET)
-    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
+def alter_recovery_xpub(cold: ColdHsm, account: int, seed: bytes) -> None:
+    """An attacker's recovery xpub written over the account's in the cold state."""
+    xpub = ExtendedKey.from_seed(seed, NET).derive(bip48_account_path(NET, 0)).to_public()
     db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
     try:
-        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 7", (xpub,))
+        sql = "UPDATE accounts SET recovery_xpub = ? WHERE account = ?"
+        db.execute(sql, (xpub.serialize(), account))
         db.commit()
     finally:
         db.close()
+
+
+def test_altered_account_facts_make_the_seed_unopenable(cold: ColdHsm, link: Any) -> None:
+    """The seeds' AAD binds the account's public facts: editing one in the state is refused."""
+    provision(cold, link, 7, register=False)
+    alter_recovery_xpub(cold, 7, b"attacker recovery seed")
     err = refused(link, "prove_batch", {"account": 7, "wallet": "hot", "batch_no": 0})
     assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
 
@@ -398,14 +233,7 @@ def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, li
     acct = provision(cold, link, 77)
     payload, _ = acct.send([(random_address(), 50_000)], "tx-77-1")
     link.call("cosign", payload, timeout=TIMEOUT)  # the wallet is now cached
-    attacker = ExtendedKey.from_seed(b"attacker recovery seed 77", NET)
-    xpub = attacker.derive(bip48_account_path(NET, 0)).to_public().serialize()
-    db = sqlite3.connect(cold.section.path("state_dir") / "cold.db")
-    try:
-        db.execute("UPDATE accounts SET recovery_xpub = ? WHERE account = 77", (xpub,))
-        db.commit()
-    finally:
-        db.close()
+    alter_recovery_xpub(cold, 77, b"attacker recovery seed 77")
     payload, _ = acct.send([(random_address(), 50_000)], "tx-77-2")
     err = refused(link, "cosign", payload)
     assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
@@ -441,12 +269,6 @@ def test_valid_cosign_signs_a_spend_the_script_interpreter_accepts(
         NodeCoin(c.value, acct.wallet.script_pubkey(c.index, c.chain), 1, False) for c in coins
     ]
     verify_scripts(tx, spent, policy=True)
-
-
-def frozen_for(link: Any, account: int) -> str | None:
-    """The freeze reason of `account`, or None if it is not frozen."""
-    frozen = dict(link.call("status", {}, timeout=TIMEOUT)["frozen"])
-    return frozen.get(account)
 
 
 def test_refusal_of_one_satoshi_more_in_an_output(cold: ColdHsm, link: Any) -> None:

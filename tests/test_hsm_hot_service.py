@@ -3,7 +3,7 @@
 What this covers fast: the compact request built from a PSBT, the checks of the cold answer
 (a bad cold signature means no hot signature), the hot policy refusing before any link
 traffic, idempotent retries, the provisioning proof, link errors mapped to RPC codes, and the
-RPC server's authentication. The real token and the real cold HSM are in test_hsm_pair.py.
+RPC server's authentication. The real token and the real cold HSM are in tests/hsm_pair/.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from hsm_hot.rpc_server import RpcServer
 from hsm_hot.service import HotService, provision_statement
 from hsm_hot.state import HotState
 from tests.hsm_fixtures import (
+    PHONES,
     Coin,
     VDevice,
     build_send_psbt,
@@ -59,7 +60,6 @@ from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, FixedKey, HotWallet
 
 NET = Network.REGTEST
 ACCOUNT = 7
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 def _key(tag: str) -> coincurve.PrivateKey:

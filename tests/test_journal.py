@@ -4,16 +4,16 @@ naming the first bad record. Concurrent appends never fork the chain."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-import tomli_w
 from sqlalchemy import delete, func, select, update
 
 from custody import journal
 from custody.cli import main as custody_main
 from custody.models import JournalEntry
+from tests.api_fixtures import write_database_config
+from tests.harness import in_threads
 
 
 def fill(factory, n: int = 6) -> list[int]:
@@ -85,23 +85,13 @@ def test_cut_tail_is_found(session_factory):
 
 
 def test_concurrent_appends_keep_one_chain(session_factory):
-    errors: list[BaseException] = []
-
     def work(k: int) -> None:
-        try:
-            for i in range(10):
-                with session_factory() as s, s.begin():
-                    # a kind no merchant event stands for: accounts k need not exist
-                    journal.append(s, journal.JournalKind.TOKEN_ISSUED, k, {"i": i})
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(10):
+            with session_factory() as s, s.begin():
+                # a kind no merchant event stands for: accounts k need not exist
+                journal.append(s, journal.JournalKind.TOKEN_ISSUED, k, {"i": i})
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    in_threads(work, 4)
     r = check(session_factory)
     assert r.ok and r.count == 40
     with session_factory() as s:
@@ -110,18 +100,7 @@ def test_concurrent_appends_keep_one_chain(session_factory):
 
 @pytest.mark.parametrize("damage", ["edit", "delete", "reorder", "none"])
 def test_cli_journal_verify(tmp_path: Path, db_url: str, session_factory, damage, capsys):
-    (tmp_path / "custody.toml").write_text(
-        tomli_w.dumps(
-            {
-                "custody": {
-                    "database_url": db_url,
-                    "secret_key": "x" * 32,
-                    "host": "127.0.0.1",
-                    "port": 1,
-                }
-            }
-        )
-    )
+    write_database_config(tmp_path, db_url)
     ids = fill(session_factory)
     if damage == "reorder":
         swap(session_factory, ids[2], ids[3])

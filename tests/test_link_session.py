@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -125,20 +126,20 @@ class Rig:
         return results
 
 
+def cold_server(line: SerialLine, tmp_path: Path, name: str) -> tuple[ColdSide, LinkServer]:
+    """A started cold side on `line`'s cold end, its counters in `tmp_path`/cold.json."""
+    cold = ColdSide()
+    store = JsonCounterStore(tmp_path / "cold.json")
+    server = LinkServer.open(str(line.cold.link), KEY, cold.handlers(), store, CONFIG, name=name)
+    server.start()
+    return cold, server
+
+
 @pytest.fixture
 def rig(tmp_path) -> Iterator[Rig]:
     line = SerialLine(tmp_path / "hot", tmp_path / "cold", CONFIG.baudrate, seed=7)
     line.start()
-    cold = ColdSide()
-    server = LinkServer.open(
-        str(line.cold.link),
-        KEY,
-        cold.handlers(),
-        JsonCounterStore(tmp_path / "cold.json"),
-        CONFIG,
-        name="cold",
-    )
-    server.start()
+    cold, server = cold_server(line, tmp_path, "cold")
     client = LinkClient.open(
         str(line.hot.link), KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot"
     )
@@ -239,16 +240,7 @@ def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> Non
         f for f in FrameDecoder().feed(rig.line.captured(A_TO_B)) if f.type == FrameType.DATA
     ]
     rig.server.stop()
-    cold = ColdSide()
-    server = LinkServer.open(
-        str(rig.line.cold.link),
-        KEY,
-        cold.handlers(),
-        JsonCounterStore(tmp_path / "cold.json"),
-        CONFIG,
-        name="cold2",
-    )
-    server.start()
+    cold, server = cold_server(rig.line, tmp_path, "cold2")
     try:
         rig.line.put(A_TO_B, request.encode())
         wait_until(lambda: server.session.refusals[Refusal.STALE] == 1)
@@ -387,16 +379,7 @@ def test_both_sides_restart_from_reserved_counters_and_recover(rig: Rig, tmp_pat
     # sending ones): the first exchanges are stale both ways.
     JsonCounterStore(tmp_path / "hot.json").save("cold_to_hot.recv", 10_000)
     JsonCounterStore(tmp_path / "cold.json").save("hot_to_cold.recv", 20_000)
-    cold = ColdSide()
-    server = LinkServer.open(
-        str(rig.line.cold.link),
-        KEY,
-        cold.handlers(),
-        JsonCounterStore(tmp_path / "cold.json"),
-        CONFIG,
-        name="cold2",
-    )
-    server.start()
+    cold, server = cold_server(rig.line, tmp_path, "cold2")
     client = LinkClient.open(
         str(rig.line.hot.link), KEY, JsonCounterStore(tmp_path / "hot.json"), CONFIG, name="hot2"
     )

@@ -9,19 +9,17 @@ Transactions are built with python-bitcointx (tests/node_fixtures.py), never wit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bitcointx.core import CTransaction
 
-import pytest
-
-from custody.chain import BitcoinRPC, TxRejected
+from custody.chain import BitcoinRPC
 from tests.node_fixtures import (
     FEE,
     Faucet,
     Key,
-    NodeProcess,
     hex_of,
+    node_rig,
     p2wpkh_digest,
-    running_node,
+    rejected,
     spend_p2wpkh,
     txid_hex,
     unsigned_tx,
@@ -32,31 +30,7 @@ RBF = 0xFFFFFFFD
 FINAL = 0xFFFFFFFF
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "node-rbf")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return Key.from_seed("rbf-miner")
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC, key: Key) -> Faucet:
-    rpc.generate_to_address(110, key.address)
-    return Faucet(rpc, key)
-
-
-def rejected(rpc: BitcoinRPC, tx_hex: str) -> tuple[int, str]:
-    with pytest.raises(TxRejected) as info:
-        rpc.send_raw_transaction(tx_hex)
-    return info.value.rpc_code, info.value.reason
+node, rpc, key, faucet = node_rig("node-rbf", seed="rbf-miner", blocks=110)
 
 
 def send(rpc: BitcoinRPC, tx: object) -> str:
@@ -65,6 +39,15 @@ def send(rpc: BitcoinRPC, tx: object) -> str:
 
 def pool(rpc: BitcoinRPC) -> set[str]:
     return set(rpc.get_raw_mempool())
+
+
+def pay_back(
+    rpc: BitcoinRPC, key: Key, coin: tuple[str, int, int], *, sequence: int = FINAL
+) -> tuple[CTransaction, tuple[str, int, int]]:
+    """Send `coin` back to `key` less FEE; the transaction, and its output as the next coin."""
+    tx = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)], sequence=sequence)
+    send(rpc, tx)
+    return tx, (txid_hex(tx), 0, coin[2] - FEE)
 
 
 def test_non_signalling_transaction_is_not_replaceable(
@@ -83,9 +66,7 @@ def test_replacement_must_pay_more_absolute_fee_than_it_evicts(
     rpc: BitcoinRPC, faucet: Faucet, key: Key
 ) -> None:
     coin = faucet.coin()
-    parent = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)], sequence=RBF)
-    send(rpc, parent)
-    child_coin = (txid_hex(parent), 0, coin[2] - FEE)
+    parent, child_coin = pay_back(rpc, key, coin, sequence=RBF)
     child = spend_p2wpkh(key, child_coin, [(key.script, child_coin[2] - 20 * FEE)])
     send(rpc, child)
     # Higher fee rate than the parent alone, but less than parent + child together.
@@ -103,14 +84,9 @@ def test_replacement_evicts_the_original_and_its_descendants(
     rpc: BitcoinRPC, faucet: Faucet, key: Key
 ) -> None:
     coin = faucet.coin()
-    parent = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)], sequence=RBF)
-    send(rpc, parent)
-    child_coin = (txid_hex(parent), 0, coin[2] - FEE)
-    child = spend_p2wpkh(key, child_coin, [(key.script, child_coin[2] - FEE)])
-    grandchild_coin = (txid_hex(child), 0, child_coin[2] - FEE)
-    grandchild = spend_p2wpkh(key, grandchild_coin, [(key.script, grandchild_coin[2] - FEE)])
-    send(rpc, child)
-    send(rpc, grandchild)
+    parent, child_coin = pay_back(rpc, key, coin, sequence=RBF)
+    child, grandchild_coin = pay_back(rpc, key, child_coin)
+    grandchild, _ = pay_back(rpc, key, grandchild_coin)
     bump = spend_p2wpkh(key, coin, [(key.script, coin[2] - 5 * FEE)], sequence=RBF)
     assert send(rpc, bump) == txid_hex(bump)
     now = pool(rpc)
@@ -145,11 +121,8 @@ def test_block_with_a_conflicting_spend_evicts_the_pool_spend_and_its_children(
     rpc: BitcoinRPC, faucet: Faucet, key: Key
 ) -> None:
     coin = faucet.coin()
-    pooled = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)], sequence=FINAL)
-    send(rpc, pooled)
-    child_coin = (txid_hex(pooled), 0, coin[2] - FEE)
-    child = spend_p2wpkh(key, child_coin, [(key.script, child_coin[2] - FEE)])
-    send(rpc, child)
+    pooled, child_coin = pay_back(rpc, key, coin)
+    child, _ = pay_back(rpc, key, child_coin)
     elsewhere = Key.from_seed("rbf-elsewhere")
     conflict = spend_p2wpkh(key, coin, [(elsewhere.script, coin[2] - 2 * FEE)])
     block = rpc.call("generateblock", key.address, [hex_of(conflict)])["hash"]
@@ -164,10 +137,8 @@ def test_chain_of_unconfirmed_transactions_stops_at_25(
     coin = faucet.coin()
     chain = []
     for _ in range(25):
-        tx = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)], sequence=RBF)
-        send(rpc, tx)
+        tx, coin = pay_back(rpc, key, coin, sequence=RBF)
         chain.append(tx)
-        coin = (txid_hex(tx), 0, coin[2] - FEE)
     assert rpc.get_mempool_entry(txid_hex(chain[-1]))["ancestorcount"] == 25
     tx = spend_p2wpkh(key, coin, [(key.script, coin[2] - FEE)])
     code, message = rejected(rpc, hex_of(tx))

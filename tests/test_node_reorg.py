@@ -5,10 +5,6 @@ mined on the new branch evicts the mempool transaction; state survives a restart
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from custody.chain import BitcoinRPC
 from tests.node_fixtures import (
     FEE,
@@ -17,7 +13,7 @@ from tests.node_fixtures import (
     NodeProcess,
     assert_rpc_error,
     hex_of,
-    running_node,
+    node_rig,
     spend_p2wpkh,
     txid_hex,
 )
@@ -27,25 +23,7 @@ NO_SUCH_TX = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "node-reorg", txindex=True)
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return Key.from_seed("reorg-miner")
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC, key: Key) -> Faucet:
-    rpc.generate_to_address(101, key.address)
-    return Faucet(rpc, key)
+node, rpc, key, faucet = node_rig("node-reorg", seed="reorg-miner", txindex=True)
 
 
 def test_invalidate_returns_tx_to_mempool_and_reconsider_reconnects(

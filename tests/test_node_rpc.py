@@ -8,11 +8,9 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 import requests
 
 from custody.chain import BitcoinRPC
@@ -26,7 +24,7 @@ from tests.node_fixtures import (
     NodeProcess,
     assert_rpc_error,
     hex_of,
-    running_node,
+    node_rig,
     spend_p2wpkh,
     txid_hex,
 )
@@ -34,25 +32,7 @@ from tests.node_fixtures import (
 GENESIS = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "node-rpc")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return Key.from_seed("rpc-miner")
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC, key: Key) -> Faucet:
-    rpc.generate_to_address(101, key.address)
-    return Faucet(rpc, key)
+node, rpc, key, faucet = node_rig("node-rpc", seed="rpc-miner")
 
 
 def test_genesis_and_chain_info(rpc: BitcoinRPC, faucet: Faucet) -> None:

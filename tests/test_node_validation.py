@@ -6,21 +6,19 @@ Transactions are built and signed here with python-bitcointx and coincurve.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from custody.chain import BitcoinRPC, TxRejected
+from custody.chain import BitcoinRPC
 from tests.node_fixtures import (
     FEE,
     Faucet,
     Key,
-    NodeProcess,
     hex_of,
+    node_rig,
     p2wpkh_digest,
     p2wsh_digest,
     p2wsh_multisig,
-    running_node,
+    rejected,
     spend_p2wpkh,
     txid_hex,
     unsigned_tx,
@@ -33,31 +31,7 @@ EVAL_FALSE = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    yield from running_node(tmp_path_factory, "node-validation")
-
-
-@pytest.fixture(scope="module")
-def rpc(node: NodeProcess) -> BitcoinRPC:
-    return node.rpc()
-
-
-@pytest.fixture(scope="module")
-def key() -> Key:
-    return Key.from_seed("validation-miner")
-
-
-@pytest.fixture(scope="module")
-def faucet(rpc: BitcoinRPC, key: Key) -> Faucet:
-    rpc.generate_to_address(110, key.address)
-    return Faucet(rpc, key)
-
-
-def rejected(rpc: BitcoinRPC, tx_hex: str) -> tuple[int, str]:
-    with pytest.raises(TxRejected) as info:
-        rpc.send_raw_transaction(tx_hex)
-    return info.value.rpc_code, info.value.reason
+node, rpc, key, faucet = node_rig("node-validation", seed="validation-miner", blocks=110)
 
 
 def test_immature_coinbase_rejected_then_accepted_at_maturity(

@@ -40,6 +40,7 @@ from custody.chain import BitcoinRPC
 from custody.hsm_client import ProvisionedAccount
 from tests.harness import Deployment, wait_until
 from tests.hsm_fixtures import (
+    PHONES,
     Coin,
     HsmPair,
     VDevice,
@@ -68,22 +69,12 @@ pytestmark = pytest.mark.slow
 
 COIN = 100_000_000
 ACCOUNT = 7
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 WRONG_SHARE, TOO_FEW, FOREIGN_KEY, ALTERED, INVALID = 780, 781, 782, 783, 784
 TARGET_IN_USE, PSBT_REFUSED, NOT_CONFIRMED, DRILL_OFF = 786, 787, 788, 789
 
 
 def run(d: Deployment, module: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env=d.env,
-        cwd=d.data_dir,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return d.cli(*args, module=module, stdin=stdin, timeout=180, check=False)
 
 
 def cold(d: Deployment, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -153,17 +144,10 @@ def received(node: BitcoinRPC, address: str) -> int:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmPair]:
     d = Deployment(tmp_path_factory.mktemp("recovery"))
-    p = HsmPair(d)
-    try:
-        p.start()
+    with d.serving():
+        p = HsmPair(d).start()
         d.start_cli("node", "firmware_sim.cli", "node", timeout=60)
         yield p
-    except BaseException:
-        print(d.log_tails())
-        raise
-    finally:
-        problems = d.stop()
-        assert not problems, problems
 
 
 @pytest.fixture(scope="module")

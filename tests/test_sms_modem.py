@@ -24,7 +24,7 @@ from cc_common.sms.errors import (
 from cc_common.sms.failover import FailoverSender
 from cc_common.sms.modem import GsmModem, IncomingSms, parse_scts
 from tests.firmware_fixtures import FirmwareSim, firmware_sims, wait_log
-from tests.harness import wait_until
+from tests.harness import in_threads, wait_until
 
 OpenModem = Callable[..., GsmModem]
 
@@ -37,9 +37,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirmwareSim]:
 
 @pytest.fixture(autouse=True)
 def clean_carrier(sim: FirmwareSim) -> Iterator[None]:
-    sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    sim.clean_carrier()
     yield
-    sim.control.set_carrier(delay_ms=20, loss=0.0, duplicate=0.0, state="up")
+    sim.clean_carrier()
 
 
 @pytest.fixture
@@ -261,20 +261,7 @@ def test_reopens_with_backoff_when_the_port_appears(sim: FirmwareSim, tmp_path: 
 
 def test_concurrent_senders_share_one_modem(sim: FirmwareSim, open_modem: OpenModem) -> None:
     cold, v = open_modem("cold-a"), open_modem("vdevice")
-    errors: list[BaseException] = []
-
-    def send(i: int) -> None:
-        try:
-            cold.send(sim.modem_number("vdevice"), f"CC:PING {i}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30.0)
-    assert errors == []
+    in_threads(lambda i: cold.send(sim.modem_number("vdevice"), f"CC:PING {i}"), 4, timeout=30.0)
     assert sorted(m.text for m in collect(v, 4)) == [f"CC:PING {i}" for i in range(4)]
 
 

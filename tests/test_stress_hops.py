@@ -10,7 +10,6 @@ caller would give it, and no request watchdog may have reported a request past i
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,12 @@ from custody.hsm_client import HotHsmClient
 from examples.merchant_site.custody_client import DEFAULT_TIMEOUT as SITE_DEADLINE
 from tests.harness import Deployment
 from tests.hsm_fixtures import (
+    PHONES,
     HsmPair,
     VDevice,
     build_send_psbt,
     confirm_account,
+    create_account,
     funded_coin,
     hot_wallet,
     random_address,
@@ -39,7 +40,6 @@ from wallet_core.wallets import RECEIVE
 BATCHES = 6  # per side: 12 batch proofs over the link
 SENDS = 15
 SEND_DEADLINE = 60.0  # the worker's hot HSM deadline ([hsm_hot] rpc_timeout)
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 
 
 @pytest.mark.slow
@@ -49,15 +49,7 @@ def test_batch_and_send_paths_stay_within_their_deadlines(deployment: Any) -> No
     d.cli("db", "upgrade", "--dir", str(d.data_dir))
     d.start_cli("custody-api", "custody.cli", "serve")
     vdev = VDevice("stress")
-    created = json.loads(
-        d.cli(
-            "account", "create", "stress", "--dir", str(d.data_dir),
-            "--vdevice-phone", PHONES["vdevice_phone"],
-            "--owner-phone", PHONES["owner_phone"],
-            "--settlement-descriptor", settlement_descriptor(1),
-            "--vdevice-identity", vdev.identity_hex,
-        ).stdout
-    )  # fmt: skip
+    created = create_account(d, "stress", vdev)
     account = created["account_id"]
     # the officer confirms it at the cold console, with room for this many sends in an hour
     confirm_account(d, account, vdev.identity_hex, "--max-sends-per-hour", str(SENDS * 2))

@@ -7,7 +7,7 @@ gives it Twilio's; messages go through the simulated carrier to phones and modem
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,26 +15,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
 from cc_common.deployment import OPERATOR_NUMBER, TWILIO_FROM_NUMBER
-from tests.firmware_fixtures import AtPort, FirmwareSim, at_ports, firmware_sims
+from tests.firmware_fixtures import AtPort, FirmwareSim
 from tests.harness import Deployment
-
-
-@pytest.fixture(scope="module")
-def start_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., FirmwareSim]]:
-    with firmware_sims(tmp_path_factory) as start:
-        yield start
-
-
-@pytest.fixture(scope="module")
-def firmware_sim(start_sim: Callable[..., FirmwareSim]) -> FirmwareSim:
-    """One `firmware-sim serve` for the module, with the configuration `custody init` writes."""
-    return start_sim()
-
-
-@pytest.fixture
-def at_port() -> Iterator[Callable[[Path], AtPort]]:
-    with at_ports() as open_port:
-        yield open_port
 
 
 def client_for(sim: FirmwareSim, *, token: str | None = None) -> Client:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from tests.harness import wait_until
-from tests.test_vdevice import Rig, _vdevice_cli, make_rig, sim  # noqa: F401 (fixtures)
 from tests.vdevice_fixtures import encrypted, regtest_address
+from tests.vdevice_rig import Rig, _vdevice_cli
 from vdevice import policy_changes
 from vdevice.approvals import MAX_HELD, Decision, SendPolicy
 from vdevice.state import State, new_key
@@ -26,7 +26,7 @@ DELAY = 10  # the shortest loosening delay a policy may have
 
 
 def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig(max_send_sat=300_000, approval_above_sat=300_000, loosen_delay=3600)
     rig.start()
@@ -63,7 +63,7 @@ def test_policy_set_signs_sends_and_applies_like_the_cold_hsm(
 
 
 def test_a_held_send_does_not_stop_the_queue(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     """A send waiting for the owner is set aside: later sends within the policy go, counting
     the held one against the daily limit; once approved it goes."""
@@ -92,7 +92,7 @@ def test_a_held_send_does_not_stop_the_queue(
 
 
 def test_the_phone_learns_a_fee_bumps_txid_from_the_cold_hsm(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig()
     rig.web.add_vtest("bumped", encrypted(f"{DEST},50000"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cc_common.sqlite_tx import immediate
 from vdevice.errors import NotInitialised, NotProvisioned, ProvisioningError
 from wallet_core import secp
 
@@ -239,13 +240,8 @@ class State:
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One durable transaction (BEGIN IMMEDIATE, so a reader never blocks it midway)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with immediate(self.db) as db:
+            yield db
 
     # ----- meta ------------------------------------------------------------------------------
 

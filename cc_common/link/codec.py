@@ -128,6 +128,18 @@ def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
     return data[pos : pos + n], pos + n
 
 
+def _count(data: bytes, pos: int, tag: int, big: int, small: int, what: str) -> tuple[int, int]:
+    """The item count of a list or map: in the tag (small form) or a varint after it; never
+    more than the input has bytes left (each item takes at least one)."""
+    if tag == big:
+        n, pos = _read_varint(data, pos)
+    else:
+        n = tag - small
+    if n > len(data) - pos:
+        raise LinkEncodingError(f"link codec: {what} longer than its input")
+    return n, pos
+
+
 def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if depth > MAX_DEPTH:
         raise LinkEncodingError("link codec: value nested too deeply")
@@ -152,24 +164,14 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         raw, pos = _take(data, pos, n)
         return (raw.decode("utf-8") if tag == STR else raw), pos
     if tag == LIST or SMALL_LIST <= tag < SMALL_LIST + 16:
-        if tag == LIST:
-            n, pos = _read_varint(data, pos)
-        else:
-            n = tag - SMALL_LIST
-        if n > len(data) - pos:
-            raise LinkEncodingError("link codec: list longer than its input")
+        n, pos = _count(data, pos, tag, LIST, SMALL_LIST, "list")
         items = []
         for _ in range(n):
             item, pos = _decode(data, pos, depth + 1)
             items.append(item)
         return items, pos
     if tag == MAP or SMALL_MAP <= tag < SMALL_MAP + 16:
-        if tag == MAP:
-            n, pos = _read_varint(data, pos)
-        else:
-            n = tag - SMALL_MAP
-        if n > len(data) - pos:
-            raise LinkEncodingError("link codec: map longer than its input")
+        n, pos = _count(data, pos, tag, MAP, SMALL_MAP, "map")
         result: dict[str, Any] = {}
         for _ in range(n):
             key, pos = _decode(data, pos, depth + 1)

@@ -21,10 +21,10 @@ import tomli_w
 
 from cc_common.cli import add_dir_argument, config_from_args
 from cc_common.config import Config, config_path_for, role_path_for
-from cc_common.token import errors
-from cc_common.token.library import load_module
-from cc_common.token.pin_guard import PinGuard
-from cc_common.token.session import _open_lock, _open_tokens, find_token, translate_errors
+from cc_common.token.session import (
+    closed_token,
+    translate_errors,
+)
 from cc_common.token.settings import TokenSettings
 from cc_common.token.types import PinRole
 
@@ -44,25 +44,20 @@ def new_pin() -> str:
 def change_token_pins(settings: TokenSettings, pins: NewPins) -> None:
     """C_SetPIN for the user PIN (user login) and the SO PIN (SO login), under the retry
     guard: a refused old PIN counts as a failed try, like any login."""
-    key = (str(settings.module_path), settings.label)
-    with _open_lock:
-        if key in _open_tokens:
-            raise errors.TokenBusy(f"close token {settings.label!r} before changing its PINs")
-        lib = load_module(settings.module_path, settings.softhsm_conf)
-        token = find_token(lib, settings.label)
-        guard = PinGuard(settings.pin_state_path, settings.pin_retry_limit)
-        if pins.user_pin is not None:
-            with guard.attempt(PinRole.USER), translate_errors("change the user PIN"):
-                session = token.open(rw=True, user_pin=settings.user_pin)
+    with closed_token(settings, "changing its PINs") as (token, guard):
+        for role, name, old, new in (
+            (PinRole.USER, "user", settings.user_pin, pins.user_pin),
+            (PinRole.SO, "SO", settings.so_pin, pins.so_pin),
+        ):
+            if new is None:
+                continue
+            with guard.attempt(role), translate_errors(f"change the {name} PIN"):
+                if role is PinRole.USER:
+                    session = token.open(rw=True, user_pin=old)
+                else:
+                    session = token.open(rw=True, so_pin=old)
                 try:
-                    session.set_pin(settings.user_pin, pins.user_pin)
-                finally:
-                    session.close()
-        if pins.so_pin is not None:
-            with guard.attempt(PinRole.SO), translate_errors("change the SO PIN"):
-                session = token.open(rw=True, so_pin=settings.so_pin)
-                try:
-                    session.set_pin(settings.so_pin, pins.so_pin)
+                    session.set_pin(old, new)
                 finally:
                     session.close()
     log.warning("PINs of token %r changed", settings.label)

@@ -166,22 +166,33 @@ class TokenSession:
         self.close()
 
 
+@contextmanager
+def closed_token(settings: TokenSettings, before: str) -> Iterator[tuple[pkcs11.Token, PinGuard]]:
+    """The token of `settings` with its retry guard, for a login outside `HsmToken`; refused
+    (`TokenBusy`, "close token ... before `before`") while this process has it open."""
+    key = (str(settings.module_path), settings.label)
+    with _open_lock:
+        if key in _open_tokens:
+            raise errors.TokenBusy(f"close token {settings.label!r} before {before}")
+        lib = load_module(settings.module_path, settings.softhsm_conf)
+        yield (
+            find_token(lib, settings.label),
+            PinGuard(settings.pin_state_path, settings.pin_retry_limit),
+        )
+
+
 def reset_pin_lock(settings: TokenSettings, so_pin: str) -> None:
     """Operator unlock: verify `so_pin` by an SO login on the token, then clear our counters.
 
     The token must not be open (logged in as user) in this process: login is per token. Wrong
     SO PINs are counted too, against the same limit.
     """
-    key = (str(settings.module_path), settings.label)
-    with _open_lock:
-        if key in _open_tokens:
-            raise errors.TokenBusy(f"close token {settings.label!r} before an SO reset")
-        lib = load_module(settings.module_path, settings.softhsm_conf)
-        token = find_token(lib, settings.label)
-        guard = PinGuard(settings.pin_state_path, settings.pin_retry_limit)
-        with guard.attempt(PinRole.SO), translate_errors(f"SO login to {settings.label!r}"):
-            session = token.open(rw=True, so_pin=so_pin)
-            session.close()
+    with (
+        closed_token(settings, "an SO reset") as (token, guard),
+        guard.attempt(PinRole.SO),
+        translate_errors(f"SO login to {settings.label!r}"),
+    ):
+        token.open(rw=True, so_pin=so_pin).close()
     guard.clear()
     log.warning("PIN retry lock of token %r cleared by the SO", settings.label)
 

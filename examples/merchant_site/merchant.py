@@ -102,23 +102,23 @@ def enqueue_withdrawal() -> tuple[dict[str, Any], int]:
 @bp.post("/merchant/deposit-address")
 def deposit_address() -> dict[str, Any]:
     """Custody's next cold address, given out only if it is in a batch the V-device verified."""
-    index, address = site().custody.next_address(custody_token("cold_token"))
-    if store.find_in_verified_batch(db(), AddressType.COLD, index, address) is None:
-        raise Conflict(
-            f"custody's next address {address} (index {index}) is not in a verified cold "
-            "batch: do not use it (fetch and verify its batch first)"
-        )
-    return {"index": index, "address": address}
+    return _verified_next_address(AddressType.COLD, "cold_token", "address", "use")
 
 
 @bp.post("/merchant/funding-address")
 def funding_address() -> dict[str, Any]:
     """Custody's next hot address (where the merchant tops up the hot wallet), given out only
     if it is in a hot batch the V-device verified: a hacked custody cannot substitute it."""
-    index, address = site().custody.next_address(custody_token("hot_token"))
-    if store.find_in_verified_batch(db(), AddressType.HOT, index, address) is None:
+    return _verified_next_address(AddressType.HOT, "hot_token", "hot address", "fund")
+
+
+def _verified_next_address(kind: AddressType, token: str, noun: str, use: str) -> dict[str, Any]:
+    """Custody's next address of `kind`, refused unless a batch the V-device verified has it."""
+    index, address = site().custody.next_address(custody_token(token))
+    if store.find_in_verified_batch(db(), kind, index, address) is None:
+        side = kind.name.lower()
         raise Conflict(
-            f"custody's next hot address {address} (index {index}) is not in a verified hot "
-            "batch: do not fund it (fetch and verify its batch first)"
+            f"custody's next {noun} {address} (index {index}) is not in a verified {side} "
+            f"batch: do not {use} it (fetch and verify its batch first)"
         )
     return {"index": index, "address": address}

@@ -91,39 +91,36 @@ def _cms(code: CmsError) -> _Fail:
 _ERROR = "ERROR"
 
 
-def _split_args(text: str) -> list[str]:
-    """Split `a,"b,c",d` on commas outside quotes; quotes are removed."""
-    args: list[str] = []
+def _split_outside_quotes(text: str, sep: str, *, keep_quotes: bool) -> tuple[list[str], bool]:
+    """`text` cut at each `sep` outside double quotes; whether a quote was left open."""
+    parts: list[str] = []
     current: list[str] = []
     quoted = False
     for c in text:
         if c == '"':
             quoted = not quoted
-        elif c == "," and not quoted:
-            args.append("".join(current).strip())
-            current = []
-        else:
-            current.append(c)
-    if quoted:
-        raise _Fail(_ERROR)
-    args.append("".join(current).strip())
-    return args
-
-
-def _split_commands(body: str) -> list[str]:
-    """Split the part after `AT` on ';' outside quotes."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for c in body:
-        if c == '"':
-            quoted = not quoted
-        if c == ";" and not quoted:
+            if keep_quotes:
+                current.append(c)
+        elif c == sep and not quoted:
             parts.append("".join(current))
             current = []
         else:
             current.append(c)
     parts.append("".join(current))
+    return parts, quoted
+
+
+def _split_args(text: str) -> list[str]:
+    """Split `a,"b,c",d` on commas outside quotes; quotes are removed."""
+    args, unclosed = _split_outside_quotes(text, ",", keep_quotes=False)
+    if unclosed:
+        raise _Fail(_ERROR)
+    return [a.strip() for a in args]
+
+
+def _split_commands(body: str) -> list[str]:
+    """Split the part after `AT` on ';' outside quotes."""
+    parts, _ = _split_outside_quotes(body, ";", keep_quotes=True)
     return [p for p in parts if p.strip()]
 
 

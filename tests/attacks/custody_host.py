@@ -24,6 +24,7 @@ from custody.chain import BitcoinRPC
 from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
 from tests.harness import Deployment, wait_until
 from tests.hsm_fixtures import (
+    PHONES,
     Coin,
     HsmPair,
     VDevice,
@@ -38,7 +39,6 @@ from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
 
 COIN = 100_000_000
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
 _numbers = itertools.count(500)
 
 

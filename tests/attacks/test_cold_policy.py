@@ -10,23 +10,13 @@ confirmed at the cold console with the phone's fingerprint) gets nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from cc_common.fingerprint import fingerprint
 from cc_common.spending_policy import approved_request_string
 from hsm_cold.errors import ColdErrorCode
-from tests.hsm_fixtures import ColdHsm, random_address, running_cold_hsm
-from tests.test_hsm_cold import (
-    MAX_FEE_RATE,
-    MAX_FEE_SAT,
-    TIMEOUT,
-    Account,
-    provision,
-    refused,
-)
+from tests.cold_rig import TIMEOUT, Account, provision, refused
+from tests.hsm_fixtures import ColdHsm, random_address
 from wallet_core import messages
 from wallet_core.chaincloud import send_request_string
 
@@ -37,21 +27,6 @@ POLICY = (
     "--max-sends-per-hour=10",
     "--approval-above-sat=200000",
 )
-
-
-@pytest.fixture(scope="module")
-def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
-    yield from running_cold_hsm(
-        tmp_path_factory.mktemp("cold-policy"),
-        {"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
-    )
-
-
-@pytest.fixture
-def link(cold: ColdHsm) -> Iterator[Any]:
-    client = cold.client()
-    yield client
-    client.close()
 
 
 def confirmed(cold: ColdHsm, link: Any, number: int, *policy: str) -> Account:

@@ -61,15 +61,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostAttack]:
             },
         },
     )
-    h = HostAttack(d)
-    try:
-        yield h.start()
-    except BaseException:
-        print(d.log_tails())
-        raise
-    finally:
-        problems = d.stop()
-        assert not problems, problems
+    with d.serving():
+        yield HostAttack(d).start()
 
 
 def vsize(n_inputs: int, scripts: list[bytes]) -> int:

@@ -1,4 +1,4 @@
-"""Attacks at the edges of custody (issue 9 items 5-9), each through the real processes.
+"""Attacks at the edges of custody, each through the real processes.
 
 One deployment under `custody up` (every part its own OS process), set up by the demo's own
 steps (account, SMS channel, verified batches, hot funding). Each test holds exactly what its
@@ -20,7 +20,13 @@ from sqlalchemy import select, update
 
 from cc_common.sms import channel_messages as cm
 from cc_demo import scenario as demo
-from cc_demo.steps_edges import newest_send_id, rewrite_send, wait_posted, wait_refused
+from cc_demo.steps_edges import (
+    fake_failure,
+    newest_send_id,
+    rewrite_send,
+    wait_posted,
+    wait_refused,
+)
 from cc_demo.support import (
     HttpFailed,
     carrier,
@@ -94,7 +100,7 @@ def sends_count(rig: Rig) -> int:
         return len(s.execute(select(Send.id)).all())
 
 
-# ---------------------------------------------------------------- item 5: stolen hot token
+# -- stolen hot token ------------------------------------------------------------------------------
 
 
 def test_stolen_hot_token_cannot_freeze_the_account_with_a_forged_vc_code(rig: Rig) -> None:
@@ -130,7 +136,7 @@ def test_stolen_hot_token_cannot_freeze_the_account_with_a_forged_vc_code(rig: R
     assert_nothing_reached_the_node(rig, before, payee)
 
 
-# ------------------------------------------------------- item 6: "failed" needs the cold proof
+# -- "failed" needs the cold proof -----------------------------------------------------------------
 
 
 def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(rig: Rig) -> None:
@@ -142,14 +148,8 @@ def test_custody_cannot_make_the_site_believe_a_send_failed_and_sign_it_later(ri
     payee = random_address(ctx.network)
     factory = custody_db(ctx.config)
     before = node_state(rig)
-    last_id = newest_send_id(factory)
     with demo.worker_paused(ctx):
-        vtest_id = demo.merchant_withdrawal(ctx, [(payee, ATTACK_SAT)])
-        send = wait_posted(factory, account, last_id, vtest_id)
-        rewrite_send(
-            factory, send.id, status=SendStatus.FAILED, failure_reason="made up by the attacker"
-        )
-        w = demo.wait_site_finished(ctx, vtest_id)
+        vtest_id, send, w = fake_failure(ctx, factory, account, payee, ATTACK_SAT, "the attacker")
         assert w["status"] == "failed" and not w["tx_hash"], w
         state = demo.send_state(ctx, send.user_tx_no)
         assert state["cold_statement"]["state"] == "refused", state
@@ -205,7 +205,7 @@ def test_custody_saying_failed_after_signing_gets_the_txid_reported(rig: Rig) ->
     assert_not_frozen(rig)
 
 
-# ------------------------------------------------ item 7: hot funding addresses are verified
+# -- hot funding addresses are verified ------------------------------------------------------------
 
 
 def test_substituted_hot_funding_address_is_refused_by_the_site(rig: Rig) -> None:
@@ -245,7 +245,7 @@ def test_substituted_hot_funding_address_is_refused_by_the_site(rig: Rig) -> Non
     assert got["address"] != attacker and int(got["index"]) >= index
 
 
-# ------------------------------------------------- item 8: batch proofs bind what they prove
+# -- batch proofs bind what they prove -------------------------------------------------------------
 
 
 def test_batch_proof_replayed_for_another_batch_type_account_or_channel_fails(rig: Rig) -> None:
@@ -278,7 +278,7 @@ def test_batch_proof_replayed_for_another_batch_type_account_or_channel_fails(ri
     assert proof.recover_signer(addresses, account + 1) != cold_key
 
 
-# --------------------------------------- item 9: user_tx_no, control and bidi characters
+# -- user_tx_no, control and bidi characters -------------------------------------------------------
 
 
 def test_control_and_bidi_characters_are_refused_at_every_boundary(rig: Rig) -> None:

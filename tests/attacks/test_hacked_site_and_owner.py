@@ -20,14 +20,8 @@ import pyotp
 
 from cc_common.fingerprint import fingerprint
 from cc_common.spending_policy import approved_request_string
-from tests.test_vdevice import (  # noqa: F401 (fixtures)
-    POLICY_KEYS,
-    Rig,
-    _vdevice_cli,
-    make_rig,
-    sim,
-)
 from tests.vdevice_fixtures import HOT_TOKEN, encrypted, regtest_address
+from tests.vdevice_rig import POLICY_KEYS, Rig, _vdevice_cli
 from vdevice.state import new_key
 from wallet_core.chaincloud import send_request_string
 from wallet_core.messages import recover_pubkey
@@ -58,7 +52,7 @@ def signer_of(rig: Rig, form: dict[str, str], *, approved: bool) -> bytes:
 
 
 def test_hacked_site_stops_at_the_daily_limit_and_the_hourly_rate(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig(approval_timeout=600.0, **POLICY)
     attacker = [regtest_address(f"attacker-{n}") for n in range(5)]
@@ -81,7 +75,7 @@ def test_hacked_site_stops_at_the_daily_limit_and_the_hourly_rate(
 
 
 def test_above_the_threshold_only_the_owners_fresh_code_releases_the_send(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig(approval_timeout=600.0, **POLICY)
     dest = regtest_address("big-payee")
@@ -120,7 +114,7 @@ def test_above_the_threshold_only_the_owners_fresh_code_releases_the_send(
 
 
 def test_spoofed_owner_commands_change_nothing_and_lock_the_number_out(
-    make_rig: Callable[..., Rig],  # noqa: F811
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig()
     rig.start()
@@ -148,7 +142,7 @@ def test_spoofed_owner_commands_change_nothing_and_lock_the_number_out(
 
 
 def test_a_bundle_with_another_cold_identity_is_refused(
-    sim,  # noqa: F811
+    sim,
     tmp_path,
 ) -> None:
     """Custody (hacked at provisioning) hands out its own key as the cold HSM's: the phone

@@ -29,9 +29,9 @@ from cc_common.fingerprint import fingerprint
 from cc_common.link import LinkRemoteError
 from firmware_sim.control import ControlClient
 from hsm_cold.errors import ColdErrorCode
+from tests.cold_rig import SETTLEMENT, Account
 from tests.harness import Deployment, TestProcess, wait_until
 from tests.hsm_fixtures import ColdHsm, VDevice, random_address
-from tests.test_hsm_cold import SETTLEMENT, Account
 from tests.vdevice_fixtures import (
     HOT_TOKEN,
     SITE_TOKEN,

@@ -23,10 +23,10 @@ import pytest
 from cc_common.deployment import OWNER_NUMBER, VDEVICE_NUMBER
 from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from hsm_cold.errors import ColdErrorCode
+from tests.cold_rig import SETTLEMENT, Account
+from tests.cold_sms_rig import ATTACKER, COLD_A, TIMEOUT, World
 from tests.harness import wait_until
 from tests.hsm_fixtures import VDevice, random_address
-from tests.test_hsm_cold import SETTLEMENT, Account
-from tests.test_hsm_cold_sms import ATTACKER, COLD_A, TIMEOUT, World, world  # noqa: F401
 from wallet_core import messages
 
 ACCOUNT = 46
@@ -41,7 +41,7 @@ START = SpendingPolicy(
 
 
 @pytest.fixture(scope="module")
-def acct(world: World) -> Account:  # noqa: F811
+def acct(world: World) -> Account:
     hot = coincurve.PrivateKey(hashlib.sha256(b"policy-hot").digest())
     vdevice = VDevice(seed="policy-vdevice")
     answer = world.link.call(
@@ -77,12 +77,12 @@ def change_text(acct: Account, seq: int, policy: SpendingPolicy, key: bytes | No
     return f"{statement}:{sig}"
 
 
-def cosign(world: World, acct: Account, pay: int, tag: str) -> Any:  # noqa: F811
+def cosign(world: World, acct: Account, pay: int, tag: str) -> Any:
     payload, _ = acct.send([(random_address(), pay)], f"{tag}-{time.monotonic_ns()}")
     return world.link.call("cosign", payload, timeout=TIMEOUT)
 
 
-def refused_code(world: World, acct: Account, pay: int, tag: str) -> int:  # noqa: F811
+def refused_code(world: World, acct: Account, pay: int, tag: str) -> int:
     try:
         cosign(world, acct, pay, tag)
     except Exception as exc:  # the link's remote error carries the code
@@ -90,7 +90,7 @@ def refused_code(world: World, acct: Account, pay: int, tag: str) -> int:  # noq
     raise AssertionError(f"a {pay} sat send was co-signed")
 
 
-def ack(world: World, seq: int, state: AckState) -> PolicyAck:  # noqa: F811
+def ack(world: World, seq: int, state: AckState) -> PolicyAck:
     """The cold HSM's answer to change `seq`, at the V-device's number, signed by its identity."""
     prefix = f"CC:POLICY_ACK:{ACCOUNT}:{seq}:{state.value}:"
     sms = world.v.expect(lambda m: m.text.startswith(prefix), f"{state.value} ack of {seq}")
@@ -99,11 +99,11 @@ def ack(world: World, seq: int, state: AckState) -> PolicyAck:  # noqa: F811
     return answer
 
 
-def policy_row(world: World) -> str:  # noqa: F811
+def policy_row(world: World) -> str:
     return world.query("SELECT policy FROM account_policies WHERE account = ?", ACCOUNT)[0][0]
 
 
-def pending_changes(world: World) -> list[tuple[str, float]]:  # noqa: F811
+def pending_changes(world: World) -> list[tuple[str, float]]:
     return world.query(
         "SELECT id, applies_at FROM policy_changes WHERE account = ? AND state = 'pending'",
         ACCOUNT,
@@ -111,7 +111,7 @@ def pending_changes(world: World) -> list[tuple[str, float]]:  # noqa: F811
 
 
 def test_tightening_applies_at_once_and_cannot_be_replayed_or_forged(
-    world: World,  # noqa: F811
+    world: World,
     acct: Account,
 ) -> None:
     tighter = SpendingPolicy(100_000, 5_000_000, 100, 100_000, loosen_delay=DELAY)
@@ -139,7 +139,7 @@ def test_tightening_applies_at_once_and_cannot_be_replayed_or_forged(
 
 
 def test_a_loosening_waits_its_delay_and_a_cancelled_one_never_applies(
-    world: World,  # noqa: F811
+    world: World,
     acct: Account,
 ) -> None:
     looser = SpendingPolicy(300_000, 5_000_000, 100, 300_000, loosen_delay=DELAY)

@@ -65,7 +65,9 @@ def acct(
     return a.id, hot
 
 
-def watcher(factory: sessionmaker[Session], rpc: BitcoinRPC) -> Watcher:
+@pytest.fixture
+def w(factory: sessionmaker[Session], rpc: BitcoinRPC) -> Watcher:
+    """A watcher that starts at the chain's tip as the test begins."""
     settings = WatcherSettings(start_height=rpc.get_block_count(), final_conf=3)
     return Watcher(factory, rpc, settings)
 
@@ -83,43 +85,53 @@ def history(s: Session, account_id: int, txid: str) -> list[tuple[str, int]]:
     return out
 
 
+def state(factory: sessionmaker[Session], account_id: int, txid: str) -> DepositState:
+    """The hot-wallet deposit's state as the watcher recorded it."""
+    with factory() as s:
+        return chain_tx(s, account_id, Wallet.HOT, txid).state
+
+
+def hot_balance(factory: sessionmaker[Session], account_id: int) -> int:
+    with factory() as s:
+        return confirmed_balance(s, account_id, Wallet.HOT)
+
+
+def mine_and_step(rpc: BitcoinRPC, w: Watcher) -> list[str]:
+    """One block mined, then one pass of the watcher; the block's hash."""
+    blocks = mine(rpc)
+    w.step()
+    return blocks
+
+
 def kinds(s: Session) -> list[str]:
     return list(s.execute(select(JournalEntry.kind).order_by(JournalEntry.id)).scalars())
 
 
 def test_seen_confirmed_final_and_only_confirmed_counts(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple, w: Watcher
 ) -> None:
     account_id, hot = acct
-    w = watcher(factory, rpc)
     txid = fund(rpc, faucet, [(bytes(hot[0].script_pubkey), 70_000)])
     w.step()
+    assert state(factory, account_id, txid) is DepositState.SEEN
+    assert hot_balance(factory, account_id) == 0
+    mine_and_step(rpc, w)
+    assert state(factory, account_id, txid) is DepositState.CONFIRMED
+    assert hot_balance(factory, account_id) == 70_000
+    mine_and_step(rpc, w)
+    assert state(factory, account_id, txid) is DepositState.CONFIRMED
+    mine_and_step(rpc, w)
+    assert state(factory, account_id, txid) is DepositState.FINAL
     with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid).state is DepositState.SEEN
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 0
-    mine(rpc)
-    w.step()
-    with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid).state is DepositState.CONFIRMED
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 70_000
-    mine(rpc)
-    w.step()
-    with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid).state is DepositState.CONFIRMED
-    mine(rpc)
-    w.step()
-    with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid).state is DepositState.FINAL
         assert history(s, account_id, txid) == [("seen", 0), ("confirmed", 1), ("final", 3)]
         deposits = [k for k in kinds(s) if k.startswith("deposit_")]
         assert deposits == ["deposit_seen", "deposit_confirmed", "deposit_final"]
 
 
 def test_replaced_deposit_never_counts_and_is_marked_replaced(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple, w: Watcher
 ) -> None:
     account_id, hot = acct
-    w = watcher(factory, rpc)
     coin = faucet.coin()
     pay = (bytes(hot[1].script_pubkey), 90_000)
     first = spend_p2wpkh(MINER, coin, [pay, (MINER.script, coin[2] - 90_000 - FEE)], sequence=RBF)
@@ -138,39 +150,33 @@ def test_replaced_deposit_never_counts_and_is_marked_replaced(
         assert unconfirmed_balance(s, account_id, Wallet.HOT) == 0
         assert s.execute(select(Utxo).where(Utxo.txid == txid_hex(first))).first() is None
         assert "deposit_replaced" in kinds(s)
-    mine(rpc)
-    w.step()
-    with factory() as s:
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 0
-        assert chain_tx(s, account_id, Wallet.HOT, txid_hex(first)).state is DepositState.REPLACED
+    mine_and_step(rpc, w)
+    assert state(factory, account_id, txid_hex(first)) is DepositState.REPLACED
+    assert hot_balance(factory, account_id) == 0
 
 
 def test_conflicted_then_reorged_deposits(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple, w: Watcher
 ) -> None:
     account_id, hot = acct
-    w = watcher(factory, rpc)
     txid, coin = fund_with_coin(rpc, faucet, [(bytes(hot[0].script_pubkey), 40_000)])
     w.step()
     conflicting_block(rpc, faucet, coin)
     w.step()
+    assert state(factory, account_id, txid) is DepositState.CONFLICTED
     with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid).state is DepositState.CONFLICTED
         assert history(s, account_id, txid) == [("seen", 0), ("conflicted", 0)]
         assert "deposit_conflicted" in kinds(s)
 
     txid2 = fund(rpc, faucet, [(bytes(hot[2].script_pubkey), 55_000)])
-    [block] = mine(rpc)
-    w.step()
+    [block] = mine_and_step(rpc, w)
     rpc.call("invalidateblock", block)
     w.step()
+    assert state(factory, account_id, txid2) is DepositState.REORGED
+    assert hot_balance(factory, account_id) == 0
+    mine_and_step(rpc, w)
+    assert state(factory, account_id, txid2) is DepositState.CONFIRMED
     with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid2).state is DepositState.REORGED
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 0
-    mine(rpc)
-    w.step()
-    with factory() as s:
-        assert chain_tx(s, account_id, Wallet.HOT, txid2).state is DepositState.CONFIRMED
         assert history(s, account_id, txid2) == [
             ("confirmed", 1),  # first seen in its block
             ("reorged", 0),
@@ -180,10 +186,9 @@ def test_conflicted_then_reorged_deposits(
 
 
 def test_dust_is_flagged_and_never_spent(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple, w: Watcher
 ) -> None:
     account_id, hot = acct
-    w = watcher(factory, rpc)
     dust = fund(rpc, faucet, [(bytes(hot[0].script_pubkey), 600)])
     mine(rpc)
     w.step()

@@ -33,6 +33,12 @@ from tests.worker_fixtures import (
 )
 
 
+@pytest.fixture
+def env(factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet) -> Env:
+    """A send rig with one 400 000 sat coin of the test's own."""
+    return Env(factory, rpc, faucet, [400_000])
+
+
 def stuck_send(env: Env, no: str, value: int = 100_000) -> int:
     sid = env.send(no, _outs(value))
     assert env.worker(fee_rate=1.0).step() == {sid: SendStatus.BROADCAST}
@@ -41,9 +47,8 @@ def stuck_send(env: Env, no: str, value: int = 100_000) -> int:
 
 
 def test_bump_replaces_and_the_send_confirms_with_the_new_txid(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+    factory: sessionmaker[Session], rpc: BitcoinRPC, env: Env
 ) -> None:
-    env = Env(factory, rpc, faucet, [400_000])
     sid = stuck_send(env, "bump-1")
     old, inputs = env.get(sid), env.reserved(sid)
     result = fee_bump.bump(env.worker("bumper"), "bump-1", fee_rate=8.0)
@@ -68,9 +73,8 @@ def test_bump_replaces_and_the_send_confirms_with_the_new_txid(
 
 
 def test_crash_between_signing_and_broadcasting_the_bump_resumes_it(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+    factory: sessionmaker[Session], rpc: BitcoinRPC, env: Env
 ) -> None:
-    env = Env(factory, rpc, faucet, [400_000])
     sid = stuck_send(env, "bump-crash")
     old = env.get(sid)
     first = env.worker("first")
@@ -93,9 +97,8 @@ def test_crash_between_signing_and_broadcasting_the_bump_resumes_it(
 
 
 def test_original_mined_after_all_is_followed(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+    factory: sessionmaker[Session], rpc: BitcoinRPC, env: Env
 ) -> None:
-    env = Env(factory, rpc, faucet, [400_000])
     sid = stuck_send(env, "bump-orig")
     old = env.get(sid)
     result = fee_bump.bump(env.worker(), "bump-orig", fee_rate=5.0)
@@ -118,8 +121,7 @@ def test_original_mined_after_all_is_followed(
     }
 
 
-def test_bump_refusals(factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet) -> None:
-    env = Env(factory, rpc, faucet, [400_000])
+def test_bump_refusals(factory: sessionmaker[Session], rpc: BitcoinRPC, env: Env) -> None:
     sid = stuck_send(env, "parent")
     child = env.send("child", _outs(50_000))
     assert env.worker().step()[child] is SendStatus.BROADCAST  # spends parent's change
@@ -136,9 +138,8 @@ def test_bump_refusals(factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: 
 
 
 def test_automatic_bump_after_n_blocks(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+    factory: sessionmaker[Session], rpc: BitcoinRPC, env: Env
 ) -> None:
-    env = Env(factory, rpc, faucet, [400_000])
     sid = stuck_send(env, "auto-1")
     old = env.get(sid)
     w = env.worker("auto", fee_ceiling=50.0)

@@ -49,6 +49,14 @@ def _journal_kinds(s: Session) -> list[str]:
     return list(s.execute(select(JournalEntry.kind).order_by(JournalEntry.id)).scalars())
 
 
+def confirmed_once_in(s: Session, account_id: int, txid: str, block: str, balance: int) -> None:
+    """The hot deposit `txid` is confirmed in `block`, one deep; the hot balance is `balance`."""
+    h = chain_tx(s, account_id, Wallet.HOT, txid)
+    assert h.status is TxStatus.CONFIRMED and h.block_hash == block
+    assert confirmations(tip_height(s), h.block_height) == 1
+    assert confirmed_balance(s, account_id, Wallet.HOT) == balance
+
+
 def test_deposit_seen_confirmed_reorged_and_confirmed_again(
     factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
 ) -> None:
@@ -84,10 +92,7 @@ def test_deposit_seen_confirmed_reorged_and_confirmed_again(
     [b1] = mine(rpc)
     w.step()
     with factory() as s:
-        h = chain_tx(s, account_id, Wallet.HOT, txid)
-        assert h.status is TxStatus.CONFIRMED and h.block_hash == b1
-        assert confirmations(tip_height(s), h.block_height) == 1
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 50_000
+        confirmed_once_in(s, account_id, txid, b1, 50_000)
         assert confirmed_balance(s, account_id, Wallet.COLD) == 70_000
         assert confirmed_balance(s, account_id, Wallet.HOT, min_conf=2) == 0
 
@@ -112,10 +117,7 @@ def test_deposit_seen_confirmed_reorged_and_confirmed_again(
     [b2] = mine(rpc)  # mined again on the new branch
     w.step()
     with factory() as s:
-        h = chain_tx(s, account_id, Wallet.HOT, txid)
-        assert h.status is TxStatus.CONFIRMED and h.block_hash == b2
-        assert confirmations(tip_height(s), h.block_height) == 1
-        assert confirmed_balance(s, account_id, Wallet.HOT) == 50_000
+        confirmed_once_in(s, account_id, txid, b2, 50_000)
         assert s.execute(select(func.count(Utxo.id))).scalar_one() == 2
         assert journal.verify(s).ok
 

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from cc_common.link import LinkAuthError, LinkClient, LinkConfig, LinkTimeout, MemoryCounterStore
 from custody.chain import BitcoinRPC
-from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
+from custody.hsm_client import HotHsmClient, HsmRefused
 from hsm_hot.compact import compact_request, plan_cosign
 from tests.harness import Deployment, wait_until
 from tests.hsm_fixtures import (
@@ -29,129 +28,36 @@ from tests.hsm_fixtures import (
     Coin,
     HsmPair,
     SerialTap,
-    VDevice,
     build_send_psbt,
-    confirm_account,
     funded_coin,
-    hot_wallet,
+    psbt_input,
     random_address,
-    send_request,
     settlement_descriptor,
+)
+from tests.hsm_pair.rig import (
+    CHANNEL_EXPIRED,
+    COIN,
+    COLD_UNREACHABLE,
+    EXTRA,
+    FEE,
+    FORGED,
+    FROZEN,
+    LINK_TIMEOUT,
+    MISMATCH,
+    NOT_DERIVABLE,
+    PHONES,
+    POLICY_REFUSED,
+    REUSED,
+    SEND_CLOSED,
+    UNKNOWN_CHANNEL,
+    Account,
+    refused,
 )
 from wallet_core import messages
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import SendVerdict, channel_key_statement, verify_send_statement
-from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
-from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
-
-COIN = 100_000_000
-LINK_TIMEOUT = 6.0
-COLD_UNREACHABLE = 906
-POLICY_REFUSED = 901
-# the cold HSM's refusal codes (hsm_cold/errors.py), as custody sees them through the hot RPC
-FROZEN, UNKNOWN_CHANNEL, CHANNEL_EXPIRED, FORGED = 703, 704, 705, 706
-REUSED, MISMATCH, EXTRA, NOT_DERIVABLE, FEE = 707, 708, 709, 710, 712
-SEND_CLOSED = 741
-PHONES = {"vdevice_phone": "+15550000100", "owner_phone": "+15550000200"}
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmPair]:
-    d = Deployment(
-        tmp_path_factory.mktemp("hsm-pair"),
-        config={
-            "hsm_hot": {
-                "link_timeout": LINK_TIMEOUT,
-                "max_requests_per_minute": 10_000,
-                # above the cold ones: the cold refusal is the one seen
-                "max_fee_sat": 10_000_000,
-                "max_fee_rate": 100_000,
-            }
-        },
-    )
-    p = HsmPair(d)
-    try:
-        p.start()
-        yield p
-    except BaseException:
-        print(d.log_tails())
-        raise
-    finally:
-        problems = d.stop()
-        assert not problems, problems
-
-
-@pytest.fixture(scope="module")
-def client(pair: HsmPair) -> HotHsmClient:
-    return pair.client()
-
-
-@pytest.fixture(scope="module")
-def node(pair: HsmPair) -> BitcoinRPC:
-    pair.d.start_cli("node", "firmware_sim.cli", "node", timeout=60)
-    return BitcoinRPC.from_config(pair.d.config)
-
-
-_accounts = iter(range(100, 10_000))
-
-
-class Account:
-    """A provisioned account with a live V-device channel."""
-
-    def __init__(self, client: HotHsmClient, pair: HsmPair) -> None:
-        self.id = next(_accounts)
-        self.vdev = VDevice(f"vdev-{self.id}")
-        self.client = client
-        self.prov: ProvisionedAccount = client.provision_account(
-            self.id, "regtest", self.vdev.identity_hex, settlement_descriptor(self.id), **PHONES
-        )
-        confirm_account(pair.d, self.id, self.vdev.identity_hex)
-        self.wallet: HotWallet = hot_wallet(self.prov)
-        self.c_id = f"ch-{self.id}"
-        client.register_channel(**self.vdev.channel_registration(self.id, self.c_id))
-
-    def params(
-        self,
-        psbt: Psbt,
-        payments: list[tuple[str, int]],
-        user_tx_no: str,
-        *,
-        outs: list[tuple[str, int]] | None = None,
-        c_id: str | None = None,
-        forge: bool = False,
-    ) -> dict[str, Any]:
-        request = send_request(outs or payments, user_tx_no)
-        key = VDevice("forger").channel if forge else None
-        return {
-            "account": self.id,
-            "psbt": psbt.to_base64(),
-            "request": request,
-            "vc_code": self.vdev.vc_code(request, key),
-            "c_id": c_id or self.c_id,
-        }
-
-    def coin(self, value: int, index: int) -> Coin:
-        """A made-up coin with its funding transaction (co-signing needs no chain)."""
-        return funded_coin(self.wallet, value, RECEIVE, index, 0, os.urandom(8).hex())
-
-    def send(self, user_tx_no: str, pay: int = 50_000, **kw: Any) -> dict[str, Any]:
-        """A valid send from a made-up coin."""
-        coins = [self.coin(300_000, 2)]
-        payments = [(random_address(), pay)]
-        psbt = build_send_psbt(self.wallet, coins, payments, change=(1, 300_000 - pay - 1_000))
-        return self.params(psbt, payments, user_tx_no, **kw)
-
-
-@pytest.fixture(scope="module")
-def account(pair: HsmPair, client: HotHsmClient) -> Account:
-    return Account(client, pair)
-
-
-def refused(call: Any, code: int, *args: Any, **kwargs: Any) -> HsmRefused:
-    with pytest.raises(HsmRefused) as info:
-        call(*args, **kwargs)
-    assert info.value.code == code, (info.value.code, info.value.message)
-    return info.value
+from wallet_core.psbt import Psbt, PsbtOutput
+from wallet_core.wallets import CHANGE, RECEIVE
 
 
 def signed_txids(pair: HsmPair) -> list[str]:
@@ -287,7 +193,7 @@ def test_cold_refusals_have_distinct_codes(pair: HsmPair, client: HotHsmClient) 
     psbt = build_send_psbt(w, coins, pay)
     bogus = PsbtOutput(_script(), change[1], w.origins(3, CHANGE))
     psbt = Psbt.create(
-        [_input(w, c) for c in coins],
+        [psbt_input(w, c, prev_tx=False) for c in coins],
         [*psbt.outputs, bogus],
     )
     refused(client.sign_send, NOT_DERIVABLE, **acct.params(psbt, pay, "r-change"))
@@ -473,18 +379,6 @@ def _try_sign(client: HotHsmClient, params: dict[str, Any]) -> str | None:
 
 def _script() -> bytes:
     return address_to_script(random_address(), NETWORK)
-
-
-def _input(wallet: HotWallet, c: Coin) -> Any:
-
-    return PsbtInput(
-        txid=c.txid,
-        vout=c.vout,
-        value=c.value,
-        script_pubkey=wallet.script_pubkey(c.index, c.chain),
-        witness_script=wallet.witness_script(c.index, c.chain),
-        origins=wallet.origins(c.index, c.chain),
-    )
 
 
 # -- another program on the line -----------------------------------------------------------------

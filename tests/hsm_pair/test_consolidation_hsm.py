@@ -12,12 +12,11 @@ from decimal import Decimal
 from custody.chain import BitcoinRPC
 from custody.hsm_client import HotHsmClient
 from tests.hsm_fixtures import Coin, HsmPair, build_send_psbt, funded_coin, random_address
-from tests.test_hsm_pair import COIN, FEE, Account, client, node, pair, refused
+from tests.hsm_pair.rig import COIN, FEE, Account, refused
 from wallet_core.psbt import Psbt
 from wallet_core.wallets import RECEIVE
 
 HOT_BAD_REQUEST = 904
-__all__ = ["client", "node", "pair"]  # module fixtures shared with test_hsm_pair
 
 
 def coins(node: BitcoinRPC, acct: Account, n: int) -> list[Coin]:

@@ -15,13 +15,11 @@ from cc_common.sms.modem import GsmModem
 from custody.chain import BitcoinRPC
 from custody.hsm_client import HotHsmClient
 from tests.harness import wait_until
-from tests.hsm_fixtures import Coin, HsmPair, build_send_psbt, random_address
-from tests.test_hsm_pair import COIN, PHONES, REUSED, Account, client, node, pair, refused
+from tests.hsm_fixtures import PHONES, Coin, HsmPair, build_send_psbt, psbt_input, random_address
+from tests.hsm_pair.rig import COIN, REUSED, Account, refused
 from wallet_core.chaincloud import verify_send_statement
-from wallet_core.psbt import Psbt, PsbtInput
+from wallet_core.psbt import Psbt
 from wallet_core.wallets import RECEIVE
-
-__all__ = ["client", "node", "pair"]  # module fixtures shared with test_hsm_pair
 
 
 def funded_coin(node: BitcoinRPC, acct: Account) -> Coin:
@@ -122,17 +120,7 @@ def test_what_is_not_a_replacement_is_refused(
     original = send_psbt(acct, [coin], payments, fee=1_000)
     final_hex(client, acct, original, payments, "nr-2")
     bumped = send_psbt(acct, [coin], payments, fee=5_000)
-    w = acct.wallet
-    final_input = PsbtInput(
-        txid=coin.txid,
-        vout=coin.vout,
-        value=coin.value,
-        script_pubkey=w.script_pubkey(coin.index, coin.chain),
-        witness_script=w.witness_script(coin.index, coin.chain),
-        origins=w.origins(coin.index, coin.chain),
-        sequence=0xFFFFFFFF,
-        prev_tx=coin.prev_tx,
-    )
+    final_input = psbt_input(acct.wallet, coin, sequence=0xFFFFFFFF)
     final = Psbt.create([final_input], bumped.outputs)
     e = refused(client.sign_send, REUSED, **acct.params(final, payments, "nr-2"))
     assert "frozen" in e.message
