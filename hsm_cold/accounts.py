@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from cc_common.deployment import write_private
+from cc_common.config_write import write_private
 from cc_common.token import DecryptionFailed
 from hsm_cold.errors import StateDamaged
 from hsm_cold.keystore import ColdKeystore

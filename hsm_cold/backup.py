@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cc_common import deployment
+from cc_common import config_write
 from hsm_cold import accounts
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.errors import (
@@ -324,7 +324,7 @@ def _identity(keystore: ColdKeystore) -> str:
 def write_private(path: Path, text: str) -> None:
     """Atomic, fsynced, mode 0600 (the directory 0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    deployment.write_private(path, text)
+    config_write.write_private(path, text)
 
 
 # -- the identity key -------------------------------------------------------------------------
