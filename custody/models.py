@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -289,6 +290,9 @@ class ChainTxOutput(Base):
     spent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+SPENDABLE = "spent_by IS NULL AND reserved_by_send IS NULL"
+
+
 class Utxo(Base):
     """An output paying one of our addresses. Coin selection locks these rows."""
 
@@ -297,6 +301,16 @@ class Utxo(Base):
         UniqueConstraint("txid", "vout"),
         # the outputs of the newest blocks, which a min_confirmations balance leaves out
         Index("ix_utxos_side_height", "account_id", "wallet", "block_height"),
+        # coin selection's and consolidation's ranges by value over the coins still free
+        Index(
+            "ix_utxos_spendable",
+            "account_id",
+            "wallet",
+            "value",
+            "id",
+            postgresql_where=text(SPENDABLE),
+            sqlite_where=text(SPENDABLE),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
