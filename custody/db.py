@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody import balance_journal
 from custody.errors import DatabaseUnavailable
 
 # How long a SQLite writer waits for the write lock before `database is locked`: well under
@@ -82,7 +83,10 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that journal every maintained-balance change they make (`balance_journal`)."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    balance_journal.install(factory)
+    return factory
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
     text,
 )
 from sqlalchemy.engine import Connection
@@ -331,7 +332,8 @@ class AccountBalance(Base):
     """Satoshis of an account side's unspent outputs, mined and mempool apart.
 
     Written only by the triggers of `custody.balance_sql`, in the transaction that changes
-    `utxos`; `custody.balances.verify_balances` checks it against the sums.
+    `utxos`, and journalled in that transaction (`custody.balance_journal`);
+    `custody.balances.verify_balances` checks it against the sums and the journal.
     """
 
     __tablename__ = "account_balances"
@@ -342,6 +344,8 @@ class AccountBalance(Base):
     )
     confirmed: Mapped[int] = mapped_column(BigInteger, default=0)
     unconfirmed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # changed since its last journal record (`custody.balance_journal` records and clears it)
+    unjournalled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def _create_balance_triggers(target: object, connection: Connection, **kw: Any) -> None:
@@ -409,6 +413,8 @@ class JournalEntry(Base):
     """Append-only, hash-chained record of custody events (invariant 7)."""
 
     __tablename__ = "journal"
+    # a side's newest balance record (`custody balance verify`)
+    __table_args__ = (Index("ix_journal_kind_account", "kind", "account_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -225,7 +225,9 @@ def ensure_address(session: Session, account: Account, chain: Chain, index: int)
 CANDIDATES_NEAR = 100  # coins just above and just below a payment that coin selection sees
 
 
-def _spendable(s: Session, account_id: int, tip: int, settings: SendSettings) -> Select[Any]:
+def _spendable(
+    s: Session, account_id: int, tip: int, settings: SendSettings
+) -> Select[Utxo, Address]:
     """The account's hot coins coin selection may use (unordered).
 
     Confirmed coins at `send_min_conf` depth, and (if allowed) outputs to our change path of
@@ -258,7 +260,7 @@ def _spendable(s: Session, account_id: int, tip: int, settings: SendSettings) ->
     )
 
 
-def _locked(s: Session, q: Select[Any]) -> list[tuple[Utxo, Address]]:
+def _locked(s: Session, q: Select[Utxo, Address]) -> list[tuple[Utxo, Address]]:
     if is_postgres(s):
         q = q.with_for_update(skip_locked=True, of=Utxo)
     return [(u, a) for u, a in s.execute(q).all()]
