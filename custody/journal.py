@@ -59,6 +59,7 @@ class JournalKind(StrEnum):
     SEND_WAITING = "send_waiting"
     SEND_REPLACED = "send_replaced"
     CONSOLIDATION = "consolidation"
+    CONSOLIDATION_SCHEDULED = "consolidation_scheduled"  # the schedule started one (why)
     BALANCE = "balance"  # an account side's maintained totals after a change
 
 
