@@ -3,10 +3,12 @@ transactions, each figure against the same account at 10 000 UTXOs (50 000 trans
 
 Workload (all on 127.0.0.1):
 - a temporary PostgreSQL database `cc_bench_<random>` (dropped at the end), migrated with
-  Alembic; one account provisioned through the software HSM stand-in of the tests, with 100
-  hot receiving addresses derived from its real keys;
+  Alembic; one account provisioned through the software HSM stand-in of the tests, its hot
+  batch 0 created, proven and verified (so `/user` shows an address), 100 hot change
+  addresses derived from its real keys;
 - its hot side bulk-loaded with COPY (the balance triggers fire, so the load time includes
-  them): 5 transactions per UTXO, each with 1 input and 2 outputs, 10 per block; every 5th
+  them; then VACUUM ANALYZE, so no autovacuum runs during the figures): 5 transactions per
+  UTXO, each with 1 input and 2 outputs, 10 per block; every 5th
   transaction's first output is an unspent UTXO (values 10 000 to ~1 000 000 sat, spread over
   the 100 addresses); 1 transaction in 20 in the mempool; the tip is the last block;
 - `custody serve` (gunicorn, the service's defaults: 2 workers) on that database; each HTTP
@@ -59,8 +61,9 @@ from custody import consolidation  # noqa: E402
 from custody.admin_cli import upgrade_database  # noqa: E402
 from custody.balance_journal import journal_balances  # noqa: E402
 from custody.balances import confirmed_balance_at, verify_balances  # noqa: E402
+from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
 from custody.db import make_engine, make_session_factory  # noqa: E402
-from custody.models import Account, Chain, Send, SendStatus, Utxo, Wallet  # noqa: E402
+from custody.models import Account, BatchStatus, Chain, Send, SendStatus, Utxo, Wallet  # noqa: E402
 from custody.sends import SendWorker, ensure_address  # noqa: E402
 from tests.api_fixtures import SoftwareHsmStandIn, make_config, new_account  # noqa: E402
 
@@ -134,8 +137,9 @@ def load(dsn: str, account_id: int, address_ids: list[int], start: int, count: i
         for seq in ("chain_txs", "chain_tx_inputs", "chain_tx_outputs", "utxos"):
             cur.execute(f"SELECT setval('{seq}_id_seq', 100000000)")
         conn.commit()
-        cur.execute("ANALYZE")
-        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # a steady state, as after autovacuum: no vacuum of the new rows during the figures
+        conn.execute("VACUUM ANALYZE")
     return tip
 
 
@@ -190,10 +194,12 @@ def main() -> int:
         hsm = SoftwareHsmStandIn()
         account = new_account(factory, hsm, "bench")
         config = make_config(data_dir, dsn, "http://127.0.0.1:9")
+        get_or_create_batch(factory, hsm, config, account.id, Wallet.HOT, 0)
         with factory() as s, s.begin():
+            set_batch_status(s, config, account.id, Wallet.HOT, 0, BatchStatus.VERIFIED)
             acct = s.get(Account, account.id)
             assert acct is not None
-            addrs = [ensure_address(s, acct, Chain.RECEIVE, i) for i in range(ADDRESSES)]
+            addrs = [ensure_address(s, acct, Chain.CHANGE, i) for i in range(ADDRESSES)]
             address_ids = [a.id for a in addrs]
             s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
             send = Send(
@@ -295,7 +301,11 @@ def main() -> int:
                 with factory() as s:  # rolled back: every repetition starts alike
                     ids = s.execute(
                         select(Utxo.id)
-                        .where(Utxo.account_id == account.id, Utxo.block_height.is_(None))
+                        .where(
+                            Utxo.account_id == account.id,
+                            Utxo.wallet == Wallet.HOT,
+                            Utxo.block_height.is_(None),
+                        )
                         .limit(100)
                     ).scalars()
                     s.execute(
