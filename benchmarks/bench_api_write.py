@@ -168,7 +168,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
     ap.add_argument("--txs", type=int, default=10_000, help="transactions the reads page through")
     ap.add_argument("--write-connections", type=int, default=8, help="wrk connections posting")
-    ap.add_argument("--read-connections", type=int, default=8, help="wrk connections reading")
+    ap.add_argument(
+        "--read-connections", type=int, default=8, help="wrk connections reading (0: no reads)"
+    )
     ap.add_argument("--max-rate", type=int, default=1500, help="requests/s the bodies suffice for")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -240,28 +242,33 @@ def main() -> int:
             "1",
             str(bodies),
         )
-        reads = wrk(
-            f"{base}/tx",
-            data_dir / "read.lua",
-            args.duration,
-            args.read_connections,
-            "tx",
-            account.cold_token,
-            str(hashes),
-        )
-        w, r = summary(writes), summary(reads)
+        reads = None
+        if args.read_connections:
+            reads = wrk(
+                f"{base}/tx",
+                data_dir / "read.lua",
+                args.duration,
+                args.read_connections,
+                "tx",
+                account.cold_token,
+                str(hashes),
+            )
+        w = summary(writes)
+        r = summary(reads) if reads is not None else None
         with factory() as s:
             stored = s.execute(select(func.count(Send.id))).scalar()
-        w_s, r_s = w["duration_us"] / 1e6, r["duration_us"] / 1e6
+        w_s = w["duration_us"] / 1e6
         print(
             f"\nwrites: {w['accepted'] / w_s:7.0f} accepted/s ({w['accepted']} accepted, "
             f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored), "
             f"p50 {w['p50_us'] / 1000:.2f} ms, p99 {w['p99_us'] / 1000:.2f} ms"
         )
-        print(
-            f"reads:  {r['requests'] / r_s:7.0f} GET /tx/s ({r['errors']} errors), "
-            f"p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms"
-        )
+        if r is not None:
+            print(
+                f"reads:  {r['requests'] / (r['duration_us'] / 1e6):7.0f} GET /tx/s "
+                f"({r['errors']} errors), p50 {r['p50_us'] / 1000:.2f} ms, "
+                f"p99 {r['p99_us'] / 1000:.2f} ms"
+            )
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         engine.dispose()
     finally:
