@@ -35,7 +35,10 @@ from .fees import (
 )
 from .script import ScriptType
 
-BNB_MAX_TRIES = 100_000
+# Core tries 100 000 nodes in C++; in Python that is ~150 ms per build whenever no changeless
+# set exists (the common case), taken while the account is locked for the build. 20 000 keep a
+# build near 30 ms; when they find nothing, largest-first with change is used, as in Core.
+BNB_MAX_TRIES = 20_000
 DEFAULT_DUST_THRESHOLD = 330  # P2WSH dust at Core's 3 sat/vB dust relay fee
 
 
