@@ -337,6 +337,16 @@ class AccountBalance(Base):
     """
 
     __tablename__ = "account_balances"
+    # the rows `custody.balance_journal` must record at the next commit, found without a scan
+    __table_args__ = (
+        Index(
+            "ix_account_balances_unjournalled",
+            "account_id",
+            "wallet",
+            postgresql_where=text("unjournalled"),
+            sqlite_where=text("unjournalled"),
+        ),
+    )
 
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     wallet: Mapped[Wallet] = mapped_column(

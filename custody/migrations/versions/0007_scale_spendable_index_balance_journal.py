@@ -11,7 +11,8 @@ reserved, so neither reads all of an account's coins.
 `account_balances.unjournalled` marks a row changed since the journal last recorded it (the
 triggers of `custody.balance_sql` set it, recreated here; `custody.balance_journal` records
 and clears it). Existing rows start marked, so the next change journals them; the journal's
-(kind, account) index finds a side's newest balance record for `custody balance verify`.
+(kind, account) index finds a side's newest balance record for `custody balance verify`; a
+partial index finds the marked rows at each commit without scanning every account.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("unjournalled", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+    op.create_index(
+        "ix_account_balances_unjournalled",
+        balance_sql.TABLE,
+        ["account_id", "wallet"],
+        postgresql_where=sa.text("unjournalled"),
+        sqlite_where=sa.text("unjournalled"),
+    )
     bind.exec_driver_sql("UPDATE account_balances SET unjournalled = true")
     for statement in balance_sql.create_statements(bind.dialect.name):
         bind.exec_driver_sql(statement)
@@ -57,6 +65,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     for statement in balance_sql.drop_statements(bind.dialect.name):
         bind.exec_driver_sql(statement)
+    op.drop_index("ix_account_balances_unjournalled", table_name=balance_sql.TABLE)
     with op.batch_alter_table(balance_sql.TABLE, schema=None) as batch_op:
         batch_op.drop_column("unjournalled")
     op.drop_index("ix_journal_kind_account", table_name="journal")
