@@ -29,6 +29,7 @@ Run: `.venv/bin/python benchmarks/bench_api.py [--sizes 1000 100000] [--duration
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -38,7 +39,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,13 +48,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
-import tomli_w
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cc_common.deployment import free_port  # noqa: E402
+from benchmarks.serve import custody_server  # noqa: E402
 from custody.admin_cli import upgrade_database  # noqa: E402
 from custody.app import create_app  # noqa: E402
 from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
@@ -344,7 +343,7 @@ def main() -> int:
         c.execute(f'CREATE DATABASE "{name}"')
     dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
-    server = None
+    stack = contextlib.ExitStack()
     try:
         upgrade_database(dsn)
         engine = make_engine(dsn)
@@ -360,28 +359,8 @@ def main() -> int:
         create_app(config, hsm=hsm, session_factory=factory)  # import check only
         engine.dispose()
 
-        port = free_port()
-        raw = dict(config.raw)
-        raw["custody"] = {**raw["custody"], "port": port}
-        for key in ("workers", "threads"):
-            if getattr(args, key):
-                raw["custody"][key] = getattr(args, key)
-        (data_dir / "run").mkdir(exist_ok=True)
-        (data_dir / "custody.toml").write_text(tomli_w.dumps(raw))  # custody reads its own file
-        server = subprocess.Popen(
-            [sys.executable, "-m", "custody.cli", "serve", "--dir", str(data_dir)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        ready = data_dir / "run" / "custody-api.ready"
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("custody serve did not start: " + server.stderr.read().decode())
-            time.sleep(0.1)
-
+        overrides = {k: getattr(args, k) for k in ("workers", "threads") if getattr(args, k)}
+        port = stack.enter_context(custody_server(config, data_dir, **overrides))
         print(__doc__.split("Run:")[0].strip(), "\n")
         script = data_dir / "bench.lua"
         script.write_text(WRK_SCRIPT)
@@ -407,7 +386,7 @@ def main() -> int:
             write_hashes(hashes_file, size)
             if args.hold:
                 print(
-                    f"  (holding: server on port {port}, pid {server.pid}, "
+                    f"  (holding: server on port {port}, "
                     f"token {account.cold_token}, dir {data_dir})",
                     flush=True,
                 )
@@ -444,12 +423,7 @@ def main() -> int:
                     )
         print("\n" + json.dumps(rows))
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stack.close()
         with psycopg.connect(PG_ADMIN, autocommit=True) as c:
             c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)

@@ -248,7 +248,10 @@ def cmd_balance_verify(args: argparse.Namespace) -> int:
     elif mismatches:
         print("\n".join(m.describe() for m in mismatches))
     else:
-        print("every maintained balance equals the sum of its unspent outputs")
+        print(
+            "every maintained balance equals the sum of its unspent outputs and the journal's"
+            " newest record of it"
+        )
     return 1 if mismatches else 0
 
 
@@ -340,7 +343,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("balance", help="the maintained account balances")
     bsub = p.add_subparsers(dest="balance_command")
     q = bsub.add_parser(
-        "verify", help="compare every maintained balance with the sum of its unspent outputs"
+        "verify",
+        help="compare every maintained balance with the sum of its unspent outputs and with the"
+        " journal's newest record of it (run `custody journal verify` for the chain itself)",
     )
     add_dir_argument(q)
     q.add_argument("--json", action="store_true", help="print only the result as JSON")

@@ -7,7 +7,10 @@ writes it (watcher, send worker, a bulk load), so reading a balance never sums a
 account's outputs. Reserving outputs for a send leaves the balance rows untouched (no lock
 on them). SQLite runs them per row; PostgreSQL per statement (see `_POSTGRESQL`).
 
-`custody.balances.verify_balances` recomputes the sums and reports any row that differs.
+Every change also marks the row `unjournalled`: `custody.balance_journal` records the new
+totals in the hash-chained journal before the transaction commits and clears the mark, so
+`custody.balances.verify_balances` can check each row against both the sums of its outputs
+and the journal's newest record of it.
 The same DDL serves `metadata.create_all` (hooked in `custody.models`) and the migration.
 """
 
@@ -39,12 +42,13 @@ def _unconfirmed(r: str) -> str:
 def _sqlite_add(r: str, sign: str) -> str:
     """SQLite statements adding (`+`) or removing (`-`) row `r`'s share of its balance row."""
     ensure = (
-        f"INSERT OR IGNORE INTO {TABLE} (account_id, wallet, confirmed, unconfirmed) "
-        f"VALUES ({r}.account_id, {r}.wallet, 0, 0);"
+        f"INSERT OR IGNORE INTO {TABLE} (account_id, wallet, confirmed, unconfirmed, "
+        f"unjournalled) VALUES ({r}.account_id, {r}.wallet, 0, 0, 0);"
     )
     update = (
         f"UPDATE {TABLE} SET confirmed = confirmed {sign} {_confirmed(r)}, "
-        f"unconfirmed = unconfirmed {sign} {_unconfirmed(r)} "
+        f"unconfirmed = unconfirmed {sign} {_unconfirmed(r)}, "
+        f"unjournalled = unjournalled OR ({_confirmed(r)} + {_unconfirmed(r)} <> 0) "
         f"WHERE account_id = {r}.account_id AND wallet = {r}.wallet;"
     )
     return f"{ensure} {update}" if sign == "+" else update
@@ -72,13 +76,13 @@ def _pg_apply(rows: str) -> str:
     """Add the per-side sums of `rows` to the balance rows, skipping zero changes (a
     reservation) and locking the rows in one order (no deadlock between two statements)."""
     return (
-        f"INSERT INTO {TABLE} AS b (account_id, wallet, confirmed, unconfirmed) "
-        f"SELECT account_id, wallet, SUM(c), SUM(u) FROM ({rows}) d "
+        f"INSERT INTO {TABLE} AS b (account_id, wallet, confirmed, unconfirmed, unjournalled) "
+        f"SELECT account_id, wallet, SUM(c), SUM(u), true FROM ({rows}) d "
         "GROUP BY account_id, wallet HAVING SUM(c) <> 0 OR SUM(u) <> 0 "
         "ORDER BY account_id, wallet "
         "ON CONFLICT (account_id, wallet) DO UPDATE "
         "SET confirmed = b.confirmed + EXCLUDED.confirmed, "
-        "unconfirmed = b.unconfirmed + EXCLUDED.unconfirmed;"
+        "unconfirmed = b.unconfirmed + EXCLUDED.unconfirmed, unjournalled = true;"
     )
 
 
@@ -137,6 +141,7 @@ def drop_statements(dialect: str) -> tuple[str, ...]:
     return _DROP[dialect]
 
 
+# (run by migration 0006, before the `unjournalled` column of 0007 existed)
 BACKFILL = f"""INSERT INTO {TABLE} (account_id, wallet, confirmed, unconfirmed)
 SELECT account_id, wallet,
        COALESCE(SUM(CASE WHEN block_height IS NOT NULL THEN value ELSE 0 END), 0),

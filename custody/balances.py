@@ -8,17 +8,19 @@ mempool included) whose block is at least `min_conf` deep.
 Reads never sum an account's outputs: `account_balances` holds each side's unspent total,
 kept by database triggers in the transaction of every UTXO change (`custody.balance_sql`);
 a balance is that total less the outputs of the newest `min_conf - 1` blocks (an index
-range). `verify_balances` recomputes the sums, for the operator's check.
+range). `verify_balances`, the operator's check, recomputes the sums and compares each row
+with the journal's newest record of it (`custody.balance_journal`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
-from custody.models import AccountBalance, BlockSeen, Utxo, Wallet
+from custody.models import AccountBalance, BlockSeen, JournalEntry, Utxo, Wallet
 
 Conn = Session | Connection
 
@@ -78,25 +80,51 @@ def unconfirmed_balance(session: Conn, account_id: int, wallet: Wallet) -> int:
 
 @dataclass(frozen=True)
 class BalanceMismatch:
-    """An account side whose maintained balance differs from the sum of its outputs."""
+    """An account side whose maintained balance differs from the sum of its outputs, or from
+    the journal's newest record of it (None: no record, or the row changed since)."""
 
     account_id: int
     wallet: Wallet
     maintained: tuple[int, int]  # (mined, mempool) as kept by the triggers
     summed: tuple[int, int]  # (mined, mempool) recomputed from `utxos`
+    journalled: tuple[int, int] | None = None  # the journal's newest record of the side
 
     def describe(self) -> str:
+        why = []
+        if self.summed != self.maintained:
+            why.append(f"outputs sum to {self.summed[0]} + {self.summed[1]}")
+        if self.journalled is None:
+            why.append("not recorded in the journal since its last change")
+        elif self.journalled != self.maintained:
+            why.append(f"the journal records {self.journalled[0]} + {self.journalled[1]}")
         return (
             f"account {self.account_id} {self.wallet.name.lower()}: maintained "
-            f"{self.maintained[0]} mined + {self.maintained[1]} mempool, outputs sum to "
-            f"{self.summed[0]} + {self.summed[1]}"
+            f"{self.maintained[0]} mined + {self.maintained[1]} mempool, {'; '.join(why)}"
         )
 
 
+def _journalled(session: Conn, account_id: int, wallet: Wallet) -> tuple[int, int] | None:
+    """The side's totals in its newest `balance` journal record (newest first by the
+    (kind, account) index), or None when the journal has none."""
+    side = wallet.name.lower()
+    rows = session.execute(
+        select(JournalEntry.data)
+        .where(JournalEntry.kind == "balance", JournalEntry.account_id == account_id)
+        .order_by(JournalEntry.id.desc())
+    )
+    for (data,) in rows:
+        record = json.loads(data)
+        if record.get("wallet") == side:
+            return int(record["confirmed"]), int(record["unconfirmed"])
+    return None
+
+
 def verify_balances(session: Conn) -> list[BalanceMismatch]:
-    """Every account side whose `account_balances` row differs from its unspent outputs' sums
-    (a missing row counts as zero). Reads all unspent outputs: an operator's check, not a
-    request path."""
+    """Every account side whose `account_balances` row differs from its unspent outputs'
+    sums (a missing row counts as zero), or from the journal's newest `balance` record of it
+    (`custody.balance_journal`; a side never changed needs none). Reads all unspent
+    outputs: an operator's check, not a request path. The journal's own chain is checked by
+    `custody.journal.verify`."""
     mined = Utxo.block_height.is_not(None)
     sums = session.execute(
         select(
@@ -110,19 +138,24 @@ def verify_balances(session: Conn) -> list[BalanceMismatch]:
     ).all()
     summed = {(r[0], Wallet(r[1])): (int(r[2] or 0), int(r[3] or 0)) for r in sums}
     kept = {
-        (r[0], Wallet(r[1])): (int(r[2]), int(r[3]))
+        (r[0], Wallet(r[1])): ((int(r[2]), int(r[3])), bool(r[4]))
         for r in session.execute(
             select(
                 AccountBalance.account_id,
                 AccountBalance.wallet,
                 AccountBalance.confirmed,
                 AccountBalance.unconfirmed,
+                AccountBalance.unjournalled,
             )
         ).all()
     }
     out = []
     for side in sorted(summed.keys() | kept.keys()):
-        have, want = kept.get(side, (0, 0)), summed.get(side, (0, 0))
-        if have != want:
-            out.append(BalanceMismatch(side[0], side[1], have, want))
+        have, unjournalled = kept.get(side, ((0, 0), False))
+        want = summed.get(side, (0, 0))
+        recorded = None if unjournalled else _journalled(session, *side)
+        if recorded is None and have == (0, 0) and not unjournalled:
+            recorded = have  # never changed (or back at zero with no record): nothing to hold
+        if have != want or recorded != have:
+            out.append(BalanceMismatch(side[0], side[1], have, want, recorded))
     return out

@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody import balance_journal
 from custody.errors import DatabaseUnavailable
 
 # How long a SQLite writer waits for the write lock before `database is locked`: well under
@@ -100,7 +101,10 @@ def postgres_lock_timeout() -> dict[str, Any]:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that journal every maintained-balance change they make (`balance_journal`)."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    balance_journal.install(factory)
+    return factory
 
 
 @contextmanager

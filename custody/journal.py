@@ -5,9 +5,11 @@ the entry (`at`, `kind`, `account_id`, `data`), so editing, deleting or reorderi
 breaks the chain at that record. The newest hash and the number of entries are also kept in
 `service_state` (key `journal_head`), so removing records from the end is detected too.
 
-Appends are serialised so two writers never chain onto the same predecessor: PostgreSQL takes a
-transaction-scoped advisory lock; SQLite takes its database write lock by a no-op write on the
-journal table before reading the head. The lock is held until the caller's transaction ends.
+Appends are serialised so two writers never chain onto the same predecessor: PostgreSQL locks
+the head row (`FOR UPDATE`; a transaction-scoped advisory lock while there is no head yet) and
+writes the entry and the new head in one statement; SQLite takes its database write lock by a
+no-op write on the journal table before reading the head. The lock is held until the caller's
+transaction ends, so an append costs two round trips inside it on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class JournalKind(StrEnum):
     SEND_WAITING = "send_waiting"
     SEND_REPLACED = "send_replaced"
     CONSOLIDATION = "consolidation"
+    CONSOLIDATION_SCHEDULED = "consolidation_scheduled"  # the schedule started one (why)
+    BALANCE = "balance"  # an account side's maintained totals after a change
 
 
 def canonical_json(value: Any) -> str:
@@ -85,12 +89,45 @@ def _lock(session: Session) -> None:
         session.execute(update(JournalEntry).where(JournalEntry.id == -1).values(kind="x"))
 
 
+def _locked_head(session: Session) -> KeyValue | None:
+    """The head row, holding the journal's lock until the transaction ends.
+
+    PostgreSQL: the head row's own lock (`FOR UPDATE`, one round trip), and the advisory
+    lock only while the journal has no head yet (its first append); SQLite: its write lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        head = session.get(KeyValue, HEAD_KEY, populate_existing=True, with_for_update=True)
+        if head is not None:
+            return head
+    _lock(session)
+    return session.get(
+        KeyValue,
+        HEAD_KEY,
+        populate_existing=True,
+        with_for_update=session.get_bind().dialect.name == "postgresql",
+    )
+
+
+# PostgreSQL: the entry and the new head in one round trip; the head's canonical JSON
+# (keys sorted: count, hash, id) is completed with the new entry's id by the statement.
+_PG_APPEND = text(
+    """
+WITH e AS (
+  INSERT INTO journal (at, kind, account_id, data, prev_hash, hash)
+  VALUES (:at, :kind, :account_id, :data, :prev_hash, :hash) RETURNING id
+)
+UPDATE service_state SET value = :head_prefix || (SELECT id FROM e) || '}'
+WHERE key = :head_key
+RETURNING (SELECT id FROM e)
+"""
+)
+
+
 def append(
     session: Session, kind: JournalKind, account_id: int | None, data: dict[str, Any]
 ) -> str:
     """Add one entry in the caller's transaction; returns its hash."""
-    _lock(session)
-    head = session.get(KeyValue, HEAD_KEY, populate_existing=True)
+    head = _locked_head(session)
     if head is not None:
         state = json.loads(head.value)
         prev_hash, count = str(state["hash"]), int(state["count"])
@@ -103,17 +140,34 @@ def append(
     at = utcnow()
     body = canonical_json(data)
     digest = entry_hash(prev_hash, at, kind, account_id, body)
-    entry = JournalEntry(
-        at=at, kind=kind, account_id=account_id, data=body, prev_hash=prev_hash, hash=digest
-    )
-    session.add(entry)
-    session.flush()
-    new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
-    if head is None:
-        session.add(KeyValue(key=HEAD_KEY, value=new_head))
+    if head is not None and session.get_bind().dialect.name == "postgresql":
+        prefix = canonical_json({"count": count + 1, "hash": digest, "id": 0})[: -len("0}")]
+        session.execute(
+            _PG_APPEND,
+            {
+                "at": at,
+                "kind": str(kind),
+                "account_id": account_id,
+                "data": body,
+                "prev_hash": prev_hash,
+                "hash": digest,
+                "head_prefix": prefix,
+                "head_key": HEAD_KEY,
+            },
+        )
+        session.expire(head)
     else:
-        head.value = new_head
-    session.flush()
+        entry = JournalEntry(
+            at=at, kind=kind, account_id=account_id, data=body, prev_hash=prev_hash, hash=digest
+        )
+        session.add(entry)
+        session.flush()
+        new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
+        if head is None:
+            session.add(KeyValue(key=HEAD_KEY, value=new_head))
+        else:
+            head.value = new_head
+        session.flush()
     events.from_journal(session, kind, account_id, data)  # the merchant's view of it, if any
     return digest
 

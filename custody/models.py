@@ -24,6 +24,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -289,6 +291,9 @@ class ChainTxOutput(Base):
     spent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+SPENDABLE = "spent_by IS NULL AND reserved_by_send IS NULL"
+
+
 class Utxo(Base):
     """An output paying one of our addresses. Coin selection locks these rows."""
 
@@ -297,6 +302,16 @@ class Utxo(Base):
         UniqueConstraint("txid", "vout"),
         # the outputs of the newest blocks, which a min_confirmations balance leaves out
         Index("ix_utxos_side_height", "account_id", "wallet", "block_height"),
+        # coin selection's and consolidation's ranges by value over the coins still free
+        Index(
+            "ix_utxos_spendable",
+            "account_id",
+            "wallet",
+            "value",
+            "id",
+            postgresql_where=text(SPENDABLE),
+            sqlite_where=text(SPENDABLE),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -317,10 +332,21 @@ class AccountBalance(Base):
     """Satoshis of an account side's unspent outputs, mined and mempool apart.
 
     Written only by the triggers of `custody.balance_sql`, in the transaction that changes
-    `utxos`; `custody.balances.verify_balances` checks it against the sums.
+    `utxos`, and journalled in that transaction (`custody.balance_journal`);
+    `custody.balances.verify_balances` checks it against the sums and the journal.
     """
 
     __tablename__ = "account_balances"
+    # the rows `custody.balance_journal` must record at the next commit, found without a scan
+    __table_args__ = (
+        Index(
+            "ix_account_balances_unjournalled",
+            "account_id",
+            "wallet",
+            postgresql_where=text("unjournalled"),
+            sqlite_where=text("unjournalled"),
+        ),
+    )
 
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     wallet: Mapped[Wallet] = mapped_column(
@@ -328,6 +354,8 @@ class AccountBalance(Base):
     )
     confirmed: Mapped[int] = mapped_column(BigInteger, default=0)
     unconfirmed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # changed since its last journal record (`custody.balance_journal` records and clears it)
+    unjournalled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def _create_balance_triggers(target: object, connection: Connection, **kw: Any) -> None:
@@ -395,6 +423,8 @@ class JournalEntry(Base):
     """Append-only, hash-chained record of custody events (invariant 7)."""
 
     __tablename__ = "journal"
+    # a side's newest balance record (`custody balance verify`)
+    __table_args__ = (Index("ix_journal_kind_account", "kind", "account_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

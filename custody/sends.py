@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,7 +77,13 @@ from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
 from wallet_core.chaincloud import parse_outs
-from wallet_core.errors import CoinSelectionError, FeeEstimateError, TxParseError, WalletError
+from wallet_core.errors import (
+    CoinSelectionError,
+    FeeEstimateError,
+    InsufficientFundsError,
+    TxParseError,
+    WalletError,
+)
 from wallet_core.fees import (
     DEFAULT_CEILING_SAT_VB,
     DEFAULT_FLOOR_SAT_VB,
@@ -216,10 +222,13 @@ def ensure_address(session: Session, account: Account, chain: Chain, index: int)
     return row
 
 
-def spendable_utxos(
+CANDIDATES_NEAR = 100  # coins just above and just below a payment that coin selection sees
+
+
+def _spendable(
     s: Session, account_id: int, tip: int, settings: SendSettings
-) -> list[tuple[Utxo, Address]]:
-    """The account's hot coins coin selection may use, row-locked on PostgreSQL.
+) -> Select[Utxo, Address]:
+    """The account's hot coins coin selection may use (unordered).
 
     Confirmed coins at `send_min_conf` depth, and (if allowed) outputs to our change path of
     transactions we broadcast ourselves, confirmed or not: nobody else can replace those.
@@ -237,7 +246,7 @@ def spendable_utxos(
             Send.status.in_((SendStatus.BROADCAST, SendStatus.CONFIRMED)),
         )
         usable = or_(confirmed, and_(Address.chain == Chain.CHANGE, Utxo.txid.in_(ours)))
-    q = (
+    return (
         select(Utxo, Address)
         .join(Address, Address.id == Utxo.address_id)
         .where(
@@ -248,11 +257,40 @@ def spendable_utxos(
             Utxo.spent_by.is_(None),
             Utxo.reserved_by_send.is_(None),
         )
-        .order_by(Utxo.id)
     )
+
+
+def _locked(s: Session, q: Select[Utxo, Address]) -> list[tuple[Utxo, Address]]:
     if is_postgres(s):
         q = q.with_for_update(skip_locked=True, of=Utxo)
     return [(u, a) for u, a in s.execute(q).all()]
+
+
+def spendable_utxos(
+    s: Session, account_id: int, tip: int, settings: SendSettings
+) -> list[tuple[Utxo, Address]]:
+    """Every coin coin selection may use (`_spendable`), row-locked on PostgreSQL."""
+    return _locked(s, _spendable(s, account_id, tip, settings).order_by(Utxo.id))
+
+
+def candidate_utxos(
+    s: Session, account_id: int, tip: int, settings: SendSettings, amount: int
+) -> tuple[list[tuple[Utxo, Address]], bool]:
+    """The coins coin selection needs for `amount`, row-locked on PostgreSQL, however many
+    the wallet holds: the `send_max_inputs` (at least CANDIDATES_NEAR) largest, which is all
+    largest-first can use, and CANDIDATES_NEAR either side of the amount, where branch and
+    bound finds a set without change. Three index ranges on `ix_utxos_spendable`, never all
+    of the account's coins. Also says whether the largest were cut off (more coins exist)."""
+    base = _spendable(s, account_id, tip, settings)
+    k = max(settings.max_inputs, CANDIDATES_NEAR)
+    largest = _locked(s, base.order_by(Utxo.value.desc(), Utxo.id).limit(k))
+    rows = {u.id: (u, a) for u, a in largest}
+    for q in (
+        base.where(Utxo.value >= amount).order_by(Utxo.value, Utxo.id),
+        base.where(Utxo.value < amount).order_by(Utxo.value.desc(), Utxo.id),
+    ):
+        rows.update((u.id, (u, a)) for u, a in _locked(s, q.limit(CANDIDATES_NEAR)))
+    return [rows[i] for i in sorted(rows)], len(largest) == k
 
 
 def unconfirmed_ancestry(s: Session, utxos: Sequence[Utxo]) -> dict[str, set[str]]:
@@ -584,7 +622,7 @@ class SendWorker:
         tip = tip_height(s)
         if tip is None:
             return "waiting for funds: the watcher has not seen a block yet"
-        rows = spendable_utxos(s, account_id, tip, self.settings)
+        rows, cut = candidate_utxos(s, account_id, tip, self.settings, amount)
         by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
         chains = unconfirmed_ancestry(s, [u for u, _ in rows])
         limit = self.settings.max_unconfirmed_ancestors
@@ -603,6 +641,12 @@ class SendWorker:
                     max_inputs=self.settings.max_inputs,
                 )
             except CoinSelectionError as exc:
+                if cut and isinstance(exc, InsufficientFundsError):
+                    # even the largest coins, more than max_inputs of them, do not pay it
+                    return (
+                        f"waiting for funds: paying {amount} sat needs more than "
+                        f"{self.settings.max_inputs} inputs"
+                    )
                 return f"waiting for funds: {exc.message}"
             ancestry: set[str] = set()
             for c in sel.inputs:

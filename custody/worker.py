@@ -1,6 +1,7 @@
 """`custody worker`: the background process that watches the chain and processes hot sends.
 
-Loop: one watcher step, one sends step, then wait `[custody] worker_interval` seconds (default
+Loop: one watcher step, one sends step (then fee bumps, the consolidation schedule and the
+account states), then wait `[custody] worker_interval` seconds (default
 1.0). Ready (`run/custody-worker.ready`) once it reached the node and its database: catching up
 with a node that is far ahead is progress (`run/chain-progress.json`, the log, `custody
 status`), not a reason to stay unready. `--rescan-from HEIGHT` (or `[custody] rescan_from`,
@@ -29,6 +30,7 @@ from custody import fee_bump
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rpc import BitcoinRPC
 from custody.chain_progress import ProgressTracker
+from custody.consolidation_schedule import ConsolidationSchedule, ScheduleSettings
 from custody.db import database_url, make_engine, make_session_factory, transaction
 from custody.errors import DatabaseUnavailable
 from custody.freezes import DEFAULT_INTERVAL as DEFAULT_STATE_INTERVAL
@@ -53,6 +55,7 @@ class Worker:
     progress: ProgressTracker | None = None
     freezes: FreezeFollower | None = None
     deliverer: Deliverer | None = None
+    consolidations: ConsolidationSchedule | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Worker:
@@ -68,6 +71,7 @@ class Worker:
             factory, hsm, config, s.float("account_state_interval", DEFAULT_STATE_INTERVAL)
         )
         deliverer = Deliverer(factory, WebhookSettings.from_config(config))
+        schedule = ConsolidationSchedule(factory, rpc, hsm, ScheduleSettings.from_config(config))
         return cls(
             config,
             watcher,
@@ -76,6 +80,7 @@ class Worker:
             ProgressTracker(config.run_dir),
             follower,
             deliverer,
+            schedule,
         )
 
     def reachable(self) -> bool:
@@ -128,6 +133,11 @@ class Worker:
             fee_bump.auto_bump(self.sends, self.sends.settings.bump_after_blocks)
         except Exception:
             log.exception("fee bump step failed")
+        if self.consolidations is not None:
+            try:
+                self.consolidations.step()
+            except Exception:
+                log.exception("consolidation schedule step failed")
         if self.freezes is not None:
             try:
                 self.freezes.step()

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from custody.accounts import rotate_token
-from custody.api import queries
+from custody.api import tx_json
 from custody.extensions import limiter
 from custody.models import ApiToken, Send, TokenScope, Wallet
 from tests.test_api_contract import API, add_txs, send_form
@@ -109,8 +109,7 @@ def test_unexpected_error_is_a_bare_500(client, account, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError('SELECT secret FROM "accounts" -- psycopg detail')
 
-    monkeypatch.setattr(queries, "tx_page", boom)
-    monkeypatch.setattr(queries, "tx_page_json", boom)  # the PostgreSQL path of /tx
+    monkeypatch.setattr(tx_json, "tx_page", boom)
     r = client.get(f"{API}/tx", headers=account.cold)
     assert r.status_code == 500
     assert r.json == {"code": 1, "message": "internal error"}

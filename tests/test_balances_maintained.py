@@ -8,15 +8,25 @@ find a row that was changed behind the triggers' back.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody import journal
 from custody.balances import confirmed_balance, unconfirmed_balance, verify_balances
 from custody.cli import main as custody_main
-from custody.models import AccountBalance, Address, Base, Chain, Utxo, Wallet
+from custody.models import (
+    AccountBalance,
+    Address,
+    Base,
+    Chain,
+    JournalEntry,
+    Utxo,
+    Wallet,
+)
 from tests.api_fixtures import SoftwareHsmStandIn, new_account, seen_block, write_database_config
 
 
@@ -176,6 +186,70 @@ def test_verify_finds_a_row_changed_behind_the_triggers(
     )
     assert custody_main(["balance", "verify", "--dir", str(tmp_path)]) == 1
     assert f"account {acct} cold: maintained 1001 mined" in capsys.readouterr().out
+
+
+def _balance_records(factory: sessionmaker[Session], account_id: int) -> list[dict[str, object]]:
+    with factory() as s:
+        rows = s.execute(
+            select(JournalEntry.data)
+            .where(JournalEntry.kind == "balance", JournalEntry.account_id == account_id)
+            .order_by(JournalEntry.id)
+        ).scalars()
+        return [json.loads(r) for r in rows]
+
+
+def test_every_change_is_journalled_and_a_forged_balance_fails_verify(
+    tmp_path: Path,
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    hsm: SoftwareHsmStandIn,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each balance change leaves a hash-chained journal record of the new totals (none for a
+    reservation); rewriting the balance row and the outputs to agree with each other is
+    still caught, by the journal, naming the account."""
+    write_database_config(tmp_path, db_url)
+    acct = new_account(session_factory, hsm).id
+    with session_factory() as s, s.begin():
+        _block(s, 100)
+        addr = _address(s, acct, Wallet.HOT, 0)
+        s.add(
+            Utxo(
+                account_id=acct,
+                wallet=Wallet.HOT,
+                txid="a" * 64,
+                vout=0,
+                value=700,
+                address_id=addr,
+            )
+        )
+    with session_factory() as s, s.begin():
+        s.execute(update(Utxo).values(block_height=100))
+    with session_factory() as s, s.begin():  # a reservation moves no balance: no record
+        s.execute(update(Utxo).values(reserved_by_send=None))
+    assert _balance_records(session_factory, acct) == [
+        {"wallet": "hot", "confirmed": 0, "unconfirmed": 700},
+        {"wallet": "hot", "confirmed": 700, "unconfirmed": 0},
+    ]
+    with session_factory() as s:
+        assert verify_balances(s) == []
+        assert journal.verify(s).ok
+    # the attacker's edit: outputs and balance agree with each other, 700 -> 70 000
+    with session_factory.kw["bind"].begin() as conn:
+        conn.execute(update(Utxo).values(value=70_000))
+        conn.execute(update(AccountBalance).values(confirmed=70_000, unjournalled=False))
+    with session_factory() as s:
+        [bad] = verify_balances(s)
+    assert (bad.account_id, bad.maintained, bad.summed, bad.journalled) == (
+        acct,
+        (70_000, 0),
+        (70_000, 0),
+        (700, 0),
+    )
+    assert custody_main(["balance", "verify", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"account {acct} hot: maintained 70000 mined" in out
+    assert "the journal records 700 + 0" in out
 
 
 def test_create_all_installs_the_triggers(tmp_path: Path) -> None:

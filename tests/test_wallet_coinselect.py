@@ -143,3 +143,10 @@ def test_vsize_estimates() -> None:
     assert vsize(P2WSH_2OF3_INPUT_WEIGHT) == 105  # 104.5 rounded up
     # one P2WPKH input, two P2WPKH outputs: the classic 141 vB
     assert estimate_vsize([ScriptType.P2WPKH], [b"\x00\x14" + bytes(20)] * 2) == 141
+
+
+def test_thousands_of_coins_do_not_exhaust_the_stack() -> None:
+    """Branch and bound walks as deep as the wallet has coins: iteratively, not recursively."""
+    values = [10_000 + (i * 7919) % 1_000_000 for i in range(5_000)]
+    sel = select_coins(_utxos(values), 3_000_000, 2.0, outputs_weight=PAY_W, max_inputs=50)
+    assert sel.total_in == sel.amount + sel.fee + sel.change

@@ -35,7 +35,10 @@ from .fees import (
 )
 from .script import ScriptType
 
-BNB_MAX_TRIES = 100_000
+# Core tries 100 000 nodes in C++; in Python that is ~150 ms per build whenever no changeless
+# set exists (the common case), taken while the account is locked for the build. 20 000 keep a
+# build near 30 ms; when they find nothing, largest-first with change is used, as in Core.
+BNB_MAX_TRIES = 20_000
 DEFAULT_DUST_THRESHOLD = 330  # P2WSH dust at Core's 3 sat/vB dust relay fee
 
 
@@ -142,11 +145,29 @@ def _branch_and_bound(
     chosen: list[int] = []
     tries = 0
 
-    def search(i: int, value: float) -> None:
-        nonlocal best, best_excess, tries
+    # Depth-first, iteratively (a wallet of thousands of coins is deeper than Python's
+    # recursion limit): at each coin, first the branch that includes it, then the one that
+    # omits it. A frame is (index, value so far, included): `included` marks the return from
+    # the include branch, where the coin is dropped again and the omit branch follows.
+    stack: list[tuple[int, float, bool]] = [(0, 0.0, False)]
+    while stack:
+        i, value, included = stack.pop()
+        if included:
+            chosen.pop()
+            # skip equivalent siblings: omitting a UTXO equal to the one just omitted is redundant
+            j = i + 1
+            while j < n and (usable[j].value, usable[j].input_weight) == (
+                usable[i].value,
+                usable[i].input_weight,
+            ):
+                j += 1
+            stack.append((j, value, False))
+            continue
         tries += 1
-        if tries > BNB_MAX_TRIES or value > target + cost_of_change + 1:
-            return
+        if tries > BNB_MAX_TRIES:
+            break
+        if value > target + cost_of_change + 1:
+            continue
         if value >= target - 1:
             total = sum(usable[k].value for k in chosen)
             weight = base_weight + sum(usable[k].input_weight for k in chosen)
@@ -154,22 +175,13 @@ def _branch_and_bound(
             if 0 <= excess < best_excess:
                 best, best_excess = list(chosen), excess
             if excess >= 0:
-                return
+                continue
         if i >= n or len(chosen) >= max_inputs or value + remaining[i] < target - 1:
-            return
+            continue
         chosen.append(i)
-        search(i + 1, value + eff[i])
-        chosen.pop()
-        # skip equivalent siblings: omitting a UTXO equal to the one just omitted is redundant
-        j = i + 1
-        while j < n and (usable[j].value, usable[j].input_weight) == (
-            usable[i].value,
-            usable[i].input_weight,
-        ):
-            j += 1
-        search(j, value)
+        stack.append((i, value, True))
+        stack.append((i + 1, value + eff[i], False))
 
-    search(0, 0.0)
     if best is None:
         return None
     return _changeless([usable[i] for i in best], amount, rate, base_weight)

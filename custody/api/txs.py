@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from custody import journal, send_statements
-from custody.api import iso, queries
+from custody.api import iso, tx_json
 from custody.api.params import body_fields
 from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
@@ -34,32 +34,25 @@ bp = Blueprint("txs", __name__)
 
 @bp.get("/tx")
 @any_token
-def list_txs() -> list[dict[str, object]] | Response:
+def list_txs() -> Response:
     """Oldest first, 20 a page, after the transaction `tx_hash` (first page without it)."""
     p = current_principal()
     after = request.args.get("tx_hash")
     txid = parse_txid(after) if after else None
-    conn = db.reader
-    if conn.dialect.name == "postgresql":
-        # The page as JSON text straight from the database (the same document as below).
-        body = queries.tx_page_json(conn, p.account_id, p.wallet, txid)
-        if body is None:
-            raise NotFound("tx_hash is not a transaction of this account")
-        return Response(body + "\n", mimetype="application/json")
-    page = queries.tx_page(conn, p.account_id, p.wallet, txid)
-    if page is None:
+    body = tx_json.tx_page(db.reader, p.account_id, p.wallet, txid)
+    if body is None:
         raise NotFound("tx_hash is not a transaction of this account")
-    return page
+    return Response(body + "\n", mimetype="application/json")
 
 
 @bp.get("/tx/detail/<tx_hash>")
 @any_token
-def tx_detail(tx_hash: str) -> dict[str, object]:
+def tx_detail(tx_hash: str) -> Response:
     p = current_principal()
-    tx = queries.tx_detail(db.reader, p.account_id, p.wallet, parse_txid(tx_hash))
-    if tx is None:
+    body = tx_json.tx_detail(db.reader, p.account_id, p.wallet, parse_txid(tx_hash))
+    if body is None:
         raise NotFound("no such transaction for this account")
-    return tx
+    return Response(body + "\n", mimetype="application/json")
 
 
 def _duplicate(user_tx_no: str) -> DuplicateUserTxNo:

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import consolidation
+from cc_common.config import Config
+from cc_common.errors import ConfigError
+from custody import consolidation, consolidation_schedule
 from custody.balances import confirmed_balance
 from custody.chain import BitcoinRPC
 from custody.models import JournalEntry, KeyValue, SendStatus, Utxo, Wallet
@@ -102,3 +104,60 @@ def test_a_run_interrupted_after_signing_broadcasts_that_transaction(
     assert len(env.hsm.calls) == 1
     with factory() as s:
         assert s.get(KeyValue, consolidation.PENDING_KEY.format(env.account_id)) is None
+
+
+def _scheduled(env: Env, below: float, **kw: int) -> consolidation_schedule.ConsolidationSchedule:
+    settings = consolidation_schedule.ScheduleSettings(
+        below_fee_rate=below, min_utxos=kw.get("min_utxos", 3), max_inputs=4, every_blocks=3
+    )
+    return consolidation_schedule.ConsolidationSchedule(env.factory, env.rpc, env.hsm, settings)
+
+
+def _kinds(factory: sessionmaker[Session]) -> list[str]:
+    with factory() as s:
+        return list(s.execute(select(JournalEntry.kind).order_by(JournalEntry.id)).scalars())
+
+
+def test_schedule_runs_when_the_fee_is_cheap_at_most_once_per_n_blocks(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    """Against the node's real `estimatesmartfee`: above the configured rate nothing happens;
+    at or below it the smallest coins are consolidated, journalled with the estimate; not
+    again until `consolidate_every_blocks` blocks later."""
+    env = Env(factory, rpc, faucet, COINS)
+    estimate = rpc.estimate_smart_fee(144).sat_per_vbyte
+    assert estimate is not None
+    assert _scheduled(env, float(estimate) - 1).step() == []  # expensive: not now
+    assert env.hsm.calls == [] and "consolidation" not in _kinds(factory)
+    [done] = _scheduled(env, float(estimate)).step()  # cheap
+    assert done.inputs == 4 and env.hsm.calls == [(env.account_id, "consolidation")]
+    kinds = _kinds(factory)
+    assert kinds.count("consolidation") == 1 and kinds.count("consolidation_scheduled") == 1
+    with factory() as s:
+        data = s.execute(
+            select(JournalEntry.data).where(JournalEntry.kind == "consolidation_scheduled")
+        ).scalar_one()
+    assert json.loads(data)["txid"] == done.txid
+    assert json.loads(data)["fee_estimate"] == float(estimate)
+    mine(rpc)
+    env.sync()
+    # one block later: two coins are enough now, but the last run was too recent
+    assert _scheduled(env, float(estimate), min_utxos=2).step() == []
+    mine(rpc, 2)
+    env.sync()
+    [again] = _scheduled(env, float(estimate), min_utxos=2).step()
+    assert again.inputs == 2
+
+
+def test_schedule_is_off_by_default_and_refuses_a_rate_above_the_policy(tmp_path) -> None:
+    def settings(**custody: object) -> consolidation_schedule.ScheduleSettings:
+        raw = {"custody": custody}
+        cfg = Config(data_dir=tmp_path, path=tmp_path / "chaincloud.toml", raw=raw)
+        return consolidation_schedule.ScheduleSettings.from_config(cfg)
+
+    assert not settings().enabled
+    assert settings(consolidate_below_fee_rate=3).enabled
+    with pytest.raises(ConfigError, match="consolidate_below_fee_rate must be 0 .off. or 1-10"):
+        settings(consolidate_below_fee_rate=20)
+    with pytest.raises(ConfigError, match="consolidate_max_inputs must be 2-200"):
+        settings(consolidate_max_inputs=1)

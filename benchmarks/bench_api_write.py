@@ -1,0 +1,282 @@
+"""Benchmark: `POST /tx/request` sustained against `custody serve` (gunicorn, 2 workers) on
+PostgreSQL, with `GET /tx` reads at the same time.
+
+Workload (all on 127.0.0.1):
+- a temporary PostgreSQL database `cc_bench_<random>` (dropped at the end), migrated with
+  Alembic; one account provisioned through the software HSM stand-in of the tests, its cold
+  batch 0 verified, `--txs` transactions on its cold side (bulk-loaded as in `bench_api.py`)
+  for the reads;
+- the hot HSM's RPC served by that stand-in on a loopback port: custody asks it only for the
+  channel key that `vc_code`s are checked against (`channel_key`, once per channel and server
+  process, then cached), so the figures are custody's own;
+- `custody serve` with `[custody] workers = 2` (gthread, the service's 4 threads each);
+- precomputed send requests, each a distinct `user_tx_no` paying one regtest address, signed
+  with the V-device channel key the stand-in vouches for (a real `vc_code`, checked by
+  custody's ECDSA verification); form-encoded, as the V-device posts them;
+- the load: two `wrk` processes for `--duration` seconds at once, after a warm-up: writes
+  (`--write-connections` keep-alive connections posting the next unused request; a request
+  counts as accepted when the answer is 200 `{"result":true}`) and reads (`GET /tx` after a
+  random transaction of the account, `--read-connections` connections, 20 transactions
+  checked per page). Both share the 2 cores with the server and PostgreSQL.
+
+Target (issue 14): at least 500 accepted requests/s with reads still at least 1,000/s.
+
+Run: `.venv/bin/python benchmarks/bench_api_write.py [--duration 10] [--txs 10000]
+[--write-connections 8] [--read-connections 8]` (needs `wrk`: `apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_api import PG_ADMIN, WRK_SCRIPT, load_txs, write_hashes  # noqa: E402
+from benchmarks.serve import custody_server  # noqa: E402
+from cc_common.deployment import free_port  # noqa: E402
+from custody.admin_cli import upgrade_database  # noqa: E402
+from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
+from custody.db import make_engine, make_session_factory  # noqa: E402
+from custody.models import BatchStatus, Send, Wallet  # noqa: E402
+from tests.api_fixtures import (  # noqa: E402
+    SoftwareHsmStandIn,
+    make_config,
+    new_account,
+    sign_vc_code,
+)
+
+PAYEE = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+WARMUP = 2.0
+
+WRITE_SCRIPT = r"""
+-- POST /tx/request: each thread posts its own share of the precomputed bodies, in order.
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads - 1)
+end
+function init(args)
+  local n, path = tonumber(args[2]), args[3]
+  token = args[1]
+  bodies, k, accepted, refused = {}, 0, 0, 0
+  local i = 0
+  for line in io.lines(path) do
+    if i % n == id then bodies[#bodies + 1] = line end
+    i = i + 1
+  end
+  headers = {token = token, ["Content-Type"] = "application/x-www-form-urlencoded"}
+end
+function request()
+  k = k + 1
+  if k > #bodies then k = #bodies end  -- exhausted: repeats (refused as duplicates)
+  return wrk.format("POST", "/api/v1/open/tx/request", headers, bodies[k])
+end
+function response(status, hdrs, body)
+  if status == 200 and body:find('"result":true', 1, true) then
+    accepted = accepted + 1
+  else
+    refused = refused + 1
+  end
+end
+function done(summary, latency, requests)
+  local a, r = 0, 0
+  for _, t in ipairs(threads) do a = a + t:get("accepted"); r = r + t:get("refused") end
+  local s = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d accepted=%d refused=%d errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), a, r,
+    s.connect + s.read + s.write + s.timeout))
+end
+"""
+
+
+class _StandInRpc(BaseHTTPRequestHandler):
+    """The hot HSM's RPC, as far as `POST /tx/request` uses it (`channel_key`)."""
+
+    hsm: SoftwareHsmStandIn
+    secret: str
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.headers.get("Authorization") != f"Bearer {self.secret}":
+            answer: dict[str, Any] = {"error": {"code": 601, "message": "unauthorized"}}
+        elif body.get("method") == "channel_key":
+            answer = {"result": self.hsm.channel_key(**body["params"])}
+        else:
+            answer = {"error": {"code": 600, "message": "not served by the stand-in"}}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def write_bodies(path: Path, count: int) -> None:
+    """`count` distinct signed send requests, form-encoded, one a line."""
+    with path.open("w") as f:
+        for i in range(count):
+            form = {
+                "coin_code": "BTC",
+                "user_tx_no": f"bench-{i}",
+                "outs": f"{PAYEE},{10_000 + i}",
+                "is_dynamic_fee": "1",
+                "c_id": "7",
+            }
+            form["vc_code"] = sign_vc_code(form)
+            f.write(urllib.parse.urlencode(form) + "\n")
+
+
+def wrk(url: str, script: Path, seconds: float, conns: int, *args: str) -> subprocess.Popen[str]:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    cmd += ["-s", str(script), url, "--", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def summary(proc: subprocess.Popen[str]) -> dict[str, int]:
+    out, err = proc.communicate(timeout=120)
+    m = re.search(r"BENCH (.*)", out)
+    if m is None:
+        raise RuntimeError(f"wrk gave no summary: {out} {err}")
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
+    ap.add_argument("--txs", type=int, default=10_000, help="transactions the reads page through")
+    ap.add_argument("--write-connections", type=int, default=8, help="wrk connections posting")
+    ap.add_argument(
+        "--read-connections", type=int, default=8, help="wrk connections reading (0: no reads)"
+    )
+    ap.add_argument("--max-rate", type=int, default=1500, help="requests/s the bodies suffice for")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    name = f"cc_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
+    stack = contextlib.ExitStack()
+    try:
+        upgrade_database(dsn)
+        engine = make_engine(dsn)
+        factory = make_session_factory(engine)
+        hsm = SoftwareHsmStandIn()
+        account = new_account(factory, hsm, "bench")
+        config = make_config(data_dir, dsn, "http://127.0.0.1:9")
+        get_or_create_batch(factory, hsm, config, account.id, Wallet.COLD, 0)
+        with factory() as s, s.begin():
+            set_batch_status(s, config, account.id, Wallet.COLD, 0, BatchStatus.VERIFIED)
+            s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
+        load_txs(dsn, account.id, 0, args.txs)
+
+        secret = secrets.token_hex(16)
+        handler = type("Rpc", (_StandInRpc,), {"hsm": hsm, "secret": secret})
+        rpc = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        threading.Thread(target=rpc.serve_forever, daemon=True).start()
+        stack.callback(rpc.shutdown)
+        config.raw["hsm_hot"] = {
+            "rpc_host": "127.0.0.1",
+            "rpc_port": rpc.server_address[1],
+            "rpc_secret": secret,
+        }
+        port = stack.enter_context(custody_server(config, data_dir, workers=2))
+
+        t0 = time.perf_counter()
+        all_bodies = data_dir / "all.txt"
+        n_warm = int(args.max_rate * WARMUP)
+        write_bodies(all_bodies, int(args.max_rate * (args.duration + 2)) + n_warm)
+        lines = all_bodies.read_text().splitlines(keepends=True)
+        (data_dir / "warm.txt").write_text("".join(lines[:n_warm]))
+        bodies = data_dir / "bodies.txt"
+        bodies.write_text("".join(lines[n_warm:]))
+        print(f"  (signed the requests in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        hashes = data_dir / "hashes.txt"
+        write_hashes(hashes, args.txs)
+        (data_dir / "write.lua").write_text(WRITE_SCRIPT)
+        (data_dir / "read.lua").write_text(WRK_SCRIPT)
+        base = f"http://127.0.0.1:{port}/api/v1/open"
+        print(__doc__.split("Target")[0].strip(), "\n")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+        # warm-up (figures dropped): both workers hold the channel key, statements prepared
+        warm = wrk(
+            f"{base}/tx/request",
+            data_dir / "write.lua",
+            WARMUP,
+            4,
+            account.hot_token,
+            "1",
+            str(data_dir / "warm.txt"),
+        )
+        summary(warm)
+        writes = wrk(
+            f"{base}/tx/request",
+            data_dir / "write.lua",
+            args.duration,
+            args.write_connections,
+            account.hot_token,
+            "1",
+            str(bodies),
+        )
+        reads = None
+        if args.read_connections:
+            reads = wrk(
+                f"{base}/tx",
+                data_dir / "read.lua",
+                args.duration,
+                args.read_connections,
+                "tx",
+                account.cold_token,
+                str(hashes),
+            )
+        w = summary(writes)
+        r = summary(reads) if reads is not None else None
+        with factory() as s:
+            stored = s.execute(select(func.count(Send.id))).scalar()
+        w_s = w["duration_us"] / 1e6
+        print(
+            f"\nwrites: {w['accepted'] / w_s:7.0f} accepted/s ({w['accepted']} accepted, "
+            f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored), "
+            f"p50 {w['p50_us'] / 1000:.2f} ms, p99 {w['p99_us'] / 1000:.2f} ms"
+        )
+        if r is not None:
+            print(
+                f"reads:  {r['requests'] / (r['duration_us'] / 1e6):7.0f} GET /tx/s "
+                f"({r['errors']} errors), p50 {r['p50_us'] / 1000:.2f} ms, "
+                f"p99 {r['p99_us'] / 1000:.2f} ms"
+            )
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        engine.dispose()
+    finally:
+        stack.close()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The `/tx` page and `/tx/detail` document's contract, on SQLite and PostgreSQL alike.
+
+The document is defined once (`custody.api.tx_json`, one SQL template, four primitives
+spelled per database); this holds what it must say on each database, on data chosen to be
+awkward: fractional timestamps, unconfirmed and removed transactions, blocks above the tip,
+no block seen at all, no inputs, an address with JSON-special characters, a partial last page,
+a cursor of the other side and an unknown one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.api import tx_json
+from custody.models import BlockSeen, ChainTx, ChainTxInput, ChainTxOutput, TxStatus, Wallet
+from tests.api_fixtures import new_account
+
+ODD_ADDRESS = 'bcrt1q"quote\\backslash\u00e9'
+BASE = datetime(2024, 3, 1, 12, 0, 0, 123456)
+
+
+def seed(factory: sessionmaker[Session], account_id: int, n: int) -> list[dict[str, Any]]:
+    """`n` cold transactions; returns what each should look like (None for a removed one)."""
+    expected: list[dict[str, Any]] = []
+    with factory() as s, s.begin():
+        for i in range(n):
+            txid = f"{account_id:02x}{i:062x}"
+            status = [TxStatus.CONFIRMED, TxStatus.MEMPOOL, TxStatus.REMOVED][i % 3]
+            confirmed = status is TxStatus.CONFIRMED
+            height = 200 + i * 7 if confirmed else None  # some above the tip
+            tx_at = BASE + timedelta(seconds=i, microseconds=i * 1111)
+            confirm_at = BASE + timedelta(minutes=i, microseconds=999_999)
+            inputs = [
+                {
+                    "sn": k,
+                    "prev_tx_hash": f"{i + k:064x}",
+                    "prev_out_sn": k,
+                    "address": ODD_ADDRESS if i % 5 == 0 else f"bcrt1qaddr{i}",
+                    "value": 5_000 + k,
+                    "is_mine": bool(k % 2),
+                }
+                for k in (range(i % 3 + 1) if i % 4 else ())
+            ]
+            outputs = [
+                {
+                    "sn": k,
+                    "address": f"bcrt1qout{i}-{k}",
+                    "value": k * 10,
+                    "is_mine": k == 0,
+                    "spent": k == 1,
+                }
+                for k in (1, 0)  # stored out of order: the document orders by sn
+            ]
+            tx = ChainTx(
+                account_id=account_id,
+                wallet=Wallet.COLD,
+                txid=txid,
+                status=status,
+                block_height=height,
+                block_hash=f"{i:064x}" if confirmed else None,
+                value=(-1) ** i * (1_000 + i * 37),
+                tx_at=tx_at,
+                confirm_at=confirm_at if confirmed else None,
+                state_at=tx_at,
+                has_dust=i % 7 == 0,
+            )
+            tx.inputs = [ChainTxInput(**x) for x in inputs]
+            tx.outputs = [ChainTxOutput(**x) for x in outputs]
+            s.add(tx)
+            expected.append(
+                {
+                    "tx_hash": txid,
+                    "height": height,
+                    "confirm_at": confirm_at.replace(microsecond=0).isoformat()
+                    if confirmed
+                    else None,
+                    "tx_at": tx_at.replace(microsecond=0).isoformat(),
+                    "value": (-1) ** i * (1_000 + i * 37),
+                    "inputs": inputs,
+                    "outputs": [
+                        {
+                            **{k: v for k, v in o.items() if k != "spent"},
+                            "status": 0 if o["spent"] else 1,
+                        }
+                        for o in sorted(outputs, key=lambda o: o["sn"])
+                    ],
+                    "cc_state": "seen",
+                    "cc_state_at": tx_at.replace(microsecond=0).isoformat(),
+                    "cc_dust": i % 7 == 0,
+                    "removed": status is TxStatus.REMOVED,
+                }
+            )
+    return expected
+
+
+def document(want: dict[str, Any], tip: int | None) -> dict[str, Any]:
+    """The document `want` should render as with the watcher's best block at `tip`."""
+    h = want["height"]
+    confirmations = 0 if tip is None or h is None or h > tip else tip - h + 1
+    doc = {k: v for k, v in want.items() if k not in ("height", "removed")}
+    return {**doc, "confirmation": confirmations}
+
+
+KEYS = [
+    "tx_hash",
+    "confirmation",
+    "confirm_at",
+    "tx_at",
+    "value",
+    "inputs",
+    "outputs",
+    "cc_state",
+    "cc_state_at",
+    "cc_dust",
+]
+
+
+def check_pages(engine: Any, account_id: int, txs: list[dict[str, Any]], tip: int | None) -> None:
+    visible = [document(t, tip) for t in txs if not t["removed"]]
+    with engine.connect() as conn:
+        first = tx_json.tx_page(conn, account_id, Wallet.COLD, None)
+        assert first is not None
+        assert json.loads(first) == visible[: tx_json.PAGE_SIZE]
+        assert list(json.loads(first)[0]) == KEYS  # the documented field order
+        for n, t in enumerate(txs):
+            # after any transaction (a removed one too): the next visible ones
+            after = [document(x, tip) for x in txs[n + 1 :] if not x["removed"]]
+            page = tx_json.tx_page(conn, account_id, Wallet.COLD, t["tx_hash"])
+            assert page is not None and json.loads(page) == after[: tx_json.PAGE_SIZE], n
+            detail = tx_json.tx_detail(conn, account_id, Wallet.COLD, t["tx_hash"])
+            if t["removed"]:
+                assert detail is None
+            else:
+                assert detail is not None and json.loads(detail) == document(t, tip)
+        # unknown cursors and the other side: no page, no detail
+        assert tx_json.tx_page(conn, account_id, Wallet.COLD, "ff" * 32) is None
+        assert tx_json.tx_page(conn, account_id, Wallet.HOT, txs[0]["tx_hash"]) is None
+        assert tx_json.tx_page(conn, account_id, Wallet.HOT, None) == "[]"
+        assert tx_json.tx_detail(conn, account_id, Wallet.HOT, txs[0]["tx_hash"]) is None
+
+
+def test_tx_document_contract(session_factory: sessionmaker[Session], hsm: Any) -> None:
+    engine = session_factory.kw["bind"]
+    acct = new_account(session_factory, hsm, "txjson")
+    txs = seed(session_factory, acct.id, 47)
+    check_pages(engine, acct.id, txs, None)  # no block seen at all
+    with session_factory() as s, s.begin():
+        s.add(BlockSeen(height=260, block_hash="ab" * 32, prev_hash="00" * 32, time=BASE))
+    check_pages(engine, acct.id, txs, 260)
