@@ -211,7 +211,7 @@ def test_every_change_is_journalled_and_a_forged_balance_fails_verify(
     write_database_config(tmp_path, db_url)
     acct = new_account(session_factory, hsm).id
     with session_factory() as s, s.begin():
-        _block(s, 100)
+        s.add(seen_block(100))
         addr = _address(s, acct, Wallet.HOT, 0)
         s.add(
             Utxo(
