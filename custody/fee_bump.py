@@ -126,7 +126,12 @@ def bump(
     """Replace the send's transaction by one paying `fee_rate` (default: twice its rate, at
     most `ceiling` sat/vB)."""
     with worker.factory() as s:
-        send_id = find_send(s, user_tx_no, account_id).id
+        found = find_send(s, user_tx_no, account_id)
+        send_id, batched = found.id, found.batch_id is not None
+    if batched:  # its replacement must pay every member: custody does not build that yet
+        raise BumpRefused(
+            f"send {user_tx_no!r} was paid in a batched transaction; batches are not bumped"
+        )
     _lease(worker, send_id)
     try:
         rep_id = _pending_or_new(worker, send_id, fee_rate, ceiling)
@@ -372,7 +377,9 @@ def due_for_bump(s: Session, after_blocks: int) -> list[tuple[str, int]]:
     )
     rows = s.execute(
         select(Send.user_tx_no, Send.account_id, Send.broadcast_height, last_try).where(
-            Send.status == SendStatus.BROADCAST, Send.broadcast_height.is_not(None)
+            Send.status == SendStatus.BROADCAST,
+            Send.broadcast_height.is_not(None),
+            Send.batch_id.is_(None),
         )
     ).all()
     return [

@@ -305,6 +305,31 @@ class SoftwareHsmStandIn:
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()
 
+    def sign_batch(self, account: int, psbt: str, members: list[dict[str, Any]]) -> str:
+        """A batched payout: the union of the members' outs in order, each number once."""
+        with self._lock:
+            numbers = [m["request"]["user_tx_no"] for m in members]
+            self.calls.append((account, "batch:" + ",".join(numbers)))
+            if self.unavailable:
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
+            if self.refuse is not None:
+                raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            keys = self.accounts[account]
+            if len(set(numbers)) != len(numbers):
+                raise HsmRefused("user_tx_no twice", code=ColdErrorCode.USER_TX_NO_REUSED)
+            p = Psbt.from_base64(psbt)
+            self._check_outputs(keys, p, ";".join(m["request"]["outs"] for m in members))
+            for no in numbers:
+                if self.signed.get((account, no), p.txid) != p.txid:
+                    raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
+            inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
+            for no in numbers:
+                self.signed[(account, no)] = p.txid
+                self.inputs[(account, no)] = inputs
+            p.sign_with_root(keys.cosigner_root)
+            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
+            return p.to_base64()
+
     def sign_consolidation(self, account: int, psbt: str) -> str:
         """Co-sign only if every output is the account's change (the cold HSM's rule)."""
         with self._lock:

@@ -1,0 +1,153 @@
+"""Batched payouts in the send pipeline, against a real regtest node with the in-test HSM
+stand-in, on SQLite and PostgreSQL.
+
+With `batch_window_seconds` > 0 the worker combines the pending sends of an account into one
+transaction (at most `batch_max_outputs` payments): every member gets the shared txid, its own
+`send.broadcast`, and is confirmed with it; a refusal fails the batch whole and frees its
+coins; two workers racing never put one send in two transactions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.chain import BitcoinRPC
+from custody.models import JournalEntry, Send, SendStatus, Utxo
+from custody.sends import SendWorker
+from tests.node_fixtures import Faucet
+from tests.worker.test_sends import DEST, Env, _outs
+from tests.worker_fixtures import expire_leases, make_sends, mine
+
+WINDOW = 0.001  # batching on, no waiting: whatever is pending goes together
+
+
+def _dest_values(env: Env, txid: str) -> list[int]:
+    tx = env.find_tx(txid)
+    dest = bytes(DEST.script).hex()
+    return sorted(
+        round(o["value"] * 100_000_000) for o in tx["vout"] if o["scriptPubKey"]["hex"] == dest
+    )
+
+
+def test_pending_sends_go_out_in_one_transaction_with_a_shared_hash(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [3_000_000])
+    ids = [env.send(f"batch-{i}", _outs(100_000 + i)) for i in range(10)]
+    w = env.worker(batch_window=WINDOW)
+    assert w.step(limit=10) == dict.fromkeys(ids, SendStatus.BROADCAST)
+    sends = [env.get(sid) for sid in ids]
+    txid = sends[0].txid
+    assert txid and {s.txid for s in sends} == {txid} and txid in rpc.get_raw_mempool()
+    assert {s.batch_id for s in sends} == {ids[0]}
+    assert _dest_values(env, txid) == [100_000 + i for i in range(10)]  # each paid once
+    assert len(rpc.decode_raw_transaction(sends[0].tx_hex)["vout"]) == 11  # and one change
+    assert env.hsm.calls == [(env.account_id, "batch:" + ",".join(f"batch-{i}" for i in range(10)))]
+    with factory() as s:
+        broadcast = (
+            s.execute(select(JournalEntry.data).where(JournalEntry.kind == "send_broadcast"))
+            .scalars()
+            .all()
+        )
+    assert sorted(broadcast) == sorted(
+        f'{{"txid":"{txid}","user_tx_no":"batch-{i}"}}' for i in range(10)
+    )
+    mine(rpc)
+    env.sync()
+    with factory() as s, s.begin():
+        expire_leases(s)
+    assert w.step(limit=10) == dict.fromkeys(ids, SendStatus.CONFIRMED)
+
+
+def test_batches_stay_within_the_output_count(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [3_000_000])
+    ids = [env.send(f"cap-{i}", _outs(50_000 + i)) for i in range(10)]
+    assert env.worker(batch_window=WINDOW, batch_max_outputs=4).step(limit=10) == dict.fromkeys(
+        ids, SendStatus.BROADCAST
+    )
+    sizes = Counter(env.get(sid).txid for sid in ids)
+    assert sorted(sizes.values()) == [2, 4, 4]
+    for txid, n in sizes.items():
+        assert len(_dest_values(env, txid)) == n
+
+
+def test_a_send_waits_for_the_window_then_goes_with_the_others(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [1_000_000])
+    first = env.send("window-0", _outs(70_000))
+    w = env.worker(batch_window=3600.0)
+    assert w.step() == {first: SendStatus.PENDING}  # held for companions
+    second = env.send("window-1", _outs(80_000))
+    with factory() as s, s.begin():  # the window has passed for the first one
+        s.get(Send, first).request_at = s.get(Send, first).request_at.replace(year=2000)
+        expire_leases(s)
+    assert w.step() == {first: SendStatus.BROADCAST, second: SendStatus.BROADCAST}
+    assert env.get(first).txid == env.get(second).txid
+
+
+def test_a_refused_batch_fails_whole_and_frees_its_coins(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [1_000_000])
+    ids = [env.send(f"refused-{i}", _outs(60_000 + i)) for i in range(3)]
+    env.hsm.refuse = "forged vc_code"
+    w = env.worker(batch_window=WINDOW)
+    assert w.step() == dict.fromkeys(ids, SendStatus.FAILED)
+    for sid in ids:
+        send = env.get(sid)
+        assert "forged vc_code" in send.failure_reason and send.tx_hex is None
+    with factory() as s:
+        assert s.execute(select(Utxo.reserved_by_send)).scalars().all() == [None]
+        failed = s.execute(select(JournalEntry.id).where(JournalEntry.kind == "send_failed")).all()
+    assert len(failed) == 3
+
+
+def test_two_workers_never_batch_the_same_send_twice(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [2_000_000] * 3)
+    n = 24
+    ids = [env.send(f"race-{i}", _outs(30_000 + i)) for i in range(n)]
+    workers = [
+        make_sends(factory, rpc, env.hsm, owner=f"racer-{k}", batch_window=WINDOW, claim_batch=3)
+        for k in range(2)
+    ]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(w: SendWorker) -> None:
+        try:
+            barrier.wait()
+            for _ in range(50):
+                if not w.step():
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    sends = [env.get(sid) for sid in ids]
+    assert {s.status for s in sends} == {SendStatus.BROADCAST}, Counter(s.status for s in sends)
+    by_tx: dict[str, list[int]] = {}
+    for i, s in enumerate(sends):
+        assert s.txid
+        by_tx.setdefault(s.txid, []).append(30_000 + i)
+    pool = set(rpc.get_raw_mempool())
+    assert set(by_tx) <= pool  # the node took every transaction: no coin spent twice
+    for txid, values in by_tx.items():  # each transaction pays exactly its members, once
+        assert _dest_values(env, txid) == sorted(values)
+    assert sum(len(v) for v in by_tx.values()) == n
+    # every signing request named each number once, across both workers
+    numbers = [no for _, call in env.hsm.calls for no in call.removeprefix("batch:").split(",")]
+    assert sorted(numbers) == sorted(s.user_tx_no for s in sends)
