@@ -101,6 +101,7 @@ ACTIVE = (
 BUILDABLE = (SendStatus.PENDING, SendStatus.WAITING_FUNDS)
 LED = (SendStatus.BUILT, SendStatus.SIGNED)  # a batch member's states its leader drives
 MAX_BATCH = 100  # sends in one transaction (the HSMs' limit)
+SOLO = 0  # batch_id of a send that goes alone (its batch was refused): never batched again
 CHAIN_LIMIT = 25  # Core's DEFAULT_ANCESTOR_LIMIT, the transaction itself included
 
 
@@ -359,7 +360,11 @@ class SendWorker:
             Send.status.in_(statuses),
             or_(Send.locked_until.is_(None), Send.locked_until < now, Send.locked_by == self.owner),
             # a batch member is built, signed and broadcast by its leader
-            or_(Send.batch_id.is_(None), Send.batch_id == Send.id, Send.status.not_in(LED)),
+            or_(
+                Send.batch_id.is_(None),
+                Send.batch_id.in_((SOLO, Send.id)),
+                Send.status.not_in(LED),
+            ),
         )
 
     def claim(self, limit: int | None = None, statuses: Sequence[SendStatus] = ACTIVE) -> list[int]:
@@ -432,7 +437,7 @@ class SendWorker:
     def _led(self, send_id: int) -> bool:
         with self.factory() as s:
             batch_id = s.execute(select(Send.batch_id).where(Send.id == send_id)).scalar_one()
-        return batch_id is not None and batch_id != send_id
+        return batch_id not in (None, SOLO, send_id)
 
     def _status(self, send_id: int) -> SendStatus:
         with self.factory() as s:
@@ -510,7 +515,11 @@ class SendWorker:
 
     def _window_left(self, send: Send) -> float:
         """Seconds a pending send still waits for others to join its batch (0: build now)."""
-        if not self.settings.batching or send.status is not SendStatus.PENDING:
+        if (
+            not self.settings.batching
+            or send.status is not SendStatus.PENDING
+            or send.batch_id == SOLO
+        ):
             return 0.0
         age = (utcnow() - send.request_at).total_seconds()
         return max(0.0, self.settings.batch_window - age)
@@ -589,7 +598,7 @@ class SendWorker:
             self._fail_in(s, send, f"invalid outs: {exc.message}")
             return
         group: list[tuple[Send, list[Out]]] = [(send, outs)]
-        if self.settings.batching:
+        if self.settings.batching and send.batch_id is None:
             group += self._companions(s, send, network, len(outs))
         while True:
             union = [o for _, member_outs in group for o in member_outs]
@@ -767,6 +776,9 @@ class SendWorker:
             else:
                 signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
+            if len(batch) > 1:  # refused whole: each member is judged alone next
+                self._unbatch(send_id, exc)
+                return
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
             tx_hex = self._finalize(psbt_b64, signed)
@@ -791,6 +803,43 @@ class SendWorker:
                     {"user_tx_no": one.user_tx_no, "txid": parsed.txid},
                 )
         log.info("send %d signed", send_id)
+
+    def _unbatch(self, send_id: int, exc: HsmRefused) -> None:
+        """A refused batch goes back to pending, its coins freed, every member to be built
+        and signed alone: one member the policy refuses does not fail the others."""
+        with transaction(self.factory) as s:
+            leader = self._hold(s, send_id)
+            if leader.status is not SendStatus.BUILT:
+                return
+            members = self._members(s, leader)
+            s.execute(
+                update(Utxo)
+                .where(Utxo.reserved_by_send == leader.id)
+                .values(reserved_by_send=None)
+                .execution_options(synchronize_session=False)
+            )
+            reason = f"batch refused by the HSM (code {exc.code}): {exc.message}; sent alone"
+            for one in [leader, *members]:
+                one.status = SendStatus.PENDING
+                one.batch_id = SOLO
+                one.psbt = None
+                one.fee = None
+                one.change_index = None
+                one.state_reason = reason[:1000]
+                journal.append(
+                    s,
+                    JournalKind.SEND_WAITING,
+                    one.account_id,
+                    {"user_tx_no": one.user_tx_no, "reason": one.state_reason},
+                )
+                if one is not leader:
+                    self._unlock(s, one)
+        log.warning(
+            "send %d: batch of %d refused (code %d); sent alone",
+            send_id,
+            1 + len(members),
+            exc.code,
+        )
 
     @staticmethod
     def _members(s: Session, leader: Send) -> list[Send]:

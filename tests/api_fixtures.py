@@ -162,6 +162,7 @@ class SoftwareHsmStandIn:
         self.inputs: dict[tuple[int, str], set[tuple[str, int]]] = {}  # spent by that txid
         self.calls: list[tuple[int, str]] = []
         self.refuse: str | None = None
+        self.refuse_numbers: set[str] = set()  # user_tx_nos the cold policy refuses
         self.unavailable = False
         self.closed: dict[tuple[int, str], int] = {}  # (account, user_tx_no) -> code
         self._lock = threading.Lock()
@@ -285,6 +286,8 @@ class SoftwareHsmStandIn:
                 raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            if request["user_tx_no"] in self.refuse_numbers:
+                raise HsmRefused("over the policy", code=ColdErrorCode.POLICY_REFUSED)
             keys = self.accounts.get(account)
             if keys is None:
                 raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
@@ -314,6 +317,8 @@ class SoftwareHsmStandIn:
                 raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            if self.refuse_numbers & set(numbers):
+                raise HsmRefused("over the policy", code=ColdErrorCode.POLICY_REFUSED)
             keys = self.accounts[account]
             if len(set(numbers)) != len(numbers):
                 raise HsmRefused("user_tx_no twice", code=ColdErrorCode.USER_TX_NO_REUSED)

@@ -92,21 +92,35 @@ def test_a_send_waits_for_the_window_then_goes_with_the_others(
     assert env.get(first).txid == env.get(second).txid
 
 
-def test_a_refused_batch_fails_whole_and_frees_its_coins(
+def test_a_refused_batch_is_unbatched_and_each_send_judged_alone(
     factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
 ) -> None:
+    """The HSMs refuse a batch whole; custody frees its coins and sends each member alone,
+    so the one request the policy refuses fails and the others go."""
     env = Env(factory, rpc, faucet, [1_000_000])
     ids = [env.send(f"refused-{i}", _outs(60_000 + i)) for i in range(3)]
-    env.hsm.refuse = "forged vc_code"
+    env.hsm.refuse_numbers = {"refused-1"}
     w = env.worker(batch_window=WINDOW)
-    assert w.step() == dict.fromkeys(ids, SendStatus.FAILED)
-    for sid in ids:
-        send = env.get(sid)
-        assert "forged vc_code" in send.failure_reason and send.tx_hex is None
+    w.step()
+    with factory() as s, s.begin():
+        expire_leases(s)
+    w.step()
+    assert [env.get(sid).status for sid in ids] == [
+        SendStatus.BROADCAST,
+        SendStatus.FAILED,
+        SendStatus.BROADCAST,
+    ]
+    assert "over the policy" in env.get(ids[1]).failure_reason
+    assert env.get(ids[0]).txid != env.get(ids[2]).txid  # alone, each
+    assert env.hsm.calls[0][1] == "batch:refused-0,refused-1,refused-2"
     with factory() as s:
-        assert s.execute(select(Utxo.reserved_by_send)).scalars().all() == [None]
-        failed = s.execute(select(JournalEntry.id).where(JournalEntry.kind == "send_failed")).all()
-    assert len(failed) == 3
+        waiting = (
+            s.execute(select(JournalEntry.data).where(JournalEntry.kind == "send_waiting"))
+            .scalars()
+            .all()
+        )
+        assert s.execute(select(Utxo.id).where(Utxo.reserved_by_send == ids[1])).all() == []
+    assert len(waiting) == 3 and all("batch refused by the HSM" in d for d in waiting)
 
 
 def test_two_workers_never_batch_the_same_send_twice(
