@@ -763,11 +763,11 @@ class SendWorker:
         with self.factory() as s:
             send = s.get(Send, send_id)
             assert send is not None and send.psbt is not None
-            request = _request(send)
+            request = request_of(send)
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
             batch = [
-                {"request": _request(m), "vc_code": m.vc_code, "c_id": m.c_id}
+                {"request": request_of(m), "vc_code": m.vc_code, "c_id": m.c_id}
                 for m in [send, *self._members(s, send)]
             ]
         try:
@@ -1099,7 +1099,7 @@ class SendWorker:
             pass
 
 
-def _request(send: Send) -> dict[str, Any]:
+def request_of(send: Send) -> dict[str, Any]:
     """The request the V-device signed for `send` (what the HSMs check its vc_code over)."""
     return {
         "coin_code": send.coin_code,

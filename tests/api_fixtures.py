@@ -324,10 +324,11 @@ class SoftwareHsmStandIn:
                 raise HsmRefused("user_tx_no twice", code=ColdErrorCode.USER_TX_NO_REUSED)
             p = Psbt.from_base64(psbt)
             self._check_outputs(keys, p, ";".join(m["request"]["outs"] for m in members))
-            for no in numbers:
-                if self.signed.get((account, no), p.txid) != p.txid:
-                    raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
             inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
+            for no in numbers:
+                replaces = bool(inputs & self.inputs.get((account, no), set()))
+                if self.signed.get((account, no), p.txid) != p.txid and not replaces:
+                    raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
             for no in numbers:
                 self.signed[(account, no)] = p.txid
                 self.inputs[(account, no)] = inputs

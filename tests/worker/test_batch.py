@@ -15,12 +15,13 @@ from collections import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody import fee_bump
 from custody.chain import BitcoinRPC
 from custody.models import JournalEntry, Send, SendStatus, Utxo
 from custody.sends import SendWorker
 from tests.node_fixtures import Faucet
 from tests.worker.test_sends import DEST, Env, _outs
-from tests.worker_fixtures import expire_leases, make_sends, mine
+from tests.worker_fixtures import MINER, expire_leases, make_sends, mine
 
 WINDOW = 0.001  # batching on, no waiting: whatever is pending goes together
 
@@ -165,3 +166,52 @@ def test_two_workers_never_batch_the_same_send_twice(
     # every signing request named each number once, across both workers
     numbers = [no for _, call in env.hsm.calls for no in call.removeprefix("batch:").split(",")]
     assert sorted(numbers) == sorted(s.user_tx_no for s in sends)
+
+
+def _stuck_batch(env: Env, prefix: str, n: int = 3) -> list[int]:
+    ids = [env.send(f"{prefix}-{i}", _outs(90_000 + i)) for i in range(n)]
+    w = env.worker(fee_rate=1.0, batch_window=WINDOW)
+    assert w.step() == dict.fromkeys(ids, SendStatus.BROADCAST)
+    env.sync()
+    return ids
+
+
+def test_a_batch_is_bumped_whole_and_every_member_takes_the_new_txid(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [1_000_000])
+    ids = _stuck_batch(env, "bb")
+    old = env.get(ids[0]).txid
+    result = fee_bump.bump(env.worker("bumper"), "bb-2", fee_rate=8.0)  # asked for a member
+    assert result.replaced_txid == old != result.txid
+    assert {env.get(sid).txid for sid in ids} == {result.txid}
+    assert env.hsm.calls[-1][1] == "batch:bb-0,bb-1,bb-2"  # co-signed as the same batch
+    pool = set(rpc.get_raw_mempool())
+    assert result.txid in pool and old not in pool
+    assert _dest_values(env, result.txid) == [90_000, 90_001, 90_002]
+    with factory() as s:
+        replaced = s.execute(
+            select(JournalEntry.id).where(JournalEntry.kind == "send_replaced")
+        ).all()
+    assert len(replaced) == 3
+    mine(rpc)
+    env.sync()
+    with factory() as s, s.begin():
+        expire_leases(s)
+    assert env.worker().step() == dict.fromkeys(ids, SendStatus.CONFIRMED)
+
+
+def test_a_batch_whose_original_is_mined_after_all_follows_it(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    env = Env(factory, rpc, faucet, [1_000_000])
+    ids = _stuck_batch(env, "bo")
+    old = env.get(ids[0])
+    result = fee_bump.bump(env.worker(), "bo-0", fee_rate=5.0)
+    rpc.call("generateblock", MINER.address, [old.tx_hex])  # a miner took the original
+    assert result.txid not in rpc.get_raw_mempool()
+    env.sync()
+    with factory() as s, s.begin():
+        expire_leases(s)
+    assert env.worker().step() == dict.fromkeys(ids, SendStatus.CONFIRMED)
+    assert {env.get(sid).txid for sid in ids} == {old.txid}
