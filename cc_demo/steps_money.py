@@ -3,9 +3,9 @@ replaced before it confirmed, and the merchant site catching up on webhook event
 outage.
 
  burst             ten withdrawals in one block interval: all broadcast before the next block,
-                   in one or more batched transactions (the worker combines the sends pending
-                   within `batch_window_seconds`; the cold HSM co-signs a batch whole; a later
-                   one spends the previous one's unconfirmed change; every one BIP125); custody
+                   in one or more batched transactions (`batch_sends`: the sends of the account
+                   pending together go in one; the cold HSM co-signs a batch whole; a later one
+                   spends the previous one's unconfirmed change; every one BIP125); custody
                    shows each withdrawal with its transaction's hash, and the step says how many
                    transactions carried the ten
  fee-bump          a withdrawal sent with a low fee is replaced (`custody send bump`) by one

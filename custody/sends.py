@@ -128,7 +128,7 @@ class SendSettings:
     """`[custody]` keys: fee_rate_sat_vb, fee_floor_sat_vb, fee_ceiling_sat_vb,
     fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs,
     send_wait_seconds, send_spend_unconfirmed_change, send_max_unconfirmed_ancestors,
-    send_bump_after_blocks (0: no automatic fee bump), batch_window_seconds (0: no batching),
+    send_bump_after_blocks (0: no automatic fee bump), batch_sends, batch_window_seconds,
     batch_max_outputs."""
 
     fee_rate: float = 2.0
@@ -146,12 +146,9 @@ class SendSettings:
     spend_unconfirmed_change: bool = True
     max_unconfirmed_ancestors: int = CHAIN_LIMIT - 1
     bump_after_blocks: int = 0
+    batching: bool = False
     batch_window: float = 0.0
     batch_max_outputs: int = 50
-
-    @property
-    def batching(self) -> bool:
-        return self.batch_window > 0
 
     @classmethod
     def from_config(cls, config: Config) -> SendSettings:
@@ -178,6 +175,7 @@ class SendSettings:
                 CHAIN_LIMIT - 1,
             ),
             bump_after_blocks=max(0, s.int("send_bump_after_blocks", d.bump_after_blocks)),
+            batching=s.bool("batch_sends", d.batching),
             batch_window=max(0.0, s.float("batch_window_seconds", d.batch_window)),
             batch_max_outputs=max(1, s.int("batch_max_outputs", d.batch_max_outputs)),
         )
@@ -517,6 +515,7 @@ class SendWorker:
         """Seconds a pending send still waits for others to join its batch (0: build now)."""
         if (
             not self.settings.batching
+            or self.settings.batch_window <= 0
             or send.status is not SendStatus.PENDING
             or send.batch_id == SOLO
         ):

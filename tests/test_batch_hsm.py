@@ -90,7 +90,7 @@ def test_pending_sends_go_out_in_one_transaction_cosigned_by_the_pair(
                     c_id=acct.c_id,
                 )
             )
-    worker = SendWorker(factory, node, client, SendSettings(batch_window=0.001), owner="w")
+    worker = SendWorker(factory, node, client, SendSettings(batching=True), owner="w")
     assert set(worker.step().values()) == {SendStatus.BROADCAST}
     with factory() as s:
         sends = s.query(Send).order_by(Send.id).all()

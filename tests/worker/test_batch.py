@@ -1,7 +1,7 @@
 """Batched payouts in the send pipeline, against a real regtest node with the in-test HSM
 stand-in, on SQLite and PostgreSQL.
 
-With `batch_window_seconds` > 0 the worker combines the pending sends of an account into one
+With `batch_sends` the worker combines the pending sends of an account into one
 transaction (at most `batch_max_outputs` payments): every member gets the shared txid, its own
 `send.broadcast`, and is confirmed with it; a refusal fails the batch whole and frees its
 coins; two workers racing never put one send in two transactions.
@@ -23,7 +23,7 @@ from tests.node_fixtures import Faucet
 from tests.worker.test_sends import DEST, Env, _outs
 from tests.worker_fixtures import MINER, expire_leases, make_sends, mine
 
-WINDOW = 0.001  # batching on, no waiting: whatever is pending goes together
+ON = {"batching": True}  # no window: whatever is pending when a send is built goes with it
 
 
 def _dest_values(env: Env, txid: str) -> list[int]:
@@ -39,7 +39,7 @@ def test_pending_sends_go_out_in_one_transaction_with_a_shared_hash(
 ) -> None:
     env = Env(factory, rpc, faucet, [3_000_000])
     ids = [env.send(f"batch-{i}", _outs(100_000 + i)) for i in range(10)]
-    w = env.worker(batch_window=WINDOW)
+    w = env.worker(**ON)
     assert w.step(limit=10) == dict.fromkeys(ids, SendStatus.BROADCAST)
     sends = [env.get(sid) for sid in ids]
     txid = sends[0].txid
@@ -69,7 +69,7 @@ def test_batches_stay_within_the_output_count(
 ) -> None:
     env = Env(factory, rpc, faucet, [3_000_000])
     ids = [env.send(f"cap-{i}", _outs(50_000 + i)) for i in range(10)]
-    assert env.worker(batch_window=WINDOW, batch_max_outputs=4).step(limit=10) == dict.fromkeys(
+    assert env.worker(**ON, batch_max_outputs=4).step(limit=10) == dict.fromkeys(
         ids, SendStatus.BROADCAST
     )
     sizes = Counter(env.get(sid).txid for sid in ids)
@@ -83,7 +83,7 @@ def test_a_send_waits_for_the_window_then_goes_with_the_others(
 ) -> None:
     env = Env(factory, rpc, faucet, [1_000_000])
     first = env.send("window-0", _outs(70_000))
-    w = env.worker(batch_window=3600.0)
+    w = env.worker(batching=True, batch_window=3600.0)
     assert w.step() == {first: SendStatus.PENDING}  # held for companions
     second = env.send("window-1", _outs(80_000))
     with factory() as s, s.begin():  # the window has passed for the first one
@@ -101,7 +101,7 @@ def test_a_refused_batch_is_unbatched_and_each_send_judged_alone(
     env = Env(factory, rpc, faucet, [1_000_000])
     ids = [env.send(f"refused-{i}", _outs(60_000 + i)) for i in range(3)]
     env.hsm.refuse_numbers = {"refused-1"}
-    w = env.worker(batch_window=WINDOW)
+    w = env.worker(**ON)
     w.step()
     with factory() as s, s.begin():
         expire_leases(s)
@@ -131,8 +131,7 @@ def test_two_workers_never_batch_the_same_send_twice(
     n = 24
     ids = [env.send(f"race-{i}", _outs(30_000 + i)) for i in range(n)]
     workers = [
-        make_sends(factory, rpc, env.hsm, owner=f"racer-{k}", batch_window=WINDOW, claim_batch=3)
-        for k in range(2)
+        make_sends(factory, rpc, env.hsm, owner=f"racer-{k}", **ON, claim_batch=3) for k in range(2)
     ]
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -170,7 +169,7 @@ def test_two_workers_never_batch_the_same_send_twice(
 
 def _stuck_batch(env: Env, prefix: str, n: int = 3) -> list[int]:
     ids = [env.send(f"{prefix}-{i}", _outs(90_000 + i)) for i in range(n)]
-    w = env.worker(fee_rate=1.0, batch_window=WINDOW)
+    w = env.worker(fee_rate=1.0, **ON)
     assert w.step() == dict.fromkeys(ids, SendStatus.BROADCAST)
     env.sync()
     return ids
