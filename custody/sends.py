@@ -27,6 +27,12 @@ each step starts from what is stored, so a crash anywhere resumes without a seco
   releases its inputs.
 - **CONFIRMED** once the watcher recorded the transaction in a block.
 
+Batching (`[custody] batch_sends`, docs/money.md): a send's build may take the other pending
+sends of its account along (`sends.batch_id` = the leader's id); the leader holds the inputs,
+fee, change and PSBT, and moves every member with it through BUILT, SIGNED and BROADCAST in
+the same transactions; a member is never claimed on its own until then. A refused batch goes
+back to pending, each member to be sent alone (`batch_id` = `SOLO`).
+
 Claiming: a worker takes a send with a lease (`locked_by`, `locked_until`), claimed with
 `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL and a compare-and-set UPDATE everywhere; every
 step's write re-checks the lease, so a worker that lost it (or crashed and came back) writes
@@ -279,7 +285,11 @@ def unconfirmed_ancestry(s: Session, utxos: Sequence[Utxo]) -> dict[str, set[str
         found = {txid}
         if depth < CHAIN_LIMIT + 1:
             send_id = (
-                s.execute(select(func.coalesce(Send.batch_id, Send.id)).where(Send.txid == txid))
+                s.execute(
+                    select(func.coalesce(func.nullif(Send.batch_id, SOLO), Send.id)).where(
+                        Send.txid == txid
+                    )
+                )
                 .scalars()
                 .first()
             )
