@@ -20,6 +20,7 @@ pair co-signs it as a batch with the same numbers, and every member takes the ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -139,7 +140,7 @@ def bump(
     try:
         rep_id = _pending_or_new(worker, send_id, fee_rate, ceiling)
         _sign(worker, send_id, rep_id)
-        return _broadcast(worker, send_id, rep_id)
+        return dataclasses.replace(_broadcast(worker, send_id, rep_id), user_tx_no=user_tx_no)
     finally:
         _release(worker, send_id)
 
