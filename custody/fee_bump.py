@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 INCREMENTAL_SAT_VB = 1  # Core's incremental relay fee: what a replacement adds at least
 MIN_CHANGE = 330  # P2WSH dust: the change must stay above it
+LEASE_PATIENCE, LEASE_RETRY = 10.0, 0.2  # seconds: how long a bump waits for a busy send
 
 
 class BumpRefused(CustodyError):
@@ -94,24 +96,30 @@ def leader_id(send: Send) -> int:
     return send.id if send.batch_id in (None, SOLO) else int(send.batch_id)
 
 
-def _lease(worker: SendWorker, send_id: int) -> None:
-    """Take the send's lease (it must be BROADCAST and not held by a live worker)."""
-    now = utcnow()
-    until = now + timedelta(seconds=worker.settings.lease_seconds)
-    with transaction(worker.factory) as s:
-        res = s.execute(
-            update(Send)
-            .where(
-                Send.id == send_id,
-                Send.status == SendStatus.BROADCAST,
-                worker._claimable(now, [SendStatus.BROADCAST]),
+def _lease(worker: SendWorker, send_id: int, patience: float = LEASE_PATIENCE) -> None:
+    """Take the send's lease (it must be BROADCAST and not held by a live worker). A worker
+    that holds it only to look for its confirmation lets go within a step: wait that long."""
+    deadline = time.monotonic() + patience
+    while True:
+        now = utcnow()
+        until = now + timedelta(seconds=worker.settings.lease_seconds)
+        with transaction(worker.factory) as s:
+            res = s.execute(
+                update(Send)
+                .where(
+                    Send.id == send_id,
+                    Send.status == SendStatus.BROADCAST,
+                    worker._claimable(now, [SendStatus.BROADCAST]),
+                )
+                .values(locked_by=worker.owner, locked_until=until)
             )
-            .values(locked_by=worker.owner, locked_until=until)
-        )
-        if rowcount(res) != 1:
+            if rowcount(res) == 1:
+                return
             send = s.get(Send, send_id)
             state = send.status.value if send is not None else "gone"
+        if state != SendStatus.BROADCAST.value or time.monotonic() >= deadline:
             raise BumpRefused(f"send is {state} or busy: only a broadcast, unconfirmed send bumps")
+        time.sleep(LEASE_RETRY)
 
 
 def _release(worker: SendWorker, send_id: int) -> None:
@@ -130,13 +138,14 @@ def bump(
     account_id: int | None = None,
     fee_rate: float | None = None,
     ceiling: float | None = None,
+    patience: float = LEASE_PATIENCE,
 ) -> BumpResult:
     """Replace the send's transaction by one paying `fee_rate` (default: twice its rate, at
     most `ceiling` sat/vB)."""
     with worker.factory() as s:
         found = find_send(s, user_tx_no, account_id)
         send_id = leader_id(found)  # a batch is bumped whole, through its leader
-    _lease(worker, send_id)
+    _lease(worker, send_id, patience)
     try:
         rep_id = _pending_or_new(worker, send_id, fee_rate, ceiling)
         _sign(worker, send_id, rep_id)
@@ -441,7 +450,13 @@ def auto_bump(worker: SendWorker, after_blocks: int) -> int:
     done = 0
     for user_tx_no, account_id in due:
         try:
-            bump(worker, user_tx_no, account_id=account_id, ceiling=worker.settings.fee_ceiling)
+            bump(
+                worker,
+                user_tx_no,
+                account_id=account_id,
+                ceiling=worker.settings.fee_ceiling,
+                patience=0.0,  # the worker loop never waits: a busy send is bumped next time
+            )
             done += 1
         except BumpRefused as exc:
             log.info("send %s: automatic fee bump not made: %s", user_tx_no, exc.message)
