@@ -2,7 +2,8 @@
 stand-in, on SQLite and PostgreSQL.
 
 With `batch_sends` the worker combines the pending sends of an account into one
-transaction (at most `batch_max_outputs` payments): every member gets the shared txid, its own
+transaction (at most `batch_max_outputs` payments): every member gets the shared txid (its
+`GET /tx/<user_tx_no>` shows it), its own
 `send.broadcast`, and is confirmed with it; a refusal fails the batch whole and frees its
 coins; two workers racing never put one send in two transactions.
 """
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import fee_bump
+from custody.accounts import rotate_token
+from custody.app import create_app
 from custody.chain import BitcoinRPC
 from custody.models import JournalEntry, Send, SendStatus, Utxo
 from custody.sends import SendWorker
+from tests.api_fixtures import SmsRecorder, make_config
 from tests.node_fixtures import Faucet
 from tests.worker.test_sends import DEST, Env, _outs
 from tests.worker_fixtures import MINER, expire_leases, make_sends, mine
@@ -35,7 +40,12 @@ def _dest_values(env: Env, txid: str) -> list[int]:
 
 
 def test_pending_sends_go_out_in_one_transaction_with_a_shared_hash(
-    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+    factory: sessionmaker[Session],
+    rpc: BitcoinRPC,
+    faucet: Faucet,
+    db_url: str,
+    tmp_path: Path,
+    sms: SmsRecorder,
 ) -> None:
     env = Env(factory, rpc, faucet, [3_000_000])
     ids = [env.send(f"batch-{i}", _outs(100_000 + i)) for i in range(10)]
@@ -57,6 +67,14 @@ def test_pending_sends_go_out_in_one_transaction_with_a_shared_hash(
     assert sorted(broadcast) == sorted(
         f'{{"txid":"{txid}","user_tx_no":"batch-{i}"}}' for i in range(10)
     )
+    # GET /tx/<user_tx_no> of every member shows the shared hash
+    app = create_app(make_config(tmp_path, db_url, sms.url), hsm=env.hsm, session_factory=factory)
+    with factory() as s, s.begin():
+        token = rotate_token(s, env.account_id, "hot")
+    api = app.test_client()
+    for i in range(10):
+        shown = api.get(f"/api/v1/open/tx/batch-{i}", headers={"token": token}).get_json()
+        assert (shown["tx_hash"], shown["hot_wallet_tx_status"]) == (txid, "OK")
     mine(rpc)
     env.sync()
     with factory() as s, s.begin():
