@@ -1,12 +1,11 @@
 """Batched payouts in the send pipeline, against a real regtest node with the in-test HSM
 stand-in, on SQLite and PostgreSQL.
 
-With `batch_sends` the worker combines the pending sends of an account into one
-transaction (at most `batch_max_outputs` payments): every member gets the shared txid (its
-`GET /tx/<user_tx_no>` shows it), its own
-`send.broadcast`, and is confirmed with it; a refusal fails the batch whole and frees its
-coins; two workers racing never put one send in two transactions.
-"""
+With `batch_sends` the worker combines the pending sends of an account into one transaction
+(at most `batch_max_outputs` payments): every member gets the shared txid (`GET
+/tx/<user_tx_no>` shows it) and its own `send.broadcast`, and is confirmed with it; a refused
+batch is unbatched and each member judged alone; a batch is fee-bumped whole; two workers
+racing never put one send in two transactions."""
 
 from __future__ import annotations
 
