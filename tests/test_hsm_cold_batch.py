@@ -234,3 +234,31 @@ def test_a_single_send_cannot_replace_a_batch_member(cold: ColdHsm, link: Any) -
     )
     assert refused(link, "cosign", single).code == ColdErrorCode.USER_TX_NO_REUSED
     assert "user_tx_no reused" in (frozen_for(link, 68) or "")
+
+
+def test_the_policy_judges_each_member_counting_the_ones_before_it(
+    cold: ColdHsm, link: Any
+) -> None:
+    """Each member is one send to the customer's policy: two of 200 000 sat pass a 300 000
+    per-send limit together; a batch that would cross the daily limit with its second member
+    is refused whole (no freeze), and nothing of it counts afterwards."""
+    acct = provision(cold, link, 69, register=False, confirm=False)
+    cold.confirm(
+        69,
+        acct.vdevice.identity_hex,
+        "--max-send-sat=300000",
+        "--max-daily-sat=500000",
+        "--max-sends-per-hour=10",
+        "--approval-above-sat=300000",
+    )
+    link.call("register_channel", acct.vdevice.channel_registration(69, "c1"), timeout=TIMEOUT)
+    big = [([(random_address(), 200_000)], f"p69-{i}") for i in range(2)]
+    payload, _, _ = batch(acct, big)
+    assert link.call("cosign_batch", payload, timeout=TIMEOUT)["signatures"]
+    over = [([(random_address(), 60_000)], f"p69-over-{i}") for i in range(2)]
+    payload, _, _ = batch(acct, over)
+    err = refused(link, "cosign_batch", payload)
+    assert err.code == ColdErrorCode.POLICY_REFUSED and "24 h limit" in err.message
+    assert frozen_for(link, 69) is None
+    single, _ = acct.send(over[0][0], "p69-over-0")  # the first member alone still fits
+    assert link.call("cosign", single, timeout=TIMEOUT)["signatures"]
