@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -383,7 +383,10 @@ class SendWorker:
         claimed: list[int] = []
         with transaction(self.factory) as s:
             due = self._claimable(now, statuses)
-            q = select(Send.id).where(due).order_by(Send.id).limit(limit)
+            # sends with work to do first: a broadcast one only waits for its block, and a
+            # mempool full of them must not keep a new send (or a batch) from being built
+            following = case((Send.status == SendStatus.BROADCAST, 1), else_=0)
+            q = select(Send.id).where(due).order_by(following, Send.id).limit(limit)
             if is_postgres(s):
                 q = q.with_for_update(skip_locked=True)
             for send_id in s.execute(q).scalars().all():

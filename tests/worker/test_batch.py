@@ -231,3 +231,15 @@ def test_a_batch_whose_original_is_mined_after_all_follows_it(
         expire_leases(s)
     assert env.worker().step() == dict.fromkeys(ids, SendStatus.CONFIRMED)
     assert {env.get(sid).txid for sid in ids} == {old.txid}
+
+
+def test_new_sends_are_claimed_before_broadcast_ones_waiting_for_a_block(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet
+) -> None:
+    """Ten sends in the mempool fill a claim of ten; the next one is built all the same."""
+    env = Env(factory, rpc, faucet, [3_000_000])
+    waiting = [env.send(f"mempool-{i}", _outs(40_000 + i)) for i in range(10)]
+    w = env.worker()
+    assert w.step(limit=10) == dict.fromkeys(waiting, SendStatus.BROADCAST)
+    new = env.send("after", _outs(70_000))
+    assert w.step(limit=10)[new] is SendStatus.BROADCAST
