@@ -2,8 +2,12 @@
 replaced before it confirmed, and the merchant site catching up on webhook events after an
 outage.
 
- burst             ten withdrawals in one block interval: all broadcast before the next block
-                   (each spends the previous one's unconfirmed change; every one BIP125)
+ burst             ten withdrawals in one block interval: all broadcast before the next block,
+                   in one or more batched transactions (`batch_sends`: the sends of the account
+                   pending together go in one; the cold HSM co-signs a batch whole; a later one
+                   spends the previous one's unconfirmed change; every one BIP125); custody
+                   shows each withdrawal with its transaction's hash, and the step says how many
+                   transactions carried the ten
  fee-bump          a withdrawal sent with a low fee is replaced (`custody send bump`) by one
                    paying the same with more fee, without a new V-device signature, and mined;
                    custody, the site (by webhook) and the V-device (the cold HSM's signed SMS)
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -107,16 +112,32 @@ def step_burst(ctx: Context) -> str:
         state = send_state(ctx, vtest_id)
         if state["tx_hash"] != txid or state["hot_wallet_tx_status"] != "OK":
             raise StepFailed(f"custody shows {vtest_id} as {state['hot_wallet_tx_status']}")
+    carried = Counter(txids)  # withdrawals per transaction: each shows its batch's hash
+    for txid, n in carried.items():
+        paid = {p for p in payments if p in tx_payments(ctx, txid)}
+        if len(paid) != n:
+            raise StepFailed(f"transaction {txid} pays {len(paid)} of its {n} withdrawals")
     [block] = mine(ctx.rpc, ctx.network, 1)
     mined = set(ctx.rpc.get_block(block, 1)["tx"])
     if not set(txids) <= mined:
         raise StepFailed("not every withdrawal of the burst was mined in the next block")
+    sizes = "+".join(str(n) for n in sorted(carried.values(), reverse=True))
     return (
         f"{BURST} withdrawals of ~{btc(BURST_SAT)} posted in one block interval: all "
-        f"countersigned, co-signed and broadcast before the next block ({len(set(txids))} "
-        f"transactions, each spending the previous one's unconfirmed change: chain of {chain}, "
-        "all BIP125), all mined in that block"
+        f"countersigned, co-signed and broadcast before the next block, carried by"
+        f" {len(carried)} transaction(s) ({sizes} withdrawals each; custody shows each"
+        f" withdrawal with its transaction's hash; chain of {chain} on unconfirmed change, all"
+        " BIP125), all mined in that block"
     )
+
+
+def tx_payments(ctx: Context, txid: str) -> set[tuple[str, int]]:
+    """(address, sat) of every output of a mempool transaction."""
+    tx = ctx.rpc.get_raw_transaction(txid, True)
+    return {
+        (str(o["scriptPubKey"].get("address", "")), round(Decimal(str(o["value"])) * SAT_PER_BTC))
+        for o in tx["vout"]
+    }
 
 
 def step_fee_bump(ctx: Context) -> str:

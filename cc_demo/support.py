@@ -73,6 +73,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "custody": {
         "worker_interval": 0.3,
         "send_wait_seconds": 0.5,
+        # batched payouts: the sends of an account pending together go out in one transaction
+        "batch_sends": True,
         "webhook_timeout_seconds": 2.0,
         "webhook_backoff_initial": 0.5,
         "webhook_backoff_max": 2.0,

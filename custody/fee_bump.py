@@ -13,16 +13,20 @@ that one; and since it spends the same inputs, at most one of the two can ever c
 replaced one confirms after all, the send follows it (`follow_replaced`).
 
 A send whose change another of our sends already spends cannot be bumped (the replacement
-would evict that child), nor one without change to pay the bump from.
+would evict that child), nor one without change to pay the bump from. A batched send is
+bumped whole, through its batch's leader: the replacement pays every member again, the HSM
+pair co-signs it as a batch with the same numbers, and every member takes the new txid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from cc_common.errors import CustodyError
@@ -47,7 +51,7 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.sends import SendWorker, record_change
+from custody.sends import SOLO, SendWorker, record_change, request_of
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
 from wallet_core.rawtx import parse_signed_tx
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 
 INCREMENTAL_SAT_VB = 1  # Core's incremental relay fee: what a replacement adds at least
 MIN_CHANGE = 330  # P2WSH dust: the change must stay above it
+LEASE_PATIENCE, LEASE_RETRY = 10.0, 0.2  # seconds: how long a bump waits for a busy send
 
 
 class BumpRefused(CustodyError):
@@ -86,24 +91,35 @@ def find_send(s: Session, user_tx_no: str, account_id: int | None) -> Send:
     return rows[0]
 
 
-def _lease(worker: SendWorker, send_id: int) -> None:
-    """Take the send's lease (it must be BROADCAST and not held by a live worker)."""
-    now = utcnow()
-    until = now + timedelta(seconds=worker.settings.lease_seconds)
-    with transaction(worker.factory) as s:
-        res = s.execute(
-            update(Send)
-            .where(
-                Send.id == send_id,
-                Send.status == SendStatus.BROADCAST,
-                worker._claimable(now, [SendStatus.BROADCAST]),
+def leader_id(send: Send) -> int:
+    """The send whose transaction pays `send`: itself, or its batch's leader."""
+    return send.id if send.batch_id in (None, SOLO) else int(send.batch_id)
+
+
+def _lease(worker: SendWorker, send_id: int, patience: float = LEASE_PATIENCE) -> None:
+    """Take the send's lease (it must be BROADCAST and not held by a live worker). A worker
+    that holds it only to look for its confirmation lets go within a step: wait that long."""
+    deadline = time.monotonic() + patience
+    while True:
+        now = utcnow()
+        until = now + timedelta(seconds=worker.settings.lease_seconds)
+        with transaction(worker.factory) as s:
+            res = s.execute(
+                update(Send)
+                .where(
+                    Send.id == send_id,
+                    Send.status == SendStatus.BROADCAST,
+                    worker._claimable(now, [SendStatus.BROADCAST]),
+                )
+                .values(locked_by=worker.owner, locked_until=until)
             )
-            .values(locked_by=worker.owner, locked_until=until)
-        )
-        if rowcount(res) != 1:
+            if rowcount(res) == 1:
+                return
             send = s.get(Send, send_id)
             state = send.status.value if send is not None else "gone"
+        if state != SendStatus.BROADCAST.value or time.monotonic() >= deadline:
             raise BumpRefused(f"send is {state} or busy: only a broadcast, unconfirmed send bumps")
+        time.sleep(LEASE_RETRY)
 
 
 def _release(worker: SendWorker, send_id: int) -> None:
@@ -122,16 +138,18 @@ def bump(
     account_id: int | None = None,
     fee_rate: float | None = None,
     ceiling: float | None = None,
+    patience: float = LEASE_PATIENCE,
 ) -> BumpResult:
     """Replace the send's transaction by one paying `fee_rate` (default: twice its rate, at
     most `ceiling` sat/vB)."""
     with worker.factory() as s:
-        send_id = find_send(s, user_tx_no, account_id).id
-    _lease(worker, send_id)
+        found = find_send(s, user_tx_no, account_id)
+        send_id = leader_id(found)  # a batch is bumped whole, through its leader
+    _lease(worker, send_id, patience)
     try:
         rep_id = _pending_or_new(worker, send_id, fee_rate, ceiling)
         _sign(worker, send_id, rep_id)
-        return _broadcast(worker, send_id, rep_id)
+        return dataclasses.replace(_broadcast(worker, send_id, rep_id), user_tx_no=user_tx_no)
     finally:
         _release(worker, send_id)
 
@@ -245,15 +263,17 @@ def _sign(worker: SendWorker, send_id: int, rep_id: int) -> None:
         assert send is not None and rep is not None
         if rep.status is not ReplacementStatus.BUILT:
             return
-        request = {
-            "coin_code": send.coin_code,
-            "is_dynamic_fee": send.is_dynamic_fee,
-            "outs": send.outs,
-            "user_tx_no": send.user_tx_no,
-        }
+        request = request_of(send)
         args = (send.account_id, rep.psbt, request, send.vc_code, send.c_id)
+        batch = [
+            {"request": request_of(m), "vc_code": m.vc_code, "c_id": m.c_id}
+            for m in [send, *worker._members(s, send)]
+        ]
     try:
-        signed = worker._sign_with_prev_txs(*args)
+        if len(batch) > 1:  # the same members, the same payments: the cold HSM's bump rule
+            signed = worker._sign_batch_with_prev_txs(send.account_id, rep.psbt, batch)
+        else:
+            signed = worker._sign_with_prev_txs(*args)
     except HsmRefused as exc:
         with transaction(worker.factory) as s:
             rep = s.get(SendReplacement, rep_id)
@@ -304,15 +324,19 @@ def _broadcast(worker: SendWorker, send_id: int, rep_id: int) -> BumpResult:
         )
         rep.status = ReplacementStatus.CURRENT
         send.txid, send.tx_hex, send.psbt, send.fee = txid, tx_hex, rep.psbt, rep.fee
-        send.tx_at = utcnow()
-        send.broadcast_height = tip_height(s)
         record_change(s, send, tx_hex, txid)
-        journal.append(
-            s,
-            JournalKind.SEND_REPLACED,
-            send.account_id,
-            {"user_tx_no": send.user_tx_no, "txid": txid, "replaced_txid": old_txid},
-        )
+        at, height = utcnow(), tip_height(s)
+        for one in [send, *worker._members(s, send)]:
+            one.txid, one.tx_hex = txid, tx_hex
+            one.tx_at, one.broadcast_height = at, height
+            if one is not send:
+                one.psbt = rep.psbt
+            journal.append(
+                s,
+                JournalKind.SEND_REPLACED,
+                one.account_id,
+                {"user_tx_no": one.user_tx_no, "txid": txid, "replaced_txid": old_txid},
+            )
         vsize = estimate_vsize(
             [ScriptType.P2WSH] * len(parse_signed_tx(bytes.fromhex(tx_hex)).outpoints),
             [sc for sc, _ in parse_signed_tx(bytes.fromhex(tx_hex)).outputs],
@@ -327,6 +351,8 @@ def follow_replaced(s: Session, send: Send) -> bool:
 
     Returns True if the send was switched back (the caller then confirms it as usual).
     """
+    if leader_id(send) != send.id:
+        return _member_follows(s, send)
     replaced = s.execute(
         select(SendReplacement).where(
             SendReplacement.send_id == send.id,
@@ -359,6 +385,36 @@ def follow_replaced(s: Session, send: Send) -> bool:
     return False
 
 
+def _member_follows(s: Session, member: Send) -> bool:
+    """A batch member takes whichever of its leader's transactions was mined (the leader's
+    own `follow_replaced` keeps the replacement records)."""
+    txids = select(SendReplacement.txid).where(SendReplacement.send_id == leader_id(member))
+    mined = s.execute(
+        select(ChainTx.txid).where(
+            ChainTx.account_id == member.account_id,
+            ChainTx.wallet == Wallet.HOT,
+            ChainTx.txid.in_(txids),
+            ChainTx.txid != member.txid,
+            ChainTx.status == TxStatus.CONFIRMED,
+        )
+    ).scalar()
+    if mined is None:
+        return False
+    rep = (
+        s.execute(
+            select(SendReplacement).where(
+                SendReplacement.send_id == leader_id(member), SendReplacement.txid == mined
+            )
+        )
+        .scalars()
+        .first()
+    )
+    assert rep is not None
+    member.txid, member.tx_hex, member.psbt = rep.txid, rep.tx_hex, rep.psbt
+    log.info("send %d: its batch's transaction %s was mined", member.id, rep.txid)
+    return True
+
+
 def due_for_bump(s: Session, after_blocks: int) -> list[tuple[str, int]]:
     """(user_tx_no, account) of broadcast sends still unconfirmed `after_blocks` blocks after
     their broadcast and after their last bump attempt (by the watcher's tip)."""
@@ -372,7 +428,9 @@ def due_for_bump(s: Session, after_blocks: int) -> list[tuple[str, int]]:
     )
     rows = s.execute(
         select(Send.user_tx_no, Send.account_id, Send.broadcast_height, last_try).where(
-            Send.status == SendStatus.BROADCAST, Send.broadcast_height.is_not(None)
+            Send.status == SendStatus.BROADCAST,
+            Send.broadcast_height.is_not(None),
+            or_(Send.batch_id.is_(None), Send.batch_id.in_((SOLO, Send.id))),  # leaders bump
         )
     ).all()
     return [
@@ -392,7 +450,13 @@ def auto_bump(worker: SendWorker, after_blocks: int) -> int:
     done = 0
     for user_tx_no, account_id in due:
         try:
-            bump(worker, user_tx_no, account_id=account_id, ceiling=worker.settings.fee_ceiling)
+            bump(
+                worker,
+                user_tx_no,
+                account_id=account_id,
+                ceiling=worker.settings.fee_ceiling,
+                patience=0.0,  # the worker loop never waits: a busy send is bumped next time
+            )
             done += 1
         except BumpRefused as exc:
             log.info("send %s: automatic fee bump not made: %s", user_tx_no, exc.message)

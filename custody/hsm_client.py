@@ -85,6 +85,8 @@ class HotHsm(Protocol):
         self, account: int, psbt: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str: ...
 
+    def sign_batch(self, account: int, psbt: str, members: list[dict[str, Any]]) -> str: ...
+
     def freeze(self, account: int, reason: str) -> None: ...
 
 
@@ -220,6 +222,12 @@ class HotHsmClient:
             "sign_send", account=account, psbt=psbt, request=request, vc_code=vc_code, c_id=c_id
         )
         return str(_answer_field("sign_send", r, "psbt"))
+
+    def sign_batch(self, account: int, psbt: str, members: list[dict[str, Any]]) -> str:
+        """Both HSMs' signatures on a batched payout: `members` are each send's
+        `{request, vc_code, c_id}`, in the order the PSBT pays them."""
+        r = self.call("sign_batch", account=account, psbt=psbt, members=members)
+        return str(_answer_field("sign_batch", r, "psbt"))
 
     def sign_consolidation(self, account: int, psbt: str) -> str:
         """Both HSMs' signatures on a consolidation (every output the account's own change)."""

@@ -399,6 +399,9 @@ class Send(Base):
     tx_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # The watcher's tip when the node took the current transaction (for automatic fee bumps).
     broadcast_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A batched payout: the id of the send whose transaction pays this one too (its own id on
+    # that send; None for a send alone). The batch's leader carries its inputs, fee and change.
+    batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 

@@ -27,6 +27,12 @@ each step starts from what is stored, so a crash anywhere resumes without a seco
   releases its inputs.
 - **CONFIRMED** once the watcher recorded the transaction in a block.
 
+Batching (`[custody] batch_sends`, docs/money.md): a send's build may take the other pending
+sends of its account along (`sends.batch_id` = the leader's id); the leader holds the inputs,
+fee, change and PSBT, and moves every member with it through BUILT, SIGNED and BROADCAST in
+the same transactions; a member is never claimed on its own until then. A refused batch goes
+back to pending, each member to be sent alone (`batch_id` = `SOLO`).
+
 Claiming: a worker takes a send with a lease (`locked_by`, `locked_until`), claimed with
 `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL and a compare-and-set UPDATE everywhere; every
 step's write re-checks the lease, so a worker that lost it (or crashed and came back) writes
@@ -44,7 +50,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,7 +82,7 @@ from custody.models import (
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
 from wallet_core import coinselect
 from wallet_core.addresses import address_to_script
-from wallet_core.chaincloud import parse_outs
+from wallet_core.chaincloud import Out, parse_outs
 from wallet_core.errors import (
     CoinSelectionError,
     FeeEstimateError,
@@ -105,6 +111,9 @@ ACTIVE = (
     SendStatus.BROADCAST,
 )
 BUILDABLE = (SendStatus.PENDING, SendStatus.WAITING_FUNDS)
+LED = (SendStatus.BUILT, SendStatus.SIGNED)  # a batch member's states its leader drives
+MAX_BATCH = 100  # sends in one transaction (the HSMs' limit)
+SOLO = 0  # batch_id of a send that goes alone (its batch was refused): never batched again
 CHAIN_LIMIT = 25  # Core's DEFAULT_ANCESTOR_LIMIT, the transaction itself included
 
 
@@ -131,7 +140,8 @@ class SendSettings:
     """`[custody]` keys: fee_rate_sat_vb, fee_floor_sat_vb, fee_ceiling_sat_vb,
     fee_conf_target, send_min_conf, send_lease_seconds, hsm_alert_after, send_max_inputs,
     send_wait_seconds, send_spend_unconfirmed_change, send_max_unconfirmed_ancestors,
-    send_bump_after_blocks (0: no automatic fee bump)."""
+    send_bump_after_blocks (0: no automatic fee bump), batch_sends, batch_window_seconds,
+    batch_max_outputs."""
 
     fee_rate: float = 2.0
     fee_floor: float = DEFAULT_FLOOR_SAT_VB
@@ -148,6 +158,9 @@ class SendSettings:
     spend_unconfirmed_change: bool = True
     max_unconfirmed_ancestors: int = CHAIN_LIMIT - 1
     bump_after_blocks: int = 0
+    batching: bool = False
+    batch_window: float = 0.0
+    batch_max_outputs: int = 50
 
     @classmethod
     def from_config(cls, config: Config) -> SendSettings:
@@ -174,6 +187,9 @@ class SendSettings:
                 CHAIN_LIMIT - 1,
             ),
             bump_after_blocks=max(0, s.int("send_bump_after_blocks", d.bump_after_blocks)),
+            batching=s.bool("batch_sends", d.batching),
+            batch_window=max(0.0, s.float("batch_window_seconds", d.batch_window)),
+            batch_max_outputs=max(1, s.int("batch_max_outputs", d.batch_max_outputs)),
         )
 
 
@@ -306,7 +322,15 @@ def unconfirmed_ancestry(s: Session, utxos: Sequence[Utxo]) -> dict[str, set[str
             return memo[txid]
         found = {txid}
         if depth < CHAIN_LIMIT + 1:
-            send_id = s.execute(select(Send.id).where(Send.txid == txid)).scalars().first()
+            send_id = (
+                s.execute(
+                    select(func.coalesce(func.nullif(Send.batch_id, SOLO), Send.id)).where(
+                        Send.txid == txid
+                    )
+                )
+                .scalars()
+                .first()
+            )
             spent = Utxo.spent_by == txid
             if send_id is not None:
                 spent = or_(spent, Utxo.reserved_by_send == send_id)
@@ -381,6 +405,12 @@ class SendWorker:
         return and_(
             Send.status.in_(statuses),
             or_(Send.locked_until.is_(None), Send.locked_until < now, Send.locked_by == self.owner),
+            # a batch member is built, signed and broadcast by its leader
+            or_(
+                Send.batch_id.is_(None),
+                Send.batch_id.in_((SOLO, Send.id)),
+                Send.status.not_in(LED),
+            ),
         )
 
     def claim(self, limit: int | None = None, statuses: Sequence[SendStatus] = ACTIVE) -> list[int]:
@@ -391,7 +421,10 @@ class SendWorker:
         claimed: list[int] = []
         with transaction(self.factory) as s:
             due = self._claimable(now, statuses)
-            q = select(Send.id).where(due).order_by(Send.id).limit(limit)
+            # sends with work to do first: a broadcast one only waits for its block, and a
+            # mempool full of them must not keep a new send (or a batch) from being built
+            following = case((Send.status == SendStatus.BROADCAST, 1), else_=0)
+            q = select(Send.id).where(due).order_by(following, Send.id).limit(limit)
             if is_postgres(s):
                 q = q.with_for_update(skip_locked=True)
             for send_id in s.execute(q).scalars().all():
@@ -450,6 +483,11 @@ class SendWorker:
             status = new
         return status
 
+    def _led(self, send_id: int) -> bool:
+        with self.factory() as s:
+            batch_id = s.execute(select(Send.batch_id).where(Send.id == send_id)).scalar_one()
+        return batch_id not in (None, SOLO, send_id)
+
     def _status(self, send_id: int) -> SendStatus:
         with self.factory() as s:
             return SendStatus(s.execute(select(Send.status).where(Send.id == send_id)).scalar_one())
@@ -457,6 +495,8 @@ class SendWorker:
     def advance(self, send_id: int) -> SendStatus:
         """Exactly one transition of a send we hold (tests call it to stop between steps)."""
         status = self._status(send_id)
+        if status in LED and self._led(send_id):
+            return status  # its leader moves it (claimed before it joined a batch)
         try:
             if status in BUILDABLE:
                 self._build(send_id)
@@ -500,6 +540,13 @@ class SendWorker:
             send = s.get(Send, send_id)
             assert send is not None
             dynamic = send.is_dynamic_fee
+            held = self._window_left(send)
+        if held > 0:  # batching: wait for companions until the send is the window old
+            with transaction(self.factory) as s:
+                send = self._hold(s, send_id)
+                if send.status is SendStatus.PENDING:
+                    self._unlock(s, send, held)
+            return
         rate = self._fee_rate(dynamic)  # the node is asked outside the transaction
         for _ in range(5):
             try:
@@ -515,9 +562,78 @@ class SendWorker:
         with transaction(self.factory) as s:
             self._unlock(s, self._hold(s, send_id), self.settings.backoff_initial)
 
+    def _window_left(self, send: Send) -> float:
+        """Seconds a pending send still waits for others to join its batch (0: build now)."""
+        if (
+            not self.settings.batching
+            or self.settings.batch_window <= 0
+            or send.status is not SendStatus.PENDING
+            or send.batch_id == SOLO
+        ):
+            return 0.0
+        age = (utcnow() - send.request_at).total_seconds()
+        return max(0.0, self.settings.batch_window - age)
+
+    def _companions(
+        self, s: Session, leader: Send, network: Network, outputs: int
+    ) -> list[tuple[Send, list[Out]]]:
+        """Other buildable sends of the leader's account that no other worker holds, oldest
+        first, while the batch stays within `batch_max_outputs` payments (row-locked on
+        PostgreSQL, SKIP LOCKED: a send another build is taking is left to it)."""
+        now = utcnow()
+        q = (
+            select(Send)
+            .where(
+                Send.account_id == leader.account_id,
+                Send.id != leader.id,
+                Send.status.in_(BUILDABLE),
+                Send.batch_id.is_(None),
+                self._joinable(now),
+            )
+            .order_by(Send.id)
+            .limit(MAX_BATCH - 1)
+        )
+        if is_postgres(s):
+            q = q.with_for_update(skip_locked=True)
+        out: list[tuple[Send, list[Out]]] = []
+        for other in s.execute(q).scalars().all():
+            try:
+                outs = parse_outs(other.outs, network)
+            except WalletError:
+                continue  # it fails on its own
+            if outputs + len(outs) > self.settings.batch_max_outputs:
+                break
+            out.append((other, outs))
+            outputs += len(outs)
+        return out
+
+    def _joinable(self, now: Any) -> Any:
+        """Not held by another worker's live lease (a send only waiting for its window or for
+        funds, with no owner, may join)."""
+        return or_(Send.locked_by.is_(None), Send.locked_by == self.owner, Send.locked_until < now)
+
+    def _join(self, s: Session, leader: Send, members: Sequence[Send]) -> None:
+        """Make `members` part of the leader's batch, if still free; else a race."""
+        ids = [m.id for m in members]
+        res = s.execute(
+            update(Send)
+            .where(
+                Send.id.in_(ids),
+                Send.status.in_(BUILDABLE),
+                Send.batch_id.is_(None),
+                self._joinable(utcnow()),
+            )
+            .values(batch_id=leader.id, locked_by=None, locked_until=None)
+            .execution_options(synchronize_session="fetch")
+        )
+        if rowcount(res) != len(ids):
+            raise _Race()
+
     def _build_in(self, s: Session, send: Send, rate: float) -> None:
         """Choose coins, reserve them, and store the unsigned PSBT: pending -> built (or it
-        waits for funds, or fails with the reason)."""
+        waits for funds, or fails with the reason). With batching, other pending sends of the
+        account join it: one transaction pays them all (the send alone if they cannot all be
+        funded now)."""
         # One build per account at a time (PostgreSQL row lock; SQLite's write lock is held
         # already): the change index and the reserved set are consistent.
         account = s.get(Account, send.account_id, with_for_update=is_postgres(s))
@@ -531,11 +647,23 @@ class SendWorker:
         except WalletError as exc:
             self._fail_in(s, send, f"invalid outs: {exc.message}")
             return
-        scripts = [address_to_script(o.address, network) for o in outs]
-        found = self._select(s, account.id, sum(o.value for o in outs), rate, scripts)
+        group: list[tuple[Send, list[Out]]] = [(send, outs)]
+        if self.settings.batching and send.batch_id is None:
+            group += self._companions(s, send, network, len(outs))
+        while True:
+            union = [o for _, member_outs in group for o in member_outs]
+            scripts = [address_to_script(o.address, network) for o in union]
+            found = self._select(s, account.id, sum(o.value for o in union), rate, scripts)
+            if not isinstance(found, str) or len(group) == 1:
+                break
+            group = group[:1]  # the batch cannot be funded now: the send alone
         if isinstance(found, str):
             self._wait_in(s, send, found)
             return
+        members = [m for m, _ in group[1:]]
+        if members:
+            self._join(s, send, members)
+            send.batch_id = send.id
         sel, by_outpoint = found
         chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
         self._reserve(s, send, [u.id for u, _ in chosen])
@@ -551,7 +679,7 @@ class SendWorker:
             )
             for u, a in chosen
         ]
-        outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, outs, strict=True)]
+        outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, union, strict=True)]
         change_index = None
         if sel.has_change:
             change_index, change_out = self._change_output(s, account, hot, sel.change)
@@ -560,6 +688,19 @@ class SendWorker:
         self._mark_built(
             s, send, psbt, sel.fee, change_index, [f"{u.txid}:{u.vout}" for u, _ in chosen]
         )
+        for member in members:
+            member.psbt = send.psbt
+            member.status = SendStatus.BUILT
+            member.state_reason = ""
+            member.attempts = 0
+            journal.append(
+                s,
+                JournalKind.SEND_BUILT,
+                member.account_id,
+                {"user_tx_no": member.user_tx_no, "txid": psbt.txid, "batch": send.user_tx_no},
+            )
+        if members:
+            log.info("send %d leads a batch of %d sends", send.id, len(group))
 
     @staticmethod
     def _reserve(s: Session, send: Send, utxo_ids: list[int]) -> None:
@@ -678,17 +819,22 @@ class SendWorker:
         with self.factory() as s:
             send = s.get(Send, send_id)
             assert send is not None and send.psbt is not None
-            request = {
-                "coin_code": send.coin_code,
-                "is_dynamic_fee": send.is_dynamic_fee,
-                "outs": send.outs,
-                "user_tx_no": send.user_tx_no,
-            }
+            request = request_of(send)
             account_id, psbt_b64 = send.account_id, send.psbt
             vc_code, c_id = send.vc_code, send.c_id
+            batch = [
+                {"request": request_of(m), "vc_code": m.vc_code, "c_id": m.c_id}
+                for m in [send, *self._members(s, send)]
+            ]
         try:
-            signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
+            if len(batch) > 1:
+                signed = self._sign_batch_with_prev_txs(account_id, psbt_b64, batch)
+            else:
+                signed = self._sign_with_prev_txs(account_id, psbt_b64, request, vc_code, c_id)
         except HsmRefused as exc:
+            if len(batch) > 1:  # refused whole: each member is judged alone next
+                self._unbatch(send_id, exc)
+                return
             raise SendFailed(f"refused by the HSM (code {exc.code}): {exc.message}") from None
         try:
             tx_hex = self._finalize(psbt_b64, signed)
@@ -699,18 +845,88 @@ class SendWorker:
             if send.status is not SendStatus.BUILT:
                 return
             parsed = self._parse_final(tx_hex)
-            self._verify_final(s, send, parsed)
-            send.tx_hex = tx_hex
-            send.txid = parsed.txid
-            send.status = SendStatus.SIGNED
+            members = self._members(s, send)
+            self._verify_final(s, send, parsed, members)
             send.attempts = 0
-            journal.append(
-                s,
-                JournalKind.SEND_SIGNED,
-                send.account_id,
-                {"user_tx_no": send.user_tx_no, "txid": parsed.txid},
-            )
+            for one in [send, *members]:
+                one.tx_hex = tx_hex
+                one.txid = parsed.txid
+                one.status = SendStatus.SIGNED
+                journal.append(
+                    s,
+                    JournalKind.SEND_SIGNED,
+                    one.account_id,
+                    {"user_tx_no": one.user_tx_no, "txid": parsed.txid},
+                )
         log.info("send %d signed", send_id)
+
+    def _unbatch(self, send_id: int, exc: HsmRefused) -> None:
+        """A refused batch goes back to pending, its coins freed, every member to be built
+        and signed alone: one member the policy refuses does not fail the others."""
+        with transaction(self.factory) as s:
+            leader = self._hold(s, send_id)
+            if leader.status is not SendStatus.BUILT:
+                return
+            members = self._members(s, leader)
+            s.execute(
+                update(Utxo)
+                .where(Utxo.reserved_by_send == leader.id)
+                .values(reserved_by_send=None)
+                .execution_options(synchronize_session=False)
+            )
+            reason = f"batch refused by the HSM (code {exc.code}): {exc.message}; sent alone"
+            for one in [leader, *members]:
+                one.status = SendStatus.PENDING
+                one.batch_id = SOLO
+                one.psbt = None
+                one.fee = None
+                one.change_index = None
+                one.state_reason = reason[:1000]
+                journal.append(
+                    s,
+                    JournalKind.SEND_WAITING,
+                    one.account_id,
+                    {"user_tx_no": one.user_tx_no, "reason": one.state_reason},
+                )
+                if one is not leader:
+                    self._unlock(s, one)
+        log.warning(
+            "send %d: batch of %d refused (code %d); sent alone",
+            send_id,
+            1 + len(members),
+            exc.code,
+        )
+
+    @staticmethod
+    def _members(s: Session, leader: Send) -> list[Send]:
+        """The other sends the leader's transaction pays (none unless it leads a batch)."""
+        if leader.batch_id != leader.id:
+            return []
+        return list(
+            s.execute(
+                select(Send)
+                .where(Send.batch_id == leader.id, Send.id != leader.id)
+                .order_by(Send.id)
+            )
+            .scalars()
+            .all()
+        )
+
+    def _sign_batch_with_prev_txs(
+        self, account_id: int, psbt_b64: str, members: list[dict[str, Any]]
+    ) -> str:
+        """`_sign_with_prev_txs` for a batch: every member's signed request with the PSBT."""
+        try:
+            first = with_prev_txs(self.factory, self.rpc, psbt_b64, all_inputs=False)
+            try:
+                return str(self.hsm.sign_batch(account_id, first, members))
+            except HsmRefused as exc:
+                if exc.code != PREV_TX_REQUIRED:
+                    raise
+            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
+        except PrevTxUnavailable as exc:
+            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
+        return str(self.hsm.sign_batch(account_id, full, members))
 
     def _sign_with_prev_txs(
         self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
@@ -748,8 +964,11 @@ class SendWorker:
         except TxParseError as exc:
             raise SendFailed(f"final transaction unreadable: {exc.message}") from None
 
-    def _verify_final(self, s: Session, send: Send, tx: SignedTx) -> None:
-        """The final transaction spends exactly the recorded inputs and pays outs + change."""
+    def _verify_final(
+        self, s: Session, send: Send, tx: SignedTx, members: Sequence[Send] = ()
+    ) -> None:
+        """The final transaction spends exactly the recorded inputs and pays outs + change
+        (a batch: every member's outs after the leader's, in order, then change)."""
         account = s.get(Account, send.account_id)
         assert account is not None
         reserved = s.execute(
@@ -759,7 +978,9 @@ class SendWorker:
             raise SendFailed("final transaction does not spend exactly the recorded inputs")
         network = Network.from_name(account.network)
         expected = [
-            (address_to_script(o.address, network), o.value) for o in parse_outs(send.outs, network)
+            (address_to_script(o.address, network), o.value)
+            for one in [send, *members]
+            for o in parse_outs(one.outs, network)
         ]
         total_in = sum(value for _, _, value in reserved)
         change = total_in - sum(v for _, v in expected) - int(send.fee or 0)
@@ -792,17 +1013,19 @@ class SendWorker:
             send = self._hold(s, send_id)
             if send.status is not SendStatus.SIGNED:
                 return
-            send.status = SendStatus.BROADCAST
-            send.tx_at = utcnow()
-            send.broadcast_height = tip_height(s)
             send.attempts = 0
             record_change(s, send, tx_hex, txid)
-            journal.append(
-                s,
-                JournalKind.SEND_BROADCAST,
-                send.account_id,
-                {"user_tx_no": send.user_tx_no, "txid": txid},
-            )
+            height, at = tip_height(s), utcnow()
+            for one in [send, *self._members(s, send)]:
+                one.status = SendStatus.BROADCAST
+                one.tx_at = at
+                one.broadcast_height = height
+                journal.append(
+                    s,
+                    JournalKind.SEND_BROADCAST,
+                    one.account_id,
+                    {"user_tx_no": one.user_tx_no, "txid": txid},
+                )
         log.info("send %d broadcast", send_id)
 
     def _node_knows(self, txid: str) -> bool:
@@ -870,7 +1093,13 @@ class SendWorker:
             log.info("send %d: lease lost before recording its failure", send_id)
 
     def _fail_in(self, s: Session, send: Send, reason: str) -> None:
-        """FAILED with `reason`, its inputs released, journaled and alerted (same transaction)."""
+        """FAILED with `reason`, its inputs released, journaled and alerted (same transaction);
+        a batch fails whole (the HSMs refused or the node rejected the one transaction)."""
+        for member in self._members(s, send):
+            self._fail_one(s, member, reason)
+        self._fail_one(s, send, reason)
+
+    def _fail_one(self, s: Session, send: Send, reason: str) -> None:
         send.status = SendStatus.FAILED
         send.failure_reason = reason[:1000]
         s.execute(
@@ -924,3 +1153,13 @@ class SendWorker:
                 )
         except _LostLease:
             pass
+
+
+def request_of(send: Send) -> dict[str, Any]:
+    """The request the V-device signed for `send` (what the HSMs check its vc_code over)."""
+    return {
+        "coin_code": send.coin_code,
+        "is_dynamic_fee": send.is_dynamic_fee,
+        "outs": send.outs,
+        "user_tx_no": send.user_tx_no,
+    }

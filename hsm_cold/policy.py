@@ -171,10 +171,30 @@ class ColdPolicies:
     def check_send(self, account: int, outs: Sequence[Out], approved: bool) -> None:
         """Refuse a send the policy does not allow (alerting the owner: the V-device signed it,
         so either it is out of step with the cold policy or it was made to sign)."""
+        self.check_batch(account, [(outs, approved)])
+
+    def check_batch(self, account: int, sends: Sequence[tuple[Sequence[Out], bool]]) -> None:
+        """Judge each send of one transaction in turn, each counting the ones before it (its
+        amount in the day, one send in the hour, its destinations as paid): a batch gets no
+        more than the same sends one by one would."""
         policy = self.current(account)
         day, hour, paid = self.rows.window(account, self.clock())
+        for outs, approved in sends:
+            self._judge(account, policy, outs, approved, SpendHistory(day, hour, paid))
+            day += sum(o.value for o in outs)
+            hour += 1
+            paid = paid | {o.address for o in outs}
+
+    def _judge(
+        self,
+        account: int,
+        policy: SpendingPolicy,
+        outs: Sequence[Out],
+        approved: bool,
+        history: SpendHistory,
+    ) -> None:
         total = sum(o.value for o in outs)
-        verdict = judge(policy, [o.address for o in outs], total, SpendHistory(day, hour, paid))
+        verdict = judge(policy, [o.address for o in outs], total, history)
         if verdict.refusal is not None:
             self.alert(account, "policy_refused", f"send refused by the policy: {verdict.refusal}")
             raise PolicyRefused(f"account {account}: {verdict.refusal}")

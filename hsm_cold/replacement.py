@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 from hsm_cold import store as store_mod
 from hsm_cold.cosign import CosignRequest
@@ -94,23 +95,39 @@ def check(store: ColdStore, req: CosignRequest, fee: int, signed_txid: str) -> N
 def adopt(store: ColdStore, s: Signing, replaced_txid: str) -> bool:
     """Make the replacement the number's binding and learn its outputs, in one transaction;
     False if the binding changed meanwhile."""
-    with store.transaction() as db:
-        cur = db.execute(
-            "UPDATE used_requests SET txid = ?, digest = ?, signatures = ?, fee = ?,"
-            " signed_at = ? WHERE account = ? AND user_tx_no = ? AND txid = ?",
-            (
-                s.txid,
-                s.digest,
-                b"".join(s.signatures),
-                s.fee,
-                time.time(),
-                s.account,
-                s.user_tx_no,
-                replaced_txid,
-            ),
-        )
-        if cur.rowcount != 1:
-            return False
-        store_mod._add_outputs(db, s.txid, s.outputs)
-        db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
+    return adopt_all(store, [s], replaced_txid)
+
+
+def adopt_all(store: ColdStore, signings: Sequence[Signing], replaced_txid: str) -> bool:
+    """`adopt` for every number of a (batched) transaction at once, its fee counted once;
+    False (nothing changed) if any binding changed meanwhile."""
+    try:
+        with store.transaction() as db:
+            for n, s in enumerate(signings):
+                cur = db.execute(
+                    "UPDATE used_requests SET txid = ?, digest = ?, signatures = ?, fee = ?,"
+                    " signed_at = ? WHERE account = ? AND user_tx_no = ? AND txid = ?",
+                    (
+                        s.txid,
+                        s.digest,
+                        b"".join(s.signatures),
+                        s.fee if n == 0 else 0,
+                        time.time(),
+                        s.account,
+                        s.user_tx_no,
+                        replaced_txid,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    raise _Changed()
+            store_mod._add_outputs(db, signings[0].txid, signings[0].outputs)
+            db.executemany(
+                "DELETE FROM known_outputs WHERE txid = ? AND vout = ?", signings[0].spent
+            )
+    except _Changed:
+        return False
     return True
+
+
+class _Changed(Exception):
+    """A binding moved between the check and the update: roll back."""

@@ -21,7 +21,16 @@ from typing import Any, NoReturn
 
 from cc_common.spending_policy import DEFAULT_POLICY, PolicyAck, SpendingPolicy
 from cc_common.text import printable
-from hsm_cold import account_state, accounts, backup, consolidation, cosign, replacement, sweep
+from hsm_cold import (
+    account_state,
+    accounts,
+    backup,
+    batch,
+    consolidation,
+    cosign,
+    replacement,
+    sweep,
+)
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
 from hsm_cold.errors import (
@@ -51,7 +60,14 @@ from hsm_cold.errors import (
 from hsm_cold.keystore import ColdKeystore
 from hsm_cold.policy import ColdPolicies, signed_approval
 from hsm_cold.prevtxs import PrevTxAssembler
-from hsm_cold.store import CHANNEL_LIVE, AccountRecord, ChannelRecord, ColdStore, Signing
+from hsm_cold.store import (
+    CHANNEL_LIVE,
+    AccountRecord,
+    ChannelRecord,
+    ColdStore,
+    SignedRequest,
+    Signing,
+)
 from wallet_core import messages
 from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED
@@ -83,6 +99,7 @@ class Command(StrEnum):
     CHANNEL_KEY = "channel_key"
     SEND_STATEMENT = "send_statement"
     COSIGN = "cosign"
+    COSIGN_BATCH = "cosign_batch"
     CONSOLIDATE = "consolidate"
     FREEZE = "freeze"
     SWEEP = "sweep"
@@ -225,6 +242,7 @@ class ColdService:
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         handlers = {c.value: getattr(self, c.value) for c in Command}
         handlers[Command.COSIGN.value] = self._cosign_noting_refusals
+        handlers[Command.COSIGN_BATCH.value] = self._cosign_batch_noting_refusals
         return handlers
 
     def _cosign_noting_refusals(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -233,16 +251,29 @@ class ColdService:
         try:
             return self.cosign(payload)
         except ColdHsmError as exc:
-            account, user_tx_no = payload.get("account"), payload.get("user_tx_no")
-            if (
-                isinstance(account, int)
-                and not isinstance(account, bool)
-                and isinstance(user_tx_no, str)
-                and USER_TX_NO.fullmatch(user_tx_no)
-                and self.store.get_account(account) is not None
-            ):
-                self.store.note_refusal(account, user_tx_no, int(exc.code))
+            self._note_refusal(payload.get("account"), payload.get("user_tx_no"), exc)
             raise
+
+    def _cosign_batch_noting_refusals(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`cosign_batch`: a refusal is noted for every member's `user_tx_no`."""
+        try:
+            return self.cosign_batch(payload)
+        except ColdHsmError as exc:
+            members = payload.get("members")
+            for member in members[: batch.MAX_MEMBERS] if isinstance(members, list) else []:
+                if isinstance(member, dict):
+                    self._note_refusal(payload.get("account"), member.get("user_tx_no"), exc)
+            raise
+
+    def _note_refusal(self, account: Any, user_tx_no: Any, exc: ColdHsmError) -> None:
+        if (
+            isinstance(account, int)
+            and not isinstance(account, bool)
+            and isinstance(user_tx_no, str)
+            and USER_TX_NO.fullmatch(user_tx_no)
+            and self.store.get_account(account) is not None
+        ):
+            self.store.note_refusal(account, user_tx_no, int(exc.code))
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -560,7 +591,11 @@ class ColdService:
         prior = self.store.signed_request(req.account, req.user_tx_no)  # 4
         bump = False  # a fee bump of the number's last transaction (checked at 9b)
         if prior is not None:
-            if prior.digest != digest and replacement.may_replace(self.store, req, prior.txid):
+            if (
+                prior.digest != digest
+                and replacement.may_replace(self.store, req, prior.txid)
+                and self.store.user_tx_nos_of(req.account, prior.txid) == [req.user_tx_no]
+            ):  # a batch is replaced only by a batch paying all its members (cosign_batch)
                 bump = True
             elif prior.digest != digest:
                 self._refuse_and_freeze(
@@ -637,6 +672,140 @@ class ColdService:
             except Exception:  # the signature stands; the V-device can still ask custody
                 log.exception("account %d: replacement notice not queued", req.account)
         return {"signatures": sigs}
+
+    def cosign_batch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A transaction paying several signed requests of one account: the checks of `cosign`
+        for every member, its payments exactly the union of their `outs`; any bad member
+        refuses the whole batch (and freezes the account where `cosign` would)."""
+        members = batch.decode(payload)
+        first = members[0]
+        for m in members:
+            if self.store.request_closed(m.account, m.user_tx_no):
+                raise SendClosed(
+                    f"user_tx_no {m.user_tx_no!r} was closed by a refused statement: never signed"
+                )
+        rec = self._live_record(first.account)  # 1
+        approvals = []
+        for m in members:
+            channel_key = cosign.check_channel(  # 2
+                self.store.get_channel(m.account, m.c_id), m, self.clock()
+            )
+            approved = signed_approval(m, channel_key)  # 3, every member
+            if approved is None:
+                self._freeze(
+                    m.account,
+                    f"forged vc_code for user_tx_no {m.user_tx_no!r} (channel {m.c_id})"
+                    f" in a batch of {len(members)}",
+                )
+                raise ForgedVcCode(
+                    f"vc_code of batch member {m.user_tx_no!r} does not recover to channel"
+                    f" {m.c_id!r}'s key: the batch is refused, account {m.account} frozen,"
+                    " operator alerted"
+                )
+            approvals.append(approved)
+        twice = batch.duplicate(members)
+        if twice is not None:
+            self._refuse_and_freeze(
+                first, UserTxNoReused(f"user_tx_no {twice!r} appears twice in one batch")
+            )
+        digest = batch.digest(members)
+        priors = [self.store.signed_request(m.account, m.user_tx_no) for m in members]  # 4
+        replaced: str | None = None  # the batch this one replaces (a fee bump, checked at 9b)
+        if all(p is not None and p.digest == digest for p in priors):
+            assert priors[0] is not None
+            log.info(
+                "account %d: batch %s already co-signed; same signatures", rec.account, first.txid
+            )
+            return {"signatures": list(priors[0].signatures)}
+        if any(p is not None for p in priors):
+            replaced = self._batch_replaces(members, priors)
+        outs = [cosign.signed_outs(m, self.network) for m in members]
+        union = [o for member_outs in outs for o in member_outs]
+        wallet = self._hot_wallet(rec)  # public keys only
+        try:
+            cosign.check_shape(first.tx)  # 5
+            cosign.check_outputs(first, union, wallet)  # 6: exactly the union, plus change
+            scripts = cosign.witness_scripts(first, wallet)  # 7
+        except FREEZING as exc:
+            self._refuse_and_freeze(first, exc)
+        cosign.check_change_gap(first, self.store.change_high(first.account))
+        supplied = cosign.parse_prev_txs(first.prev_txs)  # 8
+        for txid, prev in supplied.items():
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(first, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._refuse_and_freeze(first, exc)
+        fees_today = self.store.fees_since(first.account, self.clock() - cosign.DAY)
+        fee = cosign.check_fee(first, self.policy, fees_today)  # 9: the whole transaction's
+        if replaced is not None:
+            for m in members:
+                replacement.check(self.store, m, fee, replaced)  # 9b
+        else:  # 10: each member counts against the customer's policy, in turn
+            self.policies.check_batch(first.account, list(zip(outs, approvals, strict=True)))
+        with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
+            node = accounts.cosigner_node(root, self.network)
+        sigs = cosign.sign_inputs(first, scripts, node, wallet)
+        del node
+        signings = [
+            Signing(
+                account=m.account,
+                user_tx_no=m.user_tx_no,
+                txid=m.txid,
+                digest=digest,
+                signatures=tuple(sigs),
+                fee=fee,
+                outputs=_outputs(m.tx.vout),
+                change_index=max((index for _, index in m.change), default=None),
+                spent=tuple((vin.txid.hex(), vin.vout) for vin in m.tx.vin),
+            )
+            for m in members
+        ]
+        if replaced is not None:
+            recorded = replacement.adopt_all(self.store, signings, replaced)
+        else:
+            recorded = self.store.record_signings(signings)
+        if not recorded:
+            raise UserTxNoReused("a user_tx_no of the batch was co-signed meanwhile")
+        for m, member_outs in zip(members, outs, strict=True):
+            replacement.record(self.store, m, fee)
+            if replaced is None:
+                self.policies.record_send(m.account, m.user_tx_no, member_outs)
+        log.info(
+            "account %d: co-signed batch %s of %d sends, %d input(s), fee %d%s",
+            first.account,
+            first.txid,
+            len(members),
+            len(sigs),
+            fee,
+            " (fee bump)" if replaced else "",
+        )
+        return {"signatures": sigs}
+
+    def _batch_replaces(
+        self, members: Sequence[CosignRequest], priors: Sequence[SignedRequest | None]
+    ) -> str:
+        """The txid a batch with used numbers replaces, if it is a fee bump of exactly the
+        batch signed last for them (every member, nobody else's); otherwise a reuse: freeze."""
+        first = members[0]
+        txids = {p.txid for p in priors if p is not None}
+        if len(txids) == 1 and all(p is not None for p in priors):
+            (txid,) = txids
+            same_members = self.store.user_tx_nos_of(first.account, txid) == sorted(
+                m.user_tx_no for m in members
+            )
+            if same_members and all(replacement.may_replace(self.store, m, txid) for m in members):
+                return txid
+        used = next((m, p) for m, p in zip(members, priors, strict=True) if p is not None)
+        assert used[1] is not None
+        self._refuse_and_freeze(
+            used[0],
+            UserTxNoReused(
+                f"user_tx_no {used[0].user_tx_no!r} was co-signed for {used[1].txid};"
+                f" this batch is for {first.txid} and is not a replacement of exactly that"
+                " transaction's sends"
+            ),
+        )
 
     def consolidate(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A hot spend paying only the account's own change: no V-device signature needed."""

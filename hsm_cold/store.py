@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -490,34 +490,59 @@ class ColdStore:
     def record_signing(self, s: Signing) -> bool:
         """Bind `user_tx_no` to this signing, learn the signed tx's outputs and its change
         index, in one transaction; False (nothing recorded) if `user_tx_no` was used."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO used_requests"
-                " (account, user_tx_no, txid, signed_at, digest, signatures, fee)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    s.account,
-                    s.user_tx_no,
-                    s.txid,
-                    time.time(),
-                    s.digest,
-                    b"".join(s.signatures),
-                    s.fee,
-                ),
-            )
-            if cur.rowcount != 1:
-                return False
-            _add_outputs(db, s.txid, s.outputs)
-            # Spent by what was just signed: forgotten, so the table stays near the UTXO set.
-            # Should that send never be mined, a later spend brings the funding tx again.
-            db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
-            if s.change_index is not None:
-                db.execute(
-                    "INSERT INTO change_high (account, idx) VALUES (?, ?)"
-                    " ON CONFLICT(account) DO UPDATE SET idx = max(idx, excluded.idx)",
-                    (s.account, s.change_index),
-                )
+        return self.record_signings([s])
+
+    def record_signings(self, signings: Sequence[Signing]) -> bool:
+        """Bind every `user_tx_no` of one transaction (a batch: several) to its signing, in one
+        transaction; False (nothing recorded) if any of them was used. The fee is counted once,
+        on the first number, so the daily fee ceiling sees the transaction's real fee."""
+        try:
+            with self.transaction() as db:
+                for n, one in enumerate(signings):
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO used_requests"
+                        " (account, user_tx_no, txid, signed_at, digest, signatures, fee)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            one.account,
+                            one.user_tx_no,
+                            one.txid,
+                            time.time(),
+                            one.digest,
+                            b"".join(one.signatures),
+                            one.fee if n == 0 else 0,
+                        ),
+                    )
+                    if cur.rowcount != 1:
+                        raise _Conflict()
+                self._learn_signed(db, signings[0])
+        except _Conflict:
+            return False
         return True
+
+    def user_tx_nos_of(self, account: int, txid: str) -> list[str]:
+        """Every `user_tx_no` bound to `txid` (several for a batched transaction), sorted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_tx_no FROM used_requests WHERE account = ? AND txid = ?"
+                " ORDER BY user_tx_no",
+                (account, txid),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @staticmethod
+    def _learn_signed(db: sqlite3.Connection, s: Signing) -> None:
+        """Learn a signed transaction's outputs and change index; forget what it spends."""
+        _add_outputs(db, s.txid, s.outputs)
+        # Spent by what was just signed: forgotten, so the table stays near the UTXO set.
+        # Should that send never be mined, a later spend brings the funding tx again.
+        db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", s.spent)
+        if s.change_index is not None:
+            db.execute(
+                "INSERT INTO change_high (account, idx) VALUES (?, ?)"
+                " ON CONFLICT(account) DO UPDATE SET idx = max(idx, excluded.idx)",
+                (s.account, s.change_index),
+            )
 
     # -- refused and closed request numbers (the cold HSM's "refused" statements) --------------
     def note_refusal(self, account: int, user_tx_no: str, code: int) -> None:

@@ -162,6 +162,28 @@ class PolicyLedger:
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
             return self._store.add_send(account, now, cost.total, txid, cost.fee)
 
+    def reserve_batch(
+        self, account: int, cost: SendCost, members: list[tuple[int, int]], txid: str
+    ) -> int:
+        """`reserve_send` for a batched transaction: each member (amount, outputs) is held to
+        the per-send limits in turn, counting the members before it against the daily limit;
+        the whole transaction (what it really pays, and its fee) to the daily and fee limits.
+        One reservation for the total."""
+        now = self._clock()
+        with self._lock:
+            spent = self._store.spent_since(account, now - DAY)
+            running = spent
+            for amount, outputs in members:
+                refuse_if_over(self.policy, account, amount, outputs, running)
+                running += amount
+            if spent + cost.total > self.policy.max_daily_sat:
+                raise PolicyRefused(
+                    f"account {account}: batch of {cost.total} sat would exceed the daily limit"
+                    f" of {self.policy.max_daily_sat} sat ({spent} sat already signed today)"
+                )
+            refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
+            return self._store.add_send(account, now, cost.total, txid, cost.fee)
+
     def cancel_send(self, reservation: int) -> None:
         """Give back a reservation whose send the hot HSM did not sign."""
         with self._lock:

@@ -23,7 +23,7 @@ from cc_common import fields
 from cc_common.errors import CustodyError
 from cc_common.text import UnsafeText, check_values
 from cc_common.token import HsmToken
-from hsm_hot import consolidation
+from hsm_hot import batch, consolidation
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import (
     CosignPlan,
@@ -161,6 +161,7 @@ class HotService:
             "send_statement": self.send_statement,
             "sign_send": self.sign_send,
             "sign_consolidation": lambda p: consolidation.sign(self, p),
+            "sign_batch": lambda p: batch.sign(self, p),
             "freeze": self.freeze,
             "sweep": self.sweep,
             "cold_status": self.cold_status,
@@ -183,7 +184,7 @@ class HotService:
         except CustodyError as exc:
             self.stats.refused(int(exc.code))
             raise
-        if method == "sign_send":
+        if method in ("sign_send", "sign_batch"):
             self.stats.observe_cosign(time.monotonic() - started)
         return result
 

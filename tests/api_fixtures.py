@@ -164,6 +164,7 @@ class SoftwareHsmStandIn:
         self.inputs: dict[tuple[int, str], set[tuple[str, int]]] = {}  # spent by that txid
         self.calls: list[tuple[int, str]] = []
         self.refuse: str | None = None
+        self.refuse_numbers: set[str] = set()  # user_tx_nos the cold policy refuses
         self.unavailable = False
         self.closed: dict[tuple[int, str], int] = {}  # (account, user_tx_no) -> code
         self._lock = threading.Lock()
@@ -287,6 +288,8 @@ class SoftwareHsmStandIn:
                 raise HsmUnavailableError("cold HSM unreachable (stand-in)")
             if self.refuse is not None:
                 raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            if request["user_tx_no"] in self.refuse_numbers:
+                raise HsmRefused("over the policy", code=ColdErrorCode.POLICY_REFUSED)
             keys = self.accounts.get(account)
             if keys is None:
                 raise HsmRefused("unknown account", code=ColdErrorCode.UNKNOWN_ACCOUNT)
@@ -303,6 +306,34 @@ class SoftwareHsmStandIn:
                 raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
             self.signed[key] = p.txid
             self.inputs[key] = inputs
+            p.sign_with_root(keys.cosigner_root)
+            p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
+            return p.to_base64()
+
+    def sign_batch(self, account: int, psbt: str, members: list[dict[str, Any]]) -> str:
+        """A batched payout: the union of the members' outs in order, each number once."""
+        with self._lock:
+            numbers = [m["request"]["user_tx_no"] for m in members]
+            self.calls.append((account, "batch:" + ",".join(numbers)))
+            if self.unavailable:
+                raise HsmUnavailableError("cold HSM unreachable (stand-in)")
+            if self.refuse is not None:
+                raise HsmRefused(self.refuse, code=ColdErrorCode.BAD_REQUEST)
+            if self.refuse_numbers & set(numbers):
+                raise HsmRefused("over the policy", code=ColdErrorCode.POLICY_REFUSED)
+            keys = self.accounts[account]
+            if len(set(numbers)) != len(numbers):
+                raise HsmRefused("user_tx_no twice", code=ColdErrorCode.USER_TX_NO_REUSED)
+            p = Psbt.from_base64(psbt)
+            self._check_outputs(keys, p, ";".join(m["request"]["outs"] for m in members))
+            inputs = set(parse_signed_tx(p.unsigned_tx_bytes()).outpoints)
+            for no in numbers:
+                replaces = bool(inputs & self.inputs.get((account, no), set()))
+                if self.signed.get((account, no), p.txid) != p.txid and not replaces:
+                    raise HsmRefused("user_tx_no reused", code=ColdErrorCode.USER_TX_NO_REUSED)
+            for no in numbers:
+                self.signed[(account, no)] = p.txid
+                self.inputs[(account, no)] = inputs
             p.sign_with_root(keys.cosigner_root)
             p.sign(SoftwareSigner(keys.hot_priv), keys.hot_pubkey)
             return p.to_base64()

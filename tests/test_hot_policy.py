@@ -98,3 +98,18 @@ def test_the_fee_counts_against_the_amount_limits(tmp_path, clock):
         led.reserve_send(1, SendCost(900, 101), 1, "aa" * 32)
     led.reserve_send(1, SendCost(900, 100), 1, "aa" * 32)
     assert led.spent_today(1) == 1000 and led.fees_today(1) == 100
+
+
+def test_a_batch_is_held_to_the_per_send_limits_member_by_member(tmp_path, clock):
+    """Each member of a batched payout is one send to the per-send and outputs limits; the
+    transaction's payments and its one fee count against the day."""
+    led = ledger(tmp_path, clock, max_send_sat=1000, max_daily_sat=2500, max_outputs=2)
+    led.reserve_batch(1, SendCost(1800, 50), [(900, 2), (900, 2)], "a" * 64)  # 1800 > 1000 ok
+    assert led.spent_today(1) == 1850
+    with pytest.raises(PolicyRefused, match="send of 1001 sat exceeds the per-send limit"):
+        led.reserve_batch(1, SendCost(1101), [(100, 2), (1001, 2)], "b" * 64)
+    with pytest.raises(PolicyRefused, match="3 outputs exceeds 2"):
+        led.reserve_batch(1, SendCost(200), [(100, 2), (100, 3)], "c" * 64)
+    with pytest.raises(PolicyRefused, match="batch of 700 sat would exceed the daily limit"):
+        led.reserve_batch(1, SendCost(600, 100), [(300, 2), (300, 2)], "d" * 64)
+    assert led.spent_today(1) == 1850  # nothing refused was counted
