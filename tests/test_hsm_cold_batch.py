@@ -9,7 +9,7 @@ request is not what the V-device signed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,11 +18,8 @@ from bitcointx.core import CTransaction
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.errors import ColdErrorCode
-from tests.hsm_fixtures import Coin, ColdHsm, build_send_psbt, random_address, send_request
-from tests.hsm_fixtures import running_cold_hsm as _running_cold_hsm
-from tests.test_hsm_cold import (
+from tests.cold_rig import (
     FEE,
-    MAX_FEE_RATE,
     MAX_FEE_SAT,
     TIMEOUT,
     Account,
@@ -33,25 +30,11 @@ from tests.test_hsm_cold import (
     refused,
     unsigned_tx,
 )
+from tests.hsm_fixtures import Coin, ColdHsm, build_send_psbt, random_address, send_request
 from wallet_core import signatures
 from wallet_core.psbt import Psbt
 
 Member = tuple[Sequence[tuple[str, int]], str]  # (payments, user_tx_no)
-
-
-@pytest.fixture(scope="module")
-def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdHsm]:
-    yield from _running_cold_hsm(
-        tmp_path_factory.mktemp("cold-batch"),
-        {"hsm_cold": {"max_fee_sat": MAX_FEE_SAT, "max_fee_rate": MAX_FEE_RATE}},
-    )
-
-
-@pytest.fixture
-def link(cold: ColdHsm) -> Iterator[Any]:
-    client = cold.client()
-    yield client
-    client.close()
 
 
 def batch(
