@@ -237,8 +237,10 @@ class BitcoinRPC:
         return dict(_expect("getblockchaininfo", self.call("getblockchaininfo"), dict))
 
     def get_raw_transaction(
-        self, txid: str, verbose: bool = True, block_hash: str | None = None
+        self, txid: str, verbose: bool | int = True, block_hash: str | None = None
     ) -> Any:
+        """`verbose` 2 adds each input's prevout and the fee (Core 25+; older nodes answer
+        as for 1, without them)."""
         params: list[Any] = [txid, verbose]
         if block_hash is not None:
             params.append(block_hash)

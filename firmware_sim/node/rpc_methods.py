@@ -284,9 +284,9 @@ def getblock(node: Node, blockhash: Any, verbosity: Any = 1) -> Any:
     level = p_verbosity(verbosity, 1)
     with node.lock:
         idx = _block_index(node, blockhash)
+        if level <= 0:  # the stored bytes, as Core reads them from disk
+            return node.storage.block_raw(idx.hash).hex()
         block = node.chain.block(idx.hash)
-        if level <= 0:
-            return block.serialize().hex()
         out = header_json(node, idx)
         size, stripped, weight = block.sizes()
         out.update({"strippedsize": stripped, "size": size, "weight": weight})
@@ -351,6 +351,9 @@ def getrawtransaction(node: Node, txid: Any, verbose: Any = False, blockhash: An
         if blockhash is not None:
             idx = _block_index(node, blockhash)
             block = node.chain.block(idx.hash)
+            if node.chain.tx_index.get(tid) == idx.hash:  # found without hashing the block
+                tx = block.txs[node.chain.tx_position[tid]]
+                return _tx_result(node, tx, idx, level, in_active=True)
             for tx in block.txs:
                 if txid_of(tx) == tid:
                     return _tx_result(node, tx, idx, level, in_active=True)
