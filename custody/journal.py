@@ -29,6 +29,7 @@ GENESIS = "0" * 64
 HEAD_KEY = "journal_head"
 # Arbitrary constant naming the journal's advisory lock (bigint) on PostgreSQL.
 ADVISORY_LOCK_ID = 0x4343_4A4F_5552  # "CCJOUR"
+_LOCKED_IN = "journal_head"  # session.info: (the transaction holding the lock, its head row)
 
 
 class JournalKind(StrEnum):
@@ -85,12 +86,27 @@ def _lock(session: Session) -> None:
         session.execute(update(JournalEntry).where(JournalEntry.id == -1).values(kind="x"))
 
 
+def _head(session: Session) -> KeyValue | None:
+    """The journal's head row, under the journal lock. Both are taken once per transaction:
+    after that the head loaded in it is current (no other writer can move it), so a block with
+    many deposits appends its entries without taking the lock and re-reading the head each
+    time. The row is kept in `session.info` (the identity map holds it only weakly)."""
+    current = session.get_transaction()
+    held = session.info.get(_LOCKED_IN)
+    if current is not None and held is not None and held[0] is current:
+        head: KeyValue | None = held[1]
+        return head
+    _lock(session)
+    head = session.get(KeyValue, HEAD_KEY, populate_existing=True)
+    session.info[_LOCKED_IN] = (current, head)
+    return head
+
+
 def append(
     session: Session, kind: JournalKind, account_id: int | None, data: dict[str, Any]
 ) -> str:
     """Add one entry in the caller's transaction; returns its hash."""
-    _lock(session)
-    head = session.get(KeyValue, HEAD_KEY, populate_existing=True)
+    head = _head(session)
     if head is not None:
         state = json.loads(head.value)
         prev_hash, count = str(state["hash"]), int(state["count"])
@@ -110,7 +126,9 @@ def append(
     session.flush()
     new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
     if head is None:
-        session.add(KeyValue(key=HEAD_KEY, value=new_head))
+        head = KeyValue(key=HEAD_KEY, value=new_head)
+        session.add(head)
+        session.info[_LOCKED_IN] = (session.get_transaction(), head)
     else:
         head.value = new_head
     session.flush()
