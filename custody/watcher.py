@@ -457,7 +457,8 @@ class Watcher:
             raise ChainUnavailable("node answered getblock with another block")
         with self.factory() as rs:
             ours = self._relevant(rs, parsed.txs)
-        txs = [dict(self.rpc.get_raw_transaction(t.txid, 2, block_hash)) for t in ours]
+        decoded = self.rpc.get_raw_transactions([t.txid for t in ours], 2, block_hash)
+        txs = [dict(tx) for tx in decoded]
         if any(str(tx.get("txid")) != t.txid for tx, t in zip(txs, ours, strict=True)):
             raise ChainUnavailable("node answered getrawtransaction with another transaction")
         self._prefetch_prevouts(txs)
