@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -47,8 +48,33 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bitcointx.core import COutPoint, CTransaction  # noqa: E402
-from bitcointx.core.script import CScript, CScriptWitness  # noqa: E402
+from bitcointx.core import (  # noqa: E402
+    COutPoint,
+    CTransaction,
+    CTxIn,
+    CTxInWitness,
+    CTxOut,
+    CTxWitness,
+)
+from bitcointx.core.script import OP_RETURN, CScript, CScriptWitness  # noqa: E402
+
+from custody.admin_cli import upgrade_database  # noqa: E402
+from custody.chain.rpc import BitcoinRPC  # noqa: E402
+from custody.db import make_engine, make_session_factory  # noqa: E402
+from custody.watcher import Watcher, WatcherSettings  # noqa: E402
+from firmware_sim.node.blocks import (  # noqa: E402
+    BLOCK_VERSION,
+    REGTEST_BITS,
+    WITNESS_COMMITMENT_HEADER,
+    BlockHeader,
+    block_subsidy,
+    grind,
+    txid_of,
+)
+from firmware_sim.node.formatting import use_regtest  # noqa: E402
+from firmware_sim.node.node import Node  # noqa: E402
+from firmware_sim.node.storage import StoredBlock  # noqa: E402
+from tests.node_fixtures import NodeProcess  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 OP_TRUE = b"\x51"
@@ -130,22 +156,6 @@ def build_chain(datadir: Path, big: int, per_block: int, hits: int) -> float:
     """The chain described in the module docstring: the first 102 blocks mined by the node's
     own code; the big ones serialized here and stored in its datadir, checked by the node
     when it loads them (amounts, spends, coinbase value; scripts are all OP_TRUE)."""
-    from bitcointx.core import CTxIn, CTxInWitness, CTxOut, CTxWitness
-    from bitcointx.core.script import OP_RETURN
-
-    from firmware_sim.node.blocks import (
-        BLOCK_VERSION,
-        REGTEST_BITS,
-        WITNESS_COMMITMENT_HEADER,
-        BlockHeader,
-        block_subsidy,
-        grind,
-        txid_of,
-    )
-    from firmware_sim.node.formatting import use_regtest
-    from firmware_sim.node.node import Node
-    from firmware_sim.node.storage import StoredBlock
-
     use_regtest()
     datadir.mkdir(parents=True, exist_ok=True)
     node = Node(datadir)
@@ -284,8 +294,11 @@ def load_addresses(url: str, count: int) -> float:
         )
         for table in ("accounts", "address_batches", "addresses"):
             cur.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT max(id) FROM {table}))"
+                "SELECT setval(pg_get_serial_sequence(%(t)s, 'id'), %(n)s)",
+                {
+                    "t": table,
+                    "n": {"accounts": ACCOUNTS, "address_batches": BATCHES}.get(table, count),
+                },
             )
         conn.commit()
         cur.execute("ANALYZE")
@@ -298,12 +311,6 @@ def load_addresses(url: str, count: int) -> float:
 
 def child(args: argparse.Namespace) -> int:
     """Steps a watcher on command (`step` lines on stdin), answering one JSON line each."""
-    import resource
-
-    from custody.chain.rpc import BitcoinRPC
-    from custody.db import make_engine, make_session_factory
-    from custody.watcher import Watcher, WatcherSettings
-
     engine = make_engine(args.db, pool_size=2)
     factory = make_session_factory(engine)
     rpc = BitcoinRPC(args.rpc_url, args.rpc_user, args.rpc_password, timeout=120)
@@ -389,8 +396,6 @@ def run_size(node: Any, count: int, first: int, last: int, tip_hashes: list[str]
     rpc.call("invalidateblock", tip_hashes[0])  # the tip blocks come back one by one below
     url = create_database()
     try:
-        from custody.admin_cli import upgrade_database
-
         upgrade_database(url)
         load_s = load_addresses(url, count)
         child_proc = Child(url, node, first, 10_000)
@@ -456,14 +461,12 @@ def main() -> int:
     parser.add_argument(
         "--chain-dir",
         type=Path,
-        default=Path("/tmp/cc-bench-watcher-chain"),
+        default=Path(tempfile.gettempdir()) / "cc-bench-watcher-chain",
         help="where the built chain is kept (reused when it matches the workload)",
     )
     args = parser.parse_args()
     if args.cmd == "child":
         return child(args)
-
-    from tests.node_fixtures import NodeProcess
 
     key = f"{CHAIN_VERSION}-{args.blocks + args.tip_blocks}-{args.txs}-{args.hits}"
     datadir = args.chain_dir / key / "node"
