@@ -309,12 +309,26 @@ def load_addresses(url: str, count: int) -> float:
 # ---------------------------------------------------------------------- the watcher child
 
 
+class TimedWatcher(Watcher):
+    """The watcher, counting the time spent reading and matching blocks (fetch, parse, the
+    address and outpoint queries, the matches decoded) apart from recording them."""
+
+    matching = 0.0
+
+    def _fetch_block(self, block_hash: str, height: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            return super()._fetch_block(block_hash, height)
+        finally:
+            self.matching += time.perf_counter() - t0
+
+
 def child(args: argparse.Namespace) -> int:
     """Steps a watcher on command (`step` lines on stdin), answering one JSON line each."""
     engine = make_engine(args.db, pool_size=2)
     factory = make_session_factory(engine)
     rpc = BitcoinRPC(args.rpc_url, args.rpc_user, args.rpc_password, timeout=120)
-    watcher = Watcher(
+    watcher = TimedWatcher(
         factory,
         rpc,
         WatcherSettings(start_height=args.start, max_blocks_per_step=args.max_blocks),
@@ -324,11 +338,13 @@ def child(args: argparse.Namespace) -> int:
         if line.strip() != "step":
             break
         t0 = time.perf_counter()
+        watcher.matching = 0.0
         result = watcher.step()
         elapsed = time.perf_counter() - t0
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         answer = {
             "seconds": elapsed,
+            "matching": watcher.matching,
             "connected": result.connected,
             "height": result.height,
             "tip": result.tip,
@@ -402,13 +418,16 @@ def run_size(node: Any, count: int, first: int, last: int, tip_hashes: list[str]
         try:
             t0 = time.perf_counter()
             done = 0
+            matching = 0.0
             while True:
                 r = child_proc.step()
                 done += r["connected"]
+                matching += r["matching"]
                 if r["height"] is not None and r["height"] >= last:
                     break
             catchup_s = time.perf_counter() - t0
             tip_ms = []
+            tip_match_ms = []
             for i, h in enumerate(tip_hashes):
                 rpc.call("reconsiderblock", h)  # brings back its descendants too
                 if i + 1 < len(tip_hashes):
@@ -416,6 +435,7 @@ def run_size(node: Any, count: int, first: int, last: int, tip_hashes: list[str]
                 r = child_proc.step()
                 assert r["connected"] == 1, r
                 tip_ms.append(r["seconds"] * 1000)
+                tip_match_ms.append(r["matching"] * 1000)
             rss = child_proc.step()["maxrss_mb"]
         finally:
             child_proc.close()
@@ -428,6 +448,8 @@ def run_size(node: Any, count: int, first: int, last: int, tip_hashes: list[str]
             "catchup_s": catchup_s,
             "blocks_per_s": done / catchup_s,
             "tip_ms_p50": statistics.median(tip_ms),
+            "match_ms_catchup": 1000 * matching / max(done, 1),
+            "match_ms_tip_p50": statistics.median(tip_match_ms),
             "tip_ms_max": max(tip_ms),
             "maxrss_mb": rss,
             "deposits": deposits[0] if deposits else 0,
@@ -507,7 +529,9 @@ def main() -> int:
                 f"{count:>9} addresses: catch-up {r['blocks']} blocks in {r['catchup_s']:.2f} s "
                 f"= {r['blocks_per_s']:.1f} blocks/s; tip p50 {r['tip_ms_p50']:.0f} ms "
                 f"(max {r['tip_ms_max']:.0f}); peak RSS {r['maxrss_mb']:.0f} MB; "
-                f"{r['deposits']} deposits recorded; address load {r['load_s']:.1f} s",
+                f"{r['deposits']} deposits recorded; address load {r['load_s']:.1f} s; "
+                f"reading + matching a block: {r['match_ms_catchup']:.0f} ms catching up, "
+                f"{r['match_ms_tip_p50']:.0f} ms at the tip (p50)",
                 flush=True,
             )
         if len(rows) > 1:

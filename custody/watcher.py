@@ -6,11 +6,13 @@ back to MEMPOOL if the node still has them in its mempool, else REMOVED, and the
 stop counting) and connecting the new ones; then (2) looks at the node's mempool for new
 transactions and for ours that disappeared.
 
-Matching is by index, never by scan: all output scripts of a block (or of the new mempool
-transactions) are looked up in one query on the unique `addresses.script_pubkey` index, and
-all spent outpoints in one query on `utxos (txid, vout)`. A transaction is recorded once per
-(account, wallet) it touches, with the reference's input/output shape and `value` = its net
-effect on that side.
+Matching is by index, never by scan, and the watcher's memory does not grow with the number
+of addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are
+looked up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in
+one on `utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions
+that match are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool
+transactions are matched the same way. A transaction is recorded once per (account, wallet)
+it touches, with the reference's input/output shape and `value` = its net effect on that side.
 
 Each block is one database transaction, so a crash leaves the database at a block boundary
 and a restart resumes from `blocks_seen`. Several watchers may run against one database: each
@@ -910,7 +912,7 @@ class Watcher:
                 out = parent["vout"][key[1]]
             found = (str(out["scriptPubKey"].get("address", "")), btc_to_sats(out["value"]))
         except (RPCError, IndexError, KeyError):
-            return "", 0  # learnt from the block's prevouts once mined (verbosity 3)
+            return "", 0  # learnt from the block's prevouts once mined (verbosity 2)
         if len(self._prev_cache) > 10_000:
             self._prev_cache.clear()
         self._prev_cache[key] = found
@@ -922,7 +924,7 @@ class Watcher:
         transactions that are neither our UTXOs, nor carry a prevout, nor recorded by us)."""
         txs = [tx for tx in txs if any(_needs_prevout(v) for v in tx.get("vin", []))]
         if not txs:
-            return  # a block at verbosity 3 carries every prevout
+            return  # transactions decoded with verbosity 2 carry every prevout
         with self.factory() as rs:
             m = self._lookup(rs, txs)
             if not m.addresses and not m.utxos and not m.known:
