@@ -707,6 +707,27 @@ def generateblock(node: Node, output: Any, transactions: Any, submit: Any = True
         return {"hash": hash_hex(idx.hash)}
 
 
+@rpc("submitblock", "hexdata", "dummy", required=1)
+def submitblock(node: Node, hexdata: Any, dummy: Any = None) -> str | None:
+    """Core's `submitblock`: null when accepted, else the reason. Only blocks extending the
+    tip are taken here (a side branch answers "inconclusive", as Core does for a block it
+    keeps without making it the tip)."""
+    try:
+        block = Block.deserialize(bytes.fromhex(p_str(hexdata)))
+    except Exception:  # noqa: BLE001 - any parse failure is Core's "Block decode failed"
+        raise RPCError(RPCCode.DESERIALIZATION_ERROR, "Block decode failed") from None
+    with node.lock:
+        if block.hash() in node.chain.index:
+            return "duplicate"
+        if block.header.prev != node.chain.tip.hash:
+            return "inconclusive"
+        try:
+            node.submit(block)
+        except TxValidationError as exc:
+            return exc.reason
+    return None
+
+
 @rpc("invalidateblock", "blockhash", required=1)
 def invalidateblock(node: Node, blockhash: Any) -> None:
     with node.lock:
