@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from custody import events
@@ -95,7 +95,8 @@ def _head(session: Session) -> KeyValue | None:
     held = session.info.get(_LOCKED_IN)
     if current is not None and held is not None and held[0] is current:
         head: KeyValue | None = held[1]
-        return head
+        if head is None or inspect(head).persistent:  # not undone by a savepoint's rollback
+            return head
     _lock(session)
     head = session.get(KeyValue, HEAD_KEY, populate_existing=True)
     session.info[_LOCKED_IN] = (current, head)
