@@ -321,6 +321,10 @@ def load_addresses(url: str, count: int) -> float:
 
 
 class Child:
+    """The watcher process, stepped on command."""
+
+    runs = 0
+
     def __init__(self, db: str, node: Any, start: int, max_blocks: int) -> None:
         argv = [
             sys.executable,
@@ -338,10 +342,14 @@ class Child:
             "--max-blocks",
             str(max_blocks),
         ]
-        profile = os.environ.get("BENCH_WATCHER_PYSPY")  # a path: py-spy collapsed stacks
+        # BENCH_WATCHER_PYSPY=PREFIX: py-spy's collapsed stacks of each watcher process, in
+        # PREFIX.<n> (py-spy is pip-installable)
+        profile = os.environ.get("BENCH_WATCHER_PYSPY")
         if profile:
+            Child.runs += 1
+            out = f"{profile}.{Child.runs}"
             py_spy = Path(sys.executable).parent / "py-spy"
-            argv = [str(py_spy), "record", "-r", "200", "-f", "raw", "-o", profile, "--", *argv]
+            argv = [str(py_spy), "record", "-r", "100", "-f", "raw", "-o", out, "--", *argv]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
