@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from custody import events
@@ -31,6 +31,7 @@ GENESIS = "0" * 64
 HEAD_KEY = "journal_head"
 # Arbitrary constant naming the journal's advisory lock (bigint) on PostgreSQL.
 ADVISORY_LOCK_ID = 0x4343_4A4F_5552  # "CCJOUR"
+_LOCKED_IN = "journal_head"  # session.info: (the transaction holding the lock, its head row)
 
 
 class JournalKind(StrEnum):
@@ -108,26 +109,27 @@ def _locked_head(session: Session) -> KeyValue | None:
     )
 
 
-# PostgreSQL: the entry and the new head in one round trip; the head's canonical JSON
-# (keys sorted: count, hash, id) is completed with the new entry's id by the statement.
-_PG_APPEND = text(
-    """
-WITH e AS (
-  INSERT INTO journal (at, kind, account_id, data, prev_hash, hash)
-  VALUES (:at, :kind, :account_id, :data, :prev_hash, :hash) RETURNING id
-)
-UPDATE service_state SET value = :head_prefix || (SELECT id FROM e) || '}'
-WHERE key = :head_key
-RETURNING (SELECT id FROM e)
-"""
-)
+def _head(session: Session) -> KeyValue | None:
+    """The journal's head row, under the journal lock. Both are taken once per transaction:
+    after that the head loaded in it is current (no other writer can move it), so a block with
+    many deposits appends its entries without taking the lock and re-reading the head each
+    time. The row is kept in `session.info` (the identity map holds it only weakly)."""
+    current = session.get_transaction()
+    held = session.info.get(_LOCKED_IN)
+    if current is not None and held is not None and held[0] is current:
+        head: KeyValue | None = held[1]
+        if head is None or inspect(head).persistent:  # not undone by a savepoint's rollback
+            return head
+    head = _locked_head(session)
+    session.info[_LOCKED_IN] = (current, head)
+    return head
 
 
 def append(
     session: Session, kind: JournalKind, account_id: int | None, data: dict[str, Any]
 ) -> str:
     """Add one entry in the caller's transaction; returns its hash."""
-    head = _locked_head(session)
+    head = _head(session)
     if head is not None:
         state = json.loads(head.value)
         prev_hash, count = str(state["hash"]), int(state["count"])
@@ -140,34 +142,19 @@ def append(
     at = utcnow()
     body = canonical_json(data)
     digest = entry_hash(prev_hash, at, kind, account_id, body)
-    if head is not None and session.get_bind().dialect.name == "postgresql":
-        prefix = canonical_json({"count": count + 1, "hash": digest, "id": 0})[: -len("0}")]
-        session.execute(
-            _PG_APPEND,
-            {
-                "at": at,
-                "kind": str(kind),
-                "account_id": account_id,
-                "data": body,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "head_prefix": prefix,
-                "head_key": HEAD_KEY,
-            },
-        )
-        session.expire(head)
+    entry = JournalEntry(
+        at=at, kind=kind, account_id=account_id, data=body, prev_hash=prev_hash, hash=digest
+    )
+    session.add(entry)
+    session.flush()
+    new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
+    if head is None:
+        head = KeyValue(key=HEAD_KEY, value=new_head)
+        session.add(head)
+        session.info[_LOCKED_IN] = (session.get_transaction(), head)
     else:
-        entry = JournalEntry(
-            at=at, kind=kind, account_id=account_id, data=body, prev_hash=prev_hash, hash=digest
-        )
-        session.add(entry)
-        session.flush()
-        new_head = canonical_json({"hash": digest, "count": count + 1, "id": entry.id})
-        if head is None:
-            session.add(KeyValue(key=HEAD_KEY, value=new_head))
-        else:
-            head.value = new_head
-        session.flush()
+        head.value = new_head
+    session.flush()
     events.from_journal(session, kind, account_id, data)  # the merchant's view of it, if any
     return digest
 

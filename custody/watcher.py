@@ -6,11 +6,13 @@ back to MEMPOOL if the node still has them in its mempool, else REMOVED, and the
 stop counting) and connecting the new ones; then (2) looks at the node's mempool for new
 transactions and for ours that disappeared.
 
-Matching is by index, never by scan: all output scripts of a block (or of the new mempool
-transactions) are looked up in one query on the unique `addresses.script_pubkey` index, and
-all spent outpoints in one query on `utxos (txid, vout)`. A transaction is recorded once per
-(account, wallet) it touches, with the reference's input/output shape and `value` = its net
-effect on that side.
+Matching is by index, never by scan, and the watcher's memory does not grow with the number
+of addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are
+looked up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in
+one on `utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions
+that match are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool
+transactions are matched the same way. A transaction is recorded once per (account, wallet)
+it touches, with the reference's input/output shape and `value` = its net effect on that side.
 
 Each block is one database transaction, so a crash leaves the database at a block boundary
 and a restart resumes from `blocks_seen`. Several watchers may run against one database: each
@@ -41,7 +43,8 @@ from cc_common.config import Config
 from custody import deposit_states, journal
 from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
-from custody.chain.errors import RPCError
+from custody.chain.errors import ChainUnavailable, RPCError
+from custody.chain.rawblock import RawTx, parse_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
@@ -123,6 +126,33 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]
         yield items[i : i + size]
 
 
+def _any_in(s: Session, column: Any, values: Sequence[Any]) -> list[Any]:
+    """The `values` (str, or bytes for a binary column) present in the indexed `column`."""
+    return [r[0] for r in _any_in_rows(s, select(column), column, values)]
+
+
+def _any_in_rows(s: Session, query: Any, column: Any, values: Sequence[Any]) -> list[Any]:
+    """Rows of `query` whose indexed `column` is one of `values`, in one query on PostgreSQL:
+    `= ANY(ARRAY(...))` over a single text parameter (a block's 7,500 scripts as one bound
+    array cost 100 ms of client-side adaptation; as one string, nothing), which the planner
+    always answers with the column's index (the array's size is unknown to it). SQLite: IN
+    lists of `IN_CHUNK`."""
+    if not values:
+        return []
+    if is_postgres(s):
+        binary = isinstance(values[0], bytes)
+        joined = ",".join(v.hex() for v in values) if binary else ",".join(values)
+        element = "decode(x, 'hex')" if binary else "x"
+        name = f"{column.table.name}.{column.name}"  # our own column; the values are bound
+        array = f"ARRAY(SELECT {element} FROM unnest(string_to_array(:v, ',')) AS x)"  # noqa: S608
+        match = text(f"{name} = ANY({array})")
+        return list(s.execute(query.where(match), {"v": joined}).all())
+    rows: list[Any] = []
+    for part in chunks(values):
+        rows.extend(s.execute(query.where(column.in_(part))).all())
+    return rows
+
+
 def _needs_prevout(vin: dict[str, Any]) -> bool:
     """An input spending a previous output (not a coinbase) whose prevout the node left out."""
     return "txid" in vin and not vin.get("prevout")
@@ -182,7 +212,6 @@ class Watcher:
         self.config = config
         self.owner = owner or default_owner("watcher")
         self._mempool_checked: set[str] = set()  # mempool txids already looked at
-        self._block_verbosity = 3  # prevouts included; 2 on nodes without verbosity 3
         self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
         self._touched_hot: set[int] = set()
 
@@ -302,10 +331,9 @@ class Watcher:
         block_hash = self._hash_at(height)
         if block_hash is None:
             return _Plan(last_hash, retry=True)  # the chain changed under us; look again
-        block = self._get_block(block_hash)
+        block = self._fetch_block(block_hash, height)
         if last is not None and block.get("previousblockhash") != last_hash:
             return _Plan(last_hash, retry=True)  # a reorg happened between the two calls
-        self._prefetch_prevouts(list(block["tx"]))
         return _Plan(last_hash, block=block)
 
     def _advance(self, s: Session, plan: _Plan, result: StepResult) -> None:
@@ -378,8 +406,7 @@ class Watcher:
         if span[0] <= span[1]:
             block_hash = self._hash_at(span[0])
             if block_hash is not None:
-                block = self._get_block(block_hash)
-                self._prefetch_prevouts(list(block["tx"]))
+                block = self._fetch_block(block_hash, span[0])
         return span, block
 
     def _rescan_one(
@@ -417,15 +444,55 @@ class Watcher:
                 return None
             raise
 
-    def _get_block(self, block_hash: str) -> dict[str, Any]:
-        if self._block_verbosity == 3:
-            try:
-                return dict(self.rpc.get_block(block_hash, 3))
-            except RPCError as exc:
-                if exc.rpc_code != -8:
-                    raise
-                self._block_verbosity = 2  # an older node: prevouts from our own records
-        return dict(self.rpc.get_block(block_hash, 2))
+    def _fetch_block(self, block_hash: str, height: int) -> dict[str, Any]:
+        """The block as `_connect` reads it (verbosity 2's shape), holding only the
+        transactions that touch an account: the raw block is read once, its outputs and
+        spent outpoints matched with one indexed query each, and only the matches are asked
+        for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
+        which needs no txindex)."""
+        raw = self.rpc.get_block(block_hash, 0)
+        try:
+            parsed = parse_block(bytes.fromhex(raw))
+        except ValueError:
+            raise ChainUnavailable("node answered getblock with a malformed block") from None
+        if parsed.hash != block_hash:
+            raise ChainUnavailable("node answered getblock with another block")
+        with self.factory() as rs:
+            ours = self._relevant(rs, parsed.txs)
+        decoded = self.rpc.get_raw_transactions([t.txid for t in ours], 2, block_hash)
+        txs = [dict(tx) for tx in decoded]
+        if any(str(tx.get("txid")) != t.txid for tx, t in zip(txs, ours, strict=True)):
+            raise ChainUnavailable("node answered getrawtransaction with another transaction")
+        self._prefetch_prevouts(txs)
+        return {
+            "hash": parsed.hash,
+            "height": height,
+            "time": parsed.time,
+            "previousblockhash": parsed.previous,
+            "tx": txs,
+        }
+
+    def _relevant(self, s: Session, txs: list[RawTx]) -> list[RawTx]:
+        """The transactions of a block that touch an account, in block order: they pay one of
+        our scripts, spend one of our outputs (recorded, or made earlier in this block), or
+        are already recorded (seen in the mempool). Three indexed queries for the block."""
+        scripts = {script for tx in txs for _, script in tx.outputs}
+        mine = set(_any_in(s, Address.script_pubkey, sorted(scripts)))
+        txids = {tx.txid for tx in txs}
+        prev = {p for tx in txs if not tx.coinbase for p, _ in tx.inputs}
+        ours: set[tuple[str, int]] = set()
+        spent_txids = sorted(prev | txids)
+        for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, spent_txids):
+            ours.add((str(row[0]), int(row[1])))
+        known = set(_any_in(s, ChainTx.txid, sorted(txids)))
+        out = []
+        for tx in txs:
+            paid = [n for n, (_, script) in enumerate(tx.outputs) if script in mine]
+            spends = not tx.coinbase and any(p in ours for p in tx.inputs)
+            if paid or spends or tx.txid in known:
+                out.append(tx)
+                ours.update((tx.txid, n) for n in paid)
+        return out
 
     # ------------------------------------------------------------------ blocks
 
@@ -845,7 +912,7 @@ class Watcher:
                 out = parent["vout"][key[1]]
             found = (str(out["scriptPubKey"].get("address", "")), btc_to_sats(out["value"]))
         except (RPCError, IndexError, KeyError):
-            return "", 0  # learnt from the block's prevouts once mined (verbosity 3)
+            return "", 0  # learnt from the block's prevouts once mined (verbosity 2)
         if len(self._prev_cache) > 10_000:
             self._prev_cache.clear()
         self._prev_cache[key] = found
@@ -857,7 +924,7 @@ class Watcher:
         transactions that are neither our UTXOs, nor carry a prevout, nor recorded by us)."""
         txs = [tx for tx in txs if any(_needs_prevout(v) for v in tx.get("vin", []))]
         if not txs:
-            return  # a block at verbosity 3 carries every prevout
+            return  # transactions decoded with verbosity 2 carry every prevout
         with self.factory() as rs:
             m = self._lookup(rs, txs)
             if not m.addresses and not m.utxos and not m.known:

@@ -49,6 +49,21 @@ def test_typed_helpers(node: NodeProcess, faucet: Faucet, key: Key) -> None:
     assert rpc.get_raw_transaction(txid_hex(tx), False) == hex_of(tx)
 
 
+def test_batched_calls_answer_in_order(node: NodeProcess) -> None:
+    """`call_many`: one request, the results in the order asked; an error in one raises."""
+    rpc = node.rpc()
+    height = rpc.get_block_count()
+    hashes = rpc.call_many("getblockhash", [(h,) for h in range(height, -1, -1)])
+    assert hashes == [rpc.get_block_hash(h) for h in range(height, -1, -1)]
+    block = rpc.get_block(hashes[0], 1)
+    [tx] = rpc.get_raw_transactions(block["tx"][:1], 2, hashes[0])
+    assert tx["txid"] == block["tx"][0] and tx["blockhash"] == hashes[0]
+    assert rpc.call_many("getblockhash", []) == []
+    with pytest.raises(RPCError) as info:
+        rpc.call_many("getblockhash", [(0,), (height + 1,)])
+    assert info.value.rpc_code == -8
+
+
 def test_rejections_map_to_tx_rejected(node: NodeProcess, faucet: Faucet, key: Key) -> None:
     rpc = node.rpc()
     coin = faucet.coin()

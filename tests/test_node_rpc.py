@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from custody.chain import BitcoinRPC
+from firmware_sim.node.blocks import assemble_block, grind, hash_from_hex, hash_hex
 from firmware_sim.node.rpc_methods import NO_SUCH_MEMPOOL_TX
 from firmware_sim.node.rpc_server import RPCHandler
 from hsm_hot.rpc_server import _Handler as HotHandler
@@ -69,6 +70,25 @@ def test_block_header_and_block_shapes(rpc: BitcoinRPC, faucet: Faucet, key: Key
     assert out["scriptPubKey"]["type"] == "witness_v0_keyhash"
     assert out["scriptPubKey"]["desc"].startswith(f"addr({key.address})#")
     assert coinbase["vout"][1]["scriptPubKey"]["type"] == "nulldata"  # witness commitment
+
+
+def test_submitblock(rpc: BitcoinRPC, faucet: Faucet, key: Key) -> None:
+    """Core's answers: null when taken, else the reason; a block off the tip is not taken."""
+    tip = rpc.get_best_block_hash()
+    height = rpc.get_block_count()
+    when = rpc.get_block_header(tip)["time"] + 1
+    block = assemble_block(hash_from_hex(tip), height + 1, when, bytes(key.script), [], 0)
+    assert rpc.call("submitblock", block.serialize().hex()) is None
+    assert rpc.get_best_block_hash() == hash_hex(block.hash())
+    assert rpc.call("submitblock", block.serialize().hex()) == "duplicate"
+    stale = assemble_block(hash_from_hex(tip), height + 1, when + 1, bytes(key.script), [], 0)
+    assert rpc.call("submitblock", stale.serialize().hex()) == "inconclusive"
+    bad = assemble_block(block.hash(), height + 2, when + 1, bytes(key.script), [], 0)
+    bad.header.merkle = bytes(32)
+    grind(bad.header)  # proof of work passes: the merkle root is what is wrong
+    assert rpc.call("submitblock", bad.serialize().hex()) == "bad-txnmrklroot"
+    assert rpc.get_block_count() == height + 1
+    assert_rpc_error(rpc.call, -22, "Block decode failed", "submitblock", "00")
 
 
 def test_amounts_are_written_with_eight_decimals(node: NodeProcess, faucet: Faucet) -> None:

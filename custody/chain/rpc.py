@@ -152,13 +152,44 @@ class BitcoinRPC:
         with timed(log, "worker->node", method, self.timeout, answers=(RPCError,)):
             return self._call(method, *params)
 
-    def _call(self, method: str, *params: Any) -> Any:
-        payload = {
+    def call_many(self, method: str, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Several calls of `method` in one HTTP request (a JSON-RPC batch, as Core accepts);
+        their results in order. An error in any raises as `call` would."""
+        if not calls:
+            return []
+        with timed(log, "worker->node", method, self.timeout, answers=(RPCError,)):
+            payload = [self._payload(method, params) for params in calls]
+            response = self._post(method, payload)
+            if response.status_code == 401:
+                raise AuthenticationFailed("node refused the rpc credentials (HTTP 401)")
+            try:
+                body = response.json(parse_float=Decimal)
+            except (ValueError, RecursionError):
+                raise ChainUnavailable(f"node answered a {method} batch with no JSON") from None
+            if not isinstance(body, list) or len(body) != len(payload):
+                raise ChainUnavailable(f"node answered a {method} batch with a malformed reply")
+            by_id = {item.get("id"): item for item in body if isinstance(item, dict)}
+            out = []
+            for sent in payload:
+                item = by_id.get(sent["id"])
+                if item is None:
+                    raise ChainUnavailable(f"node answered a {method} batch without an answer")
+                out.append(self._answer(method, item, 200))
+            return out
+
+    def _payload(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
+        return {
             "jsonrpc": "1.0",
             "id": next(self._ids),
             "method": method,
             "params": [_to_json(p) for p in params],
         }
+
+    def _call(self, method: str, *params: Any) -> Any:
+        return self._result(method, self._post(method, self._payload(method, params)))
+
+    def _post(self, method: str, payload: Any) -> requests.Response:
+        """POST with bounded retries of connection failures only (see the module doc)."""
         attempt = 0
         while True:
             try:
@@ -185,10 +216,10 @@ class BitcoinRPC:
                 attempt += 1
             except requests.RequestException as exc:
                 raise ChainUnavailable(f"node request failed: {type(exc).__name__}") from None
-        return self._result(method, response)
+        return response
 
-    @staticmethod
-    def _result(method: str, response: requests.Response) -> Any:
+    @classmethod
+    def _result(cls, method: str, response: requests.Response) -> Any:
         if response.status_code == 401:
             raise AuthenticationFailed("node refused the rpc credentials (HTTP 401)")
         try:
@@ -199,6 +230,11 @@ class BitcoinRPC:
             ) from None
         if not isinstance(body, dict):
             raise ChainUnavailable(f"node answered {method} with a malformed reply")
+        return cls._answer(method, body, response.status_code)
+
+    @staticmethod
+    def _answer(method: str, body: dict[str, Any], status: int) -> Any:
+        """The result of one reply object, or the error it carries raised."""
         error = body.get("error")
         if error:
             code = error.get("code", 0) if isinstance(error, dict) else None
@@ -208,8 +244,8 @@ class BitcoinRPC:
             if code in _TX_REJECT_CODES and method in ("sendrawtransaction", "generateblock"):
                 raise TxRejected(code, message)
             raise RPCError(code, message)
-        if response.status_code != 200:
-            raise ChainUnavailable(f"node answered {method} with HTTP {response.status_code}")
+        if status != 200:
+            raise ChainUnavailable(f"node answered {method} with HTTP {status}")
         return body.get("result")
 
     # ------------------------------------------------------------------ typed helpers
@@ -237,8 +273,10 @@ class BitcoinRPC:
         return dict(_expect("getblockchaininfo", self.call("getblockchaininfo"), dict))
 
     def get_raw_transaction(
-        self, txid: str, verbose: bool = True, block_hash: str | None = None
+        self, txid: str, verbose: bool | int = True, block_hash: str | None = None
     ) -> Any:
+        """`verbose` 2 adds each input's prevout and the fee (Core 25+; older nodes answer
+        as for 1, without them)."""
         params: list[Any] = [txid, verbose]
         if block_hash is not None:
             params.append(block_hash)
@@ -246,6 +284,12 @@ class BitcoinRPC:
         if verbose:
             return shapes.check_tx(result)
         return _expect("getrawtransaction", result, str)
+
+    def get_raw_transactions(self, txids: list[str], verbose: int, block_hash: str) -> list[Any]:
+        """`getrawtransaction` (decoded, `verbose` 1 or 2) of several transactions of one block,
+        in one request."""
+        calls = [(txid, verbose, block_hash) for txid in txids]
+        return [shapes.check_tx(r) for r in self.call_many("getrawtransaction", calls)]
 
     def decode_raw_transaction(self, tx_hex: str) -> dict[str, Any]:
         return dict(

@@ -83,6 +83,7 @@ class ChainState:
         self.utxos: dict[Outpoint, Coin] = {}
         self.undo: dict[bytes, list[tuple[Outpoint, Coin]]] = {}
         self.tx_index: dict[bytes, bytes] = {}
+        self.tx_position: dict[bytes, int] = {}  # txid -> its place in its block (active chain)
         self._next_seq = 0
         self._cache: OrderedDict[bytes, Block] = OrderedDict()
 
@@ -295,8 +296,10 @@ class ChainState:
         spent: list[tuple[Outpoint, Coin]] = []
         spent_set: set[Outpoint] = set()
         fees = 0
+        txids = []
         for position, tx in enumerate(block.txs):
             txid = txid_of(tx)
+            txids.append(txid)
             if position > 0:
                 coins = []
                 for txin in tx.vin:
@@ -347,8 +350,9 @@ class ChainState:
             self.utxos.pop(op, None)
         self.utxos.update(created)
         self.undo[idx.hash] = spent
-        for tx in block.txs:
-            self.tx_index[txid_of(tx)] = idx.hash
+        for position, txid in enumerate(txids):
+            self.tx_index[txid] = idx.hash
+            self.tx_position[txid] = position
         self.active.append(idx)
 
     def _disconnect_tip(self) -> Block:
@@ -360,6 +364,7 @@ class ChainState:
                 self.utxos.pop((txid, n), None)
             if self.tx_index.get(txid) == idx.hash:
                 del self.tx_index[txid]
+                self.tx_position.pop(txid, None)
         for op, coin in self.undo.pop(idx.hash, []):
             self.utxos[op] = coin
         self.active.pop()

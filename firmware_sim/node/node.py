@@ -16,7 +16,13 @@ from pathlib import Path
 
 from bitcointx.core import CTransaction
 
-from firmware_sim.node.blocks import DEFAULT_BLOCK_MAX_WEIGHT, assemble_block, txid_of, wtxid_of
+from firmware_sim.node.blocks import (
+    DEFAULT_BLOCK_MAX_WEIGHT,
+    Block,
+    assemble_block,
+    txid_of,
+    wtxid_of,
+)
 from firmware_sim.node.chainstate import BlockIndex, ChainState, ChainUpdate
 from firmware_sim.node.mempool import Mempool, MempoolEntry
 from firmware_sim.node.storage import Storage
@@ -152,6 +158,15 @@ class Node:
                     fees -= out.nValue
                     view[(txid, n)] = _placeholder_coin(out.nValue)
             return self._mine(script_pubkey, txs, max(fees, 0))
+
+    def submit(self, block: Block) -> BlockIndex:
+        """`submitblock` of a block extending the tip: validated fully, then connected."""
+        with self.lock:
+            checked = {wtxid_of(tx) for tx in block.txs[1:]} & self.mempool.script_checked
+            idx = self.chain.submit_block_on_tip(block, scripts_checked=checked)
+            self._after(ChainUpdate(connected=[block]))
+            log.info("accepted a submitted block; tip height %d", self.chain.height)
+            return idx
 
     def invalidate(self, idx: BlockIndex) -> None:
         with self.lock:

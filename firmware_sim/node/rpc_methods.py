@@ -284,9 +284,9 @@ def getblock(node: Node, blockhash: Any, verbosity: Any = 1) -> Any:
     level = p_verbosity(verbosity, 1)
     with node.lock:
         idx = _block_index(node, blockhash)
+        if level <= 0:  # the stored bytes, as Core reads them from disk
+            return node.storage.block_raw(idx.hash).hex()
         block = node.chain.block(idx.hash)
-        if level <= 0:
-            return block.serialize().hex()
         out = header_json(node, idx)
         size, stripped, weight = block.sizes()
         out.update({"strippedsize": stripped, "size": size, "weight": weight})
@@ -351,6 +351,9 @@ def getrawtransaction(node: Node, txid: Any, verbose: Any = False, blockhash: An
         if blockhash is not None:
             idx = _block_index(node, blockhash)
             block = node.chain.block(idx.hash)
+            if node.chain.tx_index.get(tid) == idx.hash:  # found without hashing the block
+                tx = block.txs[node.chain.tx_position[tid]]
+                return _tx_result(node, tx, idx, level, in_active=True)
             for tx in block.txs:
                 if txid_of(tx) == tid:
                     return _tx_result(node, tx, idx, level, in_active=True)
@@ -702,6 +705,27 @@ def generateblock(node: Node, output: Any, transactions: Any, submit: Any = True
                 RPCCode.VERIFY_ERROR, f"TestBlockValidity failed: {exc.message}"
             ) from None
         return {"hash": hash_hex(idx.hash)}
+
+
+@rpc("submitblock", "hexdata", "dummy", required=1)
+def submitblock(node: Node, hexdata: Any, dummy: Any = None) -> str | None:
+    """Core's `submitblock`: null when accepted, else the reason. Only blocks extending the
+    tip are taken here (a side branch answers "inconclusive", as Core does for a block it
+    keeps without making it the tip)."""
+    try:
+        block = Block.deserialize(bytes.fromhex(p_str(hexdata)))
+    except Exception:  # noqa: BLE001 - any parse failure is Core's "Block decode failed"
+        raise RPCError(RPCCode.DESERIALIZATION_ERROR, "Block decode failed") from None
+    with node.lock:
+        if block.hash() in node.chain.index:
+            return "duplicate"
+        if block.header.prev != node.chain.tip.hash:
+            return "inconclusive"
+        try:
+            node.submit(block)
+        except TxValidationError as exc:
+            return exc.reason
+    return None
 
 
 @rpc("invalidateblock", "blockhash", required=1)
