@@ -6,6 +6,7 @@ hot HSM and custody API run together, each on a data directory holding its own f
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import shutil
@@ -158,6 +159,98 @@ def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
             for table in SECTION_CALL.findall(path.read_text()):
                 if table not in ROLE_TABLES[role]:
                     missing.append(f"{rel} reads [{table}], not in {role}'s file")
+    assert not missing, "\n".join(missing)
+
+
+# `.str("key")` and the other `Section` accessors whose first argument names a key.
+ACCESSORS = frozenset(
+    {"str", "int", "float", "bool", "list", "path", "port_url", "secret", "has", "section"}
+)
+# Peer keys read only as a fall-back the role's own file makes dead: the V-device's file holds
+# its own copy of the secrets it shares with the site, in [vdevice] (`vdevice.settings`).
+FALLBACKS = {("vdevice", "merchant_site", "vdevice_token"), ("vdevice", "merchant_site", "vtest_password")}
+
+
+def _section_table(node: ast.AST) -> str | None:
+    """The table `X` of a `config.section("X")` call (`config`, `cfg`, ... a Config)."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("section", "has_section")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id.endswith(("config", "cfg"))
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return node.args[0].value.split(".")[0]
+    return None
+
+
+def key_reads(source: str) -> set[tuple[str, str, int]]:
+    """Every `(table, key, line)` that `source` reads: `config.section("T").str("k")`, or
+    `s = config.section("T")` and then `s.int("k")` in the same function."""
+    out = set()
+    tree = ast.parse(source)
+    for scope in ast.walk(tree):
+        if not isinstance(scope, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        nodes = list(ast.walk(scope))
+        names: dict[str, str] = {}
+        for node in nodes:
+            if isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
+                tables = {t for n in ast.walk(node.value) if (t := _section_table(n))}
+                if len(tables) == 1:
+                    names[node.targets[0].id] = tables.pop()  # type: ignore[attr-defined]
+        for node in nodes:
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ACCESSORS
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                continue
+            receiver = node.func.value
+            table = _section_table(receiver) or (
+                names.get(receiver.id) if isinstance(receiver, ast.Name) else None
+            )
+            if table:
+                out.add((table, node.args[0].value, node.lineno))
+    return out
+
+
+def test_key_reads_finds_chained_and_named_sections() -> None:
+    source = (
+        "def f(config):\n"
+        "    s = config.section('hsm_hot')\n"
+        "    return config.section('custody').int('port'), s.str('rpc_port')\n"
+    )
+    assert {(t, k) for t, k, _ in key_reads(source)} == {
+        ("custody", "port"),
+        ("hsm_hot", "rpc_port"),
+    }
+
+
+def test_every_peer_key_a_process_reads_is_in_its_roles_file() -> None:
+    """Of a peer's table a role's file holds a few keys only (`ROLE_TABLES`): a key read from
+    it that is not listed there reaches no process started as that role."""
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for package, role in PACKAGE_ROLES.items():
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith(READS_THE_MAP):
+                continue
+            for table, key, line in sorted(key_reads(path.read_text())):
+                keys = ROLE_TABLES[role].get(table)
+                if keys is None or key in keys or (role, table, key) in FALLBACKS:
+                    continue  # a whole table (or none: the table test says so)
+                missing.append(
+                    f"{rel}:{line} reads [{table}] {key}, not in {role}'s file: add it to "
+                    f"ROLE_TABLES[{role!r}][{table!r}] in cc_common/roles.py"
+                )
     assert not missing, "\n".join(missing)
 
 
