@@ -1,13 +1,15 @@
 """Secrets per machine role: each role's file holds everything its process reads and nothing
 else, no secret of one role is in another's file (nor in the supervisor's map), every file is
 0600 from its creation and every directory 0700, a setting reaches every file that holds it,
-and a process started as a role reads its own file alone: the real firmware-sim, cold HSM,
-hot HSM and custody API run together, each on a data directory holding its own file only."""
+every peer key a package reads is in its role's file, and a process started as a role reads
+its own file alone: the real firmware-sim, cold HSM, hot HSM, custody API, V-device and
+merchant site run together, each on a data directory holding its own file only."""
 
 from __future__ import annotations
 
 import ast
 import io
+import json
 import re
 import shutil
 import stat
@@ -23,9 +25,15 @@ from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, load_config
 from cc_common.config_write import write_settings
 from cc_common.deployment import init_deployment
 from cc_common.errors import ConfigError
+from cc_common.process import read_ready
 from cc_common.roles import ROLE_SECRETS, ROLE_TABLES, SECRET_KEYS
 from custody.cli import main as custody_main
 from custody.hsm_client import HotHsmClient
+from tests.harness import wait_until
+from wallet_core.bip32 import ExtendedKey
+from wallet_core.descriptors import wpkh_descriptor
+from wallet_core.networks import Network
+from wallet_core.wallets import AccountKey, bip84_account_path
 
 # What each machine reads, written out (not derived from cc_common.roles, which it checks):
 # its own tables whole, and of a peer's table only the keys that reach that peer.
@@ -168,7 +176,10 @@ ACCESSORS = frozenset(
 )
 # Peer keys read only as a fall-back the role's own file makes dead: the V-device's file holds
 # its own copy of the secrets it shares with the site, in [vdevice] (`vdevice.settings`).
-FALLBACKS = {("vdevice", "merchant_site", "vdevice_token"), ("vdevice", "merchant_site", "vtest_password")}
+FALLBACKS = {
+    ("vdevice", "merchant_site", "vdevice_token"),
+    ("vdevice", "merchant_site", "vtest_password"),
+}
 
 
 def _section_table(node: ast.AST) -> str | None:
@@ -378,11 +389,14 @@ def _machine(deployment: Any, name: str, role: str, source: Path, **env: str) ->
     return d
 
 
-@pytest.mark.slow  # four real processes and two HSM inits: ~10 s
+@pytest.mark.slow  # six real processes, two HSM inits, one account: ~20 s
 def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path: Path) -> None:
-    """The simulated world, the cold HSM, the hot HSM and the custody API, each in its own
-    directory with its own file only, work together: custody reaches the hot HSM, which
-    reaches the cold HSM over the serial line."""
+    """The simulated world, the cold HSM, the hot HSM, the custody API, the V-device and the
+    merchant site, each in its own directory with its own file only (plus what it is handed:
+    the pairing file, the provisioning bundle, the account's tokens), work together: custody
+    reaches the hot HSM, which reaches the cold HSM over the serial line; an account is
+    created, confirmed at the cold console and provisioned on the phone, which then runs; the
+    site reaches the custody API with the account's tokens and answers the phone."""
     source = tmp_path / "init"
     init_deployment(source)
     sim = _machine(deployment, "sim", "firmware-sim", source)
@@ -420,5 +434,98 @@ def test_real_processes_run_each_on_its_own_file_alone(deployment: Any, tmp_path
     port = custody.section("custody").int("port")
     r = requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=30)
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
-    for d, role in ((sim, "firmware-sim"), (cold, "hsm-cold"), (hot, "hsm-hot"), (api, "custody")):
+
+    # The phone and the site, each on its own file plus what it is handed out of band.
+    phone = _machine(
+        deployment,
+        "phone",
+        "vdevice",
+        source,
+        CC__VDEVICE__MODEM_PORT=f"{sim.dev_dir}/modem-vdevice",
+    )
+    site = _machine(
+        deployment,
+        "site",
+        "merchant-site",
+        source,
+        CC__MERCHANT_SITE__DATABASE_URL=f"sqlite:///{tmp_path / 'site' / 'merchant.db'}",
+    )
+    bundle, tokens = _provision(api, cold, phone, source)
+    site.cli(
+        "set-tokens",
+        "--cold",
+        "-",
+        "--hot",
+        "-",
+        module=SITE,
+        stdin=f"{tokens['cold']}\n{tokens['hot']}\n",
+    )
+    serving += [
+        site.start_cli("merchant-site", SITE, "serve", wait=False),
+        phone.start_cli("vdevice", "vdevice.cli", "run", wait=False),
+    ]
+    serving[-2].wait_ready()
+    wait_until(
+        lambda: (read_ready(phone.run_dir, "vdevice") or {}).get("provisioned") is True,
+        60,
+        "the V-device to run provisioned",
+    )
+    status = json.loads(phone.cli("status", "--json", module="vdevice.cli").stdout)
+    assert (status["process"], status["provisioned"]) == ("running", True)
+    assert status["account_id"] == bundle["account_id"]
+    # the site reaches the custody API with the account's tokens (its events, both sides)
+    added = json.loads(site.cli("catch-up", module=SITE).stdout)["added"]
+    assert set(added) == {"cold", "hot"}, added
+    # and answers the phone, with the token the two share (each from its own file)
+    site_port = load_config(site.data_dir, environ={}, role="merchant-site").section(
+        "merchant_site"
+    )
+    token = load_config(phone.data_dir, environ={}, role="vdevice").section("vdevice")
+    r = requests.get(
+        f"http://127.0.0.1:{site_port.int('port')}/api/v1/open/batch",
+        headers={"X-VDevice-Token": token.str("merchant_token")},
+        timeout=30,
+    )
+    assert (r.status_code, r.json()) == (200, {}), r.text
+    machines = (
+        (sim, "firmware-sim"),
+        (cold, "hsm-cold"),
+        (hot, "hsm-hot"),
+        (api, "custody"),
+        (phone, "vdevice"),
+        (site, "merchant-site"),
+    )
+    for d, role in machines:
         assert [p.name for p in d.data_dir.glob("*.toml")] == [f"{role}.toml"]
+
+
+SITE = "examples.merchant_site.cli"
+
+
+def _provision(api: Any, cold: Any, phone: Any, source: Path) -> tuple[Any, Any]:
+    """`custody account create` for the phone's identity, confirmed at the cold console and
+    provisioned on the phone with the cold fingerprint typed in: each on its own machine."""
+    identity, fp_line = phone.cli("init", module="vdevice.cli").stdout.splitlines()[:2]
+    numbers = _read(source / "vdevice.toml")
+    root = ExtendedKey.from_seed(bytes(range(32)), Network.REGTEST)
+    acct = AccountKey.from_root(root, bip84_account_path(Network.REGTEST, 0))
+    descriptor = str(wpkh_descriptor(acct.xpub, acct.fingerprint, acct.path, 0))
+    created = json.loads(
+        api.cli(
+            "account", "create", "roles", "--vdevice-phone", numbers["vdevice"]["number"],
+            "--owner-phone", numbers["phones"]["owner"], "--settlement-descriptor", descriptor,
+            "--vdevice-identity", identity.strip(),
+        ).stdout
+    )  # fmt: skip
+    pin = _read(source / "hsm-cold.toml")["hsm_cold"]["user_pin"]
+    cold.cli(
+        "confirm-account", str(created["account_id"]), "--vdevice-fingerprint",
+        fp_line.split()[-1], "--pin-stdin", module="hsm_cold.cli", stdin=pin + "\n",
+    )  # fmt: skip
+    cold_fp = cold.cli("identity", module="hsm_cold.cli").stdout.strip()
+    bundle = created["vdevice_bundle"]
+    phone.cli(
+        "provision", "--bundle", "-", "--cold-fingerprint", cold_fp, module="vdevice.cli",
+        stdin=json.dumps(bundle),
+    )  # fmt: skip
+    return bundle, created["tokens"]
