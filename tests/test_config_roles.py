@@ -377,6 +377,51 @@ def test_custody_config_set(
     assert {p.name: p.read_text() for p in deployment_dir.glob("*.toml")} == before
 
 
+def test_config_set_moves_the_urls_built_from_a_port(
+    deployment_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(deployment_dir)
+
+    def site_url() -> str:
+        return str(_read(deployment_dir / "merchant-site.toml")["merchant_site"]["custody_url"])
+
+    assert custody_main(["config", "set", "custody.port", "20881", "--dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "[merchant_site] custody_url follows: http://127.0.0.1:20881" in out
+    assert site_url() == "http://127.0.0.1:20881"
+    assert _read(deployment_dir / CONFIG_FILENAME)["merchant_site"]["custody_url"] == site_url()
+    assert custody_main(["config", "set", "custody.host", "10.1.2.3", "--dir", d]) == 0
+    assert site_url() == "http://10.1.2.3:20881"
+    capsys.readouterr()
+    for key, url_file, url_key in (
+        ("firmware_sim.twilio_gateway.port", "custody", ("twilio", "base_url")),
+        ("firmware_sim.node.port", "custody", ("node", "rpc_url")),
+    ):
+        assert custody_main(["config", "set", key, "20882", "--dir", d]) == 0
+        table, name = url_key
+        assert _read(deployment_dir / f"{url_file}.toml")[table][name] == "http://127.0.0.1:20882"
+        assert f"[{table}] {name} follows" in capsys.readouterr().out
+        # the simulated world serves on it: its own file has the port
+        sim = _read(deployment_dir / "firmware-sim.toml")["firmware_sim"]
+        assert sim[key.split(".")[1]]["port"] == 20882
+    # the phone's URL to the site: "" (built when it starts) stays ""; a URL set follows
+    assert custody_main(["config", "set", "merchant_site.port", "20883", "--dir", d]) == 0
+    assert _read(deployment_dir / "vdevice.toml")["vdevice"]["merchant_url"] == ""
+    url = "http://127.0.0.1:20883/api/v1/open"
+    assert custody_main(["config", "set", "vdevice.merchant_url", url, "--dir", d]) == 0
+    assert custody_main(["config", "set", "merchant_site.port", "20884", "--dir", d]) == 0
+    phone = _read(deployment_dir / "vdevice.toml")
+    assert phone["vdevice"]["merchant_url"] == "http://127.0.0.1:20884/api/v1/open"
+    # a URL set by hand to somewhere else is left alone, and the command says which
+    capsys.readouterr()
+    other = "https://custody.example:8443"
+    assert custody_main(["config", "set", "merchant_site.custody_url", other, "--dir", d]) == 0
+    assert custody_main(["config", "set", "custody.port", "20885", "--dir", d]) == 0
+    out = capsys.readouterr().out
+    assert f"[merchant_site] custody_url ({other}) does not point at [custody]'s old" in out
+    assert site_url() == other
+
+
 CUSTODY = (sys.executable, "-m", "custody.cli")
 
 
