@@ -182,20 +182,35 @@ FALLBACKS = {
 }
 
 
-def _section_table(node: ast.AST) -> str | None:
-    """The table `X` of a `config.section("X")` call (`config`, `cfg`, ... a Config)."""
-    if (
+def _is_config(node: ast.AST) -> bool:
+    """`config`, `cfg`, `self.config`, `config_from_args(args)`: a whole `Config`."""
+    if isinstance(node, ast.Name):
+        return node.id.endswith(("config", "cfg"))
+    if isinstance(node, ast.Attribute):
+        return node.attr.endswith(("config", "cfg"))
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and (node.func.id.startswith(("config", "load_config")))
+    )
+
+
+def _section_table(node: ast.AST, names: dict[str, str]) -> str | None:
+    """The top-level table a `.section("X")` call opens: `X`'s first part on a `Config`, the
+    table a name already holds on a `Section` of it (a nested table of the same one)."""
+    if not (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr in ("section", "has_section")
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id.endswith(("config", "cfg"))
         and node.args
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)
     ):
-        return node.args[0].value.split(".")[0]
-    return None
+        return None
+    receiver = node.func.value
+    if isinstance(receiver, ast.Name) and receiver.id in names:
+        return names[receiver.id]
+    return node.args[0].value.split(".")[0] if _is_config(receiver) else None
 
 
 def key_reads(source: str) -> set[tuple[str, str, int]]:
@@ -210,7 +225,8 @@ def key_reads(source: str) -> set[tuple[str, str, int]]:
         names: dict[str, str] = {}
         for node in nodes:
             if isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
-                tables = {t for n in ast.walk(node.value) if (t := _section_table(n))}
+                found = (_section_table(n, names) for n in ast.walk(node.value))
+                tables = {t for t in found if t}
                 if len(tables) == 1:
                     names[node.targets[0].id] = tables.pop()  # type: ignore[attr-defined]
         for node in nodes:
@@ -224,7 +240,7 @@ def key_reads(source: str) -> set[tuple[str, str, int]]:
             ):
                 continue
             receiver = node.func.value
-            table = _section_table(receiver) or (
+            table = _section_table(receiver, names) or (
                 names.get(receiver.id) if isinstance(receiver, ast.Name) else None
             )
             if table:
@@ -234,13 +250,18 @@ def key_reads(source: str) -> set[tuple[str, str, int]]:
 
 def test_key_reads_finds_chained_and_named_sections() -> None:
     source = (
-        "def f(config):\n"
+        "def f(config, args):\n"
         "    s = config.section('hsm_hot')\n"
-        "    return config.section('custody').int('port'), s.str('rpc_port')\n"
+        "    n = s.section('nested')\n"
+        "    yield config.section('custody').int('port'), s.str('rpc_port'), n.str('deep')\n"
+        "    yield config_from_args(args).section('phones').str('owner')\n"
     )
     assert {(t, k) for t, k, _ in key_reads(source)} == {
         ("custody", "port"),
         ("hsm_hot", "rpc_port"),
+        ("hsm_hot", "nested"),  # a nested table is a key of its table too
+        ("hsm_hot", "deep"),
+        ("phones", "owner"),
     }
 
 
