@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from cc_common.config import ALL_ROLES, CONFIG_FILENAME, ROLES, load_config
+from cc_common.config_urls import URL_SOURCES
 from cc_common.config_write import write_settings
 from cc_common.deployment import init_deployment
 from cc_common.errors import ConfigError
@@ -396,6 +397,17 @@ def test_custody_config_set(
     assert custody_main(["config", "set", "max_send_sat", "1", "--dir", d]) == 2
     assert "must look like section.key" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in deployment_dir.glob("*.toml")} == before
+
+
+def test_every_url_init_builds_follows_its_port(deployment_dir: Path) -> None:
+    """A new URL `custody init` builds from a port, unknown to `URL_SOURCES`, would keep the
+    old port after `custody config set`."""
+    followed = {url for urls in URL_SOURCES.values() for url in urls}
+    everything = _read(deployment_dir / CONFIG_FILENAME)
+    for name, value in _leaves(everything).items():
+        if isinstance(value, str) and value.startswith("http"):
+            table, key = name.rsplit(".", 1)
+            assert (table, key) in followed, f"[{table}] {key}: add it to URL_SOURCES"
 
 
 def test_config_set_moves_the_urls_built_from_a_port(
