@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from _common import samples_ms
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +78,9 @@ def load_utxos(dsn: str, account_id: int, address_id: int, start: int, count: in
 
 def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(p50 ms, p99 ms) of n calls."""
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(n - 1, int(n * 0.99))]
+    wall, _ = samples_ms(fn, n)
+    wall.sort()
+    return statistics.median(wall), wall[min(n - 1, int(n * 0.99))]
 
 
 def main() -> int:

@@ -34,10 +34,10 @@ from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
 from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
-from custody.sends import next_change_address
+from custody.sends import next_change_address, psbt_inputs
 from custody.watcher import is_postgres
 from wallet_core.fees import estimate_vsize, fee_for
-from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.script import ScriptType
 
 log = logging.getLogger(__name__)
@@ -156,17 +156,7 @@ def _build(
     total = sum(u.value for u, _ in rows)
     if total - fee < 10 * fee:
         raise ConsolidationRefused(f"{len(rows)} coins of {total} sat are not worth a {fee} fee")
-    inputs = [
-        PsbtInput(
-            txid=u.txid,
-            vout=u.vout,
-            value=u.value,
-            script_pubkey=bytes(a.script_pubkey),
-            witness_script=hot.witness_script(a.index, int(a.chain)),
-            origins=hot.origins(a.index, int(a.chain)),
-        )
-        for u, a in rows
-    ]
+    inputs = psbt_inputs(hot, [(u, a) for u, a in rows])
     output = PsbtOutput(
         bytes(change.script_pubkey),
         total - fee,

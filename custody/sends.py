@@ -189,6 +189,22 @@ def next_change_address(session: Session, account: Account) -> Address:
     return ensure_address(session, account, Chain.CHANGE, index)
 
 
+def psbt_inputs(hot: HotWallet, coins: Sequence[tuple[Utxo, Address]]) -> list[PsbtInput]:
+    """PSBT inputs for hot coins, each with the witness script and key origins of its address
+    so the HSM pair can derive and check what it signs."""
+    return [
+        PsbtInput(
+            txid=u.txid,
+            vout=u.vout,
+            value=u.value,
+            script_pubkey=bytes(a.script_pubkey),
+            witness_script=hot.witness_script(a.index, int(a.chain)),
+            origins=hot.origins(a.index, int(a.chain)),
+        )
+        for u, a in coins
+    ]
+
+
 def ensure_address(session: Session, account: Account, chain: Chain, index: int) -> Address:
     """The hot `Address` row at (chain, index), inserted if missing (so the watcher sees it)."""
     row = session.execute(
@@ -502,17 +518,7 @@ class SendWorker:
         chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
         self._reserve(s, send, [u.id for u, _ in chosen])
         hot = account_keys(account).hot
-        inputs = [
-            PsbtInput(
-                txid=u.txid,
-                vout=u.vout,
-                value=u.value,
-                script_pubkey=bytes(a.script_pubkey),
-                witness_script=hot.witness_script(a.index, int(a.chain)),
-                origins=hot.origins(a.index, int(a.chain)),
-            )
-            for u, a in chosen
-        ]
+        inputs = psbt_inputs(hot, chosen)
         outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, outs, strict=True)]
         change_index = None
         if sel.has_change:

@@ -23,6 +23,7 @@ from hsm_cold.cosign import (
     CosignRequest,
     FeePolicy,
     InputRef,
+    check_change_scripts,
     decode_prev_txs,
     decode_tx,
     field,
@@ -30,10 +31,9 @@ from hsm_cold.cosign import (
     witness_scripts,
 )
 from hsm_cold.errors import BadRequest, ChangeNotDerivable, FeeAbovePolicy
-from wallet_core.errors import WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.script import ScriptType
-from wallet_core.wallets import CHANGE, HotWallet
+from wallet_core.wallets import HotWallet
 
 MAX_FEE_RATE = 10.0  # sat/vB: consolidate when fees are low, never at any price
 MAX_INPUTS = 200
@@ -75,15 +75,7 @@ def check_outputs(req: CosignRequest, wallet: HotWallet) -> None:
             "a consolidation pays only the account's own change: every output must be declared"
             " change, once"
         )
-    for vout, index in req.change:
-        try:
-            own = wallet.script_pubkey(index, CHANGE)
-        except WalletError:
-            own = b""
-        if req.tx.vout[vout].script_pubkey != own:
-            raise ChangeNotDerivable(
-                f"output {vout} is not the hot wallet's change address {index}"
-            )
+    check_change_scripts(req, wallet, "output")
 
 
 def check_fee(req: CosignRequest, policy: FeePolicy) -> int:

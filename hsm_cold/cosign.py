@@ -287,6 +287,12 @@ def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) ->
         )
     if len(payments) < len(outs):
         raise OutputMismatch(f"{len(outs)} signed outputs but only {len(payments)} payments")
+    check_change_scripts(req, wallet, "change output")
+
+
+def check_change_scripts(req: CosignRequest, wallet: HotWallet, label: str) -> None:
+    """Each declared change output pays the script the cold HSM derives for its index: the
+    hot side names the index, never the script."""
     for vout, index in req.change:
         try:
             own = wallet.script_pubkey(index, CHANGE)
@@ -294,7 +300,7 @@ def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) ->
             own = b""
         if req.tx.vout[vout].script_pubkey != own:
             raise ChangeNotDerivable(
-                f"change output {vout} is not the hot wallet's change address {index}"
+                f"{label} {vout} is not the hot wallet's change address {index}"
             )
 
 
