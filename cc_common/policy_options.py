@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cc_common.cli import int_at_least
+
 # The integer limits of `SpendingPolicy`, each with its help text.
 POLICY_LIMITS = (
     ("max_send_sat", "most one send may pay (sat)"),
@@ -19,15 +21,8 @@ POLICY_LIMITS = (
 )
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (a policy has no "no limit" value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive integer")
-    return value
+# A policy has no "no limit" value: every limit is a positive whole number.
+positive_int = int_at_least(1, "a positive whole number")
 
 
 def add_policy_options(parser: argparse.ArgumentParser, whitelist_help: str) -> None:

@@ -32,9 +32,15 @@ from custody.chain.rpc import BitcoinRPC
 from custody.db import rowcount, transaction
 from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
-from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
+from custody.models import Account, AccountStatus, Chain, KeyValue, Utxo, Wallet
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
-from custody.sends import next_change_address, psbt_inputs
+from custody.sends import (
+    confirmed_at,
+    free_hot_coins,
+    locked_coins,
+    next_change_address,
+    psbt_inputs,
+)
 from custody.watcher import is_postgres
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.psbt import Psbt, PsbtOutput
@@ -128,23 +134,8 @@ def _build(
     tip = tip_height(s)
     if tip is None:
         raise ConsolidationRefused("the watcher has not seen a block yet")
-    q = (
-        select(Utxo, Address)
-        .join(Address, Address.id == Utxo.address_id)
-        .where(
-            Utxo.account_id == account_id,
-            Utxo.wallet == Wallet.HOT,
-            Utxo.block_height.is_not(None),
-            Utxo.block_height <= tip - max(min_conf, 1) + 1,
-            Utxo.spent_by.is_(None),
-            Utxo.reserved_by_send.is_(None),
-            Utxo.is_dust.is_(False),
-        )
-        .order_by(Utxo.value, Utxo.id)
-        .limit(max_inputs)
-    )
-    if is_postgres(s):
-        q = q.with_for_update(skip_locked=True, of=Utxo)
+    coins = free_hot_coins(account_id, confirmed_at(tip, min_conf))
+    q = locked_coins(s, coins.order_by(Utxo.value, Utxo.id).limit(max_inputs))
     rows = s.execute(q).all()
     if len(rows) < 2:
         raise ConsolidationRefused(f"account {account_id} has {len(rows)} spendable coin(s)")

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -241,10 +241,7 @@ def spendable_utxos(
     transactions we broadcast ourselves, confirmed or not: nobody else can replace those.
     Dust is never chosen.
     """
-    confirmed = and_(
-        Utxo.block_height.is_not(None),
-        Utxo.block_height <= tip - max(settings.min_conf, 1) + 1,
-    )
+    confirmed = confirmed_at(tip, settings.min_conf)
     usable = confirmed
     if settings.spend_unconfirmed_change:
         ours = select(Send.txid).where(
@@ -253,7 +250,19 @@ def spendable_utxos(
             Send.status.in_((SendStatus.BROADCAST, SendStatus.CONFIRMED)),
         )
         usable = or_(confirmed, and_(Address.chain == Chain.CHANGE, Utxo.txid.in_(ours)))
-    q = (
+    q = locked_coins(s, free_hot_coins(account_id, usable).order_by(Utxo.id))
+    return [(u, a) for u, a in s.execute(q).all()]
+
+
+def confirmed_at(tip: int, min_conf: int) -> ColumnElement[bool]:
+    """Coins confirmed at least `min_conf` deep (one at the least) below `tip`."""
+    return and_(Utxo.block_height.is_not(None), Utxo.block_height <= tip - max(min_conf, 1) + 1)
+
+
+def free_hot_coins(account_id: int, usable: ColumnElement[bool]) -> Select[tuple[Utxo, Address]]:
+    """The account's hot coins matching `usable` that nothing holds: unspent, unreserved, and
+    never dust."""
+    return (
         select(Utxo, Address)
         .join(Address, Address.id == Utxo.address_id)
         .where(
@@ -264,11 +273,12 @@ def spendable_utxos(
             Utxo.spent_by.is_(None),
             Utxo.reserved_by_send.is_(None),
         )
-        .order_by(Utxo.id)
     )
-    if is_postgres(s):
-        q = q.with_for_update(skip_locked=True, of=Utxo)
-    return [(u, a) for u, a in s.execute(q).all()]
+
+
+def locked_coins(s: Session, q: Select[tuple[Utxo, Address]]) -> Select[tuple[Utxo, Address]]:
+    """`q` locking its coins on PostgreSQL, passing over those another builder holds."""
+    return q.with_for_update(skip_locked=True, of=Utxo) if is_postgres(s) else q
 
 
 def unconfirmed_ancestry(s: Session, utxos: Sequence[Utxo]) -> dict[str, set[str]]:

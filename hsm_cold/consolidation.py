@@ -22,10 +22,9 @@ from typing import Any
 from hsm_cold.cosign import (
     CosignRequest,
     FeePolicy,
-    InputRef,
     check_change_scripts,
     decode_prev_txs,
-    decode_tx,
+    decode_tx_inputs,
     field,
     int_list,
     witness_scripts,
@@ -41,11 +40,7 @@ MAX_INPUTS = 200
 
 def decode(payload: Mapping[str, Any]) -> CosignRequest:
     """The request as a `CosignRequest` with no V-device fields (they are not used here)."""
-    tx = decode_tx(field(payload, "tx", bytes))
-    raw_inputs = field(payload, "inputs", list)
-    inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
-    if len(inputs) != len(tx.vin):
-        raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
+    tx, inputs = decode_tx_inputs(payload)
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise BadRequest(f"a consolidation spends 1-{MAX_INPUTS} inputs")
     change = tuple(

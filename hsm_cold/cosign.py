@@ -168,13 +168,19 @@ def user_tx_no_field(payload: Mapping[str, Any]) -> str:
         raise BadRequest(exc.message) from None
 
 
-def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
-    """Type-check the compact request; `BadRequest` names the first bad field."""
+def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
+    """The unsigned transaction and one `[amount, chain, index]` description per input."""
     tx = decode_tx(field(payload, "tx", bytes))
     raw_inputs = field(payload, "inputs", list)
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):
         raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
+    return tx, inputs
+
+
+def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
+    """Type-check the compact request; `BadRequest` names the first bad field."""
+    tx, inputs = decode_tx_inputs(payload)
     change = tuple(
         (vout, index)
         for vout, index in (
