@@ -259,7 +259,7 @@ def confirmed_at(tip: int, min_conf: int) -> ColumnElement[bool]:
     return and_(Utxo.block_height.is_not(None), Utxo.block_height <= tip - max(min_conf, 1) + 1)
 
 
-def free_hot_coins(account_id: int, usable: ColumnElement[bool]) -> Select[tuple[Utxo, Address]]:
+def free_hot_coins(account_id: int, usable: ColumnElement[bool]) -> Select[Utxo, Address]:
     """The account's hot coins matching `usable` that nothing holds: unspent, unreserved, and
     never dust."""
     return (
@@ -276,7 +276,7 @@ def free_hot_coins(account_id: int, usable: ColumnElement[bool]) -> Select[tuple
     )
 
 
-def locked_coins(s: Session, q: Select[tuple[Utxo, Address]]) -> Select[tuple[Utxo, Address]]:
+def locked_coins(s: Session, q: Select[Utxo, Address]) -> Select[Utxo, Address]:
     """`q` locking its coins on PostgreSQL, passing over those another builder holds."""
     return q.with_for_update(skip_locked=True, of=Utxo) if is_postgres(s) else q
 
