@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hsm_hot.compact import compact_request, inline_prev_txs, plan_cosign
-from hsm_hot.errors import BadRequest, ColdSignatureInvalid
+from hsm_hot.errors import BadRequest
 from hsm_hot.policy import SendCost
 from wallet_core.chaincloud import parse_outs
 from wallet_core.errors import PsbtError, WalletError
@@ -90,30 +90,14 @@ def sign(service: HotService, params: Mapping[str, Any]) -> dict[str, Any]:
                 for req, vc, c_id in members
             ]
             answer = service.relay.call("cosign_batch", payload)
-            cold_sigs = service._check_cold_signatures(plan, answer)
-            hot_sigs = [service.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+            sigs = service._both_signatures(plan, acct, answer)
         except BaseException:
             service.ledger.cancel_send(reservation)
             raise
-        try:
-            for i, (cold, hot) in enumerate(zip(cold_sigs, hot_sigs, strict=True)):
-                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
-                psbt.add_signature(i, acct.hot_pubkey, hot)
-        except PsbtError as exc:
-            raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
-        signed = psbt.to_base64()
+        signed = service._signed_psbt(psbt, plan, acct, sigs)
         for n in numbers:
             service.state.add_cosigned(account, n, plan.txid, signed)
-        service.audit.record(
-            "sign_batch",
-            account=account,
-            user_tx_nos=numbers,
-            txid=plan.txid,
-            inputs=[a for a, _, _ in plan.inputs],
-            outputs=[o.value for o in plan.tx.vout],
-            amount=plan.payments,
-            fee=plan.fee,
-        )
+        service._audit_plan("sign_batch", account, plan, user_tx_nos=numbers)
         return {"psbt": signed}
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hsm_hot.compact import plan_cosign
-from hsm_hot.errors import BadRequest, ColdSignatureInvalid
+from hsm_hot.errors import BadRequest
 from wallet_core.errors import PsbtError
 from wallet_core.psbt import Psbt
 
@@ -40,15 +40,8 @@ def sign(service: HotService, params: Mapping[str, Any]) -> dict[str, Any]:
         **({"prev_txs": plan.prev_txs} if plan.prev_txs else {}),
     }
     answer = service.relay.call("consolidate", payload)
-    cold_sigs = service._check_cold_signatures(plan, answer)
-    hot_sigs = [service.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
-    try:
-        for i, (cold, hot) in enumerate(zip(cold_sigs, hot_sigs, strict=True)):
-            psbt.add_signature(i, plan.cold_pubkeys[i], cold)
-            psbt.add_signature(i, acct.hot_pubkey, hot)
-    except PsbtError as exc:
-        raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
+    signed = service._signed_psbt(psbt, plan, acct, service._both_signatures(plan, acct, answer))
     service.audit.record(
         "consolidate", account=account, txid=plan.txid, inputs=len(plan.inputs), fee=plan.fee
     )
-    return {"psbt": psbt.to_base64()}
+    return {"psbt": signed}

@@ -448,19 +448,11 @@ class HotService:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
             answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
-            cold_sigs = self._check_cold_signatures(plan, answer)
-            hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+            sigs = self._both_signatures(plan, acct, answer)
         except BaseException:
             self.ledger.cancel_send(reservation)
             raise
-        try:
-            for i, (cold, hot) in enumerate(zip(cold_sigs, hot_sigs, strict=True)):
-                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
-                psbt.add_signature(i, acct.hot_pubkey, hot)
-        except PsbtError as exc:  # cannot happen after the checks above; never half-answer
-            log.error("account %d: signatures rejected by the PSBT: %s", account, exc.message)
-            raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
-        signed = psbt.to_base64()
+        signed = self._signed_psbt(psbt, plan, acct, sigs)
         self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
         self._audit_send(account, req["user_tx_no"], plan)
         return {"psbt": signed}
@@ -470,6 +462,28 @@ class HotService:
         for raw in prev_txs:
             for part in prev_tx_parts(raw):
                 self.relay.call("learn_prev_tx", part)
+
+    def _both_signatures(
+        self, plan: CosignPlan, acct: HotAccount, answer: Mapping[str, Any]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """The cold HSM's signatures, checked, and the hot key's, one each per input."""
+        cold_sigs = self._check_cold_signatures(plan, answer)
+        hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+        return cold_sigs, hot_sigs
+
+    @staticmethod
+    def _signed_psbt(
+        psbt: Psbt, plan: CosignPlan, acct: HotAccount, sigs: tuple[list[bytes], list[bytes]]
+    ) -> str:
+        """Both signatures on every input, as base64; all inputs or none (never half-answer)."""
+        try:
+            for i, (cold, hot) in enumerate(zip(*sigs, strict=True)):
+                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
+                psbt.add_signature(i, acct.hot_pubkey, hot)
+        except PsbtError as exc:  # cannot happen after the checks above
+            log.error("account %d: signatures rejected by the PSBT: %s", acct.account, exc.message)
+            raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
+        return psbt.to_base64()
 
     def _check_cold_signatures(self, plan: CosignPlan, answer: Mapping[str, Any]) -> list[bytes]:
         """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest."""
@@ -497,16 +511,7 @@ class HotService:
         return out
 
     def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> None:
-        self.audit.record(
-            "sign_send",
-            account=account,
-            user_tx_no=user_tx_no,
-            txid=plan.txid,
-            inputs=[a for a, _, _ in plan.inputs],
-            outputs=[o.value for o in plan.tx.vout],
-            amount=plan.payments,
-            fee=plan.fee,
-        )
+        self._audit_plan("sign_send", account, plan, user_tx_no=user_tx_no)
         log.info(
             "account %d: signed %s (%s): %d sat out, fee %d",
             account,
@@ -514,6 +519,19 @@ class HotService:
             user_tx_no,
             plan.payments,
             plan.fee,
+        )
+
+    def _audit_plan(self, event: str, account: int, plan: CosignPlan, **which: Any) -> None:
+        """One audit record per signed transaction: which requests, its amounts and fee."""
+        self.audit.record(
+            event,
+            account=account,
+            **which,
+            txid=plan.txid,
+            inputs=[a for a, _, _ in plan.inputs],
+            outputs=[o.value for o in plan.tx.vout],
+            amount=plan.payments,
+            fee=plan.fee,
         )
 
     def freeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
