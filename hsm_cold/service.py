@@ -165,6 +165,21 @@ def _outputs(vout: Sequence[TxOut]) -> tuple[tuple[int, bytes], ...]:
     return tuple((o.value, o.script_pubkey) for o in vout)
 
 
+def _signing(req: CosignRequest, digest: bytes, sigs: Sequence[bytes], fee: int) -> Signing:
+    """What the store keeps of one co-signed request (a batch keeps one per member)."""
+    return Signing(
+        account=req.account,
+        user_tx_no=req.user_tx_no,
+        txid=req.txid,
+        digest=digest,
+        signatures=tuple(sigs),
+        fee=fee,
+        outputs=_outputs(req.tx.vout),
+        change_index=max((index for _, index in req.change), default=None),
+        spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
+    )
+
+
 AlertHook = Callable[[int | None, str, str, str], None]  # account, kind, message, source
 SOURCE_COLD = "cold"  # the cold HSM's own checks
 SOURCE_HOT = "hot"  # a `freeze` command over the link
@@ -636,17 +651,7 @@ class ColdService:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
-        signing = Signing(
-            account=req.account,
-            user_tx_no=req.user_tx_no,
-            txid=req.txid,
-            digest=digest,
-            signatures=tuple(sigs),
-            fee=fee,
-            outputs=_outputs(req.tx.vout),
-            change_index=max((index for _, index in req.change), default=None),
-            spent=tuple((vin.txid.hex(), vin.vout) for vin in req.tx.vin),
-        )
+        signing = _signing(req, digest, sigs, fee)
         if bump and prior is not None:
             recorded = replacement.adopt(self.store, signing, prior.txid)
         else:
@@ -747,20 +752,7 @@ class ColdService:
             node = accounts.cosigner_node(root, self.network)
         sigs = cosign.sign_inputs(first, scripts, node, wallet)
         del node
-        signings = [
-            Signing(
-                account=m.account,
-                user_tx_no=m.user_tx_no,
-                txid=m.txid,
-                digest=digest,
-                signatures=tuple(sigs),
-                fee=fee,
-                outputs=_outputs(m.tx.vout),
-                change_index=max((index for _, index in m.change), default=None),
-                spent=tuple((vin.txid.hex(), vin.vout) for vin in m.tx.vin),
-            )
-            for m in members
-        ]
+        signings = [_signing(m, digest, sigs, fee) for m in members]
         if replaced is not None:
             recorded = replacement.adopt_all(self.store, signings, replaced)
         else:
