@@ -706,16 +706,7 @@ class SendWorker:
             s, send, psbt, sel.fee, change_index, [f"{u.txid}:{u.vout}" for u, _ in chosen]
         )
         for member in members:
-            member.psbt = send.psbt
-            member.status = SendStatus.BUILT
-            member.state_reason = ""
-            member.attempts = 0
-            journal.append(
-                s,
-                JournalKind.SEND_BUILT,
-                member.account_id,
-                {"user_tx_no": member.user_tx_no, "txid": psbt.txid, "batch": send.user_tx_no},
-            )
+            _set_built(s, member, psbt.to_base64(), {"txid": psbt.txid, "batch": send.user_tx_no})
         if members:
             log.info("send %d leads a batch of %d sends", send.id, len(group))
 
@@ -753,24 +744,10 @@ class SendWorker:
         change_index: int | None,
         outpoints: list[str],
     ) -> None:
-        send.psbt = psbt.to_base64()
         send.fee = fee
         send.change_index = change_index
-        send.status = SendStatus.BUILT
-        send.state_reason = ""
-        send.attempts = 0
-        journal.append(
-            s,
-            JournalKind.SEND_BUILT,
-            send.account_id,
-            {
-                "user_tx_no": send.user_tx_no,
-                "txid": psbt.txid,
-                "inputs": outpoints,
-                "fee": fee,
-                "change_index": change_index,
-            },
-        )
+        facts = {"txid": psbt.txid, "inputs": outpoints, "fee": fee, "change_index": change_index}
+        _set_built(s, send, psbt.to_base64(), facts)
         log.info("send %d built (%d inputs)", send.id, len(outpoints))
 
     def _select(
@@ -1170,6 +1147,17 @@ class SendWorker:
                 )
         except _LostLease:
             pass
+
+
+def _set_built(s: Session, send: Send, psbt: str, facts: dict[str, Any]) -> None:
+    """`send` now waits for signatures on `psbt`: its journal entry names the transaction."""
+    send.psbt = psbt
+    send.status = SendStatus.BUILT
+    send.state_reason = ""
+    send.attempts = 0
+    journal.append(
+        s, JournalKind.SEND_BUILT, send.account_id, {"user_tx_no": send.user_tx_no, **facts}
+    )
 
 
 def request_of(send: Send) -> dict[str, Any]:
