@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody.api import tx_json
 from custody.models import BlockSeen, ChainTx, ChainTxInput, ChainTxOutput, TxStatus, Wallet
+from custody.openapi_spec import SCHEMAS
 from tests.api_fixtures import new_account
 
 ODD_ADDRESS = 'bcrt1q"quote\\backslash\u00e9'
@@ -105,18 +106,7 @@ def document(want: dict[str, Any], tip: int | None) -> dict[str, Any]:
     return {**doc, "confirmation": confirmations}
 
 
-KEYS = [
-    "tx_hash",
-    "confirmation",
-    "confirm_at",
-    "tx_at",
-    "value",
-    "inputs",
-    "outputs",
-    "cc_state",
-    "cc_state_at",
-    "cc_dust",
-]
+KEYS = list(SCHEMAS["Tx"]["properties"])  # the documented field order
 
 
 def check_pages(engine: Any, account_id: int, txs: list[dict[str, Any]], tip: int | None) -> None:
@@ -125,7 +115,7 @@ def check_pages(engine: Any, account_id: int, txs: list[dict[str, Any]], tip: in
         first = tx_json.tx_page(conn, account_id, Wallet.COLD, None)
         assert first is not None
         assert json.loads(first) == visible[: tx_json.PAGE_SIZE]
-        assert list(json.loads(first)[0]) == KEYS  # the documented field order
+        assert list(json.loads(first)[0]) == KEYS
         for n, t in enumerate(txs):
             # after any transaction (a removed one too): the next visible ones
             after = [document(x, tip) for x in txs[n + 1 :] if not x["removed"]]

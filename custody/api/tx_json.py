@@ -77,6 +77,17 @@ def _pairs(*items: tuple[str, str]) -> str:
     return ", ".join(f"'{k}', {v}" for k, v in items)
 
 
+def _children(sp: _Spelling, table: str, *items: tuple[str, str]) -> str:
+    """A JSON array of the rows of `table` (with its alias) that belong to transaction `p`,
+    in `sn` order, each an object of `items`."""
+    alias = table.split()[1]
+    return sp.array.format(
+        obj=sp.obj.format(_pairs(*items)),
+        source=f"{table} WHERE {alias}.chain_tx_id = p.id",
+        order=f"{alias}.sn",
+    )
+
+
 @functools.cache
 def _statement(dialect: str, query: Query) -> str:
     """The statement for `query` in `dialect`: one row per transaction, its JSON text."""
@@ -89,32 +100,24 @@ def _statement(dialect: str, query: Query) -> str:
         Query.AFTER: f"AND id > (SELECT id FROM chain_txs WHERE {side} AND txid = {t})",
         Query.DETAIL: f"AND txid = {t}",
     }[query]
-    inputs = sp.array.format(
-        obj=sp.obj.format(
-            _pairs(
-                ("sn", "i.sn"),
-                ("prev_tx_hash", "i.prev_tx_hash"),
-                ("prev_out_sn", "i.prev_out_sn"),
-                ("address", "i.address"),
-                ("value", "i.value"),
-                ("is_mine", boolean("i.is_mine")),
-            )
-        ),
-        source="chain_tx_inputs i WHERE i.chain_tx_id = p.id",
-        order="i.sn",
+    inputs = _children(
+        sp,
+        "chain_tx_inputs i",
+        ("sn", "i.sn"),
+        ("prev_tx_hash", "i.prev_tx_hash"),
+        ("prev_out_sn", "i.prev_out_sn"),
+        ("address", "i.address"),
+        ("value", "i.value"),
+        ("is_mine", boolean("i.is_mine")),
     )
-    outputs = sp.array.format(
-        obj=sp.obj.format(
-            _pairs(
-                ("sn", "o.sn"),
-                ("address", "o.address"),
-                ("value", "o.value"),
-                ("is_mine", boolean("o.is_mine")),
-                ("status", "CASE WHEN o.spent THEN 0 ELSE 1 END"),
-            )
-        ),
-        source="chain_tx_outputs o WHERE o.chain_tx_id = p.id",
-        order="o.sn",
+    outputs = _children(
+        sp,
+        "chain_tx_outputs o",
+        ("sn", "o.sn"),
+        ("address", "o.address"),
+        ("value", "o.value"),
+        ("is_mine", boolean("o.is_mine")),
+        ("status", "CASE WHEN o.spent THEN 0 ELSE 1 END"),
     )
     confirmed = f"p.status = '{TxStatus.CONFIRMED.name}'"
     document = sp.obj_text.format(
