@@ -15,6 +15,7 @@ import shutil
 import stat
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,19 +156,24 @@ def test_each_role_file_holds_what_its_process_reads_and_nothing_else(
                 assert set(held[table]) == keys, (role, table)
 
 
-def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
-    """A table read by a package but missing from its role's file would reach no process:
-    `config.section("...")` in the code against `cc_common.roles.ROLE_TABLES`."""
+def _role_sources() -> Iterator[tuple[str, str, str]]:
+    """(role, path, source) of each module a role's process runs, but the map's readers."""
     root = Path(__file__).resolve().parent.parent
-    missing = []
     for package, role in PACKAGE_ROLES.items():
         for path in sorted((root / package).rglob("*.py")):
             rel = path.relative_to(root).as_posix()
-            if rel.startswith(READS_THE_MAP):
-                continue
-            for table in SECTION_CALL.findall(path.read_text()):
-                if table not in ROLE_TABLES[role]:
-                    missing.append(f"{rel} reads [{table}], not in {role}'s file")
+            if not rel.startswith(READS_THE_MAP):
+                yield role, rel, path.read_text()
+
+
+def test_every_table_a_process_reads_is_in_its_roles_file() -> None:
+    """A table read by a package but missing from its role's file would reach no process:
+    `config.section("...")` in the code against `cc_common.roles.ROLE_TABLES`."""
+    missing = []
+    for role, rel, source in _role_sources():
+        for table in SECTION_CALL.findall(source):
+            if table not in ROLE_TABLES[role]:
+                missing.append(f"{rel} reads [{table}], not in {role}'s file")
     assert not missing, "\n".join(missing)
 
 
@@ -277,25 +283,20 @@ def test_key_reads_finds_chained_and_named_sections() -> None:
 def test_every_peer_key_a_process_reads_is_in_its_roles_file() -> None:
     """Of a peer's table a role's file holds a few keys only (`ROLE_TABLES`): a key read from
     it that is not listed there reaches no process started as that role."""
-    root = Path(__file__).resolve().parent.parent
     missing = []
-    for package, role in PACKAGE_ROLES.items():
-        for path in sorted((root / package).rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            if rel.startswith(READS_THE_MAP):
+    for role, rel, source in _role_sources():
+        for table, key, line in sorted(key_reads(source)):
+            keys = ROLE_TABLES[role].get(table)
+            if keys is None or (role, table, key) in FALLBACKS:
+                continue  # a whole table (or none: the table test says so)
+            if set(COMPUTED.get((rel, table, key), {key})) <= set(keys):
                 continue
-            for table, key, line in sorted(key_reads(path.read_text())):
-                keys = ROLE_TABLES[role].get(table)
-                if keys is None or (role, table, key) in FALLBACKS:
-                    continue  # a whole table (or none: the table test says so)
-                if set(COMPUTED.get((rel, table, key), {key})) <= set(keys):
-                    continue
-                where = f"ROLE_TABLES[{role!r}][{table!r}] in cc_common/roles.py"
-                if key.startswith("<"):  # computed: which keys can it be?
-                    where = f"COMPUTED here (the keys it can be), and each of them to {where}"
-                missing.append(
-                    f"{rel}:{line} reads [{table}] {key}, not in {role}'s file: add it to {where}"
-                )
+            where = f"ROLE_TABLES[{role!r}][{table!r}] in cc_common/roles.py"
+            if key.startswith("<"):  # computed: which keys can it be?
+                where = f"COMPUTED here (the keys it can be), and each of them to {where}"
+            missing.append(
+                f"{rel}:{line} reads [{table}] {key}, not in {role}'s file: add it to {where}"
+            )
     assert not missing, "\n".join(missing)
 
 
