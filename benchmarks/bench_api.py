@@ -37,7 +37,6 @@ import multiprocessing as mp
 import os
 import random
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -48,20 +47,16 @@ from pathlib import Path
 
 import psycopg
 from _common import run_threads
+from _custody_db import copy_history, create_database, drop_database, verified_account
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve import custody_server  # noqa: E402
-from custody.admin_cli import upgrade_database  # noqa: E402
 from custody.app import create_app  # noqa: E402
-from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
-from custody.db import make_engine, make_session_factory  # noqa: E402
-from custody.models import BatchStatus, Wallet  # noqa: E402
-from tests.api_fixtures import SoftwareHsmStandIn, make_config, new_account  # noqa: E402
+from custody.models import Wallet  # noqa: E402
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 LOAD_PROCS = 2
 LOAD_THREADS = 8
 WARMUP = 1.5
@@ -100,28 +95,15 @@ def load_txs(dsn: str, account_id: int, start: int, count: int) -> None:
                 f"{tid}\t{account_id}\tCOLD\t{txid}\t0\t{10_000 + i}\t{address_id}\t{hgt}"
                 "\t\\N\t\\N\n"
             )
-        for table, cols, buf in (
-            (
-                "chain_txs",
-                "id, account_id, wallet, txid, status, block_hash, block_height, "
-                "value, tx_at, confirm_at",
-                txs,
-            ),
-            (
-                "chain_tx_inputs",
-                "id, chain_tx_id, sn, prev_tx_hash, prev_out_sn, address, value, is_mine",
-                ins,
-            ),
-            ("chain_tx_outputs", "id, chain_tx_id, sn, address, value, is_mine, spent", outs),
-            (
-                "utxos",
-                "id, account_id, wallet, txid, vout, value, address_id, block_height, "
-                "spent_by, reserved_by_send",
-                utxos,
-            ),
-        ):
-            with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                copy.write(buf.getvalue())
+        copy_history(
+            cur,
+            "id, account_id, wallet, txid, status, block_hash, block_height, value, tx_at,"
+            " confirm_at",
+            txs,
+            ins,
+            outs,
+            utxos,
+        )
         top = 100 + (start + count) // 10 + 1
         cur.execute("DELETE FROM blocks_seen")
         cur.execute(
@@ -334,26 +316,16 @@ def main() -> int:
             raise SystemExit("wrk is not installed (apt-get install wrk)")
         generators = [args.load]
 
-    name = f"cc_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    name, dsn = create_database()
     data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
     stack = contextlib.ExitStack()
     try:
-        upgrade_database(dsn)
-        engine = make_engine(dsn)
-        factory = make_session_factory(engine)
-        hsm = SoftwareHsmStandIn()
-        account = new_account(factory, hsm, "bench")
-        config = make_config(data_dir, dsn, "http://127.0.0.1:9")
-        get_or_create_batch(factory, hsm, config, account.id, Wallet.COLD, 0)
-        with factory() as s, s.begin():
-            set_batch_status(s, config, account.id, Wallet.COLD, 0, BatchStatus.VERIFIED)
-
+        db = verified_account(dsn, data_dir, Wallet.COLD)
+        account, config = db.account, db.config
+        with db.factory() as s, s.begin():
             s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
-        create_app(config, hsm=hsm, session_factory=factory)  # import check only
-        engine.dispose()
+        create_app(config, hsm=db.hsm, session_factory=db.factory)  # import check only
+        db.engine.dispose()
 
         overrides = {k: getattr(args, k) for k in ("workers", "threads") if getattr(args, k)}
         port = stack.enter_context(custody_server(config, data_dir, **overrides))
@@ -420,11 +392,7 @@ def main() -> int:
         print("\n" + json.dumps(rows))
     finally:
         stack.close()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-            c.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        drop_database(name)
     return 0
 
 

@@ -44,23 +44,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from _custody_db import create_database, drop_database, verified_account
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_api import PG_ADMIN, WRK_SCRIPT, load_txs, write_hashes  # noqa: E402
+from benchmarks.bench_api import WRK_SCRIPT, load_txs, write_hashes  # noqa: E402
 from benchmarks.serve import custody_server  # noqa: E402
 from cc_common.deployment import free_port  # noqa: E402
-from custody.admin_cli import upgrade_database  # noqa: E402
-from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
-from custody.db import make_engine, make_session_factory  # noqa: E402
-from custody.models import BatchStatus, Send, Wallet  # noqa: E402
+from custody.models import Send, Wallet  # noqa: E402
 from tests.api_fixtures import (  # noqa: E402
     SoftwareHsmStandIn,
-    make_config,
-    new_account,
     sign_vc_code,
 )
 
@@ -175,22 +170,13 @@ def main() -> int:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    name = f"cc_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    name, dsn = create_database()
     data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
     stack = contextlib.ExitStack()
     try:
-        upgrade_database(dsn)
-        engine = make_engine(dsn)
-        factory = make_session_factory(engine)
-        hsm = SoftwareHsmStandIn()
-        account = new_account(factory, hsm, "bench")
-        config = make_config(data_dir, dsn, "http://127.0.0.1:9")
-        get_or_create_batch(factory, hsm, config, account.id, Wallet.COLD, 0)
+        db = verified_account(dsn, data_dir, Wallet.COLD)
+        engine, factory, hsm, account, config = db.engine, db.factory, db.hsm, db.account, db.config
         with factory() as s, s.begin():
-            set_batch_status(s, config, account.id, Wallet.COLD, 0, BatchStatus.VERIFIED)
             s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
         load_txs(dsn, account.id, 0, args.txs)
 
@@ -273,8 +259,7 @@ def main() -> int:
         engine.dispose()
     finally:
         stack.close()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
     return 0
 
 

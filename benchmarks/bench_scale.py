@@ -40,7 +40,6 @@ import io
 import json
 import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from typing import Any
 
 import psycopg
 from _common import samples_ms
+from _custody_db import copy_history, create_database, drop_database, verified_account
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +59,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve import custody_server  # noqa: E402
 from custody import consolidation  # noqa: E402
-from custody.admin_cli import upgrade_database  # noqa: E402
 from custody.balance_journal import journal_balances  # noqa: E402
 from custody.balances import confirmed_balance_at, verify_balances  # noqa: E402
-from custody.batches import get_or_create_batch, set_batch_status  # noqa: E402
-from custody.db import make_engine, make_session_factory  # noqa: E402
-from custody.models import Account, BatchStatus, Chain, Send, SendStatus, Utxo, Wallet  # noqa: E402
+from custody.models import Account, Chain, Send, SendStatus, Utxo, Wallet  # noqa: E402
 from custody.sends import SendWorker, ensure_address  # noqa: E402
-from tests.api_fixtures import SoftwareHsmStandIn, make_config, new_account  # noqa: E402
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 TXS_PER_UTXO = 5
 TXS_PER_BLOCK = 10
 ADDRESSES = 100
@@ -107,28 +102,15 @@ def load(dsn: str, account_id: int, address_ids: list[int], start: int, count: i
             utxos.write(f"{tid}\t{account_id}\tHOT\t{txid}\t0\t{value}\t{addr}\t{hgt}\t\\N\t\\N\n")
     tip = 100 + (start + count - 1) // TXS_PER_BLOCK
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        for table, cols, buf in (
-            (
-                "chain_txs",
-                "id, account_id, wallet, txid, status, block_hash, block_height, value, tx_at,"
-                " confirm_at, state, state_at, has_dust",
-                txs,
-            ),
-            (
-                "chain_tx_inputs",
-                "id, chain_tx_id, sn, prev_tx_hash, prev_out_sn, address, value, is_mine",
-                ins,
-            ),
-            ("chain_tx_outputs", "id, chain_tx_id, sn, address, value, is_mine, spent", outs),
-            (
-                "utxos",
-                "id, account_id, wallet, txid, vout, value, address_id, block_height, spent_by,"
-                " reserved_by_send",
-                utxos,
-            ),
-        ):
-            with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                copy.write(buf.getvalue())
+        copy_history(
+            cur,
+            "id, account_id, wallet, txid, status, block_hash, block_height, value, tx_at,"
+            " confirm_at, state, state_at, has_dust",
+            txs,
+            ins,
+            outs,
+            utxos,
+        )
         cur.execute("DELETE FROM blocks_seen")
         cur.execute(
             "INSERT INTO blocks_seen (height, block_hash, prev_hash, time) "
@@ -175,25 +157,16 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=300, help="HTTP requests per figure")
     ap.add_argument("--builds", type=int, default=20, help="send / consolidation builds")
     args = ap.parse_args()
-    name = f"cc_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    name, dsn = create_database()
     data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
     print(__doc__.split("Targets")[0].strip(), "\n")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start\n")
     stack = contextlib.ExitStack()
     rows: list[dict[str, Any]] = []
     try:
-        upgrade_database(dsn)
-        engine = make_engine(dsn)
-        factory = make_session_factory(engine)
-        hsm = SoftwareHsmStandIn()
-        account = new_account(factory, hsm, "bench")
-        config = make_config(data_dir, dsn, "http://127.0.0.1:9")
-        get_or_create_batch(factory, hsm, config, account.id, Wallet.HOT, 0)
+        db = verified_account(dsn, data_dir, Wallet.HOT)
+        engine, factory, account, config = db.engine, db.factory, db.account, db.config
         with factory() as s, s.begin():
-            set_batch_status(s, config, account.id, Wallet.HOT, 0, BatchStatus.VERIFIED)
             acct = s.get(Account, account.id)
             assert acct is not None
             addrs = [ensure_address(s, acct, Chain.CHANGE, i) for i in range(ADDRESSES)]
@@ -324,8 +297,7 @@ def main() -> int:
         print(json.dumps(rows))
     finally:
         stack.close()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
     return 0
 
 
