@@ -28,7 +28,7 @@ MAX_MEMBERS = 100
 
 def _members(params: Mapping[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
     """(request, vc_code, c_id) per member, type-checked, numbers distinct."""
-    from hsm_hot.service import _param, _text, _user_tx_no  # noqa: PLC0415 (cycle)
+    from hsm_hot.service import _param, _text, signed_request  # noqa: PLC0415 (cycle)
 
     raw = _param(params, "members", list)
     if not 2 <= len(raw) <= MAX_MEMBERS:
@@ -38,13 +38,7 @@ def _members(params: Mapping[str, Any]) -> list[tuple[dict[str, Any], str, str]]
         if not isinstance(member, dict):
             raise BadRequest(f"members[{n}] must be an object")
         try:
-            request = _param(member, "request", dict)
-            req = {
-                "coin_code": _text(request, "coin_code", 10),
-                "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
-                "outs": _text(request, "outs", 100_000),
-                "user_tx_no": _user_tx_no(request),
-            }
+            req = signed_request(_param(member, "request", dict))
             out.append((req, _text(member, "vc_code", 256), _text(member, "c_id", 128)))
         except BadRequest as exc:
             raise BadRequest(f"members[{n}]: {exc.message}") from None

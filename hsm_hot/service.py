@@ -94,6 +94,16 @@ def _user_tx_no(request: Mapping[str, Any]) -> str:
         raise BadRequest(exc.message) from None
 
 
+def signed_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of the request a V-device signed, each checked (its vc_code covers them)."""
+    return {
+        "coin_code": _text(request, "coin_code", 10),
+        "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
+        "outs": _text(request, "outs", 100_000),
+        "user_tx_no": _user_tx_no(request),
+    }
+
+
 def _hex_text(value: Any, what: str) -> str:
     """A cold answer's key or fingerprint as lower-case hex (bytes or hex text accepted)."""
     if isinstance(value, bytes):
@@ -408,13 +418,7 @@ class HotService:
     def sign_send(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)
         psbt_text = _text(params, "psbt", 1_000_000)
-        request = _param(params, "request", dict)
-        req = {
-            "coin_code": _text(request, "coin_code", 10),
-            "is_dynamic_fee": _param(request, "is_dynamic_fee", int),
-            "outs": _text(request, "outs", 100_000),
-            "user_tx_no": _user_tx_no(request),
-        }
+        req = signed_request(_param(params, "request", dict))
         vc_code = _text(params, "vc_code", 256)
         c_id = _text(params, "c_id", 128)
         acct = self._account_record(account)
