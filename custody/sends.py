@@ -45,7 +45,7 @@ unreachable are temporary: the send stays where it is and is retried with backof
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -910,34 +910,33 @@ class SendWorker:
         self, account_id: int, psbt_b64: str, members: list[dict[str, Any]]
     ) -> str:
         """`_sign_with_prev_txs` for a batch: every member's signed request with the PSBT."""
-        try:
-            first = with_prev_txs(self.factory, self.rpc, psbt_b64, all_inputs=False)
-            try:
-                return str(self.hsm.sign_batch(account_id, first, members))
-            except HsmRefused as exc:
-                if exc.code != PREV_TX_REQUIRED:
-                    raise
-            full = with_prev_txs(self.factory, self.rpc, psbt_b64)
-        except PrevTxUnavailable as exc:
-            raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
-        return str(self.hsm.sign_batch(account_id, full, members))
+        return self._with_prev_txs(
+            psbt_b64, lambda psbt: self.hsm.sign_batch(account_id, psbt, members)
+        )
 
     def _sign_with_prev_txs(
         self, account_id: int, psbt_b64: str, request: dict[str, Any], vc_code: str, c_id: str
     ) -> str:
         """Sign with the funding transactions of inputs the cold HSM cannot know; if it asks
         for more (a send it did not sign), attach every input's and ask again."""
+        return self._with_prev_txs(
+            psbt_b64, lambda psbt: self.hsm.sign_send(account_id, psbt, request, vc_code, c_id)
+        )
+
+    def _with_prev_txs(self, psbt_b64: str, sign: Callable[[str], object]) -> str:
+        """`sign` the PSBT with the funding transactions the cold HSM cannot know, and with
+        every input's if it asks for them."""
         try:
             first = with_prev_txs(self.factory, self.rpc, psbt_b64, all_inputs=False)
             try:
-                return str(self.hsm.sign_send(account_id, first, request, vc_code, c_id))
+                return str(sign(first))
             except HsmRefused as exc:
                 if exc.code != PREV_TX_REQUIRED:
                     raise
             full = with_prev_txs(self.factory, self.rpc, psbt_b64)
         except PrevTxUnavailable as exc:
             raise ChainUnavailable(f"funding transaction for the cold HSM: {exc}") from None
-        return str(self.hsm.sign_send(account_id, full, request, vc_code, c_id))
+        return str(sign(full))
 
     @staticmethod
     def _finalize(unsigned_b64: str, signed_b64: str) -> str:
