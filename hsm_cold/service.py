@@ -631,16 +631,7 @@ class ColdService:
             scripts = cosign.witness_scripts(req, wallet)  # 7
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
-        cosign.check_change_gap(req, self.store.change_high(req.account))
-        supplied = cosign.parse_prev_txs(req.prev_txs)  # 8
-        for txid, prev in supplied.items():  # hash-checked facts, whatever happens next
-            self.store.add_known_outputs(txid, _outputs(prev.vout))
-        try:
-            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
-        except FREEZING as exc:
-            self._refuse_and_freeze(req, exc)
-        fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
-        fee = cosign.check_fee(req, self.policy, fees_today)  # 9
+        fee = self._inputs_and_fee(req, scripts)  # 8, 9
         if bump and prior is not None:
             replacement.check(self.store, req, fee, prior.txid)  # 9b: its payments passed 10
         else:
@@ -733,16 +724,7 @@ class ColdService:
             scripts = cosign.witness_scripts(first, wallet)  # 7
         except FREEZING as exc:
             self._refuse_and_freeze(first, exc)
-        cosign.check_change_gap(first, self.store.change_high(first.account))
-        supplied = cosign.parse_prev_txs(first.prev_txs)  # 8
-        for txid, prev in supplied.items():
-            self.store.add_known_outputs(txid, _outputs(prev.vout))
-        try:
-            cosign.verified_inputs(first, scripts, self.store.known_output, supplied)
-        except FREEZING as exc:
-            self._refuse_and_freeze(first, exc)
-        fees_today = self.store.fees_since(first.account, self.clock() - cosign.DAY)
-        fee = cosign.check_fee(first, self.policy, fees_today)  # 9: the whole transaction's
+        fee = self._inputs_and_fee(first, scripts)  # 8, 9: the whole transaction's fee
         if replaced is not None:
             for m in members:
                 replacement.check(self.store, m, fee, replaced)  # 9b
@@ -838,6 +820,20 @@ class ColdService:
             fee,
         )
         return {"signatures": sigs}
+
+    def _inputs_and_fee(self, req: CosignRequest, scripts: list[bytes]) -> int:
+        """The change index gap, then checks 8 (every input's amount and script, from the
+        funding transactions known or supplied) and 9 (the fee, today's total included)."""
+        cosign.check_change_gap(req, self.store.change_high(req.account))
+        supplied = cosign.parse_prev_txs(req.prev_txs)
+        for txid, prev in supplied.items():  # hash-checked facts, whatever happens next
+            self.store.add_known_outputs(txid, _outputs(prev.vout))
+        try:
+            cosign.verified_inputs(req, scripts, self.store.known_output, supplied)
+        except FREEZING as exc:
+            self._refuse_and_freeze(req, exc)
+        fees_today = self.store.fees_since(req.account, self.clock() - cosign.DAY)
+        return cosign.check_fee(req, self.policy, fees_today)
 
     def _refuse_and_freeze(self, req: CosignRequest, exc: ColdHsmError) -> NoReturn:
         """Not what the V-device signed: freeze, alert, and refuse with the same code."""
