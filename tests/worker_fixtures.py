@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,27 @@ def new_send(
     session.add(send)
     session.flush()
     return send.id
+
+
+def race(workers: list[SendWorker], work: Callable[[SendWorker], object], timeout: float) -> None:
+    """Run `work` on every worker, each in its own thread, all starting at once; fail if
+    any of them raised."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def run(w: SendWorker) -> None:
+        try:
+            barrier.wait()
+            work(w)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors
 
 
 def expire_leases(session: Session) -> None:

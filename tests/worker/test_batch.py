@@ -9,7 +9,6 @@ racing never put one send in two transactions."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from custody.sends import SendWorker
 from tests.api_fixtures import SmsRecorder, make_config
 from tests.node_fixtures import Faucet
 from tests.worker.test_sends import DEST, Env, _outs
-from tests.worker_fixtures import MINER, expire_leases, make_sends, mine
+from tests.worker_fixtures import MINER, expire_leases, make_sends, mine, race
 
 ON = {"batching": True}  # no window: whatever is pending when a send is built goes with it
 
@@ -150,24 +149,13 @@ def test_two_workers_never_batch_the_same_send_twice(
     workers = [
         make_sends(factory, rpc, env.hsm, owner=f"racer-{k}", **ON, claim_batch=3) for k in range(2)
     ]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def run(w: SendWorker) -> None:
-        try:
-            barrier.wait()
-            for _ in range(50):
-                if not w.step():
-                    return
-        except BaseException as exc:
-            errors.append(exc)
+        for _ in range(50):
+            if not w.step():
+                return
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors
+    race(workers, run, 300)
     sends = [env.get(sid) for sid in ids]
     assert {s.status for s in sends} == {SendStatus.BROADCAST}, Counter(s.status for s in sends)
     by_tx: dict[str, list[int]] = {}

@@ -8,7 +8,6 @@ an unreachable HSM is retried with backoff and alerted.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -44,6 +43,7 @@ from tests.worker_fixtures import (
     make_watcher,
     mine,
     new_send,
+    race,
 )
 from wallet_core.hashes import hash160
 from wallet_core.prevtx import parse_prev_tx
@@ -266,27 +266,16 @@ def test_two_workers_racing_never_select_the_same_utxo(
     env = Env(factory, rpc, faucet, [100_000] * 8)
     ids = [env.send(f"race-{i}", _outs(40_000)) for i in range(6)]
     workers = [env.worker(f"racer-{n}") for n in range(2)]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def run(w: SendWorker) -> None:
-        try:
-            barrier.wait()
-            while True:
-                claimed = w.claim(limit=1, statuses=[SendStatus.PENDING])
-                if not claimed:
-                    return
-                for sid in claimed:
-                    w.advance(sid)  # build only
-        except BaseException as exc:
-            errors.append(exc)
+        while True:
+            claimed = w.claim(limit=1, statuses=[SendStatus.PENDING])
+            if not claimed:
+                return
+            for sid in claimed:
+                w.advance(sid)  # build only
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors
+    race(workers, run, 120)
     spent: list[tuple[str, int]] = []
     with factory() as s:
         sends = {x.id: x for x in s.execute(select(Send)).scalars()}
