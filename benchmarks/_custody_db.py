@@ -4,8 +4,10 @@ end (`bench_api`, `bench_api_write`, `bench_scale`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +38,19 @@ _CHILD_COLUMNS = (
 )
 
 
-def create_database() -> tuple[str, str]:
-    """A new empty database on the local server: its name and DSN."""
+def bench_run() -> tuple[contextlib.ExitStack, str, Path]:
+    """A new empty database on the local server (its DSN) and a data folder, with the exit
+    stack of the run: closing it drops the database last, after what the run entered."""
     name = f"cc_bench_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
-    return name, PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    stack = contextlib.ExitStack()
+    stack.callback(_drop_database, name)
+    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
+    return stack, PG_ADMIN.rsplit("/", 1)[0] + "/" + name, data_dir
 
 
-def drop_database(name: str) -> None:
+def _drop_database(name: str) -> None:
     """Drop a benchmark's database, ending the sessions still open on it."""
     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

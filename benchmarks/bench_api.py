@@ -29,7 +29,6 @@ Run: `.venv/bin/python benchmarks/bench_api.py [--sizes 1000 100000] [--duration
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import io
 import json
@@ -40,14 +39,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 from _common import run_threads
-from _custody_db import copy_history, create_database, drop_database, verified_account
+from _custody_db import bench_run, copy_history, verified_account
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,9 +314,7 @@ def main() -> int:
             raise SystemExit("wrk is not installed (apt-get install wrk)")
         generators = [args.load]
 
-    name, dsn = create_database()
-    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
-    stack = contextlib.ExitStack()
+    stack, dsn, data_dir = bench_run()
     try:
         db = verified_account(dsn, data_dir, Wallet.COLD)
         account, config = db.account, db.config
@@ -392,7 +388,6 @@ def main() -> int:
         print("\n" + json.dumps(rows))
     finally:
         stack.close()
-        drop_database(name)
     return 0
 
 

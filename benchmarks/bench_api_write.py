@@ -28,7 +28,6 @@ Run: `.venv/bin/python benchmarks/bench_api_write.py [--duration 10] [--txs 1000
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -36,7 +35,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -44,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _custody_db import create_database, drop_database, verified_account
+from _custody_db import bench_run, verified_account
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,9 +168,7 @@ def main() -> int:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    name, dsn = create_database()
-    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
-    stack = contextlib.ExitStack()
+    stack, dsn, data_dir = bench_run()
     try:
         db = verified_account(dsn, data_dir, Wallet.COLD)
         engine, factory, hsm, account, config = db.engine, db.factory, db.hsm, db.account, db.config
@@ -259,7 +255,6 @@ def main() -> int:
         engine.dispose()
     finally:
         stack.close()
-        drop_database(name)
     return 0
 
 

@@ -34,7 +34,6 @@ Run: `.venv/bin/python benchmarks/bench_scale.py [--sizes 10000 200000] [--reads
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import io
 import json
@@ -42,7 +41,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -51,7 +49,7 @@ from typing import Any
 
 import psycopg
 from _common import samples_ms
-from _custody_db import copy_history, create_database, drop_database, verified_account
+from _custody_db import bench_run, copy_history, verified_account
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,11 +155,9 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=300, help="HTTP requests per figure")
     ap.add_argument("--builds", type=int, default=20, help="send / consolidation builds")
     args = ap.parse_args()
-    name, dsn = create_database()
-    data_dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
+    stack, dsn, data_dir = bench_run()
     print(__doc__.split("Targets")[0].strip(), "\n")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start\n")
-    stack = contextlib.ExitStack()
     rows: list[dict[str, Any]] = []
     try:
         db = verified_account(dsn, data_dir, Wallet.HOT)
@@ -297,7 +293,6 @@ def main() -> int:
         print(json.dumps(rows))
     finally:
         stack.close()
-        drop_database(name)
     return 0
 
 
