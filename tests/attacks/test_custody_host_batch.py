@@ -42,14 +42,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostAttack]:
         config={"hsm_hot": {"max_requests_per_minute": 10_000}},
     )
     h = HostAttack(d)
-    try:
+    with d.serving():
         yield h.start()
-    except BaseException:
-        print(d.log_tails())
-        raise
-    finally:
-        problems = d.stop()
-        assert not problems, problems
 
 
 Payments = list[tuple[str, int]]
