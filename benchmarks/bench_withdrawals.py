@@ -237,7 +237,8 @@ def main() -> int:
     print(
         f"workload: {args.withdrawals} one-output withdrawals enqueued at once per baud rate, "
         f"a block every {args.block_seconds:g} s, without batching and with batching (window"
-        f" {args.batch_window:g} s), V-device max_in_flight {args.max_in_flight}; then the pair alone, one by one and in"
+        f" {args.batch_window:g} s), V-device max_in_flight {args.max_in_flight}; then the"
+        " pair alone, one by one and in"
         f" batches of {args.pair_batch}; {os.cpu_count()} CPUs"
     )
     for baud in bauds:
