@@ -147,8 +147,8 @@ class SendProcessor:
         # lets the next withdrawal in only on the next pass (one at a time, as always).
         for _ in range(self.settings.max_in_flight - len(in_flight)):
             taken = self._take(now, in_flight)
-            if taken is None:
-                return
+            if taken is None or self.state.loop_state()[0] is not LoopState.RUNNING:
+                return  # nothing to take now, or stopped (a vtest that does not decrypt)
             in_flight.append(taken)
 
     def _take(self, now: float, in_flight: list[str]) -> str | None:
@@ -176,8 +176,6 @@ class SendProcessor:
         if vtest_id in held:
             return None  # a site that does not skip: the held send is offered until answered
         self._new(vtest_id, body.get("vtest_info"), now)
-        if self.state.loop_state()[0] is not LoopState.RUNNING:
-            return None  # stopped (a vtest that does not decrypt): take nothing more
         if self._row(vtest_id) is None and vtest_id not in self.policy.waiting(now):
             return None  # no usable channel yet: the site keeps offering it
         return vtest_id
