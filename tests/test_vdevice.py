@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from cc_common.config import Config
 from cc_common.deployment import COLD_NUMBERS, OWNER_NUMBER, VDEVICE_NUMBER
+from cc_common.errors import ConfigError
 from cc_common.fingerprint import fingerprint
 from cc_common.sms import channel_messages as cm
 from tests.firmware_fixtures import FirmwareSim
@@ -34,6 +36,7 @@ from tests.vdevice_rig import Rig, _vdevice_cli
 from vdevice.batches import check_shape
 from vdevice.errors import ProvisioningError
 from vdevice.sends import user_tx_no_for
+from vdevice.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT, Settings, load_settings
 from vdevice.state import Provisioning, new_key
 from wallet_core.chaincloud import (
     send_refused_statement,
@@ -452,6 +455,20 @@ def test_sms_loss_retries_within_bounds_nothing_twice(make_rig: Callable[..., Ri
 
 
 # -- pure checks (no process) ------------------------------------------------------------------
+
+
+def test_max_in_flight_is_checked(tmp_path: Path) -> None:
+    def settings(**extra: object) -> Settings:
+        vdevice = {"state_dir": "v", "modem_port": "/dev/null", "number": VDEVICE_NUMBER}
+        vdevice |= {"merchant_url": "http://127.0.0.1:1", "vtest_password": "pw", **extra}
+        raw = {"vdevice": vdevice, "phones": {"owner": OWNER_NUMBER}, "deployment": {}}
+        return load_settings(Config(data_dir=tmp_path, path=tmp_path / "c.toml", raw=raw))
+
+    assert settings().max_in_flight == DEFAULT_MAX_IN_FLIGHT
+    assert settings(max_in_flight=1).max_in_flight == 1
+    for bad in (0, MAX_IN_FLIGHT + 1):
+        with pytest.raises(ConfigError, match=r"\[vdevice\] max_in_flight must be 1 to 50"):
+            settings(max_in_flight=bad)
 
 
 def test_batch_shape_checks() -> None:
