@@ -42,12 +42,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from _common import run_threads
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,11 +175,7 @@ def _worker(
         conn.close()
         results.append(lat)
 
-    threads = [threading.Thread(target=loop) for _ in range(LOAD_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(loop, LOAD_THREADS)
     out.put(([x for r in results for x in r], errors[0]))
 
 

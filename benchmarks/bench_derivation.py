@@ -22,9 +22,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import samples_ms
 
 from wallet_core import hashes, secp
 from wallet_core.bip32 import ExtendedKey
@@ -45,13 +44,8 @@ TARGET_P2WSH_MS = 25.0
 
 def _time(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
     """(best wall ms, median wall ms, best CPU ms)."""
-    samples, cpu = [], []
-    for _ in range(runs):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-        cpu.append((time.process_time() - c0) * 1000)
-    return min(samples), statistics.median(samples), min(cpu)
+    wall, cpu = samples_ms(fn, runs)
+    return min(wall), statistics.median(wall), min(cpu)
 
 
 def main() -> int:

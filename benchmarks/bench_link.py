@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from _common import run_threads
+
 from cc_common.link import LinkClient, LinkConfig, LinkServer, MemoryCounterStore
 from firmware_sim.serial_relay import SerialLine
 
@@ -86,11 +88,7 @@ def measure(client: LinkClient, baud: int, seconds: float, depth: int) -> None:
             with lock:
                 latencies.append(dt)
 
-    threads = [threading.Thread(target=worker) for _ in range(depth)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, depth)
     elapsed = time.monotonic() - start
     n = len(latencies)
     wire = (carried(client) - before) / n

@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import coincurve
+from _common import samples_ms
 
 from firmware_sim.node.rpc_scan import _scripts
 from hsm_cold.backup import BackupKey, ShareScheme, canonical, combine_shares
@@ -44,12 +40,9 @@ GAP = 1000
 
 
 def _time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return min(samples), statistics.median(samples)
+    """(best wall ms, median wall ms)."""
+    wall, _ = samples_ms(fn, runs)
+    return min(wall), statistics.median(wall)
 
 
 def _wallets() -> tuple[str, str]:

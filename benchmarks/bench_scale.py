@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import samples_ms
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,13 +146,9 @@ def load(dsn: str, account_id: int, address_ids: list[int], start: int, count: i
 
 def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(p50 ms, p99 ms) of n calls."""
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(n - 1, int(n * 0.99))]
+    wall, _ = samples_ms(fn, n)
+    wall.sort()
+    return statistics.median(wall), wall[min(n - 1, int(n * 0.99))]
 
 
 class Client:

@@ -30,6 +30,21 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def int_at_least(minimum: int, name: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`; its errors say what `name` is."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} is at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
 def set_role(parser: argparse.ArgumentParser, role: str | None) -> None:
     """The machine role whose file alone this program reads (`cc_common.config.ROLES`);
     None: the supervisor's map of the whole local deployment."""

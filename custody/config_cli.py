@@ -3,7 +3,9 @@
 Each process reads only its own role's file (`<role>.toml`), so a port or a limit edited in
 `chaincloud.toml` alone would reach the supervisor and no process. This writes the value into
 the map and into every role file whose process reads that key (a secret into the role files
-only), each rewritten 0600. Processes read their file when they start: restart them after.
+only), each rewritten 0600. A host or port that a full URL is built from (`[custody] port` in
+`[merchant_site] custody_url`) moves that URL with it (`cc_common.config_urls`). Processes read
+their file when they start: restart them after.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from cc_common.cli import add_dir_argument
 from cc_common.config import ALL_ROLES, convert_text, default_data_dir, load_config
+from cc_common.config_urls import follow_urls
 from cc_common.config_write import write_settings
 from cc_common.errors import ConfigError
 
@@ -56,10 +59,17 @@ def cmd_set(args: argparse.Namespace) -> str:
     changes: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):
         changes = {part: changes}
-    written = write_settings(data_dir, changes)
     section, key = ".".join(parts[:-1]), parts[-1]
+    urls, notes = follow_urls(raw, section, key, value)
+    for table, moved in urls.items():
+        changes.setdefault(table, {}).update(moved)
+    written = write_settings(data_dir, changes)
     files = ", ".join(p.name for p in written)
-    return f"[{section}] {key} written to {files}; restart the processes that read it"
+    lines = [f"[{section}] {key} written to {files}"]
+    lines += [f"[{t}] {k} follows: {url}" for t, moved in urls.items() for k, url in moved.items()]
+    lines += notes
+    lines.append("restart the processes that read them")
+    return "\n".join(lines)
 
 
 def register(sub: Any) -> None:

@@ -32,12 +32,18 @@ from custody.chain.rpc import BitcoinRPC
 from custody.db import rowcount, transaction
 from custody.hsm_client import HsmRefused
 from custody.journal import JournalKind
-from custody.models import Account, AccountStatus, Address, Chain, KeyValue, Utxo, Wallet
+from custody.models import Account, AccountStatus, Chain, KeyValue, Utxo, Wallet
 from custody.prevtxs import PREV_TX_REQUIRED, PrevTxUnavailable, with_prev_txs
-from custody.sends import next_change_address
+from custody.sends import (
+    confirmed_at,
+    free_hot_coins,
+    locked_coins,
+    next_change_address,
+    psbt_inputs,
+)
 from custody.watcher import is_postgres
 from wallet_core.fees import estimate_vsize, fee_for
-from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.script import ScriptType
 
 log = logging.getLogger(__name__)
@@ -128,23 +134,8 @@ def _build(
     tip = tip_height(s)
     if tip is None:
         raise ConsolidationRefused("the watcher has not seen a block yet")
-    q = (
-        select(Utxo, Address)
-        .join(Address, Address.id == Utxo.address_id)
-        .where(
-            Utxo.account_id == account_id,
-            Utxo.wallet == Wallet.HOT,
-            Utxo.block_height.is_not(None),
-            Utxo.block_height <= tip - max(min_conf, 1) + 1,
-            Utxo.spent_by.is_(None),
-            Utxo.reserved_by_send.is_(None),
-            Utxo.is_dust.is_(False),
-        )
-        .order_by(Utxo.value, Utxo.id)
-        .limit(max_inputs)
-    )
-    if is_postgres(s):
-        q = q.with_for_update(skip_locked=True, of=Utxo)
+    coins = free_hot_coins(account_id, confirmed_at(tip, min_conf))
+    q = locked_coins(s, coins.order_by(Utxo.value, Utxo.id).limit(max_inputs))
     rows = s.execute(q).all()
     if len(rows) < 2:
         raise ConsolidationRefused(f"account {account_id} has {len(rows)} spendable coin(s)")
@@ -156,17 +147,7 @@ def _build(
     total = sum(u.value for u, _ in rows)
     if total - fee < 10 * fee:
         raise ConsolidationRefused(f"{len(rows)} coins of {total} sat are not worth a {fee} fee")
-    inputs = [
-        PsbtInput(
-            txid=u.txid,
-            vout=u.vout,
-            value=u.value,
-            script_pubkey=bytes(a.script_pubkey),
-            witness_script=hot.witness_script(a.index, int(a.chain)),
-            origins=hot.origins(a.index, int(a.chain)),
-        )
-        for u, a in rows
-    ]
+    inputs = psbt_inputs(hot, [(u, a) for u, a in rows])
     output = PsbtOutput(
         bytes(change.script_pubkey),
         total - fee,

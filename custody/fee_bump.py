@@ -51,9 +51,9 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.sends import SOLO, SendWorker, record_change, request_of
+from custody.sends import SOLO, SendWorker, psbt_inputs, record_change, request_of
 from wallet_core.fees import estimate_vsize, fee_for
-from wallet_core.psbt import Psbt, PsbtInput, PsbtOutput
+from wallet_core.psbt import Psbt, PsbtOutput
 from wallet_core.rawtx import parse_signed_tx
 from wallet_core.script import ScriptType
 
@@ -220,19 +220,7 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
         .where(Utxo.reserved_by_send == send.id)
     ).all()
     by_outpoint = {(u.txid, u.vout): (u, a) for u, a in rows}
-    inputs = []
-    for outpoint in tx.outpoints:
-        u, a = by_outpoint[outpoint]
-        inputs.append(
-            PsbtInput(
-                txid=u.txid,
-                vout=u.vout,
-                value=u.value,
-                script_pubkey=bytes(a.script_pubkey),
-                witness_script=hot.witness_script(a.index, int(a.chain)),
-                origins=hot.origins(a.index, int(a.chain)),
-            )
-        )
+    inputs = psbt_inputs(hot, [by_outpoint[outpoint] for outpoint in tx.outpoints])
     outputs = []
     for n, out in enumerate(Psbt.from_base64(send.psbt).outputs):
         if n == change_vout:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,6 +211,22 @@ def next_change_address(session: Session, account: Account) -> Address:
     return ensure_address(session, account, Chain.CHANGE, index)
 
 
+def psbt_inputs(hot: HotWallet, coins: Sequence[tuple[Utxo, Address]]) -> list[PsbtInput]:
+    """PSBT inputs for hot coins, each with the witness script and key origins of its address
+    so the HSM pair can derive and check what it signs."""
+    return [
+        PsbtInput(
+            txid=u.txid,
+            vout=u.vout,
+            value=u.value,
+            script_pubkey=bytes(a.script_pubkey),
+            witness_script=hot.witness_script(a.index, int(a.chain)),
+            origins=hot.origins(a.index, int(a.chain)),
+        )
+        for u, a in coins
+    ]
+
+
 def ensure_address(session: Session, account: Account, chain: Chain, index: int) -> Address:
     """The hot `Address` row at (chain, index), inserted if missing (so the watcher sees it)."""
     row = session.execute(
@@ -250,10 +266,7 @@ def _spendable(
     transactions we broadcast ourselves, confirmed or not: nobody else can replace those.
     Dust is never chosen.
     """
-    confirmed = and_(
-        Utxo.block_height.is_not(None),
-        Utxo.block_height <= tip - max(settings.min_conf, 1) + 1,
-    )
+    confirmed = confirmed_at(tip, settings.min_conf)
     usable = confirmed
     if settings.spend_unconfirmed_change:
         ours = select(Send.txid).where(
@@ -262,6 +275,17 @@ def _spendable(
             Send.status.in_((SendStatus.BROADCAST, SendStatus.CONFIRMED)),
         )
         usable = or_(confirmed, and_(Address.chain == Chain.CHANGE, Utxo.txid.in_(ours)))
+    return free_hot_coins(account_id, usable)
+
+
+def confirmed_at(tip: int, min_conf: int) -> ColumnElement[bool]:
+    """Coins confirmed at least `min_conf` deep (one at the least) below `tip`."""
+    return and_(Utxo.block_height.is_not(None), Utxo.block_height <= tip - max(min_conf, 1) + 1)
+
+
+def free_hot_coins(account_id: int, usable: ColumnElement[bool]) -> Select[Utxo, Address]:
+    """The account's hot coins matching `usable` that nothing holds: unspent, unreserved, and
+    never dust."""
     return (
         select(Utxo, Address)
         .join(Address, Address.id == Utxo.address_id)
@@ -276,10 +300,13 @@ def _spendable(
     )
 
 
+def locked_coins(s: Session, q: Select[Utxo, Address]) -> Select[Utxo, Address]:
+    """`q` locking its coins on PostgreSQL, passing over those another builder holds."""
+    return q.with_for_update(skip_locked=True, of=Utxo) if is_postgres(s) else q
+
+
 def _locked(s: Session, q: Select[Utxo, Address]) -> list[tuple[Utxo, Address]]:
-    if is_postgres(s):
-        q = q.with_for_update(skip_locked=True, of=Utxo)
-    return [(u, a) for u, a in s.execute(q).all()]
+    return [(u, a) for u, a in s.execute(locked_coins(s, q)).all()]
 
 
 def spendable_utxos(
@@ -668,17 +695,7 @@ class SendWorker:
         chosen = [by_outpoint[(c.txid, c.vout)] for c in sel.inputs]
         self._reserve(s, send, [u.id for u, _ in chosen])
         hot = account_keys(account).hot
-        inputs = [
-            PsbtInput(
-                txid=u.txid,
-                vout=u.vout,
-                value=u.value,
-                script_pubkey=bytes(a.script_pubkey),
-                witness_script=hot.witness_script(a.index, int(a.chain)),
-                origins=hot.origins(a.index, int(a.chain)),
-            )
-            for u, a in chosen
-        ]
+        inputs = psbt_inputs(hot, chosen)
         outputs = [PsbtOutput(sc, o.value) for sc, o in zip(scripts, union, strict=True)]
         change_index = None
         if sel.has_change:

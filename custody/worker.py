@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from cc_common.cli import add_dir_argument, config_from_args
+from cc_common.cli import add_dir_argument, config_from_args, int_at_least
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, install_stop_handlers, mark_ready
@@ -186,16 +186,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker.run(stop, once=args.once)
 
 
-def height_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a block height: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a block height is >= 0, not {value}")
-    return value
-
-
 def register(sub: Any) -> None:
     """Add `custody worker` to the `custody` parser."""
     p = sub.add_parser("worker", help="watch the chain and process hot sends (background)")
@@ -203,7 +193,7 @@ def register(sub: Any) -> None:
     p.add_argument("--once", action="store_true", help="do one step and exit (status 1: no node)")
     p.add_argument(
         "--rescan-from",
-        type=height_arg,
+        type=int_at_least(0, "a block height"),
         default=None,
         metavar="HEIGHT",
         help="re-read the chain from block HEIGHT (deposits before the first start); "

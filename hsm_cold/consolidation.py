@@ -22,18 +22,17 @@ from typing import Any
 from hsm_cold.cosign import (
     CosignRequest,
     FeePolicy,
-    InputRef,
+    check_change_scripts,
     decode_prev_txs,
-    decode_tx,
+    decode_tx_inputs,
     field,
     int_list,
     witness_scripts,
 )
 from hsm_cold.errors import BadRequest, ChangeNotDerivable, FeeAbovePolicy
-from wallet_core.errors import WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.script import ScriptType
-from wallet_core.wallets import CHANGE, HotWallet
+from wallet_core.wallets import HotWallet
 
 MAX_FEE_RATE = 10.0  # sat/vB: consolidate when fees are low, never at any price
 MAX_INPUTS = 200
@@ -41,11 +40,7 @@ MAX_INPUTS = 200
 
 def decode(payload: Mapping[str, Any]) -> CosignRequest:
     """The request as a `CosignRequest` with no V-device fields (they are not used here)."""
-    tx = decode_tx(field(payload, "tx", bytes))
-    raw_inputs = field(payload, "inputs", list)
-    inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
-    if len(inputs) != len(tx.vin):
-        raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
+    tx, inputs = decode_tx_inputs(payload)
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise BadRequest(f"a consolidation spends 1-{MAX_INPUTS} inputs")
     change = tuple(
@@ -75,15 +70,7 @@ def check_outputs(req: CosignRequest, wallet: HotWallet) -> None:
             "a consolidation pays only the account's own change: every output must be declared"
             " change, once"
         )
-    for vout, index in req.change:
-        try:
-            own = wallet.script_pubkey(index, CHANGE)
-        except WalletError:
-            own = b""
-        if req.tx.vout[vout].script_pubkey != own:
-            raise ChangeNotDerivable(
-                f"output {vout} is not the hot wallet's change address {index}"
-            )
+    check_change_scripts(req, wallet, "output")
 
 
 def check_fee(req: CosignRequest, policy: FeePolicy) -> int:

@@ -168,13 +168,19 @@ def user_tx_no_field(payload: Mapping[str, Any]) -> str:
         raise BadRequest(exc.message) from None
 
 
-def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
-    """Type-check the compact request; `BadRequest` names the first bad field."""
+def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
+    """The unsigned transaction and one `[amount, chain, index]` description per input."""
     tx = decode_tx(field(payload, "tx", bytes))
     raw_inputs = field(payload, "inputs", list)
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):
         raise BadRequest(f"{len(inputs)} input descriptions for {len(tx.vin)} inputs")
+    return tx, inputs
+
+
+def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
+    """Type-check the compact request; `BadRequest` names the first bad field."""
+    tx, inputs = decode_tx_inputs(payload)
     change = tuple(
         (vout, index)
         for vout, index in (
@@ -287,6 +293,12 @@ def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) ->
         )
     if len(payments) < len(outs):
         raise OutputMismatch(f"{len(outs)} signed outputs but only {len(payments)} payments")
+    check_change_scripts(req, wallet, "change output")
+
+
+def check_change_scripts(req: CosignRequest, wallet: HotWallet, label: str) -> None:
+    """Each declared change output pays the script the cold HSM derives for its index: the
+    hot side names the index, never the script."""
     for vout, index in req.change:
         try:
             own = wallet.script_pubkey(index, CHANGE)
@@ -294,7 +306,7 @@ def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) ->
             own = b""
         if req.tx.vout[vout].script_pubkey != own:
             raise ChangeNotDerivable(
-                f"change output {vout} is not the hot wallet's change address {index}"
+                f"{label} {vout} is not the hot wallet's change address {index}"
             )
 
 

@@ -18,6 +18,7 @@ from cc_common import fingerprint
 from cc_common.cli import add_dir_argument, config_from_args, render_table
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
+from cc_common.policy_options import add_policy_options, policy_changes
 from cc_common.spending_policy import DEFAULT_POLICY, PolicyFormatError, SpendingPolicy
 from cc_common.token import HsmToken
 from hsm_cold.keystore import ColdKeystore
@@ -82,20 +83,7 @@ def _read_pin(args: argparse.Namespace) -> str:
 
 
 def _chosen_policy(args: argparse.Namespace, base: SpendingPolicy) -> SpendingPolicy:
-    changes: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in (
-            "max_send_sat",
-            "max_daily_sat",
-            "max_sends_per_hour",
-            "approval_above_sat",
-            "loosen_delay",
-            "approve_new_destinations",
-        )
-        if getattr(args, name) is not None
-    }
-    if args.whitelist:
-        changes["whitelist"] = tuple(args.whitelist)
+    changes = policy_changes(args)
     try:
         return replace(base, **changes)
     except PolicyFormatError as exc:
@@ -157,16 +145,6 @@ def cmd_policy(args: argparse.Namespace) -> str:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("identity", help="print the identity fingerprint (read it to the owner)")
     p.add_argument("--json", action="store_true", help="also the public key, as JSON")
@@ -181,27 +159,7 @@ def add_commands(sub: Any) -> None:
         help="the fingerprint `vdevice init` showed on the customer's phone",
     )
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN from stdin")
-    p.add_argument("--max-send-sat", type=_positive, help="policy: most paid by one send")
-    p.add_argument("--max-daily-sat", type=_positive, help="policy: most paid per rolling 24 h")
-    p.add_argument("--max-sends-per-hour", type=_positive, help="policy: sends per rolling hour")
-    p.add_argument(
-        "--approval-above-sat", type=_positive, help="policy: sends above need the owner's approval"
-    )
-    p.add_argument(
-        "--approve-new-destinations",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="policy: a destination never paid before needs the owner's approval",
-    )
-    p.add_argument(
-        "--whitelist",
-        action="append",
-        metavar="ADDRESS",
-        help="policy: the only addresses sends may pay (repeat the option)",
-    )
-    p.add_argument(
-        "--loosen-delay", type=_positive, help="policy: seconds a loosening waits (default 86400)"
-    )
+    add_policy_options(p, "the only addresses sends may pay (repeat the option)")
     add_dir_argument(p)
     p.set_defaults(handler=cmd_confirm)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cc_common import fingerprint
+from cc_common import fingerprint, policy_options
 from cc_common.cli import add_dir_argument, config_from_args, run, set_role
 from cc_common.logs import setup_logging
 from cc_common.process import install_stop_handlers
@@ -130,15 +130,6 @@ def cmd_status(args: argparse.Namespace) -> str:
     return json.dumps(data, indent=2, sort_keys=True) if args.json else render(data)
 
 
-POLICY_OPTIONS = (
-    ("max_send_sat", "most one send may pay (sat)"),
-    ("max_daily_sat", "most paid per rolling 24 h (sat)"),
-    ("max_sends_per_hour", "sends per rolling hour"),
-    ("approval_above_sat", "sends above this wait for the owner's approval (sat)"),
-    ("loosen_delay", "seconds a loosening waits"),
-)
-
-
 def cmd_policy(args: argparse.Namespace) -> str:
     """Show the phone's policy; with `set`, sign a change the loop texts to the cold HSM."""
     config = config_from_args(args)
@@ -149,15 +140,9 @@ def cmd_policy(args: argparse.Namespace) -> str:
         if args.action != "set":
             change = policy_changes.describe(policy_changes.last_change(state))
             return f"{policy.summary()}\nlast change: {change}"
-        changes: dict[str, Any] = {
-            name: getattr(args, name)
-            for name, _ in POLICY_OPTIONS
-            if getattr(args, name) is not None
-        }
-        if args.approve_new_destinations is not None:
-            changes["approve_new_destinations"] = args.approve_new_destinations
-        if args.whitelist is not None:
-            changes["whitelist"] = tuple(a for a in args.whitelist if a)
+        changes = policy_options.policy_changes(args)
+        if "whitelist" in changes:  # `--whitelist ''` clears the list
+            changes["whitelist"] = tuple(a for a in changes["whitelist"] if a)
         if not changes:
             raise ProvisioningError("nothing to change: give at least one option")
         try:
@@ -203,19 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policy", help="the spending policy; `set` changes it (signed)")
     p.add_argument("action", nargs="?", choices=("show", "set"), default="show", help="show/set")
-    for name, text in POLICY_OPTIONS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=text)
-    p.add_argument(
-        "--approve-new-destinations",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="sends to an address never paid before wait for the owner",
-    )
-    p.add_argument(
-        "--whitelist",
-        action="append",
-        metavar="ADDRESS",
-        help="the only addresses sends may pay (repeat; --whitelist '' clears it)",
+    policy_options.add_policy_options(
+        p, "the only addresses sends may pay (repeat; --whitelist '' clears it)"
     )
     add_dir_argument(p)
     p.set_defaults(handler=cmd_policy)

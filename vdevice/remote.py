@@ -61,6 +61,13 @@ class _Client:
         log.debug("%s: %s %s -> %d", self.name, method, path, resp.status_code)
         return body
 
+    def get_object(self, path: str) -> dict[str, Any]:
+        """GET `path`, whose answer must be a JSON object."""
+        body = self.call("GET", path)
+        if not isinstance(body, dict):
+            raise RemoteError(f"{self.name}: GET {path.partition('?')[0]} did not answer an object")
+        return body
+
 
 class SiteClient(_Client):
     """The merchant site's section-2 API (`/batch`, `/vtest`)."""
@@ -69,10 +76,7 @@ class SiteClient(_Client):
         super().__init__("site", base_url, {SITE_TOKEN_HEADER: token} if token else {}, timeout)
 
     def pending_batch(self) -> dict[str, Any]:
-        body = self.call("GET", "/batch")
-        if not isinstance(body, dict):
-            raise RemoteError("site: GET /batch did not answer an object")
-        return body
+        return self.get_object("/batch")
 
     def report_batch(self, batch_no: int, status: BatchVerdict, address_type: int) -> None:
         self.call(
@@ -87,10 +91,7 @@ class SiteClient(_Client):
         path = "/vtest"
         if skip:
             path += "?" + urlencode({"skip": ",".join(skip)})
-        body = self.call("GET", path)
-        if not isinstance(body, dict):
-            raise RemoteError("site: GET /vtest did not answer an object")
-        return body
+        return self.get_object(path)
 
     def report_vtest(self, vtest_id: str, tx_hash: str) -> None:
         self.call("POST", "/vtest", {"vtest_id": vtest_id, "tx_hash": tx_hash})
@@ -103,10 +104,7 @@ class CustodyClient(_Client):
         super().__init__("custody", base_url, {CUSTODY_TOKEN_HEADER: hot_token}, timeout)
 
     def user(self) -> dict[str, Any]:
-        body = self.call("GET", "/user")
-        if not isinstance(body, dict):
-            raise RemoteError("custody: GET /user did not answer an object")
-        return body
+        return self.get_object("/user")
 
     def report_batch(self, batch_no: int, status: BatchVerdict, address_type: int) -> None:
         self.call(

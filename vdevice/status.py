@@ -143,6 +143,11 @@ def process_running(run_dir: Path) -> bool:
     return bool(info and isinstance(info.get("pid"), int) and pid_alive(info["pid"]))
 
 
+def _with(head: str, *extras: tuple[object, str]) -> str:
+    """`head` followed by the text of each extra whose value is set."""
+    return head + "".join(text for value, text in extras if value)
+
+
 def render(data: dict[str, Any]) -> str:
     """The operator's view: one table of the essentials, then the recent alerts."""
     ch = data.get("channel")
@@ -157,19 +162,23 @@ def render(data: dict[str, Any]) -> str:
     batch = (
         "none"
         if b is None
-        else f"{b['type']} {b['batch_no']}: {b['state']}"
-        + (f" ({b['reason']})" if b["reason"] else "")
-        + ("" if b["reported"] or b["state"] in ("pending", "stalled") else ", not yet reported")
+        else _with(
+            f"{b['type']} {b['batch_no']}: {b['state']}",
+            (b["reason"], f" ({b['reason']})"),
+            (not b["reported"] and b["state"] not in ("pending", "stalled"), ", not yet reported"),
+        )
     )
     s = data.get("last_send")
     send = (
         "none"
         if s is None
-        else f"{s['vtest_id']}: {s['state']}"
-        + (f", {s['outcome']}" if s["outcome"] else "")
-        + (f", tx {s['tx_hash']}" if s["tx_hash"] else "")
-        + (f" (fee bump of {', '.join(s['replaced'])})" if s.get("replaced") else "")
-        + (f" ({s['reason']})" if s["reason"] else "")
+        else _with(
+            f"{s['vtest_id']}: {s['state']}",
+            (s["outcome"], f", {s['outcome']}"),
+            (s["tx_hash"], f", tx {s['tx_hash']}"),
+            (s.get("replaced"), f" (fee bump of {', '.join(s.get('replaced') or ())})"),
+            (s["reason"], f" ({s['reason']})"),
+        )
     )
     p = data["policies"]
     policies = (
