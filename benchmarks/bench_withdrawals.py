@@ -11,7 +11,8 @@ interval: the wallet chains unconfirmed change up to Core's 25-transaction limit
 a block beyond it). Reported: withdrawals per minute, serial-line bytes per withdrawal (both
 directions, firmware-sim's lane counters), the longest unconfirmed chain seen, and how many
 transactions carried them. "With batching" sets `[custody] batch_sends = true` and
-`batch_window_seconds` (`--batch-window`, default 0: no waiting).
+`batch_window_seconds` (`--batch-window`, default 0: no waiting). Both runs let the V-device
+keep `--max-in-flight` withdrawals in flight (default 10; 1: one at a time).
 
 The pair part (`--pair-batch B`, default 10) runs `firmware-sim`, `hsm-cold` and `hsm-hot`
 alone and co-signs the same number of one-output withdrawals through custody's client: one
@@ -19,7 +20,7 @@ alone and co-signs the same number of one-output withdrawals through custody's c
 withdrawals per minute and serial bytes per withdrawal, what batching buys at the HSM link.
 
     .venv/bin/python benchmarks/bench_withdrawals.py [--withdrawals 40] [--baud 115200]
-        [--batch-window 1.0] [--pair-batch 10] [--skip-end-to-end]
+        [--batch-window 1.0] [--max-in-flight 10] [--pair-batch 10] [--skip-end-to-end]
 """
 
 from __future__ import annotations
@@ -63,15 +64,18 @@ def wire_bytes(control: ControlClient) -> int:
     return sum(int(lane["counters"]["bytes_out"]) for lane in lanes.values())
 
 
-def bench(baud: int, n: int, block_seconds: float, window: float | None) -> dict[str, Any]:
-    """End to end; `window` None: no batching, else batching with that window."""
+def bench(
+    baud: int, n: int, block_seconds: float, window: float | None, in_flight: int
+) -> dict[str, Any]:
+    """End to end; `window` None: no batching, else batching with that window; `in_flight`:
+    the V-device's max_in_flight."""
     with tempfile.TemporaryDirectory(prefix="bench-withdrawals-") as tmp:
         env = {"CC__FIRMWARE_SIM__SERIAL__BAUD": str(baud), "CC__SERIAL__BAUD": str(baud)}
         d = Deployment(Path(tmp), env=env)
         d.configure(DEMO_CONFIG)
         d.configure({"hsm_hot": {"max_requests_per_minute": 1_000_000}})
         batching = {"batch_sends": window is not None, "batch_window_seconds": window or 0.0}
-        d.configure({"custody": batching})
+        d.configure({"custody": batching, "vdevice": {"max_in_flight": in_flight}})
         d.start_supervisor(timeout=180.0)
         try:
             ctx = demo.Context(config=d.config, env=d.env)
@@ -219,6 +223,12 @@ def main() -> int:
         help="batch_window_seconds of the run with batching (0: no waiting)",
     )
     parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=10,
+        help="[vdevice] max_in_flight: withdrawals the V-device has in flight at once",
+    )
+    parser.add_argument(
         "--pair-batch", type=int, default=10, help="withdrawals per batch in the pair part"
     )
     parser.add_argument("--skip-end-to-end", action="store_true", help="only the HSM pair part")
@@ -227,13 +237,14 @@ def main() -> int:
     print(
         f"workload: {args.withdrawals} one-output withdrawals enqueued at once per baud rate, "
         f"a block every {args.block_seconds:g} s, without batching and with batching (window"
-        f" {args.batch_window:g} s); then the pair alone, one by one and in"
+        f" {args.batch_window:g} s), V-device max_in_flight {args.max_in_flight}; then the"
+        " pair alone, one by one and in"
         f" batches of {args.pair_batch}; {os.cpu_count()} CPUs"
     )
     for baud in bauds:
         runs: list[float | None] = [] if args.skip_end_to_end else [None, args.batch_window]
         for window in runs:
-            r = bench(baud, args.withdrawals, args.block_seconds, window)
+            r = bench(baud, args.withdrawals, args.block_seconds, window, args.max_in_flight)
             what = "no batching" if window is None else f"batching, window {window:g} s"
             print(f"\n{baud} baud, end to end, {what}")
             for key, value in r.items():

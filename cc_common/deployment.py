@@ -223,6 +223,8 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             # The spending policy is [vdevice.policy] (absent: the documented defaults, the
             # same as the cold HSM's [hsm_cold.policy]); see docs/threat-model.md.
             "approval_timeout": 3600.0,
+            # sends handled at once, so custody can batch them (vdevice/README.md)
+            "max_in_flight": 4,
             "low_balance_sat": 100_000,
         },
         "merchant_site": {

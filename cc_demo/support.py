@@ -68,6 +68,8 @@ DEMO_CONFIG: dict[str, Any] = {
         "tx_poll_max_interval": 1.0,
         # 5 s owner codes: each is good once, so the owner's commands need not wait 30 s
         "owner_code_period": 5,
+        # ten sends in flight at once: the burst's withdrawals reach custody together and batch
+        "max_in_flight": 10,
         "policy": dict(DEMO_VOLUME),
     },
     "custody": {

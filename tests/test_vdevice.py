@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from cc_common.config import Config
 from cc_common.deployment import COLD_NUMBERS, OWNER_NUMBER, VDEVICE_NUMBER
+from cc_common.errors import ConfigError
 from cc_common.fingerprint import fingerprint
 from cc_common.sms import channel_messages as cm
 from tests.firmware_fixtures import FirmwareSim
@@ -34,6 +36,7 @@ from tests.vdevice_rig import Rig, _vdevice_cli
 from vdevice.batches import check_shape
 from vdevice.errors import ProvisioningError
 from vdevice.sends import user_tx_no_for
+from vdevice.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT, Settings, load_settings
 from vdevice.state import Provisioning, new_key
 from wallet_core.chaincloud import (
     send_refused_statement,
@@ -348,6 +351,47 @@ def test_crash_between_posting_and_reporting(make_rig: Callable[..., Rig]) -> No
     assert len(rig.web.tx_requests) == 2 and len(rig.web.vtest_reports) == 1
 
 
+def test_sends_in_flight_together_reach_custody_before_any_report(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """With max_in_flight > 1 the next withdrawal is signed and posted while the first still
+    waits for custody's outcome (so custody can batch them); each is reported once."""
+    rig = make_rig(max_in_flight=3)
+    rig.web.hold = True
+    for n in (1, 2):
+        rig.web.add_vtest(f"fly-{n}", encrypted(f"{DEST_A},{10000 + n}"))
+    rig.start()
+    rig.wait_status(lambda s: len(rig.web.sends) == 2, "both sends posted to custody", 20)
+    assert rig.web.vtest_reports == []
+    rig.web.hold = False
+    for n in (1, 2):
+        rig.wait_status(lambda s, n=n: rig.web.reports_for(f"fly-{n}"), f"fly-{n} reported", 20)
+    rig.wait_status(lambda s: s["last_send"]["state"] == "reported", "the sends reported")
+    assert sorted(f["user_tx_no"] for f in rig.web.tx_requests) == ["fly-1", "fly-2"]
+    assert sorted(r["vtest_id"] for r in rig.web.vtest_reports) == ["fly-1", "fly-2"]
+
+
+def test_a_site_ignoring_skip_never_gets_an_in_flight_send_reported_twice(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """A site without `?skip=` offers the in-flight send again: the phone waits on it (no
+    early, empty report), then takes the next once the first is reported."""
+    rig = make_rig(max_in_flight=3)
+    rig.web.hold = True
+    rig.web.ignore_skip = True
+    for n in (1, 2):
+        rig.web.add_vtest(f"noskip-{n}", encrypted(f"{DEST_A},{20000 + n}"))
+    rig.start()
+    rig.wait_status(lambda s: len(rig.web.tx_polls) >= 3, "custody polled a few times", 20)
+    assert [f["user_tx_no"] for f in rig.web.tx_requests] == ["noskip-1"]
+    assert rig.web.vtest_reports == []
+    rig.web.hold = False
+    rig.wait_status(lambda s: rig.web.reports_for("noskip-2"), "noskip-2 reported", 20)
+    assert rig.web.vtest_reports == [
+        {"vtest_id": f"noskip-{n}", "tx_hash": tx_hash_for(f"noskip-{n}")} for n in (1, 2)
+    ]
+
+
 # -- the owner ---------------------------------------------------------------------------------
 
 
@@ -411,6 +455,20 @@ def test_sms_loss_retries_within_bounds_nothing_twice(make_rig: Callable[..., Ri
 
 
 # -- pure checks (no process) ------------------------------------------------------------------
+
+
+def test_max_in_flight_is_checked(tmp_path: Path) -> None:
+    def settings(**extra: object) -> Settings:
+        vdevice = {"state_dir": "v", "modem_port": "/dev/null", "number": VDEVICE_NUMBER}
+        vdevice |= {"merchant_url": "http://127.0.0.1:1", "vtest_password": "pw", **extra}
+        raw = {"vdevice": vdevice, "phones": {"owner": OWNER_NUMBER}, "deployment": {}}
+        return load_settings(Config(data_dir=tmp_path, path=tmp_path / "c.toml", raw=raw))
+
+    assert settings().max_in_flight == DEFAULT_MAX_IN_FLIGHT
+    assert settings(max_in_flight=1).max_in_flight == 1
+    for bad in (0, MAX_IN_FLIGHT + 1):
+        with pytest.raises(ConfigError, match=r"\[vdevice\] max_in_flight must be 1 to 50"):
+            settings(max_in_flight=bad)
 
 
 def test_batch_shape_checks() -> None:

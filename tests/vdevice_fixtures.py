@@ -277,6 +277,7 @@ class WebStandIn:
     tx_polls: list[str] = field(default_factory=list)
     sends: dict[str, dict[str, str]] = field(default_factory=dict)
     hold: bool = False  # GET /tx/<no> answers pending while set
+    ignore_skip: bool = False  # GET /vtest without our `?skip=` extension
     send_outcome: str = "OK"
     outcomes: dict[str, str] = field(default_factory=dict)  # user_tx_no -> OK / failed
     statements: dict[str, Any] = field(default_factory=dict)  # user_tx_no -> cold_statement
@@ -367,7 +368,7 @@ class WebStandIn:
 
         @app.get(site + "/vtest")
         def get_vtest() -> Any:
-            skip = set(request.args.get("skip", "").split(","))
+            skip = set() if self.ignore_skip else set(request.args.get("skip", "").split(","))
             with self.lock:
                 for v in self.vtests:
                     if v["done"] is None and v["vtest_id"] not in skip:

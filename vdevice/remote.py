@@ -86,8 +86,8 @@ class SiteClient(_Client):
         )
 
     def pending_vtest(self, skip: Sequence[str] = ()) -> dict[str, Any]:
-        """The oldest withdrawal not handled, past `skip` (the sends held for the owner; our
-        extension: a site without it answers the oldest, which the phone then waits on)."""
+        """The oldest withdrawal not handled, past `skip` (the sends in flight or held for the
+        owner; our extension: a site without it answers the oldest, which the phone waits on)."""
         path = "/vtest"
         if skip:
             path += "?" + urlencode({"skip": ",".join(skip)})

@@ -28,7 +28,11 @@ The state of a send (`state.SendState`) and why a crash never makes a second req
   custody really has it.
 - The outcome is written (FINISHED) before the site is told; the site accepts the same
   report twice, so a crash between the two only repeats the report.
-- The site keeps offering a vtest until it is reported, and one vtest is handled at a time.
+- The site keeps offering a vtest until it is reported. Up to `[vdevice] max_in_flight`
+  vtests are handled at once (so custody can batch them): each pass advances every active
+  send, then asks the site for more past the in-flight and held ones (`?skip=`). A site that
+  ignores `skip` offers an in-flight vtest again: that is waited on, never reported again.
+  The spending policy counts each send as it is signed, so sends signed together add up.
   A send held for the owner's approval is set aside (`approvals.py`): the site is asked for
   the next one past it, and it is taken up again, first, once the owner has answered.
 - After a fee bump the cold HSM texts its signed "co-signed txid T for user_tx_no X"
@@ -92,7 +96,7 @@ class Refusal(Exception):
 
 
 class SendProcessor:
-    """One vtest at a time, from the site's queue to a reported outcome."""
+    """Vtests from the site's queue to a reported outcome, up to `max_in_flight` at once."""
 
     def __init__(
         self,
@@ -133,32 +137,48 @@ class SendProcessor:
     def tick(self) -> None:
         now = self.clock()
         active = self.state.db.execute(
-            "SELECT * FROM sends WHERE state IN (?, ?, ?) ORDER BY created_at LIMIT 1",
+            "SELECT * FROM sends WHERE state IN (?, ?, ?) ORDER BY created_at",
             (SendState.SIGNED, SendState.POSTED, SendState.FINISHED),
-        ).fetchone()
-        if active is not None:
-            self._advance(active, now)
-            return
+        ).fetchall()
+        for row in active:
+            self._advance(row, now)
+        in_flight = [str(r["vtest_id"]) for r in active]
+        # Counted before advancing, so with max_in_flight = 1 a send reported in this pass
+        # lets the next withdrawal in only on the next pass (one at a time, as always).
+        for _ in range(self.settings.max_in_flight - len(in_flight)):
+            taken = self._take(now, in_flight)
+            if taken is None or self.state.loop_state()[0] is not LoopState.RUNNING:
+                return  # nothing to take now, or stopped (a vtest that does not decrypt)
+            in_flight.append(taken)
+
+    def _take(self, now: float, in_flight: list[str]) -> str | None:
+        """Take one more withdrawal (an answered held send first): its vtest id once it is
+        signed, refused or held; None when there is nothing to take now."""
         answered = self.policy.due(now)  # a held send the owner answered goes first
         if answered is not None:
             self._new(answered[0], answered[1], now)
-            return
+            return answered[0] if self._row(answered[0]) is not None else None
         held = self.policy.waiting(now)
-        body = self.site.pending_vtest(held)
+        body = self.site.pending_vtest([*held, *in_flight])
         if not body:
-            return
+            return None
         vtest_id = body.get("vtest_id")
         if not isinstance(vtest_id, str) or not vtest_id or len(vtest_id) > 200:
             raise ValueError("the site's vtest has no usable vtest_id")
         known = self._row(vtest_id)
         if known is not None:
+            if known["state"] != SendState.REPORTED:
+                return None  # a site that does not skip offers an in-flight send: wait for it
             # Reported already, yet offered again (its report was lost): report it again.
             log.info("vtest %s: already handled; reporting again", vtest_id)
             self._set(vtest_id, state=SendState.FINISHED, next_try_at=0)
-            return
+            return None
         if vtest_id in held:
-            return  # a site that does not skip: the held send is offered until it is answered
+            return None  # a site that does not skip: the held send is offered until answered
         self._new(vtest_id, body.get("vtest_info"), now)
+        if self._row(vtest_id) is None and vtest_id not in self.policy.waiting(now):
+            return None  # no usable channel yet: the site keeps offering it
+        return vtest_id
 
     def _row(self, vtest_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.state.db.execute(

@@ -23,6 +23,8 @@ STATUS_FILENAME = "vdevice-status.json"
 # Keys that were local limits with 0 = "no limit"; the policy is now `[vdevice.policy]`.
 RETIRED_POLICY_KEYS = ("whitelist", "max_send_sat", "max_daily_sat", "max_sends_per_hour")
 DEFAULT_APPROVAL_TIMEOUT = 3600.0
+DEFAULT_MAX_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 50  # the merchant site's MAX_SKIP covers this plus the held sends
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Settings:
     http_timeout: float = 10.0
     tx_poll_max_interval: float = 60.0
     approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     policies: Policies = Policies()
 
     @property
@@ -141,6 +144,7 @@ def load_settings(config: Config) -> Settings:
         http_timeout=v.float("http_timeout", 10.0),
         tx_poll_max_interval=v.float("tx_poll_max_interval", 60.0),
         approval_timeout=v.float("approval_timeout", DEFAULT_APPROVAL_TIMEOUT),
+        max_in_flight=v.int("max_in_flight", DEFAULT_MAX_IN_FLIGHT),
         policies=policies,
     )
     _check(settings)
@@ -178,5 +182,9 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"config: [vdevice] {name} must be positive")
     if s.sms_max_attempts < 1:
         raise ConfigError("config: [vdevice] sms_max_attempts must be at least 1")
+    if not 1 <= s.max_in_flight <= MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"config: [vdevice] max_in_flight must be 1 to {MAX_IN_FLIGHT}, not {s.max_in_flight}"
+        )
     if s.policies.low_balance_sat < 0:
         raise ConfigError("config: [vdevice] low_balance_sat must not be negative")

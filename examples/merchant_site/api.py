@@ -22,7 +22,7 @@ from examples.merchant_site.extensions import (
 from examples.merchant_site.models import iso
 
 bp = Blueprint("api", __name__)
-MAX_SKIP = 20  # more than the V-device ever holds at once
+MAX_SKIP = 64  # more than the V-device ever skips: its max_in_flight (<= 50) plus held (<= 5)
 
 
 @bp.before_request
@@ -59,8 +59,8 @@ def post_batch() -> dict[str, Any]:
 def get_vtest() -> dict[str, Any]:
     """The oldest withdrawal not yet handled, encrypted for the V-device, or `{}`.
 
-    Our extension: `?skip=ID,ID` passes over the withdrawals the V-device holds for its
-    owner's approval, so they do not stop the queue behind them."""
+    Our extension: `?skip=ID,ID` passes over the withdrawals the V-device already handles
+    (in flight, or held for its owner's approval), so they do not stop the queue behind them."""
     skip = [v for v in request.args.get("skip", "").split(",") if v][:MAX_SKIP]
     w = store.oldest_pending_withdrawal(db(), skip)
     if w is None:
