@@ -98,7 +98,9 @@ def test_the_phone_learns_a_fee_bumps_txid_from_the_cold_hsm(
     rig.web.add_vtest("bumped", encrypted(f"{DEST},50000"))
     rig.start()
     rig.wait_status(lambda s: rig.web.reports_for("bumped"), "the send reported", 30)
-    old = rig.status()["last_send"]["tx_hash"]
+    old = rig.wait_status(
+        lambda s: (s.get("last_send") or {}).get("tx_hash"), "the send's txid in the status", 15
+    )
     new = "ab" * 32
     rig.cold.say(send_signed_statement(1, "cd" * 32, "bumped"), key=b"\x07" * 32)  # forged
     rig.cold.say(send_signed_statement(1, new, "bumped"))
