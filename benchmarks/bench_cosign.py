@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cc_common.link import codec  # noqa: E402
-from hsm_hot.compact import compact_request, plan_cosign  # noqa: E402
+from hsm_hot.compact import compact_request, packed_request, plan_cosign  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 from tests.hsm_fixtures import (  # noqa: E402
     Coin,
@@ -103,6 +103,7 @@ def prepare(
         "funding tx bytes (first spend)": len(coin.prev_tx or b""),
         "cosign request bytes, first spend": request_bytes(first[0], wallet),
         "cosign request bytes, verified": request_bytes(verified[0], wallet),
+        "long-form request bytes, verified": request_bytes(verified[0], wallet, packed=False),
         "cosign answer bytes (codec)": len(codec.encode([0, {"signatures": [bytes(64)]}])),
     }
     shape["extra bytes for a first spend"] = (
@@ -111,10 +112,12 @@ def prepare(
     return first, verified, shape
 
 
-def request_bytes(params: dict[str, Any], wallet: Any) -> int:
-    """The compact co-sign request of `params` as the link codec encodes it."""
+def request_bytes(params: dict[str, Any], wallet: Any, packed: bool = True) -> int:
+    """The co-sign request of `params` as the link codec encodes it: packed (what the hot HSM
+    sends) or the long form."""
     plan = plan_cosign(Psbt.from_base64(params["psbt"]), wallet)
-    payload = compact_request(ACCOUNT, plan, params["request"], params["vc_code"], "bench")
+    args = (ACCOUNT, plan, params["request"], params["vc_code"], "bench")
+    payload = packed_request(*args, wallet) if packed else compact_request(*args)
     return len(codec.encode(["cosign", payload]))
 
 

@@ -27,8 +27,8 @@ from hsm_hot import batch, consolidation
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import (
     CosignPlan,
-    compact_request,
     inline_prev_txs,
+    packed_request,
     plan_cosign,
     prev_tx_parts,
 )
@@ -447,7 +447,9 @@ class HotService:
         try:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
-            answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
+            wallet = self.state.wallet(acct)
+            payload = packed_request(account, plan, req, vc_code, c_id, wallet)
+            answer = self.relay.call("cosign", payload)
             cold_sigs = self._check_cold_signatures(plan, answer)
             hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
         except BaseException:
