@@ -25,8 +25,8 @@ import requests
 from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
 from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
-from hsm_hot.audit import AuditLog
 from hsm_cold.cosign import decode_request, unpack
+from hsm_hot.audit import AuditLog
 from hsm_hot.compact import compact_request, packed_request, plan_cosign
 from hsm_hot.errors import (
     BadRequest,
