@@ -5,7 +5,8 @@ unsigned transaction (raw bytes), per input the amount and the wallet position
 `[amount, chain, index]`, per change output `[vout, index]`, the V-device's signed request, and
 the funding transactions the PSBT carries (custody adds them when the cold HSM asks, for
 outpoints it has not verified yet). It re-derives every script and verifies every amount
-itself, so nothing here is trusted by it.
+itself, so nothing here is trusted by it. `packed_request` sends the same by position and
+leaves out what the cold HSM rebuilds itself (change scripts, version, nLockTime, `outs`).
 
 On this side the same derivation tells whether the PSBT spends the account's hot wallet: the
 BIP143 digest we compute from the *derived* witness script must equal the PSBT's own digest,
