@@ -309,7 +309,7 @@ def packed(payload: dict[str, Any], *, outs: bool = False, keep_change: bool = F
 def test_packed_request_signs_what_the_long_form_signs(cold: ColdHsm, link: Any) -> None:
     """The cold HSM fills in the change script, version, nLockTime and `outs` itself: the
     packed request gets the long form's signatures (one digest), at ~60% of its bytes."""
-    acct = provision(cold, link, 15)
+    acct = provision(cold, link, 150)
     coins = [acct.coin(600_000)]
     payload, psbt = acct.send([(random_address(), 300_000)], "p1", coins=coins)
     small = packed(payload)
@@ -323,22 +323,22 @@ def test_packed_request_signs_what_the_long_form_signs(cold: ColdHsm, link: Any)
 def test_packed_request_with_a_tampered_output_freezes(cold: ColdHsm, link: Any) -> None:
     """The `outs` the cold HSM writes out from the outputs is not what the V-device signed:
     the forged-`vc_code` refusal and freeze, nothing signed."""
-    acct = provision(cold, link, 16)
+    acct = provision(cold, link, 151)
     pay = random_address()
     payload, _ = acct.send([(pay, 100_001)], "p1", signed_payments=[(pay, 100_000)])
     err = refused(link, "cosign", packed(payload))
-    assert err.code == ColdErrorCode.FORGED_VC_CODE and "account 16 frozen" in err.message
-    assert frozen_for(link, 16) is not None
+    assert err.code == ColdErrorCode.FORGED_VC_CODE and "account 151 frozen" in err.message
+    assert frozen_for(link, 151) is not None
 
 
 def test_packed_request_names_change_never_its_script(cold: ColdHsm, link: Any) -> None:
     """A packed request that carries a change script (which the cold HSM would overwrite) is
     malformed: refused, nothing frozen."""
-    acct = provision(cold, link, 17)
+    acct = provision(cold, link, 152)
     payload, _ = acct.send([(random_address(), 100_000)], "p1")
     err = refused(link, "cosign", packed(payload, keep_change=True))
     assert err.code == ColdErrorCode.BAD_REQUEST and "leaves its script out" in err.message
-    assert frozen_for(link, 17) is None
+    assert frozen_for(link, 152) is None
     bad = packed(payload)
     bad["p"] = bad["p"][:-1]
     assert refused(link, "cosign", bad).code == ColdErrorCode.BAD_REQUEST
