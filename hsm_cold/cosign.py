@@ -35,15 +35,21 @@ from hsm_cold.errors import (
 )
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
-from wallet_core.addresses import address_to_script
+from wallet_core.addresses import address_to_script, script_to_address
 from wallet_core.bip32 import HARDENED, ExtendedKey
-from wallet_core.chaincloud import Out, check_user_tx_no, parse_outs, send_request_string
+from wallet_core.chaincloud import (
+    Out,
+    check_user_tx_no,
+    format_outs,
+    parse_outs,
+    send_request_string,
+)
 from wallet_core.errors import AddressError, OutsError, TxParseError, WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.hashes import sha256
 from wallet_core.networks import Network
 from wallet_core.prevtx import PrevTx, parse_prev_tx
-from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
+from wallet_core.rawtx import TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
 from wallet_core.script import ScriptType, p2wsh_script
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
@@ -449,3 +455,89 @@ def sign_inputs(
         r, s = signatures.der_decode(der)
         out.append(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
     return out
+
+
+# -- the packed form ----------------------------------------------------------------------------
+
+# `{"p": [...]}`: the request's fields by position, without what the cold HSM derives itself:
+# the transaction without its version (2) and nLockTime (0), each declared change output with an
+# empty script (the cold HSM puts in the script it derives for the index), `outs` None when it is
+# the transaction's payments written as `addr,value;...` and `coin_code` (always BTC).
+PACKED_FIELDS = (
+    "account",
+    "tx",
+    "inputs",
+    "change",
+    "user_tx_no",
+    "is_dynamic_fee",
+    "vc_code",
+    "c_id",
+    "outs",
+    "prev_txs",
+)
+PACKED_VERSION = TX_VERSION.to_bytes(4, "little")
+PACKED_LOCKTIME = bytes(4)
+
+
+def packed_account(payload: Mapping[str, Any]) -> int:
+    """The account a packed request names (its wallet is needed to unpack it)."""
+    packed = field(payload, "p", list)
+    if len(packed) != len(PACKED_FIELDS):
+        raise BadRequest(f"a packed request has {len(PACKED_FIELDS)} fields, not {len(packed)}")
+    return int(field({"account": packed[0]}, "account", int))
+
+
+def refusal_names(payload: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The (account, user_tx_no) a request of either form names, unchecked (for noting a
+    refusal, which checks them)."""
+    packed = payload.get("p")
+    if isinstance(packed, list) and len(packed) == len(PACKED_FIELDS):
+        return packed[0], packed[PACKED_FIELDS.index("user_tx_no")]
+    return payload.get("account"), payload.get("user_tx_no")
+
+
+def unpack(payload: Mapping[str, Any], wallet: HotWallet) -> dict[str, Any]:
+    """The long form of a packed request, rebuilt with the cold HSM's own derivations: every
+    check then runs on it exactly as on a long-form request."""
+    packed_account(payload)  # the field count
+    packed = dict(zip(PACKED_FIELDS, field(payload, "p", list), strict=True))
+    tx = decode_tx(PACKED_VERSION + field(packed, "tx", bytes) + PACKED_LOCKTIME)
+    change = [int_list(c, 2, "each change entry") for c in field(packed, "change", list)]
+    vout = list(tx.vout)
+    for at, index in change:
+        if at >= len(vout):
+            raise BadRequest(f"change output {at} does not exist")
+        if vout[at].script_pubkey:
+            raise BadRequest(f"change output {at}: a packed request leaves its script out")
+        try:
+            vout[at] = TxOut(vout[at].value, wallet.script_pubkey(index, CHANGE))
+        except WalletError:
+            raise ChangeNotDerivable(
+                f"change output {at} is not the hot wallet's change address {index}"
+            ) from None
+    outs = packed["outs"]
+    if outs is None:
+        outs = rebuilt_outs(vout, {at for at, _ in change}, wallet.network)
+    return {
+        **packed,
+        "tx": serialize_unsigned(tx.version, tx.vin, vout, tx.locktime),
+        "change": change,
+        "coin_code": COIN_CODE,
+        "outs": outs,
+    }
+
+
+def rebuilt_outs(vout: Sequence[TxOut], change: set[int], network: Network) -> str:
+    """`addr,value;...` of the payments (every output not declared change), in order."""
+    payments = []
+    for n, out in enumerate(vout):
+        if n in change:
+            continue
+        try:
+            payments.append((script_to_address(out.script_pubkey, network), out.value))
+        except WalletError as exc:
+            raise BadRequest(f"output {n} has no address: {exc.message}") from None
+    try:
+        return format_outs(payments)
+    except OutsError as exc:
+        raise BadRequest(f"outs: {exc.message}") from None

@@ -266,7 +266,7 @@ class ColdService:
         try:
             return self.cosign(payload)
         except ColdHsmError as exc:
-            self._note_refusal(payload.get("account"), payload.get("user_tx_no"), exc)
+            self._note_refusal(*cosign.refusal_names(payload), exc)
             raise
 
     def _cosign_batch_noting_refusals(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -583,6 +583,9 @@ class ColdService:
 
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
+        if "p" in payload:  # the packed form: rebuilt from our own derivations first
+            rec = self._record(cosign.packed_account(payload))
+            payload = cosign.unpack(payload, self._hot_wallet(rec))
         req = cosign.decode_request(payload)
         if self.store.request_closed(req.account, req.user_tx_no):
             raise SendClosed(

@@ -5,7 +5,8 @@ unsigned transaction (raw bytes), per input the amount and the wallet position
 `[amount, chain, index]`, per change output `[vout, index]`, the V-device's signed request, and
 the funding transactions the PSBT carries (custody adds them when the cold HSM asks, for
 outpoints it has not verified yet). It re-derives every script and verifies every amount
-itself, so nothing here is trusted by it.
+itself, so nothing here is trusted by it. `packed_request` sends the same by position and
+leaves out what the cold HSM rebuilds itself (change scripts, version, nLockTime, `outs`).
 
 On this side the same derivation tells whether the PSBT spends the account's hot wallet: the
 BIP143 digest we compute from the *derived* witness script must equal the PSBT's own digest,
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_hot.errors import BadRequest
+from wallet_core.addresses import script_to_address
+from wallet_core.chaincloud import format_outs
 from wallet_core.errors import TxParseError, WalletError
 from wallet_core.fees import estimate_vsize
 from wallet_core.prevtx import parse_prev_tx
 from wallet_core.psbt import Psbt
-from wallet_core.rawtx import UnsignedTx, parse_unsigned_tx
+from wallet_core.rawtx import TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
 from wallet_core.script import ScriptType
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from_origins
@@ -170,3 +173,56 @@ def prev_tx_parts(raw: bytes) -> list[dict[str, Any]]:
         {"txid": txid, "offset": at, "total": len(raw), "data": raw[at : at + PREV_TX_PART]}
         for at in range(0, len(raw), PREV_TX_PART)
     ]
+
+
+def packed_request(
+    account: int,
+    plan: CosignPlan,
+    request: dict[str, Any],
+    vc_code: str,
+    c_id: str,
+    wallet: HotWallet,
+) -> dict[str, Any]:
+    """The `cosign` payload in the packed form of docs/hsm-pair.md: what the cold HSM derives
+    itself is left out (version 2 and nLockTime 0, change scripts, `outs` when it is the
+    payments written out, `coin_code`). A request it would refuse, or whose `outs` is written
+    otherwise, goes in the long form (`compact_request`), so the refusal is the same."""
+    tx = plan.tx
+    change = dict(plan.change)
+    if (
+        tx.version != 2
+        or tx.locktime != 0
+        or request["coin_code"] != "BTC"
+        or len(change) != len(plan.change)
+        or not all(
+            is_own_script(wallet, tx.vout[v].script_pubkey, CHANGE, i) for v, i in change.items()
+        )
+    ):
+        return compact_request(account, plan, request, vc_code, c_id)
+    vout = [TxOut(o.value, b"") if n in change else o for n, o in enumerate(tx.vout)]
+    body = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)[4:-4]
+    outs: str | None = request["outs"]
+    try:
+        payments = [
+            (script_to_address(o.script_pubkey, wallet.network), o.value)
+            for n, o in enumerate(tx.vout)
+            if n not in change
+        ]
+        if format_outs(payments) == outs:
+            outs = None
+    except WalletError:
+        pass
+    return {
+        "p": [
+            account,
+            body,
+            [list(i) for i in plan.inputs],
+            [list(c) for c in plan.change],
+            request["user_tx_no"],
+            request["is_dynamic_fee"],
+            vc_code_bytes(vc_code),
+            c_id,
+            outs,
+            plan.prev_txs if inline_prev_txs(plan.prev_txs) else [],
+        ]
+    }

@@ -27,8 +27,8 @@ from hsm_hot import batch, consolidation
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import (
     CosignPlan,
-    compact_request,
     inline_prev_txs,
+    packed_request,
     plan_cosign,
     prev_tx_parts,
 )
@@ -451,7 +451,9 @@ class HotService:
         try:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
-            answer = self.relay.call("cosign", compact_request(account, plan, req, vc_code, c_id))
+            wallet = self.state.wallet(acct)
+            payload = packed_request(account, plan, req, vc_code, c_id, wallet)
+            answer = self.relay.call("cosign", payload)
             sigs = self._both_signatures(plan, acct, answer)
         except BaseException:
             self.ledger.cancel_send(reservation)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from bitcointx.core import CTransaction
 
-from cc_common.link import LinkAuthError
+from cc_common.link import LinkAuthError, codec
 from firmware_sim.node.validation import Coin as NodeCoin
 from firmware_sim.node.validation import verify_scripts
 from hsm_cold.cosign import decode_tx
@@ -49,6 +49,7 @@ from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.chaincloud import batch_content, batch_statement
 from wallet_core.descriptors import parse_descriptor
 from wallet_core.keys import master_key
+from wallet_core.rawtx import TxOut, parse_unsigned_tx, serialize_unsigned
 from wallet_core.wallets import (
     CHANGE,
     RECEIVE,
@@ -285,6 +286,62 @@ def test_refusal_of_one_satoshi_more_in_an_output(cold: ColdHsm, link: Any) -> N
     # frozen: even the honest request is refused until the console unfreezes
     payload, psbt = acct.send([(pay, 100_000)], "t1")
     assert refused(link, "cosign", payload).code == ColdErrorCode.ACCOUNT_FROZEN
+
+
+def packed(payload: dict[str, Any], *, outs: bool = False, keep_change: bool = False) -> dict:
+    """The packed form of a long-form request, built here byte by byte (docs/hsm-pair.md)."""
+    tx = parse_unsigned_tx(payload["tx"])
+    blank = set() if keep_change else {vout for vout, _ in payload["change"]}
+    vout = [TxOut(o.value, b"") if n in blank else o for n, o in enumerate(tx.vout)]
+    body = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)[4:-4]
+    fields = ("inputs", "change", "user_tx_no", "is_dynamic_fee", "vc_code", "c_id")
+    return {
+        "p": [
+            payload["account"],
+            body,
+            *(payload[k] for k in fields),
+            payload["outs"] if outs else None,
+            payload.get("prev_txs", []),
+        ]
+    }
+
+
+def test_packed_request_signs_what_the_long_form_signs(cold: ColdHsm, link: Any) -> None:
+    """The cold HSM fills in the change script, version, nLockTime and `outs` itself: the
+    packed request gets the long form's signatures (one digest), at ~60% of its bytes."""
+    acct = provision(cold, link, 150)
+    coins = [acct.coin(600_000)]
+    payload, psbt = acct.send([(random_address(), 300_000)], "p1", coins=coins)
+    small = packed(payload)
+    assert len(codec.encode(small)) < len(codec.encode(payload)) * 0.7
+    sigs = link.call("cosign", small, timeout=TIMEOUT)["signatures"]
+    check_cold_signatures(acct, psbt, coins, sigs)
+    assert link.call("cosign", payload, timeout=TIMEOUT)["signatures"] == sigs
+    assert link.call("cosign", packed(payload, outs=True), timeout=TIMEOUT)["signatures"] == sigs
+
+
+def test_packed_request_with_a_tampered_output_freezes(cold: ColdHsm, link: Any) -> None:
+    """The `outs` the cold HSM writes out from the outputs is not what the V-device signed:
+    the forged-`vc_code` refusal and freeze, nothing signed."""
+    acct = provision(cold, link, 151)
+    pay = random_address()
+    payload, _ = acct.send([(pay, 100_001)], "p1", signed_payments=[(pay, 100_000)])
+    err = refused(link, "cosign", packed(payload))
+    assert err.code == ColdErrorCode.FORGED_VC_CODE and "account 151 frozen" in err.message
+    assert frozen_for(link, 151) is not None
+
+
+def test_packed_request_names_change_never_its_script(cold: ColdHsm, link: Any) -> None:
+    """A packed request that carries a change script (which the cold HSM would overwrite) is
+    malformed: refused, nothing frozen."""
+    acct = provision(cold, link, 152)
+    payload, _ = acct.send([(random_address(), 100_000)], "p1")
+    err = refused(link, "cosign", packed(payload, keep_change=True))
+    assert err.code == ColdErrorCode.BAD_REQUEST and "leaves its script out" in err.message
+    assert frozen_for(link, 152) is None
+    bad = packed(payload)
+    bad["p"] = bad["p"][:-1]
+    assert refused(link, "cosign", bad).code == ColdErrorCode.BAD_REQUEST
 
 
 def test_refusal_of_an_extra_output(cold: ColdHsm, link: Any) -> None:

@@ -25,8 +25,9 @@ import requests
 from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
 from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
+from hsm_cold.cosign import decode_request, unpack
 from hsm_hot.audit import AuditLog
-from hsm_hot.compact import compact_request, plan_cosign
+from hsm_hot.compact import compact_request, packed_request, plan_cosign
 from hsm_hot.errors import (
     BadRequest,
     ColdRefused,
@@ -154,6 +155,8 @@ class SoftCold:
         }
 
     def cosign(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        if "p" in p:  # the packed form, rebuilt as the cold HSM does
+            p = unpack(p, self._wallet)
         tx = parse_unsigned_tx(p["tx"])
         sigs = []
         for i, (amount, chain, index) in enumerate(p["inputs"]):
@@ -288,7 +291,23 @@ def test_compact_request_is_small_and_complete(env):
     assert plan.txid == psbt.txid
     env["service"].sign_send(params)
     size = len(codec.encode(["cosign", _last_payload(env)]))
-    assert size < 450, size
+    assert size < 300, size
+
+
+def test_packed_request_unpacks_to_the_long_form(env) -> None:
+    """What the cold HSM rebuilds from the packed form (change scripts, version, nLockTime,
+    outs, coin_code) is exactly the long form: the same request, the same digest."""
+    params = _send(env, user_tx_no="packed")
+    plan = plan_cosign(Psbt.from_base64(params["psbt"]), env["wallet"])
+    args = (ACCOUNT, plan, params["request"], params["vc_code"], "c1")
+    packed = packed_request(*args, env["wallet"])
+    long = compact_request(*args)
+    assert packed["p"][8] is None  # outs: rebuilt from the payments
+    assert decode_request(unpack(packed, env["wallet"])) == decode_request(long)
+    assert len(codec.encode(packed)) < len(codec.encode(long)) - 100
+    # outs that is not the payments written out travels as given (the cold HSM judges it)
+    two = dict(params["request"], outs=";".join(reversed([params["request"]["outs"]] * 2)))
+    assert packed_request(ACCOUNT, plan, two, params["vc_code"], "c1", env["wallet"])["p"][8]
 
 
 def test_plan_refuses_what_the_strict_parser_refuses(env) -> None:
@@ -311,7 +330,7 @@ def _last_payload(env: dict) -> dict:
 
     params = _send(env, user_tx_no="size")
     plan = plan_cosign(Psbt.from_base64(params["psbt"]), env["wallet"])
-    return compact_request(ACCOUNT, plan, params["request"], params["vc_code"], "c1")
+    return packed_request(ACCOUNT, plan, params["request"], params["vc_code"], "c1", env["wallet"])
 
 
 def test_sign_send_gives_both_signatures_and_finalizes(env):

@@ -12,6 +12,7 @@ that remain, so a truncated or hostile input is a `TxParseError`, never an `Inde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .chaincloud import MAX_MONEY
@@ -210,3 +211,30 @@ def parse_signed_tx(
     return SignedTx(
         version, tuple(vin), tuple(script_sigs), tuple(vout), tuple(witnesses), locktime, tx_id
     )
+
+
+def serialize_unsigned(
+    version: int, vin: Sequence[TxIn], vout: Sequence[TxOut], locktime: int
+) -> bytes:
+    """The non-witness serialization `parse_unsigned_tx` reads (empty scriptSigs)."""
+    out = bytearray(version.to_bytes(4, "little"))
+    out += _compact_size(len(vin))
+    for i in vin:
+        out += (
+            i.txid[::-1] + i.vout.to_bytes(4, "little") + b"\x00" + i.sequence.to_bytes(4, "little")
+        )
+    out += _compact_size(len(vout))
+    for o in vout:
+        out += o.value.to_bytes(8, "little") + _compact_size(len(o.script_pubkey)) + o.script_pubkey
+    out += locktime.to_bytes(4, "little")
+    return bytes(out)
+
+
+def _compact_size(n: int) -> bytes:
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
