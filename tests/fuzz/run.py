@@ -9,7 +9,7 @@ One harness, for as long as you like: `-max_total_time=600` (seconds), `-runs=10
 harness's seeds are always added. A crash prints the traceback and writes the input to
 `crash-<sha1>` (see `-artifact_prefix`); keep it as a regression in `tests/fuzz/test_crashes.py`.
 
-`--all` runs every harness in turn with the same options, each in a child forked after the
+`--all` runs every harness with the same options, one child per core at a time, forked after the
 code under test was imported and instrumented once (libFuzzer runs one target per process and
 exits when done). Per harness it writes `OUTDIR/NAME.log` and crashing inputs as
 `OUTDIR/NAME-crash-<sha1>`, and all exit codes to `OUTDIR/results.json`. The suite uses it
@@ -60,8 +60,19 @@ def run_all(outdir: Path, names: list[str], args: list[str]) -> int:
         harnesses = {name: HARNESSES[name]() for name in names}
     outdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, int] = {}
+    running: dict[int, str] = {}
+    jobs = max(1, os.cpu_count() or 1)  # children fuzz side by side, one per core
+
+    def reap() -> None:
+        pid, status = os.wait()
+        name = running.pop(pid)
+        results[name] = os.waitstatus_to_exitcode(status)
+        print(f"{name}: exit {results[name]}", flush=True)
+
     for name, harness in harnesses.items():
         seeds = _seed_dir(name, harness)
+        while len(running) >= jobs:
+            reap()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -74,9 +85,9 @@ def run_all(outdir: Path, names: list[str], args: list[str]) -> int:
             # exit hook, which writes the input. Catching it here would lose the input.
             _fuzz(atheris, sys.argv[0], harness, [*args, prefix], seeds)
             os._exit(70)  # only if libFuzzer returned, which it does not
-        _, status = os.waitpid(pid, 0)
-        results[name] = os.waitstatus_to_exitcode(status)
-        print(f"{name}: exit {results[name]}", flush=True)
+        running[pid] = name
+    while running:
+        reap()
     (outdir / "results.json").write_text(json.dumps(results, indent=1))
     return 0 if not any(results.values()) else 1
 
