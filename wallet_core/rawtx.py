@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .chaincloud import MAX_MONEY
 from .errors import TxParseError
 from .hashes import double_sha256
+from .sighash import varint
 
 MAX_INPUTS = 500
 MAX_OUTPUTS = 500
@@ -218,23 +219,13 @@ def serialize_unsigned(
 ) -> bytes:
     """The non-witness serialization `parse_unsigned_tx` reads (empty scriptSigs)."""
     out = bytearray(version.to_bytes(4, "little"))
-    out += _compact_size(len(vin))
+    out += varint(len(vin))
     for i in vin:
         out += (
             i.txid[::-1] + i.vout.to_bytes(4, "little") + b"\x00" + i.sequence.to_bytes(4, "little")
         )
-    out += _compact_size(len(vout))
+    out += varint(len(vout))
     for o in vout:
-        out += o.value.to_bytes(8, "little") + _compact_size(len(o.script_pubkey)) + o.script_pubkey
+        out += o.value.to_bytes(8, "little") + varint(len(o.script_pubkey)) + o.script_pubkey
     out += locktime.to_bytes(4, "little")
     return bytes(out)
-
-
-def _compact_size(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
