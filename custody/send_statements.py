@@ -18,7 +18,8 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from custody.errors import Conflict, HsmRefusedError, HsmUnavailableError
@@ -60,15 +61,13 @@ def statement(
     if row is not None:
         return dict(json.loads(row.value))
     answer = _fetch(hsm, account_id, user_tx_no)
-    session.add(KeyValue(key=key, value=json.dumps(answer, sort_keys=True)))
-    try:
-        session.commit()
-    except IntegrityError:
-        # Two requests asked at once; the cold HSM answers the same, and the first one kept it.
-        session.rollback()
-        kept = session.get(KeyValue, key)
-        if kept is not None:
-            return dict(json.loads(kept.value))
-        raise
+    # Two requests may ask at once: the cold HSM answers both the same, the first row stays.
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(KeyValue)
+        .values(key=key, value=json.dumps(answer, sort_keys=True))
+        .on_conflict_do_nothing()
+    )
+    session.commit()
     log.info("account %d: cold statement for a send: %s", account_id, answer.get("state"))
     return answer

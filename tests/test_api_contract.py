@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
+from custody import send_statements
 from custody.accounts import freeze_account
 from custody.app import create_app
 from custody.models import (
@@ -25,6 +26,7 @@ from custody.models import (
     ChainTxInput,
     ChainTxOutput,
     JournalEntry,
+    KeyValue,
     Send,
     SendStatus,
     TxStatus,
@@ -638,6 +640,33 @@ def test_final_sends_carry_the_cold_statement(client, account, session_factory, 
     assert (account.id, "never-seen") in hsm.closed
     r = client.post(f"{API}/tx/other/statement", headers=account.cold)
     assert r.status_code == 403  # the cold token cannot close hot sends
+
+
+def test_a_statement_asked_twice_at_once_is_kept_once(account, session_factory, hsm):
+    """Two requests ask for one send's statement at once: the other one stores it between our
+    look and our insert. Ours still answers, and one row stays (it was a 500 on the key)."""
+    key = send_statements._key(account.id, "raced")
+    raced: list[bool] = []
+
+    def other_request_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if raced or not statement.lstrip().upper().startswith("INSERT INTO SERVICE_STATE"):
+            return
+        raced.append(True)
+        with session_factory() as other, other.begin():
+            other.add(KeyValue(key=key, value="{}"))
+
+    with session_factory() as s:
+        engine = s.get_bind()
+        event.listen(engine, "before_cursor_execute", other_request_first)
+        try:
+            answer = send_statements.statement(s, hsm, account.id, "raced", None)
+        finally:
+            event.remove(engine, "before_cursor_execute", other_request_first)
+    assert raced
+    verdict = verify_send_statement(hsm.identity_pub, account.id, "raced", answer)
+    assert verdict is not None and not verdict.signed
+    with session_factory() as s:
+        assert s.execute(select(func.count()).where(KeyValue.key == key)).scalar() == 1
 
 
 def test_send_state_path_refuses_control_and_bidi(client, account):
