@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from custody.insert_or_nothing import insert_or_nothing
 from custody.models import (
     DeliveryStatus,
     Event,
@@ -89,10 +88,7 @@ def _next_seq(s: Session, account_id: int) -> int:
     seq = s.execute(step).scalar()
     if seq is not None:
         return int(seq)
-    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    s.execute(
-        insert(EventCounter).values(account_id=account_id, last_seq=0).on_conflict_do_nothing()
-    )
+    insert_or_nothing(s, EventCounter, account_id=account_id, last_seq=0)
     return int(s.execute(step).scalar_one())
 
 

@@ -18,12 +18,11 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from custody.errors import Conflict, HsmRefusedError, HsmUnavailableError
 from custody.hsm_client import HsmRefused
+from custody.insert_or_nothing import insert_or_nothing
 from custody.models import KeyValue, Send, SendStatus
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,7 @@ def statement(
         return dict(json.loads(row.value))
     answer = _fetch(hsm, account_id, user_tx_no)
     # Two requests may ask at once: the cold HSM answers both the same, the first row stays.
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(KeyValue)
-        .values(key=key, value=json.dumps(answer, sort_keys=True))
-        .on_conflict_do_nothing()
-    )
+    insert_or_nothing(session, KeyValue, key=key, value=json.dumps(answer, sort_keys=True))
     session.commit()
     log.info("account %d: cold statement for a send: %s", account_id, answer.get("state"))
     return answer
