@@ -31,6 +31,7 @@ from gunicorn.app.base import BaseApplication
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, mark_ready
+from wallet_core import derive_helper
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ READY_DEADLINE = 60.0
 def _custody_api(config: Config) -> Any:
     from custody.app import create_app  # noqa: PLC0415 (in the worker, after gunicorn's fork)
 
+    derive_helper.start()  # this worker's second core for address batches, ready before one
     return create_app(config)
 
 

@@ -52,6 +52,7 @@ from hsm_cold.restore import BackupSettings, prepare_backup
 from hsm_cold.service import AlertKind, ColdService
 from hsm_cold.sms_service import SmsService, SmsSettings
 from hsm_cold.store import ColdStore
+from wallet_core import derive_helper
 from wallet_core.networks import Network
 
 log = logging.getLogger("hsm_cold")
@@ -203,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop = install_stop_handlers()
         modems = sms.modem_status if sms is not None else list
         service.status_extras = lambda: {"modems": modems(), **token.status(section)}
+        derive_helper.start()  # the second core for batch proofs (public chain keys only)
         server.start()
         if sms is not None:
             service.on_alert = sms.on_alert

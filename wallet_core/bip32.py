@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import struct
 from dataclasses import dataclass, replace
 
 from . import secp
@@ -228,8 +229,8 @@ def parse_xpub(text: str) -> ExtendedKey:
 class ChainDeriver:
     """Fast non-hardened children of one chain-level public key (…/0 or …/1).
 
-    `pubkey(i)` and `pubkeys(start, count)` give compressed child public keys. Holds no C
-    buffers between calls, so it may be shared between threads.
+    `pubkey(i)`, `pubkeys(start, count)` and `packed(start, count)` give compressed child
+    public keys. Holds no C buffers between calls, so it may be shared between threads.
     """
 
     def __init__(self, chain_key: ExtendedKey) -> None:
@@ -243,26 +244,34 @@ class ChainDeriver:
         self._multiplier = secp.BatchPointMultiplier.shared()
 
     def pubkey(self, index: int) -> bytes:
-        return self.pubkeys(index, 1)[0]
+        return self.packed(index, 1)
 
     def pubkeys(self, start: int, count: int) -> list[bytes]:
         """Child public keys start..start+count-1 (all non-hardened)."""
+        buf = self.packed(start, count)
+        return [buf[i : i + 33] for i in range(0, len(buf), 33)]
+
+    def packed(self, start: int, count: int) -> bytes:
+        """The same keys as `pubkeys`, 33 bytes each in one buffer (what crosses a pipe)."""
         if start < 0 or count < 0 or start + count > HARDENED:
             raise DerivationPathError("non-hardened index range out of bounds")
-        inner, outer, n = self._inner, self._outer, secp.N
+        inner_copy, outer_copy, n_bytes = self._inner.copy, self._outer.copy, _N_BYTES
         tweaks = []
         for i in range(start, start + count):
-            h = inner.copy()
-            h.update(i.to_bytes(4, "big"))
-            o = outer.copy()
+            h = inner_copy()
+            h.update(_INDEX.pack(i))
+            o = outer_copy()
             o.update(h.digest())
             il = o.digest()[:32]
-            if il[0] == 0xFF and int.from_bytes(il, "big") >= n:
+            if il >= n_bytes:
                 raise DerivationError(f"index {i} gives an invalid key; use the next one")
             tweaks.append(il)
-        out = []
-        for i, pub in enumerate(self._multiplier.add_many(self._key, tweaks), start):
-            if pub is None:
-                raise DerivationError(f"index {i} gives an invalid key; use the next one")
-            out.append(pub)
-        return out
+        buf, infinite = self._multiplier.add_many_packed(self._key, tweaks)
+        if infinite:
+            i = start + infinite[0]
+            raise DerivationError(f"index {i} gives an invalid key; use the next one")
+        return buf
+
+
+_INDEX = struct.Struct(">I")
+_N_BYTES = secp.N.to_bytes(32, "big")  # a big-endian IL compares as bytes

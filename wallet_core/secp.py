@@ -161,7 +161,16 @@ class BatchPointMultiplier:
         )
 
     def add_many(self, point: bytes, tweaks: Sequence[bytes]) -> list[bytes | None]:
-        """point + t*G, compressed, for each 32-byte tweak t (None where the sum is infinity).
+        """point + t*G, compressed, for each 32-byte tweak t (None where the sum is infinity)."""
+        buf, infinite = self.add_many_packed(point, tweaks)
+        result: list[bytes | None] = [buf[i : i + 33] for i in range(0, len(buf), 33)]
+        for k in infinite:
+            result[k] = None
+        return result
+
+    def add_many_packed(self, point: bytes, tweaks: Sequence[bytes]) -> tuple[bytes, list[int]]:
+        """point + t*G for each tweak, as one buffer of 33-byte compressed keys, and the
+        positions whose sum is infinity (their 33 bytes are zero).
 
         The 33 input pointers of every combine are built for the whole batch at once, as
         bytes, by one C-level join over per-window pointer tables: filling a cffi pointer
@@ -191,9 +200,5 @@ class BatchPointMultiplier:
                 continue
             outlen[0] = 33
             serialize(ctx, out + 33 * k, outlen, res, _COMPRESSED)
-        buf = ffi.buffer(out)[:]
         del base  # the pointer bytes refer to it: keep it alive until here
-        result: list[bytes | None] = [buf[i : i + 33] for i in range(0, 33 * n, 33)]
-        for k in infinite:
-            result[k] = None
-        return result
+        return ffi.buffer(out, 33 * n)[:], infinite

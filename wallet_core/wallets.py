@@ -21,6 +21,7 @@ from coincurve import PublicKey
 from .bech32 import SegwitV0Encoder
 from .bip32 import HARDENED, ChainDeriver, ExtendedKey, parse_path
 from .chaincloud import BATCH_SIZE
+from .derive_helper import derive_columns, split_keys
 from .descriptors import Descriptor, sortedmulti_descriptor, wpkh_descriptor
 from .errors import (
     DerivationError,
@@ -177,20 +178,24 @@ class ColdWallet:
         return _encoder(self.network, 20).encode(hash160(self.pubkey(index, change)))
 
     def addresses(self, start: int, count: int, change: int = RECEIVE) -> list[str]:
-        _check_index(start)
-        pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
-        return _encoder(self.network, 20).encode_many(list(map(hash160, pubs)))
+        return _encoder(self.network, 20).encode_many(self._key_hashes(start, count, change))
 
     def derive_range(self, start: int, count: int, change: int = RECEIVE) -> list[DerivedAddress]:
         """Like `addresses`, with each scriptPubKey (what a batch stores): same fast path."""
-        _check_index(start)
-        pubs = ChainDeriver(self.chain_key(change)).pubkeys(start, count)
-        hashes = list(map(hash160, pubs))
+        hashes = self._key_hashes(start, count, change)
         addrs = _encoder(self.network, 20).encode_many(hashes)
         return [
             DerivedAddress(i, a, b"\x00\x14" + h)  # p2wpkh_script(h), inlined
             for i, a, h in zip(range(start, start + count), addrs, hashes, strict=True)
         ]
+
+    def _key_hashes(self, start: int, count: int, change: int) -> list[bytes]:
+        """hash160 of the child keys of a range (on two cores when the range is large)."""
+        _check_index(start)
+        if count < 0 or start + count > HARDENED:
+            raise DerivationPathError("non-hardened index range out of bounds")
+        packed = derive_columns([self.chain_key(change)], start, count)[0]
+        return list(map(hash160, split_keys(packed)))
 
     def origins(self, index: int, change: int = RECEIVE) -> dict[bytes, KeyOrigin]:
         """pubkey -> origin for the key(s) of one address (PSBT bip32_derivations)."""
@@ -287,7 +292,17 @@ class HotWallet:
     def _witness_scripts(self, change: int, start: int, count: int) -> list[bytes]:
         """`multisig_script(2, keys)` for a range, built without its per-call checks: the keys
         come from our own derivation (each one a serialised point, 33 bytes)."""
-        cols = [self._column(c, change, start, count) for c in range(3)]
+        if count < 0 or start + count > HARDENED:
+            raise DerivationPathError("non-hardened index range out of bounds")
+        derived = [c for c in range(3) if not isinstance(self.cosigners[c], FixedKey)]
+        packed = derive_columns([self.chain_key(c, change) for c in derived], start, count)
+        cols: list[list[bytes]] = []
+        for c in range(3):
+            cosigner = self.cosigners[c]
+            if isinstance(cosigner, FixedKey):
+                cols.append([cosigner.public_key] * count)
+            else:
+                cols.append(split_keys(packed[derived.index(c)]))
         join = b"".join
         return [
             join((b"\x52\x21", a, b"\x21", b, b"\x21", c, b"\x53\xae"))  # OP_2 .. OP_3 OP_CMS
