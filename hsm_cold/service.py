@@ -33,6 +33,7 @@ from hsm_cold import (
 )
 from hsm_cold.accounts import AccountFacts, SeedPurpose
 from hsm_cold.cosign import CosignRequest, FeePolicy, field, signed_message_text, text_field
+from hsm_cold.derived_batches import DerivedBatches
 from hsm_cold.errors import (
     AccountExists,
     AccountFrozen,
@@ -242,6 +243,7 @@ class ColdService:
         # What `status` adds from outside the service (the SIMs' radio state, the token).
         self.status_extras: Callable[[], Mapping[str, Any]] = dict
         self._wallets: dict[int, tuple[tuple[AccountFacts, bytes], HotWallet]] = {}
+        self._batches = DerivedBatches()
         self.policies = ColdPolicies(
             store,
             spending_defaults,
@@ -362,17 +364,30 @@ class ColdService:
         self.alert(account, AlertKind.ACCOUNT_FROZEN, reason, source=source)
 
     def derive_batch(self, rec: AccountRecord, kind: WalletKind, batch_no: int) -> list[str]:
-        """The addresses of a receive batch, derived here from the account's own keys."""
+        """The addresses of a receive batch, derived here from the account's own keys (once:
+        the V-device's SMS check of a batch reuses its proof's derivation, `derived_batches`)."""
+        cold = kind is WalletKind.COLD
+        key = (
+            kind,
+            batch_no,
+            AccountFacts.of(rec),
+            rec.receiving_seed if cold else rec.cosigner_seed,
+        )
+        kept = self._batches.get(key)
+        if kept is not None:
+            return kept
         wallet: Any
-        if kind is WalletKind.COLD:
+        if cold:
             with accounts.opened_root(self.keystore, rec, SeedPurpose.RECEIVING) as root:
                 wallet = accounts.receiving_wallet(root, self.network)
         else:
             wallet = self._hot_wallet(rec)
         try:
-            return [address for _, address in batch_addresses(wallet, batch_no, RECEIVE)]
+            addresses = [address for _, address in batch_addresses(wallet, batch_no, RECEIVE)]
         except WalletError as exc:
             raise BadRequest(f"batch {batch_no}: {exc.message}") from None
+        self._batches.put(key, addresses)
+        return addresses
 
     # -- commands -------------------------------------------------------------------------------
 

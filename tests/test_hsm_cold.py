@@ -242,6 +242,24 @@ def test_altered_facts_are_refused_after_the_wallet_was_cached(cold: ColdHsm, li
     assert err.code == ColdErrorCode.STATE_DAMAGED
 
 
+def test_a_proven_batch_is_refused_again_after_the_facts_were_altered(
+    cold: ColdHsm, link: Any
+) -> None:
+    """The cold side keeps the addresses of the batches it derived (the V-device's SMS check
+    follows each proof): proving one again after an edit of the state is still refused."""
+    acct = provision(cold, link, 78, register=False)
+    for kind, wallet in (("cold", acct.cold_wallet), ("hot", acct.wallet)):
+        content = batch_statement(kind, 78, 0, [a for _, a in batch_addresses(wallet, 0)])
+        params = {"account": 78, "wallet": kind, "batch_no": 0}
+        for _ in range(2):  # derived, then kept
+            sig = link.call("prove_batch", params, timeout=60)["signature"]
+            assert messages.verify_message_pubkey(cold.identity, content, sig)
+    alter_recovery_xpub(cold, 78, b"attacker recovery seed 78")
+    for kind in ("cold", "hot"):
+        err = refused(link, "prove_batch", {"account": 78, "wallet": kind, "batch_no": 0})
+        assert err.code == ColdErrorCode.STATE_DAMAGED and "state was altered" in err.message
+
+
 # -- co-signing ----------------------------------------------------------------------------------
 
 
