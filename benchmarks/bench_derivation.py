@@ -11,11 +11,12 @@ the process (on a shared machine the wall time also counts other work's time sli
 Targets: <= 10 ms per 1000 P2WPKH and <= 25 ms per 1000 2-of-3 P2WSH (best wall time).
 The one-time per-process cost (window table for the batch point multiplier) is shown apart.
 
-Each workload runs twice: derived in this process alone, and split with the derivation
-helper process (wallet_core.derive_helper: half here, half there at the same time); for the
-helper the mean CPU per run of the helper process is shown too (from /proc, clock ticks
-summed over the runs). `--busy N` keeps N busy-looping processes running meanwhile (what the
-split gives when the other core is taken).
+Each run of a workload derives it twice, one right after the other (so both see the same
+load): in this process alone, and split with the derivation helper process
+(wallet_core.derive_helper: half here, half there at the same time); for the split the mean
+CPU per run of the helper process is shown too (from /proc, clock ticks summed over runs).
+`--busy N` keeps N busy-looping processes running meanwhile (what the split gives when the
+other core is taken).
 
 Run: .venv/bin/python benchmarks/bench_derivation.py [--runs N] [--busy N]
 """
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import samples_ms
@@ -50,12 +52,6 @@ TARGET_P2WPKH_MS = 10.0
 TARGET_P2WSH_MS = 25.0
 
 
-def _time(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
-    """(best wall ms, median wall ms, best CPU ms)."""
-    wall, cpu = samples_ms(fn, runs)
-    return min(wall), statistics.median(wall), min(cpu)
-
-
 def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process so far (Linux /proc), 0 without one."""
     if pid is None:
@@ -64,13 +60,35 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _time_split(fn: Callable[[], object], runs: int) -> tuple[float, float, float, float]:
-    """(best wall ms, median wall ms, best CPU ms here, mean CPU ms of the helper per run)."""
+def _alternate(fn: Callable[[], object], runs: int) -> tuple[Figures, Figures]:
+    """Each run times `fn` alone, then split with the helper, so both see the same load.
+    Per mode: best and median wall ms, best CPU ms of this process, mean helper CPU ms."""
     pid = derive_helper.helper_pid()
-    before = _cpu_seconds(pid)
-    wall, cpu = samples_ms(fn, runs)
-    helper_ms = (_cpu_seconds(pid) - before) * 1000 / runs
-    return min(wall), statistics.median(wall), min(cpu), helper_ms
+    samples: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+    helper_s = 0.0
+    for _ in range(runs):
+        for split in (False, True):
+            derive_helper.configure(enabled=split)
+            h0 = _cpu_seconds(pid)
+            wall, cpu = samples_ms(fn, 1)
+            if split:
+                helper_s += _cpu_seconds(pid) - h0
+            samples[split][0].extend(wall)
+            samples[split][1].extend(cpu)
+    out = []
+    for split in (False, True):
+        wall, cpu = samples[split]
+        helper_ms = helper_s * 1000 / runs if split else 0.0
+        out.append(Figures(min(wall), statistics.median(wall), min(cpu), helper_ms))
+    return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class Figures:
+    best: float
+    median: float
+    cpu: float
+    helper_cpu: float
 
 
 def main() -> int:
@@ -119,15 +137,11 @@ def _run(runs: int, busy: int) -> int:
         ("  the same, hot key fixed (deployed)", 1000, deployed_batch, runs),
         ("P2WPKH, 10 000 addresses", 10_000, cold_10k, max(3, runs // 3)),
     ]
-    derive_helper.configure(enabled=False)
-    cold_batch(), hot_batch()  # warm-up (encoder tables, caches)
-    alone = [_time(fn, n) for _, _, fn, n in workloads]
-    derive_helper.configure(enabled=True)
     if not derive_helper.start(wait=60.0):
         print("the derivation helper did not start", file=sys.stderr)
         return 2
-    cold_batch(), hot_batch()
-    split = [_time_split(fn, n) for _, _, fn, n in workloads]
+    cold_batch(), hot_batch()  # warm-up (encoder tables, caches)
+    results = [_alternate(fn, n) for _, _, fn, n in workloads]
     derive_helper.close()
 
     print(f"python {sys.version.split()[0]}; RIPEMD-160: {hashes.RIPEMD160_BACKEND}")
@@ -137,24 +151,20 @@ def _run(runs: int, busy: int) -> int:
         f"{'workload':38} {'':8} {'best ms':>9} {'median ms':>10} {'best cpu ms':>12} "
         f"{'helper cpu':>11} {'best us/addr':>13}"
     )
-    for (name, count, _, _), (best, median, cpu), (sbest, smedian, scpu, hcpu) in zip(
-        workloads, alone, split, strict=True
-    ):
-        print(
-            f"{name:38} {'alone':8} {best:9.2f} {median:10.2f} {cpu:12.2f} {'':>11} "
-            f"{best * 1000 / count:13.2f}"
-        )
-        print(
-            f"{'':38} {'split':8} {sbest:9.2f} {smedian:10.2f} {scpu:12.2f} {hcpu:11.1f} "
-            f"{sbest * 1000 / count:13.2f}"
-        )
+    for (name, count, _, _), (alone, split) in zip(workloads, results, strict=True):
+        for label, f in (("alone", alone), ("split", split)):
+            helper = f"{f.helper_cpu:11.1f}" if label == "split" else " " * 11
+            print(
+                f"{name if label == 'alone' else '':38} {label:8} {f.best:9.2f} {f.median:10.2f} "
+                f"{f.cpu:12.2f} {helper} {f.best * 1000 / count:13.2f}"
+            )
     ok = True
-    for (name, _, _, _), (best, _m, _c, _h), target in zip(
-        workloads[:2], split[:2], (TARGET_P2WPKH_MS, TARGET_P2WSH_MS), strict=True
+    for (name, _, _, _), (_alone, split), target in zip(
+        workloads[:2], results[:2], (TARGET_P2WPKH_MS, TARGET_P2WSH_MS), strict=True
     ):
-        verdict = "meets" if best <= target else "MISSES"
-        ok = ok and best <= target
-        print(f"{name} (split): best {best:.2f} ms {verdict} the {target:.0f} ms target")
+        verdict = "meets" if split.best <= target else "MISSES"
+        ok = ok and split.best <= target
+        print(f"{name} (split): best {split.best:.2f} ms {verdict} the {target:.0f} ms target")
     return 0 if ok else 1
 
 
