@@ -22,6 +22,7 @@ from custody.models import (
     Alert,
     BatchStatus,
     BlockSeen,
+    Chain,
     ChainTx,
     ChainTxInput,
     ChainTxOutput,
@@ -34,6 +35,7 @@ from custody.models import (
     Wallet,
 )
 from tests.api_fixtures import make_config, seen_block, sign_vc_code
+from wallet_core.addresses import decode_address
 from wallet_core.chaincloud import SendVerdict, send_request_string, verify_send_statement
 from wallet_core.errors import WalletError
 from wallet_core.messages import sign_message
@@ -176,6 +178,24 @@ def test_batch_created_proven_and_stored(client, account, hsm, session_factory, 
         assert s.execute(select(func.count(Address.id))).scalar() == 2000
         kinds = s.execute(select(JournalEntry.kind)).scalars().all()
         assert kinds.count("batch_created") == 2 and kinds.count("batch_proven") == 2
+        # every stored row (COPY on PostgreSQL) reads back as written: the watcher matches
+        # deposits by these scripts
+        stored = s.execute(
+            select(Address).where(Address.batch_id == rows[0].id).order_by(Address.index)
+        ).scalars()
+        assert [
+            (r.index, r.address, r.script_pubkey, r.wallet, r.chain, r.account_id) for r in stored
+        ] == [
+            (
+                i,
+                a,
+                decode_address(a).script_pubkey,
+                Wallet[wallet.upper()],
+                Chain.RECEIVE,
+                account.id,
+            )
+            for i, a in enumerate(hsm.batch_addresses(account.id, wallet, 0))
+        ]
 
 
 def test_concurrent_requests_for_a_new_batch_store_it_once(client, account, session_factory):
