@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,23 @@ def test_a_small_range_stays_in_process() -> None:
     served = derive_helper.served()
     cold.addresses(0, derive_helper.MIN_SPLIT - 1)
     assert derive_helper.served() == served
+
+
+def test_threads_share_the_helper_or_derive_alone_and_all_get_their_batch() -> None:
+    """Threads of one process (gthread workers) while the helper starts and once it is ready:
+    each range goes to the helper if it is free, else is derived in the thread."""
+    derive_helper.close()
+    derive_helper.configure(enabled=True)
+    cold, hot, fixed = _wallets()
+    jobs = [(w, n) for n in range(3) for w in (cold, hot, fixed)]
+    expected = [_in_process(w, n) for w, n in jobs]
+    served = derive_helper.served()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda job: batch_addresses(*job), jobs)) == expected
+            derive_helper.start(wait=READY_WAIT)
+    assert derive_helper.served() > served
+    derive_helper.close()
 
 
 @pytest.mark.usefixtures("helper")

@@ -142,7 +142,7 @@ def start(wait: float = 0.0) -> bool:
     """Start this process's helper now, so it is ready before the first batch; with `wait`,
     poll up to that many seconds for it to be ready. True if it is ready."""
     deadline = time.monotonic() + wait
-    while _current(start=True) is None:
+    while _current() is None:
         if time.monotonic() >= deadline or not _SLOT.enabled:
             return False
         time.sleep(0.01)
@@ -168,7 +168,7 @@ def close() -> None:
         helper.close()
 
 
-def _current(*, start: bool) -> _Helper | None:
+def _current() -> _Helper | None:
     """The helper if it is ready, starting one (without waiting for it) when there is none."""
     if not _SLOT.enabled:
         return None
@@ -176,7 +176,7 @@ def _current(*, start: bool) -> _Helper | None:
         helper = _SLOT.helper
         if helper is None:
             retry = _SLOT.failed_at is None or time.monotonic() - _SLOT.failed_at > RETRY_AFTER
-            if not (start and retry):
+            if not retry:
                 return None
             try:
                 helper = _SLOT.helper = _Helper()
@@ -185,11 +185,17 @@ def _current(*, start: bool) -> _Helper | None:
                 log.warning("cannot start the derivation helper (%s): deriving in process", exc)
                 return None
             log.info("derivation helper started (pid %d)", helper.pid)
+    if helper.ready:
+        return helper
+    if not helper.lock.acquire(blocking=False):  # another thread is reading its ready byte
+        return None
     try:
         return helper if helper.check_ready() else None
     except HelperFailed as exc:
         _fail(helper, exc)
         return None
+    finally:
+        helper.lock.release()
 
 
 def _fail(helper: _Helper, exc: HelperFailed) -> None:
@@ -206,7 +212,7 @@ def derive_columns(chain_keys: Sequence[ExtendedKey], start: int, count: int) ->
     """Child keys start..start+count-1 of each chain key, each chain's keys packed (33 bytes
     each): the first half derived here, the second by the helper at the same time."""
     derivers = [ChainDeriver(k) for k in chain_keys]
-    helper = _current(start=True) if count >= MIN_SPLIT and derivers else None
+    helper = _current() if count >= MIN_SPLIT and derivers else None
     if helper is None or not helper.lock.acquire(blocking=False):
         return [d.packed(start, count) for d in derivers]
     try:
