@@ -9,6 +9,7 @@ One small module per job (HWI style); import what you need from the module:
 - `signatures`: DER, low-S, external signers.       - `coinselect`, `fees`.
 - `messages`: signmessage format.                   - `chaincloud`: protocol strings.
 - `errors`: `WalletError` and one class per failure (codes 500-599).
+- `derive_helper` (with `derive_worker`, `derive_wire`): a batch's derivation on two cores.
 
 The regtest node validates with python-bitcointx; nothing here may import it.
 """

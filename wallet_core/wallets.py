@@ -6,7 +6,8 @@
 
 Everything here derives from xpubs, so the custody API can hold a wallet without any
 private key; the cold HSM uses the same code to re-derive change ("by derivation, never by
-trust"). Batches use the fast `ChainDeriver`; the chain-level keys are derived once.
+trust"). Batches use the fast `ChainDeriver`, split over two processes by `derive_helper`;
+the chain-level keys are derived once.
 """
 
 from __future__ import annotations
