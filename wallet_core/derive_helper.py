@@ -1,4 +1,4 @@
-"""Derive an address range on two cores: this process one half, a helper process the other.
+"""Derive an address range on two cores: this process one part, a helper process the rest.
 
 Threads cannot do it: every libsecp256k1 call hands the GIL over, about 1000 times a batch
 (benchmarks/RESULTS.md). So each process that derives batches keeps one helper process
@@ -32,6 +32,10 @@ from .bip32 import ChainDeriver, ExtendedKey
 log = logging.getLogger(__name__)
 
 MIN_SPLIT = 128  # smaller ranges: a round trip to the helper costs more than half saves
+# This process also turns every key into an address afterwards (~2.5 us a P2WPKH address,
+# ~3.5 us a P2WSH one, against ~14.5 us to derive a key; benchmarks/RESULTS.md), so it
+# derives a bit less than half: with two free cores both parts then end about together.
+PARENT_SHARE = 0.45
 ANSWER_TIMEOUT = 10.0  # seconds for half a range even on a badly loaded machine
 RETRY_AFTER = 60.0
 
@@ -210,13 +214,13 @@ def _fail(helper: _Helper, exc: HelperFailed) -> None:
 
 def derive_columns(chain_keys: Sequence[ExtendedKey], start: int, count: int) -> list[bytes]:
     """Child keys start..start+count-1 of each chain key, each chain's keys packed (33 bytes
-    each): the first half derived here, the second by the helper at the same time."""
+    each): the first part (`PARENT_SHARE`) derived here, the rest by the helper meanwhile."""
     derivers = [ChainDeriver(k) for k in chain_keys]
     helper = _current() if count >= MIN_SPLIT and derivers else None
     if helper is None or not helper.lock.acquire(blocking=False):
         return [d.packed(start, count) for d in derivers]
     try:
-        mid = start + count // 2
+        mid = start + int(count * PARENT_SHARE)
         end = start + count
         theirs: bytes | None = None
         try:
