@@ -15,6 +15,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
     "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
     " amount INTEGER NOT NULL, txid TEXT NOT NULL);"
+    # each limit decision sums a time window of one account: an index, not a table scan
+    "CREATE INDEX IF NOT EXISTS ix_requests_at ON requests (account, at);"
+    "CREATE INDEX IF NOT EXISTS ix_sends_at ON sends (account, at);"
 )
 _ADDED_COLUMNS = (("sends", "fee", "INTEGER NOT NULL DEFAULT 0"),)
 
