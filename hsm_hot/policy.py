@@ -7,7 +7,6 @@ the hot state directory) so a restart does not reset the daily total.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cc_common.config import Section
+from cc_common.group_commit import GroupCommit
 from hsm_hot.errors import (
     DailyFeeAboveLimit,
     FeeAboveLimit,
@@ -117,35 +117,7 @@ class PolicyLedger:
         self._lock = threading.Lock()
         self._store = LedgerStore(path)
         self._pruned_at = 0.0
-        # Group commit (as the audit log): changes are numbered as they are made; one commit
-        # makes every change made before it durable, so concurrent requests share an fsync
-        # instead of queueing one fsync each behind `_lock`.
-        self._sync_lock = threading.Lock()
-        self._changes = 0  # changes made (under `_lock`)
-        self._durable_upto = 0  # changes committed
-        self._lost: list[tuple[int, int]] = []  # (first, last) changes undone by a failed commit
-
-    def _changed(self) -> int:
-        """Number the change just made inside `_store.begin()`. Caller holds `_lock`."""
-        self._changes += 1
-        return self._changes
-
-    def _make_durable(self, change: int) -> None:
-        """Return once `change` is committed; raise if the commit meant to keep it failed."""
-        with self._sync_lock:
-            if any(first <= change <= last for first, last in self._lost):
-                raise sqlite3.OperationalError("policy ledger: the change was not saved")
-            if self._durable_upto >= change:
-                return
-            with self._lock:
-                upto = self._changes
-                try:
-                    self._store.commit()
-                except sqlite3.Error:
-                    self._lost.append((self._durable_upto + 1, upto))
-                    self._durable_upto = upto
-                    raise
-            self._durable_upto = upto
+        self._group = GroupCommit(self._lock, self._store.commit)  # one fsync, many requests
 
     def admit_request(self, account: int) -> None:
         """Count one signing request; refuse past the per-minute limit."""
@@ -163,8 +135,8 @@ class PolicyLedger:
             if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
                 self._pruned_at = now
                 self._store.prune_requests(now - DAY)
-            change = self._changed()
-        self._make_durable(change)
+            change = self._group.changed()
+        self._group.durable(change)
 
     def check_send(self, account: int, amount: int, outputs: int) -> None:
         """Refuse a send over the limits (changes nothing)."""
@@ -195,8 +167,8 @@ class PolicyLedger:
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
             self._store.begin()
             reservation = self._store.add_send(account, now, cost.total, txid, cost.fee)
-            change = self._changed()
-        self._make_durable(change)
+            change = self._group.changed()
+        self._group.durable(change)
         return reservation
 
     def reserve_batch(
@@ -221,8 +193,8 @@ class PolicyLedger:
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
             self._store.begin()
             reservation = self._store.add_send(account, now, cost.total, txid, cost.fee)
-            change = self._changed()
-        self._make_durable(change)
+            change = self._group.changed()
+        self._group.durable(change)
         return reservation
 
     def cancel_send(self, reservation: int) -> None:
@@ -230,9 +202,9 @@ class PolicyLedger:
         with self._lock:
             self._store.begin()
             self._store.remove_send(reservation)
-            change = self._changed()
-        self._make_durable(change)
+            change = self._group.changed()
+        self._group.durable(change)
 
     def close(self) -> None:
-        with self._sync_lock, self._lock:
+        with self._lock:
             self._store.close()

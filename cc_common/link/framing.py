@@ -515,14 +515,15 @@ class FrameLink:
             self._recent = {k: t for k, t in self._recent.items() if t > now}
             self._next_prune = now + 1.0
         self.counts["data in"] += 1
-        payloads: list[bytes] | None = [frame.payload]
+        payloads = [frame.payload]
         if frame.type == FrameType.BUNDLE:
-            payloads = split_bundle(frame.payload)
-            if payloads is None:  # the CRC held, so the sender built it wrong: nothing of it
+            bundled = split_bundle(frame.payload)
+            if bundled is None:  # the CRC held, so the sender built it wrong: nothing of it
                 self.counts["malformed bundles"] += 1
                 log.warning("%s: malformed BUNDLE frame seq=%d dropped", self.name, frame.seq)
                 return
-            self.counts["bundled payloads in"] += len(payloads)
+            self.counts["bundled payloads in"] += len(bundled)
+            payloads = bundled
         for payload in payloads:
             try:
                 self._on_payload(payload)
@@ -568,8 +569,13 @@ class FrameLink:
         for out in failed:
             self.counts["gave up"] += 1
             log.warning("%s: gave up on frame seq=%d after %d tries", self.name, out.seq, out.tries)
-            for tag in out.tags if self._on_give_up is not None else ():
-                try:
-                    self._on_give_up(tag)
-                except Exception:
-                    log.exception("%s: give-up handler failed", self.name)
+            for tag in out.tags:
+                self._give_up(tag)
+
+    def _give_up(self, tag: Hashable) -> None:
+        if self._on_give_up is None:
+            return
+        try:
+            self._on_give_up(tag)
+        except Exception:
+            log.exception("%s: give-up handler failed", self.name)
