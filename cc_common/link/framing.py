@@ -12,12 +12,14 @@ Frame before COBS (big-endian)::
 
 DATA frames are acknowledged by ACK frames that carry their seq (an ACK's payload lists more
 seqs, so one ACK answers a burst). A BUNDLE frame is a DATA frame carrying several payloads,
-each as ``length:u16 payload``, delivered in order: when payloads wait for the line (the window
-is full, or the line is busy at a low baud rate) or a sender hands over several at once
-(`send_many`), they leave in one frame, saving per payload the frame's header, CRC and
-delimiters and the ACK frame coming back. A bundle is acknowledged, retransmitted and
-deduplicated as one frame; what it carries is not merged at any layer above (each payload is
-still its own authenticated session message).
+each as ``length:u16 payload``, delivered in order: payloads a sender hands over at once
+(`send_many`: the cold side's answers to a group of requests) leave in one frame, saving per
+payload the frame's header, CRC and delimiters and the ACK frame coming back. Payloads sent one
+by one are not bundled even when they wait for the line: the receiver could act on none of a
+bundle before its last byte arrived, and at 115200 baud with 8 requests in flight that lost
+overlap cost more than the bytes saved (43.0 -> 39.2 sends/s, benchmarks/RESULTS.md). A bundle
+is acknowledged, retransmitted and deduplicated as one frame; what it carries is not merged at
+any layer above (each payload is still its own authenticated session message).
 
 A damaged frame whose header still reads as DATA (or BUNDLE) is answered by a NAK with that
 (unverified) seq: the sender retransmits it at once if it is still unacked, otherwise ignores
@@ -255,6 +257,7 @@ class _Outgoing:
     seq: int
     payload: bytes
     tags: tuple[Hashable, ...] = ()
+    batch: int = 0  # payloads handed over by one `send_many` share it (and may be bundled)
     wire: bytes = b""  # encoded when it leaves the backlog (it may be bundled first)
     tries: int = 0
     tx_done: float = 0.0
@@ -319,6 +322,7 @@ class FrameLink:
         self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
         self._seq = random.randrange(SEQ_MOD)
+        self._batches = 0
         self._unacked: dict[int, _Outgoing] = {}
         self._backlog: deque[_Outgoing] = deque()
         self._retx: deque[_Outgoing] = deque()
@@ -384,11 +388,13 @@ class FrameLink:
         with self._wake:
             if len(self._backlog) + len(payloads) > self.config.max_backlog:
                 raise LinkBusy(f"{self.name}: {len(self._backlog)} frames already queued")
+            self._batches += 1
             for n, payload in enumerate(payloads):
                 tag = tags[n] if n < len(tags) else None
                 seq = self._seq
                 self._seq = (seq + 1) % SEQ_MOD
-                self._backlog.append(_Outgoing(seq, payload, () if tag is None else (tag,)))
+                tagged = () if tag is None else (tag,)
+                self._backlog.append(_Outgoing(seq, payload, tagged, self._batches))
             self._wake.notify_all()
 
     def _write_loop(self) -> None:
@@ -418,12 +424,12 @@ class FrameLink:
         return None
 
     def _take_backlog(self) -> _Outgoing:
-        """The next frame: the oldest waiting payload as DATA, or with those queued behind it
-        (as many as fit) as one BUNDLE under its seq. Caller holds `_wake`."""
+        """The next frame: the oldest waiting payload as DATA, or with those of its `send_many`
+        queued behind it (as many as fit) as one BUNDLE under its seq. Caller holds `_wake`."""
         first = self._backlog.popleft()
         items = [first]
         size = BUNDLE_ITEM.size + len(first.payload)
-        while self._backlog and len(items) < MAX_BUNDLE:
+        while self._backlog and len(items) < MAX_BUNDLE and self._backlog[0].batch == first.batch:
             size += BUNDLE_ITEM.size + len(self._backlog[0].payload)
             if size > self.max_payload:
                 break
@@ -438,6 +444,7 @@ class FrameLink:
             first.seq,
             payload,
             tuple(t for i in items for t in i.tags),
+            first.batch,
             encode_frame(Frame(FrameType.BUNDLE, first.seq, payload)),
         )
 
