@@ -3,6 +3,10 @@
 Their connections run in autocommit mode (`isolation_level=None`) so that each change says
 where its transaction starts: `BEGIN IMMEDIATE` takes the write lock at once, so a reader
 never blocks a change midway and two writers queue instead of failing at commit.
+
+Inside an open transaction a nested block is a savepoint: several changes that must be durable
+together (a co-signature's records) then cost one commit, one fsync, and a nested block that
+raises still undoes only its own changes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from contextlib import contextmanager
 
 @contextmanager
 def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT around the block, ROLLBACK if it raises."""
+    """BEGIN IMMEDIATE ... COMMIT around the block, ROLLBACK if it raises; a savepoint if a
+    transaction is already open on `db` (the caller holds whatever lock guards it)."""
+    if db.in_transaction:
+        with _savepoint(db):
+            yield db
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
@@ -22,3 +31,15 @@ def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+@contextmanager
+def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("SAVEPOINT nested")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK TO nested")
+        db.execute("RELEASE nested")
+        raise
+    db.execute("RELEASE nested")

@@ -196,7 +196,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         counters = SqliteCounterStore(paths.state_dir / COUNTERS_DB)
         server = LinkServer.open(
-            port_url, link_key, service.handlers(), counters, link_config, name="cold-link"
+            port_url,
+            link_key,
+            service.handlers(),
+            counters,
+            link_config,
+            name="cold-link",
+            unit_of_work=store.transaction,  # one commit per group of requests
         )
         del link_key
         server_ref.append(server)

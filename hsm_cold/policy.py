@@ -178,7 +178,8 @@ class ColdPolicies:
         amount in the day, one send in the hour, its destinations as paid): a batch gets no
         more than the same sends one by one would."""
         policy = self.current(account)
-        day, hour, paid = self.rows.window(account, self.clock())
+        every = [o.address for outs, _ in sends for o in outs]
+        day, hour, paid = self.rows.window(account, self.clock(), every)
         for outs, approved in sends:
             self._judge(account, policy, outs, approved, SpendHistory(day, hour, paid))
             day += sum(o.value for o in outs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -42,7 +43,19 @@ CREATE TABLE IF NOT EXISTS policy_spends (
     at REAL NOT NULL,
     PRIMARY KEY (account, user_tx_no)
 );
+CREATE INDEX IF NOT EXISTS ix_policy_spends_at ON policy_spends (account, at);
+CREATE TABLE IF NOT EXISTS policy_destinations (
+    account INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    PRIMARY KEY (account, address)
+);
 """
+# Every address a send paid, one row each, so "paid before?" is an index lookup and does not
+# grow with the account's history; filled from `policy_spends` when the table is first made.
+_BACKFILL_DESTINATIONS = (
+    "INSERT OR IGNORE INTO policy_destinations (account, address)"
+    " SELECT account, value FROM policy_spends, json_each(policy_spends.destinations)"
+)
 
 
 class ChangeState(StrEnum):
@@ -78,9 +91,14 @@ class PolicyStore:
     def __init__(self, store: ColdStore) -> None:
         self.store = store
         with store.transaction() as db:
+            new = not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'policy_destinations'"
+            ).fetchone()
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if new:
+                db.execute(_BACKFILL_DESTINATIONS)
 
     # -- the policy in force -------------------------------------------------------------------
     def get(self, account: int) -> PolicyRow | None:
@@ -219,8 +237,12 @@ class PolicyStore:
         return row is not None
 
     # -- sends ---------------------------------------------------------------------------------
-    def window(self, account: int, now: float) -> tuple[int, int, frozenset[str]]:
-        """(sat in the last 24 h, sends in the last hour, every destination ever paid)."""
+    def window(
+        self, account: int, now: float, destinations: Iterable[str]
+    ) -> tuple[int, int, frozenset[str]]:
+        """(sat in the last 24 h, sends in the last hour, which of `destinations` were paid
+        before)."""
+        wanted = sorted(set(destinations))
         with self.store.transaction() as db:
             day = db.execute(
                 "SELECT COALESCE(SUM(total_sat), 0) FROM policy_spends"
@@ -231,21 +253,30 @@ class PolicyStore:
                 "SELECT COUNT(*) FROM policy_spends WHERE account = ? AND at > ?",
                 (account, now - 3_600),
             ).fetchone()[0]
-            paid: set[str] = set()
-            for (dests,) in db.execute(
-                "SELECT destinations FROM policy_spends WHERE account = ?", (account,)
-            ):
-                paid.update(json.loads(dests))
+            paid = {
+                address
+                for address in wanted
+                if db.execute(
+                    "SELECT 1 FROM policy_destinations WHERE account = ? AND address = ?",
+                    (account, address),
+                ).fetchone()
+            }
         return int(day), int(hour), frozenset(paid)
 
     def record_send(
         self, account: int, user_tx_no: str, total: int, destinations: list[str], now: float
     ) -> None:
+        paid = sorted(set(destinations))
         with self.store.transaction() as db:
-            db.execute(
+            cur = db.execute(
                 "INSERT OR IGNORE INTO policy_spends VALUES (?, ?, ?, ?, ?)",
-                (account, user_tx_no, total, json.dumps(sorted(set(destinations))), now),
+                (account, user_tx_no, total, json.dumps(paid), now),
             )
+            if cur.rowcount == 1:
+                db.executemany(
+                    "INSERT OR IGNORE INTO policy_destinations (account, address) VALUES (?, ?)",
+                    [(account, address) for address in paid],
+                )
 
 
 def _change(row: tuple[Any, ...]) -> ChangeRow:

@@ -661,15 +661,16 @@ class ColdService:
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
         signing = _signing(req, digest, sigs, fee)
-        if bump and prior is not None:
-            recorded = replacement.adopt(self.store, signing, prior.txid)
-        else:
-            recorded = self.store.record_signing(signing)
-        if not recorded:
-            raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
-        replacement.record(self.store, req, fee)
-        if not bump:
-            self.policies.record_send(req.account, req.user_tx_no, outs)
+        with self.store.transaction():  # what the signature binds: all durable in one commit
+            if bump and prior is not None:
+                recorded = replacement.adopt(self.store, signing, prior.txid)
+            else:
+                recorded = self.store.record_signing(signing)
+            if not recorded:
+                raise UserTxNoReused(f"user_tx_no {req.user_tx_no!r} was co-signed meanwhile")
+            replacement.record(self.store, req, fee)
+            if not bump:
+                self.policies.record_send(req.account, req.user_tx_no, outs)
         log.info(
             "account %d: co-signed %s (%s), %d input(s), fee %d%s",
             req.account,

@@ -1,9 +1,10 @@
 """Persistence of the hot HSM's policy usage: the only place its limits touch SQL.
 
 Two tables in their own SQLite file in the hot state directory: signing requests (for the
-per-minute limit) and signed amounts and fees (for the daily limits). WAL with full sync:
-one fsync per commit, since co-signing runs at line rate. Callers serialise access
-(`PolicyLedger` holds a lock around each decision and its write).
+per-minute limit) and signed amounts and fees (for the daily limits). WAL with full sync.
+Callers serialise access (`PolicyLedger` holds a lock around each decision and its write) and
+group commits: changes join the transaction `begin` opens, and one `commit` (one fsync) makes
+those of every concurrent request durable at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
     "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
     " amount INTEGER NOT NULL, txid TEXT NOT NULL);"
+    # each limit decision sums a time window of one account: an index, not a table scan
+    "CREATE INDEX IF NOT EXISTS ix_requests_at ON requests (account, at);"
+    "CREATE INDEX IF NOT EXISTS ix_sends_at ON sends (account, at);"
 )
 _ADDED_COLUMNS = (("sends", "fee", "INTEGER NOT NULL DEFAULT 0"),)
 
@@ -30,6 +34,22 @@ class LedgerStore:
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    def begin(self) -> None:
+        """Open the transaction the next changes join, unless one is open."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Make every change since `begin` durable; if that fails, none of them is kept."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def requests_since(self, account: int, since: float) -> int:
         (n,) = self._db.execute(
@@ -68,4 +88,5 @@ class LedgerStore:
         self._db.execute("DELETE FROM sends WHERE rowid = ?", (send_id,))
 
     def close(self) -> None:
+        self.commit()
         self._db.close()

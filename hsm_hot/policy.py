@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cc_common.config import Section
+from cc_common.group_commit import GroupCommit
 from hsm_hot.errors import (
     DailyFeeAboveLimit,
     FeeAboveLimit,
@@ -116,6 +117,7 @@ class PolicyLedger:
         self._lock = threading.Lock()
         self._store = LedgerStore(path)
         self._pruned_at = 0.0
+        self._group = GroupCommit(self._lock, self._store.commit)  # one fsync, many requests
 
     def admit_request(self, account: int) -> None:
         """Count one signing request; refuse past the per-minute limit."""
@@ -128,10 +130,13 @@ class PolicyLedger:
                     f"account {account}: more than {self.policy.max_requests_per_minute}"
                     " signing requests in the last minute"
                 )
+            self._store.begin()
             self._store.add_request(account, now)
             if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
                 self._pruned_at = now
                 self._store.prune_requests(now - DAY)
+            change = self._group.changed()
+        self._group.durable(change)
 
     def check_send(self, account: int, amount: int, outputs: int) -> None:
         """Refuse a send over the limits (changes nothing)."""
@@ -160,7 +165,11 @@ class PolicyLedger:
             spent = self._store.spent_since(account, now - DAY)
             refuse_if_over(self.policy, account, cost.total, outputs, spent)
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
-            return self._store.add_send(account, now, cost.total, txid, cost.fee)
+            self._store.begin()
+            reservation = self._store.add_send(account, now, cost.total, txid, cost.fee)
+            change = self._group.changed()
+        self._group.durable(change)
+        return reservation
 
     def reserve_batch(
         self, account: int, cost: SendCost, members: list[tuple[int, int]], txid: str
@@ -182,12 +191,20 @@ class PolicyLedger:
                     f" of {self.policy.max_daily_sat} sat ({spent} sat already signed today)"
                 )
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
-            return self._store.add_send(account, now, cost.total, txid, cost.fee)
+            self._store.begin()
+            reservation = self._store.add_send(account, now, cost.total, txid, cost.fee)
+            change = self._group.changed()
+        self._group.durable(change)
+        return reservation
 
     def cancel_send(self, reservation: int) -> None:
         """Give back a reservation whose send the hot HSM did not sign."""
         with self._lock:
+            self._store.begin()
             self._store.remove_send(reservation)
+            change = self._group.changed()
+        self._group.durable(change)
 
     def close(self) -> None:
-        self._store.close()
+        with self._lock:
+            self._store.close()

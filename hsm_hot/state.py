@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cc_common.group_commit import GroupCommit
 from wallet_core.bip32 import parse_xpub
 from wallet_core.networks import Network
 from wallet_core.wallets import (
@@ -141,10 +142,29 @@ class HotState:
             if column not in have:
                 self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {decl}")
         self._wallets: dict[int, HotWallet] = {}
+        # every write joins the open transaction; concurrent sends share its commit
+        self._group = GroupCommit(self._lock, self._commit)
 
     def close(self) -> None:
         with self._lock:
+            self._commit()
             self._db.close()
+
+    def _begin(self) -> None:
+        """Open the transaction the next writes join. Caller holds `_lock`."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        """Commit the open transaction (if any); on failure nothing of it is kept."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     # -- pairing -------------------------------------------------------------------------------
     def pairing(self) -> Pairing | None:
@@ -156,15 +176,19 @@ class HotState:
 
     def set_pairing(self, sealed_link_key: bytes, cold_identity: bytes) -> None:
         with self._lock:
+            self._begin()
             self._db.execute(
                 "INSERT OR REPLACE INTO pairing (id, sealed_link_key, cold_identity, paired_at)"
                 " VALUES (1, ?, ?, ?)",
                 (sealed_link_key, cold_identity, time.time()),
             )
+            change = self._group.changed()
+        self._group.durable(change)
 
     # -- accounts ------------------------------------------------------------------------------
     def add_account(self, acct: HotAccount) -> None:
         with self._lock:
+            self._begin()
             self._db.execute(
                 f"INSERT OR REPLACE INTO accounts ({_ACCOUNT_COLUMNS}, created_at)"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -188,6 +212,8 @@ class HotState:
                 ),
             )
             self._wallets.pop(acct.account, None)
+            change = self._group.changed()
+        self._group.durable(change)
 
     def account(self, account: int) -> HotAccount | None:
         with self._lock:
@@ -228,9 +254,12 @@ class HotState:
 
     def add_cosigned(self, account: int, user_tx_no: str, txid: str, psbt: str) -> None:
         with self._lock:
+            self._begin()
             self._db.execute(
                 "INSERT INTO cosigned (account, user_tx_no, txid, psbt, at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, user_tx_no) DO UPDATE SET"
                 " txid = excluded.txid, psbt = excluded.psbt, at = excluded.at",
                 (account, user_tx_no, txid, psbt, time.time()),
             )
+            change = self._group.changed()
+        self._group.durable(change)

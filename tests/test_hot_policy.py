@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 
 from hsm_hot.errors import (
@@ -113,3 +116,42 @@ def test_a_batch_is_held_to_the_per_send_limits_member_by_member(tmp_path, clock
     with pytest.raises(PolicyRefused, match="batch of 700 sat would exceed the daily limit"):
         led.reserve_batch(1, SendCost(600, 100), [(300, 2), (300, 2)], "d" * 64)
     assert led.spent_today(1) == 1850  # nothing refused was counted
+
+
+def test_concurrent_changes_are_durable_when_each_call_returns(tmp_path, clock):
+    """Requests share commits, but none returns before its own change is on disk: another
+    connection (a restart) sees every request and reservation, and a cancel, at once."""
+    led = ledger(tmp_path, clock, max_daily_sat=10**9)
+    seen: list[tuple[int, int]] = []
+    first: dict[int, int] = {}  # account -> its first reservation
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            led.admit_request(n)
+            rid = led.reserve_send(n, 100 + i, 2, f"tx{n}-{i}")
+            first.setdefault(n, rid)
+            other = sqlite3.connect(tmp_path / "policy.db")
+            with lock:
+                seen.append(
+                    other.execute("SELECT COUNT(*) FROM sends WHERE rowid = ?", (rid,)).fetchone()
+                    + other.execute(
+                        "SELECT COUNT(*) FROM requests WHERE account = ?", (n,)
+                    ).fetchone()
+                )
+            other.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 60
+    assert all(sends == 1 and requests >= 1 for sends, requests in seen)
+    led.cancel_send(first[0])  # 100 sat of account 0 given back
+    other = sqlite3.connect(tmp_path / "policy.db")
+    assert other.execute("SELECT COUNT(*) FROM sends").fetchone() == (59,)
+    assert other.execute("SELECT COUNT(*) FROM requests").fetchone() == (60,)
+    other.close()
+    led.close()
+    assert ledger(tmp_path, clock).spent_today(0) == sum(100 + i for i in range(1, 10))

@@ -28,10 +28,12 @@ from cc_common.link.framing import (
     FrameDecoder,
     FrameType,
     Reject,
+    bundle_payload,
     cobs_decode,
     cobs_encode,
     encode_frame,
     frame_body,
+    split_bundle,
     wire_size,
 )
 from cc_common.link.port import SerialPort
@@ -135,6 +137,24 @@ def test_oversize_frame_is_refused_and_the_next_frame_decodes() -> None:
     decoder.feed(b"\x01" * 100_000)
     assert decoder.feed(b"\x00" + small.encode()) == [small]
     assert decoder.rejects[Reject.OVERSIZE] == 2
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=8))
+def test_bundle_round_trip(payloads: list[bytes]) -> None:
+    frame = Frame(FrameType.BUNDLE, 9, bundle_payload(payloads))
+    (decoded,) = FrameDecoder().feed(frame.encode())
+    assert decoded.type == FrameType.BUNDLE
+    assert split_bundle(decoded.payload) == payloads
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x00", b"\x00\x05abc", b"\x00\x00", b"\x00\x01a\x00", b"\x00\x01a\x00\x00"],
+    ids=["empty", "short-length", "overrun", "zero-length", "cut-length", "zero-after"],
+)
+def test_a_malformed_bundle_yields_nothing(payload: bytes) -> None:
+    """Lengths that do not add up deliver no payload at all (not the ones before the fault)."""
+    assert split_bundle(payload) is None
 
 
 def test_bad_crc_is_counted_and_reported_for_a_nak() -> None:

@@ -10,6 +10,7 @@ executes from a damaged, replayed or forged frame.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -34,7 +35,7 @@ from cc_common.link import (
     MemoryCounterStore,
 )
 from cc_common.link.auth import Refusal
-from cc_common.link.framing import Frame, FrameDecoder, FrameType
+from cc_common.link.framing import Frame, FrameDecoder, FrameType, bundle_payload, split_bundle
 from firmware_sim.serial_relay import Direction, Fault, FaultKind, Noise, SerialLine
 from tests.harness import wait_until
 
@@ -231,6 +232,111 @@ def test_replayed_frames_execute_nothing(rig: Rig) -> None:
     # The link still works, and the hot side never mistook a refusal for an answer.
     rig.client.call("cosign", cosign_request(), timeout=5)
     assert sum(rig.cold.executed.values()) == 4
+
+
+def _busy_then(rig: Rig, calls: list[tuple[str, dict]]) -> list[dict | BaseException]:
+    """Hold the cold executor with a slow request, queue `calls` behind it, and return each
+    call's answer or exception (in order)."""
+    out: list[dict | BaseException] = [RuntimeError("no answer")] * len(calls)
+
+    def call(n: int, command: str, payload: dict) -> None:
+        try:
+            out[n] = rig.client.call(command, payload, timeout=10)
+        except BaseException as exc:  # the test compares what each call got
+            out[n] = exc
+
+    slow = threading.Thread(target=call, args=(0, "slow", {"ms": 600}))
+    slow.start()
+    wait_until(lambda: rig.server.counts["executed"] >= 1)
+    pool = [threading.Thread(target=call, args=(n, *c)) for n, c in enumerate(calls) if n]
+    for t in pool:
+        t.start()
+    for t in [slow, *pool]:
+        t.join(15)
+    return out
+
+
+def test_queued_requests_run_as_one_group_and_a_bad_one_refuses_only_itself(rig: Rig) -> None:
+    units: list[int] = []
+
+    @contextlib.contextmanager
+    def unit() -> Iterator[None]:
+        units.append(rig.server.counts["executed"])
+        yield
+
+    rig.server.unit_of_work = unit
+    rig.line.start_capture(B_TO_A)
+    goods = [cosign_request() for _ in range(4)]
+    calls = [("slow", {}), ("cosign", goods[0]), ("refuse", {"user_tx_no": 9}), ("crash", {})]
+    calls += [("cosign", g) for g in goods[1:]]
+    out = _busy_then(rig, calls)
+
+    for req, answer in zip(goods, [out[1], *out[4:]], strict=True):
+        assert isinstance(answer, dict) and answer["nonce"] == req["nonce"]
+    assert isinstance(out[2], LinkRemoteError) and out[2].code == 4242
+    assert isinstance(out[3], LinkRemoteError) and out[3].code == LinkErrorCode.HANDLER_FAILED
+    assert set(rig.cold.executed.values()) == {1} and len(rig.cold.executed) == 4
+    # the slow request alone, then everything that queued behind it in one unit
+    assert units == [0, 1], units
+    frames = FrameDecoder().feed(rig.line.captured(B_TO_A))
+    bundles = [split_bundle(f.payload) for f in frames if f.type == FrameType.BUNDLE]
+    # (the slow request's answer may still have been waiting for the line, and gone along)
+    assert [len(b or []) >= 6 for b in bundles] == [True], "the group's answers in one frame"
+
+
+def test_a_failed_unit_of_work_answers_every_request_of_its_group_with_an_error(rig: Rig) -> None:
+    @contextlib.contextmanager
+    def failing_commit() -> Iterator[None]:
+        yield
+        if rig.server.counts["executed"] > 1:
+            raise OSError("disk full")
+
+    rig.server.unit_of_work = failing_commit
+    out = _busy_then(
+        rig, [("slow", {}), ("cosign", cosign_request()), ("refuse", {"user_tx_no": 1})]
+    )
+    assert out[0] == {}
+    for answer in out[1:]:
+        assert isinstance(answer, LinkRemoteError)
+        assert answer.code == LinkErrorCode.HANDLER_FAILED and "not saved" in answer.message
+
+
+def test_a_replayed_bundle_executes_and_answers_nothing(rig: Rig) -> None:
+    rig.line.start_capture(A_TO_B)
+    for _ in range(3):
+        rig.client.call("cosign", cosign_request(), timeout=5)
+    requests = [
+        f for f in FrameDecoder().feed(rig.line.captured(A_TO_B)) if f.type == FrameType.DATA
+    ]
+    assert len(requests) == 3
+    bundle = Frame(FrameType.BUNDLE, 4321, bundle_payload([f.payload for f in requests]))
+    # Sent twice: the framer drops the copy; the session refuses each old counter inside.
+    rig.line.put(A_TO_B, bundle.encode() * 2)
+    refusals = rig.server.session.refusals
+    wait_until(lambda: refusals[Refusal.REPLAYED] + refusals[Refusal.STALE] == 3)
+    wait_until(lambda: rig.server.frames.stats().get("duplicates", 0) >= 1)
+    assert sum(rig.cold.executed.values()) == 3
+
+    # The same for the cold side's answers in a bundle: the hot side takes none of them.
+    rig.line.start_capture(B_TO_A)
+    _busy_then(rig, [("slow", {}), ("cosign", cosign_request()), ("cosign", cosign_request())])
+    answers = [
+        payload
+        for f in FrameDecoder().feed(rig.line.captured(B_TO_A))
+        if f.type.carries_data
+        for payload in (split_bundle(f.payload) if f.type == FrameType.BUNDLE else [f.payload])
+        or []
+    ]
+    assert len(answers) == 3
+    replay = Frame(FrameType.BUNDLE, 999, bundle_payload(answers))
+    client_refusals = rig.client.session.refusals
+    before = client_refusals[Refusal.REPLAYED] + client_refusals[Refusal.STALE]
+    rig.line.put(B_TO_A, replay.encode())
+    wait_until(
+        lambda: client_refusals[Refusal.REPLAYED] + client_refusals[Refusal.STALE] >= before + 3
+    )
+    rig.client.call("cosign", cosign_request(), timeout=5)  # the link still works
+    assert sum(rig.cold.executed.values()) == 6
 
 
 def test_replay_after_a_cold_restart_executes_nothing(rig: Rig, tmp_path) -> None:

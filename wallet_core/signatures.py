@@ -8,6 +8,7 @@ slip a bad or high-S signature into a transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -89,7 +90,21 @@ def raw_to_rs(raw: bytes) -> tuple[int, int]:
 
 
 def verify_digest(pubkey: bytes, digest: bytes, der: bytes, *, require_low_s: bool = True) -> bool:
-    """True if `der` is a valid signature of `digest` by `pubkey` (low-S required by default)."""
+    """True if `der` is a valid signature of `digest` by `pubkey` (low-S required by default).
+
+    Remembered for the last `VERIFIED_CACHE` distinct arguments: a co-sign checks each
+    signature where it enters (the cold HSM's answer, the token's output) and again where the
+    PSBT takes it, and the answer is a pure function of the three byte strings.
+    """
+    if type(pubkey) is bytes and type(digest) is bytes and type(der) is bytes:
+        return _verify_remembered(pubkey, digest, der, require_low_s)
+    return _verify(pubkey, digest, der, require_low_s)
+
+
+VERIFIED_CACHE = 1024
+
+
+def _verify(pubkey: bytes, digest: bytes, der: bytes, require_low_s: bool) -> bool:
     try:
         r, s = der_decode(der)
     except SignatureError:
@@ -101,6 +116,9 @@ def verify_digest(pubkey: bytes, digest: bytes, der: bytes, *, require_low_s: bo
         return PublicKey(pubkey).verify(der_encode(r, s), digest, hasher=None)
     except (ValueError, TypeError):
         return False
+
+
+_verify_remembered = functools.lru_cache(maxsize=VERIFIED_CACHE)(_verify)
 
 
 def sign_digest(priv: bytes, digest: bytes) -> bytes:

@@ -221,6 +221,10 @@ class HotWallet:
     _chains: dict[tuple[int, int], ExtendedKey] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # one deriver per chain key: building one costs two HMAC key setups, deriving one key less
+    _derivers: dict[tuple[int, int], ChainDeriver] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if len(self.cosigners) != 3 or self.threshold != 2:
@@ -255,7 +259,11 @@ class HotWallet:
         c = self.cosigners[cosigner]
         if isinstance(c, FixedKey):
             return [c.public_key] * count
-        return ChainDeriver(self.chain_key(cosigner, change)).pubkeys(start, count)
+        deriver = self._derivers.get((cosigner, change))
+        if deriver is None:
+            deriver = ChainDeriver(self.chain_key(cosigner, change))
+            self._derivers[(cosigner, change)] = deriver
+        return deriver.pubkeys(start, count)
 
     def pubkeys(self, index: int, change: int = RECEIVE) -> list[bytes]:
         """The three cosigner keys for one address, in cosigner order (hot, cold, recovery)."""

@@ -11,11 +11,21 @@ Frame before COBS (big-endian)::
     version:u8  type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
 
 DATA frames are acknowledged by ACK frames that carry their seq (an ACK's payload lists more
-seqs, so one ACK answers a burst). A damaged frame whose header still reads as DATA is answered
-by a NAK with that (unverified) seq: the sender retransmits it at once if it is still unacked,
-otherwise ignores it. Unacknowledged frames are retransmitted on an adaptive timeout with
-exponential backoff, at most `max_tries` times. A receiver remembers (seq, crc) of recent DATA
-frames and delivers each once, re-acknowledging retransmissions it already delivered.
+seqs, so one ACK answers a burst). A BUNDLE frame is a DATA frame carrying several payloads,
+each as ``length:u16 payload``, delivered in order: payloads a sender hands over at once
+(`send_many`: the cold side's answers to a group of requests) leave in one frame, saving per
+payload the frame's header, CRC and delimiters and the ACK frame coming back. Payloads sent one
+by one are not bundled even when they wait for the line: the receiver could act on none of a
+bundle before its last byte arrived, and at 115200 baud with 8 requests in flight that lost
+overlap cost more than the bytes saved (43.0 -> 39.2 sends/s, benchmarks/RESULTS.md). A bundle
+is acknowledged, retransmitted and deduplicated as one frame; what it carries is not merged at
+any layer above (each payload is still its own authenticated session message).
+
+A damaged frame whose header still reads as DATA (or BUNDLE) is answered by a NAK with that
+(unverified) seq: the sender retransmits it at once if it is still unacked, otherwise ignores
+it. Unacknowledged frames are retransmitted on an adaptive timeout with exponential backoff, at
+most `max_tries` times. A receiver remembers (seq, crc) of recent DATA and BUNDLE frames and
+delivers each once, re-acknowledging retransmissions it already delivered.
 
 The CRC only catches line noise. It authenticates nothing: that is the session layer's job, and
 nothing above this module sees bytes of the line.
@@ -30,7 +40,7 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -49,6 +59,8 @@ SEQ = struct.Struct(">H")
 FRAME_OVERHEAD = HEADER.size + CRC.size
 SEQ_MOD = 1 << 16
 MAX_SEQS_PER_ACK = 64
+BUNDLE_ITEM = struct.Struct(">H")
+MAX_BUNDLE = 32  # payloads per BUNDLE frame
 INFINITY = float("inf")
 
 
@@ -101,6 +113,11 @@ class FrameType(IntEnum):
     DATA = 1
     ACK = 2
     NAK = 3
+    BUNDLE = 4
+
+    @property
+    def carries_data(self) -> bool:
+        return self in (FrameType.DATA, FrameType.BUNDLE)
 
 
 class Reject(StrEnum):
@@ -123,6 +140,27 @@ class Frame:
     def encode(self) -> bytes:
         """The frame as written on the line, delimiters included."""
         return encode_frame(self)
+
+
+def bundle_payload(payloads: Sequence[bytes]) -> bytes:
+    """The payload of a BUNDLE frame: each payload as ``length:u16 payload``."""
+    return b"".join(BUNDLE_ITEM.pack(len(p)) + p for p in payloads)
+
+
+def split_bundle(payload: bytes) -> list[bytes] | None:
+    """The payloads of a BUNDLE frame, or None if its lengths do not add up (none is empty)."""
+    out: list[bytes] = []
+    at, end = 0, len(payload)
+    while at < end:
+        if at + BUNDLE_ITEM.size > end:
+            return None
+        (n,) = BUNDLE_ITEM.unpack_from(payload, at)
+        at += BUNDLE_ITEM.size
+        if n == 0 or at + n > end:
+            return None
+        out.append(payload[at : at + n])
+        at += n
+    return out or None
 
 
 def frame_body(frame: Frame) -> bytes:
@@ -193,7 +231,7 @@ class FrameDecoder:
         body, (crc,) = raw[: -CRC.size], CRC.unpack(raw[-CRC.size :])
         version, ftype, seq = HEADER.unpack_from(body)
         if zlib.crc32(body) != crc:
-            if version == PROTOCOL_VERSION and ftype == FrameType.DATA:
+            if version == PROTOCOL_VERSION and ftype in (FrameType.DATA, FrameType.BUNDLE):
                 self._naks.append(seq)
             return self._reject(Reject.BAD_CRC)
         if version != PROTOCOL_VERSION:
@@ -218,8 +256,9 @@ class FrameDecoder:
 class _Outgoing:
     seq: int
     payload: bytes
-    wire: bytes
-    tag: Hashable = None
+    tags: tuple[Hashable, ...] = ()
+    batch: int = 0  # payloads handed over by one `send_many` share it (and may be bundled)
+    wire: bytes = b""  # encoded when it leaves the backlog (it may be bundled first)
     tries: int = 0
     tx_done: float = 0.0
     deadline: float = 0.0
@@ -283,6 +322,7 @@ class FrameLink:
         self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
         self._seq = random.randrange(SEQ_MOD)
+        self._batches = 0
         self._unacked: dict[int, _Outgoing] = {}
         self._backlog: deque[_Outgoing] = deque()
         self._retx: deque[_Outgoing] = deque()
@@ -332,20 +372,29 @@ class FrameLink:
 
     def send(self, payload: bytes, tag: Hashable = None) -> None:
         """Queue `payload` for reliable delivery; `tag` is handed to `on_give_up` on failure."""
+        self.send_many([payload], [tag])
+
+    def send_many(self, payloads: Sequence[bytes], tags: Sequence[Hashable] = ()) -> None:
+        """Queue several payloads at once, so that they leave in one BUNDLE frame (as many as
+        fit); `tags[i]` goes with `payloads[i]` (see `send`)."""
         if self._stop.is_set():
             raise LinkClosed(f"{self.name}: link is closed")
-        if len(payload) > self.max_payload:
-            raise LinkTooLarge(
-                f"{self.name}: message of {len(payload)} bytes exceeds the "
-                f"{self.max_payload}-byte frame limit"
-            )
+        for payload in payloads:
+            if len(payload) > self.max_payload:
+                raise LinkTooLarge(
+                    f"{self.name}: message of {len(payload)} bytes exceeds the "
+                    f"{self.max_payload}-byte frame limit"
+                )
         with self._wake:
-            if len(self._backlog) >= self.config.max_backlog:
+            if len(self._backlog) + len(payloads) > self.config.max_backlog:
                 raise LinkBusy(f"{self.name}: {len(self._backlog)} frames already queued")
-            seq = self._seq
-            self._seq = (seq + 1) % SEQ_MOD
-            wire = encode_frame(Frame(FrameType.DATA, seq, payload))
-            self._backlog.append(_Outgoing(seq, payload, wire, tag))
+            self._batches += 1
+            for n, payload in enumerate(payloads):
+                tag = tags[n] if n < len(tags) else None
+                seq = self._seq
+                self._seq = (seq + 1) % SEQ_MOD
+                tagged = () if tag is None else (tag,)
+                self._backlog.append(_Outgoing(seq, payload, tagged, self._batches))
             self._wake.notify_all()
 
     def _write_loop(self) -> None:
@@ -368,11 +417,36 @@ class FrameLink:
             if self._unacked.get(out.seq) is out:
                 return out
         if self._backlog and len(self._unacked) < self.config.window:
-            out = self._backlog.popleft()
+            out = self._take_backlog()
             self._unacked[out.seq] = out
             return out
         self._wake.wait(0.05)
         return None
+
+    def _take_backlog(self) -> _Outgoing:
+        """The next frame: the oldest waiting payload as DATA, or with those of its `send_many`
+        queued behind it (as many as fit) as one BUNDLE under its seq. Caller holds `_wake`."""
+        first = self._backlog.popleft()
+        items = [first]
+        size = BUNDLE_ITEM.size + len(first.payload)
+        while self._backlog and len(items) < MAX_BUNDLE and self._backlog[0].batch == first.batch:
+            size += BUNDLE_ITEM.size + len(self._backlog[0].payload)
+            if size > self.max_payload:
+                break
+            items.append(self._backlog.popleft())
+        if len(items) == 1:
+            first.wire = encode_frame(Frame(FrameType.DATA, first.seq, first.payload))
+            return first
+        payload = bundle_payload([i.payload for i in items])
+        self.counts["bundles out"] += 1
+        self.counts["bundled payloads out"] += len(items)
+        return _Outgoing(
+            first.seq,
+            payload,
+            tuple(t for i in items for t in i.tags),
+            first.batch,
+            encode_frame(Frame(FrameType.BUNDLE, first.seq, payload)),
+        )
 
     def _arm(self, out: _Outgoing) -> None:
         """Account a (re)transmission of `out` and set its timer. Caller holds `_lock`."""
@@ -421,7 +495,7 @@ class FrameLink:
         self.counts["bytes in"] += len(data)
         acks: list[int] = []
         for frame in self._decoder.feed(data):
-            if frame.type == FrameType.DATA:
+            if frame.type.carries_data:
                 acks.append(frame.seq)
                 self._receive_data(frame)
             elif frame.type == FrameType.ACK:
@@ -448,10 +522,20 @@ class FrameLink:
             self._recent = {k: t for k, t in self._recent.items() if t > now}
             self._next_prune = now + 1.0
         self.counts["data in"] += 1
-        try:
-            self._on_payload(frame.payload)
-        except Exception:
-            log.exception("%s: payload handler failed", self.name)
+        payloads = [frame.payload]
+        if frame.type == FrameType.BUNDLE:
+            bundled = split_bundle(frame.payload)
+            if bundled is None:  # the CRC held, so the sender built it wrong: nothing of it
+                self.counts["malformed bundles"] += 1
+                log.warning("%s: malformed BUNDLE frame seq=%d dropped", self.name, frame.seq)
+                return
+            self.counts["bundled payloads in"] += len(bundled)
+            payloads = bundled
+        for payload in payloads:
+            try:
+                self._on_payload(payload)
+            except Exception:
+                log.exception("%s: payload handler failed", self.name)
 
     def _receive_ack(self, frame: Frame) -> None:
         payload = frame.payload
@@ -492,8 +576,13 @@ class FrameLink:
         for out in failed:
             self.counts["gave up"] += 1
             log.warning("%s: gave up on frame seq=%d after %d tries", self.name, out.seq, out.tries)
-            if self._on_give_up is not None:
-                try:
-                    self._on_give_up(out.tag)
-                except Exception:
-                    log.exception("%s: give-up handler failed", self.name)
+            for tag in out.tags:
+                self._give_up(tag)
+
+    def _give_up(self, tag: Hashable) -> None:
+        if self._on_give_up is None:
+            return
+        try:
+            self._on_give_up(tag)
+        except Exception:
+            log.exception("%s: give-up handler failed", self.name)

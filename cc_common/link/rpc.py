@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -55,6 +56,10 @@ from cc_common.link.settings import LinkConfig
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# Wraps the execution of a group of requests (the cold HSM: one state transaction, so one
+# commit); the group's answers leave only after it exits.
+UnitOfWork = Callable[[], AbstractContextManager[object]]
+MAX_GROUP = 32  # requests executed back to back, answered in one frame
 
 
 class AnswerStatus(IntEnum):
@@ -383,7 +388,15 @@ class _Executed:
 
 
 class LinkServer:
-    """Serves commands from the hot HSM: one handler at a time, each request id once."""
+    """Serves commands from the hot HSM: one handler at a time, each request id once.
+
+    Requests that arrived while one was executing run next as a group, back to back, inside
+    one `unit_of_work` (the cold HSM's: one state transaction, so one commit and fsync for the
+    group), and their answers leave together, in one frame. Each request is still handled on
+    its own: a refusal answers only that request, and what a refusing handler records (a
+    freeze) commits with the group. If the unit itself fails (its commit), every request of the
+    group is answered with an internal error, since nothing of it was saved.
+    """
 
     def __init__(
         self,
@@ -393,10 +406,12 @@ class LinkServer:
         counters: CounterStore,
         config: LinkConfig | None = None,
         name: str = "link-server",
+        unit_of_work: UnitOfWork | None = None,
     ) -> None:
         self.config = config or LinkConfig()
         self.name = name
         self.handlers = dict(handlers)
+        self.unit_of_work: UnitOfWork = unit_of_work or nullcontext
         self.session = Session(link_key, Role.SERVER, counters, self.config, name)
         self.frames = FrameLink(port, self._on_payload, config=self.config, name=name)
         self._lock = threading.Lock()
@@ -415,10 +430,12 @@ class LinkServer:
         counters: CounterStore,
         config: LinkConfig | None = None,
         name: str = "link-server",
+        unit_of_work: UnitOfWork | None = None,
     ) -> LinkServer:
         """A server on the serial port at `url` (device path or pyserial URL)."""
         config = config or LinkConfig()
-        return cls(_open_port(url, config), link_key, handlers, counters, config, name)
+        port = _open_port(url, config)
+        return cls(port, link_key, handlers, counters, config, name, unit_of_work)
 
     def start(self) -> None:
         """Serve in background threads (the reader and one executor)."""
@@ -545,16 +562,50 @@ class LinkServer:
 
     def _execute_loop(self) -> None:
         while True:
-            msg = self._queue.get()
-            if msg is None or self._stopped.is_set():
+            group = self._next_group()
+            if not group or self._stopped.is_set():
                 return
             self.session.commit()
-            answer = self._execute(msg)
+            answers = self._execute_group(group)
             with self._lock:
-                entry = self._executed.get(msg.request_id)
-                if entry is not None:
-                    entry.answer = answer
-            self._send(Kind.ANSWER, msg.request_id, answer)
+                for msg, answer in zip(group, answers, strict=True):
+                    entry = self._executed.get(msg.request_id)
+                    if entry is not None:
+                        entry.answer = answer
+            wires = [
+                self.session.seal(Kind.ANSWER, msg.request_id, answer)
+                for msg, answer in zip(group, answers, strict=True)
+            ]
+            try:
+                self.frames.send_many(wires)
+            except LinkError as exc:
+                log.warning("%s: cannot send: %s", self.name, exc)
+
+    def _next_group(self) -> list[Message]:
+        """The next request and those queued behind it (up to `MAX_GROUP`); empty to stop."""
+        first = self._queue.get()
+        if first is None:
+            return []
+        group = [first]
+        while len(group) < MAX_GROUP:
+            try:
+                msg = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if msg is None:
+                self._queue.put(None)  # stop after this group
+                break
+            group.append(msg)
+        return group
+
+    def _execute_group(self, group: list[Message]) -> list[bytes]:
+        try:
+            with self.unit_of_work():
+                return [self._execute(msg) for msg in group]
+        except Exception:
+            log.exception("%s: saving a group of %d request(s) failed", self.name, len(group))
+            failed = self._error(LinkErrorCode.HANDLER_FAILED, "internal error: state not saved")
+            return [failed] * len(group)
 
     def _execute(self, msg: Message) -> bytes:
         try:
