@@ -240,7 +240,7 @@ def _build(s: Session, send: Send, fee_rate: float | None, ceiling: float | None
     )
     s.add(rep)
     s.flush()
-    log.info("send %d: fee bump built (%d -> %d sat)", send.id, send.fee, fee)
+    log.info("send %d: fee bump built", send.id)
     return rep.id
 
 

@@ -518,14 +518,7 @@ class HotService:
 
     def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> None:
         self._audit_plan("sign_send", account, plan, user_tx_no=user_tx_no)
-        log.info(
-            "account %d: signed %s (%s): %d sat out, fee %d",
-            account,
-            plan.txid,
-            user_tx_no,
-            plan.payments,
-            plan.fee,
-        )
+        log.info("account %d: signed %s (%s)", account, plan.txid, user_tx_no)
 
     def _audit_plan(self, event: str, account: int, plan: CosignPlan, **which: Any) -> None:
         """One audit record per signed transaction: which requests, its amounts and fee."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -333,10 +334,12 @@ def _last_payload(env: dict) -> dict:
     return packed_request(ACCOUNT, plan, params["request"], params["vc_code"], "c1", env["wallet"])
 
 
-def test_sign_send_gives_both_signatures_and_finalizes(env):
+def test_sign_send_gives_both_signatures_and_finalizes(env, caplog):
 
     params = _send(env)
-    out = Psbt.from_base64(env["service"].sign_send(params)["psbt"])
+    with caplog.at_level(logging.DEBUG):
+        signed = env["service"].sign_send(params)
+    out = Psbt.from_base64(signed["psbt"])
     hot_pub = bytes.fromhex(env["prov"].hot_pubkey)
     for i in range(out.input_count):
         sigs = out.partial_signatures(i)
@@ -345,6 +348,10 @@ def test_sign_send_gives_both_signatures_and_finalizes(env):
     assert out.is_complete
     entries = [e for e in env["audit"].entries() if e["event"] == "sign_send"]
     assert entries[-1]["txid"] == out.txid and entries[-1]["amount"] == 100_000
+    # the audit record keeps the amounts; the log never does (money is never logged)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert out.txid in logged
+    assert "100000" not in logged and str(entries[-1]["fee"]) not in logged
     assert "key" not in " ".join(entries[-1])
 
 
