@@ -7,8 +7,8 @@ drift apart; then, on the same deployment, SMS loss and duplication during a bat
 verification and a V-device crash between posting and reporting. The story's node already
 has 1,000 blocks of history and no txindex when `custody up` starts (`cc_demo.history`, mined
 once per session: tests/history_fixtures.py), as an operator's node has: the deployment is
-ready within a minute and the whole story passes on it. A second deployment with channels of a few seconds renews a channel while a send is
-in flight.
+ready within a minute and the whole story passes on it. A second deployment with channels of
+a few seconds renews a channel while a send is in flight.
 
 The vtest encryption (the published vector decrypts; a wrong password is a clean "decrypt
 failed") is covered by `tests/test_vtest.py`.
