@@ -186,6 +186,7 @@ def generate_config(data_dir: Path) -> dict[str, Any]:
             "channel_freshness": 600,
             "accept_plain_channel_open": False,  # the reference's unsigned forms: spoofable
             "sms_poll_interval": 1.0,
+            "min_loosen_delay": 10,  # the shortest loosening delay a policy may have
         },
         "custody": {
             "database_url": f"sqlite:///{data_dir / 'custody.db'}",

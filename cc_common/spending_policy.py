@@ -21,7 +21,11 @@ DAY = 86_400
 HOUR = 3_600
 MAX_WHITELIST = 20
 MAX_LOOSEN_DELAY = 30 * DAY
-MIN_LOOSEN_DELAY = 10  # the officer may choose a short delay; the default is a day
+# The shortest delay the cold HSM accepts unless its `[hsm_cold] min_loosen_delay` says
+# otherwise (the officer may choose a short delay; the default is a day). A policy text itself
+# may say as little as SHORTEST_LOOSEN_DELAY: the cold HSM, which enforces, holds the floor.
+MIN_LOOSEN_DELAY = 10
+SHORTEST_LOOSEN_DELAY = 1
 _ADDRESS = re.compile(r"[a-zA-Z0-9]{14,90}")
 _FIELD = re.compile(r"([a-z_]+)=([^;]*)")
 
@@ -65,9 +69,9 @@ class SpendingPolicy:
                 raise PolicyFormatError(f"policy: {name} must be a positive integer")
         if self.max_send_sat > self.max_daily_sat:
             raise PolicyFormatError("policy: max_send_sat cannot exceed max_daily_sat")
-        if not MIN_LOOSEN_DELAY <= self.loosen_delay <= MAX_LOOSEN_DELAY:
+        if not SHORTEST_LOOSEN_DELAY <= self.loosen_delay <= MAX_LOOSEN_DELAY:
             raise PolicyFormatError(
-                f"policy: loosen_delay must be {MIN_LOOSEN_DELAY}..{MAX_LOOSEN_DELAY} seconds"
+                f"policy: loosen_delay must be {SHORTEST_LOOSEN_DELAY}..{MAX_LOOSEN_DELAY} seconds"
             )
         object.__setattr__(self, "whitelist", tuple(sorted(set(self.whitelist))))  # one form
         if len(self.whitelist) > MAX_WHITELIST:

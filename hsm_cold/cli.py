@@ -193,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             paths.export_dir,
             link_refusals=lambda: _refusals(server_ref),
             spending_defaults=policy_cli.defaults(config),
+            min_loosen_delay=policy_cli.min_loosen_delay(config),
         )
         counters = SqliteCounterStore(paths.state_dir / COUNTERS_DB)
         server = LinkServer.open(

@@ -21,6 +21,8 @@
   and a loosening that applies: the phone's own copy follows the cold HSM's decision. A change
   sent again under the same `seq` (no answer reached the phone) changes nothing and is answered
   with its state now.
+- A policy whose `loosen_delay` is below the cold HSM's floor (`[hsm_cold] min_loosen_delay`,
+  10 s by default) is refused, at the console and by SMS: the floor is the cold side's to hold.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from datetime import UTC, datetime
 
 from cc_common import fingerprint
 from cc_common.spending_policy import (
+    MIN_LOOSEN_DELAY,
     AckState,
     PolicyAck,
     PolicyFormatError,
@@ -105,8 +108,10 @@ class ColdPolicies:
         alert: Alert,
         clock: Callable[[], float] = time.time,
         answer: Answer | None = None,
+        min_delay: int = MIN_LOOSEN_DELAY,
     ) -> None:
         self.store = store
+        self.min_delay = min_delay
         self.rows = PolicyStore(store)
         self.defaults = defaults
         self.random = random
@@ -134,6 +139,7 @@ class ColdPolicies:
                 " (delivered by custody): do not confirm; check the phone and the account"
             )
         chosen = policy or self.defaults
+        self._require_floor(chosen)
         held = self.rows.get(rec.account)
         if held is not None:
             return SpendingPolicy.from_text(held.policy)
@@ -145,6 +151,13 @@ class ColdPolicies:
         )
         log.info("account %d confirmed at the console; policy: %s", rec.account, chosen.to_text())
         return chosen
+
+    def _require_floor(self, policy: SpendingPolicy) -> None:
+        if policy.loosen_delay < self.min_delay:
+            raise PolicyChangeRefused(
+                f"loosen_delay {policy.loosen_delay}s is below this cold HSM's floor of"
+                f" {self.min_delay}s"
+            )
 
     def confirmed(self, records: Sequence[AccountRecord]) -> list[AccountRecord]:
         """The accounts among `records` that were confirmed at the console."""
@@ -269,6 +282,7 @@ class ColdPolicies:
             return ChangeOutcome(
                 known.id, known.state is ChangeState.APPLIED, known.applies_at, True
             )
+        self._require_floor(policy)
         now = self.clock()
         change_id = self._new_id()
         looser = policy.loosens(old)

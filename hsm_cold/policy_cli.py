@@ -19,7 +19,14 @@ from cc_common.cli import add_dir_argument, config_from_args, render_table
 from cc_common.config import Config, Section
 from cc_common.errors import ConfigError
 from cc_common.policy_options import add_policy_options, policy_changes
-from cc_common.spending_policy import DEFAULT_POLICY, PolicyFormatError, SpendingPolicy
+from cc_common.spending_policy import (
+    DEFAULT_POLICY,
+    MAX_LOOSEN_DELAY,
+    MIN_LOOSEN_DELAY,
+    SHORTEST_LOOSEN_DELAY,
+    PolicyFormatError,
+    SpendingPolicy,
+)
 from cc_common.token import HsmToken
 from hsm_cold.keystore import ColdKeystore
 from hsm_cold.policy import ColdPolicies, account_or_refuse
@@ -38,6 +45,17 @@ def defaults(config: Config) -> SpendingPolicy:
         raise ConfigError(f"config: [hsm_cold.policy]: {exc}") from None
 
 
+def min_loosen_delay(config: Config) -> int:
+    """`[hsm_cold] min_loosen_delay`: the shortest loosening delay this cold HSM accepts."""
+    value = config.section("hsm_cold").int("min_loosen_delay", MIN_LOOSEN_DELAY)
+    if not SHORTEST_LOOSEN_DELAY <= value <= MAX_LOOSEN_DELAY:
+        raise ConfigError(
+            f"config: [hsm_cold] min_loosen_delay must be {SHORTEST_LOOSEN_DELAY}.."
+            f"{MAX_LOOSEN_DELAY} seconds"
+        )
+    return value
+
+
 def _store(config: Config) -> ColdStore:
     return ColdStore(config.section("hsm_cold").path("state_dir") / STATE_DB)
 
@@ -48,6 +66,7 @@ def _policies(store: ColdStore, config: Config) -> ColdPolicies:
         defaults(config),
         secrets.token_bytes,
         store.add_alert,
+        min_delay=min_loosen_delay(config),
     )
 
 

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cc_common.spending_policy import DEFAULT_POLICY, PolicyAck, SpendingPolicy
+from cc_common.spending_policy import DEFAULT_POLICY, MIN_LOOSEN_DELAY, PolicyAck, SpendingPolicy
 from cc_common.text import printable
 from hsm_cold import (
     account_state,
@@ -227,6 +227,7 @@ class ColdService:
         link_refusals: Callable[[], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.time,
         spending_defaults: SpendingPolicy = DEFAULT_POLICY,
+        min_loosen_delay: int = MIN_LOOSEN_DELAY,
     ) -> None:
         self.keystore = keystore
         self.store = store
@@ -251,6 +252,7 @@ class ColdService:
             lambda account, kind, message: self.alert(account, AlertKind(kind), message),
             lambda: self.clock(),  # noqa: PLW0108 (a test may replace self.clock later)
             self._policy_answer,
+            min_delay=min_loosen_delay,
         )
         self._prev_txs = PrevTxAssembler(
             lambda txid, prev: self.store.add_known_outputs(txid, _outputs(prev.vout))

@@ -529,11 +529,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def emptied(url: str) -> str:
-    """The migrated PostgreSQL database at `url`, every table emptied."""
+    """The migrated PostgreSQL database at `url`, every table emptied and every sequence
+    restarted, as `TRUNCATE ... RESTART IDENTITY` would leave it.
+
+    DELETE, children first, in one round trip: on tables of a few rows it takes tens of
+    milliseconds where TRUNCATE (new files for every table, flushed at commit) takes hundreds,
+    and this runs before every PostgreSQL test of the API.
+    """
     engine = make_engine(url)
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        sequences = conn.execute(
+            text("SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()")
+        ).scalars()
+        statements = [f'DELETE FROM "{t.name}"' for t in reversed(Base.metadata.sorted_tables)]
+        statements += [f'ALTER SEQUENCE "{name}" RESTART' for name in sequences]
+        conn.exec_driver_sql("; ".join(statements))
     engine.dispose()
     return url
 

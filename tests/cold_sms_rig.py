@@ -39,6 +39,7 @@ from tests.hsm_fixtures import ColdHsm, random_address
 
 TIMEOUT = 20.0
 LIFETIME = 8  # seconds: channels expire within the test
+MIN_LOOSEN_DELAY = 2  # seconds: [hsm_cold] min_loosen_delay, so a loosening is waited out quickly
 COLD_A, COLD_B = COLD_NUMBERS
 ATTACKER = "+15556660666"
 MAIN = 1  # the account whose V-device is the test's modem
@@ -197,7 +198,13 @@ def provision(cold: ColdHsm, link: Any, number: int, vdevice_phone: str) -> Acco
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     d = Deployment(
         tmp_path_factory.mktemp("cold-sms"),
-        config={"hsm_cold": {"channel_lifetime": LIFETIME, "sms_poll_interval": 0.5}},
+        config={
+            "hsm_cold": {
+                "channel_lifetime": LIFETIME,
+                "sms_poll_interval": 0.5,
+                "min_loosen_delay": MIN_LOOSEN_DELAY,
+            }
+        },
     )
     cold = ColdHsm(d)
     modem: GsmModem | None = None

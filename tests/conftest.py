@@ -24,6 +24,7 @@ pytest_plugins = (
     "tests.cold_rig",
     "tests.cold_sms_rig",
     "tests.firmware_fixtures",
+    "tests.history_fixtures",
     "tests.vdevice_rig",
 )
 

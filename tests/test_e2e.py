@@ -5,10 +5,10 @@ deployment per class. The story tests run the demo's own step functions
 (`cc_demo.run.STEPS`, in order, sharing the deployment), so the demo and these tests cannot
 drift apart; then, on the same deployment, SMS loss and duplication during a batch
 verification and a V-device crash between posting and reporting. The story's node already
-has 1,000 blocks of history and no txindex when `custody up` starts (`cc_demo.history`), as
-an operator's node has: the deployment is ready within a minute and the whole story passes
-on it. A second deployment with channels of a few seconds renews a channel while a send is
-in flight.
+has 1,000 blocks of history and no txindex when `custody up` starts (`cc_demo.history`, mined
+once per session: tests/history_fixtures.py), as an operator's node has: the deployment is
+ready within a minute and the whole story passes on it. A second deployment with channels of
+a few seconds renews a channel while a send is in flight.
 
 The vtest encryption (the published vector decrypts; a wrong password is a clean "decrypt
 failed") is covered by `tests/test_vtest.py`.
@@ -22,16 +22,16 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from cc_common.config import Config
 from cc_demo import run as demo_run
 from cc_demo import scenario as demo
-from cc_demo.history import make_history
 from cc_demo.support import (
     DEMO_CONFIG,
     StepFailed,
@@ -62,11 +62,18 @@ UP_WITHIN = 60.0  # issue 11: ready within a minute against a node with history
 class Rig:
     """One deployment under `custody up`, and the demo's context on it."""
 
-    def __init__(self, base: Path, changes: dict[str, Any], history: int = 0) -> None:
+    def __init__(
+        self,
+        base: Path,
+        changes: dict[str, Any],
+        history: int = 0,
+        node_history: Callable[[Config, int], str] | None = None,
+    ) -> None:
         self.deployment = Deployment(base)
         self.deployment.configure(DEMO_CONFIG)
         self.deployment.configure(changes)
         self.history = history
+        self.node_history = node_history
         self.ready_after: float | None = None
         self.supervisor: SupervisorProcess | None = None
         self.ctx = demo.Context(config=self.deployment.config, env=self.deployment.env)
@@ -75,7 +82,8 @@ class Rig:
 
     def start(self) -> None:
         if self.history:
-            make_history(self.deployment.config, self.history, env=self.deployment.env)
+            assert self.node_history is not None, "a history comes from the node_history fixture"
+            self.node_history(self.deployment.config, self.history)
         started = time.monotonic()
         self.supervisor = self.deployment.start_supervisor(timeout=READY_TIMEOUT)
         self.ready_after = time.monotonic() - started
@@ -123,8 +131,9 @@ def _rig(
     changes: dict[str, Any],
     steps: list[str],
     history: int = 0,
+    node_history: Callable[[Config, int], str] | None = None,
 ) -> Iterator[Rig]:
-    rig = Rig(tmp_path_factory.mktemp("e2e"), changes, history)
+    rig = Rig(tmp_path_factory.mktemp("e2e"), changes, history, node_history)
     try:
         rig.start()
         rig.run_steps(steps)
@@ -145,13 +154,17 @@ def _log_tails_on_failure(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="class")
-def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    """A deployment on which the whole demo story ran (the setup of the fault tests)."""
+def story(
+    tmp_path_factory: pytest.TempPathFactory, node_history: Callable[[Config, int], str]
+) -> Iterator[Rig]:
+    """A deployment on which the whole demo story ran (the setup of the fault tests), its node
+    holding the session's copy of a HISTORY-block chain (tests/history_fixtures.py)."""
     yield from _rig(
         tmp_path_factory,
         {"vdevice": {"sms_reply_timeout": REPLY_TIMEOUT}},
         [s.name for s in demo_run.STEPS if s.name != DRILL],  # the drill: after the faults
         history=HISTORY,
+        node_history=node_history,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from typing import Any
 
 import coincurve
@@ -24,13 +25,15 @@ from cc_common.deployment import OWNER_NUMBER, VDEVICE_NUMBER
 from cc_common.spending_policy import AckState, PolicyAck, SpendingPolicy, change_statement
 from hsm_cold.errors import ColdErrorCode
 from tests.cold_rig import SETTLEMENT, Account
-from tests.cold_sms_rig import ATTACKER, COLD_A, TIMEOUT, World
+from tests.cold_sms_rig import ATTACKER, COLD_A, MIN_LOOSEN_DELAY, TIMEOUT, World
 from tests.harness import wait_until
 from tests.hsm_fixtures import VDevice, random_address
 from wallet_core import messages
 
 ACCOUNT = 46
-DELAY = 12  # seconds: the account's loosening delay, chosen at the console
+# seconds: the account's loosening delay, chosen at the console; short (the world's cold HSM
+# has a floor of MIN_LOOSEN_DELAY) but long enough for one co-sign attempt inside it
+DELAY = 4
 START = SpendingPolicy(
     max_send_sat=300_000,
     max_daily_sat=5_000_000,
@@ -131,10 +134,14 @@ def test_tightening_applies_at_once_and_cannot_be_replayed_or_forged(
     world.v.send(change_text(acct, 1, START))  # seq not above the last: stale
     world.v.send(change_text(acct, 2, START, key=b"\x05" * 32))  # not the identity key
     world.control.inject_sms(COLD_A, change_text(acct, 2, START, b"\x05" * 32), ATTACKER)
-    world.wait_counter("policy_refused", refused + 3)
+    # signed, but with a delay below the cold HSM's floor
+    world.v.send(change_text(acct, 3, replace(tighter, loosen_delay=MIN_LOOSEN_DELAY - 1)))
+    world.wait_counter("policy_refused", refused + 4)
     assert policy_row(world) == tighter.to_text() and not pending_changes(world)
-    # the phone signed the stale one: it hears why (the forged ones get no answer)
+    # the phone signed the stale one and the short one: it hears why (the forged ones get no
+    # answer)
     assert ack(world, 1, AckState.REFUSED).detail == ColdErrorCode.POLICY_CHANGE_REFUSED
+    assert ack(world, 3, AckState.REFUSED).detail == ColdErrorCode.POLICY_CHANGE_REFUSED
     assert world.counter("policy_applied") == n + 1
 
 
@@ -148,12 +155,13 @@ def test_a_loosening_waits_its_delay_and_a_cancelled_one_never_applies(
     world.v.send(change_text(acct, 10, looser))
     world.wait_counter("policy_pending", n + 1)
     ((change_id, applies_at),) = pending_changes(world)
+    # before its delay the looser policy is not in force: the send it would allow is refused
+    assert refused_code(world, acct, 250_000, "early") == ColdErrorCode.POLICY_REFUSED
+    assert time.time() < applies_at, "the early attempt came too late to prove anything"
+    assert policy_row(world) == before
     note = world.wait_inbox(OWNER_NUMBER, f"CC:POLICY_CANCEL:{change_id}")["text"]
     assert "loosening" in note and "max_send_sat" in note
     assert ack(world, 10, AckState.PENDING).detail == int(applies_at)
-    # before its delay the looser policy is not in force: the send it would allow is refused
-    assert refused_code(world, acct, 250_000, "early") == ColdErrorCode.POLICY_REFUSED
-    assert policy_row(world) == before
     wait_until(lambda: time.time() > applies_at, DELAY + 5, "the loosening delay to pass")
     assert len(cosign(world, acct, 250_000, "late")["signatures"]) == 1
     assert policy_row(world) == looser.to_text()
