@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from custody.insert_or_nothing import insert_or_nothing
@@ -97,19 +97,28 @@ class NewEvent:
     data: dict[str, Any]
 
 
+# Built once: a request's statements are only bound and executed (no construction per call).
+_TAKE_SEQS = (
+    update(EventCounter)
+    .where(EventCounter.account_id == bindparam("b_account"))
+    .values(last_seq=EventCounter.last_seq + bindparam("n"))
+    .returning(EventCounter.last_seq)
+)
+_ENDPOINTS = select(WebhookEndpoint.account_id, WebhookEndpoint.id, WebhookEndpoint.side).where(
+    WebhookEndpoint.account_id.in_(bindparam("accounts", expanding=True)),
+    WebhookEndpoint.removed_at.is_(None),
+)
+_INSERT_EVENTS = insert(Event).returning(Event.id, Event.account_id, Event.seq)
+
+
 def _take_seqs(s: Session, account_id: int, n: int) -> int:
     """Reserve the account's next `n` numbers; returns the last of them."""
-    step = (
-        update(EventCounter)
-        .where(EventCounter.account_id == account_id)
-        .values(last_seq=EventCounter.last_seq + n)
-        .returning(EventCounter.last_seq)
-    )
-    seq = s.execute(step).scalar()
+    params = {"b_account": account_id, "n": n}
+    seq = s.connection().execute(_TAKE_SEQS, params).scalar()
     if seq is not None:
         return int(seq)
     insert_or_nothing(s, EventCounter, account_id=account_id, last_seq=0)
-    return int(s.execute(step).scalar_one())
+    return int(s.connection().execute(_TAKE_SEQS, params).scalar_one())
 
 
 def publish(s: Session, account_id: int, kind: str, side: EventSide, data: dict[str, Any]) -> None:
@@ -141,18 +150,11 @@ def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
         )
         next_seq[e.account_id] += 1
     conn = s.connection()
-    endpoints = conn.execute(
-        select(WebhookEndpoint.account_id, WebhookEndpoint.id, WebhookEndpoint.side).where(
-            WebhookEndpoint.account_id.in_(list(per_account)),
-            WebhookEndpoint.removed_at.is_(None),
-        )
-    ).all()
+    endpoints = conn.execute(_ENDPOINTS, {"accounts": list(per_account)}).all()
     if not endpoints:
-        conn.execute(insert(Event).values(rows))
+        conn.execute(insert(Event), rows)
         return
-    inserted = conn.execute(
-        insert(Event).values(rows).returning(Event.id, Event.account_id, Event.seq)
-    ).all()
+    inserted = conn.execute(_INSERT_EVENTS, rows)
     ids = {(a, seq): i for i, a, seq in inserted}
     deliveries = [
         {

@@ -178,7 +178,8 @@ def append_many(session: Session, entries: Sequence[NewEntry]) -> list[str]:
         digests.append(digest)
         prev_hash = digest
     session.flush()  # what the caller added first (its rows the entries name) is written
-    ids = session.connection().execute(insert(JournalEntry).values(rows).returning(JournalEntry.id))
+    # executemany: SQLAlchemy sends one multi-row INSERT ... RETURNING (its "insertmanyvalues")
+    ids = session.connection().execute(insert(JournalEntry).returning(JournalEntry.id), rows)
     new_id = max(ids.scalars().all())
     new_head = canonical_json({"hash": prev_hash, "count": count + len(entries), "id": new_id})
     if head is None:

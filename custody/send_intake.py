@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -94,12 +94,21 @@ def store_sends(session: Session, sends: Sequence[NewSend]) -> list[Intake]:
     return outcomes
 
 
+_FROZEN = select(Account.id).where(
+    Account.id.in_(bindparam("ids", expanding=True)), Account.status == AccountStatus.FROZEN
+)
+
+
 def _frozen_accounts(session: Session, ids: set[int]) -> set[int]:
-    frozen = select(Account.id).where(
-        Account.id.in_(sorted(ids)), Account.status == AccountStatus.FROZEN
-    )
-    rows = session.connection().execute(frozen)
-    return set(rows.scalars())
+    return set(session.connection().execute(_FROZEN, {"ids": sorted(ids)}).scalars())
+
+
+_INSERT_PG, _INSERT_SQLITE = (
+    insert(Send)
+    .on_conflict_do_nothing(index_elements=[Send.account_id, Send.user_tx_no])
+    .returning(Send.id, Send.account_id, Send.user_tx_no)
+    for insert in (pg_insert, sqlite_insert)
+)
 
 
 def _insert(session: Session, sends: Sequence[NewSend]) -> dict[tuple[int, str], int]:
@@ -124,14 +133,10 @@ def _insert(session: Session, sends: Sequence[NewSend]) -> dict[tuple[int, str],
         }
         for s in sends
     ]
-    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = (
-        dialect_insert(Send)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[Send.account_id, Send.user_tx_no])
-        .returning(Send.id, Send.account_id, Send.user_tx_no)
-    )
-    return {(a, u): i for i, a, u in session.connection().execute(stmt)}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # executemany: one multi-row statement (SQLAlchemy's "insertmanyvalues"), compiled once
+    inserted = session.connection().execute(_INSERT_PG if postgres else _INSERT_SQLITE, rows)
+    return {(a, u): i for i, a, u in inserted}
 
 
 def existing(session: Session, keys: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
