@@ -126,7 +126,7 @@ def create_app(
     for module in (time, user, addresses, txs, events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
-    timing.set_capacity(config.section("custody").int("threads", 4))
+    timing.set_capacity(config.section("custody").int("threads", timing.DEFAULT_THREADS))
     app.before_request(timing.start)
     app.after_request(timing.finish)
     app.teardown_request(timing.teardown)
