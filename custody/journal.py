@@ -24,7 +24,6 @@ from typing import Any
 
 from sqlalchemy import func, insert, inspect, select, text, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from custody import events
 from custody.models import JournalEntry, KeyValue, utcnow
@@ -127,6 +126,9 @@ def _head(session: Session) -> KeyValue | None:
     return head
 
 
+_INSERT_ENTRIES = insert(JournalEntry).returning(JournalEntry.id)
+
+
 @dataclass(frozen=True)
 class NewEntry:
     """One record to append: what happened, to which account, with which data."""
@@ -179,19 +181,16 @@ def append_many(session: Session, entries: Sequence[NewEntry]) -> list[str]:
         prev_hash = digest
     session.flush()  # what the caller added first (its rows the entries name) is written
     # executemany: SQLAlchemy sends one multi-row INSERT ... RETURNING (its "insertmanyvalues")
-    ids = session.connection().execute(insert(JournalEntry).returning(JournalEntry.id), rows)
+    ids = session.connection().execute(_INSERT_ENTRIES, rows)
     new_id = max(ids.scalars().all())
     new_head = canonical_json({"hash": prev_hash, "count": count + len(entries), "id": new_id})
     if head is None:
         head = KeyValue(key=HEAD_KEY, value=new_head)
         session.add(head)
-        session.flush()
         session.info[_LOCKED_IN] = (session.get_transaction(), head)
     else:
-        session.connection().execute(
-            update(KeyValue).where(KeyValue.key == HEAD_KEY).values(value=new_head)
-        )
-        set_committed_value(head, "value", new_head)  # the row as written: nothing to flush
+        head.value = new_head  # by the ORM: a savepoint's rollback restores it with the row
+    session.flush()
     events.from_journal_many(session, [(e.kind, e.account_id, e.data) for e in entries])
     return digests
 
