@@ -6,10 +6,12 @@ breaks the chain at that record. The newest hash and the number of entries are a
 `service_state` (key `journal_head`), so removing records from the end is detected too.
 
 Appends are serialised so two writers never chain onto the same predecessor: PostgreSQL locks
-the head row (`FOR UPDATE`; a transaction-scoped advisory lock while there is no head yet) and
-writes the entry and the new head in one statement; SQLite takes its database write lock by a
-no-op write on the journal table before reading the head. The lock is held until the caller's
-transaction ends, so an append costs two round trips inside it on PostgreSQL.
+the head row (`FOR UPDATE`; a transaction-scoped advisory lock while there is no head yet);
+SQLite takes its database write lock by a no-op write on the journal table before reading the
+head. The lock is held until the caller's transaction ends, so every transaction that appends
+is serialised from its first append to its commit: `append_many` chains many entries under
+one lock with one INSERT, which is how the API's group commit (`custody.group_commit`) writes a
+whole group of send requests for the price of one.
 """
 
 from __future__ import annotations
