@@ -34,6 +34,8 @@ def is_unsafe(char: str) -> bool:
 
 def first_unsafe(value: str) -> str | None:
     """The first refused character of `value`, or None."""
+    if value.isascii() and value.isprintable():  # space to `~`: no refused character there
+        return None
     for char in value:
         if is_unsafe(char):
             return char
