@@ -244,3 +244,30 @@ def test_group_results_reach_their_own_writers():
     join(threads)
     assert got == {i: i * 10 for i in range(8)}
     assert c.groups == 3  # 8 waiting writes, at most 3 a group
+
+
+def test_refusals_keep_their_order(app, account, session_factory):
+    """A duplicate is answered as one (code 3) before its vc_code is judged, and a frozen
+    account (code 9) before it too: the order of the checks when each request was written
+    alone, though the write now comes after the signature check."""
+    client = app.test_client()
+    assert (
+        client.post(f"{API}/tx/request", headers=account.hot, data=form("seen")).status_code == 200
+    )
+    forged = {**form("seen"), "vc_code": form("other")["vc_code"]}
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=forged)
+    assert r.status_code == 400 and r.json["code"] == 3, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**forged, "user_tx_no": "new"})
+    assert r.status_code == 400 and r.json["code"] == 40, r.json  # not a duplicate: forged
+    with session_factory() as s, s.begin():
+        s.execute(
+            update(Account).where(Account.id == account.id).values(status=AccountStatus.FROZEN)
+        )
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**forged, "user_tx_no": "new"})
+    assert r.status_code == 409 and r.json["code"] == 9, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=forged)
+    assert r.status_code == 400 and r.json["code"] == 3, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=form("fresh"))
+    assert r.status_code == 409 and r.json["code"] == 9, r.json
+    with session_factory() as s:
+        assert s.execute(select(Send.user_tx_no)).scalars().all() == ["seen"]
