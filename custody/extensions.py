@@ -104,6 +104,14 @@ class Database:
                 g._custody_reader = c
         return c
 
+    def release_reader(self) -> None:
+        """Give the request's reader connection back to the pool now, before the request
+        waits for something that needs a connection itself (the group commit's leader):
+        with one pool for both, requests that wait holding theirs could starve it."""
+        c = g.pop("_custody_reader", None)
+        if c is not None:
+            c.close()
+
     @contextmanager
     def write(self) -> Iterator[Session]:
         """The request's session, committed at the end of the block, rolled back on error."""
