@@ -10,12 +10,6 @@ waiting write (up to `max_group`), writes them in one transaction and wakes the 
 writer whose write a leader took finds it done. Alone, a request commits its own write in its
 own thread with no hand-off, and there is no thread to start after gunicorn's fork or to stop.
 
-A writer still validating its request (`arriving`) is about to hand in a write: a leader waits
-for such writers up to `max_wait` (a few ms) before it takes the group, as PostgreSQL's
-`commit_delay` does, so that on a busy machine a group is several writes rather than one or two
-(each group's statements and commit cost the same CPU however many writes it carries). Nobody
-arriving, nobody waits.
-
 A group that fails is written again one write per transaction, so a bad write fails alone,
 except when the error is the database being busy (`is_busy`): a retry one by one would only
 wait again, each, for the same lock, so every writer of the group gets that error (a 503,
@@ -26,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -37,16 +29,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_GROUP = 64
-MAX_WAIT = 0.004  # seconds a leader waits for writers still validating their request
-
-
-class Arrival:
-    """A writer between the start of its request and the hand-in of its write."""
-
-    __slots__ = ("queued",)
-
-    def __init__(self) -> None:
-        self.queued = False
 
 
 class _Ticket(Generic[T, R]):
@@ -69,63 +51,31 @@ class GroupCommitter(Generic[T, R]):
         *,
         max_group: int = MAX_GROUP,
         shared_error: Callable[[BaseException], bool] = lambda exc: False,
-        max_wait: float = MAX_WAIT,
     ) -> None:
         self._write = write
         self._max = max(1, max_group)
         self._shared_error = shared_error
-        self._max_wait = max_wait
         self._queue: list[_Ticket[T, R]] = []
         self._queue_lock = threading.Lock()
-        self._changed = threading.Condition(self._queue_lock)  # a write queued, or gave up
-        self._arriving = 0
         self._commit_lock = threading.Lock()
         self.groups = 0  # transactions committed or failed (for tests and benchmarks)
         self.written = 0
 
-    @contextmanager
-    def arriving(self) -> Iterator[Arrival]:
-        """Around a request that will `submit(item, arrival)` unless it is refused first."""
-        arrival = Arrival()
-        with self._queue_lock:
-            self._arriving += 1
-        try:
-            yield arrival
-        finally:
-            with self._queue_lock:
-                if not arrival.queued:
-                    self._arriving -= 1
-                    self._changed.notify_all()
-
-    def submit(self, item: T, arrival: Arrival | None = None) -> R:
+    def submit(self, item: T) -> R:
         ticket: _Ticket[T, R] = _Ticket(item)
         with self._queue_lock:
             self._queue.append(ticket)
-            if arrival is not None and not arrival.queued:
-                arrival.queued = True
-                self._arriving -= 1
-            self._changed.notify_all()
         while not ticket.done:
             with self._commit_lock:
                 if ticket.done:
                     break
                 with self._queue_lock:
-                    self._wait_for_arrivals()
                     group = self._queue[: self._max]
                     del self._queue[: self._max]
                 self._run(group)
         if ticket.error is not None:
             raise ticket.error
         return ticket.result  # type: ignore[return-value]  # set with done, unless error
-
-    def _wait_for_arrivals(self) -> None:
-        """(Queue lock held.) Let writers still validating join the group, a few ms at most."""
-        end = time.monotonic() + self._max_wait
-        while self._arriving and len(self._queue) < self._max:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            self._changed.wait(left)
 
     def _run(self, group: list[_Ticket[T, R]]) -> None:
         try:

@@ -9,7 +9,6 @@ the first request to get it then leads and writes every one of them in one trans
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -272,40 +271,3 @@ def test_refusals_keep_their_order(app, account, session_factory):
     assert r.status_code == 409 and r.json["code"] == 9, r.json
     with session_factory() as s:
         assert s.execute(select(Send.user_tx_no)).scalars().all() == ["seen"]
-
-
-def test_a_leader_waits_for_a_writer_still_validating():
-    """One request validating while another's write is ready: the write waits (at most
-    `max_wait`) for it, and both go in one group; one that gives up releases the wait."""
-    c: GroupCommitter[int, int] = GroupCommitter(list, max_wait=30.0)
-    validated = threading.Event()
-    got: dict[str, Any] = {}
-
-    def late() -> None:
-        with c.arriving() as arrival:
-            validated.wait(30)
-            got["late"] = c.submit(2, arrival)
-
-    t = start([late])[0]
-    while not c._arriving:
-        time.sleep(0.001)
-    threading.Timer(0.2, validated.set).start()
-    t0 = time.monotonic()
-    got["first"] = c.submit(1)
-    join([t])
-    assert got == {"first": 1, "late": 2} and c.groups == 1 and c.written == 2
-    assert time.monotonic() - t0 < 10
-
-    def refused() -> None:
-        with contextlib.suppress(ValueError), c.arriving():
-            time.sleep(0.2)
-            raise ValueError("refused before its write")
-
-    t = start([refused])[0]
-    while not c._arriving:
-        time.sleep(0.001)
-    t0 = time.monotonic()
-    assert c.submit(3) == 3
-    assert time.monotonic() - t0 < 10  # not the 30 s: the refusal ended the wait
-    join([t])
-    assert c.groups == 2

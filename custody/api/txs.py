@@ -99,23 +99,23 @@ def post_send() -> dict[str, object]:
     Written by the process's group committer with the other requests waiting to be written,
     and answered once that transaction committed."""
     p = current_principal()
-    committer = send_intake_committer.committer
-    with committer.arriving() as arrival:
-        account = _account(p.account_id)
-        req = parse_send_request(body_fields(), account.network)
-        try:
-            check_vc_code(
-                hsm_provider.client,
-                p.account_id,
-                account.cold_identity_pubkey,
-                req.request_dict(),
-                req.vc_code,
-                req.c_id,
-            )
-        except ApiError:
-            _refused_before(p.account_id, req.user_tx_no)
-            raise
-        new = NewSend(
+    account = _account(p.account_id)
+    req = parse_send_request(body_fields(), account.network)
+    try:
+        check_vc_code(
+            hsm_provider.client,
+            p.account_id,
+            account.cold_identity_pubkey,
+            req.request_dict(),
+            req.vc_code,
+            req.c_id,
+        )
+    except ApiError:
+        _refused_before(p.account_id, req.user_tx_no)
+        raise
+    db.release_reader()
+    outcome = send_intake_committer.committer.submit(
+        NewSend(
             account_id=p.account_id,
             user_tx_no=req.user_tx_no,
             coin_code=req.coin_code,
@@ -124,8 +124,7 @@ def post_send() -> dict[str, object]:
             vc_code=req.vc_code,
             c_id=req.c_id,
         )
-        db.release_reader()
-        outcome = committer.submit(new, arrival)
+    )
     if outcome is Intake.DUPLICATE:
         raise _duplicate(req.user_tx_no)
     if outcome is Intake.FROZEN:
