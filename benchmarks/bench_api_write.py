@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from _cpu import cpu_seconds, pg_backend_pids, process_tree, total_cpu
 from _custody_db import bench_run, verified_account
 from sqlalchemy import func, select, text
 
@@ -148,12 +149,30 @@ def wrk(url: str, script: Path, seconds: float, conns: int, *args: str) -> subpr
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def summary(proc: subprocess.Popen[str]) -> dict[str, int]:
-    out, err = proc.communicate(timeout=120)
+def summary(proc: subprocess.Popen[str]) -> dict[str, float]:
+    """wrk's figures, and the CPU seconds it used (`cpu`)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     m = re.search(r"BENCH (.*)", out)
     if m is None:
         raise RuntimeError(f"wrk gave no summary: {out} {err}")
-    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    figures: dict[str, float] = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    figures["cpu"] = usage.ru_utime + usage.ru_stime
+    return figures
+
+
+def server_pids(data_dir: Path) -> list[int]:
+    """The `custody serve` master started on `data_dir`, and its workers."""
+    needle = f"--dir\0{data_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                return process_tree(int(entry.name))
+        except OSError:
+            continue
+    raise RuntimeError("custody serve is not running")
 
 
 def main() -> int:
@@ -215,6 +234,11 @@ def main() -> int:
             str(data_dir / "warm.txt"),
         )
         summary(warm)
+        watched = server_pids(data_dir)
+        # backends opened during the run (the readers' pool) count from zero
+        pg0 = {pid: cpu_seconds(pid) for pid in pg_backend_pids(dsn)}
+        server0 = total_cpu(watched)
+        load0 = os.getloadavg()[0]
         writes = wrk(
             f"{base}/tx/request",
             data_dir / "write.lua",
@@ -237,6 +261,9 @@ def main() -> int:
             )
         w = summary(writes)
         r = summary(reads) if reads is not None else None
+        server_cpu = total_cpu(watched) - server0
+        pg_cpu = sum(cpu_seconds(pid) - pg0.get(pid, 0.0) for pid in pg_backend_pids(dsn))
+        load1 = os.getloadavg()[0]
         with factory() as s:
             stored = s.execute(select(func.count(Send.id))).scalar()
         w_s = w["duration_us"] / 1e6
@@ -251,7 +278,16 @@ def main() -> int:
                 f"({r['errors']} errors), p50 {r['p50_us'] / 1000:.2f} ms, "
                 f"p99 {r['p99_us'] / 1000:.2f} ms"
             )
-        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        served = w["requests"] + (r["requests"] if r is not None else 0)
+        wrk_cpu = w["cpu"] + (r["cpu"] if r is not None else 0)
+        print(
+            f"CPU over the {w_s:.1f} s measured: custody serve {server_cpu:.2f} s "
+            f"({server_cpu / w_s * 100:.0f}% of a core), its PostgreSQL backends {pg_cpu:.2f} s, "
+            f"wrk {wrk_cpu:.2f} s; per request (writes and reads): custody "
+            f"{server_cpu / max(served, 1) * 1000:.2f} ms, PostgreSQL "
+            f"{pg_cpu / max(served, 1) * 1000:.2f} ms"
+        )
+        print(f"load average: {load0:.2f} at the start of the measured run, {load1:.2f} at its end")
         engine.dispose()
     finally:
         stack.close()

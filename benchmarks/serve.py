@@ -34,11 +34,14 @@ def custody_server(config: Config, data_dir: Path, **custody: Any) -> Iterator[i
     raw["custody"] = {**raw["custody"], "port": port, **custody}
     (data_dir / "run").mkdir(exist_ok=True)
     (data_dir / "custody.toml").write_text(tomli_w.dumps(raw))
+    # stderr to a file: a pipe nobody reads fills up (64 KiB of log lines) and then blocks
+    # every worker that logs, which a long run would measure instead of the server
+    errors = data_dir / "serve.stderr"
     server = subprocess.Popen(
         [sys.executable, "-m", "custody.cli", "serve", "--dir", str(data_dir)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=errors.open("wb"),
         start_new_session=True,
     )
     try:
@@ -46,8 +49,7 @@ def custody_server(config: Config, data_dir: Path, **custody: Any) -> Iterator[i
         deadline = time.monotonic() + 60
         while not ready.exists():
             if server.poll() is not None or time.monotonic() > deadline:
-                assert server.stderr is not None
-                raise SystemExit("custody serve did not start: " + server.stderr.read().decode())
+                raise SystemExit("custody serve did not start: " + errors.read_text())
             time.sleep(0.1)
         yield port
     finally:

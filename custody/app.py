@@ -40,9 +40,11 @@ from custody.extensions import (
     CONFIG_KEY,
     SETTINGS_KEY,
     ApiSettings,
+    account_cache,
     db,
     hsm_provider,
     limiter,
+    send_intake_committer,
     token_cache,
 )
 from custody.hsm_client import HotHsm, HotHsmClient
@@ -112,6 +114,8 @@ def create_app(
 
     app.session_interface = _NoSessions()
     db.init_app(app, session_factory, reader_engine)
+    account_cache.init_app(app)
+    send_intake_committer.init_app(app, session_factory)
     hsm_provider.init_app(app, hsm, make_hsm)
     limiter.init_app(app)
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))
@@ -122,7 +126,7 @@ def create_app(
     for module in (time, user, addresses, txs, events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
-    timing.set_capacity(config.section("custody").int("threads", 4))
+    timing.set_capacity(config.section("custody").int("threads", timing.DEFAULT_THREADS))
     app.before_request(timing.start)
     app.after_request(timing.finish)
     app.teardown_request(timing.teardown)

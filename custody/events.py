@@ -16,10 +16,11 @@ account's numbers, in order.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from custody.insert_or_nothing import insert_or_nothing
@@ -71,53 +72,102 @@ _FROM_JOURNAL: dict[
 
 def from_journal(s: Session, kind: str, account_id: int | None, data: dict[str, Any]) -> None:
     """The event a journal entry stands for, if it is one merchants see."""
-    spec = _FROM_JOURNAL.get(kind)
-    if spec is None or account_id is None:
-        return
-    name, side, fields = spec
-    publish(s, account_id, name, side(data), fields(data))
+    from_journal_many(s, [(kind, account_id, data)])
 
 
-def _next_seq(s: Session, account_id: int) -> int:
-    step = (
-        update(EventCounter)
-        .where(EventCounter.account_id == account_id)
-        .values(last_seq=EventCounter.last_seq + 1)
-        .returning(EventCounter.last_seq)
-    )
-    seq = s.execute(step).scalar()
+def from_journal_many(
+    s: Session, entries: Sequence[tuple[str, int | None, dict[str, Any]]]
+) -> None:
+    """The events journal entries stand for (those merchants see), in the entries' order."""
+    new: list[NewEvent] = []
+    for kind, account_id, data in entries:
+        spec = _FROM_JOURNAL.get(kind)
+        if spec is None or account_id is None:
+            continue
+        name, side, fields = spec
+        new.append(NewEvent(account_id, name, side(data), fields(data)))
+    publish_many(s, new)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    account_id: int
+    kind: str
+    side: EventSide
+    data: dict[str, Any]
+
+
+# Built once: a request's statements are only bound and executed (no construction per call).
+_TAKE_SEQS = (
+    update(EventCounter)
+    .where(EventCounter.account_id == bindparam("b_account"))
+    .values(last_seq=EventCounter.last_seq + bindparam("n"))
+    .returning(EventCounter.last_seq)
+)
+_ENDPOINTS = select(WebhookEndpoint.account_id, WebhookEndpoint.id, WebhookEndpoint.side).where(
+    WebhookEndpoint.account_id.in_(bindparam("accounts", expanding=True)),
+    WebhookEndpoint.removed_at.is_(None),
+)
+_INSERT_EVENTS = insert(Event).returning(Event.id, Event.account_id, Event.seq)
+
+
+def _take_seqs(s: Session, account_id: int, n: int) -> int:
+    """Reserve the account's next `n` numbers; returns the last of them."""
+    params = {"b_account": account_id, "n": n}
+    seq = s.connection().execute(_TAKE_SEQS, params).scalar()
     if seq is not None:
         return int(seq)
     insert_or_nothing(s, EventCounter, account_id=account_id, last_seq=0)
-    return int(s.execute(step).scalar_one())
+    return int(s.connection().execute(_TAKE_SEQS, params).scalar_one())
 
 
-def publish(s: Session, account_id: int, kind: str, side: EventSide, data: dict[str, Any]) -> Event:
+def publish(s: Session, account_id: int, kind: str, side: EventSide, data: dict[str, Any]) -> None:
     """Append an event in the caller's transaction and queue it for the account's endpoints."""
-    event = Event(
-        account_id=account_id,
-        seq=_next_seq(s, account_id),
-        kind=kind,
-        side=side,
-        data=json.dumps(data, sort_keys=True, separators=(",", ":")),
-        at=utcnow(),
-    )
-    s.add(event)
-    s.flush()
-    endpoints = s.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.side).where(
-            WebhookEndpoint.account_id == account_id, WebhookEndpoint.removed_at.is_(None)
+    publish_many(s, [NewEvent(account_id, kind, side, data)])
+
+
+def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
+    """Append events (numbered in their order, per account) in the caller's transaction and
+    queue each for its account's endpoints: one statement per step however many events."""
+    if not new:
+        return
+    per_account: dict[int, int] = {}
+    for e in new:
+        per_account[e.account_id] = per_account.get(e.account_id, 0) + 1
+    next_seq = {a: _take_seqs(s, a, n) - n + 1 for a, n in per_account.items()}
+    rows: list[dict[str, Any]] = []
+    at = utcnow()
+    for e in new:
+        rows.append(
+            {
+                "account_id": e.account_id,
+                "seq": next_seq[e.account_id],
+                "kind": e.kind,
+                "side": e.side,
+                "data": json.dumps(e.data, sort_keys=True, separators=(",", ":")),
+                "at": at,
+            }
         )
-    ).all()
-    for endpoint_id, endpoint_side in endpoints:
-        if sees(endpoint_side, side):
-            s.add(
-                WebhookDelivery(
-                    endpoint_id=endpoint_id, event_id=event.id, status=DeliveryStatus.PENDING
-                )
-            )
-    s.flush()
-    return event
+        next_seq[e.account_id] += 1
+    conn = s.connection()
+    endpoints = conn.execute(_ENDPOINTS, {"accounts": list(per_account)}).all()
+    if not endpoints:
+        conn.execute(insert(Event), rows)
+        return
+    inserted = conn.execute(_INSERT_EVENTS, rows)
+    ids = {(a, seq): i for i, a, seq in inserted}
+    deliveries = [
+        {
+            "endpoint_id": endpoint_id,
+            "event_id": ids[(row["account_id"], row["seq"])],
+            "status": DeliveryStatus.PENDING,
+        }
+        for row in rows
+        for account_id, endpoint_id, endpoint_side in endpoints
+        if account_id == row["account_id"] and sees(endpoint_side, row["side"])
+    ]
+    if deliveries:
+        conn.execute(insert(WebhookDelivery), deliveries)
 
 
 def sees(viewer: EventSide, side: EventSide) -> bool:

@@ -19,7 +19,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
+from custody import send_intake
+from custody.group_commit import GroupCommitter
 from custody.hsm_client import HotHsm
+from wallet_core.networks import Network
 
 CONFIG_KEY = "CC_CONFIG"
 SETTINGS_KEY = "CUSTODY_SETTINGS"
@@ -100,6 +103,14 @@ class Database:
                 c = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
                 g._custody_reader = c
         return c
+
+    def release_reader(self) -> None:
+        """Give the request's reader connection back to the pool now, before the request
+        waits for something that needs a connection itself (the group commit's leader):
+        with one pool for both, requests that wait holding theirs could starve it."""
+        c = g.pop("_custody_reader", None)
+        if c is not None:
+            c.close()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -214,7 +225,50 @@ class TokenCache:
             entries[digest] = (principal, time.monotonic() + state["ttl"])
 
 
+@dataclass(frozen=True)
+class AccountInfo:
+    """What the request path needs of an account that never changes once it has tokens."""
+
+    network: Network
+    cold_identity_pubkey: str
+
+
+class AccountCache:
+    """`AccountInfo` per account id, read once per process: these columns are written when
+    the account is created, in the transaction that issues its first tokens, and never again,
+    so no request can see them change (its status, which does change, is not kept here)."""
+
+    key = "custody.accounts"
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[self.key] = {}
+
+    def get(self, account_id: int, load: Callable[[], AccountInfo | None]) -> AccountInfo | None:
+        entries: dict[int, AccountInfo] = current_app.extensions[self.key]
+        info = entries.get(account_id)
+        if info is None:
+            info = load()
+            if info is not None:
+                entries[account_id] = info
+        return info
+
+
+class SendIntake:
+    """The app's group committer of send requests (`custody.send_intake`), one per process."""
+
+    key = "custody.send_intake"
+
+    def init_app(self, app: Flask, factory: sessionmaker[Session]) -> None:
+        app.extensions[self.key] = send_intake.committer(factory)
+
+    @property
+    def committer(self) -> GroupCommitter[send_intake.NewSend, send_intake.Intake]:
+        return current_app.extensions[self.key]
+
+
 db = Database()
 token_cache = TokenCache()
+account_cache = AccountCache()
+send_intake_committer = SendIntake()
 hsm_provider = HsmProvider()
 limiter = RateLimiter()

@@ -31,6 +31,7 @@ from gunicorn.app.base import BaseApplication
 from cc_common.config import Config
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, mark_ready
+from custody.api.timing import DEFAULT_THREADS
 from wallet_core import derive_helper
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def gunicorn_options(config: Config, workers: int | None = None) -> dict[str, An
         probe=READY_PROBE,
         url=f"http://{host}:{port}/api/v1/open",
         workers=workers or s.int("workers", 2),
-        threads=s.int("threads", 4),
+        threads=s.int("threads", DEFAULT_THREADS),
         worker_timeout=s.int("worker_timeout", 60),
     )
 

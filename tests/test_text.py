@@ -15,7 +15,8 @@ from wallet_core.errors import OutsError
 from wallet_core.networks import Network
 
 RLO = "\u202e"
-BAD = ["a\n", "a\r", "a\x00", f"order{RLO}1", "a\u2066b", "a\u200fb", "a\u2028b", "\x1b[2J"]
+BAD = ["a\n", "a\r", "a\x00", "a\x7f", "a\tb", f"order{RLO}1", "a\u2066b", "a\u200fb", "a\u2028b"]
+BAD += ["\x1b[2J"]
 
 
 @pytest.mark.parametrize("value", BAD)

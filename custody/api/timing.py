@@ -14,6 +14,9 @@ from cc_common.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
+# `[custody] threads` (per gunicorn worker): enough that requests waiting for a group commit
+# (a few ms each) leave threads to reads, and that one group can take every waiting write.
+DEFAULT_THREADS = 16
 DEFAULT_DEADLINE = 30.0  # for the slow-request log when the caller did not say
 # One per process (each gunicorn worker after its fork): its thread serves every app in it.
 WATCHDOG = Watchdog(log)

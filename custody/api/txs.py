@@ -4,30 +4,34 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from flask import Blueprint, Response, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from custody import journal, send_statements
+from custody import send_intake, send_statements
 from custody.api import iso, tx_json
 from custody.api.params import body_fields
 from custody.api.schemas import parse_send_request, parse_txid, parse_user_tx_no
 from custody.auth import any_token, current_principal, hot_only
 from custody.errors import (
     AccountFrozen,
+    ApiError,
     DuplicateUserTxNo,
     HsmRefusedError,
     HsmUnavailableError,
     NotFound,
 )
-from custody.extensions import db, hsm_provider
+from custody.extensions import (
+    AccountInfo,
+    account_cache,
+    db,
+    hsm_provider,
+    send_intake_committer,
+)
 from custody.models import Account, AccountStatus, Send, SendStatus
+from custody.send_intake import Intake, NewSend
 from custody.vc_check import check_vc_code
 from wallet_core.networks import Network
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("txs", __name__)
 
@@ -59,55 +63,72 @@ def _duplicate(user_tx_no: str) -> DuplicateUserTxNo:
     return DuplicateUserTxNo(f"user_tx_no {user_tx_no} was already accepted")
 
 
+def _frozen() -> AccountFrozen:
+    return AccountFrozen("the account is frozen: sends are refused")
+
+
+def _account(account_id: int) -> AccountInfo:
+    def load() -> AccountInfo | None:
+        row = db.reader.execute(
+            select(Account.network, Account.cold_identity_pubkey).where(Account.id == account_id)
+        ).first()
+        return None if row is None else AccountInfo(Network.from_name(row[0]), row[1])
+
+    info = account_cache.get(account_id, load)
+    if info is None:
+        raise NotFound("account not found")
+    return info
+
+
+def _refused_before(account_id: int, user_tx_no: str) -> None:
+    """Raise what a request refused before its write would answer first: a duplicate, then a
+    frozen account (the order the write itself checks them in)."""
+    with db.factory() as session:
+        if send_intake.existing(session, [(account_id, user_tx_no)]):
+            raise _duplicate(user_tx_no)
+        status = session.execute(select(Account.status).where(Account.id == account_id)).scalar()
+    if status is AccountStatus.FROZEN:
+        raise _frozen()
+
+
 @bp.post("/tx/request")
 @hot_only
 def post_send() -> dict[str, object]:
-    """Accept a hot send (validated fully); code 3 when its user_tx_no was accepted before."""
+    """Accept a hot send (validated fully); code 3 when its user_tx_no was accepted before.
+
+    Written by the process's group committer with the other requests waiting to be written,
+    and answered once that transaction committed."""
     p = current_principal()
-    session = db.session
-    account = session.get(Account, p.account_id)
-    if account is None:
-        raise NotFound("account not found")
-    req = parse_send_request(body_fields(), Network.from_name(account.network))
-    exists = session.execute(
-        select(Send.id).where(Send.account_id == account.id, Send.user_tx_no == req.user_tx_no)
-    ).first()
-    if exists is not None:
-        raise _duplicate(req.user_tx_no)
-    if account.status is AccountStatus.FROZEN:
-        raise AccountFrozen("the account is frozen: sends are refused")
-    check_vc_code(
-        hsm_provider.client,
-        account.id,
-        account.cold_identity_pubkey,
-        req.request_dict(),
-        req.vc_code,
-        req.c_id,
-    )
+    account = _account(p.account_id)
+    req = parse_send_request(body_fields(), account.network)
     try:
-        with db.write() as session:
-            send = Send(
-                account_id=account.id,
-                user_tx_no=req.user_tx_no,
-                coin_code=req.coin_code,
-                outs=req.outs,
-                is_dynamic_fee=req.is_dynamic_fee,
-                vc_code=req.vc_code,
-                c_id=req.c_id,
-                status=SendStatus.PENDING,
-                failure_reason="",
-            )
-            session.add(send)
-            session.flush()
-            journal.append(
-                session,
-                journal.JournalKind.SEND_REQUESTED,
-                account.id,
-                {"send_id": send.id, **req.request_dict(), "c_id": req.c_id},
-            )
-    except IntegrityError:
-        raise _duplicate(req.user_tx_no) from None
-    log.info("account %d: send %d accepted", account.id, send.id)
+        check_vc_code(
+            hsm_provider.client,
+            p.account_id,
+            account.cold_identity_pubkey,
+            req.request_dict(),
+            req.vc_code,
+            req.c_id,
+        )
+    except ApiError:
+        _refused_before(p.account_id, req.user_tx_no)
+        raise
+    db.release_reader()
+    outcome = send_intake_committer.committer.submit(
+        NewSend(
+            account_id=p.account_id,
+            user_tx_no=req.user_tx_no,
+            coin_code=req.coin_code,
+            outs=req.outs,
+            is_dynamic_fee=req.is_dynamic_fee,
+            vc_code=req.vc_code,
+            c_id=req.c_id,
+        )
+    )
+    if outcome is Intake.DUPLICATE:
+        raise _duplicate(req.user_tx_no)
+    if outcome is Intake.FROZEN:
+        raise _frozen()
     return {"result": True}
 
 

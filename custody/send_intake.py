@@ -1,0 +1,168 @@
+"""Storing accepted hot-send requests (`POST /tx/request`), many in one transaction.
+
+Each request becomes a `sends` row, a `send_requested` journal entry (and its merchant
+event), exactly as when stored alone; what a group shares is the statements: one
+`INSERT ... ON CONFLICT DO NOTHING` for the rows, one journal lock and append for the entries,
+one commit (`custody.group_commit` gathers the group). Each request still gets its own
+outcome: a `user_tx_no` its account used before (or earlier in the same group) is a
+duplicate, a frozen account's request is refused, and neither touches the others'.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody import journal
+from custody.db import is_busy, transaction
+from custody.group_commit import GroupCommitter
+from custody.models import Account, AccountStatus, Send, SendStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Intake(enum.Enum):
+    """What became of one request."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # its user_tx_no was accepted before: nothing written
+    FROZEN = "frozen"  # its account is frozen: nothing written
+
+
+@dataclass(frozen=True)
+class NewSend:
+    """A validated request whose `vc_code` custody checked (`custody.vc_check`)."""
+
+    account_id: int
+    user_tx_no: str
+    coin_code: str
+    outs: str
+    is_dynamic_fee: int
+    vc_code: str
+    c_id: str
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.account_id, self.user_tx_no)
+
+    def journal_data(self, send_id: int) -> dict[str, object]:
+        return {
+            "send_id": send_id,
+            "coin_code": self.coin_code,
+            "user_tx_no": self.user_tx_no,
+            "is_dynamic_fee": self.is_dynamic_fee,
+            "outs": self.outs,
+            "c_id": self.c_id,
+        }
+
+
+def store_sends(session: Session, sends: Sequence[NewSend]) -> list[Intake]:
+    """Store `sends` in the caller's transaction; their outcomes, in order.
+
+    Precedence as for one request: a duplicate first, then a frozen account."""
+    frozen = _frozen_accounts(session, {s.account_id for s in sends})
+    first: dict[tuple[int, str], int] = {}
+    for i, s in enumerate(sends):
+        if s.account_id not in frozen:
+            first.setdefault(s.key, i)
+    inserted = _insert(session, [sends[i] for i in first.values()])
+    outcomes: list[Intake] = []
+    entries: list[journal.NewEntry] = []
+    for i, s in enumerate(sends):
+        if first.get(s.key) == i and s.key in inserted:
+            outcomes.append(Intake.ACCEPTED)
+            data = s.journal_data(inserted[s.key])
+            entries.append(journal.NewEntry(journal.JournalKind.SEND_REQUESTED, s.account_id, data))
+        elif s.account_id in frozen:
+            outcomes.append(Intake.FROZEN)
+        else:
+            outcomes.append(Intake.DUPLICATE)
+    if frozen:
+        taken = existing(session, [s.key for s in sends if s.account_id in frozen])
+        outcomes = [
+            Intake.DUPLICATE if o is Intake.FROZEN and s.key in taken else o
+            for s, o in zip(sends, outcomes, strict=True)
+        ]
+    journal.append_many(session, entries)
+    return outcomes
+
+
+_FROZEN = select(Account.id).where(
+    Account.id.in_(bindparam("ids", expanding=True)), Account.status == AccountStatus.FROZEN
+)
+
+
+def _frozen_accounts(session: Session, ids: set[int]) -> set[int]:
+    return set(session.connection().execute(_FROZEN, {"ids": sorted(ids)}).scalars())
+
+
+_INSERT_PG, _INSERT_SQLITE = (
+    insert(Send)
+    .on_conflict_do_nothing(index_elements=[Send.account_id, Send.user_tx_no])
+    .returning(Send.id, Send.account_id, Send.user_tx_no)
+    for insert in (pg_insert, sqlite_insert)
+)
+
+
+def _insert(session: Session, sends: Sequence[NewSend]) -> dict[tuple[int, str], int]:
+    """Insert the rows whose (account, user_tx_no) is free; the ids of those inserted."""
+    if not sends:
+        return {}
+    at = utcnow()
+    rows = [
+        {
+            "account_id": s.account_id,
+            "user_tx_no": s.user_tx_no,
+            "coin_code": s.coin_code,
+            "outs": s.outs,
+            "is_dynamic_fee": s.is_dynamic_fee,
+            "vc_code": s.vc_code,
+            "c_id": s.c_id,
+            "status": SendStatus.PENDING,
+            "failure_reason": "",
+            "state_reason": "",
+            "attempts": 0,
+            "request_at": at,
+        }
+        for s in sends
+    ]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # executemany: one multi-row statement (SQLAlchemy's "insertmanyvalues"), compiled once
+    inserted = session.connection().execute(_INSERT_PG if postgres else _INSERT_SQLITE, rows)
+    return {(a, u): i for i, a, u in inserted}
+
+
+def existing(session: Session, keys: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Which of `keys` (account, user_tx_no) have a send already."""
+    if not keys:
+        return set()
+    rows = session.connection().execute(
+        select(Send.account_id, Send.user_tx_no).where(
+            tuple_(Send.account_id, Send.user_tx_no).in_(list(keys))
+        )
+    )
+    return {(a, u) for a, u in rows}
+
+
+def committer(factory: sessionmaker[Session]) -> GroupCommitter[NewSend, Intake]:
+    """The process's group committer of send requests, writing with `factory`'s sessions."""
+
+    def write(sends: Sequence[NewSend]) -> list[Intake]:
+        with transaction(factory) as session:
+            outcomes = store_sends(session, sends)
+        accepted: dict[int, int] = {}
+        for s, o in zip(sends, outcomes, strict=True):
+            if o is Intake.ACCEPTED:
+                accepted[s.account_id] = accepted.get(s.account_id, 0) + 1
+        for account_id, n in accepted.items():
+            log.info("account %d: %d send(s) accepted", account_id, n)
+        return outcomes
+
+    return GroupCommitter(write, shared_error=is_busy)

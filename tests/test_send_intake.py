@@ -1,0 +1,273 @@
+"""`POST /tx/request` through the group committer (custody/group_commit.py,
+custody/send_intake.py), on SQLite and PostgreSQL: requests written together in one
+transaction each get their own answer (accepted, duplicate, frozen), a write that fails does
+not fail its group's others, and the journal's chain and the events' numbering come out as if
+every request had been written alone.
+
+A group is made for sure by holding the committer's commit lock while the requests queue:
+the first request to get it then leads and writes every one of them in one transaction."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from custody import journal
+from custody.db import is_busy
+from custody.extensions import send_intake_committer
+from custody.group_commit import GroupCommitter
+from custody.models import Account, AccountStatus, Event, JournalEntry, Send
+from custody.send_intake import Intake, NewSend, committer
+from tests.api_fixtures import new_account, sign_vc_code
+
+API = "/api/v1/open"
+PAYEE = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+
+
+def form(user_tx_no: str, value: int = 10_000) -> dict[str, str]:
+    f = {
+        "coin_code": "BTC",
+        "user_tx_no": user_tx_no,
+        "outs": f"{PAYEE},{value}",
+        "is_dynamic_fee": "1",
+        "c_id": "7",
+    }
+    f["vc_code"] = sign_vc_code(f)
+    return f
+
+
+@contextmanager
+def one_group(c: GroupCommitter[Any, Any], expected: int) -> Iterator[None]:
+    """Hold `c`'s commit lock until `expected` writes wait, so they go as one group."""
+    c._commit_lock.acquire()
+    try:
+        yield
+        deadline = time.monotonic() + 30
+        while len(c._queue) < expected:
+            assert time.monotonic() < deadline, f"only {len(c._queue)} writes queued"
+            time.sleep(0.01)
+    finally:
+        c._commit_lock.release()
+
+
+def start(work: list[Callable[[], None]]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=w) for w in work]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+
+
+def post_all(app, headers, forms) -> list[Any]:
+    """Post `forms` from one thread each, written as one group; their responses in order."""
+    c = app.extensions[send_intake_committer.key]
+    answers: list[Any] = [None] * len(forms)
+
+    def post(i: int) -> None:
+        r = app.test_client().post(f"{API}/tx/request", headers=headers, data=forms[i])
+        answers[i] = (r.status_code, r.json)
+
+    groups = c.groups
+    with one_group(c, len(forms)):
+        threads = start([lambda i=i: post(i) for i in range(len(forms))])
+    join(threads)
+    assert c.groups == groups + 1  # one transaction wrote them all
+    return answers
+
+
+def chain_ok(session_factory) -> journal.VerifyResult:
+    with session_factory() as s:
+        result = journal.verify(s)
+    assert result.ok, result.describe()
+    return result
+
+
+def test_a_group_of_concurrent_requests_each_get_their_own_answer(app, account, session_factory):
+    forms = [form(f"burst-{i}", 10_000 + i) for i in range(12)]
+    answers = post_all(app, account.hot, forms)
+    assert answers == [(200, {"result": True})] * 12
+    with session_factory() as s:
+        sends = s.execute(select(Send.user_tx_no, Send.outs, Send.id)).all()
+        entries = s.execute(
+            select(JournalEntry.data).where(JournalEntry.kind == "send_requested")
+        ).scalars()
+        journalled = {(e["user_tx_no"], e["send_id"]) for e in map(json.loads, entries)}
+        seqs = s.execute(
+            select(Event.seq).where(Event.account_id == account.id).order_by(Event.seq)
+        ).scalars()
+        seqs = list(seqs)
+    assert sorted(u for u, _, _ in sends) == sorted(f["user_tx_no"] for f in forms)
+    assert {u: o for u, o, _ in sends} == {f["user_tx_no"]: f["outs"] for f in forms}
+    assert journalled == {(u, i) for u, _, i in sends}
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gapless, one per request
+    chain_ok(session_factory)
+
+
+def test_a_duplicate_inside_one_group_and_one_of_before(app, account, session_factory):
+    assert app.test_client().post(f"{API}/tx/request", headers=account.hot, data=form("old"))
+    forms = [form("twice"), form("fresh"), form("twice", 20_000), form("old")]
+    answers = post_all(app, account.hot, forms)
+    accepted = (200, {"result": True})
+    assert answers[1] == accepted
+    # the two "twice": whichever the group holds first is accepted, the other is a duplicate
+    assert sorted([answers[0][0], answers[2][0]]) == [200, 400]
+    kept = forms[0] if answers[0] == accepted else forms[2]
+    for status, body in [a for a in (answers[0], answers[2]) if a != accepted] + [answers[3]]:
+        assert status == 400 and body["code"] == 3 and "already accepted" in body["message"]
+    with session_factory() as s:
+        rows = dict(s.execute(select(Send.user_tx_no, Send.outs)).all())
+    assert rows == {"old": form("old")["outs"], "twice": kept["outs"], "fresh": forms[1]["outs"]}
+    assert chain_ok(session_factory).count > 0
+
+
+def test_a_frozen_account_in_a_group_refuses_only_its_own(app, account, session_factory, hsm):
+    other = new_account(session_factory, hsm, "carol")
+    with session_factory() as s, s.begin():
+        s.execute(update(Account).where(Account.id == other.id).values(status=AccountStatus.FROZEN))
+    c = app.extensions[send_intake_committer.key]
+    answers: dict[str, Any] = {}
+
+    def post(name: str, headers: dict[str, str], f: dict[str, str]) -> None:
+        r = app.test_client().post(f"{API}/tx/request", headers=headers, data=f)
+        answers[name] = (r.status_code, r.json["code"] if r.status_code != 200 else 0)
+
+    with one_group(c, 2):
+        threads = start(
+            [
+                lambda: post("alice", account.hot, form("a-1")),
+                lambda: post("carol", other.hot, form("c-1")),
+            ]
+        )
+    join(threads)
+    assert answers == {"alice": (200, 0), "carol": (409, 9)}
+    with session_factory() as s:
+        assert s.execute(select(Send.account_id)).scalars().all() == [account.id]
+
+
+def test_a_failing_write_does_not_fail_its_group(account, session_factory):
+    """A send of an account that does not exist breaks its group's transaction (foreign
+    key): the group is written again one by one, and only that one fails."""
+    c = committer(session_factory)
+    sends = [
+        NewSend(account.id, "good-1", "BTC", f"{PAYEE},10000", 1, "vc", "7"),
+        NewSend(account.id + 1000, "bad", "BTC", f"{PAYEE},10000", 1, "vc", "7"),
+        NewSend(account.id, "good-2", "BTC", f"{PAYEE},10000", 1, "vc", "7"),
+    ]
+    outcomes: dict[str, Any] = {}
+
+    def submit(send: NewSend) -> None:
+        try:
+            outcomes[send.user_tx_no] = c.submit(send)
+        except IntegrityError as exc:
+            outcomes[send.user_tx_no] = exc
+
+    with one_group(c, 3):
+        threads = start([lambda s=s: submit(s) for s in sends])
+    join(threads)
+    assert outcomes["good-1"] is Intake.ACCEPTED and outcomes["good-2"] is Intake.ACCEPTED
+    assert isinstance(outcomes["bad"], IntegrityError)
+    assert c.groups == 3  # the failed group, then each alone
+    with session_factory() as s:
+        assert sorted(s.execute(select(Send.user_tx_no)).scalars()) == ["good-1", "good-2"]
+    chain_ok(session_factory)
+
+
+def test_chain_verifies_after_a_concurrent_burst(app, account, session_factory, hsm):
+    """Many threads, several accounts, no help in grouping: whatever the groups were, every
+    request is answered, stored once and journalled once, and the chain verifies."""
+    other = new_account(session_factory, hsm, "dave")
+    n = 40
+    answers: list[Any] = [None] * n
+
+    def post(i: int) -> None:
+        who = account if i % 2 else other
+        f = form(f"b-{i // 4}", 10_000 + i)  # each number posted twice per account
+        r = app.test_client().post(f"{API}/tx/request", headers=who.hot, data=f)
+        answers[i] = (who.id, f["user_tx_no"], r.status_code)
+
+    join(start([lambda i=i: post(i) for i in range(n)]))
+    accepted = {(a, u) for a, u, status in answers if status == 200}
+    assert len(accepted) == n // 2 == len([a for a in answers if a[2] == 200])
+    assert all(status in (200, 400) for _, _, status in answers)
+    with session_factory() as s:
+        stored = set(s.execute(select(Send.account_id, Send.user_tx_no)).all())
+        journalled = s.execute(
+            select(func.count()).where(JournalEntry.kind == "send_requested")
+        ).scalar()
+    assert stored == accepted and journalled == len(accepted)
+    before = chain_ok(session_factory).count
+    assert before >= len(accepted)
+
+
+def test_a_busy_database_fails_the_whole_group_at_once():
+    """Waiting for a lock that stayed taken is everyone's answer (503, nothing written): a
+    retry one by one would only wait again, each in turn."""
+    calls: list[int] = []
+
+    def write(items):
+        calls.append(len(items))
+        raise PoolTimeout("no connection")
+
+    c: GroupCommitter[int, int] = GroupCommitter(write, shared_error=is_busy)
+    errors: list[BaseException] = []
+
+    def submit(i: int) -> None:
+        try:
+            c.submit(i)
+        except PoolTimeout as exc:
+            errors.append(exc)
+
+    with one_group(c, 4):
+        threads = start([lambda i=i: submit(i) for i in range(4)])
+    join(threads)
+    assert calls == [4] and len(errors) == 4
+
+
+def test_group_results_reach_their_own_writers():
+    c: GroupCommitter[int, int] = GroupCommitter(lambda items: [i * 10 for i in items], max_group=3)
+    got: dict[int, int] = {}
+    with one_group(c, 8):
+        threads = start([lambda i=i: got.__setitem__(i, c.submit(i)) for i in range(8)])
+    join(threads)
+    assert got == {i: i * 10 for i in range(8)}
+    assert c.groups == 3  # 8 waiting writes, at most 3 a group
+
+
+def test_refusals_keep_their_order(app, account, session_factory):
+    """A duplicate is answered as one (code 3) before its vc_code is judged, and a frozen
+    account (code 9) before it too: the order of the checks when each request was written
+    alone, though the write now comes after the signature check."""
+    client = app.test_client()
+    assert (
+        client.post(f"{API}/tx/request", headers=account.hot, data=form("seen")).status_code == 200
+    )
+    forged = {**form("seen"), "vc_code": form("other")["vc_code"]}
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=forged)
+    assert r.status_code == 400 and r.json["code"] == 3, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**forged, "user_tx_no": "new"})
+    assert r.status_code == 400 and r.json["code"] == 40, r.json  # not a duplicate: forged
+    with session_factory() as s, s.begin():
+        s.execute(
+            update(Account).where(Account.id == account.id).values(status=AccountStatus.FROZEN)
+        )
+    r = client.post(f"{API}/tx/request", headers=account.hot, data={**forged, "user_tx_no": "new"})
+    assert r.status_code == 409 and r.json["code"] == 9, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=forged)
+    assert r.status_code == 400 and r.json["code"] == 3, r.json
+    r = client.post(f"{API}/tx/request", headers=account.hot, data=form("fresh"))
+    assert r.status_code == 409 and r.json["code"] == 9, r.json
+    with session_factory() as s:
+        assert s.execute(select(Send.user_tx_no)).scalars().all() == ["seen"]
