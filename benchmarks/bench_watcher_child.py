@@ -52,12 +52,15 @@ def child(args: argparse.Namespace) -> int:
         if line.strip() != "step":
             break
         t0 = time.perf_counter()
+        c0 = time.process_time()
         watcher.matching = 0.0
         result = watcher.step()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         answer = {
             "seconds": elapsed,
+            "cpu_seconds": cpu,
             "matching": watcher.matching,
             "connected": result.connected,
             "height": result.height,
