@@ -6,19 +6,23 @@ back to MEMPOOL if the node still has them in its mempool, else REMOVED, and the
 stop counting) and connecting the new ones; then (2) looks at the node's mempool for new
 transactions and for ours that disappeared.
 
-Matching is by index, never by scan, and the watcher's memory does not grow with the number
-of addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are
-looked up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in
-one on `utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions
-that match are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool
-transactions are matched the same way. A transaction is recorded once per (account, wallet)
-it touches, with the reference's input/output shape and `value` = its net effect on that side.
+Matching is by index, never by scan, and the watcher's memory does not grow with the number of
+addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are passed
+through a fixed-size filter of our scripts (`custody.script_filter`), the few that pass looked
+up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on
+`utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions that match
+are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool transactions are
+matched the same way. A transaction is recorded once per (account, wallet) it touches, with the
+reference's input/output shape and `value` = its net effect on that side.
 
-Each block is one database transaction, so a crash leaves the database at a block boundary
-and a restart resumes from `blocks_seen`. Several watchers may run against one database: each
-unit of work first takes the watcher lock (PostgreSQL: `pg_try_advisory_xact_lock`; SQLite: a
-lease row in `service_state`, written first so SQLite's write lock is held from the start) and
-only then reads the state it will change; a watcher that does not get the lock does nothing.
+Each unit is one database transaction: one block at the tip; while catching up, a chunk of up to
+`watch_chunk_blocks` consecutive blocks matched together and recorded with a few multi-row
+statements (`journal.batched`), as the same blocks one by one would be. A crash leaves the
+database at a block boundary and a restart resumes from `blocks_seen`. Several watchers may run
+against one database: each unit of work first takes the watcher lock (PostgreSQL:
+`pg_try_advisory_xact_lock`; SQLite: a lease row in `service_state`, written first so SQLite's
+write lock is held from the start) and only then reads the state it will change; a watcher that
+does not get the lock does nothing.
 
 The node is asked BEFORE each unit's transaction, never inside it: on SQLite the lease write
 holds the database's only write lock, so a node call inside it would make every other writer
@@ -64,6 +68,7 @@ from custody.models import (
     Wallet,
     utcnow,
 )
+from custody.script_filter import ScriptFilter
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +227,7 @@ class Watcher:
         self._mempool_checked: set[str] = set()  # mempool txids already looked at
         self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
         self._touched_hot: set[int] = set()
+        self._scripts = ScriptFilter()  # our scripts, in front of the script query
 
     # ------------------------------------------------------------------ locking
 
@@ -505,6 +511,8 @@ class Watcher:
         for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
         which needs no txindex), in one batch."""
         with self.factory() as rs:
+            self._scripts.refresh(rs)
+        with self.factory() as rs:
             ours = self._relevant(rs, [b.txs for _, b in raws])
         wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]
         decoded = [dict(tx) for tx in self.rpc.get_raw_transactions_of(wanted, 2)]
@@ -533,7 +541,8 @@ class Watcher:
         in these blocks), or are already recorded (seen in the mempool). Three indexed queries
         for all the blocks."""
         scripts = {script for txs in blocks for tx in txs for _, script in tx.outputs}
-        mine = set(_any_in(s, Address.script_pubkey, sorted(scripts)))
+        maybe = self._scripts.candidates(sorted(scripts))
+        mine = set(_any_in(s, Address.script_pubkey, maybe))
         txids = {tx.txid for txs in blocks for tx in txs}
         prev = {p for txs in blocks for tx in txs if not tx.coinbase for p, _ in tx.inputs}
         ours: set[tuple[str, int]] = set()
