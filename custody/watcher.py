@@ -8,12 +8,13 @@ transactions and for ours that disappeared.
 
 Matching is by index, never by scan, and the watcher's memory does not grow with the number of
 addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are passed
-through a fixed-size filter of our scripts (`custody.script_filter`), the few that pass looked
-up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on
-`utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions that match
-are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool transactions are
-matched the same way. A transaction is recorded once per (account, wallet) it touches, with the
-reference's input/output shape and `value` = its net effect on that side.
+through a fixed-size filter of our scripts (`custody.match_filter`), the few that pass looked up
+in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on `utxos
+(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); only
+the few transactions that match are then asked decoded (verbosity 2, with prevouts, one batch).
+The new mempool transactions are matched the same way. A transaction is recorded once per
+(account, wallet) it touches, with the reference's input/output shape and `value` = its net
+effect on that side.
 
 Each unit is one database transaction: one block at the tip; while catching up, a chunk of up to
 `watch_chunk_blocks` consecutive blocks matched together and recorded with a few multi-row
@@ -52,6 +53,7 @@ from custody.chain.rawblock import RawBlock, RawTx, parse_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
+from custody.match_filter import MatchFilter, script_bit, txid_bit
 from custody.models import (
     Address,
     BlockSeen,
@@ -68,7 +70,6 @@ from custody.models import (
     Wallet,
     utcnow,
 )
-from custody.script_filter import ScriptFilter
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,9 @@ class Watcher:
         self._mempool_checked: set[str] = set()  # mempool txids already looked at
         self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
         self._touched_hot: set[int] = set()
-        self._scripts = ScriptFilter()  # our scripts, in front of the script query
+        # in front of the matching queries: our scripts; the txids of our UTXOs and records
+        self._scripts = MatchFilter([(Address.id, Address.script_pubkey)], script_bit)
+        self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)], txid_bit)
 
     # ------------------------------------------------------------------ locking
 
@@ -513,6 +516,8 @@ class Watcher:
         with self.factory() as rs:
             self._scripts.refresh(rs)
         with self.factory() as rs:
+            self._txids.refresh(rs)
+        with self.factory() as rs:
             ours = self._relevant(rs, [b.txs for _, b in raws])
         wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]
         decoded = [dict(tx) for tx in self.rpc.get_raw_transactions_of(wanted, 2)]
@@ -546,10 +551,10 @@ class Watcher:
         txids = {tx.txid for txs in blocks for tx in txs}
         prev = {p for txs in blocks for tx in txs if not tx.coinbase for p, _ in tx.inputs}
         ours: set[tuple[str, int]] = set()
-        spent_txids = sorted(prev | txids)
-        for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, spent_txids):
+        maybe_txids = self._txids.candidates(sorted(prev | txids))
+        for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, maybe_txids):
             ours.add((str(row[0]), int(row[1])))
-        known = set(_any_in(s, ChainTx.txid, sorted(txids)))
+        known = set(_any_in(s, ChainTx.txid, self._txids.candidates(sorted(txids))))
         out = []
         for txs in blocks:
             relevant = []
