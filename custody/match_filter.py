@@ -8,9 +8,9 @@ the watcher's memory stays independent of the number of addresses). At a million
 about 0.75% of foreign scripts hit a set bit; they, with ours, go to the query, which decides.
 No key of ours is ever filtered out: a missed deposit would be lost.
 
-Keys are already hashes: a script's bit is 27 bits of four bytes near its end (`script[-6:-2]`,
-inside the hash of P2PKH, P2SH, P2WPKH, P2WSH and P2TR, deterministic for any other script),
-a txid's its first seven hex digits.
+A key's bit is 27 bits of Python's own hash of it (`hash`, computed in C and cached by each
+bytes and str object): its seed differs between processes, which does not matter to a filter
+that lives and is loaded in one process.
 
 Hand-written (a Bloom filter library would hash with its own functions and keep its own
 state; this is one bit array and one index). Each filter is loaded from its tables and
@@ -24,7 +24,7 @@ writers one at a time, in id order: the floor is the highest id read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +34,6 @@ from sqlalchemy.orm import Session
 BITS = 1 << 27
 MASK = BITS - 1
 READ_ROWS = 50_000  # rows fetched at a time while loading (bounds the memory of a load)
-
-
-def script_bit(script: bytes) -> int:
-    return int.from_bytes(script[-6:-2], "little") & MASK
-
-
-def txid_bit(txid: str) -> int:
-    return int(txid[:7], 16) & MASK
 
 
 @dataclass
@@ -67,10 +59,9 @@ class MatchFilter:
     """The keys of some tables' column (e.g. `addresses.script_pubkey`); `refresh` before
     `candidates`."""
 
-    def __init__(self, columns: Iterable[tuple[Any, Any]], bit: Callable[[Any], int]) -> None:
+    def __init__(self, columns: Iterable[tuple[Any, Any]]) -> None:
         self.bits = bytearray(BITS // 8)
         self.sources = [_Source(id_column, key_column) for id_column, key_column in columns]
-        self.bit = bit
 
     def refresh(self, s: Session) -> int:
         """Add the rows stored since the last refresh; returns how many were read. `s` must
@@ -79,7 +70,7 @@ class MatchFilter:
         if postgres:
             s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         read = 0
-        bits, bit = self.bits, self.bit
+        bits = self.bits
         for source in self.sources:
             rows = s.execute(
                 select(source.id_column, source.key_column)
@@ -88,7 +79,7 @@ class MatchFilter:
                 .execution_options(yield_per=READ_ROWS)
             )
             for row_id, key in rows:
-                i = bit(key)
+                i = hash(key) & MASK
                 bits[i >> 3] |= 1 << (i & 7)
                 source.top = max(source.top, int(row_id))
                 read += 1
@@ -108,10 +99,5 @@ class MatchFilter:
 
     def candidates(self, keys: Iterable[Any]) -> list[Any]:
         """The keys that may be stored (all of those stored among them), in their order."""
-        bits, bit = self.bits, self.bit
-        out = []
-        for key in keys:
-            i = bit(key)
-            if bits[i >> 3] >> (i & 7) & 1:
-                out.append(key)
-        return out
+        bits = self.bits
+        return [k for k in keys if bits[(i := hash(k) & MASK) >> 3] >> (i & 7) & 1]

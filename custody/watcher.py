@@ -53,7 +53,7 @@ from custody.chain.rawblock import RawBlock, RawTx, parse_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
-from custody.match_filter import MatchFilter, script_bit, txid_bit
+from custody.match_filter import MatchFilter
 from custody.models import (
     Address,
     BlockSeen,
@@ -229,8 +229,8 @@ class Watcher:
         self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
         self._touched_hot: set[int] = set()
         # in front of the matching queries: our scripts; the txids of our UTXOs and records
-        self._scripts = MatchFilter([(Address.id, Address.script_pubkey)], script_bit)
-        self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)], txid_bit)
+        self._scripts = MatchFilter([(Address.id, Address.script_pubkey)])
+        self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)])
 
     # ------------------------------------------------------------------ locking
 
@@ -545,16 +545,19 @@ class Watcher:
         order: they pay one of our scripts, spend one of our outputs (recorded, or made earlier
         in these blocks), or are already recorded (seen in the mempool). Three indexed queries
         for all the blocks."""
-        scripts = {script for txs in blocks for tx in txs for _, script in tx.outputs}
-        maybe = self._scripts.candidates(sorted(scripts))
-        mine = set(_any_in(s, Address.script_pubkey, maybe))
-        txids = {tx.txid for txs in blocks for tx in txs}
-        prev = {p for txs in blocks for tx in txs if not tx.coinbase for p, _ in tx.inputs}
+        scripts = self._scripts.candidates(
+            script for txs in blocks for tx in txs for _, script in tx.outputs
+        )
+        mine = set(_any_in(s, Address.script_pubkey, sorted(set(scripts))))
+        txids = self._txids.candidates(tx.txid for txs in blocks for tx in txs)
+        prev = self._txids.candidates(
+            p for txs in blocks for tx in txs if not tx.coinbase for p, _ in tx.inputs
+        )
         ours: set[tuple[str, int]] = set()
-        maybe_txids = self._txids.candidates(sorted(prev | txids))
-        for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, maybe_txids):
+        spent_txids = sorted(set(prev) | set(txids))
+        for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, spent_txids):
             ours.add((str(row[0]), int(row[1])))
-        known = set(_any_in(s, ChainTx.txid, self._txids.candidates(sorted(txids))))
+        known = set(_any_in(s, ChainTx.txid, sorted(set(txids))))
         out = []
         for txs in blocks:
             relevant = []

@@ -11,7 +11,7 @@ import hashlib
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chain import BitcoinRPC
-from custody.match_filter import MatchFilter, script_bit
+from custody.match_filter import MatchFilter
 from custody.models import Address, Chain, TxStatus, Wallet
 from tests.node_fixtures import Faucet
 from tests.worker_fixtures import (
@@ -42,7 +42,7 @@ def test_every_stored_script_passes_and_foreign_ones_mostly_do_not(
     with factory() as s, s.begin():
         account = create_account(s, "filter")
         ours = [bytes(a.script_pubkey) for a in add_addresses(s, account.id, Wallet.COLD, 200)]
-    f = MatchFilter([(Address.id, Address.script_pubkey)], script_bit)
+    f = MatchFilter([(Address.id, Address.script_pubkey)])
     with factory() as s:
         assert f.refresh(s) == 200
     foreign = [b"\x00\x14" + hashlib.sha256(b"x %d" % i).digest()[:20] for i in range(5000)]
@@ -55,7 +55,7 @@ def test_an_address_committed_after_a_later_one_is_still_seen(
 ) -> None:
     with factory() as s, s.begin():
         account_id = create_account(s, "late").id
-    f = MatchFilter([(Address.id, Address.script_pubkey)], script_bit)
+    f = MatchFilter([(Address.id, Address.script_pubkey)])
     with factory() as s:
         f.refresh(s)
     slow = factory()
