@@ -125,13 +125,13 @@ def publish_many(s: Session, entries: list[tuple[str, int | None, dict[str, Any]
     account's counter moved once for all its events, the events and their deliveries
     inserted in one statement each (`journal.batched`); returns how many. The numbers are
     those `from_journal` one by one would give."""
-    items = []
+    items: list[tuple[int, str, EventSide, Any]] = []
     for kind, account_id, data in entries:
         spec = _FROM_JOURNAL.get(kind)
         if spec is None or account_id is None:
             continue
-        name, side, fields = spec
-        items.append((account_id, name, side(data), fields(data)))
+        name, side_of, fields = spec
+        items.append((account_id, name, side_of(data), fields(data)))
     if not items:
         return 0
     wanted: dict[int, int] = {}
@@ -140,7 +140,7 @@ def publish_many(s: Session, entries: list[tuple[str, int | None, dict[str, Any]
     last = _take_seqs(s, wanted)
     seq = {a: last[a] - n for a, n in wanted.items()}  # the number before each account's first
     now = utcnow()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for account_id, name, side, data in items:
         seq[account_id] += 1
         rows.append(
