@@ -24,7 +24,7 @@ writers one at a time, in id order: the floor is the highest id read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,28 @@ class _Source:
             self.floor = max(self.floor, self.checkpoints.pop(0)[1])
 
 
+def _rows_after(s: Session, source: _Source, postgres: bool) -> Iterator[Sequence[Any]]:
+    """(id, key) of the source's rows above its floor, in batches. On PostgreSQL through the
+    driver's own cursor in binary: the first load reads every address (a million rows in
+    about 1 s of CPU this way, over 10 s through the ORM's rows)."""
+    query = (
+        select(source.id_column, source.key_column)
+        .where(source.id_column > source.floor)
+        .order_by(source.id_column)
+    )
+    if not postgres:
+        yield from s.execute(query).partitions(READ_ROWS)
+        return
+    table, id_name = source.id_column.table.name, source.id_column.name
+    sql = f"SELECT {id_name}, {source.key_column.name} FROM {table} WHERE {id_name} > %s"  # noqa: S608 - our own columns
+    driver = s.connection().connection.driver_connection
+    assert driver is not None
+    with driver.cursor(binary=True) as cur:
+        cur.execute(sql, (source.floor,))
+        while rows := cur.fetchmany(READ_ROWS):
+            yield rows
+
+
 class MatchFilter:
     """The keys of some tables' column (e.g. `addresses.script_pubkey`); `refresh` before
     `candidates`."""
@@ -72,17 +94,12 @@ class MatchFilter:
         read = 0
         bits = self.bits
         for source in self.sources:
-            rows = s.execute(
-                select(source.id_column, source.key_column)
-                .where(source.id_column > source.floor)
-                .order_by(source.id_column)
-                .execution_options(yield_per=READ_ROWS)
-            )
-            for row_id, key in rows:
-                i = hash(key) & MASK
-                bits[i >> 3] |= 1 << (i & 7)
-                source.top = max(source.top, int(row_id))
-                read += 1
+            for rows in _rows_after(s, source, postgres):
+                for row_id, key in rows:
+                    i = hash(key) & MASK
+                    bits[i >> 3] |= 1 << (i & 7)
+                    source.top = max(source.top, int(row_id))
+                    read += 1
             if not postgres:
                 source.floor = source.top
         if postgres:
