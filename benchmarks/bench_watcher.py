@@ -24,7 +24,8 @@ Workload (all on 127.0.0.1):
   time (p50, max);
 - "reading + matching": the part of those times spent fetching the raw block, parsing it,
   the three indexed queries and the batch of matches decoded (the rest records deposits);
-- memory: the watcher process's peak RSS (`ru_maxrss`) after both phases.
+- memory: the watcher process's peak RSS (`ru_maxrss`) after both phases;
+- CPU: the watcher process's own CPU time (`time.process_time`) in both phases.
 
 Run: `.venv/bin/python benchmarks/bench_watcher.py [--sizes 10000 100000 1000000]
 [--blocks 30] [--tip-blocks 3] [--chain-dir DIR]` (first run: ~5 min to build the chain,
@@ -395,15 +396,18 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
             t0 = time.perf_counter()
             done = 0
             matching = 0.0
+            catchup_cpu = 0.0
             while True:
                 r = child_proc.step()
                 done += r["connected"]
                 matching += r["matching"]
+                catchup_cpu += r["cpu_seconds"]
                 if r["height"] is not None and r["height"] >= last:
                     break
             catchup_s = time.perf_counter() - t0
             tip_ms = []
             tip_match_ms = []
+            tip_cpu_ms = []
             for raw in tip_blocks:
                 refused = slow.call("submitblock", raw)
                 if refused is not None:
@@ -413,6 +417,7 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
                     raise RuntimeError(f"a tip step connected {r['connected']} blocks")
                 tip_ms.append(r["seconds"] * 1000)
                 tip_match_ms.append(r["matching"] * 1000)
+                tip_cpu_ms.append(r["cpu_seconds"] * 1000)
             rss = child_proc.step()["maxrss_mb"]
         finally:
             child_proc.close()
@@ -427,6 +432,9 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
             "tip_ms_p50": statistics.median(tip_ms),
             "match_ms_catchup": 1000 * matching / max(done, 1),
             "match_ms_tip_p50": statistics.median(tip_match_ms),
+            "catchup_cpu_s": catchup_cpu,
+            "tip_cpu_ms_p50": statistics.median(tip_cpu_ms),
+            "load_1m": os.getloadavg()[0],
             "tip_ms_max": max(tip_ms),
             "maxrss_mb": rss,
             "deposits": deposits[0] if deposits else 0,
@@ -499,7 +507,9 @@ def main() -> int:
                 f"(max {r['tip_ms_max']:.0f}); peak RSS {r['maxrss_mb']:.0f} MB; "
                 f"{r['deposits']} deposits recorded; address load {r['load_s']:.1f} s; "
                 f"reading + matching a block: {r['match_ms_catchup']:.0f} ms catching up, "
-                f"{r['match_ms_tip_p50']:.0f} ms at the tip (p50)",
+                f"{r['match_ms_tip_p50']:.0f} ms at the tip (p50); watcher CPU "
+                f"{r['catchup_cpu_s']:.2f} s catching up, {r['tip_cpu_ms_p50']:.0f} ms a tip "
+                f"block (p50); load average {r['load_1m']:.1f}",
                 flush=True,
             )
         if len(rows) > 1:

@@ -18,6 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from custody.chain.rawblock import RawBlock
 from custody.chain.rpc import BitcoinRPC
 from custody.db import make_engine, make_session_factory
 from custody.watcher import Watcher, WatcherSettings
@@ -29,10 +30,17 @@ class TimedWatcher(Watcher):
 
     matching = 0.0
 
-    def _fetch_block(self, block_hash: str, height: int) -> dict[str, Any]:
+    def _read_block(self, block_hash: str) -> tuple[RawBlock, int]:
         t0 = time.perf_counter()
         try:
-            return super()._fetch_block(block_hash, height)
+            return super()._read_block(block_hash)
+        finally:
+            self.matching += time.perf_counter() - t0
+
+    def _matched_blocks(self, raws: list[tuple[int, RawBlock]]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        try:
+            return super()._matched_blocks(raws)
         finally:
             self.matching += time.perf_counter() - t0
 
@@ -52,12 +60,15 @@ def child(args: argparse.Namespace) -> int:
         if line.strip() != "step":
             break
         t0 = time.perf_counter()
+        c0 = time.process_time()
         watcher.matching = 0.0
         result = watcher.step()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         answer = {
             "seconds": elapsed,
+            "cpu_seconds": cpu,
             "matching": watcher.matching,
             "connected": result.connected,
             "height": result.height,

@@ -42,22 +42,27 @@ def journal_balances(session: Session) -> int:
         # rows another transaction holds are its own to journal when it commits
         .with_for_update(skip_locked=True)
     ).all()
-    for account_id, wallet, confirmed, unconfirmed in rows:
-        journal.append(
-            session,
-            journal.JournalKind.BALANCE,
-            account_id,
-            {
-                "wallet": Wallet(wallet).name.lower(),
-                "confirmed": int(confirmed),
-                "unconfirmed": int(unconfirmed),
-            },
-        )
-        session.execute(
-            update(AccountBalance)
-            .where(AccountBalance.account_id == account_id, AccountBalance.wallet == wallet)
-            .values(unjournalled=False)
-        )
+    if not rows:
+        return 0
+    with journal.batched(session):
+        for account_id, wallet, confirmed, unconfirmed in rows:
+            journal.append(
+                session,
+                journal.JournalKind.BALANCE,
+                account_id,
+                {
+                    "wallet": Wallet(wallet).name.lower(),
+                    "confirmed": int(confirmed),
+                    "unconfirmed": int(unconfirmed),
+                },
+            )
+    session.execute(
+        update(AccountBalance),
+        [
+            {"account_id": account_id, "wallet": wallet, "unjournalled": False}
+            for account_id, wallet, _, _ in rows
+        ],
+    )
     return len(rows)
 
 

@@ -37,7 +37,8 @@ def enter(
     now = utcnow()
     row.state = state
     row.state_at = now
-    s.flush()  # the row has its id
+    if row.id is None:
+        s.flush()  # the row gets its id (many new rows: flush them first, in one go)
     s.add(TxStateChange(chain_tx_id=row.id, state=state, confirmations=confirmations, at=now))
     return True
 

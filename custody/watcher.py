@@ -6,19 +6,24 @@ back to MEMPOOL if the node still has them in its mempool, else REMOVED, and the
 stop counting) and connecting the new ones; then (2) looks at the node's mempool for new
 transactions and for ours that disappeared.
 
-Matching is by index, never by scan, and the watcher's memory does not grow with the number
-of addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are
-looked up in one query on the unique `addresses.script_pubkey` index, its spent outpoints in
-one on `utxos (txid, vout)`, its txids in one on `chain_txs.txid`; only the few transactions
-that match are then asked decoded (verbosity 2, with prevouts, one batch). The new mempool
-transactions are matched the same way. A transaction is recorded once per (account, wallet)
-it touches, with the reference's input/output shape and `value` = its net effect on that side.
+Matching is by index, never by scan, and the watcher's memory does not grow with the number of
+addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are passed
+through a fixed-size filter of our scripts (`custody.match_filter`), the few that pass looked up
+in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on `utxos
+(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); only
+the few transactions that match are then asked decoded (verbosity 2, with prevouts, one batch).
+The new mempool transactions are matched the same way. A transaction is recorded once per
+(account, wallet) it touches, with the reference's input/output shape and `value` = its net
+effect on that side.
 
-Each block is one database transaction, so a crash leaves the database at a block boundary
-and a restart resumes from `blocks_seen`. Several watchers may run against one database: each
-unit of work first takes the watcher lock (PostgreSQL: `pg_try_advisory_xact_lock`; SQLite: a
-lease row in `service_state`, written first so SQLite's write lock is held from the start) and
-only then reads the state it will change; a watcher that does not get the lock does nothing.
+Each unit is one database transaction: one block at the tip; while catching up, a chunk of up to
+`watch_chunk_blocks` consecutive blocks matched together and recorded with a few multi-row
+statements (`journal.batched`), as the same blocks one by one would be. A crash leaves the
+database at a block boundary and a restart resumes from `blocks_seen`. Several watchers may run
+against one database: each unit of work first takes the watcher lock (PostgreSQL:
+`pg_try_advisory_xact_lock`; SQLite: a lease row in `service_state`, written first so SQLite's
+write lock is held from the start) and only then reads the state it will change; a watcher that
+does not get the lock does nothing.
 
 The node is asked BEFORE each unit's transaction, never inside it: on SQLite the lease write
 holds the database's only write lock, so a node call inside it would make every other writer
@@ -44,10 +49,11 @@ from custody import deposit_states, journal
 from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import ChainUnavailable, RPCError
-from custody.chain.rawblock import RawTx, parse_block
+from custody.chain.rawblock import RawBlock, RawTx, parse_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
+from custody.match_filter import MatchFilter
 from custody.models import (
     Address,
     BlockSeen,
@@ -73,6 +79,10 @@ RESCAN_KEY = "watcher_rescan"  # "next|end": blocks still to re-read below the f
 RESCAN_DONE_KEY = "watcher_rescan_requested"  # the last configured rescan height honoured
 BALANCE_FLAG = "hot_balance_low:{}"
 IN_CHUNK = 500  # bound on IN (...) lists (SQLite's parameter limit, planner sanity)
+# Catching up, a unit connects up to this many blocks in one database transaction (fewer once
+# their raw size reaches CHUNK_BYTES, which bounds the memory a unit holds). At the tip: one.
+CHUNK_BLOCKS = 10
+CHUNK_BYTES = 8_000_000
 COINBASE_PREV = "0" * 64
 
 
@@ -81,13 +91,15 @@ class WatcherSettings:
     """`[custody]` keys: watch_start_height (-1 = the node's tip at first start),
     min_confirmations, hot_balance_alert_sat (0 = off), watcher_lease_seconds,
     final_confirmations (depth at which a transaction is final), dust_threshold_sat (outputs
-    to our receiving addresses below it are flagged dust and never spent)."""
+    to our receiving addresses below it are flagged dust and never spent),
+    watch_chunk_blocks (blocks connected per database transaction while catching up)."""
 
     start_height: int = -1
     min_conf: int = 1
     hot_balance_alert_sat: int = 0
     lease_seconds: float = 60.0
     max_blocks_per_step: int = 500
+    chunk_blocks: int = CHUNK_BLOCKS
     final_conf: int = 6
     dust_threshold: int = 1000
 
@@ -101,6 +113,7 @@ class WatcherSettings:
             hot_balance_alert_sat=s.int("hot_balance_alert_sat", d.hot_balance_alert_sat),
             lease_seconds=s.float("watcher_lease_seconds", d.lease_seconds),
             max_blocks_per_step=s.int("watch_max_blocks_per_step", d.max_blocks_per_step),
+            chunk_blocks=max(1, s.int("watch_chunk_blocks", d.chunk_blocks)),
             final_conf=max(1, s.int("final_confirmations", d.final_conf)),
             dust_threshold=max(0, s.int("dust_threshold_sat", d.dust_threshold)),
         )
@@ -167,10 +180,11 @@ def block_time(ts: int | None) -> datetime:
 @dataclass(frozen=True)
 class _Plan:
     """One block unit, planned from the node against our last block `last_hash`: connect
-    `block`, or (with `pool`, the node's mempool) disconnect our last block, or look again."""
+    `blocks` (consecutive, in order), or (with `pool`, the node's mempool) disconnect our last
+    block, or look again."""
 
     last_hash: str | None
-    block: dict[str, Any] | None = None
+    blocks: tuple[dict[str, Any], ...] = ()
     pool: set[str] | None = None
     retry: bool = False
 
@@ -214,6 +228,9 @@ class Watcher:
         self._mempool_checked: set[str] = set()  # mempool txids already looked at
         self._prev_cache: dict[tuple[str, int], tuple[str, int]] = {}
         self._touched_hot: set[int] = set()
+        # in front of the matching queries: our scripts; the txids of our UTXOs and records
+        self._scripts = MatchFilter([(Address.id, Address.script_pubkey)])
+        self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)])
 
     # ------------------------------------------------------------------ locking
 
@@ -280,7 +297,8 @@ class Watcher:
                 if not self._lock(s):
                     result.locked = False
                     return result
-                self._advance(s, plan, result)
+                with journal.batched(s):
+                    self._advance(s, plan, result)
         for _ in range(self.settings.max_blocks_per_step):
             rescan = self._plan_rescan()
             if rescan is None:
@@ -289,7 +307,9 @@ class Watcher:
                 if not self._lock(s):
                     result.locked = False
                     return result
-                if not self._rescan_one(s, result, *rescan):
+                with journal.batched(s):
+                    more = self._rescan_one(s, result, *rescan)
+                if not more:
                     break
         pool = self._plan_mempool()
         with transaction(self.factory) as s:
@@ -298,7 +318,8 @@ class Watcher:
                 return result
             result.height = s.execute(select(func.max(BlockSeen.height))).scalar()
             result.rescan = self._rescan_range(s)
-            self._sync_mempool(s, result, pool)
+            with journal.batched(s):
+                self._sync_mempool(s, result, pool)
             self._check_hot_balances(s)
         return result
 
@@ -328,13 +349,37 @@ class Watcher:
             height = tip if start < 0 else start
         if height > tip:
             return None
-        block_hash = self._hash_at(height)
-        if block_hash is None:
+        count = min(self.settings.chunk_blocks, self.settings.max_blocks_per_step, tip - height + 1)
+        hashes = self._hashes_from(height, max(count, 1))
+        if not hashes:
             return _Plan(last_hash, retry=True)  # the chain changed under us; look again
-        block = self._fetch_block(block_hash, height)
-        if last is not None and block.get("previousblockhash") != last_hash:
-            return _Plan(last_hash, retry=True)  # a reorg happened between the two calls
-        return _Plan(last_hash, block=block)
+        raws: list[tuple[int, RawBlock]] = []
+        size = 0
+        previous = last_hash
+        for offset, block_hash in enumerate(hashes):
+            parsed, raw_size = self._read_block(block_hash)
+            if previous is not None and parsed.previous != previous:
+                if not raws:
+                    return _Plan(last_hash, retry=True)  # a reorg between the calls
+                break
+            raws.append((height + offset, parsed))
+            previous = parsed.hash
+            size += raw_size
+            if size >= CHUNK_BYTES:
+                break
+        return _Plan(last_hash, blocks=tuple(self._matched_blocks(raws)))
+
+    def _hashes_from(self, height: int, count: int) -> list[str]:
+        """The node's block hashes at `height` and up (one batch); [] if the chain got shorter."""
+        if count == 1:
+            one = self._hash_at(height)
+            return [] if one is None else [one]
+        try:
+            return self.rpc.get_block_hashes(height, count)
+        except RPCError as exc:
+            if exc.rpc_code == -8:
+                return []
+            raise
 
     def _advance(self, s: Session, plan: _Plan, result: StepResult) -> None:
         """Disconnect our stale last block or connect the planned one, if our last block is
@@ -344,9 +389,10 @@ class Watcher:
         ).scalar_one_or_none()
         if (None if last is None else last.block_hash) != plan.last_hash:
             return
-        if plan.block is not None:
-            self._connect(s, plan.block)
-            result.connected += 1
+        if plan.blocks:
+            for block in plan.blocks:
+                self._connect(s, block)
+                result.connected += 1
         elif last is not None and plan.pool is not None:
             self._disconnect(s, last, plan.pool)
             result.disconnected += 1
@@ -445,53 +491,83 @@ class Watcher:
             raise
 
     def _fetch_block(self, block_hash: str, height: int) -> dict[str, Any]:
-        """The block as `_connect` reads it (verbosity 2's shape), holding only the
-        transactions that touch an account: the raw block is read once, its outputs and
-        spent outpoints matched with one indexed query each, and only the matches are asked
-        for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
-        which needs no txindex)."""
+        """The block as `_connect` reads it (see `_matched_blocks`)."""
+        parsed, _ = self._read_block(block_hash)
+        return self._matched_blocks([(height, parsed)])[0]
+
+    def _read_block(self, block_hash: str) -> tuple[RawBlock, int]:
+        """The block read raw once (`getblock` verbosity 0) and parsed; with its size."""
         raw = self.rpc.get_block(block_hash, 0)
         try:
-            parsed = parse_block(bytes.fromhex(raw))
+            data = bytes.fromhex(raw)
         except ValueError:
             raise ChainUnavailable("node answered getblock with a malformed block") from None
+        parsed = parse_block(data)
         if parsed.hash != block_hash:
             raise ChainUnavailable("node answered getblock with another block")
-        with self.factory() as rs:
-            ours = self._relevant(rs, parsed.txs)
-        decoded = self.rpc.get_raw_transactions([t.txid for t in ours], 2, block_hash)
-        txs = [dict(tx) for tx in decoded]
-        if any(str(tx.get("txid")) != t.txid for tx, t in zip(txs, ours, strict=True)):
-            raise ChainUnavailable("node answered getrawtransaction with another transaction")
-        self._prefetch_prevouts(txs)
-        return {
-            "hash": parsed.hash,
-            "height": height,
-            "time": parsed.time,
-            "previousblockhash": parsed.previous,
-            "tx": txs,
-        }
+        return parsed, len(data)
 
-    def _relevant(self, s: Session, txs: list[RawTx]) -> list[RawTx]:
-        """The transactions of a block that touch an account, in block order: they pay one of
-        our scripts, spend one of our outputs (recorded, or made earlier in this block), or
-        are already recorded (seen in the mempool). Three indexed queries for the block."""
-        scripts = {script for tx in txs for _, script in tx.outputs}
-        mine = set(_any_in(s, Address.script_pubkey, sorted(scripts)))
-        txids = {tx.txid for tx in txs}
-        prev = {p for tx in txs if not tx.coinbase for p, _ in tx.inputs}
+    def _matched_blocks(self, raws: list[tuple[int, RawBlock]]) -> list[dict[str, Any]]:
+        """Consecutive blocks as `_connect` reads them (verbosity 2's shape), each holding
+        only the transactions that touch an account: their output scripts and spent outpoints
+        matched with one indexed query each for all the blocks, and only the matches asked
+        for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
+        which needs no txindex), in one batch."""
+        with self.factory() as rs:
+            self._scripts.refresh(rs)
+        with self.factory() as rs:
+            self._txids.refresh(rs)
+        with self.factory() as rs:
+            ours = self._relevant(rs, [b.txs for _, b in raws])
+        wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]
+        decoded = [dict(tx) for tx in self.rpc.get_raw_transactions_of(wanted, 2)]
+        if any(str(tx.get("txid")) != w[0] for tx, w in zip(decoded, wanted, strict=True)):
+            raise ChainUnavailable("node answered getrawtransaction with another transaction")
+        self._prefetch_prevouts(decoded)
+        blocks = []
+        taken = 0
+        for (height, parsed), mine in zip(raws, ours, strict=True):
+            txs = decoded[taken : taken + len(mine)]
+            taken += len(mine)
+            blocks.append(
+                {
+                    "hash": parsed.hash,
+                    "height": height,
+                    "time": parsed.time,
+                    "previousblockhash": parsed.previous,
+                    "tx": txs,
+                }
+            )
+        return blocks
+
+    def _relevant(self, s: Session, blocks: list[list[RawTx]]) -> list[list[RawTx]]:
+        """The transactions of consecutive blocks that touch an account, per block in block
+        order: they pay one of our scripts, spend one of our outputs (recorded, or made earlier
+        in these blocks), or are already recorded (seen in the mempool). Three indexed queries
+        for all the blocks."""
+        scripts = self._scripts.candidates(
+            script for txs in blocks for tx in txs for _, script in tx.outputs
+        )
+        mine = set(_any_in(s, Address.script_pubkey, sorted(set(scripts))))
+        txids = self._txids.candidates(tx.txid for txs in blocks for tx in txs)
+        prev = self._txids.candidates(
+            p for txs in blocks for tx in txs if not tx.coinbase for p, _ in tx.inputs
+        )
         ours: set[tuple[str, int]] = set()
-        spent_txids = sorted(prev | txids)
+        spent_txids = sorted(set(prev) | set(txids))
         for row in _any_in_rows(s, select(Utxo.txid, Utxo.vout), Utxo.txid, spent_txids):
             ours.add((str(row[0]), int(row[1])))
-        known = set(_any_in(s, ChainTx.txid, sorted(txids)))
+        known = set(_any_in(s, ChainTx.txid, sorted(set(txids))))
         out = []
-        for tx in txs:
-            paid = [n for n, (_, script) in enumerate(tx.outputs) if script in mine]
-            spends = not tx.coinbase and any(p in ours for p in tx.inputs)
-            if paid or spends or tx.txid in known:
-                out.append(tx)
-                ours.update((tx.txid, n) for n in paid)
+        for txs in blocks:
+            relevant = []
+            for tx in txs:
+                paid = [n for n, (_, script) in enumerate(tx.outputs) if script in mine]
+                spends = not tx.coinbase and any(p in ours for p in tx.inputs)
+                if paid or spends or tx.txid in known:
+                    relevant.append(tx)
+                    ours.update((tx.txid, n) for n in paid)
+            out.append(relevant)
         return out
 
     # ------------------------------------------------------------------ blocks
@@ -675,6 +751,7 @@ class Watcher:
         if not m.addresses and not m.utxos and not m.known:
             return 0
         count = 0
+        fresh: list[ChainTx] = []  # rows inserted here, their first state entered at the end
         for tx in txs:
             txid = str(tx["txid"])
             outs = tx.get("vout", [])
@@ -714,7 +791,9 @@ class Watcher:
                     u.block_height = height
                 m.utxos[(txid, n)] = u
             for side in sorted(sides):
-                self._record(s, side, tx, status, bhash, height, when, m, my_outs, my_ins)
+                row = self._record(s, side, tx, status, bhash, height, when, m, my_outs, my_ins)
+                if row is not None:
+                    fresh.append(row)
             for u in my_ins.values():
                 if u.spent_by != txid:
                     u.spent_by = txid
@@ -722,6 +801,11 @@ class Watcher:
             for acct, wallet in sides:
                 if wallet is Wallet.HOT:
                     self._touched_hot.add(acct)
+        s.flush()
+        confirmed = status is TxStatus.CONFIRMED
+        first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
+        for row in fresh:
+            deposit_states.enter(s, row, first, int(confirmed), new=True)
         s.flush()
         return count
 
@@ -737,8 +821,9 @@ class Watcher:
         m: _Match,
         my_outs: dict[int, Address],
         my_ins: dict[int, Utxo],
-    ) -> None:
-        """Record `tx` for one account side: a new row the first time, a status change after."""
+    ) -> ChainTx | None:
+        """Record `tx` for one account side: a new row the first time (returned), a status
+        change after."""
         txid = str(tx["txid"])
         row = next(
             (c for c in m.known.get(txid, []) if (c.account_id, c.wallet) == side),
@@ -747,8 +832,9 @@ class Watcher:
         if row is None:
             row = self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
             m.known.setdefault(txid, []).append(row)
-        else:
-            self._update_row(s, row, tx, status, bhash, height, when)
+            return row
+        self._update_row(s, row, tx, status, bhash, height, when)
+        return None
 
     def _outputs_of(
         self, side: tuple[int, Wallet], tx: dict[str, Any], my_outs: dict[int, Address]
@@ -814,7 +900,8 @@ class Watcher:
         my_outs: dict[int, Address],
         my_ins: dict[int, Utxo],
     ) -> ChainTx:
-        """The side's first sight of `tx`: its row, its first deposit state, its journal."""
+        """The side's first sight of `tx`: its row and its journal (its first deposit state is
+        entered by `_apply` once all new rows are flushed together)."""
         account_id, wallet = side
         txid = str(tx["txid"])
         outputs, received, dust = self._outputs_of(side, tx, my_outs)
@@ -834,10 +921,7 @@ class Watcher:
             outputs=outputs,
         )
         s.add(row)
-        s.flush()
         confirmed = status is TxStatus.CONFIRMED
-        first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
-        deposit_states.enter(s, row, first, int(confirmed), new=True)
         data = {"txid": txid, "wallet": wallet.name.lower(), "value": row.value}
         if row.value > 0:
             journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)

@@ -259,6 +259,12 @@ class BitcoinRPC:
     def get_block_hash(self, height: int) -> str:
         return str(_expect("getblockhash", self.call("getblockhash", height), str))
 
+    def get_block_hashes(self, first: int, count: int) -> list[str]:
+        """The hashes of `count` blocks from height `first` up, in one request (`RPCError`
+        -8 if the chain is shorter)."""
+        calls = [(h,) for h in range(first, first + count)]
+        return [str(_expect("getblockhash", h, str)) for h in self.call_many("getblockhash", calls)]
+
     def get_block_header(self, block_hash: str) -> dict[str, Any]:
         return dict(_expect("getblockheader", self.call("getblockheader", block_hash, True), dict))
 
@@ -289,6 +295,12 @@ class BitcoinRPC:
         """`getrawtransaction` (decoded, `verbose` 1 or 2) of several transactions of one block,
         in one request."""
         calls = [(txid, verbose, block_hash) for txid in txids]
+        return [shapes.check_tx(r) for r in self.call_many("getrawtransaction", calls)]
+
+    def get_raw_transactions_of(self, txs: list[tuple[str, str]], verbose: int) -> list[Any]:
+        """`getrawtransaction` (decoded) of (txid, block hash) pairs from several blocks, in
+        one request."""
+        calls = [(txid, verbose, block_hash) for txid, block_hash in txs]
         return [shapes.check_tx(r) for r in self.call_many("getrawtransaction", calls)]
 
     def decode_raw_transaction(self, tx_hex: str) -> dict[str, Any]:
