@@ -9,7 +9,7 @@ Workload (all on 127.0.0.1):
 - the hot HSM's RPC served by that stand-in on a loopback port: custody asks it only for the
   channel key that `vc_code`s are checked against (`channel_key`, once per channel and server
   process, then cached), so the figures are custody's own;
-- `custody serve` with `[custody] workers = 2` (gthread, the service's 4 threads each);
+- `custody serve` with `[custody] workers = 2` (gthread, the service's default threads each);
 - precomputed send requests, each a distinct `user_tx_no` paying one regtest address, signed
   with the V-device channel key the stand-in vouches for (a real `vc_code`, checked by
   custody's ECDSA verification); form-encoded, as the V-device posts them;
