@@ -128,19 +128,25 @@ class _StandInRpc(BaseHTTPRequestHandler):
         pass
 
 
+def bodies(prefix: str, count: int) -> list[str]:
+    """`count` distinct signed send requests (`user_tx_no` PREFIX-i), form-encoded."""
+    out = []
+    for i in range(count):
+        form = {
+            "coin_code": "BTC",
+            "user_tx_no": f"{prefix}-{i}",
+            "outs": f"{PAYEE},{10_000 + i}",
+            "is_dynamic_fee": "1",
+            "c_id": "7",
+        }
+        form["vc_code"] = sign_vc_code(form)
+        out.append(urllib.parse.urlencode(form))
+    return out
+
+
 def write_bodies(path: Path, count: int) -> None:
     """`count` distinct signed send requests, form-encoded, one a line."""
-    with path.open("w") as f:
-        for i in range(count):
-            form = {
-                "coin_code": "BTC",
-                "user_tx_no": f"bench-{i}",
-                "outs": f"{PAYEE},{10_000 + i}",
-                "is_dynamic_fee": "1",
-                "c_id": "7",
-            }
-            form["vc_code"] = sign_vc_code(form)
-            f.write(urllib.parse.urlencode(form) + "\n")
+    path.write_text("".join(body + "\n" for body in bodies("bench", count)))
 
 
 def wrk(url: str, script: Path, seconds: float, conns: int, *args: str) -> subprocess.Popen[str]:

@@ -29,10 +29,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _cpu import cpu_seconds, pg_backend_pids  # noqa: E402
 
 from custody import accounts  # noqa: E402
 from custody.admin_cli import upgrade_database  # noqa: E402
@@ -53,12 +53,6 @@ API = "/api/v1/open"
 TARGET_MS = 60.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and of its children (an HSM's derivation helper)."""
     kids = [
@@ -67,16 +61,6 @@ def tree_cpu_seconds(pid: int) -> float:
         for k in (task / "children").read_text().split()
     ]
     return cpu_seconds(pid) + sum(cpu_seconds(k) for k in kids)
-
-
-def pg_backend_pids(url: str) -> list[int]:
-    """The server processes serving connections to the benchmark's database."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return [int(r[0]) for r in rows]
 
 
 def measure(url: str, tmp: Path, pair: HsmPair, batches: int) -> dict[str, list[dict[str, float]]]:

@@ -93,7 +93,9 @@ class Figures:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--runs", type=int, default=15, help="timed runs per workload (best and median reported)"
+    )
     parser.add_argument("--busy", type=int, default=0, help="busy-looping processes meanwhile")
     args = parser.parse_args()
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]

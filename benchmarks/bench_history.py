@@ -33,7 +33,9 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=1000)
+    parser.add_argument(
+        "--blocks", type=int, default=1000, help="blocks of history to mine, then copy"
+    )
     args = parser.parse_args()
     print(f"workload: a regtest node with {args.blocks} blocks of history; load {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:

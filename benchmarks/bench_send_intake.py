@@ -26,34 +26,17 @@ import random
 import statistics
 import threading
 import time
-import urllib.parse
 
 from _custody_db import bench_run, verified_account
 from bench_api import load_txs
-from bench_api_write import PAYEE
+from bench_api_write import bodies
 from sqlalchemy import text
 
 from custody.app import create_app
 from custody.extensions import send_intake_committer
 from custody.models import Wallet
-from tests.api_fixtures import sign_vc_code
 
 API = "/api/v1/open"
-
-
-def bodies(prefix: str, count: int) -> list[str]:
-    out = []
-    for i in range(count):
-        form = {
-            "coin_code": "BTC",
-            "user_tx_no": f"{prefix}-{i}",
-            "outs": f"{PAYEE},{10_000 + i}",
-            "is_dynamic_fee": "1",
-            "c_id": "7",
-        }
-        form["vc_code"] = sign_vc_code(form)
-        out.append(urllib.parse.urlencode(form))
-    return out
 
 
 def main() -> int:

@@ -43,3 +43,22 @@ def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("RELEASE nested")
         raise
     db.execute("RELEASE nested")
+
+
+def join(db: sqlite3.Connection) -> None:
+    """Open the transaction the next changes join (`BEGIN IMMEDIATE`), unless one is open: for
+    a state whose changes share one later commit (`cc_common.group_commit`)."""
+    if not db.in_transaction:
+        db.execute("BEGIN IMMEDIATE")
+
+
+def commit(db: sqlite3.Connection) -> None:
+    """Make every change since `join` durable; if that fails, none of them is kept."""
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

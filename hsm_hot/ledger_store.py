@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from cc_common import sqlite_tx
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
     "CREATE TABLE IF NOT EXISTS sends (account INTEGER NOT NULL, at REAL NOT NULL,"
@@ -37,19 +39,11 @@ class LedgerStore:
 
     def begin(self) -> None:
         """Open the transaction the next changes join, unless one is open."""
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
+        sqlite_tx.join(self._db)
 
     def commit(self) -> None:
         """Make every change since `begin` durable; if that fails, none of them is kept."""
-        if not self._db.in_transaction:
-            return
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+        sqlite_tx.commit(self._db)
 
     def requests_since(self, account: int, since: float) -> int:
         (n,) = self._db.execute(

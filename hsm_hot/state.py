@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cc_common import sqlite_tx
 from cc_common.group_commit import GroupCommit
 from wallet_core.bip32 import parse_xpub
 from wallet_core.networks import Network
@@ -152,19 +153,11 @@ class HotState:
 
     def _begin(self) -> None:
         """Open the transaction the next writes join. Caller holds `_lock`."""
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
+        sqlite_tx.join(self._db)
 
     def _commit(self) -> None:
         """Commit the open transaction (if any); on failure nothing of it is kept."""
-        if not self._db.in_transaction:
-            return
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+        sqlite_tx.commit(self._db)
 
     # -- pairing -------------------------------------------------------------------------------
     def pairing(self) -> Pairing | None:
