@@ -51,6 +51,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -389,6 +390,7 @@ def worker_paused(ctx: Context) -> Iterator[int]:
         lock.execute("BEGIN IMMEDIATE")
     try:
         os.kill(pid, signal.SIGSTOP)
+        _wait_stopped(pid)  # the signal lands later: released before, the lock could be taken
     finally:
         if lock is not None:
             lock.rollback()
@@ -397,6 +399,19 @@ def worker_paused(ctx: Context) -> Iterator[int]:
         yield pid
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _wait_stopped(pid: int, within: float = 5.0) -> None:
+    """Return once `pid` is stopped (state T in /proc), or after `within` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("T", "t"):
+            return
+        time.sleep(0.005)
 
 
 # --------------------------------------------------------------------------- the steps
