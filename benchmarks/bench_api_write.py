@@ -185,7 +185,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
     ap.add_argument("--txs", type=int, default=10_000, help="transactions the reads page through")
-    ap.add_argument("--write-connections", type=int, default=8, help="wrk connections posting")
+    ap.add_argument(
+        "--write-connections", type=int, default=8, help="wrk connections posting (0: no writes)"
+    )
     ap.add_argument(
         "--read-connections", type=int, default=8, help="wrk connections reading (0: no reads)"
     )
@@ -245,15 +247,17 @@ def main() -> int:
         pg0 = {pid: cpu_seconds(pid) for pid in pg_backend_pids(dsn)}
         server0 = total_cpu(watched)
         load0 = os.getloadavg()[0]
-        writes = wrk(
-            f"{base}/tx/request",
-            data_dir / "write.lua",
-            args.duration,
-            args.write_connections,
-            account.hot_token,
-            "1",
-            str(bodies),
-        )
+        writes = None
+        if args.write_connections:
+            writes = wrk(
+                f"{base}/tx/request",
+                data_dir / "write.lua",
+                args.duration,
+                args.write_connections,
+                account.hot_token,
+                "1",
+                str(bodies),
+            )
         reads = None
         if args.read_connections:
             reads = wrk(
@@ -265,27 +269,30 @@ def main() -> int:
                 account.cold_token,
                 str(hashes),
             )
-        w = summary(writes)
+        w = summary(writes) if writes is not None else None
         r = summary(reads) if reads is not None else None
+        if w is None and r is None:
+            raise SystemExit("nothing to measure: --write-connections and --read-connections are 0")
         server_cpu = total_cpu(watched) - server0
         pg_cpu = sum(cpu_seconds(pid) - pg0.get(pid, 0.0) for pid in pg_backend_pids(dsn))
         load1 = os.getloadavg()[0]
         with factory() as s:
             stored = s.execute(select(func.count(Send.id))).scalar()
-        w_s = w["duration_us"] / 1e6
-        print(
-            f"\nwrites: {w['accepted'] / w_s:7.0f} accepted/s ({w['accepted']} accepted, "
-            f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored), "
-            f"p50 {w['p50_us'] / 1000:.2f} ms, p99 {w['p99_us'] / 1000:.2f} ms"
-        )
+        w_s = (w or r or {})["duration_us"] / 1e6
+        if w is not None:
+            print(
+                f"\nwrites: {w['accepted'] / w_s:7.0f} accepted/s ({w['accepted']} accepted, "
+                f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored), "
+                f"p50 {w['p50_us'] / 1000:.2f} ms, p99 {w['p99_us'] / 1000:.2f} ms"
+            )
         if r is not None:
             print(
                 f"reads:  {r['requests'] / (r['duration_us'] / 1e6):7.0f} GET /tx/s "
                 f"({r['errors']} errors), p50 {r['p50_us'] / 1000:.2f} ms, "
                 f"p99 {r['p99_us'] / 1000:.2f} ms"
             )
-        served = w["requests"] + (r["requests"] if r is not None else 0)
-        wrk_cpu = w["cpu"] + (r["cpu"] if r is not None else 0)
+        served = sum(x["requests"] for x in (w, r) if x is not None)
+        wrk_cpu = sum(x["cpu"] for x in (w, r) if x is not None)
         print(
             f"CPU over the {w_s:.1f} s measured: custody serve {server_cpu:.2f} s "
             f"({server_cpu / w_s * 100:.0f}% of a core), its PostgreSQL backends {pg_cpu:.2f} s, "
