@@ -13,6 +13,9 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+import pytest
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.api import tx_json
@@ -141,3 +144,23 @@ def test_tx_document_contract(session_factory: sessionmaker[Session], hsm: Any) 
     with session_factory() as s, s.begin():
         s.add(BlockSeen(height=260, block_hash="ab" * 32, prev_hash="00" * 32, time=BASE))
     check_pages(engine, acct.id, txs, 260)
+
+
+def test_a_lost_connection_is_invalidated(session_factory: sessionmaker[Session], hsm: Any) -> None:
+    """The page is read with the driver's cursor: a connection the server dropped still fails
+    as SQLAlchemy's error, and leaves the pool instead of failing every later read."""
+    engine = session_factory.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a backend is terminated on PostgreSQL only")
+    acct = new_account(session_factory, hsm, "lost")
+    seed(session_factory, acct.id, 3)
+    with engine.connect() as conn:
+        assert tx_json.tx_page(conn, acct.id, Wallet.COLD, None) is not None
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(False)) as c:
+            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DBAPIError) as caught:
+            tx_json.tx_page(conn, acct.id, Wallet.COLD, None)
+        assert caught.value.connection_invalidated and conn.invalidated
+    with engine.connect() as conn:
+        assert tx_json.tx_page(conn, acct.id, Wallet.COLD, None) is not None
