@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,20 +39,12 @@ log = logging.getLogger(__name__)
 READY_NAME = "custody-api"
 READY_PROBE = "/api/v1/openapi.json"
 READY_DEADLINE = 60.0
-# How long a worker's thread may keep the GIL while another waits for it (Python's default:
-# 5 ms). A thread back from a database round trip waits for the GIL until the running one
-# gives it up; a group commit makes about ten round trips while it holds the journal's lock,
-# so with reads computing in the same worker each could add up to 5 ms to that lock's hold,
-# which every writer of every worker waits for. `bench_api_write.py`: more writes/s with
-# reads, a lower p99, the same CPU per request.
-GIL_SWITCH_INTERVAL = 0.0005
 
 
 def _custody_api(config: Config) -> Any:
     from custody.app import create_app  # noqa: PLC0415 (in the worker, after gunicorn's fork)
 
     derive_helper.start()  # this worker's second core for address batches, ready before one
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     return create_app(config)
 
 
