@@ -22,7 +22,8 @@ Workload (all on 127.0.0.1):
 Target (issue 14): at least 500 accepted requests/s with reads still at least 1,000/s.
 
 Run: `.venv/bin/python benchmarks/bench_api_write.py [--duration 10] [--txs 10000]
-[--write-connections 8] [--read-connections 8]` (needs `wrk`: `apt-get install wrk`).
+[--write-connections 8] [--read-connections 8]` (needs `wrk`: `apt-get install wrk`); a count
+of 0 leaves that side out (writes alone, reads alone).
 """
 
 from __future__ import annotations
