@@ -13,13 +13,17 @@ bytes and str object): its seed differs between processes, which does not matter
 that lives and is loaded in one process.
 
 Hand-written (a Bloom filter library would hash with its own functions and keep its own
-state; this is one bit array and one index). Each filter is loaded from its tables and
-refreshed before each use with the rows added since (`id > floor`). On PostgreSQL ids are
-given out before commit, so a row with a lower id can become visible after a higher one; the
-floor therefore only advances to the highest id an earlier refresh read once every
-transaction that had an xid at the refresh after that one has ended (`pg_snapshot_xmin`); a
-refresh reads its rows and its snapshot in one REPEATABLE READ transaction. SQLite commits
-writers one at a time, in id order: the floor is the highest id read.
+state; this is one bit array and one index). Bits are set by `custody.chain._blockscan.mark`
+(a million keys: ~0.7 s of Python, milliseconds in C), and the same C module scans raw blocks
+through the bitmaps with the same hash (`custody.chain.rawblock.scan_block`).
+
+Each filter is loaded from its tables and refreshed before each use with the rows added since
+(`id > floor`). On PostgreSQL ids are given out before commit, so a row with a lower id can
+become visible after a higher one; the floor therefore only advances to the highest id an
+earlier refresh read once every transaction that had an xid at the refresh after that one has
+ended (`pg_snapshot_xmin`); a refresh reads its rows and its snapshot in one REPEATABLE READ
+transaction. SQLite commits writers one at a time, in id order: the floor is the highest id
+read.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
+
+try:
+    from custody.chain._blockscan import mark
+except ImportError:  # pragma: no cover - the extension is built by every install
+
+    def mark(bits: bytearray, keys: Iterable[Any]) -> None:
+        """Set each key's bit (what `_blockscan.mark` does in C, ~30x faster)."""
+        for i in [hash(key) & MASK for key in keys]:
+            bits[i >> 3] |= 1 << (i & 7)
+
 
 BITS = 1 << 27
 MASK = BITS - 1
@@ -102,8 +116,7 @@ class MatchFilter:
         bits = self.bits
         for source in self.sources:
             for rows in _rows_after(s, source, postgres):
-                for i in [hash(key) & MASK for _, key in rows]:
-                    bits[i >> 3] |= 1 << (i & 7)
+                mark(bits, [key for _, key in rows])
                 source.top = max(source.top, int(rows[-1][0]))  # in id order
                 read += len(rows)
             if not postgres:
