@@ -13,7 +13,7 @@ from bitcointx.core.script import CScript, CScriptWitness
 from custody.chain import rawblock
 from custody.chain.errors import ChainUnavailable
 from custody.chain.rawblock import parse_block, scan_block
-from custody.match_filter import mark
+from custody.match_filter import mark, mark_packed
 from firmware_sim.node.blocks import (
     REGTEST_GENESIS_HASH,
     Block,
@@ -152,3 +152,16 @@ def test_scan_refuses_a_filter_of_the_wrong_size() -> None:
         scan_block(raw, bytearray(3), None, None)
     with pytest.raises(ValueError, match="power of two"):
         mark(bytearray(0), [b"x"])
+
+
+def test_packed_keys_set_the_bits_their_keys_set() -> None:
+    """The PostgreSQL load packs keys (2-byte length + bytes; a txid as its ASCII bytes):
+    the same bits as the keys themselves, bytes or str."""
+    keys: list[bytes] = [b"", b"\x00\x14" + b"\x07" * 20, b"\x51" * 300]
+    txids = [f"{i:064x}" for i in range(50)]
+    packed = b"".join(len(k).to_bytes(2, "big") + k for k in [*keys, *(t.encode() for t in txids)])
+    by_packing = bytearray(1 << 16)
+    mark_packed(by_packing, packed)
+    assert by_packing == _bitmap(*keys, *txids)
+    with pytest.raises(ValueError, match="past the end"):
+        mark_packed(bytearray(1 << 16), packed[:-1])

@@ -429,7 +429,43 @@ static PyObject *mark(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *mark_packed(PyObject *self, PyObject *args) {
+    Py_buffer view, packed;
+    const uint8_t *p;
+    uint64_t mask, i;
+    Py_ssize_t pos = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*y*", &view, &packed))
+        return NULL;
+    if (view.len <= 0 || (view.len & (view.len - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "bits: a filter's size must be a power of two bytes");
+        goto done;
+    }
+    mask = (uint64_t)view.len * 8 - 1;
+    p = packed.buf;
+    while (pos < packed.len) {
+        Py_ssize_t size;
+        if (packed.len - pos < 2 || packed.len - pos - 2 < (size = p[pos] << 8 | p[pos + 1])) {
+            PyErr_SetString(PyExc_ValueError, "packed keys: a key runs past the end");
+            goto done;
+        }
+        i = (uint64_t)hash_bytes(p + pos + 2, size) & mask;
+        ((uint8_t *)view.buf)[i >> 3] |= (uint8_t)(1u << (i & 7));
+        pos += 2 + size;
+    }
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&packed);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"mark_packed", mark_packed, METH_VARARGS,
+     "mark_packed(bits, packed) -> None\n\n"
+     "`mark` of the keys in `packed`, each a 2-byte big-endian length and its bytes (as the\n"
+     "database packs a batch: one value instead of a row per key)."},
     {"mark", mark, METH_VARARGS,
      "mark(bits, keys) -> None\n\n"
      "Set each key's bit (its hash masked to the bitmap's size) in the writable bitmap `bits`:\n"
