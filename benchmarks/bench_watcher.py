@@ -533,7 +533,8 @@ def main() -> int:
                 f"{count:>9} addresses: CPU per block catching up: watcher "
                 f"{r['watcher_ms_block']:.0f} ms, node {r['node_ms_block']:.0f} ms, PostgreSQL "
                 f"{r['pg_ms_block']:.0f} ms; at the tip (mean): watcher {r['tip_watcher_ms']:.0f}"
-                f" ms, node {r['tip_node_ms']:.0f} ms, PostgreSQL {r['tip_pg_ms']:.0f} ms",
+                f" ms, node {r['tip_node_ms']:.0f} ms (with checking the submitted block), "
+                f"PostgreSQL {r['tip_pg_ms']:.0f} ms",
                 flush=True,
             )
         if len(rows) > 1:
