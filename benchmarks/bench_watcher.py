@@ -25,7 +25,9 @@ Workload (all on 127.0.0.1):
 - "reading + matching": the part of those times spent fetching the raw block, parsing it,
   the three indexed queries and the batch of matches decoded (the rest records deposits);
 - memory: the watcher process's peak RSS (`ru_maxrss`) after both phases;
-- CPU: the watcher process's own CPU time (`time.process_time`) in both phases.
+- CPU: the watcher process's own CPU time (`time.process_time`) in both phases, and the
+  node's (its process tree) and PostgreSQL's (the server processes of the run's database) from
+  /proc, per block: the three share the machine's cores.
 
 Run: `.venv/bin/python benchmarks/bench_watcher.py [--sizes 10000 100000 1000000]
 [--blocks 30] [--tip-blocks 3] [--chain-dir DIR]` (first run: ~5 min to build the chain,
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _cpu import cpu_seconds, pg_backend_pids, process_tree, total_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -336,8 +339,7 @@ class Child:
             node.url,
             "--rpc-user",
             node.user,
-            "--rpc-password",
-            node.password,
+            f"--rpc-password={node.password}",  # it may begin with "-"
             "--start",
             str(start),
             "--max-blocks",
@@ -391,8 +393,11 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
         upgrade_database(url)
         load_s = load_addresses(url, count)
         last = rpc.get_block_count()
+        assert node.process.proc is not None
+        node_pids = process_tree(node.process.proc.pid)
         child_proc = Child(url, node, first, 10_000)
         try:
+            node0 = total_cpu(node_pids)
             t0 = time.perf_counter()
             done = 0
             matching = 0.0
@@ -405,6 +410,10 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
                 if r["height"] is not None and r["height"] >= last:
                     break
             catchup_s = time.perf_counter() - t0
+            node_catchup = total_cpu(node_pids) - node0
+            pg0 = {p: cpu_seconds(p) for p in pg_backend_pids(url)}  # all started by the child
+            pg_catchup = sum(pg0.values())
+            node0 = total_cpu(node_pids)
             tip_ms = []
             tip_match_ms = []
             tip_cpu_ms = []
@@ -418,6 +427,8 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
                 tip_ms.append(r["seconds"] * 1000)
                 tip_match_ms.append(r["matching"] * 1000)
                 tip_cpu_ms.append(r["cpu_seconds"] * 1000)
+            node_tip = total_cpu(node_pids) - node0
+            pg_tip = sum(cpu_seconds(p) - pg0.get(p, 0.0) for p in pg_backend_pids(url))
             rss = child_proc.step()["maxrss_mb"]
         finally:
             child_proc.close()
@@ -434,6 +445,12 @@ def run_size(node: Any, count: int, first: int, tip_blocks: list[str]) -> dict[s
             "match_ms_tip_p50": statistics.median(tip_match_ms),
             "catchup_cpu_s": catchup_cpu,
             "tip_cpu_ms_p50": statistics.median(tip_cpu_ms),
+            "watcher_ms_block": 1000 * catchup_cpu / max(done, 1),
+            "node_ms_block": 1000 * node_catchup / max(done, 1),
+            "pg_ms_block": 1000 * pg_catchup / max(done, 1),
+            "tip_watcher_ms": sum(tip_cpu_ms) / max(len(tip_cpu_ms), 1),
+            "tip_node_ms": 1000 * node_tip / max(len(tip_blocks), 1),
+            "tip_pg_ms": 1000 * pg_tip / max(len(tip_blocks), 1),
             "load_1m": os.getloadavg()[0],
             "tip_ms_max": max(tip_ms),
             "maxrss_mb": rss,
@@ -510,6 +527,14 @@ def main() -> int:
                 f"{r['match_ms_tip_p50']:.0f} ms at the tip (p50); watcher CPU "
                 f"{r['catchup_cpu_s']:.2f} s catching up, {r['tip_cpu_ms_p50']:.0f} ms a tip "
                 f"block (p50); load average {r['load_1m']:.1f}",
+                flush=True,
+            )
+            print(
+                f"{count:>9} addresses: CPU per block catching up: watcher "
+                f"{r['watcher_ms_block']:.0f} ms, node {r['node_ms_block']:.0f} ms, PostgreSQL "
+                f"{r['pg_ms_block']:.0f} ms; at the tip (mean): watcher {r['tip_watcher_ms']:.0f}"
+                f" ms, node {r['tip_node_ms']:.0f} ms (with checking the submitted block), "
+                f"PostgreSQL {r['tip_pg_ms']:.0f} ms",
                 flush=True,
             )
         if len(rows) > 1:

@@ -30,10 +30,17 @@ class TimedWatcher(Watcher):
 
     matching = 0.0
 
-    def _read_block(self, block_hash: str) -> tuple[RawBlock, int]:
+    def _read_block(self, block_hash: str, spent: set[str]) -> tuple[RawBlock, int]:
         t0 = time.perf_counter()
         try:
-            return super()._read_block(block_hash)
+            return super()._read_block(block_hash, spent)
+        finally:
+            self.matching += time.perf_counter() - t0
+
+    def _refresh_filters(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            super()._refresh_filters()
         finally:
             self.matching += time.perf_counter() - t0
 

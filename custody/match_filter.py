@@ -13,23 +13,46 @@ bytes and str object): its seed differs between processes, which does not matter
 that lives and is loaded in one process.
 
 Hand-written (a Bloom filter library would hash with its own functions and keep its own
-state; this is one bit array and one index). Each filter is loaded from its tables and
-refreshed before each use with the rows added since (`id > floor`). On PostgreSQL ids are
-given out before commit, so a row with a lower id can become visible after a higher one; the
-floor therefore only advances to the highest id an earlier refresh read once every
-transaction that had an xid at the refresh after that one has ended (`pg_snapshot_xmin`); a
-refresh reads its rows and its snapshot in one REPEATABLE READ transaction. SQLite commits
-writers one at a time, in id order: the floor is the highest id read.
+state; this is one bit array and one index). Bits are set by `custody.chain._blockscan.mark`
+(a million keys: ~0.7 s of Python, milliseconds in C), and the same C module scans raw blocks
+through the bitmaps with the same hash (`custody.chain.rawblock.scan_block`).
+
+Each filter is loaded from its tables and refreshed before each use with the rows added since
+(`id > floor`). On PostgreSQL ids are given out before commit, so a row with a lower id can
+become visible after a higher one; the floor therefore only advances to the highest id an
+earlier refresh read once every transaction that had an xid at the refresh after that one has
+ended (`pg_snapshot_xmin`); a refresh reads its rows and its snapshot in one REPEATABLE READ
+transaction. SQLite commits writers one at a time, in id order: the floor is the highest id
+read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import LargeBinary, select, text
 from sqlalchemy.orm import Session
+
+try:
+    from custody.chain._blockscan import mark, mark_packed
+except ImportError:  # pragma: no cover - the extension is built by every install
+
+    def mark(bits: bytearray, keys: Iterable[Any]) -> None:
+        """Set each key's bit (what `_blockscan.mark` does in C, ~30x faster)."""
+        for i in [hash(key) & MASK for key in keys]:
+            bits[i >> 3] |= 1 << (i & 7)
+
+    def mark_packed(bits: bytearray, packed: bytes) -> None:
+        """`mark` of keys each packed as a 2-byte big-endian length and its bytes."""
+        keys, pos = [], 0
+        while pos < len(packed):
+            size = int.from_bytes(packed[pos : pos + 2], "big")
+            keys.append(packed[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+        mark(bits, keys)
+
 
 BITS = 1 << 27
 MASK = BITS - 1
@@ -55,11 +78,16 @@ class _Source:
             self.floor = max(self.floor, self.checkpoints.pop(0)[1])
 
 
-def _rows_after(s: Session, source: _Source, postgres: bool) -> Iterator[Sequence[Any]]:
-    """(id, key) of the source's rows above its floor, in id order, in batches of at most
-    READ_ROWS (each asked for by id: the memory of a load does not grow with the table). On
-    PostgreSQL through the driver's own cursor in binary: the first load reads every address
-    (a million rows in about 1 s of CPU this way, over 10 s through the ORM's rows)."""
+def _read_into(bits: bytearray, s: Session, source: _Source, postgres: bool) -> Iterator[int]:
+    """Set the bits of the source's rows above its floor, in batches of at most READ_ROWS, each
+    asked for by id (the memory of a load does not grow with the table); yields each batch's
+    row count after raising `source.top` to its highest id.
+
+    On PostgreSQL a batch comes back as one value, its keys packed by the server (`string_agg`
+    of a 2-byte length and the key; a text key as its UTF-8 bytes, whose hash is the str's for
+    the ASCII txids, and no other key can match a block's hex txid) and marked by
+    `mark_packed`: a million addresses in ~0.05 s of the watcher's CPU, against ~0.4 s as a
+    million rows through the driver (and over 10 s through the ORM's)."""
     after = source.floor
     if not postgres:
         while rows := s.execute(
@@ -68,20 +96,31 @@ def _rows_after(s: Session, source: _Source, postgres: bool) -> Iterator[Sequenc
             .order_by(source.id_column)
             .limit(READ_ROWS)
         ).all():
-            yield rows
-            after = int(rows[-1][0])
+            mark(bits, [key for _, key in rows])
+            after = source.top = max(source.top, int(rows[-1][0]))  # in id order
+            yield len(rows)
         return
     table, id_name = source.id_column.table.name, source.id_column.name
+    key = source.key_column.name
+    if not isinstance(source.key_column.type, LargeBinary):
+        key = f"convert_to({key}, 'UTF8')"
     sql = (
-        f"SELECT {id_name}, {source.key_column.name} FROM {table} "  # noqa: S608 - our columns
-        f"WHERE {id_name} > %s ORDER BY {id_name} LIMIT {READ_ROWS}"
+        "SELECT count(*), max(id), "  # noqa: S608 - our columns
+        "string_agg(int2send(length(k)::int2) || k, ''::bytea) "
+        f"FROM (SELECT {id_name} AS id, {key} AS k FROM {table} "
+        f"WHERE {id_name} > %s ORDER BY {id_name} LIMIT {READ_ROWS}) AS batch"
     )
     driver = s.connection().connection.driver_connection
     assert driver is not None
     with driver.cursor(binary=True) as cur:
-        while rows := cur.execute(sql, (after,)).fetchall():
-            yield rows
-            after = int(rows[-1][0])
+        while True:
+            row = cur.execute(sql, (after,)).fetchone()
+            if row is None or not row[0]:
+                return
+            if row[2] is not None:
+                mark_packed(bits, row[2])
+            after = source.top = max(source.top, int(row[1]))
+            yield int(row[0])
 
 
 class MatchFilter:
@@ -101,11 +140,7 @@ class MatchFilter:
         read = 0
         bits = self.bits
         for source in self.sources:
-            for rows in _rows_after(s, source, postgres):
-                for i in [hash(key) & MASK for _, key in rows]:
-                    bits[i >> 3] |= 1 << (i & 7)
-                source.top = max(source.top, int(rows[-1][0]))  # in id order
-                read += len(rows)
+            read += sum(_read_into(bits, s, source, postgres))
             if not postgres:
                 source.floor = source.top
         if postgres:

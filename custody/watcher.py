@@ -49,7 +49,7 @@ from custody import deposit_states, journal
 from custody.alerts import AlertKind, raise_alert
 from custody.balances import confirmed_balance
 from custody.chain.errors import ChainUnavailable, RPCError
-from custody.chain.rawblock import RawBlock, RawTx, parse_block
+from custody.chain.rawblock import RawBlock, RawTx, scan_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
@@ -356,8 +356,10 @@ class Watcher:
         raws: list[tuple[int, RawBlock]] = []
         size = 0
         previous = last_hash
+        self._refresh_filters()
+        spent: set[str] = set()  # candidates' txids: later blocks of the chunk may spend them
         for offset, block_hash in enumerate(hashes):
-            parsed, raw_size = self._read_block(block_hash)
+            parsed, raw_size = self._read_block(block_hash, spent)
             if previous is not None and parsed.previous != previous:
                 if not raws:
                     return _Plan(last_hash, retry=True)  # a reorg between the calls
@@ -492,17 +494,27 @@ class Watcher:
 
     def _fetch_block(self, block_hash: str, height: int) -> dict[str, Any]:
         """The block as `_connect` reads it (see `_matched_blocks`)."""
-        parsed, _ = self._read_block(block_hash)
+        self._refresh_filters()
+        parsed, _ = self._read_block(block_hash, set())
         return self._matched_blocks([(height, parsed)])[0]
 
-    def _read_block(self, block_hash: str) -> tuple[RawBlock, int]:
-        """The block read raw once (`getblock` verbosity 0) and parsed; with its size."""
+    def _refresh_filters(self) -> None:
+        """Bring the filters up to date before blocks are scanned through them."""
+        with self.factory() as rs:
+            self._scripts.refresh(rs)
+        with self.factory() as rs:
+            self._txids.refresh(rs)
+
+    def _read_block(self, block_hash: str, spent: set[str]) -> tuple[RawBlock, int]:
+        """The block read raw once (`getblock` verbosity 0) and scanned through the filters
+        (which the caller refreshed), keeping only the transactions that may concern an account (see
+        `scan_block`; `spent` carries the candidates' txids along a chunk); with its size."""
         raw = self.rpc.get_block(block_hash, 0)
         try:
             data = bytes.fromhex(raw)
         except ValueError:
             raise ChainUnavailable("node answered getblock with a malformed block") from None
-        parsed = parse_block(data)
+        parsed = scan_block(data, self._scripts.bits, self._txids.bits, spent)
         if parsed.hash != block_hash:
             raise ChainUnavailable("node answered getblock with another block")
         return parsed, len(data)
@@ -512,11 +524,8 @@ class Watcher:
         only the transactions that touch an account: their output scripts and spent outpoints
         matched with one indexed query each for all the blocks, and only the matches asked
         for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
-        which needs no txindex), in one batch."""
-        with self.factory() as rs:
-            self._scripts.refresh(rs)
-        with self.factory() as rs:
-            self._txids.refresh(rs)
+        which needs no txindex), in one batch. The filters were refreshed before the blocks
+        were scanned."""
         with self.factory() as rs:
             ours = self._relevant(rs, [b.txs for _, b in raws])
         wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]

@@ -3,11 +3,12 @@
 #
 # On a fresh Debian/Ubuntu machine: installs the missing system packages with apt-get when run
 # as root (or prints exactly which to install and stops), finds Python >= 3.11, creates .venv
-# and installs the package with its dev extras, again only when pyproject.toml changed.
+# and installs the package with its dev extras, again only when pyproject.toml, setup.py or a C
+# source of an extension changed (an editable install builds the extensions in place).
 
 CC_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CC_VENV="$CC_ROOT/.venv"
-CC_SYSTEM_PACKAGES=(softhsm2 socat libsecp256k1-1)
+CC_SYSTEM_PACKAGES=(softhsm2 socat libsecp256k1-1 libssl-dev)  # libssl-dev: the block scan (C)
 
 cc_log() { printf '==> %s\n' "$*" >&2; }
 cc_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -75,15 +76,24 @@ cc_ensure_python() {
     fi
 }
 
+# What the installed package was built from: pyproject.toml, setup.py and the C sources.
+cc_install_stamp() {
+    (
+        cd "$CC_ROOT" &&
+            sha256sum pyproject.toml setup.py custody/chain/_blockscan.c
+    ) | sha256sum | cut -d' ' -f1
+}
+
 cc_ensure_venv() {
     if [ ! -x "$CC_VENV/bin/python" ]; then
         cc_log "creating $CC_VENV with $CC_PYTHON"
         "$CC_PYTHON" -m venv "$CC_VENV" || cc_die "could not create $CC_VENV"
     fi
     local stamp="$CC_VENV/.cc-installed" want
-    want="$(sha256sum "$CC_ROOT/pyproject.toml" | cut -d' ' -f1)"
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$CC_VENV/bin/custody" ]; then
-        cc_log "installing the package and its dev extras into .venv (pyproject.toml changed)"
+    want="$(cc_install_stamp)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$CC_VENV/bin/custody" ] ||
+        ! compgen -G "$CC_ROOT/custody/chain/_blockscan*.so" >/dev/null; then
+        cc_log "installing the package and its dev extras into .venv (pyproject.toml, setup.py or the C extension changed)"
         local log="$CC_VENV/.cc-install.log"
         if ! "$CC_VENV/bin/python" -m pip install --disable-pip-version-check \
             -e "$CC_ROOT[dev]" >"$log" 2>&1; then
