@@ -141,6 +141,7 @@ class PolicyLedger:
             if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
                 self._pruned_at = now
                 self._store.prune_requests(now - DAY)
+                self._store.forget_sends_before(now - 2 * DAY)
             return self._group.changed()
 
     def durable(self, change: int) -> None:
