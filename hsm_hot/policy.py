@@ -121,6 +121,12 @@ class PolicyLedger:
 
     def admit_request(self, account: int) -> None:
         """Count one signing request; refuse past the per-minute limit."""
+        self.durable(self.count_request(account))
+
+    def count_request(self, account: int) -> int:
+        """`admit_request` without waiting for the disk: the change's number, for `durable`.
+        Later decisions see the count at once; it is on disk after `durable(number)` (or any
+        later change's)."""
         now = self._clock()
         with self._lock:
             if self._store.requests_since(account, now - MINUTE) >= (
@@ -135,7 +141,11 @@ class PolicyLedger:
             if now - self._pruned_at > MINUTE:  # old rows only cost space: prune now and then
                 self._pruned_at = now
                 self._store.prune_requests(now - DAY)
-            change = self._group.changed()
+                self._store.forget_sends_before(now - 2 * DAY)
+            return self._group.changed()
+
+    def durable(self, change: int) -> None:
+        """Return once change `change` (and every one before it) is on disk."""
         self._group.durable(change)
 
     def check_send(self, account: int, amount: int, outputs: int) -> None:
@@ -158,6 +168,16 @@ class PolicyLedger:
         so the amount is counted before the cold HSM is asked, and given back (`cancel_send`)
         only if the hot HSM did not sign after all.
         """
+        reservation, change = self.hold_send(account, cost, outputs, txid)
+        self.durable(change)
+        return reservation
+
+    def hold_send(
+        self, account: int, cost: SendCost | int, outputs: int, txid: str
+    ) -> tuple[int, int]:
+        """`reserve_send` without waiting for the disk: (reservation id, change number). Every
+        later decision counts the amount at once; the hot key must not sign before
+        `durable(number)` returned, so a crash never forgets an amount it signed for."""
         if isinstance(cost, int):
             cost = SendCost(cost)
         now = self._clock()
@@ -167,9 +187,7 @@ class PolicyLedger:
             refuse_fee(self.policy, account, cost, self._store.fees_since(account, now - DAY))
             self._store.begin()
             reservation = self._store.add_send(account, now, cost.total, txid, cost.fee)
-            change = self._group.changed()
-        self._group.durable(change)
-        return reservation
+            return reservation, self._group.changed()
 
     def reserve_batch(
         self, account: int, cost: SendCost, members: list[tuple[int, int]], txid: str

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cc_common import fields
@@ -162,6 +163,8 @@ class HotService:
         self.cold_identity = cold_identity
         self._provision_lock = threading.Lock()
         self._send_locks = KeyedLocks()
+        # Commits and fsyncs a request waits for while it does something else (`_sign_send`).
+        self._disk = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hot-disk")
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "health": self.health,
             "provision_account": self.provision_account,
@@ -422,15 +425,20 @@ class HotService:
         vc_code = _text(params, "vc_code", 256)
         c_id = _text(params, "c_id", 128)
         acct = self._account_record(account)
-        self.ledger.admit_request(account)
+        # The count is on disk before any answer, and before the cold HSM is asked (the
+        # reservation's commit carries it); a refusal on the way waits for it here.
+        counted = self.ledger.count_request(account)
         try:
-            psbt = Psbt.from_base64(psbt_text)
-        except PsbtError as exc:
-            raise BadRequest(f"psbt: {exc.message}") from None
-        # One request per (account, user_tx_no) at a time: a concurrent twin waits, then gets
-        # the stored answer (same txid) or the cold HSM's refusal (anything else).
-        with self._send_locks.held((account, req["user_tx_no"])):
-            return self._sign_send(account, acct, psbt, req, vc_code, c_id)
+            try:
+                psbt = Psbt.from_base64(psbt_text)
+            except PsbtError as exc:
+                raise BadRequest(f"psbt: {exc.message}") from None
+            # One request per (account, user_tx_no) at a time: a concurrent twin waits, then
+            # gets the stored answer (same txid) or the cold HSM's refusal (anything else).
+            with self._send_locks.held((account, req["user_tx_no"])):
+                return self._sign_send(account, acct, psbt, req, vc_code, c_id)
+        finally:
+            self.ledger.durable(counted)
 
     def _sign_send(
         self,
@@ -447,20 +455,29 @@ class HotService:
             return {"psbt": done[1]}
         plan = plan_cosign(psbt, self.state.wallet(acct))
         cost = SendCost(plan.payments, plan.fee, plan.vsize)
-        reservation = self.ledger.reserve_send(account, cost, len(plan.tx.vout), plan.txid)
+        reservation, change = self.ledger.hold_send(account, cost, len(plan.tx.vout), plan.txid)
+        # The reservation goes to disk while the cold HSM works; the hot key signs only after.
+        saved = self._disk.submit(self.ledger.durable, change)
         try:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
             wallet = self.state.wallet(acct)
             payload = packed_request(account, plan, req, vc_code, c_id, wallet)
             answer = self.relay.call("cosign", payload)
-            sigs = self._both_signatures(plan, acct, answer)
+            cold_sigs = self._check_cold_signatures(plan, answer)
+            saved.result()
+            sigs = cold_sigs, self._hot_signatures(plan, acct)
         except BaseException:
-            self.ledger.cancel_send(reservation)
+            if saved.exception() is None:  # else the reservation was lost with its commit
+                self.ledger.cancel_send(reservation)
             raise
         signed = self._signed_psbt(psbt, plan, acct, sigs)
-        self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
-        self._audit_send(account, req["user_tx_no"], plan)
+        # Both records on disk before the answer, their fsyncs side by side.
+        audited = self._disk.submit(self._audit_send, account, req["user_tx_no"], plan)
+        try:
+            self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
+        finally:
+            audited.result()
         return {"psbt": signed}
 
     def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:
@@ -474,8 +491,10 @@ class HotService:
     ) -> tuple[list[bytes], list[bytes]]:
         """The cold HSM's signatures, checked, and the hot key's, one each per input."""
         cold_sigs = self._check_cold_signatures(plan, answer)
-        hot_sigs = [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
-        return cold_sigs, hot_sigs
+        return cold_sigs, self._hot_signatures(plan, acct)
+
+    def _hot_signatures(self, plan: CosignPlan, acct: HotAccount) -> list[bytes]:
+        return [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
 
     @staticmethod
     def _signed_psbt(
