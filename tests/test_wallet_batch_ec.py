@@ -69,6 +69,33 @@ def test_edge_tweaks_and_the_point_at_infinity(multiplier: secp.BatchPointMultip
     assert multiplier.add_many_packed(point, []) == (b"", [])
 
 
+@pytest.mark.parametrize("window", [0, 1, 7, 30, 31])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_running_sum_that_meets_a_window_point(
+    multiplier: secp.BatchPointMultiplier, window: int, sign: int
+) -> None:
+    # K is chosen so that, for tweaks starting with the bytes of t, the running sum before
+    # `window` equals the window's point (a doubling) or its negation (infinity midway):
+    # the C code's exceptional path, amid regular keys of the same batch
+    rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+    t = rng.randrange(N)
+    entry = [(b * pow(256, 31 - j, N) + multiplier.offsets[j]) % N for j, b in enumerate(_tweak(t))]
+    k = (sign * entry[window] - sum(entry[:window])) % N
+    assert k != 0
+    point = secp.pubkey_from_privkey(_tweak(k))
+    prefix = _tweak(t)[: window + 1]
+    same_start = prefix + os.urandom(31 - window)
+    tweaks = [_tweak(rng.randrange(N)), _tweak(t), _tweak(rng.randrange(N)), same_start]
+    tweaks += [_tweak(N - k), _tweak(rng.randrange(N))]
+    keys, infinite = multiplier.add_many_packed(point, tweaks)
+    assert (keys, infinite) == multiplier.add_many_packed_reference(point, tweaks)
+    for i, tw in enumerate(tweaks):
+        total = (k + int.from_bytes(tw, "big")) % N
+        expected = bytes(33) if total == 0 else secp.pubkey_from_privkey(_tweak(total))
+        assert keys[33 * i : 33 * i + 33] == expected
+    assert 4 in infinite
+
+
 def test_chain_deriver_reports_an_index_at_infinity(monkeypatch: pytest.MonkeyPatch) -> None:
     chain = ExtendedKey.from_seed(bytes(range(32)), Network.REGTEST).derive("m/0").to_public()
     deriver = ChainDeriver(chain)

@@ -9,12 +9,13 @@ Fast batch derivation (`BatchPointMultiplier`): a non-hardened child is K + IL*G
 precompute, once per process, 32 windows x 256 multiples of G offset by points R_j that sum
 to zero, so IL*G + K is a sum of 33 precomputed points. Through the public API that sum is one
 `secp256k1_ec_pubkey_combine` per key (~10.5 us), which pays a field inversion per key to
-return an affine point; the C extension `wallet_core._batch_ec` (native/_batch_ec.c, built
-from libsecp256k1's own field and group code) adds the same points in Jacobian coordinates
-and converts a whole batch with one inversion (~6 us a key). The public-API path stays as
-the reference (`add_many_packed_reference`) and the fallback when the extension is not built;
-tests check both against each other, the plain tweak-add path and other libraries.
-Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster, because
+return an affine point; the C extension `wallet_core._batch_ec` (native/_batch_ec.c, on
+libsecp256k1's own field code) adds the same points for a whole batch at once, window by
+window in affine coordinates, so all keys of a batch share one inversion per window (~4.4 us
+a key). The public-API path stays as the reference (`add_many_packed_reference`) and the
+fallback when the extension is not built; tests check both against each other, the plain
+tweak-add path and other libraries.
+Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster (public API), because
 the table no longer stays in the CPU cache; the additions are most of a derivation's cost."""
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class BatchPointMultiplier:
             for j in range(31)
         ]
         offsets.append((-sum(offsets)) % N)
+        self.offsets = tuple(offsets)  # r_j (tests craft sums that meet a table point)
         pair = ffi.new("secp256k1_pubkey *[2]")
         step = ffi.new("secp256k1_pubkey *")
         for j in range(32):
@@ -192,7 +194,7 @@ class BatchPointMultiplier:
         """point + t*G for each tweak, as one buffer of 33-byte compressed keys, and the
         positions whose sum is infinity (their 33 bytes are zero).
 
-        Through the C extension when it is built (one field inversion per batch), else
+        Through the C extension when it is built (a few field inversions a batch), else
         through the public API (`add_many_packed_reference`); both give the same bytes.
         """
         if self._native is None:
