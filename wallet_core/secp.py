@@ -15,8 +15,8 @@ window in affine coordinates, so all keys of a batch share one inversion per win
 a key). The public-API path stays as the reference (`add_many_packed_reference`) and the
 fallback when the extension is not built; tests check both against each other, the plain
 tweak-add path and other libraries.
-Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster (public API), because
-the table no longer stays in the CPU cache; the additions are most of a derivation's cost."""
+Wider windows (10 to 12 bits: 27 to 23 points, 1.7 to 5.8 MB) measured no faster through the
+public API, because the table no longer stays in the CPU cache."""
 
 from __future__ import annotations
 
