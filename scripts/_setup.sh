@@ -2,13 +2,15 @@
 # Shared setup of scripts/demo and scripts/test; source it, then call cc_setup.
 #
 # On a fresh Debian/Ubuntu machine: installs the missing system packages with apt-get when run
-# as root (or prints exactly which to install and stops), finds Python >= 3.11, creates .venv
-# and installs the package with its dev extras, again only when pyproject.toml, setup.py or a C
-# source of an extension changed (an editable install builds the extensions in place).
+# as root (or prints exactly which to install and stops), finds Python >= 3.11 (with its C
+# headers: the package builds two C extensions), creates .venv and installs the package with its
+# dev extras, again only when pyproject.toml, setup.py or an extension's C sources changed (an
+# editable install builds the extensions in place).
 
 CC_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CC_VENV="$CC_ROOT/.venv"
-CC_SYSTEM_PACKAGES=(softhsm2 socat libsecp256k1-1 libssl-dev)  # libssl-dev: the block scan (C)
+# build-essential and libssl-dev: the C extensions (libssl-dev: the block scan's SHA-256)
+CC_SYSTEM_PACKAGES=(softhsm2 socat libsecp256k1-1 build-essential libssl-dev)
 
 cc_log() { printf '==> %s\n' "$*" >&2; }
 cc_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -74,13 +76,21 @@ cc_ensure_python() {
         version="$("$CC_PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
         cc_ensure_packages "python${version}-venv"
     fi
+    # setup.py compiles wallet_core/native/_batch_ec.c against Python.h
+    if ! "$CC_PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        local version
+        version="$("$CC_PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        cc_ensure_packages "python${version}-dev"
+    fi
 }
 
 # What the installed package was built from: pyproject.toml, setup.py and the C sources.
 cc_install_stamp() {
     (
         cd "$CC_ROOT" &&
-            sha256sum pyproject.toml setup.py custody/chain/_blockscan.c
+            sha256sum pyproject.toml setup.py wallet_core/native/*.c \
+                wallet_core/native/secp256k1/* custody/chain/_blockscan.c
     ) | sha256sum | cut -d' ' -f1
 }
 
@@ -92,6 +102,7 @@ cc_ensure_venv() {
     local stamp="$CC_VENV/.cc-installed" want
     want="$(cc_install_stamp)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$CC_VENV/bin/custody" ] ||
+        ! compgen -G "$CC_ROOT/wallet_core/_batch_ec*.so" >/dev/null ||
         ! compgen -G "$CC_ROOT/custody/chain/_blockscan*.so" >/dev/null; then
         cc_log "installing the package and its dev extras into .venv (pyproject.toml, setup.py or the C extension changed)"
         local log="$CC_VENV/.cc-install.log"

@@ -3,7 +3,8 @@
 `ExtendedKey` is immutable and knows its version bytes, so a zpub stays a zpub after
 public derivation. `ChainDeriver` is the fast path for address batches: it takes a
 chain-level public key (e.g. m/84'/0'/0'/0), pre-keys HMAC-SHA512 with its chain code and
-public key, and adds IL*G with `secp.BatchPointMultiplier`.
+public key, and adds IL*G for the whole range in one call of `secp.BatchPointMultiplier`
+(the C extension `_batch_ec`: ~4.4 us a key, the HMACs here ~1.2 us).
 """
 
 from __future__ import annotations

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 MIN_SPLIT = 128  # smaller ranges: a round trip to the helper costs more than half saves
 # This process also turns every key into an address afterwards (~2.5 us a P2WPKH address,
-# ~3.5 us a P2WSH one, against ~14.5 us to derive a key; benchmarks/RESULTS.md), so it
-# derives a bit less than half: with two free cores both parts then end about together.
+# ~3 us a P2WSH one, against ~5.5 us to derive a key through the C extension, where it was
+# ~14.5 us; benchmarks/RESULTS.md), so it derives a bit less than half: with two free cores
+# both parts then end about together.
 PARENT_SHARE = 0.45
 ANSWER_TIMEOUT = 10.0  # seconds for half a range even on a badly loaded machine
 RETRY_AFTER = 60.0
