@@ -251,6 +251,13 @@ class SupervisorProcess(TestProcess):
         super().__init__(deployment, name, argv, ready_name=None)
         self.pids_seen: set[int] = set()
 
+    def stop(self, timeout: float = 60.0, *, check: bool = True) -> list[str]:
+        """As `TestProcess.stop`, with longer to stop: the supervisor stops its processes one
+        at a time in reverse order, each within its own stop timeout, and on a loaded machine a
+        deployment's ten took more than the 15 s one process gets. Needing SIGKILL is still a
+        problem."""
+        return super().stop(timeout, check=check)
+
     def state(self) -> dict[str, Any] | None:
         """`run/supervisor.json`, remembering every pid it ever reported."""
         try:
