@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from hsm_cold.store import ColdStore
+from cc_common.window import WindowSums
+from hsm_cold.store import HELD, SPARE, ColdStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS account_policies (
@@ -86,10 +87,14 @@ class ChangeRow:
 
 
 class PolicyStore:
-    """Policy rows over the cold state's connection (one lock, atomic units)."""
+    """Policy rows over the cold state's connection (one lock, atomic units). The sends of the
+    last day and hour come from `cc_common.window` sums beside `policy_spends`, loaded again
+    after a transaction of the store failed (see `ColdStore`)."""
 
     def __init__(self, store: ColdStore) -> None:
         self.store = store
+        self._spends = WindowSums(1)  # total_sat; keys: rowid in policy_spends
+        self._spends_failures = -1  # `store.failures` when `_spends` was loaded: -1, never
         with store.transaction() as db:
             new = not db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'policy_destinations'"
@@ -244,15 +249,8 @@ class PolicyStore:
         before)."""
         wanted = sorted(set(destinations))
         with self.store.transaction() as db:
-            day = db.execute(
-                "SELECT COALESCE(SUM(total_sat), 0) FROM policy_spends"
-                " WHERE account = ? AND at > ?",
-                (account, now - 86_400),
-            ).fetchone()[0]
-            hour = db.execute(
-                "SELECT COUNT(*) FROM policy_spends WHERE account = ? AND at > ?",
-                (account, now - 3_600),
-            ).fetchone()[0]
+            day = self._sent_since(db, account, now - 86_400)[1]
+            hour = self._sent_since(db, account, now - 3_600)[0]
             paid = {
                 address
                 for address in wanted
@@ -261,7 +259,33 @@ class PolicyStore:
                     (account, address),
                 ).fetchone()
             }
-        return int(day), int(hour), frozenset(paid)
+        return day, hour, frozenset(paid)
+
+    def _sent_since(self, db: sqlite3.Connection, account: int, t: float) -> tuple[int, int]:
+        """(sends, sat) of the account after `t`."""
+        if self._spends_failures != self.store.failures:
+            (newest,) = db.execute("SELECT MAX(at) FROM policy_spends").fetchone()
+            floor = float("-inf") if newest is None else float(newest) - HELD
+            rows = db.execute(
+                "SELECT account, at, rowid, total_sat FROM policy_spends WHERE at > ?", (floor,)
+            )
+            self._spends.load(rows, floor)
+            self._spends_failures = self.store.failures
+        held = self._spends.since(account, t)
+        if held is None:
+            return self._sent_since_sql(db, account, t)
+        self._spends.forget_before(t - SPARE)
+        return held[0], held[1][0]
+
+    @staticmethod
+    def _sent_since_sql(db: sqlite3.Connection, account: int, t: float) -> tuple[int, int]:
+        """`_sent_since` by a scan of the rows (for times older than the sums hold)."""
+        n, total = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(total_sat), 0) FROM policy_spends"
+            " WHERE account = ? AND at > ?",
+            (account, t),
+        ).fetchone()
+        return int(n), int(total)
 
     def record_send(
         self, account: int, user_tx_no: str, total: int, destinations: list[str], now: float
@@ -273,6 +297,7 @@ class PolicyStore:
                 (account, user_tx_no, total, json.dumps(paid), now),
             )
             if cur.rowcount == 1:
+                self._spends.add(account, float(now), int(cur.lastrowid or 0), (total,))
                 db.executemany(
                     "INSERT OR IGNORE INTO policy_destinations (account, address) VALUES (?, ?)",
                     [(account, address) for address in paid],

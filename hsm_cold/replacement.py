@@ -120,6 +120,7 @@ def adopt_all(store: ColdStore, signings: Sequence[Signing], replaced_txid: str)
                 )
                 if cur.rowcount != 1:
                     raise _Changed()
+            store.rows_changed()  # fees and times of counted rows: rare, so the sums reload
             store_mod._add_outputs(db, signings[0].txid, signings[0].outputs)
             db.executemany(
                 "DELETE FROM known_outputs WHERE txid = ? AND vout = ?", signings[0].spent

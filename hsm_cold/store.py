@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_common.sqlite_tx import immediate
+from cc_common.window import WindowSums
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -262,8 +263,19 @@ class AlertRecord:
     message: str
 
 
+HELD = 2 * 86_400.0  # seconds before the newest row that the window sums load
+SPARE = 86_400.0  # seconds of rows older than a question that the sums keep (a clock set back)
+
+
 class ColdStore:
-    """SQLite-backed state of the cold HSM."""
+    """SQLite-backed state of the cold HSM.
+
+    The day's fees (`fees_since`, asked at every co-sign) come from `cc_common.window` sums
+    kept beside the tables, not from a SUM over the day's rows. A transaction (or a nested
+    savepoint) that raises may have undone rows the sums already count, so each one that does
+    bumps `failures`, and sums loaded before it are loaded again from SQL before their next
+    answer; `PolicyStore` keeps its own sums the same way.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +285,9 @@ class ColdStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._migrate()
+        self.failures = 0  # transactions and savepoints that raised (their changes undone)
+        self._fees = WindowSums(1)  # fee, keys: 2 * rowid in used_requests, 2 * rowid + 1 in sweeps
+        self._fees_failures = -1  # `failures` when `_fees` was loaded: -1, never
 
     def _migrate(self) -> None:
         """Add the columns a state made by an older version lacks (SQLite: ADD COLUMN)."""
@@ -289,8 +304,18 @@ class ColdStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of change (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        with self._lock, immediate(self._db) as db:
-            yield db
+        with self._lock:
+            try:
+                with immediate(self._db) as db:
+                    yield db
+            except BaseException:
+                self.failures += 1
+                raise
+
+    def rows_changed(self) -> None:
+        """Rows the window sums count were changed in place: load them again before answering."""
+        with self._lock:
+            self.failures += 1
 
     # -- secrets (already encrypted blobs) -------------------------------------------------
     def put_secret(self, name: str, blob: bytes) -> None:
@@ -444,17 +469,45 @@ class ColdStore:
                     if cur.rowcount != 1:
                         raise _Conflict
                 db.executemany("DELETE FROM known_outputs WHERE txid = ? AND vout = ?", outpoints)
-                db.execute(
+                at = time.time()
+                cur = db.execute(
                     "INSERT INTO sweeps (txid, account, digest, answer, fee, signed_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (txid, account, digest, answer, fee, time.time()),
+                    (txid, account, digest, answer, fee, at),
                 )
+                self._fees.add(account, at, 2 * int(cur.lastrowid or 0) + 1, (fee,))
         except _Conflict:
             return False
         return True
 
     def fees_since(self, account: int, since: float) -> int:
         """Fees of every send and sweep the cold HSM signed for the account since `since`."""
+        with self._lock:
+            if self._fees_failures != self.failures:
+                self._load_fees()
+            held = self._fees.since(account, since)
+            if held is None:
+                return self._fees_since_sql(account, since)
+            self._fees.forget_before(since - SPARE)
+            return held[1][0]
+
+    def _load_fees(self) -> None:
+        (newest,) = self._db.execute(
+            "SELECT MAX(at) FROM (SELECT MAX(signed_at) AS at FROM used_requests"
+            " UNION ALL SELECT MAX(signed_at) FROM sweeps)"
+        ).fetchone()
+        floor = float("-inf") if newest is None else float(newest) - HELD
+        rows = self._db.execute(
+            "SELECT account, signed_at, 2 * rowid, fee FROM used_requests WHERE signed_at > ?"
+            " UNION ALL"
+            " SELECT account, signed_at, 2 * rowid + 1, fee FROM sweeps WHERE signed_at > ?",
+            (floor, floor),
+        )
+        self._fees.load(rows, floor)
+        self._fees_failures = self.failures
+
+    def _fees_since_sql(self, account: int, since: float) -> int:
+        """`fees_since` by a SUM over the rows (for times older than the sums hold)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT (SELECT COALESCE(SUM(fee), 0) FROM used_requests"
@@ -498,7 +551,9 @@ class ColdStore:
         on the first number, so the daily fee ceiling sees the transaction's real fee."""
         try:
             with self.transaction() as db:
+                at = time.time()
                 for n, one in enumerate(signings):
+                    fee = one.fee if n == 0 else 0
                     cur = db.execute(
                         "INSERT OR IGNORE INTO used_requests"
                         " (account, user_tx_no, txid, signed_at, digest, signatures, fee)"
@@ -507,14 +562,15 @@ class ColdStore:
                             one.account,
                             one.user_tx_no,
                             one.txid,
-                            time.time(),
+                            at,
                             one.digest,
                             b"".join(one.signatures),
-                            one.fee if n == 0 else 0,
+                            fee,
                         ),
                     )
                     if cur.rowcount != 1:
                         raise _Conflict()
+                    self._fees.add(one.account, at, 2 * int(cur.lastrowid or 0), (fee,))
                 self._learn_signed(db, signings[0])
         except _Conflict:
             return False

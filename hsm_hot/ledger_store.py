@@ -5,7 +5,7 @@ per-minute limit) and signed amounts and fees (for the daily limits). WAL with f
 Callers serialise access (`PolicyLedger` holds a lock around each decision and its write) and
 group commits: changes join the transaction `begin` opens, and one `commit` (one fsync) makes
 those of every concurrent request durable at once. The window questions (`*_since`) are
-answered from `hsm_hot.window` sums of the rows of the last two days, kept beside the tables.
+answered from `cc_common.window` sums of the rows of the last two days, kept beside the tables.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from cc_common import sqlite_tx
-from hsm_hot.window import WindowSums
+from cc_common.window import WindowSums
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"

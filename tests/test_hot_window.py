@@ -1,4 +1,4 @@
-"""hsm_hot.window: the in-memory window sums give exactly what the SQL `SUM ... WHERE at > t`
+"""cc_common.window: the in-memory window sums give exactly what the SQL `SUM ... WHERE at > t`
 gives, whatever the order of the rows (a clock that went back), removals and forgetting."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sqlite3
 import pytest
 
 from cc_common import sqlite_tx
+from cc_common.window import WindowSums
 from hsm_hot.ledger_store import LedgerStore
-from hsm_hot.window import WindowSums
 
 
 def brute(rows: dict[int, tuple[int, float, int, int]], account: int, t: float) -> tuple:

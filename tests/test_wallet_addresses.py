@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import bitcointx
 import pytest
 from bitcointx.wallet import CCoinAddress
 
-from wallet_core import errors
+from wallet_core import bech32, errors
 from wallet_core.addresses import (
     address_to_script,
     decode_address,
@@ -134,3 +135,23 @@ def test_unsupported_scripts() -> None:
         script_to_address(b"\x6a\x04abcd", Network.MAINNET)  # OP_RETURN
     with pytest.raises(errors.UnsupportedScriptError):
         script_to_address(b"\x00\x15" + bytes(21), Network.MAINNET)  # v0 with 21 bytes
+
+
+def test_table_polymod_matches_the_bips_bit_loop() -> None:
+    """The checksum step by table lookup is the BIPs' loop over the five bits shifted out."""
+    gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+    def reference(values: list[int], chk: int) -> int:
+        for v in values:
+            b = chk >> 25
+            chk = (chk & 0x1FFFFFF) << 5 ^ v
+            for i in range(5):
+                if (b >> i) & 1:
+                    chk ^= gen[i]
+        return chk
+
+    rnd = random.Random(7)
+    for _ in range(2_000):
+        values = [rnd.randrange(32) for _ in range(rnd.randrange(90))]
+        chk = rnd.choice((1, rnd.randrange(1 << 30)))
+        assert bech32._polymod(values, chk) == reference(values, chk)

@@ -27,13 +27,16 @@ class Encoding(Enum):
     BECH32M = "bech32m"
 
 
+# The BIPs' generator XOR for each value of the 5 bits shifted out, so that a step of the
+# checksum is one table lookup, not a loop over the bits (addresses are checked on every send).
+_GEN_BY_TOP = tuple(
+    reduce(xor, (g for i, g in enumerate(_GEN) if (top >> i) & 1), 0) for top in range(32)
+)
+
+
 def _polymod(values: list[int], chk: int = 1) -> int:
     for v in values:
-        b = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            if (b >> i) & 1:
-                chk ^= _GEN[i]
+        chk = ((chk & 0x1FFFFFF) << 5 ^ v) ^ _GEN_BY_TOP[chk >> 25]
     return chk
 
 

@@ -1,12 +1,13 @@
 """Per-account sums over "the rows newer than t", answered from memory beside the SQL rows.
 
-Every co-sign asks the hot ledger how much was signed, and how many requests came, since some
-time; a SQL `SUM(...) WHERE account = ? AND at > ?` reads every row of that window, so its cost
-grows with the day's sends: 0.36 ms per co-sign at 1 000 sends in the last 24 hours, 33 ms at
-100 000 (measured, benchmarks/RESULTS.md), under the lock every co-sign takes. Here the answer
-is a binary search and one subtraction of prefix sums. SQL stays the record (this is rebuilt
-from it, and after a failed commit); only rows newer than `floor` are held, and a question
-about older times returns None so that the caller asks SQL.
+Every co-sign asks both HSMs' ledgers how much was signed (amounts, fees), and how many sends
+or requests came, since some time; a SQL `SUM(...) WHERE account = ? AND at > ?` reads every
+row of that window, so its cost grows with the day's sends: 0.36 ms per co-sign at 1 000 sends
+in the last 24 hours, 33 ms at 100 000 (measured on the hot HSM, benchmarks/RESULTS.md), under
+the lock every co-sign takes. Here the answer is a binary search and one subtraction of prefix
+sums. SQL stays the record (this is rebuilt from it, and after a failed commit); only rows newer
+than `floor` are held, and a question about older times returns None so that the caller asks
+SQL.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ class WindowSums:
                 self._owner.pop(key, None)
             series.drop_until(before)
         self.floor = before
+
+    def forget_before(self, before: float, step: float = 3_600.0) -> None:
+        """`drop_until(before)` once `before` is `step` past the floor: forgetting re-sums the
+        held rows, so it is done an hour at a time, not at every question."""
+        if before > self.floor + step:
+            self.drop_until(before)
 
     def since(self, account: int, t: float) -> tuple[int, tuple[int, ...]] | None:
         if t < self.floor:
