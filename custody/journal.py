@@ -10,8 +10,9 @@ the head row (`FOR UPDATE`; a transaction-scoped advisory lock while there is no
 SQLite takes its database write lock by a no-op write on the journal table before reading the
 head. The lock is held until the caller's transaction ends, so every transaction that appends
 is serialised from its first append to its commit: `append_many` chains many entries under
-one lock with one INSERT, which is how the API's group commit (`custody.group_commit`) writes a
-whole group of send requests for the price of one.
+one lock with one INSERT, and `append_alone` does so in fewer round trips for a transaction
+that appends once, which is how the API's group commit (`custody.group_commit`) writes a whole
+group of send requests for the price of one.
 """
 
 from __future__ import annotations
