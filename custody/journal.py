@@ -10,8 +10,9 @@ the head row (`FOR UPDATE`; a transaction-scoped advisory lock while there is no
 SQLite takes its database write lock by a no-op write on the journal table before reading the
 head. The lock is held until the caller's transaction ends, so every transaction that appends
 is serialised from its first append to its commit: `append_many` chains many entries under
-one lock with one INSERT, which is how the API's group commit (`custody.group_commit`) writes a
-whole group of send requests for the price of one.
+one lock with one INSERT, and `append_alone` does so in fewer round trips for a transaction
+that appends once, which is how the API's group commit (`custody.group_commit`) writes a whole
+group of send requests for the price of one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, insert, inspect, select, text, update
+from sqlalchemy import bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from custody import events
@@ -262,6 +263,71 @@ def append_many(session: Session, entries: Sequence[NewEntry]) -> list[str]:
     rows: list[dict[str, Any]] = []
     digests = _chain(prev_hash, entries, rows)
     _write(session, head, rows, count + len(entries), entries)
+    return digests
+
+
+# The head row's value with its last field (the newest id) left for the statement to add.
+def _head_prefix(prev_hash: str, count: int) -> str:
+    text_ = canonical_json({"count": count, "hash": prev_hash, "id": 0})
+    return text_[: -len("0}")]
+
+
+_HEAD_VALUE = select(KeyValue.value).where(KeyValue.key == HEAD_KEY)
+_HEAD_VALUE_LOCKED = _HEAD_VALUE.with_for_update()
+_SET_HEAD = update(KeyValue).where(KeyValue.key == HEAD_KEY).values(value=bindparam("head"))
+_SQLITE_LOCK = update(JournalEntry).where(JournalEntry.id == -1).values(kind="x")
+# PostgreSQL: the entries (as arrays, one statement for any number, ids in the chain's order)
+# and the head in one round trip.
+_APPEND_PG = """
+WITH new AS (
+  INSERT INTO journal (at, kind, account_id, data, prev_hash, hash)
+  SELECT r.at, r.kind, r.account_id, r.data, r.prev_hash, r.hash
+  FROM unnest(%(at)s::timestamp[], %(kind)s::varchar[], %(account_id)s::int[], %(data)s::text[],
+              %(prev_hash)s::varchar[], %(hash)s::varchar[])
+       WITH ORDINALITY AS r(at, kind, account_id, data, prev_hash, hash, n)
+  ORDER BY r.n
+  RETURNING id)
+UPDATE service_state SET value = %(head)s || (SELECT max(id) FROM new) || '}'
+WHERE key = %(key)s
+"""
+_COLUMNS = ("at", "kind", "account_id", "data", "prev_hash", "hash")
+
+
+def append_alone(session: Session, entries: Sequence[NewEntry]) -> list[str]:
+    """`append_many` for a transaction of its own that appends once (the API's group commit):
+    the same rows, head and events, but the head read and written by plain statements (no ORM
+    object: about 0.4 ms less per call) and, on PostgreSQL, the entries and the head written in
+    one round trip (3 statements under the journal lock with the commit, instead of 5).
+
+    No ORM head to restore, so no savepoint may be rolled back around it; a later `append` in
+    the same transaction reads the head again. The journal's first entry goes by
+    `append_many` (it creates the head row)."""
+    if not entries:
+        return []
+    if session.info.get(_BATCH) is not None:
+        return append_many(session, entries)
+    session.flush()
+    session.info.pop(_LOCKED_IN, None)
+    conn = session.connection()
+    postgres = conn.dialect.name == "postgresql"
+    if not postgres:
+        conn.execute(_SQLITE_LOCK)  # takes SQLite's write lock before the head is read
+    value = conn.execute(_HEAD_VALUE_LOCKED if postgres else _HEAD_VALUE).scalar()
+    if value is None:
+        return append_many(session, entries)
+    state = json.loads(value)
+    count = int(state["count"]) + len(entries)
+    rows: list[dict[str, Any]] = []
+    digests = _chain(str(state["hash"]), entries, rows)
+    prefix = _head_prefix(digests[-1], count)
+    if postgres:
+        params: dict[str, Any] = {c: [r[c] for r in rows] for c in _COLUMNS}
+        params.update(head=prefix, key=HEAD_KEY)
+        conn.exec_driver_sql(_APPEND_PG, params)
+    else:
+        new_id = max(conn.execute(_INSERT_ENTRIES, rows).scalars().all())
+        conn.execute(_SET_HEAD, {"head": f"{prefix}{new_id}}}"})
+    events.from_journal_many(session, [(e.kind, e.account_id, e.data) for e in entries])
     return digests
 
 

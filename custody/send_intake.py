@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,12 +66,10 @@ def store_sends(session: Session, sends: Sequence[NewSend]) -> list[Intake]:
     """Store `sends` in the caller's transaction; their outcomes, in order.
 
     Precedence as for one request: a duplicate first, then a frozen account."""
-    frozen = _frozen_accounts(session, {s.account_id for s in sends})
     first: dict[tuple[int, str], int] = {}
     for i, s in enumerate(sends):
-        if s.account_id not in frozen:
-            first.setdefault(s.key, i)
-    inserted = _insert(session, [sends[i] for i in first.values()])
+        first.setdefault(s.key, i)
+    frozen, inserted = _insert(session, [sends[i] for i in first.values()])
     outcomes: list[Intake] = []
     entries: list[journal.NewEntry] = []
     for i, s in enumerate(sends):
@@ -90,7 +87,7 @@ def store_sends(session: Session, sends: Sequence[NewSend]) -> list[Intake]:
             Intake.DUPLICATE if o is Intake.FROZEN and s.key in taken else o
             for s, o in zip(sends, outcomes, strict=True)
         ]
-    journal.append_many(session, entries)
+    journal.append_alone(session, entries)
     return outcomes
 
 
@@ -103,19 +100,63 @@ def _frozen_accounts(session: Session, ids: set[int]) -> set[int]:
     return set(session.connection().execute(_FROZEN, {"ids": sorted(ids)}).scalars())
 
 
-_INSERT_PG, _INSERT_SQLITE = (
-    insert(Send)
+_INSERT_SQLITE = (
+    sqlite_insert(Send)
     .on_conflict_do_nothing(index_elements=[Send.account_id, Send.user_tx_no])
     .returning(Send.id, Send.account_id, Send.user_tx_no)
-    for insert in (pg_insert, sqlite_insert)
 )
+# PostgreSQL: the frozen accounts and the rows of the others in one round trip (the rows as
+# arrays: one statement for any number, compiled by nobody); the frozen accounts come back as
+# rows without an id.
+_INSERT_PG = """
+WITH frozen AS (
+  SELECT id FROM accounts WHERE id = ANY(%(ids)s::int[]) AND status = %(frozen)s),
+new AS (
+  INSERT INTO sends (account_id, user_tx_no, coin_code, outs, is_dynamic_fee, vc_code, c_id,
+                     status, failure_reason, state_reason, attempts, request_at)
+  SELECT r.account_id, r.user_tx_no, r.coin_code, r.outs, r.is_dynamic_fee, r.vc_code, r.c_id,
+         %(status)s, '', '', 0, %(at)s
+  FROM unnest(%(account_id)s::int[], %(user_tx_no)s::varchar[], %(coin_code)s::varchar[],
+              %(outs)s::text[], %(is_dynamic_fee)s::int[], %(vc_code)s::text[],
+              %(c_id)s::varchar[])
+       WITH ORDINALITY AS r(account_id, user_tx_no, coin_code, outs, is_dynamic_fee, vc_code,
+                            c_id, n)
+  WHERE r.account_id NOT IN (SELECT id FROM frozen)
+  ORDER BY r.n
+  ON CONFLICT (account_id, user_tx_no) DO NOTHING
+  RETURNING id, account_id, user_tx_no)
+SELECT id, account_id, user_tx_no FROM new
+UNION ALL SELECT NULL, id, NULL FROM frozen
+"""
+# What the status columns hold (SQLAlchemy's non-native enums store the member's name).
+_PENDING = SendStatus.PENDING.name
+_FROZEN_NAME = AccountStatus.FROZEN.name
+_FIELDS = ("account_id", "user_tx_no", "coin_code", "outs", "is_dynamic_fee", "vc_code", "c_id")
 
 
-def _insert(session: Session, sends: Sequence[NewSend]) -> dict[tuple[int, str], int]:
-    """Insert the rows whose (account, user_tx_no) is free; the ids of those inserted."""
+def _insert(
+    session: Session, sends: Sequence[NewSend]
+) -> tuple[set[int], dict[tuple[int, str], int]]:
+    """The frozen accounts among `sends`', and the ids of the rows inserted: those of the
+    other accounts whose (account, user_tx_no) is free."""
     if not sends:
-        return {}
+        return set(), {}
     at = utcnow()
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        params: dict[str, object] = {f: [getattr(s, f) for s in sends] for f in _FIELDS}
+        params.update(
+            ids=sorted({s.account_id for s in sends}), frozen=_FROZEN_NAME, status=_PENDING, at=at
+        )
+        frozen: set[int] = set()
+        inserted: dict[tuple[int, str], int] = {}
+        for i, a, u in conn.exec_driver_sql(_INSERT_PG, params):
+            if i is None:
+                frozen.add(a)
+            else:
+                inserted[(a, u)] = i
+        return frozen, inserted
+    frozen = _frozen_accounts(session, {s.account_id for s in sends})
     rows = [
         {
             "account_id": s.account_id,
@@ -132,11 +173,13 @@ def _insert(session: Session, sends: Sequence[NewSend]) -> dict[tuple[int, str],
             "request_at": at,
         }
         for s in sends
+        if s.account_id not in frozen
     ]
-    postgres = session.get_bind().dialect.name == "postgresql"
+    if not rows:
+        return frozen, {}
     # executemany: one multi-row statement (SQLAlchemy's "insertmanyvalues"), compiled once
-    inserted = session.connection().execute(_INSERT_PG if postgres else _INSERT_SQLITE, rows)
-    return {(a, u): i for i, a, u in inserted}
+    result = conn.execute(_INSERT_SQLITE, rows)
+    return frozen, {(a, u): i for i, a, u in result}
 
 
 def existing(session: Session, keys: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:

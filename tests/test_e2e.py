@@ -271,9 +271,17 @@ class TestDemoStory:
                     return list(s.execute(select(Send).where(Send.id > last_id)).scalars())
 
             sends = wait_for(posted, 60, "the V-device to post the withdrawal")
-            with story.vdevice_db() as db:
-                row = db.execute("SELECT * FROM sends WHERE vtest_id = ?", (vtest_id,)).fetchone()
-            assert row["state"] == "posted" and row["reported_at"] is None
+
+            def recorded_posted() -> Any:
+                # custody commits before it answers: the V-device records the answer after
+                with story.vdevice_db() as db:
+                    found = db.execute(
+                        "SELECT * FROM sends WHERE vtest_id = ?", (vtest_id,)
+                    ).fetchone()
+                return found if found["state"] == "posted" else None
+
+            row = wait_for(recorded_posted, 30, "the V-device to record custody's answer")
+            assert row["reported_at"] is None
             os.kill(old_pid, signal.SIGKILL)
             wait_for(
                 lambda: (p := process_pid(ctx.config, "vdevice")) not in (None, old_pid) and p,

@@ -80,6 +80,13 @@ def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list
     Zero is refused unless `allow_zero` (ChainCloud's V-device permits non-negative values;
     a zero output is dust and Core would not relay it).
     """
+    return [out for out, _ in parse_outs_with_scripts(outs, network, allow_zero=allow_zero)]
+
+
+def parse_outs_with_scripts(
+    outs: str, network: Network, *, allow_zero: bool = False
+) -> list[tuple[Out, bytes]]:
+    """`parse_outs`, each output with its scriptPubKey (each address decoded once)."""
     if not outs:
         raise OutsError("outs is empty")
     result = []
@@ -88,7 +95,7 @@ def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list
         if not sep or "," in value:
             raise OutsError(f"output {n}: expected 'address,value', got {part!r}")
         try:
-            validate_address(addr, network)
+            script = validate_address(addr, network).script_pubkey
         except AddressError as exc:
             raise OutsError(f"output {n}: {exc.message}") from None
         if not _VALUE.fullmatch(value):
@@ -96,7 +103,7 @@ def parse_outs(outs: str, network: Network, *, allow_zero: bool = False) -> list
         sat = int(value)
         if sat > MAX_MONEY or (sat == 0 and not allow_zero):
             raise OutsError(f"output {n}: value {sat} out of range")
-        result.append(Out(addr, sat))
+        result.append((Out(addr, sat), script))
     return result
 
 

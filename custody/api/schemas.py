@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from cc_common.reference import BatchVerdict
 from custody.errors import BadRequest
 from custody.models import BatchStatus, Wallet
-from wallet_core.addresses import validate_address
-from wallet_core.chaincloud import Out, check_user_tx_no, parse_outs, send_request_string
+from wallet_core.chaincloud import (
+    Out,
+    check_user_tx_no,
+    parse_outs_with_scripts,
+    send_request_string,
+)
 from wallet_core.errors import WalletError
 from wallet_core.networks import Network
 
@@ -91,13 +95,13 @@ def parse_send_request(form: Mapping[str, str], network: Network) -> SendRequest
     if len(outs) > MAX_OUTS_LEN:
         raise BadRequest("outs is too long")
     try:
-        outputs = parse_outs(outs, network)
+        parsed = parse_outs_with_scripts(outs, network)
     except WalletError as exc:
         raise BadRequest(f"outs: {exc.message}") from None
-    if len(outputs) > MAX_OUTPUTS:
+    if len(parsed) > MAX_OUTPUTS:
         raise BadRequest(f"outs: at most {MAX_OUTPUTS} outputs")
-    for n, out in enumerate(outputs):
-        script = validate_address(out.address, network).script_pubkey
+    outputs = [out for out, _ in parsed]
+    for n, (out, script) in enumerate(parsed):
         if out.value < dust_threshold(script):
             raise BadRequest(
                 f"outs: output {n} value {out.value} is dust (minimum {dust_threshold(script)} "
