@@ -10,8 +10,9 @@ Matching is by index, never by scan, and the watcher's memory does not grow with
 addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are passed
 through a fixed-size filter of our scripts (`custody.match_filter`), the few that pass looked up
 in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on `utxos
-(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); only
-the few transactions that match are then asked decoded (verbosity 2, with prevouts, one batch).
+(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); the
+few transactions that match are decoded from the raw block, and those spending outputs not ours
+asked decoded from the node for their prevouts (verbosity 2, one batch).
 The new mempool transactions are matched the same way. A transaction is recorded once per
 (account, wallet) it touches, with the reference's input/output shape and `value` = its net
 effect on that side.
@@ -51,6 +52,7 @@ from custody.balances import confirmed_balance
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rawblock import RawBlock, RawTx, scan_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
+from custody.chain.txjson import tx_json
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
 from custody.match_filter import MatchFilter
@@ -70,6 +72,7 @@ from custody.models import (
     Wallet,
     utcnow,
 )
+from wallet_core.networks import Network
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +234,7 @@ class Watcher:
         # in front of the matching queries: our scripts; the txids of our UTXOs and records
         self._scripts = MatchFilter([(Address.id, Address.script_pubkey)])
         self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)])
+        self._chain: str | None = None  # the node's chain name (getblockchaininfo), asked once
 
     # ------------------------------------------------------------------ locking
 
@@ -522,22 +526,31 @@ class Watcher:
     def _matched_blocks(self, raws: list[tuple[int, RawBlock]]) -> list[dict[str, Any]]:
         """Consecutive blocks as `_connect` reads them (verbosity 2's shape), each holding
         only the transactions that touch an account: their output scripts and spent outpoints
-        matched with one indexed query each for all the blocks, and only the matches asked
-        for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
-        which needs no txindex), in one batch. The filters were refreshed before the blocks
-        were scanned."""
+        matched with one indexed query each for all the blocks. A match that spends only our
+        outputs (or is a coinbase) is decoded here from the raw block (`txjson`); the others
+        need their spent outputs' scripts and values, which only the node has (its undo data):
+        those are asked for decoded with their prevouts (`getrawtransaction` verbosity 2 with
+        the block hash, which needs no txindex), in one batch. The filters were refreshed
+        before the blocks were scanned."""
         with self.factory() as rs:
-            ours = self._relevant(rs, [b.txs for _, b in raws])
-        wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]
+            ours, spendable = self._relevant(rs, [b.txs for _, b in raws])
+        network = self._network()
+        local: dict[tuple[int, int], dict[str, Any]] = {}
+        wanted: list[tuple[str, str]] = []
+        for i, ((_, b), mine) in enumerate(zip(raws, ours, strict=True)):
+            for j, t in enumerate(mine):
+                if network is not None and (t.coinbase or all(p in spendable for p in t.inputs)):
+                    local[(i, j)] = tx_json(t, network)
+                else:
+                    wanted.append((t.txid, b.hash))
         decoded = [dict(tx) for tx in self.rpc.get_raw_transactions_of(wanted, 2)]
         if any(str(tx.get("txid")) != w[0] for tx, w in zip(decoded, wanted, strict=True)):
             raise ChainUnavailable("node answered getrawtransaction with another transaction")
         self._prefetch_prevouts(decoded)
+        asked = iter(decoded)
         blocks = []
-        taken = 0
-        for (height, parsed), mine in zip(raws, ours, strict=True):
-            txs = decoded[taken : taken + len(mine)]
-            taken += len(mine)
+        for i, ((height, parsed), mine) in enumerate(zip(raws, ours, strict=True)):
+            txs = [local.get((i, j)) or next(asked) for j in range(len(mine))]
             blocks.append(
                 {
                     "hash": parsed.hash,
@@ -549,11 +562,23 @@ class Watcher:
             )
         return blocks
 
-    def _relevant(self, s: Session, blocks: list[list[RawTx]]) -> list[list[RawTx]]:
+    def _network(self) -> Network | None:
+        """The node's network (for the addresses of outputs decoded here), asked once; None if
+        the node names a chain we do not know (then every match is asked for decoded)."""
+        if self._chain is None:
+            self._chain = str(self.rpc.get_blockchain_info().get("chain", ""))
+        try:
+            return Network.from_name(self._chain)
+        except ValueError:
+            return Network.from_name("test") if self._chain.startswith("test") else None
+
+    def _relevant(
+        self, s: Session, blocks: list[list[RawTx]]
+    ) -> tuple[list[list[RawTx]], set[tuple[str, int]]]:
         """The transactions of consecutive blocks that touch an account, per block in block
         order: they pay one of our scripts, spend one of our outputs (recorded, or made earlier
-        in these blocks), or are already recorded (seen in the mempool). Three indexed queries
-        for all the blocks."""
+        in these blocks), or are already recorded (seen in the mempool); with those outputs of
+        ours they may spend. Three indexed queries for all the blocks."""
         scripts = self._scripts.candidates(
             script for txs in blocks for tx in txs for _, script in tx.outputs
         )
@@ -577,7 +602,7 @@ class Watcher:
                     relevant.append(tx)
                     ours.update((tx.txid, n) for n in paid)
             out.append(relevant)
-        return out
+        return out, ours
 
     # ------------------------------------------------------------------ blocks
 
