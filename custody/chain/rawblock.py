@@ -29,7 +29,7 @@ from custody.chain.errors import ChainUnavailable
 try:
     from custody.chain import _blockscan
 except ImportError:  # pragma: no cover - the extension is built by every install
-    _blockscan = None
+    _blockscan = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 NULL_TXID = "0" * 64
