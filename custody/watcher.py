@@ -872,7 +872,8 @@ class Watcher:
         per row; a block of a few deposits took most of the watcher's recording time). Called
         before any statement that could read them (`_mark_output`, `_prevout`), as an ORM
         autoflush would."""
-        rows, self._pending = self._pending, []
+        rows = list(self._pending)
+        self._pending.clear()
         if not rows:
             return
         ids = s.scalars(
@@ -923,9 +924,9 @@ class Watcher:
             None,
         )
         if row is None:
-            self._pending.append(
-                self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
-            )
+            # built first: building it may write the records before it (`_prevout`)
+            new = self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
+            self._pending.append(new)
             m.recorded.add((txid, side))
             return
         self._update_row(s, row, tx, status, bhash, height, when)
