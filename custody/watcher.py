@@ -10,8 +10,9 @@ Matching is by index, never by scan, and the watcher's memory does not grow with
 addresses: a block is read raw once (`getblock` verbosity 0) and its output scripts are passed
 through a fixed-size filter of our scripts (`custody.match_filter`), the few that pass looked up
 in one query on the unique `addresses.script_pubkey` index, its spent outpoints in one on `utxos
-(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); only
-the few transactions that match are then asked decoded (verbosity 2, with prevouts, one batch).
+(txid, vout)`, its txids in one on `chain_txs.txid` (the two behind a filter of our txids); the
+few transactions that match are decoded from the raw block, and those spending outputs not ours
+asked decoded from the node for their prevouts (verbosity 2, one batch).
 The new mempool transactions are matched the same way. A transaction is recorded once per
 (account, wallet) it touches, with the reference's input/output shape and `value` = its net
 effect on that side.
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
@@ -51,6 +52,7 @@ from custody.balances import confirmed_balance
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rawblock import RawBlock, RawTx, scan_block
 from custody.chain.rpc import BitcoinRPC, btc_to_sats
+from custody.chain.txjson import tx_json
 from custody.db import default_owner, is_postgres, rowcount, transaction
 from custody.journal import JournalKind
 from custody.match_filter import MatchFilter
@@ -65,11 +67,13 @@ from custody.models import (
     KeyValue,
     Send,
     SendStatus,
+    TxStateChange,
     TxStatus,
     Utxo,
     Wallet,
     utcnow,
 )
+from wallet_core.networks import Network
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +210,19 @@ class _Match:
     addresses: dict[bytes, Address] = field(default_factory=dict)
     utxos: dict[tuple[str, int], Utxo] = field(default_factory=dict)
     known: dict[str, list[ChainTx]] = field(default_factory=dict)
+    recorded: set[tuple[str, tuple[int, Wallet]]] = field(default_factory=set)  # new here
+
+
+@dataclass
+class _NewRow:
+    """A side's first record of a transaction: its `chain_txs` columns, its inputs' and
+    outputs' columns, and its first deposit state (confirmations), written with the others of
+    its batch by `Watcher._write_new`."""
+
+    values: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    confirmations: int
 
 
 class Watcher:
@@ -231,6 +248,8 @@ class Watcher:
         # in front of the matching queries: our scripts; the txids of our UTXOs and records
         self._scripts = MatchFilter([(Address.id, Address.script_pubkey)])
         self._txids = MatchFilter([(Utxo.id, Utxo.txid), (ChainTx.id, ChainTx.txid)])
+        self._chain: str | None = None  # the node's chain name (getblockchaininfo), asked once
+        self._pending: list[_NewRow] = []  # new records not written yet (see `_write_new`)
 
     # ------------------------------------------------------------------ locking
 
@@ -522,22 +541,31 @@ class Watcher:
     def _matched_blocks(self, raws: list[tuple[int, RawBlock]]) -> list[dict[str, Any]]:
         """Consecutive blocks as `_connect` reads them (verbosity 2's shape), each holding
         only the transactions that touch an account: their output scripts and spent outpoints
-        matched with one indexed query each for all the blocks, and only the matches asked
-        for decoded, with their prevouts (`getrawtransaction` verbosity 2 with the block hash,
-        which needs no txindex), in one batch. The filters were refreshed before the blocks
-        were scanned."""
+        matched with one indexed query each for all the blocks. A match that spends only our
+        outputs (or is a coinbase) is decoded here from the raw block (`txjson`); the others
+        need their spent outputs' scripts and values, which only the node has (its undo data):
+        those are asked for decoded with their prevouts (`getrawtransaction` verbosity 2 with
+        the block hash, which needs no txindex), in one batch. The filters were refreshed
+        before the blocks were scanned."""
         with self.factory() as rs:
-            ours = self._relevant(rs, [b.txs for _, b in raws])
-        wanted = [(t.txid, b.hash) for (_, b), mine in zip(raws, ours, strict=True) for t in mine]
+            ours, spendable = self._relevant(rs, [b.txs for _, b in raws])
+        network = self._network()
+        local: dict[tuple[int, int], dict[str, Any]] = {}
+        wanted: list[tuple[str, str]] = []
+        for i, ((_, b), mine) in enumerate(zip(raws, ours, strict=True)):
+            for j, t in enumerate(mine):
+                if network is not None and (t.coinbase or all(p in spendable for p in t.inputs)):
+                    local[(i, j)] = tx_json(t, network)
+                else:
+                    wanted.append((t.txid, b.hash))
         decoded = [dict(tx) for tx in self.rpc.get_raw_transactions_of(wanted, 2)]
         if any(str(tx.get("txid")) != w[0] for tx, w in zip(decoded, wanted, strict=True)):
             raise ChainUnavailable("node answered getrawtransaction with another transaction")
         self._prefetch_prevouts(decoded)
+        asked = iter(decoded)
         blocks = []
-        taken = 0
-        for (height, parsed), mine in zip(raws, ours, strict=True):
-            txs = decoded[taken : taken + len(mine)]
-            taken += len(mine)
+        for i, ((height, parsed), mine) in enumerate(zip(raws, ours, strict=True)):
+            txs = [local.get((i, j)) or next(asked) for j in range(len(mine))]
             blocks.append(
                 {
                     "hash": parsed.hash,
@@ -549,11 +577,23 @@ class Watcher:
             )
         return blocks
 
-    def _relevant(self, s: Session, blocks: list[list[RawTx]]) -> list[list[RawTx]]:
+    def _network(self) -> Network | None:
+        """The node's network (for the addresses of outputs decoded here), asked once; None if
+        the node names a chain we do not know (then every match is asked for decoded)."""
+        if self._chain is None:
+            self._chain = str(self.rpc.get_blockchain_info().get("chain", ""))
+        try:
+            return Network.from_name(self._chain)
+        except ValueError:
+            return Network.from_name("test") if self._chain.startswith("test") else None
+
+    def _relevant(
+        self, s: Session, blocks: list[list[RawTx]]
+    ) -> tuple[list[list[RawTx]], set[tuple[str, int]]]:
         """The transactions of consecutive blocks that touch an account, per block in block
         order: they pay one of our scripts, spend one of our outputs (recorded, or made earlier
-        in these blocks), or are already recorded (seen in the mempool). Three indexed queries
-        for all the blocks."""
+        in these blocks), or are already recorded (seen in the mempool); with those outputs of
+        ours they may spend. Three indexed queries for all the blocks."""
         scripts = self._scripts.candidates(
             script for txs in blocks for tx in txs for _, script in tx.outputs
         )
@@ -577,7 +617,7 @@ class Watcher:
                     relevant.append(tx)
                     ours.update((tx.txid, n) for n in paid)
             out.append(relevant)
-        return out
+        return out, ours
 
     # ------------------------------------------------------------------ blocks
 
@@ -756,11 +796,25 @@ class Watcher:
         when: datetime | None,
     ) -> int:
         """Record every transaction of `txs` that touches an account; returns how many."""
+        self._pending = []
+        try:
+            return self._apply_txs(s, txs, status, bhash, height, when)
+        finally:
+            self._pending = []  # written, or dropped with the failed unit
+
+    def _apply_txs(
+        self,
+        s: Session,
+        txs: list[dict[str, Any]],
+        status: TxStatus,
+        bhash: str | None,
+        height: int | None,
+        when: datetime | None,
+    ) -> int:
         m = self._lookup(s, txs)
         if not m.addresses and not m.utxos and not m.known:
             return 0
         count = 0
-        fresh: list[ChainTx] = []  # rows inserted here, their first state entered at the end
         for tx in txs:
             txid = str(tx["txid"])
             outs = tx.get("vout", [])
@@ -800,9 +854,7 @@ class Watcher:
                     u.block_height = height
                 m.utxos[(txid, n)] = u
             for side in sorted(sides):
-                row = self._record(s, side, tx, status, bhash, height, when, m, my_outs, my_ins)
-                if row is not None:
-                    fresh.append(row)
+                self._record(s, side, tx, status, bhash, height, when, m, my_outs, my_ins)
             for u in my_ins.values():
                 if u.spent_by != txid:
                     u.spent_by = txid
@@ -811,12 +863,43 @@ class Watcher:
                 if wallet is Wallet.HOT:
                     self._touched_hot.add(acct)
         s.flush()
-        confirmed = status is TxStatus.CONFIRMED
-        first = DepositState.CONFIRMED if confirmed else DepositState.SEEN
-        for row in fresh:
-            deposit_states.enter(s, row, first, int(confirmed), new=True)
-        s.flush()
+        self._write_new(s)
         return count
+
+    def _write_new(self, s: Session) -> None:
+        """Write the new records (`_new_row`) in three multi-row statements, their inputs,
+        outputs and first states with them (an ORM flush costs ~1 ms of the watcher's CPU
+        per row; a block of a few deposits took most of the watcher's recording time). Called
+        before any statement that could read them (`_mark_output`, `_prevout`), as an ORM
+        autoflush would."""
+        rows = list(self._pending)
+        self._pending.clear()
+        if not rows:
+            return
+        ids = s.scalars(
+            insert(ChainTx).returning(ChainTx.id, sort_by_parameter_order=True),
+            [r.values for r in rows],
+        ).all()
+        inputs = [{**i, "chain_tx_id": n} for r, n in zip(rows, ids, strict=True) for i in r.inputs]
+        outputs = [
+            {**o, "chain_tx_id": n} for r, n in zip(rows, ids, strict=True) for o in r.outputs
+        ]
+        if inputs:
+            s.execute(insert(ChainTxInput), inputs)
+        if outputs:
+            s.execute(insert(ChainTxOutput), outputs)
+        s.execute(
+            insert(TxStateChange),
+            [
+                {
+                    "chain_tx_id": n,
+                    "state": r.values["state"],
+                    "confirmations": r.confirmations,
+                    "at": r.values["state_at"],
+                }
+                for r, n in zip(rows, ids, strict=True)
+            ],
+        )
 
     def _record(
         self,
@@ -830,24 +913,27 @@ class Watcher:
         m: _Match,
         my_outs: dict[int, Address],
         my_ins: dict[int, Utxo],
-    ) -> ChainTx | None:
-        """Record `tx` for one account side: a new row the first time (returned), a status
-        change after."""
+    ) -> None:
+        """Record `tx` for one account side: a new row the first time, a status change
+        after."""
         txid = str(tx["txid"])
+        if (txid, side) in m.recorded:
+            return  # recorded by this batch already (a transaction listed twice)
         row = next(
             (c for c in m.known.get(txid, []) if (c.account_id, c.wallet) == side),
             None,
         )
         if row is None:
-            row = self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
-            m.known.setdefault(txid, []).append(row)
-            return row
+            # built first: building it may write the records before it (`_prevout`)
+            new = self._new_row(s, side, tx, status, bhash, height, when, my_outs, my_ins)
+            self._pending.append(new)
+            m.recorded.add((txid, side))
+            return
         self._update_row(s, row, tx, status, bhash, height, when)
-        return None
 
     def _outputs_of(
         self, side: tuple[int, Wallet], tx: dict[str, Any], my_outs: dict[int, Address]
-    ) -> tuple[list[ChainTxOutput], int, bool]:
+    ) -> tuple[list[dict[str, Any]], int, bool]:
         """The outputs as rows, what they pay this side, and whether any of that is dust."""
         outputs = []
         received = 0
@@ -860,19 +946,19 @@ class Watcher:
             received += value if mine else 0
             dust = dust or (mine and a is not None and self._is_dust(a, value))
             outputs.append(
-                ChainTxOutput(
-                    sn=n,
-                    address=str(o["scriptPubKey"].get("address", "")),
-                    value=value,
-                    is_mine=mine,
-                    spent=False,
-                )
+                {
+                    "sn": n,
+                    "address": str(o["scriptPubKey"].get("address", "")),
+                    "value": value,
+                    "is_mine": mine,
+                    "spent": False,
+                }
             )
         return outputs, received, dust
 
     def _inputs_of(
         self, s: Session, side: tuple[int, Wallet], tx: dict[str, Any], my_ins: dict[int, Utxo]
-    ) -> tuple[list[ChainTxInput], int]:
+    ) -> tuple[list[dict[str, Any]], int]:
         """The inputs as rows (their previous outputs found), and what they take from this side."""
         inputs = []
         paid = 0
@@ -886,14 +972,14 @@ class Watcher:
                 addr, value = self._prevout(s, v, u)
             paid += value if mine else 0
             inputs.append(
-                ChainTxInput(
-                    sn=i,
-                    prev_tx_hash=prev_hash,
-                    prev_out_sn=prev_n,
-                    address=addr,
-                    value=value,
-                    is_mine=mine,
-                )
+                {
+                    "sn": i,
+                    "prev_tx_hash": prev_hash,
+                    "prev_out_sn": prev_n,
+                    "address": addr,
+                    "value": value,
+                    "is_mine": mine,
+                }
             )
         return inputs, paid
 
@@ -908,31 +994,37 @@ class Watcher:
         when: datetime | None,
         my_outs: dict[int, Address],
         my_ins: dict[int, Utxo],
-    ) -> ChainTx:
-        """The side's first sight of `tx`: its row and its journal (its first deposit state is
-        entered by `_apply` once all new rows are flushed together)."""
+    ) -> _NewRow:
+        """The side's first sight of `tx`: its record (written by `_write_new`) and its
+        journal."""
         account_id, wallet = side
         txid = str(tx["txid"])
         outputs, received, dust = self._outputs_of(side, tx, my_outs)
         inputs, paid = self._inputs_of(s, side, tx, my_ins)
-        row = ChainTx(
-            account_id=account_id,
-            wallet=wallet,
-            txid=txid,
-            status=status,
-            block_hash=bhash,
-            block_height=height,
-            value=received - paid,
-            tx_at=utcnow(),
-            confirm_at=when if status is TxStatus.CONFIRMED else None,
-            has_dust=dust,
-            inputs=inputs,
-            outputs=outputs,
-        )
-        s.add(row)
         confirmed = status is TxStatus.CONFIRMED
-        data = {"txid": txid, "wallet": wallet.name.lower(), "value": row.value}
-        if row.value > 0:
+        value = received - paid
+        now = utcnow()
+        row = _NewRow(
+            {
+                "account_id": account_id,
+                "wallet": wallet,
+                "txid": txid,
+                "status": status,
+                "block_hash": bhash,
+                "block_height": height,
+                "value": value,
+                "tx_at": now,
+                "confirm_at": when if confirmed else None,
+                "state": DepositState.CONFIRMED if confirmed else DepositState.SEEN,
+                "state_at": now,
+                "has_dust": dust,
+            },
+            inputs,
+            outputs,
+            int(confirmed),
+        )
+        data = {"txid": txid, "wallet": wallet.name.lower(), "value": value}
+        if value > 0:
             journal.append(s, JournalKind.DEPOSIT_SEEN, account_id, data)
             if confirmed:
                 journal.append(
@@ -988,6 +1080,7 @@ class Watcher:
         cached = self._prev_cache.get(key)
         if cached is not None:
             return cached
+        self._write_new(s)
         recorded = s.execute(
             select(ChainTxOutput.address, ChainTxOutput.value)
             .join(ChainTx, ChainTx.id == ChainTxOutput.chain_tx_id)
@@ -1050,6 +1143,7 @@ class Watcher:
         self, s: Session, account_id: int, wallet: Wallet, txid: str, vout: int, spent: bool
     ) -> None:
         """Keep the reference's output `status` (spent or not) in step with the UTXO."""
+        self._write_new(s)
         funding = select(ChainTx.id).where(
             ChainTx.account_id == account_id, ChainTx.wallet == wallet, ChainTx.txid == txid
         )
