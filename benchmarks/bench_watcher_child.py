@@ -62,7 +62,13 @@ def child(args: argparse.Namespace) -> int:
         rpc,
         WatcherSettings(start_height=args.start, max_blocks_per_step=args.max_blocks),
     )
-    print("BW", json.dumps({"ready": True}), flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    watcher.load_filters()  # as the worker does before it says it is ready
+    load = {
+        "filter_load_s": time.perf_counter() - t0,
+        "filter_load_cpu_s": time.process_time() - c0,
+    }
+    print("BW", json.dumps({"ready": True, **load}), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break

@@ -89,6 +89,7 @@ class Worker:
             self.watcher.rpc.get_block_count()
             with transaction(self.watcher.factory) as s:
                 s.execute(text("SELECT 1"))
+            self.watcher.load_filters()
         except (ChainUnavailable, RPCError) as exc:
             log.warning("worker: node unavailable: %s", exc)
             return False
