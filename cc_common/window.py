@@ -15,6 +15,14 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Sequence
 
+HELD = 2 * 86_400.0  # seconds before the newest row that the HSMs' sums load (their days + 1)
+
+
+def floor_below(newest: float | None) -> float:
+    """The floor of sums loaded `HELD` seconds back from the newest row (`MAX(at)`, None for
+    no row: everything is held)."""
+    return float("-inf") if newest is None else float(newest) - HELD
+
 
 class _Series:
     """One account's rows in time order: (at, key) and prefix sums of their values."""

@@ -35,24 +35,7 @@ from typing import Any
 from sqlalchemy import LargeBinary, select, text
 from sqlalchemy.orm import Session
 
-try:
-    from custody.chain._blockscan import mark, mark_packed
-except ImportError:  # pragma: no cover - the extension is built by every install
-
-    def mark(bits: bytearray, keys: Iterable[Any]) -> None:
-        """Set each key's bit (what `_blockscan.mark` does in C, ~30x faster)."""
-        for i in [hash(key) & MASK for key in keys]:
-            bits[i >> 3] |= 1 << (i & 7)
-
-    def mark_packed(bits: bytearray, packed: bytes) -> None:
-        """`mark` of keys each packed as a 2-byte big-endian length and its bytes."""
-        keys, pos = [], 0
-        while pos < len(packed):
-            size = int.from_bytes(packed[pos : pos + 2], "big")
-            keys.append(packed[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-        mark(bits, keys)
-
+from custody.chain._blockscan import mark, mark_packed
 
 BITS = 1 << 27
 MASK = BITS - 1

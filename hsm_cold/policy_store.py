@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cc_common.window import WindowSums
-from hsm_cold.store import HELD, SPARE, ColdStore
+from cc_common.window import WindowSums, floor_below
+from hsm_cold.store import SPARE, ColdStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS account_policies (
@@ -265,7 +265,7 @@ class PolicyStore:
         """(sends, sat) of the account after `t`."""
         if self._spends_failures != self.store.failures:
             (newest,) = db.execute("SELECT MAX(at) FROM policy_spends").fetchone()
-            floor = float("-inf") if newest is None else float(newest) - HELD
+            floor = floor_below(newest)
             rows = db.execute(
                 "SELECT account, at, rowid, total_sat FROM policy_spends WHERE at > ?", (floor,)
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_common.sqlite_tx import immediate
-from cc_common.window import WindowSums
+from cc_common.window import WindowSums, floor_below
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -263,7 +263,6 @@ class AlertRecord:
     message: str
 
 
-HELD = 2 * 86_400.0  # seconds before the newest row that the window sums load
 SPARE = 86_400.0  # seconds of rows older than a question that the sums keep (a clock set back)
 
 
@@ -496,7 +495,7 @@ class ColdStore:
             "SELECT MAX(at) FROM (SELECT MAX(signed_at) AS at FROM used_requests"
             " UNION ALL SELECT MAX(signed_at) FROM sweeps)"
         ).fetchone()
-        floor = float("-inf") if newest is None else float(newest) - HELD
+        floor = floor_below(newest)
         rows = self._db.execute(
             "SELECT account, signed_at, 2 * rowid, fee FROM used_requests WHERE signed_at > ?"
             " UNION ALL"

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from cc_common import sqlite_tx
-from cc_common.window import WindowSums
+from cc_common.window import WindowSums, floor_below
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests (account INTEGER NOT NULL, at REAL NOT NULL);"
@@ -25,7 +25,6 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS ix_sends_at ON sends (account, at);"
 )
 _ADDED_COLUMNS = (("sends", "fee", "INTEGER NOT NULL DEFAULT 0"),)
-HELD = 2 * 86_400.0  # seconds before the newest row that the window sums hold
 
 
 class LedgerStore:
@@ -50,7 +49,7 @@ class LedgerStore:
             ("sends", self._sends, ", amount, fee"),
         ):
             (newest,) = self._db.execute(f"SELECT MAX(at) FROM {table}").fetchone()  # noqa: S608
-            floor = float("-inf") if newest is None else float(newest) - HELD
+            floor = floor_below(newest)
             rows = self._db.execute(
                 f"SELECT account, at, rowid{values} FROM {table} WHERE at > ?",  # noqa: S608
                 (floor,),

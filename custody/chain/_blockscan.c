@@ -344,6 +344,16 @@ fail:
     return result;
 }
 
+/* The bit mask of the filter in `view` (bit count - 1); 0 with ValueError naming `name` if its
+ * size is not a power of two bytes. */
+static uint64_t filter_mask(const Py_buffer *view, const char *name) {
+    if (view->len <= 0 || (view->len & (view->len - 1)) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: a filter's size must be a power of two bytes", name);
+        return 0;
+    }
+    return (uint64_t)view->len * 8 - 1;
+}
+
 static int get_bitmap(PyObject *obj, Py_buffer *view, bitmap *out, const char *name) {
     out->bits = NULL;
     out->mask = 0;
@@ -351,13 +361,11 @@ static int get_bitmap(PyObject *obj, Py_buffer *view, bitmap *out, const char *n
         return 1;
     if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
         return 0;
-    if (view->len <= 0 || (view->len & (view->len - 1)) != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: a filter's size must be a power of two bytes", name);
+    if ((out->mask = filter_mask(view, name)) == 0) {
         PyBuffer_Release(view);
         return 0;
     }
     out->bits = view->buf;
-    out->mask = (uint64_t)view->len * 8 - 1;
     return 1;
 }
 
@@ -402,13 +410,11 @@ static PyObject *mark(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "w*O", &view, &keys))
         return NULL;
-    if (view.len <= 0 || (view.len & (view.len - 1)) != 0) {
-        PyErr_SetString(PyExc_ValueError, "bits: a filter's size must be a power of two bytes");
+    if ((mask = filter_mask(&view, "bits")) == 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
     bits = view.buf;
-    mask = (uint64_t)view.len * 8 - 1;
     it = PyObject_GetIter(keys);
     if (it == NULL) {
         PyBuffer_Release(&view);
@@ -437,11 +443,8 @@ static PyObject *mark_packed(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "w*y*", &view, &packed))
         return NULL;
-    if (view.len <= 0 || (view.len & (view.len - 1)) != 0) {
-        PyErr_SetString(PyExc_ValueError, "bits: a filter's size must be a power of two bytes");
+    if ((mask = filter_mask(&view, "bits")) == 0)
         goto done;
-    }
-    mask = (uint64_t)view.len * 8 - 1;
     p = packed.buf;
     while (pos < packed.len) {
         Py_ssize_t size;

@@ -8,30 +8,23 @@ few transactions that concern an account are then asked for decoded (`getrawtran
 the block hash). A block that does not parse is `ChainUnavailable`, as a malformed JSON answer.
 
 `scan_block` is the watcher's entry point: the same reading in C (`_blockscan.c`, built by
-setup.py), which with the watcher's filters (`custody.match_filter` bitmaps) builds objects only
-for the transactions that may concern an account (one of whose output scripts, txid or spent
-txids is in a filter, or which spends a txid in `spent`), ~1 ms of a 2,500-transaction block
-instead of ~30 ms. Without the extension (a checkout not installed with `pip install -e`) the
-pure-Python reader below is used for all transactions, with a warning: the watcher's queries
-decide either way, the filters only save work.
+setup.py with the package), which with the watcher's filters (`custody.match_filter` bitmaps)
+builds objects only for the transactions that may concern an account (one of whose output
+scripts, txid or spent txids is in a filter, or which spends a txid in `spent`), ~1 ms of a
+2,500-transaction block instead of ~30 ms. The pure-Python reader (`parse_block`) is the
+reference it is tested and fuzzed against.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from custody.chain import _blockscan
 from custody.chain.errors import ChainUnavailable
 
-try:
-    from custody.chain import _blockscan
-except ImportError:  # pragma: no cover - the extension is built by every install
-    _blockscan = None  # type: ignore[assignment]
-
-log = logging.getLogger(__name__)
 NULL_TXID = "0" * 64
 
 
@@ -85,23 +78,11 @@ def scan_block(
     `txids`, or a spent txid in `spent` (the txids of candidates of earlier blocks of a chunk:
     the ones this scan keeps are added to it). No filter: every transaction.
     `ChainUnavailable` if it does not parse."""
-    if _blockscan is None:
-        _warn_once()
-        return parse_block(raw)
     try:
         header_hash, previous, time, txs = _blockscan.scan(raw, scripts, txids, spent)
     except _blockscan.MalformedBlock as exc:
         raise ChainUnavailable(f"node answered getblock with a {exc}") from None
     return RawBlock(header_hash, previous, time, [RawTx(*t) for t in txs])
-
-
-_warned: list[bool] = []
-
-
-def _warn_once() -> None:  # pragma: no cover - only without the extension
-    if not _warned:
-        _warned.append(True)
-        log.warning("custody.chain._blockscan is not built: reading blocks in Python (slower)")
 
 
 _U64 = struct.Struct("<Q").unpack_from
