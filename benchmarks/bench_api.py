@@ -282,8 +282,16 @@ def write_hashes(path: Path, n_txs: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
-    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1000, 100_000],
+        help="transactions on the account, one row per size (default: 1000 100000)",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=8.0, help="seconds of load per row (default: 8)"
+    )
     ap.add_argument(
         "--load",
         choices=("auto", "wrk", "python", "both"),

@@ -242,9 +242,18 @@ def bench(baud: int, sends: int, concurrency: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sends", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--baud", type=int, action="append")
+    parser.add_argument(
+        "--sends", type=int, default=300, help="sends per phase (first, verified; default: 300)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="client threads sending at once (default: 8)"
+    )
+    parser.add_argument(
+        "--baud",
+        type=int,
+        action="append",
+        help="line rate; repeat for several (default: 115200 and 921600)",
+    )
     args = parser.parse_args()
     bauds = args.baud or [115200, 921600]
     print(
