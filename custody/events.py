@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from custody import driver_sql
 from custody.insert_or_nothing import insert_or_nothing
 from custody.models import (
     DeliveryStatus,
@@ -177,21 +178,22 @@ def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
         conn.execute(insert(WebhookDelivery), deliveries)
 
 
-# PostgreSQL: numbers taken (the counter created at an account's first event), events and
-# their deliveries written in one round trip, as the three statements below would write them
+# PostgreSQL, through the driver with the rows as JSON text (`custody.driver_sql`): numbers
+# taken (the counter created at an account's first event), events and their deliveries
+# written in one round trip, as the three statements below would write them
 # (deliveries in event order, then endpoint order); enums as SQLAlchemy stores them (names).
 _PUBLISH_PG = """
 WITH v AS (
-  SELECT * FROM unnest(%(accounts)s::int[], %(counts)s::int[]) AS v(account_id, n)),
+  SELECT * FROM json_to_recordset(%(counts)s::json) AS v(n int, account_id int, events int)),
 c AS (
-  INSERT INTO event_counters (account_id, last_seq) SELECT account_id, n FROM v
+  INSERT INTO event_counters (account_id, last_seq) SELECT account_id, events FROM v
   ON CONFLICT (account_id) DO UPDATE SET last_seq = event_counters.last_seq + EXCLUDED.last_seq
   RETURNING account_id, last_seq),
 ins AS (
   INSERT INTO events (account_id, seq, kind, side, data, at)
-  SELECT r.account_id, c.last_seq - v.n + r.k, r.kind, r.side, r.data, %(at)s
-  FROM unnest(%(account_id)s::int[], %(k)s::int[], %(kind)s::varchar[], %(side)s::varchar[],
-              %(data)s::text[]) WITH ORDINALITY AS r(account_id, k, kind, side, data, n)
+  SELECT r.account_id, c.last_seq - v.events + r.k, r.kind, r.side, r.data, %(at)s
+  FROM json_to_recordset(%(rows)s::json)
+       AS r(n int, account_id int, k int, kind varchar, side varchar, data text)
   JOIN c ON c.account_id = r.account_id JOIN v ON v.account_id = r.account_id
   ORDER BY r.n
   RETURNING id, account_id, side)
@@ -209,18 +211,26 @@ def _publish_pg(
     """`publish_many`'s rows written by `_PUBLISH_PG` (`seq` in `rows` counts from 1 per
     account: the statement adds the counter's last number)."""
     params: dict[str, object] = {
-        "accounts": list(per_account),
-        "counts": list(per_account.values()),
-        "account_id": [r["account_id"] for r in rows],
-        "k": [r["seq"] for r in rows],
-        "kind": [r["kind"] for r in rows],
-        "side": [r["side"].name for r in rows],
-        "data": [r["data"] for r in rows],
+        "counts": driver_sql.rows_json(
+            [{"account_id": a, "events": n} for a, n in per_account.items()]
+        ),
+        "rows": driver_sql.rows_json(
+            [
+                {
+                    "account_id": r["account_id"],
+                    "k": r["seq"],
+                    "kind": r["kind"],
+                    "side": r["side"].name,
+                    "data": r["data"],
+                }
+                for r in rows
+            ]
+        ),
         "at": at,
         "pending": DeliveryStatus.PENDING.name,
         "both": EventSide.BOTH.name,
     }
-    conn.exec_driver_sql(_PUBLISH_PG, params)
+    driver_sql.rows(conn, _PUBLISH_PG, params)
 
 
 def sees(viewer: EventSide, side: EventSide) -> bool:

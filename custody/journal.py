@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
-from custody import events
+from custody import driver_sql, events
 from custody.models import JournalEntry, KeyValue, utcnow
 
 GENESIS = "0" * 64
@@ -273,24 +273,23 @@ def _head_prefix(prev_hash: str, count: int) -> str:
 
 
 _HEAD_VALUE = select(KeyValue.value).where(KeyValue.key == HEAD_KEY)
-_HEAD_VALUE_LOCKED = _HEAD_VALUE.with_for_update()
 _SET_HEAD = update(KeyValue).where(KeyValue.key == HEAD_KEY).values(value=bindparam("head"))
 _SQLITE_LOCK = update(JournalEntry).where(JournalEntry.id == -1).values(kind="x")
-# PostgreSQL: the entries (as arrays, one statement for any number, ids in the chain's order)
-# and the head in one round trip.
+# PostgreSQL, through the driver (`custody.driver_sql`): the head, locked; then the entries
+# (one JSON text for any number, ids in the chain's order) and the new head in one round trip.
+_HEAD_VALUE_LOCKED_PG = "SELECT value FROM service_state WHERE key = %(key)s FOR UPDATE"
 _APPEND_PG = """
 WITH new AS (
   INSERT INTO journal (at, kind, account_id, data, prev_hash, hash)
   SELECT r.at, r.kind, r.account_id, r.data, r.prev_hash, r.hash
-  FROM unnest(%(at)s::timestamp[], %(kind)s::varchar[], %(account_id)s::int[], %(data)s::text[],
-              %(prev_hash)s::varchar[], %(hash)s::varchar[])
-       WITH ORDINALITY AS r(at, kind, account_id, data, prev_hash, hash, n)
+  FROM json_to_recordset(%(rows)s::json)
+       AS r(n int, at timestamp, kind varchar, account_id int, data text, prev_hash varchar,
+            hash varchar)
   ORDER BY r.n
   RETURNING id)
 UPDATE service_state SET value = %(head)s || (SELECT max(id) FROM new) || '}'
 WHERE key = %(key)s
 """
-_COLUMNS = ("at", "kind", "account_id", "data", "prev_hash", "hash")
 
 
 def append_alone(session: Session, entries: Sequence[NewEntry]) -> list[str]:
@@ -310,9 +309,12 @@ def append_alone(session: Session, entries: Sequence[NewEntry]) -> list[str]:
     session.info.pop(_LOCKED_IN, None)
     conn = session.connection()
     postgres = conn.dialect.name == "postgresql"
-    if not postgres:
+    if postgres:
+        found = driver_sql.rows(conn, _HEAD_VALUE_LOCKED_PG, {"key": HEAD_KEY})
+        value = found[0][0] if found else None
+    else:
         conn.execute(_SQLITE_LOCK)  # takes SQLite's write lock before the head is read
-    value = conn.execute(_HEAD_VALUE_LOCKED if postgres else _HEAD_VALUE).scalar()
+        value = conn.execute(_HEAD_VALUE).scalar()
     if value is None:
         return append_many(session, entries)
     state = json.loads(value)
@@ -321,9 +323,8 @@ def append_alone(session: Session, entries: Sequence[NewEntry]) -> list[str]:
     digests = _chain(str(state["hash"]), entries, rows)
     prefix = _head_prefix(digests[-1], count)
     if postgres:
-        params: dict[str, Any] = {c: [r[c] for r in rows] for c in _COLUMNS}
-        params.update(head=prefix, key=HEAD_KEY)
-        conn.exec_driver_sql(_APPEND_PG, params)
+        params = {"rows": driver_sql.rows_json(rows), "head": prefix, "key": HEAD_KEY}
+        driver_sql.rows(conn, _APPEND_PG, params)
     else:
         new_id = max(conn.execute(_INSERT_ENTRIES, rows).scalars().all())
         conn.execute(_SET_HEAD, {"head": f"{prefix}{new_id}}}"})
