@@ -246,6 +246,37 @@ def test_group_results_reach_their_own_writers():
     assert c.groups == 3  # 8 waiting writes, at most 3 a group
 
 
+def test_a_written_write_is_answered_while_the_next_group_is_written():
+    """A writer whose write a group took is answered when that group is written, not after
+    the next group, which a writer that came meanwhile leads (it used to wait for the commit
+    lock, which that next leader may hold first). Repeated: which waiter took the lock first
+    was a race."""
+    for _ in range(20):
+        release = threading.Event()
+        late: list[threading.Thread] = []
+        got: dict[str, str] = {}
+
+        def write(items: list[str], late=late, release=release, got=got) -> list[str]:
+            if "late" in items:
+                assert release.wait(30)
+            elif not late:  # the first group: a writer comes and waits while it is written
+                late.extend(start([lambda: got.__setitem__("late", c.submit("late"))]))
+                deadline = time.monotonic() + 30
+                while "late" not in [t.item for t in c._queue]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+            return items
+
+        c: GroupCommitter[str, str] = GroupCommitter(write)
+        with one_group(c, 2):
+            first = start([lambda n=n: got.__setitem__(n, c.submit(n)) for n in ("a", "b")])
+        join(first)  # while the late writer's group is still being written
+        assert got == {"a": "a", "b": "b"} and not release.is_set()
+        release.set()
+        join(late)
+        assert got["late"] == "late" and c.groups == 2
+
+
 def test_refusals_keep_their_order(app, account, session_factory):
     """A duplicate is answered as one (code 3) before its vc_code is judged, and a frozen
     account (code 9) before it too: the order of the checks when each request was written
