@@ -279,11 +279,14 @@ def main() -> int:
         load1 = os.getloadavg()[0]
         with factory() as s:
             stored = s.execute(select(func.count(Send.id))).scalar()
+            # a group commit stamps its sends with one request_at: sends per group
+            groups = s.execute(select(func.count(func.distinct(Send.request_at)))).scalar()
         w_s = (w or r or {})["duration_us"] / 1e6
         if w is not None:
             print(
                 f"\nwrites: {w['accepted'] / w_s:7.0f} accepted/s ({w['accepted']} accepted, "
-                f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored), "
+                f"{w['refused']} refused, {w['errors']} errors; {stored} sends stored, "
+                f"{stored / max(groups or 1, 1):.1f} per group commit), "
                 f"p50 {w['p50_us'] / 1000:.2f} ms, p99 {w['p99_us'] / 1000:.2f} ms"
             )
         if r is not None:

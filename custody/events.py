@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from custody import driver_sql
 from custody.insert_or_nothing import insert_or_nothing
 from custody.models import (
     DeliveryStatus,
@@ -79,6 +80,10 @@ def from_journal_many(
     s: Session, entries: Sequence[tuple[str, int | None, dict[str, Any]]]
 ) -> None:
     """The events journal entries stand for (those merchants see), in the entries' order."""
+    publish_many(s, _from_journal(entries))
+
+
+def _from_journal(entries: Sequence[tuple[str, int | None, dict[str, Any]]]) -> list[NewEvent]:
     new: list[NewEvent] = []
     for kind, account_id, data in entries:
         spec = _FROM_JOURNAL.get(kind)
@@ -86,7 +91,17 @@ def from_journal_many(
             continue
         name, side, fields = spec
         new.append(NewEvent(account_id, name, side(data), fields(data)))
-    publish_many(s, new)
+    return new
+
+
+def from_journal_params_pg(
+    entries: Sequence[tuple[str, int | None, dict[str, Any]]],
+) -> dict[str, object] | None:
+    """`from_journal_many` on PostgreSQL as the parameters of `PUBLISH_PG_CTES` and
+    `PUBLISH_PG_TAIL`, for a statement that writes the journal entries and their events in
+    one round trip (`journal.append_alone`); None when no entry is an event."""
+    new = _from_journal(entries)
+    return _params_pg(new) if new else None
 
 
 @dataclass(frozen=True)
@@ -131,15 +146,14 @@ def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
     queue each for its account's endpoints: one statement per step however many events."""
     if not new:
         return
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        driver_sql.rows(conn, _PUBLISH_PG, _params_pg(new))
+        return
     per_account: dict[int, int] = {}
     for e in new:
         per_account[e.account_id] = per_account.get(e.account_id, 0) + 1
-    conn = s.connection()
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:  # numbered from 1 per account here, the counters added by the statement
-        next_seq = dict.fromkeys(per_account, 1)
-    else:
-        next_seq = {a: _take_seqs(s, a, n) - n + 1 for a, n in per_account.items()}
+    next_seq = {a: _take_seqs(s, a, n) - n + 1 for a, n in per_account.items()}
     rows: list[dict[str, Any]] = []
     at = utcnow()
     for e in new:
@@ -154,9 +168,6 @@ def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
             }
         )
         next_seq[e.account_id] += 1
-    if postgres:
-        _publish_pg(conn, per_account, rows, at)
-        return
     endpoints = conn.execute(_ENDPOINTS, {"accounts": list(per_account)}).all()
     if not endpoints:
         conn.execute(insert(Event), rows)
@@ -177,50 +188,62 @@ def publish_many(s: Session, new: Sequence[NewEvent]) -> None:
         conn.execute(insert(WebhookDelivery), deliveries)
 
 
-# PostgreSQL: numbers taken (the counter created at an account's first event), events and
-# their deliveries written in one round trip, as the three statements below would write them
-# (deliveries in event order, then endpoint order); enums as SQLAlchemy stores them (names).
-_PUBLISH_PG = """
-WITH v AS (
-  SELECT * FROM unnest(%(accounts)s::int[], %(counts)s::int[]) AS v(account_id, n)),
+# PostgreSQL, through the driver with the rows as JSON text (`custody.driver_sql`): numbers
+# taken (the counter created at an account's first event), events and their deliveries
+# written in one round trip, as the three statements below would write them (deliveries in
+# event order, then endpoint order); enums as SQLAlchemy stores them (names). In two parts,
+# so that a statement can write something else first (`journal.append_alone`).
+PUBLISH_PG_CTES = """
+v AS (
+  SELECT * FROM json_to_recordset(%(counts)s::json) AS v(n int, account_id int, events int)),
 c AS (
-  INSERT INTO event_counters (account_id, last_seq) SELECT account_id, n FROM v
+  INSERT INTO event_counters (account_id, last_seq) SELECT account_id, events FROM v
   ON CONFLICT (account_id) DO UPDATE SET last_seq = event_counters.last_seq + EXCLUDED.last_seq
   RETURNING account_id, last_seq),
 ins AS (
   INSERT INTO events (account_id, seq, kind, side, data, at)
-  SELECT r.account_id, c.last_seq - v.n + r.k, r.kind, r.side, r.data, %(at)s
-  FROM unnest(%(account_id)s::int[], %(k)s::int[], %(kind)s::varchar[], %(side)s::varchar[],
-              %(data)s::text[]) WITH ORDINALITY AS r(account_id, k, kind, side, data, n)
+  SELECT r.account_id, c.last_seq - v.events + r.k, r.kind, r.side, r.data, %(at)s
+  FROM json_to_recordset(%(rows)s::json)
+       AS r(n int, account_id int, k int, kind varchar, side varchar, data text)
   JOIN c ON c.account_id = r.account_id JOIN v ON v.account_id = r.account_id
   ORDER BY r.n
   RETURNING id, account_id, side)
+"""
+PUBLISH_PG_TAIL = """
 INSERT INTO webhook_deliveries (endpoint_id, event_id, status, attempts, last_result)
 SELECT e.id, ins.id, %(pending)s, 0, ''
 FROM ins JOIN webhook_endpoints e ON e.account_id = ins.account_id AND e.removed_at IS NULL
   AND (e.side = %(both)s OR ins.side = %(both)s OR e.side = ins.side)
 ORDER BY ins.id, e.id
 """
+_PUBLISH_PG = "WITH" + PUBLISH_PG_CTES + PUBLISH_PG_TAIL
 
 
-def _publish_pg(
-    conn: Connection, per_account: dict[int, int], rows: list[dict[str, Any]], at: object
-) -> None:
-    """`publish_many`'s rows written by `_PUBLISH_PG` (`seq` in `rows` counts from 1 per
-    account: the statement adds the counter's last number)."""
-    params: dict[str, object] = {
-        "accounts": list(per_account),
-        "counts": list(per_account.values()),
-        "account_id": [r["account_id"] for r in rows],
-        "k": [r["seq"] for r in rows],
-        "kind": [r["kind"] for r in rows],
-        "side": [r["side"].name for r in rows],
-        "data": [r["data"] for r in rows],
-        "at": at,
+def _params_pg(new: Sequence[NewEvent]) -> dict[str, object]:
+    """The parameters of `_PUBLISH_PG` for `new`: each event numbered from 1 in its account
+    (`k`), the statement adding the account's counter."""
+    per_account: dict[int, int] = {}
+    rows: list[dict[str, object]] = []
+    for e in new:
+        k = per_account[e.account_id] = per_account.get(e.account_id, 0) + 1
+        rows.append(
+            {
+                "account_id": e.account_id,
+                "k": k,
+                "kind": e.kind,
+                "side": e.side.name,
+                "data": json.dumps(e.data, sort_keys=True, separators=(",", ":")),
+            }
+        )
+    return {
+        "counts": driver_sql.rows_json(
+            [{"account_id": a, "events": n} for a, n in per_account.items()]
+        ),
+        "rows": driver_sql.rows_json(rows),
+        "at": utcnow(),
         "pending": DeliveryStatus.PENDING.name,
         "both": EventSide.BOTH.name,
     }
-    conn.exec_driver_sql(_PUBLISH_PG, params)
 
 
 def sees(viewer: EventSide, side: EventSide) -> bool:

@@ -5,10 +5,12 @@ Every write of the API that appends to the hash-chained journal holds the journa
 its append until its commit, so one-transaction-per-request serialises them all at about
 1 / (locked statements + commit). Here a group of waiting writes pays that once.
 
-No committer thread: the first waiting writer that gets the commit lock leads, takes every
-waiting write (up to `max_group`), writes them in one transaction and wakes the others; a
-writer whose write a leader took finds it done. Alone, a request commits its own write in its
-own thread with no hand-off, and there is no thread to start after gunicorn's fork or to stop.
+No committer thread: a waiting writer leads when no other does, takes every waiting write
+(up to `max_group`), writes them in one transaction and wakes the others; a writer whose
+write a leader took is woken done and answers at once, while the next leader (one of the
+writers still waiting) writes the writes that came meanwhile. Alone, a request commits its
+own write in its own thread with no hand-off, and there is no thread to start after
+gunicorn's fork or to stop.
 
 A group that fails is written again one write per transaction, so a bad write fails alone,
 except when the error is the database being busy (`is_busy`): a retry one by one would only
@@ -57,25 +59,43 @@ class GroupCommitter(Generic[T, R]):
         self._shared_error = shared_error
         self._queue: list[_Ticket[T, R]] = []
         self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        # Waiters sleep on this (with the queue's lock) until their write is done or nobody
+        # leads: a writer whose write a group took must not wait for the commit lock, which
+        # the next leader may already hold for the whole of the next group.
+        self._changed = threading.Condition(self._queue_lock)
+        self._leading = False
+        self._commit_lock = threading.Lock()  # held while a group is written
         self.groups = 0  # transactions committed or failed (for tests and benchmarks)
         self.written = 0
 
     def submit(self, item: T) -> R:
         ticket: _Ticket[T, R] = _Ticket(item)
-        with self._queue_lock:
+        with self._changed:
             self._queue.append(ticket)
-        while not ticket.done:
-            with self._commit_lock:
-                if ticket.done:
-                    break
-                with self._queue_lock:
-                    group = self._queue[: self._max]
-                    del self._queue[: self._max]
-                self._run(group)
+        while self._lead_or_wait(ticket):
+            try:
+                with self._commit_lock:
+                    with self._queue_lock:
+                        group = self._queue[: self._max]
+                        del self._queue[: self._max]
+                    self._run(group)
+            finally:
+                with self._changed:
+                    self._leading = False
+                    self._changed.notify_all()
         if ticket.error is not None:
             raise ticket.error
         return ticket.result  # type: ignore[return-value]  # set with done, unless error
+
+    def _lead_or_wait(self, ticket: _Ticket[T, R]) -> bool:
+        """Wait until `ticket` is done (False) or nobody leads, then lead (True)."""
+        with self._changed:
+            while not ticket.done:
+                if not self._leading:
+                    self._leading = True
+                    return True
+                self._changed.wait()
+            return False
 
     def _run(self, group: list[_Ticket[T, R]]) -> None:
         try:

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import journal
+from custody import driver_sql, journal
 from custody.db import is_busy, transaction
 from custody.group_commit import GroupCommitter
 from custody.models import Account, AccountStatus, Send, SendStatus, utcnow
@@ -46,6 +46,18 @@ class NewSend:
     is_dynamic_fee: int
     vc_code: str
     c_id: str
+
+    def columns(self) -> dict[str, object]:
+        """Its `sends` columns (those a request gives)."""
+        return {
+            "account_id": self.account_id,
+            "user_tx_no": self.user_tx_no,
+            "coin_code": self.coin_code,
+            "outs": self.outs,
+            "is_dynamic_fee": self.is_dynamic_fee,
+            "vc_code": self.vc_code,
+            "c_id": self.c_id,
+        }
 
     @property
     def key(self) -> tuple[int, str]:
@@ -105,22 +117,22 @@ _INSERT_SQLITE = (
     .on_conflict_do_nothing(index_elements=[Send.account_id, Send.user_tx_no])
     .returning(Send.id, Send.account_id, Send.user_tx_no)
 )
-# PostgreSQL: the frozen accounts and the rows of the others in one round trip (the rows as
-# arrays: one statement for any number, compiled by nobody); the frozen accounts come back as
-# rows without an id.
+# PostgreSQL: the frozen accounts and the rows of the others in one round trip, through the
+# driver with the rows as one JSON text (`custody.driver_sql`); the frozen accounts come back
+# as rows without an id.
 _INSERT_PG = """
-WITH frozen AS (
-  SELECT id FROM accounts WHERE id = ANY(%(ids)s::int[]) AND status = %(frozen)s),
+WITH r AS (
+  SELECT * FROM json_to_recordset(%(rows)s::json)
+    AS r(n int, account_id int, user_tx_no varchar, coin_code varchar, outs text,
+         is_dynamic_fee int, vc_code text, c_id varchar)),
+frozen AS (
+  SELECT id FROM accounts WHERE id IN (SELECT account_id FROM r) AND status = %(frozen)s),
 new AS (
   INSERT INTO sends (account_id, user_tx_no, coin_code, outs, is_dynamic_fee, vc_code, c_id,
                      status, failure_reason, state_reason, attempts, request_at)
   SELECT r.account_id, r.user_tx_no, r.coin_code, r.outs, r.is_dynamic_fee, r.vc_code, r.c_id,
          %(status)s, '', '', 0, %(at)s
-  FROM unnest(%(account_id)s::int[], %(user_tx_no)s::varchar[], %(coin_code)s::varchar[],
-              %(outs)s::text[], %(is_dynamic_fee)s::int[], %(vc_code)s::text[],
-              %(c_id)s::varchar[])
-       WITH ORDINALITY AS r(account_id, user_tx_no, coin_code, outs, is_dynamic_fee, vc_code,
-                            c_id, n)
+  FROM r
   WHERE r.account_id NOT IN (SELECT id FROM frozen)
   ORDER BY r.n
   ON CONFLICT (account_id, user_tx_no) DO NOTHING
@@ -131,7 +143,6 @@ UNION ALL SELECT NULL, id, NULL FROM frozen
 # What the status columns hold (SQLAlchemy's non-native enums store the member's name).
 _PENDING = SendStatus.PENDING.name
 _FROZEN_NAME = AccountStatus.FROZEN.name
-_FIELDS = ("account_id", "user_tx_no", "coin_code", "outs", "is_dynamic_fee", "vc_code", "c_id")
 
 
 def _insert(
@@ -144,13 +155,15 @@ def _insert(
     at = utcnow()
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        params: dict[str, object] = {f: [getattr(s, f) for s in sends] for f in _FIELDS}
-        params.update(
-            ids=sorted({s.account_id for s in sends}), frozen=_FROZEN_NAME, status=_PENDING, at=at
-        )
+        params = {
+            "rows": driver_sql.rows_json([s.columns() for s in sends]),
+            "frozen": _FROZEN_NAME,
+            "status": _PENDING,
+            "at": at,
+        }
         frozen: set[int] = set()
         inserted: dict[tuple[int, str], int] = {}
-        for i, a, u in conn.exec_driver_sql(_INSERT_PG, params):
+        for i, a, u in driver_sql.rows(conn, _INSERT_PG, params):
             if i is None:
                 frozen.add(a)
             else:
@@ -159,13 +172,7 @@ def _insert(
     frozen = _frozen_accounts(session, {s.account_id for s in sends})
     rows = [
         {
-            "account_id": s.account_id,
-            "user_tx_no": s.user_tx_no,
-            "coin_code": s.coin_code,
-            "outs": s.outs,
-            "is_dynamic_fee": s.is_dynamic_fee,
-            "vc_code": s.vc_code,
-            "c_id": s.c_id,
+            **s.columns(),
             "status": SendStatus.PENDING,
             "failure_reason": "",
             "state_reason": "",

@@ -91,7 +91,6 @@ def check_vc_code(
     c_id: str,
 ) -> None:
     """Return if `vc_code` is channel `c_id`'s signature over `request`; else `ForgedVcCode`."""
-    pubkey = channel_pubkey(hsm, account, c_id, cold_identity_hex)
     try:
         text = send_request_string(
             request["outs"],
@@ -101,6 +100,15 @@ def check_vc_code(
         )
     except WalletError as exc:
         raise ForgedVcCode(f"the request cannot have been signed: {exc.message}") from None
+    check_vc_text(hsm, account, cold_identity_hex, text, vc_code, c_id)
+
+
+def check_vc_text(
+    hsm: Any, account: int, cold_identity_hex: str, text: str, vc_code: str, c_id: str
+) -> None:
+    """`check_vc_code` for a request whose string (`send_request_string`) the caller built
+    already, as the API's validation does: the same check, the string not built twice."""
+    pubkey = channel_pubkey(hsm, account, c_id, cold_identity_hex)
     # the plain form, or the form that carries the owner's approval (cc_common.spending_policy)
     if not any(messages.verify_message_pubkey(pubkey, t, vc_code) for t in signed_forms(text)):
         raise ForgedVcCode(

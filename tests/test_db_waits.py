@@ -14,10 +14,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from custody import driver_sql
 from custody.app import api_engine
 from custody.db import DB_WAIT_TIMEOUT, is_busy, make_engine
 from tests.api_fixtures import scratch_pg_database
@@ -57,3 +58,23 @@ def test_a_postgresql_row_lock_wait_fails_in_time(pg_url: str) -> None:
         holder.rollback()
     assert is_busy(caught.value)
     assert DB_WAIT_TIMEOUT - 0.5 <= took < DB_WAIT_TIMEOUT + 3
+
+
+def test_a_lock_wait_through_the_driver_is_busy_as_through_sqlalchemy(pg_url: str) -> None:
+    """The group commit's statements go to psycopg directly (`custody.driver_sql`): a lock
+    wait that runs out is still SQLAlchemy's `OperationalError` that `is_busy` knows (a 503,
+    the group failed at once), and its message names no parameter (a send's outs)."""
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("CREATE TABLE driver_probe (id int PRIMARY KEY)")
+        holder.execute("INSERT INTO driver_probe VALUES (1)")
+        holder.commit()
+        holder.execute("SELECT id FROM driver_probe WHERE id = 1 FOR UPDATE")  # held
+        url = make_engine(pg_url).url
+        engine = create_engine(url, connect_args={"options": "-c lock_timeout=200"})
+        sql = "SELECT id FROM driver_probe WHERE id = 1 AND %(outs)s <> '' FOR UPDATE"
+        with pytest.raises(OperationalError) as caught, engine.connect() as conn:
+            driver_sql.rows(conn, sql, {"outs": "bcrt1q-secret-outs,1000"})
+        engine.dispose()
+        holder.rollback()
+    assert is_busy(caught.value)
+    assert "secret-outs" not in str(caught.value)

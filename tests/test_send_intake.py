@@ -16,15 +16,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from flask import jsonify
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from custody import journal
+from custody import journal, webhooks
 from custody.db import is_busy
 from custody.extensions import send_intake_committer
 from custody.group_commit import GroupCommitter
-from custody.models import Account, AccountStatus, Event, JournalEntry, Send
+from custody.models import (
+    Account,
+    AccountStatus,
+    DeliveryStatus,
+    Event,
+    EventSide,
+    JournalEntry,
+    KeyValue,
+    Send,
+    WebhookDelivery,
+    utcnow,
+)
 from custody.send_intake import Intake, NewSend, committer
 from tests.api_fixtures import new_account, sign_vc_code
 
@@ -114,6 +126,55 @@ def test_a_group_of_concurrent_requests_each_get_their_own_answer(app, account, 
     assert journalled == {(u, i) for u, _, i in sends}
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gapless, one per request
     chain_ok(session_factory)
+
+
+def test_a_group_queues_its_events_for_the_endpoints_that_see_them(
+    app, account, session_factory, hsm
+):
+    """The group's journal entries, head, events and their webhook deliveries (one statement
+    on PostgreSQL): each accepted send's event once per endpoint of a side that sees it,
+    in event order, none for another account's endpoint or a removed one."""
+    other = new_account(session_factory, hsm, "erin")
+    with session_factory() as s, s.begin():
+        hot, _ = webhooks.add_endpoint(s, account.id, "http://127.0.0.1:9/hot", EventSide.HOT)
+        both, _ = webhooks.add_endpoint(s, account.id, "http://127.0.0.1:9/b", EventSide.BOTH)
+        cold, _ = webhooks.add_endpoint(s, account.id, "http://127.0.0.1:9/c", EventSide.COLD)
+        gone, _ = webhooks.add_endpoint(s, account.id, "http://127.0.0.1:9/g", EventSide.HOT)
+        gone.removed_at = utcnow()
+        webhooks.add_endpoint(s, other.id, "http://127.0.0.1:9/other")
+        endpoints = (hot.id, both.id)
+    forms = [form(f"hook-{i}") for i in range(3)]
+    assert post_all(app, account.hot, forms) == [(200, {"result": True})] * 3
+    with session_factory() as s:
+        events = s.execute(
+            select(Event.id, Event.kind, Event.data).where(Event.account_id == account.id)
+        ).all()
+        deliveries = s.execute(
+            select(
+                WebhookDelivery.event_id, WebhookDelivery.endpoint_id, WebhookDelivery.status
+            ).order_by(WebhookDelivery.id)
+        ).all()
+        head = json.loads(s.get(KeyValue, journal.HEAD_KEY).value)
+        newest = s.execute(select(func.max(JournalEntry.id))).scalar()
+    accepted = [e for e in events if e.kind == "send.accepted"]
+    assert sorted(json.loads(e.data)["user_tx_no"] for e in accepted) == [
+        f["user_tx_no"] for f in forms
+    ]
+    assert deliveries == [
+        (e.id, endpoint, DeliveryStatus.PENDING)
+        for e in sorted(accepted, key=lambda e: e.id)
+        for endpoint in endpoints
+    ]
+    assert head["id"] == newest and chain_ok(session_factory).ok
+
+
+def test_an_accepted_request_answers_what_jsonify_would(app, account):
+    """The accepted answer is a constant, exactly the bytes `jsonify` gave for it."""
+    r = app.test_client().post(f"{API}/tx/request", headers=account.hot, data=form("bytes"))
+    with app.app_context():
+        expected = jsonify({"result": True})
+    assert r.status_code == 200
+    assert (r.get_data(), r.mimetype) == (expected.get_data(), expected.mimetype)
 
 
 def test_a_duplicate_inside_one_group_and_one_of_before(app, account, session_factory):
@@ -244,6 +305,37 @@ def test_group_results_reach_their_own_writers():
     join(threads)
     assert got == {i: i * 10 for i in range(8)}
     assert c.groups == 3  # 8 waiting writes, at most 3 a group
+
+
+def test_a_written_write_is_answered_while_the_next_group_is_written():
+    """A writer whose write a group took is answered when that group is written, not after
+    the next group, which a writer that came meanwhile leads (it used to wait for the commit
+    lock, which that next leader may hold first). Repeated: which waiter took the lock first
+    was a race."""
+    for _ in range(20):
+        release = threading.Event()
+        late: list[threading.Thread] = []
+        got: dict[str, str] = {}
+
+        def write(items: list[str], late=late, release=release, got=got) -> list[str]:
+            if "late" in items:
+                assert release.wait(30)
+            elif not late:  # the first group: a writer comes and waits while it is written
+                late.extend(start([lambda: got.__setitem__("late", c.submit("late"))]))
+                deadline = time.monotonic() + 30
+                while "late" not in [t.item for t in c._queue]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+            return items
+
+        c: GroupCommitter[str, str] = GroupCommitter(write)
+        with one_group(c, 2):
+            first = start([lambda n=n: got.__setitem__(n, c.submit(n)) for n in ("a", "b")])
+        join(first)  # while the late writer's group is still being written
+        assert got == {"a": "a", "b": "b"} and not release.is_set()
+        release.set()
+        join(late)
+        assert got["late"] == "late" and c.groups == 2
 
 
 def test_refusals_keep_their_order(app, account, session_factory):

@@ -72,6 +72,7 @@ class SendRequest:
     is_dynamic_fee: int
     vc_code: str
     c_id: str
+    text: str  # the request string the V-device signed (`send_request_string`)
 
     def request_dict(self) -> dict[str, object]:
         return {
@@ -108,7 +109,7 @@ def parse_send_request(form: Mapping[str, str], network: Network) -> SendRequest
                 "satoshi for this address type)"
             )
     try:
-        send_request_string(outs, user_tx_no, coin_code=coin_code, is_dynamic_fee=int(fee))
+        text = send_request_string(outs, user_tx_no, coin_code=coin_code, is_dynamic_fee=int(fee))
     except WalletError as exc:
         raise BadRequest(exc.message) from None
     vc_code = _one(form, "vc_code")
@@ -121,7 +122,7 @@ def parse_send_request(form: Mapping[str, str], network: Network) -> SendRequest
     c_id = _one(form, "c_id")
     if len(c_id) > MAX_C_ID or not c_id.isprintable():
         raise BadRequest(f"c_id must be 1-{MAX_C_ID} printable characters")
-    return SendRequest(coin_code, user_tx_no, outs, tuple(outputs), int(fee), vc_code, c_id)
+    return SendRequest(coin_code, user_tx_no, outs, tuple(outputs), int(fee), vc_code, c_id, text)
 
 
 @dataclass(frozen=True)
