@@ -15,11 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.admin_cli import alembic_config, upgrade_database
 from custody.api import tx_json
+from custody.db import make_engine, make_session_factory
 from custody.models import BlockSeen, ChainTx, ChainTxInput, ChainTxOutput, TxStatus, Wallet
 from custody.openapi_spec import SCHEMAS
 from tests.api_fixtures import new_account
@@ -224,3 +227,24 @@ def test_a_lost_connection_is_invalidated(session_factory: sessionmaker[Session]
         assert caught.value.connection_invalidated and conn.invalidated
     with engine.connect() as conn:
         assert tx_json.tx_page(conn, acct.id, Wallet.COLD, None) is not None
+
+
+def test_migration_stores_the_arrays_of_recorded_transactions(empty_db_url: str, hsm: Any) -> None:
+    """0009 adds the stored arrays and fills them for the transactions already recorded:
+    the pages read them stored, the same text as when built, on both databases."""
+    upgrade_database(empty_db_url)
+    engine = make_engine(empty_db_url)
+    factory = make_session_factory(engine)
+    acct = new_account(factory, hsm, "migrated")
+    txs = seed(factory, acct.id, 23)
+    built = texts(engine, acct.id, txs)
+    command.downgrade(alembic_config(empty_db_url), "0008")  # as recorded before 0009
+    upgrade_database(empty_db_url)
+    with factory() as s:
+        unstored = select(func.count()).where(
+            ChainTx.inputs_json.is_(None) | ChainTx.outputs_json.is_(None)
+        )
+        assert s.scalar(unstored) == 0
+        assert tx_json.stale_arrays(s) == []
+    assert texts(engine, acct.id, txs) == built
+    engine.dispose()

@@ -35,6 +35,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("chain_txs", schema=None) as batch_op:
-        batch_op.drop_column("outputs_json")
-        batch_op.drop_column("inputs_json")
+    # ALTER TABLE, not a batch copy: SQLite (3.35+) drops an unindexed column in place, where
+    # a copy of the table would have to drop chain_txs under its inputs' foreign keys
+    for column in ("outputs_json", "inputs_json"):
+        op.execute(f"ALTER TABLE chain_txs DROP COLUMN {column}")
