@@ -3,11 +3,12 @@
 One SQL template (`_statement`) says which transactions, in which order, with which fields:
 each transaction becomes one JSON object built by the database (its inputs and outputs as
 nested arrays), so a request binds, executes and joins the rows' text; no row objects, dicts
-or JSON encoding in Python. The template names four primitives whose spelling differs between
+or JSON encoding in Python. The template names five primitives whose spelling differs between
 PostgreSQL and SQLite (`_Spelling`): a JSON object, an ordered JSON array of a related table's
-rows, an ISO-8601 timestamp without fractions (as `custody.api.iso` writes it) and a JSON
-boolean (and how a stored array is read back). Everything else is the same text on both, so the two databases cannot drift apart;
-`tests/test_api_tx_json.py` holds the document's contract on both.
+rows, an ISO-8601 timestamp without fractions (as `custody.api.iso` writes it), a JSON
+boolean and a stored array read back. Everything else is the same text on both, so the two
+databases cannot drift apart; `tests/test_api_tx_json.py` holds the document's contract on
+both.
 
 `GET /tx` stays flat as an account grows: the page is an index range on `ix_chain_txs_page`
 (account, wallet, id) after the cursor's id (keyset pagination, found by the unique
