@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
 from custody.admin_cli import upgrade_database
+from custody.api.tx_json import backfill_statement
 from custody.batches import get_or_create_batch, set_batch_status
 from custody.db import make_engine, make_session_factory
 from custody.models import BatchStatus, Wallet
@@ -89,8 +90,11 @@ def copy_history(
     outs: io.StringIO,
     utxos: io.StringIO,
 ) -> None:
-    """COPY the tab-separated rows of transactions, their inputs and outputs, and UTXOs."""
+    """COPY the tab-separated rows of transactions, their inputs and outputs, and UTXOs;
+    then store the transactions' `GET /tx` arrays, as the watcher does when it records one
+    (leaves a dead version of each new transaction row: VACUUM before measuring)."""
     tables = (("chain_txs", tx_columns), *_CHILD_COLUMNS)
     for (table, cols), buf in zip(tables, (txs, ins, outs, utxos), strict=True):
         with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             copy.write(buf.getvalue())
+    cur.execute(backfill_statement("postgresql"))

@@ -56,11 +56,13 @@ def journal_deposit(
 def finalize(s: Session, tip: int, depth: int) -> int:
     """Confirmed transactions `depth` deep at `tip` become final; returns how many."""
     rows = s.execute(
-        select(ChainTx).where(
+        select(ChainTx)
+        .where(
             ChainTx.status == TxStatus.CONFIRMED,
             ChainTx.state == DepositState.CONFIRMED,
             ChainTx.block_height <= tip - max(depth, 1) + 1,
         )
+        .order_by(ChainTx.id)  # the journal's order, not the rows' place on disk
     ).scalars()
     count = 0
     for row in list(rows):

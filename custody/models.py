@@ -27,10 +27,15 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from custody import balance_sql
+
+# JSON text kept as written: `json` on PostgreSQL (not `jsonb`, which would respace it), so a
+# query embeds it in a document without parsing it; text on SQLite.
+STORED_JSON = Text().with_variant(postgresql.JSON(none_as_null=True), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -245,6 +250,11 @@ class ChainTx(Base):
     )
     state_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     has_dust: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The `GET /tx` document's `inputs` and `outputs` arrays as stored by the writer that
+    # recorded or changed them (`custody.api.tx_json.store_arrays`), NULL until then: a page
+    # reads them instead of building them. Read in SQL only, never loaded by the ORM.
+    inputs_json: Mapped[Any] = mapped_column(STORED_JSON, nullable=True, deferred=True)
+    outputs_json: Mapped[Any] = mapped_column(STORED_JSON, nullable=True, deferred=True)
 
     inputs: Mapped[list[ChainTxInput]] = relationship(
         order_by="ChainTxInput.sn", cascade="all, delete-orphan"

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cc_common.config import Config
 from custody import deposit_states, journal
 from custody.alerts import AlertKind, raise_alert
+from custody.api.tx_json import store_arrays
 from custody.balances import confirmed_balance
 from custody.chain.errors import ChainUnavailable, RPCError
 from custody.chain.rawblock import RawBlock, RawTx, scan_block
@@ -894,6 +895,8 @@ class Watcher:
             s.execute(insert(ChainTxInput), inputs)
         if outputs:
             s.execute(insert(ChainTxOutput), outputs)
+        for part in chunks(ids):
+            store_arrays(s, part)
         s.execute(
             insert(TxStateChange),
             [
@@ -1137,6 +1140,7 @@ class Watcher:
     def _fill_prevouts(self, s: Session, row: ChainTx, tx: dict[str, Any]) -> None:
         """Foreign inputs recorded from the mempool without a prevout learn it from the block."""
         vins = tx.get("vin", [])
+        filled = False
         for inp in row.inputs:
             if inp.address or inp.is_mine or inp.sn >= len(vins):
                 continue
@@ -1144,6 +1148,10 @@ class Watcher:
             if prevout:
                 inp.address = str(prevout["scriptPubKey"].get("address", ""))
                 inp.value = btc_to_sats(prevout["value"])
+                filled = True
+        if filled:
+            s.flush()
+            store_arrays(s, [row.id])
 
     def _mark_output(
         self, s: Session, account_id: int, wallet: Wallet, txid: str, vout: int, spent: bool
@@ -1153,12 +1161,14 @@ class Watcher:
         funding = select(ChainTx.id).where(
             ChainTx.account_id == account_id, ChainTx.wallet == wallet, ChainTx.txid == txid
         )
-        s.execute(
+        marked = s.execute(
             update(ChainTxOutput)
             .where(ChainTxOutput.chain_tx_id.in_(funding), ChainTxOutput.sn == vout)
             .values(spent=spent)
             .execution_options(synchronize_session=False)
         )
+        if rowcount(marked):
+            store_arrays(s, funding)
 
     # ------------------------------------------------------------------ alerts
 

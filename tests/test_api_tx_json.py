@@ -15,10 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.admin_cli import alembic_config, upgrade_database
 from custody.api import tx_json
+from custody.db import make_engine, make_session_factory
 from custody.models import BlockSeen, ChainTx, ChainTxInput, ChainTxOutput, TxStatus, Wallet
 from custody.openapi_spec import SCHEMAS
 from tests.api_fixtures import new_account
@@ -136,14 +140,73 @@ def check_pages(engine: Any, account_id: int, txs: list[dict[str, Any]], tip: in
         assert tx_json.tx_detail(conn, account_id, Wallet.HOT, txs[0]["tx_hash"]) is None
 
 
-def test_tx_document_contract(session_factory: sessionmaker[Session], hsm: Any) -> None:
+def texts(engine: Any, account_id: int, txs: list[dict[str, Any]]) -> list[str | None]:
+    """Every page and detail's text, as the API answers them."""
+    with engine.connect() as conn:
+        pages = [tx_json.tx_page(conn, account_id, Wallet.COLD, None)]
+        for t in txs:
+            pages.append(tx_json.tx_page(conn, account_id, Wallet.COLD, t["tx_hash"]))
+            pages.append(tx_json.tx_detail(conn, account_id, Wallet.COLD, t["tx_hash"]))
+    return pages
+
+
+def store_all(factory: sessionmaker[Session]) -> None:
+    with factory() as s, s.begin():
+        s.execute(text(tx_json.backfill_statement(s.get_bind().dialect.name)))
+        assert s.scalar(select(func.count()).where(ChainTx.inputs_json.is_(None))) == 0
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["built", "stored"])
+def test_tx_document_contract(
+    session_factory: sessionmaker[Session], hsm: Any, stored: bool
+) -> None:
+    """The same document whether the arrays are built at read or stored by the writer."""
     engine = session_factory.kw["bind"]
     acct = new_account(session_factory, hsm, "txjson")
     txs = seed(session_factory, acct.id, 47)
+    if stored:
+        built = texts(engine, acct.id, txs)
+        store_all(session_factory)
+        assert texts(engine, acct.id, txs) == built  # byte for byte
     check_pages(engine, acct.id, txs, None)  # no block seen at all
     with session_factory() as s, s.begin():
         s.add(BlockSeen(height=260, block_hash="ab" * 32, prev_hash="00" * 32, time=BASE))
     check_pages(engine, acct.id, txs, 260)
+
+
+def test_stale_arrays_are_found_and_restored(
+    session_factory: sessionmaker[Session], hsm: Any
+) -> None:
+    """A change to an output or an input without `store_arrays` is what `stale_arrays`
+    reports (the worker tests' teardown relies on it); `store_arrays` shows the change."""
+    engine = session_factory.kw["bind"]
+    acct = new_account(session_factory, hsm, "stale")
+    txs = seed(session_factory, acct.id, 4)
+    store_all(session_factory)
+    with session_factory() as s, s.begin():
+        ids = s.scalars(select(ChainTx.id).order_by(ChainTx.id)).all()
+        assert tx_json.stale_arrays(s) == []
+        s.execute(
+            update(ChainTxOutput)
+            .where(ChainTxOutput.chain_tx_id == ids[0], ChainTxOutput.sn == 0)
+            .values(spent=True)
+        )
+        s.execute(
+            update(ChainTxInput)
+            .where(ChainTxInput.chain_tx_id == ids[1], ChainTxInput.sn == 0)
+            .values(address="bcrt1qfilled", value=77)
+        )
+        assert tx_json.stale_arrays(s) == [ids[0], ids[1]]
+    with engine.connect() as conn:
+        detail = tx_json.tx_detail(conn, acct.id, Wallet.COLD, txs[0]["tx_hash"])
+    assert detail is not None and json.loads(detail)["outputs"][0]["status"] == 1  # as stored
+    with session_factory() as s, s.begin():
+        tx_json.store_arrays(s, select(ChainTx.id).where(ChainTx.id.in_([ids[0], ids[1]])))
+        assert tx_json.stale_arrays(s) == []
+    with engine.connect() as conn:
+        first = json.loads(tx_json.tx_page(conn, acct.id, Wallet.COLD, None) or "")
+    assert first[0]["outputs"][0]["status"] == 0
+    assert first[1]["inputs"][0] == {**txs[1]["inputs"][0], "address": "bcrt1qfilled", "value": 77}
 
 
 def test_a_lost_connection_is_invalidated(session_factory: sessionmaker[Session], hsm: Any) -> None:
@@ -164,3 +227,24 @@ def test_a_lost_connection_is_invalidated(session_factory: sessionmaker[Session]
         assert caught.value.connection_invalidated and conn.invalidated
     with engine.connect() as conn:
         assert tx_json.tx_page(conn, acct.id, Wallet.COLD, None) is not None
+
+
+def test_migration_stores_the_arrays_of_recorded_transactions(empty_db_url: str, hsm: Any) -> None:
+    """0009 adds the stored arrays and fills them for the transactions already recorded:
+    the pages read them stored, the same text as when built, on both databases."""
+    upgrade_database(empty_db_url)
+    engine = make_engine(empty_db_url)
+    factory = make_session_factory(engine)
+    acct = new_account(factory, hsm, "migrated")
+    txs = seed(factory, acct.id, 23)
+    built = texts(engine, acct.id, txs)
+    command.downgrade(alembic_config(empty_db_url), "0008")  # as recorded before 0009
+    upgrade_database(empty_db_url)
+    with factory() as s:
+        unstored = select(func.count()).where(
+            ChainTx.inputs_json.is_(None) | ChainTx.outputs_json.is_(None)
+        )
+        assert s.scalar(unstored) == 0
+        assert tx_json.stale_arrays(s) == []
+    assert texts(engine, acct.id, txs) == built
+    engine.dispose()

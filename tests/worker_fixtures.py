@@ -30,6 +30,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.api import tx_json
 from custody.batches import AccountKeys, account_keys
 from custody.chain import BitcoinRPC
 from custody.db import make_engine, make_session_factory
@@ -113,9 +114,26 @@ def fresh_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
         if eng.dialect.name == "postgresql":
             _CREATED.add(db_url)
     try:
-        yield make_session_factory(eng)
+        factory = make_session_factory(eng)
+        yield factory
+        assert_arrays_stored(factory)
     finally:
         eng.dispose()
+
+
+def assert_arrays_stored(factory: sessionmaker[Session]) -> None:
+    """Every transaction the worker recorded has its `GET /tx` arrays stored, as its inputs
+    and outputs now are: run after every worker test (deposits, confirmations, sends, reorgs,
+    fee bumps, consolidations), so a writer of those rows that skips
+    `tx_json.store_arrays` fails the test that exercises it."""
+    with factory() as s:
+        unstored = s.scalars(
+            select(ChainTx.txid).where(
+                ChainTx.inputs_json.is_(None) | ChainTx.outputs_json.is_(None)
+            )
+        ).all()
+        assert unstored == [], f"recorded without their arrays stored: {unstored}"
+        assert tx_json.stale_arrays(s) == [], "arrays stored before their rows last changed"
 
 
 # ---------------------------------------------------------------------- node

@@ -8,14 +8,26 @@ only one watcher works at a time; the hot balance alert fires once.
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import journal
+from custody.api import tx_json
 from custody.balances import confirmations, confirmed_balance, tip_height, unconfirmed_balance
 from custody.chain import BitcoinRPC
-from custody.models import Address, Alert, BlockSeen, JournalEntry, TxStatus, Utxo, Wallet
+from custody.models import (
+    Address,
+    Alert,
+    BlockSeen,
+    ChainTxInput,
+    JournalEntry,
+    TxStatus,
+    Utxo,
+    Wallet,
+)
 from custody.watcher import ADVISORY_LOCK_ID, Watcher, WatcherSettings
 from tests.node_fixtures import Faucet, NodeProcess
 from tests.worker_fixtures import (
@@ -120,6 +132,39 @@ def test_deposit_seen_confirmed_reorged_and_confirmed_again(
         confirmed_once_in(s, account_id, txid, b2, 50_000)
         assert s.execute(select(func.count(Utxo.id))).scalar_one() == 2
         assert journal.verify(s).ok
+
+
+def test_inputs_recorded_without_prevout_are_filled_and_shown_once_mined(
+    factory: sessionmaker[Session], rpc: BitcoinRPC, faucet: Faucet, acct: tuple
+) -> None:
+    """A deposit's foreign input recorded from the mempool without its spent output (the node
+    could not say) learns it from the block, and `GET /tx` shows it: the stored arrays follow
+    (`tx_json.store_arrays`; the teardown checks every row)."""
+    account_id, hot, _cold = acct
+    w = _watcher(factory, rpc)
+    txid = fund(rpc, faucet, [(bytes(hot[0].script_pubkey), 50_000)])
+    w.step()
+    with factory() as s, s.begin():
+        h = chain_tx(s, account_id, Wallet.HOT, txid)
+        assert h is not None
+        # as `_prevout` records an input whose spent output the node could not give
+        s.execute(
+            update(ChainTxInput).where(ChainTxInput.chain_tx_id == h.id).values(address="", value=0)
+        )
+        tx_json.store_arrays(s, [h.id])
+
+    def shown_input() -> dict[str, object]:
+        with factory() as s:
+            doc = tx_json.tx_detail(s.connection(), account_id, Wallet.HOT, txid)
+        assert doc is not None
+        return json.loads(doc)["inputs"][0]
+
+    assert (shown_input()["address"], shown_input()["value"]) == ("", 0)
+    mine(rpc)
+    w.step()
+    assert shown_input()["address"] == faucet.key.address and shown_input()["value"] > 0
+    with factory() as s:
+        assert tx_json.stale_arrays(s) == []
 
 
 def test_transaction_that_disappears_is_removed(
