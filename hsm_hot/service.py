@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cc_common import fields
@@ -163,8 +162,6 @@ class HotService:
         self.cold_identity = cold_identity
         self._provision_lock = threading.Lock()
         self._send_locks = KeyedLocks()
-        # Commits and fsyncs a request waits for while it does something else (`_sign_send`).
-        self._disk = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hot-disk")
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "health": self.health,
             "provision_account": self.provision_account,
@@ -456,8 +453,10 @@ class HotService:
         plan = plan_cosign(psbt, self.state.wallet(acct))
         cost = SendCost(plan.payments, plan.fee, plan.vsize)
         reservation, change = self.ledger.hold_send(account, cost, len(plan.tx.vout), plan.txid)
-        # The reservation goes to disk while the cold HSM works; the hot key signs only after.
-        saved = self._disk.submit(self.ledger.durable, change)
+        # The reservation must be on disk before the hot key signs. It is made durable after
+        # the cold HSM's answer, by then mostly by another request's commit (group commit), so
+        # no thread hand-off is needed to overlap that fsync with the round trip.
+        lost = False
         try:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
@@ -465,19 +464,22 @@ class HotService:
             payload = packed_request(account, plan, req, vc_code, c_id, wallet)
             answer = self.relay.call("cosign", payload)
             cold_sigs = self._check_cold_signatures(plan, answer)
-            saved.result()
+            lost = True  # a failed commit undid the reservation: nothing to give back
+            self.ledger.durable(change)
+            lost = False
             sigs = cold_sigs, self._hot_signatures(plan, acct)
         except BaseException:
-            if saved.exception() is None:  # else the reservation was lost with its commit
+            if not lost:
                 self.ledger.cancel_send(reservation)
             raise
         signed = self._signed_psbt(psbt, plan, acct, sigs)
-        # Both records on disk before the answer, their fsyncs side by side.
-        audited = self._disk.submit(self._audit_send, account, req["user_tx_no"], plan)
+        # Both records on disk before the answer: the audit line is written first, its fsync
+        # (shared with concurrent records) follows the state's commit.
+        audited = self._audit_send(account, req["user_tx_no"], plan)
         try:
             self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
         finally:
-            audited.result()
+            self.audit.sync(audited)
         return {"psbt": signed}
 
     def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:
@@ -494,24 +496,36 @@ class HotService:
         return cold_sigs, self._hot_signatures(plan, acct)
 
     def _hot_signatures(self, plan: CosignPlan, acct: HotAccount) -> list[bytes]:
-        return [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+        """The hot key's low-S DER signatures, verified by the token layer against the key it
+        holds, which must be the account's `hot_pubkey` (the key in the wallet's script):
+        then the PSBT need not verify them again."""
+        keys = self.token.keys
+        if keys.public_key(acct.hot_label) != acct.hot_pubkey:
+            log.error("account %d: the token's hot key is not the provisioned one", acct.account)
+            raise HotHsmError(
+                f"account {acct.account}: the hot key on the token differs from its state"
+            )
+        return [keys.sign_digest(acct.hot_label, d) for d in plan.digests]
 
     @staticmethod
     def _signed_psbt(
         psbt: Psbt, plan: CosignPlan, acct: HotAccount, sigs: tuple[list[bytes], list[bytes]]
     ) -> str:
-        """Both signatures on every input, as base64; all inputs or none (never half-answer)."""
+        """Both signatures on every input, as base64; all inputs or none (never half-answer).
+        Each was verified for its key and `plan.digests[i]` (which `plan_cosign` proved is
+        the PSBT's own digest) where it entered, so the PSBT takes them as they are."""
         try:
             for i, (cold, hot) in enumerate(zip(*sigs, strict=True)):
-                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
-                psbt.add_signature(i, acct.hot_pubkey, hot)
+                psbt.add_verified_signature(i, plan.cold_pubkeys[i], cold)
+                psbt.add_verified_signature(i, acct.hot_pubkey, hot)
         except PsbtError as exc:  # cannot happen after the checks above
             log.error("account %d: signatures rejected by the PSBT: %s", acct.account, exc.message)
             raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
         return psbt.to_base64()
 
     def _check_cold_signatures(self, plan: CosignPlan, answer: Mapping[str, Any]) -> list[bytes]:
-        """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest."""
+        """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest;
+        returned as DER."""
         sigs = answer.get("signatures")
         if not isinstance(sigs, list) or len(sigs) != len(plan.digests):
             raise ColdSignatureInvalid("cold HSM answered the wrong number of signatures")
@@ -532,25 +546,32 @@ class HotService:
                 raise ColdSignatureInvalid(
                     f"cold signature for input {i} does not verify (or is not low-S)"
                 )
-            out.append(sig)
+            out.append(der)
         return out
 
-    def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> None:
-        self._audit_plan("sign_send", account, plan, user_tx_no=user_tx_no)
+    def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> int:
+        """The send's audit line, written (not yet synced): its number for `AuditLog.sync`."""
+        written = self.audit.append(
+            "sign_send", **self._audit_fields(account, plan, user_tx_no=user_tx_no)
+        )
         log.info("account %d: signed %s (%s)", account, plan.txid, user_tx_no)
+        return written
 
     def _audit_plan(self, event: str, account: int, plan: CosignPlan, **which: Any) -> None:
         """One audit record per signed transaction: which requests, its amounts and fee."""
-        self.audit.record(
-            event,
-            account=account,
+        self.audit.record(event, **self._audit_fields(account, plan, **which))
+
+    @staticmethod
+    def _audit_fields(account: int, plan: CosignPlan, **which: Any) -> dict[str, Any]:
+        return {
+            "account": account,
             **which,
-            txid=plan.txid,
-            inputs=[a for a, _, _ in plan.inputs],
-            outputs=[o.value for o in plan.tx.vout],
-            amount=plan.payments,
-            fee=plan.fee,
-        )
+            "txid": plan.txid,
+            "inputs": [a for a, _, _ in plan.inputs],
+            "outputs": [o.value for o in plan.tx.vout],
+            "amount": plan.payments,
+            "fee": plan.fee,
+        }
 
     def freeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)

@@ -380,6 +380,19 @@ class Psbt:
             [SIGHASH_ALL]
         )
 
+    def add_verified_signature(self, i: int, pubkey: bytes, der: bytes) -> None:
+        """Store a low-S DER signature that its caller has already verified for `pubkey` and
+        this input's `sighash(i)` (the hot HSM verifies each one where it enters: the cold
+        HSM's answer, the token's output), without computing the digest and verifying again.
+        The key must still be one of the input's keys."""
+        if not 0 <= i < self.input_count:
+            raise PsbtSignError(f"input index {i} out of range")
+        if pubkey not in self._input_keys(i):
+            raise PsbtSignError(f"key {pubkey.hex()} does not belong to input {i}")
+        self._p.inputs[i].partial_sigs[embit_ec.PublicKey.parse(pubkey)] = der + bytes(
+            [SIGHASH_ALL]
+        )
+
     def sign(self, signer: signatures.ExternalSigner, pubkey: bytes) -> int:
         """Sign every input that `pubkey` can sign with an external signer; return the count."""
         n = 0
