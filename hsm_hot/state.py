@@ -213,10 +213,12 @@ class HotState:
         self._group.durable(change)
 
     def account(self, account: int) -> HotAccount | None:
+        # A remembered account is answered without the lock, which a commit holds through
+        # its fsync (a dict read is atomic; `add_account` forgets the entry under the lock).
+        known = self._accounts.get(account)
+        if known is not None:
+            return known
         with self._lock:
-            known = self._accounts.get(account)
-            if known is not None:
-                return known
             row = self._db.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account = ?",  # noqa: S608
                 (account,),
@@ -230,8 +232,7 @@ class HotState:
 
     def wallet(self, acct: HotAccount) -> HotWallet:
         """The account's hot wallet, built once (chain keys are cached inside it)."""
-        with self._lock:
-            wallet = self._wallets.get(acct.account)
+        wallet = self._wallets.get(acct.account)  # as in `account`: no wait behind a commit
         if wallet is None:
             wallet = acct.wallet()
             with self._lock:

@@ -9,6 +9,7 @@ RPC server's authentication. The real token and the real cold HSM are in tests/h
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -584,3 +585,20 @@ def test_audit_sync_covers_what_was_appended_before_it(tmp_path) -> None:
         assert len(fsyncs) == 2
     audit.close()
     assert [e["event"] for e in audit.entries()] == ["e", "e", "e", "f"]
+
+
+def test_state_remembers_accounts_and_forgets_one_written_again(env, tmp_path):
+    """Accounts are answered from memory once read; writing one again replaces what is
+    remembered, and a fresh state (a restart) reads the same from disk."""
+    state: HotState = env["service"].state
+    first = state.account(ACCOUNT)
+    assert first is not None and state.account(ACCOUNT) is first
+    changed = dataclasses.replace(first, owner_phone="+15550000999")
+    state.add_account(changed)
+    assert state.account(ACCOUNT) == changed
+    assert state.account(ACCOUNT + 1) is None
+    again = HotState(tmp_path / "state")
+    try:
+        assert again.account(ACCOUNT) == changed
+    finally:
+        again.close()
