@@ -9,6 +9,7 @@ RPC server's authentication. The real token and the real cold HSM are in tests/h
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -505,7 +506,14 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     audit.close()
 
 
-def test_reservation_is_on_disk_before_the_hot_key_signs(env, tmp_path):
+def _among_others(service: HotService, crowded: bool) -> contextlib.AbstractContextManager:
+    """As if another co-sign were in flight (`crowded`): the fsyncs are then waited for in the
+    request's own thread, not handed to a helper (`InFlight`)."""
+    return service._in_flight.one() if crowded else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_reservation_is_on_disk_before_the_hot_key_signs(env, tmp_path, crowded):
     """The hot key signs only once the reservation (and the request count) is committed:
     a second connection to the ledger file, opened at the moment of signing, sees both."""
     service, keys = env["service"], env["token"].keys
@@ -523,11 +531,13 @@ def test_reservation_is_on_disk_before_the_hot_key_signs(env, tmp_path):
         return sign(label, digest)
 
     keys.sign_digest = sign_and_look
-    service.sign_send(_send(env))
+    with _among_others(service, crowded):
+        service.sign_send(_send(env))
     assert seen and all(s == (1, 1) for s in seen)
 
 
-def test_answer_waits_for_the_audit_fsync_and_the_cosigned_commit(env, tmp_path):
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_answer_waits_for_the_audit_fsync_and_the_cosigned_commit(env, tmp_path, crowded):
     """`sign_send` answers only after an fsync of the audit log that followed its line, and
     with the co-signed record readable by a new connection (a restart's retry finds it)."""
     audit = env["audit"]
@@ -544,7 +554,10 @@ def test_answer_waits_for_the_audit_fsync_and_the_cosigned_commit(env, tmp_path)
 
     audit.append = noting_append
     params = _send(env)
-    with mock.patch("hsm_hot.audit.os.fsync", counting_fsync):
+    with (
+        mock.patch("hsm_hot.audit.os.fsync", counting_fsync),
+        _among_others(env["service"], crowded),
+    ):
         signed = env["service"].sign_send(params)
     assert events.index("append sign_send") < len(events) - 1 - events[::-1].index("fsync")
     other = sqlite3.connect(tmp_path / "state" / "hot-state.db")
@@ -555,12 +568,16 @@ def test_answer_waits_for_the_audit_fsync_and_the_cosigned_commit(env, tmp_path)
     assert row == (signed["psbt"],)
 
 
-def test_a_token_key_other_than_the_accounts_signs_nothing(env):
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_a_token_key_other_than_the_accounts_signs_nothing(env, crowded):
     """The PSBT takes the token's signatures unverified only because the token's key is the
     account's `hot_pubkey`; another key there is refused and the reservation given back."""
     keys = env["token"].keys
     keys.keys[f"hot/{ACCOUNT}"] = coincurve.PrivateKey(hashlib.sha256(b"other").digest())
-    with pytest.raises(HotHsmError, match="hot key on the token differs"):
+    with (
+        pytest.raises(HotHsmError, match="hot key on the token differs"),
+        _among_others(env["service"], crowded),
+    ):
         env["service"].sign_send(_send(env))
     assert keys.signed == 0
     assert env["service"].ledger.spent_today(ACCOUNT) == 0
