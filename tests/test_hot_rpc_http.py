@@ -40,8 +40,37 @@ def server() -> Iterator[RpcServer]:
     srv.stop()
 
 
-def _connect(srv: RpcServer) -> socket.socket:
-    return socket.create_connection(srv.address, timeout=5)
+class _Raw:
+    """A raw client connection with one buffered reader (answers may arrive together)."""
+
+    def __init__(self, srv: RpcServer) -> None:
+        self.sock = socket.create_connection(srv.address, timeout=5)
+        self.reader = self.sock.makefile("rb")
+
+    def __enter__(self) -> _Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> tuple[int, dict[bytes, bytes], Any]:
+        """One HTTP answer: status, headers (lower-case names), JSON body."""
+        status = int(self.reader.readline().split()[1])
+        headers = {}
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, json.loads(self.reader.read(int(headers[b"content-length"])))
+
+    def interim(self, n: int) -> bytes:
+        return self.reader.read(n)
+
+    def closed(self) -> bool:
+        return self.reader.read(1) == b""
 
 
 def _post(body: bytes, *, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
@@ -49,56 +78,40 @@ def _post(body: bytes, *, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> b
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-def _read_answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], Any]:
-    """One HTTP answer: status, headers (lower-case names), JSON body."""
-    f = sock.makefile("rb")
-    status = int(f.readline().split()[1])
-    headers = {}
-    while (line := f.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    body = f.read(int(headers[b"content-length"]))
-    return status, headers, json.loads(body)
-
-
-def _closed(sock: socket.socket) -> bool:
-    return sock.recv(1) == b""
-
-
 def test_answers_on_one_kept_alive_connection(server: RpcServer) -> None:
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         for n in range(3):
             sock.sendall(_post(json.dumps({"method": "m", "params": {"n": n}}).encode()))
-            status, headers, body = _read_answer(sock)
+            status, headers, body = sock.answer()
             assert status == 200 and b"connection" not in headers
             assert body == {"result": {"method": "m", "params": {"n": n}}}
 
 
 def test_pipelined_requests_are_answered_in_order(server: RpcServer) -> None:
     calls = b"".join(_post(json.dumps({"method": f"m{n}"}).encode()) for n in range(3))
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         sock.sendall(calls)
-        assert [_read_answer(sock)[2]["result"]["method"] for _ in range(3)] == ["m0", "m1", "m2"]
+        assert [sock.answer()[2]["result"]["method"] for _ in range(3)] == ["m0", "m1", "m2"]
 
 
 def test_refusals_keep_the_connection(server: RpcServer) -> None:
     body = b'{"method": "m"}'
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        status, _, answer = _read_answer(sock)
+        status, _, answer = sock.answer()
         assert status == 401 and answer["error"]["code"] == 908
         sock.sendall(b"POST /other HTTP/1.1\r\n" + AUTH + b"Content-Length: 2\r\n\r\n{}")
-        status, _, answer = _read_answer(sock)
+        status, _, answer = sock.answer()
         assert status == 404 and answer["error"]["message"] == "no such endpoint /other"
         sock.sendall(b"GET /rpc HTTP/1.1\r\n\r\n")
-        status, _, answer = _read_answer(sock)
+        status, _, answer = sock.answer()
         assert (status, answer["error"]["code"]) == (405, 904)
         sock.sendall(_post(b"not json"))
-        assert _read_answer(sock)[2]["error"]["message"] == "request body is not JSON"
+        assert sock.answer()[2]["error"]["message"] == "request body is not JSON"
         sock.sendall(_post(b'{"method": "refuse"}'))
-        assert _read_answer(sock)[2]["error"] == {"code": 904, "message": "refused as asked"}
+        assert sock.answer()[2]["error"] == {"code": 904, "message": "refused as asked"}
         sock.sendall(_post(body))
-        assert _read_answer(sock)[0] == 200  # the same connection still serves
+        assert sock.answer()[0] == 200  # the same connection still serves
 
 
 @pytest.mark.parametrize(
@@ -133,37 +146,37 @@ def test_refusals_keep_the_connection(server: RpcServer) -> None:
 def test_what_it_does_not_read_is_refused_and_closed(
     server: RpcServer, request_bytes: bytes, status: int, message: str
 ) -> None:
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         sock.sendall(request_bytes)
-        got, headers, answer = _read_answer(sock)
+        got, headers, answer = sock.answer()
         assert (got, answer["error"]["message"]) == (status, message)
-        assert headers[b"connection"] == b"close" and _closed(sock)
+        assert headers[b"connection"] == b"close" and sock.closed()
 
 
 def test_expect_100_continue_gets_the_interim_answer(server: RpcServer) -> None:
     body = b'{"method": "m"}'
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         sock.sendall(
             b"POST /rpc HTTP/1.1\r\n" + AUTH + b"Expect: 100-continue\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body)
         )
-        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert sock.interim(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
-        assert _read_answer(sock)[2] == {"result": {"method": "m", "params": {}}}
+        assert sock.answer()[2] == {"result": {"method": "m", "params": {}}}
 
 
 def test_http_1_0_is_answered_then_closed_unless_kept_alive(server: RpcServer) -> None:
     body = b'{"method": "m"}'
-    with _connect(server) as sock:
+    with _Raw(server) as sock:
         sock.sendall(_post(body, version=b"HTTP/1.0"))
-        status, headers, _ = _read_answer(sock)
-        assert status == 200 and headers[b"connection"] == b"close" and _closed(sock)
-    with _connect(server) as sock:
+        status, headers, _ = sock.answer()
+        assert status == 200 and headers[b"connection"] == b"close" and sock.closed()
+    with _Raw(server) as sock:
         sock.sendall(_post(body, version=b"HTTP/1.0", extra=b"Connection: keep-alive\r\n"))
-        assert _read_answer(sock)[0] == 200
+        assert sock.answer()[0] == 200
         sock.sendall(_post(body, extra=b"Connection: close\r\n"))
-        status, headers, _ = _read_answer(sock)
-        assert status == 200 and headers[b"connection"] == b"close" and _closed(sock)
+        status, headers, _ = sock.answer()
+        assert status == 200 and headers[b"connection"] == b"close" and sock.closed()
 
 
 # -- custody's client --------------------------------------------------------------------------
