@@ -28,22 +28,34 @@ class AuditLog:
         self._synced = 0
 
     def record(self, event: str, **fields: Any) -> None:
+        """Append one record and return once it is on disk."""
+        self.sync(self.append(event, **fields))
+
+    def append(self, event: str, **fields: Any) -> int:
+        """Write one record without waiting for the disk; returns its number for `sync`. A
+        caller that must not answer before the record is durable calls `sync` before that
+        (meanwhile it may wait for other disk work, and other records may share the fsync)."""
         line = json.dumps({"at": time.time(), "event": event, **fields}, sort_keys=True)
         data = (line + "\n").encode("utf-8")
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            fd = self._fd
-            written = os.write(fd, data)
+            written = os.write(self._fd, data)
             if written != len(data):  # a regular file takes it whole, or raises (disk full)
                 raise OSError(f"audit log: short write ({written} of {len(data)} bytes)")
             self._appended += 1
-            mine = self._appended
+            return self._appended
+
+    def sync(self, mine: int) -> None:
+        """Return once record number `mine` (and every one before it) is on disk."""
         with self._sync_lock:
             if self._synced >= mine:
                 return  # an fsync that started after our append covered it
             with self._lock:
                 upto = self._appended
+                fd = self._fd
+            if fd is None:
+                raise OSError("audit log: closed before its records were synced")
             os.fsync(fd)
             self._synced = upto
 
@@ -53,6 +65,7 @@ class AuditLog:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+                self._synced = self._appended
 
     def head(self) -> dict[str, Any]:
         """The newest record's time and event (read from the file's tail, not the whole log)."""

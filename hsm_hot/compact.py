@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from hsm_hot.errors import BadRequest
@@ -53,8 +54,9 @@ class CosignPlan:
     prev_txs: list[bytes]  # funding transactions the PSBT carries (one per distinct txid)
     vsize: int  # worst-case virtual size (72-byte signatures), for the fee rate
 
-    @property
+    @cached_property
     def txid(self) -> str:
+        """The unsigned transaction's txid (a hash, computed once: a co-sign uses it often)."""
         return self.tx.txid
 
 

@@ -16,8 +16,9 @@ import binascii
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from cc_common import fields
@@ -137,6 +138,34 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class InFlight:
+    """How many co-signs are between their request count and their answer.
+
+    A co-sign alone hands its fsyncs to a helper thread to overlap them with other work (its
+    latency is what counts then). Among others it waits for them in its own thread: another
+    request's commit has then mostly made its change durable already (group commit), and a
+    hand-off to a thread costs more CPU than the fsync it would hide.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+
+    @property
+    def alone(self) -> bool:
+        return self.count <= 1
+
+
 class HotService:
     """The hot HSM: its token, its state, its limits, its audit log and the link to cold."""
 
@@ -163,8 +192,9 @@ class HotService:
         self.cold_identity = cold_identity
         self._provision_lock = threading.Lock()
         self._send_locks = KeyedLocks()
-        # Commits and fsyncs a request waits for while it does something else (`_sign_send`).
-        self._disk = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hot-disk")
+        self._in_flight = InFlight()
+        # Commits and fsyncs a co-sign alone waits for while it does something else.
+        self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hot-disk")
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "health": self.health,
             "provision_account": self.provision_account,
@@ -435,7 +465,7 @@ class HotService:
                 raise BadRequest(f"psbt: {exc.message}") from None
             # One request per (account, user_tx_no) at a time: a concurrent twin waits, then
             # gets the stored answer (same txid) or the cold HSM's refusal (anything else).
-            with self._send_locks.held((account, req["user_tx_no"])):
+            with self._in_flight.one(), self._send_locks.held((account, req["user_tx_no"])):
                 return self._sign_send(account, acct, psbt, req, vc_code, c_id)
         finally:
             self.ledger.durable(counted)
@@ -456,8 +486,10 @@ class HotService:
         plan = plan_cosign(psbt, self.state.wallet(acct))
         cost = SendCost(plan.payments, plan.fee, plan.vsize)
         reservation, change = self.ledger.hold_send(account, cost, len(plan.tx.vout), plan.txid)
-        # The reservation goes to disk while the cold HSM works; the hot key signs only after.
-        saved = self._disk.submit(self.ledger.durable, change)
+        # The reservation must be on disk before the hot key signs: alone, it goes to disk
+        # while the cold HSM works; among other co-signs, after the answer (`InFlight`).
+        saved = self._disk.submit(self.ledger.durable, change) if self._in_flight.alone else None
+        lost = False
         try:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
@@ -465,19 +497,32 @@ class HotService:
             payload = packed_request(account, plan, req, vc_code, c_id, wallet)
             answer = self.relay.call("cosign", payload)
             cold_sigs = self._check_cold_signatures(plan, answer)
-            saved.result()
+            lost = True  # a failed commit undid the reservation: nothing to give back
+            if saved is not None:
+                saved.result()
+            else:
+                self.ledger.durable(change)
+            lost = False
             sigs = cold_sigs, self._hot_signatures(plan, acct)
         except BaseException:
-            if saved.exception() is None:  # else the reservation was lost with its commit
+            if saved is not None:
+                lost = saved.exception() is not None  # (waits for it)
+            if not lost:
                 self.ledger.cancel_send(reservation)
             raise
         signed = self._signed_psbt(psbt, plan, acct, sigs)
-        # Both records on disk before the answer, their fsyncs side by side.
-        audited = self._disk.submit(self._audit_send, account, req["user_tx_no"], plan)
+        # Both records on disk before the answer: the audit line is written first; its fsync
+        # (shared with concurrent records) runs beside the state's commit when alone, after
+        # it among others.
+        audited = self._audit_send(account, req["user_tx_no"], plan)
+        synced = self._disk.submit(self.audit.sync, audited) if self._in_flight.alone else None
         try:
             self.state.add_cosigned(account, req["user_tx_no"], plan.txid, signed)
         finally:
-            audited.result()
+            if synced is not None:
+                synced.result()
+            else:
+                self.audit.sync(audited)
         return {"psbt": signed}
 
     def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:
@@ -494,24 +539,36 @@ class HotService:
         return cold_sigs, self._hot_signatures(plan, acct)
 
     def _hot_signatures(self, plan: CosignPlan, acct: HotAccount) -> list[bytes]:
-        return [self.token.keys.sign_digest(acct.hot_label, d) for d in plan.digests]
+        """The hot key's low-S DER signatures, verified by the token layer against the key it
+        holds, which must be the account's `hot_pubkey` (the key in the wallet's script):
+        then the PSBT need not verify them again."""
+        keys = self.token.keys
+        if keys.public_key(acct.hot_label) != acct.hot_pubkey:
+            log.error("account %d: the token's hot key is not the provisioned one", acct.account)
+            raise HotHsmError(
+                f"account {acct.account}: the hot key on the token differs from its state"
+            )
+        return [keys.sign_digest(acct.hot_label, d) for d in plan.digests]
 
     @staticmethod
     def _signed_psbt(
         psbt: Psbt, plan: CosignPlan, acct: HotAccount, sigs: tuple[list[bytes], list[bytes]]
     ) -> str:
-        """Both signatures on every input, as base64; all inputs or none (never half-answer)."""
+        """Both signatures on every input, as base64; all inputs or none (never half-answer).
+        Each was verified for its key and `plan.digests[i]` (which `plan_cosign` proved is
+        the PSBT's own digest) where it entered, so the PSBT takes them as they are."""
         try:
             for i, (cold, hot) in enumerate(zip(*sigs, strict=True)):
-                psbt.add_signature(i, plan.cold_pubkeys[i], cold)
-                psbt.add_signature(i, acct.hot_pubkey, hot)
+                psbt.add_verified_signature(i, plan.cold_pubkeys[i], cold)
+                psbt.add_verified_signature(i, acct.hot_pubkey, hot)
         except PsbtError as exc:  # cannot happen after the checks above
             log.error("account %d: signatures rejected by the PSBT: %s", acct.account, exc.message)
             raise ColdSignatureInvalid(f"signatures do not fit the PSBT: {exc.message}") from None
         return psbt.to_base64()
 
     def _check_cold_signatures(self, plan: CosignPlan, answer: Mapping[str, Any]) -> list[bytes]:
-        """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest."""
+        """Each cold signature: 64-byte low-S r||s valid for the cold child key and digest;
+        returned as DER."""
         sigs = answer.get("signatures")
         if not isinstance(sigs, list) or len(sigs) != len(plan.digests):
             raise ColdSignatureInvalid("cold HSM answered the wrong number of signatures")
@@ -532,25 +589,32 @@ class HotService:
                 raise ColdSignatureInvalid(
                     f"cold signature for input {i} does not verify (or is not low-S)"
                 )
-            out.append(sig)
+            out.append(der)
         return out
 
-    def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> None:
-        self._audit_plan("sign_send", account, plan, user_tx_no=user_tx_no)
+    def _audit_send(self, account: int, user_tx_no: str, plan: CosignPlan) -> int:
+        """The send's audit line, written (not yet synced): its number for `AuditLog.sync`."""
+        written = self.audit.append(
+            "sign_send", **self._audit_fields(account, plan, user_tx_no=user_tx_no)
+        )
         log.info("account %d: signed %s (%s)", account, plan.txid, user_tx_no)
+        return written
 
     def _audit_plan(self, event: str, account: int, plan: CosignPlan, **which: Any) -> None:
         """One audit record per signed transaction: which requests, its amounts and fee."""
-        self.audit.record(
-            event,
-            account=account,
+        self.audit.record(event, **self._audit_fields(account, plan, **which))
+
+    @staticmethod
+    def _audit_fields(account: int, plan: CosignPlan, **which: Any) -> dict[str, Any]:
+        return {
+            "account": account,
             **which,
-            txid=plan.txid,
-            inputs=[a for a, _, _ in plan.inputs],
-            outputs=[o.value for o in plan.tx.vout],
-            amount=plan.payments,
-            fee=plan.fee,
-        )
+            "txid": plan.txid,
+            "inputs": [a for a, _, _ in plan.inputs],
+            "outputs": [o.value for o in plan.tx.vout],
+            "amount": plan.payments,
+            "fee": plan.fee,
+        }
 
     def freeze(self, params: Mapping[str, Any]) -> dict[str, Any]:
         account = _account(params)

@@ -143,6 +143,9 @@ class HotState:
             if column not in have:
                 self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {decl}")
         self._wallets: dict[int, HotWallet] = {}
+        # accounts as read (a row changes only through `add_account`, which forgets it here):
+        # every co-sign looks its account up, and this is the one read it need not repeat
+        self._accounts: dict[int, HotAccount] = {}
         # every write joins the open transaction; concurrent sends share its commit
         self._group = GroupCommit(self._lock, self._commit)
 
@@ -205,25 +208,31 @@ class HotState:
                 ),
             )
             self._wallets.pop(acct.account, None)
+            self._accounts.pop(acct.account, None)
             change = self._group.changed()
         self._group.durable(change)
 
     def account(self, account: int) -> HotAccount | None:
+        # A remembered account is answered without the lock, which a commit holds through
+        # its fsync (a dict read is atomic; `add_account` forgets the entry under the lock).
+        known = self._accounts.get(account)
+        if known is not None:
+            return known
         with self._lock:
             row = self._db.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account = ?",  # noqa: S608
                 (account,),
             ).fetchone()
-        if row is None:
-            return None
-        values = list(row)
-        values[3] = bytes(values[3])
-        return HotAccount(*values)
+            if row is None:
+                return None  # not remembered: a later `add_account` is seen at once
+            values = list(row)
+            values[3] = bytes(values[3])
+            known = self._accounts[account] = HotAccount(*values)
+            return known
 
     def wallet(self, acct: HotAccount) -> HotWallet:
         """The account's hot wallet, built once (chain keys are cached inside it)."""
-        with self._lock:
-            wallet = self._wallets.get(acct.account)
+        wallet = self._wallets.get(acct.account)  # as in `account`: no wait behind a commit
         if wallet is None:
             wallet = acct.wallet()
             with self._lock:

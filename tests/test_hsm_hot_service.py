@@ -9,9 +9,12 @@ RPC server's authentication. The real token and the real cold HSM are in tests/h
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +37,7 @@ from hsm_hot.errors import (
     ColdRefused,
     ColdSignatureInvalid,
     ColdUnreachable,
+    HotHsmError,
     PolicyRefused,
     ProofInvalid,
     UnknownAccount,
@@ -500,3 +504,118 @@ def test_audit_records_from_many_threads_are_each_whole_and_on_disk(tmp_path) ->
     assert 1 <= len(fsyncs) < records, "records written together share one fsync"
     assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
     audit.close()
+
+
+def _among_others(service: HotService, crowded: bool) -> contextlib.AbstractContextManager:
+    """As if another co-sign were in flight (`crowded`): the fsyncs are then waited for in the
+    request's own thread, not handed to a helper (`InFlight`)."""
+    return service._in_flight.one() if crowded else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_reservation_is_on_disk_before_the_hot_key_signs(env, tmp_path, crowded):
+    """The hot key signs only once the reservation (and the request count) is committed:
+    a second connection to the ledger file, opened at the moment of signing, sees both."""
+    service, keys = env["service"], env["token"].keys
+    seen: list[tuple[int, int]] = []
+    sign = keys.sign_digest
+
+    def sign_and_look(label: str, digest: bytes) -> bytes:
+        other = sqlite3.connect(tmp_path / "policy.db")
+        try:
+            (sends,) = other.execute("SELECT COUNT(*) FROM sends").fetchone()
+            (requests_,) = other.execute("SELECT COUNT(*) FROM requests").fetchone()
+        finally:
+            other.close()
+        seen.append((sends, requests_))
+        return sign(label, digest)
+
+    keys.sign_digest = sign_and_look
+    with _among_others(service, crowded):
+        service.sign_send(_send(env))
+    assert seen and all(s == (1, 1) for s in seen)
+
+
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_answer_waits_for_the_audit_fsync_and_the_cosigned_commit(env, tmp_path, crowded):
+    """`sign_send` answers only after an fsync of the audit log that followed its line, and
+    with the co-signed record readable by a new connection (a restart's retry finds it)."""
+    audit = env["audit"]
+    events: list[str] = []
+    real_fsync, real_append = os.fsync, audit.append
+
+    def counting_fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def noting_append(event: str, **fields: Any) -> int:
+        events.append(f"append {event}")
+        return real_append(event, **fields)
+
+    audit.append = noting_append
+    params = _send(env)
+    with (
+        mock.patch("hsm_hot.audit.os.fsync", counting_fsync),
+        _among_others(env["service"], crowded),
+    ):
+        signed = env["service"].sign_send(params)
+    assert events.index("append sign_send") < len(events) - 1 - events[::-1].index("fsync")
+    other = sqlite3.connect(tmp_path / "state" / "hot-state.db")
+    try:
+        row = other.execute("SELECT psbt FROM cosigned").fetchone()
+    finally:
+        other.close()
+    assert row == (signed["psbt"],)
+
+
+@pytest.mark.parametrize("crowded", [False, True], ids=["alone", "among-others"])
+def test_a_token_key_other_than_the_accounts_signs_nothing(env, crowded):
+    """The PSBT takes the token's signatures unverified only because the token's key is the
+    account's `hot_pubkey`; another key there is refused and the reservation given back."""
+    keys = env["token"].keys
+    keys.keys[f"hot/{ACCOUNT}"] = coincurve.PrivateKey(hashlib.sha256(b"other").digest())
+    with (
+        pytest.raises(HotHsmError, match="hot key on the token differs"),
+        _among_others(env["service"], crowded),
+    ):
+        env["service"].sign_send(_send(env))
+    assert keys.signed == 0
+    assert env["service"].ledger.spent_today(ACCOUNT) == 0
+    assert not [e for e in env["audit"].entries() if e["event"] == "sign_send"]
+
+
+def test_audit_sync_covers_what_was_appended_before_it(tmp_path) -> None:
+    """`append` writes without waiting; `sync(n)` returns once record n is on disk, with one
+    fsync for every record appended before it started, and none for one already covered."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    with mock.patch("hsm_hot.audit.os.fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))):
+        numbers = [audit.append("e", n=n) for n in range(3)]
+        assert fsyncs == []
+        audit.sync(numbers[1])
+        assert len(fsyncs) == 1
+        audit.sync(numbers[0])
+        audit.sync(numbers[2])  # appended before the first sync started: covered
+        assert len(fsyncs) == 1
+        audit.record("f")
+        assert len(fsyncs) == 2
+    audit.close()
+    assert [e["event"] for e in audit.entries()] == ["e", "e", "e", "f"]
+
+
+def test_state_remembers_accounts_and_forgets_one_written_again(env, tmp_path):
+    """Accounts are answered from memory once read; writing one again replaces what is
+    remembered, and a fresh state (a restart) reads the same from disk."""
+    state: HotState = env["service"].state
+    first = state.account(ACCOUNT)
+    assert first is not None and state.account(ACCOUNT) is first
+    changed = dataclasses.replace(first, owner_phone="+15550000999")
+    state.add_account(changed)
+    assert state.account(ACCOUNT) == changed
+    assert state.account(ACCOUNT + 1) is None
+    again = HotState(tmp_path / "state")
+    try:
+        assert again.account(ACCOUNT) == changed
+    finally:
+        again.close()

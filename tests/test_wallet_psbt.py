@@ -292,3 +292,32 @@ def test_p2wpkh_witness_with_wrong_amount_fails_validation() -> None:
     p.finalize()
     with pytest.raises(VerifyScriptError):
         _verify_all(p.extract(), [cold.script_pubkey(0)], [25_001])
+
+
+def test_verified_signatures_are_stored_as_given_for_the_inputs_keys_only() -> None:
+    """`add_verified_signature` (signatures its caller verified) takes a key of the input, and
+    the result finalizes and validates; a key of no input is refused, nothing stored."""
+    hot, roots = _hot()
+    p = _hot_psbt(hot)
+    for root in roots[:2]:
+        for req in p.signing_requests(root.fingerprint):
+            der = sign_digest(root.derive(req.origin.path).private_key, req.digest)
+            p.add_verified_signature(req.input_index, req.pubkey, der)
+    stranger = ExtendedKey.from_seed(b"s" * 32, NET).public_key
+    with pytest.raises(PsbtSignError, match="does not belong"):
+        p.add_verified_signature(0, stranger, b"0" * 70)
+    assert stranger not in p.partial_signatures(0)
+    with pytest.raises(PsbtSignError, match="out of range"):
+        p.add_verified_signature(5, stranger, b"0" * 70)
+    p.finalize()
+    _verify_all(p.extract(), [hot.script_pubkey(3), hot.script_pubkey(8)], [50_000, 40_000])
+
+
+def test_txid_and_unsigned_bytes_are_those_parsed() -> None:
+    """A parsed PSBT answers its unsigned transaction and txid from the bytes it was given."""
+    hot, _ = _hot()
+    created = _hot_psbt(hot)
+    parsed = Psbt.from_base64(created.to_base64())
+    raw = created._p.tx.serialize()
+    assert parsed.unsigned_tx_bytes() == raw == created.unsigned_tx_bytes()
+    assert parsed.txid == double_sha256(raw)[::-1].hex() == created._p.tx.txid().hex()

@@ -36,7 +36,7 @@ from .errors import (
     TxParseError,
     UnsupportedScriptError,
 )
-from .hashes import hash160, sha256
+from .hashes import double_sha256, hash160, sha256
 from .prevtx import parse_prev_tx
 from .script import ScriptType, classify, parse_multisig
 from .sighash import SIGHASH_ALL, bip143_sighash, p2wpkh_script_code
@@ -145,8 +145,10 @@ def _read_exact(s: io.BytesIO, n: int) -> bytes:
 class Psbt:
     """A partially signed transaction (PSBT v0)."""
 
-    def __init__(self, inner: _EmbitPSBT) -> None:
+    def __init__(self, inner: _EmbitPSBT, unsigned_tx: bytes | None = None) -> None:
         self._p = inner
+        # the unsigned transaction's bytes, once known (never changed after creation)
+        self._unsigned = unsigned_tx
 
     # -- creation and encoding
     @classmethod
@@ -219,7 +221,7 @@ class Psbt:
             same = False
         if not same:
             raise PsbtError("PSBT fields contradict its unsigned transaction (v2 fields in v0?)")
-        return cls(p)
+        return cls(p, unsigned_tx)
 
     @classmethod
     def from_base64(cls, text: str) -> Psbt:
@@ -242,11 +244,13 @@ class Psbt:
     @property
     def txid(self) -> str:
         """txid of the unsigned transaction (stable: segwit signatures do not change it)."""
-        return str(self._p.tx.txid().hex())
+        return double_sha256(self.unsigned_tx_bytes())[::-1].hex()
 
     def unsigned_tx_bytes(self) -> bytes:
         """The global unsigned transaction, non-witness serialized (its txid's preimage)."""
-        return bytes(self._p.tx.serialize())
+        if self._unsigned is None:
+            self._unsigned = bytes(self._p.tx.serialize())
+        return self._unsigned
 
     @property
     def input_count(self) -> int:
@@ -376,6 +380,19 @@ class Psbt:
             der = signatures.normalize_signature(signature, pubkey, digest)
         except SignatureError as exc:
             raise PsbtSignError(f"input {i}: {exc.message}") from None
+        self._p.inputs[i].partial_sigs[embit_ec.PublicKey.parse(pubkey)] = der + bytes(
+            [SIGHASH_ALL]
+        )
+
+    def add_verified_signature(self, i: int, pubkey: bytes, der: bytes) -> None:
+        """Store a low-S DER signature that its caller has already verified for `pubkey` and
+        this input's `sighash(i)` (the hot HSM verifies each one where it enters: the cold
+        HSM's answer, the token's output), without computing the digest and verifying again.
+        The key must still be one of the input's keys."""
+        if not 0 <= i < self.input_count:
+            raise PsbtSignError(f"input index {i} out of range")
+        if pubkey not in self._input_keys(i):
+            raise PsbtSignError(f"key {pubkey.hex()} does not belong to input {i}")
         self._p.inputs[i].partial_sigs[embit_ec.PublicKey.parse(pubkey)] = der + bytes(
             [SIGHASH_ALL]
         )

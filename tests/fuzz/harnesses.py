@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
+import io
 import json
 import os
 from collections.abc import Callable
@@ -89,6 +91,50 @@ class HttpAnswer:
         response.url = request.url
         response.reason = "fuzz"
         return response
+
+    def close(self) -> None:
+        pass
+
+
+class HttpClientAnswer:
+    """An `http.client` connection type (`connection_class`) answering every request with the
+    fuzzer's bytes as the body (a leading "!" makes it HTTP 500, "#" HTTP 400): the client's
+    own HTTP parsing and JSON reading run as in production, only the socket is replaced."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        answer = self
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = _ScriptedSocket(answer.response())
+
+        self.connection_class = Connection
+
+    def answer(self, data: bytes) -> None:
+        self.body = data
+
+    def response(self) -> bytes:
+        status = {b"!": 500, b"#": 400}.get(self.body[:1], 200)
+        body = self.body[1:] if status != 200 else self.body
+        head = f"HTTP/1.1 {status} fuzz\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        return head.encode() + body
+
+
+class _ScriptedSocket:
+    """A socket that swallows what is sent and reads back one scripted HTTP response."""
+
+    def __init__(self, response: bytes) -> None:
+        self._response = response
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(self._response)
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -477,9 +523,9 @@ def _custody_hot_answer() -> Harness:
     from custody.errors import HsmUnavailableError
     from custody.hsm_client import HotHsmClient, HsmError
 
-    adapter = HttpAnswer()
+    adapter = HttpClientAnswer()
     client = HotHsmClient("http://127.0.0.1:1", "secret", timeout=1.0)
-    client._http.mount("http://", adapter)
+    client.connection_class = adapter.connection_class
     calls: list[Callable[[], Any]] = [
         lambda: client.provision_account(
             1, "regtest", "02", "wpkh()", vdevice_phone="+1", owner_phone="+2"
