@@ -263,18 +263,9 @@ class Lane:
             if time.monotonic() < self._cut_until:
                 self.counters["cut_lost"] += len(chunk)
                 return
-            out = bytearray()
-            for sent in chunk:
-                if self._drop:
-                    self._drop -= 1
-                    self.counters["dropped"] += 1
-                    continue
-                b = sent
-                if self._flips:
-                    mask = self._flips.popleft()
-                    b ^= mask
-                    self.counters["flipped_bits"] += bin(mask).count("1")
-                out.append(b)
+            # no fault pending (the usual case): no Python loop over the bytes
+            faulty = self._drop or self._flips
+            out = self._apply_faults(chunk) if faulty else bytearray(chunk)
             out = self._add_noise(out)
         if not out:
             return
@@ -285,6 +276,22 @@ class Lane:
         self.counters["bytes_out"] += written
         self.counters["overrun"] += len(out) - written
         log.log(TRACE, "%s: %d bytes", self.name, written)
+
+    def _apply_faults(self, chunk: bytes) -> bytearray:
+        """`chunk` after the pending drops and flips, byte by byte (lock held)."""
+        out = bytearray()
+        for sent in chunk:
+            if self._drop:
+                self._drop -= 1
+                self.counters["dropped"] += 1
+                continue
+            b = sent
+            if self._flips:
+                mask = self._flips.popleft()
+                b ^= mask
+                self.counters["flipped_bits"] += bin(mask).count("1")
+            out.append(b)
+        return out
 
     def _add_noise(self, data: bytearray) -> bytearray:
         """Random drops, flips and garbage at the noise rates (lock held)."""
