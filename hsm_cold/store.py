@@ -140,6 +140,16 @@ CREATE TABLE IF NOT EXISTS refused_requests (
     at REAL NOT NULL,
     PRIMARY KEY (account, user_tx_no)
 );
+-- what was co-signed under each number, for fee bumps (hsm_cold/replacement.py)
+CREATE TABLE IF NOT EXISTS signed_sends (
+    account INTEGER NOT NULL,
+    user_tx_no TEXT NOT NULL,
+    txid TEXT NOT NULL,
+    outpoints TEXT NOT NULL,
+    fee INTEGER NOT NULL,
+    signed_at REAL NOT NULL,
+    PRIMARY KEY (account, user_tx_no, txid)
+);
 """
 
 
