@@ -37,6 +37,7 @@ from hsm_cold.errors import (
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
 from wallet_core.addresses import script_to_address
+from wallet_core.bech32 import SegwitV0Encoder
 from wallet_core.bip32 import HARDENED
 from wallet_core.chaincloud import (
     MAX_MONEY,
@@ -563,6 +564,20 @@ ROUND_TRIP_TYPES = frozenset(
 )
 
 
+_V0_ENCODERS: dict[tuple[str, int], SegwitV0Encoder] = {}
+
+
+def _address(script: bytes, kind: ScriptType, network: Network) -> str:
+    """`script_to_address`, by the table-driven encoder for witness v0 (the usual payee)."""
+    if kind not in (ScriptType.P2WPKH, ScriptType.P2WSH):
+        return script_to_address(script, network)
+    key = (network.hrp, len(script) - 2)
+    encoder = _V0_ENCODERS.get(key)
+    if encoder is None:
+        encoder = _V0_ENCODERS[key] = SegwitV0Encoder(*key)
+    return encoder.encode(script[2:])
+
+
 def rebuilt_payments(
     vout: Sequence[TxOut], change: set[int], network: Network
 ) -> tuple[str, list[Payment] | None]:
@@ -575,8 +590,8 @@ def rebuilt_payments(
         if n in change:
             continue
         try:
-            address = script_to_address(out.script_pubkey, network)
             kind = classify(out.script_pubkey).type
+            address = _address(out.script_pubkey, kind, network)
         except WalletError as exc:
             raise BadRequest(f"output {n} has no address: {exc.message}") from None
         exact = exact and kind in ROUND_TRIP_TYPES and 0 < out.value <= MAX_MONEY

@@ -321,6 +321,14 @@ class ColdStore:
                 self.failures += 1
                 raise
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the store's lock: no savepoint opened and released
+        around them (a read has nothing to undo). Inside a transaction the reads see its
+        changes; a change needs `transaction()`."""
+        with self._lock:
+            yield self._db
+
     def rows_changed(self) -> None:
         """Rows the window sums count were changed in place: load them again before answering."""
         with self._lock:

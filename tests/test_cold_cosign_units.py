@@ -19,6 +19,7 @@ from hsm_cold.cosign import CosignRequest, InputRef
 from hsm_cold.errors import BadRequest
 from hsm_cold.policy import policy_of
 from wallet_core import signatures
+from wallet_core.addresses import script_to_address
 from wallet_core.bip32 import HARDENED, ExtendedKey
 from wallet_core.chaincloud import parse_outs_with_scripts
 from wallet_core.errors import DerivationError, WalletError
@@ -149,6 +150,10 @@ def test_rebuilt_payments_are_what_parsing_the_text_gives(script: bytes) -> None
     vout = [TxOut(1_000, script), TxOut(5_000, change_script), TxOut(2_100_000_000_000_000, script)]
     text, payments = cosign.rebuilt_payments(vout, {1}, NET)
     assert text == cosign.rebuilt_outs(vout, {1}, NET)
+    assert (
+        text
+        == f"{script_to_address(script, NET)},1000;{script_to_address(script, NET)},{vout[2].value}"
+    )
     assert payments is not None
     assert payments == parse_outs_with_scripts(text, NET)
     assert [s for _, s in payments] == [script, script]
