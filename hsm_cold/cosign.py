@@ -178,9 +178,15 @@ def user_tx_no_field(payload: Mapping[str, Any]) -> str:
         raise BadRequest(exc.message) from None
 
 
-def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
-    """The unsigned transaction and one `[amount, chain, index]` description per input."""
-    tx = decode_tx(field(payload, "tx", bytes))
+def decode_tx_inputs(
+    payload: Mapping[str, Any], parsed: UnsignedTx | None = None
+) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
+    """The unsigned transaction and one `[amount, chain, index]` description per input.
+
+    `parsed`: the transaction as `unpack_payments` built it from its own parse; used when its
+    bytes are exactly the payload's (parsing them again would give the same object)."""
+    raw = field(payload, "tx", bytes)
+    tx = parsed if parsed is not None and parsed.raw == raw else decode_tx(raw)
     raw_inputs = field(payload, "inputs", list)
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):
@@ -188,9 +194,10 @@ def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[Inpu
     return tx, inputs
 
 
-def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
-    """Type-check the compact request; `BadRequest` names the first bad field."""
-    tx, inputs = decode_tx_inputs(payload)
+def decode_request(payload: Mapping[str, Any], parsed: UnsignedTx | None = None) -> CosignRequest:
+    """Type-check the compact request; `BadRequest` names the first bad field (`parsed`: see
+    `decode_tx_inputs`)."""
+    tx, inputs = decode_tx_inputs(payload, parsed)
     change = tuple(
         (vout, index)
         for vout, index in (
@@ -514,15 +521,24 @@ def refusal_names(payload: Mapping[str, Any]) -> tuple[Any, Any]:
 def unpack(payload: Mapping[str, Any], wallet: HotWallet) -> dict[str, Any]:
     """The long form of a packed request, rebuilt with the cold HSM's own derivations: every
     check then runs on it exactly as on a long-form request."""
-    return unpack_payments(payload, wallet)[0]
+    return unpack_payments(payload, wallet).payload
 
 
-def unpack_payments(
-    payload: Mapping[str, Any], wallet: HotWallet
-) -> tuple[dict[str, Any], list[Payment] | None]:
-    """`unpack`, and when `outs` was left out (rebuilt here from the transaction's payments)
-    those payments with their scripts: what `signed_payments` would decode from the rebuilt
-    text, known without decoding the addresses just encoded (None: decode them)."""
+@dataclass(frozen=True)
+class Unpacked:
+    """A packed request unpacked: the long form, the transaction in it as parsed here, and
+    the payments of a rebuilt `outs` (None: not rebuilt, or to be parsed from the text)."""
+
+    payload: dict[str, Any]
+    tx: UnsignedTx
+    payments: list[Payment] | None
+
+
+def unpack_payments(payload: Mapping[str, Any], wallet: HotWallet) -> Unpacked:
+    """`unpack`, with the transaction it built (so `decode_request` need not parse its bytes
+    again) and, when `outs` was left out (rebuilt here from the transaction's payments), those
+    payments with their scripts: what `signed_payments` would decode from the rebuilt text,
+    known without decoding the addresses just encoded."""
     packed_account(payload)  # the field count
     packed = dict(zip(PACKED_FIELDS, field(payload, "p", list), strict=True))
     tx = decode_tx(PACKED_VERSION + field(packed, "tx", bytes) + PACKED_LOCKTIME)
@@ -543,13 +559,11 @@ def unpack_payments(
     rebuilt: list[Payment] | None = None
     if outs is None:
         outs, rebuilt = rebuilt_payments(vout, {at for at, _ in change}, wallet.network)
-    return {
-        **packed,
-        "tx": serialize_unsigned(tx.version, tx.vin, vout, tx.locktime),
-        "change": change,
-        "coin_code": COIN_CODE,
-        "outs": outs,
-    }, rebuilt
+    raw = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)
+    long_form = {**packed, "tx": raw, "change": change, "coin_code": COIN_CODE, "outs": outs}
+    return Unpacked(
+        long_form, UnsignedTx(tx.version, tx.vin, tuple(vout), tx.locktime, raw), rebuilt
+    )
 
 
 def rebuilt_outs(vout: Sequence[TxOut], change: set[int], network: Network) -> str:

@@ -600,11 +600,13 @@ class ColdService:
 
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
-        rebuilt: list[cosign.Payment] | None = None  # outs as rebuilt by unpack, if it did
+        unpacked: cosign.Unpacked | None = None
         if "p" in payload:  # the packed form: rebuilt from our own derivations first
             rec = self._record(cosign.packed_account(payload))
-            payload, rebuilt = cosign.unpack_payments(payload, self._hot_wallet(rec))
-        req = cosign.decode_request(payload)
+            unpacked = cosign.unpack_payments(payload, self._hot_wallet(rec))
+            payload = unpacked.payload
+        req = cosign.decode_request(payload, None if unpacked is None else unpacked.tx)
+        rebuilt = None if unpacked is None else unpacked.payments  # outs rebuilt by unpack
         if self.store.request_closed(req.account, req.user_tx_no):
             raise SendClosed(
                 f"user_tx_no {req.user_tx_no!r} was closed by a refused statement: never signed"

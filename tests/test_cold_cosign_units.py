@@ -188,3 +188,34 @@ def test_policy_text_parsed_once_per_text() -> None:
         policy_of("not a policy")
     with pytest.raises(PolicyFormatError):  # not remembered as anything
         policy_of("not a policy")
+
+
+# -- a packed request, unpacked once ------------------------------------------------------------
+
+
+def _packed(wallet: HotWallet, payee: bytes) -> dict[str, object]:
+    vin = [TxIn(bytes([7]) * 32, 1, 0xFFFFFFFD)]
+    vout = [TxOut(40_000, payee), TxOut(9_000, b"")]  # the change's script left out
+    body = serialize_unsigned(2, vin, vout, 0)[4:-4]  # without version and nLockTime
+    return {
+        "p": [1, body, [[50_000, CHANGE, 4]], [[1, 6]], "u7", 0, "sig", "c", None, []],
+    }
+
+
+@pytest.mark.parametrize("payee", SCRIPTS[2:4], ids=["p2wpkh", "p2wsh"])
+def test_unpacked_request_is_the_parse_of_its_long_form(payee: bytes) -> None:
+    wallet = _wallet(_root("cold"))
+    unpacked = cosign.unpack_payments(_packed(wallet, payee), wallet)
+    req = cosign.decode_request(unpacked.payload, unpacked.tx)
+    assert req == cosign.decode_request(unpacked.payload)  # parsed from its bytes
+    assert req.tx.vout[1].script_pubkey == wallet.script_pubkey(6, CHANGE)
+    assert unpacked.payments == cosign.signed_payments(req, NET)
+    assert unpacked.payload == cosign.unpack(_packed(wallet, payee), wallet)
+
+
+def test_a_parsed_transaction_of_other_bytes_is_not_used() -> None:
+    wallet = _wallet(_root("cold"))
+    unpacked = cosign.unpack_payments(_packed(wallet, SCRIPTS[2]), wallet)
+    other = _request([InputRef(1, RECEIVE, 0)]).tx
+    req = cosign.decode_request(unpacked.payload, other)
+    assert req.tx == unpacked.tx
