@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 import serial
+import serial.serialposix
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -419,6 +420,38 @@ def test_port_reopens_with_backoff_after_a_failure() -> None:
         if data:
             break
     assert data == b"z" and port.reopens == 1 and port.write(b"x")
+
+
+def test_port_reads_a_tty_whole_and_fails_when_its_far_end_goes() -> None:
+    """A device port (a pty here, as between the HSMs) is read by `select` and `os.read` of
+    what waits: every byte arrives, in order, none twice; the far end closing fails the port
+    (it is then reopened), as pyserial's own read would."""
+    master, slave = os.openpty()
+    port = SerialPort(os.ttyname(slave), read_timeout=0.01)
+    os.close(slave)
+    try:
+        assert type(port._ser) is serial.serialposix.Serial  # the fast path is the one tested
+        sent = bytes(range(256)) * 40  # more than one read takes
+        os.write(master, sent[:5000])
+        os.write(master, sent[5000:])
+        got = bytearray()
+        for _ in range(500):
+            got += port.read()
+            if len(got) >= len(sent):
+                break
+        assert bytes(got) == sent
+        assert port.read() == b""  # nothing waits: the timeout
+        os.close(master)
+        master = -1
+        for _ in range(100):
+            port.read()
+            if not port.is_open:
+                break
+        assert not port.is_open
+    finally:
+        if master >= 0:
+            os.close(master)
+        port.close()
 
 
 def test_port_open_failure_is_a_link_error() -> None:
