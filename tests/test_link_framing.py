@@ -8,6 +8,8 @@ seal and open messages directly, without a line.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import zlib
 
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cc_common.link import codec
-from cc_common.link.auth import Direction, Refusal, ReplayWindow
+from cc_common.link.auth import Direction, MacKey, Refusal, ReplayWindow
 from cc_common.link.counters import JsonCounterStore, MemoryCounterStore, SqliteCounterStore
 from cc_common.link.errors import LinkEncodingError, LinkPortError
 from cc_common.link.framing import (
@@ -271,6 +273,17 @@ def test_session_round_trip_and_overhead() -> None:
     assert len(wire) == len(b"body") + 30
     msg = server.open(wire)
     assert msg == Message(Direction.HOT_TO_COLD, Kind.REQUEST, 1, 42, b"body")
+
+
+def test_mac_is_hmac_sha256_truncated_to_16_bytes() -> None:
+    """The wire's MAC, whatever computes it: HMAC-SHA256 under the direction's key, first 16
+    bytes (a peer of another version must keep accepting it)."""
+    for direction in Direction:
+        key = MacKey(bytes(range(32)), direction)
+        for data in (b"", b"x", bytes(range(256)) * 3):
+            want = hmac.new(key._key, data, hashlib.sha256).digest()[:16]
+            assert key.tag(data) == want and key.verify(data, want)
+            assert not key.verify(data, bytes(16))
 
 
 def test_session_refuses_bad_mac_replay_reflection_and_garbage() -> None:
