@@ -273,7 +273,8 @@ def main() -> int:
         for key, value in r.items():
             if key in ("baud",) or value == "":
                 continue
-            shown = f"{value:.1f}" if isinstance(value, float) else value
+            digits = 2 if key.startswith("cpu ms") else 1  # CPU per send: tenths are too coarse
+            shown = f"{value:.{digits}f}" if isinstance(value, float) else value
             print(f"  {key:32} {shown}")
     return 1 if failed else 0
 

@@ -208,11 +208,15 @@ class Lane:
         line_free = 0.0  # when the line finished the last byte it carried
         inflight = b""
         due = 0.0
+        watch_both = [self._wake_r, self._src.master_fd]
+        watch_wake = [self._wake_r]
         while not self._stop:
-            with self._lock:
-                if self._garbage or self._put:
+            # Unlocked peek (each change wakes this loop, which then looks again under the lock):
+            # most turns have nothing injected and need no lock.
+            if self._garbage or self._put:
+                with self._lock:
                     buf_since = self._take_garbage(buf, buf_since)
-                rate = self._rate
+            rate = self._rate
             now = time.monotonic()
             if not inflight and buf:
                 n = min(len(buf), max(1, int(rate * TICK)))
@@ -223,9 +227,7 @@ class Lane:
                 self._deliver(inflight)
                 line_free, inflight = due, b""
                 continue
-            watch = [self._wake_r]
-            if len(buf) < LANE_BUFFER:
-                watch.append(self._src.master_fd)
+            watch = watch_both if len(buf) < LANE_BUFFER else watch_wake
             timeout = max(0.0, due - now) if inflight else None
             try:
                 ready, _, _ = select.select(watch, [], [], timeout)
@@ -263,18 +265,9 @@ class Lane:
             if time.monotonic() < self._cut_until:
                 self.counters["cut_lost"] += len(chunk)
                 return
-            out = bytearray()
-            for sent in chunk:
-                if self._drop:
-                    self._drop -= 1
-                    self.counters["dropped"] += 1
-                    continue
-                b = sent
-                if self._flips:
-                    mask = self._flips.popleft()
-                    b ^= mask
-                    self.counters["flipped_bits"] += bin(mask).count("1")
-                out.append(b)
+            # no fault pending (the usual case): no Python loop over the bytes
+            faulty = self._drop or self._flips
+            out = self._apply_faults(chunk) if faulty else bytearray(chunk)
             out = self._add_noise(out)
         if not out:
             return
@@ -285,6 +278,22 @@ class Lane:
         self.counters["bytes_out"] += written
         self.counters["overrun"] += len(out) - written
         log.log(TRACE, "%s: %d bytes", self.name, written)
+
+    def _apply_faults(self, chunk: bytes) -> bytearray:
+        """`chunk` after the pending drops and flips, byte by byte (lock held)."""
+        out = bytearray()
+        for sent in chunk:
+            if self._drop:
+                self._drop -= 1
+                self.counters["dropped"] += 1
+                continue
+            b = sent
+            if self._flips:
+                mask = self._flips.popleft()
+                b ^= mask
+                self.counters["flipped_bits"] += bin(mask).count("1")
+            out.append(b)
+        return out
 
     def _add_noise(self, data: bytearray) -> bytearray:
         """Random drops, flips and garbage at the noise rates (lock held)."""

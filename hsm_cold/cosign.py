@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cc_common import fields
+from hsm_cold.accounts import SigningNode
 from hsm_cold.errors import (
     AmountMismatch,
     BadLocktime,
@@ -35,24 +36,26 @@ from hsm_cold.errors import (
 )
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
-from wallet_core.addresses import address_to_script, script_to_address
-from wallet_core.bip32 import HARDENED, ExtendedKey
+from wallet_core.addresses import script_to_address
+from wallet_core.bech32 import SegwitV0Encoder
+from wallet_core.bip32 import HARDENED
 from wallet_core.chaincloud import (
+    MAX_MONEY,
     Out,
     check_user_tx_no,
     format_outs,
-    parse_outs,
+    parse_outs_with_scripts,
     send_request_string,
 )
-from wallet_core.errors import AddressError, OutsError, TxParseError, WalletError
+from wallet_core.errors import OutsError, TxParseError, WalletError
 from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.hashes import sha256
 from wallet_core.networks import Network
 from wallet_core.prevtx import PrevTx, parse_prev_tx
 from wallet_core.rawtx import TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
-from wallet_core.script import ScriptType, p2wsh_script
+from wallet_core.script import ScriptType, classify, p2wsh_script
 from wallet_core.sighash import bip143_sighash
-from wallet_core.wallets import CHANGE, RECEIVE, HotWallet
+from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, HotWallet
 
 MAX_TEXT = 100_000
 COIN_CODE = "BTC"
@@ -65,6 +68,7 @@ SEQUENCES = frozenset({0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD})
 # with this gap still finds every change output the cold HSM ever signed.
 CHANGE_GAP = 1000
 DAY = 86_400.0
+COSIGNER = 1  # the cold HSM's place among the hot wallet's cosigners (hot, cold, recovery)
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,15 @@ def user_tx_no_field(payload: Mapping[str, Any]) -> str:
         raise BadRequest(exc.message) from None
 
 
-def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
-    """The unsigned transaction and one `[amount, chain, index]` description per input."""
-    tx = decode_tx(field(payload, "tx", bytes))
+def decode_tx_inputs(
+    payload: Mapping[str, Any], parsed: UnsignedTx | None = None
+) -> tuple[UnsignedTx, tuple[InputRef, ...]]:
+    """The unsigned transaction and one `[amount, chain, index]` description per input.
+
+    `parsed`: the transaction as `unpack_payments` built it from its own parse; used when its
+    bytes are exactly the payload's (parsing them again would give the same object)."""
+    raw = field(payload, "tx", bytes)
+    tx = parsed if parsed is not None and parsed.raw == raw else decode_tx(raw)
     raw_inputs = field(payload, "inputs", list)
     inputs = tuple(InputRef(*int_list(i, 3, "each input")) for i in raw_inputs)
     if len(inputs) != len(tx.vin):
@@ -184,9 +194,10 @@ def decode_tx_inputs(payload: Mapping[str, Any]) -> tuple[UnsignedTx, tuple[Inpu
     return tx, inputs
 
 
-def decode_request(payload: Mapping[str, Any]) -> CosignRequest:
-    """Type-check the compact request; `BadRequest` names the first bad field."""
-    tx, inputs = decode_tx_inputs(payload)
+def decode_request(payload: Mapping[str, Any], parsed: UnsignedTx | None = None) -> CosignRequest:
+    """Type-check the compact request; `BadRequest` names the first bad field (`parsed`: see
+    `decode_tx_inputs`)."""
+    tx, inputs = decode_tx_inputs(payload, parsed)
     change = tuple(
         (vout, index)
         for vout, index in (
@@ -268,24 +279,25 @@ def vc_code_valid(req: CosignRequest, channel_pubkey: bytes) -> bool:
     return messages.verify_message_pubkey(channel_pubkey, req.request_string(), req.vc_code)
 
 
-def signed_outs(req: CosignRequest, network: Network) -> list[Out]:
+Payment = tuple[Out, bytes]  # a signed output and the script its address pays
+
+
+def signed_payments(req: CosignRequest, network: Network) -> list[Payment]:
+    """`outs` parsed, each address decoded once into the script it pays."""
     try:
-        return parse_outs(req.outs, network)
+        return parse_outs_with_scripts(req.outs, network)
     except OutsError as exc:
         raise BadRequest(f"outs: {exc.message}") from None
 
 
-def check_outputs(req: CosignRequest, outs: Sequence[Out], wallet: HotWallet) -> None:
+def check_outputs(req: CosignRequest, signed: Sequence[Payment], wallet: HotWallet) -> None:
     """Check 5: outputs are exactly `outs` in order, plus at most one derivable change."""
     if len(req.change) > 1:
         raise ExtraOutput(f"{len(req.change)} change outputs declared; at most one is allowed")
     change_vouts = {vout for vout, _ in req.change}
     payments = [(n, o) for n, o in enumerate(req.tx.vout) if n not in change_vouts]
-    for (n, got), want in zip(payments, outs, strict=False):
-        try:
-            script = address_to_script(want.address, wallet.network)
-        except AddressError as exc:
-            raise BadRequest(f"outs: {exc.message}") from None
+    outs = [want for want, _ in signed]
+    for (n, got), (want, script) in zip(payments, signed, strict=False):
         if got.script_pubkey != script or got.value != want.value:
             raise OutputMismatch(
                 f"output {n} pays {got.value} sat to script {got.script_pubkey.hex()}; the signed"
@@ -435,23 +447,33 @@ def check_fee(req: CosignRequest, policy: FeePolicy, fees_today: int) -> int:
 
 
 def sign_inputs(
-    req: CosignRequest, scripts: Sequence[bytes], account_node: ExtendedKey, wallet: HotWallet
+    req: CosignRequest, scripts: Sequence[bytes], account_node: SigningNode, wallet: HotWallet
 ) -> list[bytes]:
-    """The cosigner's 64-byte low-S r||s per input, each verified against its derived key."""
-    chains: dict[int, ExtendedKey] = {}
+    """The cosigner's 64-byte low-S r||s per input, each verified against the wallet's cosigner
+    key for its path before it leaves.
+
+    The private child is derived from the sealed seed's account node; the public keys a
+    non-hardened step hashes come from `wallet` (derived from the same seed). The signature is
+    verified against the wallet's key, so a child that is not the wallet's key (a wallet not
+    of this seed) signs nothing: the same guarantee as comparing the child's public key first.
+    """
+    cosigner = wallet.cosigners[COSIGNER]
+    if not isinstance(cosigner, AccountKey) or cosigner.xpub.chain_code != account_node.chain_code:
+        raise WalletError("the cosigner account node is not the wallet's cosigner key")
+    chains: dict[int, SigningNode] = {}
     out = []
     for n, (ref, script) in enumerate(zip(req.inputs, scripts, strict=True)):
         chain_node = chains.get(ref.chain)
         if chain_node is None:
-            chain_node = chains[ref.chain] = account_node.child(ref.chain)
-        child = chain_node.child(ref.index)
-        pubkey = child.public_key
-        if pubkey != wallet.pubkeys(ref.index, ref.chain)[1]:
-            raise WalletError(f"input {n}: the cosigner key does not derive to the wallet's")
+            chain_node = chains[ref.chain] = account_node.child(ref.chain, cosigner.xpub.key)
+        child = chain_node.child(ref.index, wallet.chain_key(COSIGNER, ref.chain).key)
+        pubkey = wallet.pubkeys(ref.index, ref.chain)[COSIGNER]
         digest = bip143_sighash(req.tx, n, script, ref.amount)
-        der = signatures.sign_digest(child.private_key, digest)
+        der = signatures.sign_digest(child.key, digest)
         if not signatures.verify_digest(pubkey, digest, der):
-            raise WalletError(f"input {n}: signature does not verify; withheld")
+            raise WalletError(
+                f"input {n}: signature does not verify against the wallet's cosigner key; withheld"
+            )
         r, s = signatures.der_decode(der)
         out.append(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
     return out
@@ -499,6 +521,24 @@ def refusal_names(payload: Mapping[str, Any]) -> tuple[Any, Any]:
 def unpack(payload: Mapping[str, Any], wallet: HotWallet) -> dict[str, Any]:
     """The long form of a packed request, rebuilt with the cold HSM's own derivations: every
     check then runs on it exactly as on a long-form request."""
+    return unpack_payments(payload, wallet).payload
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A packed request unpacked: the long form, the transaction in it as parsed here, and
+    the payments of a rebuilt `outs` (None: not rebuilt, or to be parsed from the text)."""
+
+    payload: dict[str, Any]
+    tx: UnsignedTx
+    payments: list[Payment] | None
+
+
+def unpack_payments(payload: Mapping[str, Any], wallet: HotWallet) -> Unpacked:
+    """`unpack`, with the transaction it built (so `decode_request` need not parse its bytes
+    again) and, when `outs` was left out (rebuilt here from the transaction's payments), those
+    payments with their scripts: what `signed_payments` would decode from the rebuilt text,
+    known without decoding the addresses just encoded."""
     packed_account(payload)  # the field count
     packed = dict(zip(PACKED_FIELDS, field(payload, "p", list), strict=True))
     tx = decode_tx(PACKED_VERSION + field(packed, "tx", bytes) + PACKED_LOCKTIME)
@@ -516,28 +556,62 @@ def unpack(payload: Mapping[str, Any], wallet: HotWallet) -> dict[str, Any]:
                 f"change output {at} is not the hot wallet's change address {index}"
             ) from None
     outs = packed["outs"]
+    rebuilt: list[Payment] | None = None
     if outs is None:
-        outs = rebuilt_outs(vout, {at for at, _ in change}, wallet.network)
-    return {
-        **packed,
-        "tx": serialize_unsigned(tx.version, tx.vin, vout, tx.locktime),
-        "change": change,
-        "coin_code": COIN_CODE,
-        "outs": outs,
-    }
+        outs, rebuilt = rebuilt_payments(vout, {at for at, _ in change}, wallet.network)
+    raw = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)
+    long_form = {**packed, "tx": raw, "change": change, "coin_code": COIN_CODE, "outs": outs}
+    return Unpacked(
+        long_form, UnsignedTx(tx.version, tx.vin, tuple(vout), tx.locktime, raw), rebuilt
+    )
 
 
 def rebuilt_outs(vout: Sequence[TxOut], change: set[int], network: Network) -> str:
     """`addr,value;...` of the payments (every output not declared change), in order."""
-    payments = []
+    return rebuilt_payments(vout, change, network)[0]
+
+
+# Scripts whose address decodes back to exactly the script (tests/test_hsm_cold.py checks
+# the round trip): only for these are the rebuilt payments used without decoding them again.
+ROUND_TRIP_TYPES = frozenset(
+    {ScriptType.P2PKH, ScriptType.P2SH, ScriptType.P2WPKH, ScriptType.P2WSH, ScriptType.P2TR}
+)
+
+
+_V0_ENCODERS: dict[tuple[str, int], SegwitV0Encoder] = {}
+
+
+def _address(script: bytes, kind: ScriptType, network: Network) -> str:
+    """`script_to_address`, by the table-driven encoder for witness v0 (the usual payee)."""
+    if kind not in (ScriptType.P2WPKH, ScriptType.P2WSH):
+        return script_to_address(script, network)
+    key = (network.hrp, len(script) - 2)
+    encoder = _V0_ENCODERS.get(key)
+    if encoder is None:
+        encoder = _V0_ENCODERS[key] = SegwitV0Encoder(*key)
+    return encoder.encode(script[2:])
+
+
+def rebuilt_payments(
+    vout: Sequence[TxOut], change: set[int], network: Network
+) -> tuple[str, list[Payment] | None]:
+    """`rebuilt_outs`, with the payments as `signed_payments` would parse them back from it,
+    or None where parsing could say otherwise (a value `parse_outs` refuses, a script type
+    outside `ROUND_TRIP_TYPES`): the caller then parses the text as for any request."""
+    payments: list[Payment] = []
+    exact = True
     for n, out in enumerate(vout):
         if n in change:
             continue
         try:
-            payments.append((script_to_address(out.script_pubkey, network), out.value))
+            kind = classify(out.script_pubkey).type
+            address = _address(out.script_pubkey, kind, network)
         except WalletError as exc:
             raise BadRequest(f"output {n} has no address: {exc.message}") from None
+        exact = exact and kind in ROUND_TRIP_TYPES and 0 < out.value <= MAX_MONEY
+        payments.append((Out(address, out.value), out.script_pubkey))
     try:
-        return format_outs(payments)
+        text = format_outs([o for o, _ in payments])
     except OutsError as exc:
         raise BadRequest(f"outs: {exc.message}") from None
+    return text, payments if exact else None

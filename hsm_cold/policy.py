@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -84,6 +85,14 @@ class ChangeOutcome:
 
 def _utc(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@functools.lru_cache(maxsize=256)
+def policy_of(text: str) -> SpendingPolicy:
+    """The policy a stored text says, parsed once per distinct text: every co-sign reads the
+    account's policy, which changes rarely (a `SpendingPolicy` is frozen, so sharing it is
+    safe; a text that does not parse raises each time, as it is not cached)."""
+    return SpendingPolicy.from_text(text)
 
 
 def signed_approval(req: CosignRequest, channel_pubkey: bytes) -> bool | None:
@@ -174,7 +183,7 @@ class ColdPolicies:
         row = self.rows.get(account)
         if row is None:
             raise AccountPending(f"account {account} awaits its confirmation at the cold console")
-        return SpendingPolicy.from_text(row.policy)
+        return policy_of(row.policy)
 
     def pending_changes(self, account: int | None = None) -> list[ChangeRow]:
         return self.rows.pending(account)

@@ -107,7 +107,7 @@ class PolicyStore:
 
     # -- the policy in force -------------------------------------------------------------------
     def get(self, account: int) -> PolicyRow | None:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             row = db.execute(
                 "SELECT account, policy, seq, vdevice_fingerprint, confirmed_at"
                 " FROM account_policies WHERE account = ?",
@@ -127,7 +127,7 @@ class PolicyStore:
         return cur.rowcount == 1
 
     def all_rows(self) -> list[PolicyRow]:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             rows = db.execute(
                 "SELECT account, policy, seq, vdevice_fingerprint, confirmed_at"
                 " FROM account_policies ORDER BY account"
@@ -180,7 +180,21 @@ class PolicyStore:
         )
 
     def apply_due(self, account: int, now: float) -> list[ChangeRow]:
-        """Apply the account's waiting loosening whose delay has passed; the ones applied."""
+        """Apply the account's waiting loosening whose delay has passed; the ones applied.
+
+        Most co-signs find none: that is one read, and a transaction only when one is due (the
+        store's lock held from the read on, so nothing changes the rows in between)."""
+        with self.store.reading() as db:
+            due = db.execute(
+                "SELECT 1 FROM policy_changes WHERE account = ? AND state = ? AND applies_at <= ?"
+                " LIMIT 1",
+                (account, ChangeState.PENDING.value, now),
+            ).fetchone()
+            if due is None:
+                return []
+            return self._apply_due(account, now)
+
+    def _apply_due(self, account: int, now: float) -> list[ChangeRow]:
         with self.store.transaction() as db:
             rows = db.execute(
                 "SELECT id, account, seq, policy, requested_at, applies_at, state"
@@ -228,7 +242,7 @@ class PolicyStore:
 
     def change_by_seq(self, account: int, seq: int) -> ChangeRow | None:
         """The change the V-device sent under `seq` (to answer it again, unchanged)."""
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             row = db.execute(
                 "SELECT id, account, seq, policy, requested_at, applies_at, state"
                 " FROM policy_changes WHERE account = ? AND seq = ?",
@@ -237,7 +251,7 @@ class PolicyStore:
         return None if row is None else _change(row)
 
     def change_id_taken(self, change_id: str) -> bool:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             row = db.execute("SELECT 1 FROM policy_changes WHERE id = ?", (change_id,)).fetchone()
         return row is not None
 
@@ -248,7 +262,7 @@ class PolicyStore:
         """(sat in the last 24 h, sends in the last hour, which of `destinations` were paid
         before)."""
         wanted = sorted(set(destinations))
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             day = self._sent_since(db, account, now - 86_400)[1]
             hour = self._sent_since(db, account, now - 3_600)[0]
             paid = {

@@ -10,7 +10,8 @@ are held to the V-device's `outs` by the ordinary checks, so no new V-device sig
 needed. The replacement then becomes the number's binding (`adopt`), and its outputs are
 learnt like any signed transaction's.
 
-What was signed for each number (txid, outpoints, fee) is kept in this module's own table.
+What was signed for each number (txid, outpoints, fee) is kept in the `signed_sends` table
+(created with the cold state, `store.SCHEMA`).
 """
 
 from __future__ import annotations
@@ -30,18 +31,6 @@ MAX_REPLACEMENTS = 10
 INCREMENTAL_SAT_VB = 1
 MAX_RBF_SEQUENCE = 0xFFFFFFFD
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS signed_sends (
-    account INTEGER NOT NULL,
-    user_tx_no TEXT NOT NULL,
-    txid TEXT NOT NULL,
-    outpoints TEXT NOT NULL,
-    fee INTEGER NOT NULL,
-    signed_at REAL NOT NULL,
-    PRIMARY KEY (account, user_tx_no, txid)
-)
-"""
-
 
 def _outpoints(req: CosignRequest) -> list[str]:
     return [f"{i.txid.hex()}:{i.vout}" for i in req.tx.vin]
@@ -49,7 +38,6 @@ def _outpoints(req: CosignRequest) -> list[str]:
 
 def _history(store: ColdStore, req: CosignRequest) -> list[tuple[str, list[str], int]]:
     with store.transaction() as db:
-        db.execute(SCHEMA)
         rows = db.execute(
             "SELECT txid, outpoints, fee FROM signed_sends WHERE account = ? AND user_tx_no = ?"
             " ORDER BY signed_at",
@@ -61,7 +49,6 @@ def _history(store: ColdStore, req: CosignRequest) -> list[tuple[str, list[str],
 def record(store: ColdStore, req: CosignRequest, fee: int) -> None:
     """Remember what was co-signed under the request's number (a retry changes nothing)."""
     with store.transaction() as db:
-        db.execute(SCHEMA)
         db.execute(
             "INSERT OR IGNORE INTO signed_sends"
             " (account, user_tx_no, txid, outpoints, fee, signed_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -600,10 +600,13 @@ class ColdService:
 
     def cosign(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The checks of docs/hsm-pair.md in order; signatures only if all pass."""
+        unpacked: cosign.Unpacked | None = None
         if "p" in payload:  # the packed form: rebuilt from our own derivations first
             rec = self._record(cosign.packed_account(payload))
-            payload = cosign.unpack(payload, self._hot_wallet(rec))
-        req = cosign.decode_request(payload)
+            unpacked = cosign.unpack_payments(payload, self._hot_wallet(rec))
+            payload = unpacked.payload
+        req = cosign.decode_request(payload, None if unpacked is None else unpacked.tx)
+        rebuilt = None if unpacked is None else unpacked.payments  # outs rebuilt by unpack
         if self.store.request_closed(req.account, req.user_tx_no):
             raise SendClosed(
                 f"user_tx_no {req.user_tx_no!r} was closed by a refused statement: never signed"
@@ -643,11 +646,12 @@ class ColdService:
             else:
                 log.info("account %d: %s already co-signed; same signatures", req.account, req.txid)
                 return {"signatures": list(prior.signatures)}
-        outs = cosign.signed_outs(req, self.network)
+        payments = rebuilt if rebuilt is not None else cosign.signed_payments(req, self.network)
+        outs = [out for out, _ in payments]
         wallet = self._hot_wallet(rec)  # public keys only
         try:
             cosign.check_shape(req.tx)  # 5
-            cosign.check_outputs(req, outs, wallet)  # 6
+            cosign.check_outputs(req, payments, wallet)  # 6
             scripts = cosign.witness_scripts(req, wallet)  # 7
         except FREEZING as exc:
             self._refuse_and_freeze(req, exc)
@@ -659,7 +663,7 @@ class ColdService:
         # The seed is opened for this signature only; sign_inputs checks every private child
         # against the wallet's public key, so a wallet that is not this seed's signs nothing.
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
-            node = accounts.cosigner_node(root, self.network)
+            node = accounts.cosigner_signing_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
         signing = _signing(req, digest, sigs, fee)
@@ -736,8 +740,9 @@ class ColdService:
             return {"signatures": list(priors[0].signatures)}
         if any(p is not None for p in priors):
             replaced = self._batch_replaces(members, priors)
-        outs = [cosign.signed_outs(m, self.network) for m in members]
-        union = [o for member_outs in outs for o in member_outs]
+        signed = [cosign.signed_payments(m, self.network) for m in members]
+        outs = [[out for out, _ in member] for member in signed]
+        union = [payment for member in signed for payment in member]
         wallet = self._hot_wallet(rec)  # public keys only
         try:
             cosign.check_shape(first.tx)  # 5
@@ -752,7 +757,7 @@ class ColdService:
         else:  # 10: each member counts against the customer's policy, in turn
             self.policies.check_batch(first.account, list(zip(outs, approvals, strict=True)))
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
-            node = accounts.cosigner_node(root, self.network)
+            node = accounts.cosigner_signing_node(root, self.network)
         sigs = cosign.sign_inputs(first, scripts, node, wallet)
         del node
         signings = [_signing(m, digest, sigs, fee) for m in members]
@@ -829,7 +834,7 @@ class ColdService:
             ) from None
         fee = consolidation.check_fee(req, self.policy)
         with accounts.opened_root(self.keystore, rec, SeedPurpose.COSIGNER) as root:
-            node = accounts.cosigner_node(root, self.network)
+            node = accounts.cosigner_signing_node(root, self.network)
         sigs = cosign.sign_inputs(req, scripts, node, wallet)
         del node
         self.store.add_known_outputs(req.txid, _outputs(req.tx.vout))  # its change, spent next

@@ -140,6 +140,16 @@ CREATE TABLE IF NOT EXISTS refused_requests (
     at REAL NOT NULL,
     PRIMARY KEY (account, user_tx_no)
 );
+-- what was co-signed under each number, for fee bumps (hsm_cold/replacement.py)
+CREATE TABLE IF NOT EXISTS signed_sends (
+    account INTEGER NOT NULL,
+    user_tx_no TEXT NOT NULL,
+    txid TEXT NOT NULL,
+    outpoints TEXT NOT NULL,
+    fee INTEGER NOT NULL,
+    signed_at REAL NOT NULL,
+    PRIMARY KEY (account, user_tx_no, txid)
+);
 """
 
 
@@ -310,6 +320,14 @@ class ColdStore:
             except BaseException:
                 self.failures += 1
                 raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the store's lock: no savepoint opened and released
+        around them (a read has nothing to undo). Inside a transaction the reads see its
+        changes; a change needs `transaction()`."""
+        with self._lock:
+            yield self._db
 
     def rows_changed(self) -> None:
         """Rows the window sums count were changed in place: load them again before answering."""

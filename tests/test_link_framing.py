@@ -8,16 +8,19 @@ seal and open messages directly, without a line.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import zlib
 
 import pytest
 import serial
+import serial.serialposix
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cc_common.link import codec
-from cc_common.link.auth import Direction, Refusal, ReplayWindow
+from cc_common.link.auth import Direction, MacKey, Refusal, ReplayWindow
 from cc_common.link.counters import JsonCounterStore, MemoryCounterStore, SqliteCounterStore
 from cc_common.link.errors import LinkEncodingError, LinkPortError
 from cc_common.link.framing import (
@@ -272,6 +275,17 @@ def test_session_round_trip_and_overhead() -> None:
     assert msg == Message(Direction.HOT_TO_COLD, Kind.REQUEST, 1, 42, b"body")
 
 
+def test_mac_is_hmac_sha256_truncated_to_16_bytes() -> None:
+    """The wire's MAC, whatever computes it: HMAC-SHA256 under the direction's key, first 16
+    bytes (a peer of another version must keep accepting it)."""
+    for direction in Direction:
+        key = MacKey(bytes(range(32)), direction)
+        for data in (b"", b"x", bytes(range(256)) * 3):
+            want = hmac.new(key._key, data, hashlib.sha256).digest()[:16]
+            assert key.tag(data) == want and key.verify(data, want)
+            assert not key.verify(data, bytes(16))
+
+
 def test_session_refuses_bad_mac_replay_reflection_and_garbage() -> None:
     client, server = _pair()
     wire = client.seal(Kind.REQUEST, 1, b"sign this")
@@ -419,6 +433,38 @@ def test_port_reopens_with_backoff_after_a_failure() -> None:
         if data:
             break
     assert data == b"z" and port.reopens == 1 and port.write(b"x")
+
+
+def test_port_reads_a_tty_whole_and_fails_when_its_far_end_goes() -> None:
+    """A device port (a pty here, as between the HSMs) is read by `select` and `os.read` of
+    what waits: every byte arrives, in order, none twice; the far end closing fails the port
+    (it is then reopened), as pyserial's own read would."""
+    master, slave = os.openpty()
+    port = SerialPort(os.ttyname(slave), read_timeout=0.01)
+    os.close(slave)
+    try:
+        assert type(port._ser) is serial.serialposix.Serial  # the fast path is the one tested
+        sent = bytes(range(256)) * 40  # more than one read takes
+        os.write(master, sent[:5000])
+        os.write(master, sent[5000:])
+        got = bytearray()
+        for _ in range(500):
+            got += port.read()
+            if len(got) >= len(sent):
+                break
+        assert bytes(got) == sent
+        assert port.read() == b""  # nothing waits: the timeout
+        os.close(master)
+        master = -1
+        for _ in range(100):
+            port.read()
+            if not port.is_open:
+                break
+        assert not port.is_open
+    finally:
+        if master >= 0:
+            os.close(master)
+        port.close()
 
 
 def test_port_open_failure_is_a_link_error() -> None:

@@ -12,7 +12,7 @@ import bitcointx
 import pytest
 from bitcointx.signmessage import BitcoinMessage, VerifyMessage
 from bitcointx.wallet import P2PKHCoinAddress
-from coincurve import PublicKey
+from coincurve import PrivateKey, PublicKey
 
 from wallet_core.addresses import p2wpkh_address
 from wallet_core.errors import MessageSignatureError, SignatureError, SignerError
@@ -25,7 +25,7 @@ from wallet_core.messages import (
     verify_message_pubkey,
 )
 from wallet_core.networks import Network
-from wallet_core.secp import N, pubkey_from_privkey
+from wallet_core.secp import N, pubkey_from_privkey, sign_der
 from wallet_core.signatures import (
     SoftwareSigner,
     der_decode,
@@ -41,6 +41,15 @@ MSG = json.loads((Path(__file__).parent / "vectors" / "signed_messages.json").re
 PRIV = hashlib.sha256(b"signature tests").digest()
 PUB = pubkey_from_privkey(PRIV)
 DIGEST = hashlib.sha256(b"digest").digest()
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_sign_der_is_coincurves_signature(n: int) -> None:
+    """`secp.sign_der` (no public key derived) gives coincurve's own RFC6979 signature."""
+    priv = hashlib.sha256(b"key %d" % n).digest()
+    digest = hashlib.sha256(b"digest %d" % n).digest()
+    assert sign_der(priv, digest) == PrivateKey(priv).sign(digest, hasher=None)
+    assert sign_digest(priv, digest) == sign_der(priv, digest)
 
 
 def test_der_round_trip_and_low_s() -> None:

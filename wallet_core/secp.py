@@ -96,6 +96,24 @@ def pubkey_from_privkey(priv: bytes, compressed: bool = True) -> bytes:
     return _serialize(obj, compressed)
 
 
+def sign_der(priv: bytes, digest: bytes) -> bytes:
+    """Deterministic (RFC6979) low-S DER ECDSA signature of a 32-byte digest.
+
+    The same signature as coincurve's `PrivateKey(priv).sign(digest, hasher=None)`, without
+    the public key `PrivateKey` derives on construction (a curve multiplication per signature
+    that signing does not use)."""
+    check_privkey(priv)
+    if len(digest) != 32:
+        raise InvalidKeyError("digest must be 32 bytes")
+    sig = ffi.new("secp256k1_ecdsa_signature *")
+    if not lib.secp256k1_ecdsa_sign(CTX, sig, digest, priv, ffi.NULL, ffi.NULL):
+        raise InvalidKeyError("signing failed")  # pragma: no cover - checked key and digest
+    out = ffi.new("unsigned char[72]")
+    size = ffi.new("size_t *", 72)
+    lib.secp256k1_ecdsa_signature_serialize_der(CTX, out, size, sig)
+    return bytes(ffi.buffer(out, size[0]))
+
+
 def compress_pubkey(pub: bytes) -> bytes:
     """Normalise any valid encoding to 33-byte compressed form."""
     return _serialize(_parse(pub), True)

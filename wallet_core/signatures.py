@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Protocol
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PublicKey
 
 from . import secp
 from .errors import InvalidKeyError, SignatureError, SignerError
@@ -125,8 +125,7 @@ def sign_digest(priv: bytes, digest: bytes) -> bytes:
     """Deterministic (RFC6979) low-S DER signature of a 32-byte digest."""
     if len(digest) != 32:
         raise SignatureError("digest must be 32 bytes")
-    secp.check_privkey(priv)
-    return PrivateKey(priv).sign(digest, hasher=None)
+    return secp.sign_der(priv, digest)
 
 
 def normalize_signature(sig: bytes, pubkey: bytes, digest: bytes) -> bytes:

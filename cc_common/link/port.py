@@ -9,13 +9,17 @@ retransmits), while the port is reopened with exponential backoff.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 import serial
+import serial.serialposix
 
 from cc_common.link.errors import LinkPortError
 
@@ -33,6 +37,8 @@ class ByteStream(Protocol):
 
 
 Opener = Callable[[str, int, float], serial.SerialBase]
+READ_MAX = 4096  # bytes taken per read (a frame longer than this arrives in several reads)
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 def _open_pyserial(url: str, baudrate: int, timeout: float) -> serial.SerialBase:
@@ -84,6 +90,8 @@ class SerialPort:
         if ser is None:
             self._try_reopen()
             return b""
+        if type(ser) is serial.serialposix.Serial and ser.fd is not None:
+            return self._read_fd(ser, ser.fd)
         try:
             data = ser.read(1)
             if data:
@@ -95,6 +103,28 @@ class SerialPort:
             # TypeError/AttributeError: pyserial's socket/posix ports after a concurrent close.
             self._fail(ser, f"read failed: {exc}")
             return b""
+
+    def _read_fd(self, ser: serial.SerialBase, fd: int) -> bytes:
+        """`read` of a device port (a tty, our pty): one `select` and one `os.read` of what
+        waits, where pyserial's `read(1)`, `in_waiting` and `read(n)` take two of each plus an
+        ioctl per arrival. Its failures are pyserial's: an error other than a retry, or a port
+        that is readable but gives no bytes (the device went away), fails the port."""
+        try:
+            ready, _, _ = select.select((fd,), (), (), self.read_timeout)
+            if not ready:
+                return b""
+            data = os.read(fd, READ_MAX)
+        except OSError as exc:
+            if exc.errno in _RETRY:
+                return b""
+            self._fail(ser, f"read failed: {exc}")
+            return b""
+        except (TypeError, ValueError) as exc:  # the port closed under us
+            self._fail(ser, f"read failed: {exc}")
+            return b""
+        if not data:
+            self._fail(ser, "read failed: readable but no data (device disconnected?)")
+        return data
 
     def write(self, data: bytes) -> bool:
         """Write all of `data`; False (bytes dropped) if the port is down."""

@@ -417,7 +417,7 @@ def _cold_cosign_request() -> Harness:
         req = cosign.decode_request(payload)
         req.request_string()
         cosign.vc_code_valid(req, channel_pubkey)
-        cosign.signed_outs(req, Network.REGTEST)
+        cosign.signed_payments(req, Network.REGTEST)
 
     request = {
         "user_tx_no": "order-1",
