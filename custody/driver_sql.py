@@ -1,13 +1,15 @@
-"""Statements of the API's write path sent to PostgreSQL through the driver itself.
+"""Statements sent through the database driver itself, past SQLAlchemy's execution layer.
 
-A group commit's statements are fixed texts that nothing needs to compile, so they go to
-psycopg directly: SQLAlchemy's execution context costs about 0.2 ms of CPU per statement,
-several times the driver's own. The rows of a multi-row statement go as one JSON text
-(`rows_json`) that the statement reads with `json_to_recordset`: psycopg adapts one string at
-no cost, where for a Python list it inspects every element to choose an array type (about
-0.1 ms per list). Errors come back as SQLAlchemy's own exceptions (`OperationalError`, ...),
-as if the statement had gone through SQLAlchemy, so `custody.db.is_busy` and the API's error
-handler treat them alike, and a lost connection is invalidated the same way.
+Fixed texts that nothing needs to compile, on paths where that layer costs as much as the
+statement: the group commit's writes on PostgreSQL, and the `GET /tx` page on either database.
+SQLAlchemy's execution context costs about 0.2 ms of CPU per statement, several times the
+driver's own, and its result layer builds row metadata anew for every textual statement.
+The rows of a multi-row statement go as one JSON text (`rows_json`) that the statement reads
+with `json_to_recordset`: psycopg adapts one string at no cost, where for a Python list it
+inspects every element to choose an array type (about 0.1 ms per list). Errors come back as
+SQLAlchemy's own exceptions (`OperationalError`, ...), as if the statement had gone through
+SQLAlchemy, so `custody.db.is_busy` and the API's error handler treat them alike, and a lost
+connection is invalidated the same way.
 """
 
 from __future__ import annotations
@@ -36,20 +38,22 @@ def _iso(value: object) -> str:
 
 
 def rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Run `sql` (psycopg's `%(name)s` parameters) on `conn`'s driver connection, in the
+    """Run `sql` (the driver's own parameter style) on `conn`'s driver connection, in the
     transaction `conn` is in; its rows (none for a statement that returns none)."""
     driver = conn.connection.driver_connection
     assert driver is not None  # a checked-out connection always has one
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = driver.cursor()
     try:
-        cursor = driver.execute(sql, params)
-        return cursor.fetchall() if cursor.description is not None else []
-    except conn.dialect.loaded_dbapi.Error as exc:
-        gone = conn.dialect.is_disconnect(exc, driver, None)
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+    except dbapi.Error as exc:
+        gone = conn.dialect.is_disconnect(exc, driver, cursor)
         wrapped = DBAPIError.instance(
             sql,
             None,  # never the rows (amounts, addresses) in a message that may be logged
             exc,
-            conn.dialect.loaded_dbapi.Error,
+            dbapi.Error,
             hide_parameters=True,
             connection_invalidated=gone,
             dialect=conn.dialect,
@@ -57,3 +61,6 @@ def rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[An
         if gone:
             conn.invalidate(wrapped)
         raise wrapped from exc
+    finally:
+        if not conn.invalidated:
+            cursor.close()

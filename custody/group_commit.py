@@ -60,11 +60,10 @@ class GroupCommitter(Generic[T, R]):
         self._queue: list[_Ticket[T, R]] = []
         self._queue_lock = threading.Lock()
         # Waiters sleep on this (with the queue's lock) until their write is done or nobody
-        # leads: a writer whose write a group took must not wait for the commit lock, which
-        # the next leader may already hold for the whole of the next group.
+        # leads: a writer whose write a group took answers at once, never waiting while the
+        # next leader writes the whole of the next group.
         self._changed = threading.Condition(self._queue_lock)
-        self._leading = False
-        self._commit_lock = threading.Lock()  # held while a group is written
+        self._leading = False  # one leader at a time writes a group (set under `_changed`)
         self.groups = 0  # transactions committed or failed (for tests and benchmarks)
         self.written = 0
 
@@ -74,11 +73,10 @@ class GroupCommitter(Generic[T, R]):
             self._queue.append(ticket)
         while self._lead_or_wait(ticket):
             try:
-                with self._commit_lock:
-                    with self._queue_lock:
-                        group = self._queue[: self._max]
-                        del self._queue[: self._max]
-                    self._run(group)
+                with self._queue_lock:
+                    group = self._queue[: self._max]
+                    del self._queue[: self._max]
+                self._run(group)
             finally:
                 with self._changed:
                     self._leading = False

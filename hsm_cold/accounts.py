@@ -12,7 +12,6 @@ to change one of them no longer opens, instead of making the cold HSM sign for i
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +23,7 @@ from cc_common.token import DecryptionFailed
 from hsm_cold.errors import StateDamaged
 from hsm_cold.keystore import ColdKeystore
 from hsm_cold.store import AccountRecord
-from wallet_core import secp
-from wallet_core.bip32 import HARDENED, ExtendedKey, format_path, parse_xpub
-from wallet_core.errors import DerivationError, InvalidKeyError
+from wallet_core.bip32 import ExtendedKey, PrivateNode, format_path, parse_xpub
 from wallet_core.keys import master_key
 from wallet_core.networks import Network
 from wallet_core.wallets import (
@@ -137,42 +134,13 @@ def cosigner_node(root: ExtendedKey, network: Network) -> ExtendedKey:
     return root.derive(bip48_account_path(network, WALLET_ACCOUNT))
 
 
-@dataclass(frozen=True, repr=False)
-class SigningNode:
-    """A private BIP32 node as signing needs it: the key and chain code, nothing public.
-
-    `ExtendedKey.child` computes the parent's public key at every step (for the child's parent
-    fingerprint, and as the input of a non-hardened step): an elliptic-curve multiplication
-    each, five per co-sign that sign nothing. Here a hardened step is HMAC and a scalar
-    addition alone, and a non-hardened step takes the parent's public key from the account's
-    wallet (public material the cold HSM derived from this same seed). A wallet that is not
-    this seed's gives a child whose signature does not verify against the wallet's key, and
-    `cosign.sign_inputs` withholds it.
-    """
-
-    key: bytes  # 32-byte private scalar
-    chain_code: bytes
-
-    def child(self, index: int, parent_pubkey: bytes | None = None) -> SigningNode:
-        """CKDpriv: hardened (`index >= 2^31`, no public key needed) or not (`parent_pubkey`,
-        this node's public key, required)."""
-        if index >= HARDENED:
-            data = b"\0" + self.key + index.to_bytes(4, "big")
-        elif parent_pubkey is None:
-            raise DerivationError("a non-hardened child needs its parent's public key")
-        else:
-            data = parent_pubkey + index.to_bytes(4, "big")
-        i = hmac.digest(self.chain_code, data, "sha512")
-        try:
-            return SigningNode(secp.privkey_tweak_add(self.key, i[:32]), i[32:])
-        except InvalidKeyError:
-            raise DerivationError(f"index {index} gives an invalid key; use the next one") from None
-
-
-def cosigner_signing_node(root: ExtendedKey, network: Network) -> SigningNode:
-    """The private account node m/48'/c'/0'/2' as a `SigningNode` (the same key and chain
-    code as `cosigner_node`, without the public keys along the path)."""
-    node = SigningNode(root.private_key, root.chain_code)
+def cosigner_signing_node(root: ExtendedKey, network: Network) -> PrivateNode:
+    """The private account node m/48'/c'/0'/2' as a `PrivateNode` (the same key and chain
+    code as `cosigner_node`, without the public keys along the path, all hardened). Below it
+    `cosign.sign_inputs` takes the public keys of non-hardened steps from the account's
+    wallet (derived from this same seed); a wallet that is not this seed's gives a child whose
+    signature does not verify against the wallet's key, and is withheld."""
+    node = PrivateNode(root.private_key, root.chain_code)
     for index in bip48_account_path(network, WALLET_ACCOUNT):
         node = node.child(index)
     return node

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cc_common import fields
-from hsm_cold.accounts import SigningNode
 from hsm_cold.errors import (
     AmountMismatch,
     BadLocktime,
@@ -38,7 +37,7 @@ from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
 from wallet_core import messages, signatures
 from wallet_core.addresses import script_to_address
 from wallet_core.bech32 import SegwitV0Encoder
-from wallet_core.bip32 import HARDENED
+from wallet_core.bip32 import HARDENED, PrivateNode
 from wallet_core.chaincloud import (
     MAX_MONEY,
     Out,
@@ -447,7 +446,7 @@ def check_fee(req: CosignRequest, policy: FeePolicy, fees_today: int) -> int:
 
 
 def sign_inputs(
-    req: CosignRequest, scripts: Sequence[bytes], account_node: SigningNode, wallet: HotWallet
+    req: CosignRequest, scripts: Sequence[bytes], account_node: PrivateNode, wallet: HotWallet
 ) -> list[bytes]:
     """The cosigner's 64-byte low-S r||s per input, each verified against the wallet's cosigner
     key for its path before it leaves.
@@ -460,7 +459,7 @@ def sign_inputs(
     cosigner = wallet.cosigners[COSIGNER]
     if not isinstance(cosigner, AccountKey) or cosigner.xpub.chain_code != account_node.chain_code:
         raise WalletError("the cosigner account node is not the wallet's cosigner key")
-    chains: dict[int, SigningNode] = {}
+    chains: dict[int, PrivateNode] = {}
     out = []
     for n, (ref, script) in enumerate(zip(req.inputs, scripts, strict=True)):
         chain_node = chains.get(ref.chain)

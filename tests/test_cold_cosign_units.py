@@ -20,7 +20,7 @@ from hsm_cold.errors import BadRequest
 from hsm_cold.policy import policy_of
 from wallet_core import signatures
 from wallet_core.addresses import script_to_address
-from wallet_core.bip32 import HARDENED, ExtendedKey
+from wallet_core.bip32 import HARDENED, ExtendedKey, PrivateNode
 from wallet_core.chaincloud import parse_outs_with_scripts
 from wallet_core.errors import DerivationError, WalletError
 from wallet_core.networks import Network
@@ -127,7 +127,7 @@ def test_sign_inputs_withholds_when_the_key_does_not_verify() -> None:
     root = _root("cold")
     wallet = _wallet(root)
     good = accounts.cosigner_signing_node(root, NET)
-    forged = accounts.SigningNode(hashlib.sha256(b"not the key").digest(), good.chain_code)
+    forged = PrivateNode(hashlib.sha256(b"not the key").digest(), good.chain_code)
     req = _request([InputRef(50_000, RECEIVE, 3)])
     with pytest.raises(WalletError, match="does not verify"):
         cosign.sign_inputs(req, cosign.witness_scripts(req, wallet), forged, wallet)

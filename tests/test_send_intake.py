@@ -58,8 +58,11 @@ def form(user_tx_no: str, value: int = 10_000) -> dict[str, str]:
 
 @contextmanager
 def one_group(c: GroupCommitter[Any, Any], expected: int) -> Iterator[None]:
-    """Hold `c`'s commit lock until `expected` writes wait, so they go as one group."""
-    c._commit_lock.acquire()
+    """Take `c`'s leadership until `expected` writes wait, so they go as one group."""
+    with c._changed:
+        while c._leading:
+            c._changed.wait()
+        c._leading = True
     try:
         yield
         deadline = time.monotonic() + 30
@@ -67,7 +70,9 @@ def one_group(c: GroupCommitter[Any, Any], expected: int) -> Iterator[None]:
             assert time.monotonic() < deadline, f"only {len(c._queue)} writes queued"
             time.sleep(0.01)
     finally:
-        c._commit_lock.release()
+        with c._changed:
+            c._leading = False
+            c._changed.notify_all()
 
 
 def start(work: list[Callable[[], None]]) -> list[threading.Thread]:

@@ -184,25 +184,20 @@ class ExtendedKey:
     # -- derivation
     def child(self, index: int) -> ExtendedKey:
         """CKDpriv / CKDpub for one index (hardened if index >= 2^31)."""
-        if not 0 <= index <= 0xFFFFFFFF:
-            raise DerivationPathError(f"child index {index} out of range")
+        _check_index(index)
         pub = self.public_key
-        if index >= HARDENED:
-            if not self.is_private:
-                raise DerivationPathError("hardened derivation needs a private key")
-            data = self.key + index.to_bytes(4, "big")
+        if self.is_private:
+            node = PrivateNode(self.key[1:], self.chain_code).child(index, pub)
+            key, chain_code = b"\0" + node.key, node.chain_code
+        elif index >= HARDENED:
+            raise DerivationPathError("hardened derivation needs a private key")
         else:
-            data = pub + index.to_bytes(4, "big")
-        i = hmac.digest(self.chain_code, data, "sha512")
-        il, ir = i[:32], i[32:]
-        try:
-            if self.is_private:
-                key = b"\0" + secp.privkey_tweak_add(self.key[1:], il)
-            else:
-                key = secp.pubkey_tweak_add(pub, il)
-        except InvalidKeyError:
-            raise DerivationError(f"index {index} gives an invalid key; use the next one") from None
-        return ExtendedKey(self.version, self.depth + 1, hash160(pub)[:4], index, ir, key)
+            i = hmac.digest(self.chain_code, pub + index.to_bytes(4, "big"), "sha512")
+            try:
+                key, chain_code = secp.pubkey_tweak_add(pub, i[:32]), i[32:]
+            except InvalidKeyError:
+                raise _invalid_child(index) from None
+        return ExtendedKey(self.version, self.depth + 1, hash160(pub)[:4], index, chain_code, key)
 
     def derive(self, path: str | list[int] | tuple[int, ...]) -> ExtendedKey:
         """Derive along a relative path (`0/5`, or `m/...` from a master key)."""
@@ -210,6 +205,45 @@ class ExtendedKey:
         for idx in parse_path(path):
             node = node.child(idx)
         return node
+
+
+@dataclass(frozen=True, repr=False)
+class PrivateNode:
+    """A private BIP32 node as signing needs it: the 32-byte key and the chain code, nothing
+    public. The one CKDpriv step of this package (`ExtendedKey.child` uses it too).
+
+    A hardened step is an HMAC and a scalar addition; a non-hardened one hashes the parent's
+    public key, which the caller passes in (computing it is a curve multiplication that a
+    signer walking a known wallet's path need not pay: it takes it from the wallet).
+    """
+
+    key: bytes  # 32-byte private scalar
+    chain_code: bytes
+
+    def child(self, index: int, parent_pubkey: bytes | None = None) -> PrivateNode:
+        """CKDpriv: hardened (`index >= 2^31`, no public key needed) or not (`parent_pubkey`,
+        this node's compressed public key, required)."""
+        _check_index(index)
+        if index >= HARDENED:
+            data = b"\0" + self.key + index.to_bytes(4, "big")
+        elif parent_pubkey is None:
+            raise DerivationError("a non-hardened child needs its parent's public key")
+        else:
+            data = parent_pubkey + index.to_bytes(4, "big")
+        i = hmac.digest(self.chain_code, data, "sha512")
+        try:
+            return PrivateNode(secp.privkey_tweak_add(self.key, i[:32]), i[32:])
+        except InvalidKeyError:
+            raise _invalid_child(index) from None
+
+
+def _check_index(index: int) -> None:
+    if not 0 <= index <= 0xFFFFFFFF:
+        raise DerivationPathError(f"child index {index} out of range")
+
+
+def _invalid_child(index: int) -> DerivationError:
+    return DerivationError(f"index {index} gives an invalid key; use the next one")
 
 
 def _public_version(version: bytes) -> bytes:

@@ -371,28 +371,30 @@ class Psbt:
         The key must be one of the input's keys, and the signature must verify; high-S is
         normalised (same signature, canonical form).
         """
-        if not 0 <= i < self.input_count:
-            raise PsbtSignError(f"input index {i} out of range")
-        if pubkey not in self._input_keys(i):
-            raise PsbtSignError(f"key {pubkey.hex()} does not belong to input {i}")
+        self._check_input_key(i, pubkey)
         digest = self.sighash(i)
         try:
             der = signatures.normalize_signature(signature, pubkey, digest)
         except SignatureError as exc:
             raise PsbtSignError(f"input {i}: {exc.message}") from None
-        self._p.inputs[i].partial_sigs[embit_ec.PublicKey.parse(pubkey)] = der + bytes(
-            [SIGHASH_ALL]
-        )
+        self._put_signature(i, pubkey, der)
 
     def add_verified_signature(self, i: int, pubkey: bytes, der: bytes) -> None:
         """Store a low-S DER signature that its caller has already verified for `pubkey` and
         this input's `sighash(i)` (the hot HSM verifies each one where it enters: the cold
         HSM's answer, the token's output), without computing the digest and verifying again.
         The key must still be one of the input's keys."""
+        self._check_input_key(i, pubkey)
+        self._put_signature(i, pubkey, der)
+
+    def _check_input_key(self, i: int, pubkey: bytes) -> None:
+        """Input `i` exists and `pubkey` is one of its keys."""
         if not 0 <= i < self.input_count:
             raise PsbtSignError(f"input index {i} out of range")
         if pubkey not in self._input_keys(i):
             raise PsbtSignError(f"key {pubkey.hex()} does not belong to input {i}")
+
+    def _put_signature(self, i: int, pubkey: bytes, der: bytes) -> None:
         self._p.inputs[i].partial_sigs[embit_ec.PublicKey.parse(pubkey)] = der + bytes(
             [SIGHASH_ALL]
         )

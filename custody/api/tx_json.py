@@ -33,9 +33,9 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import Connection, Select, literal_column, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from custody import driver_sql
 from custody.models import ChainTx, DepositState, TxStatus, Wallet
 
 PAGE_SIZE = 20
@@ -237,30 +237,6 @@ def stale_arrays(conn: Connection | Session) -> list[int]:
     return list(rows.scalars())
 
 
-def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
-    """The statement's rows, read with the driver's own cursor: SQLAlchemy's result layer
-    builds its row metadata anew for every textual statement (about as much CPU as the driver's
-    whole execute and fetch of a page), and adds nothing to rows of one text column. Errors are
-    wrapped and a lost connection invalidated as SQLAlchemy itself would (`is_busy`, the pool)."""
-    raw = conn.connection.dbapi_connection
-    assert raw is not None  # a live Connection holds its DBAPI connection
-    dbapi = conn.dialect.loaded_dbapi
-    cursor = raw.cursor()
-    try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-    except dbapi.Error as exc:
-        gone = conn.dialect.is_disconnect(exc, raw, cursor)
-        if gone:
-            conn.invalidate()
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
-        ) from exc
-    finally:
-        if not conn.invalidated:
-            cursor.close()
-
-
 def tx_page(
     conn: Connection, account_id: int, wallet: Wallet, after_txid: str | None
 ) -> str | None:
@@ -270,8 +246,8 @@ def tx_page(
     dialect = conn.dialect.name
     params: dict[str, Any] = {"account_id": account_id, "wallet": wallet.name, "txid": after_txid}
     query = Query.FIRST if after_txid is None else Query.AFTER
-    rows = _rows(conn, _statement(dialect, query), params)
-    if not rows and after_txid is not None and not _rows(conn, _CURSOR[dialect], params):
+    rows = driver_sql.rows(conn, _statement(dialect, query), params)
+    if not rows and after_txid is not None and not driver_sql.rows(conn, _CURSOR[dialect], params):
         return None
     return "[" + ",".join(r[0] for r in rows) + "]"
 
@@ -280,5 +256,5 @@ def tx_detail(conn: Connection, account_id: int, wallet: Wallet, txid: str) -> s
     """One transaction of one side as a JSON object's text (the same document as in a page),
     or None when this side has no such transaction."""
     params = {"account_id": account_id, "wallet": wallet.name, "txid": txid}
-    rows = _rows(conn, _statement(conn.dialect.name, Query.DETAIL), params)
+    rows = driver_sql.rows(conn, _statement(conn.dialect.name, Query.DETAIL), params)
     return str(rows[0][0]) if rows else None
