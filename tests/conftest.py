@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.harness import Deployment
 
@@ -27,6 +28,12 @@ pytest_plugins = (
     "tests.history_fixtures",
     "tests.vdevice_rig",
 )
+
+# Property tests check what is computed, never how fast: on a 2-core machine running the suite
+# in two processes beside servers, a case can take longer than hypothesis's 200 ms default
+# deadline without anything being wrong.
+settings.register_profile("custody", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("custody")
 
 DEPLOYMENTS = pytest.StashKey[list[Deployment]]()
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()

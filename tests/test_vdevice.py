@@ -432,8 +432,9 @@ def test_sms_loss_retries_within_bounds_nothing_twice(make_rig: Callable[..., Ri
 
     Loss is per segment and `QC`s take two segments, so loss is set on the phone's network
     only (the recipient's network decides): at 30% a two-segment round trip fails about half
-    the time, so retries are exercised, while 8 attempts all failing (~0.5%) stays rare."""
-    rig = make_rig(sms_reply_timeout=1.5, sms_max_attempts=8, stall_retry=1.0)
+    the time, so retries are exercised, while 12 attempts all failing (~0.02% per round trip;
+    8 gave ~0.4%, over the several round trips of a run about one run in 100) stays rare."""
+    rig = make_rig(sms_reply_timeout=1.5, sms_max_attempts=12, stall_retry=1.0)
     cold0 = batch_addresses(COLD, 0)
     rig.cold.batches = {(2, 0): cold0}
     rig.web.batches = [site_batch(COLD, 0, cold0)]
