@@ -380,9 +380,11 @@ def test_a_cut_line_times_out_clearly_and_the_link_recovers(rig: Rig) -> None:
     rig.client.call("cosign", cosign_request(), timeout=5)
     rig.line.inject(CUT, Direction.BOTH)
     start = time.monotonic()
-    with pytest.raises(LinkTimeout, match=r"'cosign' after 1\.\d\ds \(timeout 1\.2s"):
+    with pytest.raises(LinkTimeout, match=r"'cosign' after \d+\.\d\ds \(timeout 1\.2s"):
         rig.client.call("cosign", cosign_request(), timeout=1.2)
-    assert time.monotonic() - start < 1.2 + 1.0
+    # At the deadline, not after the framer's retries (6 x up to 0.4 s) or a late re-send; the
+    # margin is for a loaded 2-core machine scheduling the waiting thread late.
+    assert 1.2 <= time.monotonic() - start < 1.2 + 2.0
     rig.line.clear()
     rig.client.call("cosign", cosign_request(), timeout=10)
     # The timed-out request may still have executed once (its answer was lost): never twice.

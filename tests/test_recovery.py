@@ -546,7 +546,8 @@ def test_restore_refusals_write_nothing(
     shutil.copytree(files, altered)
     f = altered / f"account-{ACCOUNT}.ccbak"
     doc = json.loads(f.read_text())
-    doc["ciphertext"] = "A" + doc["ciphertext"][1:]
+    first = doc["ciphertext"][0]
+    doc["ciphertext"] = ("B" if first == "A" else "A") + doc["ciphertext"][1:]  # always altered
     f.write_text(json.dumps(doc))
     refused(_restore(target, altered, shares[:2]), ALTERED)
     (altered / "hsm-identity.ccbak").unlink()
