@@ -58,11 +58,21 @@ def timed(
 @contextmanager
 def caller_deadline(seconds: float | None) -> Iterator[None]:
     """Within this block the caller waits `seconds` more (None: it did not say)."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    token = enter_caller_deadline(seconds)
     try:
         yield
     finally:
-        _deadline.reset(token)
+        leave_caller_deadline(token)
+
+
+def enter_caller_deadline(seconds: float | None) -> contextvars.Token[float | None]:
+    """`caller_deadline` for a scope that is not one block (a request's first and last
+    hooks): from now on the caller waits `seconds` more, until `leave_caller_deadline`."""
+    return _deadline.set(None if seconds is None else time.monotonic() + seconds)
+
+
+def leave_caller_deadline(token: contextvars.Token[float | None]) -> None:
+    _deadline.reset(token)
 
 
 def within_caller(timeout: float) -> float:

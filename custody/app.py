@@ -8,9 +8,10 @@ explorer under `/api/v1`, and the errors blueprint that gives every error one JS
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, request
 from flask.sessions import SessionInterface
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +85,31 @@ class _NoSessions(SessionInterface):
         return None
 
 
+class _App(Flask):
+    """Flask, asking once per function (not on every request, for every hook and view)
+    whether it is a coroutine function that must be wrapped to run synchronously."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
+
+
+def _before_request() -> None:
+    """Every request's first steps, in one hook with the request looked up once: its text
+    checked (`input_text`), its timing and watch started (`timing`), its query parameters
+    checked (`params`), in that order."""
+    req = request._get_current_object()  # type: ignore[attr-defined]  # the proxy's own
+    input_text.refuse_unsafe_text(req)
+    timing.start(req)
+    params.check_query(req)
+
+
 def create_app(
     config: Config,
     *,
@@ -91,7 +117,7 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
 ) -> Flask:
     """Build the custody API app for `config`."""
-    app = Flask("custody")
+    app = _App("custody")
     app.config[CONFIG_KEY] = config
     app.config[SETTINGS_KEY] = ApiSettings.from_config(config)
     app.config["SECRET_KEY"] = config.section("custody").str("secret_key", "")
@@ -121,14 +147,12 @@ def create_app(
     token_cache.init_app(app, config.section("custody").float("token_cache_seconds", 2.0))
 
     app.register_blueprint(errors.bp)
-    app.register_blueprint(input_text.bp)
     app.register_blueprint(health.bp, url_prefix="/api/v1")
     for module in (time, user, addresses, txs, events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi.bp, url_prefix="/api/v1")
     timing.set_capacity(config.section("custody").int("threads", timing.DEFAULT_THREADS))
-    app.before_request(timing.start)
+    app.before_request(_before_request)
     app.after_request(timing.finish)
     app.teardown_request(timing.teardown)
-    app.before_request(params.check_query)
     return app

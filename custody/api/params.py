@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flask import request
+from flask import Request, request
 
 from custody.batches import MAX_BATCH_NO
 from custody.errors import BadRequest
@@ -24,19 +24,22 @@ QUERY = {
 MAX_FIELD = 20_000
 
 
-def check_query() -> None:
-    """`before_request`: unknown or repeated query parameters are a 400."""
-    if request.blueprint not in API_BLUEPRINTS or request.endpoint is None:
+def check_query(req: Request | None = None) -> None:
+    """`before_request` (or called by one with the request at hand, `req`): unknown or
+    repeated query parameters are a 400."""
+    if req is None:
+        req = request._get_current_object()  # type: ignore[attr-defined]  # the proxy's own
+    if not req.args or req.blueprint not in API_BLUEPRINTS or req.endpoint is None:
         return
-    allowed = QUERY.get(request.endpoint, frozenset())
-    unknown = sorted(set(request.args) - allowed)
+    allowed = QUERY.get(req.endpoint, frozenset())
+    unknown = sorted(set(req.args) - allowed)
     if unknown:
         takes = ", ".join(sorted(allowed)) if allowed else "no query parameters"
         raise BadRequest(
             f"unknown query parameter {', '.join(unknown)} (this endpoint takes {takes})"
         )
-    for key in request.args:
-        if len(request.args.getlist(key)) > 1:
+    for key in req.args:
+        if len(req.args.getlist(key)) > 1:
             raise BadRequest(f"query parameter {key} is given more than once")
 
 

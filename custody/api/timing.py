@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import Token
 
-from flask import Response, g, request
+from flask import Request, Response, g, request
 
-from cc_common.hops import DEADLINE_HEADER, caller_deadline, parse_deadline, slow_after
+from cc_common.hops import (
+    DEADLINE_HEADER,
+    enter_caller_deadline,
+    leave_caller_deadline,
+    parse_deadline,
+    slow_after,
+)
 from cc_common.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -30,27 +37,48 @@ def set_capacity(threads: int) -> None:
 
 def allow(seconds: float) -> None:
     """The current request may run `seconds` from its start (a long poll's own wait)."""
-    key = g.get("_cc_watch")
-    if key is not None:
-        WATCHDOG.extend(key, seconds)
+    state = g.get(_STATE)
+    if state is not None:
+        WATCHDOG.extend(state.watch, seconds)
 
 
-def start() -> None:
-    g._cc_started = time.monotonic()
-    waits = parse_deadline(request.headers.get(DEADLINE_HEADER))
-    g._cc_waits = waits
-    scope = caller_deadline(waits)
-    scope.__enter__()
-    g._cc_deadline_scope = scope
+class _Timing:
+    """What a request's first hook leaves for its last ones (one `g` slot: every access to
+    `g` or `request` goes through a context-local proxy)."""
+
+    __slots__ = ("started", "waits", "scope", "watch")
+
+    def __init__(
+        self, started: float, waits: float | None, scope: Token[float | None], watch: int
+    ) -> None:
+        self.started = started
+        self.waits = waits
+        self.scope = scope
+        self.watch = watch
+
+
+_STATE = "_cc_timing"
+# `X-CC-Deadline` as the WSGI environ names it
+_DEADLINE_ENV = "HTTP_" + DEADLINE_HEADER.upper().replace("-", "_")
+
+
+def start(req: Request | None = None) -> None:
+    """`before_request` (or called by one with the request at hand, `req`)."""
+    if req is None:
+        req = request._get_current_object()  # type: ignore[attr-defined]  # the proxy's own
+    started = time.monotonic()
+    waits = parse_deadline(req.environ.get(_DEADLINE_ENV))
+    scope = enter_caller_deadline(waits)
     # the path only: a query string is the caller's data, not where the stall is
-    g._cc_watch = WATCHDOG.begin(f"{request.method} {request.path}", waits or DEFAULT_DEADLINE)
+    watch = WATCHDOG.begin(f"{req.method} {req.path}", waits or DEFAULT_DEADLINE)
+    setattr(g, _STATE, _Timing(started, waits, scope, watch))
 
 
 def finish(response: Response) -> Response:
-    started = g.get("_cc_started")
-    if started is not None:
-        took = time.monotonic() - started
-        deadline = g.get("_cc_waits") or DEFAULT_DEADLINE
+    state = g.get(_STATE)
+    if state is not None:
+        took = time.monotonic() - state.started
+        deadline = state.waits or DEFAULT_DEADLINE
         if response.status_code >= 500 or took >= slow_after(deadline):
             log.info(
                 "site->custody %s %s: HTTP %d in %.2fs (deadline %.1fs)",
@@ -64,9 +92,7 @@ def finish(response: Response) -> Response:
 
 
 def teardown(_exc: BaseException | None) -> None:
-    key = g.pop("_cc_watch", None)
-    if key is not None:
-        WATCHDOG.end(key)
-    scope = g.pop("_cc_deadline_scope", None)
-    if scope is not None:
-        scope.__exit__(None, None, None)
+    state = g.pop(_STATE, None)
+    if state is not None:
+        WATCHDOG.end(state.watch)
+        leave_caller_deadline(state.scope)
