@@ -155,3 +155,21 @@ def test_table_polymod_matches_the_bips_bit_loop() -> None:
         values = [rnd.randrange(32) for _ in range(rnd.randrange(90))]
         chk = rnd.choice((1, rnd.randrange(1 << 30)))
         assert bech32._polymod(values, chk) == reference(values, chk)
+
+
+@pytest.mark.parametrize("spec", list(Encoding))
+def test_decoding_checks_every_length_up_to_90_characters(spec: Encoding) -> None:
+    """The decoder's checksum tables (one row per distance from the end) reach the longest
+    strings, for every length of the human-readable part; one changed symbol is refused."""
+    rnd = random.Random(11)
+    for hrp_len in range(1, 84):
+        hrp = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(hrp_len))
+        longest = 90 - hrp_len - 7  # the separator and the checksum's 6 symbols
+        for data_len in {min(n, longest) for n in (0, 1, 40)} | {longest}:
+            data = [rnd.randrange(32) for _ in range(data_len)]
+            text = bech32.bech32_encode(hrp, data, spec)
+            assert bech32_decode(text) == (hrp, data, spec)
+            i = rnd.randrange(hrp_len + 1, len(text))
+            changed = text[:i] + bech32.CHARSET[(bech32.CHARSET.index(text[i]) + 1) % 32]
+            with pytest.raises(errors.AddressChecksumError):
+                bech32_decode(changed + text[i + 1 :])

@@ -10,6 +10,7 @@ mixed case, unknown prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import secp
 from .base58 import b58check_decode, b58check_encode
@@ -80,13 +81,18 @@ def decode_address(address: str) -> AddressInfo:
     return AddressInfo(address, ScriptType.P2SH, nets, h, p2sh_script(h))
 
 
+@lru_cache(maxsize=16)  # a few prefixes in use; bounded, since any prefix can be sent
+def _networks_for_hrp(hrp: str) -> tuple[Network, ...]:
+    return tuple(networks_for_hrp(hrp))
+
+
 def _decode_bech32(address: str) -> AddressInfo:
     hrp, version, program = decode_segwit(address)
-    nets = tuple(networks_for_hrp(hrp))
+    nets = _networks_for_hrp(hrp)
     if not nets:
         raise UnknownPrefixError(f"unknown address prefix {hrp!r}")
-    info = classify(witness_script(version, program))
-    return AddressInfo(address, info.type, nets, program, witness_script(version, program), version)
+    script = witness_script(version, program)
+    return AddressInfo(address, classify(script).type, nets, program, script, version)
 
 
 def validate_address(address: str, network: Network) -> AddressInfo:

@@ -8,6 +8,7 @@ per-network constant XOR one table entry per program byte, and the base32 conver
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from enum import Enum
 from functools import reduce
@@ -26,6 +27,8 @@ class Encoding(Enum):
     BECH32 = "bech32"
     BECH32M = "bech32m"
 
+
+_getitem = tuple.__getitem__
 
 # The BIPs' generator XOR for each value of the 5 bits shifted out, so that a step of the
 # checksum is one table lookup, not a loop over the bits (addresses are checked on every send).
@@ -54,33 +57,82 @@ def bech32_encode(hrp: str, data: list[int], spec: Encoding) -> str:
     return hrp + "1" + "".join(CHARSET[d] for d in data + _create_checksum(hrp, data, spec))
 
 
-def bech32_decode(text: str) -> tuple[str, list[int], Encoding]:
-    """Decode any bech32/bech32m string; return (hrp, data without checksum, encoding)."""
-    if any(ord(x) < 33 or ord(x) > 126 for x in text):
+# Decoding, in a few C-level operations per address (every send decodes its payees):
+# - the checksum is linear: a run of the polymod over L values from 1 is K[L] XOR, for the
+#   value v at distance d from the end, ROWS[d][v] (v run through d zero steps), so it is a
+#   `reduce(xor, map(...))` over table rows instead of a Python loop over the values;
+# - the 5-bit groups become bytes as one integer: `int(_, 32)` after `str.translate` to its
+#   digits.
+_MAX_VALUES = 2 * 90  # hrp expansion + data: at most 83 + 90 (the hrp counts twice)
+
+
+def _zero_step(chk: int) -> int:
+    return (chk & 0x1FFFFFF) << 5 ^ _GEN_BY_TOP[chk >> 25]
+
+
+def _tables() -> tuple[list[tuple[int, ...]], list[int]]:
+    rows = [tuple(range(32))]
+    consts = [1]
+    for _ in range(_MAX_VALUES):
+        rows.append(tuple(_zero_step(c) for c in rows[-1]))
+        consts.append(_zero_step(consts[-1]))
+    rows.reverse()  # rows[_MAX_VALUES - d]: distance d from the end
+    return rows, consts
+
+
+_ROWS, _CONST_BY_LEN = _tables()
+_OUTSIDE_33_126 = re.compile(r"[^!-~]")
+_TO_BASE32_DIGITS = str.maketrans(CHARSET, "0123456789abcdefghijklmnopqrstuv")  # `int(_, 32)`
+
+
+def _decode(text: str) -> tuple[str, str, list[int], Encoding]:
+    """`bech32_decode`, with the data part's characters (lower case, checksum included)."""
+    if _OUTSIDE_33_126.search(text):
         raise AddressError("bech32 string has a character outside US-ASCII 33-126")
-    if text.lower() != text and text.upper() != text:
+    lower = text.lower()
+    if lower != text and text.upper() != text:
         raise MixedCaseError("bech32 string mixes upper and lower case")
-    text = text.lower()
-    pos = text.rfind("1")
+    pos = lower.rfind("1")
     if pos < 1:
         raise AddressError("bech32 string has an empty or missing human-readable part")
-    if pos + 7 > len(text):
+    if pos + 7 > len(lower):
         raise AddressError("bech32 data part is too short")
-    if len(text) > 90:
+    if len(lower) > 90:
         raise AddressError("bech32 string longer than 90 characters")
-    hrp = text[:pos]
+    hrp, chars = lower[:pos], lower[pos + 1 :]
     try:
-        data = [_CHAR_INDEX[c] for c in text[pos + 1 :]]
+        data = [_CHAR_INDEX[c] for c in chars]
     except KeyError as exc:
         raise AddressError(f"invalid bech32 character {exc.args[0]!r}") from None
-    check = _polymod(_hrp_expand(hrp) + data)
+    values = _hrp_expand(hrp) + data
+    n = len(values)
+    check = reduce(xor, map(_getitem, _ROWS[_MAX_VALUES + 1 - n :], values), _CONST_BY_LEN[n])
     if check == BECH32_CONST:
         spec = Encoding.BECH32
     elif check == BECH32M_CONST:
         spec = Encoding.BECH32M
     else:
         raise AddressChecksumError("bad bech32/bech32m checksum")
-    return hrp, data[:-6], spec
+    return hrp, chars, data[:-6], spec
+
+
+def bech32_decode(text: str) -> tuple[str, list[int], Encoding]:
+    """Decode any bech32/bech32m string; return (hrp, data without checksum, encoding)."""
+    hrp, _, data, spec = _decode(text)
+    return hrp, data, spec
+
+
+def _groups_to_bytes(chars: str) -> bytes:
+    """`convertbits(groups, 5, 8, False)` of bech32 characters (already checked)."""
+    nbytes, bits = divmod(len(chars) * 5, 8)
+    if bits >= 5:
+        raise WitnessProgramError("witness program has more than 4 bits of padding")
+    if not chars:
+        return b""
+    value = int(chars.translate(_TO_BASE32_DIGITS), 32)
+    if value & ((1 << bits) - 1):
+        raise WitnessProgramError("witness program has non-zero padding")
+    return (value >> bits).to_bytes(nbytes, "big")
 
 
 def convertbits(data: bytes | list[int], frombits: int, tobits: int, pad: bool) -> list[int]:
@@ -127,13 +179,13 @@ def encode_segwit(hrp: str, version: int, program: bytes) -> str:
 
 def decode_segwit(address: str) -> tuple[str, int, bytes]:
     """Decode a segwit address into (hrp, witness version, program), enforcing BIP350."""
-    hrp, data, spec = bech32_decode(address)
+    hrp, chars, data, spec = _decode(address)
     if not data:
         raise WitnessProgramError("segwit address has an empty data part")
     version = data[0]
     if version > 16:
         raise WitnessProgramError(f"invalid witness version {version}")
-    program = bytes(convertbits(data[1:], 5, 8, False))
+    program = _groups_to_bytes(chars[1:-6])
     check_witness_program(version, program)
     # BIP350 counts the wrong variant as an invalid checksum
     if version == 0 and spec is not Encoding.BECH32:
@@ -143,7 +195,6 @@ def decode_segwit(address: str) -> tuple[str, int, bytes]:
     return hrp, version, program
 
 
-_getitem = tuple.__getitem__
 _SYMBOL_TO_CHAR = bytes.maketrans(bytes(range(32)), CHARSET.encode())
 
 

@@ -182,6 +182,10 @@ def check_user_tx_no(user_tx_no: str) -> str:
     return user_tx_no
 
 
+# what JSON would escape in a string: `"`, the backslash and the controls U+0000-U+001F
+_UNQUOTABLE = re.compile(r'["\\\x00-\x1f]')
+
+
 def send_request_string(
     outs: str, user_tx_no: str, *, coin_code: str = "BTC", is_dynamic_fee: int = 1
 ) -> str:
@@ -195,7 +199,7 @@ def send_request_string(
     check_user_tx_no(user_tx_no)
     if not re.fullmatch(r"[A-Z]{2,10}", coin_code):
         raise OutsError("coin_code must be upper-case letters")
-    if not outs or any(c in outs for c in '"\\') or any(ord(c) < 0x20 for c in outs):
+    if not outs or _UNQUOTABLE.search(outs):
         raise OutsError("outs contains characters that cannot appear in the request string")
     return (
         f'{{"coin_code":"{coin_code}","is_dynamic_fee":{is_dynamic_fee},'
