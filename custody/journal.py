@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from custody import driver_sql, events
@@ -322,37 +322,53 @@ def append_alone(session: Session, entries: Sequence[NewEntry]) -> list[str]:
     session.flush()
     session.info.pop(_LOCKED_IN, None)
     conn = session.connection()
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        found = driver_sql.rows(conn, _HEAD_VALUE_LOCKED_PG, {"key": HEAD_KEY})
-        value = found[0][0] if found else None
-    else:
-        conn.execute(_SQLITE_LOCK)  # takes SQLite's write lock before the head is read
-        value = conn.execute(_HEAD_VALUE).scalar()
+    if conn.dialect.name == "postgresql":
+        digests = append_alone_pg(conn, entries)
+        return append_many(session, entries) if digests is None else digests
+    conn.execute(_SQLITE_LOCK)  # takes SQLite's write lock before the head is read
+    value = conn.execute(_HEAD_VALUE).scalar()
     if value is None:
         return append_many(session, entries)
-    state = json.loads(value)
+    rows, digests, prefix = _chain_onto(value, entries)
+    new_id = max(conn.execute(_INSERT_ENTRIES, rows).scalars().all())
+    conn.execute(_SET_HEAD, {"head": f"{prefix}{new_id}}}"})
+    events.from_journal_many(session, [(e.kind, e.account_id, e.data) for e in entries])
+    return digests
+
+
+def append_alone_pg(conn: Connection, entries: Sequence[NewEntry]) -> list[str] | None:
+    """`append_alone` on PostgreSQL in `conn`'s transaction, for a writer without an ORM
+    session (the group commit, whose statements all go through the driver); None, with
+    nothing written, when the journal has no head yet (its first entry needs `append_many`)."""
+    if not entries:
+        return []
+    found = driver_sql.rows(conn, _HEAD_VALUE_LOCKED_PG, {"key": HEAD_KEY})
+    if not found or found[0][0] is None:
+        return None
+    rows, digests, prefix = _chain_onto(found[0][0], entries)
+    params: dict[str, object] = {
+        "entries": driver_sql.rows_json(rows),
+        "head": prefix,
+        "key": HEAD_KEY,
+    }
+    publish = events.from_journal_params_pg([(e.kind, e.account_id, e.data) for e in entries])
+    if publish is None:
+        driver_sql.rows(conn, _APPEND_PG, params)
+    else:
+        driver_sql.rows(conn, _APPEND_PUBLISH_PG, {**params, **publish})
+    return digests
+
+
+def _chain_onto(
+    head_value: str, entries: Sequence[NewEntry]
+) -> tuple[list[dict[str, Any]], list[str], str]:
+    """The rows of `entries` chained onto the head `head_value`, their hashes, and the new
+    head's value but for its last field (`_head_prefix`)."""
+    state = json.loads(head_value)
     count = int(state["count"]) + len(entries)
     rows: list[dict[str, Any]] = []
     digests = _chain(str(state["hash"]), entries, rows)
-    prefix = _head_prefix(digests[-1], count)
-    published = [(e.kind, e.account_id, e.data) for e in entries]
-    if postgres:
-        params: dict[str, object] = {
-            "entries": driver_sql.rows_json(rows),
-            "head": prefix,
-            "key": HEAD_KEY,
-        }
-        publish = events.from_journal_params_pg(published)
-        if publish is None:
-            driver_sql.rows(conn, _APPEND_PG, params)
-        else:
-            driver_sql.rows(conn, _APPEND_PUBLISH_PG, {**params, **publish})
-        return digests
-    new_id = max(conn.execute(_INSERT_ENTRIES, rows).scalars().all())
-    conn.execute(_SET_HEAD, {"head": f"{prefix}{new_id}}}"})
-    events.from_journal_many(session, published)
-    return digests
+    return rows, digests, _head_prefix(digests[-1], count)
 
 
 @dataclass(frozen=True)

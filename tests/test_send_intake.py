@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import jsonify
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -249,6 +249,25 @@ def test_a_failing_write_does_not_fail_its_group(account, session_factory):
     with session_factory() as s:
         assert sorted(s.execute(select(Send.user_tx_no)).scalars()) == ["good-1", "good-2"]
     chain_ok(session_factory)
+
+
+def test_the_journals_first_entry_is_written_by_a_group(account, session_factory):
+    """With no journal yet (no head row), a group still journals its sends: on PostgreSQL
+    the group's plain-connection write gives way to the session's, which creates the head."""
+    with session_factory() as s, s.begin():
+        s.execute(delete(JournalEntry))
+        s.execute(delete(KeyValue).where(KeyValue.key == journal.HEAD_KEY))
+    c = committer(session_factory)
+    assert c.submit(NewSend(account.id, "first", "BTC", f"{PAYEE},10000", 1, "vc", "7")) is (
+        Intake.ACCEPTED
+    )
+    assert c.submit(NewSend(account.id, "second", "BTC", f"{PAYEE},10000", 1, "vc", "7")) is (
+        Intake.ACCEPTED
+    )
+    with session_factory() as s:
+        kinds = s.execute(select(JournalEntry.kind).order_by(JournalEntry.id)).scalars().all()
+    assert kinds == [journal.JournalKind.SEND_REQUESTED] * 2
+    assert chain_ok(session_factory).count == 2
 
 
 def test_chain_verifies_after_a_concurrent_burst(app, account, session_factory, hsm):
