@@ -17,7 +17,7 @@ each after a warm-up:
   writes): this process's CPU per accepted request.
 Printed per phase: this process's CPU per request (mean and median of the calls; the
 threaded phase: total / requests). Every answer is checked (200 and the expected body).
-`--profile PHASE` prints the top functions (cProfile, CPU time) of that phase instead.
+`--profile PHASE` also prints the top functions (cProfile, CPU time) of that sequential phase.
 
 Run: `.venv/bin/python benchmarks/bench_api_path.py [--requests 1000] [--threads 16]
 [--profile post]`.

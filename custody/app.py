@@ -85,6 +85,9 @@ class _NoSessions(SessionInterface):
         return None
 
 
+_MAX_SYNC = 1000
+
+
 class _App(Flask):
     """Flask, asking once per function (not on every request, for every hook and view)
     whether it is a coroutine function that must be wrapped to run synchronously."""
@@ -96,7 +99,9 @@ class _App(Flask):
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         sync = self._sync.get(func)
         if sync is None:
-            sync = self._sync[func] = super().ensure_sync(func)
+            sync = super().ensure_sync(func)
+            if len(self._sync) < _MAX_SYNC:  # views and hooks are few; never grows unbounded
+                self._sync[func] = sync
         return sync
 
 
