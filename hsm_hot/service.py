@@ -552,8 +552,11 @@ class HotService:
             return self.relay.call(
                 "cosign", packed_request(account, plan, req, vc_code, c_id, wallet)
             )
-        if "q" in payload:
-            return {"signatures": answer.get("s")}
+        if "q" in payload:  # the 64-byte signatures one after another
+            joined = answer.get("s")
+            if not isinstance(joined, bytes) or len(joined) % 64:
+                raise ColdSignatureInvalid("cold HSM answered the wrong number of signatures")
+            return {"signatures": [joined[i : i + 64] for i in range(0, len(joined), 64)]}
         return answer
 
     def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:

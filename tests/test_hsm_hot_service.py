@@ -177,7 +177,7 @@ class SoftCold:
             except PrevTxRequired as exc:
                 self.short_refused += 1
                 raise LinkRemoteError(int(exc.code), exc.message) from None
-            return {"s": self.cosign(packed)["signatures"]}
+            return {"s": b"".join(self.cosign(packed)["signatures"])}
         if "p" in p:  # the packed form, rebuilt as the cold HSM does
             p = unpack(p, self._wallet)
         tx = parse_unsigned_tx(p["tx"])

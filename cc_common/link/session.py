@@ -40,6 +40,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
@@ -56,6 +57,7 @@ REQUEST_ID = struct.Struct(">I")
 # The short header at its smallest: flag byte, 1-byte counter, request id.
 SHORT_OVERHEAD = 1 + 1 + REQUEST_ID.size + MAC_LEN
 MAX_VARINT = 9  # 63 bits
+MAX_GROUP_ITEMS = 255
 MAX_COUNTER = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 REQUEST_ID_MOD = 1 << 32
 
@@ -72,6 +74,7 @@ class Kind(IntEnum):
     ANSWER = 2
     REFUSAL = 3
     UNAUTH_REFUSAL = 4
+    ANSWERS = 5  # several answers under one counter and MAC: `group_body`
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,3 +276,53 @@ def parse_head(data: bytes) -> tuple[int, int, int, int, int] | str:
         return f"{len(data)} bytes"
     raw_dir, raw_kind, counter, request_id = HEAD.unpack_from(data)
     return raw_dir, raw_kind, counter, request_id, HEAD.size
+
+
+def group_body(items: Sequence[tuple[int, bytes]]) -> bytes:
+    """The body of an ANSWERS message whose header carries the first item's request id:
+    ``n:u8``, then per answer ``[request_id:u32] length:varint body`` (the first without its
+    id). The cold side's answers to a group of requests leave together; one counter and MAC
+    for all of them instead of one each saves ~20 bytes per answer after the first."""
+    if not 2 <= len(items) <= MAX_GROUP_ITEMS:
+        raise ValueError(f"an ANSWERS message carries 2 to {MAX_GROUP_ITEMS} answers")
+    out = bytearray((len(items),))
+    for n, (request_id, body) in enumerate(items):
+        if n:
+            out += REQUEST_ID.pack(request_id)
+        size = len(body)
+        while size >= 0x80:
+            out.append((size & 0x7F) | 0x80)
+            size >>= 7
+        out.append(size)
+        out += body
+    return bytes(out)
+
+
+def split_group(body: bytes, first_id: int) -> list[tuple[int, bytes]] | None:
+    """The (request id, body) items of an ANSWERS message, or None if it is malformed."""
+    if not body or not 2 <= body[0] <= MAX_GROUP_ITEMS:
+        return None
+    items: list[tuple[int, bytes]] = []
+    at, end = 1, len(body)
+    for n in range(body[0]):
+        request_id = first_id
+        if n:
+            if at + REQUEST_ID.size > end:
+                return None
+            (request_id,) = REQUEST_ID.unpack_from(body, at)
+            at += REQUEST_ID.size
+        size = shift = 0
+        while True:
+            if at >= end or shift > 21:
+                return None
+            byte = body[at]
+            at += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if at + size > end:
+            return None
+        items.append((request_id, body[at : at + size]))
+        at += size
+    return items if at == end else None
