@@ -108,7 +108,7 @@ def prepare(
         "cosign request bytes, verified": request_bytes(verified[0], wallet, "short"),
         "packed-form request bytes, verified": request_bytes(verified[0], wallet, "packed"),
         "long-form request bytes, verified": request_bytes(verified[0], wallet, "long"),
-        "cosign answer bytes (codec)": len(codec.encode([0, {"s": bytes(64)}])),
+        "cosign answer bytes (codec)": len(codec.encode({"s": bytes(64)})),
         "session header + MAC bytes (a month in)": len(SESSION.seal(Kind.ANSWER, 1 << 31, b"")),
     }
     shape["extra bytes for a first spend"] = (

@@ -36,7 +36,7 @@ from cc_common.link import (
 )
 from cc_common.link.auth import MAC_LEN, Refusal
 from cc_common.link.framing import Frame, FrameDecoder, FrameType, bundle_payload, split_bundle
-from cc_common.link.session import Kind, parse_head, split_group
+from cc_common.link.session import Kind, group_body, parse_head, split_group
 from firmware_sim.serial_relay import Direction, Fault, FaultKind, Noise, SerialLine
 from tests.harness import wait_until
 
@@ -552,3 +552,33 @@ def test_over_the_firmware_sim_serial_line(tmp_path) -> None:
         line.close()
     assert sum(cold.executed.values()) == 21
     assert set(cold.executed.values()) == {1} and cold.intact
+
+
+def test_acknowledgements_ride_on_the_answer_and_alone_only_after_the_delay(rig: Rig) -> None:
+    """A request answered within `ack_delay` is acknowledged by its answer's frame: no ACK
+    frame crosses the line. One answered later gets an ACK frame once the delay is up (so the
+    hot side does not retransmit it), then its answer."""
+    server_counts, client_counts = rig.server.frames.counts, rig.client.frames.counts
+    delay = min(CONFIG.ack_delay, CONFIG.min_rto / 2)
+    rig.client.call("cosign", cosign_request(), timeout=5)  # settle the link
+    wait_until(lambda: not rig.client.frames.stats()["unacked"])
+    time.sleep(4 * delay)  # the answer's acknowledgement has left the hot side too
+    acks_out, carried = server_counts["ack out"], server_counts["acks carried"]
+    for _ in range(5):
+        rig.client.call("cosign", cosign_request(), timeout=5)
+    assert server_counts["ack out"] == acks_out, "an ACK frame went out on its own"
+    assert server_counts["acks carried"] >= carried + 5
+    assert client_counts["acks in data"] >= 5
+    rig.client.call("slow", {"ms": int(delay * 1000) + 150}, timeout=5)
+    assert server_counts["ack out"] == acks_out + 1
+
+
+def test_an_answers_message_round_trips_and_malformed_ones_are_refused() -> None:
+    items = [(7, b"first"), (0xFFFFFFFF, b""), (12, b"x" * 300)]
+    body = group_body(items)
+    assert split_group(body, 7) == items
+    assert len(body) == 1 + (1 + 5) + (4 + 1) + (4 + 2 + 300)  # ids after the first, lengths
+    for bad in (b"", b"\x01\x00", b"\x02\x00", body[:-1], body + b"\x00", b"\x04" + body[1:]):
+        assert split_group(bad, 7) is None, bad
+    with pytest.raises(ValueError, match="2 to 255"):
+        group_body(items[:1])

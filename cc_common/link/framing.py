@@ -8,11 +8,15 @@ garbage is therefore trivial and exact: discard up to the next 0x00. Each frame 
 
 Frame before COBS (big-endian)::
 
-    version:u8  type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
+    0x20|acks<<4|type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
+
+The first byte carries the header's version (2: the top three bits 001), whether
+acknowledgements precede the payload, and the type. Version 1 frames (``version:u8 type:u8
+seq:u16``, one byte longer) are still read.
 
 DATA frames are acknowledged by ACK frames that carry their seq (an ACK's payload lists more
 seqs, so one ACK answers a burst), or by acknowledgements riding on a DATA or BUNDLE frame going
-the other way: a type byte with `ACKS_FLAG` set starts its payload with ``n:u8 seq:u16 * n``.
+the other way: a first byte with `ACKS_FLAG` set starts its payload with ``n:u8 seq:u16 * n``.
 A receiver holds its acknowledgements for up to `LinkConfig.ack_delay` (never more than half the
 smallest retransmission timeout) so that they leave with the next frame it sends, in the HSM
 pair almost always the answer to the request acknowledged (or the next request): that saves
@@ -59,15 +63,19 @@ from cc_common.logs import TRACE
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the version 1 header, still read
 DELIMITER = 0
-HEADER = struct.Struct(">BBH")
+HEADER = struct.Struct(">BBH")  # version 1
+HEADER2 = struct.Struct(">BH")  # version 2: 0x20|flags|type, seq
+VERSION2 = 0x20
+VERSION_MASK = 0xE0
+TYPE_MASK = 0x0F
 CRC = struct.Struct(">I")
 SEQ = struct.Struct(">H")
-FRAME_OVERHEAD = HEADER.size + CRC.size
+FRAME_OVERHEAD = HEADER2.size + CRC.size
 SEQ_MOD = 1 << 16
 MAX_SEQS_PER_ACK = 64
-ACKS_FLAG = 0x80  # on a DATA or BUNDLE type byte: acknowledgements precede the payload
+ACKS_FLAG = 0x10  # on a DATA or BUNDLE frame: acknowledgements precede the payload
 BUNDLE_ITEM = struct.Struct(">H")
 MAX_BUNDLE = 32  # payloads per BUNDLE frame
 INFINITY = float("inf")
@@ -177,11 +185,11 @@ def split_bundle(payload: bytes) -> list[bytes] | None:
 def frame_body(frame: Frame) -> bytes:
     """The bytes covered by the CRC."""
     if not frame.acks:
-        return HEADER.pack(PROTOCOL_VERSION, frame.type, frame.seq % SEQ_MOD) + frame.payload
+        return HEADER2.pack(VERSION2 | frame.type, frame.seq % SEQ_MOD) + frame.payload
     if not frame.type.carries_data or len(frame.acks) > MAX_SEQS_PER_ACK:
         raise ValueError("only DATA and BUNDLE frames carry acknowledgements, at most 64")
     return (
-        HEADER.pack(PROTOCOL_VERSION, frame.type | ACKS_FLAG, frame.seq % SEQ_MOD)
+        HEADER2.pack(VERSION2 | ACKS_FLAG | frame.type, frame.seq % SEQ_MOD)
         + bytes((len(frame.acks),))
         + b"".join(SEQ.pack(s % SEQ_MOD) for s in frame.acks)
         + frame.payload
@@ -249,23 +257,29 @@ class FrameDecoder:
         if len(raw) < FRAME_OVERHEAD:
             return self._reject(Reject.SHORT)
         body, (crc,) = raw[: -CRC.size], CRC.unpack(raw[-CRC.size :])
-        version, ftype, seq = HEADER.unpack_from(body)
+        first = body[0]
+        if first & VERSION_MASK == VERSION2:
+            ftype, flags = first & TYPE_MASK, first & ~(VERSION_MASK | TYPE_MASK)
+            (seq,) = SEQ.unpack_from(body, 1)
+            size = HEADER2.size
+        elif first == PROTOCOL_VERSION and len(body) >= HEADER.size:
+            _, ftype, seq = HEADER.unpack_from(body)
+            flags, size = 0, HEADER.size
+        else:
+            ftype = flags = seq = size = -1
         if zlib.crc32(body) != crc:
-            if version == PROTOCOL_VERSION and ftype & ~ACKS_FLAG in (
-                FrameType.DATA,
-                FrameType.BUNDLE,
-            ):
+            if ftype in (FrameType.DATA, FrameType.BUNDLE):
                 self._naks.append(seq)
             return self._reject(Reject.BAD_CRC)
-        if version != PROTOCOL_VERSION:
+        if size < 0:
             return self._reject(Reject.BAD_VERSION)
         try:
-            frame_type = FrameType(ftype & ~ACKS_FLAG)
+            frame_type = FrameType(ftype)
         except ValueError:
             return self._reject(Reject.BAD_TYPE)
-        payload = body[HEADER.size :]
+        payload = body[size:]
         acks: tuple[int, ...] = ()
-        if ftype & ACKS_FLAG:
+        if flags & ACKS_FLAG:
             if not frame_type.carries_data or not payload:
                 return self._reject(Reject.BAD_TYPE)
             n = payload[0]

@@ -7,8 +7,9 @@ answer to (a fresh counter and MAC each time, so a re-send is not a replay); the
 a request id once, and answers a re-send with the answer it cached (or not at all while the
 first copy is still executing). A request id reused for a different body is refused.
 
-Bodies are `codec` values: a request is ``[command, payload]``, an answer ``[0, result]`` or
-``[1, [code, message]]``, a refusal ``[reason, highest counter accepted]``.
+Bodies are `codec` values: a request is ``[command, payload]``, an answer the result map
+(``[0, result]`` is accepted too, as earlier versions sent it) or ``[1, [code, message]]``, a
+refusal ``[reason, highest counter accepted]``.
 
 Counters after a restart (see `session.py`): a receiver's floor after a restart is its stored
 reservation, possibly above the counters the peer sends next. The cold side answers a stale
@@ -378,8 +379,10 @@ def decode_request(body: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def decode_answer(body: bytes) -> dict[str, Any] | LinkRemoteError:
-    """The result of an ``[0, result]`` answer, or the error of an ``[1, [code, message]]``."""
+    """The result of an answer (a map, or `[0, map]`), or the error of `[1, [code, message]]`."""
     value = codec.decode(body)
+    if isinstance(value, dict):
+        return value
     if isinstance(value, list) and len(value) == 2 and _is_int(value[0]):
         status, result = value
         if status == AnswerStatus.OK and isinstance(result, dict):
@@ -667,7 +670,7 @@ class LinkServer:
             result = handler(payload)
             if not isinstance(result, dict):
                 raise TypeError(f"handler returned a {type(result).__name__}, not a dict")
-            answer = codec.encode([AnswerStatus.OK, result])
+            answer = codec.encode(result)  # a map is a result: 2 bytes less than [OK, map]
         except CustodyError as exc:
             log.info("%s: %s refused: [%d] %s", self.name, command, exc.code, exc.message)
             return self._error(exc.code, exc.message)
