@@ -25,8 +25,8 @@ written. A retransmitted frame carries the acknowledgements due when it leaves, 
 retransmissions and duplicates are recognised by seq and data payload, never by the
 acknowledgements riding on them. A BUNDLE frame is a DATA frame carrying several payloads,
 each as ``length:u16 payload``, delivered in order: payloads a sender hands over at once
-(`send_many`: the cold side's answers when a group needs several messages) leave in one frame, saving per
-payload the frame's header, CRC and delimiters and the ACK frame coming back. Payloads sent one
+(`send_many`: the cold side's answers when a group needs several messages) leave in one
+frame, saving per payload the frame's header, CRC and delimiters. Payloads sent one
 by one are not bundled even when they wait for the line: the receiver could act on none of a
 bundle before its last byte arrived, and at 115200 baud with 8 requests in flight that lost
 overlap cost more than the bytes saved (43.0 -> 39.2 sends/s, benchmarks/RESULTS.md). A bundle
