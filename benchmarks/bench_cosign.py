@@ -156,6 +156,7 @@ LINK_COUNTS = {
     "answers in bundles": "bundled payloads in",
     "ACK frames in": "ack in",
     "acks carried in": "acks in data",
+    "retransmitted frames": "retransmits",
 }
 
 
