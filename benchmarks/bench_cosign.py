@@ -213,6 +213,10 @@ def run_load(
         f"hot link per send: {name}": link.get(key, 0) / max(ok, 1)
         for name, key in LINK_COUNTS.items()
     }
+    # the co-sign's round trip (the line both ways, the cold side's queue, work and commit)
+    frames["hot link: mean round trip ms"] = (
+        link.get("answered calls us", 0) / 1000 / max(link.get("answered calls", 0), 1)
+    )
     per_lane: dict[str, float] = {}
     for name, sent in sorted(lanes.items()):
         per_lane[f"wire bytes/send {name}"] = sent / ok if ok else 0.0
@@ -237,6 +241,7 @@ def run_load(
         "wire bytes/send": wire / ok if ok else 0.0,
         **per_lane,
         **frames,
+        "mean ms": 1000 * statistics.mean(latencies) if latencies else 0.0,
         "p50 ms": 1000 * statistics.median(latencies) if latencies else 0.0,
         "p99 ms": 1000 * latencies[min(ok - 1, int(0.99 * ok))] if latencies else 0.0,
     }
