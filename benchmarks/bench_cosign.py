@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cc_common.link import codec  # noqa: E402
+from cc_common.link.counters import MemoryCounterStore  # noqa: E402
+from cc_common.link.session import Kind, Role, Session  # noqa: E402
 from hsm_hot.compact import compact_request, packed_request, plan_cosign  # noqa: E402
 from tests.harness import Deployment  # noqa: E402
 from tests.hsm_fixtures import (  # noqa: E402
@@ -102,10 +104,12 @@ def prepare(
         "inputs": 1,
         "outputs": 2,
         "funding tx bytes (first spend)": len(coin.prev_tx or b""),
-        "cosign request bytes, first spend": request_bytes(first[0], wallet),
-        "cosign request bytes, verified": request_bytes(verified[0], wallet),
-        "long-form request bytes, verified": request_bytes(verified[0], wallet, packed=False),
-        "cosign answer bytes (codec)": len(codec.encode([0, {"signatures": [bytes(64)]}])),
+        "cosign request bytes, first spend": request_bytes(first[0], wallet, "short"),
+        "cosign request bytes, verified": request_bytes(verified[0], wallet, "short"),
+        "packed-form request bytes, verified": request_bytes(verified[0], wallet, "packed"),
+        "long-form request bytes, verified": request_bytes(verified[0], wallet, "long"),
+        "cosign answer bytes (codec)": len(codec.encode({"s": bytes(64)})),
+        "session header + MAC bytes (a month in)": len(SESSION.seal(Kind.ANSWER, 1 << 31, b"")),
     }
     shape["extra bytes for a first spend"] = (
         shape["cosign request bytes, first spend"] - shape["cosign request bytes, verified"]
@@ -113,13 +117,22 @@ def prepare(
     return first, verified, shape
 
 
-def request_bytes(params: dict[str, Any], wallet: Any, packed: bool = True) -> int:
-    """The co-sign request of `params` as the link codec encodes it: packed (what the hot HSM
-    sends) or the long form."""
+def request_bytes(params: dict[str, Any], wallet: Any, form: str) -> int:
+    """The co-sign request of `params` as the link codec encodes it, in `form`: "short" (what
+    the hot HSM sends first), "packed" (what it sends after a 730) or "long"."""
     plan = plan_cosign(Psbt.from_base64(params["psbt"]), wallet)
     args = (ACCOUNT, plan, params["request"], params["vc_code"], "bench")
-    payload = packed_request(*args, wallet) if packed else compact_request(*args)
+    if form == "long":
+        payload = compact_request(*args)
+    else:
+        payload = packed_request(*args, wallet, short=form == "short")
     return len(codec.encode(["cosign", payload]))
+
+
+# A session at the counter of a month at 300 messages/s, to size the header it writes then.
+_COUNTERS = MemoryCounterStore()
+_COUNTERS.save("cold_to_hot.send", 300 * 86_400 * 30)
+SESSION = Session(bytes(32), Role.SERVER, _COUNTERS, name="size")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -132,6 +145,25 @@ def lane_bytes(pair: HsmPair) -> dict[str, int]:
     """Bytes the serial line carried so far, per direction (firmware-sim's lane counters)."""
     lanes = pair.control.status()["serial"]["lanes"]
     return {name: int(lane["counters"]["bytes_out"]) for name, lane in lanes.items()}
+
+
+# The hot side's link counters shown per send (`health`'s "link"): where the frames go.
+LINK_COUNTS = {
+    "frames out (requests)": "data out",
+    "ACK frames out": "ack out",
+    "acks carried out": "acks carried",
+    "frames in (answers)": "data in",
+    "answers in bundles": "bundled payloads in",
+    "ACK frames in": "ack in",
+    "acks carried in": "acks in data",
+    "retransmitted frames": "retransmits",
+}
+
+
+def hot_link(pair: HsmPair) -> dict[str, int]:
+    """The hot HSM's link counters (frames, acknowledgements), from its `health`."""
+    link = pair.client().health().get("link", {})
+    return {k: int(v) for k, v in link.items() if isinstance(v, int)}
 
 
 def run_load(
@@ -159,6 +191,7 @@ def run_load(
             with lock:
                 latencies.append(time.perf_counter() - start)
 
+    link_before = hot_link(pair)
     wire_before = pair.wire_bytes()
     lanes_before = lane_bytes(pair)
     procs = {"hsm-hot": pair.hot, "hsm-cold": pair.cold, "firmware-sim": pair.sim}
@@ -175,6 +208,15 @@ def run_load(
     wire = pair.wire_bytes() - wire_before
     lanes = {k: v - lanes_before.get(k, 0) for k, v in lane_bytes(pair).items()}
     ok = len(latencies)
+    link = {k: v - link_before.get(k, 0) for k, v in hot_link(pair).items()}
+    frames = {
+        f"hot link per send: {name}": link.get(key, 0) / max(ok, 1)
+        for name, key in LINK_COUNTS.items()
+    }
+    # the co-sign's round trip (the line both ways, the cold side's queue, work and commit)
+    frames["hot link: mean round trip ms"] = (
+        link.get("answered calls us", 0) / 1000 / max(link.get("answered calls", 0), 1)
+    )
     per_lane: dict[str, float] = {}
     for name, sent in sorted(lanes.items()):
         per_lane[f"wire bytes/send {name}"] = sent / ok if ok else 0.0
@@ -198,6 +240,8 @@ def run_load(
         "sends/s": ok / elapsed if elapsed else 0.0,
         "wire bytes/send": wire / ok if ok else 0.0,
         **per_lane,
+        **frames,
+        "mean ms": 1000 * statistics.mean(latencies) if latencies else 0.0,
         "p50 ms": 1000 * statistics.median(latencies) if latencies else 0.0,
         "p99 ms": 1000 * latencies[min(ok - 1, int(0.99 * ok))] if latencies else 0.0,
     }

@@ -34,7 +34,7 @@ from hsm_cold.errors import (
     UnknownChannel,
 )
 from hsm_cold.store import CHANNEL_LIVE, ChannelRecord
-from wallet_core import messages, signatures
+from wallet_core import messages, packedtx, signatures
 from wallet_core.addresses import script_to_address
 from wallet_core.bech32 import SegwitV0Encoder
 from wallet_core.bip32 import HARDENED, PrivateNode
@@ -51,7 +51,7 @@ from wallet_core.fees import estimate_vsize, fee_for
 from wallet_core.hashes import sha256
 from wallet_core.networks import Network
 from wallet_core.prevtx import PrevTx, parse_prev_tx
-from wallet_core.rawtx import TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
+from wallet_core.rawtx import TxIn, TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
 from wallet_core.script import ScriptType, classify, p2wsh_script
 from wallet_core.sighash import bip143_sighash
 from wallet_core.wallets import CHANGE, RECEIVE, AccountKey, HotWallet
@@ -514,6 +514,9 @@ def refusal_names(payload: Mapping[str, Any]) -> tuple[Any, Any]:
     packed = payload.get("p")
     if isinstance(packed, list) and len(packed) == len(PACKED_FIELDS):
         return packed[0], packed[PACKED_FIELDS.index("user_tx_no")]
+    short = short_refusal_names(payload)
+    if short is not None:
+        return short
     return payload.get("account"), payload.get("user_tx_no")
 
 
@@ -614,3 +617,62 @@ def rebuilt_payments(
     except OutsError as exc:
         raise BadRequest(f"outs: {exc.message}") from None
     return text, payments if exact else None
+
+
+# -- the short form -----------------------------------------------------------------------------
+
+# `{"q": [...]}`: the packed form's fields in the same places, with less of them on the line:
+# `tx` in `wallet_core.packedtx`'s encoding, whose inputs may name their funding transaction by
+# its txid's first 8 bytes (an outpoint the cold HSM verified: it fills in the txid from
+# `known_outputs`), sequences and values written short. The stated amounts still travel: check
+# 8 compares them with the verified ones, so a lying custody still freezes the account (731)
+# instead of merely failing the fee check. `expand_short` rebuilds the packed form, and from it
+# the long form, before any check.
+SHORT_FIELDS = PACKED_FIELDS
+OutputsLike = Callable[[str, int], list[tuple[str, int, bytes]]]
+
+
+def short_account(payload: Mapping[str, Any]) -> int:
+    """The account a short request names."""
+    short = field(payload, "q", list)
+    if len(short) != len(SHORT_FIELDS):
+        raise BadRequest(f"a short request has {len(SHORT_FIELDS)} fields, not {len(short)}")
+    return int(field({"account": short[0]}, "account", int))
+
+
+def expand_short(payload: Mapping[str, Any], outputs_like: OutputsLike) -> dict[str, Any]:
+    """The packed form (`{"p": [...]}`) of a short request.
+
+    `outputs_like(prefix_hex, vout)`: the verified outputs whose txid starts with the prefix
+    (at most two are needed). An input by prefix that names no verified output, or more than
+    one, is refused as `previous transaction required` (730), which changes nothing; the hot
+    side then asks again in the packed form, where the full txid decides.
+    """
+    short_account(payload)
+    short = dict(zip(SHORT_FIELDS, field(payload, "q", list), strict=True))
+    try:
+        vin_packed, vout = packedtx.unpack_tx(field(short, "tx", bytes))
+    except TxParseError as exc:
+        raise BadRequest(exc.message) from None
+    vin: list[TxIn] = []
+    for n, p in enumerate(vin_packed):
+        if not p.short:
+            vin.append(TxIn(p.txid, p.vout, p.sequence))
+            continue
+        found = outputs_like(p.txid.hex(), p.vout)
+        if len(found) != 1:
+            what = "no verified output" if not found else "more than one verified output"
+            raise PrevTxRequired(
+                f"input {n} names {what} by {p.txid.hex()}...:{p.vout}: send it in full"
+            )
+        vin.append(TxIn(bytes.fromhex(found[0][0]), p.vout, p.sequence))
+    body = serialize_unsigned(TX_VERSION, tuple(vin), tuple(vout), 0)[4:-4]
+    return {"p": [short["account"], body, *(short[f] for f in SHORT_FIELDS[2:])]}
+
+
+def short_refusal_names(payload: Mapping[str, Any]) -> tuple[Any, Any] | None:
+    """(account, user_tx_no) of a short request, unchecked; None if it is not one."""
+    short = payload.get("q")
+    if isinstance(short, list) and len(short) == len(SHORT_FIELDS):
+        return short[0], short[SHORT_FIELDS.index("user_tx_no")]
+    return None

@@ -268,6 +268,10 @@ class ColdService:
         """`cosign`, remembering each refusal's code for the account's `user_tx_no` (what a
         later "refused" statement names)."""
         try:
+            if "q" in payload:  # the short form: its answer is short too (r||s one after another)
+                self._record(cosign.short_account(payload))
+                packed = cosign.expand_short(payload, self.store.known_outputs_like)
+                return {"s": b"".join(self.cosign(packed)["signatures"])}
             return self.cosign(payload)
         except ColdHsmError as exc:
             self._note_refusal(*cosign.refusal_names(payload), exc)

@@ -427,6 +427,19 @@ class ColdStore:
             ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    def known_outputs_like(self, prefix: str, vout: int) -> list[tuple[str, int, bytes]]:
+        """(txid, amount, scriptPubKey) of at most two verified outputs `vout` whose txid (hex)
+        starts with `prefix` (hex): a short co-sign request names an outpoint so."""
+        if not prefix or len(prefix) >= 64 or prefix.strip("0123456789abcdef"):
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT txid, amount, script FROM known_outputs"
+                " WHERE txid >= ? AND txid <= ? AND vout = ? LIMIT 2",
+                (prefix, prefix + "f" * (64 - len(prefix)), vout),
+            ).fetchall()
+        return [(str(t), int(a), bytes(s)) for t, a, s in rows]
+
     def add_known_outputs(self, txid: str, outputs: tuple[tuple[int, bytes], ...]) -> None:
         """Record every output of a transaction whose txid the caller computed itself."""
         with self.transaction() as db:

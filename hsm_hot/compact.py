@@ -27,6 +27,7 @@ from wallet_core.addresses import script_to_address
 from wallet_core.chaincloud import format_outs
 from wallet_core.errors import TxParseError, WalletError
 from wallet_core.fees import estimate_vsize
+from wallet_core.packedtx import pack_tx
 from wallet_core.prevtx import parse_prev_tx
 from wallet_core.psbt import Psbt
 from wallet_core.rawtx import TxOut, UnsignedTx, parse_unsigned_tx, serialize_unsigned
@@ -38,6 +39,8 @@ from wallet_core.wallets import CHANGE, HotWallet, is_own_script, own_index_from
 # bytes in all, and otherwise before it, in parts of PREV_TX_PART bytes.
 INLINE_PREV_TX_BYTES = 8_192
 PREV_TX_PART = 8_192
+# hsm_cold.errors.ColdErrorCode.PREV_TX_REQUIRED, relayed unchanged
+PREV_TX_REQUIRED = 730
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class CosignPlan:
     fee: int
     prev_txs: list[bytes]  # funding transactions the PSBT carries (one per distinct txid)
     vsize: int  # worst-case virtual size (72-byte signatures), for the fee rate
+    carried: frozenset[int] = frozenset()  # inputs whose funding transaction the PSBT carries
 
     @cached_property
     def txid(self) -> str:
@@ -72,10 +76,12 @@ def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
     digests: list[bytes] = []
     cold_pubkeys: list[bytes] = []
     prev_txs: dict[str, bytes] = {}
+    carried: set[int] = set()
     for i in range(psbt.input_count):
         prev = _prev_tx(psbt, tx, i)
         if prev is not None:
             prev_txs.setdefault(tx.vin[i].txid.hex(), prev)
+            carried.add(i)
         try:
             amount = psbt.input_value(i)
             where = own_index_from_origins(wallet, psbt.input_origins(i))
@@ -107,7 +113,16 @@ def plan_cosign(psbt: Psbt, wallet: HotWallet) -> CosignPlan:
         raise BadRequest("outputs exceed inputs")
     vsize = estimate_vsize([ScriptType.P2WSH] * len(inputs), [o.script_pubkey for o in tx.vout])
     return CosignPlan(
-        tx, inputs, change, digests, cold_pubkeys, payments, fee, list(prev_txs.values()), vsize
+        tx,
+        inputs,
+        change,
+        digests,
+        cold_pubkeys,
+        payments,
+        fee,
+        list(prev_txs.values()),
+        vsize,
+        frozenset(carried),
     )
 
 
@@ -184,11 +199,19 @@ def packed_request(
     vc_code: str,
     c_id: str,
     wallet: HotWallet,
+    short: bool = False,
 ) -> dict[str, Any]:
     """The `cosign` payload in the packed form of docs/hsm-pair.md: what the cold HSM derives
     itself is left out (version 2 and nLockTime 0, change scripts, `outs` when it is the
     payments written out, `coin_code`). A request it would refuse, or whose `outs` is written
-    otherwise, goes in the long form (`compact_request`), so the refusal is the same."""
+    otherwise, goes in the long form (`compact_request`), so the refusal is the same.
+
+    `short`: the short form (`{"q": ...}`), which also leaves out what the cold HSM has seen:
+    an input whose funding transaction the PSBT does not carry (custody knows the cold HSM
+    verified it) is named by its txid's first 8 bytes; the transaction is written by
+    `wallet_core.packedtx`. Amounts are still stated: the cold HSM compares them with the
+    verified ones, and a lying one freezes (731). If the cold HSM cannot resolve such an
+    input it refuses with 730 and changes nothing: ask again without `short`."""
     tx = plan.tx
     change = dict(plan.change)
     if (
@@ -202,7 +225,6 @@ def packed_request(
     ):
         return compact_request(account, plan, request, vc_code, c_id)
     vout = [TxOut(o.value, b"") if n in change else o for n, o in enumerate(tx.vout)]
-    body = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)[4:-4]
     outs: str | None = request["outs"]
     try:
         payments = [
@@ -214,8 +236,13 @@ def packed_request(
             outs = None
     except WalletError:
         pass
+    if short:
+        by_prefix = frozenset(range(len(tx.vin))) - plan.carried
+        body = pack_tx(tx.vin, vout, by_prefix)
+    else:
+        body = serialize_unsigned(tx.version, tx.vin, vout, tx.locktime)[4:-4]
     return {
-        "p": [
+        "q" if short else "p": [
             account,
             body,
             [list(i) for i in plan.inputs],

@@ -28,6 +28,7 @@ from cc_common.token import HsmToken
 from hsm_hot import batch, consolidation
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import (
+    PREV_TX_REQUIRED,
     CosignPlan,
     inline_prev_txs,
     packed_request,
@@ -36,6 +37,7 @@ from hsm_hot.compact import (
 )
 from hsm_hot.errors import (
     BadRequest,
+    ColdRefused,
     ColdSignatureInvalid,
     ColdUnreachable,
     HotHsmError,
@@ -53,6 +55,7 @@ from wallet_core.chaincloud import check_user_tx_no
 from wallet_core.errors import PsbtError, SignatureError, TxParseError, WalletError
 from wallet_core.networks import Network
 from wallet_core.psbt import Psbt
+from wallet_core.wallets import HotWallet
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,7 @@ class HotService:
         self._provision_lock = threading.Lock()
         self._send_locks = KeyedLocks()
         self._in_flight = InFlight()
+        self.short_fallbacks = 0  # short co-sign requests asked again in the packed form
         # Commits and fsyncs a co-sign alone waits for while it does something else.
         self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hot-disk")
         self.methods: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -494,8 +498,7 @@ class HotService:
             if not inline_prev_txs(plan.prev_txs):
                 self._teach_prev_txs(plan.prev_txs)
             wallet = self.state.wallet(acct)
-            payload = packed_request(account, plan, req, vc_code, c_id, wallet)
-            answer = self.relay.call("cosign", payload)
+            answer = self._cosign(account, plan, req, vc_code, c_id, wallet)
             cold_sigs = self._check_cold_signatures(plan, answer)
             lost = True  # a failed commit undid the reservation: nothing to give back
             if saved is not None:
@@ -524,6 +527,37 @@ class HotService:
             else:
                 self.audit.sync(audited)
         return {"psbt": signed}
+
+    def _cosign(
+        self,
+        account: int,
+        plan: CosignPlan,
+        req: dict[str, Any],
+        vc_code: str,
+        c_id: str,
+        wallet: HotWallet,
+    ) -> dict[str, Any]:
+        """The cold `cosign`, in the short form first; the signatures as the packed form's
+        answer names them. A short request the cold HSM cannot resolve (an input it verified
+        once but has forgotten since it signed its spend: a retry after a lost answer) is
+        refused with 730, changing nothing, and asked again in the packed form."""
+        payload = packed_request(account, plan, req, vc_code, c_id, wallet, short=True)
+        try:
+            answer = self.relay.call("cosign", payload)
+        except ColdRefused as exc:
+            if "q" not in payload or exc.code != PREV_TX_REQUIRED:
+                raise
+            self.short_fallbacks += 1
+            log.info("account %d: cold HSM could not resolve a short request; packed", account)
+            return self.relay.call(
+                "cosign", packed_request(account, plan, req, vc_code, c_id, wallet)
+            )
+        if "q" in payload:  # the 64-byte signatures one after another
+            joined = answer.get("s")
+            if not isinstance(joined, bytes) or len(joined) % 64:
+                raise ColdSignatureInvalid("cold HSM answered the wrong number of signatures")
+            return {"signatures": [joined[i : i + 64] for i in range(0, len(joined), 64)]}
+        return answer
 
     def _teach_prev_txs(self, prev_txs: list[bytes]) -> None:
         """Send funding transactions too large for the request frame ahead of it, in parts."""

@@ -353,6 +353,19 @@ class HsmPair:
         lanes = self.control.status()["serial"]["lanes"]
         return sum(int(lane["counters"]["bytes_out"]) for lane in lanes.values())
 
+    def settled_wire_bytes(self, quiet: float = 0.2, deadline: float = 10.0) -> int:
+        """`wire_bytes` once the line has been quiet for `quiet` seconds: acknowledgements are
+        held up to `LinkConfig.ack_delay` to ride on the next frame, and leave alone after it."""
+        end = time.monotonic() + deadline
+        last = self.wire_bytes()
+        while time.monotonic() < end:
+            time.sleep(quiet)
+            now = self.wire_bytes()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError(f"the serial line did not go quiet within {deadline}s")
+
 
 # -- the cold HSM alone, with the test as its hot side ------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 from cc_common.spending_policy import DEFAULT_POLICY, PolicyFormatError, SpendingPolicy
 from hsm_cold import accounts, cosign
 from hsm_cold.cosign import CosignRequest, InputRef
-from hsm_cold.errors import BadRequest
+from hsm_cold.errors import BadRequest, PrevTxRequired
 from hsm_cold.policy import policy_of
 from wallet_core import signatures
 from wallet_core.addresses import script_to_address
@@ -24,6 +24,7 @@ from wallet_core.bip32 import HARDENED, ExtendedKey, PrivateNode
 from wallet_core.chaincloud import parse_outs_with_scripts
 from wallet_core.errors import DerivationError, WalletError
 from wallet_core.networks import Network
+from wallet_core.packedtx import pack_tx
 from wallet_core.rawtx import TxIn, TxOut, parse_unsigned_tx, serialize_unsigned
 from wallet_core.script import (
     p2pkh_script,
@@ -219,3 +220,42 @@ def test_a_parsed_transaction_of_other_bytes_is_not_used() -> None:
     other = _request([InputRef(1, RECEIVE, 0)]).tx
     req = cosign.decode_request(unpacked.payload, other)
     assert req.tx == unpacked.tx
+
+
+# -- the short form ------------------------------------------------------------------------------
+
+
+def _short(prefixed: bool = True) -> dict[str, object]:
+    vin = [TxIn(bytes(range(32)), 1, 0xFFFFFFFD)]
+    vout = [TxOut(10_000, SCRIPTS[0]), TxOut(80_000, b"")]
+    body = pack_tx(vin, vout, frozenset({0}) if prefixed else frozenset())
+    return {"q": [3, body, [[100_000, CHANGE, 4]], [[1, 4]], "u1", 0, bytes(65), "c", None, []]}
+
+
+def test_a_prefix_resolves_to_exactly_one_verified_output_or_to_730() -> None:
+    """The txid comes only from the cold HSM's records, and only when exactly one verified
+    output matches: none (never verified, or forgotten once spent) or two (a collision) is
+    `previous transaction required`, naming the input, and nothing is built."""
+    txid = bytes(range(32)).hex()
+    seen: list[tuple[str, int]] = []
+
+    def like(found: list[tuple[str, int, bytes]]) -> cosign.OutputsLike:
+        def lookup(prefix: str, vout: int) -> list[tuple[str, int, bytes]]:
+            seen.append((prefix, vout))
+            return found
+
+        return lookup
+
+    packed = cosign.expand_short(_short(), like([(txid, 100_000, b"")]))
+    assert seen == [(txid[:16], 1)]
+    full = cosign.expand_short(_short(prefixed=False), like([]))  # no lookup needed
+    assert packed == full and seen == [(txid[:16], 1)]
+    assert (
+        parse_unsigned_tx(b"\x02\x00\x00\x00" + packed["p"][1] + bytes(4)).vin[0].txid.hex() == txid
+    )
+    for found, what in (
+        ([], "no verified output"),
+        ([(txid, 1, b""), (txid, 2, b"")], "more than"),
+    ):
+        with pytest.raises(PrevTxRequired, match=f"input 0 names {what}"):
+            cosign.expand_short(_short(), like(found))

@@ -49,6 +49,8 @@ from wallet_core.bip32 import ExtendedKey, parse_xpub
 from wallet_core.chaincloud import batch_content, batch_statement
 from wallet_core.descriptors import parse_descriptor
 from wallet_core.keys import master_key
+from wallet_core.packedtx import pack_tx
+from wallet_core.prevtx import parse_prev_tx
 from wallet_core.rawtx import TxOut, parse_unsigned_tx, serialize_unsigned
 from wallet_core.wallets import (
     CHANGE,
@@ -360,6 +362,81 @@ def test_packed_request_names_change_never_its_script(cold: ColdHsm, link: Any) 
     bad = packed(payload)
     bad["p"] = bad["p"][:-1]
     assert refused(link, "cosign", bad).code == ColdErrorCode.BAD_REQUEST
+
+
+def short(payload: dict[str, Any], prefixed: frozenset[int] | None = None) -> dict:
+    """The short form of a long-form request (docs/hsm-pair.md): the packed form's fields,
+    the transaction by `wallet_core.packedtx` with the inputs in `prefixed` (all if None) by
+    their txid's first 8 bytes."""
+    fields = packed(payload)["p"]
+    tx = parse_unsigned_tx(payload["tx"])
+    blank = {vout for vout, _ in payload["change"]}
+    vout = [TxOut(o.value, b"") if n in blank else o for n, o in enumerate(tx.vout)]
+    by_prefix = frozenset(range(len(tx.vin))) if prefixed is None else prefixed
+    return {"q": [fields[0], pack_tx(tx.vin, vout, by_prefix), *fields[2:]]}
+
+
+def test_short_request_signs_what_the_long_form_signs(cold: ColdHsm, link: Any) -> None:
+    """Verified inputs named by txid prefix, the transaction written short: the cold HSM
+    fills in the txid from its own records and signs exactly what the long form gets (one
+    digest), answering the signatures one after another. Once it signed the spend it forgets
+    the outpoint: a retry in the short form is refused with 730 (nothing changed), the packed
+    form gets the same signatures."""
+    acct = provision(cold, link, 153)
+    coins = [acct.coin(600_000), acct.coin(400_000)]
+    pay = [(random_address(), 100_000)]
+    payload, psbt = acct.send(pay, "s1", coins=coins, prev_txs=False)
+    err = refused(link, "cosign", short(payload))  # never verified: 730, as the long form
+    assert err.code == ColdErrorCode.PREV_TX_REQUIRED and "send it in full" in err.message
+    link.call("learn_prev_tx", _whole(coins[0].prev_tx), timeout=TIMEOUT)
+    # one input by prefix, the other by full txid with its funding transaction inline
+    mixed = short({**payload, "prev_txs": [coins[1].prev_tx]}, frozenset({0}))
+    answer = link.call("cosign", mixed, timeout=TIMEOUT)
+    assert set(answer) == {"s"} and len(answer["s"]) == 128
+    sigs = [answer["s"][:64], answer["s"][64:]]
+    check_cold_signatures(acct, psbt, coins, sigs)
+    assert link.call("cosign", packed(payload), timeout=TIMEOUT)["signatures"] == sigs
+    assert refused(link, "cosign", short(payload)).code == ColdErrorCode.PREV_TX_REQUIRED
+    assert len(codec.encode(short(payload))) < len(codec.encode(packed(payload))) - 50
+    assert frozen_for(link, 153) is None
+
+
+def _whole(raw: bytes | None) -> dict[str, Any]:
+    assert raw is not None
+    txid = parse_prev_tx(raw).txid
+    return {"txid": txid, "offset": 0, "total": len(raw), "data": raw}
+
+
+def test_short_request_with_a_lying_amount_freezes(cold: ColdHsm, link: Any) -> None:
+    """The short form still states every amount: one that is not the verified amount of the
+    outpoint named by prefix is refused and freezes, as in the long form (731)."""
+    acct = provision(cold, link, 154)
+    coin = acct.coin(600_000)
+    link.call("learn_prev_tx", _whole(coin.prev_tx), timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "s2", coins=[coin], prev_txs=False)
+    lying = short(payload)
+    lying["q"][2] = [[1, *lying["q"][2][0][1:]]]
+    err = refused(link, "cosign", lying)
+    assert err.code == ColdErrorCode.AMOUNT_MISMATCH and "account 154 frozen" in err.message
+
+
+def test_malformed_short_requests_are_refused_and_change_nothing(cold: ColdHsm, link: Any) -> None:
+    acct = provision(cold, link, 155)
+    coin = acct.coin(600_000)
+    link.call("learn_prev_tx", _whole(coin.prev_tx), timeout=TIMEOUT)
+    payload, _ = acct.send([(random_address(), 100_000)], "s3", coins=[coin], prev_txs=False)
+    good = short(payload)
+    for bad, why in (
+        ({"q": good["q"][:-1]}, "a short request has 10 fields"),
+        ({"q": [good["q"][0], good["q"][1] + b"\0", *good["q"][2:]]}, "1 trailing bytes"),
+        ({"q": [good["q"][0], b"\x01\x10", *good["q"][2:]]}, "unknown flags"),
+        ({"q": [good["q"][0], "text", *good["q"][2:]]}, "tx"),
+    ):
+        err = refused(link, "cosign", bad)
+        assert err.code == ColdErrorCode.BAD_REQUEST and why in err.message, err.message
+    assert frozen_for(link, 155) is None
+    answer = link.call("cosign", good, timeout=TIMEOUT)  # nothing of them was kept
+    assert len(answer["s"]) == 64
 
 
 def test_refusal_of_an_extra_output(cold: ColdHsm, link: Any) -> None:

@@ -29,7 +29,8 @@ import requests
 from cc_common.link import LinkRemoteError, LinkTimeout, codec
 from cc_common.token.ec_keys import raw_to_low_s
 from custody.hsm_client import HotHsmClient, HsmRefused, ProvisionedAccount
-from hsm_cold.cosign import decode_request, unpack
+from hsm_cold.cosign import decode_request, expand_short, unpack
+from hsm_cold.errors import PrevTxRequired
 from hsm_hot.audit import AuditLog
 from hsm_hot.compact import compact_request, packed_request, plan_cosign
 from hsm_hot.errors import (
@@ -114,6 +115,9 @@ class SoftCold:
         self.fail: Exception | None = None
         self.tamper = False
         self.high_s = False
+        # outputs it verified, for short requests: (txid hex, vout) -> amount
+        self.known: dict[tuple[str, int], int] = {}
+        self.short_refused = 0
 
     @property
     def identity_pub(self) -> bytes:
@@ -159,7 +163,21 @@ class SoftCold:
             "proof": messages.sign_message(self.identity.secret, statement),
         }
 
+    def _outputs_like(self, prefix: str, vout: int) -> list[tuple[str, int, bytes]]:
+        return [
+            (txid, amount, b"")
+            for (txid, n), amount in self.known.items()
+            if txid.startswith(prefix) and n == vout
+        ]
+
     def cosign(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        if "q" in p:  # the short form: expanded with what it verified, answered short
+            try:
+                packed = expand_short(p, self._outputs_like)
+            except PrevTxRequired as exc:
+                self.short_refused += 1
+                raise LinkRemoteError(int(exc.code), exc.message) from None
+            return {"s": b"".join(self.cosign(packed)["signatures"])}
         if "p" in p:  # the packed form, rebuilt as the cold HSM does
             p = unpack(p, self._wallet)
         tx = parse_unsigned_tx(p["tx"])
@@ -203,6 +221,7 @@ def env(tmp_path: Path):
 
     prov = ProvisionedAccount(**result)
     cold._wallet = hot_wallet(prov)
+    cold.known = {("11" * 32, 0): 600_000, ("22" * 32, 1): 400_000}  # the coins of `_send`
     yield {
         "service": service,
         "cold": cold,
@@ -297,6 +316,42 @@ def test_compact_request_is_small_and_complete(env):
     env["service"].sign_send(params)
     size = len(codec.encode(["cosign", _last_payload(env)]))
     assert size < 300, size
+    assert env["cold"].short_refused == 0 and env["service"].short_fallbacks == 0
+
+
+def test_short_request_expands_to_the_packed_form(env) -> None:
+    """The short form names verified inputs by txid prefix (amounts still stated) and writes
+    the transaction short; the cold HSM's expansion is exactly the packed form (the same long
+    form, the same digest), and it is smaller."""
+    params = _send(env, user_tx_no="short")
+    plan = plan_cosign(Psbt.from_base64(params["psbt"]), env["wallet"])
+    args = (ACCOUNT, plan, params["request"], params["vc_code"], "c1", env["wallet"])
+    packed = packed_request(*args)
+    short = packed_request(*args, short=True)
+    assert short["q"][2] == packed["p"][2] == [[600_000, RECEIVE, 3], [400_000, CHANGE, 0]]
+    expanded = expand_short(short, env["cold"]._outputs_like)
+    assert expanded == packed
+    assert decode_request(unpack(expanded, env["wallet"])).digest() == (
+        decode_request(unpack(packed, env["wallet"])).digest()
+    )
+    # two inputs: 2 x (24 bytes of txid + 3 of sequence), and the output values
+    assert len(codec.encode(short)) <= len(codec.encode(packed)) - 54
+    # an input whose funding transaction the PSBT carries goes by its full txid
+    carried = dataclasses.replace(plan, carried=frozenset({1}))
+    mixed = packed_request(ACCOUNT, carried, *args[2:], short=True)
+    assert len(mixed["q"][1]) == len(short["q"][1]) + 24
+    env["cold"].known.pop(("22" * 32, 1))
+    assert expand_short(mixed, env["cold"]._outputs_like) == packed
+
+
+def test_short_request_the_cold_side_cannot_resolve_is_asked_again_packed(env) -> None:
+    """An outpoint the cold HSM forgot (it signed its spend: a retry after a lost answer) or
+    never knew: 730 for the short form, then the packed form decides (here: signed)."""
+    env["cold"].known.pop(("22" * 32, 1))
+    result = env["service"].sign_send(_send(env, user_tx_no="forgotten"))
+    assert result["psbt"]
+    assert env["cold"].short_refused == 1 and env["service"].short_fallbacks == 1
+    assert env["cold"].calls.count("cosign") == 2
 
 
 def test_packed_request_unpacks_to_the_long_form(env) -> None:

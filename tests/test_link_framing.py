@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from cc_common.link import codec
 from cc_common.link.auth import Direction, MacKey, Refusal, ReplayWindow
 from cc_common.link.counters import JsonCounterStore, MemoryCounterStore, SqliteCounterStore
-from cc_common.link.errors import LinkEncodingError, LinkPortError
+from cc_common.link.errors import LinkEncodingError, LinkPortError, LinkRemoteError
 from cc_common.link.framing import (
     CRC,
+    HEADER,
     PROTOCOL_VERSION,
     CobsError,
     Frame,
@@ -40,7 +41,8 @@ from cc_common.link.framing import (
     wire_size,
 )
 from cc_common.link.port import SerialPort
-from cc_common.link.session import Kind, Message, Refused, Role, Session
+from cc_common.link.rpc import decode_answer
+from cc_common.link.session import HEAD, Kind, Message, Refused, Role, Session, parse_head
 from cc_common.link.settings import LinkConfig
 
 KEY = bytes(range(32))
@@ -270,7 +272,7 @@ def _pair(client_store=None, server_store=None) -> tuple[Session, Session]:
 def test_session_round_trip_and_overhead() -> None:
     client, server = _pair()
     wire = client.seal(Kind.REQUEST, 42, b"body")
-    assert len(wire) == len(b"body") + 30
+    assert len(wire) == len(b"body") + 22  # short header: 1 + counter 1 + request id 4; MAC 16
     msg = server.open(wire)
     assert msg == Message(Direction.HOT_TO_COLD, Kind.REQUEST, 1, 42, b"body")
 
@@ -474,3 +476,115 @@ def test_port_open_failure_is_a_link_error() -> None:
 
 def test_default_config_fits_a_cosign_request_in_one_frame() -> None:
     assert LinkConfig().max_frame >= 8192
+
+
+# -- acknowledgements riding on data frames, the short session header ------------------------
+
+acked_frames_st = st.builds(
+    Frame,
+    st.sampled_from([FrameType.DATA, FrameType.BUNDLE]),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=300),
+    st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=64).map(tuple),
+)
+
+
+@given(acked_frames_st)
+def test_a_data_frame_carries_acknowledgements(frame: Frame) -> None:
+    (decoded,) = FrameDecoder().feed(frame.encode())
+    assert decoded == frame
+    # the acknowledgements ride in front of the payload: 1 + 2 per seq
+    plain = Frame(frame.type, frame.seq, frame.payload)
+    assert len(frame_body(frame)) == len(frame_body(plain)) + 1 + 2 * len(frame.acks)
+
+
+def test_malformed_acknowledgement_lists_are_dropped() -> None:
+    decoder = FrameDecoder()
+
+    def framed(first: int, payload: bytes) -> bytes:
+        body = bytes((first, 0, 9)) + payload
+        return b"\x00" + cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
+
+    assert decoder.feed(framed(0x31, b"\x02\x00\x01")) == []  # says 2 seqs, has 1
+    assert decoder.feed(framed(0x31, b"\x00data")) == []  # an empty list is not sent
+    assert decoder.feed(framed(0x31, b"\x41" + bytes(130))) == []  # more than 64
+    assert decoder.feed(framed(0x32, b"\x01\x00\x01")) == []  # only data frames carry them
+    assert decoder.feed(framed(0x61, b"data")) == []  # a version 2 header of another version
+    assert decoder.feed(framed(0x2F, b"data")) == []  # an unknown type
+    assert decoder.rejects[Reject.BAD_ACKS] == 3 and decoder.rejects[Reject.BAD_TYPE] == 2
+    assert decoder.rejects[Reject.BAD_VERSION] == 1
+    assert decoder.feed(framed(0x31, b"\x01\x00\x07data")) == [
+        Frame(FrameType.DATA, 9, b"data", (7,))
+    ]
+    with pytest.raises(ValueError, match="only DATA and BUNDLE"):
+        frame_body(Frame(FrameType.ACK, 1, b"", (2,)))
+
+
+def test_the_short_header_round_trips_and_the_long_one_is_still_accepted() -> None:
+    client, server = _pair()
+    for _ in range(200):  # counters past one varint byte
+        wire = client.seal(Kind.REQUEST, 0xFFFFFFFF, b"x")
+        assert isinstance(server.open(wire), Message)
+    assert len(wire) == 1 + 2 + 4 + 1 + 16 and wire[0] == 0x80 | 0x10 | Kind.REQUEST
+    head = parse_head(wire)
+    assert head == (Direction.HOT_TO_COLD, Kind.REQUEST, 200, 0xFFFFFFFF, 7)
+    # a message in the long form (as a peer of the previous version seals it)
+    data = HEAD.pack(Direction.HOT_TO_COLD, Kind.REQUEST, 201, 5) + b"old"
+    old = data + client._send_key.tag(data)
+    assert server.open(old) == Message(Direction.HOT_TO_COLD, Kind.REQUEST, 201, 5, b"old")
+
+
+def test_a_version_1_frame_is_still_read_and_a_version_2_header_is_a_byte_shorter() -> None:
+    body = (
+        HEADER.pack(
+            PROTOCOL_VERSION,
+            FrameType.DATA,
+            0x1234,
+        )
+        + b"payload"
+    )
+    old = b"\x00" + cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
+    frame = Frame(FrameType.DATA, 0x1234, b"payload")
+    assert FrameDecoder().feed(old) == [frame]
+    assert len(frame.encode()) == len(old) - 1
+    damaged = body[:-1] + b"?" + CRC.pack(zlib.crc32(body))  # a NAK for either version
+    decoder = FrameDecoder()
+    decoder.feed(b"\x00" + cobs_encode(damaged) + b"\x00")
+    assert decoder.take_naks() == [0x1234]
+
+
+def test_the_answer_is_the_result_map_and_the_earlier_shape_still_reads() -> None:
+    assert decode_answer(codec.encode({"s": b"x"})) == {"s": b"x"}
+    assert decode_answer(codec.encode([0, {"s": b"x"}])) == {"s": b"x"}
+    err = decode_answer(codec.encode([1, [704, "unknown channel"]]))
+    assert isinstance(err, LinkRemoteError) and (err.code, err.message) == (704, "unknown channel")
+    for bad in ([0, "x"], [2, {}], "x", [1, [704]]):
+        with pytest.raises(LinkEncodingError, match="unknown shape"):
+            decode_answer(codec.encode(bad))
+
+
+def test_a_message_re_encoded_in_the_other_header_form_fails_its_mac() -> None:
+    """The MAC covers the header as sent: the same counter and body under the other form,
+    or with a non-minimal counter, is refused (so no form can replay the other's)."""
+    client, server = _pair()
+    wire = client.seal(Kind.REQUEST, 3, b"body")
+    tag = wire[-16:]
+    long_form = HEAD.pack(Direction.HOT_TO_COLD, Kind.REQUEST, 1, 3) + b"body" + tag
+    assert server.open(long_form).reason == Refusal.BAD_MAC
+    padded = wire[:1] + bytes((0x81, 0x00)) + wire[2:]  # counter 1 as two bytes
+    assert server.open(padded) == Refused(Refusal.MALFORMED, None, None)
+    assert isinstance(server.open(wire), Message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x91" + b"\xff" * 10 + bytes(20),  # counter longer than 63 bits
+        b"\x91\x01\x00\x00\x00" + bytes(15),  # MAC cut short
+        b"\x91\x80",  # too short for anything
+    ],
+)
+def test_a_malformed_short_header_is_refused(data: bytes) -> None:
+    _, server = _pair()
+    refused = server.open(data)
+    assert isinstance(refused, Refused) and refused.reason == Refusal.MALFORMED

@@ -34,8 +34,9 @@ from cc_common.link import (
     LinkTimeout,
     MemoryCounterStore,
 )
-from cc_common.link.auth import Refusal
+from cc_common.link.auth import MAC_LEN, Refusal
 from cc_common.link.framing import Frame, FrameDecoder, FrameType, bundle_payload, split_bundle
+from cc_common.link.session import Kind, group_body, parse_head, split_group
 from firmware_sim.serial_relay import Direction, Fault, FaultKind, Noise, SerialLine
 from tests.harness import wait_until
 
@@ -281,10 +282,27 @@ def test_queued_requests_run_as_one_group_and_a_bad_one_refuses_only_itself(rig:
     assert set(rig.cold.executed.values()) == {1} and len(rig.cold.executed) == 4
     # the slow request alone, then everything that queued behind it in one unit
     assert units == [0, 1], units
-    frames = FrameDecoder().feed(rig.line.captured(B_TO_A))
-    bundles = [split_bundle(f.payload) for f in frames if f.type == FrameType.BUNDLE]
-    # (the slow request's answer may still have been waiting for the line, and gone along)
-    assert [len(b or []) >= 6 for b in bundles] == [True], "the group's answers in one frame"
+    # the group's answers in one ANSWERS message (one counter and MAC), so in one frame
+    groups = [len(items) for items in _answer_groups(rig.line.captured(B_TO_A))]
+    assert groups == [6], groups
+
+
+def _answer_groups(wire: bytes) -> list[list[tuple[int, bytes]]]:
+    """The items of every ANSWERS message on `wire` (in DATA or BUNDLE frames)."""
+    out = []
+    for f in FrameDecoder().feed(wire):
+        if not f.type.carries_data:
+            continue
+        for payload in (split_bundle(f.payload) if f.type == FrameType.BUNDLE else None) or [
+            f.payload
+        ]:
+            head = parse_head(payload)
+            assert not isinstance(head, str), head
+            if head[1] == Kind.ANSWERS:
+                items = split_group(payload[head[4] : -MAC_LEN], head[3])
+                assert items is not None
+                out.append(items)
+    return out
 
 
 def test_a_failed_unit_of_work_answers_every_request_of_its_group_with_an_error(rig: Rig) -> None:
@@ -330,13 +348,14 @@ def test_a_replayed_bundle_executes_and_answers_nothing(rig: Rig) -> None:
         for payload in (split_bundle(f.payload) if f.type == FrameType.BUNDLE else [f.payload])
         or []
     ]
-    assert len(answers) == 3
+    # the slow one's ANSWER, then the other two in one ANSWERS message
+    assert len(answers) == 2
     replay = Frame(FrameType.BUNDLE, 999, bundle_payload(answers))
     client_refusals = rig.client.session.refusals
     before = client_refusals[Refusal.REPLAYED] + client_refusals[Refusal.STALE]
     rig.line.put(B_TO_A, replay.encode())
     wait_until(
-        lambda: client_refusals[Refusal.REPLAYED] + client_refusals[Refusal.STALE] >= before + 3
+        lambda: client_refusals[Refusal.REPLAYED] + client_refusals[Refusal.STALE] >= before + 2
     )
     rig.client.call("cosign", cosign_request(), timeout=5)  # the link still works
     assert sum(rig.cold.executed.values()) == 6
@@ -536,3 +555,33 @@ def test_over_the_firmware_sim_serial_line(tmp_path) -> None:
         line.close()
     assert sum(cold.executed.values()) == 21
     assert set(cold.executed.values()) == {1} and cold.intact
+
+
+def test_acknowledgements_ride_on_the_answer_and_alone_only_after_the_delay(rig: Rig) -> None:
+    """A request answered within `ack_delay` is acknowledged by its answer's frame: no ACK
+    frame crosses the line. One answered later gets an ACK frame once the delay is up (so the
+    hot side does not retransmit it), then its answer."""
+    server_counts, client_counts = rig.server.frames.counts, rig.client.frames.counts
+    delay = min(CONFIG.ack_delay, CONFIG.min_rto / 2)
+    rig.client.call("cosign", cosign_request(), timeout=5)  # settle the link
+    wait_until(lambda: not rig.client.frames.stats()["unacked"])
+    time.sleep(4 * delay)  # the answer's acknowledgement has left the hot side too
+    acks_out, carried = server_counts["ack out"], server_counts["acks carried"]
+    for _ in range(5):
+        rig.client.call("cosign", cosign_request(), timeout=5)
+    assert server_counts["ack out"] == acks_out, "an ACK frame went out on its own"
+    assert server_counts["acks carried"] >= carried + 5
+    assert client_counts["acks in data"] >= 5
+    rig.client.call("slow", {"ms": int(delay * 1000) + 150}, timeout=5)
+    assert server_counts["ack out"] == acks_out + 1
+
+
+def test_an_answers_message_round_trips_and_malformed_ones_are_refused() -> None:
+    items = [(7, b"first"), (0xFFFFFFFF, b""), (12, b"x" * 300)]
+    body = group_body(items)
+    assert split_group(body, 7) == items
+    assert len(body) == 1 + (1 + 5) + (4 + 1) + (4 + 2 + 300)  # ids after the first, lengths
+    for bad in (b"", b"\x01\x00", b"\x02\x00", body[:-1], body + b"\x00", b"\x04" + body[1:]):
+        assert split_group(bad, 7) is None, bad
+    with pytest.raises(ValueError, match="2 to 255"):
+        group_body(items[:1])

@@ -8,13 +8,25 @@ garbage is therefore trivial and exact: discard up to the next 0x00. Each frame 
 
 Frame before COBS (big-endian)::
 
-    version:u8  type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
+    0x20|acks<<4|type:u8  seq:u16  payload  crc32:u32     (CRC-32/IEEE over the bytes before it)
+
+The first byte carries the header's version (2: the top three bits 001), whether
+acknowledgements precede the payload, and the type. Version 1 frames (``version:u8 type:u8
+seq:u16``, one byte longer) are still read.
 
 DATA frames are acknowledged by ACK frames that carry their seq (an ACK's payload lists more
-seqs, so one ACK answers a burst). A BUNDLE frame is a DATA frame carrying several payloads,
+seqs, so one ACK answers a burst), or by acknowledgements riding on a DATA or BUNDLE frame going
+the other way: a first byte with `ACKS_FLAG` set starts its payload with ``n:u8 seq:u16 * n``.
+A receiver holds its acknowledgements for up to `LinkConfig.ack_delay` (never more than half the
+smallest retransmission timeout) so that they leave with the next frame it sends, in the HSM
+pair almost always the answer to the request acknowledged (or the next request): that saves
+an ACK frame (11 bytes) per message each way. Only when nothing leaves in time is an ACK frame
+written. A retransmitted frame carries the acknowledgements due when it leaves, so
+retransmissions and duplicates are recognised by seq and data payload, never by the
+acknowledgements riding on them. A BUNDLE frame is a DATA frame carrying several payloads,
 each as ``length:u16 payload``, delivered in order: payloads a sender hands over at once
-(`send_many`: the cold side's answers to a group of requests) leave in one frame, saving per
-payload the frame's header, CRC and delimiters and the ACK frame coming back. Payloads sent one
+(`send_many`: the cold side's answers when a group needs several messages) leave in one
+frame, saving per payload the frame's header, CRC and delimiters. Payloads sent one
 by one are not bundled even when they wait for the line: the receiver could act on none of a
 bundle before its last byte arrived, and at 115200 baud with 8 requests in flight that lost
 overlap cost more than the bytes saved (43.0 -> 39.2 sends/s, benchmarks/RESULTS.md). A bundle
@@ -51,14 +63,19 @@ from cc_common.logs import TRACE
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the version 1 header, still read
 DELIMITER = 0
-HEADER = struct.Struct(">BBH")
+HEADER = struct.Struct(">BBH")  # version 1
+HEADER2 = struct.Struct(">BH")  # version 2: 0x20|flags|type, seq
+VERSION2 = 0x20
+VERSION_MASK = 0xE0
+TYPE_MASK = 0x0F
 CRC = struct.Struct(">I")
 SEQ = struct.Struct(">H")
-FRAME_OVERHEAD = HEADER.size + CRC.size
+FRAME_OVERHEAD = HEADER2.size + CRC.size
 SEQ_MOD = 1 << 16
 MAX_SEQS_PER_ACK = 64
+ACKS_FLAG = 0x10  # on a DATA or BUNDLE frame: acknowledgements precede the payload
 BUNDLE_ITEM = struct.Struct(">H")
 MAX_BUNDLE = 32  # payloads per BUNDLE frame
 INFINITY = float("inf")
@@ -129,6 +146,7 @@ class Reject(StrEnum):
     BAD_CRC = "bad CRC"
     BAD_VERSION = "bad version"
     BAD_TYPE = "bad frame type"
+    BAD_ACKS = "bad acknowledgement list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +154,7 @@ class Frame:
     type: FrameType
     seq: int
     payload: bytes = b""
+    acks: tuple[int, ...] = ()  # seqs acknowledged by a DATA or BUNDLE frame (at most 64)
 
     def encode(self) -> bytes:
         """The frame as written on the line, delimiters included."""
@@ -165,7 +184,16 @@ def split_bundle(payload: bytes) -> list[bytes] | None:
 
 def frame_body(frame: Frame) -> bytes:
     """The bytes covered by the CRC."""
-    return HEADER.pack(PROTOCOL_VERSION, frame.type, frame.seq % SEQ_MOD) + frame.payload
+    if not frame.acks:
+        return HEADER2.pack(VERSION2 | frame.type, frame.seq % SEQ_MOD) + frame.payload
+    if not frame.type.carries_data or len(frame.acks) > MAX_SEQS_PER_ACK:
+        raise ValueError("only DATA and BUNDLE frames carry acknowledgements, at most 64")
+    return (
+        HEADER2.pack(VERSION2 | ACKS_FLAG | frame.type, frame.seq % SEQ_MOD)
+        + bytes((len(frame.acks),))
+        + b"".join(SEQ.pack(s % SEQ_MOD) for s in frame.acks)
+        + frame.payload
+    )
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -229,19 +257,38 @@ class FrameDecoder:
         if len(raw) < FRAME_OVERHEAD:
             return self._reject(Reject.SHORT)
         body, (crc,) = raw[: -CRC.size], CRC.unpack(raw[-CRC.size :])
-        version, ftype, seq = HEADER.unpack_from(body)
+        first = body[0]
+        if first & VERSION_MASK == VERSION2:
+            ftype, flags = first & TYPE_MASK, first & ~(VERSION_MASK | TYPE_MASK)
+            (seq,) = SEQ.unpack_from(body, 1)
+            size = HEADER2.size
+        elif first == PROTOCOL_VERSION and len(body) >= HEADER.size:
+            _, ftype, seq = HEADER.unpack_from(body)
+            flags, size = 0, HEADER.size
+        else:
+            ftype = flags = seq = size = -1
         if zlib.crc32(body) != crc:
-            if version == PROTOCOL_VERSION and ftype in (FrameType.DATA, FrameType.BUNDLE):
+            if ftype in (FrameType.DATA, FrameType.BUNDLE):
                 self._naks.append(seq)
             return self._reject(Reject.BAD_CRC)
-        if version != PROTOCOL_VERSION:
+        if size < 0:
             return self._reject(Reject.BAD_VERSION)
         try:
             frame_type = FrameType(ftype)
         except ValueError:
             return self._reject(Reject.BAD_TYPE)
+        payload = body[size:]
+        acks: tuple[int, ...] = ()
+        if flags & ACKS_FLAG:
+            if not frame_type.carries_data or not payload:
+                return self._reject(Reject.BAD_TYPE)
+            n = payload[0]
+            if n == 0 or n > MAX_SEQS_PER_ACK or len(payload) < 1 + 2 * n:
+                return self._reject(Reject.BAD_ACKS)
+            acks = tuple(SEQ.unpack_from(payload, 1 + 2 * i)[0] for i in range(n))
+            payload = payload[1 + 2 * n :]
         self.frames += 1
-        return Frame(frame_type, seq, body[HEADER.size :])
+        return Frame(frame_type, seq, payload, acks)
 
     def _reject(self, reason: Reject) -> Frame | None:
         """Count and log a dropped frame; the decode result is nothing."""
@@ -258,7 +305,8 @@ class _Outgoing:
     payload: bytes
     tags: tuple[Hashable, ...] = ()
     batch: int = 0  # payloads handed over by one `send_many` share it (and may be bundled)
-    wire: bytes = b""  # encoded when it leaves the backlog (it may be bundled first)
+    wire: bytes = b""  # encoded each time it leaves (with the acknowledgements then due)
+    type: FrameType = FrameType.DATA
     tries: int = 0
     tx_done: float = 0.0
     deadline: float = 0.0
@@ -329,6 +377,9 @@ class FrameLink:
         self._recent: dict[tuple[int, int], float] = {}
         self._next_prune = 0.0
         self._line_free = 0.0
+        self._acks: list[int] = []  # seqs received and not yet acknowledged
+        self._ack_due = INFINITY
+        self._ack_delay = min(self.config.ack_delay, self.config.min_rto / 2)
         self._rto = _RtoEstimator(self.config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -403,15 +454,28 @@ class FrameLink:
                 out = self._next_to_write()
                 if out is None:
                     continue
-                self._arm(out)
-            self._write(out.wire)
+                if isinstance(out, bytes):  # acknowledgements alone, their delay up
+                    self._occupy(len(out), time.monotonic())
+                    self.counts["ack out"] += 1
+                    wire = out
+                else:
+                    out.wire = encode_frame(
+                        Frame(out.type, out.seq, out.payload, self._take_acks("acks carried"))
+                    )
+                    self._arm(out)
+                    wire = out.wire
+            self._write(wire)
 
-    def _next_to_write(self) -> _Outgoing | None:
-        """Wait until the line has room and a frame is due. Caller holds `_wake`."""
-        wait = self._line_free - time.monotonic() - self.PACING_LEAD
+    def _next_to_write(self) -> _Outgoing | bytes | None:
+        """Wait until the line has room and a frame is due: a DATA or BUNDLE frame (to carry
+        the acknowledgements due), or an ACK frame whose delay is up. Caller holds `_wake`."""
+        now = time.monotonic()
+        wait = self._line_free - now - self.PACING_LEAD
         if wait > 0:
-            self._wake.wait(wait)
-            return None
+            self._wake.wait(min(wait, max(self._ack_due - now, 0.0)))
+            now = time.monotonic()
+            if not (self._acks and now >= self._ack_due):
+                return None
         while self._retx:
             out = self._retx.popleft()
             if self._unacked.get(out.seq) is out:
@@ -420,8 +484,25 @@ class FrameLink:
             out = self._take_backlog()
             self._unacked[out.seq] = out
             return out
+        if self._acks:
+            if now >= self._ack_due:
+                acks = self._take_acks("ack frames")
+                return encode_frame(
+                    Frame(FrameType.ACK, acks[0], b"".join(SEQ.pack(s) for s in acks[1:]))
+                )
+            self._wake.wait(self._ack_due - now)
+            return None
         self._wake.wait(0.05)
         return None
+
+    def _take_acks(self, count: str) -> tuple[int, ...]:
+        """Up to 64 acknowledgements due, oldest first. Caller holds `_wake`."""
+        acks, self._acks = self._acks[:MAX_SEQS_PER_ACK], self._acks[MAX_SEQS_PER_ACK:]
+        if acks:
+            self.counts[count] += len(acks)
+        if not self._acks:
+            self._ack_due = INFINITY
+        return tuple(acks)
 
     def _take_backlog(self) -> _Outgoing:
         """The next frame: the oldest waiting payload as DATA, or with those of its `send_many`
@@ -435,7 +516,6 @@ class FrameLink:
                 break
             items.append(self._backlog.popleft())
         if len(items) == 1:
-            first.wire = encode_frame(Frame(FrameType.DATA, first.seq, first.payload))
             return first
         payload = bundle_payload([i.payload for i in items])
         self.counts["bundles out"] += 1
@@ -445,7 +525,7 @@ class FrameLink:
             payload,
             tuple(t for i in items for t in i.tags),
             first.batch,
-            encode_frame(Frame(FrameType.BUNDLE, first.seq, payload)),
+            type=FrameType.BUNDLE,
         )
 
     def _arm(self, out: _Outgoing) -> None:
@@ -470,14 +550,15 @@ class FrameLink:
             if self._port.write(wire):
                 self.counts["bytes out"] += len(wire)
 
-    def _send_control(self, ftype: FrameType, seqs: list[int]) -> None:
+    def _send_naks(self, seqs: list[int]) -> None:
+        """NAK frames, written at once (a retransmission is wanted as soon as possible)."""
         for i in range(0, len(seqs), MAX_SEQS_PER_ACK):
             chunk = seqs[i : i + MAX_SEQS_PER_ACK]
             extra = b"".join(SEQ.pack(s) for s in chunk[1:])
-            wire = encode_frame(Frame(ftype, chunk[0], extra))
+            wire = encode_frame(Frame(FrameType.NAK, chunk[0], extra))
             with self._lock:
                 self._occupy(len(wire), time.monotonic())
-            self.counts["ack out" if ftype == FrameType.ACK else "nak out"] += 1
+            self.counts["nak out"] += 1
             self._write(wire)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -496,19 +577,28 @@ class FrameLink:
         acks: list[int] = []
         for frame in self._decoder.feed(data):
             if frame.type.carries_data:
+                if frame.acks:
+                    self.counts["acks in data"] += len(frame.acks)
+                    self._receive_ack(frame.acks)
                 acks.append(frame.seq)
                 self._receive_data(frame)
             elif frame.type == FrameType.ACK:
                 self.counts["ack in"] += 1
-                self._receive_ack(frame)
+                payload = frame.payload
+                extra = [SEQ.unpack_from(payload, i)[0] for i in range(0, len(payload) - 1, 2)]
+                self._receive_ack([frame.seq, *extra])
             else:
                 self.counts["nak in"] += 1
                 self._receive_nak(frame.seq)
         if acks:
-            self._send_control(FrameType.ACK, acks)
+            with self._wake:
+                if not self._acks:
+                    self._ack_due = time.monotonic() + self._ack_delay
+                self._acks.extend(acks)
+                self._wake.notify_all()
         naks = self._decoder.take_naks()
         if naks:
-            self._send_control(FrameType.NAK, naks)
+            self._send_naks(naks)
 
     def _receive_data(self, frame: Frame) -> None:
         now = time.monotonic()
@@ -537,9 +627,7 @@ class FrameLink:
             except Exception:
                 log.exception("%s: payload handler failed", self.name)
 
-    def _receive_ack(self, frame: Frame) -> None:
-        payload = frame.payload
-        seqs = [frame.seq] + [SEQ.unpack_from(payload, i)[0] for i in range(0, len(payload) - 1, 2)]
+    def _receive_ack(self, seqs: Sequence[int]) -> None:
         now = time.monotonic()
         with self._wake:
             for seq in seqs:

@@ -7,8 +7,9 @@ answer to (a fresh counter and MAC each time, so a re-send is not a replay); the
 a request id once, and answers a re-send with the answer it cached (or not at all while the
 first copy is still executing). A request id reused for a different body is refused.
 
-Bodies are `codec` values: a request is ``[command, payload]``, an answer ``[0, result]`` or
-``[1, [code, message]]``, a refusal ``[reason, highest counter accepted]``.
+Bodies are `codec` values: a request is ``[command, payload]``, an answer the result map
+(``[0, result]`` is accepted too, as earlier versions sent it) or ``[1, [code, message]]``, a
+refusal ``[reason, highest counter accepted]``.
 
 Counters after a restart (see `session.py`): a receiver's floor after a restart is its stored
 reservation, possibly above the counters the peer sends next. The cold side answers a stale
@@ -50,7 +51,16 @@ from cc_common.link.errors import (
 )
 from cc_common.link.framing import FrameLink
 from cc_common.link.port import ByteStream, SerialPort
-from cc_common.link.session import REQUEST_ID_MOD, Kind, Message, Refused, Role, Session
+from cc_common.link.session import (
+    REQUEST_ID_MOD,
+    Kind,
+    Message,
+    Refused,
+    Role,
+    Session,
+    group_body,
+    split_group,
+)
 from cc_common.link.settings import LinkConfig
 
 log = logging.getLogger(__name__)
@@ -184,6 +194,9 @@ class LinkClient:
         if call.error is not None:
             raise call.error
         assert call.result is not None
+        # where a caller's time goes (the console, bench_cosign): the round trips, in all
+        self.counts["answered calls"] += 1
+        self.counts["answered calls us"] += int((time.monotonic() - start) * 1_000_000)
         return call.result
 
     def _new_request_id(self) -> int:
@@ -225,6 +238,18 @@ class LinkClient:
             return
         if msg.authenticated:
             self.session.commit()
+        if msg.kind == Kind.ANSWERS:
+            items = split_group(msg.body, msg.request_id)
+            if items is None:
+                log.warning("%s: malformed ANSWERS message from the cold side", self.name)
+                return
+            for request_id, body in items:
+                self._dispatch(Message(msg.direction, Kind.ANSWER, msg.counter, request_id, body))
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: Message) -> None:
+        """Hand an authenticated answer or refusal to the call that awaits it."""
         with self._lock:
             call = self._pending.get(msg.request_id)
         if call is None or call.done:
@@ -289,11 +314,18 @@ class LinkClient:
         """
         if refused.reason != Refusal.STALE or refused.body is None or refused.request_id is None:
             return
-        rid = refused.request_id
+        if refused.kind == Kind.ANSWERS:
+            for rid, _ in split_group(refused.body, refused.request_id) or []:
+                self._refuse_stale(rid, Kind.ANSWER)
+            return
         if refused.kind == Kind.REFUSAL:
             hint = _stale_hint(refused.body)
             if hint is not None:
                 self.session.skip_send_counter(hint)
+        self._refuse_stale(refused.request_id, refused.kind)
+
+    def _refuse_stale(self, rid: int, kind: Kind | None) -> None:
+        """Tell the cold side our floor, for a call we await (see `_stale_from_cold`)."""
         with self._lock:
             call = self._pending.get(rid)
         if call is None or call.done:
@@ -304,7 +336,7 @@ class LinkClient:
             self.frames.send(self.session.seal(Kind.REFUSAL, rid, body))
         except LinkError as exc:
             log.warning("%s: cannot send a refusal: %s", self.name, exc)
-        if refused.kind == Kind.REFUSAL:
+        if kind == Kind.REFUSAL:
             call.resend_now = True
             call.wake.set()
 
@@ -350,8 +382,10 @@ def decode_request(body: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def decode_answer(body: bytes) -> dict[str, Any] | LinkRemoteError:
-    """The result of an ``[0, result]`` answer, or the error of an ``[1, [code, message]]``."""
+    """The result of an answer (a map, or `[0, map]`), or the error of `[1, [code, message]]`."""
     value = codec.decode(body)
+    if isinstance(value, dict):
+        return value
     if isinstance(value, list) and len(value) == 2 and _is_int(value[0]):
         status, result = value
         if status == AnswerStatus.OK and isinstance(result, dict):
@@ -572,14 +606,33 @@ class LinkServer:
                     entry = self._executed.get(msg.request_id)
                     if entry is not None:
                         entry.answer = answer
-            wires = [
-                self.session.seal(Kind.ANSWER, msg.request_id, answer)
-                for msg, answer in zip(group, answers, strict=True)
-            ]
+            wires = self._seal_answers(
+                [(msg.request_id, answer) for msg, answer in zip(group, answers, strict=True)]
+            )
             try:
                 self.frames.send_many(wires)
             except LinkError as exc:
                 log.warning("%s: cannot send: %s", self.name, exc)
+
+    def _seal_answers(self, items: list[tuple[int, bytes]]) -> list[bytes]:
+        """The answers of a group as few messages as fit a frame: one ANSWER alone, several
+        as ANSWERS (one counter and MAC for all)."""
+        limit = self.frames.max_payload - 64
+        chunks: list[list[tuple[int, bytes]]] = [[]]
+        size = 0
+        for item in items:
+            cost = len(item[1]) + 8
+            if chunks[-1] and (size + cost > limit or len(chunks[-1]) == MAX_GROUP):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += cost
+        return [
+            self.session.seal(Kind.ANSWER, *chunk[0])
+            if len(chunk) == 1
+            else self.session.seal(Kind.ANSWERS, chunk[0][0], group_body(chunk))
+            for chunk in chunks
+        ]
 
     def _next_group(self) -> list[Message]:
         """The next request and those queued behind it (up to `MAX_GROUP`); empty to stop."""
@@ -620,7 +673,7 @@ class LinkServer:
             result = handler(payload)
             if not isinstance(result, dict):
                 raise TypeError(f"handler returned a {type(result).__name__}, not a dict")
-            answer = codec.encode([AnswerStatus.OK, result])
+            answer = codec.encode(result)  # a map is a result: 2 bytes less than [OK, map]
         except CustodyError as exc:
             log.info("%s: %s refused: [%d] %s", self.name, command, exc.code, exc.message)
             return self._error(exc.code, exc.message)

@@ -27,6 +27,9 @@ class LinkConfig:
     initial_rto: float = 0.5
     min_rto: float = 0.1
     max_rto: float = 1.5
+    #: How long an acknowledgement waits to ride on a frame going the other way before it is
+    #: sent in an ACK frame of its own (capped at half of `min_rto`).
+    ack_delay: float = 0.03
     #: How long a received DATA frame is remembered to drop its link-level retransmissions.
     dedupe_horizon: float = 120.0
     #: Port read timeout: also the granularity of the retransmission timers.

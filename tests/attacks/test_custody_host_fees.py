@@ -284,9 +284,9 @@ def test_fee_limits_count_the_real_fee(host: HostAttack) -> None:
         else:
             host.refused(code, "sign_send", **params)
 
-    wire = host.pair.wire_bytes()
+    wire = host.pair.settled_wire_bytes()
     attempt(35_000, "fee-hot", HOT_FEE)  # the hot limit, before anything crosses the link
-    assert host.pair.wire_bytes() == wire
+    assert host.pair.settled_wire_bytes() == wire
     attempt(COLD_MAX_FEE + 1_000, "fee-cold", FEE)
     rate_fee = COLD_MAX_RATE * size + 200
     assert rate_fee <= COLD_MAX_FEE

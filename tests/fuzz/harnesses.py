@@ -203,7 +203,15 @@ def _link_messages() -> Harness:
     from cc_common.link.auth import MacKey, Refusal
     from cc_common.link.counters import MemoryCounterStore
     from cc_common.link.errors import LinkError
-    from cc_common.link.session import HEAD, Kind, Role, Session
+    from cc_common.link.session import (
+        HEAD,
+        Kind,
+        Role,
+        Session,
+        group_body,
+        short_head,
+        split_group,
+    )
 
     key = bytes(range(32))
     mac = {role: MacKey(key, role.value) for role in Role}
@@ -218,6 +226,8 @@ def _link_messages() -> Harness:
                 if msg.body is not None:
                     rpc._stale_hint(msg.body)
                 continue
+            if msg.kind == Kind.ANSWERS:
+                split_group(msg.body, msg.request_id)
             for decode in (rpc.decode_request, rpc.decode_answer, rpc.decode_refusal):
                 with contextlib.suppress(LinkError):
                     decode(msg.body)
@@ -227,9 +237,12 @@ def _link_messages() -> Harness:
         codec.encode([0, {"ok": True}]),
         codec.encode([1, [701, "refused"]]),
         codec.encode([Refusal.STALE.value, 12]),
+        codec.encode({"s": bytes(64)}),
+        group_body([(9, codec.encode({"s": bytes(64)})), (10, codec.encode([1, [701, "x"]]))]),
     ]
     seeds = [
-        HEAD.pack(direction.value.value, kind, 5, 9) + body
+        head(direction.value, kind, 5, 9) + body
+        for head in (short_head, lambda d, k, c, r: HEAD.pack(d.value, k, c, r))
         for direction in Role
         for kind in Kind
         for body in bodies
@@ -347,6 +360,36 @@ def _rawtx() -> Harness:
         unsigned[:4] + b"\x00\x01" + unsigned[4:-4] + b"\x02\x01\xaa\x01\xbb" * 2 + unsigned[-4:]
     )
     return Harness(run, (), [unsigned, signed])
+
+
+@harness("packed_tx", "wallet_core.packedtx")
+def _packed_tx() -> Harness:
+    """The short co-sign request's transaction body (the cold HSM reads it from the hot side):
+    refused only with `TxParseError`, and what it reads packs back to the same bytes."""
+    from wallet_core.errors import TxParseError
+    from wallet_core.packedtx import pack_tx, unpack_tx
+    from wallet_core.rawtx import TxIn, TxOut
+
+    def run(data: bytes) -> None:
+        vin, vout = unpack_tx(data)
+        short = frozenset(n for n, i in enumerate(vin) if i.short)
+        again = pack_tx([TxIn(i.txid, i.vout, i.sequence) for i in vin], vout, short)
+        assert unpack_tx(again) == (vin, vout) and len(again) <= len(data)
+
+    psbt, _ = _send_psbt()
+    tx = parse_unsigned_tx_for_seed(psbt.unsigned_tx_bytes())
+    outs = [TxOut(o.value, b"" if n else o.script_pubkey) for n, o in enumerate(tx.vout)]
+    return Harness(
+        run,
+        (TxParseError,),
+        [pack_tx(tx.vin, outs, frozenset({0})), pack_tx(tx.vin, tx.vout, frozenset())],
+    )
+
+
+def parse_unsigned_tx_for_seed(raw: bytes) -> Any:
+    from wallet_core.rawtx import parse_unsigned_tx
+
+    return parse_unsigned_tx(raw)
 
 
 @harness("rawblock", "custody.chain.rawblock")

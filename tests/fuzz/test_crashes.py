@@ -125,6 +125,8 @@ def test_link_bodies_of_the_wrong_shape_are_encoding_errors() -> None:
     for body in ([], [1], ["x", []], [True, {}], [1, [True, "m"]], {"a": 1}, 5, [7, 1]):
         raw = codec.encode(body)
         for decode in (decode_request, decode_answer):
+            if decode is decode_answer and body == {"a": 1}:
+                continue  # an answer that is a map is its result
             with pytest.raises(LinkEncodingError):
                 decode(raw)
     for body in ([], [True], ["x"], [99], {"a": 1}):

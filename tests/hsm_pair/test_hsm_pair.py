@@ -316,9 +316,9 @@ def test_hot_policy_refuses_without_link_traffic(pair: HsmPair, account: Account
     coins = [account.coin(limit + 100_000, 6)]
     pay = [(random_address(), limit + 1)]
     psbt = build_send_psbt(account.wallet, coins, pay)
-    before = pair.wire_bytes()
+    before = pair.settled_wire_bytes()
     refused(client.sign_send, POLICY_REFUSED, **account.params(psbt, pay, "p-big"))
-    assert pair.wire_bytes() == before
+    assert pair.settled_wire_bytes() == before
 
 
 # -- the link under faults -----------------------------------------------------------------------
