@@ -54,6 +54,7 @@ from benchmarks.bench_api import WRK_SCRIPT, load_txs, write_hashes  # noqa: E40
 from benchmarks.serve import custody_server  # noqa: E402
 from cc_common.deployment import free_port  # noqa: E402
 from custody.models import Send, Wallet  # noqa: E402
+from custody.serve import DEFAULT_WORKER_CLASS, WORKER_CLASSES  # noqa: E402
 from tests.api_fixtures import (  # noqa: E402
     SoftwareHsmStandIn,
     sign_vc_code,
@@ -192,6 +193,12 @@ def main() -> int:
     ap.add_argument(
         "--read-connections", type=int, default=8, help="wrk connections reading (0: no reads)"
     )
+    ap.add_argument(
+        "--worker-class",
+        choices=sorted(WORKER_CLASSES),
+        default=DEFAULT_WORKER_CLASS,
+        help="custody serve's [custody] worker_class (how a gunicorn worker reads HTTP)",
+    )
     ap.add_argument("--max-rate", type=int, default=1500, help="requests/s the bodies suffice for")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -214,7 +221,9 @@ def main() -> int:
             "rpc_port": rpc.server_address[1],
             "rpc_secret": secret,
         }
-        port = stack.enter_context(custody_server(config, data_dir, workers=2))
+        port = stack.enter_context(
+            custody_server(config, data_dir, workers=2, worker_class=args.worker_class)
+        )
 
         t0 = time.perf_counter()
         all_bodies = data_dir / "all.txt"
@@ -232,6 +241,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}/api/v1/open"
         print(__doc__.split("Target")[0].strip(), "\n")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+        print(f"worker class: {args.worker_class}")
         # warm-up (figures dropped): both workers hold the channel key, statements prepared
         warm = wrk(
             f"{base}/tx/request",
