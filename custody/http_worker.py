@@ -15,6 +15,7 @@ closed; nothing of a request but its method and path is ever logged.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
@@ -32,8 +33,14 @@ from gunicorn.workers.base import Worker
 
 MAX_BODY = 1024 * 1024  # the API's forms are a few KB; batches and PSBTs well under this
 RECV = 65_536
+READ_TIMEOUT = 10.0  # from a request's first byte to its last: a slow sender holds no thread long
+FULL_WAIT = 0.05  # how often a full worker looks for clients waiting in the backlog
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _CRLF = b"\r\n"
+# set by this worker, never taken from the app
+# headers a request may carry once (a second, different one hides a request)
+_SINGLE = frozenset(("HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"))
+_HOP_BY_HOP = frozenset(("content-length", "connection", "transfer-encoding", "keep-alive"))
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -57,35 +64,70 @@ def _reason(status: int) -> str:
         return ""
 
 
-class _Limits:
+class Limits:
+    """What one request may hold; gunicorn's `limit_request_*` settings (0, gunicorn's "no
+    limit", is taken as its default: this reader has no unbounded mode)."""
+
     __slots__ = ("line", "fields", "field_size", "body", "keepalive")
 
-    def __init__(self, cfg: Any, max_body: int) -> None:
-        # gunicorn's meaning: 0 is "no limit" for the line and field size; we cap them anyway
-        self.line = cfg.limit_request_line or 8190
-        self.fields = cfg.limit_request_fields or 100
-        self.field_size = cfg.limit_request_field_size or 8190
-        self.body = max_body
-        self.keepalive = max(float(cfg.keepalive), 0.0)
+    def __init__(
+        self,
+        line: int = 4094,
+        fields: int = 100,
+        field_size: int = 8190,
+        body: int = MAX_BODY,
+        keepalive: float = 30.0,
+    ) -> None:
+        self.line = line or 4094
+        self.fields = fields or 100
+        self.field_size = field_size or 8190
+        self.body = body
+        self.keepalive = max(keepalive, 0.0)
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, body: int) -> Limits:
+        return cls(
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+            body,
+            float(cfg.keepalive),
+        )
 
 
 class _Connection:
     """One client connection: its socket, bytes read ahead (pipelining), idle or busy."""
 
-    __slots__ = ("sock", "addr", "buf", "idle")
+    __slots__ = ("sock", "addr", "buf", "idle", "served")
 
     def __init__(self, sock: socket.socket, addr: Any) -> None:
         self.sock = sock
         self.addr = addr
         self.buf = b""
         self.idle = True
+        self.served = 0
 
 
-def _parse_head(
-    head: bytes, limits: _Limits
-) -> tuple[str, bytes, str, list[tuple[str, str]], dict[str, str]]:
-    """Method, target, version, headers (as sent) and the WSGI `HTTP_*` keys of one request
-    head (without the final CRLF CRLF); `Refused` for anything not strictly HTTP/1.x."""
+class Head:
+    """One request head as read: the WSGI keys it gives (`env`), the body's length, whether
+    the client keeps the connection and wants `100 Continue`."""
+
+    __slots__ = ("method", "version", "env", "length", "keep", "expect")
+
+    def __init__(
+        self, method: str, version: str, env: dict[str, Any], length: int, keep: bool, expect: bool
+    ) -> None:
+        self.method = method
+        self.version = version
+        self.env = env
+        self.length = length
+        self.keep = keep
+        self.expect = expect
+
+
+def read_head(head: bytes, limits: Limits) -> Head:
+    """Read one request head (without its final CRLF CRLF); `Refused` for anything that is
+    not strictly HTTP/1.x within `limits`."""
     lines = head.split(_CRLF)
     line = lines[0]
     if len(line) > limits.line:
@@ -93,19 +135,19 @@ def _parse_head(
     parts = line.split(b" ")
     if len(parts) != 3:
         raise Refused(400, "malformed request line")
-    method, target, version = parts
-    if not method or not _TOKEN.issuperset(method):
+    raw_method, target, raw_version = parts
+    if not raw_method or not _TOKEN.issuperset(raw_method):
         raise Refused(400, "malformed method")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        if version.startswith(b"HTTP/") and len(version) == 8 and version[5:6].isdigit():
+    if raw_version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if raw_version[:5] == b"HTTP/" and len(raw_version) == 8 and raw_version[5:6].isdigit():
             raise Refused(505, "HTTP version not supported")
         raise Refused(400, "malformed request line")
     if not target or any(c <= 32 or c == 127 for c in target):
         raise Refused(400, "malformed request target")
     if len(lines) - 1 > limits.fields:
         raise Refused(431, "too many header fields")
-    headers: list[tuple[str, str]] = []
-    env: dict[str, str] = {}
+    method, version = raw_method.decode("ascii"), raw_version.decode("ascii")
+    env: dict[str, Any] = {}
     for raw in lines[1:]:
         if len(raw) > limits.field_size:
             raise Refused(431, "header field too large")
@@ -115,28 +157,62 @@ def _parse_head(
         value = value.strip(b" \t")
         if any((c < 32 and c != 9) or c == 127 for c in value):
             raise Refused(400, "control character in a header value")
-        n, v = name.decode("ascii"), value.decode("latin-1")
-        headers.append((n, v))
-        key = "HTTP_" + n.upper().replace("-", "_")
+        key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
+        v = value.decode("latin-1")
         if key in env:
-            if key in ("HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_HOST"):
-                raise Refused(400, f"repeated {n} header")
+            if key in _SINGLE:
+                raise Refused(400, f"repeated {name.decode('ascii')} header")
             env[key] += "," + v
         else:
             env[key] = v
-    return method.decode("ascii"), target, version.decode("ascii"), headers, env
+    if "HTTP_TRANSFER_ENCODING" in env:
+        raise Refused(411, "chunked request bodies are not accepted; send Content-Length")
+    length = 0
+    cl = env.pop("HTTP_CONTENT_LENGTH", None)
+    if cl is not None:
+        if not cl.isascii() or not cl.isdigit() or len(cl) > 18:
+            raise Refused(400, "malformed Content-Length")
+        length = int(cl)
+        if length > limits.body:
+            raise Refused(413, f"request body over {limits.body} bytes")
+        env["CONTENT_LENGTH"] = cl
+    ctype = env.pop("HTTP_CONTENT_TYPE", None)
+    if ctype is not None:
+        env["CONTENT_TYPE"] = ctype
+    connection = env.get("HTTP_CONNECTION", "").lower()
+    keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+    expect = env.get("HTTP_EXPECT", "").lower()
+    if expect and expect != "100-continue":
+        raise Refused(417, "unsupported Expect")
+    path, _, query = target.partition(b"?")
+    if path[:1] != b"/":
+        if path.startswith((b"http://", b"https://")):  # absolute form (RFC 9112 3.2.2)
+            path = b"/" + path.split(b"/", 3)[3] if path.count(b"/") >= 3 else b"/"
+        elif not (path == b"*" and method == "OPTIONS"):
+            raise Refused(400, "malformed request target")
+    path = path.partition(b"#")[0]
+    uri = target.decode("latin-1")
+    env["REQUEST_METHOD"] = method
+    env["SCRIPT_NAME"] = ""
+    env["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+    env["QUERY_STRING"] = query.partition(b"#")[0].decode("latin-1")
+    env["RAW_URI"] = uri
+    env["REQUEST_URI"] = uri
+    env["SERVER_PROTOCOL"] = version
+    return Head(method, version, env, length, keep, bool(expect) and version == "HTTP/1.1")
 
 
-class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hints
+class CustodyWorker(Worker):
     """gunicorn worker: `threads` threads, each serving one connection's requests in turn."""
 
     max_body = MAX_BODY
+    alive: bool  # set by gunicorn's Worker, cleared by its SIGTERM handler
 
     def init_process(self) -> None:
-        self.limits = _Limits(self.cfg, self.max_body)
+        self.limits = Limits.from_cfg(self.cfg, self.max_body)
         self.capacity = max(int(self.cfg.threads), 1)
         self.pending: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
-        self.conns: set[_Connection] = set()
+        self.conns: dict[_Connection, None] = {}  # oldest first
         self.lock = threading.Lock()
         self.slots = threading.Semaphore(self.capacity)
         self.nr_lock = threading.Lock()
@@ -163,17 +239,14 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
-            if not self.slots.acquire(timeout=tick):
-                # full: the waiting clients sit in the backlog; make room by closing the
-                # connections that are only waiting for a next request
+            if not self.slots.acquire(timeout=FULL_WAIT):
+                # full: new clients wait in the listen backlog; make room for them by closing
+                # a connection that only waits for its next request
                 if sel.select(0):
                     self._close_idle(all_of_them=False)
                 continue
             ready = sel.select(tick)
-            if not ready:
-                self.slots.release()
-                continue
-            accepted = False
+            conn = None
             for key, _ in ready:
                 try:
                     sock, addr = key.fileobj.accept()  # type: ignore[union-attr]
@@ -182,13 +255,13 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
                 sock.setblocking(True)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn = _Connection(sock, addr)
-                with self.lock:
-                    self.conns.add(conn)
-                self.pending.put(conn)
-                accepted = True
                 break
-            if not accepted:
+            if conn is None:
                 self.slots.release()
+                continue
+            with self.lock:
+                self.conns[conn] = None
+            self.pending.put(conn)
         sel.close()
         self._shutdown()
 
@@ -196,10 +269,8 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
         """Stop taking connections, let requests in flight finish (each then closes its
         connection), close idle ones at once, and wait up to `graceful_timeout`."""
         for listener in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 listener.close()
-            except OSError:
-                pass
         self._close_idle(all_of_them=True)
         for _ in self.threads:
             self.pending.put(None)
@@ -212,12 +283,10 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
 
     def _close_idle(self, *, all_of_them: bool) -> None:
         with self.lock:
-            idle = [c for c in self.conns if c.idle and not c.buf]
+            idle = [c for c in self.conns if c.idle and c.served and not c.buf]
         for conn in idle if all_of_them else idle[:1]:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)  # its thread's recv returns: it closes
-            except OSError:
-                pass
 
     # -- a connection's thread --------------------------------------------------------------
 
@@ -228,20 +297,17 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
                 return
             try:
                 self._serve(conn)
-            except Exception:  # noqa: BLE001  (one connection's fault never ends the thread)
+            except Exception:  # one connection's fault never ends the thread
                 self.log.exception("connection from %s failed", conn.addr)
             finally:
                 with self.lock:
-                    self.conns.discard(conn)
-                try:
+                    self.conns.pop(conn, None)
+                with contextlib.suppress(OSError):
                     conn.sock.close()
-                except OSError:
-                    pass
                 self.slots.release()
 
     def _serve(self, conn: _Connection) -> None:
         sock = conn.sock
-        sock.settimeout(self.limits.keepalive or None)
         while True:
             try:
                 keep = self._one(conn)
@@ -258,18 +324,22 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
         limit = self.limits.line + self.limits.fields * (self.limits.field_size + 2) + 4
         buf = conn.buf
         start = 0
+        deadline = 0.0
         while True:
             end = buf.find(_HEAD_END, start)
             if end >= 0:
                 conn.buf = buf[end + 4 :]
                 return buf[:end]
-            if not buf and not self.alive:
-                raise _Closed
+            if not buf and not self.alive and conn.served:
+                raise _Closed  # shutting down: an accepted client still gets one answer
             if len(buf) > limit:
                 if _CRLF not in buf[: self.limits.line + 2]:
                     raise Refused(414, "request line too long")
                 raise Refused(431, "request header too large")
             start = max(len(buf) - 3, 0)
+            if buf:
+                deadline = deadline or time.monotonic() + READ_TIMEOUT
+                conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 chunk = conn.sock.recv(RECV)
             except TimeoutError:
@@ -294,7 +364,9 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
             return buf[:length]
         parts = [buf]
         got = len(buf)
+        deadline = time.monotonic() + READ_TIMEOUT
         while got < length:
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 chunk = conn.sock.recv(min(RECV, length - got))
             except TimeoutError:
@@ -310,76 +382,16 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
         """Read and answer one request; whether the connection stays open."""
         if conn.buf:
             conn.idle = False
-        head = self._read_head(conn)
+        conn.sock.settimeout(self.limits.keepalive or READ_TIMEOUT)
+        raw = self._read_head(conn)
         conn.idle = False
-        method, target, version, _, hdrs = _parse_head(head, self.limits)
-        te = hdrs.pop("HTTP_TRANSFER_ENCODING", None)
-        if te is not None:
-            raise Refused(411, "chunked request bodies are not accepted; send Content-Length")
-        cl = hdrs.pop("HTTP_CONTENT_LENGTH", None)
-        length = 0
-        if cl is not None:
-            if not cl.isdigit() or not cl.isascii() or len(cl) > 18:
-                raise Refused(400, "malformed Content-Length")
-            length = int(cl)
-            if length > self.limits.body:
-                raise Refused(413, f"request body over {self.limits.body} bytes")
-        connection = hdrs.get("HTTP_CONNECTION", "").lower()
-        if version == "HTTP/1.1":
-            keep = "close" not in connection
-        else:
-            keep = "keep-alive" in connection
-        expect = hdrs.get("HTTP_EXPECT", "").lower()
-        if expect and expect != "100-continue":
-            raise Refused(417, "unsupported Expect")
-        body = self._read_body(conn, length, bool(expect) and version == "HTTP/1.1") if length else b""
-        environ = self._environ(conn, method, target, version, hdrs, body, cl)
-        keep = keep and self.alive
-        with self.nr_lock:
-            self.nr += 1
-            if self.nr >= self.max_requests and self.alive:
-                self.log.info("Autorestarting worker after current request.")
-                self.alive = False
-        keep = self._respond(conn, environ, method, version, keep)
-        conn.idle = True
-        return keep and self.alive
-
-    def _environ(
-        self,
-        conn: _Connection,
-        method: str,
-        target: bytes,
-        version: str,
-        hdrs: dict[str, str],
-        body: bytes,
-        cl: str | None,
-    ) -> dict[str, Any]:
-        path, _, query = target.partition(b"?")
-        if path[:1] != b"/":
-            if path == b"*" and method == "OPTIONS":
-                pass
-            elif path.startswith((b"http://", b"https://")):  # absolute form (RFC 9112 3.2.2)
-                path = b"/" + path.split(b"/", 3)[3] if path.count(b"/") >= 3 else b"/"
-            else:
-                raise Refused(400, "malformed request target")
-        path, _, _ = path.partition(b"#")
-        environ: dict[str, Any] = hdrs  # the HTTP_* keys, reused
-        ctype = environ.pop("HTTP_CONTENT_TYPE", None)
-        if ctype is not None:
-            environ["CONTENT_TYPE"] = ctype
-        if cl is not None:
-            environ["CONTENT_LENGTH"] = cl
+        head = read_head(raw, self.limits)
+        body = self._read_body(conn, head.length, head.expect) if head.length else b""
+        environ = head.env
         host, port = self._server
         addr = conn.addr
         environ.update(
             {
-                "REQUEST_METHOD": method,
-                "SCRIPT_NAME": "",
-                "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-                "QUERY_STRING": query.decode("latin-1"),
-                "RAW_URI": target.decode("latin-1"),
-                "REQUEST_URI": target.decode("latin-1"),
-                "SERVER_PROTOCOL": version,
                 "SERVER_NAME": host,
                 "SERVER_PORT": port,
                 "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
@@ -394,7 +406,16 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
                 "wsgi.input_terminated": True,
             }
         )
-        return environ
+        keep = head.keep and self.alive and self.limits.keepalive > 0
+        with self.nr_lock:
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+        keep = self._respond(conn, environ, head.method, head.version, keep)
+        conn.served += 1
+        conn.idle = True
+        return keep and self.alive
 
     @property
     def _server(self) -> tuple[str, str]:
@@ -435,14 +456,21 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
             self._send_simple(conn.sock, 500, "internal error", keep=False)
             return False
         status, headers = state
+        keep = keep and self.alive  # a SIGTERM during the request: this is its last answer
         out = [f"{version if version == 'HTTP/1.0' else 'HTTP/1.1'} {status}\r\n"]
+        length = str(len(body))
         for name, value in headers:
             low = name.lower()
-            if low in ("content-length", "connection", "transfer-encoding", "keep-alive"):
+            if low in _HOP_BY_HOP:
+                if low == "content-length" and method == "HEAD":
+                    length = value  # what a GET would have sent
                 continue
             out.append(f"{name}: {value}\r\n")
         out.append(_date())
-        out.append(f"Content-Length: {len(body)}\r\n")
+        if status[:3] not in ("204", "304") and status[:1] != "1":
+            out.append(f"Content-Length: {length}\r\n")
+        else:
+            body = b""
         out.append("Connection: keep-alive\r\n\r\n" if keep else "Connection: close\r\n\r\n")
         data = "".join(out).encode("latin-1")
         if method != "HEAD":
@@ -457,10 +485,8 @@ class CustodyWorker(Worker):  # type: ignore[misc]  # gunicorn ships no type hin
             f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep else 'close'}"
             "\r\n\r\n"
         )
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(head.encode("ascii") + body)
-        except OSError:
-            pass
 
     def _refuse(self, sock: socket.socket, e: Refused) -> None:
         self.log.debug("refused a request: %d %s", e.status, e.message)

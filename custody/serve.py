@@ -28,7 +28,8 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from cc_common.config import Config, ConfigError
+from cc_common.config import Config
+from cc_common.errors import ConfigError
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, mark_ready
 from custody.api.timing import DEFAULT_THREADS
