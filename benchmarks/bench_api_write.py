@@ -9,7 +9,8 @@ Workload (all on 127.0.0.1):
 - the hot HSM's RPC served by that stand-in on a loopback port: custody asks it only for the
   channel key that `vc_code`s are checked against (`channel_key`, once per channel and server
   process, then cached), so the figures are custody's own;
-- `custody serve` with `[custody] workers = 2` (gthread, the service's default threads each);
+- `custody serve` with `[custody] workers = 2`, the service's default threads each, and its
+  default worker class (custody's own; `--worker-class gthread` for gunicorn's);
 - precomputed send requests, each a distinct `user_tx_no` paying one regtest address, signed
   with the V-device channel key the stand-in vouches for (a real `vc_code`, checked by
   custody's ECDSA verification); form-encoded, as the V-device posts them;
@@ -22,8 +23,8 @@ Workload (all on 127.0.0.1):
 Target (issue 14): at least 500 accepted requests/s with reads still at least 1,000/s.
 
 Run: `.venv/bin/python benchmarks/bench_api_write.py [--duration 10] [--txs 10000]
-[--write-connections 8] [--read-connections 8]` (needs `wrk`: `apt-get install wrk`); a count
-of 0 leaves that side out (writes alone, reads alone).
+[--write-connections 8] [--read-connections 8] [--worker-class custody|gthread]` (needs
+`wrk`: `apt-get install wrk`); a count of 0 leaves that side out (writes alone, reads alone).
 """
 
 from __future__ import annotations

@@ -332,9 +332,9 @@ class CustodyWorker(Worker):
                 return buf[:end]
             if not buf and not self.alive and conn.served:
                 raise _Closed  # shutting down: an accepted client still gets one answer
+            if len(buf) > self.limits.line + 2 and _CRLF not in buf[: self.limits.line + 2]:
+                raise Refused(414, "request line too long")  # said before the rest arrives
             if len(buf) > limit:
-                if _CRLF not in buf[: self.limits.line + 2]:
-                    raise Refused(414, "request line too long")
                 raise Refused(431, "request header too large")
             start = max(len(buf) - 3, 0)
             if buf:

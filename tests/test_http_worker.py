@@ -23,7 +23,10 @@ from typing import Any
 
 import pytest
 
+from cc_common.config import Config
 from cc_common.deployment import free_port
+from cc_common.errors import ConfigError
+from custody.serve import gunicorn_options
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = "custody.http_worker.CustodyWorker"
@@ -187,6 +190,7 @@ def test_expect_100_continue(server: Gunicorn) -> None:
             411,
         ),
         (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /" + b"a" * 5000, 414),  # refused before the line ends
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % k for k in range(120)) + b"\r\n", 431),
         (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
         (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048577\r\n\r\n", 413),
@@ -202,6 +206,7 @@ def test_expect_100_continue(server: Gunicorn) -> None:
     ids=[
         "chunked",
         "long-line",
+        "long-line-unfinished",
         "many-headers",
         "big-header",
         "big-body",
@@ -321,3 +326,17 @@ def test_errors_are_logged_without_the_request_body(server: Gunicorn) -> None:
     assert "RuntimeError: the app failed" in text
     for leaked in ("secretaddress", "SECRETSIGNATURE", "987654321"):
         assert leaked not in text
+
+
+def test_worker_class_setting(tmp_path: Path) -> None:
+    """`[custody] worker_class`: custody's worker by default, gunicorn's gthread on request,
+    anything else refused before gunicorn starts."""
+
+    def options(**custody: Any) -> dict[str, Any]:
+        raw = {"custody": {"host": "127.0.0.1", "port": 1, **custody}}
+        return gunicorn_options(Config(data_dir=tmp_path, path=tmp_path / "c.toml", raw=raw))
+
+    assert options()["worker_class"] == WORKER
+    assert options(worker_class="gthread")["worker_class"] == "gthread"
+    with pytest.raises(ConfigError, match=r"worker_class must be one of \['custody', 'gthread'\]"):
+        options(worker_class="sync")
