@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -35,7 +36,32 @@ MAX_BODY = 1024 * 1024  # the API's forms are a few KB; batches and PSBTs well u
 RECV = 65_536
 READ_TIMEOUT = 10.0  # from a request's first byte to its last: a slow sender holds no thread long
 FULL_WAIT = 0.05  # how often a full worker looks for clients waiting in the backlog
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token (RFC 9110 5.6.2): methods, names
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")  # no space, no control character
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # no control character but tab
+# the WSGI key of the headers most requests carry, without building it each time
+_ENV_KEYS = {
+    n.encode(): "HTTP_" + n.upper().replace("-", "_")
+    for n in (
+        "Host",
+        "host",
+        "Content-Type",
+        "content-type",
+        "Content-Length",
+        "content-length",
+        "Connection",
+        "connection",
+        "User-Agent",
+        "user-agent",
+        "Accept",
+        "accept",
+        "Accept-Encoding",
+        "accept-encoding",
+        "token",
+        "Token",
+        "X-CC-Deadline",
+    )
+}
 _CRLF = b"\r\n"
 # set by this worker, never taken from the app
 # headers a request may carry once (a second, different one hides a request)
@@ -136,13 +162,13 @@ def read_head(head: bytes, limits: Limits) -> Head:
     if len(parts) != 3:
         raise Refused(400, "malformed request line")
     raw_method, target, raw_version = parts
-    if not raw_method or not _TOKEN.issuperset(raw_method):
+    if _METHOD.fullmatch(raw_method) is None:
         raise Refused(400, "malformed method")
     if raw_version not in (b"HTTP/1.1", b"HTTP/1.0"):
         if raw_version[:5] == b"HTTP/" and len(raw_version) == 8 and raw_version[5:6].isdigit():
             raise Refused(505, "HTTP version not supported")
         raise Refused(400, "malformed request line")
-    if not target or any(c <= 32 or c == 127 for c in target):
+    if _TARGET.fullmatch(target) is None:
         raise Refused(400, "malformed request target")
     if len(lines) - 1 > limits.fields:
         raise Refused(431, "too many header fields")
@@ -152,12 +178,12 @@ def read_head(head: bytes, limits: Limits) -> Head:
         if len(raw) > limits.field_size:
             raise Refused(431, "header field too large")
         name, colon, value = raw.partition(b":")
-        if not colon or not name or not _TOKEN.issuperset(name):
-            raise Refused(400, "malformed header field")  # also obs-fold and "Name :"
+        if not colon or _METHOD.fullmatch(name) is None:  # also obs-fold and "Name :"
+            raise Refused(400, "malformed header field")
         value = value.strip(b" \t")
-        if any((c < 32 and c != 9) or c == 127 for c in value):
+        if _VALUE.fullmatch(value) is None:
             raise Refused(400, "control character in a header value")
-        key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
+        key = _ENV_KEYS.get(name) or "HTTP_" + name.decode("ascii").upper().replace("-", "_")
         v = value.decode("latin-1")
         if key in env:
             if key in _SINGLE:
