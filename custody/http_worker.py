@@ -8,9 +8,11 @@ arbiter still runs it (`worker_class`), with its heartbeat, max_requests and sig
 Bounds (the host faces the internet behind a proxy, or not): request line, header count and
 header line length from gunicorn's `limit_request_*` settings; a body of `Content-Length`
 bytes up to `max_body` (chunked bodies: 411); an idle keep-alive connection closed after
-`keepalive` seconds; at most `threads` connections per worker, more wait in the listen
-backlog, and while some wait the idle ones are closed. Bad input is a 4xx and the connection
-closed; nothing of a request but its method and path is ever logged.
+`keepalive` seconds, a new one that sends nothing in `READ_TIMEOUT`, a request not whole
+`READ_TIMEOUT` after its first byte (408); at most `threads` connections per worker, more
+wait in the listen backlog, and while some wait the oldest idle keep-alive connection is
+closed, one every `FULL_WAIT`. Bad input is a 4xx and the connection closed; nothing of a
+request but its method and path is ever logged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import io
 import os
 import queue
 import re
+import selectors
 import socket
 import sys
 import threading
@@ -254,8 +257,6 @@ class CustodyWorker(Worker):
             t = threading.Thread(target=self._serve_loop, name=f"http-{k}", daemon=True)
             t.start()
             self.threads.append(t)
-        import selectors  # noqa: PLC0415
-
         sel = selectors.DefaultSelector()
         for listener in self.sockets:
             sel.register(listener, selectors.EVENT_READ)
@@ -408,7 +409,8 @@ class CustodyWorker(Worker):
         """Read and answer one request; whether the connection stays open."""
         if conn.buf:
             conn.idle = False
-        conn.sock.settimeout(self.limits.keepalive or READ_TIMEOUT)
+        # a new connection sends its first request soon; a kept-alive one may idle longer
+        conn.sock.settimeout((self.limits.keepalive if conn.served else 0) or READ_TIMEOUT)
         raw = self._read_head(conn)
         conn.idle = False
         head = read_head(raw, self.limits)

@@ -247,6 +247,16 @@ def test_idle_keep_alive_connection_is_closed(start: Callable[..., Gunicorn]) ->
         assert code == 408
 
 
+def test_silent_new_connection_is_closed(start: Callable[..., Gunicorn]) -> None:
+    """A client that connects and sends nothing holds its thread for the read deadline
+    (10 s), not for the keep-alive timeout meant for a connection that was served."""
+    server = start("--keep-alive", "60")
+    with server.connect(timeout=30) as c:
+        started = time.monotonic()
+        assert c.closed()
+        assert time.monotonic() - started < 20
+
+
 def test_connections_past_the_cap_wait_and_idle_ones_make_room(server: Gunicorn) -> None:
     """4 threads: 4 requests in flight hold every slot; a fifth client waits in the backlog
     until one finishes. Idle keep-alive connections are closed for a waiting client."""
