@@ -13,6 +13,10 @@ bytes up to `max_body` (chunked bodies: 411); an idle keep-alive connection clos
 wait in the listen backlog, and while some wait the oldest idle keep-alive connection is
 closed, one every `FULL_WAIT`. Bad input is a 4xx and the connection closed; nothing of a
 request but its method and path is ever logged.
+
+Not served, as the API needs none of it: chunked request bodies, streamed responses (an
+answer is joined and sent with its length), gunicorn's access log and request hooks, and a
+proxy's `X-Forwarded-Proto` (`wsgi.url_scheme` is "http": the API builds no absolute URL).
 """
 
 from __future__ import annotations
