@@ -352,19 +352,23 @@ class CustodyWorker(Worker):
 
     def _read_head(self, conn: _Connection) -> bytes:
         """Bytes up to the blank line ending a request head (the rest stays in `buf`)."""
-        limit = self.limits.line + self.limits.fields * (self.limits.field_size + 2) + 4
-        buf = conn.buf
+        limits = self.limits
+        limit = limits.line + limits.fields * (limits.field_size + 2) + 4
+        buf: bytes | bytearray = conn.buf
         start = 0
         deadline = 0.0
+        line_ended = False
         while True:
             end = buf.find(_HEAD_END, start)
             if end >= 0:
-                conn.buf = buf[end + 4 :]
-                return buf[:end]
+                conn.buf = bytes(buf[end + 4 :])
+                return bytes(buf[:end])
             if not buf and not self.alive and conn.served:
                 raise _Closed  # shutting down: an accepted client still gets one answer
-            if len(buf) > self.limits.line + 2 and _CRLF not in buf[: self.limits.line + 2]:
-                raise Refused(414, "request line too long")  # said before the rest arrives
+            if not line_ended:
+                line_ended = _CRLF in buf[: limits.line + 2]
+                if not line_ended and len(buf) > limits.line + 2:
+                    raise Refused(414, "request line too long")  # before the rest arrives
             if len(buf) > limit:
                 raise Refused(431, "request header too large")
             start = max(len(buf) - 3, 0)
@@ -379,12 +383,13 @@ class CustodyWorker(Worker):
                 raise _Closed from None
             if not chunk:
                 raise _Closed
-            if not buf:
+            if buf:
+                if isinstance(buf, bytes):  # a head in several segments: append in place,
+                    buf = bytearray(buf)  # not a copy of all so far per segment
+                buf += chunk
+            else:
                 conn.idle = False
-                while chunk[:2] == _CRLF:  # a stray CRLF between requests is allowed
-                    chunk = chunk[2:]
-            buf += chunk
-            conn.buf = buf
+                buf = chunk.lstrip(_CRLF)  # a stray CRLF between requests is allowed
 
     def _read_body(self, conn: _Connection, length: int, expect: bool) -> bytes:
         buf = conn.buf

@@ -158,6 +158,23 @@ def test_keep_alive_and_pipelined_requests(server: Gunicorn) -> None:
         assert b["pid"] == first["pid"]
 
 
+def test_request_split_across_segments(server: Gunicorn) -> None:
+    with server.connect() as c:
+        c.send(b"\r\n")  # an empty line before a request is ignored
+        for part in (
+            b"POST /s?q",
+            b"=1 HTTP/1.1\r\nHo",
+            b"st: t\r\nContent-Length: 5\r",
+            b"\n\r\nhel",
+        ):
+            c.send(part)
+            time.sleep(0.05)
+        c.send(b"lo" + get("/next"))
+        first = c.json()
+        assert (first["path"], first["query"], first["body"]) == ("/s", "q=1", "hello")
+        assert c.json()["path"] == "/next"
+
+
 def test_http_10_and_connection_close(server: Gunicorn) -> None:
     with server.connect() as c:
         c.send(get("/", version="1.0"))
