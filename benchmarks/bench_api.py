@@ -8,7 +8,7 @@ Workload (all on 127.0.0.1):
   tests; its cold batch 0 created, proven and verified (so `/user` shows an address);
 - N transactions on the account's cold side, bulk-loaded with COPY: each with 1 input and 2
   outputs, 4 in 5 confirmed, plus one UTXO per transaction and the blocks they are in;
-- `custody serve` with its defaults ([custody] workers = 2 gthread workers, 4 threads each);
+- `custody serve` with its defaults ([custody] workers = 2, its default worker class and threads);
 - the load: 16 keep-alive HTTP connections, closed loop (next request when the answer
   arrives) for DURATION seconds after a warm-up, from one of two load generators:
   - `wrk` (C, event loop; 2 threads x 8 connections; a Lua script picks the `tx_hash` of

@@ -9,7 +9,8 @@ Workload (all on 127.0.0.1):
 - the hot HSM's RPC served by that stand-in on a loopback port: custody asks it only for the
   channel key that `vc_code`s are checked against (`channel_key`, once per channel and server
   process, then cached), so the figures are custody's own;
-- `custody serve` with `[custody] workers = 2` (gthread, the service's default threads each);
+- `custody serve` with `[custody] workers = 2`, the service's default threads each, and its
+  default worker class (custody's own; `--worker-class gthread` for gunicorn's);
 - precomputed send requests, each a distinct `user_tx_no` paying one regtest address, signed
   with the V-device channel key the stand-in vouches for (a real `vc_code`, checked by
   custody's ECDSA verification); form-encoded, as the V-device posts them;
@@ -22,8 +23,8 @@ Workload (all on 127.0.0.1):
 Target (issue 14): at least 500 accepted requests/s with reads still at least 1,000/s.
 
 Run: `.venv/bin/python benchmarks/bench_api_write.py [--duration 10] [--txs 10000]
-[--write-connections 8] [--read-connections 8]` (needs `wrk`: `apt-get install wrk`); a count
-of 0 leaves that side out (writes alone, reads alone).
+[--write-connections 8] [--read-connections 8] [--worker-class custody|gthread]` (needs
+`wrk`: `apt-get install wrk`); a count of 0 leaves that side out (writes alone, reads alone).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from benchmarks.bench_api import WRK_SCRIPT, load_txs, write_hashes  # noqa: E40
 from benchmarks.serve import custody_server  # noqa: E402
 from cc_common.deployment import free_port  # noqa: E402
 from custody.models import Send, Wallet  # noqa: E402
+from custody.serve import DEFAULT_WORKER_CLASS, WORKER_CLASSES  # noqa: E402
 from tests.api_fixtures import (  # noqa: E402
     SoftwareHsmStandIn,
     sign_vc_code,
@@ -192,6 +194,12 @@ def main() -> int:
     ap.add_argument(
         "--read-connections", type=int, default=8, help="wrk connections reading (0: no reads)"
     )
+    ap.add_argument(
+        "--worker-class",
+        choices=sorted(WORKER_CLASSES),
+        default=DEFAULT_WORKER_CLASS,
+        help="custody serve's [custody] worker_class (how a gunicorn worker reads HTTP)",
+    )
     ap.add_argument("--max-rate", type=int, default=1500, help="requests/s the bodies suffice for")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -214,7 +222,9 @@ def main() -> int:
             "rpc_port": rpc.server_address[1],
             "rpc_secret": secret,
         }
-        port = stack.enter_context(custody_server(config, data_dir, workers=2))
+        port = stack.enter_context(
+            custody_server(config, data_dir, workers=2, worker_class=args.worker_class)
+        )
 
         t0 = time.perf_counter()
         all_bodies = data_dir / "all.txt"
@@ -232,6 +242,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}/api/v1/open"
         print(__doc__.split("Target")[0].strip(), "\n")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+        print(f"worker class: {args.worker_class}")
         # warm-up (figures dropped): both workers hold the channel key, statements prepared
         warm = wrk(
             f"{base}/tx/request",

@@ -29,6 +29,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from cc_common.config import Config
+from cc_common.errors import ConfigError
 from cc_common.logs import setup_logging
 from cc_common.process import clear_ready, mark_ready
 from custody.api.timing import DEFAULT_THREADS
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 READY_NAME = "custody-api"
 READY_PROBE = "/api/v1/openapi.json"
 READY_DEADLINE = 60.0
+# `[custody] worker_class`: how a gunicorn worker reads HTTP. "custody" (custody/http_worker.py)
+# serves each keep-alive connection on one thread; "gthread" is gunicorn's own, the fallback.
+WORKER_CLASSES = {"custody": "custody.http_worker.CustodyWorker", "gthread": "gthread"}
+DEFAULT_WORKER_CLASS = "custody"
 
 
 def _custody_api(config: Config) -> Any:
@@ -117,7 +122,18 @@ def gunicorn_options(config: Config, workers: int | None = None) -> dict[str, An
         workers=workers or s.int("workers", 2),
         threads=s.int("threads", DEFAULT_THREADS),
         worker_timeout=s.int("worker_timeout", 60),
+        worker_class=worker_class(config),
     )
+
+
+def worker_class(config: Config) -> str:
+    """gunicorn's worker class for `[custody] worker_class` ("custody" or "gthread")."""
+    name = config.section("custody").str("worker_class", DEFAULT_WORKER_CLASS)
+    if name not in WORKER_CLASSES:
+        raise ConfigError(
+            f"config: [custody] worker_class must be one of {sorted(WORKER_CLASSES)}, not {name!r}"
+        )
+    return WORKER_CLASSES[name]
 
 
 def listener_options(
@@ -131,6 +147,7 @@ def listener_options(
     workers: int,
     threads: int,
     worker_timeout: int = 60,
+    worker_class: str = "gthread",
 ) -> dict[str, Any]:
     """gunicorn settings for one of custody's listeners; ready once `probe` answers 200."""
     run_dir = config.run_dir
@@ -152,7 +169,7 @@ def listener_options(
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": worker_class,
         "threads": threads,
         "keepalive": 30,
         "timeout": worker_timeout,

@@ -520,6 +520,31 @@ def _cold_fields() -> Harness:
     )
 
 
+# -- custody's API: the HTTP its gunicorn worker reads ---------------------------------------------
+
+
+@harness("api_http_head", "custody.http_worker")
+def _api_http_head() -> Harness:
+    """A request head as custody's API worker reads it off an internet-facing socket (the
+    bytes before the blank line): refused with a status, or WSGI keys within the limits."""
+    from custody.http_worker import Limits, Refused, read_head
+
+    limits = Limits()
+
+    def run(data: bytes) -> None:
+        head = read_head(data, limits)
+        assert 0 <= head.length <= limits.body
+        assert head.env["PATH_INFO"] is not None and "HTTP_CONTENT_LENGTH" not in head.env
+
+    seeds = [
+        b"GET /api/v1/open/tx?after=ab&limit=20 HTTP/1.1\r\nHost: x\r\ntoken: t",
+        b"POST /api/v1/open/tx/request HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue",
+        b"GET http://x/a%20b HTTP/1.0\r\nConnection: keep-alive",
+    ]
+    return Harness(run, (Refused,), seeds)
+
+
 # -- the hot HSM's RPC ---------------------------------------------------------------------------
 
 
