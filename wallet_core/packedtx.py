@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wallet_core import leb128
 from wallet_core.errors import TxParseError
 from wallet_core.rawtx import TxIn, TxOut
 
@@ -53,18 +54,11 @@ class PackedIn:
     short: bool
 
 
-def _varint(n: int, out: bytearray) -> None:
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
 def pack_tx(vin: Sequence[TxIn], vout: Sequence[TxOut], short: frozenset[int]) -> bytes:
     """The packed body of `vin` and `vout`; inputs whose index is in `short` by txid prefix.
     A declared change output is passed with an empty script (written as kind 0)."""
     out = bytearray()
-    _varint(len(vin), out)
+    leb128.write(len(vin), out)
     for n, tx_in in enumerate(vin):
         code = (
             SEQUENCE_CODES.index(tx_in.sequence)
@@ -74,12 +68,12 @@ def pack_tx(vin: Sequence[TxIn], vout: Sequence[TxOut], short: frozenset[int]) -
         is_short = n in short
         out.append(code | (SHORT_REF if is_short else 0))
         out += tx_in.txid[:PREFIX_LEN] if is_short else tx_in.txid
-        _varint(tx_in.vout, out)
+        leb128.write(tx_in.vout, out)
         if code == EXPLICIT_SEQUENCE:
             out += tx_in.sequence.to_bytes(4, "little")
-    _varint(len(vout), out)
+    leb128.write(len(vout), out)
     for tx_out in vout:
-        _varint(tx_out.value, out)
+        leb128.write(tx_out.value, out)
         out += _pack_script(tx_out.script_pubkey)
     return bytes(out)
 
@@ -95,7 +89,7 @@ def _pack_script(script: bytes) -> bytes:
         ):
             return bytes((kind,)) + script[len(head) : len(head) + size]
     out = bytearray((RAW_SCRIPT,))
-    _varint(len(script), out)
+    leb128.write(len(script), out)
     return bytes(out + script)
 
 
@@ -112,17 +106,13 @@ class _Reader:
         return chunk
 
     def varint(self, what: str) -> int:
-        n = shift = 0
-        while True:
-            byte = self.take(1, what)[0]
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                if byte == 0 and shift > 7:
-                    raise TxParseError(f"packed transaction: {what} not minimally encoded")
-                return n
-            if shift >= 64:
-                raise TxParseError(f"packed transaction: {what} too long")
+        try:
+            n, self.at = leb128.read(self.data, self.at, max_bytes=10)
+        except leb128.VarintError as exc:
+            if exc.reason == leb128.TRUNCATED:
+                raise TxParseError(f"packed transaction: truncated in {what}") from None
+            raise TxParseError(f"packed transaction: {what} {exc.reason}") from None
+        return n
 
     def count(self, what: str) -> int:
         n = self.varint(what)

@@ -19,18 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from cc_common.link.errors import LinkEncodingError
+from wallet_core import leb128
 
 MAX_DEPTH = 32
+MAX_VARINT_BYTES = 92  # 644 bits: far past any count or amount the link carries
 
 NONE, FALSE, TRUE, UINT, NEGINT, STR, BYTES, LIST, MAP = range(0xC0, 0xC9)
 SMALL_LIST, SMALL_MAP = 0xD0, 0xE0
-
-
-def _varint(n: int, out: bytearray) -> None:
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
 
 
 def encode(value: Any) -> bytes:
@@ -54,10 +49,10 @@ def _encode(value: Any, out: bytearray, depth: int) -> None:
             out.append(value)
         elif value >= 0:
             out.append(UINT)
-            _varint(value, out)
+            leb128.write(value, out)
         else:
             out.append(NEGINT)
-            _varint(-1 - value, out)
+            leb128.write(-1 - value, out)
     elif isinstance(value, str):
         _encode_blob(value.encode("utf-8"), 0x40, STR, out)
     elif isinstance(value, bytes | bytearray | memoryview):
@@ -86,7 +81,7 @@ def _encode_blob(data: bytes, small: int, tag: int, out: bytearray) -> None:
         out.append(small + len(data))
     else:
         out.append(tag)
-        _varint(len(data), out)
+        leb128.write(len(data), out)
     out += data
 
 
@@ -95,7 +90,7 @@ def _header(n: int, small: int, tag: int, out: bytearray) -> None:
         out.append(small + n)
     else:
         out.append(tag)
-        _varint(n, out)
+        leb128.write(n, out)
 
 
 def decode(data: bytes) -> Any:
@@ -110,16 +105,10 @@ def decode(data: bytes) -> Any:
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return n, pos
-        shift += 7
-        if shift > 630:
-            raise LinkEncodingError("link codec: varint too long")
+    try:
+        return leb128.read(data, pos, max_bytes=MAX_VARINT_BYTES, minimal=False)
+    except leb128.VarintError as exc:
+        raise LinkEncodingError(f"link codec: varint {exc.reason}") from None
 
 
 def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:

@@ -47,6 +47,7 @@ from enum import Enum, IntEnum
 from cc_common.link.auth import MAC_LEN, Direction, MacKey, Refusal, ReplayWindow
 from cc_common.link.counters import CounterStore
 from cc_common.link.settings import LinkConfig
+from wallet_core import leb128
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +242,7 @@ def short_head(direction: Direction, kind: Kind, counter: int, request_id: int) 
     """The short message header: flag, direction and kind in one byte, the counter as a
     minimal LEB128 varint, the request id."""
     out = bytearray((SHORT_FLAG | direction << 4 | kind,))
-    while counter >= 0x80:
-        out.append((counter & 0x7F) | 0x80)
-        counter >>= 7
-    out.append(counter)
+    leb128.write(counter, out)
     return bytes(out) + REQUEST_ID.pack(request_id)
 
 
@@ -255,19 +253,10 @@ def parse_head(data: bytes) -> tuple[int, int, int, int, int] | str:
         if len(data) < SHORT_OVERHEAD:
             return f"{len(data)} bytes"
         first = data[0]
-        counter = shift = 0
-        at = 1
-        while True:
-            if at > MAX_VARINT or at >= len(data):
-                return "counter too long"
-            byte = data[at]
-            at += 1
-            counter |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if at > 2 and data[at - 1] == 0:
-            return "counter not minimally encoded"
+        try:
+            counter, at = leb128.read(data, 1, max_bytes=MAX_VARINT)
+        except leb128.VarintError as exc:
+            return f"counter {exc.reason}"
         if len(data) < at + REQUEST_ID.size + MAC_LEN:
             return f"{len(data)} bytes"
         (request_id,) = REQUEST_ID.unpack_from(data, at)
@@ -289,11 +278,7 @@ def group_body(items: Sequence[tuple[int, bytes]]) -> bytes:
     for n, (request_id, body) in enumerate(items):
         if n:
             out += REQUEST_ID.pack(request_id)
-        size = len(body)
-        while size >= 0x80:
-            out.append((size & 0x7F) | 0x80)
-            size >>= 7
-        out.append(size)
+        leb128.write(len(body), out)
         out += body
     return bytes(out)
 
@@ -311,16 +296,10 @@ def split_group(body: bytes, first_id: int) -> list[tuple[int, bytes]] | None:
                 return None
             (request_id,) = REQUEST_ID.unpack_from(body, at)
             at += REQUEST_ID.size
-        size = shift = 0
-        while True:
-            if at >= end or shift > 21:
-                return None
-            byte = body[at]
-            at += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
+        try:
+            size, at = leb128.read(body, at, end=end, max_bytes=4)
+        except leb128.VarintError:
+            return None
         if at + size > end:
             return None
         items.append((request_id, body[at : at + size]))
