@@ -14,7 +14,7 @@ from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cc_common.config import Config
@@ -66,6 +66,13 @@ class BenchAccount:
     hsm: SoftwareHsmStandIn
     account: TestAccount
     config: Config
+
+
+def lift_rate_limits(factory: sessionmaker[Session]) -> None:
+    """Every token's per-minute limit out of reach: a benchmark measures the server's rate,
+    not the limiter's."""
+    with factory() as s, s.begin():
+        s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
 
 
 def verified_account(dsn: str, data_dir: Path, wallet: Wallet) -> BenchAccount:

@@ -45,8 +45,7 @@ from pathlib import Path
 
 import psycopg
 from _common import run_threads
-from _custody_db import bench_run, copy_history, verified_account
-from sqlalchemy import text
+from _custody_db import bench_run, copy_history, lift_rate_limits, verified_account
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -332,8 +331,7 @@ def main() -> int:
     try:
         db = verified_account(dsn, data_dir, Wallet.COLD)
         account, config = db.account, db.config
-        with db.factory() as s, s.begin():
-            s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
+        lift_rate_limits(db.factory)
         create_app(config, hsm=db.hsm, session_factory=db.factory)  # import check only
         db.engine.dispose()
 

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from _cpu import cpu_seconds, pg_backend_pids, process_tree, total_cpu
-from _custody_db import bench_run, verified_account
-from sqlalchemy import func, select, text
+from _custody_db import bench_run, lift_rate_limits, verified_account
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -217,8 +217,7 @@ def main() -> int:
     try:
         db = verified_account(dsn, data_dir, Wallet.COLD)
         engine, factory, hsm, account, config = db.engine, db.factory, db.hsm, db.account, db.config
-        with factory() as s, s.begin():
-            s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
+        lift_rate_limits(factory)
         load_txs(dsn, account.id, 0, args.txs)
 
         secret = secrets.token_hex(16)

@@ -27,10 +27,9 @@ import statistics
 import threading
 import time
 
-from _custody_db import bench_run, verified_account
+from _custody_db import bench_run, lift_rate_limits, verified_account
 from bench_api import load_txs
 from bench_api_write import bodies
-from sqlalchemy import text
 
 from custody.app import create_app
 from custody.extensions import send_intake_committer
@@ -51,8 +50,7 @@ def main() -> int:
     try:
         db = verified_account(dsn, data_dir, Wallet.COLD)
         load_txs(dsn, db.account.id, 0, args.txs)
-        with db.factory() as s, s.begin():
-            s.execute(text("UPDATE api_tokens SET rate_limit_per_minute = 100000000"))
+        lift_rate_limits(db.factory)
         app = create_app(db.config, hsm=db.hsm)
         client = app.test_client()
         hot = {"token": db.account.hot_token, "Content-Type": "application/x-www-form-urlencoded"}
