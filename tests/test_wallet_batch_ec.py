@@ -115,6 +115,36 @@ def test_chain_deriver_reports_an_index_at_infinity(monkeypatch: pytest.MonkeyPa
         deriver.packed(10, 5)
 
 
+def test_chain_deriver_reports_an_index_at_infinity_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few keys go through libsecp256k1's tweak-add, one at a time: the same report."""
+    chain = ExtendedKey.from_seed(bytes(range(32)), Network.REGTEST).derive("m/0").to_public()
+    deriver = ChainDeriver(chain)
+    real = secp.pubkey_tweak_add
+    calls = []
+
+    def with_infinity(point: bytes, tweak: bytes) -> bytes:
+        calls.append(tweak)
+        if len(calls) == 2:  # as if IL of the second index were -k for the point k*G
+            return real(secp.pubkey_from_privkey(_tweak(5)), _tweak(N - 5))
+        return real(point, tweak)
+
+    monkeypatch.setattr(secp, "pubkey_tweak_add", with_infinity)
+    with pytest.raises(DerivationError, match="index 11 gives an invalid key"):
+        deriver.packed(10, 2)
+    assert len(calls) == 2
+
+
+def test_chain_deriver_few_keys_match_the_batch() -> None:
+    chain = ExtendedKey.from_seed(bytes(range(32)), Network.REGTEST).derive("m/1").to_public()
+    deriver = ChainDeriver(chain)
+    many = deriver.pubkeys(0, 40)
+    for start, count in ((0, 1), (3, 2), (7, 4), (36, 4)):
+        assert deriver.pubkeys(start, count) == many[start : start + count]
+    assert deriver.pubkey(2**31 - 1) == chain.child(2**31 - 1).key
+
+
 def test_chain_derivation_matches_embit_at_edge_indexes() -> None:
     seed = os.urandom(32)
     root = HDKey.from_seed(seed)
