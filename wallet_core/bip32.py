@@ -309,7 +309,6 @@ class ChainDeriver:
             raise DerivationError(f"index {i} gives an invalid key; use the next one")
         return buf
 
-
     def _one_by_one(self, start: int, tweaks: list[bytes]) -> bytes:
         """The same keys through libsecp256k1's tweak-add, one call each: the batch
         multiplier's fixed cost (~170 us) is six single keys (~28 us each), and a co-sign
