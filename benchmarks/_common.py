@@ -10,8 +10,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -37,3 +40,19 @@ def run_threads(target: Callable[[], None], n: int) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+def timed_shares(fn: Callable[[T], object], items: Sequence[T], n: int) -> tuple[float, float]:
+    """Call `fn` on every item from `n` threads at once, thread k taking items k, k+n, ...;
+    (wall seconds, this process's CPU seconds) from the first start to the last join."""
+    shares = [items[k::n] for k in range(n)]
+    threads = [
+        threading.Thread(target=lambda share=share: [fn(item) for item in share])
+        for share in shares
+    ]
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, time.process_time() - c0

@@ -32,11 +32,11 @@ import os
 import pstats
 import random
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from _common import timed_shares
 from _custody_db import bench_run, lift_rate_limits, verified_account
 from bench_api import load_txs
 from bench_api_write import bodies
@@ -179,17 +179,7 @@ def main() -> int:
 
         committer = app.extensions[send_intake_committer.key]
         groups0, written0 = committer.groups, committer.written
-        shares = [par_posts[i :: args.threads] for i in range(args.threads)]
-        threads = [
-            threading.Thread(target=lambda share=share: [call(e, accepted) for e in share])
-            for share in shares
-        ]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        wall, cpu = timed_shares(lambda e: call(e, accepted), par_posts, args.threads)
         print(
             f"{f'POST /tx/request, {args.threads} threads':<28} {n:5d} requests: CPU per request "
             f"{cpu / n * 1000:.3f} ms, {n / wall:.0f} accepted/s, "

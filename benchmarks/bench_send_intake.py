@@ -24,9 +24,9 @@ import os
 import pstats
 import random
 import statistics
-import threading
 import time
 
+from _common import timed_shares
 from _custody_db import bench_run, lift_rate_limits, verified_account
 from bench_api import load_txs
 from bench_api_write import bodies
@@ -100,17 +100,7 @@ def main() -> int:
         )
         committer = app.extensions[send_intake_committer.key]
         groups0, written0 = committer.groups, committer.written
-        shares = [par[i :: args.threads] for i in range(args.threads)]
-        c0, t0 = time.process_time(), time.perf_counter()
-        threads = [
-            threading.Thread(target=lambda share=share: [post(b) for b in share])
-            for share in shares
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        wall, cpu = timed_shares(post, par, args.threads)
         print(
             f"POST /tx/request, {args.threads} threads, {len(par)} requests: "
             f"{len(par) / wall:.0f} accepted/s, CPU {cpu / len(par) * 1000:.2f} ms per request, "
